@@ -1,0 +1,2 @@
+DROP TABLE call_participants;
+DROP TABLE calls;

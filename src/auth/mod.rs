@@ -1,0 +1,517 @@
+//! Authentication: password and OTP login, device sessions, access and refresh tokens, and the
+//! check every REST route and socket runs on a bearer token.
+
+pub mod otp;
+pub mod password;
+pub mod tokens;
+
+use crate::config::Config;
+use crate::db::accounts::{self, OtpCheck, Rotation};
+use crate::db::models::{NewDeviceSession, NewUser, User};
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use chrono::Utc;
+use otp::{OtpDelivery, OtpSender, Purpose};
+use ring::hmac;
+use serde::Serialize;
+use std::sync::Arc;
+use tokens::TokenKeys;
+
+/// The authenticated caller of a request or socket. Identity always comes from here, never from
+/// a user id in a payload.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The user, freshly read from the database.
+    pub user: User,
+    /// The device session the token is bound to, if any.
+    pub session_id: Option<String>,
+}
+
+impl Identity {
+    /// The user id.
+    pub fn user_id(&self) -> i64 {
+        self.user.id
+    }
+
+    /// Whether the user may moderate (`admin` or `master`).
+    pub fn is_moderator(&self) -> bool {
+        self.user.has_role("admin") || self.user.has_role("master")
+    }
+
+    /// Whether the user is an administrator.
+    pub fn is_admin(&self) -> bool {
+        self.user.has_role("admin")
+    }
+}
+
+/// Device details recorded with a new session.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceInfo {
+    /// Label the client sent (`deviceName`).
+    pub name: Option<String>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Peer address.
+    pub ip: Option<String>,
+}
+
+/// What every successful login or refresh returns.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPair {
+    /// JWT access token.
+    pub access_token: String,
+    /// Same as `accessToken`, for legacy clients that read `token`.
+    pub token: String,
+    /// Opaque single-use refresh token.
+    pub refresh_token: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+    /// The device session.
+    pub session_id: String,
+    /// The user.
+    pub user: crate::db::models::UserView,
+}
+
+/// The authentication service shared by handlers and sockets.
+#[derive(Clone)]
+pub struct Auth {
+    db: Db,
+    keys: TokenKeys,
+    otp_key: Arc<hmac::Key>,
+    sender: OtpSender,
+    config: Arc<Config>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Builds the service from the configuration.
+    pub fn new(db: Db, config: Arc<Config>) -> Self {
+        let secret = config.jwt_secret.expose().as_bytes();
+        // OTP digests use a key derived from, not equal to, the JWT secret.
+        let otp_key = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, secret),
+                b"switchboard otp key",
+            )
+            .as_ref(),
+        );
+        Self {
+            db,
+            keys: TokenKeys::new(secret),
+            otp_key: Arc::new(otp_key),
+            sender: OtpSender::from_config(&config),
+            config,
+        }
+    }
+
+    /// The token keys (CLI `token`, tests).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// Verifies a bearer token and loads the caller: the signature and expiry, the user (must
+    /// exist and not be banned) and, for session-bound tokens, the device session (must exist,
+    /// belong to the user and not be revoked).
+    pub async fn authenticate(&self, token: &str) -> AppResult<Identity> {
+        let verified = self.keys.verify(token)?;
+        let sid = verified.session_id.clone();
+        let found = self
+            .db
+            .run(move |conn| {
+                accounts::identity(conn, verified.user_id, verified.session_id.as_deref())
+            })
+            .await?;
+        let Some((user, session)) = found else {
+            return Err(AppError::unauthorized(
+                "invalid_token",
+                "unknown user or session",
+            ));
+        };
+        if session.as_ref().is_some_and(|s| s.revoked_at.is_some()) {
+            return Err(AppError::unauthorized(
+                "session_revoked",
+                "this session was signed out",
+            ));
+        }
+        if user.is_banned() {
+            return Err(AppError::unauthorized(
+                "account_banned",
+                "this account is banned",
+            ));
+        }
+        Ok(Identity {
+            user,
+            session_id: sid,
+        })
+    }
+
+    /// Opens a device session for `user` and issues its first token pair.
+    async fn open_session(&self, user: User, device: DeviceInfo) -> AppResult<TokenPair> {
+        let sid = tokens::random_id()?;
+        let (refresh, digest) = tokens::new_refresh_token()?;
+        let expires = Utc::now() + self.config.refresh_token_ttl;
+        let user_id = user.id;
+        let sid_for_db = sid.clone();
+        self.db
+            .run(move |conn| {
+                conn.build_transaction().run(|conn| {
+                    accounts::create_session(
+                        conn,
+                        &NewDeviceSession {
+                            id: &sid_for_db,
+                            user_id,
+                            device_name: device.name.as_deref(),
+                            user_agent: device.user_agent.as_deref(),
+                            ip: device.ip.as_deref(),
+                        },
+                    )?;
+                    accounts::insert_refresh(conn, &digest, &sid_for_db, expires)
+                })
+            })
+            .await?;
+        self.pair(&user, &sid, refresh)
+    }
+
+    fn pair(&self, user: &User, sid: &str, refresh_token: String) -> AppResult<TokenPair> {
+        let ttl = self.config.access_token_ttl.as_secs();
+        let access = self.keys.sign(user.id, Some(sid), &user.role_list(), ttl)?;
+        Ok(TokenPair {
+            token: access.clone(),
+            access_token: access,
+            refresh_token,
+            expires_in: ttl,
+            session_id: sid.to_owned(),
+            user: user.view(),
+        })
+    }
+
+    /// Password login by phone or e-mail.
+    pub async fn login_password(
+        &self,
+        phone: Option<&str>,
+        email: Option<&str>,
+        password: &str,
+        device: DeviceInfo,
+    ) -> AppResult<TokenPair> {
+        let phone = phone.map(otp::normalize_phone).transpose()?;
+        let email = email.map(normalize_email).transpose()?;
+        if phone.is_none() && email.is_none() {
+            return Err(AppError::validation("phone or email is required"));
+        }
+        let password = password.to_owned();
+        let user = self
+            .db
+            .run(move |conn| {
+                let user = match (&phone, &email) {
+                    (Some(p), _) => accounts::user_by_phone(conn, p)?,
+                    (None, Some(e)) => accounts::user_by_email(conn, e)?,
+                    (None, None) => None,
+                };
+                // Verified here, on the blocking pool: PBKDF2 is deliberately slow.
+                let ok = match user.as_ref().and_then(|u| u.password_hash.as_deref()) {
+                    Some(hash) => password::verify(hash, &password),
+                    None => {
+                        password::verify_dummy(&password);
+                        false
+                    }
+                };
+                Ok(if ok { user } else { None })
+            })
+            .await?
+            .ok_or_else(|| {
+                AppError::unauthorized("invalid_credentials", "wrong login or password")
+            })?;
+        if user.is_banned() {
+            return Err(AppError::unauthorized(
+                "account_banned",
+                "this account is banned",
+            ));
+        }
+        self.open_session(user, device).await
+    }
+
+    /// Exchanges a refresh token for a new pair (rotation). Reusing a rotated token revokes the
+    /// device session.
+    pub async fn refresh(&self, refresh_token: &str) -> AppResult<TokenPair> {
+        let presented = tokens::refresh_digest(refresh_token);
+        let (successor, successor_digest) = tokens::new_refresh_token()?;
+        let expires = Utc::now() + self.config.refresh_token_ttl;
+        let outcome = self
+            .db
+            .run(move |conn| accounts::rotate_refresh(conn, &presented, &successor_digest, expires))
+            .await?;
+        match outcome {
+            Rotation::Rotated { user, session } => {
+                if user.is_banned() {
+                    return Err(AppError::unauthorized(
+                        "account_banned",
+                        "this account is banned",
+                    ));
+                }
+                self.pair(&user, &session.id, successor)
+            }
+            Rotation::Reused { session_id } => {
+                tracing::warn!(session = %session_id, "refresh token reused; session revoked");
+                Err(AppError::unauthorized(
+                    "refresh_token_reused",
+                    "refresh token already used; the session has been signed out",
+                ))
+            }
+            Rotation::Invalid => Err(AppError::unauthorized(
+                "invalid_refresh_token",
+                "refresh token is invalid or expired",
+            )),
+        }
+    }
+
+    /// Revokes the caller's device session.
+    pub async fn logout(&self, identity: &Identity) -> AppResult<bool> {
+        let Some(sid) = identity.session_id.clone() else {
+            return Ok(false);
+        };
+        self.db
+            .run(move |conn| accounts::revoke_session(conn, &sid, "logout"))
+            .await
+    }
+
+    /// Sends a one-time code. Registration needs an unused phone, login an existing account.
+    /// A second code within the cooldown is refused with `rate_limited`.
+    pub async fn send_otp(&self, raw_phone: &str, purpose: Purpose) -> AppResult<u64> {
+        let phone = otp::normalize_phone(raw_phone)?;
+        let code = otp::generate_code(self.config.otp_length)?;
+        let digest = otp::digest(&self.otp_key, &phone, purpose, &code);
+        let ttl = self.config.otp_ttl;
+        let cooldown = self.config.otp_resend_cooldown;
+        let phone_db = phone.clone();
+        let id = self
+            .db
+            .run(move |conn| {
+                let existing = accounts::user_by_phone(conn, &phone_db)?;
+                match (purpose, existing) {
+                    (Purpose::Register, Some(_)) => {
+                        return Err(AppError::conflict(
+                            "phone_taken",
+                            "an account with this phone already exists; log in instead",
+                        ))
+                    }
+                    (Purpose::Login, None) => {
+                        return Err(AppError::NotFound(
+                            "no account with this phone; register first".into(),
+                        ))
+                    }
+                    (Purpose::Login, Some(u)) if u.is_banned() => {
+                        return Err(AppError::unauthorized(
+                            "account_banned",
+                            "this account is banned",
+                        ))
+                    }
+                    _ => {}
+                }
+                let now = Utc::now();
+                if let Some(last) =
+                    accounts::latest_otp_since(conn, &phone_db, purpose.as_str(), now - cooldown)?
+                {
+                    let wait = (last.created_at + cooldown - now).num_seconds().max(1);
+                    return Err(AppError::RateLimited {
+                        retry_after_secs: u64::try_from(wait).unwrap_or(1),
+                    });
+                }
+                accounts::insert_otp(conn, &phone_db, purpose.as_str(), &digest, now + ttl)
+            })
+            .await?;
+        let delivery = OtpDelivery {
+            phone: &phone,
+            code: &code,
+            purpose: purpose.as_str(),
+            expires_in_secs: ttl.as_secs(),
+        };
+        if let Err(e) = self.sender.send(&delivery).await {
+            // Retract the undelivered code so the user can ask again straight away.
+            let _ = self
+                .db
+                .run(move |conn| accounts::delete_otp(conn, id))
+                .await;
+            return Err(e);
+        }
+        Ok(ttl.as_secs())
+    }
+
+    /// Checks a code and maps every failure to a distinct error code.
+    async fn consume_otp(&self, phone: &str, purpose: Purpose, code: &str) -> AppResult<()> {
+        let key = Arc::clone(&self.otp_key);
+        let (phone_db, code) = (phone.to_owned(), code.trim().to_owned());
+        let max = self.config.otp_max_attempts;
+        let outcome = self
+            .db
+            .run(move |conn| {
+                let check = |stored: &[u8]| otp::matches(&key, &phone_db, purpose, &code, stored);
+                accounts::check_otp(conn, &phone_db, purpose.as_str(), max, &check)
+            })
+            .await?;
+        match outcome {
+            OtpCheck::Accepted => Ok(()),
+            OtpCheck::Missing => Err(AppError::bad_request(
+                "otp_invalid",
+                "no code was requested for this phone",
+            )),
+            OtpCheck::Expired => Err(AppError::bad_request(
+                "otp_expired",
+                "the code has expired; request a new one",
+            )),
+            OtpCheck::Wrong { remaining } if remaining > 0 => Err(AppError::bad_request(
+                "otp_invalid",
+                format!("wrong code; {remaining} attempt(s) left"),
+            )),
+            OtpCheck::Wrong { .. } | OtpCheck::Exhausted => Err(AppError::bad_request(
+                "otp_attempts_exceeded",
+                "too many wrong codes; request a new one",
+            )),
+        }
+    }
+
+    /// Verifies a registration code, creates the account and logs it in.
+    pub async fn register_with_otp(
+        &self,
+        raw_phone: &str,
+        code: &str,
+        name: Option<&str>,
+        email: Option<&str>,
+        password: Option<&str>,
+        device: DeviceInfo,
+    ) -> AppResult<TokenPair> {
+        let phone = otp::normalize_phone(raw_phone)?;
+        let email = email.map(normalize_email).transpose()?;
+        if let Some(pw) = password {
+            self.check_password_policy(pw)?;
+        }
+        self.consume_otp(&phone, Purpose::Register, code).await?;
+        let name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&phone)
+            .to_owned();
+        validate_name(&name)?;
+        let password = password.map(str::to_owned);
+        let user = self
+            .db
+            .run(move |conn| {
+                let hash = password.as_deref().map(password::hash).transpose()?;
+                accounts::insert_user(
+                    conn,
+                    &NewUser {
+                        name: &name,
+                        phone: Some(&phone),
+                        email: email.as_deref(),
+                        password_hash: hash.as_deref(),
+                        roles: Vec::new(),
+                    },
+                )
+            })
+            .await?;
+        self.open_session(user, device).await
+    }
+
+    /// Verifies a login code and opens a session.
+    pub async fn login_with_otp(
+        &self,
+        raw_phone: &str,
+        code: &str,
+        device: DeviceInfo,
+    ) -> AppResult<TokenPair> {
+        let phone = otp::normalize_phone(raw_phone)?;
+        self.consume_otp(&phone, Purpose::Login, code).await?;
+        let user = self
+            .db
+            .run(move |conn| accounts::user_by_phone(conn, &phone))
+            .await?
+            .ok_or_else(|| AppError::NotFound("no account with this phone".into()))?;
+        if user.is_banned() {
+            return Err(AppError::unauthorized(
+                "account_banned",
+                "this account is banned",
+            ));
+        }
+        self.open_session(user, device).await
+    }
+
+    /// Rejects passwords shorter than `PASSWORD_MIN_LENGTH`.
+    pub fn check_password_policy(&self, password: &str) -> AppResult<()> {
+        if password.chars().count() < self.config.password_min_length {
+            return Err(AppError::Validation {
+                code: "weak_password",
+                message: format!(
+                    "password must be at least {} characters",
+                    self.config.password_min_length
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Lower-cases and sanity-checks an e-mail address.
+pub fn normalize_email(raw: &str) -> AppResult<String> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(char::is_whitespace);
+    if valid {
+        Ok(email)
+    } else {
+        Err(AppError::bad_request(
+            "invalid_email",
+            "e-mail address is not valid",
+        ))
+    }
+}
+
+/// Display names: 1–200 characters after trimming.
+pub fn validate_name(name: &str) -> AppResult<()> {
+    let n = name.trim().chars().count();
+    if (1..=200).contains(&n) {
+        Ok(())
+    } else {
+        Err(AppError::validation("name must be 1 to 200 characters"))
+    }
+}
+
+/// Creates a user with an optional password (CLI `user add`, the dev bootstrap admin).
+pub fn create_user(
+    conn: &mut diesel::PgConnection,
+    name: &str,
+    phone: Option<&str>,
+    email: Option<&str>,
+    password: Option<&str>,
+    roles: Vec<String>,
+) -> AppResult<User> {
+    validate_name(name)?;
+    let phone = phone.map(otp::normalize_phone).transpose()?;
+    let email = email.map(normalize_email).transpose()?;
+    if phone.is_none() && email.is_none() {
+        return Err(AppError::validation("a phone or an e-mail is required"));
+    }
+    let hash = password.map(password::hash).transpose()?;
+    accounts::insert_user(
+        conn,
+        &NewUser {
+            name: name.trim(),
+            phone: phone.as_deref(),
+            email: email.as_deref(),
+            password_hash: hash.as_deref(),
+            roles,
+        },
+    )
+}

@@ -1,0 +1,265 @@
+//! Access tokens (JWT HS256, algorithm pinned) and opaque refresh tokens.
+//!
+//! Tokens minted by the legacy backends with the same secret keep working: their subject may sit
+//! in `sub`, `uid`, `id` or `userId`, and their device session in `sid` or `sessionId`.
+
+use crate::error::{AppError, AppResult};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Seconds of clock skew tolerated on `exp`.
+pub const EXP_LEEWAY_SECS: u64 = 30;
+
+/// Claims Switchboard writes into its own access tokens.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Device session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Roles at issue time (informational: the server re-reads roles from the database).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+}
+
+/// What a verified token says about its bearer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The subject's user id.
+    pub user_id: i64,
+    /// The device session, when the token is session-bound.
+    pub session_id: Option<String>,
+}
+
+/// Signs and verifies access tokens.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(HS256, ***)")
+    }
+}
+
+impl TokenKeys {
+    /// Keys for the shared HS256 secret.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = EXP_LEEWAY_SECS;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Signs an access token.
+    pub fn sign(
+        &self,
+        user_id: i64,
+        session_id: Option<&str>,
+        roles: &[String],
+        ttl_secs: u64,
+    ) -> AppResult<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            sid: session_id.map(str::to_owned),
+            roles: roles.to_vec(),
+            iat: now,
+            exp: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(AppError::internal)
+    }
+
+    /// Verifies signature, algorithm and expiry, then finds the subject and session claims.
+    pub fn verify(&self, token: &str) -> AppResult<VerifiedToken> {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
+            token.trim(),
+            &self.decoding,
+            &self.validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    AppError::unauthorized("token_expired", "token expired")
+                }
+                _ => AppError::unauthorized("invalid_token", "invalid token"),
+            }
+        })?;
+        let claims = data.claims;
+        let user_id = ["sub", "uid", "id", "userId"]
+            .iter()
+            .find_map(|key| claims.get(*key).and_then(id_value))
+            .ok_or_else(|| AppError::unauthorized("invalid_token", "token has no subject"))?;
+        let session_id = ["sid", "sessionId"]
+            .iter()
+            .find_map(|key| claims.get(*key).and_then(string_value));
+        Ok(VerifiedToken {
+            user_id,
+            session_id,
+        })
+    }
+}
+
+/// A user id claim: a positive integer, as a JSON number or a string of digits.
+fn id_value(v: &Value) -> Option<i64> {
+    let id = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    id.filter(|id| *id > 0)
+}
+
+fn string_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Fills `buf` from the system's secure random source.
+pub fn random_bytes(buf: &mut [u8]) -> AppResult<()> {
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| AppError::internal("system random source failed"))
+}
+
+/// A new opaque refresh token (256 random bits, URL-safe base64) and its storage digest.
+pub fn new_refresh_token() -> AppResult<(String, Vec<u8>)> {
+    let mut raw = [0u8; 32];
+    random_bytes(&mut raw)?;
+    let token = B64URL.encode(raw);
+    let digest = refresh_digest(&token);
+    Ok((token, digest))
+}
+
+/// The digest under which a refresh token is stored.
+pub fn refresh_digest(token: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, token.trim().as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// A random identifier: 128 bits, lower-case hex (device sessions, calls).
+pub fn random_id() -> AppResult<String> {
+    let mut raw = [0u8; 16];
+    random_bytes(&mut raw)?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn legacy(claims: Value, alg: Algorithm) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn exp() -> i64 {
+        chrono::Utc::now().timestamp() + 600
+    }
+
+    #[test]
+    fn own_tokens_round_trip() {
+        let keys = TokenKeys::new(SECRET);
+        let t = keys.sign(42, Some("abc"), &["admin".into()], 60).unwrap();
+        assert_eq!(
+            keys.verify(&t).unwrap(),
+            VerifiedToken {
+                user_id: 42,
+                session_id: Some("abc".into())
+            }
+        );
+    }
+
+    #[test]
+    fn legacy_subject_claims_are_accepted() {
+        let keys = TokenKeys::new(SECRET);
+        let cases = [
+            (json!({"uid": "7", "exp": exp()}), 7, None),
+            (
+                json!({"id": 8, "sessionId": "s1", "exp": exp()}),
+                8,
+                Some("s1"),
+            ),
+            (json!({"userId": "9", "exp": exp()}), 9, None),
+        ];
+        for (claims, id, sid) in cases {
+            let v = keys.verify(&legacy(claims, Algorithm::HS256)).unwrap();
+            assert_eq!(v.user_id, id);
+            assert_eq!(v.session_id.as_deref(), sid);
+        }
+    }
+
+    #[test]
+    fn other_algorithms_and_unsigned_tokens_are_rejected() {
+        let keys = TokenKeys::new(SECRET);
+        let hs512 = legacy(json!({"sub": "1", "exp": exp()}), Algorithm::HS512);
+        assert_eq!(keys.verify(&hs512).unwrap_err().code(), "invalid_token");
+
+        let header = B64URL.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = B64URL.encode(format!(r#"{{"sub":"1","exp":{}}}"#, exp()));
+        for unsigned in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert_eq!(keys.verify(&unsigned).unwrap_err().code(), "invalid_token");
+        }
+    }
+
+    #[test]
+    fn wrong_secret_expired_and_subjectless_tokens_are_rejected() {
+        let keys = TokenKeys::new(SECRET);
+        let other = TokenKeys::new(b"another-secret-another-secret-123");
+        let t = other.sign(1, None, &[], 60).unwrap();
+        assert_eq!(keys.verify(&t).unwrap_err().code(), "invalid_token");
+
+        let old = chrono::Utc::now().timestamp() - 3600;
+        let expired = legacy(json!({"sub": "1", "exp": old}), Algorithm::HS256);
+        assert_eq!(keys.verify(&expired).unwrap_err().code(), "token_expired");
+
+        let no_exp = legacy(json!({"sub": "1"}), Algorithm::HS256);
+        assert!(keys.verify(&no_exp).is_err());
+
+        let no_sub = legacy(json!({"name": "x", "exp": exp()}), Algorithm::HS256);
+        assert!(keys.verify(&no_sub).is_err());
+        let bad_sub = legacy(json!({"sub": "abc", "exp": exp()}), Algorithm::HS256);
+        assert!(keys.verify(&bad_sub).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_digested() {
+        let (a, da) = new_refresh_token().unwrap();
+        let (b, _) = new_refresh_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(refresh_digest(&a), da);
+        assert_eq!(da.len(), 32);
+    }
+}

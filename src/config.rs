@@ -1,0 +1,477 @@
+//! Settings: one struct, read from an optional TOML file and then from environment variables
+//! (the environment wins). Every field documents its variable and default; `.env.example` lists
+//! the same table. [`Config::validate`] refuses unsafe combinations with a message an operator
+//! can act on.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A secret string whose `Debug` output is masked so it never reaches a log line.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            write!(f, "\"***\" ({} bytes)", self.0.len())
+        }
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// How one-time codes reach the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtpSenderKind {
+    /// Write the code to the log (development).
+    Log,
+    /// POST `{phone, code, purpose, expiresInSecs}` as JSON to `OTP_WEBHOOK_URL` (an SMS gateway).
+    Webhook,
+}
+
+impl FromStr for OtpSenderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "log" => Ok(Self::Log),
+            "webhook" => Ok(Self::Webhook),
+            other => Err(format!(
+                "unknown OTP sender `{other}` (expected `log` or `webhook`)"
+            )),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" | "pretty" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected `text` or `json`)"
+            )),
+        }
+    }
+}
+
+/// A comma-separated list in the environment, an array in TOML.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl FromStr for List {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(
+            s.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+/// Every setting of the server. Field docs name the environment variable and the default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL` — PostgreSQL connection URL. Required.
+    pub database_url: Secret,
+    /// `DB_POOL_SIZE` — connections in the pool; also the bound on concurrent queries. Default 16.
+    pub db_pool_size: u32,
+    /// `DB_ACQUIRE_TIMEOUT_MS` — how long a request waits for a pooled connection before it is
+    /// answered 503 `unavailable`. Default 2000.
+    pub db_acquire_timeout: Duration,
+    /// `JWT_SECRET` — HMAC key for access tokens, OTP digests and TURN credentials; at least
+    /// 32 bytes unless `SWITCHBOARD_DEV=1`. Required.
+    pub jwt_secret: Secret,
+    /// `SWITCHBOARD_DEV` — development mode: allows a short `JWT_SECRET`. Default false.
+    pub dev_mode: bool,
+    /// `BIND` — listen address of the HTTP/WebSocket server. Default `127.0.0.1:8080`.
+    pub bind: String,
+    /// `ALLOWED_ORIGINS` — comma-separated CORS allow-list (exact origins). Default empty
+    /// (no cross-origin browser access).
+    pub allowed_origins: List,
+    /// `ACCESS_TOKEN_TTL_SECS` — lifetime of access tokens. Default 900 (15 minutes).
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL_SECS` — lifetime of refresh tokens. Default 2592000 (30 days).
+    pub refresh_token_ttl: Duration,
+    /// `PASSWORD_MIN_LENGTH` — minimum password length for new passwords. Default 8.
+    pub password_min_length: usize,
+    /// `OTP_SENDER` — `log` or `webhook`. Default `log`.
+    pub otp_sender: OtpSenderKind,
+    /// `OTP_WEBHOOK_URL` — where the `webhook` sender POSTs codes. Default empty.
+    pub otp_webhook_url: String,
+    /// `OTP_WEBHOOK_TIMEOUT_MS` — timeout of one webhook delivery. Default 5000.
+    pub otp_webhook_timeout: Duration,
+    /// `OTP_TTL_SECS` — how long a code stays valid. Default 300.
+    pub otp_ttl: Duration,
+    /// `OTP_MAX_ATTEMPTS` — wrong guesses before a code is burnt. Default 5.
+    pub otp_max_attempts: i32,
+    /// `OTP_RESEND_COOLDOWN_SECS` — minimum gap between two codes for one phone. Default 60.
+    pub otp_resend_cooldown: Duration,
+    /// `OTP_LENGTH` — digits in a code (4–10). Default 6.
+    pub otp_length: usize,
+    /// `MAX_JSON_BODY_BYTES` — largest accepted JSON request body. Default 262144.
+    pub max_json_body_bytes: usize,
+    /// `LOG_FORMAT` — `text` or `json`. Default `text`. (`RUST_LOG` sets levels.)
+    pub log_format: LogFormat,
+    /// `SHUTDOWN_TIMEOUT_SECS` — grace period for in-flight work on SIGTERM. Default 10.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: Secret::default(),
+            db_pool_size: 16,
+            db_acquire_timeout: Duration::from_millis(2000),
+            jwt_secret: Secret::default(),
+            dev_mode: false,
+            bind: "127.0.0.1:8080".to_owned(),
+            allowed_origins: List::default(),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            password_min_length: 8,
+            otp_sender: OtpSenderKind::Log,
+            otp_webhook_url: String::new(),
+            otp_webhook_timeout: Duration::from_millis(5000),
+            otp_ttl: Duration::from_secs(300),
+            otp_max_attempts: 5,
+            otp_resend_cooldown: Duration::from_secs(60),
+            otp_length: 6,
+            max_json_body_bytes: 256 * 1024,
+            log_format: LogFormat::Text,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value had the wrong shape.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// The variable or TOML key.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The combination of settings is unsafe or incomplete.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where raw setting values come from: a key's text, or nothing.
+trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+    fn describe(&self, key: &str) -> String;
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Source for Env<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        (self.0)(key).filter(|v| !v.is_empty())
+    }
+    fn describe(&self, key: &str) -> String {
+        key.to_owned()
+    }
+}
+
+struct Toml(toml::Table);
+
+impl Source for Toml {
+    fn get(&self, key: &str) -> Option<String> {
+        let value = self.0.get(&key.to_ascii_lowercase())?;
+        Some(match value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
+            other => scalar(other),
+        })
+    }
+    fn describe(&self, key: &str) -> String {
+        format!("{} (config file)", key.to_ascii_lowercase())
+    }
+}
+
+fn scalar(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        // Nested arrays and tables are not settings; an empty value makes the parse fail loudly.
+        toml::Value::Array(_) | toml::Value::Table(_) => String::from("<nested value>"),
+    }
+}
+
+fn parse<T: FromStr>(src: &dyn Source, key: &str, slot: &mut T) -> Result<(), ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    if let Some(raw) = src.get(key) {
+        *slot = raw
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                key: src.describe(key),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+fn parse_bool(src: &dyn Source, key: &str, slot: &mut bool) -> Result<(), ConfigError> {
+    if let Some(raw) = src.get(key) {
+        *slot = match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: src.describe(key),
+                    reason: format!("`{other}` is not a boolean"),
+                })
+            }
+        };
+    }
+    Ok(())
+}
+
+fn parse_secs(src: &dyn Source, key: &str, slot: &mut Duration) -> Result<(), ConfigError> {
+    let mut secs = slot.as_secs();
+    parse(src, key, &mut secs)?;
+    *slot = Duration::from_secs(secs);
+    Ok(())
+}
+
+fn parse_millis(src: &dyn Source, key: &str, slot: &mut Duration) -> Result<(), ConfigError> {
+    let mut ms = u64::try_from(slot.as_millis()).unwrap_or(u64::MAX);
+    parse(src, key, &mut ms)?;
+    *slot = Duration::from_millis(ms);
+    Ok(())
+}
+
+impl Config {
+    /// Reads the optional TOML file, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, &|key| std::env::var(key).ok())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+            config.apply(&Toml(table))?;
+        }
+        config.apply(&Env(env))?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
+        parse(src, "DATABASE_URL", &mut self.database_url)?;
+        parse(src, "DB_POOL_SIZE", &mut self.db_pool_size)?;
+        parse_millis(src, "DB_ACQUIRE_TIMEOUT_MS", &mut self.db_acquire_timeout)?;
+        parse(src, "JWT_SECRET", &mut self.jwt_secret)?;
+        parse_bool(src, "SWITCHBOARD_DEV", &mut self.dev_mode)?;
+        parse(src, "BIND", &mut self.bind)?;
+        parse(src, "ALLOWED_ORIGINS", &mut self.allowed_origins)?;
+        parse_secs(src, "ACCESS_TOKEN_TTL_SECS", &mut self.access_token_ttl)?;
+        parse_secs(src, "REFRESH_TOKEN_TTL_SECS", &mut self.refresh_token_ttl)?;
+        parse(src, "PASSWORD_MIN_LENGTH", &mut self.password_min_length)?;
+        parse(src, "OTP_SENDER", &mut self.otp_sender)?;
+        parse(src, "OTP_WEBHOOK_URL", &mut self.otp_webhook_url)?;
+        parse_millis(src, "OTP_WEBHOOK_TIMEOUT_MS", &mut self.otp_webhook_timeout)?;
+        parse_secs(src, "OTP_TTL_SECS", &mut self.otp_ttl)?;
+        parse(src, "OTP_MAX_ATTEMPTS", &mut self.otp_max_attempts)?;
+        parse_secs(
+            src,
+            "OTP_RESEND_COOLDOWN_SECS",
+            &mut self.otp_resend_cooldown,
+        )?;
+        parse(src, "OTP_LENGTH", &mut self.otp_length)?;
+        parse(src, "MAX_JSON_BODY_BYTES", &mut self.max_json_body_bytes)?;
+        parse(src, "LOG_FORMAT", &mut self.log_format)?;
+        parse_secs(src, "SHUTDOWN_TIMEOUT_SECS", &mut self.shutdown_timeout)?;
+        Ok(())
+    }
+
+    /// Checks what the database-backed commands need.
+    pub fn validate_database(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_empty() {
+            return Err(ConfigError::Rejected(
+                "DATABASE_URL is not set: point it at PostgreSQL, e.g. \
+                 postgres://switchboard@127.0.0.1:5432/switchboard"
+                    .into(),
+            ));
+        }
+        if self.db_pool_size == 0 {
+            return Err(ConfigError::Rejected(
+                "DB_POOL_SIZE must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks everything `serve` and `token` rely on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_database()?;
+        if self.jwt_secret.is_empty() {
+            return Err(ConfigError::Rejected(
+                "JWT_SECRET is not set: generate one with `openssl rand -base64 48`".into(),
+            ));
+        }
+        if self.jwt_secret.expose().len() < 32 && !self.dev_mode {
+            return Err(ConfigError::Rejected(format!(
+                "JWT_SECRET is {} bytes; at least 32 are required (set SWITCHBOARD_DEV=1 only \
+                 for local development)",
+                self.jwt_secret.expose().len()
+            )));
+        }
+        if !(4..=10).contains(&self.otp_length) {
+            return Err(ConfigError::Rejected(
+                "OTP_LENGTH must be between 4 and 10".into(),
+            ));
+        }
+        if self.otp_max_attempts < 1 {
+            return Err(ConfigError::Rejected(
+                "OTP_MAX_ATTEMPTS must be at least 1".into(),
+            ));
+        }
+        if self.otp_sender == OtpSenderKind::Webhook && self.otp_webhook_url.is_empty() {
+            return Err(ConfigError::Rejected(
+                "OTP_SENDER=webhook needs OTP_WEBHOOK_URL".into(),
+            ));
+        }
+        if self.access_token_ttl.is_zero() || self.refresh_token_ttl.is_zero() {
+            return Err(ConfigError::Rejected(
+                "token lifetimes must be positive".into(),
+            ));
+        }
+        if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
+            return Err(ConfigError::Rejected(
+                "ALLOWED_ORIGINS must list exact origins; `*` is accepted only in dev mode".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |key| map.get(key).cloned()
+    }
+
+    #[test]
+    fn short_secret_is_refused_outside_dev_mode() {
+        let e = env(&[("DATABASE_URL", "postgres://x"), ("JWT_SECRET", "short")]);
+        let config = Config::load_from(None, &e).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 32"), "{err}");
+
+        let e = env(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "short"),
+            ("SWITCHBOARD_DEV", "1"),
+        ]);
+        Config::load_from(None, &e).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_file_and_lists_split_on_commas() {
+        let dir = std::env::temp_dir().join(format!("sbcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "bind = \"0.0.0.0:9000\"\notp_ttl_secs = 120\nallowed_origins = [\"https://a\", \"https://b\"]\n",
+        )
+        .unwrap();
+        let e = env(&[("BIND", "127.0.0.1:7000")]);
+        let config = Config::load_from(Some(&path), &e).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:7000");
+        assert_eq!(config.otp_ttl, Duration::from_secs(120));
+        assert_eq!(config.allowed_origins.0, vec!["https://a", "https://b"]);
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        let e = env(&[("DB_POOL_SIZE", "many")]);
+        let err = Config::load_from(None, &e).unwrap_err().to_string();
+        assert!(err.contains("DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug_output() {
+        let e = env(&[("JWT_SECRET", "super-secret-value-that-is-long-enough!")]);
+        let config = Config::load_from(None, &e).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("super-secret"), "{debug}");
+    }
+}

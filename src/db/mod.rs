@@ -1,0 +1,139 @@
+//! PostgreSQL access: the r2d2 pool, the one helper that runs blocking Diesel work off the
+//! event loop with bounded concurrency, embedded migrations, and plain sync query functions per
+//! table in the submodules.
+
+pub mod accounts;
+pub mod models;
+pub mod schema;
+
+use crate::config::Config;
+use crate::error::{AppError, AppResult};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The connection pool type.
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+/// A connection checked out of the pool.
+pub type PooledConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// Handle to the database: cheap to clone, shared by every handler and actor.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    permits: Arc<Semaphore>,
+    acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("Db")
+            .field("connections", &state.connections)
+            .field("idle", &state.idle_connections)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Builds the pool without connecting yet, so the server can start (and recover) while the
+    /// database is briefly away; the first query reports `unavailable` instead.
+    pub fn new(config: &Config) -> Self {
+        Self::with_url(
+            config.database_url.expose(),
+            config.db_pool_size,
+            config.db_acquire_timeout,
+        )
+    }
+
+    /// Like [`Db::new`] from explicit settings.
+    pub fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
+        let manager = ConnectionManager::<PgConnection>::new(url);
+        let pool = Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(acquire_timeout)
+            .test_on_check_out(true)
+            .build_unchecked(manager);
+        Self {
+            pool,
+            permits: Arc::new(Semaphore::new(size as usize)),
+            acquire_timeout,
+        }
+    }
+
+    /// Checks a connection out synchronously (CLI commands, start-up).
+    pub fn get(&self) -> AppResult<PooledConn> {
+        self.pool.get().map_err(AppError::unavailable)
+    }
+
+    /// Runs blocking Diesel work on the blocking thread pool. At most `DB_POOL_SIZE` closures run
+    /// at once; a caller that cannot get a slot within `DB_ACQUIRE_TIMEOUT_MS` gets
+    /// `unavailable` rather than queueing without bound.
+    pub async fn run<T, F>(&self, work: F) -> AppResult<T>
+    where
+        F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit =
+            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| AppError::unavailable("timed out waiting for a database slot"))?
+                .map_err(AppError::internal)?;
+        let pool = self.pool.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = pool.get().map_err(AppError::unavailable)?;
+            work(&mut conn).map_err(classify)
+        })
+        .await
+        .map_err(AppError::internal)?
+    }
+
+    /// Connections currently checked out and idle, for health and metrics.
+    pub fn usage(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (
+            state.connections - state.idle_connections,
+            state.idle_connections,
+        )
+    }
+}
+
+/// Turns low-level connection failures that surface as internal errors into `unavailable`.
+fn classify(err: AppError) -> AppError {
+    match err {
+        AppError::Internal { cause }
+            if cause.contains("server closed the connection")
+                || cause.contains("connection to server")
+                || cause.contains("terminating connection")
+                || cause.contains("could not connect")
+                || cause.contains("the database system is") =>
+        {
+            AppError::Unavailable { cause }
+        }
+        other => other,
+    }
+}
+
+/// Applies every pending migration; returns the versions it ran.
+pub fn run_migrations(conn: &mut PgConnection) -> AppResult<Vec<String>> {
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| AppError::internal(format!("migrations failed: {e}")))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
+}
+
+/// Reverts every applied migration, newest first (tests of `down.sql`).
+pub fn revert_all_migrations(conn: &mut PgConnection) -> AppResult<usize> {
+    let reverted = conn
+        .revert_all_migrations(MIGRATIONS)
+        .map_err(|e| AppError::internal(format!("revert failed: {e}")))?;
+    Ok(reverted.len())
+}

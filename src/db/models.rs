@@ -1,0 +1,206 @@
+//! Row types: one `Queryable` struct per table read, separate `Insertable` structs for writes.
+
+use super::schema::{device_sessions, otp_codes, refresh_tokens, users};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+/// A user account.
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub struct User {
+    /// Primary key.
+    pub id: i64,
+    /// Display name.
+    pub name: String,
+    /// E.164 phone number.
+    pub phone: Option<String>,
+    /// Lower-cased e-mail.
+    pub email: Option<String>,
+    /// Avatar URL.
+    pub avatar_url: Option<String>,
+    /// Encoded password hash.
+    pub password_hash: Option<String>,
+    /// Roles (`admin`, `master`, ...); PostgreSQL arrays may hold NULLs, hence `Option`.
+    pub roles: Vec<Option<String>>,
+    /// Team roles.
+    pub team_roles: Vec<Option<String>>,
+    /// When the account was banned.
+    pub banned_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub ban_reason: Option<String>,
+    /// Last time a device of the user was seen.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last profile change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl User {
+    /// Roles without NULL entries.
+    pub fn role_list(&self) -> Vec<String> {
+        self.roles.iter().flatten().cloned().collect()
+    }
+
+    /// Team roles without NULL entries.
+    pub fn team_role_list(&self) -> Vec<String> {
+        self.team_roles.iter().flatten().cloned().collect()
+    }
+
+    /// Whether the user holds `role` (case-insensitive: seed 000 writes `MASTER`).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles
+            .iter()
+            .flatten()
+            .any(|r| r.eq_ignore_ascii_case(role))
+    }
+
+    /// Whether the account is banned.
+    pub fn is_banned(&self) -> bool {
+        self.banned_at.is_some()
+    }
+
+    /// The public JSON shape of a user.
+    pub fn view(&self) -> UserView {
+        UserView {
+            id: self.id.to_string(),
+            uid: self.id.to_string(),
+            name: self.name.clone(),
+            phone: self.phone.clone(),
+            email: self.email.clone(),
+            avatar: self.avatar_url.clone(),
+            avatar_url: self.avatar_url.clone(),
+            roles: self.role_list(),
+            team_roles: self.team_role_list(),
+            banned: self.is_banned(),
+            last_seen: self.last_seen_at,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A user as clients see it. `uid` and `avatar` duplicate `id` and `avatarUrl` for the legacy
+/// apps that read those names.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    /// Id as a string.
+    pub id: String,
+    /// Same as `id` (seed 003 mobile clients).
+    pub uid: String,
+    /// Display name.
+    pub name: String,
+    /// Phone.
+    pub phone: Option<String>,
+    /// E-mail.
+    pub email: Option<String>,
+    /// Avatar URL (seed 003 mobile name).
+    pub avatar: Option<String>,
+    /// Avatar URL.
+    pub avatar_url: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Team roles.
+    pub team_roles: Vec<String>,
+    /// Banned flag.
+    pub banned: bool,
+    /// Last seen.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user to insert.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// E.164 phone.
+    pub phone: Option<&'a str>,
+    /// Lower-cased e-mail.
+    pub email: Option<&'a str>,
+    /// Encoded password hash.
+    pub password_hash: Option<&'a str>,
+    /// Roles.
+    pub roles: Vec<String>,
+}
+
+/// A device session: one login on one device.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = device_sessions, check_for_backend(diesel::pg::Pg))]
+pub struct DeviceSession {
+    /// Random id, carried as `sid` in access tokens.
+    pub id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Device label supplied at login.
+    pub device_name: Option<String>,
+    /// User agent at login.
+    pub user_agent: Option<String>,
+    /// Peer address at login.
+    pub ip: Option<String>,
+    /// Login time.
+    pub created_at: DateTime<Utc>,
+    /// Last refresh.
+    pub last_used_at: DateTime<Utc>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+}
+
+/// A device session to insert.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = device_sessions)]
+pub struct NewDeviceSession<'a> {
+    /// Random id.
+    pub id: &'a str,
+    /// Owner.
+    pub user_id: i64,
+    /// Device label.
+    pub device_name: Option<&'a str>,
+    /// User agent.
+    pub user_agent: Option<&'a str>,
+    /// Peer address.
+    pub ip: Option<&'a str>,
+}
+
+/// A stored refresh token digest.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct RefreshToken {
+    /// SHA-256 of the token.
+    pub token_hash: Vec<u8>,
+    /// Device session it belongs to.
+    pub session_id: String,
+    /// Issue time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was exchanged for a successor.
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+/// A one-time code.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = otp_codes, check_for_backend(diesel::pg::Pg))]
+pub struct OtpCode {
+    /// Primary key.
+    pub id: i64,
+    /// E.164 phone.
+    pub phone: String,
+    /// `register` or `login`.
+    pub purpose: String,
+    /// HMAC digest of the code.
+    pub code_hash: Vec<u8>,
+    /// Wrong guesses so far.
+    pub attempts: i32,
+    /// Issue time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was used.
+    pub consumed_at: Option<DateTime<Utc>>,
+}

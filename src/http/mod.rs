@@ -1,0 +1,156 @@
+//! REST routes, grouped by resource. Handlers parse input, call the auth service, the engine or
+//! the database, and map errors through [`AppError`]; nothing else.
+
+pub mod auth;
+pub mod health;
+pub mod users;
+
+use crate::auth::Identity;
+use crate::error::AppError;
+use crate::state::AppState;
+use actix_web::dev::Payload;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use serde::{Deserialize, Deserializer};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Registers every REST route. Account and auth routes are served both at the root (seed 003)
+/// and under `/api`.
+pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
+    cfg.app_data(json_config(max_json))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .route("/ping", web::get().to(health::ping))
+        .route("/health", web::get().to(health::health))
+        .route("/api/health", web::get().to(health::api_health))
+        .configure(app_routes)
+        .service(web::scope("/api").configure(app_routes));
+}
+
+fn app_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/login", web::post().to(auth::login))
+        .route("/auth/refresh", web::post().to(auth::refresh))
+        .route("/auth/logout", web::post().to(auth::logout))
+        .route("/auth/send-otp", web::post().to(auth::send_otp_register))
+        .route(
+            "/auth/verify-otp-register",
+            web::post().to(auth::verify_otp_register),
+        )
+        .route("/auth/send-otp-login", web::post().to(auth::send_otp_login))
+        .route(
+            "/auth/verify-otp-login",
+            web::post().to(auth::verify_otp_login),
+        )
+        .route("/users/profile", web::get().to(users::profile))
+        .route("/users/me", web::get().to(users::profile))
+        .route("/users/me", web::patch().to(users::update_me))
+        .route("/users", web::get().to(users::search));
+}
+
+/// JSON bodies: size limit and errors as `{error:{code,message}}` (400 / 413 / 415).
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _req| {
+            let app = match &err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    AppError::TooLarge("request body is too large".into())
+                }
+                JsonPayloadError::ContentType => AppError::bad_request(
+                    "unsupported_content_type",
+                    "expected Content-Type: application/json",
+                ),
+                JsonPayloadError::Deserialize(e) if e.is_data() => AppError::Validation {
+                    code: "validation_failed",
+                    message: e.to_string().into(),
+                },
+                JsonPayloadError::Deserialize(e) => {
+                    AppError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+                }
+                other => AppError::bad_request("invalid_body", other.to_string()),
+            };
+            app.into()
+        })
+}
+
+fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::bad_request(
+        "invalid_parameter",
+        format!("invalid path parameter: {err}"),
+    )
+    .into()
+}
+
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::bad_request(
+        "invalid_parameter",
+        format!("invalid query parameter: {err}"),
+    )
+    .into()
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found() -> HttpResponse {
+    let err = AppError::NotFound("no such route".into());
+    HttpResponse::NotFound().json(err.body())
+}
+
+/// The bearer token of a request: `Authorization: Bearer <t>` (or the bare token).
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or(value)
+        .trim();
+    (!token.is_empty()).then_some(token)
+}
+
+impl FromRequest for Identity {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let token = bearer_token(req).map(str::to_owned);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let state = state.ok_or_else(|| AppError::internal("application state missing"))?;
+            let token = token.ok_or_else(|| {
+                AppError::unauthorized(
+                    "missing_token",
+                    "an Authorization: Bearer token is required",
+                )
+            })?;
+            Ok(state.auth.authenticate(&token).await?)
+        })
+    }
+}
+
+/// Deserializes a field that may be absent (`None`), null (`Some(None)`) or set.
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// The peer address and user agent of a request, recorded with new device sessions.
+pub fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::DeviceInfo {
+    crate::auth::DeviceInfo {
+        name: name.map(|n| n.chars().take(100).collect()),
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(300).collect()),
+        ip: req.peer_addr().map(|a| a.ip().to_string()),
+    }
+}

@@ -1,0 +1,19 @@
+//! Switchboard: chat and WebRTC call signaling for mobile and desktop apps.
+//!
+//! # Layout
+//! - [`config`]: every setting, from a TOML file and the environment.
+//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`db`]: pool, blocking-work helper, migrations, queries per table.
+//! - [`auth`]: passwords, OTP, device sessions, access and refresh tokens.
+//! - [`http`]: REST handlers grouped by resource.
+//! - [`server`]: the actix-web server around [`state::AppState`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,125 @@
+//! `switchboard` command line: parse, load and validate settings, set up logs, then hand over to
+//! the library.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchboard::config::Config;
+use switchboard::{cli, telemetry};
+
+/// Chat and WebRTC call signaling server.
+///
+/// Settings come from environment variables (see .env.example) and, optionally, a TOML file
+/// whose keys are the variable names in lower case; the environment wins.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, long_about)]
+struct Cli {
+    /// TOML settings file (also `SWITCHBOARD_CONFIG`).
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run pending migrations, then serve HTTP, WebSockets and Socket.IO on BIND.
+    Serve,
+    /// Run pending database migrations and exit.
+    Migrate,
+    /// Manage user accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print a signed access token for a user (operations and testing).
+    Token {
+        /// User id.
+        #[arg(long = "user", value_name = "ID")]
+        user: i64,
+        /// Lifetime in seconds (default: ACCESS_TOKEN_TTL_SECS).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print it as JSON.
+    Add(UserAdd),
+    /// Create an `admin` user with a random password unless an admin exists; prints the
+    /// credentials once, as JSON, when it creates one.
+    EnsureAdmin {
+        /// E-mail address of the admin to create.
+        #[arg(long, default_value = "admin@localhost.localdomain")]
+        email: String,
+        /// Display name.
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(id = "contact", required = true, multiple = true, args = ["phone", "email"])]
+struct UserAdd {
+    /// Display name.
+    #[arg(long)]
+    name: String,
+    /// Phone number in international format (+...).
+    #[arg(long)]
+    phone: Option<String>,
+    /// E-mail address.
+    #[arg(long)]
+    email: Option<String>,
+    /// Password (omit for an OTP-only account).
+    #[arg(long)]
+    password: Option<String>,
+    /// Role to grant; repeat for several (`admin` and `master` may moderate).
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    telemetry::init(config.log_format);
+    let result = match cli.command {
+        Command::Serve => config.validate().map_err(|e| e.to_string()).and_then(|()| {
+            actix_web::rt::System::new()
+                .block_on(switchboard::server::serve(config))
+                .map_err(|e| format!("{e}: {}", cause(&e)))
+        }),
+        Command::Migrate => cli::migrate(&config),
+        Command::User(UserCommand::Add(a)) => cli::user_add(
+            &config,
+            &a.name,
+            a.phone.as_deref(),
+            a.email.as_deref(),
+            a.password.as_deref(),
+            a.roles,
+        ),
+        Command::User(UserCommand::EnsureAdmin { email, name }) => {
+            cli::ensure_admin(&config, &name, &email)
+        }
+        Command::Token { user, ttl } => cli::token(&config, user, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn cause(e: &switchboard::error::AppError) -> String {
+    match e {
+        switchboard::error::AppError::Internal { cause }
+        | switchboard::error::AppError::Unavailable { cause } => cause.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(message: &str) -> ExitCode {
+    eprintln!("switchboard: {message}");
+    ExitCode::from(2)
+}

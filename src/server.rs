@@ -1,0 +1,126 @@
+//! The HTTP/WebSocket server: builds the actix-web app around [`AppState`] and runs it on a
+//! given listener, so tests can bind `127.0.0.1:0` and run the real thing in-process.
+
+use crate::config::Config;
+use crate::db;
+use crate::error::{AppError, AppResult};
+use crate::http;
+use crate::state::AppState;
+use actix_cors::Cors;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{middleware, web, App, HttpServer};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// A server that is running.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Stops the server.
+    pub handle: ServerHandle,
+    /// Shared state (tests inspect it).
+    pub state: AppState,
+}
+
+/// Applies pending migrations with a fresh connection; the server refuses to start on failure.
+pub async fn migrate(state: &AppState) -> AppResult<Vec<String>> {
+    state.db.run(db::run_migrations).await
+}
+
+/// Binds `config.bind`, migrates, and serves until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> AppResult<()> {
+    let listener = TcpListener::bind(&config.bind)
+        .map_err(|e| AppError::internal(format!("cannot bind {}: {e}", config.bind)))?;
+    let state = AppState::new(config);
+    let applied = migrate(&state).await?;
+    tracing::info!(count = applied.len(), "migrations applied");
+    let server = build(state.clone(), listener, true)?;
+    tracing::info!(addr = %state.config.bind, "listening");
+    server.await.map_err(AppError::internal)
+}
+
+/// Starts the server on an already-bound listener inside the current actix system and returns
+/// at once (tests). Migrations must have run.
+pub fn start(config: Config, listener: TcpListener) -> AppResult<Running> {
+    let addr = listener.local_addr().map_err(AppError::internal)?;
+    let state = AppState::new(config);
+    let server = build(state.clone(), listener, false)?;
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(Running {
+        addr,
+        handle,
+        state,
+    })
+}
+
+fn build(
+    state: AppState,
+    listener: TcpListener,
+    signals: bool,
+) -> AppResult<actix_web::dev::Server> {
+    let data = web::Data::new(state.clone());
+    let config = state.config.clone();
+    let max_json = config.max_json_body_bytes;
+    let shutdown = config.shutdown_timeout.as_secs();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(cors(&config))
+            .wrap(middleware::from_fn(access_log))
+            .configure(|cfg| http::configure(cfg, max_json))
+            .default_service(web::to(http::not_found))
+    })
+    .shutdown_timeout(shutdown)
+    .listen(listener)
+    .map_err(AppError::internal)?;
+    if !signals {
+        server = server.disable_signals();
+    }
+    Ok(server.run())
+}
+
+/// CORS from `ALLOWED_ORIGINS`: exact origins only (`*` only in dev mode).
+fn cors(config: &Config) -> Cors {
+    let origins = config.allowed_origins.0.clone();
+    let any = origins.iter().any(|o| o == "*") && config.dev_mode;
+    Cors::default()
+        .allowed_origin_fn(move |origin, _req| {
+            any || origin
+                .to_str()
+                .is_ok_and(|o| origins.iter().any(|allowed| allowed == o))
+        })
+        .allowed_methods(["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"])
+        .allow_any_header()
+        .supports_credentials()
+        .max_age(3600)
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// One log line per request: id, method, path (never the query string, which may hold a token),
+/// status and duration.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let started = Instant::now();
+    let span = tracing::info_span!("request", request_id = id);
+    let res = next.call(req).instrument(span).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &res {
+        Ok(r) => {
+            tracing::info!(request_id = id, %method, path, status = r.status().as_u16(), ms, "http")
+        }
+        Err(e) => tracing::info!(request_id = id, %method, path, error = %e, ms, "http"),
+    }
+    res
+}
