@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    telemetry::init(config.log_format);
+    telemetry::init(config.log_format, "info");
     let result = match cli.command {
         Command::Serve => config.validate().map_err(|e| e.to_string()).and_then(|()| {
             actix_web::rt::System::new()

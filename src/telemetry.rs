@@ -4,8 +4,10 @@ use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber once; later calls are ignored (tests start many servers).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default_filter` applies when `RUST_LOG` is unset.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

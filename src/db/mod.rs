@@ -60,6 +60,7 @@ impl Db {
             .min_idle(Some(0))
             .connection_timeout(acquire_timeout)
             .test_on_check_out(true)
+            .error_handler(Box::new(LogConnectError))
             .build_unchecked(manager);
         Self {
             pool,
@@ -103,6 +104,17 @@ impl Db {
             state.connections - state.idle_connections,
             state.idle_connections,
         )
+    }
+}
+
+/// Logs failed connection attempts once each at `warn` through tracing (the pool's default
+/// handler prints at `error` for every retry).
+#[derive(Debug)]
+struct LogConnectError;
+
+impl diesel::r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::warn!(%error, "database connection attempt failed");
     }
 }
 
