@@ -153,6 +153,35 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `SHUTDOWN_TIMEOUT_SECS` — grace period for in-flight work on SIGTERM. Default 10.
     pub shutdown_timeout: Duration,
+    /// `HEARTBEAT_INTERVAL_SECS` — how often the server pings an idle WebSocket. Default 25.
+    pub heartbeat_interval: Duration,
+    /// `CLIENT_TIMEOUT_SECS` — a socket silent (no frame, no pong) this long is closed. Default 60.
+    pub client_timeout: Duration,
+    /// `MAX_FRAME_BYTES` — largest accepted WebSocket frame. Default 65536.
+    pub max_frame_bytes: usize,
+    /// `OUTBOUND_QUEUE` — events queued for one connection before it counts as a slow consumer
+    /// and is disconnected. Default 1024.
+    pub outbound_queue: usize,
+    /// `FRAME_RATE_PER_SEC` — sustained inbound frames per connection. Default 50.
+    pub frame_rate_per_sec: u32,
+    /// `FRAME_BURST` — inbound frame burst per connection. Default 100.
+    pub frame_burst: u32,
+    /// `MESSAGE_RATE_PER_MIN` — messages a user may send per minute (all devices). Default 120.
+    pub message_rate_per_min: u32,
+    /// `MESSAGE_BURST` — message burst per user. Default 30.
+    pub message_burst: u32,
+    /// `MAX_CONTENT_CHARS` — longest message text. Default 10000.
+    pub max_content_chars: usize,
+    /// `TYPING_TIMEOUT_SECS` — a typing indicator without a refresh expires after this. Default 6.
+    pub typing_timeout: Duration,
+    /// `CONVERSATION_IDLE_SECS` — an idle conversation actor stops after this. Default 300.
+    pub conversation_idle: Duration,
+    /// `WRITE_BATCH_MAX` — most messages committed in one transaction. Default 512.
+    pub write_batch_max: usize,
+    /// `WRITE_QUEUE` — messages waiting for a commit before sends are refused. Default 20000.
+    pub write_queue: usize,
+    /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2.
+    pub write_shards: usize,
 }
 
 impl Default for Config {
@@ -178,6 +207,20 @@ impl Default for Config {
             max_json_body_bytes: 256 * 1024,
             log_format: LogFormat::Text,
             shutdown_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            client_timeout: Duration::from_secs(60),
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            frame_rate_per_sec: 50,
+            frame_burst: 100,
+            message_rate_per_min: 120,
+            message_burst: 30,
+            max_content_chars: 10_000,
+            typing_timeout: Duration::from_secs(6),
+            conversation_idle: Duration::from_secs(300),
+            write_batch_max: 512,
+            write_queue: 20_000,
+            write_shards: 2,
         }
     }
 }
@@ -350,6 +393,20 @@ impl Config {
         parse(src, "MAX_JSON_BODY_BYTES", &mut self.max_json_body_bytes)?;
         parse(src, "LOG_FORMAT", &mut self.log_format)?;
         parse_secs(src, "SHUTDOWN_TIMEOUT_SECS", &mut self.shutdown_timeout)?;
+        parse_secs(src, "HEARTBEAT_INTERVAL_SECS", &mut self.heartbeat_interval)?;
+        parse_secs(src, "CLIENT_TIMEOUT_SECS", &mut self.client_timeout)?;
+        parse(src, "MAX_FRAME_BYTES", &mut self.max_frame_bytes)?;
+        parse(src, "OUTBOUND_QUEUE", &mut self.outbound_queue)?;
+        parse(src, "FRAME_RATE_PER_SEC", &mut self.frame_rate_per_sec)?;
+        parse(src, "FRAME_BURST", &mut self.frame_burst)?;
+        parse(src, "MESSAGE_RATE_PER_MIN", &mut self.message_rate_per_min)?;
+        parse(src, "MESSAGE_BURST", &mut self.message_burst)?;
+        parse(src, "MAX_CONTENT_CHARS", &mut self.max_content_chars)?;
+        parse_secs(src, "TYPING_TIMEOUT_SECS", &mut self.typing_timeout)?;
+        parse_secs(src, "CONVERSATION_IDLE_SECS", &mut self.conversation_idle)?;
+        parse(src, "WRITE_BATCH_MAX", &mut self.write_batch_max)?;
+        parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
+        parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
         Ok(())
     }
 
@@ -403,6 +460,29 @@ impl Config {
         if self.access_token_ttl.is_zero() || self.refresh_token_ttl.is_zero() {
             return Err(ConfigError::Rejected(
                 "token lifetimes must be positive".into(),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.client_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::Rejected(
+                "CLIENT_TIMEOUT_SECS must be longer than HEARTBEAT_INTERVAL_SECS (both positive)"
+                    .into(),
+            ));
+        }
+        for (name, value) in [
+            ("MAX_FRAME_BYTES", self.max_frame_bytes),
+            ("OUTBOUND_QUEUE", self.outbound_queue),
+            ("WRITE_BATCH_MAX", self.write_batch_max),
+            ("WRITE_QUEUE", self.write_queue),
+            ("WRITE_SHARDS", self.write_shards),
+            ("MAX_CONTENT_CHARS", self.max_content_chars),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
+            }
+        }
+        if self.frame_rate_per_sec == 0 || self.message_rate_per_min == 0 {
+            return Err(ConfigError::Rejected(
+                "FRAME_RATE_PER_SEC and MESSAGE_RATE_PER_MIN must be at least 1".into(),
             ));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {

@@ -6,14 +6,18 @@
 //! - [`db`]: pool, blocking-work helper, migrations, queries per table.
 //! - [`auth`]: passwords, OTP, device sessions, access and refresh tokens.
 //! - [`http`]: REST handlers grouped by resource.
+//! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
+//!   its transports.
 //! - [`server`]: the actix-web server around [`state::AppState`].
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod realtime;
 pub mod server;
 pub mod state;
 pub mod telemetry;

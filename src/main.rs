@@ -39,6 +39,10 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
     },
+    /// Load generator: connect clients to Switchboard's /ws or to a Socket.IO server, send
+    /// messages for a fixed time, and report durable acks/s, delivery latency, errors and
+    /// server memory per connection.
+    Bench(Box<switchboard::bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             cli::ensure_admin(&config, &name, &email)
         }
         Command::Token { user, ttl } => cli::token(&config, user, ttl),
+        Command::Bench(args) => switchboard::bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::Db;
+use crate::realtime::Engine;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,20 +16,25 @@ pub struct AppState {
     pub db: Db,
     /// Authentication service.
     pub auth: Auth,
+    /// The realtime engine.
+    pub engine: Engine,
     /// Process start, for uptime.
     pub started: Instant,
 }
 
 impl AppState {
-    /// Builds the state from validated settings (does not connect yet).
+    /// Builds the state from validated settings and starts the engine's actors (must run
+    /// inside an actix system; does not connect to the database yet).
     pub fn new(config: Config) -> Self {
         let config = Arc::new(config);
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
+        let engine = Engine::start(Arc::clone(&config), db.clone());
         Self {
             config,
             db,
             auth,
+            engine,
             started: Instant::now(),
         }
     }

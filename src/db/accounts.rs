@@ -384,3 +384,26 @@ pub fn check_otp(
         })
     })
 }
+
+/// Records that a user was just seen (last device disconnected).
+pub fn touch_last_seen(conn: &mut PgConnection, user_id: i64) -> AppResult<()> {
+    diesel::update(users::table.find(user_id))
+        .set(users::last_seen_at.eq(Utc::now()))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Last-seen times of some users.
+pub fn last_seen_of(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> AppResult<std::collections::HashMap<i64, DateTime<Utc>>> {
+    Ok(users::table
+        .filter(users::id.eq_any(ids))
+        .filter(users::last_seen_at.is_not_null())
+        .select((users::id, users::last_seen_at))
+        .load::<(i64, Option<DateTime<Utc>>)>(conn)?
+        .into_iter()
+        .filter_map(|(id, t)| Some((id, t?)))
+        .collect())
+}

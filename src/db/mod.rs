@@ -3,6 +3,8 @@
 //! table in the submodules.
 
 pub mod accounts;
+pub mod conversations;
+pub mod messages;
 pub mod models;
 pub mod schema;
 

@@ -24,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/ping", web::get().to(health::ping))
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
+        .route("/ws", web::get().to(crate::realtime::ws::route))
         .configure(app_routes)
         .service(web::scope("/api").configure(app_routes));
 }

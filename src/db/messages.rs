@@ -1,0 +1,492 @@
+//! Messages: the group-commit insert (gap-free per-conversation `seq` assigned inside the
+//! committing transaction), idempotent retries by client message id, edits, soft deletes,
+//! pagination and sync queries.
+
+use super::schema::{conversations, messages};
+use crate::error::{AppError, AppResult};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// A stored message.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
+pub struct Message {
+    /// Primary key.
+    pub id: i64,
+    /// Conversation.
+    pub conversation_id: i64,
+    /// Position in the conversation (1, 2, 3, ... without gaps).
+    pub seq: i64,
+    /// Change number of the latest insert/edit/delete of this message.
+    pub change_seq: i64,
+    /// Sender (NULL for system messages or deleted accounts).
+    pub sender_id: Option<i64>,
+    /// `text|image|audio|file|system|voice_call|video_call`.
+    pub kind: String,
+    /// Text.
+    pub content: String,
+    /// Attachment.
+    pub media_url: Option<String>,
+    /// Replied-to message.
+    pub reply_to_id: Option<i64>,
+    /// Metadata JSON.
+    pub metadata: Option<Value>,
+    /// Client idempotency key.
+    pub client_message_id: Option<String>,
+    /// Commit time.
+    pub created_at: DateTime<Utc>,
+    /// Last edit.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Soft deletion.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Who deleted it.
+    pub deleted_by: Option<i64>,
+}
+
+/// A message as clients see it. Deleted messages keep their place (id, seq) but lose content.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    /// Id.
+    pub id: String,
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Sequence number.
+    pub seq: i64,
+    /// Change number (sync cursor).
+    pub change: i64,
+    /// Sender id.
+    pub sender_id: Option<String>,
+    /// Kind.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Text.
+    pub content: String,
+    /// Attachment.
+    pub media_url: Option<String>,
+    /// Replied-to message id.
+    pub reply_to: Option<String>,
+    /// Metadata.
+    pub metadata: Option<Value>,
+    /// Client idempotency key.
+    pub client_message_id: Option<String>,
+    /// Commit time.
+    pub created_at: DateTime<Utc>,
+    /// Edit time.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Whether it was deleted.
+    pub deleted: bool,
+    /// Deletion time.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Message {
+    /// The client view.
+    pub fn view(&self) -> MessageView {
+        let deleted = self.deleted_at.is_some();
+        MessageView {
+            id: self.id.to_string(),
+            conversation_id: self.conversation_id.to_string(),
+            seq: self.seq,
+            change: self.change_seq,
+            sender_id: self.sender_id.map(|s| s.to_string()),
+            kind: self.kind.clone(),
+            content: if deleted {
+                String::new()
+            } else {
+                self.content.clone()
+            },
+            media_url: if deleted {
+                None
+            } else {
+                self.media_url.clone()
+            },
+            reply_to: self.reply_to_id.map(|r| r.to_string()),
+            metadata: if deleted { None } else { self.metadata.clone() },
+            client_message_id: self.client_message_id.clone(),
+            created_at: self.created_at,
+            edited_at: self.edited_at,
+            deleted,
+            deleted_at: self.deleted_at,
+        }
+    }
+}
+
+/// A validated message waiting to be written.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// Conversation.
+    pub conversation_id: i64,
+    /// Sender (None: system message).
+    pub sender_id: Option<i64>,
+    /// Kind.
+    pub kind: String,
+    /// Text.
+    pub content: String,
+    /// Attachment.
+    pub media_url: Option<String>,
+    /// Reply target.
+    pub reply_to_id: Option<i64>,
+    /// Metadata.
+    pub metadata: Option<Value>,
+    /// Idempotency key.
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+struct NewMessage<'a> {
+    conversation_id: i64,
+    seq: i64,
+    change_seq: i64,
+    sender_id: Option<i64>,
+    kind: &'a str,
+    content: &'a str,
+    media_url: Option<&'a str>,
+    reply_to_id: Option<i64>,
+    metadata: Option<&'a Value>,
+    client_message_id: Option<&'a str>,
+}
+
+/// The result of writing one draft.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The stored message.
+    pub message: Message,
+    /// False when the draft was a retry of an earlier message (no new row; no fan-out).
+    pub fresh: bool,
+}
+
+/// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
+/// `last_seq` bumped by the number of new messages, and all rows inserted with one multi-row
+/// INSERT, so `seq` stays gap-free even with several processes writing. A draft whose
+/// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
+/// problems (a reply target from another conversation) fail only that draft.
+pub fn write_batch(
+    conn: &mut PgConnection,
+    drafts: &[Draft],
+) -> AppResult<Vec<AppResult<Written>>> {
+    conn.transaction(|conn| {
+        let mut results: Vec<Option<AppResult<Written>>> =
+            (0..drafts.len()).map(|_| None).collect();
+
+        // 1. Retries: drafts whose idempotency key is already stored.
+        let keyed: Vec<(i64, &str)> = drafts
+            .iter()
+            .filter_map(|d| Some((d.sender_id?, d.client_message_id.as_deref()?)))
+            .collect();
+        let mut existing: HashMap<(i64, String), Message> = HashMap::new();
+        if !keyed.is_empty() {
+            let senders: Vec<i64> = keyed.iter().map(|(s, _)| *s).collect();
+            let keys: Vec<&str> = keyed.iter().map(|(_, k)| *k).collect();
+            let found: Vec<Message> = messages::table
+                .filter(messages::sender_id.eq_any(&senders))
+                .filter(messages::client_message_id.eq_any(&keys))
+                .select(Message::as_select())
+                .load(conn)?;
+            for m in found {
+                if let (Some(s), Some(k)) = (m.sender_id, m.client_message_id.clone()) {
+                    existing.insert((s, k), m);
+                }
+            }
+        }
+
+        // 2. Reply targets must live in the same conversation.
+        let reply_ids: Vec<i64> = drafts.iter().filter_map(|d| d.reply_to_id).collect();
+        let reply_conv: HashMap<i64, i64> = if reply_ids.is_empty() {
+            HashMap::new()
+        } else {
+            messages::table
+                .filter(messages::id.eq_any(&reply_ids))
+                .select((messages::id, messages::conversation_id))
+                .load::<(i64, i64)>(conn)?
+                .into_iter()
+                .collect()
+        };
+
+        // 3. Which drafts become rows (first of duplicates within the batch wins).
+        let mut fresh_idx: Vec<usize> = Vec::new();
+        let mut first_in_batch: HashMap<(i64, &str), usize> = HashMap::new();
+        let mut dup_of: Vec<(usize, usize)> = Vec::new();
+        for (i, d) in drafts.iter().enumerate() {
+            if let (Some(s), Some(k)) = (d.sender_id, d.client_message_id.as_deref()) {
+                if let Some(m) = existing.get(&(s, k.to_owned())) {
+                    results[i] = Some(Ok(Written {
+                        message: m.clone(),
+                        fresh: false,
+                    }));
+                    continue;
+                }
+                if let Some(&first) = first_in_batch.get(&(s, k)) {
+                    dup_of.push((i, first));
+                    continue;
+                }
+                first_in_batch.insert((s, k), i);
+            }
+            if let Some(r) = d.reply_to_id {
+                if reply_conv.get(&r) != Some(&d.conversation_id) {
+                    results[i] = Some(Err(AppError::Validation {
+                        code: "invalid_reply",
+                        message: "replyTo must be a message of the same conversation".into(),
+                    }));
+                    continue;
+                }
+            }
+            fresh_idx.push(i);
+        }
+
+        // 4. Reserve seq and change numbers per conversation, locking rows in id order.
+        let mut per_conv: HashMap<i64, i64> = HashMap::new();
+        for &i in &fresh_idx {
+            *per_conv.entry(drafts[i].conversation_id).or_insert(0) += 1;
+        }
+        let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
+        conv_ids.sort_unstable();
+        let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
+        if !conv_ids.is_empty() {
+            let locked: Vec<i64> = conversations::table
+                .filter(conversations::id.eq_any(&conv_ids))
+                .order(conversations::id)
+                .select(conversations::id)
+                .for_update()
+                .load(conn)?;
+            for &cid in &conv_ids {
+                if !locked.contains(&cid) {
+                    continue;
+                }
+                let n = per_conv[&cid];
+                let (last_seq, last_change): (i64, i64) =
+                    diesel::update(conversations::table.find(cid))
+                        .set((
+                            conversations::last_seq.eq(conversations::last_seq + n),
+                            conversations::last_change.eq(conversations::last_change + n),
+                            conversations::last_message_at.eq(diesel::dsl::now),
+                            conversations::updated_at.eq(diesel::dsl::now),
+                        ))
+                        .returning((conversations::last_seq, conversations::last_change))
+                        .get_result(conn)?;
+                next.insert(cid, (last_seq - n + 1, last_change - n + 1));
+            }
+        }
+
+        let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
+        let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
+        for &i in &fresh_idx {
+            let d = &drafts[i];
+            let Some(slot) = next.get_mut(&d.conversation_id) else {
+                results[i] = Some(Err(AppError::NotFound("conversation not found".into())));
+                continue;
+            };
+            let (seq, change) = *slot;
+            *slot = (seq + 1, change + 1);
+            rows.push(NewMessage {
+                conversation_id: d.conversation_id,
+                seq,
+                change_seq: change,
+                sender_id: d.sender_id,
+                kind: &d.kind,
+                content: &d.content,
+                media_url: d.media_url.as_deref(),
+                reply_to_id: d.reply_to_id,
+                metadata: d.metadata.as_ref(),
+                client_message_id: d.client_message_id.as_deref(),
+            });
+            row_owner.push(i);
+        }
+        if !rows.is_empty() {
+            let inserted: Vec<Message> = diesel::insert_into(messages::table)
+                .values(&rows)
+                .returning(Message::as_returning())
+                .get_results(conn)?;
+            let by_pos: HashMap<(i64, i64), Message> = inserted
+                .into_iter()
+                .map(|m| ((m.conversation_id, m.seq), m))
+                .collect();
+            for (row, &owner) in rows.iter().zip(&row_owner) {
+                let stored = by_pos
+                    .get(&(row.conversation_id, row.seq))
+                    .cloned()
+                    .ok_or_else(|| AppError::internal("inserted row missing from RETURNING"))?;
+                results[owner] = Some(Ok(Written {
+                    message: stored,
+                    fresh: true,
+                }));
+            }
+        }
+        for (dup, first) in dup_of {
+            results[dup] = Some(match &results[first] {
+                Some(Ok(w)) => Ok(Written {
+                    message: w.message.clone(),
+                    fresh: false,
+                }),
+                Some(Err(e)) => Err(AppError::bad_request("duplicate", e.to_string())),
+                None => Err(AppError::internal("duplicate of an unwritten draft")),
+            });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
+            .collect())
+    })
+}
+
+/// One message.
+pub fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Message>> {
+    Ok(messages::table
+        .find(id)
+        .select(Message::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Takes the next change number of a conversation (row-locked until commit).
+pub fn next_change(conn: &mut PgConnection, conversation_id: i64) -> AppResult<i64> {
+    Ok(diesel::update(conversations::table.find(conversation_id))
+        .set(conversations::last_change.eq(conversations::last_change + 1))
+        .returning(conversations::last_change)
+        .get_result(conn)?)
+}
+
+/// Who did what to a message.
+#[derive(Clone, Copy, Debug)]
+pub struct Actor {
+    /// The acting user.
+    pub user_id: i64,
+    /// Whether they hold `admin` or `master`.
+    pub moderator: bool,
+}
+
+/// Edits the text of an own, undeleted message.
+pub fn edit(conn: &mut PgConnection, id: i64, actor: Actor, content: &str) -> AppResult<Message> {
+    conn.transaction(|conn| {
+        let m = messages::table
+            .find(id)
+            .select(Message::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| AppError::NotFound("message not found".into()))?;
+        if m.sender_id != Some(actor.user_id) {
+            return Err(AppError::Forbidden(
+                "only the sender may edit a message".into(),
+            ));
+        }
+        if m.deleted_at.is_some() {
+            return Err(AppError::conflict(
+                "message_deleted",
+                "the message was deleted",
+            ));
+        }
+        let change = next_change(conn, m.conversation_id)?;
+        Ok(diesel::update(messages::table.find(id))
+            .set((
+                messages::content.eq(content),
+                messages::edited_at.eq(Utc::now()),
+                messages::change_seq.eq(change),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)?)
+    })
+}
+
+/// Soft-deletes a message: the sender, or any message for moderators. Deleting twice is a no-op
+/// that returns the deleted message.
+pub fn delete(conn: &mut PgConnection, id: i64, actor: Actor) -> AppResult<(Message, bool)> {
+    conn.transaction(|conn| {
+        let m = messages::table
+            .find(id)
+            .select(Message::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| AppError::NotFound("message not found".into()))?;
+        if m.sender_id != Some(actor.user_id) && !actor.moderator {
+            return Err(AppError::Forbidden(
+                "No permission to delete this message".into(),
+            ));
+        }
+        if m.deleted_at.is_some() {
+            return Ok((m, false));
+        }
+        let change = next_change(conn, m.conversation_id)?;
+        let updated = diesel::update(messages::table.find(id))
+            .set((
+                messages::deleted_at.eq(Utc::now()),
+                messages::deleted_by.eq(actor.user_id),
+                messages::change_seq.eq(change),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)?;
+        Ok((updated, true))
+    })
+}
+
+/// A page of messages by seq: `before` (exclusive, newest first then returned ascending) or
+/// `after` (exclusive, ascending); without either, the newest page.
+pub fn page(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<Message>> {
+    let base = messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .select(Message::as_select())
+        .limit(limit);
+    let mut rows: Vec<Message> = if let Some(after) = after {
+        base.filter(messages::seq.gt(after))
+            .order(messages::seq.asc())
+            .load(conn)?
+    } else if let Some(before) = before {
+        base.filter(messages::seq.lt(before))
+            .order(messages::seq.desc())
+            .load(conn)?
+    } else {
+        base.order(messages::seq.desc()).load(conn)?
+    };
+    rows.sort_by_key(|m| m.seq);
+    Ok(rows)
+}
+
+/// Messages a client is missing: everything after `after_seq`, plus older messages edited or
+/// deleted after change `after_change` — in seq order, without a cap (read in pages of 1000).
+pub fn since(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    after_seq: i64,
+    after_change: Option<i64>,
+) -> AppResult<Vec<Message>> {
+    let mut out: Vec<Message> = Vec::new();
+    if let Some(change) = after_change {
+        out = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::seq.le(after_seq))
+            .filter(messages::change_seq.gt(change))
+            .order(messages::seq.asc())
+            .select(Message::as_select())
+            .load(conn)?;
+    }
+    let mut cursor = after_seq;
+    loop {
+        let page: Vec<Message> = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::seq.gt(cursor))
+            .order(messages::seq.asc())
+            .limit(1000)
+            .select(Message::as_select())
+            .load(conn)?;
+        let done = page.len() < 1000;
+        if let Some(last) = page.last() {
+            cursor = last.seq;
+        }
+        out.extend(page);
+        if done {
+            break;
+        }
+    }
+    Ok(out)
+}

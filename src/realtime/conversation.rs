@@ -1,0 +1,503 @@
+//! One actor per active conversation: checks membership, validates and queues sends for the
+//! group-commit writer, fans committed messages out in seq order, keeps typing state (which
+//! expires by itself), and relays receipts, edits and deletes. It stops when idle.
+
+use super::protocol::ServerEvent;
+use super::registry::{ConversationStopped, FanOut, Registry};
+use super::writer::WriteRequest;
+use super::Engine;
+use crate::db::conversations::{self as convs, ReceiptKind};
+use crate::db::messages::{self, Actor as MessageActor, Draft, Message, Written};
+use crate::error::{AppError, AppResult};
+use actix::prelude::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Member set as loaded from the database.
+#[derive(Clone, Debug, Default)]
+struct Members {
+    ids: Arc<[i64]>,
+}
+
+impl Members {
+    fn contains(&self, user: i64) -> bool {
+        self.ids.contains(&user)
+    }
+
+    fn except(&self, user: i64) -> Arc<[i64]> {
+        self.ids.iter().copied().filter(|u| *u != user).collect()
+    }
+}
+
+/// Queue a message for commit; the reply comes after the commit.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendMessage {
+    /// Sender (from the token).
+    pub sender: i64,
+    /// Originating session.
+    pub origin: Option<u64>,
+    /// What to write.
+    pub draft: Draft,
+    /// Ack channel.
+    pub reply: oneshot::Sender<AppResult<Written>>,
+}
+
+/// A server-authored message (call logs, system notes): no membership check on the sender.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SystemMessage {
+    /// What to write.
+    pub draft: Draft,
+    /// Outcome.
+    pub reply: oneshot::Sender<AppResult<Written>>,
+}
+
+/// Results of a committed batch for this conversation, in seq order.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Committed(pub Vec<(WriteRequest, AppResult<Written>)>);
+
+/// Membership changed: reload it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MembersChanged;
+
+/// Open the conversation: membership check, returns its state.
+#[derive(Message, Debug)]
+#[rtype(result = "AppResult<Value>")]
+pub struct Join {
+    /// User.
+    pub user: i64,
+}
+
+/// Typing indicator on/off.
+#[derive(Message, Debug)]
+#[rtype(result = "AppResult<()>")]
+pub struct Typing {
+    /// User.
+    pub user: i64,
+    /// Started (true) or stopped.
+    pub active: bool,
+}
+
+/// Receipt cursor move.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Receipt {
+    /// User.
+    pub user: i64,
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// Seq.
+    pub up_to: i64,
+    /// Originating session.
+    pub origin: Option<u64>,
+    /// Outcome: the cursor after the move.
+    pub reply: oneshot::Sender<AppResult<Value>>,
+}
+
+/// What to do to an existing message.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// New text.
+    Edit(String),
+    /// Soft delete.
+    Delete,
+}
+
+/// Edit or delete a message of this conversation.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChangeMessage {
+    /// Who acts.
+    pub actor: MessageActor,
+    /// The message.
+    pub message_id: i64,
+    /// What to do.
+    pub change: Change,
+    /// Originating session.
+    pub origin: Option<u64>,
+    /// Outcome.
+    pub reply: oneshot::Sender<AppResult<Message>>,
+}
+
+/// The conversation actor.
+pub struct ConversationActor {
+    id: i64,
+    engine: Engine,
+    registry: Addr<Registry>,
+    members: Members,
+    loaded: bool,
+    typing: HashMap<i64, (u64, Instant)>,
+    typing_token: u64,
+    pending: usize,
+    last_activity: Instant,
+}
+
+impl std::fmt::Debug for ConversationActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationActor")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConversationActor {
+    /// A new actor; members load when it starts.
+    pub fn new(id: i64, engine: Engine, registry: Addr<Registry>) -> Self {
+        Self {
+            id,
+            engine,
+            registry,
+            members: Members::default(),
+            loaded: false,
+            typing: HashMap::new(),
+            typing_token: 0,
+            pending: 0,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn load_members(&mut self, ctx: &mut Context<Self>) {
+        let db = self.engine.db.clone();
+        let id = self.id;
+        // `wait` holds the mailbox until members are known, so no command sees a partial state.
+        ctx.wait(
+            async move {
+                db.run(move |conn| {
+                    if convs::by_id(conn, id)?.is_none() {
+                        return Ok(None);
+                    }
+                    Ok(Some(convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>()))
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(Some(ids)) => {
+                    act.members = Members { ids: ids.into() };
+                    act.loaded = true;
+                }
+                Ok(None) => {
+                    act.members = Members::default();
+                    act.loaded = true;
+                }
+                Err(e) => {
+                    tracing::warn!(conversation = act.id, error = %e, "could not load members; retrying on next command");
+                    act.loaded = false;
+                    // Leave the actor so the next lookup starts a fresh one.
+                    act.registry.do_send(ConversationStopped { id: act.id, addr: ctx.address() });
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+
+    fn check_member(&self, user: i64) -> AppResult<()> {
+        if !self.loaded {
+            return Err(AppError::unavailable("conversation state unavailable"));
+        }
+        if self.members.ids.is_empty() {
+            return Err(AppError::NotFound("conversation not found".into()));
+        }
+        if self.members.contains(user) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(
+                "not a member of this conversation".into(),
+            ))
+        }
+    }
+
+    fn fan_out(&self, users: Arc<[i64]>, event: Arc<ServerEvent>, skip: Option<u64>) {
+        if !users.is_empty() {
+            self.registry.do_send(FanOut { users, event, skip });
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    fn broadcast_typing(&self, user: i64, active: bool) {
+        let event = ServerEvent::new(
+            if active {
+                "typing:start"
+            } else {
+                "typing:stop"
+            },
+            json!({"conversationId": self.id.to_string(), "userId": user.to_string()}),
+        );
+        self.fan_out(self.members.except(user), event, None);
+    }
+
+    fn stop_typing(&mut self, user: i64) {
+        if self.typing.remove(&user).is_some() {
+            self.broadcast_typing(user, false);
+        }
+    }
+
+    fn queue(
+        &mut self,
+        ctx: &mut Context<Self>,
+        draft: Draft,
+        origin: Option<u64>,
+        reply: oneshot::Sender<AppResult<Written>>,
+    ) {
+        let req = WriteRequest {
+            draft,
+            notify: ctx.address().recipient(),
+            reply,
+            origin,
+        };
+        match self.engine.writer.submit(req) {
+            Ok(()) => self.pending += 1,
+            Err(req) => {
+                let _ = req.reply.send(Err(AppError::unavailable(
+                    "message queue is full; retry shortly",
+                )));
+            }
+        }
+    }
+}
+
+impl Actor for ConversationActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        self.load_members(ctx);
+        let idle = self.engine.config.conversation_idle;
+        let check = (idle / 4).max(std::time::Duration::from_millis(250));
+        ctx.run_interval(check, move |act, ctx| {
+            if act.pending == 0 && act.typing.is_empty() && act.last_activity.elapsed() >= idle {
+                act.registry.do_send(ConversationStopped {
+                    id: act.id,
+                    addr: ctx.address(),
+                });
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Handler<SendMessage> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Context<Self>) {
+        self.touch();
+        if let Err(e) = self.check_member(msg.sender) {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
+        // Sending ends the sender's typing indicator.
+        self.stop_typing(msg.sender);
+        self.queue(ctx, msg.draft, msg.origin, msg.reply);
+    }
+}
+
+impl Handler<SystemMessage> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: SystemMessage, ctx: &mut Context<Self>) {
+        self.touch();
+        if !self.loaded || self.members.ids.is_empty() {
+            let _ = msg
+                .reply
+                .send(Err(AppError::NotFound("conversation not found".into())));
+            return;
+        }
+        self.queue(ctx, msg.draft, None, msg.reply);
+    }
+}
+
+impl Handler<Committed> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
+        self.touch();
+        for (req, result) in msg.0 {
+            self.pending = self.pending.saturating_sub(1);
+            if let Ok(written) = &result {
+                if written.fresh {
+                    let event = ServerEvent::new("message:new", json!(written.message.view()));
+                    self.fan_out(Arc::clone(&self.members.ids), event, req.origin);
+                }
+            }
+            let _ = req.reply.send(result);
+        }
+    }
+}
+
+impl Handler<MembersChanged> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, _: MembersChanged, ctx: &mut Context<Self>) {
+        self.load_members(ctx);
+    }
+}
+
+impl Handler<Join> for ConversationActor {
+    type Result = ResponseFuture<AppResult<Value>>;
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let check = self.check_member(msg.user);
+        let db = self.engine.db.clone();
+        let id = self.id;
+        let typing: Vec<String> = self
+            .typing
+            .keys()
+            .filter(|u| **u != msg.user)
+            .map(ToString::to_string)
+            .collect();
+        Box::pin(async move {
+            check?;
+            let (conv, members) = db
+                .run(move |conn| {
+                    let conv = convs::by_id(conn, id)?
+                        .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+                    Ok((conv, convs::members(conn, id)?))
+                })
+                .await?;
+            Ok(json!({
+                "conversationId": id.to_string(),
+                "type": conv.kind,
+                "lastSeq": conv.last_seq,
+                "lastChange": conv.last_change,
+                "typing": typing,
+                "members": members.iter().map(|m| json!({
+                    "userId": m.user_id.to_string(),
+                    "role": m.role,
+                    "deliveredUpTo": m.delivered_up_to,
+                    "readUpTo": m.read_up_to,
+                })).collect::<Vec<_>>(),
+            }))
+        })
+    }
+}
+
+impl Handler<Typing> for ConversationActor {
+    type Result = AppResult<()>;
+    fn handle(&mut self, msg: Typing, ctx: &mut Context<Self>) -> AppResult<()> {
+        self.touch();
+        self.check_member(msg.user)?;
+        if !msg.active {
+            self.stop_typing(msg.user);
+            return Ok(());
+        }
+        self.typing_token += 1;
+        let token = self.typing_token;
+        let was_typing = self
+            .typing
+            .insert(msg.user, (token, Instant::now()))
+            .is_some();
+        if !was_typing {
+            self.broadcast_typing(msg.user, true);
+        }
+        let user = msg.user;
+        ctx.run_later(self.engine.config.typing_timeout, move |act, _| {
+            if act.typing.get(&user).is_some_and(|(t, _)| *t == token) {
+                act.stop_typing(user);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Handler<Receipt> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: Receipt, ctx: &mut Context<Self>) {
+        self.touch();
+        if let Err(e) = self.check_member(msg.user) {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
+        let db = self.engine.db.clone();
+        let (id, user, kind, up_to) = (self.id, msg.user, msg.kind, msg.up_to);
+        self.pending += 1;
+        ctx.spawn(
+            async move {
+                db.run(move |conn| convs::move_cursor(conn, id, user, kind, up_to))
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.pending = act.pending.saturating_sub(1);
+                let reply = match res {
+                    Ok(Some((cursor, change))) => {
+                        let name = match kind {
+                            ReceiptKind::Delivered => "receipt:delivered",
+                            ReceiptKind::Read => "receipt:read",
+                        };
+                        let payload = json!({
+                            "conversationId": id.to_string(),
+                            "userId": user.to_string(),
+                            "upTo": cursor,
+                            "change": change,
+                        });
+                        act.fan_out(
+                            act.members.except(user),
+                            ServerEvent::new(name, payload.clone()),
+                            None,
+                        );
+                        Ok(json!({"upTo": cursor, "moved": true, "change": change}))
+                    }
+                    Ok(None) => Ok(json!({"moved": false})),
+                    Err(e) => Err(e),
+                };
+                let _ = msg.reply.send(reply);
+            }),
+        );
+    }
+}
+
+impl Handler<ChangeMessage> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: ChangeMessage, ctx: &mut Context<Self>) {
+        self.touch();
+        if let Err(e) = self.check_member(msg.actor.user_id) {
+            // Moderators act on any conversation.
+            if !msg.actor.moderator
+                || matches!(e, AppError::NotFound(_) | AppError::Unavailable { .. })
+            {
+                let _ = msg.reply.send(Err(e));
+                return;
+            }
+        }
+        let db = self.engine.db.clone();
+        let (message_id, actor, change, conversation) =
+            (msg.message_id, msg.actor, msg.change, self.id);
+        self.pending += 1;
+        ctx.spawn(
+            async move {
+                db.run(move |conn| {
+                    let m = messages::by_id(conn, message_id)?
+                        .filter(|m| m.conversation_id == conversation)
+                        .ok_or_else(|| AppError::NotFound("message not found".into()))?;
+                    match change {
+                        Change::Edit(text) => messages::edit(conn, m.id, actor, &text)
+                            .map(|m| (m, true, "message:edited")),
+                        Change::Delete => messages::delete(conn, m.id, actor)
+                            .map(|(m, fresh)| (m, fresh, "message:deleted")),
+                    }
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.pending = act.pending.saturating_sub(1);
+                let reply = res.map(|(m, fresh, event)| {
+                    if fresh {
+                        act.fan_out(
+                            Arc::clone(&act.members.ids),
+                            ServerEvent::new(event, json!(m.view())),
+                            msg.origin,
+                        );
+                    }
+                    m
+                });
+                let _ = msg.reply.send(reply);
+            }),
+        );
+    }
+}

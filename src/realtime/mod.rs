@@ -1,0 +1,407 @@
+//! The realtime engine: a registry actor, one session actor per connection, one conversation
+//! actor per active conversation, and a group-commit writer. The engine speaks only canonical
+//! commands and events ([`protocol`]); transports ([`ws`]) translate at the edge.
+//!
+//! [`Engine`] is the façade REST handlers and sessions share, so a REST send and a socket send
+//! take exactly the same path.
+
+pub mod conversation;
+pub mod protocol;
+pub mod ratelimit;
+pub mod registry;
+pub mod session;
+pub mod writer;
+pub mod ws;
+
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::db::conversations as convs;
+use crate::db::messages::{self, Actor as MessageActor, Draft, Message, MessageView};
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use actix::prelude::*;
+use conversation::{Change, ChangeMessage, ConversationActor, Join, Receipt, SendMessage, Typing};
+use protocol::{SendDraft, ServerEvent};
+use ratelimit::UserLimiter;
+use registry::{FanOut, GetConversation, Registry, SetEngine};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Message kinds a client may send; `system`, `voice_call` and `video_call` are server-only.
+pub const CLIENT_KINDS: [&str; 4] = ["text", "image", "audio", "file"];
+
+/// Handle to the engine (cheap to clone).
+#[derive(Clone)]
+pub struct Engine {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Database.
+    pub db: Db,
+    /// The registry actor.
+    pub registry: Addr<Registry>,
+    /// Group-commit writer.
+    pub writer: writer::Writer,
+    /// Per-user send limiter.
+    pub send_limiter: Arc<UserLimiter>,
+    /// Arbiters that host conversation actors.
+    pub arbiters: Arc<[ArbiterHandle]>,
+    next_session: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts the registry, the writer shards and the conversation arbiters. Must run inside an
+    /// actix system.
+    pub fn start(config: Arc<Config>, db: Db) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .clamp(1, 8);
+        let arbiters: Arc<[ArbiterHandle]> =
+            (0..threads).map(|_| Arbiter::new().handle()).collect();
+        let registry_arbiter = Arbiter::new().handle();
+        let registry = Registry::start_in_arbiter(&registry_arbiter, |_| Registry::new());
+        let writer = writer::Writer::start(
+            db.clone(),
+            config.write_shards,
+            config.write_queue,
+            config.write_batch_max,
+        );
+        let engine = Self {
+            send_limiter: Arc::new(UserLimiter::per_minute(
+                config.message_rate_per_min,
+                config.message_burst,
+            )),
+            config,
+            db,
+            registry,
+            writer,
+            arbiters,
+            next_session: Arc::new(AtomicU64::new(1)),
+        };
+        engine.registry.do_send(SetEngine(engine.clone()));
+        engine
+    }
+
+    /// A process-unique session key.
+    pub fn next_session_key(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The actor of a conversation (started on demand).
+    pub async fn conversation(&self, id: i64) -> AppResult<Addr<ConversationActor>> {
+        self.registry
+            .send(GetConversation(id))
+            .await
+            .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
+    }
+
+    /// Sends a message on behalf of `identity`: rate limit, validation, membership check, group
+    /// commit; returns only after the row is committed. `origin` (a session key) is skipped in
+    /// the fan-out because it receives the ack instead.
+    pub async fn send_message(
+        &self,
+        identity: &Identity,
+        draft: SendDraft,
+        origin: Option<u64>,
+    ) -> AppResult<MessageView> {
+        let user = identity.user_id();
+        let draft = self.validate(user, draft)?;
+        self.send_limiter
+            .check(user)
+            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+        let conversation_id = draft.conversation_id;
+        let mut attempt = 0;
+        loop {
+            let addr = self.conversation(conversation_id).await?;
+            let (tx, rx) = oneshot::channel();
+            match addr.try_send(SendMessage {
+                sender: user,
+                origin,
+                draft: draft.clone(),
+                reply: tx,
+            }) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => {
+                    return Err(AppError::unavailable(
+                        "conversation is overloaded; retry shortly",
+                    ))
+                }
+                Err(SendError::Closed(_)) if attempt == 0 => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(SendError::Closed(_)) => {
+                    return Err(AppError::unavailable("conversation unavailable"))
+                }
+            }
+            return match rx.await {
+                Ok(result) => result.map(|w| w.message.view()),
+                Err(_) if attempt == 0 => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(_) => Err(AppError::unavailable(
+                    "conversation stopped before the commit",
+                )),
+            };
+        }
+    }
+
+    /// Posts a server-authored message (e.g. a call log) through the same commit and fan-out.
+    pub async fn post_system_message(&self, draft: Draft) -> AppResult<Message> {
+        let addr = self.conversation(draft.conversation_id).await?;
+        let (tx, rx) = oneshot::channel();
+        addr.send(conversation::SystemMessage { draft, reply: tx })
+            .await
+            .map_err(|e| AppError::unavailable(format!("conversation: {e}")))?;
+        rx.await
+            .map_err(|_| AppError::unavailable("conversation stopped"))?
+            .map(|w| w.message)
+    }
+
+    fn validate(&self, sender: i64, d: SendDraft) -> AppResult<Draft> {
+        let kind = d
+            .kind
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .unwrap_or("text")
+            .to_ascii_lowercase();
+        if !CLIENT_KINDS.contains(&kind.as_str()) {
+            return Err(AppError::validation(format!(
+                "type must be one of {}",
+                CLIENT_KINDS.join(", ")
+            )));
+        }
+        if d.content.chars().count() > self.config.max_content_chars {
+            return Err(AppError::TooLarge(
+                format!(
+                    "content is longer than {} characters",
+                    self.config.max_content_chars
+                )
+                .into(),
+            ));
+        }
+        if d.content.trim().is_empty() && d.media_url.as_deref().is_none_or(|u| u.trim().is_empty())
+        {
+            return Err(AppError::validation(
+                "a message needs content or a mediaUrl",
+            ));
+        }
+        if d.media_url.as_ref().is_some_and(|u| u.len() > 2048) {
+            return Err(AppError::validation(
+                "mediaUrl is longer than 2048 characters",
+            ));
+        }
+        if let Some(cmid) = &d.client_message_id {
+            if cmid.is_empty() || cmid.len() > 128 {
+                return Err(AppError::validation(
+                    "clientMessageId must be 1 to 128 characters",
+                ));
+            }
+        }
+        if let Some(meta) = &d.metadata {
+            if !meta.is_object() {
+                return Err(AppError::validation("metadata must be a JSON object"));
+            }
+            if meta.to_string().len() > 16 * 1024 {
+                return Err(AppError::TooLarge("metadata is larger than 16 KiB".into()));
+            }
+        }
+        Ok(Draft {
+            conversation_id: d.conversation_id,
+            sender_id: Some(sender),
+            kind,
+            content: d.content,
+            media_url: d.media_url.filter(|u| !u.trim().is_empty()),
+            reply_to_id: d.reply_to,
+            metadata: d.metadata,
+            client_message_id: d.client_message_id,
+        })
+    }
+
+    async fn change(
+        &self,
+        identity: &Identity,
+        message_id: i64,
+        change: Change,
+        origin: Option<u64>,
+    ) -> AppResult<Message> {
+        let conversation_id = self
+            .db
+            .run(move |conn| messages::by_id(conn, message_id))
+            .await?
+            .ok_or_else(|| AppError::NotFound("message not found".into()))?
+            .conversation_id;
+        let actor = MessageActor {
+            user_id: identity.user_id(),
+            moderator: identity.is_moderator(),
+        };
+        let addr = self.conversation(conversation_id).await?;
+        let (tx, rx) = oneshot::channel();
+        addr.send(ChangeMessage {
+            actor,
+            message_id,
+            change,
+            origin,
+            reply: tx,
+        })
+        .await
+        .map_err(|e| AppError::unavailable(format!("conversation: {e}")))?;
+        rx.await
+            .map_err(|_| AppError::unavailable("conversation stopped"))?
+    }
+
+    /// Edits an own message and fans out `message:edited`.
+    pub async fn edit_message(
+        &self,
+        identity: &Identity,
+        message_id: i64,
+        content: String,
+        origin: Option<u64>,
+    ) -> AppResult<Message> {
+        if content.chars().count() > self.config.max_content_chars {
+            return Err(AppError::TooLarge("content is too long".into()));
+        }
+        if content.trim().is_empty() {
+            return Err(AppError::validation("content must not be empty"));
+        }
+        self.change(identity, message_id, Change::Edit(content), origin)
+            .await
+    }
+
+    /// Soft-deletes a message (own, or any for `admin`/`master`) and fans out `message:deleted`.
+    pub async fn delete_message(
+        &self,
+        identity: &Identity,
+        message_id: i64,
+        origin: Option<u64>,
+    ) -> AppResult<Message> {
+        self.change(identity, message_id, Change::Delete, origin)
+            .await
+    }
+
+    /// Opens a conversation for a user (membership check) and returns its state.
+    pub async fn join(&self, user: i64, conversation_id: i64) -> AppResult<Value> {
+        let addr = self.conversation(conversation_id).await?;
+        addr.send(Join { user })
+            .await
+            .map_err(|e| AppError::unavailable(format!("conversation: {e}")))?
+    }
+
+    /// Typing on/off.
+    pub async fn typing(&self, user: i64, conversation_id: i64, active: bool) -> AppResult<()> {
+        let addr = self.conversation(conversation_id).await?;
+        addr.send(Typing { user, active })
+            .await
+            .map_err(|e| AppError::unavailable(format!("conversation: {e}")))?
+    }
+
+    /// Moves a receipt cursor and relays it to the other members.
+    pub async fn receipt(
+        &self,
+        user: i64,
+        conversation_id: i64,
+        kind: convs::ReceiptKind,
+        up_to: i64,
+        origin: Option<u64>,
+    ) -> AppResult<Value> {
+        let addr = self.conversation(conversation_id).await?;
+        let (tx, rx) = oneshot::channel();
+        addr.send(Receipt {
+            user,
+            kind,
+            up_to,
+            origin,
+            reply: tx,
+        })
+        .await
+        .map_err(|e| AppError::unavailable(format!("conversation: {e}")))?;
+        rx.await
+            .map_err(|_| AppError::unavailable("conversation stopped"))?
+    }
+
+    /// Sends an event to every device of some users.
+    pub fn notify_users(&self, users: Vec<i64>, name: &'static str, payload: Value) {
+        self.registry.do_send(FanOut {
+            users: users.into(),
+            event: ServerEvent::new(name, payload),
+            skip: None,
+        });
+    }
+
+    /// Tells the engine a conversation's membership changed (REST add/remove/create).
+    pub fn members_changed(&self, conversation_id: i64, members: Vec<i64>) {
+        self.registry.do_send(registry::ConversationMembersChanged {
+            id: conversation_id,
+            members,
+        });
+    }
+
+    /// Closes a user's sockets (all, or one device session's).
+    pub async fn kick(
+        &self,
+        user_id: i64,
+        device_session: Option<String>,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        self.registry
+            .send(registry::KickUser {
+                user_id,
+                device_session,
+                code,
+                reason: reason.to_owned(),
+            })
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Everything a client missed in the listed conversations since its cursors.
+    pub async fn sync(&self, user: i64, cursors: Vec<protocol::SyncCursor>) -> AppResult<Value> {
+        if cursors.len() > 1000 {
+            return Err(AppError::validation("at most 1000 conversations per sync"));
+        }
+        self.db
+            .run(move |conn| {
+                let mine: std::collections::HashSet<i64> =
+                    convs::ids_of_user(conn, user)?.into_iter().collect();
+                let mut out = Vec::with_capacity(cursors.len());
+                for c in &cursors {
+                    if !mine.contains(&c.conversation_id) {
+                        return Err(AppError::Forbidden(
+                            format!("not a member of conversation {}", c.conversation_id).into(),
+                        ));
+                    }
+                    let conv = convs::by_id(conn, c.conversation_id)?
+                        .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+                    let after_seq = c.seq.unwrap_or(0);
+                    let msgs = messages::since(conn, c.conversation_id, after_seq, c.change)?;
+                    let receipts =
+                        convs::receipts_since(conn, c.conversation_id, c.change.unwrap_or(0))?;
+                    out.push(json!({
+                        "conversationId": c.conversation_id.to_string(),
+                        "lastSeq": conv.last_seq,
+                        "lastChange": conv.last_change,
+                        "messages": msgs.iter().map(Message::view).collect::<Vec<_>>(),
+                        "receipts": receipts.iter().map(|m| json!({
+                            "userId": m.user_id.to_string(),
+                            "deliveredUpTo": m.delivered_up_to,
+                            "readUpTo": m.read_up_to,
+                            "change": m.receipt_change,
+                        })).collect::<Vec<_>>(),
+                    }));
+                }
+                let all: Vec<String> = mine.iter().map(ToString::to_string).collect();
+                Ok(json!({ "conversations": out, "memberOf": all }))
+            })
+            .await
+    }
+}

@@ -1,0 +1,430 @@
+//! The canonical realtime protocol: what the engine understands and emits, independent of any
+//! wire format. Transports decode their frames into [`ClientFrame`]s, the session parses those
+//! into [`Command`]s, and everything the engine sends out is a [`ServerEvent`] (or an ack/error
+//! reply to a frame).
+
+use crate::error::AppError;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+/// One decoded client frame: event name, payload, and the optional correlation id that the
+/// reply (ack or error) must carry back.
+#[derive(Clone, Debug)]
+pub struct ClientFrame {
+    /// Event name, e.g. `message:send`.
+    pub event: String,
+    /// Payload (`null` when absent).
+    pub payload: Value,
+    /// Correlation id chosen by the client.
+    pub reply_to: Option<Value>,
+}
+
+/// An event pushed to clients. Shared by every recipient of a fan-out; the canonical JSON text
+/// is produced once and reused.
+#[derive(Debug)]
+pub struct ServerEvent {
+    /// Canonical event name.
+    pub name: Cow<'static, str>,
+    /// Canonical payload.
+    pub payload: Value,
+    canonical: OnceLock<Arc<str>>,
+}
+
+impl ServerEvent {
+    /// A new shared event.
+    pub fn new(name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            payload,
+            canonical: OnceLock::new(),
+        })
+    }
+
+    /// `{"event": name, "payload": payload}`, encoded once.
+    pub fn canonical_json(&self) -> Arc<str> {
+        self.canonical
+            .get_or_init(|| {
+                let frame = serde_json::json!({ "event": self.name, "payload": self.payload });
+                Arc::from(frame.to_string())
+            })
+            .clone()
+    }
+}
+
+/// An error reply or error event: `{code, message, ref}` plus `retryAfter` for rate limits.
+#[derive(Clone, Debug, Serialize)]
+pub struct WireError {
+    /// Stable code.
+    pub code: &'static str,
+    /// Client-facing text.
+    pub message: String,
+    /// The frame this answers: its id, or its event name when it had none.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Value>,
+    /// Seconds to wait (`rate_limited`).
+    #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl WireError {
+    /// From an application error, referring to a frame.
+    pub fn from_app(err: &AppError, reference: Option<Value>) -> Self {
+        match err {
+            AppError::Internal { cause } => tracing::error!(%cause, "command failed"),
+            AppError::Unavailable { cause } => {
+                tracing::warn!(%cause, "command failed: dependency unavailable")
+            }
+            _ => {}
+        }
+        Self {
+            code: err.code(),
+            message: err.to_string(),
+            reference,
+            retry_after: match err {
+                AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What a session hands to its transport for writing.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A pushed event.
+    Event(Arc<ServerEvent>),
+    /// A successful reply to a frame that carried an id.
+    Ack {
+        /// The frame's id.
+        id: Value,
+        /// The result.
+        payload: Value,
+    },
+    /// A failed command; `id` is the frame's id when it had one.
+    Error {
+        /// The frame's id.
+        id: Option<Value>,
+        /// The error.
+        error: WireError,
+    },
+}
+
+/// Deserializes an id given as a JSON string or number into `i64`.
+pub fn id_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    match Value::deserialize(de)? {
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| de::Error::custom("id must be a positive integer")),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| de::Error::custom(format!("`{s}` is not a valid id"))),
+        other => Err(de::Error::custom(format!(
+            "expected an id string, got {other}"
+        ))),
+    }
+}
+
+/// Like [`id_field`] for optional fields.
+pub fn opt_id_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => id_field(v).map(Some).map_err(de::Error::custom),
+    }
+}
+
+/// Like [`id_field`] for lists of ids.
+pub fn id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<i64>, D::Error> {
+    let values = Vec::<Value>::deserialize(de)?;
+    values
+        .into_iter()
+        .map(|v| id_field(v).map_err(de::Error::custom))
+        .collect()
+}
+
+/// A non-negative sequence number given as a number or a string of digits.
+pub fn seq_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    match Value::deserialize(de)? {
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| de::Error::custom("expected a non-negative integer")),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| de::Error::custom(format!("`{s}` is not a valid sequence number"))),
+        other => Err(de::Error::custom(format!(
+            "expected a sequence number, got {other}"
+        ))),
+    }
+}
+
+fn opt_seq_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => seq_field(v).map(Some).map_err(de::Error::custom),
+    }
+}
+
+/// A message a client wants to send (`message:send`, REST `POST .../messages`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendDraft {
+    /// Target conversation.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    pub conversation_id: i64,
+    /// Text (may be empty for media messages).
+    #[serde(default, alias = "text")]
+    pub content: String,
+    /// `text|image|audio|file` (`system`, `voice_call`, `video_call` are server-only).
+    #[serde(default, rename = "type", alias = "messageType", alias = "kind")]
+    pub kind: Option<String>,
+    /// Attachment URL.
+    #[serde(default, alias = "media_url", alias = "fileUrl")]
+    pub media_url: Option<String>,
+    /// Message being replied to.
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "replyToId",
+        alias = "reply_to"
+    )]
+    pub reply_to: Option<i64>,
+    /// Free-form JSON metadata.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// Idempotency key, unique per sender.
+    #[serde(
+        default,
+        alias = "client_message_id",
+        alias = "clientId",
+        alias = "tempId"
+    )]
+    pub client_message_id: Option<String>,
+}
+
+/// `message:edit`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditCommand {
+    /// The message.
+    #[serde(deserialize_with = "id_field", alias = "id", alias = "message_id")]
+    pub message_id: i64,
+    /// New text.
+    #[serde(alias = "text")]
+    pub content: String,
+}
+
+/// `message:delete`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteCommand {
+    /// The message.
+    #[serde(deserialize_with = "id_field", alias = "id", alias = "message_id")]
+    pub message_id: i64,
+}
+
+/// Commands naming only a conversation (join, leave, typing).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRef {
+    /// The conversation.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    pub conversation_id: i64,
+}
+
+/// `receipt:delivered|read`: move the caller's cursor forward to `upTo` (a seq).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptCommand {
+    /// The conversation.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    pub conversation_id: i64,
+    /// Highest seq covered.
+    #[serde(deserialize_with = "seq_field", alias = "seq", alias = "up_to")]
+    pub up_to: i64,
+}
+
+/// `presence:subscribe`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceSubscribe {
+    /// Users to watch.
+    #[serde(deserialize_with = "id_list", alias = "users", alias = "user_ids")]
+    pub user_ids: Vec<i64>,
+}
+
+/// One conversation's cursors in a `sync` request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncCursor {
+    /// The conversation.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    pub conversation_id: i64,
+    /// Highest message seq the client has.
+    #[serde(
+        default,
+        deserialize_with = "opt_seq_field",
+        alias = "afterSeq",
+        alias = "lastSeq"
+    )]
+    pub seq: Option<i64>,
+    /// Highest change number the client has seen (edits, deletes, receipts).
+    #[serde(default, deserialize_with = "opt_seq_field", alias = "afterChange")]
+    pub change: Option<i64>,
+}
+
+/// `sync`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncCommand {
+    /// Cursors per conversation.
+    #[serde(default, alias = "cursors")]
+    pub conversations: Vec<SyncCursor>,
+}
+
+/// A parsed canonical command.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Open a conversation (membership check; returns its state).
+    Join(ConversationRef),
+    /// Close it (stops typing).
+    Leave(ConversationRef),
+    /// Send a message.
+    Send(SendDraft),
+    /// Edit an own message.
+    Edit(EditCommand),
+    /// Delete a message.
+    Delete(DeleteCommand),
+    /// Typing started.
+    TypingStart(ConversationRef),
+    /// Typing stopped.
+    TypingStop(ConversationRef),
+    /// Delivered cursor.
+    Delivered(ReceiptCommand),
+    /// Read cursor.
+    Read(ReceiptCommand),
+    /// Watch users' presence.
+    PresenceSubscribe(PresenceSubscribe),
+    /// Catch up.
+    Sync(SyncCommand),
+    /// Application-level ping (answered with an ack).
+    Ping,
+}
+
+fn payload<T: de::DeserializeOwned>(event: &str, value: Value) -> Result<T, AppError> {
+    let value = if value.is_null() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        value
+    };
+    serde_json::from_value(value).map_err(|e| AppError::BadRequest {
+        code: "invalid_payload",
+        message: format!("{event}: {e}").into(),
+    })
+}
+
+impl Command {
+    /// Parses a canonical event and payload.
+    pub fn parse(event: &str, value: Value) -> Result<Self, AppError> {
+        Ok(match event {
+            "conversation:join" => Self::Join(payload(event, value)?),
+            "conversation:leave" => Self::Leave(payload(event, value)?),
+            "message:send" => Self::Send(payload(event, value)?),
+            "message:edit" => Self::Edit(payload(event, value)?),
+            "message:delete" => Self::Delete(payload(event, value)?),
+            "typing:start" => Self::TypingStart(payload(event, value)?),
+            "typing:stop" => Self::TypingStop(payload(event, value)?),
+            "receipt:delivered" => Self::Delivered(payload(event, value)?),
+            "receipt:read" => Self::Read(payload(event, value)?),
+            "presence:subscribe" => Self::PresenceSubscribe(payload(event, value)?),
+            "sync" => Self::Sync(payload(event, value)?),
+            "ping" => Self::Ping,
+            other => {
+                return Err(AppError::BadRequest {
+                    code: "unknown_event",
+                    message: format!(
+                        "unknown event `{}`",
+                        other.chars().take(64).collect::<String>()
+                    )
+                    .into(),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn send_accepts_aliases_and_string_or_number_ids() {
+        let Command::Send(d) = Command::parse(
+            "message:send",
+            json!({"conversation": 5, "text": "hi", "clientMessageId": "c1", "replyTo": "9"}),
+        )
+        .unwrap() else {
+            panic!("not a send")
+        };
+        assert_eq!(
+            (d.conversation_id, d.content.as_str(), d.reply_to),
+            (5, "hi", Some(9))
+        );
+        assert_eq!(d.client_message_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_events_have_codes() {
+        let err = Command::parse("message:send", json!({"conversationId": true})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        let err = Command::parse("message:send", json!({"conversationId": "abc"})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        let err =
+            Command::parse("receipt:read", json!({"conversationId": "1", "upTo": -1})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        assert_eq!(
+            Command::parse("nope", Value::Null).unwrap_err().code(),
+            "unknown_event"
+        );
+    }
+
+    #[test]
+    fn canonical_json_is_encoded_once_and_reused() {
+        let ev = ServerEvent::new("message:new", json!({"id": "1"}));
+        let a = ev.canonical_json();
+        let b = ev.canonical_json();
+        assert!(Arc::ptr_eq(&a, &b));
+        let parsed: Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"event": "message:new", "payload": {"id": "1"}})
+        );
+    }
+}

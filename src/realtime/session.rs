@@ -1,0 +1,331 @@
+//! One session actor per connection, whatever the transport. It owns the connection's identity
+//! (from the verified token only), turns canonical frames into engine calls, and writes events
+//! and replies into the connection's **bounded** outbound queue. A client that stops reading
+//! fills that queue and is disconnected instead of growing memory.
+
+use super::protocol::{ClientFrame, Command, Outbound, ServerEvent, WireError};
+use super::registry::{Announce, CloseSession, Connect, Deliver, Disconnect, WatchPresence};
+use super::Engine;
+use crate::auth::Identity;
+use crate::db::conversations::{self as convs, ReceiptKind};
+use crate::error::{AppError, AppResult};
+use actix::prelude::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Close code for a connection whose outbound queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
+/// Close code for revoked or invalid credentials (seed 004).
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+
+/// How the session asks its transport to close the connection.
+#[derive(Clone, Debug)]
+pub struct CloseRequest {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Reason text.
+    pub reason: String,
+}
+
+/// The transport side of a session: a bounded queue of outbound items and a close signal.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Outbound events and replies (bounded: `OUTBOUND_QUEUE`).
+    pub out: mpsc::Sender<Outbound>,
+    /// Close requests (capacity 1: the first one wins).
+    pub close: mpsc::Sender<CloseRequest>,
+}
+
+impl Link {
+    /// Queues an item; a full queue means the client is not reading: close it.
+    pub fn push(&self, item: Outbound, user: i64) -> bool {
+        match self.out.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    user,
+                    "slow consumer: outbound queue full; closing the connection"
+                );
+                let _ = self.close.try_send(CloseRequest {
+                    code: CLOSE_SLOW_CONSUMER,
+                    reason: "slow consumer: outbound queue full".into(),
+                });
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Sends the reply for a frame: an ack with its id, or an error (with its id, or referring
+    /// to the event name when the frame had none).
+    pub fn reply(&self, user: i64, reply_to: Option<Value>, event: &str, result: AppResult<Value>) {
+        match (result, reply_to) {
+            (Ok(payload), Some(id)) => {
+                self.push(Outbound::Ack { id, payload }, user);
+            }
+            (Ok(_), None) => {}
+            (Err(e), id) => {
+                let reference = id.clone().or_else(|| Some(Value::String(event.to_owned())));
+                self.push(
+                    Outbound::Error {
+                        id,
+                        error: WireError::from_app(&e, reference),
+                    },
+                    user,
+                );
+            }
+        }
+    }
+}
+
+/// The transport went away.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TransportClosed;
+
+/// The session actor.
+pub struct SessionActor {
+    key: u64,
+    identity: Arc<Identity>,
+    engine: Engine,
+    link: Link,
+    transport: &'static str,
+}
+
+impl std::fmt::Debug for SessionActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionActor")
+            .field("key", &self.key)
+            .field("user", &self.identity.user_id())
+            .finish()
+    }
+}
+
+impl SessionActor {
+    /// A session for an authenticated identity.
+    pub fn new(identity: Identity, engine: Engine, link: Link, transport: &'static str) -> Self {
+        Self {
+            key: engine.next_session_key(),
+            identity: Arc::new(identity),
+            engine,
+            link,
+            transport,
+        }
+    }
+
+    /// The session's process-unique key.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    fn user(&self) -> i64 {
+        self.identity.user_id()
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        let user = self.user();
+        let engine = self.engine.clone();
+        tracing::info!(
+            user,
+            session = self.key,
+            transport = self.transport,
+            "session started"
+        );
+        // Register at once, so events reach the session from its first frame on; the presence
+        // audience follows when the database answers.
+        engine.registry.do_send(Connect {
+            user_id: user,
+            key: self.key,
+            device_session: self.identity.session_id.clone(),
+            transport: self.transport,
+            deliver: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+        });
+        actix::spawn(async move {
+            let peers = engine
+                .db
+                .run(move |conn| convs::peers_of(conn, user))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(user, error = %e, "could not load presence peers");
+                    Vec::new()
+                });
+            engine.registry.do_send(Announce {
+                user_id: user,
+                peers,
+            });
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        tracing::info!(user = self.user(), session = self.key, "session ended");
+        self.engine.registry.do_send(Disconnect {
+            user_id: self.user(),
+            key: self.key,
+        });
+        let _ = self.link.close.try_send(CloseRequest {
+            code: 1000,
+            reason: "session ended".into(),
+        });
+    }
+}
+
+impl Handler<Deliver> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        if !self.link.push(Outbound::Event(msg.0), self.user()) {
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<CloseSession> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        let _ = self.link.close.try_send(CloseRequest {
+            code: msg.code,
+            reason: msg.reason,
+        });
+        ctx.stop();
+    }
+}
+
+impl Handler<TransportClosed> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, _: TransportClosed, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ClientFrame> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, frame: ClientFrame, _: &mut Context<Self>) {
+        let user = self.user();
+        let command = match Command::parse(&frame.event, frame.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.link.reply(user, frame.reply_to, &frame.event, Err(e));
+                return;
+            }
+        };
+        let engine = self.engine.clone();
+        let identity = Arc::clone(&self.identity);
+        let link = self.link.clone();
+        let key = self.key;
+        let event = frame.event;
+        let reply_to = frame.reply_to;
+        // Commands run concurrently; each replies when done (sends only after their commit).
+        actix::spawn(async move {
+            let result = execute(&engine, &identity, key, command).await;
+            link.reply(identity.user_id(), reply_to, &event, result);
+        });
+    }
+}
+
+impl Message for ClientFrame {
+    type Result = ();
+}
+
+/// Runs one canonical command for a session and produces its ack payload.
+async fn execute(
+    engine: &Engine,
+    identity: &Identity,
+    key: u64,
+    command: Command,
+) -> AppResult<Value> {
+    let user = identity.user_id();
+    match command {
+        Command::Ping => Ok(json!({"pong": chrono::Utc::now()})),
+        Command::Join(c) => engine.join(user, c.conversation_id).await,
+        Command::Leave(c) => {
+            engine.typing(user, c.conversation_id, false).await?;
+            Ok(json!({"conversationId": c.conversation_id.to_string(), "left": true}))
+        }
+        Command::Send(draft) => Ok(json!(
+            engine.send_message(identity, draft, Some(key)).await?
+        )),
+        Command::Edit(e) => Ok(json!(engine
+            .edit_message(identity, e.message_id, e.content, Some(key))
+            .await?
+            .view())),
+        Command::Delete(d) => Ok(json!(engine
+            .delete_message(identity, d.message_id, Some(key))
+            .await?
+            .view())),
+        Command::TypingStart(c) => {
+            engine.typing(user, c.conversation_id, true).await?;
+            Ok(json!({"ok": true}))
+        }
+        Command::TypingStop(c) => {
+            engine.typing(user, c.conversation_id, false).await?;
+            Ok(json!({"ok": true}))
+        }
+        Command::Delivered(r) => {
+            engine
+                .receipt(
+                    user,
+                    r.conversation_id,
+                    ReceiptKind::Delivered,
+                    r.up_to,
+                    Some(key),
+                )
+                .await
+        }
+        Command::Read(r) => {
+            engine
+                .receipt(
+                    user,
+                    r.conversation_id,
+                    ReceiptKind::Read,
+                    r.up_to,
+                    Some(key),
+                )
+                .await
+        }
+        Command::PresenceSubscribe(p) => {
+            if p.user_ids.len() > 1000 {
+                return Err(AppError::validation("at most 1000 users per subscription"));
+            }
+            let mut statuses = engine
+                .registry
+                .send(WatchPresence {
+                    user_id: user,
+                    key,
+                    targets: p.user_ids,
+                })
+                .await
+                .map_err(|e| AppError::unavailable(format!("registry: {e}")))?;
+            // Fill in last-seen times for offline users from the database.
+            let offline: Vec<i64> = statuses
+                .iter()
+                .filter(|s| !s.online && s.last_seen.is_none())
+                .filter_map(|s| s.user_id.parse().ok())
+                .collect();
+            if !offline.is_empty() {
+                let seen = engine
+                    .db
+                    .run(move |conn| crate::db::accounts::last_seen_of(conn, &offline))
+                    .await?;
+                for s in &mut statuses {
+                    if let Some(t) = s.user_id.parse::<i64>().ok().and_then(|id| seen.get(&id)) {
+                        s.last_seen = Some(*t);
+                    }
+                }
+            }
+            Ok(json!({ "presence": statuses }))
+        }
+        Command::Sync(s) => engine.sync(user, s.conversations).await,
+    }
+}
+
+/// An event for one session only (e.g. a transport-level notice).
+pub fn direct_event(name: &'static str, payload: Value) -> Outbound {
+    Outbound::Event(ServerEvent::new(name, payload))
+}

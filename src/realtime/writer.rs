@@ -1,0 +1,139 @@
+//! Group commit: sends from every conversation queue up here and are written in batches, one
+//! transaction per batch, each sender acknowledged only after its batch committed. Conversations
+//! are sharded over `WRITE_SHARDS` writers by id, so one conversation's batches commit strictly
+//! in order and its fan-out follows seq order.
+
+use super::conversation::Committed;
+use crate::db::messages::{self, Draft, Written};
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use actix::Recipient;
+use tokio::sync::{mpsc, oneshot};
+
+/// One message waiting for its commit.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// The validated draft.
+    pub draft: Draft,
+    /// Where the conversation actor learns the outcome (in commit order).
+    pub notify: Recipient<Committed>,
+    /// The sender's reply channel (the ack).
+    pub reply: oneshot::Sender<AppResult<Written>>,
+    /// Session that sent it (not sent `message:new`; it gets the ack).
+    pub origin: Option<u64>,
+}
+
+/// Handle to the writer shards.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    shards: Vec<mpsc::Sender<WriteRequest>>,
+}
+
+impl Writer {
+    /// Starts `shards` writer tasks on the current runtime, each with a queue of `queue` requests
+    /// and batches of at most `batch_max`.
+    pub fn start(db: Db, shards: usize, queue: usize, batch_max: usize) -> Self {
+        let per_shard = (queue / shards.max(1)).max(1);
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(per_shard);
+                actix::spawn(run(db.clone(), rx, batch_max.max(1)));
+                tx
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// Queues a request; a full queue refuses at once with `unavailable` (back-pressure) rather
+    /// than growing without bound.
+    pub fn submit(&self, req: WriteRequest) -> Result<(), WriteRequest> {
+        let shard = usize::try_from(req.draft.conversation_id.unsigned_abs()).unwrap_or(0)
+            % self.shards.len();
+        self.shards[shard].try_send(req).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+        })
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
+        let outcome = commit(&db, drafts).await;
+        let results: Vec<AppResult<Written>> = match outcome {
+            Ok(results) => results,
+            Err(e) => {
+                let shared = share(&e);
+                batch.iter().map(|_| Err(shared())).collect()
+            }
+        };
+        // Hand results to each conversation in batch order (which is their seq order).
+        let mut groups: Vec<(
+            Recipient<Committed>,
+            Vec<(WriteRequest, AppResult<Written>)>,
+        )> = Vec::new();
+        for (req, res) in batch.drain(..).zip(results) {
+            match groups.iter_mut().find(|(r, _)| *r == req.notify) {
+                Some((_, items)) => items.push((req, res)),
+                None => groups.push((req.notify.clone(), vec![(req, res)])),
+            }
+        }
+        for (recipient, items) in groups {
+            recipient.do_send(Committed(items));
+        }
+    }
+}
+
+/// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
+/// connection); a database that stays down fails the batch with `unavailable`.
+async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>>> {
+    let retry = drafts.clone();
+    match db
+        .run(move |conn| messages::write_batch(conn, &drafts))
+        .await
+    {
+        Ok(r) => Ok(r),
+        Err(e) if transient(&e) => {
+            tracing::warn!(error = %describe(&e), "message batch failed; retrying once");
+            db.run(move |conn| messages::write_batch(conn, &retry))
+                .await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn transient(e: &AppError) -> bool {
+    match e {
+        AppError::Unavailable { .. } | AppError::Conflict { .. } => true,
+        AppError::Internal { cause } => {
+            cause.contains("deadlock") || cause.contains("could not serialize")
+        }
+        _ => false,
+    }
+}
+
+fn describe(e: &AppError) -> String {
+    match e {
+        AppError::Internal { cause } | AppError::Unavailable { cause } => cause.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Turns one batch error into a factory of per-request errors: the client sees `unavailable`
+/// for outages and `internal` otherwise (the cause is logged once).
+fn share(e: &AppError) -> impl Fn() -> AppError {
+    let unavailable = matches!(e, AppError::Unavailable { .. });
+    let cause = describe(e);
+    if unavailable {
+        tracing::warn!(%cause, "message batch not committed: database unavailable");
+    } else {
+        tracing::error!(%cause, "message batch not committed");
+    }
+    move || {
+        if unavailable {
+            AppError::unavailable("message store unavailable")
+        } else {
+            AppError::internal("message could not be stored")
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Plain WebSocket transport at `/ws` (seed 004): JSON text frames
+//! `{"event": "...", "payload": {...}, "id": optional}`. Auth by `?token=` or
+//! `Authorization: Bearer`; a missing or invalid token closes with 4001 `Unauthorized`.
+//!
+//! The transport is an edge around the session actor: a reader task decodes frames (size and
+//! rate limits, heartbeat timeout) and hands them to the actor; a writer task drains the
+//! session's bounded queue into the socket and sends heartbeat pings.
+
+use super::protocol::{ClientFrame, Outbound, WireError};
+use super::ratelimit::Bucket;
+use super::session::{CloseRequest, Link, SessionActor, TransportClosed, CLOSE_UNAUTHORIZED};
+use crate::error::AppError;
+use crate::state::AppState;
+use actix::{Actor, Addr};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Encodes and decodes one wire format (canonical JSON here; dialects plug in the same way).
+pub trait WireFormat: Send + Sync + 'static {
+    /// Decodes a text frame.
+    fn decode(&self, text: &str) -> Result<ClientFrame, (Option<Value>, AppError)>;
+    /// Encodes an outbound item.
+    fn encode(&self, item: &Outbound) -> String;
+}
+
+/// The canonical `{"event","payload","id"}` format.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CanonicalJson;
+
+impl WireFormat for CanonicalJson {
+    fn decode(&self, text: &str) -> Result<ClientFrame, (Option<Value>, AppError)> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            (
+                None,
+                AppError::bad_request("invalid_json", format!("malformed JSON frame: {e}")),
+            )
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err((
+                None,
+                AppError::bad_request("invalid_frame", "a frame must be a JSON object"),
+            ));
+        };
+        let id = obj.remove("id").filter(|v| !v.is_null());
+        if let Some(id) = &id {
+            if !(id.is_string() || id.is_number()) {
+                return Err((
+                    None,
+                    AppError::bad_request("invalid_frame", "`id` must be a string or a number"),
+                ));
+            }
+        }
+        let event = match obj.remove("event") {
+            Some(Value::String(e)) if !e.is_empty() && e.len() <= 128 => e,
+            _ => {
+                return Err((
+                    id,
+                    AppError::bad_request("invalid_frame", "`event` must be a non-empty string"),
+                ))
+            }
+        };
+        let payload = obj
+            .remove("payload")
+            .or_else(|| obj.remove("data"))
+            .unwrap_or(Value::Null);
+        Ok(ClientFrame {
+            event,
+            payload,
+            reply_to: id,
+        })
+    }
+
+    fn encode(&self, item: &Outbound) -> String {
+        match item {
+            Outbound::Event(ev) => ev.canonical_json().to_string(),
+            Outbound::Ack { id, payload } => {
+                json!({"event": "ack", "id": id, "payload": payload}).to_string()
+            }
+            Outbound::Error { id, error } => match id {
+                Some(id) => json!({"event": "error", "id": id, "payload": error}).to_string(),
+                None => json!({"event": "error", "payload": error}).to_string(),
+            },
+        }
+    }
+}
+
+/// `?token=` wins over the `Authorization` header (browsers cannot set headers on WebSockets).
+fn token_of(req: &HttpRequest) -> Option<String> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").filter(|t| !t.is_empty()).cloned())
+        .or_else(|| crate::http::bearer_token(req).map(str::to_owned))
+}
+
+/// `GET /ws`: upgrade, authenticate, start the session.
+pub async fn route(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let identity = match token_of(&req) {
+        Some(t) => state.auth.authenticate(&t).await,
+        None => Err(AppError::unauthorized("missing_token", "token required")),
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(code = e.code(), "websocket refused: unauthorized");
+            actix_web::rt::spawn(async move {
+                let reason = CloseReason {
+                    code: CloseCode::Other(CLOSE_UNAUTHORIZED),
+                    description: Some("Unauthorized".into()),
+                };
+                let _ = session.close(Some(reason)).await;
+            });
+            return Ok(response);
+        }
+    };
+    start(
+        identity,
+        &state,
+        session,
+        stream,
+        Arc::new(CanonicalJson),
+        "ws",
+    );
+    Ok(response)
+}
+
+/// Starts a session actor and its reader and writer tasks on an upgraded socket.
+pub fn start(
+    identity: crate::auth::Identity,
+    state: &AppState,
+    session: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+    format: Arc<dyn WireFormat>,
+    transport: &'static str,
+) {
+    let config = Arc::clone(&state.config);
+    let (out_tx, out_rx) = mpsc::channel(config.outbound_queue);
+    let (close_tx, close_rx) = mpsc::channel(1);
+    let link = Link {
+        out: out_tx,
+        close: close_tx,
+    };
+    let user = identity.user_id();
+    let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), transport).start();
+    let last_seen = Arc::new(AtomicI64::new(now_millis()));
+    actix_web::rt::spawn(write_loop(
+        session.clone(),
+        out_rx,
+        close_rx,
+        Arc::clone(&format),
+        config.heartbeat_interval,
+    ));
+    let reader = Reader {
+        actor,
+        link,
+        format,
+        session,
+        last_seen,
+        user,
+        frames: Bucket::new(config.frame_burst, f64::from(config.frame_rate_per_sec)),
+        client_timeout: config.client_timeout,
+        heartbeat: config.heartbeat_interval,
+    };
+    actix_web::rt::spawn(reader.run(stream.max_frame_size(config.max_frame_bytes)));
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn write_loop(
+    mut session: actix_ws::Session,
+    mut out: mpsc::Receiver<Outbound>,
+    mut close: mpsc::Receiver<CloseRequest>,
+    format: Arc<dyn WireFormat>,
+    heartbeat: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            req = close.recv() => break req,
+            item = out.recv() => {
+                let Some(item) = item else { break None };
+                let text = format.encode(&item);
+                // A write that cannot complete (client not reading) still yields to a close.
+                tokio::select! {
+                    res = session.text(text) => if res.is_err() { return },
+                    req = close.recv() => break req,
+                }
+            }
+            _ = ping.tick() => {
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let reason = reason.map(|r| CloseReason {
+        code: close_code(r.code),
+        description: Some(r.reason),
+    });
+    // Best effort: a client that does not read may never take the close frame.
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.close(reason)).await;
+}
+
+fn close_code(code: u16) -> CloseCode {
+    match code {
+        1000 => CloseCode::Normal,
+        1001 => CloseCode::Away,
+        1008 => CloseCode::Policy,
+        1009 => CloseCode::Size,
+        1011 => CloseCode::Error,
+        other => CloseCode::Other(other),
+    }
+}
+
+struct Reader {
+    actor: Addr<SessionActor>,
+    link: Link,
+    format: Arc<dyn WireFormat>,
+    session: actix_ws::Session,
+    last_seen: Arc<AtomicI64>,
+    user: i64,
+    frames: Bucket,
+    client_timeout: Duration,
+    heartbeat: Duration,
+}
+
+impl Reader {
+    fn close(&self, code: u16, reason: &str) {
+        let _ = self.link.close.try_send(CloseRequest {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    fn error(&self, id: Option<Value>, err: &AppError) {
+        self.link.push(
+            Outbound::Error {
+                id: id.clone(),
+                error: WireError::from_app(err, id),
+            },
+            self.user,
+        );
+    }
+
+    async fn run(mut self, mut stream: actix_ws::MessageStream) {
+        let check_every = (self.heartbeat / 2).max(Duration::from_millis(100));
+        let mut check = tokio::time::interval(check_every);
+        loop {
+            tokio::select! {
+                msg = stream.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.last_seen.store(now_millis(), Ordering::Relaxed);
+                    if !self.on_message(msg).await {
+                        break;
+                    }
+                }
+                _ = check.tick() => {
+                    let silent = now_millis() - self.last_seen.load(Ordering::Relaxed);
+                    if silent > i64::try_from(self.client_timeout.as_millis()).unwrap_or(i64::MAX) {
+                        tracing::info!(user = self.user, "heartbeat timeout; closing");
+                        self.close(1000, "heartbeat timeout");
+                        break;
+                    }
+                }
+            }
+        }
+        self.actor.do_send(TransportClosed);
+    }
+
+    /// Handles one inbound message; false ends the connection.
+    async fn on_message(&mut self, msg: Result<Message, ProtocolError>) -> bool {
+        match msg {
+            Ok(Message::Text(text)) => {
+                if let Err(wait) = self.frames.take(Instant::now()) {
+                    let err = AppError::RateLimited {
+                        retry_after_secs: wait.as_secs().max(1),
+                    };
+                    let id = self.format.decode(&text).ok().and_then(|f| f.reply_to);
+                    self.error(id, &err);
+                    return true;
+                }
+                match self.format.decode(&text) {
+                    Ok(frame) => self.actor.send(frame).await.is_ok(),
+                    Err((id, err)) => {
+                        self.error(id, &err);
+                        true
+                    }
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                self.error(
+                    None,
+                    &AppError::bad_request(
+                        "invalid_frame",
+                        "binary frames are not supported on /ws",
+                    ),
+                );
+                true
+            }
+            Ok(Message::Ping(bytes)) => self.session.pong(&bytes).await.is_ok(),
+            Ok(Message::Pong(_) | Message::Nop | Message::Continuation(_)) => true,
+            Ok(Message::Close(reason)) => {
+                tracing::debug!(user = self.user, ?reason, "client closed");
+                self.close(1000, "bye");
+                false
+            }
+            Err(ProtocolError::Overflow) => {
+                self.error(
+                    None,
+                    &AppError::TooLarge("frame exceeds MAX_FRAME_BYTES".into()),
+                );
+                self.close(1009, "frame too large");
+                false
+            }
+            Err(e) => {
+                tracing::info!(user = self.user, error = %e, "websocket protocol error; closing");
+                self.close(1002, "protocol error");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_frames_and_reports_bad_ones_with_codes() {
+        let f = CanonicalJson.decode(r#"{"event":"ping","id":7}"#).unwrap();
+        assert_eq!((f.event.as_str(), f.reply_to), ("ping", Some(json!(7))));
+        let (id, e) = CanonicalJson.decode("{nope").unwrap_err();
+        assert_eq!((id, e.code()), (None, "invalid_json"));
+        let (id, e) = CanonicalJson.decode(r#"{"id":"a","event":5}"#).unwrap_err();
+        assert_eq!((id, e.code()), (Some(json!("a")), "invalid_frame"));
+        let (_, e) = CanonicalJson.decode("[1,2]").unwrap_err();
+        assert_eq!(e.code(), "invalid_frame");
+    }
+
+    #[test]
+    fn replies_carry_the_frame_id() {
+        let ack = CanonicalJson.encode(&Outbound::Ack {
+            id: json!(3),
+            payload: json!({"ok": true}),
+        });
+        assert_eq!(
+            serde_json::from_str::<Value>(&ack).unwrap(),
+            json!({"event":"ack","id":3,"payload":{"ok":true}})
+        );
+    }
+}
