@@ -8,7 +8,6 @@ use super::setup::{ClientSpec, Role};
 use awc::error::WsProtocolError;
 use awc::ws::{Frame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -362,9 +361,7 @@ async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
 
 /// Error reasons become report keys: keep the kind, drop per-connection detail.
 fn short_reason(reason: &str) -> String {
-    let cut = reason
-        .find(|c: char| c == '(' || c == '\n')
-        .unwrap_or(reason.len());
+    let cut = reason.find(['(', '\n']).unwrap_or(reason.len());
     let s = reason.get(..cut).unwrap_or(reason).trim();
     let s: String = s.chars().take(80).collect();
     if s.is_empty() {
@@ -645,7 +642,7 @@ where
         Inbound::Ping => send_text(io, protocol::EIO_PONG.to_owned()).await?,
         Inbound::Disconnect => return Err("disconnected".into()),
         Inbound::ConnectError(reason) => {
-            return Err(format!("refused: {}", Cow::<str>::from(reason)));
+            return Err(format!("refused: {reason}"));
         }
         Inbound::Open | Inbound::Connected | Inbound::Other => {}
     }

@@ -194,6 +194,7 @@ async fn write_loop(
                 let text = format.encode(&item);
                 // A write that cannot complete (client not reading) still yields to a close.
                 tokio::select! {
+                    biased;
                     res = session.text(text) => if res.is_err() { return },
                     req = close.recv() => break req,
                 }
@@ -205,6 +206,16 @@ async fn write_loop(
             }
         }
     };
+    // Flush what is already queued (an error explaining the close, say) for a moment, unless the
+    // client is not reading at all.
+    let flush = async {
+        while let Ok(item) = out.try_recv() {
+            if session.text(format.encode(&item)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
     let reason = reason.map(|r| CloseReason {
         code: close_code(r.code),
         description: Some(r.reason),
@@ -245,6 +256,7 @@ impl Reader {
     }
 
     fn error(&self, id: Option<Value>, err: &AppError) {
+        tracing::debug!(code = err.code(), "frame refused");
         self.link.push(
             Outbound::Error {
                 id: id.clone(),

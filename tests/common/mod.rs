@@ -92,6 +92,11 @@ pub fn test_config(db: &TestDb) -> Config {
         jwt_secret: Secret::new(SECRET),
         bind: "127.0.0.1:0".into(),
         db_pool_size: 8,
+        // Generous limits: tests that exercise limits set their own.
+        message_rate_per_min: 1_000_000,
+        message_burst: 100_000,
+        frame_rate_per_sec: 100_000,
+        frame_burst: 100_000,
         ..Config::default()
     }
 }
@@ -219,4 +224,138 @@ impl Drop for TestServer {
 /// Reads `error.code` from an error body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+/// A WebSocket test client for `/ws` speaking the canonical JSON frames. Events that arrive
+/// while waiting for something else are buffered, so tests can assert on them later.
+pub struct WsClient {
+    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+    buffered: std::collections::VecDeque<Value>,
+    next_id: u64,
+    /// Close frame received, if any.
+    pub closed: Option<Option<awc::ws::CloseReason>>,
+}
+
+impl WsClient {
+    /// Connects with `?token=`; panics if the upgrade fails.
+    pub async fn connect(server: &TestServer, token: &str) -> Self {
+        Self::try_connect(server.addr(), &format!("/ws?token={token}"))
+            .await
+            .expect("websocket upgrade")
+    }
+
+    /// Connects to a path (query included).
+    pub async fn try_connect(addr: SocketAddr, path_and_query: &str) -> Result<Self, String> {
+        let client = awc::Client::builder()
+            .max_http_version(awc::http::Version::HTTP_11)
+            .finish();
+        let (_res, framed) = client
+            .ws(format!("ws://{addr}{path_and_query}"))
+            .max_frame_size(16 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            framed,
+            buffered: Default::default(),
+            next_id: 1,
+            closed: None,
+        })
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.framed
+            .send(awc::ws::Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends an event without an id.
+    pub async fn emit(&mut self, event: &str, payload: Value) {
+        self.send_text(serde_json::json!({"event": event, "payload": payload}).to_string())
+            .await;
+    }
+
+    /// Reads the next JSON frame (answering pings); None on close or timeout.
+    pub async fn next_frame(&mut self, wait: std::time::Duration) -> Option<Value> {
+        use futures_util::{SinkExt, StreamExt};
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.framed.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(awc::ws::Frame::Text(bytes)) => {
+                    return Some(serde_json::from_slice(&bytes).expect("JSON frame"))
+                }
+                Ok(awc::ws::Frame::Ping(p)) => {
+                    let _ = self.framed.send(awc::ws::Message::Pong(p)).await;
+                }
+                Ok(awc::ws::Frame::Close(reason)) => {
+                    self.closed = Some(reason);
+                    return None;
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends `event` with a fresh id and waits for the reply with that id:
+    /// `Ok(ack payload)` or `Err(error payload)`.
+    pub async fn request(&mut self, event: &str, payload: Value) -> Result<Value, Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(
+            serde_json::json!({"event": event, "payload": payload, "id": id}).to_string(),
+        )
+        .await;
+        let deadline = std::time::Duration::from_secs(20);
+        loop {
+            let frame = self
+                .next_frame(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {event}"));
+            if frame["id"] == serde_json::json!(id) {
+                return match frame["event"].as_str() {
+                    Some("ack") => Ok(frame["payload"].clone()),
+                    _ => Err(frame["payload"].clone()),
+                };
+            }
+            self.buffered.push_back(frame);
+        }
+    }
+
+    /// Waits for the next event called `name` (from the buffer first).
+    pub async fn expect_event(&mut self, name: &str) -> Value {
+        self.maybe_event(name, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("event {name} did not arrive"))
+    }
+
+    /// Waits up to `wait` for an event called `name`.
+    pub async fn maybe_event(&mut self, name: &str, wait: std::time::Duration) -> Option<Value> {
+        if let Some(pos) = self.buffered.iter().position(|f| f["event"] == name) {
+            return self.buffered.remove(pos).map(|f| f["payload"].clone());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await?;
+            if frame["event"] == name {
+                return Some(frame["payload"].clone());
+            }
+            self.buffered.push_back(frame);
+        }
+    }
+
+    /// All buffered events with this name (drained).
+    pub fn take_buffered(&mut self, name: &str) -> Vec<Value> {
+        let (hit, keep): (Vec<Value>, Vec<Value>) =
+            self.buffered.drain(..).partition(|f| f["event"] == name);
+        self.buffered = keep.into();
+        hit.into_iter().map(|f| f["payload"].clone()).collect()
+    }
 }
