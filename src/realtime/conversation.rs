@@ -254,13 +254,8 @@ impl ConversationActor {
             reply,
             origin,
         };
-        match self.engine.writer.submit(req) {
-            Ok(()) => self.pending += 1,
-            Err(req) => {
-                let _ = req.reply.send(Err(AppError::unavailable(
-                    "message queue is full; retry shortly",
-                )));
-            }
+        if self.engine.writer.submit(req) {
+            self.pending += 1;
         }
     }
 }

@@ -44,16 +44,25 @@ impl Writer {
         Self { shards }
     }
 
-    /// Queues a request; a full queue refuses at once with `unavailable` (back-pressure) rather
-    /// than growing without bound.
-    pub fn submit(&self, req: WriteRequest) -> Result<(), WriteRequest> {
+    /// Queues a request. A full queue refuses at once with `unavailable` (back-pressure) rather
+    /// than growing without bound; the refusal goes to the request's reply channel.
+    pub fn submit(&self, req: WriteRequest) -> bool {
         let shard = usize::try_from(req.draft.conversation_id.unsigned_abs()).unwrap_or(0)
             % self.shards.len();
-        self.shards[shard].try_send(req).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+        match self.shards[shard].try_send(req) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                let _ = r.reply.send(Err(AppError::unavailable(
+                    "message queue is full; retry shortly",
+                )));
+                false
+            }
+        }
     }
 }
+
+/// Committed results for one conversation, in commit order.
+type Outcomes = Vec<(WriteRequest, AppResult<Written>)>;
 
 async fn run(db: Db, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
@@ -68,10 +77,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
             }
         };
         // Hand results to each conversation in batch order (which is their seq order).
-        let mut groups: Vec<(
-            Recipient<Committed>,
-            Vec<(WriteRequest, AppResult<Written>)>,
-        )> = Vec::new();
+        let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
         for (req, res) in batch.drain(..).zip(results) {
             match groups.iter_mut().find(|(r, _)| *r == req.notify) {
                 Some((_, items)) => items.push((req, res)),
