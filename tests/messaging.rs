@@ -478,7 +478,7 @@ async fn an_offline_client_catches_up_exactly_with_sync() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["userId"] == alice.to_string())
+        .filter(|r| r["userId"].as_str() == Some(alice.to_string().as_str()))
         .collect();
     assert_eq!(receipts[0]["readUpTo"], 51);
 }
