@@ -82,6 +82,10 @@ struct UserAdd {
 }
 
 fn main() -> ExitCode {
+    // An empty SWITCHBOARD_CONFIG (as in a systemd EnvironmentFile template) means "no file".
+    if std::env::var_os("SWITCHBOARD_CONFIG").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("SWITCHBOARD_CONFIG");
+    }
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Runs the whole test suite:
+#
+#   scripts/test.sh            every step below, in order
+#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy test clients
+#
+# Steps: schema (migrations up, down and up again on a throwaway database; src/db/schema.rs must
+# equal `diesel print-schema`), docs (every variable src/config.rs reads is listed in .env.example
+# and in README.md's table), fmt (cargo fmt --check), clippy (-D warnings), test (cargo test
+# --all-targets) and clients (Node/Python client tests under tests/clients, when present).
+# A failing step does not stop the later ones; the summary lists each result and the exit status
+# is non-zero when any step failed.
+#
+# PostgreSQL: TEST_DATABASE_URL when set (an admin URL to the `postgres` database; tests create and
+# drop their own databases from it); else the server on 127.0.0.1:5432 when it accepts
+# postgres://postgres@127.0.0.1:5432/postgres without a password; else a fresh private cluster in
+# target/test-pgdata that is stopped and removed on exit. SB_TEST_FORCE_PRIVATE_PG=1 skips the
+# 127.0.0.1:5432 probe. TEST_THREADS (default 4) sets cargo test's --test-threads.
+# shellcheck disable=SC2317 # the step_* functions are called by name from run_step
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+# shellcheck source=scripts/lib/pg.sh
+source "$REPO/scripts/lib/pg.sh"
+
+if [ -n "${CI:-}" ]; then
+    # Plain logs: no colour codes from cargo, rustfmt or the server's log lines.
+    export CARGO_TERM_COLOR=never NO_COLOR=1
+fi
+
+ALL_STEPS=(schema docs fmt clippy test clients)
+SYSTEM_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
+
+section() { printf '\n== %s ==\n' "$*"; }
+
+# ---------------------------------------------------------------------------------------------
+# Clean-up of what this run started.
+
+TEST_PG_DIR=""     # data directory of the private cluster this run started
+TEST_PG_TMPROOT="" # temporary parent of that directory, when the repository was unusable
+
+cleanup() {
+    if [ -n "$TEST_PG_DIR" ]; then
+        (pg_stop_private "$TEST_PG_DIR") || true
+        rm -rf -- "$TEST_PG_DIR" "$(pg__port_file "$TEST_PG_DIR")"
+    fi
+    if [ -n "$TEST_PG_TMPROOT" ]; then
+        rm -rf -- "$TEST_PG_TMPROOT"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL for the tests.
+
+psql_admin() {
+    # psql_admin SQL: runs SQL on TEST_DATABASE_URL, never prompting for a password.
+    PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
+        psql -w -X -q -v ON_ERROR_STOP=1 "$TEST_DATABASE_URL" -c "$1"
+}
+
+system_pg_usable() {
+    [ "${SB_TEST_FORCE_PRIVATE_PG:-}" = 1 ] && return 1
+    command -v pg_isready >/dev/null 2>&1 || return 1
+    command -v psql >/dev/null 2>&1 || return 1
+    pg_isready -q -h 127.0.0.1 -p 5432 -t 3 || return 1
+    PGCONNECT_TIMEOUT=5 psql -w -X -q "$SYSTEM_PG_URL" -c 'select 1' >/dev/null 2>&1
+}
+
+setup_postgres() {
+    if [ -n "${TEST_DATABASE_URL:-}" ]; then
+        echo "using TEST_DATABASE_URL from the environment"
+        command -v psql >/dev/null 2>&1 || pg_install_if_missing
+    elif system_pg_usable; then
+        echo "using the PostgreSQL server on 127.0.0.1:5432"
+        TEST_DATABASE_URL="$SYSTEM_PG_URL"
+    else
+        if [ "${SB_TEST_FORCE_PRIVATE_PG:-}" = 1 ]; then
+            echo "SB_TEST_FORCE_PRIVATE_PG=1: not probing 127.0.0.1:5432"
+        else
+            echo "no usable PostgreSQL on 127.0.0.1:5432"
+        fi
+        local dir="$REPO/target/test-pgdata"
+        mkdir -p "$REPO/target"
+        if ! pg_dir_reachable "$dir"; then
+            # Running as root in a directory the postgres OS user cannot enter.
+            TEST_PG_TMPROOT="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-test.XXXXXX")"
+            chmod 755 "$TEST_PG_TMPROOT"
+            dir="$TEST_PG_TMPROOT/pgdata"
+        fi
+        # A fresh cluster every run: stop and remove what an interrupted run may have left.
+        if [ -f "$dir/PG_VERSION" ]; then
+            (pg_stop_private "$dir") || true
+        fi
+        rm -rf -- "$dir"
+        TEST_PG_DIR="$dir"
+        PG_PRIVATE_FAST=1 pg_start_private "$dir"
+        TEST_DATABASE_URL="$PG_PRIVATE_URL"
+    fi
+    export TEST_DATABASE_URL
+    psql_admin 'select 1' >/dev/null ||
+        pg__die "cannot connect to TEST_DATABASE_URL as an administrator"
+    echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Steps. Each runs in a subshell with errexit on; a non-zero status marks the step failed.
+
+schema_check_cleanup() {
+    if [ -n "${SCHEMA_DB:-}" ]; then
+        psql_admin "DROP DATABASE IF EXISTS \"$SCHEMA_DB\"" || true
+    fi
+    if [ -n "${SCHEMA_TMP:-}" ]; then
+        rm -rf -- "$SCHEMA_TMP"
+    fi
+}
+
+step_schema() {
+    ensure_diesel_cli
+    SCHEMA_TMP="$(mktemp -d)"
+    SCHEMA_DB="sb_schema_check_$$"
+    trap schema_check_cleanup EXIT
+    local url
+    url="$(pg_url_with_db "$TEST_DATABASE_URL" "$SCHEMA_DB")"
+
+    psql_admin "DROP DATABASE IF EXISTS \"$SCHEMA_DB\""
+    psql_admin "CREATE DATABASE \"$SCHEMA_DB\""
+
+    # Migrations run with a config that has no print_schema.file: diesel would otherwise rewrite
+    # src/db/schema.rs after every migration command.
+    printf '# migrations only\n' >"$SCHEMA_TMP/diesel.toml"
+    local migrate=("$DIESEL" --config-file "$SCHEMA_TMP/diesel.toml" --database-url "$url")
+    echo "diesel migration run"
+    "${migrate[@]}" migration run --migration-dir "$REPO/migrations"
+    echo "diesel migration redo --all (every down.sql, then every up.sql)"
+    "${migrate[@]}" migration redo --all --migration-dir "$REPO/migrations"
+
+    echo "diesel print-schema (settings from diesel.toml)"
+    "$DIESEL" --config-file "$REPO/diesel.toml" --database-url "$url" print-schema \
+        >"$SCHEMA_TMP/schema.rs"
+    if ! diff -u src/db/schema.rs "$SCHEMA_TMP/schema.rs"; then
+        echo "src/db/schema.rs is out of date: run diesel print-schema > src/db/schema.rs" >&2
+        return 1
+    fi
+    echo "src/db/schema.rs matches the migrations"
+}
+
+step_docs() {
+    local vars var missing=0
+    vars="$(tr '\n' ' ' <src/config.rs | grep -oE 'parse[a-z_]*\( *src, *"[A-Z_]+"' |
+        grep -oE '"[A-Z_]+"' | tr -d '"')"
+    [ -n "$vars" ] || {
+        echo "found no settings in src/config.rs" >&2
+        return 1
+    }
+    for var in $vars; do
+        if ! grep -qE "^(# )?$var=" .env.example; then
+            echo ".env.example does not list $var (src/config.rs reads it)" >&2
+            missing=1
+        fi
+        if ! grep -qF "| \`$var\` |" README.md; then
+            echo "README.md's configuration table does not list $var (src/config.rs reads it)" >&2
+            missing=1
+        fi
+    done
+    [ "$missing" -eq 0 ] || return 1
+    echo "$(wc -w <<<"$vars") settings documented in .env.example and README.md"
+}
+
+step_fmt() {
+    if [ -n "${CI:-}" ]; then
+        cargo fmt --check -- --color never
+    else
+        cargo fmt --check
+    fi
+}
+
+step_clippy() {
+    cargo clippy --all-targets -- -D warnings
+}
+
+step_test() {
+    cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+}
+
+# Client tests (Node and Python) live in tests/clients. They get TEST_DATABASE_URL and
+# SWITCHBOARD_BIN (the debug binary built by the `test` step, built here when missing).
+# With neither tests/clients/package.json nor tests/clients/requirements.txt this is a no-op.
+run_client_tests() {
+    local dir="$REPO/tests/clients"
+    if [ ! -f "$dir/package.json" ] && [ ! -f "$dir/requirements.txt" ]; then
+        echo "no client tests (tests/clients/package.json, tests/clients/requirements.txt)"
+        return 0
+    fi
+    export SWITCHBOARD_BIN="$REPO/target/debug/switchboard"
+    if [ ! -x "$SWITCHBOARD_BIN" ]; then
+        cargo build --bin switchboard
+    fi
+
+    if [ -f "$dir/package.json" ]; then
+        if ! command -v npm >/dev/null 2>&1; then
+            pg__apt_install nodejs npm
+        fi
+        echo "node client tests (tests/clients)"
+        if [ -f "$dir/package-lock.json" ]; then
+            (cd "$dir" && npm ci --no-audit --no-fund)
+        else
+            (cd "$dir" && npm install --no-audit --no-fund)
+        fi
+        (cd "$dir" && npm test)
+    fi
+
+    if [ -f "$dir/requirements.txt" ]; then
+        local venv="$REPO/target/pyenv"
+        if [ ! -x "$venv/bin/python" ]; then
+            command -v python3 >/dev/null 2>&1 || pg__apt_install python3 python3-venv
+            python3 -m venv "$venv" 2>/dev/null || {
+                pg__apt_install python3-venv
+                python3 -m venv "$venv"
+            }
+        fi
+        echo "python client tests (tests/clients)"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
+        "$venv/bin/python" -m pytest tests/clients -q
+    fi
+}
+
+step_clients() {
+    run_client_tests
+}
+
+# ---------------------------------------------------------------------------------------------
+
+RESULTS=()
+FAILED=0
+
+run_step() {
+    local name="$1" rc
+    section "$name"
+    set +e
+    (
+        set -e
+        "step_$name"
+    )
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        RESULTS+=("ok      $name")
+    else
+        RESULTS+=("FAILED  $name (exit status $rc)")
+        FAILED=1
+    fi
+}
+
+main() {
+    local steps=("$@") step known s
+    [ "${#steps[@]}" -gt 0 ] || steps=("${ALL_STEPS[@]}")
+    for step in "${steps[@]}"; do
+        known=""
+        for s in "${ALL_STEPS[@]}"; do [ "$s" = "$step" ] && known=1; done
+        [ -n "$known" ] || pg__die "unknown step '$step' (steps: ${ALL_STEPS[*]})"
+    done
+
+    section "setup"
+    command -v cargo >/dev/null 2>&1 || pg__die "cargo was not found: install Rust (https://rustup.rs)"
+    cargo --version
+    ensure_libpq_dev
+    setup_postgres
+
+    for step in "${steps[@]}"; do
+        run_step "$step"
+    done
+
+    section "summary"
+    printf '%s\n' "${RESULTS[@]}"
+    if [ "$FAILED" -ne 0 ]; then
+        echo "some steps failed"
+        return 1
+    fi
+    echo "all steps passed"
+}
+
+main "$@"; exit "$?"

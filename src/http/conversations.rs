@@ -1,0 +1,713 @@
+//! Conversations and messages over REST. Sends, edits and deletes go through the realtime
+//! engine, so they are committed, ordered and fanned out to live sockets exactly like socket
+//! commands. Routes: `/api/conversations…`, seed 003's `/messages` and `/conversations`, and
+//! seed 000's team-chat and DM deletes.
+
+use crate::auth::Identity;
+use crate::db::conversations::{self as convs, Conversation, ConversationView};
+use crate::db::messages::{self, Message};
+use crate::error::{AppError, AppResult};
+use crate::realtime::protocol::{id_field, opt_id_field, SendDraft};
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Registers the routes (mounted at the root and under `/api`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/conversations", web::get().to(list))
+        .route("/conversations", web::post().to(create))
+        .route("/conversations/{id}", web::get().to(get_one))
+        .route("/conversations/{id}/members", web::post().to(add_members))
+        .route(
+            "/conversations/{id}/members/{user_id}",
+            web::delete().to(remove_member),
+        )
+        .route(
+            "/conversations/{id}/messages",
+            web::get().to(conversation_messages),
+        )
+        .route(
+            "/conversations/{id}/messages",
+            web::post().to(post_conversation_message),
+        )
+        .route("/messages", web::get().to(legacy_messages))
+        .route("/messages", web::post().to(legacy_send))
+        .route("/messages/{id}", web::patch().to(edit_message))
+        .route("/messages/{id}", web::delete().to(delete_message))
+        .route("/team-chat/{role}", web::get().to(team_chat))
+        .route("/team-chat/{role}/messages", web::get().to(team_messages))
+        .route("/team-chat/{role}/messages", web::post().to(team_send))
+        .route(
+            "/team-chat/{role}/messages/{message_id}",
+            web::delete().to(team_delete),
+        )
+        .route(
+            "/messages/dm/{user_id}/messages/{message_id}",
+            web::delete().to(dm_delete),
+        );
+}
+
+fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "invalid_parameter",
+                format!("{what} must be a positive integer id"),
+            )
+        })
+}
+
+async fn load_views(
+    state: &AppState,
+    convs_list: Vec<Conversation>,
+    viewer: i64,
+) -> AppResult<Vec<ConversationView>> {
+    state
+        .db
+        .run(move |conn| convs::views(conn, convs_list, viewer))
+        .await
+}
+
+/// A conversation the caller belongs to (admins may see any), or 403/404.
+async fn visible(state: &AppState, identity: &Identity, id: i64) -> AppResult<Conversation> {
+    let user = identity.user_id();
+    let admin = identity.is_admin();
+    state
+        .db
+        .run(move |conn| {
+            let conv = convs::by_id(conn, id)?
+                .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+            if !admin && convs::member(conn, id, user)?.is_none() {
+                return Err(AppError::Forbidden(
+                    "not a member of this conversation".into(),
+                ));
+            }
+            Ok(conv)
+        })
+        .await
+}
+
+/// `GET /api/conversations?cursor&limit`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    identity: Identity,
+    q: web::Query<ListQuery>,
+) -> AppResult<HttpResponse> {
+    let limit = q.limit.unwrap_or(30).clamp(1, 100);
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?,
+        ),
+        None => None,
+    };
+    let user = identity.user_id();
+    let rows = state
+        .db
+        .run(move |conn| convs::list_for_user(conn, user, cursor, limit + 1))
+        .await?;
+    let has_more = rows.len() as i64 > limit;
+    let page: Vec<Conversation> = rows
+        .into_iter()
+        .take(usize::try_from(limit).unwrap_or(30))
+        .collect();
+    let next = if has_more {
+        page.last().map(convs::list_cursor)
+    } else {
+        None
+    };
+    let views = load_views(&state, page, user).await?;
+    Ok(HttpResponse::Ok().json(json!({ "conversations": views, "nextCursor": next })))
+}
+
+fn ids_or_objects<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<i64>>, D::Error> {
+    let Some(values) = Option::<Vec<Value>>::deserialize(de)? else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .map(|v| match v {
+            // Seed 002 participants are objects `{id, type, name}`.
+            Value::Object(mut o) => o
+                .remove("id")
+                .or_else(|| o.remove("userId"))
+                .unwrap_or(Value::Null),
+            other => other,
+        })
+        .map(|v| id_field(v).map_err(de::Error::custom))
+        .collect::<Result<Vec<i64>, D::Error>>()
+        .map(Some)
+}
+
+/// `POST /api/conversations`: direct (get-or-create by pair) or group.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBody {
+    #[serde(default, rename = "type", alias = "kind")]
+    kind: Option<String>,
+    #[serde(default, alias = "name")]
+    title: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "ids_or_objects",
+        alias = "members",
+        alias = "memberIds",
+        alias = "userIds"
+    )]
+    participants: Option<Vec<i64>>,
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "participantId",
+        alias = "to",
+        alias = "recipientId"
+    )]
+    user_id: Option<i64>,
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<CreateBody>,
+) -> AppResult<HttpResponse> {
+    let me = identity.user_id();
+    let body = body.into_inner();
+    let mut others: Vec<i64> = body.participants.unwrap_or_default();
+    others.extend(body.user_id);
+    others.retain(|u| *u != me);
+    others.sort_unstable();
+    others.dedup();
+    let kind = body.kind.as_deref().map(str::to_ascii_lowercase);
+    let direct = match kind.as_deref() {
+        Some("direct" | "dm" | "private") => true,
+        Some("group") => false,
+        None => others.len() == 1 && body.title.is_none(),
+        Some(other) => {
+            return Err(AppError::validation(format!(
+                "unknown conversation type `{other}`"
+            )))
+        }
+    };
+    if direct {
+        let [other] = others[..] else {
+            return Err(AppError::validation(
+                "a direct conversation needs exactly one other participant",
+            ));
+        };
+        let (conv, created) = state
+            .db
+            .run(move |conn| convs::get_or_create_direct(conn, me, other))
+            .await?;
+        if created {
+            state.engine.members_changed(conv.id, vec![me, other]);
+        }
+        let view = load_views(&state, vec![conv], me).await?.pop();
+        let status = if created {
+            HttpResponse::Created()
+        } else {
+            HttpResponse::Ok()
+        };
+        return Ok(respond(status, view));
+    }
+    if others.is_empty() {
+        return Err(AppError::validation(
+            "a group needs at least one other member",
+        ));
+    }
+    if others.len() > 1000 {
+        return Err(AppError::validation("at most 1000 members"));
+    }
+    let title = body
+        .title
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "Group".into());
+    if title.chars().count() > 200 {
+        return Err(AppError::validation("title must be at most 200 characters"));
+    }
+    let members = others.clone();
+    let conv = state
+        .db
+        .run(move |conn| convs::create_group(conn, me, &title, &members, None))
+        .await?;
+    let mut all = others;
+    all.push(me);
+    state.engine.members_changed(conv.id, all.clone());
+    let view = load_views(&state, vec![conv], me).await?.pop();
+    if let Some(v) = &view {
+        state.engine.notify_users(all, "conversation:new", json!(v));
+    }
+    Ok(respond(HttpResponse::Created(), view))
+}
+
+fn respond(
+    mut builder: actix_web::HttpResponseBuilder,
+    view: Option<ConversationView>,
+) -> HttpResponse {
+    match view {
+        Some(v) => builder.json(json!({ "conversation": v, "success": true })),
+        None => HttpResponse::NotFound()
+            .json(AppError::NotFound("conversation not found".into()).body()),
+    }
+}
+
+async fn get_one(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "conversation id")?;
+    let conv = visible(&state, &identity, id).await?;
+    let view = load_views(&state, vec![conv], identity.user_id())
+        .await?
+        .pop();
+    Ok(respond(HttpResponse::Ok(), view))
+}
+
+/// `POST /api/conversations/:id/members`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersBody {
+    #[serde(
+        deserialize_with = "ids_or_objects",
+        alias = "members",
+        alias = "participants",
+        alias = "userIds"
+    )]
+    user_ids: Option<Vec<i64>>,
+}
+
+/// Owner/admin of the group, or a platform admin.
+async fn manage_check(state: &AppState, identity: &Identity, id: i64) -> AppResult<Conversation> {
+    let user = identity.user_id();
+    let platform_admin = identity.is_admin();
+    state
+        .db
+        .run(move |conn| {
+            let conv = convs::by_id(conn, id)?
+                .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+            if conv.kind != "group" {
+                return Err(AppError::validation(
+                    "members can only be changed in group conversations",
+                ));
+            }
+            let role = convs::member(conn, id, user)?.map(|m| m.role);
+            if !platform_admin && !matches!(role.as_deref(), Some("owner" | "admin")) {
+                return Err(AppError::Forbidden(
+                    "only the group's owner or admins may change members".into(),
+                ));
+            }
+            Ok(conv)
+        })
+        .await
+}
+
+async fn add_members(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: web::Json<MembersBody>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "conversation id")?;
+    let ids = body.into_inner().user_ids.unwrap_or_default();
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(AppError::validation("userIds must list 1 to 1000 users"));
+    }
+    manage_check(&state, &identity, id).await?;
+    let (added, members) = state
+        .db
+        .run(move |conn| {
+            let added = convs::add_members(conn, id, &ids)?;
+            let members: Vec<i64> = convs::members(conn, id)?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            Ok((added, members))
+        })
+        .await?;
+    state.engine.members_changed(id, members.clone());
+    state.engine.notify_users(
+        members,
+        "conversation:members_added",
+        json!({"conversationId": id.to_string(), "userIds": added.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+    );
+    Ok(HttpResponse::Ok().json(json!({"success": true, "added": added.iter().map(ToString::to_string).collect::<Vec<_>>()})))
+}
+
+async fn remove_member(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, target) = path.into_inner();
+    let id = parse_id(&id, "conversation id")?;
+    let target = parse_id(&target, "user id")?;
+    if target != identity.user_id() {
+        manage_check(&state, &identity, id).await?;
+    }
+    let (removed, members) = state
+        .db
+        .run(move |conn| {
+            let removed = convs::remove_member(conn, id, target)?;
+            let members: Vec<i64> = convs::members(conn, id)?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            Ok((removed, members))
+        })
+        .await?;
+    if !removed {
+        return Err(AppError::NotFound("not a member".into()));
+    }
+    let mut audience = members.clone();
+    audience.push(target);
+    state.engine.members_changed(id, members);
+    state.engine.notify_users(
+        audience,
+        "conversation:member_removed",
+        json!({"conversationId": id.to_string(), "userId": target.to_string()}),
+    );
+    Ok(HttpResponse::Ok().json(json!({"success": true})))
+}
+
+/// Pagination by seq.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageQuery {
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    conversation_id: Option<i64>,
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn page_response(
+    state: &AppState,
+    conversation_id: i64,
+    q: &PageQuery,
+) -> AppResult<HttpResponse> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let (before, after) = (q.before, q.after);
+    if before.is_some_and(|b| b < 0) || after.is_some_and(|a| a < 0) {
+        return Err(AppError::bad_request(
+            "invalid_parameter",
+            "before/after must be non-negative seq numbers",
+        ));
+    }
+    let rows = state
+        .db
+        .run(move |conn| messages::page(conn, conversation_id, before, after, limit))
+        .await?;
+    let views: Vec<_> = rows.iter().map(Message::view).collect();
+    let older = views.first().map(|m| m.seq).filter(|s| *s > 1);
+    let newer = views.last().map(|m| m.seq);
+    Ok(HttpResponse::Ok().json(json!({
+        "messages": views,
+        "conversationId": conversation_id.to_string(),
+        "cursors": {"before": older, "after": newer},
+        "hasMore": rows.len() as i64 == limit,
+    })))
+}
+
+async fn conversation_messages(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "conversation id")?;
+    visible(&state, &identity, id).await?;
+    page_response(&state, id, &q).await
+}
+
+/// The body of REST sends: a [`SendDraft`] without the conversation (it comes from the path) or
+/// with one (seed 003 `/messages`), plus seed 003's `to` for direct messages.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendBody {
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "conversation",
+        alias = "conversation_id"
+    )]
+    conversation_id: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "recipientId",
+        alias = "receiverId"
+    )]
+    to: Option<i64>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+fn draft_for(conversation_id: i64, rest: serde_json::Map<String, Value>) -> AppResult<SendDraft> {
+    let mut obj = rest;
+    // Identity comes from the token: any sender field in the payload is ignored.
+    for key in [
+        "from",
+        "sender",
+        "senderId",
+        "userId",
+        "conversation",
+        "conversation_id",
+        "conversationId",
+    ] {
+        obj.remove(key);
+    }
+    obj.insert(
+        "conversationId".into(),
+        Value::String(conversation_id.to_string()),
+    );
+    serde_json::from_value(Value::Object(obj)).map_err(|e| AppError::Validation {
+        code: "validation_failed",
+        message: e.to_string().into(),
+    })
+}
+
+async fn send_and_respond(
+    state: &AppState,
+    identity: &Identity,
+    draft: SendDraft,
+) -> AppResult<HttpResponse> {
+    let view = state.engine.send_message(identity, draft, None).await?;
+    Ok(HttpResponse::Created().json(json!({ "message": view, "success": true })))
+}
+
+async fn post_conversation_message(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: web::Json<SendBody>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "conversation id")?;
+    let draft = draft_for(id, body.into_inner().rest)?;
+    send_and_respond(&state, &identity, draft).await
+}
+
+async fn legacy_messages(
+    state: web::Data<AppState>,
+    identity: Identity,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let id = q
+        .conversation_id
+        .ok_or_else(|| AppError::validation("conversationId is required"))?;
+    visible(&state, &identity, id).await?;
+    page_response(&state, id, &q).await
+}
+
+async fn legacy_send(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<SendBody>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let me = identity.user_id();
+    let conversation_id = match (body.conversation_id, body.to) {
+        (Some(c), _) => c,
+        (None, Some(to)) => {
+            let (conv, created) = state
+                .db
+                .run(move |conn| convs::get_or_create_direct(conn, me, to))
+                .await?;
+            if created {
+                state.engine.members_changed(conv.id, vec![me, to]);
+            }
+            conv.id
+        }
+        (None, None) => return Err(AppError::validation("conversationId or to is required")),
+    };
+    let draft = draft_for(conversation_id, body.rest)?;
+    send_and_respond(&state, &identity, draft).await
+}
+
+/// `PATCH /messages/:id`.
+#[derive(Debug, Deserialize)]
+pub struct EditBody {
+    #[serde(alias = "text")]
+    content: String,
+}
+
+async fn edit_message(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: web::Json<EditBody>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "message id")?;
+    let m = state
+        .engine
+        .edit_message(&identity, id, body.into_inner().content, None)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "message": m.view(), "success": true })))
+}
+
+async fn delete_message(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(&path, "message id")?;
+    let m = state.engine.delete_message(&identity, id, None).await?;
+    Ok(HttpResponse::Ok().json(json!({ "message": m.view(), "success": true })))
+}
+
+/// The team conversation of a team role, with its membership brought up to date. Only holders
+/// of the team role and moderators may use it.
+async fn team_conversation(
+    state: &AppState,
+    identity: &Identity,
+    role: &str,
+) -> AppResult<Conversation> {
+    let role = role.trim().to_ascii_lowercase();
+    if role.is_empty() || role.len() > 64 {
+        return Err(AppError::bad_request(
+            "invalid_parameter",
+            "team role must be 1 to 64 characters",
+        ));
+    }
+    let holds = identity
+        .user
+        .team_role_list()
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&role));
+    if !holds && !identity.is_moderator() {
+        return Err(AppError::Forbidden("not a member of this team".into()));
+    }
+    let (conv, members) = state
+        .db
+        .run(move |conn| {
+            let conv = convs::sync_team(conn, &role)?;
+            let members: Vec<i64> = convs::members(conn, conv.id)?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            Ok((conv, members))
+        })
+        .await?;
+    state.engine.members_changed(conv.id, members);
+    Ok(conv)
+}
+
+async fn team_chat(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let conv = team_conversation(&state, &identity, &path).await?;
+    let view = load_views(&state, vec![conv], identity.user_id())
+        .await?
+        .pop();
+    Ok(respond(HttpResponse::Ok(), view))
+}
+
+async fn team_messages(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let conv = team_conversation(&state, &identity, &path).await?;
+    page_response(&state, conv.id, &q).await
+}
+
+async fn team_send(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: web::Json<SendBody>,
+) -> AppResult<HttpResponse> {
+    let conv = team_conversation(&state, &identity, &path).await?;
+    let draft = draft_for(conv.id, body.into_inner().rest)?;
+    send_and_respond(&state, &identity, draft).await
+}
+
+/// Seed 000 delete: the message must belong to the named chat (404 otherwise); own messages, or
+/// any for `admin`/`master` (403 otherwise).
+async fn delete_in(
+    state: &AppState,
+    identity: &Identity,
+    conversation_id: Option<i64>,
+    message_id: i64,
+) -> AppResult<HttpResponse> {
+    let found = state
+        .db
+        .run(move |conn| messages::by_id(conn, message_id))
+        .await?;
+    match (found, conversation_id) {
+        (Some(m), Some(c)) if m.conversation_id == c => {}
+        _ => return Err(AppError::NotFound("message not found in this chat".into())),
+    }
+    let m = state
+        .engine
+        .delete_message(identity, message_id, None)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "success": true, "message": m.view() })))
+}
+
+async fn team_delete(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (role, message_id) = path.into_inner();
+    let message_id = parse_id(&message_id, "message id")?;
+    let role = role.trim().to_ascii_lowercase();
+    let conv = state
+        .db
+        .run(move |conn| {
+            use crate::db::schema::conversations;
+            use diesel::prelude::*;
+            Ok(conversations::table
+                .filter(conversations::team_role.eq(&role))
+                .select(conversations::id)
+                .first::<i64>(conn)
+                .optional()?)
+        })
+        .await?;
+    delete_in(&state, &identity, conv, message_id).await
+}
+
+async fn dm_delete(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (other, message_id) = path.into_inner();
+    let other = parse_id(&other, "user id")?;
+    let message_id = parse_id(&message_id, "message id")?;
+    let key = convs::participant_key(identity.user_id(), other);
+    let conv = state
+        .db
+        .run(move |conn| {
+            use crate::db::schema::conversations;
+            use diesel::prelude::*;
+            Ok(conversations::table
+                .filter(conversations::participant_key.eq(&key))
+                .select(conversations::id)
+                .first::<i64>(conn)
+                .optional()?)
+        })
+        .await?;
+    delete_in(&state, &identity, conv, message_id).await
+}
