@@ -119,8 +119,12 @@ impl TestServer {
 
     /// Starts a server after `tweak` adjusted the settings.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(TestDb::migrated(), tweak).await
+    }
+
+    /// Starts a server on an existing (migrated) database.
+    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
         switchboard::telemetry::init(switchboard::config::LogFormat::Text, "warn");
-        let db = TestDb::migrated();
         let mut config = test_config(&db);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
