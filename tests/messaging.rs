@@ -670,3 +670,45 @@ async fn a_client_that_never_reads_is_cut_off_while_others_keep_receiving() {
         "the slow consumer was disconnected: {stats:?}"
     );
 }
+
+#[actix_web::test]
+async fn two_processes_sharing_one_database_keep_seq_gap_free() {
+    let s1 = TestServer::start().await;
+    let config = common::test_config(&s1.db);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s2 = switchboard::server::start(config, listener).unwrap();
+    let users: Vec<i64> = (0..4)
+        .map(|i| s1.create_user(&format!("P{i}"), &format!("p{i}@example.com"), None, &[]))
+        .collect();
+    let conv = group(&s1, users[0], &users[1..]);
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let token = s1.token_for(*u);
+        // Half the senders talk to each process.
+        let addr = if i % 2 == 0 { s1.addr() } else { s2.addr };
+        tasks.push(actix_web::rt::spawn(async move {
+            let mut c = WsClient::try_connect(addr, &format!("/ws?token={token}"))
+                .await
+                .unwrap();
+            let mut seqs = Vec::new();
+            for n in 0..20 {
+                let ack = c
+                    .request(
+                        "message:send",
+                        json!({"conversationId": conv.to_string(), "content": format!("{i}/{n}")}),
+                    )
+                    .await
+                    .unwrap();
+                seqs.push(ack["seq"].as_i64().unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=80).collect::<Vec<i64>>());
+    s2.handle.stop(false).await;
+}

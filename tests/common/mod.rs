@@ -124,7 +124,10 @@ impl TestServer {
 
     /// Starts a server on an existing (migrated) database.
     pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
-        switchboard::telemetry::init(switchboard::config::LogFormat::Text, "warn");
+        switchboard::telemetry::init(
+            switchboard::config::LogFormat::Text,
+            "warn,switchboard::db=error",
+        );
         let mut config = test_config(&db);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
