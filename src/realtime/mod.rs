@@ -5,6 +5,7 @@
 //! [`Engine`] is the façade REST handlers and sessions share, so a REST send and a socket send
 //! take exactly the same path.
 
+pub mod call;
 pub mod conversation;
 pub mod protocol;
 pub mod ratelimit;

@@ -1,0 +1,4 @@
+//! Calls: the pure state machine ([`machine`]) and, around it, the call actor that performs its
+//! effects.
+
+pub mod machine;
