@@ -182,6 +182,24 @@ pub struct Config {
     pub write_queue: usize,
     /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2.
     pub write_shards: usize,
+    /// `RING_TIMEOUT_SECS` — an unanswered call becomes `missed` after this. Default 40.
+    pub ring_timeout: Duration,
+    /// `CALL_RECONNECT_GRACE_SECS` — how long a call waits for a party whose device dropped.
+    /// Default 15.
+    pub call_reconnect_grace: Duration,
+    /// `CALL_RATE_PER_HOUR` — calls a user may start per hour. Default 30.
+    pub call_rate_per_hour: u32,
+    /// `CALL_BURST` — calls a user may start in a burst. Default 5.
+    pub call_burst: u32,
+    /// `STUN_URLS` — STUN servers handed to clients. Default Google's public STUN servers.
+    pub stun_urls: List,
+    /// `TURN_URLS` — TURN servers (e.g. `turn:turn.example.com:3478?transport=udp`). Default empty.
+    pub turn_urls: List,
+    /// `TURN_SECRET` — coturn `static-auth-secret` for TURN REST credentials. Default empty.
+    pub turn_secret: Secret,
+    /// `TURN_TTL_SECS` — lifetime of TURN credentials (also the cap for requested TTLs).
+    /// Default 86400.
+    pub turn_ttl: Duration,
 }
 
 impl Default for Config {
@@ -221,6 +239,17 @@ impl Default for Config {
             write_batch_max: 512,
             write_queue: 20_000,
             write_shards: 2,
+            ring_timeout: Duration::from_secs(40),
+            call_reconnect_grace: Duration::from_secs(15),
+            call_rate_per_hour: 30,
+            call_burst: 5,
+            stun_urls: List(vec![
+                "stun:stun.l.google.com:19302".to_owned(),
+                "stun:stun1.l.google.com:19302".to_owned(),
+            ]),
+            turn_urls: List::default(),
+            turn_secret: Secret::default(),
+            turn_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -407,6 +436,14 @@ impl Config {
         parse(src, "WRITE_BATCH_MAX", &mut self.write_batch_max)?;
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
+        parse_secs(src, "RING_TIMEOUT_SECS", &mut self.ring_timeout)?;
+        parse_secs(src, "CALL_RECONNECT_GRACE_SECS", &mut self.call_reconnect_grace)?;
+        parse(src, "CALL_RATE_PER_HOUR", &mut self.call_rate_per_hour)?;
+        parse(src, "CALL_BURST", &mut self.call_burst)?;
+        parse(src, "STUN_URLS", &mut self.stun_urls)?;
+        parse(src, "TURN_URLS", &mut self.turn_urls)?;
+        parse(src, "TURN_SECRET", &mut self.turn_secret)?;
+        parse_secs(src, "TURN_TTL_SECS", &mut self.turn_ttl)?;
         Ok(())
     }
 
@@ -479,6 +516,14 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
             }
+        }
+        if !self.turn_urls.0.is_empty() && self.turn_secret.is_empty() {
+            return Err(ConfigError::Rejected("TURN_URLS needs TURN_SECRET (coturn static-auth-secret)".into()));
+        }
+        if self.ring_timeout.is_zero() || self.call_rate_per_hour == 0 {
+            return Err(ConfigError::Rejected(
+                "RING_TIMEOUT_SECS and CALL_RATE_PER_HOUR must be at least 1".into(),
+            ));
         }
         if self.frame_rate_per_sec == 0 || self.message_rate_per_min == 0 {
             return Err(ConfigError::Rejected(

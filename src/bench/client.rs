@@ -301,23 +301,42 @@ async fn set_up(
         })
         .await?;
     }
-    let mut next_id = 1;
-    if let Role::Active { conversation, .. } = &spec.role {
-        let id = next_id;
-        next_id += 1;
-        send_text(&mut io, encode_join(target, id, conversation)?).await?;
-        wait_for(&mut io, target, |m| match m {
-            Inbound::Ack { id: got, .. } if *got == id => Some(Ok(())),
-            Inbound::Error {
-                id: Some(got),
-                code,
-            } if *got == id => Some(Err(format!("join: {code}"))),
-            Inbound::Disconnect => Some(Err("disconnected".into())),
-            _ => None,
-        })
-        .await?;
+    let id = 1;
+    match &spec.role {
+        Role::Active { conversation, .. } => {
+            send_text(&mut io, encode_join(target, id, conversation)?).await?;
+            wait_for(&mut io, target, |m| match m {
+                Inbound::Ack { id: got, .. } if *got == id => Some(Ok(())),
+                Inbound::Error {
+                    id: Some(got),
+                    code,
+                } if *got == id => Some(Err(format!("join: {code}"))),
+                Inbound::Disconnect => Some(Err("disconnected".into())),
+                _ => None,
+            })
+            .await?;
+        }
+        // `/ws` authenticates after the upgrade (a bad token closes with 4001): one round trip
+        // proves an idle socket is really in. Any reply will do.
+        Role::Idle if target == Target::Ws => {
+            send_text(
+                &mut io,
+                protocol::ws_encode("ping", id, &protocol::Empty {})?,
+            )
+            .await?;
+            wait_for(&mut io, target, |m| match m {
+                Inbound::Ack { id: got, .. } | Inbound::Error { id: Some(got), .. }
+                    if *got == id =>
+                {
+                    Some(Ok(()))
+                }
+                _ => None,
+            })
+            .await?;
+        }
+        Role::Idle => {}
     }
-    Ok((io, next_id))
+    Ok((io, id + 1))
 }
 
 async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {

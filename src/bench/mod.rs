@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -145,6 +148,11 @@ fn ns_since(epoch: Instant, t: Instant) -> u64 {
 pub fn run(args: BenchArgs) -> Result<(), String> {
     args.check()?;
     let report = measure(&args)?;
+    if let Some(path) = &args.json_file {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     print_report(&report, args.json)
 }
 

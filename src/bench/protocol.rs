@@ -390,6 +390,10 @@ pub struct Join<'a> {
     pub conversation_id: &'a str,
 }
 
+/// An empty payload, `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
 /// `message:send` payload.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
