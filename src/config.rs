@@ -437,7 +437,11 @@ impl Config {
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
         parse_secs(src, "RING_TIMEOUT_SECS", &mut self.ring_timeout)?;
-        parse_secs(src, "CALL_RECONNECT_GRACE_SECS", &mut self.call_reconnect_grace)?;
+        parse_secs(
+            src,
+            "CALL_RECONNECT_GRACE_SECS",
+            &mut self.call_reconnect_grace,
+        )?;
         parse(src, "CALL_RATE_PER_HOUR", &mut self.call_rate_per_hour)?;
         parse(src, "CALL_BURST", &mut self.call_burst)?;
         parse(src, "STUN_URLS", &mut self.stun_urls)?;
@@ -518,7 +522,9 @@ impl Config {
             }
         }
         if !self.turn_urls.0.is_empty() && self.turn_secret.is_empty() {
-            return Err(ConfigError::Rejected("TURN_URLS needs TURN_SECRET (coturn static-auth-secret)".into()));
+            return Err(ConfigError::Rejected(
+                "TURN_URLS needs TURN_SECRET (coturn static-auth-secret)".into(),
+            ));
         }
         if self.ring_timeout.is_zero() || self.call_rate_per_hour == 0 {
             return Err(ConfigError::Rejected(

@@ -39,6 +39,14 @@ pub async fn serve(config: Config) -> AppResult<()> {
     let state = AppState::new(config);
     let applied = migrate(&state).await?;
     tracing::info!(count = applied.len(), "migrations applied");
+    // Calls cannot survive a restart: whatever the previous process left open has failed.
+    let failed = state.db.run(crate::db::calls::fail_open_calls).await?;
+    if failed > 0 {
+        tracing::warn!(
+            count = failed,
+            "calls left open by the previous process marked failed"
+        );
+    }
     let server = build(state.clone(), listener, true)?;
     tracing::info!(addr = %state.config.bind, "listening");
     server.await.map_err(AppError::internal)

@@ -407,3 +407,13 @@ pub fn last_seen_of(
         .filter_map(|(id, t)| Some((id, t?)))
         .collect())
 }
+
+/// How many of the given ids are existing, unbanned users.
+pub fn users_exist(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
+    let n: i64 = users::table
+        .filter(users::id.eq_any(ids))
+        .filter(users::banned_at.is_null())
+        .count()
+        .get_result(conn)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}

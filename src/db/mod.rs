@@ -3,6 +3,7 @@
 //! table in the submodules.
 
 pub mod accounts;
+pub mod calls;
 pub mod conversations;
 pub mod messages;
 pub mod models;

@@ -46,6 +46,8 @@ pub struct Engine {
     pub writer: writer::Writer,
     /// Per-user send limiter.
     pub send_limiter: Arc<UserLimiter>,
+    /// Per-user call limiter.
+    pub call_limiter: Arc<UserLimiter>,
     /// Arbiters that host conversation actors.
     pub arbiters: Arc<[ArbiterHandle]>,
     next_session: Arc<AtomicU64>,
@@ -75,6 +77,10 @@ impl Engine {
             config.write_batch_max,
         );
         let engine = Self {
+            call_limiter: Arc::new(UserLimiter::per_hour(
+                config.call_rate_per_hour,
+                config.call_burst,
+            )),
             send_limiter: Arc::new(UserLimiter::per_minute(
                 config.message_rate_per_min,
                 config.message_burst,

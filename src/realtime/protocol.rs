@@ -307,6 +307,93 @@ pub struct SyncCommand {
     pub conversations: Vec<SyncCursor>,
 }
 
+/// `call:initiate`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallInitiate {
+    /// Callee (1:1).
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "toId",
+        alias = "calleeId",
+        alias = "userId",
+        alias = "targetUserId",
+        alias = "recipientId"
+    )]
+    pub to: Option<i64>,
+    /// Group conversation to ring.
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "groupId",
+        alias = "conversation"
+    )]
+    pub conversation_id: Option<i64>,
+    /// Explicit member list (group call).
+    #[serde(
+        default,
+        deserialize_with = "opt_id_list",
+        alias = "members",
+        alias = "participants"
+    )]
+    pub member_ids: Option<Vec<i64>>,
+    /// `audio` or `video`.
+    #[serde(default, alias = "type")]
+    pub call_type: Option<String>,
+    /// Seed 000's boolean.
+    #[serde(default)]
+    pub is_video: Option<bool>,
+    /// SDP offer.
+    #[serde(default, alias = "sdp", alias = "offer")]
+    pub sdp_offer: Option<Value>,
+    /// `webrtc` or `agora`.
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+/// Commands naming a call, with optional extras.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRef {
+    /// The call.
+    #[serde(alias = "roomName", alias = "call_id")]
+    pub call_id: String,
+    /// SDP answer (`call:accept`).
+    #[serde(default, alias = "sdp", alias = "answer")]
+    pub sdp_answer: Option<Value>,
+    /// Reason (`call:reject`, `call:end`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `call:offer|answer|ice`: relayed between bound devices.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallSignal {
+    /// The call.
+    #[serde(alias = "roomName", alias = "call_id")]
+    pub call_id: String,
+    /// Recipient in group calls.
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "toId",
+        alias = "targetUserId"
+    )]
+    pub to: Option<i64>,
+    /// Everything else is relayed as-is.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+fn opt_id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<i64>>, D::Error> {
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => id_list(v).map(Some).map_err(de::Error::custom),
+    }
+}
+
 /// A parsed canonical command.
 #[derive(Clone, Debug)]
 pub enum Command {
@@ -334,6 +421,18 @@ pub enum Command {
     Sync(SyncCommand),
     /// Application-level ping (answered with an ack).
     Ping,
+    /// Start a call.
+    CallInitiate(CallInitiate),
+    /// Accept a ringing call on this device.
+    CallAccept(CallRef),
+    /// Decline a ringing call.
+    CallReject(CallRef),
+    /// Hang up (or cancel before an answer).
+    CallEnd(CallRef),
+    /// Resume a call on this device after a reconnect.
+    CallRejoin(CallRef),
+    /// Relay signaling (`call:offer`, `call:answer`, `call:ice`).
+    CallSignal(&'static str, CallSignal),
 }
 
 fn payload<T: de::DeserializeOwned>(event: &str, value: Value) -> Result<T, AppError> {
@@ -364,6 +463,14 @@ impl Command {
             "presence:subscribe" => Self::PresenceSubscribe(payload(event, value)?),
             "sync" => Self::Sync(payload(event, value)?),
             "ping" => Self::Ping,
+            "call:initiate" => Self::CallInitiate(payload(event, value)?),
+            "call:accept" => Self::CallAccept(payload(event, value)?),
+            "call:reject" => Self::CallReject(payload(event, value)?),
+            "call:end" => Self::CallEnd(payload(event, value)?),
+            "call:rejoin" => Self::CallRejoin(payload(event, value)?),
+            "call:offer" => Self::CallSignal("call:offer", payload(event, value)?),
+            "call:answer" => Self::CallSignal("call:answer", payload(event, value)?),
+            "call:ice" => Self::CallSignal("call:ice", payload(event, value)?),
             other => {
                 return Err(AppError::BadRequest {
                     code: "unknown_event",

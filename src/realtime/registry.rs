@@ -2,13 +2,15 @@
 //! stops conversation actors on demand, fans events out to users' devices, tracks presence, and
 //! cleans up when sessions go away.
 
+use super::call::actor::{CallActor, CallInput, CallMeta};
+use super::call::machine::{Call, Event as CallEvent};
 use super::conversation::{ConversationActor, MembersChanged};
 use super::protocol::ServerEvent;
 use super::Engine;
 use crate::error::{AppError, AppResult};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -188,6 +190,17 @@ pub struct Registry {
     announced: HashSet<i64>,
     conversations: HashMap<i64, Addr<ConversationActor>>,
     next_arbiter: usize,
+    calls: HashMap<String, LiveCall>,
+    user_call: HashMap<i64, String>,
+}
+
+/// What the registry knows about a live call (for busy detection and glare).
+#[derive(Debug)]
+struct LiveCall {
+    addr: Addr<CallActor>,
+    caller: i64,
+    callees: Vec<i64>,
+    group: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -212,6 +225,8 @@ impl Registry {
             announced: HashSet::new(),
             conversations: HashMap::new(),
             next_arbiter: 0,
+            calls: HashMap::new(),
+            user_call: HashMap::new(),
         }
     }
 
@@ -333,6 +348,16 @@ impl Handler<Disconnect> for Registry {
                     }
                 }
             }
+        }
+        if let Some(call) = self
+            .user_call
+            .get(&msg.user_id)
+            .and_then(|id| self.calls.get(id))
+        {
+            call.addr.do_send(CallInput(CallEvent::DeviceGone {
+                user: msg.user_id,
+                device: msg.key,
+            }));
         }
         let Some(devices) = self.sessions.get_mut(&msg.user_id) else {
             return;
@@ -492,6 +517,331 @@ impl Handler<OnlineAmong> for Registry {
             msg.0
                 .into_iter()
                 .filter(|u| self.sessions.contains_key(u))
+                .collect(),
+        )
+    }
+}
+
+/// Delivers an event to one session of a user.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToSession {
+    /// User.
+    pub user_id: i64,
+    /// Session key.
+    pub key: u64,
+    /// Event.
+    pub event: Arc<ServerEvent>,
+}
+
+impl Handler<ToSession> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
+        if let Some(entry) = self
+            .sessions
+            .get(&msg.user_id)
+            .and_then(|d| d.get(&msg.key))
+        {
+            entry.deliver.do_send(Deliver(msg.event));
+        }
+    }
+}
+
+/// Starts a call (busy detection and glare resolution happen here, serialised).
+#[derive(Message, Debug)]
+#[rtype(result = "AppResult<StartedCall>")]
+pub struct StartCall {
+    /// Call id to use.
+    pub call_id: String,
+    /// Caller.
+    pub caller: i64,
+    /// Caller's device (session key; 0 for REST).
+    pub device: u64,
+    /// Callees.
+    pub callees: Vec<i64>,
+    /// Group call.
+    pub group: bool,
+    /// Metadata.
+    pub meta: CallMeta,
+}
+
+/// The outcome of [`StartCall`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartedCall {
+    /// Ringing (or waiting for a device) under this id.
+    Ringing(String),
+    /// The callee is in another call; a `busy` record was written under this id.
+    Busy(String),
+    /// The two users called each other at once; this call won and carries on.
+    Glare(String),
+}
+
+impl Handler<StartCall> for Registry {
+    type Result = AppResult<StartedCall>;
+    fn handle(&mut self, msg: StartCall, ctx: &mut Context<Self>) -> Self::Result {
+        let engine = self
+            .engine
+            .clone()
+            .ok_or_else(|| AppError::unavailable("engine is starting"))?;
+        if self.user_call.contains_key(&msg.caller) {
+            return Err(AppError::Busy("you are already in a call".into()));
+        }
+        let mut glare_winner: Option<String> = None;
+        if !msg.group {
+            if let [callee] = msg.callees[..] {
+                // Glare: the callee is ringing the caller right now. The call of the user with
+                // the lower id wins, whatever the arrival order.
+                let crossing = self.user_call.get(&callee).and_then(|id| {
+                    let live = self.calls.get(id)?;
+                    (!live.group && live.caller == callee && live.callees == [msg.caller])
+                        .then(|| id.clone())
+                });
+                if let Some(existing) = crossing {
+                    if callee < msg.caller {
+                        let event = ServerEvent::new(
+                            "call:glare",
+                            json!({"callId": existing, "droppedCallId": msg.call_id}),
+                        );
+                        self.deliver_to(&[msg.caller, callee], &event, None);
+                        return Ok(StartedCall::Glare(existing));
+                    }
+                    if let Some(old) = self.calls.remove(&existing) {
+                        old.addr.do_send(CallInput(CallEvent::Terminate {
+                            reason: "glare".into(),
+                            by: None,
+                        }));
+                    }
+                    self.user_call.retain(|_, id| *id != existing);
+                    glare_winner = Some(existing);
+                } else if self.user_call.contains_key(&callee) {
+                    return Ok(self.busy_call(&engine, msg));
+                }
+            }
+        }
+        let mut callees = msg.callees.clone();
+        if msg.group {
+            // Members already in another call are not rung.
+            callees.retain(|u| !self.user_call.contains_key(u));
+            if callees.is_empty() {
+                return Ok(self.busy_call(&engine, msg));
+            }
+        }
+        let id = msg.call_id.clone();
+        let call = Call::new(id.clone(), msg.caller, msg.device, &callees, msg.group);
+        let reachable: Vec<i64> = callees
+            .iter()
+            .copied()
+            .filter(|u| self.sessions.contains_key(u))
+            .collect();
+        let registry = ctx.address();
+        let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
+        self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        let meta = msg.meta;
+        let addr = CallActor::start_in_arbiter(&arbiter, move |_| {
+            CallActor::new(call, meta, engine, registry)
+        });
+        addr.do_send(CallInput(CallEvent::Start {
+            incoming: Value::Null,
+            reachable,
+        }));
+        self.user_call.insert(msg.caller, id.clone());
+        if !msg.group {
+            for c in &callees {
+                self.user_call.insert(*c, id.clone());
+            }
+        }
+        self.calls.insert(
+            id.clone(),
+            LiveCall {
+                addr,
+                caller: msg.caller,
+                callees: callees.clone(),
+                group: msg.group,
+            },
+        );
+        if let Some(dropped) = glare_winner {
+            let event = ServerEvent::new(
+                "call:glare",
+                json!({"callId": id, "droppedCallId": dropped}),
+            );
+            let mut both = vec![msg.caller];
+            both.extend(&callees);
+            self.deliver_to(&both, &event, None);
+            return Ok(StartedCall::Glare(id));
+        }
+        Ok(StartedCall::Ringing(id))
+    }
+}
+
+impl Registry {
+    /// Records a `busy` call and tells the caller.
+    fn busy_call(&mut self, engine: &Engine, msg: StartCall) -> StartedCall {
+        let id = msg.call_id.clone();
+        let now = Utc::now();
+        let row = crate::db::calls::CallRow {
+            id: id.clone(),
+            kind: if msg.group { "group" } else { "direct" }.into(),
+            call_type: msg.meta.call_type.clone(),
+            provider: msg.meta.provider.clone(),
+            channel_name: msg.meta.channel_name.clone(),
+            caller_id: Some(msg.caller),
+            conversation_id: msg.meta.conversation_id,
+            status: "busy".into(),
+            end_reason: Some("busy".into()),
+            ended_by: None,
+            created_at: now,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: Some(now),
+            duration_secs: Some(0),
+        };
+        let mut parties = vec![crate::db::calls::ParticipantRow {
+            call_id: id.clone(),
+            user_id: msg.caller,
+            role: "caller".into(),
+            status: "left".into(),
+            device_session_id: None,
+            invited_at: now,
+            joined_at: Some(now),
+            left_at: Some(now),
+        }];
+        parties.extend(
+            msg.callees
+                .iter()
+                .map(|u| crate::db::calls::ParticipantRow {
+                    call_id: id.clone(),
+                    user_id: *u,
+                    role: "callee".into(),
+                    status: "busy".into(),
+                    device_session_id: None,
+                    invited_at: now,
+                    joined_at: None,
+                    left_at: None,
+                }),
+        );
+        let db = engine.db.clone();
+        actix::spawn(async move {
+            if let Err(e) = db
+                .run(move |conn| crate::db::calls::save(conn, &row, &parties))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a busy call");
+            }
+        });
+        let event = ServerEvent::new(
+            "call:busy",
+            json!({"callId": id, "to": msg.callees.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+        );
+        self.deliver_to(&[msg.caller], &event, None);
+        StartedCall::Busy(id)
+    }
+}
+
+/// Routes an event to a live call, checking the acting user takes part in it.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<Addr<CallActor>>")]
+pub struct FindCall(pub String);
+
+impl Handler<FindCall> for Registry {
+    type Result = Option<Addr<CallActor>>;
+    fn handle(&mut self, msg: FindCall, _: &mut Context<Self>) -> Self::Result {
+        self.calls.get(&msg.0).map(|c| c.addr.clone())
+    }
+}
+
+/// The live call a user is in, if any.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<String>")]
+pub struct CallOfUser(pub i64);
+
+impl Handler<CallOfUser> for Registry {
+    type Result = Option<String>;
+    fn handle(&mut self, msg: CallOfUser, _: &mut Context<Self>) -> Self::Result {
+        self.user_call.get(&msg.0).cloned()
+    }
+}
+
+/// Runs a timer for a call (ring timeout, reconnect grace).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ScheduleCallTimer {
+    /// Call.
+    pub call_id: String,
+    /// Delay.
+    pub after: std::time::Duration,
+    /// What to feed the call when it fires.
+    pub event: CallEvent,
+}
+
+impl Handler<ScheduleCallTimer> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: ScheduleCallTimer, ctx: &mut Context<Self>) {
+        let ScheduleCallTimer {
+            call_id,
+            after,
+            event,
+        } = msg;
+        ctx.run_later(after, move |reg, _| {
+            if let Some(live) = reg.calls.get(&call_id) {
+                live.addr.do_send(CallInput(event));
+            }
+        });
+    }
+}
+
+/// A call ended: release everyone's busy state.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CallFinished {
+    /// Call.
+    pub call_id: String,
+}
+
+impl Handler<CallFinished> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
+        self.calls.remove(&msg.call_id);
+        self.user_call.retain(|_, id| *id != msg.call_id);
+    }
+}
+
+/// A group-call member joined (busy) or left (free).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CallMembership {
+    /// Call.
+    pub call_id: String,
+    /// User.
+    pub user_id: i64,
+    /// Joined (true) or left.
+    pub active: bool,
+}
+
+impl Handler<CallMembership> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: CallMembership, _: &mut Context<Self>) {
+        if msg.active {
+            if self.calls.contains_key(&msg.call_id) {
+                self.user_call.insert(msg.user_id, msg.call_id);
+            }
+        } else if self.user_call.get(&msg.user_id) == Some(&msg.call_id) {
+            self.user_call.remove(&msg.user_id);
+        }
+    }
+}
+
+/// Live calls (admin stats, shutdown).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<(String, Addr<CallActor>)>")]
+pub struct LiveCalls;
+
+impl Handler<LiveCalls> for Registry {
+    type Result = MessageResult<LiveCalls>;
+    fn handle(&mut self, _: LiveCalls, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.calls
+                .iter()
+                .map(|(id, c)| (id.clone(), c.addr.clone()))
                 .collect(),
         )
     }

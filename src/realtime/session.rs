@@ -322,6 +322,12 @@ async fn execute(
             Ok(json!({ "presence": statuses }))
         }
         Command::Sync(s) => engine.sync(user, s.conversations).await,
+        Command::CallInitiate(c) => engine.start_call(identity, key, c).await,
+        Command::CallAccept(c) => engine.accept_call(identity, key, c).await,
+        Command::CallReject(c) => engine.reject_call(identity, c).await,
+        Command::CallEnd(c) => engine.end_call(identity, c).await,
+        Command::CallRejoin(c) => engine.rejoin_call(identity, key, c).await,
+        Command::CallSignal(kind, s) => engine.signal_call(identity, key, kind, s).await,
     }
 }
 

@@ -97,6 +97,8 @@ pub fn test_config(db: &TestDb) -> Config {
         message_burst: 100_000,
         frame_rate_per_sec: 100_000,
         frame_burst: 100_000,
+        call_rate_per_hour: 100_000,
+        call_burst: 10_000,
         ..Config::default()
     }
 }

@@ -24,13 +24,22 @@ pub fn turn_credential(secret: &str, user: &str, expires_at: i64) -> TurnCredent
     let username = format!("{expires_at}:{user}");
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
     let password = B64.encode(hmac::sign(&key, username.as_bytes()).as_ref());
-    TurnCredential { username, password, expires_at }
+    TurnCredential {
+        username,
+        password,
+        expires_at,
+    }
 }
 
 /// The `iceServers` list for a user: every STUN URL, then the TURN URLs with fresh credentials
 /// (when TURN is configured). `ttl` is capped by `TURN_TTL_SECS`.
 pub fn ice_servers(config: &Config, user: i64, ttl: Option<u64>) -> Value {
-    let mut servers: Vec<Value> = config.stun_urls.0.iter().map(|u| json!({"urls": u})).collect();
+    let mut servers: Vec<Value> = config
+        .stun_urls
+        .0
+        .iter()
+        .map(|u| json!({"urls": u}))
+        .collect();
     if !config.turn_urls.0.is_empty() && !config.turn_secret.is_empty() {
         let max = config.turn_ttl.as_secs();
         let ttl = ttl.unwrap_or(max).clamp(60, max.max(60));
@@ -66,7 +75,14 @@ mod tests {
         config.turn_ttl = std::time::Duration::from_secs(600);
         let servers = ice_servers(&config, 7, Some(999_999));
         let turn = &servers[2];
-        let expiry: i64 = turn["username"].as_str().unwrap().split(':').next().unwrap().parse().unwrap();
+        let expiry: i64 = turn["username"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(expiry <= chrono::Utc::now().timestamp() + 600);
         assert!(turn["username"].as_str().unwrap().ends_with(":7"));
     }

@@ -1,5 +1,282 @@
 //! Calls: the pure state machine ([`machine`]) and, around it, the call actor that performs its
 //! effects.
 
+pub mod actor;
 pub mod ice;
 pub mod machine;
+
+use crate::auth::Identity;
+use crate::db::conversations as convs;
+use crate::error::{AppError, AppResult};
+use crate::realtime::protocol::{CallInitiate, CallRef, CallSignal};
+use crate::realtime::registry::{FindCall, StartCall, StartedCall};
+use crate::realtime::Engine;
+use actor::{CallInput, CallMeta};
+use machine::Event;
+use serde_json::{json, Value};
+
+/// Largest SDP or ICE payload relayed (bytes of JSON).
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+
+impl Engine {
+    /// Starts a call from `identity` on `device` (a session key; 0 when started over REST).
+    /// Returns the initiate ack: `{callId, status, iceServers}`.
+    pub async fn start_call(
+        &self,
+        identity: &Identity,
+        device: u64,
+        req: CallInitiate,
+    ) -> AppResult<Value> {
+        let caller = identity.user_id();
+        let call_type = match (
+            req.call_type.as_deref().map(str::to_ascii_lowercase),
+            req.is_video,
+        ) {
+            (Some(t), _) if t == "audio" || t == "voice" => "audio",
+            (Some(t), _) if t == "video" => "video",
+            (Some(t), _) => {
+                return Err(AppError::validation(format!(
+                    "callType must be audio or video, not `{t}`"
+                )))
+            }
+            (None, Some(true)) => "video",
+            (None, _) => "audio",
+        };
+        let provider = req
+            .provider
+            .as_deref()
+            .map_or("webrtc".to_owned(), str::to_ascii_lowercase);
+        if provider != "webrtc" {
+            return Err(AppError::Validation {
+                code: "provider_not_available",
+                message: format!("call provider `{provider}` is not available on this server")
+                    .into(),
+            });
+        }
+        if req
+            .sdp_offer
+            .as_ref()
+            .is_some_and(|s| s.to_string().len() > MAX_SIGNAL_BYTES)
+        {
+            return Err(AppError::TooLarge("sdpOffer is too large".into()));
+        }
+        let conversation_id = req.conversation_id;
+        let explicit = req.member_ids.clone();
+        let to = req.to;
+        let (callees, group) = self
+            .db
+            .run(move |conn| {
+                let (mut callees, group) = match (to, conversation_id, explicit) {
+                    (Some(to), None, None) => (vec![to], false),
+                    (_, Some(conv), members) => {
+                        let all: Vec<i64> = convs::members(conn, conv)?
+                            .into_iter()
+                            .map(|m| m.user_id)
+                            .collect();
+                        if all.is_empty() {
+                            return Err(AppError::NotFound("conversation not found".into()));
+                        }
+                        if !all.contains(&caller) {
+                            return Err(AppError::Forbidden(
+                                "not a member of this conversation".into(),
+                            ));
+                        }
+                        let chosen = match members {
+                            Some(m) => m.into_iter().filter(|u| all.contains(u)).collect(),
+                            None => all,
+                        };
+                        (chosen, true)
+                    }
+                    (None, None, Some(members)) => (members, true),
+                    _ => {
+                        return Err(AppError::validation(
+                            "call:initiate needs `to`, `conversationId` or `memberIds`",
+                        ))
+                    }
+                };
+                callees.retain(|u| *u != caller);
+                callees.sort_unstable();
+                callees.dedup();
+                if callees.is_empty() {
+                    return Err(AppError::validation("nobody to call"));
+                }
+                if callees.len() > 32 {
+                    return Err(AppError::validation("at most 32 participants per call"));
+                }
+                let found = crate::db::accounts::users_exist(conn, &callees)?;
+                if found != callees.len() {
+                    return Err(AppError::NotFound("user not found".into()));
+                }
+                Ok((callees, group))
+            })
+            .await?;
+        self.call_limiter
+            .check(caller)
+            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+        let call_id = crate::auth::tokens::random_id()?;
+        let meta = CallMeta {
+            call_type: call_type.to_owned(),
+            provider,
+            channel_name: None,
+            conversation_id: if group { conversation_id } else { None },
+            caller_name: identity.user.name.clone(),
+            caller_avatar: identity.user.avatar_url.clone(),
+            sdp_offer: req.sdp_offer,
+        };
+        let started = self
+            .registry
+            .send(StartCall {
+                call_id,
+                caller,
+                device,
+                callees,
+                group,
+                meta,
+            })
+            .await
+            .map_err(|e| AppError::unavailable(format!("registry: {e}")))??;
+        let (id, status) = match started {
+            StartedCall::Ringing(id) => (id, "ringing"),
+            StartedCall::Busy(id) => (id, "busy"),
+            StartedCall::Glare(id) => (id, "glare"),
+        };
+        Ok(json!({
+            "callId": id,
+            "status": status,
+            "callType": call_type,
+            "iceServers": ice::ice_servers(&self.config, caller, None),
+        }))
+    }
+
+    async fn call_input(&self, call_id: &str, event: Event) -> AppResult<()> {
+        let addr = self
+            .registry
+            .send(FindCall(call_id.to_owned()))
+            .await
+            .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
+            .ok_or_else(|| AppError::NotFound("call not found or already ended".into()))?;
+        addr.send(CallInput(event))
+            .await
+            .map_err(|_| AppError::NotFound("call not found or already ended".into()))?
+    }
+
+    /// `call:accept` on `device`.
+    pub async fn accept_call(
+        &self,
+        identity: &Identity,
+        device: u64,
+        r: CallRef,
+    ) -> AppResult<Value> {
+        check_signal_size(r.sdp_answer.as_ref())?;
+        self.call_input(
+            &r.call_id,
+            Event::Accept {
+                user: identity.user_id(),
+                device,
+                answer: r.sdp_answer,
+            },
+        )
+        .await?;
+        Ok(
+            json!({"callId": r.call_id, "iceServers": ice::ice_servers(&self.config, identity.user_id(), None)}),
+        )
+    }
+
+    /// `call:reject`.
+    pub async fn reject_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+        self.call_input(
+            &r.call_id,
+            Event::Reject {
+                user: identity.user_id(),
+                reason: r.reason,
+            },
+        )
+        .await?;
+        Ok(json!({"callId": r.call_id}))
+    }
+
+    /// `call:end` (cancel before an answer).
+    pub async fn end_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+        self.call_input(
+            &r.call_id,
+            Event::Hangup {
+                user: identity.user_id(),
+                reason: r.reason,
+            },
+        )
+        .await?;
+        Ok(json!({"callId": r.call_id}))
+    }
+
+    /// `call:rejoin` on a new device.
+    pub async fn rejoin_call(
+        &self,
+        identity: &Identity,
+        device: u64,
+        r: CallRef,
+    ) -> AppResult<Value> {
+        self.call_input(
+            &r.call_id,
+            Event::Rejoin {
+                user: identity.user_id(),
+                device,
+            },
+        )
+        .await?;
+        Ok(
+            json!({"callId": r.call_id, "iceServers": ice::ice_servers(&self.config, identity.user_id(), None)}),
+        )
+    }
+
+    /// `call:offer|answer|ice` relay.
+    pub async fn signal_call(
+        &self,
+        identity: &Identity,
+        device: u64,
+        kind: &'static str,
+        s: CallSignal,
+    ) -> AppResult<Value> {
+        let mut payload = s.rest;
+        for key in ["from", "fromUserId", "userId", "senderId"] {
+            payload.remove(key);
+        }
+        let payload = Value::Object(payload);
+        check_signal_size(Some(&payload))?;
+        self.call_input(
+            &s.call_id,
+            Event::Signal {
+                user: identity.user_id(),
+                device,
+                kind,
+                to: s.to,
+                payload,
+            },
+        )
+        .await?;
+        Ok(json!({"callId": s.call_id, "relayed": true}))
+    }
+
+    /// Ends a call from outside (admin, shutdown).
+    pub async fn terminate_call(
+        &self,
+        call_id: &str,
+        reason: &str,
+        by: Option<i64>,
+    ) -> AppResult<()> {
+        self.call_input(
+            call_id,
+            Event::Terminate {
+                reason: reason.to_owned(),
+                by,
+            },
+        )
+        .await
+    }
+}
+
+fn check_signal_size(v: Option<&Value>) -> AppResult<()> {
+    if v.is_some_and(|v| v.to_string().len() > MAX_SIGNAL_BYTES) {
+        return Err(AppError::TooLarge("signaling payload is too large".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Calls and call participants: every state transition of a call is written here.
+
+use super::schema::{call_participants, calls};
+use crate::error::AppResult;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use serde::Serialize;
+
+/// A call row.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[diesel(table_name = calls, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRow {
+    /// Id.
+    pub id: String,
+    /// `direct|group`.
+    pub kind: String,
+    /// `audio|video`.
+    pub call_type: String,
+    /// `webrtc|agora`.
+    pub provider: String,
+    /// Agora channel.
+    pub channel_name: Option<String>,
+    /// Caller.
+    pub caller_id: Option<i64>,
+    /// Group conversation, if any.
+    pub conversation_id: Option<i64>,
+    /// Status.
+    pub status: String,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Who ended it.
+    pub ended_by: Option<i64>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// First callee device reached.
+    pub ringing_at: Option<DateTime<Utc>>,
+    /// Answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// Ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Seconds from answer to end.
+    pub duration_secs: Option<i32>,
+}
+
+/// A participant row.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = call_participants, check_for_backend(diesel::pg::Pg))]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantRow {
+    /// Call.
+    pub call_id: String,
+    /// User.
+    pub user_id: i64,
+    /// `caller|callee`.
+    pub role: String,
+    /// Status.
+    pub status: String,
+    /// Bound device session.
+    pub device_session_id: Option<String>,
+    /// Invited.
+    pub invited_at: DateTime<Utc>,
+    /// Joined.
+    pub joined_at: Option<DateTime<Utc>>,
+    /// Left.
+    pub left_at: Option<DateTime<Utc>>,
+}
+
+/// Writes the call and its participants as they are now (insert or update).
+pub fn save(conn: &mut PgConnection, call: &CallRow, parties: &[ParticipantRow]) -> AppResult<()> {
+    conn.transaction(|conn| {
+        diesel::insert_into(calls::table)
+            .values(call)
+            .on_conflict(calls::id)
+            .do_update()
+            .set(call)
+            .execute(conn)?;
+        diesel::insert_into(call_participants::table)
+            .values(parties)
+            .on_conflict((call_participants::call_id, call_participants::user_id))
+            .do_update()
+            .set((
+                call_participants::status.eq(excluded(call_participants::status)),
+                call_participants::joined_at.eq(excluded(call_participants::joined_at)),
+                call_participants::left_at.eq(excluded(call_participants::left_at)),
+            ))
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// Whether a call id is taken (client-chosen room names).
+pub fn exists(conn: &mut PgConnection, id: &str) -> AppResult<bool> {
+    use diesel::dsl::exists;
+    Ok(diesel::select(exists(calls::table.find(id))).get_result(conn)?)
+}
+
+/// Marks calls left open by a previous process as `failed` (start-up).
+pub fn fail_open_calls(conn: &mut PgConnection) -> AppResult<usize> {
+    let now = Utc::now();
+    let n = diesel::update(calls::table.filter(calls::ended_at.is_null()))
+        .set((
+            calls::status.eq("failed"),
+            calls::end_reason.eq("server_restart"),
+            calls::ended_at.eq(now),
+        ))
+        .execute(conn)?;
+    diesel::update(
+        call_participants::table
+            .filter(call_participants::status.eq_any(["invited", "ringing", "joined"])),
+    )
+    .set((
+        call_participants::status.eq("left"),
+        call_participants::left_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n)
+}
+
+/// One call with its participants.
+pub fn get(conn: &mut PgConnection, id: &str) -> AppResult<Option<(CallRow, Vec<ParticipantRow>)>> {
+    let Some(call) = calls::table
+        .find(id)
+        .select(CallRow::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let parties = call_participants::table
+        .filter(call_participants::call_id.eq(id))
+        .select(ParticipantRow::as_select())
+        .load(conn)?;
+    Ok(Some((call, parties)))
+}
+
+/// A user's calls, newest first, before `before` (created_at, id) cursor.
+pub fn history(
+    conn: &mut PgConnection,
+    user: i64,
+    before: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
+    let mine = call_participants::table
+        .filter(call_participants::user_id.eq(user))
+        .select(call_participants::call_id);
+    let mut q = calls::table
+        .filter(calls::id.eq_any(mine))
+        .order((calls::created_at.desc(), calls::id.desc()))
+        .limit(limit)
+        .select(CallRow::as_select())
+        .into_boxed();
+    if let Some((ts, id)) = before {
+        q = q.filter(
+            calls::created_at
+                .lt(ts)
+                .or(calls::created_at.eq(ts).and(calls::id.lt(id))),
+        );
+    }
+    let rows: Vec<CallRow> = q.load(conn)?;
+    let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
+    let parts: Vec<ParticipantRow> = call_participants::table
+        .filter(call_participants::call_id.eq_any(&ids))
+        .select(ParticipantRow::as_select())
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|c| {
+            let p = parts
+                .iter()
+                .filter(|p| p.call_id == c.id)
+                .cloned()
+                .collect();
+            (c, p)
+        })
+        .collect())
+}
+
+/// Recent calls (admin stats).
+pub fn recent(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
+    let rows: Vec<CallRow> = calls::table
+        .order(calls::created_at.desc())
+        .limit(limit)
+        .select(CallRow::as_select())
+        .load(conn)?;
+    let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
+    let parts: Vec<ParticipantRow> = call_participants::table
+        .filter(call_participants::call_id.eq_any(&ids))
+        .select(ParticipantRow::as_select())
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|c| {
+            let p = parts
+                .iter()
+                .filter(|p| p.call_id == c.id)
+                .cloned()
+                .collect();
+            (c, p)
+        })
+        .collect())
+}
+
+/// Total number of calls.
+pub fn count(conn: &mut PgConnection) -> AppResult<i64> {
+    Ok(calls::table.count().get_result(conn)?)
+}
