@@ -40,7 +40,7 @@ pub async fn serve(config: Config) -> AppResult<()> {
     let applied = migrate(&state).await?;
     tracing::info!(count = applied.len(), "migrations applied");
     // Calls cannot survive a restart: whatever the previous process left open has failed.
-    let failed = state.db.run(crate::db::calls::fail_open_calls).await?;
+    let failed = state.db.run(db::calls::fail_open_calls).await?;
     if failed > 0 {
         tracing::warn!(
             count = failed,
