@@ -201,6 +201,7 @@ struct LiveCall {
     caller: i64,
     callees: Vec<i64>,
     group: bool,
+    answered: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -583,39 +584,44 @@ impl Handler<StartCall> for Registry {
             .engine
             .clone()
             .ok_or_else(|| AppError::unavailable("engine is starting"))?;
-        if self.user_call.contains_key(&msg.caller) {
+        // Glare: the callee is ringing the caller right now (which also makes the caller look
+        // busy). The call of the user with the lower id wins, whatever the arrival order.
+        let crossing = match msg.callees[..] {
+            [callee] if !msg.group => self.user_call.get(&callee).and_then(|id| {
+                let live = self.calls.get(id)?;
+                (!live.group
+                    && !live.answered
+                    && live.caller == callee
+                    && live.callees == [msg.caller])
+                .then(|| id.clone())
+            }),
+            _ => None,
+        };
+        if crossing.is_none() && self.user_call.contains_key(&msg.caller) {
             return Err(AppError::Busy("you are already in a call".into()));
         }
         let mut glare_winner: Option<String> = None;
-        if !msg.group {
-            if let [callee] = msg.callees[..] {
-                // Glare: the callee is ringing the caller right now. The call of the user with
-                // the lower id wins, whatever the arrival order.
-                let crossing = self.user_call.get(&callee).and_then(|id| {
-                    let live = self.calls.get(id)?;
-                    (!live.group && live.caller == callee && live.callees == [msg.caller])
-                        .then(|| id.clone())
-                });
-                if let Some(existing) = crossing {
-                    if callee < msg.caller {
-                        let event = ServerEvent::new(
-                            "call:glare",
-                            json!({"callId": existing, "droppedCallId": msg.call_id}),
-                        );
-                        self.deliver_to(&[msg.caller, callee], &event, None);
-                        return Ok(StartedCall::Glare(existing));
-                    }
-                    if let Some(old) = self.calls.remove(&existing) {
-                        old.addr.do_send(CallInput(CallEvent::Terminate {
-                            reason: "glare".into(),
-                            by: None,
-                        }));
-                    }
-                    self.user_call.retain(|_, id| *id != existing);
-                    glare_winner = Some(existing);
-                } else if self.user_call.contains_key(&callee) {
-                    return Ok(self.busy_call(&engine, msg));
-                }
+        if let (Some(existing), [callee]) = (crossing, &msg.callees[..]) {
+            let callee = *callee;
+            if callee < msg.caller {
+                let event = ServerEvent::new(
+                    "call:glare",
+                    json!({"callId": existing, "droppedCallId": msg.call_id}),
+                );
+                self.deliver_to(&[msg.caller, callee], &event, None);
+                return Ok(StartedCall::Glare(existing));
+            }
+            if let Some(old) = self.calls.remove(&existing) {
+                old.addr.do_send(CallInput(CallEvent::Terminate {
+                    reason: "glare".into(),
+                    by: None,
+                }));
+            }
+            self.user_call.retain(|_, id| *id != existing);
+            glare_winner = Some(existing);
+        } else if let [callee] = msg.callees[..] {
+            if !msg.group && self.user_call.contains_key(&callee) {
+                return Ok(self.busy_call(&engine, msg));
             }
         }
         let mut callees = msg.callees.clone();
@@ -657,6 +663,7 @@ impl Handler<StartCall> for Registry {
                 caller: msg.caller,
                 callees: callees.clone(),
                 group: msg.group,
+                answered: false,
             },
         );
         if let Some(dropped) = glare_winner {
@@ -821,7 +828,8 @@ impl Handler<CallMembership> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallMembership, _: &mut Context<Self>) {
         if msg.active {
-            if self.calls.contains_key(&msg.call_id) {
+            if let Some(live) = self.calls.get_mut(&msg.call_id) {
+                live.answered = true;
                 self.user_call.insert(msg.user_id, msg.call_id);
             }
         } else if self.user_call.get(&msg.user_id) == Some(&msg.call_id) {

@@ -227,8 +227,9 @@ impl CallActor {
         {
             self.ringing_at = Some(Utc::now());
         }
-        // Busy bookkeeping for group calls: joined members are busy, leavers are not.
-        if self.call.group {
+        // Busy bookkeeping: joined members are busy, leavers are not (1:1 parties count as busy
+        // from the first ring; a join also tells the registry the call was answered).
+        {
             let joined_after = self.joined();
             for u in joined_after.iter().filter(|u| !joined_before.contains(u)) {
                 self.registry.do_send(CallMembership {
