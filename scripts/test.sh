@@ -183,6 +183,10 @@ step_clippy() {
 }
 
 step_test() {
+    # The call tests run a real TURN server: coturn from Debian's packages.
+    if ! command -v turnserver >/dev/null 2>&1 || ! command -v turnutils_uclient >/dev/null 2>&1; then
+        pg__apt_install coturn
+    fi
     cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 }
 

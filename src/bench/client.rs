@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
+/// How long clients may take to close their sockets once told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Where the run is; the coordinator moves it forward, every client watches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -57,8 +60,6 @@ pub struct Counters {
     pub outstanding: AtomicI64,
     /// Rate ticks skipped because `inflight` sends were already outstanding.
     pub skipped: AtomicU64,
-    /// Sockets lost after they were connected.
-    pub disconnected: AtomicU64,
 }
 
 /// Settings and shared state of a run, read by every client.
@@ -140,15 +141,39 @@ pub fn run_thread(shared: Arc<Shared>, specs: Vec<ClientSpec>) -> Result<ThreadS
             http,
             stats: RefCell::new(ThreadStats::default()),
         });
+        let mut phase = ctx.shared.phase.clone();
         let tasks: Vec<_> = specs
             .into_iter()
             .map(|spec| actix_rt::spawn(client(Rc::clone(&ctx), spec)))
             .collect();
-        for task in tasks {
-            task.await
-                .map_err(|e| format!("a client task failed: {e}"))?;
+        // Once told to stop, clients get a grace period to close; one stuck writing to a server
+        // that stopped reading is then abandoned rather than holding up the report.
+        while *phase.borrow_and_update() != Phase::Stop {
+            if phase.changed().await.is_err() {
+                break;
+            }
         }
-        Ok(ctx.stats.take())
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while tasks.iter().any(|t| !t.is_finished()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut abandoned = 0u64;
+        for task in tasks {
+            if !task.is_finished() {
+                task.abort();
+                abandoned += 1;
+            }
+            match task.await {
+                Ok(()) => {}
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => return Err(format!("a client task failed: {e}")),
+            }
+        }
+        let mut stats = ctx.stats.take();
+        if abandoned > 0 {
+            *stats.errors.entry("stuck_at_stop".to_owned()).or_default() += abandoned;
+        }
+        Ok(stats)
     })
 }
 
@@ -371,7 +396,6 @@ async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     if let Err(reason) = run(&ctx, &spec, io, next_id).await {
-        counters.disconnected.fetch_add(1, Ordering::Relaxed);
         counters.errors.fetch_add(1, Ordering::Relaxed);
         ctx.stats.borrow_mut().error(&short_reason(&reason));
         tracing::debug!(client = spec.index, %reason, "client stopped");

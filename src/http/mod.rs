@@ -2,6 +2,7 @@
 //! the database, and map errors through [`AppError`]; nothing else.
 
 pub mod auth;
+pub mod calls;
 pub mod conversations;
 pub mod health;
 pub mod users;
@@ -48,7 +49,8 @@ fn app_routes(cfg: &mut web::ServiceConfig) {
         .route("/users/me", web::get().to(users::profile))
         .route("/users/me", web::patch().to(users::update_me))
         .route("/users", web::get().to(users::search))
-        .configure(conversations::routes);
+        .configure(conversations::routes)
+        .configure(calls::routes);
 }
 
 /// JSON bodies: size limit and errors as `{error:{code,message}}` (400 / 413 / 415).

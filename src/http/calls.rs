@@ -1,0 +1,263 @@
+//! Calls over REST (seed 001 and 002 routes): ICE servers and TURN credentials, initiate and
+//! end through the same engine as sockets, call history, and admin call stats.
+
+use crate::auth::Identity;
+use crate::db::calls::{self, CallRow, ParticipantRow};
+use crate::error::{AppError, AppResult};
+use crate::realtime::call::ice;
+use crate::realtime::protocol::{CallInitiate, CallRef};
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Registers the routes (mounted at the root and under `/api`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ice-servers", web::get().to(my_ice_servers))
+        .route("/ice-servers/{user_id}", web::get().to(ice_servers_for))
+        .route("/turn-credentials", web::post().to(turn_credentials))
+        .route("/calls/initiate", web::post().to(initiate))
+        .route("/calls/history", web::get().to(history))
+        .route("/calls/{id}/end", web::post().to(end))
+        .route("/calls/{id}", web::get().to(get_call))
+        .route("/admin/calls/stats", web::get().to(admin_stats));
+}
+
+async fn my_ice_servers(state: web::Data<AppState>, identity: Identity) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "success": true,
+        "iceServers": ice::ice_servers(&state.config, identity.user_id(), None),
+    }))
+}
+
+async fn ice_servers_for(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let user: i64 = path
+        .trim()
+        .parse()
+        .map_err(|_| AppError::bad_request("invalid_parameter", "userId must be an id"))?;
+    if user != identity.user_id() && !identity.is_admin() {
+        return Err(AppError::Forbidden(
+            "ICE credentials are issued for your own user only".into(),
+        ));
+    }
+    Ok(HttpResponse::Ok()
+        .json(json!({"success": true, "iceServers": ice::ice_servers(&state.config, user, None)})))
+}
+
+/// `POST /api/turn-credentials` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnBody {
+    #[serde(default, deserialize_with = "crate::realtime::protocol::opt_id_field")]
+    user_id: Option<i64>,
+    ttl: Option<u64>,
+}
+
+async fn turn_credentials(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: Option<web::Json<TurnBody>>,
+) -> AppResult<HttpResponse> {
+    let body = body.map(web::Json::into_inner).unwrap_or(TurnBody {
+        user_id: None,
+        ttl: None,
+    });
+    let user = body.user_id.unwrap_or(identity.user_id());
+    if user != identity.user_id() && !identity.is_admin() {
+        return Err(AppError::Forbidden(
+            "TURN credentials are issued for your own user only".into(),
+        ));
+    }
+    let config = &state.config;
+    if config.turn_secret.is_empty() || config.turn_urls.0.is_empty() {
+        return Err(AppError::Validation {
+            code: "turn_not_configured",
+            message: "TURN is not configured on this server".into(),
+        });
+    }
+    let max = config.turn_ttl.as_secs();
+    let ttl = body.ttl.unwrap_or(max).clamp(60, max.max(60));
+    let expires = chrono::Utc::now().timestamp() + i64::try_from(ttl).unwrap_or(86_400);
+    let cred = ice::turn_credential(config.turn_secret.expose(), &user.to_string(), expires);
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "username": cred.username,
+        "credential": cred.password,
+        "password": cred.password,
+        "ttl": ttl,
+        "expiresAt": expires,
+        "uris": config.turn_urls.0,
+        "iceServers": ice::ice_servers(config, user, Some(ttl)),
+    })))
+}
+
+async fn initiate(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<CallInitiate>,
+) -> AppResult<HttpResponse> {
+    // Started over REST: no device is bound to the caller until a socket sends `call:rejoin`.
+    let ack = state
+        .engine
+        .start_call(&identity, 0, body.into_inner())
+        .await?;
+    Ok(
+        HttpResponse::Created()
+            .json(json!({"success": true, "call": ack, "callId": ack["callId"]})),
+    )
+}
+
+/// `POST /api/calls/:id/end` body.
+#[derive(Debug, Default, Deserialize)]
+pub struct EndBody {
+    reason: Option<String>,
+}
+
+async fn end(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: Option<web::Json<EndBody>>,
+) -> AppResult<HttpResponse> {
+    let reason = body.and_then(|b| b.into_inner().reason);
+    state
+        .engine
+        .end_call(
+            &identity,
+            CallRef {
+                call_id: path.into_inner(),
+                sdp_answer: None,
+                reason,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"success": true})))
+}
+
+fn call_json(call: &CallRow, parties: &[ParticipantRow]) -> Value {
+    json!({
+        "id": call.id,
+        "callId": call.id,
+        "type": call.kind,
+        "callType": call.call_type,
+        "provider": call.provider,
+        "channelName": call.channel_name,
+        "callerId": call.caller_id.map(|c| c.to_string()),
+        "conversationId": call.conversation_id.map(|c| c.to_string()),
+        "status": call.status,
+        "endReason": call.end_reason,
+        "endedBy": call.ended_by.map(|c| c.to_string()),
+        "createdAt": call.created_at,
+        "answeredAt": call.answered_at,
+        "endedAt": call.ended_at,
+        "duration": call.duration_secs.unwrap_or(0),
+        "participants": parties.iter().map(|p| json!({
+            "userId": p.user_id.to_string(),
+            "role": p.role,
+            "status": p.status,
+            "joinedAt": p.joined_at,
+            "leftAt": p.left_at,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn get_call(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = path.into_inner();
+    let (call, parties) = state
+        .db
+        .run(move |conn| calls::get(conn, &id))
+        .await?
+        .ok_or_else(|| AppError::NotFound("call not found".into()))?;
+    if !identity.is_admin() && !parties.iter().any(|p| p.user_id == identity.user_id()) {
+        return Err(AppError::Forbidden("not a party of this call".into()));
+    }
+    Ok(HttpResponse::Ok().json(json!({"success": true, "call": call_json(&call, &parties)})))
+}
+
+/// `GET /api/calls/history?cursor&limit`.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn history(
+    state: web::Data<AppState>,
+    identity: Identity,
+    q: web::Query<HistoryQuery>,
+) -> AppResult<HttpResponse> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let (ts, id) = c
+                .split_once('_')
+                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
+            let micros: i64 = ts
+                .parse()
+                .map_err(|_| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
+            let at = chrono::DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
+            Some((at, id.to_owned()))
+        }
+        None => None,
+    };
+    let user = identity.user_id();
+    let rows = state
+        .db
+        .run(move |conn| calls::history(conn, user, before, limit + 1))
+        .await?;
+    let has_more = rows.len() as i64 > limit;
+    let page: Vec<_> = rows
+        .into_iter()
+        .take(usize::try_from(limit).unwrap_or(20))
+        .collect();
+    let next = if has_more {
+        page.last()
+            .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "calls": page.iter().map(|(c, p)| call_json(c, p)).collect::<Vec<_>>(),
+        "nextCursor": next,
+    })))
+}
+
+async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResult<HttpResponse> {
+    if !identity.is_admin() {
+        return Err(AppError::Forbidden("admin only".into()));
+    }
+    let (total, recent) = state
+        .db
+        .run(|conn| Ok((calls::count(conn)?, calls::recent(conn, 100)?)))
+        .await?;
+    let live = state
+        .engine
+        .registry
+        .send(crate::realtime::registry::LiveCalls)
+        .await
+        .map_err(|e| AppError::unavailable(format!("registry: {e}")))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "stats": {
+            "totalCalls": total,
+            "activeCalls": live.len(),
+            "calls": recent.iter().map(|(c, p)| json!({
+                "roomName": c.id,
+                "participants": p.iter().map(|x| x.user_id.to_string()).collect::<Vec<_>>(),
+                "callType": c.call_type,
+                "duration": c.duration_secs.unwrap_or(0),
+                "status": c.status,
+            })).collect::<Vec<_>>(),
+        }
+    })))
+}
