@@ -2,6 +2,7 @@
 //! effects.
 
 pub mod actor;
+pub mod agora;
 pub mod ice;
 pub mod machine;
 
