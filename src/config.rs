@@ -200,6 +200,13 @@ pub struct Config {
     /// `TURN_TTL_SECS` — lifetime of TURN credentials (also the cap for requested TTLs).
     /// Default 86400.
     pub turn_ttl: Duration,
+    /// `AGORA_APP_ID` — enables the `agora` call provider together with the certificate.
+    /// Default empty.
+    pub agora_app_id: String,
+    /// `AGORA_APP_CERTIFICATE` — signs Agora RTC tokens. Default empty.
+    pub agora_app_certificate: Secret,
+    /// `AGORA_TOKEN_TTL_SECS` — lifetime of Agora RTC tokens and their privileges. Default 3600.
+    pub agora_token_ttl: Duration,
 }
 
 impl Default for Config {
@@ -250,6 +257,9 @@ impl Default for Config {
             turn_urls: List::default(),
             turn_secret: Secret::default(),
             turn_ttl: Duration::from_secs(86_400),
+            agora_app_id: String::new(),
+            agora_app_certificate: Secret::default(),
+            agora_token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -369,6 +379,11 @@ fn parse_millis(src: &dyn Source, key: &str, slot: &mut Duration) -> Result<(), 
 }
 
 impl Config {
+    /// Whether the Agora call provider is configured.
+    pub fn agora_enabled(&self) -> bool {
+        !self.agora_app_id.is_empty() && !self.agora_app_certificate.is_empty()
+    }
+
     /// Reads the optional TOML file, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, &|key| std::env::var(key).ok())
@@ -448,6 +463,13 @@ impl Config {
         parse(src, "TURN_URLS", &mut self.turn_urls)?;
         parse(src, "TURN_SECRET", &mut self.turn_secret)?;
         parse_secs(src, "TURN_TTL_SECS", &mut self.turn_ttl)?;
+        parse(src, "AGORA_APP_ID", &mut self.agora_app_id)?;
+        parse(
+            src,
+            "AGORA_APP_CERTIFICATE",
+            &mut self.agora_app_certificate,
+        )?;
+        parse_secs(src, "AGORA_TOKEN_TTL_SECS", &mut self.agora_token_ttl)?;
         Ok(())
     }
 
@@ -520,6 +542,11 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
             }
+        }
+        if self.agora_app_id.is_empty() != self.agora_app_certificate.is_empty() {
+            return Err(ConfigError::Rejected(
+                "AGORA_APP_ID and AGORA_APP_CERTIFICATE must be set together".into(),
+            ));
         }
         if !self.turn_urls.0.is_empty() && self.turn_secret.is_empty() {
             return Err(ConfigError::Rejected(

@@ -20,7 +20,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/calls/history", web::get().to(history))
         .route("/calls/{id}/end", web::post().to(end))
         .route("/calls/{id}", web::get().to(get_call))
-        .route("/admin/calls/stats", web::get().to(admin_stats));
+        .route("/admin/calls/stats", web::get().to(admin_stats))
+        .route("/calls/admin/token", web::post().to(admin_agora_token));
 }
 
 async fn my_ice_servers(state: web::Data<AppState>, identity: Identity) -> HttpResponse {
@@ -260,4 +261,43 @@ async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResul
             })).collect::<Vec<_>>(),
         }
     })))
+}
+
+/// `POST /api/calls/admin/token` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgoraTokenBody {
+    channel_name: Option<String>,
+    uid: Option<u32>,
+}
+
+/// Admin: an Agora RTC token for a channel (a fresh channel when none is given).
+async fn admin_agora_token(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: Option<web::Json<AgoraTokenBody>>,
+) -> AppResult<HttpResponse> {
+    if !identity.is_admin() {
+        return Err(AppError::Forbidden("admin only".into()));
+    }
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    let channel = match body.channel_name.filter(|c| !c.trim().is_empty()) {
+        Some(c) if c.len() <= 64 => c,
+        Some(_) => {
+            return Err(AppError::validation(
+                "channelName must be at most 64 characters",
+            ))
+        }
+        None => crate::auth::tokens::random_id()?,
+    };
+    let uid = body
+        .uid
+        .unwrap_or_else(|| crate::realtime::call::agora::uid_of(identity.user_id()));
+    let token = crate::realtime::call::agora::rtc_token_for(&state.config, &channel, uid)
+        .ok_or_else(|| AppError::Validation {
+            code: "agora_not_configured",
+            message: "Agora is not configured on this server".into(),
+        })?
+        .map_err(AppError::internal)?;
+    Ok(HttpResponse::Ok().json(json!({"success": true, "channelName": channel, "token": token, "uid": uid, "appId": state.config.agora_app_id})))
 }

@@ -94,7 +94,14 @@ impl CallActor {
 
     /// The `call:incoming` payload for one callee (ICE credentials are per user).
     pub fn incoming_for(&self, user: i64) -> Value {
+        let agora_token = self.meta.channel_name.as_deref().and_then(|channel| {
+            super::agora::rtc_token_for(&self.engine.config, channel, super::agora::uid_of(user))
+                .and_then(Result::ok)
+        });
         json!({
+            "agoraToken": agora_token,
+            "agoraUid": self.meta.channel_name.as_ref().map(|_| super::agora::uid_of(user)),
+            "appId": self.meta.channel_name.as_ref().map(|_| self.engine.config.agora_app_id.clone()),
             "callId": self.call.id,
             "from": self.call.caller.to_string(),
             "fromName": self.meta.caller_name,

@@ -62,10 +62,15 @@ pub struct RtcToken<'a> {
 impl RtcToken<'_> {
     /// Publisher privileges (join + publish audio, video, data), each valid for `secs`.
     pub fn publisher(secs: u32) -> BTreeMap<u16, u32> {
-        [PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO, PRIVILEGE_PUBLISH_VIDEO, PRIVILEGE_PUBLISH_DATA]
-            .into_iter()
-            .map(|p| (p, secs))
-            .collect()
+        [
+            PRIVILEGE_JOIN_CHANNEL,
+            PRIVILEGE_PUBLISH_AUDIO,
+            PRIVILEGE_PUBLISH_VIDEO,
+            PRIVILEGE_PUBLISH_DATA,
+        ]
+        .into_iter()
+        .map(|p| (p, secs))
+        .collect()
     }
 
     /// The signed content (also what `decode` recovers, for cross-checks).
@@ -77,13 +82,20 @@ impl RtcToken<'_> {
         put_u32(&mut c, self.salt);
         put_u16(&mut c, 1);
         put_u16(&mut c, SERVICE_RTC);
-        put_u16(&mut c, u16::try_from(self.privileges.len()).unwrap_or(u16::MAX));
+        put_u16(
+            &mut c,
+            u16::try_from(self.privileges.len()).unwrap_or(u16::MAX),
+        );
         for (k, v) in &self.privileges {
             put_u16(&mut c, *k);
             put_u32(&mut c, *v);
         }
         put_bytes(&mut c, self.channel.as_bytes());
-        let uid = if self.uid == 0 { String::new() } else { self.uid.to_string() };
+        let uid = if self.uid == 0 {
+            String::new()
+        } else {
+            self.uid.to_string()
+        };
         put_bytes(&mut c, uid.as_bytes());
         c
     }
@@ -108,6 +120,39 @@ impl RtcToken<'_> {
         z.write_all(&packed)?;
         Ok(format!("007{}", B64.encode(z.finish()?)))
     }
+}
+
+/// An RTC token for `user` in `channel` with publisher privileges, from the configured app id
+/// and certificate, valid for `AGORA_TOKEN_TTL_SECS`. `None` when Agora is not configured.
+pub fn rtc_token_for(
+    config: &crate::config::Config,
+    channel: &str,
+    uid: u32,
+) -> Option<std::io::Result<String>> {
+    if !config.agora_enabled() {
+        return None;
+    }
+    let ttl = u32::try_from(config.agora_token_ttl.as_secs()).unwrap_or(u32::MAX);
+    let mut salt = [0u8; 4];
+    if crate::auth::tokens::random_bytes(&mut salt).is_err() {
+        return Some(Err(std::io::Error::other("random source failed")));
+    }
+    let token = RtcToken {
+        app_id: &config.agora_app_id,
+        app_certificate: config.agora_app_certificate.expose(),
+        channel,
+        uid,
+        issue_ts: u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0),
+        expire: ttl,
+        salt: u32::from_le_bytes(salt).max(1),
+        privileges: RtcToken::publisher(ttl),
+    };
+    Some(token.build())
+}
+
+/// The Agora uid of a user: the user id when it fits in 32 bits, else 0 (any uid).
+pub fn uid_of(user: i64) -> u32 {
+    u32::try_from(user).unwrap_or(0)
 }
 
 #[cfg(test)]

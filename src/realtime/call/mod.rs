@@ -115,10 +115,11 @@ impl Engine {
             .check(caller)
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
         let call_id = crate::auth::tokens::random_id()?;
+        let channel_name = (provider == "agora").then(|| call_id.clone());
         let meta = CallMeta {
             call_type: call_type.to_owned(),
             provider,
-            channel_name: None,
+            channel_name: channel_name.clone(),
             conversation_id: if group { conversation_id } else { None },
             caller_name: identity.user.name.clone(),
             caller_avatar: identity.user.avatar_url.clone(),
@@ -141,12 +142,22 @@ impl Engine {
             StartedCall::Busy(id) => (id, "busy"),
             StartedCall::Glare(id) => (id, "glare"),
         };
-        Ok(json!({
+        let mut ack = json!({
             "callId": id,
             "status": status,
             "callType": call_type,
             "iceServers": ice::ice_servers(&self.config, caller, None),
-        }))
+        });
+        if let (Some(channel), Some(obj)) = (channel_name, ack.as_object_mut()) {
+            let uid = agora::uid_of(caller);
+            let token = agora::rtc_token_for(&self.config, &channel, uid)
+                .transpose()
+                .map_err(AppError::internal)?;
+            obj.insert("channelName".into(), json!(channel));
+            obj.insert("agoraToken".into(), json!(token));
+            obj.insert("agora".into(), json!({"appId": self.config.agora_app_id, "channelName": channel, "token": token, "uid": uid}));
+        }
+        Ok(ack)
     }
 
     async fn call_input(&self, call_id: &str, event: Event) -> AppResult<()> {
