@@ -267,3 +267,70 @@ async fn rest_initiate_rings_sockets_and_history_and_stats_report_it() {
     let (status, body) = s.post("/api/calls/nope/end", json!({}), Some(&ta)).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
 }
+
+#[actix_web::test]
+async fn agora_calls_carry_channel_and_per_participant_tokens() {
+    let s = TestServer::start_with(|c| {
+        c.agora_app_id = "970CA35de60c44645bbae8a215061b33".into();
+        c.agora_app_certificate = Secret::new("5CFd2fd1755d40ecb72977518be15d3b");
+    })
+    .await;
+    let alice = s.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = s.create_user("Bob", "bob@example.com", None, &[]);
+    let admin = s.create_user("Admin", "admin@example.com", None, &["admin"]);
+    let mut a = WsClient::connect(&s, &s.token_for(alice)).await;
+    let mut b = WsClient::connect(&s, &s.token_for(bob)).await;
+    b.request("ping", json!({})).await.unwrap();
+    let ack = a
+        .request(
+            "call:initiate",
+            json!({"to": bob, "provider": "agora", "callType": "video"}),
+        )
+        .await
+        .unwrap();
+    let channel = ack["channelName"].as_str().unwrap().to_owned();
+    assert_eq!(channel, ack["callId"].as_str().unwrap());
+    assert!(ack["agoraToken"].as_str().unwrap().starts_with("007"));
+    assert_eq!(ack["agora"]["uid"], alice);
+    let incoming = b.expect_event("call:incoming").await;
+    assert_eq!(incoming["channelName"], channel.as_str());
+    let callee_token = incoming["agoraToken"].as_str().unwrap();
+    assert!(callee_token.starts_with("007"));
+    assert_ne!(
+        callee_token,
+        ack["agoraToken"].as_str().unwrap(),
+        "tokens are per participant"
+    );
+
+    let (status, _) = s
+        .post(
+            "/api/calls/admin/token",
+            json!({"channelName": "support-1"}),
+            Some(&s.token_for(alice)),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, tok) = s
+        .post(
+            "/api/calls/admin/token",
+            json!({"channelName": "support-1", "uid": 42}),
+            Some(&s.token_for(admin)),
+        )
+        .await;
+    assert_eq!(status, 200, "{tok}");
+    assert_eq!(
+        (tok["channelName"].as_str(), tok["uid"].as_u64()),
+        (Some("support-1"), Some(42))
+    );
+    assert!(tok["token"].as_str().unwrap().starts_with("007"));
+
+    let plain = TestServer::start().await;
+    let u = plain.create_user("U", "u@example.com", None, &[]);
+    let v = plain.create_user("V", "v@example.com", None, &[]);
+    let mut c = WsClient::connect(&plain, &plain.token_for(u)).await;
+    let err = c
+        .request("call:initiate", json!({"to": v, "provider": "agora"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "provider_not_available");
+}

@@ -47,7 +47,9 @@ impl Engine {
             .provider
             .as_deref()
             .map_or("webrtc".to_owned(), str::to_ascii_lowercase);
-        if provider != "webrtc" {
+        let available =
+            provider == "webrtc" || (provider == "agora" && self.config.agora_enabled());
+        if !available {
             return Err(AppError::Validation {
                 code: "provider_not_available",
                 message: format!("call provider `{provider}` is not available on this server")
