@@ -159,22 +159,7 @@ pub fn history(
         );
     }
     let rows: Vec<CallRow> = q.load(conn)?;
-    let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
-    let parts: Vec<ParticipantRow> = call_participants::table
-        .filter(call_participants::call_id.eq_any(&ids))
-        .select(ParticipantRow::as_select())
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|c| {
-            let p = parts
-                .iter()
-                .filter(|p| p.call_id == c.id)
-                .cloned()
-                .collect();
-            (c, p)
-        })
-        .collect())
+    with_participants(conn, rows)
 }
 
 /// Recent calls (admin stats).
@@ -187,6 +172,14 @@ pub fn recent(
         .limit(limit)
         .select(CallRow::as_select())
         .load(conn)?;
+    with_participants(conn, rows)
+}
+
+/// Attaches each call's participants (one query for all).
+fn with_participants(
+    conn: &mut PgConnection,
+    rows: Vec<CallRow>,
+) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
     let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
     let parts: Vec<ParticipantRow> = call_participants::table
         .filter(call_participants::call_id.eq_any(&ids))
