@@ -114,3 +114,64 @@ fn ensure_admin_creates_one_admin_once() {
     assert!(first["password"].as_str().unwrap().len() >= 16);
     assert_eq!(run()["created"], false);
 }
+
+#[test]
+fn serve_marks_calls_left_open_by_a_previous_process_as_failed() {
+    let db = common::TestDb::migrated();
+    db.exec("INSERT INTO users (id, name, email) VALUES (1, 'A', 'a@example.com'), (2, 'B', 'b@example.com')");
+    db.exec(
+        "INSERT INTO calls (id, call_type, caller_id, status, answered_at) VALUES ('stale', 'audio', 1, 'ongoing', now())",
+    );
+    db.exec("INSERT INTO call_participants (call_id, user_id, role, status) VALUES ('stale', 1, 'caller', 'joined'), ('stale', 2, 'callee', 'joined')");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = switchboard()
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("JWT_SECRET", common::SECRET)
+        .env("BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        // Answers only once migrations and the start-up clean-up have run.
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = conn.write_all(b"GET /ping HTTP/1.0\r\n\r\n");
+            let mut answer = String::new();
+            let _ = conn.read_to_string(&mut answer);
+            if answer.ends_with("pong") {
+                up = true;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "server came up");
+    use diesel::prelude::*;
+    use switchboard::db::schema::{call_participants, calls};
+    let (status, reason): (String, Option<String>) = calls::table
+        .find("stale")
+        .select((calls::status, calls::end_reason))
+        .first(&mut db.conn())
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("server_restart"))
+    );
+    let open: i64 = call_participants::table
+        .filter(call_participants::status.eq("joined"))
+        .count()
+        .get_result(&mut db.conn())
+        .unwrap();
+    assert_eq!(open, 0);
+}
