@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod registry;
 pub mod session;
+pub mod socketio;
 pub mod writer;
 pub mod ws;
 

@@ -1,0 +1,3 @@
+//! Socket.IO v4 (Engine.IO protocol v4, Socket.IO protocol v5) transport.
+
+pub mod packet;
