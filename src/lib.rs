@@ -9,6 +9,7 @@
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
 //! - [`server`]: the actix-web server around [`state::AppState`].
+//! - [`notify`]: systemd readiness, stop and watchdog notifications (`Type=notify`).
 
 pub mod auth;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod notify;
 pub mod realtime;
 pub mod server;
 pub mod state;

@@ -5,15 +5,18 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{AppError, AppResult};
 use crate::http;
+use crate::notify::{self, Notifier, State};
 use crate::state::AppState;
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{middleware, web, App, HttpServer};
+use diesel::RunQueryDsl;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// A server that is running.
@@ -33,10 +36,23 @@ pub async fn migrate(state: &AppState) -> AppResult<Vec<String>> {
 }
 
 /// Binds `config.bind`, migrates, and serves until SIGINT/SIGTERM.
+///
+/// Under systemd (`NOTIFY_SOCKET` set, `Type=notify`) it reports `READY=1` once the listener is
+/// bound and migrations ran, `STOPPING=1` when a stop signal arrives, and pings the watchdog
+/// (`WatchdogSec=`) from the moment the database handle exists; see [`watchdog`].
 pub async fn serve(config: Config) -> AppResult<()> {
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| AppError::internal(format!("cannot bind {}: {e}", config.bind)))?;
     let state = AppState::new(config);
+    let notifier = Notifier::from_env().map(Arc::new);
+    if let Some(notifier) = &notifier {
+        let period = notify::watchdog_period(&|key| std::env::var(key).ok(), std::process::id());
+        if let Some(period) = period {
+            tracing::info!(period_ms = period.as_millis(), "systemd watchdog enabled");
+            actix_web::rt::spawn(watchdog(Arc::clone(notifier), state.clone(), period));
+        }
+        notifier.notify(&[State::Status("applying migrations".into())]);
+    }
     let applied = migrate(&state).await?;
     tracing::info!(count = applied.len(), "migrations applied");
     // Calls cannot survive a restart: whatever the previous process left open has failed.
@@ -49,7 +65,67 @@ pub async fn serve(config: Config) -> AppResult<()> {
     }
     let server = build(state.clone(), listener, true)?;
     tracing::info!(addr = %state.config.bind, "listening");
-    server.await.map_err(AppError::internal)
+    if let Some(notifier) = &notifier {
+        actix_web::rt::spawn(stopping_on_signal(Arc::clone(notifier)));
+        notifier.ready(&format!("serving on {}", state.config.bind));
+    }
+    let result = server.await;
+    if let Some(notifier) = &notifier {
+        notifier.stopping("stopped");
+    }
+    result.map_err(AppError::internal)
+}
+
+/// Sends `WATCHDOG=1` every `period` (half of systemd's `WatchdogSec=`) for as long as the
+/// process runs.
+///
+/// A ping proves that the main runtime still schedules tasks and timers; a wedged process stops
+/// pinging and systemd restarts it. The database does not gate the ping: when PostgreSQL is
+/// unreachable, restarting Switchboard would not bring it back, would drop every WebSocket, and
+/// the pool reconnects by itself once the database answers again. So each round also runs
+/// `SELECT 1` (bounded by half a period) only to log changes of the database's reachability and
+/// to show it in `systemctl status`.
+async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut db_up = true;
+    loop {
+        ticks.tick().await;
+        notifier.notify(&[State::Watchdog]);
+        let probe = state
+            .db
+            .run(|conn| Ok(diesel::sql_query("SELECT 1").execute(conn)?));
+        let up = matches!(tokio::time::timeout(period / 2, probe).await, Ok(Ok(_)));
+        if up != db_up {
+            db_up = up;
+            let status = if up {
+                tracing::info!("watchdog: database reachable again");
+                format!("serving on {}", state.config.bind)
+            } else {
+                tracing::warn!("watchdog: database unreachable; still serving");
+                format!("serving on {}; database unreachable", state.config.bind)
+            };
+            notifier.notify(&[State::Status(status)]);
+        }
+    }
+}
+
+/// Sends `STOPPING=1` when SIGTERM or SIGINT arrives; the server's own handlers then shut it
+/// down gracefully.
+async fn stopping_on_signal(notifier: Arc<Notifier>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch SIGTERM for sd_notify");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    notifier.stopping("shutting down");
 }
 
 /// Starts the server on an already-bound listener inside the current actix system and returns

@@ -91,7 +91,11 @@ pub struct SessionActor {
     engine: Engine,
     link: Link,
     transport: &'static str,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Commands one connection may have running at once; more are refused with `rate_limited`.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 impl std::fmt::Debug for SessionActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +115,7 @@ impl SessionActor {
             engine,
             link,
             transport,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -221,10 +226,19 @@ impl Handler<ClientFrame> for SessionActor {
         let key = self.key;
         let event = frame.event;
         let reply_to = frame.reply_to;
-        // Commands run concurrently; each replies when done (sends only after their commit).
+        // Commands run concurrently, at most MAX_IN_FLIGHT per connection; each replies when
+        // done (sends only after their commit).
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            let err = AppError::RateLimited {
+                retry_after_secs: 1,
+            };
+            self.link.reply(user, reply_to, &event, Err(err));
+            return;
+        };
         actix::spawn(async move {
             let result = execute(&engine, &identity, key, command).await;
             link.reply(identity.user_id(), reply_to, &event, result);
+            drop(permit);
         });
     }
 }
