@@ -2,12 +2,15 @@
 # Runs the whole test suite:
 #
 #   scripts/test.sh            every step below, in order
-#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy test clients
+#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy ops test clients
 #
 # Steps: schema (migrations up, down and up again on a throwaway database; src/db/schema.rs must
 # equal `diesel print-schema`), docs (every variable src/config.rs reads is listed in .env.example
-# and in README.md's table), fmt (cargo fmt --check), clippy (-D warnings), test (cargo test
-# --all-targets) and clients (Node/Python client tests under tests/clients, when present).
+# and in README.md's table), fmt (cargo fmt --check), clippy (-D warnings), ops (the deployment
+# files: shellcheck, systemd-analyze verify of the units, scripts/install.sh into a scratch root,
+# nginx -t and a live nginx in front of `switchboard serve` with systemd's notify protocol and
+# seccomp filter checked, coturn started with the template), test (cargo test --all-targets) and
+# clients (Node/Python client tests under tests/clients, when present).
 # A failing step does not stop the later ones; the summary lists each result and the exit status
 # is non-zero when any step failed.
 #
@@ -23,13 +26,15 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 # shellcheck source=scripts/lib/pg.sh
 source "$REPO/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib/ops.sh
+source "$REPO/scripts/lib/ops.sh"
 
 if [ -n "${CI:-}" ]; then
     # Plain logs: no colour codes from cargo, rustfmt or the server's log lines.
     export CARGO_TERM_COLOR=never NO_COLOR=1
 fi
 
-ALL_STEPS=(schema docs fmt clippy test clients)
+ALL_STEPS=(schema docs fmt clippy ops test clients)
 SYSTEM_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
 
 section() { printf '\n== %s ==\n' "$*"; }
@@ -180,6 +185,29 @@ step_fmt() {
 
 step_clippy() {
     cargo clippy --all-targets -- -D warnings
+}
+
+# The deployment files under scripts/ (see scripts/lib/ops.sh): each check prints its commands
+# and their output and fails the step on any problem.
+step_ops() {
+    OPS_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-ops.XXXXXX")"
+    trap ops_cleanup EXIT
+    echo "cargo build --bin switchboard"
+    cargo build --bin switchboard
+    OPS_BIN="$REPO/target/debug/switchboard"
+    export OPS_TMP OPS_BIN
+    section "ops: shellcheck"
+    ops_check_shellcheck
+    section "ops: systemd units"
+    ops_check_units
+    section "ops: install.sh"
+    ops_check_install
+    section "ops: nginx -t"
+    ops_check_nginx
+    section "ops: serve under the unit's settings, behind nginx"
+    ops_check_serve
+    section "ops: coturn"
+    ops_check_coturn
 }
 
 # Node packages the Rust tests call into (e.g. the official agora-token builder), installed
