@@ -43,6 +43,16 @@ enum Command {
     /// messages for a fixed time, and report durable acks/s, delivery latency, errors and
     /// server memory per connection.
     Bench(Box<switchboard::bench::BenchArgs>),
+    /// Serve what the official protocol test suites expect, through the production transport:
+    /// `engineio` (a bare Engine.IO echo server at /engine.io/).
+    Conformance {
+        /// Which suite: `engineio`.
+        #[arg(value_parser = ["engineio"])]
+        suite: String,
+        /// Listen address (the suites use localhost:3000).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        bind: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +122,9 @@ fn main() -> ExitCode {
         }
         Command::Token { user, ttl } => cli::token(&config, user, ttl),
         Command::Bench(args) => switchboard::bench::run(*args),
+        Command::Conformance { suite: _, bind } => actix_web::rt::System::new()
+            .block_on(switchboard::realtime::socketio::conformance::serve_engineio(&bind))
+            .map_err(|e| format!("conformance server: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,569 @@
+//! Engine.IO v4 server: handshake, HTTP long-polling, WebSocket, the polling → WebSocket upgrade,
+//! server-driven ping/pong, `maxPayload`. What travels inside (Socket.IO, or a bare echo in
+//! conformance mode) is an [`EioHandler`].
+
+use super::packet::EioPacket;
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// Engine.IO settings.
+#[derive(Clone, Debug)]
+pub struct EioConfig {
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// How long a pong may take.
+    pub ping_timeout: Duration,
+    /// Largest payload accepted (POST body, WebSocket frame) and sent in one poll.
+    pub max_payload: usize,
+    /// Packets queued for one client before it counts as a slow consumer.
+    pub queue: usize,
+}
+
+/// A message inside Engine.IO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EioData {
+    /// Text.
+    Text(String),
+    /// Binary.
+    Binary(Bytes),
+}
+
+/// What runs on top of Engine.IO.
+pub trait EioHandler: Send + Sync + 'static {
+    /// A session opened (the handshake request is available for auth headers and query).
+    fn on_open(&self, socket: &Arc<EioSocket>, req: &HttpRequest);
+    /// A message arrived.
+    fn on_message(&self, socket: &Arc<EioSocket>, data: EioData);
+    /// The session closed.
+    fn on_close(&self, socket: &Arc<EioSocket>, reason: &str);
+}
+
+/// One Engine.IO session.
+#[derive(Debug)]
+pub struct EioSocket {
+    /// Session id.
+    pub sid: String,
+    tx: mpsc::Sender<EioPacket>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<EioPacket>>,
+    upgrading: AtomicBool,
+    upgraded: AtomicBool,
+    closed: AtomicBool,
+    finished: AtomicBool,
+    last_pong: AtomicI64,
+    closing: Notify,
+    close_reason: Mutex<Option<String>>,
+}
+
+/// Close reason when the client sent a close packet.
+const CLIENT_CLOSE: &str = "client close";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl EioSocket {
+    /// Queues a message for the client; false when the queue is full (the session is closed) or
+    /// the session is gone.
+    pub fn send(&self, data: EioData) -> bool {
+        let packet = match data {
+            EioData::Text(t) => EioPacket::Message(t),
+            EioData::Binary(b) => EioPacket::Binary(b),
+        };
+        self.push(packet)
+    }
+
+    fn push(&self, packet: EioPacket) -> bool {
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.tx.try_send(packet) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(sid = %self.sid, "slow consumer: engine.io queue full; closing");
+                self.close("slow consumer");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Closes the session (idempotent).
+    pub fn close(&self, reason: &str) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            if let Ok(mut r) = self.close_reason.lock() {
+                *r = Some(reason.to_owned());
+            }
+            self.closing.notify_waiters();
+        }
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    async fn closed(&self) {
+        loop {
+            let notified = self.closing.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The Engine.IO server: sessions by id and the handler on top.
+pub struct EioServer {
+    sockets: Mutex<HashMap<String, Arc<EioSocket>>>,
+    config: EioConfig,
+    handler: Arc<dyn EioHandler>,
+}
+
+impl std::fmt::Debug for EioServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EioServer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn eio_error(code: u8, message: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"code": code, "message": message}))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct EioQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+impl EioServer {
+    /// A server with a handler.
+    pub fn new(config: EioConfig, handler: Arc<dyn EioHandler>) -> Arc<Self> {
+        Arc::new(Self {
+            sockets: Mutex::new(HashMap::new()),
+            config,
+            handler,
+        })
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<EioSocket>> {
+        self.sockets.lock().ok().and_then(|m| m.get(sid).cloned())
+    }
+
+    /// Closes a session. When the client asked for it, the entry stays for `pingTimeout` so that
+    /// a poll racing with the close still gets its final noop; otherwise later requests with that
+    /// sid get 400 at once.
+    fn remove(self: &Arc<Self>, socket: &Arc<EioSocket>, reason: &str) {
+        if socket.finished.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        socket.close(reason);
+        self.handler.on_close(socket, reason);
+        if reason != CLIENT_CLOSE {
+            self.forget(&socket.sid);
+            return;
+        }
+        let server = Arc::clone(self);
+        let sid = socket.sid.clone();
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(server.config.ping_timeout).await;
+            server.forget(&sid);
+        });
+    }
+
+    fn forget(&self, sid: &str) -> bool {
+        self.sockets
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(sid))
+            .is_some()
+    }
+
+    fn handshake_json(&self, sid: &str, upgrades: bool) -> String {
+        json!({
+            "sid": sid,
+            "upgrades": if upgrades { vec!["websocket"] } else { Vec::<&str>::new() },
+            "pingInterval": self.config.ping_interval.as_millis() as u64,
+            "pingTimeout": self.config.ping_timeout.as_millis() as u64,
+            "maxPayload": self.config.max_payload,
+        })
+        .to_string()
+    }
+
+    fn open(self: &Arc<Self>, req: &HttpRequest) -> Option<Arc<EioSocket>> {
+        let sid = crate::auth::tokens::random_id().ok()?;
+        let (tx, rx) = mpsc::channel(self.config.queue.max(8));
+        let socket = Arc::new(EioSocket {
+            sid: sid.clone(),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            upgrading: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            last_pong: AtomicI64::new(now_ms()),
+            closing: Notify::new(),
+            close_reason: Mutex::new(None),
+        });
+        if let Ok(mut m) = self.sockets.lock() {
+            m.insert(sid, Arc::clone(&socket));
+        }
+        self.spawn_heartbeat(Arc::clone(&socket));
+        self.handler.on_open(&socket, req);
+        Some(socket)
+    }
+
+    /// Server-driven heartbeat: a ping every `pingInterval`; no pong within `pingTimeout` closes.
+    fn spawn_heartbeat(self: &Arc<Self>, socket: Arc<EioSocket>) {
+        let server = Arc::clone(self);
+        actix_web::rt::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = socket.closed() => break,
+                    () = tokio::time::sleep(server.config.ping_interval) => {}
+                }
+                let sent = now_ms();
+                if !socket.push(EioPacket::Ping(String::new())) {
+                    break;
+                }
+                tokio::select! {
+                    () = socket.closed() => break,
+                    () = tokio::time::sleep(server.config.ping_timeout) => {}
+                }
+                if socket.last_pong.load(Ordering::SeqCst) < sent {
+                    tracing::debug!(sid = %socket.sid, "ping timeout");
+                    server.remove(&socket, "ping timeout");
+                    break;
+                }
+            }
+            server.remove(&socket, "transport close");
+        });
+    }
+
+    fn dispatch(self: &Arc<Self>, socket: &Arc<EioSocket>, packet: EioPacket) {
+        match packet {
+            EioPacket::Pong(_) => socket.last_pong.store(now_ms(), Ordering::SeqCst),
+            EioPacket::Ping(data) => {
+                socket.push(EioPacket::Pong(data));
+            }
+            EioPacket::Message(text) => self.handler.on_message(socket, EioData::Text(text)),
+            EioPacket::Binary(bytes) => self.handler.on_message(socket, EioData::Binary(bytes)),
+            EioPacket::Close => self.remove(socket, CLIENT_CLOSE),
+            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {}
+        }
+    }
+
+    /// Serves one Engine.IO HTTP request (handshake, poll, post, or WebSocket).
+    pub async fn handle(self: Arc<Self>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+        let q = web::Query::<EioQuery>::from_query(req.query_string())
+            .map(web::Query::into_inner)
+            .unwrap_or_default();
+        if q.eio.as_deref() != Some("4") {
+            return eio_error(5, "Unsupported protocol version");
+        }
+        let transport = q.transport.as_deref().unwrap_or("");
+        if transport != "polling" && transport != "websocket" {
+            return eio_error(0, "Transport unknown");
+        }
+        let websocket = transport == "websocket";
+        match (q.sid, websocket) {
+            (None, true) => self.websocket(req, body, None).await,
+            (None, false) => {
+                if req.method() != actix_web::http::Method::GET {
+                    return eio_error(2, "Bad handshake method");
+                }
+                match self.open(&req) {
+                    Some(socket) => text_response(
+                        EioPacket::Open(self.handshake_json(&socket.sid, true)).encode_text(),
+                    ),
+                    None => HttpResponse::InternalServerError().finish(),
+                }
+            }
+            (Some(sid), ws) => {
+                let Some(socket) = self.get(&sid) else {
+                    return eio_error(1, "Session ID unknown");
+                };
+                if socket.is_closed() {
+                    // The last request of a closed session: a poll gets its final noop.
+                    self.forget(&sid);
+                    if !ws && req.method() == actix_web::http::Method::GET {
+                        return text_response(EioPacket::Noop.encode_text());
+                    }
+                    return eio_error(1, "Session ID unknown");
+                }
+                if ws {
+                    if socket.upgraded.load(Ordering::SeqCst)
+                        || socket.upgrading.swap(true, Ordering::SeqCst)
+                    {
+                        return reject_websocket(req, body);
+                    }
+                    return self.websocket(req, body, Some(socket)).await;
+                }
+                if socket.upgraded.load(Ordering::SeqCst) {
+                    return eio_error(3, "Bad request");
+                }
+                if req.method() == actix_web::http::Method::POST {
+                    self.post(&socket, body).await
+                } else {
+                    self.poll(&socket).await
+                }
+            }
+        }
+    }
+
+    async fn post(
+        self: &Arc<Self>,
+        socket: &Arc<EioSocket>,
+        mut body: web::Payload,
+    ) -> HttpResponse {
+        use futures_util::StreamExt;
+        let mut buf = web::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return eio_error(3, "Bad request");
+            };
+            if buf.len() + chunk.len() > self.config.max_payload {
+                self.remove(socket, "payload too large");
+                return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).finish();
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            self.remove(socket, "parse error");
+            return eio_error(3, "Bad request");
+        };
+        match EioPacket::decode_payload(text) {
+            Ok(packets) => {
+                for p in packets {
+                    self.dispatch(socket, p);
+                }
+                text_response("ok".into())
+            }
+            Err(_) => {
+                self.remove(socket, "parse error");
+                eio_error(3, "Bad request")
+            }
+        }
+    }
+
+    async fn poll(self: &Arc<Self>, socket: &Arc<EioSocket>) -> HttpResponse {
+        // Only one GET at a time: a second concurrent poll closes the session (protocol rule).
+        let Ok(mut rx) = socket.rx.try_lock() else {
+            self.remove(socket, "overlapping poll");
+            return eio_error(3, "Bad request");
+        };
+        let first = tokio::select! {
+            p = rx.recv() => p,
+            () = socket.closed() => None,
+        };
+        let Some(first) = first else {
+            // Closed while waiting: a client-requested close ends the poll with a noop, a
+            // server-side close (timeout, bad packet, duplicate poll) with a close packet.
+            self.forget(&socket.sid);
+            let client = socket
+                .close_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .as_deref()
+                == Some(CLIENT_CLOSE);
+            let last = if client {
+                EioPacket::Noop
+            } else {
+                EioPacket::Close
+            };
+            return text_response(last.encode_text());
+        };
+        let mut packets = vec![first];
+        let mut size = packets[0].encode_text().len();
+        while let Ok(p) = rx.try_recv() {
+            size += p.encode_text().len() + 1;
+            packets.push(p);
+            if size >= self.config.max_payload {
+                break;
+            }
+        }
+        text_response(EioPacket::encode_payload(&packets))
+    }
+
+    async fn websocket(
+        self: &Arc<Self>,
+        req: HttpRequest,
+        body: web::Payload,
+        existing: Option<Arc<EioSocket>>,
+    ) -> HttpResponse {
+        let (response, mut session, stream) = match actix_ws::handle(&req, body) {
+            Ok(parts) => parts,
+            Err(e) => return HttpResponse::from_error(e),
+        };
+        let mut stream = stream.max_frame_size(self.config.max_payload);
+        let server = Arc::clone(self);
+        let fresh = existing.is_none();
+        let socket = match existing {
+            Some(s) => s,
+            None => match self.open(&req) {
+                Some(s) => s,
+                None => return HttpResponse::InternalServerError().finish(),
+            },
+        };
+        actix_web::rt::spawn(async move {
+            if fresh {
+                let open = EioPacket::Open(server.handshake_json(&socket.sid, false)).encode_text();
+                if session.text(open).await.is_err() {
+                    server.remove(&socket, "transport error");
+                    return;
+                }
+            } else if !server.probe(&socket, &mut session, &mut stream).await {
+                socket.upgrading.store(false, Ordering::SeqCst);
+                let _ = session.close(None).await;
+                return;
+            }
+            let writer = actix_web::rt::spawn(write_ws(Arc::clone(&socket), session.clone()));
+            loop {
+                let msg = tokio::select! {
+                    m = stream.recv() => m,
+                    () = socket.closed() => None,
+                };
+                match msg {
+                    Some(Ok(Message::Text(t))) => match EioPacket::decode_text(&t) {
+                        Ok(p) => server.dispatch(&socket, p),
+                        Err(_) => {
+                            server.remove(&socket, "parse error");
+                            break;
+                        }
+                    },
+                    Some(Ok(Message::Binary(b))) => server.dispatch(&socket, EioPacket::Binary(b)),
+                    Some(Ok(Message::Ping(p))) => {
+                        let _ = session.pong(&p).await;
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        server.remove(&socket, "transport close");
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                        server.remove(&socket, "payload too large");
+                        break;
+                    }
+                    Some(Err(_)) => {
+                        server.remove(&socket, "transport error");
+                        break;
+                    }
+                }
+            }
+            let _ = writer.await;
+        });
+        response
+    }
+
+    /// The upgrade handshake on a new WebSocket for a polling session: `2probe` → `3probe`,
+    /// a noop releases the pending poll, then `5` switches the transport.
+    async fn probe(
+        &self,
+        socket: &Arc<EioSocket>,
+        session: &mut actix_ws::Session,
+        stream: &mut actix_ws::MessageStream,
+    ) -> bool {
+        let deadline =
+            tokio::time::Instant::now() + self.config.ping_interval + self.config.ping_timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, stream.recv()).await;
+            let Ok(Some(Ok(Message::Text(t)))) = msg else {
+                return false;
+            };
+            match EioPacket::decode_text(&t) {
+                Ok(EioPacket::Ping(d)) if d == "probe" => {
+                    if session
+                        .text(EioPacket::Pong("probe".into()).encode_text())
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    // End the pending (or next) poll so the client can finish the upgrade.
+                    socket.push(EioPacket::Noop);
+                }
+                Ok(EioPacket::Upgrade) => {
+                    socket.upgraded.store(true, Ordering::SeqCst);
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+async fn write_ws(socket: Arc<EioSocket>, mut session: actix_ws::Session) {
+    // Waits for a pending poll to finish before taking over the queue.
+    let mut rx = socket.rx.lock().await;
+    loop {
+        let packet = tokio::select! {
+            biased;
+            p = rx.recv() => p,
+            () = socket.closed() => None,
+        };
+        let Some(packet) = packet else { break };
+        let sent = match packet {
+            // A noop only ends a poll; it has no meaning on a WebSocket.
+            EioPacket::Noop => continue,
+            EioPacket::Binary(b) => session.binary(b).await,
+            EioPacket::Close => break,
+            other => session.text(other.encode_text()).await,
+        };
+        if sent.is_err() {
+            socket.close("transport error");
+            break;
+        }
+    }
+    // Flush what is queued (e.g. the answer explaining a close), then close.
+    while let Ok(p) = rx.try_recv() {
+        let _ = match p {
+            EioPacket::Binary(b) => session.binary(b).await,
+            other => session.text(other.encode_text()).await,
+        };
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        session.close(Some(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        })),
+    )
+    .await;
+}
+
+/// A second WebSocket for an already upgraded session: accepted, then closed at once.
+fn reject_websocket(req: HttpRequest, body: web::Payload) -> HttpResponse {
+    match actix_ws::handle(&req, body) {
+        Ok((response, session, _stream)) => {
+            actix_web::rt::spawn(async move {
+                let _ = session
+                    .close(Some(CloseReason {
+                        code: CloseCode::Policy,
+                        description: None,
+                    }))
+                    .await;
+            });
+            response
+        }
+        Err(e) => HttpResponse::from_error(e),
+    }
+}
+
+fn text_response(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=UTF-8")
+        .body(body)
+}
