@@ -44,10 +44,11 @@ enum Command {
     /// server memory per connection.
     Bench(Box<switchboard::bench::BenchArgs>),
     /// Serve what the official protocol test suites expect, through the production transport:
-    /// `engineio` (a bare Engine.IO echo server at /engine.io/).
+    /// `engineio` (a bare Engine.IO echo server at /engine.io/) or `socketio` (echo namespaces
+    /// `/` and `/custom` at /socket.io/).
     Conformance {
-        /// Which suite: `engineio`.
-        #[arg(value_parser = ["engineio"])]
+        /// Which suite: `engineio` or `socketio`.
+        #[arg(value_parser = ["engineio", "socketio"])]
         suite: String,
         /// Listen address (the suites use localhost:3000).
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -122,8 +123,15 @@ fn main() -> ExitCode {
         }
         Command::Token { user, ttl } => cli::token(&config, user, ttl),
         Command::Bench(args) => switchboard::bench::run(*args),
-        Command::Conformance { suite: _, bind } => actix_web::rt::System::new()
-            .block_on(switchboard::realtime::socketio::conformance::serve_engineio(&bind))
+        Command::Conformance { suite, bind } => actix_web::rt::System::new()
+            .block_on(async {
+                use switchboard::realtime::socketio::conformance;
+                if suite == "socketio" {
+                    conformance::serve_socketio(&bind).await
+                } else {
+                    conformance::serve_engineio(&bind).await
+                }
+            })
             .map_err(|e| format!("conformance server: {e}")),
     };
     match result {

@@ -57,6 +57,7 @@ pub struct EioSocket {
     upgraded: AtomicBool,
     closed: AtomicBool,
     finished: AtomicBool,
+    ping_deadline: AtomicI64,
     last_pong: AtomicI64,
     closing: Notify,
     close_reason: Mutex<Option<String>>,
@@ -213,6 +214,7 @@ impl EioServer {
             upgraded: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            ping_deadline: AtomicI64::new(0),
             last_pong: AtomicI64::new(now_ms()),
             closing: Notify::new(),
             close_reason: Mutex::new(None),
@@ -229,32 +231,55 @@ impl EioServer {
     fn spawn_heartbeat(self: &Arc<Self>, socket: Arc<EioSocket>) {
         let server = Arc::clone(self);
         actix_web::rt::spawn(async move {
+            // Scheduled on absolute instants so the session is gone by pingInterval +
+            // pingTimeout after the last pong (or the handshake), whatever the timer jitter.
+            let mut ping_at = tokio::time::Instant::now() + server.config.ping_interval;
             loop {
                 tokio::select! {
                     () = socket.closed() => break,
-                    () = tokio::time::sleep(server.config.ping_interval) => {}
+                    () = tokio::time::sleep_until(ping_at) => {}
                 }
                 let sent = now_ms();
+                let deadline = ping_at + server.config.ping_timeout;
+                let deadline_ms = sent
+                    + i64::try_from(
+                        deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_millis(),
+                    )
+                    .unwrap_or(0);
+                socket.ping_deadline.store(deadline_ms, Ordering::SeqCst);
                 if !socket.push(EioPacket::Ping(String::new())) {
                     break;
                 }
                 tokio::select! {
                     () = socket.closed() => break,
-                    () = tokio::time::sleep(server.config.ping_timeout) => {}
+                    () = tokio::time::sleep_until(deadline) => {}
                 }
                 if socket.last_pong.load(Ordering::SeqCst) < sent {
                     tracing::debug!(sid = %socket.sid, "ping timeout");
                     server.remove(&socket, "ping timeout");
                     break;
                 }
+                ping_at = tokio::time::Instant::now() + server.config.ping_interval;
             }
             server.remove(&socket, "transport close");
         });
     }
 
+    /// Whether a ping went unanswered past its deadline (checked on every request, so a late
+    /// timer never keeps a dead session alive).
+    fn timed_out(&self, socket: &EioSocket) -> bool {
+        let deadline = socket.ping_deadline.load(Ordering::SeqCst);
+        deadline != 0 && now_ms() >= deadline
+    }
+
     fn dispatch(self: &Arc<Self>, socket: &Arc<EioSocket>, packet: EioPacket) {
         match packet {
-            EioPacket::Pong(_) => socket.last_pong.store(now_ms(), Ordering::SeqCst),
+            EioPacket::Pong(_) => {
+                socket.last_pong.store(now_ms(), Ordering::SeqCst);
+                socket.ping_deadline.store(0, Ordering::SeqCst);
+            }
             EioPacket::Ping(data) => {
                 socket.push(EioPacket::Pong(data));
             }
@@ -295,6 +320,10 @@ impl EioServer {
                 let Some(socket) = self.get(&sid) else {
                     return eio_error(1, "Session ID unknown");
                 };
+                if self.timed_out(&socket) {
+                    self.remove(&socket, "ping timeout");
+                    return eio_error(1, "Session ID unknown");
+                }
                 if socket.is_closed() {
                     // The last request of a closed session: a poll gets its final noop.
                     self.forget(&sid);

@@ -3,3 +3,4 @@
 pub mod conformance;
 pub mod engine;
 pub mod packet;
+pub mod sio;
