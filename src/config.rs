@@ -207,6 +207,15 @@ pub struct Config {
     pub agora_app_certificate: Secret,
     /// `AGORA_TOKEN_TTL_SECS` — lifetime of Agora RTC tokens and their privileges. Default 3600.
     pub agora_token_ttl: Duration,
+    /// `SOCKETIO_PING_INTERVAL_MS` — Engine.IO ping period at `/socket.io/`. Default 25000.
+    pub socketio_ping_interval: Duration,
+    /// `SOCKETIO_PING_TIMEOUT_MS` — how long an Engine.IO pong may take. Default 20000.
+    pub socketio_ping_timeout: Duration,
+    /// `SOCKETIO_MAX_PAYLOAD` — largest Engine.IO payload (POST body, frame, poll). Default 1000000.
+    pub socketio_max_payload: usize,
+    /// `SOCKETIO_CONNECT_TIMEOUT_MS` — a Socket.IO connection that joins no namespace within this
+    /// is closed. Default 45000.
+    pub socketio_connect_timeout: Duration,
 }
 
 impl Default for Config {
@@ -260,6 +269,10 @@ impl Default for Config {
             agora_app_id: String::new(),
             agora_app_certificate: Secret::default(),
             agora_token_ttl: Duration::from_secs(3600),
+            socketio_ping_interval: Duration::from_millis(25_000),
+            socketio_ping_timeout: Duration::from_millis(20_000),
+            socketio_max_payload: 1_000_000,
+            socketio_connect_timeout: Duration::from_millis(45_000),
         }
     }
 }
@@ -470,6 +483,22 @@ impl Config {
             &mut self.agora_app_certificate,
         )?;
         parse_secs(src, "AGORA_TOKEN_TTL_SECS", &mut self.agora_token_ttl)?;
+        parse_millis(
+            src,
+            "SOCKETIO_PING_INTERVAL_MS",
+            &mut self.socketio_ping_interval,
+        )?;
+        parse_millis(
+            src,
+            "SOCKETIO_PING_TIMEOUT_MS",
+            &mut self.socketio_ping_timeout,
+        )?;
+        parse(src, "SOCKETIO_MAX_PAYLOAD", &mut self.socketio_max_payload)?;
+        parse_millis(
+            src,
+            "SOCKETIO_CONNECT_TIMEOUT_MS",
+            &mut self.socketio_connect_timeout,
+        )?;
         Ok(())
     }
 

@@ -18,6 +18,8 @@ pub struct AppState {
     pub auth: Auth,
     /// The realtime engine.
     pub engine: Engine,
+    /// The Socket.IO (Engine.IO v4) server at `/socket.io/`.
+    pub socketio: Arc<crate::realtime::socketio::engine::EioServer>,
     /// Process start, for uptime.
     pub started: Instant,
 }
@@ -30,11 +32,14 @@ impl AppState {
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
         let engine = Engine::start(Arc::clone(&config), db.clone());
+        let socketio =
+            crate::realtime::socketio::production_server(&config, auth.clone(), engine.clone());
         Self {
             config,
             db,
             auth,
             engine,
+            socketio,
             started: Instant::now(),
         }
     }

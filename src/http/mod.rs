@@ -27,6 +27,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
         .route("/ws", web::get().to(crate::realtime::ws::route))
+        .route(
+            "/socket.io/",
+            web::route().to(crate::realtime::socketio::route),
+        )
         .configure(app_routes)
         .service(web::scope("/api").configure(app_routes));
 }
