@@ -65,6 +65,7 @@ fn upstream_of(url: &str) -> (SocketAddr, String) {
     // postgres://user@host:port/db
     let rest = url.split_once("://").unwrap().1;
     let (auth_host, db) = rest.split_once('/').unwrap();
+    let db = db.split_once('?').map_or(db, |(d, _)| d);
     let host_port = auth_host.rsplit_once('@').map_or(auth_host, |(_, h)| h);
     let addr: SocketAddr = host_port.replace("localhost", "127.0.0.1").parse().unwrap();
     let user = auth_host.rsplit_once('@').map_or("postgres", |(u, _)| u);
@@ -77,7 +78,7 @@ async fn sends_fail_with_unavailable_during_an_outage_and_recover_without_losing
     let (upstream, user_db) = upstream_of(&db.url);
     let (user, dbname) = user_db.split_once('|').unwrap();
     let relay = Relay::start(upstream).await;
-    let relayed = format!("postgres://{user}@{}/{dbname}", relay.addr);
+    let relayed = format!("postgres://{user}@{}/{dbname}?sslmode=disable", relay.addr);
     let s = TestServer::start_on(db, |c| {
         c.database_url = switchboard::config::Secret::new(relayed);
         c.db_acquire_timeout = Duration::from_millis(800);

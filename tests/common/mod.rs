@@ -14,17 +14,34 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 /// Admin URL of the PostgreSQL server the tests may create databases on.
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    let url = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let path = url.split_once('?').map_or(url.as_str(), |(u, _)| u);
+    let db = path
+        .rsplit_once('/')
+        .map(|(_, d)| d.to_owned())
+        .expect("database URL has a path");
+    with_database(&url, &db)
 }
 
+/// The URL of database `db` on the same server. Tests talk to a local server without TLS:
+/// `sslmode=disable` unless the URL says otherwise, which also keeps OpenSSL (inside libpq) out
+/// of the test processes, whose background threads may still be connecting when they exit.
 fn with_database(url: &str, db: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    let path = url.split_once('?').map_or(url, |(u, _)| u);
+    let (base, _) = path.rsplit_once('/').expect("database URL has a path");
     let query = url
         .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
+        .map(|(_, q)| q.to_owned())
         .unwrap_or_default();
-    format!("{base}/{db}{query}")
+    let query = if query.contains("sslmode=") {
+        query
+    } else if query.is_empty() {
+        "sslmode=disable".to_owned()
+    } else {
+        format!("{query}&sslmode=disable")
+    };
+    format!("{base}/{db}?{query}")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
