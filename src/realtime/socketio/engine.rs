@@ -388,6 +388,16 @@ impl EioServer {
     }
 
     async fn poll(self: &Arc<Self>, socket: &Arc<EioSocket>) -> HttpResponse {
+        // A poll that overtakes the `5` of a WebSocket upgrade already under way waits a moment
+        // for it: once upgraded, polling requests are refused.
+        if socket.upgrading.load(Ordering::SeqCst) {
+            for _ in 0..20 {
+                if socket.upgraded.load(Ordering::SeqCst) {
+                    return eio_error(3, "Bad request");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         // Only one GET at a time: a second concurrent poll closes the session (protocol rule).
         let Ok(mut rx) = socket.rx.try_lock() else {
             self.remove(socket, "overlapping poll");
