@@ -4,8 +4,10 @@
 //! Both are reduced to one [`Inbound`] vocabulary so the client loop does not care which target
 //! it drives.
 
+use crate::realtime::socketio::packet::{encode_raw, EioPacket, SioKind, SioPacket};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::borrow::Cow;
 
 /// Which server the bench talks to.
@@ -127,157 +129,16 @@ pub fn ws_decode(text: &str) -> Result<Inbound<'_>, String> {
 
 // --- Engine.IO v4 / Socket.IO v5 -------------------------------------------------------------
 
-/// An Engine.IO packet (text only).
-#[derive(Debug, PartialEq, Eq)]
-pub enum EioPacket<'a> {
-    /// `0` + handshake JSON.
-    Open(&'a str),
-    /// `1`.
-    Close,
-    /// `2` (+ optional probe data).
-    Ping(&'a str),
-    /// `3` (+ optional probe data).
-    Pong(&'a str),
-    /// `4` + a Socket.IO packet.
-    Message(&'a str),
-    /// `5`.
-    Upgrade,
-    /// `6`.
-    Noop,
-}
+// Packets are parsed and built by the server's own codec (`realtime::socketio::packet`).
 
-/// Socket.IO packet types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SioKind {
-    /// 0: connect to a namespace (client: with auth; server: with `{sid}`).
-    Connect,
-    /// 1: leave a namespace.
-    Disconnect,
-    /// 2: event `["name", ...args]`.
-    Event,
-    /// 3: acknowledgement `[...args]`.
-    Ack,
-    /// 4: namespace connection refused.
-    ConnectError,
-    /// 5: event with binary attachments.
-    BinaryEvent,
-    /// 6: acknowledgement with binary attachments.
-    BinaryAck,
-}
-
-impl SioKind {
-    fn digit(self) -> char {
-        match self {
-            Self::Connect => '0',
-            Self::Disconnect => '1',
-            Self::Event => '2',
-            Self::Ack => '3',
-            Self::ConnectError => '4',
-            Self::BinaryEvent => '5',
-            Self::BinaryAck => '6',
-        }
-    }
-
-    fn from_digit(c: u8) -> Option<Self> {
-        Some(match c {
-            b'0' => Self::Connect,
-            b'1' => Self::Disconnect,
-            b'2' => Self::Event,
-            b'3' => Self::Ack,
-            b'4' => Self::ConnectError,
-            b'5' => Self::BinaryEvent,
-            b'6' => Self::BinaryAck,
-            _ => return None,
-        })
-    }
-}
-
-/// A Socket.IO packet: `<type>[<attachments>-][<nsp>,][<ack id>][<json data>]`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SioPacket<'a> {
-    /// Packet type.
-    pub kind: SioKind,
-    /// Namespace (`/` when absent).
-    pub nsp: &'a str,
-    /// Acknowledgement id.
-    pub id: Option<u64>,
-    /// JSON data, possibly empty.
-    pub data: &'a str,
-}
-
-/// Splits an Engine.IO text packet.
-pub fn eio_decode(text: &str) -> Result<EioPacket<'_>, String> {
-    let mut chars = text.chars();
-    let kind = chars.next().ok_or("empty engine.io packet")?;
-    let rest = chars.as_str();
-    Ok(match kind {
-        '0' => EioPacket::Open(rest),
-        '1' => EioPacket::Close,
-        '2' => EioPacket::Ping(rest),
-        '3' => EioPacket::Pong(rest),
-        '4' => EioPacket::Message(rest),
-        '5' => EioPacket::Upgrade,
-        '6' => EioPacket::Noop,
-        other => return Err(format!("unknown engine.io packet type `{other}`")),
-    })
-}
-
-/// Splits a Socket.IO packet (the part after the Engine.IO `4`).
-pub fn sio_decode(text: &str) -> Result<SioPacket<'_>, String> {
-    let bytes = text.as_bytes();
-    let first = *bytes.first().ok_or("empty socket.io packet")?;
-    let kind = SioKind::from_digit(first)
-        .ok_or_else(|| format!("unknown socket.io packet type `{}`", first as char))?;
-    let mut pos = 1;
-    if matches!(kind, SioKind::BinaryEvent | SioKind::BinaryAck) {
-        let dash = text
-            .get(pos..)
-            .and_then(|r| r.find('-'))
-            .ok_or("binary packet without attachment count")?;
-        pos += dash + 1;
-    }
-    let mut nsp = "/";
-    if bytes.get(pos) == Some(&b'/') {
-        let rest = text.get(pos..).unwrap_or_default();
-        let end = rest.find(',').unwrap_or(rest.len());
-        nsp = rest.get(..end).unwrap_or_default();
-        pos += end + usize::from(end < rest.len());
-    }
-    let digits = bytes
-        .get(pos..)
-        .unwrap_or_default()
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let id = if digits > 0 {
-        let s = text.get(pos..pos + digits).unwrap_or_default();
-        Some(s.parse().map_err(|_| format!("bad ack id `{s}`"))?)
-    } else {
-        None
-    };
-    pos += digits;
-    Ok(SioPacket {
-        kind,
-        nsp,
-        id,
-        data: text.get(pos..).unwrap_or_default(),
-    })
-}
-
-/// A full Engine.IO message frame carrying a Socket.IO packet: `4<type>[<nsp>,][<id>]<data>`.
-pub fn sio_encode(kind: SioKind, nsp: &str, id: Option<u64>, data: &str) -> String {
-    let mut out = String::with_capacity(data.len() + 24);
-    out.push('4');
-    out.push(kind.digit());
-    if nsp != "/" && !nsp.is_empty() {
-        out.push_str(nsp);
-        out.push(',');
-    }
-    if let Some(id) = id {
-        out.push_str(&id.to_string());
-    }
-    out.push_str(data);
-    out
+/// A full Engine.IO message frame carrying a Socket.IO packet on the default namespace, with
+/// data given as JSON text: `4<type>[<id>]<data>`.
+fn sio_frame(kind: SioKind, id: Option<u64>, data: &str) -> String {
+    format!(
+        "{}{}",
+        EioPacket::Message(String::new()).encode_text(),
+        encode_raw(kind, "/", id, 0, data)
+    )
 }
 
 #[derive(Serialize)]
@@ -288,95 +149,64 @@ struct SioAuth<'a> {
 /// The CONNECT packet for the default namespace with `{token}` as auth: `40{"token":"..."}`.
 pub fn sio_connect(token: &str) -> Result<String, String> {
     let auth = serde_json::to_string(&SioAuth { token }).map_err(|e| e.to_string())?;
-    Ok(sio_encode(SioKind::Connect, "/", None, &auth))
+    Ok(sio_frame(SioKind::Connect, None, &auth))
 }
 
 /// An event with an acknowledgement id: `42<id>["event",payload]`.
 pub fn sio_emit<P: Serialize>(event: &str, id: u64, payload: &P) -> Result<String, String> {
     let data = serde_json::to_string(&(event, payload)).map_err(|e| e.to_string())?;
-    Ok(sio_encode(SioKind::Event, "/", Some(id), &data))
+    Ok(sio_frame(SioKind::Event, Some(id), &data))
 }
 
-#[derive(Deserialize)]
-struct SioAckBody<'a> {
-    #[serde(default)]
-    ok: Option<bool>,
-    #[serde(default, borrow)]
-    error: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SioPush<'a> {
-    #[serde(default, borrow)]
-    client_message_id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct SioErrorBody<'a> {
-    #[serde(default, borrow)]
-    message: Option<Cow<'a, str>>,
+fn owned(v: Option<&Value>) -> Option<Cow<'static, str>> {
+    v.and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()))
 }
 
 /// Reads one Engine.IO text frame from a Socket.IO server.
-pub fn sio_inbound(text: &str) -> Result<Inbound<'_>, String> {
-    let packet = match eio_decode(text)? {
+pub fn sio_inbound(text: &str) -> Result<Inbound<'static>, String> {
+    let packet = match EioPacket::decode_text(text).map_err(|e| e.to_string())? {
         EioPacket::Open(_) => return Ok(Inbound::Open),
         EioPacket::Ping(_) => return Ok(Inbound::Ping),
         EioPacket::Close => return Ok(Inbound::Disconnect),
-        EioPacket::Pong(_) | EioPacket::Upgrade | EioPacket::Noop => return Ok(Inbound::Other),
-        EioPacket::Message(m) => sio_decode(m)?,
+        EioPacket::Message(m) => SioPacket::decode(&m).map_err(|e| e.to_string())?,
+        EioPacket::Pong(_) | EioPacket::Upgrade | EioPacket::Noop | EioPacket::Binary(_) => {
+            return Ok(Inbound::Other)
+        }
     };
     if packet.nsp != "/" {
         return Ok(Inbound::Other);
     }
+    let data = packet.data.unwrap_or(Value::Null);
     Ok(match packet.kind {
         SioKind::Connect => Inbound::Connected,
         SioKind::Disconnect => Inbound::Disconnect,
         SioKind::ConnectError => {
-            let body: Option<SioErrorBody<'_>> = serde_json::from_str(packet.data).ok();
-            Inbound::ConnectError(
-                body.and_then(|b| b.message)
-                    .unwrap_or(Cow::Borrowed("refused")),
-            )
+            Inbound::ConnectError(owned(data.get("message")).unwrap_or(Cow::Borrowed("refused")))
         }
         SioKind::Ack => {
             let Some(id) = packet.id else {
                 return Ok(Inbound::Other);
             };
-            let args: Vec<SioAckBody<'_>> =
-                serde_json::from_str(packet.data).map_err(|e| e.to_string())?;
-            match args.into_iter().next() {
-                Some(SioAckBody { ok: Some(true), .. }) => Inbound::Ack { id, durable: true },
-                Some(SioAckBody { error: Some(e), .. }) => Inbound::Error {
-                    id: Some(id),
-                    code: e,
-                },
-                Some(SioAckBody {
-                    ok: Some(false), ..
-                }) => Inbound::Error {
+            let first = data.get(0).cloned().unwrap_or(Value::Null);
+            match (
+                first.get("ok").and_then(Value::as_bool),
+                owned(first.get("error")),
+            ) {
+                (Some(true), _) => Inbound::Ack { id, durable: true },
+                (_, Some(code)) => Inbound::Error { id: Some(id), code },
+                (Some(false), None) => Inbound::Error {
                     id: Some(id),
                     code: Cow::Borrowed("nack"),
                 },
-                _ => Inbound::Ack { id, durable: false },
+                (None, None) => Inbound::Ack { id, durable: false },
             }
         }
-        SioKind::Event => {
-            let (event, push): (Cow<'_, str>, SioPush<'_>) = match serde_json::from_str(packet.data)
-            {
-                Ok(v) => v,
-                // Events with other argument shapes are not ours.
-                Err(_) => return Ok(Inbound::Other),
-            };
-            if event == "message:new" {
-                Inbound::MessageNew {
-                    client_message_id: push.client_message_id,
-                }
-            } else {
-                Inbound::Other
+        SioKind::Event if data.get(0).and_then(Value::as_str) == Some("message:new") => {
+            Inbound::MessageNew {
+                client_message_id: owned(data.get(1).and_then(|p| p.get("clientMessageId"))),
             }
         }
-        SioKind::BinaryEvent | SioKind::BinaryAck => Inbound::Other,
+        SioKind::Event | SioKind::BinaryEvent | SioKind::BinaryAck => Inbound::Other,
     })
 }
 
@@ -423,69 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn engine_io_packets_split() {
-        assert_eq!(
-            eio_decode(r#"0{"sid":"x","pingInterval":25000}"#).unwrap(),
-            EioPacket::Open(r#"{"sid":"x","pingInterval":25000}"#)
-        );
-        assert_eq!(eio_decode("2").unwrap(), EioPacket::Ping(""));
-        assert_eq!(eio_decode("3probe").unwrap(), EioPacket::Pong("probe"));
-        assert_eq!(eio_decode("1").unwrap(), EioPacket::Close);
-        assert_eq!(eio_decode("6").unwrap(), EioPacket::Noop);
-        assert_eq!(eio_decode("40").unwrap(), EioPacket::Message("0"));
-        assert!(eio_decode("").is_err());
-        assert!(eio_decode("9").is_err());
-    }
-
-    #[test]
-    fn socket_io_packets_split() {
-        let p = sio_decode(r#"0{"sid":"abc"}"#).unwrap();
-        assert_eq!(
-            p,
-            SioPacket {
-                kind: SioKind::Connect,
-                nsp: "/",
-                id: None,
-                data: r#"{"sid":"abc"}"#
-            }
-        );
-        let p = sio_decode(r#"312[{"ok":true}]"#).unwrap();
-        assert_eq!(p.kind, SioKind::Ack);
-        assert_eq!(p.id, Some(12));
-        assert_eq!(p.data, r#"[{"ok":true}]"#);
-        let p = sio_decode(r#"2["message:new",{"a":1}]"#).unwrap();
-        assert_eq!(p.kind, SioKind::Event);
-        assert_eq!(p.id, None);
-        assert_eq!(p.data, r#"["message:new",{"a":1}]"#);
-        let p = sio_decode(r#"2/admin,7["x"]"#).unwrap();
-        assert_eq!((p.nsp, p.id, p.data), ("/admin", Some(7), r#"["x"]"#));
-        let p = sio_decode("1/admin,").unwrap();
-        assert_eq!((p.kind, p.nsp, p.data), (SioKind::Disconnect, "/admin", ""));
-        let p = sio_decode(r#"51-/nsp,3["up",{"_placeholder":true,"num":0}]"#).unwrap();
-        assert_eq!(
-            (p.kind, p.nsp, p.id),
-            (SioKind::BinaryEvent, "/nsp", Some(3))
-        );
-        let p = sio_decode(r#"4{"message":"Unauthorized"}"#).unwrap();
-        assert_eq!(p.kind, SioKind::ConnectError);
-        assert!(sio_decode("").is_err());
-        assert!(sio_decode("9").is_err());
-    }
-
-    #[test]
     fn encode_round_trips() {
-        let s = sio_encode(SioKind::Event, "/", Some(5), r#"["a",1]"#);
-        assert_eq!(s, r#"425["a",1]"#);
-        let s = sio_encode(SioKind::Ack, "/chat", Some(9), "[]");
-        assert_eq!(s, "43/chat,9[]");
-        let EioPacket::Message(m) = eio_decode(&s).unwrap() else {
-            panic!("not a message")
-        };
-        let p = sio_decode(m).unwrap();
-        assert_eq!(
-            (p.kind, p.nsp, p.id, p.data),
-            (SioKind::Ack, "/chat", Some(9), "[]")
-        );
         assert_eq!(sio_connect("t.o.k").unwrap(), r#"40{"token":"t.o.k"}"#);
         let emit = sio_emit(
             "message:send",

@@ -225,23 +225,33 @@ impl SioPacket {
 
     /// Encodes the text part.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        out.push(self.kind.digit());
-        if matches!(self.kind, SioKind::BinaryEvent | SioKind::BinaryAck) {
-            out.push_str(&format!("{}-", self.attachments));
-        }
-        if self.nsp != "/" {
-            out.push_str(&self.nsp);
-            out.push(',');
-        }
-        if let Some(id) = self.id {
-            out.push_str(&id.to_string());
-        }
-        if let Some(d) = &self.data {
-            out.push_str(&d.to_string());
-        }
-        out
+        let data = self.data.as_ref().map(Value::to_string).unwrap_or_default();
+        encode_raw(self.kind, &self.nsp, self.id, self.attachments, &data)
     }
+}
+
+/// Encodes a Socket.IO packet whose data is already JSON text (kept byte for byte).
+pub fn encode_raw(
+    kind: SioKind,
+    nsp: &str,
+    id: Option<u64>,
+    attachments: usize,
+    data: &str,
+) -> String {
+    let mut out = String::with_capacity(data.len() + 16);
+    out.push(kind.digit());
+    if matches!(kind, SioKind::BinaryEvent | SioKind::BinaryAck) {
+        out.push_str(&format!("{attachments}-"));
+    }
+    if nsp != "/" && !nsp.is_empty() {
+        out.push_str(nsp);
+        out.push(',');
+    }
+    if let Some(id) = id {
+        out.push_str(&id.to_string());
+    }
+    out.push_str(data);
+    out
 }
 
 /// Replaces every `{"_placeholder":true,"num":N}` with attachment N as a base64 string: the
