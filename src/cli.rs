@@ -14,18 +14,20 @@ fn describe(e: AppError) -> String {
     }
 }
 
-fn connect(config: &Config) -> Result<db::PooledConn, String> {
+/// One connection for a one-shot command (no migrations).
+fn open(config: &Config) -> Result<db::PooledConn, String> {
     config.validate_database().map_err(|e| e.to_string())?;
-    let db = Db::with_url(
-        config.database_url.expose(),
-        1,
-        config
-            .db_acquire_timeout
-            .max(std::time::Duration::from_secs(5)),
-    );
-    let mut conn = db
+    let timeout = config
+        .db_acquire_timeout
+        .max(std::time::Duration::from_secs(5));
+    Db::with_url(config.database_url.expose(), 1, timeout)
         .get()
-        .map_err(|e| format!("cannot connect to the database: {}", describe(e)))?;
+        .map_err(|e| format!("cannot connect to the database: {}", describe(e)))
+}
+
+/// One migrated connection.
+fn connect(config: &Config) -> Result<db::PooledConn, String> {
+    let mut conn = open(config)?;
     db::run_migrations(&mut conn).map_err(describe)?;
     Ok(conn)
 }
@@ -37,17 +39,7 @@ fn print(value: &serde_json::Value) {
 
 /// `switchboard migrate`.
 pub fn migrate(config: &Config) -> Result<(), String> {
-    config.validate_database().map_err(|e| e.to_string())?;
-    let db = Db::with_url(
-        config.database_url.expose(),
-        1,
-        config
-            .db_acquire_timeout
-            .max(std::time::Duration::from_secs(5)),
-    );
-    let mut conn = db
-        .get()
-        .map_err(|e| format!("cannot connect to the database: {}", describe(e)))?;
+    let mut conn = open(config)?;
     let applied = db::run_migrations(&mut conn).map_err(describe)?;
     print(&json!({ "applied": applied }));
     Ok(())

@@ -145,21 +145,22 @@ impl SioHandler {
             socket.close("invalid handshake");
             return;
         }
+        let known = match &self.app {
+            SioApp::Conformance => p.nsp == "/" || p.nsp == "/custom",
+            SioApp::Production(_) => p.nsp == "/",
+        };
+        if !known {
+            let refusal = packet(
+                SioKind::ConnectError,
+                &p.nsp,
+                None,
+                Some(json!({"message": "Invalid namespace"})),
+            );
+            send_packet(socket, &refusal, &[]);
+            return;
+        }
         match &self.app {
             SioApp::Conformance => {
-                if p.nsp != "/" && p.nsp != "/custom" {
-                    send_packet(
-                        socket,
-                        &packet(
-                            SioKind::ConnectError,
-                            &p.nsp,
-                            None,
-                            Some(json!({"message": "Invalid namespace"})),
-                        ),
-                        &[],
-                    );
-                    return;
-                }
                 self.with_conn(&socket.sid, |c| {
                     c.namespaces.insert(p.nsp.clone(), Ns::Echo)
                 });
@@ -177,19 +178,6 @@ impl SioHandler {
             }
             SioApp::Production(prod) => {
                 let (checker, engine) = (&prod.auth, &prod.engine);
-                if p.nsp != "/" {
-                    send_packet(
-                        socket,
-                        &packet(
-                            SioKind::ConnectError,
-                            &p.nsp,
-                            None,
-                            Some(json!({"message": "Invalid namespace"})),
-                        ),
-                        &[],
-                    );
-                    return;
-                }
                 let token = auth
                     .get("token")
                     .and_then(Value::as_str)
