@@ -174,11 +174,6 @@ pub struct RegistryStats {
 #[rtype(result = "RegistryStats")]
 pub struct GetStats;
 
-/// Whether users are online.
-#[derive(Message, Debug)]
-#[rtype(result = "HashSet<i64>")]
-pub struct OnlineAmong(pub Vec<i64>);
-
 /// The registry actor.
 pub struct Registry {
     engine: Option<Engine>,
@@ -511,18 +506,6 @@ impl Handler<GetStats> for Registry {
     }
 }
 
-impl Handler<OnlineAmong> for Registry {
-    type Result = MessageResult<OnlineAmong>;
-    fn handle(&mut self, msg: OnlineAmong, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            msg.0
-                .into_iter()
-                .filter(|u| self.sessions.contains_key(u))
-                .collect(),
-        )
-    }
-}
-
 /// Delivers an event to one session of a user.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -756,19 +739,6 @@ impl Handler<FindCall> for Registry {
     }
 }
 
-/// The live call a user is in, if any.
-#[derive(Message, Debug)]
-#[rtype(result = "Option<String>")]
-pub struct CallOfUser(pub i64);
-
-impl Handler<CallOfUser> for Registry {
-    type Result = Option<String>;
-    fn handle(&mut self, msg: CallOfUser, _: &mut Context<Self>) -> Self::Result {
-        self.user_call.get(&msg.0).cloned()
-    }
-}
-
-/// Runs a timer for a call (ring timeout, reconnect grace).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ScheduleCallTimer {

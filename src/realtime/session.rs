@@ -3,7 +3,7 @@
 //! and replies into the connection's **bounded** outbound queue. A client that stops reading
 //! fills that queue and is disconnected instead of growing memory.
 
-use super::protocol::{ClientFrame, Command, Outbound, ServerEvent, WireError};
+use super::protocol::{ClientFrame, Command, Outbound, WireError};
 use super::registry::{Announce, CloseSession, Connect, Deliver, Disconnect, WatchPresence};
 use super::Engine;
 use crate::auth::Identity;
@@ -343,9 +343,4 @@ async fn execute(
         Command::CallRejoin(c) => engine.rejoin_call(identity, key, c).await,
         Command::CallSignal(kind, s) => engine.signal_call(identity, key, kind, s).await,
     }
-}
-
-/// An event for one session only (e.g. a transport-level notice).
-pub fn direct_event(name: &'static str, payload: Value) -> Outbound {
-    Outbound::Event(ServerEvent::new(name, payload))
 }
