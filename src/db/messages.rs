@@ -359,16 +359,28 @@ pub struct Actor {
     pub moderator: bool,
 }
 
-/// Edits the text of an own, undeleted message.
-pub fn edit(conn: &mut PgConnection, id: i64, actor: Actor, content: &str) -> AppResult<Message> {
+/// Reads and row-locks a message of a conversation (404 when it is elsewhere or missing).
+fn lock_in(conn: &mut PgConnection, id: i64, conversation_id: i64) -> AppResult<Message> {
+    messages::table
+        .find(id)
+        .filter(messages::conversation_id.eq(conversation_id))
+        .select(Message::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| AppError::NotFound("message not found".into()))
+}
+
+/// Edits the text of an own, undeleted message of a conversation.
+pub fn edit(
+    conn: &mut PgConnection,
+    id: i64,
+    conversation_id: i64,
+    actor: Actor,
+    content: &str,
+) -> AppResult<Message> {
     conn.transaction(|conn| {
-        let m = messages::table
-            .find(id)
-            .select(Message::as_select())
-            .for_update()
-            .first(conn)
-            .optional()?
-            .ok_or_else(|| AppError::NotFound("message not found".into()))?;
+        let m = lock_in(conn, id, conversation_id)?;
         if m.sender_id != Some(actor.user_id) {
             return Err(AppError::Forbidden(
                 "only the sender may edit a message".into(),
@@ -394,15 +406,14 @@ pub fn edit(conn: &mut PgConnection, id: i64, actor: Actor, content: &str) -> Ap
 
 /// Soft-deletes a message: the sender, or any message for moderators. Deleting twice is a no-op
 /// that returns the deleted message.
-pub fn delete(conn: &mut PgConnection, id: i64, actor: Actor) -> AppResult<(Message, bool)> {
+pub fn delete(
+    conn: &mut PgConnection,
+    id: i64,
+    conversation_id: i64,
+    actor: Actor,
+) -> AppResult<(Message, bool)> {
     conn.transaction(|conn| {
-        let m = messages::table
-            .find(id)
-            .select(Message::as_select())
-            .for_update()
-            .first(conn)
-            .optional()?
-            .ok_or_else(|| AppError::NotFound("message not found".into()))?;
+        let m = lock_in(conn, id, conversation_id)?;
         if m.sender_id != Some(actor.user_id) && !actor.moderator {
             return Err(AppError::Forbidden(
                 "No permission to delete this message".into(),

@@ -465,16 +465,13 @@ impl Handler<ChangeMessage> for ConversationActor {
         self.pending += 1;
         ctx.spawn(
             async move {
-                db.run(move |conn| {
-                    let m = messages::by_id(conn, message_id)?
-                        .filter(|m| m.conversation_id == conversation)
-                        .ok_or_else(|| AppError::NotFound("message not found".into()))?;
-                    match change {
-                        Change::Edit(text) => messages::edit(conn, m.id, actor, &text)
-                            .map(|m| (m, true, "message:edited")),
-                        Change::Delete => messages::delete(conn, m.id, actor)
-                            .map(|(m, fresh)| (m, fresh, "message:deleted")),
+                db.run(move |conn| match change {
+                    Change::Edit(text) => {
+                        messages::edit(conn, message_id, conversation, actor, &text)
+                            .map(|m| (m, true, "message:edited"))
                     }
+                    Change::Delete => messages::delete(conn, message_id, conversation, actor)
+                        .map(|(m, fresh)| (m, fresh, "message:deleted")),
                 })
                 .await
             }
