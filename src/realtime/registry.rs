@@ -35,7 +35,17 @@ struct Entry {
     deliver: Recipient<Deliver>,
     close: Recipient<CloseSession>,
     device_session: Option<String>,
-    transport: &'static str,
+    labels: SessionLabels,
+}
+
+/// How a session is connected: its transport and the dialect it speaks. Both are static names,
+/// used for stats and metrics labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionLabels {
+    /// Transport name (`ws`, `socket.io`).
+    pub transport: &'static str,
+    /// Dialect name (`canonical` or a seed's).
+    pub dialect: &'static str,
 }
 
 /// A session came up.
@@ -48,8 +58,8 @@ pub struct Connect {
     pub key: u64,
     /// Device session id of the token, if session-bound.
     pub device_session: Option<String>,
-    /// Transport name (`ws`, `socket.io`).
-    pub transport: &'static str,
+    /// Transport and dialect.
+    pub labels: SessionLabels,
     /// Event sink.
     pub deliver: Recipient<Deliver>,
     /// Close handle.
@@ -165,6 +175,8 @@ pub struct RegistryStats {
     pub sessions: usize,
     /// Sessions per transport.
     pub by_transport: HashMap<&'static str, usize>,
+    /// Sessions per dialect.
+    pub by_dialect: HashMap<&'static str, usize>,
     /// Conversation actors alive.
     pub conversations: usize,
 }
@@ -311,7 +323,7 @@ impl Handler<Connect> for Registry {
                 deliver: msg.deliver,
                 close: msg.close,
                 device_session: msg.device_session,
-                transport: msg.transport,
+                labels: msg.labels,
             },
         );
     }
@@ -490,10 +502,12 @@ impl Handler<GetStats> for Registry {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let mut by_transport: HashMap<&'static str, usize> = HashMap::new();
+        let mut by_dialect: HashMap<&'static str, usize> = HashMap::new();
         let mut sessions = 0;
         for devices in self.sessions.values() {
             for entry in devices.values() {
-                *by_transport.entry(entry.transport).or_default() += 1;
+                *by_transport.entry(entry.labels.transport).or_default() += 1;
+                *by_dialect.entry(entry.labels.dialect).or_default() += 1;
                 sessions += 1;
             }
         }
@@ -501,6 +515,7 @@ impl Handler<GetStats> for Registry {
             online_users: self.sessions.len(),
             sessions,
             by_transport,
+            by_dialect,
             conversations: self.conversations.len(),
         })
     }

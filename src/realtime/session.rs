@@ -4,7 +4,9 @@
 //! fills that queue and is disconnected instead of growing memory.
 
 use super::protocol::{ClientFrame, Command, Outbound, WireError};
-use super::registry::{Announce, CloseSession, Connect, Deliver, Disconnect, WatchPresence};
+use super::registry::{
+    Announce, CloseSession, Connect, Deliver, Disconnect, SessionLabels, WatchPresence,
+};
 use super::Engine;
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, ReceiptKind};
@@ -90,7 +92,7 @@ pub struct SessionActor {
     identity: Arc<Identity>,
     engine: Engine,
     link: Link,
-    transport: &'static str,
+    labels: SessionLabels,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -108,13 +110,13 @@ impl std::fmt::Debug for SessionActor {
 
 impl SessionActor {
     /// A session for an authenticated identity.
-    pub fn new(identity: Identity, engine: Engine, link: Link, transport: &'static str) -> Self {
+    pub fn new(identity: Identity, engine: Engine, link: Link, labels: SessionLabels) -> Self {
         Self {
             key: engine.next_session_key(),
             identity: Arc::new(identity),
             engine,
             link,
-            transport,
+            labels,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -139,7 +141,8 @@ impl Actor for SessionActor {
         tracing::info!(
             user,
             session = self.key,
-            transport = self.transport,
+            transport = self.labels.transport,
+            dialect = self.labels.dialect,
             "session started"
         );
         // Register at once, so events reach the session from its first frame on; the presence
@@ -148,7 +151,7 @@ impl Actor for SessionActor {
             user_id: user,
             key: self.key,
             device_session: self.identity.session_id.clone(),
-            transport: self.transport,
+            labels: self.labels,
             deliver: ctx.address().recipient(),
             close: ctx.address().recipient(),
         });

@@ -8,6 +8,7 @@
 
 use super::protocol::{ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
+use super::registry::SessionLabels;
 use super::session::{CloseRequest, Link, SessionActor, TransportClosed, CLOSE_UNAUTHORIZED};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -128,7 +129,10 @@ pub async fn route(
         session,
         stream,
         Arc::new(CanonicalJson),
-        "ws",
+        SessionLabels {
+            transport: "ws",
+            dialect: "canonical",
+        },
     );
     Ok(response)
 }
@@ -140,7 +144,7 @@ pub fn start(
     session: actix_ws::Session,
     stream: actix_ws::MessageStream,
     format: Arc<dyn WireFormat>,
-    transport: &'static str,
+    labels: SessionLabels,
 ) {
     let config = Arc::clone(&state.config);
     let (out_tx, out_rx) = mpsc::channel(config.outbound_queue);
@@ -150,7 +154,7 @@ pub fn start(
         close: close_tx,
     };
     let user = identity.user_id();
-    let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), transport).start();
+    let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), labels).start();
     let last_seen = Arc::new(AtomicI64::new(now_millis()));
     actix_web::rt::spawn(write_loop(
         session.clone(),

@@ -7,6 +7,7 @@ use super::engine::{EioData, EioHandler, EioSocket};
 use super::packet::{fill_placeholders, SioKind, SioPacket};
 use crate::auth::{Auth, Identity};
 use crate::realtime::protocol::{ClientFrame, Outbound};
+use crate::realtime::registry::SessionLabels;
 use crate::realtime::session::{CloseRequest, Link, SessionActor};
 use crate::realtime::Engine;
 use actix::{Actor, Addr};
@@ -229,7 +230,16 @@ impl SioHandler {
             out: out_tx,
             close: close_tx,
         };
-        let actor = SessionActor::new(identity, engine, link, "socket.io").start();
+        let actor = SessionActor::new(
+            identity,
+            engine,
+            link,
+            SessionLabels {
+                transport: "socket.io",
+                dialect: "canonical",
+            },
+        )
+        .start();
         let (frames_tx, mut frames_rx) = mpsc::channel::<ClientFrame>(256);
         let sid = crate::auth::tokens::random_id().unwrap_or_default();
         let registered = self
