@@ -386,15 +386,57 @@ pub enum ReceiptKind {
     Read,
 }
 
-/// Moves a cursor forward (never back, never past the last seq). Returns the new cursor and its
-/// change number when it moved, `None` when it did not.
+/// A cursor that moved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CursorMove {
+    /// The new cursor (a seq).
+    pub up_to: i64,
+    /// The change number of the move.
+    pub change: i64,
+    /// When the message at the cursor was created (for clients that keep time cursors).
+    pub at: Option<DateTime<Utc>>,
+    /// For a cursor given as message ids: those of them in this conversation.
+    pub message_ids: Option<Vec<i64>>,
+}
+
+/// Resolves a cursor given as message ids or a time to a seq (0 when nothing matches).
+fn resolve_cursor(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    cursor: &crate::realtime::protocol::ReceiptCursor,
+) -> AppResult<(i64, Option<Vec<i64>>)> {
+    use crate::realtime::protocol::ReceiptCursor;
+    Ok(match cursor {
+        ReceiptCursor::Seq(seq) => (*seq, None),
+        ReceiptCursor::Messages(ids) => {
+            let found: Vec<(i64, i64)> = messages::table
+                .filter(messages::conversation_id.eq(conversation_id))
+                .filter(messages::id.eq_any(ids))
+                .select((messages::id, messages::seq))
+                .load(conn)?;
+            let seq = found.iter().map(|(_, s)| *s).max().unwrap_or(0);
+            (seq, Some(found.into_iter().map(|(id, _)| id).collect()))
+        }
+        ReceiptCursor::Time(t) => {
+            let seq: Option<i64> = messages::table
+                .filter(messages::conversation_id.eq(conversation_id))
+                .filter(messages::created_at.le(t))
+                .select(diesel::dsl::max(messages::seq))
+                .first(conn)?;
+            (seq.unwrap_or(0), None)
+        }
+    })
+}
+
+/// Moves a cursor forward (never back, never past the last seq). Returns the move when the
+/// cursor moved, `None` when it did not.
 pub fn move_cursor(
     conn: &mut PgConnection,
     conversation_id: i64,
     user_id: i64,
     kind: ReceiptKind,
-    up_to: i64,
-) -> AppResult<Option<(i64, i64)>> {
+    cursor: &crate::realtime::protocol::ReceiptCursor,
+) -> AppResult<Option<CursorMove>> {
     conn.transaction(|conn| {
         let last_seq: i64 = conversations::table
             .find(conversation_id)
@@ -402,9 +444,10 @@ pub fn move_cursor(
             .first(conn)
             .optional()?
             .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
-        let target = up_to.min(last_seq);
         let m = member(conn, conversation_id, user_id)?
             .ok_or_else(|| AppError::Forbidden("not a member of this conversation".into()))?;
+        let (up_to, message_ids) = resolve_cursor(conn, conversation_id, cursor)?;
+        let target = up_to.min(last_seq);
         let current = match kind {
             ReceiptKind::Delivered => m.delivered_up_to,
             ReceiptKind::Read => m.read_up_to,
@@ -412,6 +455,12 @@ pub fn move_cursor(
         if target <= current {
             return Ok(None);
         }
+        let at: Option<DateTime<Utc>> = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::seq.eq(target))
+            .select(messages::created_at)
+            .first(conn)
+            .optional()?;
         let change = super::messages::next_change(conn, conversation_id)?;
         let now = Utc::now();
         let row = conversation_members::table.find((conversation_id, user_id));
@@ -432,7 +481,12 @@ pub fn move_cursor(
                 ))
                 .execute(conn)?,
         };
-        Ok(Some((target, change)))
+        Ok(Some(CursorMove {
+            up_to: target,
+            change,
+            at,
+            message_ids,
+        }))
     })
 }
 

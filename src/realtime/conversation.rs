@@ -92,8 +92,8 @@ pub struct Receipt {
     pub user: i64,
     /// Delivered or read.
     pub kind: ReceiptKind,
-    /// Seq.
-    pub up_to: i64,
+    /// Where the cursor moves to.
+    pub cursor: crate::realtime::protocol::ReceiptCursor,
     /// Originating session.
     pub origin: Option<u64>,
     /// Outcome: the cursor after the move.
@@ -408,36 +408,48 @@ impl Handler<Receipt> for ConversationActor {
             return;
         }
         let db = self.engine.db.clone();
-        let (id, user, kind, up_to) = (self.id, msg.user, msg.kind, msg.up_to);
+        let (id, user, kind, cursor) = (self.id, msg.user, msg.kind, msg.cursor);
         self.pending += 1;
         ctx.spawn(
             async move {
-                db.run(move |conn| convs::move_cursor(conn, id, user, kind, up_to))
+                db.run(move |conn| convs::move_cursor(conn, id, user, kind, &cursor))
                     .await
             }
             .into_actor(self)
             .map(move |res, act, _| {
                 act.pending = act.pending.saturating_sub(1);
                 let reply = match res {
-                    Ok(Some((cursor, change))) => {
+                    Ok(Some(moved)) => {
                         let name = match kind {
                             ReceiptKind::Delivered => "receipt:delivered",
                             ReceiptKind::Read => "receipt:read",
                         };
-                        let payload = json!({
+                        let mut payload = json!({
                             "conversationId": id.to_string(),
                             "userId": user.to_string(),
-                            "upTo": cursor,
-                            "change": change,
+                            "upTo": moved.up_to,
+                            "at": moved.at,
+                            "change": moved.change,
                         });
+                        if let (Some(ids), Some(obj)) = (&moved.message_ids, payload.as_object_mut()) {
+                            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                            obj.insert("messageIds".into(), json!(ids));
+                        }
                         act.fan_out(
                             act.members.except(user),
                             ServerEvent::new(name, payload.clone()),
                             None,
                         );
-                        Ok(json!({"upTo": cursor, "moved": true, "change": change}))
+                        if let Some(obj) = payload.as_object_mut() {
+                            obj.insert("moved".into(), json!(true));
+                        }
+                        Ok(payload)
                     }
-                    Ok(None) => Ok(json!({"moved": false})),
+                    Ok(None) => Ok(json!({
+                        "conversationId": id.to_string(),
+                        "userId": user.to_string(),
+                        "moved": false,
+                    })),
                     Err(e) => Err(e),
                 };
                 let _ = msg.reply.send(reply);

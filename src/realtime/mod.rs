@@ -318,7 +318,7 @@ impl Engine {
         user: i64,
         conversation_id: i64,
         kind: convs::ReceiptKind,
-        up_to: i64,
+        cursor: protocol::ReceiptCursor,
         origin: Option<u64>,
     ) -> AppResult<Value> {
         let addr = self.conversation(conversation_id).await?;
@@ -326,7 +326,7 @@ impl Engine {
         addr.send(Receipt {
             user,
             kind,
-            up_to,
+            cursor,
             origin,
             reply: tx,
         })

@@ -249,20 +249,97 @@ pub struct ConversationRef {
     pub conversation_id: i64,
 }
 
-/// `receipt:delivered|read`: move the caller's cursor forward to `upTo` (a seq).
+/// `receipt:delivered|read`: move the caller's cursor forward. The cursor is given as a seq
+/// (`upTo`), as message ids (`messageIds`: up to the newest of them) or as a time (`upToTime`:
+/// up to the newest message created at or before it; ISO 8601 or epoch milliseconds).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "RawReceipt")]
 pub struct ReceiptCommand {
     /// The conversation.
+    pub conversation_id: i64,
+    /// Where the cursor moves to.
+    pub cursor: ReceiptCursor,
+}
+
+/// A receipt cursor before it is resolved to a seq.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReceiptCursor {
+    /// Highest seq covered.
+    Seq(i64),
+    /// Messages read or delivered (the newest of them counts).
+    Messages(Vec<i64>),
+    /// Everything created at or before this instant.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawReceipt {
     #[serde(
         deserialize_with = "id_field",
         alias = "conversation",
         alias = "conversation_id"
     )]
-    pub conversation_id: i64,
-    /// Highest seq covered.
-    #[serde(deserialize_with = "seq_field", alias = "seq", alias = "up_to")]
-    pub up_to: i64,
+    conversation_id: i64,
+    #[serde(
+        default,
+        deserialize_with = "opt_seq_field",
+        alias = "seq",
+        alias = "up_to"
+    )]
+    up_to: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "opt_id_list",
+        alias = "message_ids",
+        alias = "messages"
+    )]
+    message_ids: Option<Vec<i64>>,
+    #[serde(default, alias = "up_to_time", alias = "at")]
+    up_to_time: Option<Value>,
+}
+
+/// Messages one receipt may name.
+pub const MAX_RECEIPT_MESSAGES: usize = 1000;
+
+impl TryFrom<RawReceipt> for ReceiptCommand {
+    type Error = String;
+    fn try_from(raw: RawReceipt) -> Result<Self, String> {
+        let cursor = match (raw.up_to, raw.message_ids, raw.up_to_time) {
+            (Some(seq), None, None) => ReceiptCursor::Seq(seq),
+            (None, Some(ids), None) => {
+                if ids.is_empty() || ids.len() > MAX_RECEIPT_MESSAGES {
+                    return Err(format!(
+                        "messageIds must name 1 to {MAX_RECEIPT_MESSAGES} messages"
+                    ));
+                }
+                ReceiptCursor::Messages(ids)
+            }
+            (None, None, Some(t)) => ReceiptCursor::Time(time_value(&t)?),
+            (None, None, None) => {
+                return Err("one of `upTo`, `messageIds` or `upToTime` is required".into())
+            }
+            _ => return Err("give only one of `upTo`, `messageIds` or `upToTime`".into()),
+        };
+        Ok(Self {
+            conversation_id: raw.conversation_id,
+            cursor,
+        })
+    }
+}
+
+/// A time given as an RFC 3339 string or as epoch milliseconds.
+pub fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let parsed = match v {
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+        _ => None,
+    };
+    parsed.ok_or_else(|| format!("`{v}` is not a time (RFC 3339 or epoch milliseconds)"))
 }
 
 /// `presence:subscribe`.
@@ -347,9 +424,12 @@ pub struct CallInitiate {
     /// SDP offer.
     #[serde(default, alias = "sdp", alias = "offer")]
     pub sdp_offer: Option<Value>,
-    /// `webrtc` or `agora`.
+    /// `webrtc`, `agora`, or `auto` (Agora when it is configured, else WebRTC).
     #[serde(default)]
     pub provider: Option<String>,
+    /// A call id chosen by the client (seed 001's `roomName`); the server picks one otherwise.
+    #[serde(default, alias = "callId", alias = "roomName", alias = "call_id")]
+    pub room_name: Option<String>,
 }
 
 /// Commands naming a call, with optional extras.

@@ -598,6 +598,12 @@ impl Handler<StartCall> for Registry {
         if crossing.is_none() && self.user_call.contains_key(&msg.caller) {
             return Err(AppError::Busy("you are already in a call".into()));
         }
+        if self.calls.contains_key(&msg.call_id) {
+            return Err(AppError::conflict(
+                "call_id_taken",
+                "a call with this id is live; choose another room name",
+            ));
+        }
         let mut glare_winner: Option<String> = None;
         if let (Some(existing), [callee]) = (crossing, &msg.callees[..]) {
             let callee = *callee;

@@ -290,7 +290,7 @@ async fn execute(
                     user,
                     r.conversation_id,
                     ReceiptKind::Delivered,
-                    r.up_to,
+                    r.cursor,
                     Some(key),
                 )
                 .await
@@ -301,7 +301,7 @@ async fn execute(
                     user,
                     r.conversation_id,
                     ReceiptKind::Read,
-                    r.up_to,
+                    r.cursor,
                     Some(key),
                 )
                 .await

@@ -194,10 +194,20 @@ impl CallActor {
     fn deliver(&self, target: Target, name: &'static str, payload: Value) {
         match target {
             Target::User(u) => {
-                let payload = if name == "call:incoming" {
-                    self.incoming_for(u)
-                } else {
-                    payload
+                let payload = match name {
+                    "call:incoming" => self.incoming_for(u),
+                    // The caller's ICE servers ride along with the answer (seed 001).
+                    "call:accepted" => {
+                        let mut payload = payload;
+                        if let Some(obj) = payload.as_object_mut() {
+                            obj.insert(
+                                "iceServers".into(),
+                                ice::ice_servers(&self.engine.config, u, None),
+                            );
+                        }
+                        payload
+                    }
+                    _ => payload,
                 };
                 self.registry.do_send(FanOut {
                     users: Arc::from([u]),

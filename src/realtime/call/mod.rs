@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 
 /// Largest SDP or ICE payload relayed (bytes of JSON).
 pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+/// Longest client-chosen call id (`roomName`).
+pub const MAX_ROOM_NAME: usize = 128;
 
 impl Engine {
     /// Starts a call from `identity` on `device` (a session key; 0 when started over REST).
@@ -43,10 +45,33 @@ impl Engine {
             (None, Some(true)) => "video",
             (None, _) => "audio",
         };
-        let provider = req
-            .provider
-            .as_deref()
-            .map_or("webrtc".to_owned(), str::to_ascii_lowercase);
+        let provider = match req.provider.as_deref().map(str::to_ascii_lowercase) {
+            None => "webrtc".to_owned(),
+            Some(p) if p == "auto" => if self.config.agora_enabled() {
+                "agora"
+            } else {
+                "webrtc"
+            }
+            .to_owned(),
+            Some(p) => p,
+        };
+        let room_name = match req.room_name {
+            Some(name) => {
+                let name = name.trim().to_owned();
+                let valid = !name.is_empty()
+                    && name.len() <= MAX_ROOM_NAME
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b));
+                if !valid {
+                    return Err(AppError::validation(format!(
+                        "roomName must be 1 to {MAX_ROOM_NAME} characters of letters, digits and _-.:@"
+                    )));
+                }
+                Some(name)
+            }
+            None => None,
+        };
         let available =
             provider == "webrtc" || (provider == "agora" && self.config.agora_enabled());
         if !available {
@@ -66,9 +91,18 @@ impl Engine {
         let conversation_id = req.conversation_id;
         let explicit = req.member_ids.clone();
         let to = req.to;
+        let chosen_id = room_name.clone();
         let (callees, group) = self
             .db
             .run(move |conn| {
+                if let Some(id) = &chosen_id {
+                    if crate::db::calls::exists(conn, id)? {
+                        return Err(AppError::conflict(
+                            "call_id_taken",
+                            "this room name was already used; choose another",
+                        ));
+                    }
+                }
                 let (mut callees, group) = match (to, conversation_id, explicit) {
                     (Some(to), None, None) => (vec![to], false),
                     (_, Some(conv), members) => {
@@ -116,7 +150,10 @@ impl Engine {
         self.call_limiter
             .check(caller)
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
-        let call_id = crate::auth::tokens::random_id()?;
+        let call_id = match room_name {
+            Some(name) => name,
+            None => crate::auth::tokens::random_id()?,
+        };
         let channel_name = (provider == "agora").then(|| call_id.clone());
         let meta = CallMeta {
             call_type: call_type.to_owned(),
