@@ -216,6 +216,13 @@ pub struct Config {
     /// `SOCKETIO_CONNECT_TIMEOUT_MS` — a Socket.IO connection that joins no namespace within this
     /// is closed. Default 45000.
     pub socketio_connect_timeout: Duration,
+    /// `SOCKETIO_AUTH_TIMEOUT_MS` — a Socket.IO client that connected without a token must send
+    /// `authenticate` (seed 000) within this, or it is disconnected. Default 10000.
+    pub socketio_auth_timeout: Duration,
+    /// `DEFAULT_DIALECT` — the dialect of connections that name none (`?dialect=` or the
+    /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
+    /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
+    pub default_dialect: String,
 }
 
 impl Default for Config {
@@ -273,6 +280,8 @@ impl Default for Config {
             socketio_ping_timeout: Duration::from_millis(20_000),
             socketio_max_payload: 1_000_000,
             socketio_connect_timeout: Duration::from_millis(45_000),
+            socketio_auth_timeout: Duration::from_millis(10_000),
+            default_dialect: "canonical".into(),
         }
     }
 }
@@ -499,6 +508,12 @@ impl Config {
             "SOCKETIO_CONNECT_TIMEOUT_MS",
             &mut self.socketio_connect_timeout,
         )?;
+        parse_millis(
+            src,
+            "SOCKETIO_AUTH_TIMEOUT_MS",
+            &mut self.socketio_auth_timeout,
+        )?;
+        parse(src, "DEFAULT_DIALECT", &mut self.default_dialect)?;
         Ok(())
     }
 
@@ -591,6 +606,12 @@ impl Config {
             return Err(ConfigError::Rejected(
                 "FRAME_RATE_PER_SEC and MESSAGE_RATE_PER_MIN must be at least 1".into(),
             ));
+        }
+        if crate::realtime::dialect::Dialect::find(&self.default_dialect).is_none() {
+            return Err(ConfigError::Rejected(format!(
+                "DEFAULT_DIALECT `{}` is not a known dialect",
+                self.default_dialect
+            )));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(

@@ -316,7 +316,13 @@ impl Handler<Committed> for ConversationActor {
             self.pending = self.pending.saturating_sub(1);
             if let Ok(written) = &result {
                 if written.fresh {
-                    let event = ServerEvent::new("message:new", json!(written.message.view()));
+                    let m = &written.message;
+                    let event = ServerEvent::message(
+                        "message:new",
+                        json!(m.view()),
+                        m.conversation_id,
+                        m.seq,
+                    );
                     self.fan_out(Arc::clone(&self.members.ids), event, req.origin);
                 }
             }
@@ -431,7 +437,9 @@ impl Handler<Receipt> for ConversationActor {
                             "at": moved.at,
                             "change": moved.change,
                         });
-                        if let (Some(ids), Some(obj)) = (&moved.message_ids, payload.as_object_mut()) {
+                        if let (Some(ids), Some(obj)) =
+                            (&moved.message_ids, payload.as_object_mut())
+                        {
                             let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
                             obj.insert("messageIds".into(), json!(ids));
                         }

@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod conversation;
+pub mod dialect;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;

@@ -30,6 +30,9 @@ pub struct ServerEvent {
     pub name: Cow<'static, str>,
     /// Canonical payload.
     pub payload: Value,
+    /// For a new message: its conversation and seq, so transports whose clients acknowledge
+    /// events (Socket.IO) can turn that acknowledgement into a delivered receipt.
+    pub delivery: Option<(i64, i64)>,
     canonical: OnceLock<Arc<str>>,
 }
 
@@ -39,6 +42,32 @@ impl ServerEvent {
         Arc::new(Self {
             name: name.into(),
             payload,
+            delivery: None,
+            canonical: OnceLock::new(),
+        })
+    }
+
+    /// A new message's event (see [`ServerEvent::delivery`]).
+    pub fn message(
+        name: impl Into<Cow<'static, str>>,
+        payload: Value,
+        conversation_id: i64,
+        seq: i64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            payload,
+            delivery: Some((conversation_id, seq)),
+            canonical: OnceLock::new(),
+        })
+    }
+
+    /// Another event standing for this one (a dialect's translation): same delivery.
+    pub fn derive(&self, name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            payload,
+            delivery: self.delivery,
             canonical: OnceLock::new(),
         })
     }

@@ -3,6 +3,7 @@
 //! and replies into the connection's **bounded** outbound queue. A client that stops reading
 //! fills that queue and is disconnected instead of growing memory.
 
+use super::dialect::Translator;
 use super::protocol::{ClientFrame, Command, Outbound, WireError};
 use super::registry::{
     Announce, CloseSession, Connect, Deliver, Disconnect, SessionLabels, WatchPresence,
@@ -37,11 +38,38 @@ pub struct Link {
     pub out: mpsc::Sender<Outbound>,
     /// Close requests (capacity 1: the first one wins).
     pub close: mpsc::Sender<CloseRequest>,
+    /// The connection's dialect: events are translated as they are queued.
+    pub dialect: Arc<Translator>,
 }
 
 impl Link {
-    /// Queues an item; a full queue means the client is not reading: close it.
+    /// A link for a connection speaking `dialect`.
+    pub fn new(
+        out: mpsc::Sender<Outbound>,
+        close: mpsc::Sender<CloseRequest>,
+        dialect: Arc<Translator>,
+    ) -> Self {
+        Self {
+            out,
+            close,
+            dialect,
+        }
+    }
+
+    /// Queues an item (events in the connection's dialect); a full queue means the client is
+    /// not reading: close it.
     pub fn push(&self, item: Outbound, user: i64) -> bool {
+        match item {
+            Outbound::Event(ev) if !self.dialect.is_canonical() => self
+                .dialect
+                .outbound(&ev)
+                .into_iter()
+                .all(|ev| self.push_raw(Outbound::Event(ev), user)),
+            item => self.push_raw(item, user),
+        }
+    }
+
+    fn push_raw(&self, item: Outbound, user: i64) -> bool {
         match self.out.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -62,6 +90,14 @@ impl Link {
     /// Sends the reply for a frame: an ack with its id, or an error (with its id, or referring
     /// to the event name when the frame had none).
     pub fn reply(&self, user: i64, reply_to: Option<Value>, event: &str, result: AppResult<Value>) {
+        if !self.dialect.is_canonical() {
+            for item in self.dialect.reply(event, reply_to, result) {
+                if !self.push_raw(item, user) {
+                    break;
+                }
+            }
+            return;
+        }
         match (result, reply_to) {
             (Ok(payload), Some(id)) => {
                 self.push(Outbound::Ack { id, payload }, user);
@@ -94,6 +130,8 @@ pub struct SessionActor {
     link: Link,
     labels: SessionLabels,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Command queue of a serial session (started with its first command).
+    serial: Option<mpsc::Sender<Job>>,
 }
 
 /// Commands one connection may have running at once; more are refused with `rate_limited`.
@@ -118,6 +156,16 @@ impl SessionActor {
             link,
             labels,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            serial: None,
+        }
+    }
+
+    fn runner(&self) -> Runner {
+        Runner {
+            engine: self.engine.clone(),
+            identity: Arc::clone(&self.identity),
+            link: self.link.clone(),
+            key: self.key,
         }
     }
 
@@ -216,31 +264,50 @@ impl Handler<ClientFrame> for SessionActor {
 
     fn handle(&mut self, frame: ClientFrame, _: &mut Context<Self>) {
         let user = self.user();
-        let command = match Command::parse(&frame.event, frame.payload) {
+        // The reply is addressed in the client's terms: its own event name.
+        let event = frame.event.clone();
+        let reply_to = frame.reply_to.clone();
+        let command = self
+            .link
+            .dialect
+            .inbound(frame)
+            .and_then(|f| Command::parse(&f.event, f.payload));
+        let command = match command {
             Ok(c) => c,
             Err(e) => {
-                self.link.reply(user, frame.reply_to, &frame.event, Err(e));
+                self.link.reply(user, reply_to, &event, Err(e));
                 return;
             }
         };
-        let engine = self.engine.clone();
-        let identity = Arc::clone(&self.identity);
-        let link = self.link.clone();
-        let key = self.key;
-        let event = frame.event;
-        let reply_to = frame.reply_to;
+        let job = Job {
+            command,
+            event,
+            reply_to,
+        };
+        if self.link.dialect.serial() {
+            // One at a time, in arrival order, through a bounded queue.
+            let runner = self.runner();
+            let queue = self.serial.get_or_insert_with(|| serial_runner(runner));
+            if let Err(mpsc::error::TrySendError::Full(job)) = queue.try_send(job) {
+                let err = AppError::RateLimited {
+                    retry_after_secs: 1,
+                };
+                self.link.reply(user, job.reply_to, &job.event, Err(err));
+            }
+            return;
+        }
         // Commands run concurrently, at most MAX_IN_FLIGHT per connection; each replies when
         // done (sends only after their commit).
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             let err = AppError::RateLimited {
                 retry_after_secs: 1,
             };
-            self.link.reply(user, reply_to, &event, Err(err));
+            self.link.reply(user, job.reply_to, &job.event, Err(err));
             return;
         };
+        let runner = self.runner();
         actix::spawn(async move {
-            let result = execute(&engine, &identity, key, command).await;
-            link.reply(identity.user_id(), reply_to, &event, result);
+            runner.run(job).await;
             drop(permit);
         });
     }
@@ -248,6 +315,42 @@ impl Handler<ClientFrame> for SessionActor {
 
 impl Message for ClientFrame {
     type Result = ();
+}
+
+/// A parsed command waiting to run, with what its reply needs.
+struct Job {
+    command: Command,
+    event: String,
+    reply_to: Option<Value>,
+}
+
+/// What running a command needs, detached from the actor.
+#[derive(Clone)]
+struct Runner {
+    engine: Engine,
+    identity: Arc<Identity>,
+    link: Link,
+    key: u64,
+}
+
+impl Runner {
+    async fn run(&self, job: Job) {
+        let result = execute(&self.engine, &self.identity, self.key, job.command).await;
+        self.link
+            .reply(self.identity.user_id(), job.reply_to, &job.event, result);
+    }
+}
+
+/// Starts the task that runs a serial session's commands one by one; it ends with the actor
+/// (the sender is dropped) or when the queue is closed.
+fn serial_runner(runner: Runner) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT);
+    actix::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            runner.run(job).await;
+        }
+    });
+    tx
 }
 
 /// Runs one canonical command for a session and produces its ack payload.

@@ -6,6 +6,7 @@
 //! rate limits, heartbeat timeout) and hands them to the actor; a writer task drains the
 //! session's bounded queue into the socket and sends heartbeat pings.
 
+use super::dialect::{self, Dialect, Translator};
 use super::protocol::{ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
 use super::registry::SessionLabels;
@@ -90,12 +91,24 @@ impl WireFormat for CanonicalJson {
     }
 }
 
-/// `?token=` wins over the `Authorization` header (browsers cannot set headers on WebSockets).
-fn token_of(req: &HttpRequest) -> Option<String> {
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         .ok()
-        .and_then(|q| q.get("token").filter(|t| !t.is_empty()).cloned())
-        .or_else(|| crate::http::bearer_token(req).map(str::to_owned))
+        .and_then(|q| q.get(name).filter(|t| !t.is_empty()).cloned())
+}
+
+/// `?token=` wins over the `Authorization` header (browsers cannot set headers on WebSockets).
+fn token_of(req: &HttpRequest) -> Option<String> {
+    query_param(req, "token").or_else(|| crate::http::bearer_token(req).map(str::to_owned))
+}
+
+/// The dialect a request names with `?dialect=`, or the configured default.
+pub fn dialect_of(
+    req: &HttpRequest,
+    config: &crate::config::Config,
+) -> Result<&'static Dialect, AppError> {
+    let default = Dialect::find(&config.default_dialect).unwrap_or(&dialect::CANONICAL);
+    Dialect::choose(query_param(req, "dialect").as_deref(), default)
 }
 
 /// `GET /ws`: upgrade, authenticate, start the session.
@@ -104,6 +117,8 @@ pub async fn route(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // An unknown dialect is refused before the upgrade, with a JSON error.
+    let dialect = dialect_of(&req, &state.config)?;
     let identity = match token_of(&req) {
         Some(t) => state.auth.authenticate(&t).await,
         None => Err(AppError::unauthorized("missing_token", "token required")),
@@ -129,10 +144,8 @@ pub async fn route(
         session,
         stream,
         Arc::new(CanonicalJson),
-        SessionLabels {
-            transport: "ws",
-            dialect: "canonical",
-        },
+        "ws",
+        Translator::new(dialect),
     );
     Ok(response)
 }
@@ -144,15 +157,17 @@ pub fn start(
     session: actix_ws::Session,
     stream: actix_ws::MessageStream,
     format: Arc<dyn WireFormat>,
-    labels: SessionLabels,
+    transport: &'static str,
+    dialect: Arc<Translator>,
 ) {
+    let labels = SessionLabels {
+        transport,
+        dialect: dialect.name(),
+    };
     let config = Arc::clone(&state.config);
     let (out_tx, out_rx) = mpsc::channel(config.outbound_queue);
     let (close_tx, close_rx) = mpsc::channel(1);
-    let link = Link {
-        out: out_tx,
-        close: close_tx,
-    };
+    let link = Link::new(out_tx, close_tx, dialect);
     let user = identity.user_id();
     let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), labels).start();
     let last_seen = Arc::new(AtomicI64::new(now_millis()));

@@ -6,6 +6,7 @@
 use super::engine::{EioData, EioHandler, EioSocket};
 use super::packet::{fill_placeholders, SioKind, SioPacket};
 use crate::auth::{Auth, Identity};
+use crate::realtime::dialect::{self, Dialect, Translator};
 use crate::realtime::protocol::{ClientFrame, Outbound};
 use crate::realtime::registry::SessionLabels;
 use crate::realtime::session::{CloseRequest, Link, SessionActor};
@@ -51,6 +52,8 @@ pub struct Production {
 struct Conn {
     /// `?token=` or `Authorization` of the handshake request.
     handshake_token: Option<String>,
+    /// `?dialect=` of the handshake request.
+    handshake_dialect: Option<String>,
     /// Connected namespaces.
     namespaces: HashMap<String, Ns>,
     /// A binary packet waiting for its attachments.
@@ -62,11 +65,56 @@ enum Ns {
     Echo,
     /// Waiting for the token check.
     Connecting,
+    /// Connected without a token: waiting for `authenticate` (seed 000). Events that arrive
+    /// meanwhile wait here, at most [`MAX_WAITING_FRAMES`].
+    AwaitingAuth {
+        dialect: &'static Dialect,
+        waiting: Vec<ClientFrame>,
+    },
     /// Bridged to a session actor; frames go through a bounded, ordered queue.
     Session {
         frames: mpsc::Sender<ClientFrame>,
         actor: Addr<SessionActor>,
+        acks: Arc<Mutex<AckTable>>,
     },
+}
+
+/// Events a tokenless connection may send before its `authenticate` is checked.
+const MAX_WAITING_FRAMES: usize = 32;
+/// Server emits awaiting the client's acknowledgement, per connection; the oldest is forgotten
+/// first (an unacknowledged event only means no delivered receipt).
+const MAX_PENDING_ACKS: usize = 256;
+
+/// Server→client emits that asked for an acknowledgement: ack id → (conversation, seq) of the
+/// message, so the acknowledgement becomes a delivered receipt.
+#[derive(Debug, Default)]
+pub struct AckTable {
+    next: u64,
+    order: std::collections::VecDeque<u64>,
+    waiting: HashMap<u64, (i64, i64)>,
+}
+
+impl AckTable {
+    /// Registers an emit; returns its ack id.
+    pub fn register(&mut self, delivery: (i64, i64)) -> u64 {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        if self.order.len() >= MAX_PENDING_ACKS {
+            if let Some(old) = self.order.pop_front() {
+                self.waiting.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        self.waiting.insert(id, delivery);
+        id
+    }
+
+    /// The message an acknowledgement refers to (once).
+    pub fn take(&mut self, id: u64) -> Option<(i64, i64)> {
+        let found = self.waiting.remove(&id)?;
+        self.order.retain(|x| *x != id);
+        Some(found)
+    }
 }
 
 /// The Socket.IO layer.
@@ -133,9 +181,28 @@ impl SioHandler {
                 }
             }
             SioKind::Event | SioKind::BinaryEvent => self.event(socket, p, attachments),
-            // Acks from the client answer server emits with an ack id; the engine does not ask
-            // for any, so there is nothing waiting for them.
-            SioKind::Ack | SioKind::BinaryAck => {}
+            // Acks from the client answer server emits with an ack id: a new message the client
+            // acknowledges is delivered to it.
+            SioKind::Ack | SioKind::BinaryAck => {
+                let Some(id) = p.id else { return };
+                let found = self
+                    .with_conn(&socket.sid, |c| match c.namespaces.get(&p.nsp) {
+                        Some(Ns::Session { frames, acks, .. }) => acks
+                            .lock()
+                            .ok()
+                            .and_then(|mut t| t.take(id))
+                            .map(|d| (frames.clone(), d)),
+                        _ => None,
+                    })
+                    .flatten();
+                if let Some((frames, (conversation, seq))) = found {
+                    let _ = frames.try_send(ClientFrame {
+                        event: "receipt:delivered".into(),
+                        payload: json!({"conversationId": conversation, "upTo": seq}),
+                        reply_to: None,
+                    });
+                }
+            }
             SioKind::ConnectError => socket.close("protocol error"),
         }
     }
@@ -179,14 +246,41 @@ impl SioHandler {
             }
             SioApp::Production(prod) => {
                 let (checker, engine) = (&prod.auth, &prod.engine);
+                let (handshake_token, handshake_dialect) = self
+                    .with_conn(&socket.sid, |c| {
+                        (c.handshake_token.clone(), c.handshake_dialect.clone())
+                    })
+                    .unwrap_or_default();
+                let requested = auth
+                    .get("dialect")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or(handshake_dialect);
+                let default =
+                    Dialect::find(&engine.config.default_dialect).unwrap_or(&dialect::CANONICAL);
+                let dialect = match Dialect::choose(requested.as_deref(), default) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let refusal = packet(
+                            SioKind::ConnectError,
+                            "/",
+                            None,
+                            Some(json!({"message": e.to_string(), "data": {"code": e.code()}})),
+                        );
+                        send_packet(socket, &refusal, &[]);
+                        return;
+                    }
+                };
                 let token = auth
                     .get("token")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .or_else(|| {
-                        self.with_conn(&socket.sid, |c| c.handshake_token.clone())
-                            .flatten()
-                    });
+                    .or(handshake_token);
+                let Some(token) = token else {
+                    // No token at all: the client may still `authenticate` (seed 000).
+                    self.await_authenticate(socket, dialect, engine.config.socketio_auth_timeout);
+                    return;
+                };
                 self.with_conn(&socket.sid, |c| {
                     c.namespaces.insert("/".into(), Ns::Connecting)
                 });
@@ -197,13 +291,11 @@ impl SioHandler {
                     Arc::clone(self),
                 );
                 actix_web::rt::spawn(async move {
-                    let identity = match token {
-                        Some(t) => checker.authenticate(&t).await.ok(),
-                        None => None,
-                    };
-                    match identity {
-                        Some(identity) => this.bridge(&socket, identity, engine),
-                        None => {
+                    match checker.authenticate(&token).await {
+                        Ok(identity) => {
+                            this.bridge(&socket, identity, engine, dialect, true, Vec::new());
+                        }
+                        Err(_) => {
                             this.with_conn(&socket.sid, |c| c.namespaces.remove("/"));
                             send_packet(
                                 &socket,
@@ -222,25 +314,149 @@ impl SioHandler {
         }
     }
 
+    /// Accepts a tokenless connection on the default namespace and gives it `timeout` to send
+    /// `authenticate`.
+    fn await_authenticate(
+        self: &Arc<Self>,
+        socket: &Arc<EioSocket>,
+        dialect: &'static Dialect,
+        timeout: Duration,
+    ) {
+        self.with_conn(&socket.sid, |c| {
+            c.namespaces.insert(
+                "/".into(),
+                Ns::AwaitingAuth {
+                    dialect,
+                    waiting: Vec::new(),
+                },
+            )
+        });
+        let sid = crate::auth::tokens::random_id().unwrap_or_default();
+        send_packet(
+            socket,
+            &packet(SioKind::Connect, "/", None, Some(json!({"sid": sid}))),
+            &[],
+        );
+        let (socket, this) = (Arc::clone(socket), Arc::clone(self));
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let waiting = this
+                .with_conn(&socket.sid, |c| {
+                    matches!(c.namespaces.get("/"), Some(Ns::AwaitingAuth { .. }))
+                })
+                .unwrap_or(false);
+            if waiting {
+                tracing::info!("socket.io client sent no token and no `authenticate`; closing");
+                this.refuse_authentication(&socket, "authentication timeout");
+            }
+        });
+    }
+
+    /// Tells a tokenless client its `authenticate` failed or never came, and disconnects it.
+    fn refuse_authentication(&self, socket: &Arc<EioSocket>, why: &str) {
+        self.with_conn(&socket.sid, |c| c.namespaces.remove("/"));
+        let error = json!({"code": "unauthorized", "message": why});
+        send_packet(
+            socket,
+            &packet(SioKind::Event, "/", None, Some(json!(["error", error]))),
+            &[],
+        );
+        send_packet(socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
+        socket.close("unauthorized");
+    }
+
+    /// Handles `authenticate` (seed 000) on a connection that came without a token.
+    fn authenticate_event(
+        self: &Arc<Self>,
+        socket: &Arc<EioSocket>,
+        args: &[Value],
+        ack: Option<u64>,
+    ) {
+        let SioApp::Production(prod) = &self.app else {
+            return;
+        };
+        let token = match args.get(1) {
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(Value::Object(o)) => o.get("token").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            self.refuse_authentication(socket, "authenticate needs a token");
+            return;
+        };
+        let (checker, engine, socket, this) = (
+            prod.auth.clone(),
+            prod.engine.clone(),
+            Arc::clone(socket),
+            Arc::clone(self),
+        );
+        actix_web::rt::spawn(async move {
+            match checker.authenticate(&token).await {
+                Ok(identity) => {
+                    let user = identity.user_id();
+                    let waiting = this
+                        .with_conn(&socket.sid, |c| match c.namespaces.remove("/") {
+                            Some(Ns::AwaitingAuth { dialect, waiting }) => Some((dialect, waiting)),
+                            other => {
+                                if let Some(ns) = other {
+                                    c.namespaces.insert("/".into(), ns);
+                                }
+                                None
+                            }
+                        })
+                        .flatten();
+                    let Some((dialect, waiting)) = waiting else {
+                        return;
+                    };
+                    if let Some(id) = ack {
+                        let reply = packet(
+                            SioKind::Ack,
+                            "/",
+                            Some(id),
+                            Some(json!([{"ok": true, "userId": user.to_string()}])),
+                        );
+                        send_packet(&socket, &reply, &[]);
+                    }
+                    this.bridge(&socket, identity, engine, dialect, false, waiting);
+                }
+                Err(e) => {
+                    tracing::info!(code = e.code(), "socket.io authenticate refused");
+                    this.refuse_authentication(&socket, "invalid or expired token");
+                }
+            }
+        });
+    }
+
     /// Starts the session actor for an authenticated connection and wires both directions.
-    fn bridge(self: &Arc<Self>, socket: &Arc<EioSocket>, identity: Identity, engine: Engine) {
+    /// `announce`: send the CONNECT reply (not yet sent); `waiting`: frames that arrived before
+    /// the session existed, handled first.
+    fn bridge(
+        self: &Arc<Self>,
+        socket: &Arc<EioSocket>,
+        identity: Identity,
+        engine: Engine,
+        dialect: &'static Dialect,
+        announce: bool,
+        waiting: Vec<ClientFrame>,
+    ) {
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(engine.config.outbound_queue);
         let (close_tx, mut close_rx) = mpsc::channel::<CloseRequest>(1);
-        let link = Link {
-            out: out_tx,
-            close: close_tx,
-        };
+        let link = Link::new(out_tx, close_tx, Translator::new(dialect));
         let actor = SessionActor::new(
             identity,
             engine,
             link,
             SessionLabels {
                 transport: "socket.io",
-                dialect: "canonical",
+                dialect: dialect.name,
             },
         )
         .start();
         let (frames_tx, mut frames_rx) = mpsc::channel::<ClientFrame>(256);
+        for frame in waiting {
+            let _ = frames_tx.try_send(frame);
+        }
+        let acks = Arc::new(Mutex::new(AckTable::default()));
         let sid = crate::auth::tokens::random_id().unwrap_or_default();
         let registered = self
             .with_conn(&socket.sid, |c| {
@@ -249,6 +465,7 @@ impl SioHandler {
                     Ns::Session {
                         frames: frames_tx,
                         actor: actor.clone(),
+                        acks: Arc::clone(&acks),
                     },
                 );
             })
@@ -257,11 +474,13 @@ impl SioHandler {
             actor.do_send(crate::realtime::session::TransportClosed);
             return;
         }
-        send_packet(
-            socket,
-            &packet(SioKind::Connect, "/", None, Some(json!({"sid": sid}))),
-            &[],
-        );
+        if announce {
+            send_packet(
+                socket,
+                &packet(SioKind::Connect, "/", None, Some(json!({"sid": sid}))),
+                &[],
+            );
+        }
         // Inbound: one frame at a time, in order.
         let inbound_actor = actor.clone();
         actix_web::rt::spawn(async move {
@@ -278,7 +497,14 @@ impl SioHandler {
                 tokio::select! {
                     item = out_rx.recv() => {
                         let Some(item) = item else { break };
-                        if !send_packet(&out_socket, &encode(&item), &[]) {
+                        let mut packet = encode(&item);
+                        // New messages ask for an acknowledgement: it marks them delivered.
+                        if let Outbound::Event(ev) = &item {
+                            if let (Some(delivery), Ok(mut table)) = (ev.delivery, acks.lock()) {
+                                packet.id = Some(table.register(delivery));
+                            }
+                        }
+                        if !send_packet(&out_socket, &packet, &[]) {
                             break;
                         }
                     }
@@ -306,17 +532,63 @@ impl SioHandler {
         enum Route {
             Echo,
             Frames(mpsc::Sender<ClientFrame>),
+            Authenticate,
+            Waiting,
             Missing,
         }
         let route = self
             .with_conn(&socket.sid, |c| match c.namespaces.get(&p.nsp) {
                 Some(Ns::Echo) => Route::Echo,
                 Some(Ns::Session { frames, .. }) => Route::Frames(frames.clone()),
+                Some(Ns::AwaitingAuth { .. }) if name == "authenticate" => Route::Authenticate,
+                Some(Ns::AwaitingAuth { .. }) => Route::Waiting,
                 Some(Ns::Connecting) | None => Route::Missing,
             })
             .unwrap_or(Route::Missing);
         match route {
             Route::Missing => {}
+            Route::Authenticate => self.authenticate_event(socket, &args, p.id),
+            Route::Waiting => {
+                let mut payload = args.get(1).cloned().unwrap_or(Value::Null);
+                if fill_placeholders(&mut payload, &attachments).is_err() {
+                    socket.close("invalid payload");
+                    return;
+                }
+                let frame = ClientFrame {
+                    event: name.clone(),
+                    payload,
+                    reply_to: p.id.map(Value::from),
+                };
+                let kept = self
+                    .with_conn(&socket.sid, |c| match c.namespaces.get_mut("/") {
+                        Some(Ns::AwaitingAuth { waiting, .. })
+                            if waiting.len() < MAX_WAITING_FRAMES =>
+                        {
+                            waiting.push(frame);
+                            true
+                        }
+                        _ => false,
+                    })
+                    .unwrap_or(false);
+                if !kept {
+                    let err = json!({"code": "unauthorized", "message": "send `authenticate` with a token first", "ref": p.id.map_or(json!(name), Value::from)});
+                    send_packet(
+                        socket,
+                        &packet(SioKind::Event, "/", None, Some(json!(["error", err]))),
+                        &[],
+                    );
+                }
+            }
+            // Already authenticated (token in the handshake): `authenticate` is acknowledged.
+            Route::Frames(_) if name == "authenticate" => {
+                if let Some(id) = p.id {
+                    send_packet(
+                        socket,
+                        &packet(SioKind::Ack, "/", Some(id), Some(json!([{"ok": true}]))),
+                        &[],
+                    );
+                }
+            }
             Route::Echo => {
                 let binary = p.kind == SioKind::BinaryEvent;
                 if name == "message-with-ack" {
@@ -408,16 +680,20 @@ pub fn encode(item: &Outbound) -> SioPacket {
 
 impl EioHandler for SioHandler {
     fn on_open(&self, socket: &Arc<EioSocket>, req: &HttpRequest) {
-        let token =
+        let query =
             actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string())
                 .ok()
-                .and_then(|q| q.get("token").filter(|t| !t.is_empty()).cloned())
-                .or_else(|| crate::http::bearer_token(req).map(str::to_owned));
+                .map(actix_web::web::Query::into_inner);
+        let token = query
+            .as_ref()
+            .and_then(|q| q.get("token").filter(|t| !t.is_empty()).cloned())
+            .or_else(|| crate::http::bearer_token(req).map(str::to_owned));
         if let Ok(mut m) = self.conns.lock() {
             m.insert(
                 socket.sid.clone(),
                 Conn {
                     handshake_token: token,
+                    handshake_dialect: query.and_then(|q| q.get("dialect").cloned()),
                     ..Conn::default()
                 },
             );

@@ -1,0 +1,810 @@
+//! Dialects: the event and field names each existing app speaks, translated at the edge of a
+//! session so the engine only ever sees canonical commands and emits canonical events.
+//!
+//! A dialect is data: a table of inbound rules (dialect event → canonical command, field renames,
+//! constant fields, events to emit back on success, the event that carries failures) and a table
+//! of outbound rules (canonical event → zero or more dialect events, each with the extra fields
+//! that dialect reads). Canonical events and commands a dialect does not mention pass through
+//! unchanged, and every canonical field stays in translated payloads, so a dialect only adds.
+//!
+//! Seed 004's client never names a call: it offers to a user and then answers, trickles ICE and
+//! hangs up "the current call". Its rules use [`Hook`]s that keep that one call id per
+//! connection. Connections in a dialect run their commands one at a time, in arrival order (see
+//! [`Translator::serial`]), so an ICE candidate sent right after an offer finds the call the
+//! offer created.
+
+use super::protocol::{ClientFrame, Outbound, ServerEvent, WireError};
+use crate::error::{AppError, AppResult};
+use serde_json::{json, Map, Value};
+use std::sync::{Arc, Mutex};
+
+/// Where a translated field's value comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Src {
+    /// A field of the canonical payload (absent → the field is not set).
+    Field(&'static str),
+    /// `true` when the canonical `callType` is `video`.
+    IsVideo,
+    /// `"online"` or `"offline"` from the canonical `online` flag.
+    OnlineStatus,
+    /// A constant string.
+    Str(&'static str),
+    /// The number zero.
+    Zero,
+}
+
+/// One event a dialect emits, built from a canonical payload: every canonical field plus `set`.
+#[derive(Clone, Copy, Debug)]
+pub struct Emit {
+    /// Dialect event name.
+    pub event: &'static str,
+    /// Fields added (or overwritten) in the payload.
+    pub set: &'static [(&'static str, Src)],
+}
+
+/// Stateful steps for clients that do not name their call (seed 004).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Nothing special.
+    None,
+    /// An offer starts a call with the named user, or renegotiates the current one.
+    OfferOrStart,
+    /// An answer accepts the call ringing here, or answers a renegotiation.
+    AnswerOrAccept,
+    /// The command is about the current call.
+    CurrentCall,
+    /// Hang up the current call (and forget it).
+    HangUpCurrent,
+    /// Outbound: a call rings here; it becomes the current call.
+    TrackIncoming,
+    /// Outbound: the call named by the event is over; forget it if it is the current one.
+    TrackEnd,
+}
+
+/// How one dialect event enters the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct In {
+    /// Dialect event name.
+    pub event: &'static str,
+    /// Canonical command it becomes.
+    pub command: &'static str,
+    /// Field renames (dialect name, canonical name) applied before parsing.
+    pub rename: &'static [(&'static str, &'static str)],
+    /// String fields set when the client did not send them.
+    pub defaults: &'static [(&'static str, &'static str)],
+    /// Events sent back to this connection when the command succeeds, built from its result.
+    pub reply: &'static [Emit],
+    /// The event that carries a failure of this command (besides the ack, when one was asked).
+    pub error_event: Option<&'static str>,
+    /// Stateful step.
+    pub hook: Hook,
+}
+
+/// How one canonical event leaves in a dialect.
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    /// Canonical event name.
+    pub event: &'static str,
+    /// What the dialect emits instead (nothing: the event is not sent).
+    pub emit: &'static [Emit],
+    /// Stateful step.
+    pub hook: Hook,
+}
+
+/// A dialect's tables.
+#[derive(Debug)]
+pub struct Dialect {
+    /// Name used in `?dialect=`, stats and metrics.
+    pub name: &'static str,
+    /// Other accepted names.
+    pub aliases: &'static [&'static str],
+    /// Inbound rules.
+    pub inbound: &'static [In],
+    /// Outbound rules.
+    pub outbound: &'static [Out],
+}
+
+const fn inbound(event: &'static str, command: &'static str) -> In {
+    In {
+        event,
+        command,
+        rename: &[],
+        defaults: &[],
+        reply: &[],
+        error_event: None,
+        hook: Hook::None,
+    }
+}
+
+const fn out(event: &'static str, emit: &'static [Emit]) -> Out {
+    Out {
+        event,
+        emit,
+        hook: Hook::None,
+    }
+}
+
+const fn emit(event: &'static str, set: &'static [(&'static str, Src)]) -> Emit {
+    Emit { event, set }
+}
+
+/// The canonical protocol: no translation.
+pub static CANONICAL: Dialect = Dialect {
+    name: "canonical",
+    aliases: &[],
+    inbound: &[],
+    outbound: &[],
+};
+
+/// Seed 000 (lonestar): snake_case call events; `authenticate` is handled by the Socket.IO edge.
+pub static LONESTAR: Dialect = Dialect {
+    name: "lonestar",
+    aliases: &["seed000", "000"],
+    inbound: &[
+        inbound("start_call", "call:initiate"),
+        inbound("accept_call", "call:accept"),
+        inbound("reject_call", "call:reject"),
+        inbound("end_call", "call:end"),
+        inbound("ice_candidate", "call:ice"),
+        inbound("sdp_offer", "call:offer"),
+        inbound("sdp_answer", "call:answer"),
+    ],
+    outbound: &[
+        out(
+            "call:incoming",
+            &[emit(
+                "incoming_call",
+                &[("isVideo", Src::IsVideo), ("sdp", Src::Field("sdpOffer"))],
+            )],
+        ),
+        out(
+            "call:accepted",
+            &[emit("call_accepted", &[("userId", Src::Field("by"))])],
+        ),
+        out("call:rejected", &[emit("call_rejected", &[])]),
+        out(
+            "call:busy",
+            &[emit("call_rejected", &[("reason", Src::Str("busy"))])],
+        ),
+        out("call:ended", &[emit("call_ended", &[])]),
+        out(
+            "call:missed",
+            &[emit(
+                "call_ended",
+                &[("reason", Src::Str("missed")), ("duration", Src::Zero)],
+            )],
+        ),
+        out(
+            "call:cancelled",
+            &[emit("call_ended", &[("duration", Src::Zero)])],
+        ),
+        out(
+            "call:answered_elsewhere",
+            &[emit(
+                "call_ended",
+                &[
+                    ("reason", Src::Str("answered_elsewhere")),
+                    ("duration", Src::Zero),
+                ],
+            )],
+        ),
+        out("call:ice", &[emit("ice_candidate", &[])]),
+        out("call:offer", &[emit("sdp_offer", &[])]),
+        out("call:answer", &[emit("sdp_answer", &[])]),
+    ],
+};
+
+/// Seed 001 (WorldMates): the client names its calls (`roomName`).
+pub static WORLDMATES: Dialect = Dialect {
+    name: "worldmates",
+    aliases: &["seed001", "001"],
+    inbound: &[
+        // Joins the caller's own room: the user is known from the token already.
+        inbound("user:join", "ping"),
+        inbound("call:initiate", "call:initiate"),
+        inbound("group_call:initiate", "call:initiate"),
+        inbound("call:accept", "call:accept"),
+        inbound("call:reject", "call:reject"),
+        inbound("call:end", "call:end"),
+        inbound("ice:candidate", "call:ice"),
+    ],
+    outbound: &[
+        out(
+            "call:incoming",
+            &[emit(
+                "call:incoming",
+                &[
+                    ("fromId", Src::Field("from")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
+        ),
+        out(
+            "call:accepted",
+            &[emit("call:answer", &[("roomName", Src::Field("callId"))])],
+        ),
+        out("call:rejected", &[emit("call:rejected", &[])]),
+        out(
+            "call:busy",
+            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+        ),
+        out("call:ended", &[emit("call:ended", &[])]),
+        out(
+            "call:missed",
+            &[emit("call:ended", &[("reason", Src::Str("missed"))])],
+        ),
+        out(
+            "call:cancelled",
+            &[emit("call:ended", &[("reason", Src::Str("cancelled"))])],
+        ),
+        out(
+            "call:answered_elsewhere",
+            &[emit(
+                "call:ended",
+                &[("reason", Src::Str("answered_elsewhere"))],
+            )],
+        ),
+        out("call:ice", &[emit("ice:candidate", &[])]),
+    ],
+};
+
+const DM_ERROR: Option<&str> = Some("dm:error");
+const CALL_ERROR: Option<&str> = Some("call:error");
+
+/// Seed 002 (astrology app): `dm:*` conversations and Agora calls.
+pub static ASTROLOGY: Dialect = Dialect {
+    name: "astrology",
+    aliases: &["seed002", "002"],
+    inbound: &[
+        In {
+            reply: &[emit("dm:joined", &[])],
+            error_event: DM_ERROR,
+            ..inbound("dm:join_conversation", "conversation:join")
+        },
+        In {
+            error_event: DM_ERROR,
+            ..inbound("dm:leave_conversation", "conversation:leave")
+        },
+        In {
+            reply: &[emit("dm:message_received", &[])],
+            error_event: DM_ERROR,
+            ..inbound("dm:send_message", "message:send")
+        },
+        In {
+            error_event: DM_ERROR,
+            ..inbound("dm:typing_start", "typing:start")
+        },
+        In {
+            error_event: DM_ERROR,
+            ..inbound("dm:typing_stop", "typing:stop")
+        },
+        In {
+            reply: &[emit(
+                "dm:messages_read",
+                &[("readBy", Src::Field("userId"))],
+            )],
+            error_event: DM_ERROR,
+            ..inbound("dm:mark_read", "receipt:read")
+        },
+        In {
+            defaults: &[("provider", "auto")],
+            reply: &[emit("call:initiated", &[])],
+            error_event: CALL_ERROR,
+            ..inbound("call:initiate", "call:initiate")
+        },
+        In {
+            error_event: CALL_ERROR,
+            ..inbound("call:accept", "call:accept")
+        },
+        In {
+            error_event: CALL_ERROR,
+            ..inbound("call:reject", "call:reject")
+        },
+        In {
+            error_event: CALL_ERROR,
+            ..inbound("call:end", "call:end")
+        },
+    ],
+    outbound: &[
+        out("message:new", &[emit("dm:message_received", &[])]),
+        out("typing:start", &[emit("dm:typing_start", &[])]),
+        out("typing:stop", &[emit("dm:typing_stop", &[])]),
+        out(
+            "receipt:read",
+            &[emit(
+                "dm:messages_read",
+                &[("readBy", Src::Field("userId"))],
+            )],
+        ),
+        out(
+            "call:incoming",
+            &[emit(
+                "call:incoming",
+                &[
+                    ("callerId", Src::Field("from")),
+                    ("callerName", Src::Field("fromName")),
+                    ("callerAvatar", Src::Field("fromAvatar")),
+                ],
+            )],
+        ),
+        out(
+            "call:busy",
+            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+        ),
+        out(
+            "call:cancelled",
+            &[emit("call:ended", &[("duration", Src::Zero)])],
+        ),
+    ],
+};
+
+/// Seed 003 (Backend2): short message events, time cursors, `call:invite|answer|candidate|hangup`.
+pub static BACKEND2: Dialect = Dialect {
+    name: "backend2",
+    aliases: &["seed003", "003"],
+    inbound: &[
+        inbound("message", "message:send"),
+        inbound("typing", "typing:start"),
+        inbound("typing-stopped", "typing:stop"),
+        In {
+            rename: &[("deliveredUpTo", "upToTime")],
+            ..inbound("delivered", "receipt:delivered")
+        },
+        In {
+            rename: &[("readUpTo", "upToTime")],
+            ..inbound("read_up_to", "receipt:read")
+        },
+        inbound("call:invite", "call:initiate"),
+        inbound("call:answer", "call:accept"),
+        inbound("call:candidate", "call:ice"),
+        inbound("call:hangup", "call:end"),
+    ],
+    outbound: &[
+        out("message:new", &[emit("message", &[])]),
+        out("message:edited", &[emit("message_edited", &[])]),
+        out("message:deleted", &[emit("message_deleted", &[])]),
+        out(
+            "receipt:delivered",
+            &[emit("delivered", &[("deliveredUpTo", Src::Field("at"))])],
+        ),
+        out(
+            "receipt:read",
+            &[emit("read_up_to", &[("readUpTo", Src::Field("at"))])],
+        ),
+        out("typing:start", &[emit("typing", &[])]),
+        out("typing:stop", &[emit("typing-stopped", &[])]),
+        out(
+            "presence",
+            &[
+                emit("presence", &[]),
+                emit("user-status-changed", &[("status", Src::OnlineStatus)]),
+            ],
+        ),
+        out(
+            "call:incoming",
+            &[emit(
+                "call:invite",
+                &[
+                    ("isVideo", Src::IsVideo),
+                    ("sdp", Src::Field("sdpOffer")),
+                    ("offer", Src::Field("sdpOffer")),
+                ],
+            )],
+        ),
+        out(
+            "call:accepted",
+            &[emit(
+                "call:answer",
+                &[
+                    ("sdp", Src::Field("sdpAnswer")),
+                    ("answer", Src::Field("sdpAnswer")),
+                ],
+            )],
+        ),
+        out("call:ice", &[emit("call:candidate", &[])]),
+        out("call:ended", &[emit("call:hangup", &[])]),
+        out(
+            "call:rejected",
+            &[emit("call:hangup", &[("reason", Src::Str("rejected"))])],
+        ),
+        out(
+            "call:busy",
+            &[emit("call:hangup", &[("reason", Src::Str("busy"))])],
+        ),
+        out(
+            "call:missed",
+            &[emit("call:hangup", &[("reason", Src::Str("missed"))])],
+        ),
+        out(
+            "call:cancelled",
+            &[emit("call:hangup", &[("reason", Src::Str("cancelled"))])],
+        ),
+        out(
+            "call:answered_elsewhere",
+            &[emit(
+                "call:hangup",
+                &[("reason", Src::Str("answered_elsewhere"))],
+            )],
+        ),
+    ],
+};
+
+const HANGUP: &[Emit] = &[emit("call:hangup", &[])];
+
+/// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection.
+pub static AIST: Dialect = Dialect {
+    name: "aist",
+    aliases: &["seed004", "004"],
+    inbound: &[
+        In {
+            hook: Hook::OfferOrStart,
+            ..inbound("call:offer", "call:initiate")
+        },
+        In {
+            hook: Hook::AnswerOrAccept,
+            ..inbound("call:answer", "call:accept")
+        },
+        In {
+            hook: Hook::CurrentCall,
+            ..inbound("call:ice", "call:ice")
+        },
+        In {
+            hook: Hook::HangUpCurrent,
+            ..inbound("call:hangup", "call:end")
+        },
+    ],
+    outbound: &[
+        Out {
+            hook: Hook::TrackIncoming,
+            ..out(
+                "call:incoming",
+                &[emit(
+                    "call:offer",
+                    &[
+                        ("sdp", Src::Field("sdpOffer")),
+                        ("fromUserId", Src::Field("from")),
+                    ],
+                )],
+            )
+        },
+        out(
+            "call:accepted",
+            &[emit(
+                "call:answer",
+                &[
+                    ("sdp", Src::Field("sdpAnswer")),
+                    ("fromUserId", Src::Field("by")),
+                ],
+            )],
+        ),
+        out(
+            "call:offer",
+            &[emit("call:offer", &[("fromUserId", Src::Field("from"))])],
+        ),
+        out(
+            "call:answer",
+            &[emit("call:answer", &[("fromUserId", Src::Field("from"))])],
+        ),
+        out(
+            "call:ice",
+            &[emit("call:ice", &[("fromUserId", Src::Field("from"))])],
+        ),
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:ended", HANGUP)
+        },
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:rejected", HANGUP)
+        },
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:busy", HANGUP)
+        },
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:missed", HANGUP)
+        },
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:cancelled", HANGUP)
+        },
+        Out {
+            hook: Hook::TrackEnd,
+            ..out("call:answered_elsewhere", HANGUP)
+        },
+    ],
+};
+
+/// Every dialect.
+pub static ALL: [&Dialect; 6] = [
+    &CANONICAL,
+    &LONESTAR,
+    &WORLDMATES,
+    &ASTROLOGY,
+    &BACKEND2,
+    &AIST,
+];
+
+impl Dialect {
+    /// Looks a dialect up by name or alias (case-insensitive).
+    pub fn find(name: &str) -> Option<&'static Dialect> {
+        let name = name.trim();
+        ALL.iter().copied().find(|d| {
+            d.name.eq_ignore_ascii_case(name)
+                || d.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// The dialect named by a client (`?dialect=` or the auth payload); an unknown name is an
+    /// error rather than a silent fallback, so a misconfigured app fails loudly.
+    pub fn choose(
+        requested: Option<&str>,
+        default: &'static Dialect,
+    ) -> AppResult<&'static Dialect> {
+        match requested.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(name) => Self::find(name).ok_or_else(|| AppError::BadRequest {
+                code: "unknown_dialect",
+                message: format!(
+                    "unknown dialect `{}`; known: {}",
+                    name.chars().take(32).collect::<String>(),
+                    ALL.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+                )
+                .into(),
+            }),
+        }
+    }
+
+    fn rule_in(&'static self, event: &str) -> Option<&'static In> {
+        self.inbound.iter().find(|r| r.event == event)
+    }
+
+    fn rule_out(&'static self, event: &str) -> Option<&'static Out> {
+        self.outbound.iter().find(|r| r.event == event)
+    }
+}
+
+/// The call a connection of a call-id-less dialect is in.
+#[derive(Debug, Default)]
+struct CurrentCall {
+    id: Option<String>,
+    /// It rings on this connection and was not accepted here yet.
+    ringing_here: bool,
+}
+
+/// One connection's translator: its dialect and, for seed 004, its current call.
+#[derive(Debug)]
+pub struct Translator {
+    dialect: &'static Dialect,
+    current: Mutex<CurrentCall>,
+}
+
+fn no_call() -> AppError {
+    AppError::bad_request("no_call", "there is no call in progress on this connection")
+}
+
+fn call_id_of(payload: &Value) -> Option<&str> {
+    payload.get("callId").and_then(Value::as_str)
+}
+
+/// A canonical payload plus a dialect's extra fields.
+fn build(base: &Value, set: &[(&'static str, Src)]) -> Value {
+    let mut obj = match base {
+        Value::Object(o) => o.clone(),
+        Value::Null => Map::new(),
+        other => {
+            let mut m = Map::new();
+            m.insert("value".into(), other.clone());
+            m
+        }
+    };
+    for (name, src) in set {
+        let value = match src {
+            Src::Field(f) => base.get(*f).cloned().filter(|v| !v.is_null()),
+            Src::IsVideo => Some(json!(
+                base.get("callType").and_then(Value::as_str) == Some("video")
+            )),
+            Src::OnlineStatus => Some(json!(if base.get("online").and_then(Value::as_bool)
+                == Some(true)
+            {
+                "online"
+            } else {
+                "offline"
+            })),
+            Src::Str(s) => Some(json!(s)),
+            Src::Zero => Some(json!(0)),
+        };
+        if let Some(v) = value {
+            obj.insert((*name).to_owned(), v);
+        }
+    }
+    Value::Object(obj)
+}
+
+impl Translator {
+    /// A translator for one connection.
+    pub fn new(dialect: &'static Dialect) -> Arc<Self> {
+        Arc::new(Self {
+            dialect,
+            current: Mutex::new(CurrentCall::default()),
+        })
+    }
+
+    /// The canonical (identity) translator.
+    pub fn canonical() -> Arc<Self> {
+        Self::new(&CANONICAL)
+    }
+
+    /// The dialect's name.
+    pub fn name(&self) -> &'static str {
+        self.dialect.name
+    }
+
+    /// Whether this is the canonical protocol (nothing to translate).
+    pub fn is_canonical(&self) -> bool {
+        std::ptr::eq(self.dialect, &CANONICAL)
+    }
+
+    /// Whether commands run one at a time in arrival order. Dialect clients were written against
+    /// servers that handled each event before the next; canonical clients correlate replies by
+    /// id and get concurrency.
+    pub fn serial(&self) -> bool {
+        !self.is_canonical()
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, CurrentCall> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Translates an inbound frame into a canonical one. Events the dialect does not define
+    /// pass through as canonical events.
+    pub fn inbound(&self, frame: ClientFrame) -> Result<ClientFrame, AppError> {
+        let Some(rule) = self.dialect.rule_in(&frame.event) else {
+            return Ok(frame);
+        };
+        let mut payload = match frame.payload {
+            Value::Null => Value::Object(Map::new()),
+            other => other,
+        };
+        if let Some(obj) = payload.as_object_mut() {
+            for (from, to) in rule.rename {
+                if !obj.contains_key(*to) {
+                    if let Some(v) = obj.remove(*from) {
+                        obj.insert((*to).to_owned(), v);
+                    }
+                }
+            }
+            for (field, value) in rule.defaults {
+                obj.entry(*field).or_insert_with(|| json!(value));
+            }
+        }
+        let mut command = rule.command;
+        if rule.hook != Hook::None {
+            let current = self.current();
+            let id = current.id.clone();
+            command = match (rule.hook, id) {
+                (Hook::OfferOrStart, None) => "call:initiate",
+                (Hook::OfferOrStart, Some(_)) => "call:offer",
+                (Hook::AnswerOrAccept, Some(_)) if current.ringing_here => "call:accept",
+                (Hook::AnswerOrAccept, Some(_)) => "call:answer",
+                (Hook::CurrentCall, Some(_)) => rule.command,
+                (Hook::HangUpCurrent, Some(_)) => "call:end",
+                // Hanging up when nothing is in progress (the peer hung up first) is a no-op.
+                (Hook::HangUpCurrent, None) => "ping",
+                (_, None) => return Err(no_call()),
+                (_, Some(_)) => rule.command,
+            };
+            if command != "call:initiate" {
+                if let (Some(obj), Some(id)) = (payload.as_object_mut(), &current.id) {
+                    obj.insert("callId".into(), json!(id));
+                }
+            }
+        }
+        Ok(ClientFrame {
+            event: command.to_owned(),
+            payload,
+            reply_to: frame.reply_to,
+        })
+    }
+
+    /// Translates a canonical event into what this dialect emits (possibly several events, or
+    /// none).
+    pub fn outbound(&self, event: &Arc<ServerEvent>) -> Vec<Arc<ServerEvent>> {
+        let Some(rule) = self.dialect.rule_out(&event.name) else {
+            return vec![Arc::clone(event)];
+        };
+        match rule.hook {
+            Hook::TrackIncoming => {
+                let mut current = self.current();
+                if current.id.is_none() {
+                    current.id = call_id_of(&event.payload).map(str::to_owned);
+                    current.ringing_here = true;
+                }
+            }
+            Hook::TrackEnd => {
+                let mut current = self.current();
+                if current.id.as_deref() == call_id_of(&event.payload) {
+                    *current = CurrentCall::default();
+                }
+            }
+            _ => {}
+        }
+        rule.emit
+            .iter()
+            .map(|e| event.derive(e.event, build(&event.payload, e.set)))
+            .collect()
+    }
+
+    /// The outbound items answering a frame whose (dialect) event was `event`: the ack or error
+    /// reply when the frame asked for one, the dialect's reply events on success, its error event
+    /// on failure.
+    pub fn reply(
+        &self,
+        event: &str,
+        reply_to: Option<Value>,
+        result: AppResult<Value>,
+    ) -> Vec<Outbound> {
+        let rule = self.dialect.rule_in(event);
+        let mut items = Vec::new();
+        match result {
+            Ok(payload) => {
+                if let Some(rule) = rule {
+                    self.after_success(rule, &payload);
+                    for e in rule.reply {
+                        items.push(Outbound::Event(ServerEvent::new(
+                            e.event,
+                            build(&payload, e.set),
+                        )));
+                    }
+                }
+                if let Some(id) = reply_to {
+                    items.insert(0, Outbound::Ack { id, payload });
+                }
+            }
+            Err(e) => {
+                let reference = reply_to
+                    .clone()
+                    .or_else(|| Some(Value::String(event.to_owned())));
+                let error = WireError::from_app(&e, reference);
+                match rule.and_then(|r| r.error_event) {
+                    Some(name) => {
+                        let body = serde_json::to_value(&error).unwrap_or(Value::Null);
+                        if reply_to.is_some() {
+                            items.push(Outbound::Error {
+                                id: reply_to,
+                                error,
+                            });
+                        }
+                        items.push(Outbound::Event(ServerEvent::new(name, body)));
+                    }
+                    None => items.push(Outbound::Error {
+                        id: reply_to,
+                        error,
+                    }),
+                }
+            }
+        }
+        items
+    }
+
+    fn after_success(&self, rule: &In, payload: &Value) {
+        let mut current = self.current();
+        match rule.hook {
+            // A new call that rings is this connection's call from now on. A busy or glare
+            // outcome is announced by events of its own.
+            Hook::OfferOrStart
+                if current.id.is_none()
+                    && payload.get("status").and_then(Value::as_str) == Some("ringing") =>
+            {
+                current.id = call_id_of(payload).map(str::to_owned);
+                current.ringing_here = false;
+            }
+            Hook::AnswerOrAccept => current.ringing_here = false,
+            Hook::HangUpCurrent => *current = CurrentCall::default(),
+            _ => {}
+        }
+    }
+}
