@@ -40,6 +40,8 @@ pub struct Emit {
     pub event: &'static str,
     /// Fields added (or overwritten) in the payload.
     pub set: &'static [(&'static str, Src)],
+    /// Emitted only when this canonical field is present and not null.
+    pub when: Option<&'static str>,
 }
 
 /// Stateful steps for clients that do not name their call (seed 004).
@@ -125,8 +127,39 @@ const fn out(event: &'static str, emit: &'static [Emit]) -> Out {
 }
 
 const fn emit(event: &'static str, set: &'static [(&'static str, Src)]) -> Emit {
-    Emit { event, set }
+    Emit {
+        event,
+        set,
+        when: None,
+    }
 }
+
+/// An event emitted only when the canonical payload carries `field`.
+const fn emit_if(
+    field: &'static str,
+    event: &'static str,
+    set: &'static [(&'static str, Src)],
+) -> Emit {
+    Emit {
+        event,
+        set,
+        when: Some(field),
+    }
+}
+
+/// Aliases seed 002's app reads on messages (`_id`, `messageType`).
+const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
+    ("_id", Src::Field("id")),
+    ("messageType", Src::Field("type")),
+];
+
+/// Aliases seed 003's apps read on messages (Backend1 and Backend field names).
+const BACKEND2_MESSAGE: &[(&str, Src)] = &[
+    ("from", Src::Field("senderId")),
+    ("sender", Src::Field("senderId")),
+    ("conversation", Src::Field("conversationId")),
+    ("text", Src::Field("content")),
+];
 
 /// The canonical protocol: no translation.
 pub static CANONICAL: Dialect = Dialect {
@@ -157,9 +190,17 @@ pub static LONESTAR: Dialect = Dialect {
                 &[("isVideo", Src::IsVideo), ("sdp", Src::Field("sdpOffer"))],
             )],
         ),
+        // The answer's SDP, when the callee sent it with its accept, follows as `sdp_answer`.
         out(
             "call:accepted",
-            &[emit("call_accepted", &[("userId", Src::Field("by"))])],
+            &[
+                emit("call_accepted", &[("userId", Src::Field("by"))]),
+                emit_if(
+                    "sdpAnswer",
+                    "sdp_answer",
+                    &[("sdp", Src::Field("sdpAnswer"))],
+                ),
+            ],
         ),
         out("call:rejected", &[emit("call_rejected", &[])]),
         out(
@@ -219,9 +260,24 @@ pub static WORLDMATES: Dialect = Dialect {
                 ],
             )],
         ),
+        // Without an SDP in the accept, the answer comes as a relayed `call:answer`.
         out(
             "call:accepted",
-            &[emit("call:answer", &[("roomName", Src::Field("callId"))])],
+            &[emit_if(
+                "sdpAnswer",
+                "call:answer",
+                &[("roomName", Src::Field("callId"))],
+            )],
+        ),
+        out(
+            "call:answer",
+            &[emit(
+                "call:answer",
+                &[
+                    ("sdpAnswer", Src::Field("sdp")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
         ),
         out("call:rejected", &[emit("call:rejected", &[])]),
         out(
@@ -266,7 +322,7 @@ pub static ASTROLOGY: Dialect = Dialect {
             ..inbound("dm:leave_conversation", "conversation:leave")
         },
         In {
-            reply: &[emit("dm:message_received", &[])],
+            reply: &[emit("dm:message_received", ASTROLOGY_MESSAGE)],
             error_event: DM_ERROR,
             ..inbound("dm:send_message", "message:send")
         },
@@ -306,7 +362,10 @@ pub static ASTROLOGY: Dialect = Dialect {
         },
     ],
     outbound: &[
-        out("message:new", &[emit("dm:message_received", &[])]),
+        out(
+            "message:new",
+            &[emit("dm:message_received", ASTROLOGY_MESSAGE)],
+        ),
         out("typing:start", &[emit("dm:typing_start", &[])]),
         out("typing:stop", &[emit("dm:typing_stop", &[])]),
         out(
@@ -360,9 +419,15 @@ pub static BACKEND2: Dialect = Dialect {
         inbound("call:hangup", "call:end"),
     ],
     outbound: &[
-        out("message:new", &[emit("message", &[])]),
-        out("message:edited", &[emit("message_edited", &[])]),
-        out("message:deleted", &[emit("message_deleted", &[])]),
+        out("message:new", &[emit("message", BACKEND2_MESSAGE)]),
+        out(
+            "message:edited",
+            &[emit("message_edited", BACKEND2_MESSAGE)],
+        ),
+        out(
+            "message:deleted",
+            &[emit("message_deleted", BACKEND2_MESSAGE)],
+        ),
         out(
             "receipt:delivered",
             &[emit("delivered", &[("deliveredUpTo", Src::Field("at"))])],
@@ -393,13 +458,22 @@ pub static BACKEND2: Dialect = Dialect {
         ),
         out(
             "call:accepted",
-            &[emit(
+            &[emit_if(
+                "sdpAnswer",
                 "call:answer",
                 &[
                     ("sdp", Src::Field("sdpAnswer")),
                     ("answer", Src::Field("sdpAnswer")),
                 ],
             )],
+        ),
+        out(
+            "call:answer",
+            &[emit("call:answer", &[("answer", Src::Field("sdp"))])],
+        ),
+        out(
+            "call:offer",
+            &[emit("call:offer", &[("offer", Src::Field("sdp"))])],
         ),
         out("call:ice", &[emit("call:candidate", &[])]),
         out("call:ended", &[emit("call:hangup", &[])]),
@@ -469,7 +543,8 @@ pub static AIST: Dialect = Dialect {
         },
         out(
             "call:accepted",
-            &[emit(
+            &[emit_if(
+                "sdpAnswer",
                 "call:answer",
                 &[
                     ("sdp", Src::Field("sdpAnswer")),
@@ -734,6 +809,10 @@ impl Translator {
         }
         rule.emit
             .iter()
+            .filter(|e| {
+                e.when
+                    .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
+            })
             .map(|e| event.derive(e.event, build(&event.payload, e.set)))
             .collect()
     }
