@@ -887,3 +887,245 @@ impl Translator {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::realtime::protocol::{Command, ReceiptCursor};
+
+    /// Canonical events the engine emits (what outbound rules may translate).
+    const CANONICAL_EVENTS: &[&str] = &[
+        "message:new",
+        "message:edited",
+        "message:deleted",
+        "receipt:delivered",
+        "receipt:read",
+        "typing:start",
+        "typing:stop",
+        "presence",
+        "call:incoming",
+        "call:ringing",
+        "call:accepted",
+        "call:answered_elsewhere",
+        "call:rejected",
+        "call:busy",
+        "call:missed",
+        "call:cancelled",
+        "call:ended",
+        "call:offer",
+        "call:answer",
+        "call:ice",
+    ];
+
+    fn frame(event: &str, payload: Value) -> ClientFrame {
+        ClientFrame {
+            event: event.into(),
+            payload,
+            reply_to: None,
+        }
+    }
+
+    #[test]
+    fn every_rule_targets_a_real_command_or_event_and_names_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        for d in ALL {
+            assert!(names.insert(d.name), "duplicate dialect {}", d.name);
+            for a in d.aliases {
+                assert!(names.insert(a), "duplicate alias {a}");
+            }
+            for rule in d.inbound {
+                // Parsing an empty payload may fail on missing fields, never on the name.
+                if let Err(e) = Command::parse(rule.command, json!({})) {
+                    assert_ne!(e.code(), "unknown_event", "{}: {}", d.name, rule.event);
+                }
+                assert_eq!(
+                    d.inbound.iter().filter(|r| r.event == rule.event).count(),
+                    1,
+                    "{}: {} twice",
+                    d.name,
+                    rule.event
+                );
+            }
+            for rule in d.outbound {
+                assert!(
+                    CANONICAL_EVENTS.contains(&rule.event),
+                    "{}: {} is not emitted by the engine",
+                    d.name,
+                    rule.event
+                );
+            }
+        }
+        assert_eq!(Dialect::find("SEED003").unwrap().name, "backend2");
+        assert!(Dialect::choose(Some("nope"), &CANONICAL).is_err());
+        assert_eq!(Dialect::choose(None, &AIST).unwrap().name, "aist");
+    }
+
+    #[test]
+    fn time_cursors_are_renamed_before_parsing() {
+        let t = Translator::new(&BACKEND2);
+        let f = t
+            .inbound(frame(
+                "read_up_to",
+                json!({"conversationId": "7", "readUpTo": "2026-01-02T03:04:05.678Z"}),
+            ))
+            .unwrap();
+        assert_eq!(f.event, "receipt:read");
+        let Command::Read(r) = Command::parse(&f.event, f.payload).unwrap() else {
+            panic!("not a read receipt")
+        };
+        assert_eq!(r.conversation_id, 7);
+        assert!(matches!(r.cursor, ReceiptCursor::Time(_)));
+    }
+
+    #[test]
+    fn outbound_adds_fields_keeps_canonical_ones_and_may_fan_out_or_skip() {
+        let t = Translator::new(&BACKEND2);
+        let ev = ServerEvent::new("presence", json!({"userId": "3", "online": false}));
+        let out = t.outbound(&ev);
+        let names: Vec<&str> = out.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(names, ["presence", "user-status-changed"]);
+        assert_eq!(out[1].payload["status"], "offline");
+        assert_eq!(out[1].payload["userId"], "3");
+
+        let t = Translator::new(&LONESTAR);
+        let bare = ServerEvent::new("call:accepted", json!({"callId": "c", "by": "2"}));
+        let names: Vec<String> = t
+            .outbound(&bare)
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        assert_eq!(names, ["call_accepted"]);
+        let with_sdp = ServerEvent::new(
+            "call:accepted",
+            json!({"callId": "c", "by": "2", "sdpAnswer": {"sdp": "x"}}),
+        );
+        let out = t.outbound(&with_sdp);
+        assert_eq!(out[0].payload["userId"], "2");
+        assert_eq!(out[1].name, "sdp_answer");
+        assert_eq!(out[1].payload["sdp"]["sdp"], "x");
+
+        // Unmapped events pass through untouched (the same shared event).
+        let typing = ServerEvent::new("typing:start", json!({}));
+        assert!(Arc::ptr_eq(&t.outbound(&typing)[0], &typing));
+        // A message keeps its delivery mark through translation.
+        let t = Translator::new(&ASTROLOGY);
+        let m = ServerEvent::message("message:new", json!({"id": "9", "type": "text"}), 4, 2);
+        let out = t.outbound(&m);
+        assert_eq!(out[0].name, "dm:message_received");
+        assert_eq!(out[0].payload["_id"], "9");
+        assert_eq!(out[0].delivery, Some((4, 2)));
+    }
+
+    #[test]
+    fn replies_become_dialect_events_and_errors_use_the_error_event() {
+        let t = Translator::new(&ASTROLOGY);
+        let items = t.reply(
+            "dm:join_conversation",
+            None,
+            Ok(json!({"conversationId": "5"})),
+        );
+        assert!(matches!(&items[..], [Outbound::Event(e)] if e.name == "dm:joined"));
+        let items = t.reply(
+            "call:accept",
+            Some(json!(3)),
+            Err(AppError::NotFound("call not found".into())),
+        );
+        match &items[..] {
+            [Outbound::Error { id: Some(id), .. }, Outbound::Event(e)] => {
+                assert_eq!(id, &json!(3));
+                assert_eq!(e.name, "call:error");
+                assert_eq!(e.payload["code"], "not_found");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without an error event and without an id: the canonical `error` event.
+        let items = t.reply("ping", None, Err(AppError::validation("x")));
+        assert!(matches!(&items[..], [Outbound::Error { id: None, .. }]));
+    }
+
+    #[test]
+    fn seed004_follows_its_single_unnamed_call() {
+        let t = Translator::new(&AIST);
+        // Nothing in progress: an offer starts a call, ICE is refused, hangup is a no-op.
+        let f = t
+            .inbound(frame("call:offer", json!({"sdp": "o", "userId": 2})))
+            .unwrap();
+        assert_eq!(f.event, "call:initiate");
+        assert_eq!(
+            t.inbound(frame("call:ice", json!({"candidate": "c"})))
+                .unwrap_err()
+                .code(),
+            "no_call"
+        );
+        assert_eq!(
+            t.inbound(frame("call:hangup", Value::Null)).unwrap().event,
+            "ping"
+        );
+
+        // A call rings here: the answer accepts it, with its id.
+        let ring = ServerEvent::new(
+            "call:incoming",
+            json!({"callId": "k1", "from": "2", "sdpOffer": "o"}),
+        );
+        let out = t.outbound(&ring);
+        assert_eq!(out[0].name, "call:offer");
+        assert_eq!(out[0].payload["fromUserId"], "2");
+        assert_eq!(out[0].payload["sdp"], "o");
+        let f = t
+            .inbound(frame("call:answer", json!({"sdp": "a"})))
+            .unwrap();
+        assert_eq!(
+            (f.event.as_str(), f.payload["callId"].as_str()),
+            ("call:accept", Some("k1"))
+        );
+        t.reply("call:answer", None, Ok(json!({"callId": "k1"})));
+        // Once accepted, answers and offers are renegotiation relays of the same call.
+        let f = t
+            .inbound(frame("call:answer", json!({"sdp": "a2"})))
+            .unwrap();
+        assert_eq!(f.event, "call:answer");
+        let f = t
+            .inbound(frame("call:offer", json!({"sdp": "o2", "userId": 2})))
+            .unwrap();
+        assert_eq!(
+            (f.event.as_str(), f.payload["callId"].as_str()),
+            ("call:offer", Some("k1"))
+        );
+        // Another call's end does not touch it; its own end clears it.
+        t.outbound(&ServerEvent::new("call:ended", json!({"callId": "other"})));
+        assert_eq!(
+            t.inbound(frame("call:ice", json!({}))).unwrap().payload["callId"],
+            "k1"
+        );
+        let out = t.outbound(&ServerEvent::new("call:ended", json!({"callId": "k1"})));
+        assert_eq!(out[0].name, "call:hangup");
+        assert_eq!(
+            t.inbound(frame("call:offer", json!({"sdp": "o", "userId": 2})))
+                .unwrap()
+                .event,
+            "call:initiate"
+        );
+
+        // A call this connection started is current once it rings, not when it was busy.
+        t.reply(
+            "call:offer",
+            None,
+            Ok(json!({"callId": "b1", "status": "busy"})),
+        );
+        assert_eq!(
+            t.inbound(frame("call:hangup", Value::Null)).unwrap().event,
+            "ping"
+        );
+        t.reply(
+            "call:offer",
+            None,
+            Ok(json!({"callId": "r1", "status": "ringing"})),
+        );
+        let f = t.inbound(frame("call:hangup", Value::Null)).unwrap();
+        assert_eq!(
+            (f.event.as_str(), f.payload["callId"].as_str()),
+            ("call:end", Some("r1"))
+        );
+    }
+}
