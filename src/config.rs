@@ -3,6 +3,7 @@
 //! the same table. [`Config::validate`] refuses unsafe combinations with a message an operator
 //! can act on.
 
+use crate::policy::{ContactPolicy, ContactRules};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -216,6 +217,20 @@ pub struct Config {
     /// `SOCKETIO_CONNECT_TIMEOUT_MS` — a Socket.IO connection that joins no namespace within this
     /// is closed. Default 45000.
     pub socketio_connect_timeout: Duration,
+    /// `CONTACT_POLICY` — who may start a direct conversation or call with whom: `open`,
+    /// `request` (strangers need an accepted chat request) or `roles` (`CONTACT_RULES`).
+    /// Default `open`.
+    pub contact_policy: ContactPolicy,
+    /// `CONTACT_RULES` — the `roles` policy's ordered rules `FROM>TO[:linked]` (role names or
+    /// `*`). Default `admin>*,*>admin,astrologer>*:linked,*>astrologer:linked`.
+    pub contact_rules: ContactRules,
+    /// `CONTACT_LINK_CONTEXTS` — conversation context types that link two users for
+    /// `:linked` rules (`consultation`, `service_request`, `support`, `general`). Default empty:
+    /// any shared direct or group conversation links them.
+    pub contact_link_contexts: List,
+    /// `CONTACTS_SYNC_MAX` — most phone numbers accepted by one `POST /contacts/sync`.
+    /// Default 5000.
+    pub contacts_sync_max: usize,
 }
 
 impl Default for Config {
@@ -273,6 +288,10 @@ impl Default for Config {
             socketio_ping_timeout: Duration::from_millis(20_000),
             socketio_max_payload: 1_000_000,
             socketio_connect_timeout: Duration::from_millis(45_000),
+            contact_policy: ContactPolicy::Open,
+            contact_rules: ContactRules::default(),
+            contact_link_contexts: List::default(),
+            contacts_sync_max: 5000,
         }
     }
 }
@@ -499,6 +518,14 @@ impl Config {
             "SOCKETIO_CONNECT_TIMEOUT_MS",
             &mut self.socketio_connect_timeout,
         )?;
+        parse(src, "CONTACT_POLICY", &mut self.contact_policy)?;
+        parse(src, "CONTACT_RULES", &mut self.contact_rules)?;
+        parse(
+            src,
+            "CONTACT_LINK_CONTEXTS",
+            &mut self.contact_link_contexts,
+        )?;
+        parse(src, "CONTACTS_SYNC_MAX", &mut self.contacts_sync_max)?;
         Ok(())
     }
 
@@ -567,6 +594,7 @@ impl Config {
             ("WRITE_QUEUE", self.write_queue),
             ("WRITE_SHARDS", self.write_shards),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
+            ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
@@ -590,6 +618,19 @@ impl Config {
         if self.frame_rate_per_sec == 0 || self.message_rate_per_min == 0 {
             return Err(ConfigError::Rejected(
                 "FRAME_RATE_PER_SEC and MESSAGE_RATE_PER_MIN must be at least 1".into(),
+            ));
+        }
+        if let Some(bad) = self.contact_link_contexts.0.iter().find(|c| {
+            !["consultation", "service_request", "support", "general"].contains(&c.as_str())
+        }) {
+            return Err(ConfigError::Rejected(format!(
+                "CONTACT_LINK_CONTEXTS: `{bad}` is not a context type (consultation, \
+                 service_request, support, general)"
+            )));
+        }
+        if self.contact_policy == ContactPolicy::Roles && self.contact_rules.0.is_empty() {
+            return Err(ConfigError::Rejected(
+                "CONTACT_POLICY=roles needs at least one rule in CONTACT_RULES".into(),
             ));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
@@ -652,6 +693,31 @@ mod tests {
         let e = env(&[("DB_POOL_SIZE", "many")]);
         let err = Config::load_from(None, &e).unwrap_err().to_string();
         assert!(err.contains("DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn contact_policy_settings_parse_and_validate() {
+        let e = env(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONTACT_POLICY", "roles"),
+            ("CONTACT_RULES", "admin>*, staff>*:linked"),
+            ("CONTACT_LINK_CONTEXTS", "consultation"),
+        ]);
+        let config = Config::load_from(None, &e).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.contact_policy, ContactPolicy::Roles);
+        assert_eq!(config.contact_rules.to_string(), "admin>*,staff>*:linked");
+        let bad = env(&[("CONTACT_RULES", "admin")]);
+        let err = Config::load_from(None, &bad).unwrap_err().to_string();
+        assert!(err.contains("CONTACT_RULES"), "{err}");
+        let e = env(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONTACT_LINK_CONTEXTS", "dinner"),
+        ]);
+        let err = Config::load_from(None, &e).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("dinner"), "{err}");
     }
 
     #[test]
