@@ -451,6 +451,13 @@ pub struct PageQuery {
     limit: Option<i64>,
 }
 
+impl PageQuery {
+    /// The conversation named in the query (seed 003 `GET /messages`).
+    pub(crate) fn conversation_id(&self) -> Option<i64> {
+        self.conversation_id
+    }
+}
+
 pub(crate) async fn page_response(
     state: &AppState,
     conversation_id: i64,
