@@ -409,11 +409,7 @@ async fn ban(
             })
         })
         .await?;
-    // Tokens are refused from now on (authentication reads the ban); live sockets close now.
-    let closed = state
-        .engine
-        .kick(id, None, CLOSE_UNAUTHORIZED, "account banned")
-        .await;
+    // A live call ends first (reason `admin` for every party), before the sockets drop.
     if let Some(call) = registry(&state, CallOfUser(id)).await? {
         if let Err(e) = state
             .engine
@@ -423,6 +419,11 @@ async fn ban(
             tracing::debug!(call = %call, error = %e, "call of a banned user already over");
         }
     }
+    // Tokens are refused from now on (authentication reads the ban); live sockets close now.
+    let closed = state
+        .engine
+        .kick(id, None, CLOSE_UNAUTHORIZED, "account banned")
+        .await;
     if user.has_role("admin") {
         resync_support(&state).await?;
     }
