@@ -16,15 +16,12 @@ use diesel::prelude::*;
 /// after bringing the admin membership up to date.
 pub fn sync_one(conn: &mut PgConnection, user: i64) -> AppResult<(Conversation, Vec<i64>)> {
     conn.transaction(|conn| {
-        let owner: Option<(Vec<Option<String>>, Option<chrono::DateTime<chrono::Utc>>)> =
-            users::table
-                .find(user)
-                .select((users::roles, users::banned_at))
-                .first(conn)
-                .optional()?;
-        let Some((roles, _banned)) = owner else {
-            return Err(AppError::NotFound("user not found".into()));
-        };
+        let roles: Vec<Option<String>> = users::table
+            .find(user)
+            .select(users::roles)
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| AppError::NotFound("user not found".into()))?;
         if roles
             .iter()
             .flatten()
