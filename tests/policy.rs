@@ -123,11 +123,12 @@ async fn open_policy_lets_strangers_message_and_call_over_rest_and_sockets() {
         )
         .await;
     assert_eq!(st, 201, "{body}");
-    rest_call(&s, &ta, dave).await;
+    rest_call(&s, &ta, bob).await;
 
     // Sockets: a send addressed to a user opens the conversation and reaches them.
     let mut ca = connect(&s, alice).await;
     let mut cd = connect(&s, dave).await;
+    assert!(!direct_exists(&s, alice, dave));
     let ack = ca
         .request(
             "message:send",
