@@ -49,7 +49,7 @@ async fn chat_request_lifecycle_with_duplicates_foreign_accept_decline_and_cance
     let (st, body) = s
         .post(
             "/chat-requests",
-            json!({"to": bob.to_string(), "message": "Hi Bob!", "from": carol, "fromUserId": carol}),
+            json!({"to": bob.to_string(), "message": "Hi Bob!", "from": carol, "fromUserId": carol, "userId": carol}),
             Some(&ta),
         )
         .await;

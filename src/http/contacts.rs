@@ -33,7 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Longest greeting in a chat request.
 pub const MAX_REQUEST_MESSAGE_CHARS: usize = 1000;
 
-/// `POST /chat-requests` body. The sender is the token's user; a `from` in the body is ignored.
+/// `POST /chat-requests` body. The sender is the token's user; `from`, `fromUserId` or `userId`
+/// in the body are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestBody {
@@ -41,7 +42,6 @@ pub struct RequestBody {
         default,
         deserialize_with = "opt_id_field",
         alias = "toUserId",
-        alias = "userId",
         alias = "recipientId",
         alias = "receiverId"
     )]
