@@ -704,7 +704,7 @@ async fn seed_002_support_conversations_work_from_both_sides() {
     let (st, body) = s
         .post(
             "/api/admin/calls/initiate",
-            json!({"astrologerId": astro.to_string(), "callType": "video"}),
+            json!({"astrologerId": astro.to_string(), "callType": "video", "userId": admin1}),
             Some(&t1),
         )
         .await;

@@ -184,6 +184,14 @@ async fn admin_call(
     if let Some(target) = fields.remove("astrologerId") {
         fields.entry("to").or_insert(target);
     }
+    // With an explicit callee, a `userId` can only be the caller's own id: identity comes
+    // from the token.
+    if ["to", "toId", "calleeId", "targetUserId", "recipientId"]
+        .iter()
+        .any(|k| fields.contains_key(*k))
+    {
+        fields.remove("userId");
+    }
     if !fields.contains_key("provider") && state.config.agora_enabled() {
         fields.insert("provider".into(), json!("agora"));
     }
