@@ -3,6 +3,7 @@
 //! the same table. [`Config::validate`] refuses unsafe combinations with a message an operator
 //! can act on.
 
+use crate::policy::{ContactPolicy, ContactRules};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -223,6 +224,20 @@ pub struct Config {
     /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
     /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
     pub default_dialect: String,
+    /// `CONTACT_POLICY` — who may start a direct conversation or call with whom: `open`,
+    /// `request` (strangers need an accepted chat request) or `roles` (`CONTACT_RULES`).
+    /// Default `open`.
+    pub contact_policy: ContactPolicy,
+    /// `CONTACT_RULES` — the `roles` policy's ordered rules `FROM>TO[:linked]` (role names or
+    /// `*`). Default `admin>*,*>admin,astrologer>*:linked,*>astrologer:linked`.
+    pub contact_rules: ContactRules,
+    /// `CONTACT_LINK_CONTEXTS` — conversation context types that link two users for
+    /// `:linked` rules (`consultation`, `service_request`, `support`, `general`). Default empty:
+    /// any shared direct or group conversation links them.
+    pub contact_link_contexts: List,
+    /// `CONTACTS_SYNC_MAX` — most phone numbers accepted by one `POST /contacts/sync`.
+    /// Default 5000.
+    pub contacts_sync_max: usize,
 }
 
 impl Default for Config {
@@ -282,6 +297,10 @@ impl Default for Config {
             socketio_connect_timeout: Duration::from_millis(45_000),
             socketio_auth_timeout: Duration::from_millis(10_000),
             default_dialect: "canonical".into(),
+            contact_policy: ContactPolicy::Open,
+            contact_rules: ContactRules::default(),
+            contact_link_contexts: List::default(),
+            contacts_sync_max: 5000,
         }
     }
 }
@@ -514,6 +533,14 @@ impl Config {
             &mut self.socketio_auth_timeout,
         )?;
         parse(src, "DEFAULT_DIALECT", &mut self.default_dialect)?;
+        parse(src, "CONTACT_POLICY", &mut self.contact_policy)?;
+        parse(src, "CONTACT_RULES", &mut self.contact_rules)?;
+        parse(
+            src,
+            "CONTACT_LINK_CONTEXTS",
+            &mut self.contact_link_contexts,
+        )?;
+        parse(src, "CONTACTS_SYNC_MAX", &mut self.contacts_sync_max)?;
         Ok(())
     }
 
@@ -582,6 +609,7 @@ impl Config {
             ("WRITE_QUEUE", self.write_queue),
             ("WRITE_SHARDS", self.write_shards),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
+            ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
@@ -612,6 +640,19 @@ impl Config {
                 "DEFAULT_DIALECT `{}` is not a known dialect",
                 self.default_dialect
             )));
+        }
+        if let Some(bad) = self.contact_link_contexts.0.iter().find(|c| {
+            !["consultation", "service_request", "support", "general"].contains(&c.as_str())
+        }) {
+            return Err(ConfigError::Rejected(format!(
+                "CONTACT_LINK_CONTEXTS: `{bad}` is not a context type (consultation, \
+                 service_request, support, general)"
+            )));
+        }
+        if self.contact_policy == ContactPolicy::Roles && self.contact_rules.0.is_empty() {
+            return Err(ConfigError::Rejected(
+                "CONTACT_POLICY=roles needs at least one rule in CONTACT_RULES".into(),
+            ));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(
@@ -673,6 +714,31 @@ mod tests {
         let e = env(&[("DB_POOL_SIZE", "many")]);
         let err = Config::load_from(None, &e).unwrap_err().to_string();
         assert!(err.contains("DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn contact_policy_settings_parse_and_validate() {
+        let e = env(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONTACT_POLICY", "roles"),
+            ("CONTACT_RULES", "admin>*, staff>*:linked"),
+            ("CONTACT_LINK_CONTEXTS", "consultation"),
+        ]);
+        let config = Config::load_from(None, &e).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.contact_policy, ContactPolicy::Roles);
+        assert_eq!(config.contact_rules.to_string(), "admin>*,staff>*:linked");
+        let bad = env(&[("CONTACT_RULES", "admin")]);
+        let err = Config::load_from(None, &bad).unwrap_err().to_string();
+        assert!(err.contains("CONTACT_RULES"), "{err}");
+        let e = env(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONTACT_LINK_CONTEXTS", "dinner"),
+        ]);
+        let err = Config::load_from(None, &e).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("dinner"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`db`]: pool, blocking-work helper, migrations, queries per table.
 //! - [`auth`]: passwords, OTP, device sessions, access and refresh tokens.
 //! - [`http`]: REST handlers grouped by resource.
+//! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
 //! - [`server`]: the actix-web server around [`state::AppState`].
@@ -19,6 +20,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod notify;
+pub mod policy;
 pub mod realtime;
 pub mod server;
 pub mod state;

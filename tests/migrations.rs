@@ -33,6 +33,7 @@ fn migrations_run_up_down_and_up_again() {
     let applied = switchboard::db::run_migrations(&mut conn).unwrap();
     assert!(applied.len() >= 3);
     let expected = [
+        "audit_log",
         "call_participants",
         "calls",
         "chat_requests",

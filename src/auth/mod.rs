@@ -122,6 +122,7 @@ impl Auth {
     pub async fn authenticate(&self, token: &str) -> AppResult<Identity> {
         let verified = self.keys.verify(token)?;
         let sid = verified.session_id.clone();
+        let issued_at = verified.issued_at;
         let found = self
             .db
             .run(move |conn| {
@@ -145,6 +146,16 @@ impl Auth {
                 "account_banned",
                 "this account is banned",
             ));
+        }
+        // A forced logout revokes every device session; tokens without one are cut off by
+        // their issue time (tokens without `iat` count as issued before it).
+        if let (None, Some(cutoff)) = (&session, user.tokens_valid_after) {
+            if issued_at.is_none_or(|iat| iat <= cutoff.timestamp()) {
+                return Err(AppError::unauthorized(
+                    "session_revoked",
+                    "this token was signed out by an administrator",
+                ));
+            }
         }
         Ok(Identity {
             user,

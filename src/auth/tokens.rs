@@ -39,6 +39,8 @@ pub struct VerifiedToken {
     pub user_id: i64,
     /// The device session, when the token is session-bound.
     pub session_id: Option<String>,
+    /// `iat` (unix seconds), when the token carries one.
+    pub issued_at: Option<i64>,
 }
 
 /// Signs and verifies access tokens.
@@ -113,9 +115,11 @@ impl TokenKeys {
         let session_id = ["sid", "sessionId"]
             .iter()
             .find_map(|key| claims.get(*key).and_then(string_value));
+        let issued_at = claims.get("iat").and_then(Value::as_i64);
         Ok(VerifiedToken {
             user_id,
             session_id,
+            issued_at,
         })
     }
 }
@@ -193,13 +197,13 @@ mod tests {
     fn own_tokens_round_trip() {
         let keys = TokenKeys::new(SECRET);
         let t = keys.sign(42, Some("abc"), &["admin".into()], 60).unwrap();
+        let verified = keys.verify(&t).unwrap();
         assert_eq!(
-            keys.verify(&t).unwrap(),
-            VerifiedToken {
-                user_id: 42,
-                session_id: Some("abc".into())
-            }
+            (verified.user_id, verified.session_id.as_deref()),
+            (42, Some("abc"))
         );
+        let iat = verified.issued_at.unwrap();
+        assert!((iat - chrono::Utc::now().timestamp()).abs() <= 5);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 pub struct Conversation {
     /// Primary key.
     pub id: i64,
-    /// `direct|group|team`.
+    /// `direct|group|team|support`.
     pub kind: String,
     /// Title (groups).
     pub title: Option<String>,
@@ -41,6 +41,8 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
     /// Last update.
     pub updated_at: DateTime<Utc>,
+    /// Support conversations: the user the admins talk to.
+    pub support_user_id: Option<i64>,
 }
 
 /// A member row.
@@ -93,7 +95,7 @@ pub struct MemberView {
 pub struct ConversationView {
     /// Id.
     pub id: String,
-    /// Kind (`direct|group|team`).
+    /// Kind (`direct|group|team|support`).
     #[serde(rename = "type")]
     pub kind: String,
     /// Title.
@@ -102,6 +104,8 @@ pub struct ConversationView {
     pub avatar_url: Option<String>,
     /// Team role (team conversations).
     pub team_role: Option<String>,
+    /// Support conversations: the user the admins talk to.
+    pub support_user_id: Option<String>,
     /// Direct conversations' participant key.
     pub participant_key: Option<String>,
     /// Context type.
@@ -221,6 +225,23 @@ pub fn get_or_create_direct(
             }
         }
     })
+}
+
+/// Sets a conversation's context (type and id).
+pub fn set_context(
+    conn: &mut PgConnection,
+    id: i64,
+    context_type: &str,
+    context_id: &str,
+) -> AppResult<Conversation> {
+    Ok(diesel::update(conversations::table.find(id))
+        .set((
+            conversations::context_type.eq(context_type),
+            conversations::context_id.eq(Some(context_id).filter(|c| !c.is_empty())),
+            conversations::updated_at.eq(Utc::now()),
+        ))
+        .returning(Conversation::as_returning())
+        .get_result(conn)?)
 }
 
 /// Creates a group conversation owned by `creator` with the given members.
@@ -598,6 +619,7 @@ pub fn views(
             title: c.title,
             avatar_url: c.avatar_url,
             team_role: c.team_role,
+            support_user_id: c.support_user_id.map(|u| u.to_string()),
             participant_key: c.participant_key,
             context_type: c.context_type,
             context_id: c.context_id,

@@ -3,11 +3,16 @@
 //! table in the submodules.
 
 pub mod accounts;
+pub mod admin;
+pub mod audit;
 pub mod calls;
+pub mod chat_requests;
+pub mod contacts;
 pub mod conversations;
 pub mod messages;
 pub mod models;
 pub mod schema;
+pub mod support;
 
 use crate::config::Config;
 use crate::error::{AppError, AppResult};

@@ -35,6 +35,8 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Last profile change.
     pub updated_at: DateTime<Utc>,
+    /// Access tokens issued before this are refused (forced logout).
+    pub tokens_valid_after: Option<DateTime<Utc>>,
 }
 
 impl User {

@@ -1,6 +1,19 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    audit_log (id) {
+        id -> Int8,
+        actor_id -> Nullable<Int8>,
+        action -> Text,
+        target_type -> Text,
+        target_id -> Nullable<Text>,
+        details -> Jsonb,
+        ip -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     call_participants (call_id, user_id) {
         call_id -> Text,
         user_id -> Int8,
@@ -86,6 +99,7 @@ diesel::table! {
         last_message_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        support_user_id -> Nullable<Int8>,
     }
 }
 
@@ -161,9 +175,11 @@ diesel::table! {
         last_seen_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        tokens_valid_after -> Nullable<Timestamptz>,
     }
 }
 
+diesel::joinable!(audit_log -> users (actor_id));
 diesel::joinable!(call_participants -> calls (call_id));
 diesel::joinable!(call_participants -> users (user_id));
 diesel::joinable!(calls -> conversations (conversation_id));
@@ -171,12 +187,12 @@ diesel::joinable!(chat_requests -> conversations (conversation_id));
 diesel::joinable!(contacts -> users (owner_id));
 diesel::joinable!(conversation_members -> conversations (conversation_id));
 diesel::joinable!(conversation_members -> users (user_id));
-diesel::joinable!(conversations -> users (created_by));
 diesel::joinable!(device_sessions -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(refresh_tokens -> device_sessions (session_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_log,
     call_participants,
     calls,
     chat_requests,

@@ -139,7 +139,7 @@ async fn end(
     Ok(HttpResponse::Ok().json(json!({"success": true})))
 }
 
-fn call_json(call: &CallRow, parties: &[ParticipantRow]) -> Value {
+pub(crate) fn call_json(call: &CallRow, parties: &[ParticipantRow]) -> Value {
     json!({
         "id": call.id,
         "callId": call.id,

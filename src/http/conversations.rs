@@ -175,6 +175,49 @@ pub struct CreateBody {
         alias = "recipientId"
     )]
     user_id: Option<i64>,
+    /// Seed 002 context: `consultation|service_request|support|general`.
+    #[serde(default)]
+    context_type: Option<String>,
+    /// The context's id (e.g. the consultation).
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    context_id: Option<String>,
+}
+
+fn opt_string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(de::Error::custom(format!(
+            "contextId must be a string or a number, not {other}"
+        ))),
+    }
+}
+
+/// The context types a conversation may carry.
+pub const CONTEXT_TYPES: [&str; 4] = ["consultation", "service_request", "support", "general"];
+
+fn context_of(body: &CreateBody) -> AppResult<Option<(String, String)>> {
+    match (&body.context_type, &body.context_id) {
+        (None, None) => Ok(None),
+        (Some(t), id) => {
+            let t = t.trim().to_ascii_lowercase();
+            if !CONTEXT_TYPES.contains(&t.as_str()) {
+                return Err(AppError::validation(format!(
+                    "contextType must be one of {}",
+                    CONTEXT_TYPES.join(", ")
+                )));
+            }
+            let id = id.as_deref().map(str::trim).unwrap_or_default().to_owned();
+            if id.chars().count() > 128 {
+                return Err(AppError::validation(
+                    "contextId must be at most 128 characters",
+                ));
+            }
+            Ok(Some((t, id)))
+        }
+        (None, Some(_)) => Err(AppError::validation("contextId needs a contextType")),
+    }
 }
 
 async fn create(
@@ -184,6 +227,7 @@ async fn create(
 ) -> AppResult<HttpResponse> {
     let me = identity.user_id();
     let body = body.into_inner();
+    let context = context_of(&body)?;
     let mut others: Vec<i64> = body.participants.unwrap_or_default();
     others.extend(body.user_id);
     others.retain(|u| *u != me);
@@ -206,12 +250,13 @@ async fn create(
                 "a direct conversation needs exactly one other participant",
             ));
         };
-        let (conv, created) = state
-            .db
-            .run(move |conn| convs::get_or_create_direct(conn, me, other))
-            .await?;
-        if created {
-            state.engine.members_changed(conv.id, vec![me, other]);
+        let (mut conv, created) = state.engine.open_direct(&identity, other).await?;
+        if let (true, Some((kind, id))) = (created, context) {
+            let cid = conv.id;
+            conv = state
+                .db
+                .run(move |conn| convs::set_context(conn, cid, &kind, &id))
+                .await?;
         }
         let view = load_views(&state, vec![conv], me).await?.pop();
         let status = if created {
@@ -237,10 +282,14 @@ async fn create(
     if title.chars().count() > 200 {
         return Err(AppError::validation("title must be at most 200 characters"));
     }
+    state.engine.check_contact(me, others.clone()).await?;
     let members = others.clone();
     let conv = state
         .db
-        .run(move |conn| convs::create_group(conn, me, &title, &members, None))
+        .run(move |conn| {
+            let ctx = context.as_ref().map(|(t, i)| (t.as_str(), i.as_str()));
+            convs::create_group(conn, me, &title, &members, ctx)
+        })
         .await?;
     let mut all = others;
     all.push(me);
@@ -326,6 +375,10 @@ async fn add_members(
         return Err(AppError::validation("userIds must list 1 to 1000 users"));
     }
     manage_check(&state, &identity, id).await?;
+    state
+        .engine
+        .check_contact(identity.user_id(), ids.clone())
+        .await?;
     let (added, members) = state
         .db
         .run(move |conn| {
@@ -398,7 +451,14 @@ pub struct PageQuery {
     limit: Option<i64>,
 }
 
-async fn page_response(
+impl PageQuery {
+    /// The conversation named in the query (seed 003 `GET /messages`).
+    pub(crate) fn conversation_id(&self) -> Option<i64> {
+        self.conversation_id
+    }
+}
+
+pub(crate) async fn page_response(
     state: &AppState,
     conversation_id: i64,
     q: &PageQuery,
@@ -460,31 +520,16 @@ pub struct SendBody {
     rest: serde_json::Map<String, Value>,
 }
 
-fn draft_for(conversation_id: i64, rest: serde_json::Map<String, Value>) -> AppResult<SendDraft> {
-    let mut obj = rest;
-    // Identity comes from the token: any sender field in the payload is ignored.
-    for key in [
-        "from",
-        "sender",
-        "senderId",
-        "userId",
-        "conversation",
-        "conversation_id",
-        "conversationId",
-    ] {
-        obj.remove(key);
-    }
-    obj.insert(
-        "conversationId".into(),
-        Value::String(conversation_id.to_string()),
-    );
-    serde_json::from_value(Value::Object(obj)).map_err(|e| AppError::Validation {
-        code: "validation_failed",
-        message: e.to_string().into(),
-    })
+/// A draft for `conversation_id` from a REST body. Identity comes from the token: any sender
+/// field in the payload is ignored.
+pub(crate) fn draft_for(
+    conversation_id: i64,
+    rest: serde_json::Map<String, Value>,
+) -> AppResult<SendDraft> {
+    SendDraft::in_conversation(conversation_id, rest)
 }
 
-async fn send_and_respond(
+pub(crate) async fn send_and_respond(
     state: &AppState,
     identity: &Identity,
     draft: SendDraft,
@@ -525,15 +570,9 @@ async fn legacy_send(
     let me = identity.user_id();
     let conversation_id = match (body.conversation_id, body.to) {
         (Some(c), _) => c,
-        (None, Some(to)) => {
-            let (conv, created) = state
-                .db
-                .run(move |conn| convs::get_or_create_direct(conn, me, to))
-                .await?;
-            if created {
-                state.engine.members_changed(conv.id, vec![me, to]);
-            }
-            conv.id
+        (None, Some(to)) if to != me => state.engine.open_direct(&identity, to).await?.0.id,
+        (None, Some(_)) => {
+            return Err(AppError::validation("you cannot message yourself"));
         }
         (None, None) => return Err(AppError::validation("conversationId or to is required")),
     };

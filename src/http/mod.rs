@@ -1,10 +1,13 @@
 //! REST routes, grouped by resource. Handlers parse input, call the auth service, the engine or
 //! the database, and map errors through [`AppError`]; nothing else.
 
+pub mod admin;
 pub mod auth;
 pub mod calls;
+pub mod contacts;
 pub mod conversations;
 pub mod health;
+pub mod support;
 pub mod users;
 
 use crate::auth::Identity;
@@ -53,6 +56,10 @@ fn app_routes(cfg: &mut web::ServiceConfig) {
         .route("/users/me", web::get().to(users::profile))
         .route("/users/me", web::patch().to(users::update_me))
         .route("/users", web::get().to(users::search))
+        // Before `conversations::routes`: `/conversations/admin` is not `/conversations/{id}`.
+        .configure(support::routes)
+        .configure(contacts::routes)
+        .configure(admin::routes)
         .configure(conversations::routes)
         .configure(calls::routes);
 }

@@ -6,6 +6,7 @@
 //! take exactly the same path.
 
 pub mod call;
+pub mod contact;
 pub mod conversation;
 pub mod dialect;
 pub mod protocol;

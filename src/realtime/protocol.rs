@@ -496,6 +496,86 @@ pub struct CallSignal {
     pub rest: serde_json::Map<String, Value>,
 }
 
+/// `conversation:open`: the direct conversation with a user (created when the contact policy
+/// allows).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectRef {
+    /// The other user.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "to",
+        alias = "participantId",
+        alias = "recipientId"
+    )]
+    pub user_id: i64,
+}
+
+/// `message:send` addressed to a user instead of a conversation (seed 003 `to`, seed 002
+/// `recipientId`): the direct conversation is opened under the contact policy first.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DirectSend {
+    /// Recipient.
+    #[serde(
+        deserialize_with = "id_field",
+        alias = "recipientId",
+        alias = "receiverId"
+    )]
+    pub to: i64,
+    /// The rest of the message (a [`SendDraft`] without its conversation).
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// Sender and conversation fields a client may put in a send; identity comes from the token and
+/// the conversation from the route or the resolved recipient, so these are dropped.
+pub const SEND_IGNORED_FIELDS: [&str; 7] = [
+    "from",
+    "sender",
+    "senderId",
+    "userId",
+    "conversation",
+    "conversation_id",
+    "conversationId",
+];
+
+impl SendDraft {
+    /// A draft for `conversation_id` from the other fields of a send payload (sender and
+    /// conversation fields in it are ignored).
+    pub fn in_conversation(
+        conversation_id: i64,
+        mut fields: serde_json::Map<String, Value>,
+    ) -> Result<Self, AppError> {
+        for key in SEND_IGNORED_FIELDS {
+            fields.remove(key);
+        }
+        for key in ["to", "recipientId", "receiverId"] {
+            fields.remove(key);
+        }
+        fields.insert(
+            "conversationId".into(),
+            Value::String(conversation_id.to_string()),
+        );
+        serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
+            code: "validation_failed",
+            message: e.to_string().into(),
+        })
+    }
+}
+
+/// Whether a send payload names its conversation (otherwise it may name a recipient).
+fn names_conversation(value: &Value) -> bool {
+    ["conversationId", "conversation", "conversation_id"]
+        .iter()
+        .any(|k| value.get(*k).is_some_and(|v| !v.is_null()))
+}
+
+fn names_recipient(value: &Value) -> bool {
+    ["to", "recipientId", "receiverId"]
+        .iter()
+        .any(|k| value.get(*k).is_some_and(|v| !v.is_null()))
+}
+
 fn opt_id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<i64>>, D::Error> {
     match Option::<Value>::deserialize(de)? {
         None | Some(Value::Null) => Ok(None),
@@ -542,6 +622,10 @@ pub enum Command {
     CallRejoin(CallRef),
     /// Relay signaling (`call:offer`, `call:answer`, `call:ice`).
     CallSignal(&'static str, CallSignal),
+    /// Open (get-or-create) the direct conversation with a user.
+    OpenDirect(DirectRef),
+    /// Send to a user's direct conversation, opening it if needed.
+    SendDirect(DirectSend),
 }
 
 fn payload<T: de::DeserializeOwned>(event: &str, value: Value) -> Result<T, AppError> {
@@ -562,7 +646,11 @@ impl Command {
         Ok(match event {
             "conversation:join" => Self::Join(payload(event, value)?),
             "conversation:leave" => Self::Leave(payload(event, value)?),
+            "message:send" if !names_conversation(&value) && names_recipient(&value) => {
+                Self::SendDirect(payload(event, value)?)
+            }
             "message:send" => Self::Send(payload(event, value)?),
+            "conversation:open" => Self::OpenDirect(payload(event, value)?),
             "message:edit" => Self::Edit(payload(event, value)?),
             "message:delete" => Self::Delete(payload(event, value)?),
             "typing:start" => Self::TypingStart(payload(event, value)?),
@@ -629,6 +717,35 @@ mod tests {
             Command::parse("nope", Value::Null).unwrap_err().code(),
             "unknown_event"
         );
+    }
+
+    #[test]
+    fn sends_to_a_user_and_direct_opens_parse() {
+        let Command::SendDirect(d) = Command::parse(
+            "message:send",
+            json!({"recipientId": "7", "content": "hi", "senderId": "99"}),
+        )
+        .unwrap() else {
+            panic!("not a direct send")
+        };
+        assert_eq!(d.to, 7);
+        let draft = SendDraft::in_conversation(3, d.rest).unwrap();
+        assert_eq!((draft.conversation_id, draft.content.as_str()), (3, "hi"));
+        // A conversation id wins over a recipient.
+        assert!(matches!(
+            Command::parse(
+                "message:send",
+                json!({"conversationId": 5, "to": 7, "text": "x"})
+            )
+            .unwrap(),
+            Command::Send(_)
+        ));
+        let Command::OpenDirect(o) =
+            Command::parse("conversation:open", json!({"userId": 12})).unwrap()
+        else {
+            panic!("not an open")
+        };
+        assert_eq!(o.user_id, 12);
     }
 
     #[test]

@@ -845,3 +845,132 @@ impl Handler<LiveCalls> for Registry {
         )
     }
 }
+
+/// Live connections per (transport, dialect) pair (admin stats).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<(&'static str, &'static str, usize)>")]
+pub struct ConnectionBreakdown;
+
+impl Handler<ConnectionBreakdown> for Registry {
+    type Result = MessageResult<ConnectionBreakdown>;
+    fn handle(&mut self, _: ConnectionBreakdown, _: &mut Context<Self>) -> Self::Result {
+        let mut pairs: HashMap<SessionLabels, usize> = HashMap::new();
+        for entry in self.sessions.values().flat_map(HashMap::values) {
+            *pairs.entry(entry.labels).or_default() += 1;
+        }
+        let mut out: Vec<_> = pairs
+            .into_iter()
+            .map(|(l, n)| (l.transport, l.dialect, n))
+            .collect();
+        out.sort_unstable();
+        MessageResult(out)
+    }
+}
+
+/// Ids of the users with at least one live connection.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<i64>")]
+pub struct OnlineUsers;
+
+impl Handler<OnlineUsers> for Registry {
+    type Result = MessageResult<OnlineUsers>;
+    fn handle(&mut self, _: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
+        let mut ids: Vec<i64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        MessageResult(ids)
+    }
+}
+
+/// One live connection of a user, as the admin dashboard shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    /// Process-unique session key.
+    pub key: u64,
+    /// Device session of the token, if session-bound.
+    pub device_session: Option<String>,
+    /// Transport.
+    pub transport: &'static str,
+    /// Dialect.
+    pub dialect: &'static str,
+}
+
+/// The live connections of one user.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<ConnectionInfo>")]
+pub struct UserConnections(pub i64);
+
+impl Handler<UserConnections> for Registry {
+    type Result = MessageResult<UserConnections>;
+    fn handle(&mut self, msg: UserConnections, _: &mut Context<Self>) -> Self::Result {
+        let mut out: Vec<ConnectionInfo> = self
+            .sessions
+            .get(&msg.0)
+            .map(|devices| {
+                devices
+                    .iter()
+                    .map(|(key, e)| ConnectionInfo {
+                        key: *key,
+                        device_session: e.device_session.clone(),
+                        transport: e.labels.transport,
+                        dialect: e.labels.dialect,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|c| c.key);
+        MessageResult(out)
+    }
+}
+
+/// What the registry knows about one live call (admin dashboard).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveCallInfo {
+    /// Call id.
+    pub call_id: String,
+    /// Caller.
+    pub caller_id: String,
+    /// Callees.
+    pub callee_ids: Vec<String>,
+    /// Group call.
+    pub group: bool,
+    /// Someone answered.
+    pub answered: bool,
+}
+
+/// Every live call with its parties.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<LiveCallInfo>")]
+pub struct LiveCallDetails;
+
+impl Handler<LiveCallDetails> for Registry {
+    type Result = MessageResult<LiveCallDetails>;
+    fn handle(&mut self, _: LiveCallDetails, _: &mut Context<Self>) -> Self::Result {
+        let mut out: Vec<LiveCallInfo> = self
+            .calls
+            .iter()
+            .map(|(id, c)| LiveCallInfo {
+                call_id: id.clone(),
+                caller_id: c.caller.to_string(),
+                callee_ids: c.callees.iter().map(ToString::to_string).collect(),
+                group: c.group,
+                answered: c.answered,
+            })
+            .collect();
+        out.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        MessageResult(out)
+    }
+}
+
+/// The live call a user takes part in, if any.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<String>")]
+pub struct CallOfUser(pub i64);
+
+impl Handler<CallOfUser> for Registry {
+    type Result = Option<String>;
+    fn handle(&mut self, msg: CallOfUser, _: &mut Context<Self>) -> Self::Result {
+        self.user_call.get(&msg.0).cloned()
+    }
+}

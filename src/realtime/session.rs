@@ -448,5 +448,7 @@ async fn execute(
         Command::CallEnd(c) => engine.end_call(identity, c).await,
         Command::CallRejoin(c) => engine.rejoin_call(identity, key, c).await,
         Command::CallSignal(kind, s) => engine.signal_call(identity, key, kind, s).await,
+        Command::OpenDirect(d) => engine.open_direct_view(identity, d.user_id).await,
+        Command::SendDirect(d) => Ok(json!(engine.send_direct(identity, d, Some(key)).await?)),
     }
 }

@@ -92,6 +92,7 @@ impl Engine {
         let explicit = req.member_ids.clone();
         let to = req.to;
         let chosen_id = room_name.clone();
+        let config = self.config.clone();
         let (callees, group) = self
             .db
             .run(move |conn| {
@@ -143,6 +144,11 @@ impl Engine {
                 let found = crate::db::accounts::users_exist(conn, &callees)?;
                 if found != callees.len() {
                     return Err(AppError::NotFound("user not found".into()));
+                }
+                // Users the caller picked are subject to the contact policy; the members of a
+                // conversation the caller belongs to are already in contact.
+                if conversation_id.is_none() {
+                    crate::policy::check_contact(conn, &config, caller, &callees)?;
                 }
                 Ok((callees, group))
             })

@@ -1,0 +1,446 @@
+//! Seed 003's chat requests and contacts: `POST|GET /chat-requests`,
+//! `POST /chat-requests/:id/accept|decline|cancel`, `POST /contacts/sync` and
+//! `POST /contacts/start-chat`.
+//!
+//! Realtime events (to every device of the users concerned): `chat_request:new` (recipient),
+//! `chat_request:accepted` (both, with the conversation), `chat_request:declined` (sender),
+//! `chat_request:cancelled` (recipient), and `conversation:new` when acceptance or start-chat
+//! creates the direct conversation.
+
+use crate::auth::otp::normalize_phone;
+use crate::auth::Identity;
+use crate::db::chat_requests::{self as requests, Answer, ChatRequest, ChatRequestView};
+use crate::db::contacts::{self, Entry};
+use crate::db::conversations::{self as convs, Conversation};
+use crate::error::{AppError, AppResult};
+use crate::realtime::protocol::opt_id_field;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Registers the routes (mounted at the root and under `/api`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/chat-requests", web::post().to(send_request))
+        .route("/chat-requests", web::get().to(list_requests))
+        .route("/chat-requests/{id}/accept", web::post().to(accept))
+        .route("/chat-requests/{id}/decline", web::post().to(decline))
+        .route("/chat-requests/{id}/cancel", web::post().to(cancel))
+        .route("/contacts/sync", web::post().to(sync))
+        .route("/contacts/start-chat", web::post().to(start_chat));
+}
+
+/// Longest greeting in a chat request.
+pub const MAX_REQUEST_MESSAGE_CHARS: usize = 1000;
+
+/// `POST /chat-requests` body. The sender is the token's user; `from`, `fromUserId` or `userId`
+/// in the body are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestBody {
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "toUserId",
+        alias = "recipientId",
+        alias = "receiverId"
+    )]
+    to: Option<i64>,
+    #[serde(default, alias = "text", alias = "content")]
+    message: Option<String>,
+}
+
+async fn request_views(
+    state: &AppState,
+    rows: Vec<ChatRequest>,
+) -> AppResult<Vec<ChatRequestView>> {
+    state.db.run(move |conn| requests::views(conn, &rows)).await
+}
+
+async fn one_view(state: &AppState, row: ChatRequest) -> AppResult<ChatRequestView> {
+    request_views(state, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::internal("chat request view missing"))
+}
+
+async fn send_request(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<RequestBody>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let me = identity.user_id();
+    let to = body
+        .to
+        .ok_or_else(|| AppError::validation("`to` (the recipient's user id) is required"))?;
+    let message = body
+        .message
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty());
+    if message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > MAX_REQUEST_MESSAGE_CHARS)
+    {
+        return Err(AppError::TooLarge(
+            format!("message is longer than {MAX_REQUEST_MESSAGE_CHARS} characters").into(),
+        ));
+    }
+    state
+        .engine
+        .send_limiter
+        .check(me)
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    let (row, created) = state
+        .db
+        .run(move |conn| requests::create(conn, me, to, message.as_deref()))
+        .await?;
+    let view = one_view(&state, row).await?;
+    if created {
+        state
+            .engine
+            .notify_users(vec![to], "chat_request:new", json!(view));
+    }
+    let mut builder = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(builder.json(json!({"success": true, "created": created, "request": view})))
+}
+
+/// `GET /chat-requests?status=`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_requests(
+    state: web::Data<AppState>,
+    identity: Identity,
+    q: web::Query<ListQuery>,
+) -> AppResult<HttpResponse> {
+    let status = match q.status.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "all") => None,
+        Some(s @ ("pending" | "accepted" | "declined" | "cancelled")) => Some(s.to_owned()),
+        Some(other) => {
+            return Err(AppError::bad_request(
+                "invalid_parameter",
+                format!("unknown status `{other}`"),
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 200);
+    let me = identity.user_id();
+    let (incoming, outgoing) = state
+        .db
+        .run(move |conn| {
+            let (inc, out) = requests::list(conn, me, status.as_deref(), limit)?;
+            Ok((requests::views(conn, &inc)?, requests::views(conn, &out)?))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "incoming": incoming,
+        "outgoing": outgoing,
+    })))
+}
+
+fn parse_id(raw: &str) -> AppResult<i64> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            AppError::bad_request("invalid_parameter", "request id must be a positive integer")
+        })
+}
+
+async fn conversation_view(state: &AppState, conv: Conversation, viewer: i64) -> AppResult<Value> {
+    let view = state
+        .db
+        .run(move |conn| convs::views(conn, vec![conv], viewer))
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+    Ok(json!(view))
+}
+
+async fn answer(
+    state: &AppState,
+    identity: &Identity,
+    raw_id: &str,
+    answer: Answer,
+) -> AppResult<HttpResponse> {
+    let id = parse_id(raw_id)?;
+    let me = identity.user_id();
+    let done = state
+        .db
+        .run(move |conn| requests::respond(conn, id, me, answer))
+        .await?;
+    let (from, to) = (done.request.from_user_id, done.request.to_user_id);
+    let view = one_view(state, done.request).await?;
+    let conversation = match done.conversation {
+        Some(conv) => {
+            if done.created {
+                state.engine.direct_created(&conv, from, to).await;
+            }
+            Some(conversation_view(state, conv, me).await?)
+        }
+        None => None,
+    };
+    if done.changed {
+        let (audience, event) = match answer {
+            Answer::Accept => (vec![from, to], "chat_request:accepted"),
+            Answer::Decline => (vec![from], "chat_request:declined"),
+            Answer::Cancel => (vec![to], "chat_request:cancelled"),
+        };
+        state.engine.notify_users(
+            audience,
+            event,
+            json!({"request": view, "conversation": conversation}),
+        );
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "request": view,
+        "conversation": conversation,
+    })))
+}
+
+async fn accept(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    answer(&state, &identity, &path, Answer::Accept).await
+}
+
+async fn decline(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    answer(&state, &identity, &path, Answer::Decline).await
+}
+
+async fn cancel(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    answer(&state, &identity, &path, Answer::Cancel).await
+}
+
+/// A synced number: a string, or `{phone, name}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PhoneItem {
+    /// Just the number.
+    Plain(String),
+    /// Number and address-book name.
+    Named {
+        /// The number.
+        #[serde(alias = "number", alias = "phoneNumber")]
+        phone: String,
+        /// The name in the address book.
+        #[serde(default, alias = "displayName")]
+        name: Option<String>,
+    },
+}
+
+/// `POST /contacts/sync` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncBody {
+    #[serde(default, alias = "contacts", alias = "phoneNumbers", alias = "numbers")]
+    phones: Vec<PhoneItem>,
+    /// Calling code for numbers written without one (e.g. `"44"` or `"+44"`).
+    #[serde(default, alias = "defaultCountryCode")]
+    country_code: Option<String>,
+    /// Drop stored entries that are not in this list.
+    #[serde(default)]
+    replace: bool,
+}
+
+/// Normalises a number to E.164; a number without `+`/`00` gets `country_code` (its one
+/// leading trunk `0` dropped) when one is given.
+pub fn normalize_contact(raw: &str, country_code: Option<&str>) -> AppResult<String> {
+    let trimmed = raw.trim();
+    let international = trimmed.starts_with('+') || trimmed.starts_with("00");
+    match country_code {
+        Some(cc) if !international => {
+            let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+            if trimmed.chars().any(|c| {
+                !c.is_ascii_digit() && !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')
+            }) {
+                return Err(AppError::bad_request(
+                    "invalid_phone",
+                    "phone number has invalid characters",
+                ));
+            }
+            let national = digits.strip_prefix('0').unwrap_or(&digits);
+            normalize_phone(&format!("+{cc}{national}"))
+        }
+        _ => normalize_phone(trimmed),
+    }
+}
+
+fn country_code(raw: Option<&str>) -> AppResult<Option<String>> {
+    let Some(raw) = raw.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    if (1..=3).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !digits.starts_with('0')
+    {
+        Ok(Some(digits.to_owned()))
+    } else {
+        Err(AppError::validation(
+            "countryCode must be a calling code such as \"44\" or \"+1\"",
+        ))
+    }
+}
+
+async fn sync(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<SyncBody>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let max = state.config.contacts_sync_max;
+    if body.phones.len() > max {
+        return Err(AppError::TooLarge(
+            format!("at most {max} numbers per sync").into(),
+        ));
+    }
+    let cc = country_code(body.country_code.as_deref())?;
+    let mut entries: Vec<Entry> = Vec::with_capacity(body.phones.len());
+    let mut invalid: Vec<String> = Vec::new();
+    for item in body.phones {
+        let (raw, name) = match item {
+            PhoneItem::Plain(p) => (p, None),
+            PhoneItem::Named { phone, name } => (phone, name),
+        };
+        match normalize_contact(&raw, cc.as_deref()) {
+            Ok(phone) => {
+                let name = name
+                    .map(|n| n.trim().chars().take(200).collect::<String>())
+                    .filter(|n| !n.is_empty());
+                match entries.iter_mut().find(|e| e.phone == phone) {
+                    Some(e) => e.name = e.name.take().or(name),
+                    None => entries.push(Entry { phone, name }),
+                }
+            }
+            Err(_) => invalid.push(raw.chars().take(64).collect()),
+        }
+    }
+    let me = identity.user_id();
+    let phones: Vec<String> = entries.iter().map(|e| e.phone.clone()).collect();
+    let replace = body.replace;
+    let (stored, found) = state
+        .db
+        .run(move |conn| {
+            let stored = contacts::sync(conn, me, &entries, replace)?;
+            let found = contacts::registered(conn, me, &phones)?;
+            Ok((stored, found))
+        })
+        .await?;
+    let users: Vec<Value> = found
+        .iter()
+        .map(|u| {
+            let mut v = u.view();
+            v.email = None;
+            json!(v)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "users": users,
+        "matched": users.len(),
+        "stored": stored,
+        "invalid": invalid,
+    })))
+}
+
+/// `POST /contacts/start-chat` body: a user id or a phone number.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartChatBody {
+    #[serde(
+        default,
+        deserialize_with = "opt_id_field",
+        alias = "to",
+        alias = "participantId",
+        alias = "recipientId"
+    )]
+    user_id: Option<i64>,
+    #[serde(default, alias = "phoneNumber")]
+    phone: Option<String>,
+    #[serde(default, alias = "defaultCountryCode")]
+    country_code: Option<String>,
+}
+
+async fn start_chat(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<StartChatBody>,
+) -> AppResult<HttpResponse> {
+    let body = body.into_inner();
+    let me = identity.user_id();
+    let other = match (body.user_id, body.phone) {
+        (Some(id), _) => id,
+        (None, Some(phone)) => {
+            let cc = country_code(body.country_code.as_deref())?;
+            let phone = normalize_contact(&phone, cc.as_deref())?;
+            state
+                .db
+                .run(move |conn| crate::db::accounts::user_by_phone(conn, &phone))
+                .await?
+                .filter(|u| !u.is_banned())
+                .ok_or_else(|| AppError::NotFound("no user with this phone number".into()))?
+                .id
+        }
+        (None, None) => return Err(AppError::validation("userId or phone is required")),
+    };
+    let (conv, created) = state.engine.open_direct(&identity, other).await?;
+    let view = conversation_view(&state, conv, me).await?;
+    let mut builder = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(builder.json(json!({"success": true, "created": created, "conversation": view})))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_numbers_normalise_with_and_without_a_country_code() {
+        assert_eq!(
+            normalize_contact("+1 (415) 555-0123", None).unwrap(),
+            "+14155550123"
+        );
+        assert_eq!(
+            normalize_contact("0044 20 7946 0958", None).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalize_contact("020 7946 0958", Some("44")).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalize_contact("+33 6 12 34 56 78", Some("44")).unwrap(),
+            "+33612345678"
+        );
+        assert!(normalize_contact("020 7946 0958", None).is_err());
+        assert!(normalize_contact("call me", Some("44")).is_err());
+        assert!(country_code(Some("+0")).is_err());
+        assert_eq!(country_code(Some("+44")).unwrap().as_deref(), Some("44"));
+    }
+}

@@ -1,0 +1,216 @@
+//! Seed 002's support conversations between the admins and a staff member (an astrologer):
+//!
+//! - admin side: `GET /api/admin/conversations/:astrologerId` (get-or-create, with recent
+//!   messages and the admin's unread count), `GET|POST /api/admin/conversations/:astrologerId/messages`,
+//!   `POST /api/admin/calls/initiate`;
+//! - staff side: `GET /api/conversations/admin`, `GET|POST /api/conversations/admin/messages`.
+//!
+//! "The admin" of such a conversation is every admin: the conversation's members are the staff
+//! member and all current admins ([`crate::db::support`]), so a staff member writes to the
+//! admins without knowing who will answer, every admin's devices receive the message, and any
+//! admin may reply under their own name. The staff-side routes must be registered before
+//! `/conversations/{id}`.
+
+use super::conversations::{draft_for, page_response, send_and_respond, PageQuery};
+use crate::auth::Identity;
+use crate::db::conversations::{self as convs, Conversation};
+use crate::db::messages::{self, Message};
+use crate::db::support;
+use crate::error::{AppError, AppResult};
+use crate::realtime::protocol::CallInitiate;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+/// Messages returned with a support conversation.
+pub const RECENT_MESSAGES: i64 = 50;
+
+/// Registers the routes (mounted at the root and under `/api`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/conversations/admin", web::get().to(staff_conversation))
+        .route(
+            "/conversations/admin/messages",
+            web::get().to(staff_messages),
+        )
+        .route("/conversations/admin/messages", web::post().to(staff_send))
+        .route(
+            "/admin/conversations/{user_id}",
+            web::get().to(admin_conversation),
+        )
+        .route(
+            "/admin/conversations/{user_id}/messages",
+            web::get().to(admin_messages),
+        )
+        .route(
+            "/admin/conversations/{user_id}/messages",
+            web::post().to(admin_send),
+        )
+        .route("/admin/calls/initiate", web::post().to(admin_call));
+}
+
+fn require_admin(identity: &Identity) -> AppResult<()> {
+    if identity.is_admin() {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("admin only".into()))
+    }
+}
+
+fn user_id(raw: &str) -> AppResult<i64> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            AppError::bad_request("invalid_parameter", "user id must be a positive integer")
+        })
+}
+
+/// The support conversation of `user`, membership brought up to date and the engine told.
+async fn support_conversation(state: &AppState, user: i64) -> AppResult<Conversation> {
+    let (conv, members) = state
+        .db
+        .run(move |conn| support::sync_one(conn, user))
+        .await?;
+    state.engine.members_changed(conv.id, members);
+    Ok(conv)
+}
+
+/// The conversation view for `viewer` with its newest messages.
+async fn with_recent(state: &AppState, conv: Conversation, viewer: i64) -> AppResult<HttpResponse> {
+    let id = conv.id;
+    let (view, recent) = state
+        .db
+        .run(move |conn| {
+            let view = convs::views(conn, vec![conv], viewer)?.pop();
+            let recent = messages::page(conn, id, None, None, RECENT_MESSAGES)?;
+            Ok((view, recent))
+        })
+        .await?;
+    let view = view.ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+    let unread = view.unread_count;
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "conversation": view,
+        "messages": recent.iter().map(Message::view).collect::<Vec<_>>(),
+        "unreadCount": unread,
+    })))
+}
+
+fn staff_side(identity: &Identity) -> AppResult<i64> {
+    if identity.is_admin() {
+        return Err(AppError::validation(
+            "admins open support conversations at /api/admin/conversations/:userId",
+        ));
+    }
+    Ok(identity.user_id())
+}
+
+async fn staff_conversation(
+    state: web::Data<AppState>,
+    identity: Identity,
+) -> AppResult<HttpResponse> {
+    let me = staff_side(&identity)?;
+    let conv = support_conversation(&state, me).await?;
+    with_recent(&state, conv, me).await
+}
+
+async fn staff_messages(
+    state: web::Data<AppState>,
+    identity: Identity,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    let me = staff_side(&identity)?;
+    let conv = support_conversation(&state, me).await?;
+    page_response(&state, conv.id, &q).await
+}
+
+async fn staff_send(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    let me = staff_side(&identity)?;
+    let conv = support_conversation(&state, me).await?;
+    let draft = draft_for(conv.id, body.into_inner())?;
+    send_and_respond(&state, &identity, draft).await
+}
+
+async fn admin_conversation(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    require_admin(&identity)?;
+    let conv = support_conversation(&state, user_id(&path)?).await?;
+    with_recent(&state, conv, identity.user_id()).await
+}
+
+async fn admin_messages(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> AppResult<HttpResponse> {
+    require_admin(&identity)?;
+    let conv = support_conversation(&state, user_id(&path)?).await?;
+    page_response(&state, conv.id, &q).await
+}
+
+async fn admin_send(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<String>,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    require_admin(&identity)?;
+    let conv = support_conversation(&state, user_id(&path)?).await?;
+    let draft = draft_for(conv.id, body.into_inner())?;
+    send_and_respond(&state, &identity, draft).await
+}
+
+/// `POST /api/admin/calls/initiate`: `{astrologerId | calleeId | to, callType}`. Uses Agora
+/// when it is configured and no provider is named (seed 002's apps join Agora channels).
+async fn admin_call(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<Map<String, Value>>,
+) -> AppResult<HttpResponse> {
+    require_admin(&identity)?;
+    let mut fields = body.into_inner();
+    for key in ["callerId", "fromId", "from", "initiatedBy"] {
+        fields.remove(key);
+    }
+    if let Some(target) = fields.remove("astrologerId") {
+        fields.entry("to").or_insert(target);
+    }
+    // With an explicit callee, a `userId` can only be the caller's own id: identity comes
+    // from the token.
+    if ["to", "toId", "calleeId", "targetUserId", "recipientId"]
+        .iter()
+        .any(|k| fields.contains_key(*k))
+    {
+        fields.remove("userId");
+    }
+    if !fields.contains_key("provider") && state.config.agora_enabled() {
+        fields.insert("provider".into(), json!("agora"));
+    }
+    let req: CallInitiate =
+        serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
+            code: "validation_failed",
+            message: e.to_string().into(),
+        })?;
+    if req.to.is_none() {
+        return Err(AppError::validation(
+            "astrologerId (or calleeId/to) is required",
+        ));
+    }
+    let ack = state.engine.start_call(&identity, 0, req).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "success": true,
+        "call": ack,
+        "callId": ack["callId"],
+        "channelName": ack.get("channelName"),
+        "agoraToken": ack.get("agoraToken"),
+    })))
+}
