@@ -574,6 +574,23 @@ async fn seed003_backend2_messages_time_cursors_presence_and_calls() {
     );
     assert_eq!(ended_call(&srv, &call_id).await.0, "ended");
 
+    // Backend1-style: a message addressed to a user lands in the pair's direct conversation.
+    let ack = p
+        .call(
+            "alice",
+            "message",
+            json!([{"to": s(bob), "text": "by user id"}]),
+        )
+        .await;
+    assert_eq!(ack[0]["conversationId"], s(conv), "{ack:?}");
+    // (The call log of the call above arrives as a message too.)
+    let line = p
+        .wait(|v| {
+            v["name"] == "bob" && v["event"] == "message" && v["args"][0]["text"] == "by user id"
+        })
+        .await;
+    assert_eq!(line["args"][0]["from"], s(alice));
+
     // Offline: the other side sees it.
     p.close("bob");
     let offline = p.event("alice", "user-status-changed").await;
