@@ -479,3 +479,38 @@ async fn banned_accounts_cannot_use_their_tokens() {
         .await;
     assert_eq!(status, 401);
 }
+
+#[actix_web::test]
+async fn logout_closes_that_devices_sockets_and_only_those() {
+    let s = TestServer::start().await;
+    s.create_user("Alice", "alice@example.com", Some("correct-horse"), &[]);
+    let login = || async {
+        let (status, body) = s
+            .post(
+                "/auth/login",
+                json!({"email": "alice@example.com", "password": "correct-horse"}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["accessToken"].as_str().unwrap().to_owned()
+    };
+    let (phone, laptop) = (login().await, login().await);
+    let mut on_phone = common::WsClient::connect(&s, &phone).await;
+    let mut on_laptop = common::WsClient::connect(&s, &laptop).await;
+    on_phone.request("ping", json!({})).await.unwrap();
+    on_laptop.request("ping", json!({})).await.unwrap();
+
+    let (status, body) = s.post("/auth/logout", json!({}), Some(&phone)).await;
+    assert_eq!(status, 200, "{body}");
+    while on_phone.next_frame(Duration::from_secs(5)).await.is_some() {}
+    let code = on_phone
+        .closed
+        .clone()
+        .flatten()
+        .map(|r| u16::from(r.code))
+        .expect("close frame");
+    assert_eq!(code, 4001);
+    // The other device stays connected.
+    assert!(on_laptop.request("ping", json!({})).await.is_ok());
+}

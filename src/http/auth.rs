@@ -58,7 +58,22 @@ pub async fn refresh(
 /// Revokes the caller's device session.
 pub async fn logout(state: web::Data<AppState>, identity: Identity) -> AppResult<HttpResponse> {
     let revoked = state.auth.logout(&identity).await?;
-    tracing::info!(user = identity.user_id(), revoked, "logout");
+    // The device's live sockets go with its session.
+    let closed = match &identity.session_id {
+        Some(sid) => {
+            state
+                .engine
+                .kick(
+                    identity.user_id(),
+                    Some(sid.clone()),
+                    crate::realtime::session::CLOSE_UNAUTHORIZED,
+                    "logged out",
+                )
+                .await
+        }
+        None => 0,
+    };
+    tracing::info!(user = identity.user_id(), revoked, closed, "logout");
     Ok(HttpResponse::Ok().json(json!({ "success": true, "revoked": revoked })))
 }
 
