@@ -216,6 +216,9 @@ pub struct Config {
     /// `SOCKETIO_CONNECT_TIMEOUT_MS` — a Socket.IO connection that joins no namespace within this
     /// is closed. Default 45000.
     pub socketio_connect_timeout: Duration,
+    /// `METRICS_TOKEN` — when set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    /// Default empty (open; keep `/metrics` off the public site in nginx).
+    pub metrics_token: Secret,
 }
 
 impl Default for Config {
@@ -273,6 +276,7 @@ impl Default for Config {
             socketio_ping_timeout: Duration::from_millis(20_000),
             socketio_max_payload: 1_000_000,
             socketio_connect_timeout: Duration::from_millis(45_000),
+            metrics_token: Secret::default(),
         }
     }
 }
@@ -499,6 +503,7 @@ impl Config {
             "SOCKETIO_CONNECT_TIMEOUT_MS",
             &mut self.socketio_connect_timeout,
         )?;
+        parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         Ok(())
     }
 

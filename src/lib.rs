@@ -8,6 +8,7 @@
 //! - [`http`]: REST handlers grouped by resource.
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
+//! - [`metrics`]: counters, gauges and histograms for `GET /metrics` (Prometheus text).
 //! - [`server`]: the actix-web server around [`state::AppState`].
 //! - [`notify`]: systemd readiness, stop and watchdog notifications (`Type=notify`).
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod realtime;
 pub mod server;

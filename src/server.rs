@@ -198,8 +198,16 @@ async fn access_log(
     let path = req.path().to_owned();
     let started = Instant::now();
     let span = tracing::info_span!("request", request_id = id);
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let res = next.call(req).instrument(span).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(state) = state {
+        let status = match &res {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        state.engine.metrics.http_request(status);
+    }
     match &res {
         Ok(r) => {
             tracing::info!(request_id = id, %method, path, status = r.status().as_u16(), ms, "http")

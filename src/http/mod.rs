@@ -5,6 +5,7 @@ pub mod auth;
 pub mod calls;
 pub mod conversations;
 pub mod health;
+pub mod metrics;
 pub mod users;
 
 use crate::auth::Identity;
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/ping", web::get().to(health::ping))
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",

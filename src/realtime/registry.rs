@@ -239,14 +239,19 @@ impl Registry {
     }
 
     fn deliver_to(&self, users: &[i64], event: &Arc<ServerEvent>, skip: Option<u64>) {
+        let mut deliveries = 0;
         for user in users {
             if let Some(devices) = self.sessions.get(user) {
                 for (key, entry) in devices {
                     if Some(*key) != skip {
                         entry.deliver.do_send(Deliver(Arc::clone(event)));
+                        deliveries += 1;
                     }
                 }
             }
+        }
+        if let Some(engine) = &self.engine {
+            engine.metrics.fanned_out(deliveries);
         }
     }
 
@@ -733,6 +738,7 @@ impl Registry {
                 tracing::warn!(error = %e, "could not record a busy call");
             }
         });
+        engine.metrics.call_ended("busy", Some("busy"));
         let event = ServerEvent::new(
             "call:busy",
             json!({"callId": id, "to": msg.callees.iter().map(ToString::to_string).collect::<Vec<_>>()}),

@@ -11,6 +11,7 @@ use super::Engine;
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, ReceiptKind};
 use crate::error::{AppError, AppResult};
+use crate::metrics::{Limit, Queue};
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -39,11 +40,27 @@ pub struct Link {
     pub close: mpsc::Sender<CloseRequest>,
 }
 
+/// What became of an item offered to a [`Link`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the transport.
+    Queued,
+    /// The queue was full: the connection is being closed as a slow consumer.
+    Full,
+    /// The transport is gone.
+    Closed,
+}
+
 impl Link {
     /// Queues an item; a full queue means the client is not reading: close it.
     pub fn push(&self, item: Outbound, user: i64) -> bool {
+        self.offer(item, user) == Offer::Queued
+    }
+
+    /// Like [`Link::push`], telling a full queue from a closed one.
+    pub fn offer(&self, item: Outbound, user: i64) -> Offer {
         match self.out.try_send(item) {
-            Ok(()) => true,
+            Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     user,
@@ -53,29 +70,33 @@ impl Link {
                     code: CLOSE_SLOW_CONSUMER,
                     reason: "slow consumer: outbound queue full".into(),
                 });
-                false
+                Offer::Full
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
     }
 
     /// Sends the reply for a frame: an ack with its id, or an error (with its id, or referring
     /// to the event name when the frame had none).
-    pub fn reply(&self, user: i64, reply_to: Option<Value>, event: &str, result: AppResult<Value>) {
+    pub fn reply(
+        &self,
+        user: i64,
+        reply_to: Option<Value>,
+        event: &str,
+        result: AppResult<Value>,
+    ) -> Offer {
         match (result, reply_to) {
-            (Ok(payload), Some(id)) => {
-                self.push(Outbound::Ack { id, payload }, user);
-            }
-            (Ok(_), None) => {}
+            (Ok(payload), Some(id)) => self.offer(Outbound::Ack { id, payload }, user),
+            (Ok(_), None) => Offer::Queued,
             (Err(e), id) => {
                 let reference = id.clone().or_else(|| Some(Value::String(event.to_owned())));
-                self.push(
+                self.offer(
                     Outbound::Error {
                         id,
                         error: WireError::from_app(&e, reference),
                     },
                     user,
-                );
+                )
             }
         }
     }
@@ -145,6 +166,9 @@ impl Actor for SessionActor {
             dialect = self.labels.dialect,
             "session started"
         );
+        engine
+            .metrics
+            .session_opened(self.labels.transport, self.labels.dialect);
         // Register at once, so events reach the session from its first frame on; the presence
         // audience follows when the database answers.
         engine.registry.do_send(Connect {
@@ -173,6 +197,9 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         tracing::info!(user = self.user(), session = self.key, "session ended");
+        self.engine
+            .metrics
+            .session_closed(self.labels.transport, self.labels.dialect);
         self.engine.registry.do_send(Disconnect {
             user_id: self.user(),
             key: self.key,
@@ -187,8 +214,13 @@ impl Actor for SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if !self.link.push(Outbound::Event(msg.0), self.user()) {
-            ctx.stop();
+        match self.link.offer(Outbound::Event(msg.0), self.user()) {
+            Offer::Queued => {}
+            Offer::Full => {
+                self.engine.metrics.queue_drop(Queue::Outbound);
+                ctx.stop();
+            }
+            Offer::Closed => ctx.stop(),
         }
     }
 }
@@ -215,6 +247,7 @@ impl Handler<ClientFrame> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, frame: ClientFrame, _: &mut Context<Self>) {
+        let received = std::time::Instant::now();
         let user = self.user();
         let command = match Command::parse(&frame.event, frame.payload) {
             Ok(c) => c,
@@ -235,12 +268,17 @@ impl Handler<ClientFrame> for SessionActor {
             let err = AppError::RateLimited {
                 retry_after_secs: 1,
             };
-            self.link.reply(user, reply_to, &event, Err(err));
+            self.engine.metrics.rate_limited(Limit::InFlight);
+            if self.link.reply(user, reply_to, &event, Err(err)) == Offer::Full {
+                self.engine.metrics.queue_drop(Queue::Outbound);
+            }
             return;
         };
         actix::spawn(async move {
-            let result = execute(&engine, &identity, key, command).await;
-            link.reply(identity.user_id(), reply_to, &event, result);
+            let result = execute(&engine, &identity, key, command, received).await;
+            if link.reply(identity.user_id(), reply_to, &event, result) == Offer::Full {
+                engine.metrics.queue_drop(Queue::Outbound);
+            }
             drop(permit);
         });
     }
@@ -256,6 +294,7 @@ async fn execute(
     identity: &Identity,
     key: u64,
     command: Command,
+    received: std::time::Instant,
 ) -> AppResult<Value> {
     let user = identity.user_id();
     match command {
@@ -266,7 +305,9 @@ async fn execute(
             Ok(json!({"conversationId": c.conversation_id.to_string(), "left": true}))
         }
         Command::Send(draft) => Ok(json!(
-            engine.send_message(identity, draft, Some(key)).await?
+            engine
+                .send_message_at(identity, draft, Some(key), received)
+                .await?
         )),
         Command::Edit(e) => Ok(json!(engine
             .edit_message(identity, e.message_id, e.content, Some(key))
