@@ -10,6 +10,7 @@
 //!   its transports.
 //! - [`metrics`]: counters, gauges and histograms for `GET /metrics` (Prometheus text).
 //! - [`server`]: the actix-web server around [`state::AppState`].
+//! - [`shutdown`]: the graceful shutdown sequence on SIGTERM/SIGINT.
 //! - [`notify`]: systemd readiness, stop and watchdog notifications (`Type=notify`).
 
 pub mod auth;
@@ -23,5 +24,6 @@ pub mod metrics;
 pub mod notify;
 pub mod realtime;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;

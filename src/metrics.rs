@@ -195,6 +195,11 @@ impl Metrics {
             .unwrap_or(0)
     }
 
+    /// Live sessions on every transport.
+    pub fn connections_total(&self) -> i64 {
+        lock(&self.connections).values().sum()
+    }
+
     /// A message send was acknowledged after its commit, `latency` after it was received.
     pub fn message_acked(&self, latency: Duration) {
         self.messages_acked.fetch_add(1, Ordering::Relaxed);

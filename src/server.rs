@@ -63,17 +63,71 @@ pub async fn serve(config: Config) -> AppResult<()> {
             "calls left open by the previous process marked failed"
         );
     }
-    let server = build(state.clone(), listener, true)?;
+    let server = build(state.clone(), listener, false)?;
+    let handle = server.handle();
+    let mut server = actix_web::rt::spawn(server);
     tracing::info!(addr = %state.config.bind, "listening");
     if let Some(notifier) = &notifier {
-        actix_web::rt::spawn(stopping_on_signal(Arc::clone(notifier)));
         notifier.ready(&format!("serving on {}", state.config.bind));
     }
-    let result = server.await;
-    if let Some(notifier) = &notifier {
-        notifier.stopping("stopped");
+    tokio::select! {
+        result = &mut server => {
+            // Stopped without a signal (cannot normally happen): report it as it is.
+            if let Some(notifier) = &notifier {
+                notifier.stopping("stopped");
+            }
+            return result.map_err(AppError::internal)?.map_err(AppError::internal);
+        }
+        signal = stop_signal() => {
+            tracing::info!(signal, timeout_secs = state.config.shutdown_timeout.as_secs(), "shutting down");
+        }
     }
-    result.map_err(AppError::internal)
+    if let Some(notifier) = &notifier {
+        notifier.stopping("shutting down");
+    }
+    let started = Instant::now();
+    let report = crate::shutdown::run(&state, &handle).await;
+    let left = state
+        .config
+        .shutdown_timeout
+        .saturating_sub(started.elapsed());
+    let _ = tokio::time::timeout(left, &mut server).await;
+    let ms = started.elapsed().as_millis();
+    if report.clean {
+        tracing::info!(
+            ms,
+            calls_ended = report.calls_ended,
+            sessions_closed = report.sessions_closed,
+            "shutdown complete"
+        );
+    } else {
+        tracing::warn!(
+            ms,
+            calls_ended = report.calls_ended,
+            sessions_closed = report.sessions_closed,
+            "shutdown deadline reached; exiting anyway"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names it. Without a SIGTERM handler (it cannot be installed)
+/// only SIGINT stops the server.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// Sends `WATCHDOG=1` every `period` (half of systemd's `WatchdogSec=`) for as long as the
@@ -108,24 +162,6 @@ async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
             notifier.notify(&[State::Status(status)]);
         }
     }
-}
-
-/// Sends `STOPPING=1` when SIGTERM or SIGINT arrives; the server's own handlers then shut it
-/// down gracefully.
-async fn stopping_on_signal(notifier: Arc<Notifier>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::debug!(%error, "cannot watch SIGTERM for sd_notify");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    notifier.stopping("shutting down");
 }
 
 /// Starts the server on an already-bound listener inside the current actix system and returns

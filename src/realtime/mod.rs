@@ -53,6 +53,10 @@ pub struct Engine {
     pub arbiters: Arc<[ArbiterHandle]>,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when shutdown begins: sessions refuse new commands.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Socket commands running right now (shutdown waits for them).
+    pub commands: Arc<std::sync::atomic::AtomicUsize>,
     next_session: Arc<AtomicU64>,
 }
 
@@ -94,6 +98,8 @@ impl Engine {
             writer,
             arbiters,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            draining: Arc::default(),
+            commands: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));

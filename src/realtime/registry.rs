@@ -165,6 +165,31 @@ pub struct KickUser {
     pub reason: String,
 }
 
+/// Closes every live session (server shutdown); answers how many were asked to close.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    /// Close code.
+    pub code: u16,
+    /// Reason.
+    pub reason: String,
+}
+
+impl Handler<CloseAll> for Registry {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.values().flat_map(HashMap::values) {
+            entry.close.do_send(CloseSession {
+                code: msg.code,
+                reason: msg.reason.clone(),
+            });
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Live counts for stats and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

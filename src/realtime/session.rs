@@ -14,6 +14,7 @@ use crate::error::{AppError, AppResult};
 use crate::metrics::{Limit, Queue};
 use actix::prelude::*;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -249,6 +250,12 @@ impl Handler<ClientFrame> for SessionActor {
     fn handle(&mut self, frame: ClientFrame, _: &mut Context<Self>) {
         let received = std::time::Instant::now();
         let user = self.user();
+        if self.engine.draining.load(Ordering::SeqCst) {
+            let err = AppError::unavailable("the server is shutting down; reconnect shortly");
+            self.link
+                .reply(user, frame.reply_to, &frame.event, Err(err));
+            return;
+        }
         let command = match Command::parse(&frame.event, frame.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -274,11 +281,13 @@ impl Handler<ClientFrame> for SessionActor {
             }
             return;
         };
+        self.engine.commands.fetch_add(1, Ordering::SeqCst);
         actix::spawn(async move {
             let result = execute(&engine, &identity, key, command, received).await;
             if link.reply(identity.user_id(), reply_to, &event, result) == Offer::Full {
                 engine.metrics.queue_drop(Queue::Outbound);
             }
+            engine.commands.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });
     }
