@@ -219,6 +219,9 @@ pub struct Config {
     /// `METRICS_TOKEN` — when set, `GET /metrics` requires `Authorization: Bearer <token>`.
     /// Default empty (open; keep `/metrics` off the public site in nginx).
     pub metrics_token: Secret,
+    /// `TRUSTED_PROXIES` — comma-separated addresses or CIDR ranges of reverse proxies whose
+    /// `X-Forwarded-For` names the client (device sessions, logs). Default `127.0.0.1,::1`.
+    pub trusted_proxies: List,
 }
 
 impl Default for Config {
@@ -277,6 +280,7 @@ impl Default for Config {
             socketio_max_payload: 1_000_000,
             socketio_connect_timeout: Duration::from_millis(45_000),
             metrics_token: Secret::default(),
+            trusted_proxies: List(vec!["127.0.0.1".to_owned(), "::1".to_owned()]),
         }
     }
 }
@@ -504,6 +508,7 @@ impl Config {
             &mut self.socketio_connect_timeout,
         )?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
+        parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
         Ok(())
     }
 
@@ -596,6 +601,9 @@ impl Config {
             return Err(ConfigError::Rejected(
                 "FRAME_RATE_PER_SEC and MESSAGE_RATE_PER_MIN must be at least 1".into(),
             ));
+        }
+        if let Err(e) = crate::http::client_ip::parse_list(&self.trusted_proxies.0) {
+            return Err(ConfigError::Rejected(format!("TRUSTED_PROXIES: {e}")));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(

@@ -223,19 +223,42 @@ fn cors(config: &Config) -> Cors {
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// One log line per request: id, method, path (never the query string, which may hold a token),
-/// status and duration.
+/// The request id header, read from clients and proxies and set on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id: the caller's `X-Request-Id` when it is short and plain (letters, digits,
+/// `-`, `_`, `.`, `:`), else a fresh one.
+fn request_id(req: &ServiceRequest) -> String {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => crate::auth::tokens::random_id()
+            .unwrap_or_else(|_| format!("r{}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
+    }
+}
+
+/// One span and one log line per request: request id (echoed as `X-Request-Id`), method, path
+/// (never the query string, which may hold a token), client address, status and duration.
 async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = request_id(&req);
     let method = req.method().clone();
     let path = req.path().to_owned();
+    let client = http::client_addr(req.request()).map(|ip| ip.to_string());
     let started = Instant::now();
-    let span = tracing::info_span!("request", request_id = id);
+    let span = tracing::info_span!("request", request_id = %id, %method, path);
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let res = next.call(req).instrument(span).await;
+    let mut res = next.call(req).instrument(span.clone()).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Some(state) = state {
         let status = match &res {
@@ -244,11 +267,18 @@ async fn access_log(
         };
         state.engine.metrics.http_request(status);
     }
-    match &res {
+    let _entered = span.enter();
+    match &mut res {
         Ok(r) => {
-            tracing::info!(request_id = id, %method, path, status = r.status().as_u16(), ms, "http")
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
+                r.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+                    value,
+                );
+            }
+            tracing::info!(client, status = r.status().as_u16(), ms, "http");
         }
-        Err(e) => tracing::info!(request_id = id, %method, path, error = %e, ms, "http"),
+        Err(e) => tracing::info!(client, error = %e, ms, "http"),
     }
     res
 }

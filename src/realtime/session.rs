@@ -282,14 +282,23 @@ impl Handler<ClientFrame> for SessionActor {
             return;
         };
         self.engine.commands.fetch_add(1, Ordering::SeqCst);
-        actix::spawn(async move {
-            let result = execute(&engine, &identity, key, command, received).await;
-            if link.reply(identity.user_id(), reply_to, &event, result) == Offer::Full {
-                engine.metrics.queue_drop(Queue::Outbound);
-            }
-            engine.commands.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
-        });
+        let span = tracing::info_span!("command", session = key, user, event = %event);
+        actix::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = execute(&engine, &identity, key, command, received).await;
+                tracing::debug!(
+                    error = result.as_ref().err().map(AppError::code),
+                    ms = received.elapsed().as_secs_f64() * 1000.0,
+                    "command done"
+                );
+                if link.reply(identity.user_id(), reply_to, &event, result) == Offer::Full {
+                    engine.metrics.queue_drop(Queue::Outbound);
+                }
+                engine.commands.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            },
+            span,
+        ));
     }
 }
 

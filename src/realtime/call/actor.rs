@@ -430,6 +430,8 @@ impl Actor for CallActor {
 impl Handler<CallInput> for CallActor {
     type Result = AppResult<()>;
     fn handle(&mut self, msg: CallInput, ctx: &mut Context<Self>) -> AppResult<()> {
+        let span = tracing::info_span!("call", call_id = %self.call.id);
+        let _entered = span.enter();
         if self.finishing {
             return Err(AppError::NotFound("call not found or already ended".into()));
         }
