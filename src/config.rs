@@ -238,6 +238,12 @@ pub struct Config {
     /// `CONTACTS_SYNC_MAX` — most phone numbers accepted by one `POST /contacts/sync`.
     /// Default 5000.
     pub contacts_sync_max: usize,
+    /// `METRICS_TOKEN` — when set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    /// Default empty (open; keep `/metrics` off the public site in nginx).
+    pub metrics_token: Secret,
+    /// `TRUSTED_PROXIES` — comma-separated addresses or CIDR ranges of reverse proxies whose
+    /// `X-Forwarded-For` names the client (device sessions, logs). Default `127.0.0.1,::1`.
+    pub trusted_proxies: List,
 }
 
 impl Default for Config {
@@ -301,6 +307,8 @@ impl Default for Config {
             contact_rules: ContactRules::default(),
             contact_link_contexts: List::default(),
             contacts_sync_max: 5000,
+            metrics_token: Secret::default(),
+            trusted_proxies: List(vec!["127.0.0.1".to_owned(), "::1".to_owned()]),
         }
     }
 }
@@ -541,6 +549,8 @@ impl Config {
             &mut self.contact_link_contexts,
         )?;
         parse(src, "CONTACTS_SYNC_MAX", &mut self.contacts_sync_max)?;
+        parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
+        parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
         Ok(())
     }
 
@@ -653,6 +663,9 @@ impl Config {
             return Err(ConfigError::Rejected(
                 "CONTACT_POLICY=roles needs at least one rule in CONTACT_RULES".into(),
             ));
+        }
+        if let Err(e) = crate::http::client_ip::parse_list(&self.trusted_proxies.0) {
+            return Err(ConfigError::Rejected(format!("TRUSTED_PROXIES: {e}")));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(

@@ -9,7 +9,9 @@
 //! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
+//! - [`metrics`]: counters, gauges and histograms for `GET /metrics` (Prometheus text).
 //! - [`server`]: the actix-web server around [`state::AppState`].
+//! - [`shutdown`]: the graceful shutdown sequence on SIGTERM/SIGINT.
 //! - [`notify`]: systemd readiness, stop and watchdog notifications (`Type=notify`).
 
 pub mod auth;
@@ -19,9 +21,11 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod realtime;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;

@@ -63,17 +63,71 @@ pub async fn serve(config: Config) -> AppResult<()> {
             "calls left open by the previous process marked failed"
         );
     }
-    let server = build(state.clone(), listener, true)?;
+    let server = build(state.clone(), listener, false)?;
+    let handle = server.handle();
+    let mut server = actix_web::rt::spawn(server);
     tracing::info!(addr = %state.config.bind, "listening");
     if let Some(notifier) = &notifier {
-        actix_web::rt::spawn(stopping_on_signal(Arc::clone(notifier)));
         notifier.ready(&format!("serving on {}", state.config.bind));
     }
-    let result = server.await;
-    if let Some(notifier) = &notifier {
-        notifier.stopping("stopped");
+    tokio::select! {
+        result = &mut server => {
+            // Stopped without a signal (cannot normally happen): report it as it is.
+            if let Some(notifier) = &notifier {
+                notifier.stopping("stopped");
+            }
+            return result.map_err(AppError::internal)?.map_err(AppError::internal);
+        }
+        signal = stop_signal() => {
+            tracing::info!(signal, timeout_secs = state.config.shutdown_timeout.as_secs(), "shutting down");
+        }
     }
-    result.map_err(AppError::internal)
+    if let Some(notifier) = &notifier {
+        notifier.stopping("shutting down");
+    }
+    let started = Instant::now();
+    let report = crate::shutdown::run(&state, &handle).await;
+    let left = state
+        .config
+        .shutdown_timeout
+        .saturating_sub(started.elapsed());
+    let _ = tokio::time::timeout(left, &mut server).await;
+    let ms = started.elapsed().as_millis();
+    if report.clean {
+        tracing::info!(
+            ms,
+            calls_ended = report.calls_ended,
+            sessions_closed = report.sessions_closed,
+            "shutdown complete"
+        );
+    } else {
+        tracing::warn!(
+            ms,
+            calls_ended = report.calls_ended,
+            sessions_closed = report.sessions_closed,
+            "shutdown deadline reached; exiting anyway"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names it. Without a SIGTERM handler (it cannot be installed)
+/// only SIGINT stops the server.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// Sends `WATCHDOG=1` every `period` (half of systemd's `WatchdogSec=`) for as long as the
@@ -108,24 +162,6 @@ async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
             notifier.notify(&[State::Status(status)]);
         }
     }
-}
-
-/// Sends `STOPPING=1` when SIGTERM or SIGINT arrives; the server's own handlers then shut it
-/// down gracefully.
-async fn stopping_on_signal(notifier: Arc<Notifier>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::debug!(%error, "cannot watch SIGTERM for sd_notify");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    notifier.stopping("shutting down");
 }
 
 /// Starts the server on an already-bound listener inside the current actix system and returns
@@ -187,24 +223,62 @@ fn cors(config: &Config) -> Cors {
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// One log line per request: id, method, path (never the query string, which may hold a token),
-/// status and duration.
+/// The request id header, read from clients and proxies and set on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id: the caller's `X-Request-Id` when it is short and plain (letters, digits,
+/// `-`, `_`, `.`, `:`), else a fresh one.
+fn request_id(req: &ServiceRequest) -> String {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => crate::auth::tokens::random_id()
+            .unwrap_or_else(|_| format!("r{}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
+    }
+}
+
+/// One span and one log line per request: request id (echoed as `X-Request-Id`), method, path
+/// (never the query string, which may hold a token), client address, status and duration.
 async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = request_id(&req);
     let method = req.method().clone();
     let path = req.path().to_owned();
+    let client = http::client_addr(req.request()).map(|ip| ip.to_string());
     let started = Instant::now();
-    let span = tracing::info_span!("request", request_id = id);
-    let res = next.call(req).instrument(span).await;
+    let span = tracing::info_span!("request", request_id = %id, %method, path);
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let mut res = next.call(req).instrument(span.clone()).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    match &res {
+    if let Some(state) = state {
+        let status = match &res {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        state.engine.metrics.http_request(status);
+    }
+    let _entered = span.enter();
+    match &mut res {
         Ok(r) => {
-            tracing::info!(request_id = id, %method, path, status = r.status().as_u16(), ms, "http")
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
+                r.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+                    value,
+                );
+            }
+            tracing::info!(client, status = r.status().as_u16(), ms, "http");
         }
-        Err(e) => tracing::info!(request_id = id, %method, path, error = %e, ms, "http"),
+        Err(e) => tracing::info!(client, error = %e, ms, "http"),
     }
     res
 }

@@ -19,6 +19,7 @@ use crate::error::{AppError, AppResult};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -37,6 +38,30 @@ pub struct Db {
     pool: PgPool,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
+    stats: Arc<DbStats>,
+}
+
+/// Counters kept by [`Db::run`] for metrics.
+#[derive(Debug, Default)]
+struct DbStats {
+    size: u32,
+    waiting: AtomicI64,
+    errors: AtomicU64,
+}
+
+/// Pool usage at one moment (metrics, health).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections checked out.
+    pub in_use: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// Pool size (`DB_POOL_SIZE`).
+    pub max: u32,
+    /// Operations waiting for a slot.
+    pub waiting: i64,
+    /// Operations that failed with an internal or unavailable error since start.
+    pub errors: u64,
 }
 
 impl std::fmt::Debug for Db {
@@ -74,6 +99,10 @@ impl Db {
             pool,
             permits: Arc::new(Semaphore::new(size as usize)),
             acquire_timeout,
+            stats: Arc::new(DbStats {
+                size,
+                ..DbStats::default()
+            }),
         }
     }
 
@@ -90,11 +119,28 @@ impl Db {
         F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        let result = self.run_inner(work).await;
+        if matches!(
+            result,
+            Err(AppError::Internal { .. } | AppError::Unavailable { .. })
+        ) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn run_inner<T, F>(&self, work: F) -> AppResult<T>
+    where
+        F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let permit =
-            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
-                .await
-                .map_err(|_| AppError::unavailable("timed out waiting for a database slot"))?
-                .map_err(AppError::internal)?;
+            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned()).await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = permit
+            .map_err(|_| AppError::unavailable("timed out waiting for a database slot"))?
+            .map_err(AppError::internal)?;
         let pool = self.pool.clone();
         actix_web::rt::task::spawn_blocking(move || {
             let _permit = permit;
@@ -103,6 +149,18 @@ impl Db {
         })
         .await
         .map_err(AppError::internal)?
+    }
+
+    /// Pool usage and the counters of [`Db::run`].
+    pub fn pool_usage(&self) -> PoolUsage {
+        let state = self.pool.state();
+        PoolUsage {
+            in_use: state.connections - state.idle_connections,
+            idle: state.idle_connections,
+            max: self.stats.size,
+            waiting: self.stats.waiting.load(Ordering::Relaxed).max(0),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+        }
     }
 
     /// Connections currently checked out and idle, for health and metrics.

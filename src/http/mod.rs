@@ -4,9 +4,11 @@
 pub mod admin;
 pub mod auth;
 pub mod calls;
+pub mod client_ip;
 pub mod contacts;
 pub mod conversations;
 pub mod health;
+pub mod metrics;
 pub mod support;
 pub mod users;
 
@@ -29,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/ping", web::get().to(health::ping))
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",
@@ -167,6 +170,22 @@ pub fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::Devi
             .get(actix_web::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(300).collect()),
-        ip: req.peer_addr().map(|a| a.ip().to_string()),
+        ip: client_addr(req).map(|ip| ip.to_string()),
     }
+}
+
+/// The client's address: the peer, or what a trusted proxy (`TRUSTED_PROXIES`) put in
+/// `X-Forwarded-For`.
+pub fn client_addr(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| client_ip::parse_list(&s.config.trusted_proxies.0).unwrap_or_default())
+        .unwrap_or_default();
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(client_ip::client_ip(peer, &forwarded, &trusted))
 }

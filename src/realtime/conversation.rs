@@ -256,6 +256,8 @@ impl ConversationActor {
         };
         if self.engine.writer.submit(req) {
             self.pending += 1;
+        } else {
+            self.engine.metrics.queue_drop(crate::metrics::Queue::Write);
         }
     }
 }

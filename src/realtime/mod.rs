@@ -53,6 +53,12 @@ pub struct Engine {
     pub call_limiter: Arc<UserLimiter>,
     /// Arbiters that host conversation actors.
     pub arbiters: Arc<[ArbiterHandle]>,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when shutdown begins: sessions refuse new commands.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Socket commands running right now (shutdown waits for them).
+    pub commands: Arc<std::sync::atomic::AtomicUsize>,
     next_session: Arc<AtomicU64>,
 }
 
@@ -93,6 +99,9 @@ impl Engine {
             registry,
             writer,
             arbiters,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            draining: Arc::default(),
+            commands: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));
@@ -121,11 +130,38 @@ impl Engine {
         draft: SendDraft,
         origin: Option<u64>,
     ) -> AppResult<MessageView> {
+        self.send_message_at(identity, draft, origin, std::time::Instant::now())
+            .await
+    }
+
+    /// [`Engine::send_message`] for a command received at `received`: the ack latency metric
+    /// counts from then.
+    pub async fn send_message_at(
+        &self,
+        identity: &Identity,
+        draft: SendDraft,
+        origin: Option<u64>,
+        received: std::time::Instant,
+    ) -> AppResult<MessageView> {
+        let result = self.send_message_inner(identity, draft, origin).await;
+        if result.is_ok() {
+            self.metrics.message_acked(received.elapsed());
+        }
+        result
+    }
+
+    async fn send_message_inner(
+        &self,
+        identity: &Identity,
+        draft: SendDraft,
+        origin: Option<u64>,
+    ) -> AppResult<MessageView> {
         let user = identity.user_id();
         let draft = self.validate(user, draft)?;
-        self.send_limiter
-            .check(user)
-            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+        self.send_limiter.check(user).map_err(|retry_after_secs| {
+            self.metrics.rate_limited(crate::metrics::Limit::Messages);
+            AppError::RateLimited { retry_after_secs }
+        })?;
         let conversation_id = draft.conversation_id;
         let mut attempt = 0;
         loop {

@@ -165,6 +165,31 @@ pub struct KickUser {
     pub reason: String,
 }
 
+/// Closes every live session (server shutdown); answers how many were asked to close.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    /// Close code.
+    pub code: u16,
+    /// Reason.
+    pub reason: String,
+}
+
+impl Handler<CloseAll> for Registry {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.values().flat_map(HashMap::values) {
+            entry.close.do_send(CloseSession {
+                code: msg.code,
+                reason: msg.reason.clone(),
+            });
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Live counts for stats and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -239,14 +264,19 @@ impl Registry {
     }
 
     fn deliver_to(&self, users: &[i64], event: &Arc<ServerEvent>, skip: Option<u64>) {
+        let mut deliveries = 0;
         for user in users {
             if let Some(devices) = self.sessions.get(user) {
                 for (key, entry) in devices {
                     if Some(*key) != skip {
                         entry.deliver.do_send(Deliver(Arc::clone(event)));
+                        deliveries += 1;
                     }
                 }
             }
+        }
+        if let Some(engine) = &self.engine {
+            engine.metrics.fanned_out(deliveries);
         }
     }
 
@@ -739,6 +769,7 @@ impl Registry {
                 tracing::warn!(error = %e, "could not record a busy call");
             }
         });
+        engine.metrics.call_ended("busy", Some("busy"));
         let event = ServerEvent::new(
             "call:busy",
             json!({"callId": id, "to": msg.callees.iter().map(ToString::to_string).collect::<Vec<_>>()}),

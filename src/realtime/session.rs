@@ -12,8 +12,10 @@ use super::Engine;
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, ReceiptKind};
 use crate::error::{AppError, AppResult};
+use crate::metrics::{Limit, Queue};
 use actix::prelude::*;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -42,6 +44,17 @@ pub struct Link {
     pub dialect: Arc<Translator>,
 }
 
+/// What became of an item offered to a [`Link`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the transport.
+    Queued,
+    /// The queue was full: the connection is being closed as a slow consumer.
+    Full,
+    /// The transport is gone.
+    Closed,
+}
+
 impl Link {
     /// A link for a connection speaking `dialect`.
     pub fn new(
@@ -59,19 +72,35 @@ impl Link {
     /// Queues an item (events in the connection's dialect); a full queue means the client is
     /// not reading: close it.
     pub fn push(&self, item: Outbound, user: i64) -> bool {
+        self.offer(item, user) == Offer::Queued
+    }
+
+    /// Like [`Link::push`], telling a full queue from a closed one. Events leave in the
+    /// connection's dialect.
+    pub fn offer(&self, item: Outbound, user: i64) -> Offer {
         match item {
-            Outbound::Event(ev) if !self.dialect.is_canonical() => self
-                .dialect
-                .outbound(&ev)
-                .into_iter()
-                .all(|ev| self.push_raw(Outbound::Event(ev), user)),
-            item => self.push_raw(item, user),
+            Outbound::Event(ev) if !self.dialect.is_canonical() => self.offer_all(
+                self.dialect.outbound(&ev).into_iter().map(Outbound::Event),
+                user,
+            ),
+            item => self.offer_raw(item, user),
         }
     }
 
-    fn push_raw(&self, item: Outbound, user: i64) -> bool {
+    /// Offers items in order, stopping at the first that is not queued.
+    fn offer_all(&self, items: impl IntoIterator<Item = Outbound>, user: i64) -> Offer {
+        for item in items {
+            let offer = self.offer_raw(item, user);
+            if offer != Offer::Queued {
+                return offer;
+            }
+        }
+        Offer::Queued
+    }
+
+    fn offer_raw(&self, item: Outbound, user: i64) -> Offer {
         match self.out.try_send(item) {
-            Ok(()) => true,
+            Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     user,
@@ -81,37 +110,36 @@ impl Link {
                     code: CLOSE_SLOW_CONSUMER,
                     reason: "slow consumer: outbound queue full".into(),
                 });
-                false
+                Offer::Full
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
     }
 
     /// Sends the reply for a frame: an ack with its id, or an error (with its id, or referring
     /// to the event name when the frame had none).
-    pub fn reply(&self, user: i64, reply_to: Option<Value>, event: &str, result: AppResult<Value>) {
+    pub fn reply(
+        &self,
+        user: i64,
+        reply_to: Option<Value>,
+        event: &str,
+        result: AppResult<Value>,
+    ) -> Offer {
         if !self.dialect.is_canonical() {
-            for item in self.dialect.reply(event, reply_to, result) {
-                if !self.push_raw(item, user) {
-                    break;
-                }
-            }
-            return;
+            return self.offer_all(self.dialect.reply(event, reply_to, result), user);
         }
         match (result, reply_to) {
-            (Ok(payload), Some(id)) => {
-                self.push(Outbound::Ack { id, payload }, user);
-            }
-            (Ok(_), None) => {}
+            (Ok(payload), Some(id)) => self.offer(Outbound::Ack { id, payload }, user),
+            (Ok(_), None) => Offer::Queued,
             (Err(e), id) => {
                 let reference = id.clone().or_else(|| Some(Value::String(event.to_owned())));
-                self.push(
+                self.offer(
                     Outbound::Error {
                         id,
                         error: WireError::from_app(&e, reference),
                     },
                     user,
-                );
+                )
             }
         }
     }
@@ -193,6 +221,9 @@ impl Actor for SessionActor {
             dialect = self.labels.dialect,
             "session started"
         );
+        engine
+            .metrics
+            .session_opened(self.labels.transport, self.labels.dialect);
         // Register at once, so events reach the session from its first frame on; the presence
         // audience follows when the database answers.
         engine.registry.do_send(Connect {
@@ -221,6 +252,9 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         tracing::info!(user = self.user(), session = self.key, "session ended");
+        self.engine
+            .metrics
+            .session_closed(self.labels.transport, self.labels.dialect);
         self.engine.registry.do_send(Disconnect {
             user_id: self.user(),
             key: self.key,
@@ -235,8 +269,13 @@ impl Actor for SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if !self.link.push(Outbound::Event(msg.0), self.user()) {
-            ctx.stop();
+        match self.link.offer(Outbound::Event(msg.0), self.user()) {
+            Offer::Queued => {}
+            Offer::Full => {
+                self.engine.metrics.queue_drop(Queue::Outbound);
+                ctx.stop();
+            }
+            Offer::Closed => ctx.stop(),
         }
     }
 }
@@ -263,10 +302,16 @@ impl Handler<ClientFrame> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, frame: ClientFrame, _: &mut Context<Self>) {
+        let received = std::time::Instant::now();
         let user = self.user();
         // The reply is addressed in the client's terms: its own event name.
         let event = frame.event.clone();
         let reply_to = frame.reply_to.clone();
+        if self.engine.draining.load(Ordering::SeqCst) {
+            let err = AppError::unavailable("the server is shutting down; reconnect shortly");
+            self.link.reply(user, reply_to, &event, Err(err));
+            return;
+        }
         let command = self
             .link
             .dialect
@@ -283,16 +328,22 @@ impl Handler<ClientFrame> for SessionActor {
             command,
             event,
             reply_to,
+            received,
         };
         if self.link.dialect.serial() {
             // One at a time, in arrival order, through a bounded queue.
             let runner = self.runner();
             let queue = self.serial.get_or_insert_with(|| serial_runner(runner));
+            self.engine.commands.fetch_add(1, Ordering::SeqCst);
             if let Err(mpsc::error::TrySendError::Full(job)) = queue.try_send(job) {
+                self.engine.commands.fetch_sub(1, Ordering::SeqCst);
                 let err = AppError::RateLimited {
                     retry_after_secs: 1,
                 };
-                self.link.reply(user, job.reply_to, &job.event, Err(err));
+                self.engine.metrics.rate_limited(Limit::InFlight);
+                if self.link.reply(user, job.reply_to, &job.event, Err(err)) == Offer::Full {
+                    self.engine.metrics.queue_drop(Queue::Outbound);
+                }
             }
             return;
         }
@@ -302,9 +353,13 @@ impl Handler<ClientFrame> for SessionActor {
             let err = AppError::RateLimited {
                 retry_after_secs: 1,
             };
-            self.link.reply(user, job.reply_to, &job.event, Err(err));
+            self.engine.metrics.rate_limited(Limit::InFlight);
+            if self.link.reply(user, job.reply_to, &job.event, Err(err)) == Offer::Full {
+                self.engine.metrics.queue_drop(Queue::Outbound);
+            }
             return;
         };
+        self.engine.commands.fetch_add(1, Ordering::SeqCst);
         let runner = self.runner();
         actix::spawn(async move {
             runner.run(job).await;
@@ -322,6 +377,7 @@ struct Job {
     command: Command,
     event: String,
     reply_to: Option<Value>,
+    received: std::time::Instant,
 }
 
 /// What running a command needs, detached from the actor.
@@ -334,10 +390,24 @@ struct Runner {
 }
 
 impl Runner {
+    /// Runs a job counted in `engine.commands` (shutdown waits for them) and replies.
     async fn run(&self, job: Job) {
-        let result = execute(&self.engine, &self.identity, self.key, job.command).await;
-        self.link
-            .reply(self.identity.user_id(), job.reply_to, &job.event, result);
+        let (engine, user) = (&self.engine, self.identity.user_id());
+        let span = tracing::info_span!("command", session = self.key, user, event = %job.event);
+        let work = async {
+            let received = job.received;
+            let result = execute(engine, &self.identity, self.key, job.command, received).await;
+            tracing::debug!(
+                error = result.as_ref().err().map(AppError::code),
+                ms = received.elapsed().as_secs_f64() * 1000.0,
+                "command done"
+            );
+            if self.link.reply(user, job.reply_to, &job.event, result) == Offer::Full {
+                engine.metrics.queue_drop(Queue::Outbound);
+            }
+        };
+        tracing::Instrument::instrument(work, span).await;
+        engine.commands.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -359,6 +429,7 @@ async fn execute(
     identity: &Identity,
     key: u64,
     command: Command,
+    received: std::time::Instant,
 ) -> AppResult<Value> {
     let user = identity.user_id();
     match command {
@@ -369,7 +440,9 @@ async fn execute(
             Ok(json!({"conversationId": c.conversation_id.to_string(), "left": true}))
         }
         Command::Send(draft) => Ok(json!(
-            engine.send_message(identity, draft, Some(key)).await?
+            engine
+                .send_message_at(identity, draft, Some(key), received)
+                .await?
         )),
         Command::Edit(e) => Ok(json!(engine
             .edit_message(identity, e.message_id, e.content, Some(key))

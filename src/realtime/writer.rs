@@ -8,6 +8,8 @@ use crate::db::messages::{self, Draft, Written};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// One message waiting for its commit.
@@ -27,6 +29,7 @@ pub struct WriteRequest {
 #[derive(Clone, Debug)]
 pub struct Writer {
     shards: Vec<mpsc::Sender<WriteRequest>>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -34,14 +37,20 @@ impl Writer {
     /// and batches of at most `batch_max`.
     pub fn start(db: Db, shards: usize, queue: usize, batch_max: usize) -> Self {
         let per_shard = (queue / shards.max(1)).max(1);
+        let pending = Arc::new(AtomicUsize::new(0));
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(per_shard);
-                actix::spawn(run(db.clone(), rx, batch_max.max(1)));
+                actix::spawn(run(db.clone(), rx, batch_max.max(1), Arc::clone(&pending)));
                 tx
             })
             .collect();
-        Self { shards }
+        Self { shards, pending }
+    }
+
+    /// Messages queued or being committed right now (shutdown waits for zero).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 
     /// Queues a request. A full queue refuses at once with `unavailable` (back-pressure) rather
@@ -49,9 +58,11 @@ impl Writer {
     pub fn submit(&self, req: WriteRequest) -> bool {
         let shard = usize::try_from(req.draft.conversation_id.unsigned_abs()).unwrap_or(0)
             % self.shards.len();
+        self.pending.fetch_add(1, Ordering::SeqCst);
         match self.shards[shard].try_send(req) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 let _ = r.reply.send(Err(AppError::unavailable(
                     "message queue is full; retry shortly",
                 )));
@@ -64,7 +75,12 @@ impl Writer {
 /// Committed results for one conversation, in commit order.
 type Outcomes = Vec<(WriteRequest, AppResult<Written>)>;
 
-async fn run(db: Db, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
+async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    batch_max: usize,
+    pending: Arc<AtomicUsize>,
+) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
@@ -84,9 +100,11 @@ async fn run(db: Db, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
                 None => groups.push((req.notify.clone(), vec![(req, res)])),
             }
         }
+        let done: usize = groups.iter().map(|(_, items)| items.len()).sum();
         for (recipient, items) in groups {
             recipient.do_send(Committed(items));
         }
+        pending.fetch_sub(done, Ordering::SeqCst);
     }
 }
 

@@ -185,6 +185,7 @@ pub fn start(
         session,
         last_seen,
         user,
+        metrics: Arc::clone(&state.engine.metrics),
         frames: Bucket::new(config.frame_burst, f64::from(config.frame_rate_per_sec)),
         client_timeout: config.client_timeout,
         heartbeat: config.heartbeat_interval,
@@ -261,6 +262,7 @@ struct Reader {
     session: actix_ws::Session,
     last_seen: Arc<AtomicI64>,
     user: i64,
+    metrics: Arc<crate::metrics::Metrics>,
     frames: Bucket,
     client_timeout: Duration,
     heartbeat: Duration,
@@ -315,6 +317,7 @@ impl Reader {
         match msg {
             Ok(Message::Text(text)) => {
                 if let Err(wait) = self.frames.take(Instant::now()) {
+                    self.metrics.rate_limited(crate::metrics::Limit::Frames);
                     let err = AppError::RateLimited {
                         retry_after_secs: wait.as_secs().max(1),
                     };

@@ -300,6 +300,23 @@ impl WsClient {
             .expect("send frame");
     }
 
+    /// Sends a raw text frame; false when the socket is gone.
+    pub async fn try_send_text(&mut self, text: String) -> bool {
+        use futures_util::SinkExt;
+        self.framed
+            .send(awc::ws::Message::Text(text.into()))
+            .await
+            .is_ok()
+    }
+
+    /// The close code the server sent, once the socket closed.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed
+            .as_ref()
+            .and_then(|r| r.as_ref())
+            .map(|r| u16::from(r.code))
+    }
+
     /// Sends an event without an id.
     pub async fn emit(&mut self, event: &str, payload: Value) {
         self.send_text(serde_json::json!({"event": event, "payload": payload}).to_string())

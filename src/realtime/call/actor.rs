@@ -56,6 +56,8 @@ pub struct CallActor {
     persisting: bool,
     dirty: bool,
     finishing: bool,
+    /// The live state the metrics count this call in (`None` once ended).
+    gauge_state: Option<&'static str>,
 }
 
 impl std::fmt::Debug for CallActor {
@@ -81,6 +83,7 @@ impl CallActor {
             persisting: false,
             dirty: false,
             finishing: false,
+            gauge_state: None,
         }
     }
 
@@ -239,6 +242,7 @@ impl CallActor {
             Refusal::NotAParty => AppError::Forbidden("you are not part of this call".into()),
             Refusal::InvalidState(why) => AppError::conflict("invalid_call_state", why),
         })?;
+        self.track_state();
         if self.ringing_at.is_none()
             && matches!(self.call.status, Status::Ringing | Status::Ongoing)
         {
@@ -291,6 +295,26 @@ impl CallActor {
             self.finish(ctx);
         }
         Ok(())
+    }
+
+    /// Moves this call between the live-call gauges; counts its outcome once it ended.
+    fn track_state(&mut self) {
+        let metrics = &self.engine.metrics;
+        match self.call.status {
+            Status::Ended(outcome) => {
+                if let Some(from) = self.gauge_state.take() {
+                    metrics.call_state(Some(from), None);
+                    metrics.call_ended(outcome.as_str(), self.call.end_reason.as_deref());
+                }
+            }
+            live => {
+                let now = live.as_str();
+                if self.gauge_state != Some(now) {
+                    metrics.call_state(self.gauge_state, Some(now));
+                    self.gauge_state = Some(now);
+                }
+            }
+        }
     }
 
     fn joined(&self) -> Vec<i64> {
@@ -402,12 +426,22 @@ impl Actor for CallActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        self.track_state();
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // A call actor that stops without an outcome leaves the gauges all the same.
+        if let Some(from) = self.gauge_state.take() {
+            self.engine.metrics.call_state(Some(from), None);
+        }
     }
 }
 
 impl Handler<CallInput> for CallActor {
     type Result = AppResult<()>;
     fn handle(&mut self, msg: CallInput, ctx: &mut Context<Self>) -> AppResult<()> {
+        let span = tracing::info_span!("call", call_id = %self.call.id);
+        let _entered = span.enter();
         if self.finishing {
             return Err(AppError::NotFound("call not found or already ended".into()));
         }

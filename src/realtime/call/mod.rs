@@ -155,7 +155,10 @@ impl Engine {
             .await?;
         self.call_limiter
             .check(caller)
-            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+            .map_err(|retry_after_secs| {
+                self.metrics.rate_limited(crate::metrics::Limit::Calls);
+                AppError::RateLimited { retry_after_secs }
+            })?;
         let call_id = match room_name {
             Some(name) => name,
             None => crate::auth::tokens::random_id()?,

@@ -66,6 +66,10 @@ pub struct EioSocket {
 /// Close reason when the client sent a close packet.
 const CLIENT_CLOSE: &str = "client close";
 
+/// Close reason of a server shutdown: WebSocket transports close with 1001 (going away), so
+/// clients reconnect.
+pub const SERVER_SHUTDOWN: &str = "server shutdown";
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -157,6 +161,30 @@ impl EioServer {
             config,
             handler,
         })
+    }
+
+    /// Closes every session (server shutdown): WebSocket transports close with 1001 after
+    /// flushing what is queued, a waiting poll ends with a close packet. Answers how many.
+    pub fn close_all(self: &Arc<Self>) -> usize {
+        let sockets: Vec<Arc<EioSocket>> = self
+            .sockets
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for socket in &sockets {
+            self.remove(socket, SERVER_SHUTDOWN);
+        }
+        sockets.len()
+    }
+
+    /// Live Engine.IO sessions.
+    pub fn len(&self) -> usize {
+        self.sockets.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no Engine.IO session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn get(&self, sid: &str) -> Option<Arc<EioSocket>> {
@@ -573,10 +601,18 @@ async fn write_ws(socket: Arc<EioSocket>, mut session: actix_ws::Session) {
             other => session.text(other.encode_text()).await,
         };
     }
+    let shutdown = socket
+        .close_reason
+        .lock()
+        .is_ok_and(|r| r.as_deref() == Some(SERVER_SHUTDOWN));
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         session.close(Some(CloseReason {
-            code: CloseCode::Normal,
+            code: if shutdown {
+                CloseCode::Away
+            } else {
+                CloseCode::Normal
+            },
             description: None,
         })),
     )

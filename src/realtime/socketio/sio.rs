@@ -509,6 +509,15 @@ impl SioHandler {
                         }
                     }
                     req = close_rx.recv() => {
+                        if req.as_ref().is_some_and(|r| r.code == 1001) {
+                            // Shutdown: no DISCONNECT packet (the client would not reconnect);
+                            // flush what is queued, then close the transport with 1001.
+                            while let Ok(item) = out_rx.try_recv() {
+                                send_packet(&out_socket, &encode(&item), &[]);
+                            }
+                            out_socket.close(super::engine::SERVER_SHUTDOWN);
+                            break;
+                        }
                         if req.is_some() {
                             send_packet(&out_socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
                         }
