@@ -106,19 +106,6 @@ async fn record(state: &AppState, entry: NewEntry) -> AppResult<()> {
     state.db.run(move |conn| audit::record(conn, &entry)).await
 }
 
-fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| {
-            AppError::bad_request(
-                "invalid_parameter",
-                format!("{what} must be a positive integer id"),
-            )
-        })
-}
-
 fn cursor_id(raw: Option<&str>) -> AppResult<Option<i64>> {
     match raw.filter(|c| !c.is_empty()) {
         Some(c) => c
@@ -243,7 +230,7 @@ async fn get_user(
     _admin: Admin,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "user id")?;
+    let id = super::parse_id(&path, "user id")?;
     let (user, devices) = state
         .db
         .run(move |conn| {
@@ -326,7 +313,7 @@ async fn set_roles(
     path: web::Path<String>,
     body: web::Json<RolesBody>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "user id")?;
+    let id = super::parse_id(&path, "user id")?;
     let body = body.into_inner();
     let roles = clean_roles(body.roles, "roles")?;
     let team_roles = clean_roles(body.team_roles, "team roles")?;
@@ -390,7 +377,7 @@ async fn ban(
     path: web::Path<String>,
     body: Option<web::Json<BanBody>>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "user id")?;
+    let id = super::parse_id(&path, "user id")?;
     if id == admin.id() {
         return Err(AppError::validation("you cannot ban yourself"));
     }
@@ -439,7 +426,7 @@ async fn unban(
     admin: Admin,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "user id")?;
+    let id = super::parse_id(&path, "user id")?;
     let entry = admin.entry("user.unban", "user", id, json!({}));
     let user = state
         .db
@@ -462,7 +449,7 @@ async fn force_logout(
     admin: Admin,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "user id")?;
+    let id = super::parse_id(&path, "user id")?;
     let entry = admin.entry("user.logout", "user", id, Value::Null);
     let revoked = state
         .db
@@ -518,7 +505,7 @@ async fn list_conversations(
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(30).clamp(1, 100);
     let member = match query.user_id.as_deref().filter(|u| !u.is_empty()) {
-        Some(u) => Some(parse_id(u, "userId")?),
+        Some(u) => Some(super::parse_id(u, "userId")?),
         None => None,
     };
     let filter = ConversationFilter {
@@ -580,7 +567,7 @@ async fn delete_message(
     admin: Admin,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "message id")?;
+    let id = super::parse_id(&path, "message id")?;
     let m = state
         .engine
         .delete_message(&admin.identity, id, None)
@@ -648,20 +635,9 @@ async fn call_history(
 ) -> AppResult<HttpResponse> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(50).clamp(1, 200);
-    let before = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let bad = || AppError::bad_request("invalid_cursor", "cursor is not valid");
-            let (ts, id) = c.split_once('_').ok_or_else(bad)?;
-            let micros: i64 = ts.parse().map_err(|_| bad())?;
-            Some((
-                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
-                id.to_owned(),
-            ))
-        }
-        None => None,
-    };
+    let before = super::calls::call_cursor(query.cursor.as_deref())?;
     let user = match query.user_id.as_deref().filter(|u| !u.is_empty()) {
-        Some(u) => Some(parse_id(u, "userId")?),
+        Some(u) => Some(super::parse_id(u, "userId")?),
         None => None,
     };
     let filter = CallFilter {
@@ -676,22 +652,7 @@ async fn call_history(
         .db
         .run(move |conn| q::search_calls(conn, &filter, limit + 1))
         .await?;
-    let has_more = rows.len() as i64 > limit;
-    let page: Vec<_> = rows
-        .iter()
-        .take(usize::try_from(limit).unwrap_or(50))
-        .collect();
-    let next = if has_more {
-        page.last()
-            .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id))
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "calls": page.iter().map(|(c, p)| call_json(c, p)).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(super::calls::calls_page(&rows, limit))
 }
 
 /// `POST /admin/calls/:id/end` body.
@@ -742,7 +703,7 @@ async fn audit_log(
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(50).clamp(1, 200);
     let actor_id = match query.actor_id.as_deref().filter(|a| !a.is_empty()) {
-        Some(a) => Some(parse_id(a, "actorId")?),
+        Some(a) => Some(super::parse_id(a, "actorId")?),
         None => None,
     };
     let filter = audit::Filter {

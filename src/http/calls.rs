@@ -196,41 +196,42 @@ async fn history(
     q: web::Query<HistoryQuery>,
 ) -> AppResult<HttpResponse> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let (ts, id) = c
-                .split_once('_')
-                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
-            let micros: i64 = ts
-                .parse()
-                .map_err(|_| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
-            let at = chrono::DateTime::from_timestamp_micros(micros)
-                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?;
-            Some((at, id.to_owned()))
-        }
-        None => None,
-    };
+    let before = call_cursor(q.cursor.as_deref())?;
     let user = identity.user_id();
     let rows = state
         .db
         .run(move |conn| calls::history(conn, user, before, limit + 1))
         .await?;
-    let has_more = rows.len() as i64 > limit;
-    let page: Vec<_> = rows
-        .into_iter()
-        .take(usize::try_from(limit).unwrap_or(20))
-        .collect();
-    let next = if has_more {
-        page.last()
-            .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id))
-    } else {
-        None
+    Ok(calls_page(&rows, limit))
+}
+
+/// A call-list cursor (`<created_at µs>_<id>`, as `nextCursor` gives it); empty or absent: none.
+pub(crate) fn call_cursor(
+    cursor: Option<&str>,
+) -> AppResult<Option<(chrono::DateTime<chrono::Utc>, String)>> {
+    let Some(c) = cursor.filter(|c| !c.is_empty()) else {
+        return Ok(None);
     };
-    Ok(HttpResponse::Ok().json(json!({
+    let bad = || AppError::bad_request("invalid_cursor", "cursor is not valid");
+    let (ts, id) = c.split_once('_').ok_or_else(bad)?;
+    let micros: i64 = ts.parse().map_err(|_| bad())?;
+    let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok(Some((at, id.to_owned())))
+}
+
+/// One page of calls from `limit + 1` rows, newest first, with the cursor of the next page.
+pub(crate) fn calls_page(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) -> HttpResponse {
+    let take = usize::try_from(limit).unwrap_or(0);
+    let page = &rows[..rows.len().min(take)];
+    let next = (rows.len() > take)
+        .then(|| page.last())
+        .flatten()
+        .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id));
+    HttpResponse::Ok().json(json!({
         "success": true,
         "calls": page.iter().map(|(c, p)| call_json(c, p)).collect::<Vec<_>>(),
         "nextCursor": next,
-    })))
+    }))
 }
 
 async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResult<HttpResponse> {

@@ -147,16 +147,6 @@ async fn list_requests(
     })))
 }
 
-fn parse_id(raw: &str) -> AppResult<i64> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| {
-            AppError::bad_request("invalid_parameter", "request id must be a positive integer")
-        })
-}
-
 async fn conversation_view(state: &AppState, conv: Conversation, viewer: i64) -> AppResult<Value> {
     let view = state
         .db
@@ -173,7 +163,7 @@ async fn answer(
     raw_id: &str,
     answer: Answer,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(raw_id)?;
+    let id = super::parse_id(raw_id, "request id")?;
     let me = identity.user_id();
     let done = state
         .db

@@ -49,19 +49,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| {
-            AppError::bad_request(
-                "invalid_parameter",
-                format!("{what} must be a positive integer id"),
-            )
-        })
-}
-
 async fn load_views(
     state: &AppState,
     convs_list: Vec<Conversation>,
@@ -317,7 +304,7 @@ async fn get_one(
     identity: Identity,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "conversation id")?;
+    let id = super::parse_id(&path, "conversation id")?;
     let conv = visible(&state, &identity, id).await?;
     let view = load_views(&state, vec![conv], identity.user_id())
         .await?
@@ -369,7 +356,7 @@ async fn add_members(
     path: web::Path<String>,
     body: web::Json<MembersBody>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "conversation id")?;
+    let id = super::parse_id(&path, "conversation id")?;
     let ids = body.into_inner().user_ids.unwrap_or_default();
     if ids.is_empty() || ids.len() > 1000 {
         return Err(AppError::validation("userIds must list 1 to 1000 users"));
@@ -405,8 +392,8 @@ async fn remove_member(
     path: web::Path<(String, String)>,
 ) -> AppResult<HttpResponse> {
     let (id, target) = path.into_inner();
-    let id = parse_id(&id, "conversation id")?;
-    let target = parse_id(&target, "user id")?;
+    let id = super::parse_id(&id, "conversation id")?;
+    let target = super::parse_id(&target, "user id")?;
     if target != identity.user_id() {
         manage_check(&state, &identity, id).await?;
     }
@@ -492,7 +479,7 @@ async fn conversation_messages(
     path: web::Path<String>,
     q: web::Query<PageQuery>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "conversation id")?;
+    let id = super::parse_id(&path, "conversation id")?;
     visible(&state, &identity, id).await?;
     page_response(&state, id, &q).await
 }
@@ -544,7 +531,7 @@ async fn post_conversation_message(
     path: web::Path<String>,
     body: web::Json<SendBody>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "conversation id")?;
+    let id = super::parse_id(&path, "conversation id")?;
     let draft = draft_for(id, body.into_inner().rest)?;
     send_and_respond(&state, &identity, draft).await
 }
@@ -593,7 +580,7 @@ async fn edit_message(
     path: web::Path<String>,
     body: web::Json<EditBody>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "message id")?;
+    let id = super::parse_id(&path, "message id")?;
     let m = state
         .engine
         .edit_message(&identity, id, body.into_inner().content, None)
@@ -606,7 +593,7 @@ async fn delete_message(
     identity: Identity,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = parse_id(&path, "message id")?;
+    let id = super::parse_id(&path, "message id")?;
     let m = state.engine.delete_message(&identity, id, None).await?;
     Ok(HttpResponse::Ok().json(json!({ "message": m.view(), "success": true })))
 }
@@ -710,7 +697,7 @@ async fn team_delete(
     path: web::Path<(String, String)>,
 ) -> AppResult<HttpResponse> {
     let (role, message_id) = path.into_inner();
-    let message_id = parse_id(&message_id, "message id")?;
+    let message_id = super::parse_id(&message_id, "message id")?;
     let role = role.trim().to_ascii_lowercase();
     let conv = state
         .db
@@ -733,8 +720,8 @@ async fn dm_delete(
     path: web::Path<(String, String)>,
 ) -> AppResult<HttpResponse> {
     let (other, message_id) = path.into_inner();
-    let other = parse_id(&other, "user id")?;
-    let message_id = parse_id(&message_id, "message id")?;
+    let other = super::parse_id(&other, "user id")?;
+    let message_id = super::parse_id(&message_id, "message id")?;
     let key = convs::participant_key(identity.user_id(), other);
     let conv = state
         .db

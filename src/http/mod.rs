@@ -110,6 +110,20 @@ fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     .into()
 }
 
+/// A positive integer id from a path segment; `what` names it in the 400 error.
+pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "invalid_parameter",
+                format!("{what} must be a positive integer id"),
+            )
+        })
+}
+
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> HttpResponse {
     let err = AppError::NotFound("no such route".into());
