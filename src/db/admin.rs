@@ -279,7 +279,7 @@ pub fn search_calls(
         );
     }
     let rows: Vec<CallRow> = q.load(conn)?;
-    calls_with_participants(conn, rows)
+    super::calls::with_participants(conn, rows)
 }
 
 /// Calls by id with their participants (live calls).
@@ -291,29 +291,7 @@ pub fn calls_by_ids(
         .filter(calls::id.eq_any(ids))
         .select(CallRow::as_select())
         .load(conn)?;
-    calls_with_participants(conn, rows)
-}
-
-fn calls_with_participants(
-    conn: &mut PgConnection,
-    rows: Vec<CallRow>,
-) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
-    let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
-    let parts: Vec<ParticipantRow> = call_participants::table
-        .filter(call_participants::call_id.eq_any(&ids))
-        .select(ParticipantRow::as_select())
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|c| {
-            let p = parts
-                .iter()
-                .filter(|p| p.call_id == c.id)
-                .cloned()
-                .collect();
-            (c, p)
-        })
-        .collect())
+    super::calls::with_participants(conn, rows)
 }
 
 /// Counts for the stats page.

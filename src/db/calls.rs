@@ -176,7 +176,7 @@ pub fn recent(
 }
 
 /// Attaches each call's participants (one query for all).
-fn with_participants(
+pub fn with_participants(
     conn: &mut PgConnection,
     rows: Vec<CallRow>,
 ) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {

@@ -188,6 +188,21 @@ impl SessionActor {
         }
     }
 
+    /// Answers a command that found the connection's command slots full: `rate_limited`.
+    fn refuse_busy(&self, job: Job) {
+        let err = AppError::RateLimited {
+            retry_after_secs: 1,
+        };
+        self.engine.metrics.rate_limited(Limit::InFlight);
+        if self
+            .link
+            .reply(self.user(), job.reply_to, &job.event, Err(err))
+            == Offer::Full
+        {
+            self.engine.metrics.queue_drop(Queue::Outbound);
+        }
+    }
+
     fn runner(&self) -> Runner {
         Runner {
             engine: self.engine.clone(),
@@ -337,26 +352,14 @@ impl Handler<ClientFrame> for SessionActor {
             self.engine.commands.fetch_add(1, Ordering::SeqCst);
             if let Err(mpsc::error::TrySendError::Full(job)) = queue.try_send(job) {
                 self.engine.commands.fetch_sub(1, Ordering::SeqCst);
-                let err = AppError::RateLimited {
-                    retry_after_secs: 1,
-                };
-                self.engine.metrics.rate_limited(Limit::InFlight);
-                if self.link.reply(user, job.reply_to, &job.event, Err(err)) == Offer::Full {
-                    self.engine.metrics.queue_drop(Queue::Outbound);
-                }
+                self.refuse_busy(job);
             }
             return;
         }
         // Commands run concurrently, at most MAX_IN_FLIGHT per connection; each replies when
         // done (sends only after their commit).
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            let err = AppError::RateLimited {
-                retry_after_secs: 1,
-            };
-            self.engine.metrics.rate_limited(Limit::InFlight);
-            if self.link.reply(user, job.reply_to, &job.event, Err(err)) == Offer::Full {
-                self.engine.metrics.queue_drop(Queue::Outbound);
-            }
+            self.refuse_busy(job);
             return;
         };
         self.engine.commands.fetch_add(1, Ordering::SeqCst);

@@ -558,15 +558,9 @@ impl SioHandler {
             Route::Missing => {}
             Route::Authenticate => self.authenticate_event(socket, &args, p.id),
             Route::Waiting => {
-                let mut payload = args.get(1).cloned().unwrap_or(Value::Null);
-                if fill_placeholders(&mut payload, &attachments).is_err() {
+                let Some(frame) = client_frame(&name, &args, &attachments, p.id) else {
                     socket.close("invalid payload");
                     return;
-                }
-                let frame = ClientFrame {
-                    event: name.clone(),
-                    payload,
-                    reply_to: p.id.map(Value::from),
                 };
                 let kept = self
                     .with_conn(&socket.sid, |c| match c.namespaces.get_mut("/") {
@@ -633,15 +627,9 @@ impl SioHandler {
                 }
             }
             Route::Frames(frames) => {
-                let mut payload = args.get(1).cloned().unwrap_or(Value::Null);
-                if fill_placeholders(&mut payload, &attachments).is_err() {
+                let Some(frame) = client_frame(&name, &args, &attachments, p.id) else {
                     socket.close("invalid payload");
                     return;
-                }
-                let frame = ClientFrame {
-                    event: name.clone(),
-                    payload,
-                    reply_to: p.id.map(Value::from),
                 };
                 if frames.try_send(frame).is_err() {
                     let err = json!({"code": "rate_limited", "message": "too many frames in flight", "ref": p.id.map_or(json!(name), Value::from)});
@@ -656,6 +644,23 @@ impl SioHandler {
             }
         }
     }
+}
+
+/// An EVENT's name, first argument (binary placeholders filled in) and ack id as a frame;
+/// `None` when a placeholder does not match the attachments.
+fn client_frame(
+    name: &str,
+    args: &[Value],
+    attachments: &[Bytes],
+    ack: Option<u64>,
+) -> Option<ClientFrame> {
+    let mut payload = args.get(1).cloned().unwrap_or(Value::Null);
+    fill_placeholders(&mut payload, attachments).ok()?;
+    Some(ClientFrame {
+        event: name.to_owned(),
+        payload,
+        reply_to: ack.map(Value::from),
+    })
 }
 
 /// A canonical outbound item as a Socket.IO packet on the default namespace: events are EVENTs,
