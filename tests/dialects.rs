@@ -132,15 +132,23 @@ async fn seed000_lonestar_authenticates_by_event_and_runs_a_video_call_with_a_ca
     assert_eq!(ended_call(&srv, &call_id).await.0, "ended");
 
     // The call log lands in the pair's direct conversation (seed 000's Message.create).
+    // It is posted once the call has ended: wait for it (bounded).
     let conv = direct(&srv, alice, bob);
-    let (status, body) = srv
-        .get(
-            &format!("/api/conversations/{conv}/messages"),
-            Some(&srv.token_for(bob)),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let text = body.to_string();
+    let mut text = String::new();
+    for _ in 0..100 {
+        let (status, body) = srv
+            .get(
+                &format!("/api/conversations/{conv}/messages"),
+                Some(&srv.token_for(bob)),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        text = body.to_string();
+        if text.contains("video_call") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(text.contains("video_call"), "{text}");
     assert!(text.contains("📹 Call - 0:0"), "{text}");
 }

@@ -327,25 +327,15 @@ impl Handler<ClientFrame> for SessionActor {
             self.link.reply(user, reply_to, &event, Err(err));
             return;
         }
-        let command = self
-            .link
-            .dialect
-            .inbound(frame)
-            .and_then(|f| Command::parse(&f.event, f.payload));
-        let command = match command {
-            Ok(c) => c,
-            Err(e) => {
-                self.link.reply(user, reply_to, &event, Err(e));
-                return;
-            }
-        };
-        let job = Job {
-            command,
-            event,
-            reply_to,
-            received,
-        };
         if self.link.dialect.serial() {
+            // A dialect frame is translated when its turn comes: its translation may depend on
+            // what the commands before it did (seed 004's current call).
+            let job = Job {
+                work: Work::Frame(frame),
+                event,
+                reply_to,
+                received,
+            };
             // One at a time, in arrival order, through a bounded queue.
             let runner = self.runner();
             let queue = self.serial.get_or_insert_with(|| serial_runner(runner));
@@ -356,6 +346,19 @@ impl Handler<ClientFrame> for SessionActor {
             }
             return;
         }
+        let command = match parse(&self.link, frame) {
+            Ok(c) => c,
+            Err(e) => {
+                self.link.reply(user, reply_to, &event, Err(e));
+                return;
+            }
+        };
+        let job = Job {
+            work: Work::Parsed(command),
+            event,
+            reply_to,
+            received,
+        };
         // Commands run concurrently, at most MAX_IN_FLIGHT per connection; each replies when
         // done (sends only after their commit).
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
@@ -377,10 +380,23 @@ impl Message for ClientFrame {
 
 /// A parsed command waiting to run, with what its reply needs.
 struct Job {
-    command: Command,
+    work: Work,
     event: String,
     reply_to: Option<Value>,
     received: std::time::Instant,
+}
+
+/// A command, or a frame still to be translated and parsed.
+enum Work {
+    Parsed(Command),
+    Frame(ClientFrame),
+}
+
+/// A frame in the connection's dialect as a canonical command.
+fn parse(link: &Link, frame: ClientFrame) -> AppResult<Command> {
+    link.dialect
+        .inbound(frame)
+        .and_then(|f| Command::parse(&f.event, f.payload))
 }
 
 /// What running a command needs, detached from the actor.
@@ -399,7 +415,14 @@ impl Runner {
         let span = tracing::info_span!("command", session = self.key, user, event = %job.event);
         let work = async {
             let received = job.received;
-            let result = execute(engine, &self.identity, self.key, job.command, received).await;
+            let command = match job.work {
+                Work::Parsed(c) => Ok(c),
+                Work::Frame(f) => parse(&self.link, f),
+            };
+            let result = match command {
+                Ok(c) => execute(engine, &self.identity, self.key, c, received).await,
+                Err(e) => Err(e),
+            };
             tracing::debug!(
                 error = result.as_ref().err().map(AppError::code),
                 ms = received.elapsed().as_secs_f64() * 1000.0,
