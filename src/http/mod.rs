@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod conversations;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod users;
 
 use crate::auth::Identity;
@@ -29,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/api/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/api/docs", web::get().to(openapi::docs))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",
