@@ -2,7 +2,8 @@
 # Runs the whole test suite:
 #
 #   scripts/test.sh            every step below, in order
-#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy ops test clients
+#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy ops test clients api
+#                              fuzz
 #
 # Steps: schema (migrations up, down and up again on a throwaway database; src/db/schema.rs must
 # equal `diesel print-schema`), docs (every variable src/config.rs reads is listed in .env.example
@@ -10,7 +11,10 @@
 # files: shellcheck, systemd-analyze verify of the units, scripts/install.sh into a scratch root,
 # nginx -t and a live nginx in front of `switchboard serve` with systemd's notify protocol and
 # seccomp filter checked, coturn started with the template), test (cargo test --all-targets) and
-# clients (Node/Python client tests under tests/clients, when present).
+# clients (Node/Python client tests under tests/clients, when present), api (the OpenAPI document
+# validated, then schemathesis against a live server with a user and an admin token; see
+# scripts/lib/api.sh) and fuzz (every cargo-fuzz target in tests/fuzz for ~20 s; see
+# scripts/lib/fuzz.sh).
 # A failing step does not stop the later ones; the summary lists each result and the exit status
 # is non-zero when any step failed.
 #
@@ -28,13 +32,17 @@ cd "$REPO"
 source "$REPO/scripts/lib/pg.sh"
 # shellcheck source=scripts/lib/ops.sh
 source "$REPO/scripts/lib/ops.sh"
+# shellcheck source=scripts/lib/api.sh
+source "$REPO/scripts/lib/api.sh"
+# shellcheck source=scripts/lib/fuzz.sh
+source "$REPO/scripts/lib/fuzz.sh"
 
 if [ -n "${CI:-}" ]; then
     # Plain logs: no colour codes from cargo, rustfmt or the server's log lines.
     export CARGO_TERM_COLOR=never NO_COLOR=1
 fi
 
-ALL_STEPS=(schema docs fmt clippy ops test clients)
+ALL_STEPS=(schema docs fmt clippy ops test clients api fuzz)
 SYSTEM_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
 
 section() { printf '\n== %s ==\n' "$*"; }

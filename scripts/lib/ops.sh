@@ -357,6 +357,13 @@ EOF
     out="$(curl -sS -k -o /dev/null -w '%{http_code} HTTP/%{http_version}' --http2 "${resolve[@]}" "https://$host:$p443/health")"
     echo "https://$host/health (HTTP/2) -> $out"
     [ "$out" = "200 HTTP/2" ] || ops__fail "/health over HTTP/2 through nginx" || return 1
+    out="$(curl -sS -k -o /dev/null -w '%{http_code}' "${resolve[@]}" "https://$host:$p443/metrics")"
+    echo "https://$host/metrics -> $out"
+    [ "$out" = 404 ] || ops__fail "/metrics is published through nginx" || return 1
+    out="$(curl -sS -k -D - -o /dev/null "${resolve[@]}" "https://$host:$p443/ping" |
+        tr -d '\r' | sed -n 's/^x-request-id: //Ip')"
+    echo "https://$host/ping X-Request-Id -> $out"
+    [[ "$out" =~ ^[0-9a-f]{32}$ ]] || ops__fail "nginx's request id does not reach the server" || return 1
     out="$(curl -sS -k -i --http1.1 --max-time 3 "${resolve[@]}" \
         -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
         -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "https://$host:$p443/ws" 2>/dev/null | head -n 1 | tr -d '\r' || true)"

@@ -184,9 +184,19 @@ impl diesel::r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
     }
 }
 
-/// Turns low-level connection failures that surface as internal errors into `unavailable`.
+/// Turns low-level connection failures that surface as internal errors into `unavailable`, and
+/// text PostgreSQL cannot store (a NUL character, in `text` or in `jsonb`) into a 400.
 fn classify(err: AppError) -> AppError {
     match err {
+        AppError::Internal { cause }
+            if cause.contains("invalid byte sequence for encoding")
+                || cause.contains("unsupported Unicode escape sequence") =>
+        {
+            AppError::bad_request(
+                "invalid_text",
+                "text must not contain NUL (\\u0000) characters",
+            )
+        }
         AppError::Internal { cause }
             if cause.contains("server closed the connection")
                 || cause.contains("connection to server")

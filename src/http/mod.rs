@@ -9,6 +9,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod support;
 pub mod users;
 
@@ -32,6 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
         .route("/health", web::get().to(health::health))
         .route("/api/health", web::get().to(health::api_health))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/api/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/api/docs", web::get().to(openapi::docs))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",

@@ -226,6 +226,18 @@ impl Engine {
                 CLIENT_KINDS.join(", ")
             )));
         }
+        // PostgreSQL stores no NUL character; one bad row would fail its whole commit batch.
+        let nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+        if d.content.contains('\0')
+            || nul(&d.media_url)
+            || nul(&d.client_message_id)
+            || d.metadata.as_ref().is_some_and(protocol::has_nul)
+        {
+            return Err(AppError::bad_request(
+                "invalid_text",
+                "text must not contain NUL (\\u0000) characters",
+            ));
+        }
         if d.content.chars().count() > self.config.max_content_chars {
             return Err(AppError::TooLarge(
                 format!(
@@ -315,6 +327,12 @@ impl Engine {
     ) -> AppResult<Message> {
         if content.chars().count() > self.config.max_content_chars {
             return Err(AppError::TooLarge("content is too long".into()));
+        }
+        if content.contains('\0') {
+            return Err(AppError::bad_request(
+                "invalid_text",
+                "text must not contain NUL (\\u0000) characters",
+            ));
         }
         if content.trim().is_empty() {
             return Err(AppError::validation("content must not be empty"));

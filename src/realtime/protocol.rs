@@ -10,6 +10,17 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+/// Whether a JSON value holds a NUL character in any string or key (PostgreSQL cannot store
+/// one, in `text` or in `jsonb`).
+pub fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// One decoded client frame: event name, payload, and the optional correlation id that the
 /// reply (ack or error) must carry back.
 #[derive(Clone, Debug)]

@@ -244,6 +244,7 @@ impl Engine {
 
     /// `call:reject`.
     pub async fn reject_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+        check_reason(r.reason.as_deref())?;
         self.call_input(
             &r.call_id,
             Event::Reject {
@@ -257,6 +258,7 @@ impl Engine {
 
     /// `call:end` (cancel before an answer).
     pub async fn end_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+        check_reason(r.reason.as_deref())?;
         self.call_input(
             &r.call_id,
             Event::Hangup {
@@ -332,6 +334,16 @@ impl Engine {
         )
         .await
     }
+}
+
+/// A client-chosen end or reject reason is stored with the call: short, printable text.
+fn check_reason(reason: Option<&str>) -> AppResult<()> {
+    if reason.is_some_and(|r| r.chars().count() > 64 || r.chars().any(char::is_control)) {
+        return Err(AppError::validation(
+            "reason must be at most 64 characters without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn check_signal_size(v: Option<&Value>) -> AppResult<()> {

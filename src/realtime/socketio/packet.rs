@@ -214,6 +214,18 @@ impl SioPacket {
         {
             return Err(PacketError("events and acks carry an array"));
         }
+        // As the reference parser: CONNECT carries an object or nothing, DISCONNECT nothing,
+        // CONNECT_ERROR an object or a string. (A number would also be ambiguous on the wire:
+        // `0` + `37700.0` reads back as ack id 37700.)
+        let payload_ok = match (kind, &data) {
+            (SioKind::Connect, None | Some(Value::Object(_))) | (SioKind::Disconnect, None) => true,
+            (SioKind::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
+            (SioKind::Connect | SioKind::Disconnect | SioKind::ConnectError, _) => false,
+            _ => true,
+        };
+        if !payload_ok {
+            return Err(PacketError("invalid payload for the packet type"));
+        }
         Ok(Self {
             kind,
             nsp,
@@ -345,6 +357,35 @@ mod tests {
         assert_eq!(SioPacket::decode("3/admin,13[]").unwrap().id, Some(13));
         for bad in ["", "9", "2{\"a\":1}", "5[\"x\"]", "2[", "5999-[]"] {
             assert!(SioPacket::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `socketio_packet` fuzz target: `0 377E02` decoded as a CONNECT carrying the
+    /// number 37700.0, which re-encoded as `037700.0` — ack id 37700 and bad JSON.
+    #[test]
+    fn connect_and_disconnect_payloads_follow_the_reference_parser() {
+        for bad in [
+            "0 377E02",
+            "0[1]",
+            "0\"x\"",
+            "1{}",
+            "1/admin,{}",
+            "4[]",
+            "43",
+        ] {
+            assert!(SioPacket::decode(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "0",
+            "0{}",
+            "0/admin,{\"token\":\"t\"}",
+            "1",
+            "1/admin,",
+            "4{\"message\":\"no\"}",
+            "4\"no\"",
+        ] {
+            let p = SioPacket::decode(good).unwrap();
+            assert_eq!(SioPacket::decode(&p.encode()).unwrap(), p, "{good}");
         }
     }
 

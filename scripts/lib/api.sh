@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# The `api` step of scripts/test.sh: the OpenAPI document served at /api/openapi.json is
+# validated with openapi-spec-validator, then schemathesis fuzzes every REST operation of a live
+# `switchboard serve` twice, with a user's and with an admin's access token, and fails on any
+# 5xx answer and on any answer the document does not allow (status, content type, body schema).
+# Both tools come from PyPI into a venv under target/.
+#
+# Needs: REPO, TEST_DATABASE_URL, psql_admin and pg_url_with_db (scripts/lib/pg.sh).
+# Knobs: API_MAX_EXAMPLES (default 25 per operation), API_MAX_TIME (seconds per run, default 150).
+
+API_SCHEMATHESIS_VERSION="4.32.5"
+API_SPEC_VALIDATOR_VERSION="0.9.0"
+
+api_cleanup() {
+    if [ -n "${API_PID:-}" ]; then
+        kill "$API_PID" 2>/dev/null || true
+        wait "$API_PID" 2>/dev/null || true
+    fi
+    if [ -n "${API_DB:-}" ]; then
+        psql_admin "DROP DATABASE IF EXISTS \"$API_DB\" WITH (FORCE)" || true
+    fi
+    if [ -n "${API_TMP:-}" ]; then
+        rm -rf -- "$API_TMP"
+    fi
+}
+
+api_venv() {
+    API_VENV="$REPO/target/schemathesis"
+    if [ ! -x "$API_VENV/bin/python" ]; then
+        command -v python3 >/dev/null 2>&1 || pg__apt_install python3 python3-venv
+        python3 -m venv "$API_VENV" 2>/dev/null || {
+            pg__apt_install python3-venv
+            python3 -m venv "$API_VENV"
+        }
+    fi
+    if ! "$API_VENV/bin/python" -c "import schemathesis, openapi_spec_validator" 2>/dev/null ||
+        [ "$("$API_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))')" != "$API_SCHEMATHESIS_VERSION" ]; then
+        "$API_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "schemathesis==$API_SCHEMATHESIS_VERSION" \
+            "openapi-spec-validator==$API_SPEC_VALIDATOR_VERSION"
+    fi
+}
+
+# api_json FIELD: reads one field of a JSON object on stdin.
+api_json() {
+    "$API_VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+
+step_api() {
+    API_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-api.XXXXXX")"
+    API_DB="sb_api_check_$$"
+    API_PID=""
+    trap api_cleanup EXIT
+    api_venv
+    echo "cargo build --bin switchboard"
+    cargo build --bin switchboard
+    local bin="$REPO/target/debug/switchboard" port base spec admin user admin_token user_token
+    psql_admin "DROP DATABASE IF EXISTS \"$API_DB\""
+    psql_admin "CREATE DATABASE \"$API_DB\""
+    # The server's settings for this run: a throwaway database and secret, generous limits so
+    # that rate limiting does not hide the other answers (429 is still documented and allowed).
+    export DATABASE_URL
+    DATABASE_URL="$(pg_url_with_db "$TEST_DATABASE_URL" "$API_DB")"
+    export JWT_SECRET="api-check-secret-api-check-secret-0123456789"
+    export MESSAGE_RATE_PER_MIN=1000000 MESSAGE_BURST=100000 CALL_RATE_PER_HOUR=100000 CALL_BURST=10000
+    export OTP_SENDER=log OTP_RESEND_COOLDOWN_SECS=0 LOG_FORMAT=json RUST_LOG=warn
+    export TURN_URLS="turn:127.0.0.1:3478?transport=udp" TURN_SECRET="api-check-turn-secret"
+    "$bin" migrate >/dev/null
+    admin="$("$bin" user add --name "API Admin" --email admin@example.com \
+        --password "admin-password-1" --role admin | api_json id)"
+    user="$("$bin" user add --name "API User" --email user@example.com \
+        --password "user-password-1" | api_json id)"
+    "$bin" user add --name "Someone Else" --email other@example.com >/dev/null
+    admin_token="$("$bin" token --user "$admin" --ttl 7200 | api_json token)"
+    user_token="$("$bin" token --user "$user" --ttl 7200 | api_json token)"
+
+    port="$("$API_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    base="http://127.0.0.1:$port"
+    BIND="127.0.0.1:$port" "$bin" serve >"$API_TMP/server.log" 2>&1 &
+    API_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        curl -fsS "$base/ping" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    curl -fsS "$base/ping" >/dev/null || {
+        cat "$API_TMP/server.log" >&2
+        return 1
+    }
+
+    spec="$API_TMP/openapi.json"
+    curl -fsS "$base/api/openapi.json" -o "$spec"
+    echo "openapi-spec-validator $API_SPEC_VALIDATOR_VERSION"
+    "$API_VENV/bin/python" - "$spec" <<'PY'
+import json, sys
+from openapi_spec_validator import validate
+from openapi_spec_validator.readers import read_from_filename
+spec, _ = read_from_filename(sys.argv[1])
+validate(spec)
+ops = sum(1 for item in spec["paths"].values() for m in item if m in ("get", "post", "put", "patch", "delete"))
+print(f"valid OpenAPI {spec['openapi']}: {len(spec['paths'])} paths, {ops} operations")
+PY
+
+    local checks="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+    local who token rc=0
+    for who in user admin; do
+        if [ "$who" = admin ]; then token="$admin_token"; else token="$user_token"; fi
+        echo "schemathesis $API_SCHEMATHESIS_VERSION as the $who"
+        (cd "$API_TMP" && "$API_VENV/bin/schemathesis" run "$spec" --url "$base" \
+            -H "Authorization: Bearer $token" \
+            --checks "$checks" \
+            --phases examples,coverage,fuzzing \
+            --max-examples "${API_MAX_EXAMPLES:-25}" \
+            --max-time "${API_MAX_TIME:-150}" \
+            --workers 1 \
+            --seed 20261121 \
+            --suppress-health-check all \
+            --no-color) || rc=1
+    done
+    # Errors the server logged itself (actix-http's notes about unparsable requests, which it
+    # answers 400, are not ours).
+    if grep '"level":"ERROR"' "$API_TMP/server.log" | grep -vq '"target":"actix_http'; then
+        echo "the server logged errors during the run:" >&2
+        grep '"level":"ERROR"' "$API_TMP/server.log" | grep -v '"target":"actix_http' | head -20 >&2
+        rc=1
+    fi
+    return "$rc"
+}
