@@ -209,6 +209,8 @@ step_ops() {
     section "ops: systemd units"
     ops_check_units
     section "ops: install.sh"
+    # install.sh adapts the site to the installed nginx's version: have nginx first.
+    ops_need nginx nginx
     ops_check_install
     section "ops: nginx -t"
     ops_check_nginx

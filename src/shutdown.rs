@@ -22,6 +22,13 @@ use tokio::time::Instant;
 /// WebSocket close code for a server going away.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// How long, at most, closed sessions get to flush and send their close frames before the
+/// remaining Engine.IO sessions are closed (always within `SHUTDOWN_TIMEOUT_SECS`).
+pub const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the shutdown checks whether a step is done.
+const POLL: Duration = Duration::from_millis(20);
+
 /// The end reason recorded for calls cut by a shutdown.
 pub const SHUTDOWN_REASON: &str = "server_shutdown";
 
@@ -89,10 +96,9 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     };
     // Give the session transports a moment to flush and send their close frames, then close
     // whatever Engine.IO sessions are left (handshakes without a session, polls).
-    let _ = wait_until(
-        deadline.min(Instant::now() + Duration::from_secs(2)),
-        || engine.metrics.connections_total() == 0,
-    )
+    let _ = wait_until(deadline.min(Instant::now() + SESSION_CLOSE_GRACE), || {
+        engine.metrics.connections_total() == 0
+    })
     .await;
     report.engineio_closed = state.socketio.close_all();
 
@@ -106,7 +112,7 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     report
 }
 
-/// Polls `done` every 20 ms until it holds (true) or the deadline passes (false).
+/// Polls `done` every [`POLL`] until it holds (true) or the deadline passes (false).
 async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
     loop {
         if done() {
@@ -115,6 +121,6 @@ async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
 }

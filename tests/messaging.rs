@@ -669,6 +669,18 @@ async fn a_client_that_never_reads_is_cut_off_while_others_keep_receiving() {
         stats.sessions, 2,
         "the slow consumer was disconnected: {stats:?}"
     );
+    // ... and /metrics counted the outbound queue drop.
+    let (status, body) = s.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    let drops: f64 = body["text"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_queue_drops_total{queue=\"outbound\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(drops >= 1.0, "outbound drops: {drops}");
 }
 
 #[actix_web::test]

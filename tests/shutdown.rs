@@ -136,6 +136,74 @@ async fn listen(mut c: WsClient) -> (Vec<Value>, Option<u16>) {
     (events, c.close_code())
 }
 
+/// A Socket.IO client over a raw Engine.IO WebSocket: handshake, CONNECT with the token, then
+/// read until the socket closes; returns the close code.
+async fn socketio_ws(
+    addr: SocketAddr,
+    token: String,
+) -> impl std::future::Future<Output = Option<u16>> {
+    use futures_util::{SinkExt, StreamExt};
+    let (_, mut framed) = awc::Client::builder()
+        .max_http_version(awc::http::Version::HTTP_11)
+        .finish()
+        .ws(format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"))
+        .connect()
+        .await
+        .unwrap();
+    let text = |f: Option<Result<awc::ws::Frame, _>>| match f {
+        Some(Ok(awc::ws::Frame::Text(t))) => String::from_utf8(t.to_vec()).unwrap(),
+        other => panic!("expected a text frame, got {other:?}"),
+    };
+    assert!(text(framed.next().await).starts_with('0'), "Engine.IO open");
+    framed
+        .send(awc::ws::Message::Text(
+            format!("40{}", json!({"token": token})).into(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        text(framed.next().await).starts_with("40"),
+        "Socket.IO connect"
+    );
+    async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), framed.next()).await {
+                Ok(Some(Ok(awc::ws::Frame::Close(reason)))) => {
+                    return reason.map(|r| u16::from(r.code));
+                }
+                Ok(Some(Ok(awc::ws::Frame::Text(t)))) if t.as_ref() == b"2" => {
+                    let _ = framed.send(awc::ws::Message::Text("3".into())).await;
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// An Engine.IO polling session with a long poll waiting; returns what the poll got.
+async fn polling_session(addr: SocketAddr) -> impl std::future::Future<Output = String> {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let url = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+    let open = client.get(&url).send().await.unwrap().body().await.unwrap();
+    let open = String::from_utf8(open.to_vec()).unwrap();
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    async move {
+        let body = client
+            .get(format!("{url}&sid={sid}"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+}
+
 #[derive(QueryableByName)]
 struct CallEnd {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -205,6 +273,10 @@ async fn sigterm_under_load_keeps_every_acked_message_ends_calls_and_closes_with
     }
     let load = futures_util::future::join_all(senders);
     let watchers = futures_util::future::join(listen(cb), listen(cc));
+    // Socket.IO: one client over WebSocket, one polling session with a poll waiting.
+    let sio = socketio_ws(server.addr, keys.sign(alice, None, &[], 3600).unwrap()).await;
+    let poll = polling_session(server.addr).await;
+    let others = futures_util::future::join(sio, poll);
     let pid = server.child.id();
     let signal = async move {
         actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
@@ -215,8 +287,9 @@ async fn sigterm_under_load_keeps_every_acked_message_ends_calls_and_closes_with
         assert!(status.success());
         Instant::now()
     };
-    let (results, (bob_side, carol_side), sent_at) =
-        futures_util::future::join3(load, watchers, signal).await;
+    let (results, (bob_side, carol_side), (sent_at, (sio_code, poll))) =
+        futures_util::future::join3(load, watchers, futures_util::future::join(signal, others))
+            .await;
 
     // The process exits 0 within the deadline.
     let mut server = server;
@@ -267,6 +340,13 @@ async fn sigterm_under_load_keeps_every_acked_message_ends_calls_and_closes_with
     .collect();
     let missing: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(missing.is_empty(), "acked but not stored: {missing:?}");
+
+    // Socket.IO: the WebSocket closed with 1001, the waiting poll got a close packet.
+    assert_eq!(sio_code, Some(1001), "socket.io websocket close code");
+    assert!(
+        poll.split('\u{1e}').any(|p| p == "1"),
+        "poll answer: {poll:?}"
+    );
 
     // The call ended as server_shutdown; both parties were told, then closed with 1001.
     let row: CallEnd = diesel::sql_query("SELECT status, end_reason FROM calls WHERE id = $1")

@@ -78,9 +78,9 @@ step_api() {
     base="http://127.0.0.1:$port"
     BIND="127.0.0.1:$port" "$bin" serve >"$API_TMP/server.log" 2>&1 &
     API_PID=$!
-    local i
-    for i in $(seq 1 100); do
-        curl -fsS "$base/ping" >/dev/null 2>&1 && break
+    local tries=0
+    until curl -fsS "$base/ping" >/dev/null 2>&1 || [ "$tries" -ge 100 ]; do
+        tries=$((tries + 1))
         sleep 0.1
     done
     curl -fsS "$base/ping" >/dev/null || {

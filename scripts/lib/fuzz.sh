@@ -23,18 +23,18 @@ ensure_cargo_fuzz() {
 step_fuzz() {
     ensure_cargo_fuzz
     export RUSTC_BOOTSTRAP=1
-    local fuzz=("$CARGO_FUZZ" --fuzz-dir "$REPO/tests/fuzz")
+    local dir=(--fuzz-dir "$REPO/tests/fuzz")
     local targets target rc=0
     echo "cargo fuzz build"
-    "${fuzz[@]}" build
-    mapfile -t targets < <("${fuzz[@]}" list)
+    "$CARGO_FUZZ" build "${dir[@]}"
+    mapfile -t targets < <("$CARGO_FUZZ" list "${dir[@]}")
     [ "${#targets[@]}" -gt 0 ] || {
         echo "no fuzz targets in tests/fuzz" >&2
         return 1
     }
     for target in "${targets[@]}"; do
         echo "fuzz $target for ${FUZZ_SECONDS:-20} s"
-        if "${fuzz[@]}" run "$target" -- -max_total_time="${FUZZ_SECONDS:-20}" -max_len=4096 \
+        if "$CARGO_FUZZ" run "${dir[@]}" "$target" -- -max_total_time="${FUZZ_SECONDS:-20}" -max_len=4096 \
             -print_final_stats=1 >"$REPO/target/fuzz-$target.log" 2>&1; then
             grep -E '^stat::number_of_executed_units' "$REPO/target/fuzz-$target.log" || true
         else

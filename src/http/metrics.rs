@@ -7,6 +7,10 @@ use crate::realtime::registry::GetStats;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+/// How long a scrape waits for the registry's counts (a wedged registry must not wedge the
+/// scrape; the counts are then reported as zero).
+pub const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -26,15 +30,11 @@ pub async fn metrics(
             ));
         }
     }
-    // The registry answers promptly; a wedged registry must not wedge the scrape.
-    let stats = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        state.engine.registry.send(GetStats),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .unwrap_or_default();
+    let stats = tokio::time::timeout(REGISTRY_TIMEOUT, state.engine.registry.send(GetStats))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let pool = state.db.pool_usage();
     let snapshot = Snapshot {
         online_users: stats.online_users,
