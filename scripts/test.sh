@@ -13,7 +13,7 @@
 # seccomp filter checked, coturn started with the template), test (cargo test --all-targets) and
 # clients (Node/Python client tests under tests/clients, when present), api (the OpenAPI document
 # validated, then schemathesis against a live server with a user and an admin token; see
-# scripts/lib/api.sh) and fuzz (every cargo-fuzz target in tests/fuzz for ~20 s; see
+# scripts/lib/api.sh) and fuzz (every cargo-fuzz target in tests/fuzz for ~10 s; see
 # scripts/lib/fuzz.sh).
 # A failing step does not stop the later ones; the summary lists each result and the exit status
 # is non-zero when any step failed.

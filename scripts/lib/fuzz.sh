@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # The `fuzz` step of scripts/test.sh: builds the cargo-fuzz targets in tests/fuzz (libFuzzer;
-# one per decoder of untrusted input) and runs each for FUZZ_SECONDS (default 20). A crash, a
+# one per decoder of untrusted input) and runs each for FUZZ_SECONDS (default 10). The step is a
+# smoke run that must stay cheap in CI: it builds without optimisation (`--dev`) unless
+# FUZZ_RELEASE=1; long runs use the optimised build (below). A crash, a
 # failed assertion or a leak fails the step and leaves the input in tests/fuzz/artifacts/.
 #
 # cargo-fuzz needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept
@@ -25,16 +27,18 @@ step_fuzz() {
     export RUSTC_BOOTSTRAP=1
     local dir=(--fuzz-dir "$REPO/tests/fuzz")
     local targets target rc=0
-    echo "cargo fuzz build"
-    "$CARGO_FUZZ" build "${dir[@]}"
+    local profile=(--dev)
+    [ "${FUZZ_RELEASE:-}" = 1 ] && profile=()
+    echo "cargo fuzz build ${profile[*]}"
+    "$CARGO_FUZZ" build "${dir[@]}" "${profile[@]}"
     mapfile -t targets < <("$CARGO_FUZZ" list "${dir[@]}")
     [ "${#targets[@]}" -gt 0 ] || {
         echo "no fuzz targets in tests/fuzz" >&2
         return 1
     }
     for target in "${targets[@]}"; do
-        echo "fuzz $target for ${FUZZ_SECONDS:-20} s"
-        if "$CARGO_FUZZ" run "${dir[@]}" "$target" -- -max_total_time="${FUZZ_SECONDS:-20}" -max_len=4096 \
+        echo "fuzz $target for ${FUZZ_SECONDS:-10} s"
+        if "$CARGO_FUZZ" run "${dir[@]}" "${profile[@]}" "$target" -- -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 \
             -print_final_stats=1 >"$REPO/target/fuzz-$target.log" 2>&1; then
             grep -E '^stat::number_of_executed_units' "$REPO/target/fuzz-$target.log" || true
         else
