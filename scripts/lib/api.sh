@@ -3,7 +3,7 @@
 # validated with openapi-spec-validator, then schemathesis fuzzes every REST operation of a live
 # `switchboard serve` twice, with a user's and with an admin's access token, and fails on any
 # 5xx answer and on any answer the document does not allow (status, content type, body schema).
-# Both tools come from PyPI into a venv under target/.
+# Both tools come from PyPI into a venv in the tools directory (scripts/lib/pg.sh tools_dir).
 #
 # Needs: REPO, TEST_DATABASE_URL, psql_admin and pg_url_with_db (scripts/lib/pg.sh).
 # Knobs: API_MAX_EXAMPLES (default 25 per operation), API_MAX_TIME (seconds per run, default 150).
@@ -25,7 +25,7 @@ api_cleanup() {
 }
 
 api_venv() {
-    API_VENV="$REPO/target/schemathesis"
+    API_VENV="$(tools_dir)/schemathesis"
     if [ ! -x "$API_VENV/bin/python" ]; then
         command -v python3 >/dev/null 2>&1 || pg__apt_install python3 python3-venv
         python3 -m venv "$API_VENV" 2>/dev/null || {

@@ -6,20 +6,23 @@
 # failed assertion or a leak fails the step and leaves the input in tests/fuzz/artifacts/.
 #
 # cargo-fuzz needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept
-# them. cargo-fuzz itself is installed into .tools/ like diesel_cli.
+# them. cargo-fuzz itself is installed into the tools directory (scripts/lib/pg.sh tools_dir)
+# like diesel_cli.
 #
 # A long local run (the counts in README.md come from this):
-#   RUSTC_BOOTSTRAP=1 .tools/bin/cargo-fuzz run --fuzz-dir tests/fuzz TARGET -- -runs=1000000
+#   RUSTC_BOOTSTRAP=1 "$(tools_dir)"/bin/cargo-fuzz run --fuzz-dir tests/fuzz TARGET -- -runs=1000000
 
 CARGO_FUZZ_VERSION="0.13.2"
 
 ensure_cargo_fuzz() {
-    CARGO_FUZZ="$REPO/.tools/bin/cargo-fuzz"
+    local tools
+    tools="$(tools_dir)"
+    CARGO_FUZZ="$tools/bin/cargo-fuzz"
     if [ -x "$CARGO_FUZZ" ] && "$CARGO_FUZZ" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
         return 0
     fi
-    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION into $REPO/.tools"
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$REPO/.tools"
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION into $tools"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$tools"
 }
 
 step_fuzz() {

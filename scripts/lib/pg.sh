@@ -295,12 +295,21 @@ pg__diesel_ok() {
     grep -q "Version: $DIESEL_CLI_VERSION\$" <<<"$out" && grep -q "Supported Backends:.*postgres" <<<"$out"
 }
 
+# tools_dir: prints where pinned helper tools (diesel_cli, cargo-fuzz, the schemathesis venv)
+# are installed: SWITCHBOARD_TOOLS_DIR, else a per-user cache shared by every checkout on the
+# machine (so a fresh clone does not compile them again), e.g. ~/.cache/switchboard-tools.
+tools_dir() {
+    printf '%s\n' "${SWITCHBOARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-tools}"
+}
+
 # ensure_diesel_cli: exports DIESEL, the path of diesel_cli $DIESEL_CLI_VERSION (PostgreSQL):
-# $REPO/.tools/bin/diesel, else a `diesel` of that version on PATH, else one installed into
-# $REPO/.tools with cargo install.
+# $(tools_dir)/bin/diesel, else a `diesel` of that version on PATH, else one installed into
+# $(tools_dir) with cargo install.
 ensure_diesel_cli() {
     : "${REPO:?REPO must point at the repository root}"
-    DIESEL="$REPO/.tools/bin/diesel"
+    local tools
+    tools="$(tools_dir)"
+    DIESEL="$tools/bin/diesel"
     export DIESEL
     pg__diesel_ok "$DIESEL" && return 0
     local found
@@ -311,9 +320,9 @@ ensure_diesel_cli() {
     fi
     ensure_libpq_dev
     command -v cargo >/dev/null 2>&1 || pg__die "cargo is needed to install diesel_cli (https://rustup.rs)"
-    pg__say "installing diesel_cli $DIESEL_CLI_VERSION into $REPO/.tools"
+    pg__say "installing diesel_cli $DIESEL_CLI_VERSION into $tools"
     cargo install diesel_cli --version "$DIESEL_CLI_VERSION" --no-default-features \
-        --features postgres --root "$REPO/.tools" --locked >&2 ||
+        --features postgres --root "$tools" --locked >&2 ||
         pg__die "cargo install diesel_cli $DIESEL_CLI_VERSION failed"
     [ -x "$DIESEL" ] || pg__die "diesel_cli was installed but $DIESEL is missing"
 }
