@@ -28,20 +28,20 @@ ensure_cargo_fuzz() {
 step_fuzz() {
     ensure_cargo_fuzz
     export RUSTC_BOOTSTRAP=1
-    local dir=(--fuzz-dir "$REPO/tests/fuzz")
+    local fuzz_dir=(--fuzz-dir "$REPO/tests/fuzz")
     local targets target rc=0
     local profile=(--dev)
     [ "${FUZZ_RELEASE:-}" = 1 ] && profile=()
     echo "cargo fuzz build ${profile[*]}"
-    "$CARGO_FUZZ" build "${dir[@]}" "${profile[@]}"
-    mapfile -t targets < <("$CARGO_FUZZ" list "${dir[@]}")
+    "$CARGO_FUZZ" build "${fuzz_dir[@]}" "${profile[@]}"
+    mapfile -t targets < <("$CARGO_FUZZ" list "${fuzz_dir[@]}")
     [ "${#targets[@]}" -gt 0 ] || {
         echo "no fuzz targets in tests/fuzz" >&2
         return 1
     }
     for target in "${targets[@]}"; do
         echo "fuzz $target for ${FUZZ_SECONDS:-10} s"
-        if "$CARGO_FUZZ" run "${dir[@]}" "${profile[@]}" "$target" -- -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 \
+        if "$CARGO_FUZZ" run "${fuzz_dir[@]}" "${profile[@]}" "$target" -- -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 \
             -print_final_stats=1 >"$REPO/target/fuzz-$target.log" 2>&1; then
             grep -E '^stat::number_of_executed_units' "$REPO/target/fuzz-$target.log" || true
         else
