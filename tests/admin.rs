@@ -946,7 +946,7 @@ async fn support_messages_keep_extreme_numbers_in_their_metadata() {
         "max": f64::MAX,
         "nearMin": -1.7e308,
         "tiny": 8.707752230008142e-108,
-        "nested": [{"big": 1.2805120143268510e71}],
+        "nested": [{"big": 1.280_512_014_326_851e71}],
     });
     let (st, body) = s
         .post(

@@ -2002,7 +2002,7 @@ fn contact_operations() -> Vec<Operation> {
                     ("to", id_input()),
                     (
                         "message",
-                        json!({"type": "string", "maxLength": 1000, "description": "A greeting (also `text` or `content`)."}),
+                        json!({"type": "string", "nullable": true, "maxLength": 1000, "description": "A greeting (also `text` or `content`)."}),
                     ),
                 ],
                 &["to"],
