@@ -932,3 +932,93 @@ async fn authorization_matrix_for_admin_routes_conversations_calls_and_forged_id
         .unwrap();
     assert_eq!(owners, vec![alice]);
 }
+
+/// PostgreSQL hands jsonb numbers back written out in full (1.7976931348623157e308 as a
+/// 309-digit integer); reading that back must give the stored number, not fail the commit of
+/// the message (a 500, and every other message of the same batch with it).
+#[actix_web::test]
+async fn support_messages_keep_extreme_numbers_in_their_metadata() {
+    let s = TestServer::start().await;
+    let admin = s.create_user("Admin", "admin@example.com", None, &["admin"]);
+    let astro = s.create_user("Astro", "astro@example.com", None, &["astrologer"]);
+    let (ta, tx) = (s.token_for(admin), s.token_for(astro));
+    let metadata = json!({
+        "max": f64::MAX,
+        "nearMin": -1.7e308,
+        "tiny": 8.707752230008142e-108,
+        "nested": [{"big": 1.280_512_014_326_851e71}],
+    });
+    let (st, body) = s
+        .post(
+            "/api/conversations/admin/messages",
+            json!({"content": "numbers", "metadata": metadata}),
+            Some(&tx),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["message"]["metadata"], metadata);
+
+    let (st, body) = s
+        .post(
+            &format!("/api/admin/conversations/{astro}/messages"),
+            json!({"content": "numbers back", "metadata": {"max": f64::MAX}}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["message"]["metadata"]["max"].as_f64(), Some(f64::MAX));
+
+    // Read back from the database by both sides.
+    let (st, body) = s.get("/api/conversations/admin/messages", Some(&tx)).await;
+    assert_eq!(st, 200, "{body}");
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{body}");
+    assert_eq!(messages[0]["metadata"], metadata);
+    let (st, body) = s
+        .get(&format!("/api/admin/conversations/{astro}"), Some(&ta))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["messages"][0]["metadata"], metadata);
+    assert_eq!(
+        body["messages"][1]["metadata"]["max"].as_f64(),
+        Some(f64::MAX)
+    );
+}
+
+/// A time before 4714 BC parses (chrono reaches further back) but PostgreSQL cannot take it as
+/// a parameter: the call history refuses it with a 400 instead of failing inside the query.
+#[actix_web::test]
+async fn call_history_refuses_times_before_what_postgres_stores() {
+    let s = TestServer::start().await;
+    let admin = s.create_user("Admin", "admin@example.com", None, &["admin"]);
+    let user = s.create_user("User", "user@example.com", None, &[]);
+    let (ta, tu) = (s.token_for(admin), s.token_for(user));
+    for query in ["since=-5000-01-01T00:00:00Z", "until=-5000-01-01T00:00:00Z"] {
+        let (st, body) = s.get(&format!("/api/admin/calls?{query}"), Some(&ta)).await;
+        assert_eq!(
+            (st, code(&body)),
+            (400, "invalid_parameter"),
+            "{query}: {body}"
+        );
+    }
+    // Times PostgreSQL does hold still filter.
+    for query in [
+        "since=0001-01-01T00:00:00Z",
+        "until=%2B200000-01-01T00:00:00Z",
+        "since=-4000-01-01T00:00:00Z",
+    ] {
+        let (st, body) = s.get(&format!("/api/admin/calls?{query}"), Some(&ta)).await;
+        assert_eq!(st, 200, "{query}: {body}");
+        assert_eq!(body["calls"], json!([]), "{query}");
+    }
+    // A cursor whose time is out of that range (the same parser serves the user's history).
+    let cursor = "cursor=-6000000000000000000_x";
+    let (st, body) = s
+        .get(&format!("/api/admin/calls?{cursor}"), Some(&ta))
+        .await;
+    assert_eq!((st, code(&body)), (400, "invalid_cursor"), "{body}");
+    let (st, body) = s
+        .get(&format!("/api/calls/history?{cursor}"), Some(&tu))
+        .await;
+    assert_eq!((st, code(&body)), (400, "invalid_cursor"), "{body}");
+}

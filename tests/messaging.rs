@@ -724,3 +724,43 @@ async fn two_processes_sharing_one_database_keep_seq_gap_free() {
     assert_eq!(all, (1..=80).collect::<Vec<i64>>());
     s2.handle.stop(false).await;
 }
+
+/// A receipt time before 4714 BC (epoch milliseconds chrono accepts but PostgreSQL cannot take
+/// as a parameter) is refused as invalid input, not failed inside the query as `internal`.
+#[actix_web::test]
+async fn receipt_times_before_what_postgres_stores_are_refused() {
+    let s = TestServer::start().await;
+    let alice = s.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = s.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = group(&s, alice, &[bob]);
+    let mut a = WsClient::connect(&s, &s.token_for(alice)).await;
+    let mut b = WsClient::connect(&s, &s.token_for(bob)).await;
+    let c = conv.to_string();
+    a.request(
+        "message:send",
+        json!({"conversationId": c, "content": "hi"}),
+    )
+    .await
+    .unwrap();
+    let err = b
+        .request(
+            "receipt:read",
+            json!({"conversationId": c, "upToTime": -250_000_000_000_000_i64}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_payload", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("not a time"),
+        "{err}"
+    );
+    // A time in range still moves the cursor.
+    let ack = b
+        .request(
+            "receipt:read",
+            json!({"conversationId": c, "upToTime": "2999-01-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["upTo"], 1, "{ack}");
+}

@@ -225,3 +225,15 @@ pub fn revert_all_migrations(conn: &mut PgConnection) -> AppResult<usize> {
         .map_err(|e| AppError::internal(format!("revert failed: {e}")))?;
     Ok(reverted.len())
 }
+
+/// The earliest instant a PostgreSQL `timestamptz` holds (4714-11-24 BC, Julian day 0), in
+/// seconds since the Unix epoch. chrono reaches further back than that (and less far forward
+/// than PostgreSQL's 294276 AD), so a time a client supplies is checked with [`storable_time`]
+/// before it becomes a query parameter; otherwise PostgreSQL refuses the query and the request
+/// fails with a 500.
+const PG_MIN_UNIX_SECS: i64 = -210_866_803_200;
+
+/// Whether PostgreSQL can take `t` as a `timestamptz` parameter.
+pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
+    t.timestamp() >= PG_MIN_UNIX_SECS
+}

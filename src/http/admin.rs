@@ -640,6 +640,14 @@ async fn call_history(
         Some(u) => Some(super::parse_id(u, "userId")?),
         None => None,
     };
+    for (name, at) in [("since", &query.since), ("until", &query.until)] {
+        if at.as_ref().is_some_and(|t| !crate::db::storable_time(t)) {
+            return Err(AppError::bad_request(
+                "invalid_parameter",
+                format!("{name} is before the earliest time the server can store"),
+            ));
+        }
+    }
     let filter = CallFilter {
         status: query.status.map(|s| s.trim().to_ascii_lowercase()),
         user,

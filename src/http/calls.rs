@@ -215,7 +215,9 @@ pub(crate) fn call_cursor(
     let bad = || AppError::bad_request("invalid_cursor", "cursor is not valid");
     let (ts, id) = c.split_once('_').ok_or_else(bad)?;
     let micros: i64 = ts.parse().map_err(|_| bad())?;
-    let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let at = chrono::DateTime::from_timestamp_micros(micros)
+        .filter(crate::db::storable_time)
+        .ok_or_else(bad)?;
     Ok(Some((at, id.to_owned())))
 }
 

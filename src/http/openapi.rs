@@ -1116,6 +1116,9 @@ pub fn operations() -> Vec<Operation> {
         )
         .errors(&[400]),
     ]
+    .into_iter()
+    .chain(dashboard_operations())
+    .collect()
 }
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -1269,10 +1272,11 @@ pub fn document() -> Value {
         "tags": [
             {"name": "health"}, {"name": "operations"}, {"name": "auth"}, {"name": "users"},
             {"name": "conversations"}, {"name": "messages"}, {"name": "team chat"},
-            {"name": "calls"}
+            {"name": "calls"}, {"name": "admin"}, {"name": "support"},
+            {"name": "chat requests"}, {"name": "contacts"}
         ],
         "paths": paths,
-        "components": components(),
+        "components": dashboard_components(components()),
     })
 }
 
@@ -1295,6 +1299,843 @@ pub async fn docs() -> HttpResponse {
              connect-src 'self'",
         ))
         .body(include_str!("openapi_page.html"))
+}
+
+// Admin dashboard, seed 002 support conversations, seed 003 chat requests and contacts.
+
+/// The shapes of the admin dashboard, chat request and support routes, added to [`components`]
+/// (and the support owner of a conversation added to `Conversation`).
+fn dashboard_components(mut base: Value) -> Value {
+    let party = object(
+        &[
+            ("id", string()),
+            ("name", string()),
+            ("avatarUrl", nullable_string()),
+        ],
+        &["id", "name"],
+    );
+    let chat_request = object(
+        &[
+            ("id", string()),
+            ("fromUserId", string()),
+            ("toUserId", string()),
+            ("from", nullable_ref("ChatRequestParty")),
+            ("to", nullable_ref("ChatRequestParty")),
+            ("message", nullable_string()),
+            ("status", chat_request_status()),
+            ("conversationId", nullable_string()),
+            ("createdAt", date_time()),
+            ("respondedAt", nullable_date_time()),
+        ],
+        &["id", "fromUserId", "toUserId", "status", "createdAt"],
+    );
+    let admin_user = json!({"allOf": [
+        r("User"),
+        object(
+            &[
+                ("bannedAt", nullable_date_time()),
+                ("banReason", nullable_string()),
+                ("online", boolean()),
+                ("connections", integer()),
+            ],
+            &["online", "connections"],
+        ),
+    ]});
+    let connection = object(
+        &[
+            ("key", integer()),
+            ("deviceSession", nullable_string()),
+            ("transport", string()),
+            ("dialect", string()),
+        ],
+        &["key", "transport", "dialect"],
+    );
+    let device_session = object(
+        &[
+            ("id", string()),
+            ("deviceName", nullable_string()),
+            ("userAgent", nullable_string()),
+            ("ip", nullable_string()),
+            ("createdAt", date_time()),
+            ("lastUsedAt", date_time()),
+            ("revokedAt", nullable_date_time()),
+            ("revokedReason", nullable_string()),
+            ("liveConnections", integer()),
+        ],
+        &["id", "createdAt", "lastUsedAt", "liveConnections"],
+    );
+    let audit_entry = object(
+        &[
+            ("id", string()),
+            ("actorId", nullable_string()),
+            ("action", string()),
+            ("targetType", string()),
+            ("targetId", nullable_string()),
+            ("details", json!({"nullable": true})),
+            ("ip", nullable_string()),
+            ("createdAt", date_time()),
+        ],
+        &["id", "action", "targetType", "createdAt"],
+    );
+    let call_summary = object(
+        &[
+            ("callId", string()),
+            ("callerId", string()),
+            ("calleeIds", array(string())),
+            ("group", boolean()),
+            ("answered", boolean()),
+            ("call", nullable_ref("Call")),
+        ],
+        &["callId", "callerId", "calleeIds", "group", "answered"],
+    );
+    let counts = json!({"type": "object", "additionalProperties": integer()});
+    let stats = object(
+        &[
+            ("onlineUsers", integer()),
+            (
+                "connections",
+                object(
+                    &[
+                        ("total", integer()),
+                        ("byTransport", counts.clone()),
+                        ("byDialect", counts.clone()),
+                        (
+                            "byTransportAndDialect",
+                            array(object(
+                                &[
+                                    ("transport", string()),
+                                    ("dialect", string()),
+                                    ("count", integer()),
+                                ],
+                                &["transport", "dialect", "count"],
+                            )),
+                        ),
+                    ],
+                    &["total", "byTransport", "byDialect", "byTransportAndDialect"],
+                ),
+            ),
+            ("activeCalls", integer()),
+            ("activeConversations", integer()),
+            (
+                "messages",
+                object(
+                    &[("lastMinute", integer()), ("today", integer())],
+                    &["lastMinute", "today"],
+                ),
+            ),
+            (
+                "calls",
+                object(
+                    &[("today", integer()), ("todayByOutcome", counts)],
+                    &["today", "todayByOutcome"],
+                ),
+            ),
+            (
+                "users",
+                object(
+                    &[("total", integer()), ("banned", integer())],
+                    &["total", "banned"],
+                ),
+            ),
+            ("generatedAt", date_time()),
+        ],
+        &[
+            "onlineUsers",
+            "connections",
+            "activeCalls",
+            "activeConversations",
+            "messages",
+            "calls",
+            "users",
+            "generatedAt",
+        ],
+    );
+    let added = [
+        ("ChatRequestParty", party),
+        ("ChatRequest", chat_request),
+        ("AdminUser", admin_user),
+        ("Connection", connection),
+        ("DeviceSession", device_session),
+        ("AuditEntry", audit_entry),
+        ("CallSummary", call_summary),
+        ("Stats", stats),
+    ];
+    if let Some(schemas) = base["schemas"].as_object_mut() {
+        for (name, schema) in added {
+            schemas.insert(name.to_owned(), schema);
+        }
+    }
+    if let Some(props) = base["schemas"]["Conversation"]["properties"].as_object_mut() {
+        props.insert("supportUserId".to_owned(), nullable_string());
+    }
+    base
+}
+
+fn chat_request_status() -> Value {
+    json!({"type": "string", "enum": ["pending", "accepted", "declined", "cancelled"]})
+}
+
+/// `{success, user, closedConnections}` of the role and ban changes.
+fn admin_user_change() -> Value {
+    object(
+        &[
+            ("success", boolean()),
+            ("user", r("AdminUser")),
+            ("closedConnections", integer()),
+        ],
+        &["success", "user", "closedConnections"],
+    )
+}
+
+/// A support conversation with its newest messages and the caller's unread count.
+fn support_answer() -> Value {
+    object(
+        &[
+            ("success", boolean()),
+            ("conversation", r("Conversation")),
+            ("messages", array(r("Message"))),
+            ("unreadCount", integer()),
+        ],
+        &["success", "conversation", "messages", "unreadCount"],
+    )
+}
+
+/// A message for a support conversation (the conversation comes from the route).
+fn support_send_body() -> Value {
+    object(
+        &[
+            ("content", string()),
+            (
+                "type",
+                json!({"type": "string", "enum": ["text", "image", "audio", "file"]}),
+            ),
+            ("mediaUrl", string()),
+            ("replyTo", id_input()),
+            ("metadata", json!({"type": "object"})),
+            (
+                "clientMessageId",
+                json!({"type": "string", "minLength": 1, "maxLength": 128}),
+            ),
+        ],
+        &[],
+    )
+}
+
+/// `{success, <list>: [...], nextCursor}` of the admin lists.
+fn admin_page(list: &str, item: &str) -> Value {
+    object(
+        &[
+            ("success", boolean()),
+            (list, array(r(item))),
+            ("nextCursor", nullable_string()),
+        ],
+        &["success", list, "nextCursor"],
+    )
+}
+
+fn admin_limit(o: Operation, default: &'static str) -> Operation {
+    o.query(
+        "limit",
+        json!({"type": "integer", "minimum": 1, "maximum": 200}),
+        default,
+    )
+}
+
+fn id_query() -> Value {
+    json!({"type": "string", "pattern": "^[0-9]{1,18}$"})
+}
+
+/// The admin dashboard (`/admin/…`).
+fn admin_operations() -> Vec<Operation> {
+    use Access::Admin;
+    use Mount::Both;
+    let tag = "admin";
+    vec![
+        op(
+            "get",
+            "/admin/stats",
+            Both,
+            tag,
+            Admin,
+            "Live and daily counts: users online, connections by transport and dialect, calls, messages",
+        )
+        .ok(
+            200,
+            object(
+                &[("success", boolean()), ("stats", r("Stats"))],
+                &["success", "stats"],
+            ),
+        ),
+        admin_limit(
+            op(
+                "get",
+                "/admin/users",
+                Both,
+                tag,
+                Admin,
+                "Search users by ascending id, with filters",
+            )
+            .query(
+                "q",
+                string(),
+                "Name, phone or e-mail contains this (also `search` or `query`).",
+            )
+            .query("role", string(), "Holds this role.")
+            .query("teamRole", string(), "Holds this team role.")
+            .query("banned", boolean(), "Banned (true) or not (false).")
+            .query(
+                "online",
+                boolean(),
+                "With (true) or without (false) a live connection.",
+            )
+            .query("cursor", id_query(), "`nextCursor` of the previous page."),
+            "Page size (default 50).",
+        )
+        .ok(200, admin_page("users", "AdminUser")),
+        op(
+            "get",
+            "/admin/users/{id}",
+            Both,
+            tag,
+            Admin,
+            "One user with device sessions, live connections and current call",
+        )
+        .ok(
+            200,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("user", r("AdminUser")),
+                    ("devices", array(r("DeviceSession"))),
+                    ("connections", array(r("Connection"))),
+                    ("activeCallId", nullable_string()),
+                ],
+                &["success", "user", "devices", "connections", "activeCallId"],
+            ),
+        ),
+        op(
+            "patch",
+            "/admin/users/{id}/roles",
+            Both,
+            tag,
+            Admin,
+            "Replace roles and/or team roles (users who lose a role are disconnected)",
+        )
+        .body(roles_body(), true)
+        .ok(200, admin_user_change()),
+        op(
+            "put",
+            "/admin/users/{id}/roles",
+            Both,
+            tag,
+            Admin,
+            "Replace roles and/or team roles (same as PATCH)",
+        )
+        .body(roles_body(), true)
+        .ok(200, admin_user_change()),
+        op(
+            "post",
+            "/admin/users/{id}/ban",
+            Both,
+            tag,
+            Admin,
+            "Ban a user: ends their call, refuses their tokens, closes their sockets",
+        )
+        .body(object(&[("reason", nullable_string())], &[]), false)
+        .ok(200, admin_user_change()),
+        op(
+            "post",
+            "/admin/users/{id}/unban",
+            Both,
+            tag,
+            Admin,
+            "Lift a ban",
+        )
+        .ok(
+            200,
+            object(
+                &[("success", boolean()), ("user", r("AdminUser"))],
+                &["success", "user"],
+            ),
+        ),
+        op(
+            "post",
+            "/admin/users/{id}/logout",
+            Both,
+            tag,
+            Admin,
+            "Sign a user out everywhere: revoke device sessions and earlier tokens, close sockets",
+        )
+        .ok(
+            200,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("revokedSessions", integer()),
+                    ("closedConnections", integer()),
+                ],
+                &["success", "revokedSessions", "closedConnections"],
+            ),
+        ),
+        admin_limit(
+            op(
+                "get",
+                "/admin/conversations",
+                Both,
+                tag,
+                Admin,
+                "Search conversations, newest first",
+            )
+            .query(
+                "q",
+                string(),
+                "Title, or a member's name or phone, contains this (also `search` or `query`).",
+            )
+            .query(
+                "type",
+                json!({"type": "string", "enum": ["direct", "group", "team", "support"]}),
+                "Conversation type (also `kind`).",
+            )
+            .query("userId", id_query(), "Has this member.")
+            .query("contextType", string(), "Carries this context type.")
+            .query("cursor", id_query(), "`nextCursor` of the previous page."),
+            "Page size (default 30, at most 100).",
+        )
+        .ok(200, admin_page("conversations", "Conversation")),
+        page_query(
+            op(
+                "get",
+                "/admin/messages",
+                Both,
+                tag,
+                Admin,
+                "Read any conversation's messages (recorded in the audit log)",
+            )
+            .query(
+                "conversationId",
+                json!({"type": "integer", "minimum": 1}),
+                "The conversation (required).",
+            ),
+        )
+        .ok(200, message_page()),
+        op(
+            "delete",
+            "/admin/messages/{id}",
+            Both,
+            tag,
+            Admin,
+            "Delete any message (fans out `message:deleted`)",
+        )
+        .ok(200, message_envelope()),
+        op(
+            "get",
+            "/admin/calls/live",
+            Both,
+            tag,
+            Admin,
+            "Calls in progress with their parties",
+        )
+        .ok(
+            200,
+            object(
+                &[("success", boolean()), ("calls", array(r("CallSummary")))],
+                &["success", "calls"],
+            ),
+        ),
+        admin_limit(
+            op(
+                "get",
+                "/admin/calls",
+                Both,
+                tag,
+                Admin,
+                "Call history, newest first, with filters",
+            )
+            .query("status", string(), "Final or current status.")
+            .query("userId", id_query(), "A party of the call.")
+            .query(
+                "callType",
+                json!({"type": "string", "enum": ["audio", "video"]}),
+                "Audio or video.",
+            )
+            .query("since", date_time(), "Started at or after.")
+            .query("until", date_time(), "Started before.")
+            .query(
+                "cursor",
+                json!({"type": "string", "pattern": "^[0-9]{1,18}_.+$"}),
+                "`nextCursor` of the previous page.",
+            ),
+            "Page size (default 50).",
+        )
+        .ok(200, admin_page("calls", "Call")),
+        op(
+            "post",
+            "/admin/calls/{id}/end",
+            Both,
+            tag,
+            Admin,
+            "End a live call for every party (reason `admin`)",
+        )
+        .body(
+            object(
+                &[(
+                    "reason",
+                    json!({"type": "string", "nullable": true, "description": "A note for the audit log."}),
+                )],
+                &[],
+            ),
+            false,
+        )
+        .ok(
+            200,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("callId", string()),
+                    ("reason", json!({"type": "string", "enum": ["admin"]})),
+                ],
+                &["success", "callId", "reason"],
+            ),
+        ),
+        admin_limit(
+            op(
+                "get",
+                "/admin/audit",
+                Both,
+                tag,
+                Admin,
+                "The audit log of admin actions, newest first",
+            )
+            .query("actorId", id_query(), "The admin who acted.")
+            .query("action", string(), "Action, e.g. `user.ban`.")
+            .query("targetType", string(), "`user`, `conversation`, `message` or `call`.")
+            .query("targetId", string(), "Id of the target.")
+            .query("cursor", id_query(), "`nextCursor` of the previous page."),
+            "Page size (default 50).",
+        )
+        .ok(200, admin_page("entries", "AuditEntry")),
+    ]
+}
+
+fn role_list() -> Value {
+    json!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    })
+}
+
+fn roles_body() -> Value {
+    let mut body = object(&[("roles", role_list()), ("teamRoles", role_list())], &[]);
+    body["anyOf"] = json!([{"required": ["roles"]}, {"required": ["teamRoles"]}]);
+    body
+}
+
+/// Seed 002's support conversations (staff side and admin side).
+fn support_operations() -> Vec<Operation> {
+    use Access::{Admin, Bearer};
+    use Mount::Both;
+    let tag = "support";
+    vec![
+        op(
+            "get",
+            "/conversations/admin",
+            Both,
+            tag,
+            Bearer,
+            "The caller's support conversation with the admins, with recent messages (not for admins)",
+        )
+        .ok(200, support_answer()),
+        page_query(op(
+            "get",
+            "/conversations/admin/messages",
+            Both,
+            tag,
+            Bearer,
+            "A page of the caller's support conversation",
+        ))
+        .ok(200, message_page()),
+        op(
+            "post",
+            "/conversations/admin/messages",
+            Both,
+            tag,
+            Bearer,
+            "Write to the admins",
+        )
+        .body(support_send_body(), true)
+        .ok(201, message_envelope()),
+        op(
+            "get",
+            "/admin/conversations/{user_id}",
+            Both,
+            tag,
+            Admin,
+            "The support conversation of a user (created on first use), with recent messages",
+        )
+        .ok(200, support_answer()),
+        page_query(op(
+            "get",
+            "/admin/conversations/{user_id}/messages",
+            Both,
+            tag,
+            Admin,
+            "A page of a user's support conversation",
+        ))
+        .ok(200, message_page()),
+        op(
+            "post",
+            "/admin/conversations/{user_id}/messages",
+            Both,
+            tag,
+            Admin,
+            "Reply in a user's support conversation",
+        )
+        .body(support_send_body(), true)
+        .ok(201, message_envelope()),
+        op(
+            "post",
+            "/admin/calls/initiate",
+            Both,
+            tag,
+            Admin,
+            "Call a user (Agora when configured and no provider is named)",
+        )
+        .body(
+            object(
+                &[
+                    ("astrologerId", id_input()),
+                    ("calleeId", id_input()),
+                    ("to", id_input()),
+                    (
+                        "callType",
+                        json!({"type": "string", "enum": ["audio", "voice", "video"]}),
+                    ),
+                    ("isVideo", boolean()),
+                    (
+                        "provider",
+                        json!({"type": "string", "enum": ["webrtc", "agora", "auto"]}),
+                    ),
+                    (
+                        "roomName",
+                        json!({"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"}),
+                    ),
+                    ("sdpOffer", json!({"type": "object"})),
+                ],
+                &[],
+            ),
+            true,
+        )
+        .ok(
+            201,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("callId", string()),
+                    (
+                        "call",
+                        object(
+                            &[
+                                ("callId", string()),
+                                (
+                                    "status",
+                                    json!({"type": "string", "enum": ["ringing", "busy", "glare"]}),
+                                ),
+                                ("callType", string()),
+                                ("iceServers", array(r("IceServer"))),
+                                ("channelName", string()),
+                                ("agoraToken", nullable_string()),
+                                ("agora", json!({"type": "object"})),
+                            ],
+                            &["callId", "status", "callType", "iceServers"],
+                        ),
+                    ),
+                    ("channelName", nullable_string()),
+                    ("agoraToken", nullable_string()),
+                ],
+                &["success", "callId", "call"],
+            ),
+        ),
+    ]
+}
+
+/// Seed 003's chat requests and contacts.
+fn contact_operations() -> Vec<Operation> {
+    use Access::Bearer;
+    use Mount::Both;
+    let request_answer = object(
+        &[
+            ("success", boolean()),
+            ("request", r("ChatRequest")),
+            ("conversation", nullable_ref("Conversation")),
+        ],
+        &["success", "request", "conversation"],
+    );
+    let created_request = object(
+        &[
+            ("success", boolean()),
+            ("created", boolean()),
+            ("request", r("ChatRequest")),
+        ],
+        &["success", "created", "request"],
+    );
+    let opened = object(
+        &[
+            ("success", boolean()),
+            ("created", boolean()),
+            ("conversation", r("Conversation")),
+        ],
+        &["success", "created", "conversation"],
+    );
+    let mut ops = vec![
+        op(
+            "post",
+            "/chat-requests",
+            Both,
+            "chat requests",
+            Bearer,
+            "Ask a user to chat (201 new; 200 the pending request that already exists)",
+        )
+        .body(
+            object(
+                &[
+                    ("to", id_input()),
+                    (
+                        "message",
+                        json!({"type": "string", "nullable": true, "maxLength": 1000, "description": "A greeting (also `text` or `content`)."}),
+                    ),
+                ],
+                &["to"],
+            ),
+            true,
+        )
+        .ok(200, created_request.clone())
+        .ok(201, created_request),
+        op(
+            "get",
+            "/chat-requests",
+            Both,
+            "chat requests",
+            Bearer,
+            "The caller's incoming and outgoing requests, newest first",
+        )
+        .query(
+            "status",
+            json!({"type": "string", "enum": ["all", "pending", "accepted", "declined", "cancelled"]}),
+            "Only requests in this status (default all).",
+        )
+        .query(
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": 200}),
+            "Most requests per list (default 100).",
+        )
+        .ok(
+            200,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("incoming", array(r("ChatRequest"))),
+                    ("outgoing", array(r("ChatRequest"))),
+                ],
+                &["success", "incoming", "outgoing"],
+            ),
+        ),
+    ];
+    for (path, summary) in [
+        (
+            "/chat-requests/{id}/accept",
+            "Accept (recipient): opens the direct conversation; repeating it returns it again",
+        ),
+        ("/chat-requests/{id}/decline", "Decline (recipient)"),
+        ("/chat-requests/{id}/cancel", "Withdraw (sender)"),
+    ] {
+        ops.push(
+            op("post", path, Both, "chat requests", Bearer, summary)
+                .ok(200, request_answer.clone()),
+        );
+    }
+    let phone_item = json!({"oneOf": [
+        {"type": "string"},
+        object(
+            &[("phone", string()), ("name", nullable_string())],
+            &["phone"],
+        ),
+    ]});
+    ops.push(
+        op(
+            "post",
+            "/contacts/sync",
+            Both,
+            "contacts",
+            Bearer,
+            "Store address-book numbers and find the registered users among them",
+        )
+        .body(
+            object(
+                &[
+                    (
+                        "phones",
+                        json!({"type": "array", "items": phone_item, "description": "Numbers (also `contacts`, `phoneNumbers` or `numbers`); at most CONTACTS_SYNC_MAX."}),
+                    ),
+                    (
+                        "countryCode",
+                        json!({"type": "string", "nullable": true, "pattern": "^\\s*(\\+?[1-9][0-9]{0,2})?\\s*$"}),
+                    ),
+                    ("replace", boolean()),
+                ],
+                &[],
+            ),
+            true,
+        )
+        .ok(
+            200,
+            object(
+                &[
+                    ("success", boolean()),
+                    ("users", array(r("User"))),
+                    ("matched", integer()),
+                    ("stored", integer()),
+                    ("invalid", array(string())),
+                ],
+                &["success", "users", "matched", "stored", "invalid"],
+            ),
+        ),
+    );
+    ops.push(
+        op(
+            "post",
+            "/contacts/start-chat",
+            Both,
+            "contacts",
+            Bearer,
+            "Open the direct conversation with a user, by id or phone (contact policy applies)",
+        )
+        .body(
+            object(
+                &[
+                    ("userId", id_input()),
+                    ("phone", string()),
+                    (
+                        "countryCode",
+                        json!({"type": "string", "nullable": true, "pattern": "^\\s*(\\+?[1-9][0-9]{0,2})?\\s*$"}),
+                    ),
+                ],
+                &[],
+            ),
+            true,
+        )
+        .ok(200, opened.clone())
+        .ok(201, opened),
+    );
+    ops
+}
+
+/// Every operation of the admin dashboard, support, chat request and contact routes.
+fn dashboard_operations() -> Vec<Operation> {
+    let mut ops = admin_operations();
+    ops.extend(support_operations());
+    ops.extend(contact_operations());
+    ops
 }
 
 #[cfg(test)]

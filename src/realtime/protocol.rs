@@ -368,7 +368,8 @@ impl TryFrom<RawReceipt> for ReceiptCommand {
     }
 }
 
-/// A time given as an RFC 3339 string or as epoch milliseconds.
+/// A time given as an RFC 3339 string or as epoch milliseconds, within the range PostgreSQL
+/// stores.
 pub fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let parsed = match v {
         Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
@@ -378,7 +379,8 @@ pub fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
             .as_i64()
             .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
         _ => None,
-    };
+    }
+    .filter(crate::db::storable_time);
     parsed.ok_or_else(|| format!("`{v}` is not a time (RFC 3339 or epoch milliseconds)"))
 }
 
