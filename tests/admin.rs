@@ -250,6 +250,17 @@ async fn force_logout_revokes_every_session_and_closes_sockets() {
     assert_eq!(st, 200);
     let entries = audit(&s, &ta, "action=user.logout").await;
     assert_eq!(entries[0]["details"]["revokedSessions"], 2);
+    // An admin cannot lock themselves out through the dashboard.
+    let (st, body) = s
+        .post(
+            &format!("/api/admin/users/{admin}/logout"),
+            json!({}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!((st, code(&body)), (400, "validation_failed"), "{body}");
+    let (st, _) = s.get("/api/admin/stats", Some(&ta)).await;
+    assert_eq!(st, 200);
 }
 
 #[actix_web::test]

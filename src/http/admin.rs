@@ -450,6 +450,13 @@ async fn force_logout(
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "user id")?;
+    if id == admin.id() {
+        // Like banning yourself: it would lock the dashboard out mid-action. `POST /auth/logout`
+        // signs out one's own device.
+        return Err(AppError::validation(
+            "you cannot force-logout yourself; use /auth/logout",
+        ));
+    }
     let entry = admin.entry("user.logout", "user", id, Value::Null);
     let revoked = state
         .db
