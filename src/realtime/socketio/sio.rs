@@ -632,6 +632,11 @@ impl SioHandler {
                     return;
                 };
                 if frames.try_send(frame).is_err() {
+                    if let SioApp::Production(prod) = &self.app {
+                        prod.engine
+                            .metrics
+                            .rate_limited(crate::metrics::Limit::InFlight);
+                    }
                     let err = json!({"code": "rate_limited", "message": "too many frames in flight", "ref": p.id.map_or(json!(name), Value::from)});
                     let reply = match p.id {
                         Some(id) => {
