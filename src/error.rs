@@ -104,6 +104,14 @@ impl AppError {
         }
     }
 
+    /// A 400 `invalid_text`: PostgreSQL stores no NUL character (in `text` or in `jsonb`).
+    pub fn nul_text() -> Self {
+        Self::bad_request(
+            "invalid_text",
+            "text must not contain NUL (\\u0000) characters",
+        )
+    }
+
     /// A 409 with a code.
     pub fn conflict(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Conflict {

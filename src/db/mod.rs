@@ -192,10 +192,7 @@ fn classify(err: AppError) -> AppError {
             if cause.contains("invalid byte sequence for encoding")
                 || cause.contains("unsupported Unicode escape sequence") =>
         {
-            AppError::bad_request(
-                "invalid_text",
-                "text must not contain NUL (\\u0000) characters",
-            )
+            AppError::nul_text()
         }
         AppError::Internal { cause }
             if cause.contains("server closed the connection")

@@ -11,6 +11,7 @@
 //! admin may reply under their own name. The staff-side routes must be registered before
 //! `/conversations/{id}`.
 
+use super::admin::Admin;
 use super::conversations::{draft_for, page_response, send_and_respond, PageQuery};
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, Conversation};
@@ -46,24 +47,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(admin_send),
         )
         .route("/admin/calls/initiate", web::post().to(admin_call));
-}
-
-fn require_admin(identity: &Identity) -> AppResult<()> {
-    if identity.is_admin() {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden("admin only".into()))
-    }
-}
-
-fn user_id(raw: &str) -> AppResult<i64> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| {
-            AppError::bad_request("invalid_parameter", "user id must be a positive integer")
-        })
 }
 
 /// The support conversation of `user`, membership brought up to date and the engine told.
@@ -138,33 +121,32 @@ async fn staff_send(
 
 async fn admin_conversation(
     state: web::Data<AppState>,
-    identity: Identity,
+    admin: Admin,
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    require_admin(&identity)?;
-    let conv = support_conversation(&state, user_id(&path)?).await?;
+    let identity = admin.identity;
+    let conv = support_conversation(&state, super::parse_id(&path, "user id")?).await?;
     with_recent(&state, conv, identity.user_id()).await
 }
 
 async fn admin_messages(
     state: web::Data<AppState>,
-    identity: Identity,
+    _admin: Admin,
     path: web::Path<String>,
     q: web::Query<PageQuery>,
 ) -> AppResult<HttpResponse> {
-    require_admin(&identity)?;
-    let conv = support_conversation(&state, user_id(&path)?).await?;
+    let conv = support_conversation(&state, super::parse_id(&path, "user id")?).await?;
     page_response(&state, conv.id, &q).await
 }
 
 async fn admin_send(
     state: web::Data<AppState>,
-    identity: Identity,
+    admin: Admin,
     path: web::Path<String>,
     body: web::Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
-    require_admin(&identity)?;
-    let conv = support_conversation(&state, user_id(&path)?).await?;
+    let identity = admin.identity;
+    let conv = support_conversation(&state, super::parse_id(&path, "user id")?).await?;
     let draft = draft_for(conv.id, body.into_inner())?;
     send_and_respond(&state, &identity, draft).await
 }
@@ -173,10 +155,10 @@ async fn admin_send(
 /// when it is configured and no provider is named (seed 002's apps join Agora channels).
 async fn admin_call(
     state: web::Data<AppState>,
-    identity: Identity,
+    admin: Admin,
     body: web::Json<Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
-    require_admin(&identity)?;
+    let identity = admin.identity;
     let mut fields = body.into_inner();
     for key in ["callerId", "fromId", "from", "initiatedBy"] {
         fields.remove(key);
@@ -192,9 +174,7 @@ async fn admin_call(
     {
         fields.remove("userId");
     }
-    if !fields.contains_key("provider") && state.config.agora_enabled() {
-        fields.insert("provider".into(), json!("agora"));
-    }
+    fields.entry("provider").or_insert_with(|| json!("auto"));
     let req: CallInitiate =
         serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
             code: "validation_failed",

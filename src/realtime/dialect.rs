@@ -631,6 +631,15 @@ impl Dialect {
         }
     }
 
+    /// The dialect a connection asked for, or `DEFAULT_DIALECT` when it named none.
+    pub fn for_connection(
+        requested: Option<&str>,
+        config: &crate::config::Config,
+    ) -> AppResult<&'static Dialect> {
+        let default = Self::find(&config.default_dialect).unwrap_or(&CANONICAL);
+        Self::choose(requested, default)
+    }
+
     fn rule_in(&'static self, event: &str) -> Option<&'static In> {
         self.inbound.iter().find(|r| r.event == event)
     }
@@ -706,11 +715,6 @@ impl Translator {
         })
     }
 
-    /// The canonical (identity) translator.
-    pub fn canonical() -> Arc<Self> {
-        Self::new(&CANONICAL)
-    }
-
     /// The dialect's name.
     pub fn name(&self) -> &'static str {
         self.dialect.name
@@ -765,7 +769,6 @@ impl Translator {
                 (Hook::OfferOrStart, Some(_)) => "call:offer",
                 (Hook::AnswerOrAccept, Some(_)) if current.ringing_here => "call:accept",
                 (Hook::AnswerOrAccept, Some(_)) => "call:answer",
-                (Hook::CurrentCall, Some(_)) => rule.command,
                 (Hook::HangUpCurrent, Some(_)) => "call:end",
                 // Hanging up when nothing is in progress (the peer hung up first) is a no-op.
                 (Hook::HangUpCurrent, None) => "ping",

@@ -233,10 +233,7 @@ impl Engine {
             || nul(&d.client_message_id)
             || d.metadata.as_ref().is_some_and(protocol::has_nul)
         {
-            return Err(AppError::bad_request(
-                "invalid_text",
-                "text must not contain NUL (\\u0000) characters",
-            ));
+            return Err(AppError::nul_text());
         }
         if d.content.chars().count() > self.config.max_content_chars {
             return Err(AppError::TooLarge(
@@ -329,10 +326,7 @@ impl Engine {
             return Err(AppError::TooLarge("content is too long".into()));
         }
         if content.contains('\0') {
-            return Err(AppError::bad_request(
-                "invalid_text",
-                "text must not contain NUL (\\u0000) characters",
-            ));
+            return Err(AppError::nul_text());
         }
         if content.trim().is_empty() {
             return Err(AppError::validation("content must not be empty"));

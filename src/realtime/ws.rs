@@ -6,7 +6,7 @@
 //! rate limits, heartbeat timeout) and hands them to the actor; a writer task drains the
 //! session's bounded queue into the socket and sends heartbeat pings.
 
-use super::dialect::{self, Dialect, Translator};
+use super::dialect::{Dialect, Translator};
 use super::protocol::{ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
 use super::registry::SessionLabels;
@@ -107,8 +107,7 @@ pub fn dialect_of(
     req: &HttpRequest,
     config: &crate::config::Config,
 ) -> Result<&'static Dialect, AppError> {
-    let default = Dialect::find(&config.default_dialect).unwrap_or(&dialect::CANONICAL);
-    Dialect::choose(query_param(req, "dialect").as_deref(), default)
+    Dialect::for_connection(query_param(req, "dialect").as_deref(), config)
 }
 
 /// `GET /ws`: upgrade, authenticate, start the session.

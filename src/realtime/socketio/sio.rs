@@ -6,7 +6,7 @@
 use super::engine::{EioData, EioHandler, EioSocket};
 use super::packet::{fill_placeholders, SioKind, SioPacket};
 use crate::auth::{Auth, Identity};
-use crate::realtime::dialect::{self, Dialect, Translator};
+use crate::realtime::dialect::{Dialect, Translator};
 use crate::realtime::protocol::{ClientFrame, Outbound};
 use crate::realtime::registry::SessionLabels;
 use crate::realtime::session::{CloseRequest, Link, SessionActor};
@@ -256,9 +256,7 @@ impl SioHandler {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .or(handshake_dialect);
-                let default =
-                    Dialect::find(&engine.config.default_dialect).unwrap_or(&dialect::CANONICAL);
-                let dialect = match Dialect::choose(requested.as_deref(), default) {
+                let dialect = match Dialect::for_connection(requested.as_deref(), &engine.config) {
                     Ok(d) => d,
                     Err(e) => {
                         let refusal = packet(
