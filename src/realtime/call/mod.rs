@@ -141,14 +141,13 @@ impl Engine {
                 if callees.len() > 32 {
                     return Err(AppError::validation("at most 32 participants per call"));
                 }
-                let found = crate::db::accounts::users_exist(conn, &callees)?;
-                if found != callees.len() {
-                    return Err(AppError::NotFound("user not found".into()));
-                }
-                // Users the caller picked are subject to the contact policy; the members of a
-                // conversation the caller belongs to are already in contact.
+                // Users the caller picked are subject to the contact policy (which also answers
+                // `not_found` for unknown or banned users); the members of a conversation the
+                // caller belongs to are already in contact.
                 if conversation_id.is_none() {
                     crate::policy::check_contact(conn, &config, caller, &callees)?;
+                } else if crate::db::accounts::users_exist(conn, &callees)? != callees.len() {
+                    return Err(AppError::NotFound("user not found".into()));
                 }
                 Ok((callees, group))
             })
