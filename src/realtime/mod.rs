@@ -9,6 +9,7 @@ pub mod call;
 pub mod contact;
 pub mod conversation;
 pub mod dialect;
+pub mod directory;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;
@@ -24,10 +25,13 @@ use crate::db::messages::{self, Actor as MessageActor, Draft, Message, MessageVi
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use actix::prelude::*;
-use conversation::{Change, ChangeMessage, ConversationActor, Join, Receipt, SendMessage, Typing};
+use conversation::{
+    Change, ChangeMessage, ConversationActor, ConversationMap, Join, Receipt, SendMessage, Typing,
+};
+use directory::{Delivery, Directory};
 use protocol::{SendDraft, ServerEvent};
 use ratelimit::UserLimiter;
-use registry::{FanOut, GetConversation, Registry, SetEngine};
+use registry::{GetConversation, Registry, SetEngine};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,6 +49,12 @@ pub struct Engine {
     pub db: Db,
     /// The registry actor.
     pub registry: Addr<Registry>,
+    /// Live sessions of this process by user.
+    pub directory: Arc<Directory>,
+    /// How events reach users' sessions (this process's directory).
+    pub delivery: Arc<dyn Delivery>,
+    /// Live conversation actors by id.
+    pub conversations: Arc<ConversationMap>,
     /// Group-commit writer.
     pub writer: writer::Writer,
     /// Per-user send limiter.
@@ -85,7 +95,12 @@ impl Engine {
             config.write_queue,
             config.write_batch_max,
         );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let directory = Arc::new(Directory::new(Arc::clone(&metrics)));
         let engine = Self {
+            delivery: Arc::clone(&directory) as Arc<dyn Delivery>,
+            directory,
+            conversations: Arc::default(),
             call_limiter: Arc::new(UserLimiter::per_hour(
                 config.call_rate_per_hour,
                 config.call_burst,
@@ -99,7 +114,7 @@ impl Engine {
             registry,
             writer,
             arbiters,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             draining: Arc::default(),
             commands: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
@@ -113,8 +128,11 @@ impl Engine {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The actor of a conversation (started on demand).
+    /// The actor of a conversation: found in the shared map, or started by the registry.
     pub async fn conversation(&self, id: i64) -> AppResult<Addr<ConversationActor>> {
+        if let Some(addr) = self.conversations.get(id) {
+            return Ok(addr);
+        }
         self.registry
             .send(GetConversation(id))
             .await
@@ -388,11 +406,8 @@ impl Engine {
 
     /// Sends an event to every device of some users.
     pub fn notify_users(&self, users: Vec<i64>, name: &'static str, payload: Value) {
-        self.registry.do_send(FanOut {
-            users: users.into(),
-            event: ServerEvent::new(name, payload),
-            skip: None,
-        });
+        self.delivery
+            .deliver(&users, &ServerEvent::new(name, payload), None);
     }
 
     /// Tells the engine a conversation's membership changed (REST add/remove/create).

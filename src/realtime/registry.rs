@@ -14,11 +14,6 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Delivers one event to a session.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct Deliver(pub Arc<ServerEvent>);
-
 /// Asks a session to close (logout, ban, shutdown).
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
@@ -32,7 +27,6 @@ pub struct CloseSession {
 /// What the registry keeps per live session.
 #[derive(Clone, Debug)]
 struct Entry {
-    deliver: Recipient<Deliver>,
     close: Recipient<CloseSession>,
     device_session: Option<String>,
     labels: SessionLabels,
@@ -60,8 +54,6 @@ pub struct Connect {
     pub device_session: Option<String>,
     /// Transport and dialect.
     pub labels: SessionLabels,
-    /// Event sink.
-    pub deliver: Recipient<Deliver>,
     /// Close handle.
     pub close: Recipient<CloseSession>,
 }
@@ -104,16 +96,6 @@ pub struct FanOut {
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<Addr<ConversationActor>>")]
 pub struct GetConversation(pub i64);
-
-/// A conversation actor stopped after being idle.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ConversationStopped {
-    /// Conversation.
-    pub id: i64,
-    /// The actor that stopped (a newer one may already have replaced it).
-    pub addr: Addr<ConversationActor>,
-}
 
 /// Membership of a conversation changed (REST): reload it and widen presence audiences.
 #[derive(Message, Debug)]
@@ -220,7 +202,6 @@ pub struct Registry {
     watching: HashMap<u64, Vec<i64>>,
     last_seen: HashMap<i64, DateTime<Utc>>,
     announced: HashSet<i64>,
-    conversations: HashMap<i64, Addr<ConversationActor>>,
     next_arbiter: usize,
     calls: HashMap<String, LiveCall>,
     user_call: HashMap<i64, String>,
@@ -240,7 +221,6 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("users", &self.sessions.len())
-            .field("conversations", &self.conversations.len())
             .finish_non_exhaustive()
     }
 }
@@ -256,7 +236,6 @@ impl Registry {
             watching: HashMap::new(),
             last_seen: HashMap::new(),
             announced: HashSet::new(),
-            conversations: HashMap::new(),
             next_arbiter: 0,
             calls: HashMap::new(),
             user_call: HashMap::new(),
@@ -264,19 +243,8 @@ impl Registry {
     }
 
     fn deliver_to(&self, users: &[i64], event: &Arc<ServerEvent>, skip: Option<u64>) {
-        let mut deliveries = 0;
-        for user in users {
-            if let Some(devices) = self.sessions.get(user) {
-                for (key, entry) in devices {
-                    if Some(*key) != skip {
-                        entry.deliver.do_send(Deliver(Arc::clone(event)));
-                        deliveries += 1;
-                    }
-                }
-            }
-        }
         if let Some(engine) = &self.engine {
-            engine.metrics.fanned_out(deliveries);
+            engine.delivery.deliver(users, event, skip);
         }
     }
 
@@ -350,7 +318,6 @@ impl Handler<Connect> for Registry {
         devices.insert(
             msg.key,
             Entry {
-                deliver: msg.deliver,
                 close: msg.close,
                 device_session: msg.device_session,
                 labels: msg.labels,
@@ -432,38 +399,25 @@ impl Handler<FanOut> for Registry {
 
 impl Handler<GetConversation> for Registry {
     type Result = AppResult<Addr<ConversationActor>>;
-    fn handle(&mut self, msg: GetConversation, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.conversations.get(&msg.0) {
-            if addr.connected() {
-                return Ok(addr.clone());
-            }
-        }
+    fn handle(&mut self, msg: GetConversation, _: &mut Context<Self>) -> Self::Result {
         let engine = self
             .engine
             .clone()
             .ok_or_else(|| AppError::unavailable("engine is starting"))?;
+        // Only this actor starts conversation actors, so a lookup that raced another one finds
+        // the actor the first started.
+        if let Some(addr) = engine.conversations.get(msg.0) {
+            return Ok(addr);
+        }
         let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let id = msg.0;
-        let registry = ctx.address();
+        let map = Arc::clone(&engine.conversations);
         let addr = ConversationActor::start_in_arbiter(&arbiter, move |_| {
-            ConversationActor::new(id, engine, registry)
+            ConversationActor::new(id, engine)
         });
-        self.conversations.insert(id, addr.clone());
+        map.insert(id, addr.clone());
         Ok(addr)
-    }
-}
-
-impl Handler<ConversationStopped> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: ConversationStopped, _: &mut Context<Self>) {
-        if self
-            .conversations
-            .get(&msg.id)
-            .is_some_and(|a| *a == msg.addr)
-        {
-            self.conversations.remove(&msg.id);
-        }
     }
 }
 
@@ -477,7 +431,11 @@ impl Handler<ConversationMembersChanged> for Registry {
                 }
             }
         }
-        if let Some(addr) = self.conversations.get(&msg.id) {
+        if let Some(addr) = self
+            .engine
+            .as_ref()
+            .and_then(|e| e.conversations.get(msg.id))
+        {
             addr.do_send(MembersChanged);
         }
     }
@@ -546,7 +504,7 @@ impl Handler<GetStats> for Registry {
             sessions,
             by_transport,
             by_dialect,
-            conversations: self.conversations.len(),
+            conversations: self.engine.as_ref().map_or(0, |e| e.conversations.len()),
         })
     }
 }
@@ -566,12 +524,10 @@ pub struct ToSession {
 impl Handler<ToSession> for Registry {
     type Result = ();
     fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
-        if let Some(entry) = self
-            .sessions
-            .get(&msg.user_id)
-            .and_then(|d| d.get(&msg.key))
-        {
-            entry.deliver.do_send(Deliver(msg.event));
+        if let Some(engine) = &self.engine {
+            engine
+                .delivery
+                .deliver_to_session(msg.user_id, msg.key, &msg.event);
         }
     }
 }

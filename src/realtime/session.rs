@@ -4,10 +4,9 @@
 //! fills that queue and is disconnected instead of growing memory.
 
 use super::dialect::Translator;
+use super::directory::SessionHandle;
 use super::protocol::{ClientFrame, Command, Outbound, WireError};
-use super::registry::{
-    Announce, CloseSession, Connect, Deliver, Disconnect, SessionLabels, WatchPresence,
-};
+use super::registry::{Announce, CloseSession, Connect, Disconnect, SessionLabels, WatchPresence};
 use super::Engine;
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, ReceiptKind};
@@ -239,14 +238,22 @@ impl Actor for SessionActor {
         engine
             .metrics
             .session_opened(self.labels.transport, self.labels.dialect);
-        // Register at once, so events reach the session from its first frame on; the presence
-        // audience follows when the database answers.
+        // Enter the directory at once, so events reach the session from its first frame on;
+        // the registry supervises it from here, and the presence audience follows when the
+        // database answers.
+        engine.directory.insert(SessionHandle::new(
+            self.key,
+            user,
+            self.link.clone(),
+            self.labels,
+            self.identity.session_id.clone(),
+            ctx.address().recipient(),
+        ));
         engine.registry.do_send(Connect {
             user_id: user,
             key: self.key,
             device_session: self.identity.session_id.clone(),
             labels: self.labels,
-            deliver: ctx.address().recipient(),
             close: ctx.address().recipient(),
         });
         actix::spawn(async move {
@@ -270,6 +277,7 @@ impl Actor for SessionActor {
         self.engine
             .metrics
             .session_closed(self.labels.transport, self.labels.dialect);
+        self.engine.directory.remove(self.user(), self.key);
         self.engine.registry.do_send(Disconnect {
             user_id: self.user(),
             key: self.key,
@@ -278,20 +286,6 @@ impl Actor for SessionActor {
             code: 1000,
             reason: "session ended".into(),
         });
-    }
-}
-
-impl Handler<Deliver> for SessionActor {
-    type Result = ();
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        match self.link.offer(Outbound::Event(msg.0), self.user()) {
-            Offer::Queued => {}
-            Offer::Full => {
-                self.engine.metrics.queue_drop(Queue::Outbound);
-                ctx.stop();
-            }
-            Offer::Closed => ctx.stop(),
-        }
     }
 }
 
