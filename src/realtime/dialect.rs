@@ -591,8 +591,11 @@ pub static AIST: Dialect = Dialect {
     ],
 };
 
-/// Every dialect.
-pub static ALL: [&Dialect; 6] = [
+/// Number of dialects, the canonical one included.
+pub const DIALECT_COUNT: usize = 6;
+
+/// Every dialect, the canonical one first.
+pub static ALL: [&Dialect; DIALECT_COUNT] = [
     &CANONICAL,
     &LONESTAR,
     &WORLDMATES,
@@ -638,6 +641,11 @@ impl Dialect {
     ) -> AppResult<&'static Dialect> {
         let default = Self::find(&config.default_dialect).unwrap_or(&CANONICAL);
         Self::choose(requested, default)
+    }
+
+    /// The dialect's position in [`ALL`] (its slot in an event's translation cache).
+    pub fn index(&'static self) -> usize {
+        ALL.iter().position(|d| std::ptr::eq(*d, self)).unwrap_or(0)
     }
 
     fn rule_in(&'static self, event: &str) -> Option<&'static In> {
@@ -790,10 +798,12 @@ impl Translator {
 
     /// Translates a canonical event into what this dialect emits (possibly several events, or
     /// none).
-    pub fn outbound(&self, event: &Arc<ServerEvent>) -> Vec<Arc<ServerEvent>> {
+    pub fn outbound(&self, event: &Arc<ServerEvent>) -> Arc<[Arc<ServerEvent>]> {
         let Some(rule) = self.dialect.rule_out(&event.name) else {
-            return vec![Arc::clone(event)];
+            return event.translated(self.dialect.index(), || vec![Arc::clone(event)]);
         };
+        // Per-connection state moves here; the translation itself is the same for every
+        // connection of the dialect, so it is built once per event and shared.
         match rule.hook {
             Hook::TrackIncoming => {
                 let mut current = self.current();
@@ -810,14 +820,16 @@ impl Translator {
             }
             _ => {}
         }
-        rule.emit
-            .iter()
-            .filter(|e| {
-                e.when
-                    .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
-            })
-            .map(|e| event.derive(e.event, build(&event.payload, e.set)))
-            .collect()
+        event.translated(self.dialect.index(), || {
+            rule.emit
+                .iter()
+                .filter(|e| {
+                    e.when
+                        .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
+                })
+                .map(|e| event.derive(e.event, build(&event.payload, e.set)))
+                .collect()
+        })
     }
 
     /// The outbound items answering a frame whose (dialect) event was `event`: the ack or error
@@ -843,7 +855,7 @@ impl Translator {
                     }
                 }
                 if let Some(id) = reply_to {
-                    items.insert(0, Outbound::Ack { id, payload });
+                    items.insert(0, Outbound::ack(id, payload));
                 }
             }
             Err(e) => {
@@ -855,17 +867,11 @@ impl Translator {
                     Some(name) => {
                         let body = serde_json::to_value(&error).unwrap_or(Value::Null);
                         if reply_to.is_some() {
-                            items.push(Outbound::Error {
-                                id: reply_to,
-                                error,
-                            });
+                            items.push(Outbound::error(reply_to, error));
                         }
                         items.push(Outbound::Event(ServerEvent::new(name, body)));
                     }
-                    None => items.push(Outbound::Error {
-                        id: reply_to,
-                        error,
-                    }),
+                    None => items.push(Outbound::error(reply_to, error)),
                 }
             }
         }
@@ -1035,8 +1041,8 @@ mod tests {
             Err(AppError::NotFound("call not found".into())),
         );
         match &items[..] {
-            [Outbound::Error { id: Some(id), .. }, Outbound::Event(e)] => {
-                assert_eq!(id, &json!(3));
+            [Outbound::Error(err), Outbound::Event(e)] => {
+                assert_eq!(err.id, Some(json!(3)));
                 assert_eq!(e.name, "call:error");
                 assert_eq!(e.payload["code"], "not_found");
             }
@@ -1044,7 +1050,7 @@ mod tests {
         }
         // Without an error event and without an id: the canonical `error` event.
         let items = t.reply("ping", None, Err(AppError::validation("x")));
-        assert!(matches!(&items[..], [Outbound::Error { id: None, .. }]));
+        assert!(matches!(&items[..], [Outbound::Error(e)] if e.id.is_none()));
     }
 
     #[test]

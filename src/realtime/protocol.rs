@@ -4,6 +4,7 @@
 //! reply to a frame).
 
 use crate::error::AppError;
+use bytestring::ByteString;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,8 +45,14 @@ pub struct ServerEvent {
     /// For a new message: its conversation and seq, so transports whose clients acknowledge
     /// events (Socket.IO) can turn that acknowledgement into a delivered receipt.
     pub delivery: Option<(i64, i64)>,
-    canonical: OnceLock<Arc<str>>,
+    canonical: OnceLock<ByteString>,
+    /// This event in each dialect (slot: [`crate::realtime::dialect::Dialect::index`]), built
+    /// by the first recipient speaking it.
+    translated: [OnceLock<Arc<[Arc<ServerEvent>]>>; DIALECT_SLOTS],
 }
+
+/// Slots of an event's translation cache: one per dialect.
+pub const DIALECT_SLOTS: usize = crate::realtime::dialect::DIALECT_COUNT;
 
 impl ServerEvent {
     /// A new shared event.
@@ -55,6 +62,7 @@ impl ServerEvent {
             payload,
             delivery: None,
             canonical: OnceLock::new(),
+            translated: Default::default(),
         })
     }
 
@@ -70,6 +78,7 @@ impl ServerEvent {
             payload,
             delivery: Some((conversation_id, seq)),
             canonical: OnceLock::new(),
+            translated: Default::default(),
         })
     }
 
@@ -80,18 +89,46 @@ impl ServerEvent {
             payload,
             delivery: self.delivery,
             canonical: OnceLock::new(),
+            translated: Default::default(),
         })
     }
 
-    /// `{"event": name, "payload": payload}`, encoded once.
-    pub fn canonical_json(&self) -> Arc<str> {
+    /// This event as a dialect speaks it, built once by `build` and shared by every recipient
+    /// of that dialect.
+    pub fn translated(
+        &self,
+        slot: usize,
+        build: impl FnOnce() -> Vec<Arc<ServerEvent>>,
+    ) -> Arc<[Arc<ServerEvent>]> {
+        match self.translated.get(slot) {
+            Some(cell) => Arc::clone(cell.get_or_init(|| build().into())),
+            None => build().into(),
+        }
+    }
+
+    /// `{"event": name, "payload": payload}`, encoded once and shared by every recipient (a
+    /// clone is a reference count, not a copy).
+    pub fn canonical_json(&self) -> ByteString {
         self.canonical
-            .get_or_init(|| {
-                let frame = serde_json::json!({ "event": self.name, "payload": self.payload });
-                Arc::from(frame.to_string())
-            })
+            .get_or_init(|| ByteString::from(frame_text(&self.name, None, &self.payload)))
             .clone()
     }
+}
+
+/// A canonical frame `{"event", "id"?, "payload"}` as text, serialised from borrowed parts (no
+/// copy of the payload tree).
+pub fn frame_text<T: Serialize + ?Sized>(event: &str, id: Option<&Value>, payload: &T) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a, T: Serialize + ?Sized> {
+        event: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        payload: &'a T,
+    }
+    serde_json::to_string(&Frame { event, id, payload }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, event, "could not encode a frame");
+        String::from("{\"event\":\"error\",\"payload\":{\"code\":\"internal\",\"message\":\"could not encode\"}}")
+    })
 }
 
 /// An error reply or error event: `{code, message, ref}` plus `retryAfter` for rate limits.
@@ -131,25 +168,46 @@ impl WireError {
     }
 }
 
-/// What a session hands to its transport for writing.
+/// What a session hands to its transport for writing. One pointer wide, so a connection's
+/// outbound queue costs little while it is empty.
 #[derive(Clone, Debug)]
 pub enum Outbound {
     /// A pushed event.
     Event(Arc<ServerEvent>),
     /// A successful reply to a frame that carried an id.
-    Ack {
-        /// The frame's id.
-        id: Value,
-        /// The result.
-        payload: Value,
-    },
-    /// A failed command; `id` is the frame's id when it had one.
-    Error {
-        /// The frame's id.
-        id: Option<Value>,
-        /// The error.
-        error: WireError,
-    },
+    Ack(Box<AckReply>),
+    /// A failed command.
+    Error(Box<ErrorReply>),
+}
+
+/// A successful reply.
+#[derive(Clone, Debug)]
+pub struct AckReply {
+    /// The frame's id.
+    pub id: Value,
+    /// The result.
+    pub payload: Value,
+}
+
+/// A failed command; `id` is the frame's id when it had one.
+#[derive(Clone, Debug)]
+pub struct ErrorReply {
+    /// The frame's id.
+    pub id: Option<Value>,
+    /// The error.
+    pub error: WireError,
+}
+
+impl Outbound {
+    /// A successful reply to the frame `id`.
+    pub fn ack(id: Value, payload: Value) -> Self {
+        Self::Ack(Box::new(AckReply { id, payload }))
+    }
+
+    /// An error reply (to the frame `id`, or an error event without one).
+    pub fn error(id: Option<Value>, error: WireError) -> Self {
+        Self::Error(Box::new(ErrorReply { id, error }))
+    }
 }
 
 /// Deserializes an id given as a JSON string or number into `i64`.

@@ -32,13 +32,61 @@ pub struct CloseRequest {
     pub reason: String,
 }
 
+/// A connection's close request: the first one wins, the transport waits for it.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    request: std::sync::Mutex<Option<CloseRequest>>,
+    made: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CloseSignal {
+    /// A new signal, shared by the session's parts.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Asks the transport to close; answers false when a close was already requested.
+    pub fn request(&self, req: CloseRequest) -> bool {
+        if self.made.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        *self
+            .request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(req);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Whether a close was requested.
+    pub fn is_requested(&self) -> bool {
+        self.made.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the close request and takes it (one transport task waits; cancel-safe).
+    pub async fn requested(&self) -> CloseRequest {
+        loop {
+            if let Some(req) = self
+                .request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                return req;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// The transport side of a session: a bounded queue of outbound items and a close signal.
 #[derive(Clone, Debug)]
 pub struct Link {
     /// Outbound events and replies (bounded: `OUTBOUND_QUEUE`).
     pub out: mpsc::Sender<Outbound>,
-    /// Close requests (capacity 1: the first one wins).
-    pub close: mpsc::Sender<CloseRequest>,
+    /// Close request (the first one wins).
+    pub close: Arc<CloseSignal>,
     /// The connection's dialect: events are translated as they are queued.
     pub dialect: Arc<Translator>,
 }
@@ -58,7 +106,7 @@ impl Link {
     /// A link for a connection speaking `dialect`.
     pub fn new(
         out: mpsc::Sender<Outbound>,
-        close: mpsc::Sender<CloseRequest>,
+        close: Arc<CloseSignal>,
         dialect: Arc<Translator>,
     ) -> Self {
         Self {
@@ -79,7 +127,10 @@ impl Link {
     pub fn offer(&self, item: Outbound, user: i64) -> Offer {
         match item {
             Outbound::Event(ev) if !self.dialect.is_canonical() => self.offer_all(
-                self.dialect.outbound(&ev).into_iter().map(Outbound::Event),
+                self.dialect
+                    .outbound(&ev)
+                    .iter()
+                    .map(|e| Outbound::Event(Arc::clone(e))),
                 user,
             ),
             item => self.offer_raw(item, user),
@@ -105,7 +156,7 @@ impl Link {
                     user,
                     "slow consumer: outbound queue full; closing the connection"
                 );
-                let _ = self.close.try_send(CloseRequest {
+                self.close.request(CloseRequest {
                     code: CLOSE_SLOW_CONSUMER,
                     reason: "slow consumer: outbound queue full".into(),
                 });
@@ -128,15 +179,12 @@ impl Link {
             return self.offer_all(self.dialect.reply(event, reply_to, result), user);
         }
         match (result, reply_to) {
-            (Ok(payload), Some(id)) => self.offer(Outbound::Ack { id, payload }, user),
+            (Ok(payload), Some(id)) => self.offer(Outbound::ack(id, payload), user),
             (Ok(_), None) => Offer::Queued,
             (Err(e), id) => {
                 let reference = id.clone().or_else(|| Some(Value::String(event.to_owned())));
                 self.offer(
-                    Outbound::Error {
-                        id,
-                        error: WireError::from_app(&e, reference),
-                    },
+                    Outbound::error(id, WireError::from_app(&e, reference)),
                     user,
                 )
             }
@@ -282,7 +330,7 @@ impl Actor for SessionActor {
             user_id: self.user(),
             key: self.key,
         });
-        let _ = self.link.close.try_send(CloseRequest {
+        self.link.close.request(CloseRequest {
             code: 1000,
             reason: "session ended".into(),
         });
@@ -292,7 +340,7 @@ impl Actor for SessionActor {
 impl Handler<CloseSession> for SessionActor {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
-        let _ = self.link.close.try_send(CloseRequest {
+        self.link.close.request(CloseRequest {
             code: msg.code,
             reason: msg.reason,
         });

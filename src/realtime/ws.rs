@@ -7,16 +7,19 @@
 //! session's bounded queue into the socket and sends heartbeat pings.
 
 use super::dialect::{Dialect, Translator};
-use super::protocol::{ClientFrame, Outbound, WireError};
+use super::protocol::{frame_text, ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
 use super::registry::SessionLabels;
-use super::session::{CloseRequest, Link, SessionActor, TransportClosed, CLOSE_UNAUTHORIZED};
+use super::session::{
+    CloseRequest, CloseSignal, Link, SessionActor, TransportClosed, CLOSE_UNAUTHORIZED,
+};
 use crate::error::AppError;
 use crate::state::AppState;
 use actix::{Actor, Addr};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
-use serde_json::{json, Value};
+use bytestring::ByteString;
+use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +29,8 @@ use tokio::sync::mpsc;
 pub trait WireFormat: Send + Sync + 'static {
     /// Decodes a text frame.
     fn decode(&self, text: &str) -> Result<ClientFrame, (Option<Value>, AppError)>;
-    /// Encodes an outbound item.
-    fn encode(&self, item: &Outbound) -> String;
+    /// Encodes an outbound item (a pushed event's text is shared, not copied).
+    fn encode(&self, item: &Outbound) -> ByteString;
 }
 
 /// The canonical `{"event","payload","id"}` format.
@@ -77,16 +80,11 @@ impl WireFormat for CanonicalJson {
         })
     }
 
-    fn encode(&self, item: &Outbound) -> String {
+    fn encode(&self, item: &Outbound) -> ByteString {
         match item {
-            Outbound::Event(ev) => ev.canonical_json().to_string(),
-            Outbound::Ack { id, payload } => {
-                json!({"event": "ack", "id": id, "payload": payload}).to_string()
-            }
-            Outbound::Error { id, error } => match id {
-                Some(id) => json!({"event": "error", "id": id, "payload": error}).to_string(),
-                None => json!({"event": "error", "payload": error}).to_string(),
-            },
+            Outbound::Event(ev) => ev.canonical_json(),
+            Outbound::Ack(a) => frame_text("ack", Some(&a.id), &a.payload).into(),
+            Outbound::Error(e) => frame_text("error", e.id.as_ref(), &e.error).into(),
         }
     }
 }
@@ -165,15 +163,15 @@ pub fn start(
     };
     let config = Arc::clone(&state.config);
     let (out_tx, out_rx) = mpsc::channel(config.outbound_queue);
-    let (close_tx, close_rx) = mpsc::channel(1);
-    let link = Link::new(out_tx, close_tx, dialect);
+    let close = CloseSignal::new();
+    let link = Link::new(out_tx, Arc::clone(&close), dialect);
     let user = identity.user_id();
     let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), labels).start();
     let last_seen = Arc::new(AtomicI64::new(now_millis()));
     actix_web::rt::spawn(write_loop(
         session.clone(),
         out_rx,
-        close_rx,
+        close,
         Arc::clone(&format),
         config.heartbeat_interval,
     ));
@@ -199,7 +197,7 @@ fn now_millis() -> i64 {
 async fn write_loop(
     mut session: actix_ws::Session,
     mut out: mpsc::Receiver<Outbound>,
-    mut close: mpsc::Receiver<CloseRequest>,
+    close: Arc<CloseSignal>,
     format: Arc<dyn WireFormat>,
     heartbeat: Duration,
 ) {
@@ -207,7 +205,7 @@ async fn write_loop(
     let reason = loop {
         tokio::select! {
             biased;
-            req = close.recv() => break req,
+            req = close.requested() => break Some(req),
             item = out.recv() => {
                 let Some(item) = item else { break None };
                 let text = format.encode(&item);
@@ -215,7 +213,7 @@ async fn write_loop(
                 tokio::select! {
                     biased;
                     res = session.text(text) => if res.is_err() { return },
-                    req = close.recv() => break req,
+                    req = close.requested() => break Some(req),
                 }
             }
             _ = ping.tick() => {
@@ -269,7 +267,7 @@ struct Reader {
 
 impl Reader {
     fn close(&self, code: u16, reason: &str) {
-        let _ = self.link.close.try_send(CloseRequest {
+        self.link.close.request(CloseRequest {
             code,
             reason: reason.into(),
         });
@@ -278,10 +276,7 @@ impl Reader {
     fn error(&self, id: Option<Value>, err: &AppError) {
         tracing::debug!(code = err.code(), "frame refused");
         self.link.push(
-            Outbound::Error {
-                id: id.clone(),
-                error: WireError::from_app(err, id),
-            },
+            Outbound::error(id.clone(), WireError::from_app(err, id)),
             self.user,
         );
     }
@@ -370,6 +365,7 @@ impl Reader {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn decodes_frames_and_reports_bad_ones_with_codes() {
@@ -385,10 +381,7 @@ mod tests {
 
     #[test]
     fn replies_carry_the_frame_id() {
-        let ack = CanonicalJson.encode(&Outbound::Ack {
-            id: json!(3),
-            payload: json!({"ok": true}),
-        });
+        let ack = CanonicalJson.encode(&Outbound::ack(json!(3), json!({"ok": true})));
         assert_eq!(
             serde_json::from_str::<Value>(&ack).unwrap(),
             json!({"event":"ack","id":3,"payload":{"ok":true}})

@@ -9,7 +9,7 @@ use crate::auth::{Auth, Identity};
 use crate::realtime::dialect::{Dialect, Translator};
 use crate::realtime::protocol::{ClientFrame, Outbound};
 use crate::realtime::registry::SessionLabels;
-use crate::realtime::session::{CloseRequest, Link, SessionActor};
+use crate::realtime::session::{CloseSignal, Link, SessionActor};
 use crate::realtime::Engine;
 use actix::{Actor, Addr};
 use actix_web::web::Bytes;
@@ -438,8 +438,8 @@ impl SioHandler {
         waiting: Vec<ClientFrame>,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(engine.config.outbound_queue);
-        let (close_tx, mut close_rx) = mpsc::channel::<CloseRequest>(1);
-        let link = Link::new(out_tx, close_tx, Translator::new(dialect));
+        let close = CloseSignal::new();
+        let link = Link::new(out_tx, Arc::clone(&close), Translator::new(dialect));
         let actor = SessionActor::new(
             identity,
             engine,
@@ -506,7 +506,8 @@ impl SioHandler {
                             break;
                         }
                     }
-                    req = close_rx.recv() => {
+                    req = close.requested() => {
+                        let req = Some(req);
                         if req.as_ref().is_some_and(|r| r.code == 1001) {
                             // Shutdown: no DISCONNECT packet (the client would not reconnect);
                             // flush what is queued, then close the transport with 1001.
@@ -677,21 +678,14 @@ pub fn encode(item: &Outbound) -> SioPacket {
             None,
             Some(json!([ev.name, ev.payload])),
         ),
-        Outbound::Ack { id, payload } => {
-            packet(SioKind::Ack, "/", id.as_u64(), Some(json!([payload])))
-        }
-        Outbound::Error {
-            id: Some(id),
-            error,
-        } if id.as_u64().is_some() => packet(
+        Outbound::Ack(a) => packet(SioKind::Ack, "/", a.id.as_u64(), Some(json!([a.payload]))),
+        Outbound::Error(e) if e.id.as_ref().and_then(Value::as_u64).is_some() => packet(
             SioKind::Ack,
             "/",
-            id.as_u64(),
-            Some(json!([{"error": error}])),
+            e.id.as_ref().and_then(Value::as_u64),
+            Some(json!([{"error": e.error}])),
         ),
-        Outbound::Error { error, .. } => {
-            packet(SioKind::Event, "/", None, Some(json!(["error", error])))
-        }
+        Outbound::Error(e) => packet(SioKind::Event, "/", None, Some(json!(["error", e.error]))),
     }
 }
 
