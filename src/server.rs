@@ -213,6 +213,9 @@ fn build(
     .shutdown_timeout(shutdown)
     .workers(workers)
     .max_connections(per_worker)
+    // Small frames (acks, events) go out at once instead of waiting, behind an earlier
+    // unacknowledged segment, for the peer's delayed ACK (~40 ms).
+    .tcp_nodelay(true)
     .listen(listener)
     .map_err(AppError::internal)?;
     if !signals {
