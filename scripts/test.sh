@@ -240,6 +240,8 @@ step_test() {
     if ! command -v turnserver >/dev/null 2>&1 || ! command -v turnutils_uclient >/dev/null 2>&1; then
         pg__apt_install coturn
     fi
+    # tests/listener.rs reads the server's socket system calls with strace.
+    ops_need strace strace
     install_node_clients
     cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 }

@@ -125,6 +125,17 @@ pub struct Config {
     pub dev_mode: bool,
     /// `BIND` — listen address of the HTTP/WebSocket server. Default `127.0.0.1:8080`.
     pub bind: String,
+    /// `HTTP_WORKERS` — threads accepting and serving HTTP and WebSocket connections; 0 means
+    /// one per CPU core. Default 0.
+    pub http_workers: usize,
+    /// `MAX_CONNECTIONS` — most open client connections (WebSocket, Socket.IO and HTTP) of this
+    /// process, divided evenly over the workers; past it, new connections wait in the listen
+    /// backlog. Default 200000 (100 000 sockets with room for HTTP keep-alive and reconnects
+    /// whose old socket has not timed out yet).
+    pub max_connections: usize,
+    /// `LISTEN_BACKLOG` — queue of connections not yet accepted; the kernel caps it at
+    /// `net.core.somaxconn`. Default 4096.
+    pub listen_backlog: u32,
     /// `ALLOWED_ORIGINS` — comma-separated CORS allow-list (exact origins). Default empty
     /// (no cross-origin browser access).
     pub allowed_origins: List,
@@ -255,6 +266,9 @@ impl Default for Config {
             jwt_secret: Secret::default(),
             dev_mode: false,
             bind: "127.0.0.1:8080".to_owned(),
+            http_workers: 0,
+            max_connections: 200_000,
+            listen_backlog: 4096,
             allowed_origins: List::default(),
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
@@ -468,6 +482,9 @@ impl Config {
         parse(src, "JWT_SECRET", &mut self.jwt_secret)?;
         parse_bool(src, "SWITCHBOARD_DEV", &mut self.dev_mode)?;
         parse(src, "BIND", &mut self.bind)?;
+        parse(src, "HTTP_WORKERS", &mut self.http_workers)?;
+        parse(src, "MAX_CONNECTIONS", &mut self.max_connections)?;
+        parse(src, "LISTEN_BACKLOG", &mut self.listen_backlog)?;
         parse(src, "ALLOWED_ORIGINS", &mut self.allowed_origins)?;
         parse_secs(src, "ACCESS_TOKEN_TTL_SECS", &mut self.access_token_ttl)?;
         parse_secs(src, "REFRESH_TOKEN_TTL_SECS", &mut self.refresh_token_ttl)?;
@@ -554,6 +571,23 @@ impl Config {
         Ok(())
     }
 
+    /// The number of HTTP workers: `HTTP_WORKERS`, or one per CPU core when it is 0.
+    pub fn http_worker_count(&self) -> usize {
+        if self.http_workers > 0 {
+            self.http_workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// Each worker's share of `MAX_CONNECTIONS` (rounded up, so the workers together allow at
+    /// least `MAX_CONNECTIONS`).
+    pub fn max_connections_per_worker(&self) -> usize {
+        self.max_connections
+            .div_ceil(self.http_worker_count())
+            .max(1)
+    }
+
     /// Checks what the database-backed commands need.
     pub fn validate_database(&self) -> Result<(), ConfigError> {
         if self.database_url.is_empty() {
@@ -620,10 +654,16 @@ impl Config {
             ("WRITE_SHARDS", self.write_shards),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
+            ("MAX_CONNECTIONS", self.max_connections),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
             }
+        }
+        if self.listen_backlog == 0 || i32::try_from(self.listen_backlog).is_err() {
+            return Err(ConfigError::Rejected(
+                "LISTEN_BACKLOG must be between 1 and 2147483647".into(),
+            ));
         }
         if self.agora_app_id.is_empty() != self.agora_app_certificate.is_empty() {
             return Err(ConfigError::Rejected(
@@ -752,6 +792,70 @@ mod tests {
         ]);
         let err = Config::load_from(None, &e).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("dinner"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_parse_and_default_to_a_large_node() {
+        let config = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!(config.http_workers, 0);
+        assert_eq!(config.max_connections, 200_000);
+        assert_eq!(config.listen_backlog, 4096);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(config.http_worker_count(), cores);
+        assert!(config.max_connections_per_worker() * cores >= 100_000);
+
+        let e = env(&[
+            ("HTTP_WORKERS", "3"),
+            ("MAX_CONNECTIONS", "100000"),
+            ("LISTEN_BACKLOG", "1024"),
+        ]);
+        let config = Config::load_from(None, &e).unwrap();
+        assert_eq!(config.http_worker_count(), 3);
+        assert_eq!(config.max_connections, 100_000);
+        // Rounded up: three workers of 33 334 allow the whole 100 000.
+        assert_eq!(config.max_connections_per_worker(), 33_334);
+        assert_eq!(config.listen_backlog, 1024);
+
+        let dir = std::env::temp_dir().join(format!("sbcfg-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "http_workers = 8\nmax_connections = 500000\nlisten_backlog = 65535\n",
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&path), &env(&[("HTTP_WORKERS", "4")])).unwrap();
+        assert_eq!(config.http_workers, 4);
+        assert_eq!(config.max_connections_per_worker(), 125_000);
+        assert_eq!(config.listen_backlog, 65_535);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let err = Config::load_from(None, &env(&[("MAX_CONNECTIONS", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAX_CONNECTIONS"), "{err}");
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        for (key, value, message) in [
+            ("MAX_CONNECTIONS", "0", "MAX_CONNECTIONS must be at least 1"),
+            ("LISTEN_BACKLOG", "0", "LISTEN_BACKLOG must be between"),
+            (
+                "LISTEN_BACKLOG",
+                "4294967295",
+                "LISTEN_BACKLOG must be between",
+            ),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((key, value));
+            let err = Config::load_from(None, &env(&pairs))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -188,6 +188,20 @@ fn build(
     let config = state.config.clone();
     let max_json = config.max_json_body_bytes;
     let shutdown = config.shutdown_timeout.as_secs();
+    let workers = config.http_worker_count();
+    let per_worker = config.max_connections_per_worker();
+    // The listener arrives bound and listening (std's backlog); listening again on Linux only
+    // resizes its queue to LISTEN_BACKLOG.
+    let backlog = i32::try_from(config.listen_backlog).unwrap_or(i32::MAX);
+    socket2::SockRef::from(&listener)
+        .listen(backlog)
+        .map_err(|e| AppError::internal(format!("cannot set the listen backlog: {e}")))?;
+    tracing::info!(
+        workers,
+        max_connections_per_worker = per_worker,
+        backlog,
+        "http server limits"
+    );
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -197,6 +211,11 @@ fn build(
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(shutdown)
+    .workers(workers)
+    .max_connections(per_worker)
+    // Small frames (acks, events) go out at once instead of waiting, behind an earlier
+    // unacknowledged segment, for the peer's delayed ACK (~40 ms).
+    .tcp_nodelay(true)
     .listen(listener)
     .map_err(AppError::internal)?;
     if !signals {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// A stored message.
-#[derive(Clone, Debug, Queryable, Selectable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
 pub struct Message {
     /// Primary key.
@@ -160,6 +160,31 @@ pub struct Written {
     pub fresh: bool,
 }
 
+/// The idempotency lookup of [`write_batch`]: the stored messages whose
+/// `(sender_id, client_message_id)` equals one of the pairs `($1[i], $2[i])`.
+///
+/// The pairs are joined row by row (`unnest` of two arrays zips them), so each becomes one probe
+/// of the `UNIQUE (sender_id, client_message_id)` index and the cost follows the batch, not the
+/// table. Filtering with `sender_id = ANY($1) AND client_message_id = ANY($2)` instead would ask
+/// for the cross product of senders and keys, which the planner answers with a sequential scan
+/// of `messages` once the table is large (acks went from milliseconds to seconds).
+pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
+     JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_message_id) \
+     ON m.sender_id = k.sender_id AND m.client_message_id = k.client_message_id";
+
+/// Runs [`RETRY_LOOKUP_SQL`] for `(sender, client message id)` pairs (duplicates are asked once).
+pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResult<Vec<Message>> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    let mut pairs: Vec<(i64, &str)> = keyed.to_vec();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (senders, keys): (Vec<i64>, Vec<&str>) = pairs.into_iter().unzip();
+    Ok(diesel::sql_query(RETRY_LOOKUP_SQL)
+        .bind::<Array<BigInt>, _>(senders)
+        .bind::<Array<Text>, _>(keys)
+        .load(conn)?)
+}
+
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
 /// `last_seq` bumped by the number of new messages, and all rows inserted with one multi-row
 /// INSERT, so `seq` stays gap-free even with several processes writing. A draft whose
@@ -180,13 +205,7 @@ pub fn write_batch(
             .collect();
         let mut existing: HashMap<(i64, String), Message> = HashMap::new();
         if !keyed.is_empty() {
-            let senders: Vec<i64> = keyed.iter().map(|(s, _)| *s).collect();
-            let keys: Vec<&str> = keyed.iter().map(|(_, k)| *k).collect();
-            let found: Vec<Message> = messages::table
-                .filter(messages::sender_id.eq_any(&senders))
-                .filter(messages::client_message_id.eq_any(&keys))
-                .select(Message::as_select())
-                .load(conn)?;
+            let found = stored_retries(conn, &keyed)?;
             for m in found {
                 if let (Some(s), Some(k)) = (m.sender_id, m.client_message_id.clone()) {
                     existing.insert((s, k), m);
