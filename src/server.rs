@@ -197,6 +197,9 @@ fn build(
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(shutdown)
+    // Realtime events are small writes: without TCP_NODELAY one sent while the previous write
+    // is still unacknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
+    .tcp_nodelay(true)
     .listen(listener)
     .map_err(AppError::internal)?;
     if !signals {

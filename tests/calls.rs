@@ -557,3 +557,68 @@ async fn strangers_cannot_touch_a_call_and_calls_are_rate_limited() {
         .unwrap_err();
     assert_eq!(err["code"], "not_found");
 }
+
+/// Call set-up latency (`call:initiate` sent → the callee's `call:incoming` received), printed
+/// as p50/p99 over sequential calls and over concurrent callers. A measurement, not a check:
+/// `cargo test --release --test calls call_setup_latency -- --ignored --nocapture`.
+#[actix_web::test]
+#[ignore = "measurement; run by hand"]
+async fn call_setup_latency() {
+    use std::time::Instant;
+    fn pct(mut v: Vec<f64>) -> (f64, f64) {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        (at(0.5), at(0.99))
+    }
+    async fn one(ca: &mut WsClient, cb: &mut WsClient, to: i64) -> f64 {
+        let t = Instant::now();
+        ca.emit("call:initiate", json!({"to": to})).await;
+        let incoming = cb.expect_event("call:incoming").await;
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        cb.request("call:reject", json!({"callId": incoming["callId"]}))
+            .await
+            .unwrap();
+        ca.take_buffered("call:ringing");
+        took
+    }
+    let s = TestServer::start().await;
+    let rounds = 300;
+    let a = s.create_user("A", "a@example.com", None, &[]);
+    let b = s.create_user("B", "b@example.com", None, &[]);
+    let mut ca = connect(&s, a).await;
+    let mut cb = connect(&s, b).await;
+    for _ in 0..20 {
+        one(&mut ca, &mut cb, b).await;
+    }
+    let mut seq = Vec::new();
+    for _ in 0..rounds {
+        seq.push(one(&mut ca, &mut cb, b).await);
+        ca.buffered_clear();
+    }
+    let (p50, p99) = pct(seq);
+    println!("sequential: p50 {p50:.2} ms, p99 {p99:.2} ms");
+
+    let pairs = 50;
+    let mut clients = Vec::new();
+    for i in 0..pairs {
+        let x = s.create_user("X", &format!("x{i}@example.com"), None, &[]);
+        let y = s.create_user("Y", &format!("y{i}@example.com"), None, &[]);
+        clients.push((connect(&s, x).await, connect(&s, y).await, y));
+    }
+    let tasks = clients.into_iter().map(|(mut cx, mut cy, y)| async move {
+        let mut v = Vec::new();
+        one(&mut cx, &mut cy, y).await;
+        for _ in 0..20 {
+            v.push(one(&mut cx, &mut cy, y).await);
+            cx.buffered_clear();
+        }
+        v
+    });
+    let all: Vec<f64> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let (p50, p99) = pct(all);
+    println!("{pairs} concurrent callers: p50 {p50:.2} ms, p99 {p99:.2} ms");
+}
