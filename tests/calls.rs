@@ -563,6 +563,7 @@ async fn strangers_cannot_touch_a_call_and_calls_are_rate_limited() {
 /// `cargo test --release --test calls call_setup_latency -- --ignored --nocapture`.
 #[actix_web::test]
 #[ignore = "measurement; run by hand"]
+#[allow(clippy::print_stdout)]
 async fn call_setup_latency() {
     use std::time::Instant;
     fn pct(mut v: Vec<f64>) -> (f64, f64) {
