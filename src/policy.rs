@@ -717,6 +717,72 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_answers_until_invalidated_and_drops_answers_that_raced_a_change() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        assert_eq!(cache.pair(1, 2), None);
+        let t = cache.ticket();
+        cache.note_pair(t, 1, 2, false);
+        cache.note_users(t, &[1, 2]);
+        cache.note_members(t, 7, &[1, 2]);
+        assert_eq!(cache.pair(1, 2), Some(false));
+        assert_eq!(cache.pair(2, 1), None, "verdicts are directional");
+        assert!(cache.all_in_good_standing(&[1, 2]));
+        assert_eq!(cache.members(7).as_deref(), Some(&[1, 2][..]));
+
+        // A change to either user forgets the pair and the user's standing.
+        cache.invalidate_users(&[2]);
+        assert_eq!(cache.pair(1, 2), None);
+        assert!(cache.all_in_good_standing(&[1]));
+        assert!(!cache.all_in_good_standing(&[1, 2]));
+        assert!(cache.members(7).is_some(), "membership is tracked apart");
+        cache.membership_changed(7, &[1]);
+        assert!(cache.members(7).is_none());
+        assert!(!cache.all_in_good_standing(&[1]));
+
+        // A lookup that began before a change does not cache what it read.
+        let before = cache.ticket();
+        cache.invalidate_users(&[3]);
+        cache.note_pair(before, 1, 3, true);
+        cache.note_pair(before, 1, 4, true);
+        assert_eq!(cache.pair(1, 3), None);
+        assert_eq!(cache.pair(1, 4), Some(true));
+        cache.clear();
+        assert_eq!(cache.pair(1, 4), None);
+        cache.note_pair(before, 1, 4, true);
+        assert_eq!(cache.pair(1, 4), None, "older than the clear");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_expires_and_can_be_off() {
+        let cache = ContactCache::new(Duration::from_secs(60), 10);
+        for target in 0..100 {
+            let t = cache.ticket();
+            cache.note_pair(t, 1, target, true);
+        }
+        assert!(cache.lock().pairs.len() <= 10);
+        assert_eq!(cache.pair(1, 99), Some(true), "the newest stay");
+        for user in 0..100 {
+            cache.invalidate_users(&[user]);
+        }
+        assert!(cache.lock().user_marks.len() <= 10);
+        assert_eq!(cache.pair(1, 99), None);
+
+        let short = ContactCache::new(Duration::from_millis(20), 10);
+        let t = short.ticket();
+        short.note_pair(t, 1, 2, true);
+        assert_eq!(short.pair(1, 2), Some(true));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(short.pair(1, 2), None);
+
+        let off = ContactCache::disabled();
+        let t = off.ticket();
+        off.note_pair(t, 1, 2, true);
+        off.note_users(t, &[1]);
+        assert_eq!(off.pair(1, 2), None);
+        assert!(!off.all_in_good_standing(&[1]));
+    }
+
+    #[test]
     fn policy_names_parse() {
         assert_eq!(
             "Request".parse::<ContactPolicy>().unwrap(),
