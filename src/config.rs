@@ -249,6 +249,14 @@ pub struct Config {
     /// `CONTACTS_SYNC_MAX` — most phone numbers accepted by one `POST /contacts/sync`.
     /// Default 5000.
     pub contacts_sync_max: usize,
+    /// `CONTACT_CACHE_TTL_SECS` — longest a cached contact-policy decision, user standing
+    /// (exists, not banned) or conversation member list is used when starting a call. Changes
+    /// made through the server invalidate them at once; this bounds the staleness of changes
+    /// made around it (e.g. by hand in the database). 0 turns the cache off. Default 60.
+    pub contact_cache_ttl: Duration,
+    /// `CONTACT_CACHE_SIZE` — most entries of each kind in that cache (decisions, users,
+    /// conversations). Default 100000.
+    pub contact_cache_size: usize,
     /// `METRICS_TOKEN` — when set, `GET /metrics` requires `Authorization: Bearer <token>`.
     /// Default empty (open; keep `/metrics` off the public site in nginx).
     pub metrics_token: Secret,
@@ -321,6 +329,8 @@ impl Default for Config {
             contact_rules: ContactRules::default(),
             contact_link_contexts: List::default(),
             contacts_sync_max: 5000,
+            contact_cache_ttl: Duration::from_secs(60),
+            contact_cache_size: 100_000,
             metrics_token: Secret::default(),
             trusted_proxies: List(vec!["127.0.0.1".to_owned(), "::1".to_owned()]),
         }
@@ -566,6 +576,8 @@ impl Config {
             &mut self.contact_link_contexts,
         )?;
         parse(src, "CONTACTS_SYNC_MAX", &mut self.contacts_sync_max)?;
+        parse_secs(src, "CONTACT_CACHE_TTL_SECS", &mut self.contact_cache_ttl)?;
+        parse(src, "CONTACT_CACHE_SIZE", &mut self.contact_cache_size)?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
         Ok(())
@@ -655,6 +667,7 @@ impl Config {
             ("MAX_CONTENT_CHARS", self.max_content_chars),
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
             ("MAX_CONNECTIONS", self.max_connections),
+            ("CONTACT_CACHE_SIZE", self.contact_cache_size),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
@@ -777,9 +790,13 @@ mod tests {
             ("CONTACT_POLICY", "roles"),
             ("CONTACT_RULES", "admin>*, staff>*:linked"),
             ("CONTACT_LINK_CONTEXTS", "consultation"),
+            ("CONTACT_CACHE_TTL_SECS", "0"),
+            ("CONTACT_CACHE_SIZE", "500"),
         ]);
         let config = Config::load_from(None, &e).unwrap();
         config.validate().unwrap();
+        assert_eq!(config.contact_cache_ttl, Duration::ZERO);
+        assert_eq!(config.contact_cache_size, 500);
         assert_eq!(config.contact_policy, ContactPolicy::Roles);
         assert_eq!(config.contact_rules.to_string(), "admin>*,staff>*:linked");
         let bad = env(&[("CONTACT_RULES", "admin")]);

@@ -21,8 +21,11 @@ use crate::db::contacts as facts;
 use crate::db::models::User;
 use crate::error::{AppError, AppResult};
 use diesel::PgConnection;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The configured contact policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,28 +251,85 @@ pub fn check_contact(
     actor: i64,
     targets: &[i64],
 ) -> AppResult<()> {
+    check_contact_noting(conn, config, actor, targets, None)
+}
+
+/// [`check_contact`] that also writes what it found into `cache` under `ticket` (taken before
+/// the lookups began): each pair's verdict and the standing of the users it found.
+pub fn check_contact_cached(
+    conn: &mut PgConnection,
+    config: &Config,
+    actor: i64,
+    targets: &[i64],
+    cache: &ContactCache,
+    ticket: Ticket,
+) -> AppResult<()> {
+    check_contact_noting(conn, config, actor, targets, Some((cache, ticket)))
+}
+
+fn check_contact_noting(
+    conn: &mut PgConnection,
+    config: &Config,
+    actor: i64,
+    targets: &[i64],
+    cache: Option<(&ContactCache, Ticket)>,
+) -> AppResult<()> {
     let policy = config.contact_policy;
-    let mut wanted: Vec<i64> = targets.iter().copied().filter(|t| *t != actor).collect();
-    wanted.sort_unstable();
-    wanted.dedup();
+    let wanted = distinct_targets(actor, targets);
     if wanted.is_empty() {
         return Ok(());
     }
     let mut ids = wanted.clone();
     ids.push(actor);
     let users = facts::users_by_ids(conn, &ids)?;
+    if let Some((cache, ticket)) = cache {
+        let standing: Vec<i64> = users
+            .iter()
+            .filter(|u| !u.is_banned())
+            .map(|u| u.id)
+            .collect();
+        cache.note_users(ticket, &standing);
+    }
     let find = |id: i64| users.iter().find(|u| u.id == id && !u.is_banned());
     let me = find(actor).ok_or_else(|| AppError::NotFound("user not found".into()))?;
     for target in wanted {
         let other = find(target).ok_or_else(|| AppError::NotFound("user not found".into()))?;
-        if policy == ContactPolicy::Open {
-            continue;
+        let allowed = policy == ContactPolicy::Open || pair_allowed(conn, config, me, other)?;
+        if let Some((cache, ticket)) = cache {
+            cache.note_pair(ticket, actor, target, allowed);
         }
-        if !pair_allowed(conn, config, me, other)? {
+        if !allowed {
             return Err(refuse(policy));
         }
     }
     Ok(())
+}
+
+/// The targets other than `actor`, sorted and without repeats (the order of the checks, so
+/// that the first failing target decides the error).
+fn distinct_targets(actor: i64, targets: &[i64]) -> Vec<i64> {
+    let mut wanted: Vec<i64> = targets.iter().copied().filter(|t| *t != actor).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    wanted
+}
+
+/// What [`check_contact`] would answer, from `cache` alone: `None` when a pair it would have
+/// to look at first is not cached (the caller then asks the database). The answer is the same
+/// as the database's: pairs are visited in the same order and only known verdicts are used.
+pub fn check_contact_from_cache(
+    cache: &ContactCache,
+    config: &Config,
+    actor: i64,
+    targets: &[i64],
+) -> Option<AppResult<()>> {
+    for target in distinct_targets(actor, targets) {
+        match cache.pair(actor, target)? {
+            true => continue,
+            false => return Some(Err(refuse(config.contact_policy))),
+        }
+    }
+    Some(Ok(()))
 }
 
 fn pair_allowed(
@@ -295,6 +355,298 @@ fn pair_allowed(
                 &other.role_list(),
                 || facts::share_conversation(conn, me.id, other.id, &["direct", "group"], contexts),
             )
+        }
+    }
+}
+
+/// A ticket taken before database lookups whose results go into a [`ContactCache`]: results
+/// are kept only when nothing they depend on was invalidated after the ticket was taken, so a
+/// lookup that raced with a change (a ban, a new membership) never caches the old answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    stamp: u64,
+    at: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    stamp: u64,
+    at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Cached<T> {
+    value: T,
+    stamp: u64,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// Source of stamps: every ticket and every invalidation takes the next one.
+    clock: u64,
+    /// Stamp of the last full invalidation.
+    cleared: u64,
+    /// Last invalidation of each user (pruned once older than the TTL).
+    user_marks: HashMap<i64, Mark>,
+    /// Last membership change of each conversation (pruned likewise).
+    conversation_marks: HashMap<i64, Mark>,
+    /// Contact-policy verdicts by (actor, target).
+    pairs: HashMap<(i64, i64), Cached<bool>>,
+    /// Users known to exist and not to be banned.
+    standing: HashMap<i64, Cached<()>>,
+    /// Conversation members.
+    members: HashMap<i64, Cached<Arc<[i64]>>>,
+}
+
+impl CacheState {
+    fn next(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn user_mark(&self, user: i64) -> u64 {
+        self.user_marks.get(&user).map_or(0, |m| m.stamp)
+    }
+
+    fn conversation_mark(&self, conversation: i64) -> u64 {
+        self.conversation_marks
+            .get(&conversation)
+            .map_or(0, |m| m.stamp)
+    }
+
+    fn clear(&mut self) {
+        self.cleared = self.next();
+        self.user_marks.clear();
+        self.conversation_marks.clear();
+        self.pairs.clear();
+        self.standing.clear();
+        self.members.clear();
+    }
+}
+
+/// Makes room in one map of the cache: drops expired entries and, when that is not enough,
+/// the older half.
+fn make_room<K: Copy + Eq + std::hash::Hash, T>(
+    map: &mut HashMap<K, Cached<T>>,
+    capacity: usize,
+    ttl: Duration,
+) {
+    if map.len() < capacity {
+        return;
+    }
+    map.retain(|_, e| e.at.elapsed() < ttl);
+    if map.len() >= capacity {
+        let mut ages: Vec<Instant> = map.values().map(|e| e.at).collect();
+        let middle = ages.len() / 2;
+        let (_, cut, _) = ages.select_nth_unstable(middle);
+        let cut = *cut;
+        map.retain(|_, e| e.at > cut);
+    }
+}
+
+/// Contact-policy verdicts, user standing (exists and not banned) and conversation members,
+/// remembered so that starting a call does not wait for the database on the common path.
+///
+/// Every change that can alter an answer invalidates it where the change is made (see the
+/// callers of [`ContactCache::invalidate_users`], [`ContactCache::membership_changed`] and
+/// [`ContactCache::clear`]); `CONTACT_CACHE_TTL_SECS` bounds the age of any entry (a safety
+/// net for changes made outside this process, e.g. by hand in the database) and
+/// `CONTACT_CACHE_SIZE` the entries of each kind. Refusals for unknown or banned users are
+/// not cached. Shared by every clone of [`crate::db::Db`].
+#[derive(Debug)]
+pub struct ContactCache {
+    ttl: Duration,
+    capacity: usize,
+    state: Mutex<CacheState>,
+}
+
+impl ContactCache {
+    /// A cache whose entries live at most `ttl` (zero turns caching off), with at most
+    /// `capacity` entries of each kind.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity: capacity.max(1),
+            state: Mutex::new(CacheState::default()),
+        }
+    }
+
+    /// A cache that never remembers anything.
+    pub fn disabled() -> Self {
+        Self::new(Duration::ZERO, 1)
+    }
+
+    fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh<T>(&self, entry: &Cached<T>, state: &CacheState, marks: &[u64]) -> bool {
+        entry.stamp > state.cleared
+            && marks.iter().all(|m| entry.stamp > *m)
+            && entry.at.elapsed() < self.ttl
+    }
+
+    /// Takes a ticket; take it before the lookups whose results will be noted with it.
+    pub fn ticket(&self) -> Ticket {
+        let mut state = self.lock();
+        Ticket {
+            stamp: state.next(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether `actor` may contact `target`, when known.
+    pub fn pair(&self, actor: i64, target: i64) -> Option<bool> {
+        if !self.enabled() {
+            return None;
+        }
+        let state = self.lock();
+        let entry = state.pairs.get(&(actor, target))?;
+        let marks = [state.user_mark(actor), state.user_mark(target)];
+        self.fresh(entry, &state, &marks).then_some(entry.value)
+    }
+
+    /// Whether every user in `users` is known to exist and not to be banned.
+    pub fn all_in_good_standing(&self, users: &[i64]) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let state = self.lock();
+        users.iter().all(|u| {
+            state
+                .standing
+                .get(u)
+                .is_some_and(|e| self.fresh(e, &state, &[state.user_mark(*u)]))
+        })
+    }
+
+    /// The members of a conversation, when known.
+    pub fn members(&self, conversation: i64) -> Option<Arc<[i64]>> {
+        if !self.enabled() {
+            return None;
+        }
+        let state = self.lock();
+        let entry = state.members.get(&conversation)?;
+        let marks = [state.conversation_mark(conversation)];
+        self.fresh(entry, &state, &marks)
+            .then(|| Arc::clone(&entry.value))
+    }
+
+    /// Remembers a verdict found under `ticket`.
+    pub fn note_pair(&self, ticket: Ticket, actor: i64, target: i64, allowed: bool) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        if ticket.stamp <= state.cleared
+            || ticket.stamp <= state.user_mark(actor)
+            || ticket.stamp <= state.user_mark(target)
+        {
+            return;
+        }
+        make_room(&mut state.pairs, self.capacity, self.ttl);
+        state.pairs.insert(
+            (actor, target),
+            Cached {
+                value: allowed,
+                stamp: ticket.stamp,
+                at: ticket.at,
+            },
+        );
+    }
+
+    /// Remembers that `users` exist and are not banned, as found under `ticket`.
+    pub fn note_users(&self, ticket: Ticket, users: &[i64]) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        for user in users {
+            if ticket.stamp <= state.cleared || ticket.stamp <= state.user_mark(*user) {
+                continue;
+            }
+            make_room(&mut state.standing, self.capacity, self.ttl);
+            state.standing.insert(
+                *user,
+                Cached {
+                    value: (),
+                    stamp: ticket.stamp,
+                    at: ticket.at,
+                },
+            );
+        }
+    }
+
+    /// Remembers a conversation's members, as found under `ticket`. An empty list (no such
+    /// conversation) is not remembered.
+    pub fn note_members(&self, ticket: Ticket, conversation: i64, members: &[i64]) {
+        if !self.enabled() || members.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        if ticket.stamp <= state.cleared || ticket.stamp <= state.conversation_mark(conversation) {
+            return;
+        }
+        make_room(&mut state.members, self.capacity, self.ttl);
+        state.members.insert(
+            conversation,
+            Cached {
+                value: Arc::from(members),
+                stamp: ticket.stamp,
+                at: ticket.at,
+            },
+        );
+    }
+
+    /// Forgets everything known about `users`: their standing and every verdict involving
+    /// them (a ban, a role change, new contacts, a new or changed shared conversation).
+    pub fn invalidate_users(&self, users: &[i64]) {
+        let mut state = self.lock();
+        let stamp = state.next();
+        let at = Instant::now();
+        for user in users {
+            state.user_marks.insert(*user, Mark { stamp, at });
+        }
+        self.prune_marks(&mut state);
+    }
+
+    /// A conversation's membership changed: forgets its members and everything known about
+    /// `users` (its members after the change and anyone who left it).
+    pub fn membership_changed(&self, conversation: i64, users: &[i64]) {
+        let mut state = self.lock();
+        let stamp = state.next();
+        let at = Instant::now();
+        state
+            .conversation_marks
+            .insert(conversation, Mark { stamp, at });
+        for user in users {
+            state.user_marks.insert(*user, Mark { stamp, at });
+        }
+        self.prune_marks(&mut state);
+    }
+
+    /// Forgets everything (changes whose reach is not worth working out).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Marks older than the TTL can go: every entry they invalidate has expired anyway. If the
+    /// marks alone still exceed the capacity, everything is forgotten.
+    fn prune_marks(&self, state: &mut CacheState) {
+        let limit = self.capacity;
+        if state.user_marks.len() + state.conversation_marks.len() < limit {
+            return;
+        }
+        let ttl = self.ttl;
+        state.user_marks.retain(|_, m| m.at.elapsed() < ttl);
+        state.conversation_marks.retain(|_, m| m.at.elapsed() < ttl);
+        if state.user_marks.len() + state.conversation_marks.len() >= limit {
+            state.clear();
         }
     }
 }
@@ -362,6 +714,72 @@ mod tests {
         })
         .unwrap());
         assert_eq!(asked, 0, "an unconditional rule needs no lookup");
+    }
+
+    #[test]
+    fn the_cache_answers_until_invalidated_and_drops_answers_that_raced_a_change() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        assert_eq!(cache.pair(1, 2), None);
+        let t = cache.ticket();
+        cache.note_pair(t, 1, 2, false);
+        cache.note_users(t, &[1, 2]);
+        cache.note_members(t, 7, &[1, 2]);
+        assert_eq!(cache.pair(1, 2), Some(false));
+        assert_eq!(cache.pair(2, 1), None, "verdicts are directional");
+        assert!(cache.all_in_good_standing(&[1, 2]));
+        assert_eq!(cache.members(7).as_deref(), Some(&[1, 2][..]));
+
+        // A change to either user forgets the pair and the user's standing.
+        cache.invalidate_users(&[2]);
+        assert_eq!(cache.pair(1, 2), None);
+        assert!(cache.all_in_good_standing(&[1]));
+        assert!(!cache.all_in_good_standing(&[1, 2]));
+        assert!(cache.members(7).is_some(), "membership is tracked apart");
+        cache.membership_changed(7, &[1]);
+        assert!(cache.members(7).is_none());
+        assert!(!cache.all_in_good_standing(&[1]));
+
+        // A lookup that began before a change does not cache what it read.
+        let before = cache.ticket();
+        cache.invalidate_users(&[3]);
+        cache.note_pair(before, 1, 3, true);
+        cache.note_pair(before, 1, 4, true);
+        assert_eq!(cache.pair(1, 3), None);
+        assert_eq!(cache.pair(1, 4), Some(true));
+        cache.clear();
+        assert_eq!(cache.pair(1, 4), None);
+        cache.note_pair(before, 1, 4, true);
+        assert_eq!(cache.pair(1, 4), None, "older than the clear");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_expires_and_can_be_off() {
+        let cache = ContactCache::new(Duration::from_secs(60), 10);
+        for target in 0..100 {
+            let t = cache.ticket();
+            cache.note_pair(t, 1, target, true);
+        }
+        assert!(cache.lock().pairs.len() <= 10);
+        assert_eq!(cache.pair(1, 99), Some(true), "the newest stay");
+        for user in 0..100 {
+            cache.invalidate_users(&[user]);
+        }
+        assert!(cache.lock().user_marks.len() <= 10);
+        assert_eq!(cache.pair(1, 99), None);
+
+        let short = ContactCache::new(Duration::from_millis(20), 10);
+        let t = short.ticket();
+        short.note_pair(t, 1, 2, true);
+        assert_eq!(short.pair(1, 2), Some(true));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(short.pair(1, 2), None);
+
+        let off = ContactCache::disabled();
+        let t = off.ticket();
+        off.note_pair(t, 1, 2, true);
+        off.note_users(t, &[1]);
+        assert_eq!(off.pair(1, 2), None);
+        assert!(!off.all_in_good_standing(&[1]));
     }
 
     #[test]

@@ -22,21 +22,22 @@ fn direct(server: &TestServer, a: i64, b: i64) -> i64 {
         .id
 }
 
-fn call_row(server: &TestServer, id: &str) -> (String, Option<String>) {
+fn call_row(server: &TestServer, id: &str) -> Option<(String, Option<String>)> {
     use diesel::prelude::*;
     use switchboard::db::schema::calls;
     calls::table
         .find(id)
         .select((calls::status, calls::end_reason))
         .first(&mut server.db.conn())
+        .optional()
         .unwrap()
 }
 
-/// Waits (bounded) until the call row reaches an ended state.
+/// Waits (bounded) until the call row exists and reaches an ended state (the row is written
+/// behind the ring, asynchronously).
 async fn ended_call(server: &TestServer, id: &str) -> (String, Option<String>) {
     for _ in 0..100 {
-        let row = call_row(server, id);
-        if row.1.is_some() {
+        if let Some(row) = call_row(server, id).filter(|row| row.1.is_some()) {
             return row;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

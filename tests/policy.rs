@@ -9,7 +9,7 @@ use common::{code, TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::{json, Value};
 use switchboard::config::Config;
-use switchboard::db::schema::{calls, conversations};
+use switchboard::db::schema::{call_participants, calls, conversations};
 use switchboard::policy::ContactPolicy;
 
 async fn connect(s: &TestServer, user: i64) -> WsClient {
@@ -482,4 +482,229 @@ async fn roles_policy_links_only_through_the_configured_context_types() {
         )
         .await;
     not_allowed(st, &body);
+}
+
+/// Starts a call to `to` as a one-callee group call (no call log, so no direct conversation is
+/// opened that would allow the pair from then on) and hangs it up again.
+async fn group_call(c: &mut WsClient, to: i64) {
+    let ack = c
+        .request(
+            "call:initiate",
+            json!({"memberIds": [to], "callType": "audio"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["status"], "ringing", "{ack}");
+    c.request("call:end", json!({"callId": ack["callId"]}))
+        .await
+        .unwrap();
+    c.expect_event("call:ended").await;
+}
+
+#[actix_web::test]
+async fn cached_call_decisions_follow_every_change_at_once() {
+    // A long TTL: every change below must be seen through invalidation, not expiry.
+    let s = server(ContactPolicy::Request, |c| {
+        c.contact_cache_ttl = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let alice = user_with_phone(&s, "Alice", "+14155550301", &[]);
+    let bob = user_with_phone(&s, "Bob", "+14155550302", &[]);
+    let carol = user_with_phone(&s, "Carol", "+14155550303", &[]);
+    let dave = user_with_phone(&s, "Dave", "+14155550304", &[]);
+    let erin = user_with_phone(&s, "Erin", "+14155550305", &[]);
+    let admin = user_with_phone(&s, "Admin", "+14155550306", &["admin"]);
+    let (ta, tb, t_admin) = (s.token_for(alice), s.token_for(bob), s.token_for(admin));
+    let mut ca = connect(&s, alice).await;
+
+    // A refusal (asked twice, so the second comes from the cache), then an accepted chat
+    // request: the same call is allowed at once.
+    ws_not_allowed(ca.request("call:initiate", json!({"to": bob})).await);
+    ws_not_allowed(ca.request("call:initiate", json!({"to": bob})).await);
+    let (st, req) = s
+        .post("/chat-requests", json!({"to": bob}), Some(&ta))
+        .await;
+    assert_eq!(st, 201, "{req}");
+    let id = req["request"]["id"].as_str().unwrap();
+    let (st, body) = s
+        .post(&format!("/chat-requests/{id}/accept"), json!({}), Some(&tb))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    socket_call(&mut ca, bob).await;
+
+    // Contacts sync.
+    ws_not_allowed(ca.request("call:initiate", json!({"to": carol})).await);
+    let (st, body) = s
+        .post(
+            "/contacts/sync",
+            json!({"phones": ["+14155550303"]}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    group_call(&mut ca, carol).await;
+
+    // Roles: Dave made an admin may be called; no longer an admin, he may not.
+    ws_not_allowed(ca.request("call:initiate", json!({"to": dave})).await);
+    let roles = |r: Value| {
+        let s = &s;
+        let t = t_admin.clone();
+        async move {
+            let (st, body) = s
+                .call(
+                    "PUT",
+                    &format!("/api/admin/users/{dave}/roles"),
+                    Some(json!({ "roles": r })),
+                    Some(&t),
+                )
+                .await;
+            assert_eq!(st, 200, "{body}");
+        }
+    };
+    roles(json!(["admin"])).await;
+    group_call(&mut ca, dave).await;
+    roles(json!([])).await;
+    ws_not_allowed(ca.request("call:initiate", json!({"to": dave})).await);
+
+    // Conversation membership: a group shared with Erin allows her; removed from it, she is a
+    // stranger again.
+    ws_not_allowed(ca.request("call:initiate", json!({"to": erin})).await);
+    let (st, group) = s
+        .post(
+            "/api/conversations",
+            json!({"type": "group", "title": "Club", "members": [alice, erin]}),
+            Some(&t_admin),
+        )
+        .await;
+    assert_eq!(st, 201, "{group}");
+    let group = group["conversation"]["id"]
+        .as_str()
+        .or(group["id"].as_str())
+        .unwrap()
+        .to_owned();
+    group_call(&mut ca, erin).await;
+    let (st, body) = s
+        .call(
+            "DELETE",
+            &format!("/api/conversations/{group}/members/{erin}"),
+            None,
+            Some(&t_admin),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    ws_not_allowed(ca.request("call:initiate", json!({"to": erin})).await);
+
+    // A ban: Bob, allowed and cached, is not callable from the moment the ban returns; unbanned,
+    // he is again.
+    group_call(&mut ca, bob).await;
+    let (st, body) = s
+        .post(
+            &format!("/api/admin/users/{bob}/ban"),
+            json!({}),
+            Some(&t_admin),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let err = ca
+        .request("call:initiate", json!({"to": bob}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "not_found", "{err}");
+    let err = ca
+        .request("call:initiate", json!({"memberIds": [bob]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "not_found", "{err}");
+    let (st, body) = s
+        .post(
+            &format!("/api/admin/users/{bob}/unban"),
+            json!({}),
+            Some(&t_admin),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    group_call(&mut ca, bob).await;
+}
+
+async fn conv_call(c: &mut WsClient, group: &str) -> Result<Value, Value> {
+    c.request(
+        "call:initiate",
+        json!({"conversationId": group, "callType": "audio"}),
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn a_banned_member_of_a_group_conversation_is_not_rung_through_the_cache() {
+    let s = server(ContactPolicy::Open, |c| {
+        c.contact_cache_ttl = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let alice = s.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = s.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = s.create_user("Carol", "carol@example.com", None, &[]);
+    let admin = s.create_user("Admin", "admin@example.com", None, &["admin"]);
+    let t_admin = s.token_for(admin);
+    let (st, group) = s
+        .post(
+            "/api/conversations",
+            json!({"type": "group", "title": "Trio", "members": [bob, carol]}),
+            Some(&s.token_for(alice)),
+        )
+        .await;
+    assert_eq!(st, 201, "{group}");
+    let group = group["conversation"]["id"]
+        .as_str()
+        .or(group["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let mut ca = connect(&s, alice).await;
+    // Members and their standing are cached by the first call.
+    let ack = conv_call(&mut ca, &group).await.unwrap();
+    ca.request("call:end", json!({"callId": ack["callId"]}))
+        .await
+        .unwrap();
+    ca.expect_event("call:ended").await;
+    // Removing Carol changes who is rung; banning Bob makes the call `not_found` at once.
+    let (st, body) = s
+        .call(
+            "DELETE",
+            &format!("/api/conversations/{group}/members/{carol}"),
+            None,
+            Some(&s.token_for(alice)),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let ack = conv_call(&mut ca, &group).await.unwrap();
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    ca.request("call:end", json!({"callId": id})).await.unwrap();
+    ca.expect_event("call:ended").await;
+    let mut parties: Vec<i64> = Vec::new();
+    for _ in 0..100 {
+        parties = call_participants::table
+            .filter(call_participants::call_id.eq(&id))
+            .select(call_participants::user_id)
+            .order(call_participants::user_id)
+            .load(&mut s.db.conn())
+            .unwrap();
+        if !parties.is_empty() {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        parties,
+        vec![alice, bob],
+        "Carol was removed and is not rung"
+    );
+    let (st, body) = s
+        .post(
+            &format!("/api/admin/users/{bob}/ban"),
+            json!({}),
+            Some(&t_admin),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let err = conv_call(&mut ca, &group).await.unwrap_err();
+    assert_eq!(err["code"], "not_found", "{err}");
 }

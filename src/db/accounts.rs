@@ -408,12 +408,11 @@ pub fn last_seen_of(
         .collect())
 }
 
-/// How many of the given ids are existing, unbanned users.
-pub fn users_exist(conn: &mut PgConnection, ids: &[i64]) -> AppResult<usize> {
-    let n: i64 = users::table
+/// The given ids that are existing, unbanned users.
+pub fn unbanned_users(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<i64>> {
+    Ok(users::table
         .filter(users::id.eq_any(ids))
         .filter(users::banned_at.is_null())
-        .count()
-        .get_result(conn)?;
-    Ok(usize::try_from(n).unwrap_or(0))
+        .select(users::id)
+        .load(conn)?)
 }

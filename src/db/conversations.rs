@@ -299,8 +299,12 @@ pub fn create_group(
 }
 
 /// Returns the team conversation of a team role, creating it if needed, and brings its
-/// membership in line with the users currently holding that team role.
-pub fn sync_team(conn: &mut PgConnection, team_role: &str) -> AppResult<Conversation> {
+/// membership in line with the users currently holding that team role; also returns the
+/// members it removed and those it added.
+pub fn sync_team(
+    conn: &mut PgConnection,
+    team_role: &str,
+) -> AppResult<(Conversation, Vec<i64>, Vec<i64>)> {
     use diesel::dsl::sql;
     use diesel::sql_types::Bool;
     conn.transaction(|conn| {
@@ -326,12 +330,13 @@ pub fn sync_team(conn: &mut PgConnection, team_role: &str) -> AppResult<Conversa
             )
             .select(users::id)
             .load(conn)?;
-        diesel::delete(
+        let removed: Vec<i64> = diesel::delete(
             conversation_members::table
                 .filter(conversation_members::conversation_id.eq(conv.id))
                 .filter(conversation_members::user_id.ne_all(&holders)),
         )
-        .execute(conn)?;
+        .returning(conversation_members::user_id)
+        .get_results(conn)?;
         let rows: Vec<_> = holders
             .iter()
             .map(|id| {
@@ -341,13 +346,16 @@ pub fn sync_team(conn: &mut PgConnection, team_role: &str) -> AppResult<Conversa
                 )
             })
             .collect();
-        if !rows.is_empty() {
+        let added: Vec<i64> = if rows.is_empty() {
+            Vec::new()
+        } else {
             diesel::insert_into(conversation_members::table)
                 .values(rows)
                 .on_conflict_do_nothing()
-                .execute(conn)?;
-        }
-        Ok(conv)
+                .returning(conversation_members::user_id)
+                .get_results(conn)?
+        };
+        Ok((conv, removed, added))
     })
 }
 

@@ -39,6 +39,7 @@ pub struct Db {
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
     stats: Arc<DbStats>,
+    contacts: Arc<crate::policy::ContactCache>,
 }
 
 /// Counters kept by [`Db::run`] for metrics.
@@ -78,14 +79,19 @@ impl Db {
     /// Builds the pool without connecting yet, so the server can start (and recover) while the
     /// database is briefly away; the first query reports `unavailable` instead.
     pub fn new(config: &Config) -> Self {
-        Self::with_url(
+        let mut db = Self::with_url(
             config.database_url.expose(),
             config.db_pool_size,
             config.db_acquire_timeout,
-        )
+        );
+        db.contacts = Arc::new(crate::policy::ContactCache::new(
+            config.contact_cache_ttl,
+            config.contact_cache_size,
+        ));
+        db
     }
 
-    /// Like [`Db::new`] from explicit settings.
+    /// Like [`Db::new`] from explicit settings (without a contact cache).
     pub fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
         let manager = ConnectionManager::<PgConnection>::new(url);
         let pool = Pool::builder()
@@ -103,7 +109,15 @@ impl Db {
                 size,
                 ..DbStats::default()
             }),
+            contacts: Arc::new(crate::policy::ContactCache::disabled()),
         }
+    }
+
+    /// The contact cache shared by every clone of this handle (see
+    /// [`crate::policy::ContactCache`]): whoever changes what a contact decision depends on
+    /// invalidates it here.
+    pub fn contact_cache(&self) -> &Arc<crate::policy::ContactCache> {
+        &self.contacts
     }
 
     /// Checks a connection out synchronously (CLI commands, start-up).

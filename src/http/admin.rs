@@ -302,6 +302,7 @@ fn clean_roles(list: Option<Vec<String>>, what: &str) -> AppResult<Option<Vec<St
 async fn resync_support(state: &AppState) -> AppResult<()> {
     let all = state.db.run(support::sync_all).await?;
     for (conv, members) in all {
+        state.db.contact_cache().membership_changed(conv, &members);
         state.engine.members_changed(conv, members);
     }
     Ok(())
@@ -345,6 +346,8 @@ async fn set_roles(
             })
         })
         .await?;
+    // Roles decide contact under the `request` and `roles` policies.
+    state.db.contact_cache().invalidate_users(&[id]);
     if before.has_role("admin") != after.has_role("admin") {
         resync_support(&state).await?;
     }
@@ -396,6 +399,8 @@ async fn ban(
             })
         })
         .await?;
+    // A banned user cannot be called from now on.
+    state.db.contact_cache().invalidate_users(&[id]);
     // A live call ends first (reason `admin` for every party), before the sockets drop.
     if let Some(call) = registry(&state, CallOfUser(id)).await? {
         if let Err(e) = state
@@ -438,6 +443,7 @@ async fn unban(
             })
         })
         .await?;
+    state.db.contact_cache().invalidate_users(&[id]);
     if user.has_role("admin") {
         resync_support(&state).await?;
     }

@@ -170,6 +170,10 @@ async fn answer(
         .run(move |conn| requests::respond(conn, id, me, answer))
         .await?;
     let (from, to) = (done.request.from_user_id, done.request.to_user_id);
+    if done.changed && matches!(answer, Answer::Accept) {
+        // Accepting opens the pair's direct conversation: they may contact each other now.
+        state.db.contact_cache().invalidate_users(&[from, to]);
+    }
     let view = one_view(state, done.request).await?;
     let conversation = match done.conversation {
         Some(conv) => {
@@ -338,6 +342,8 @@ async fn sync(
             Ok((stored, found))
         })
         .await?;
+    // Contacts are not strangers under the `request` policy, in both directions.
+    state.db.contact_cache().invalidate_users(&[me]);
     let users: Vec<Value> = found
         .iter()
         .map(|u| {

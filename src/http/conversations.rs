@@ -244,6 +244,11 @@ async fn create(
                 .db
                 .run(move |conn| convs::set_context(conn, cid, &kind, &id))
                 .await?;
+            // The context can link the pair for the `roles` policy.
+            state
+                .db
+                .contact_cache()
+                .membership_changed(cid, &[me, other]);
         }
         let view = load_views(&state, vec![conv], me).await?.pop();
         let status = if created {
@@ -280,6 +285,7 @@ async fn create(
         .await?;
     let mut all = others;
     all.push(me);
+    state.db.contact_cache().membership_changed(conv.id, &all);
     state.engine.members_changed(conv.id, all.clone());
     let view = load_views(&state, vec![conv], me).await?.pop();
     if let Some(v) = &view {
@@ -377,6 +383,7 @@ async fn add_members(
             Ok((added, members))
         })
         .await?;
+    state.db.contact_cache().membership_changed(id, &members);
     state.engine.members_changed(id, members.clone());
     state.engine.notify_users(
         members,
@@ -413,6 +420,7 @@ async fn remove_member(
     }
     let mut audience = members.clone();
     audience.push(target);
+    state.db.contact_cache().membership_changed(id, &audience);
     state.engine.members_changed(id, members);
     state.engine.notify_users(
         audience,
@@ -620,17 +628,30 @@ async fn team_conversation(
     if !holds && !identity.is_moderator() {
         return Err(AppError::Forbidden("not a member of this team".into()));
     }
-    let (conv, members) = state
+    let (conv, members, removed) = state
         .db
         .run(move |conn| {
-            let conv = convs::sync_team(conn, &role)?;
+            let (conv, removed, added) = convs::sync_team(conn, &role)?;
             let members: Vec<i64> = convs::members(conn, conv.id)?
                 .into_iter()
                 .map(|m| m.user_id)
                 .collect();
-            Ok((conv, members))
+            Ok((
+                conv,
+                members,
+                (!removed.is_empty() || !added.is_empty()).then_some(removed),
+            ))
         })
         .await?;
+    // Sharing a team conversation counts for the contact policy.
+    if let Some(removed) = removed {
+        let mut touched = members.clone();
+        touched.extend(removed);
+        state
+            .db
+            .contact_cache()
+            .membership_changed(conv.id, &touched);
+    }
     state.engine.members_changed(conv.id, members);
     Ok(conv)
 }

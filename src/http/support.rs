@@ -55,6 +55,10 @@ async fn support_conversation(state: &AppState, user: i64) -> AppResult<Conversa
         .db
         .run(move |conn| support::sync_one(conn, user))
         .await?;
+    state
+        .db
+        .contact_cache()
+        .membership_changed(conv.id, &members);
     state.engine.members_changed(conv.id, members);
     Ok(conv)
 }

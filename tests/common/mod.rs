@@ -396,6 +396,11 @@ impl WsClient {
         }
     }
 
+    /// Drops every buffered event.
+    pub fn buffered_clear(&mut self) {
+        self.buffered.clear();
+    }
+
     /// All buffered events with this name (drained).
     pub fn take_buffered(&mut self, name: &str) -> Vec<Value> {
         let (hit, keep): (Vec<Value>, Vec<Value>) =

@@ -371,6 +371,10 @@ impl CallActor {
                     .run(move |conn| convs::get_or_create_direct(conn, caller, callee))
                     .await?;
                 if created {
+                    engine
+                        .db
+                        .contact_cache()
+                        .membership_changed(conv.id, &[caller, callee]);
                     engine.members_changed(conv.id, vec![caller, callee]);
                 }
                 engine

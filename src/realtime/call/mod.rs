@@ -7,14 +7,17 @@ pub mod ice;
 pub mod machine;
 
 use crate::auth::Identity;
+use crate::config::Config;
 use crate::db::conversations as convs;
 use crate::error::{AppError, AppResult};
+use crate::policy::ContactCache;
 use crate::realtime::protocol::{CallInitiate, CallRef, CallSignal};
 use crate::realtime::registry::{FindCall, StartCall, StartedCall};
 use crate::realtime::Engine;
 use actor::{CallInput, CallMeta};
 use machine::Event;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Largest SDP or ICE payload relayed (bytes of JSON).
 pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
@@ -91,67 +94,70 @@ impl Engine {
         let conversation_id = req.conversation_id;
         let explicit = req.member_ids.clone();
         let to = req.to;
-        let chosen_id = room_name.clone();
-        let config = self.config.clone();
-        let (callees, group) = self
-            .db
-            .run(move |conn| {
-                if let Some(id) = &chosen_id {
-                    if crate::db::calls::exists(conn, id)? {
-                        return Err(AppError::conflict(
-                            "call_id_taken",
-                            "this room name was already used; choose another",
-                        ));
-                    }
-                }
-                let (mut callees, group) = match (to, conversation_id, explicit) {
-                    (Some(to), None, None) => (vec![to], false),
-                    (_, Some(conv), members) => {
-                        let all: Vec<i64> = convs::members(conn, conv)?
-                            .into_iter()
-                            .map(|m| m.user_id)
-                            .collect();
-                        if all.is_empty() {
-                            return Err(AppError::NotFound("conversation not found".into()));
+        let cache = Arc::clone(self.db.contact_cache());
+        // The common path decides from the contact cache, without the database. A client-chosen
+        // room name is checked against every call ever made (the database) first, as before.
+        let cached = if room_name.is_none() {
+            decide_from_cache(
+                &cache,
+                &self.config,
+                caller,
+                to,
+                conversation_id,
+                explicit.clone(),
+            )
+        } else {
+            None
+        };
+        let (callees, group) = match cached {
+            Some(decided) => decided?,
+            None => {
+                let chosen_id = room_name.clone();
+                let config = self.config.clone();
+                let ticket = cache.ticket();
+                self.db
+                    .run(move |conn| {
+                        if let Some(id) = &chosen_id {
+                            if crate::db::calls::exists(conn, id)? {
+                                return Err(AppError::conflict(
+                                    "call_id_taken",
+                                    "this room name was already used; choose another",
+                                ));
+                            }
                         }
-                        if !all.contains(&caller) {
-                            return Err(AppError::Forbidden(
-                                "not a member of this conversation".into(),
-                            ));
-                        }
-                        let chosen = match members {
-                            Some(m) => m.into_iter().filter(|u| all.contains(u)).collect(),
-                            None => all,
+                        let audience = audience(to, conversation_id, explicit)?;
+                        let members: Vec<i64> = match &audience {
+                            Audience::Conversation(conv, _) => {
+                                let all: Vec<i64> = convs::members(conn, *conv)?
+                                    .into_iter()
+                                    .map(|m| m.user_id)
+                                    .collect();
+                                cache.note_members(ticket, *conv, &all);
+                                all
+                            }
+                            _ => Vec::new(),
                         };
-                        (chosen, true)
-                    }
-                    (None, None, Some(members)) => (members, true),
-                    _ => {
-                        return Err(AppError::validation(
-                            "call:initiate needs `to`, `conversationId` or `memberIds`",
-                        ))
-                    }
-                };
-                callees.retain(|u| *u != caller);
-                callees.sort_unstable();
-                callees.dedup();
-                if callees.is_empty() {
-                    return Err(AppError::validation("nobody to call"));
-                }
-                if callees.len() > 32 {
-                    return Err(AppError::validation("at most 32 participants per call"));
-                }
-                // Users the caller picked are subject to the contact policy (which also answers
-                // `not_found` for unknown or banned users); the members of a conversation the
-                // caller belongs to are already in contact.
-                if conversation_id.is_none() {
-                    crate::policy::check_contact(conn, &config, caller, &callees)?;
-                } else if crate::db::accounts::users_exist(conn, &callees)? != callees.len() {
-                    return Err(AppError::NotFound("user not found".into()));
-                }
-                Ok((callees, group))
-            })
-            .await?;
+                        let in_conversation = matches!(audience, Audience::Conversation(..));
+                        let (callees, group) = callees_of(caller, audience, &members)?;
+                        // Users the caller picked are subject to the contact policy (which also
+                        // answers `not_found` for unknown or banned users); the members of a
+                        // conversation the caller belongs to are already in contact.
+                        if in_conversation {
+                            let found = crate::db::accounts::unbanned_users(conn, &callees)?;
+                            cache.note_users(ticket, &found);
+                            if found.len() != callees.len() {
+                                return Err(AppError::NotFound("user not found".into()));
+                            }
+                        } else {
+                            crate::policy::check_contact_cached(
+                                conn, &config, caller, &callees, &cache, ticket,
+                            )?;
+                        }
+                        Ok((callees, group))
+                    })
+                    .await?
+            }
+        };
         self.call_limiter
             .check(caller)
             .map_err(|retry_after_secs| {
@@ -333,6 +339,99 @@ impl Engine {
         )
         .await
     }
+}
+
+/// Whom a `call:initiate` addresses.
+enum Audience {
+    /// One user (`to`).
+    Direct(i64),
+    /// A conversation's members, or the listed ones among them.
+    Conversation(i64, Option<Vec<i64>>),
+    /// Users the caller listed (`memberIds`).
+    Picked(Vec<i64>),
+}
+
+fn audience(
+    to: Option<i64>,
+    conversation_id: Option<i64>,
+    explicit: Option<Vec<i64>>,
+) -> AppResult<Audience> {
+    match (to, conversation_id, explicit) {
+        (Some(to), None, None) => Ok(Audience::Direct(to)),
+        (_, Some(conv), members) => Ok(Audience::Conversation(conv, members)),
+        (None, None, Some(members)) => Ok(Audience::Picked(members)),
+        _ => Err(AppError::validation(
+            "call:initiate needs `to`, `conversationId` or `memberIds`",
+        )),
+    }
+}
+
+/// The users to ring and whether it is a group call; `members` are the conversation's (only
+/// read for [`Audience::Conversation`]).
+fn callees_of(caller: i64, audience: Audience, members: &[i64]) -> AppResult<(Vec<i64>, bool)> {
+    let (mut callees, group) = match audience {
+        Audience::Direct(to) => (vec![to], false),
+        Audience::Conversation(_, chosen) => {
+            if members.is_empty() {
+                return Err(AppError::NotFound("conversation not found".into()));
+            }
+            if !members.contains(&caller) {
+                return Err(AppError::Forbidden(
+                    "not a member of this conversation".into(),
+                ));
+            }
+            let chosen = match chosen {
+                Some(m) => m.into_iter().filter(|u| members.contains(u)).collect(),
+                None => members.to_vec(),
+            };
+            (chosen, true)
+        }
+        Audience::Picked(members) => (members, true),
+    };
+    callees.retain(|u| *u != caller);
+    callees.sort_unstable();
+    callees.dedup();
+    if callees.is_empty() {
+        return Err(AppError::validation("nobody to call"));
+    }
+    if callees.len() > 32 {
+        return Err(AppError::validation("at most 32 participants per call"));
+    }
+    Ok((callees, group))
+}
+
+/// The callees of a call decided from the contact cache alone, with the same answer the
+/// database would give; `None` when something needed is not cached.
+fn decide_from_cache(
+    cache: &ContactCache,
+    config: &Config,
+    caller: i64,
+    to: Option<i64>,
+    conversation_id: Option<i64>,
+    explicit: Option<Vec<i64>>,
+) -> Option<AppResult<(Vec<i64>, bool)>> {
+    let audience = match audience(to, conversation_id, explicit) {
+        Ok(a) => a,
+        Err(e) => return Some(Err(e)),
+    };
+    let members: Arc<[i64]> = match &audience {
+        Audience::Conversation(conv, _) => cache.members(*conv)?,
+        _ => Arc::from([]),
+    };
+    let in_conversation = matches!(audience, Audience::Conversation(..));
+    let (callees, group) = match callees_of(caller, audience, &members) {
+        Ok(found) => found,
+        Err(e) => return Some(Err(e)),
+    };
+    let verdict = if in_conversation {
+        if !cache.all_in_good_standing(&callees) {
+            return None;
+        }
+        Ok(())
+    } else {
+        crate::policy::check_contact_from_cache(cache, config, caller, &callees)?
+    };
+    Some(verdict.map(|()| (callees, group)))
 }
 
 /// A client-chosen end or reject reason is stored with the call: short, printable text.
