@@ -11,76 +11,12 @@ use crate::error::{AppError, AppResult};
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-/// The live conversation actors of this process, sharded by id. Readers (every send, join,
-/// typing and receipt) look an actor up here without a round trip to the registry; only the
-/// registry starts actors and inserts them, and an actor that stops removes itself.
-#[derive(Debug)]
-pub struct ConversationMap {
-    shards: Box<[RwLock<HashMap<i64, Addr<ConversationActor>>>]>,
-}
-
-/// Shards of the conversation map (a power of two).
-const MAP_SHARDS: usize = 64;
-
-impl Default for ConversationMap {
-    fn default() -> Self {
-        Self {
-            shards: (0..MAP_SHARDS).map(|_| RwLock::default()).collect(),
-        }
-    }
-}
-
-impl ConversationMap {
-    fn shard(&self, id: i64) -> &RwLock<HashMap<i64, Addr<ConversationActor>>> {
-        &self.shards[(id.unsigned_abs() as usize) & (MAP_SHARDS - 1)]
-    }
-
-    /// The running actor of a conversation, if any.
-    pub fn get(&self, id: i64) -> Option<Addr<ConversationActor>> {
-        self.shard(id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .filter(|a| a.connected())
-            .cloned()
-    }
-
-    /// Records a started actor.
-    pub fn insert(&self, id: i64, addr: Addr<ConversationActor>) {
-        self.shard(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, addr);
-    }
-
-    /// Forgets an actor that stopped, unless a newer one replaced it.
-    pub fn remove(&self, id: i64, addr: &Addr<ConversationActor>) {
-        let mut shard = self
-            .shard(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if shard.get(&id).is_some_and(|a| a == addr) {
-            shard.remove(&id);
-        }
-    }
-
-    /// Running actors.
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
-    }
-
-    /// Whether no actor runs.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// The live conversation actors of this process by id (only the registry inserts).
+pub type ConversationMap = super::actors::ActorMap<i64, ConversationActor>;
 
 /// Member set as loaded from the database.
 #[derive(Clone, Debug, Default)]
@@ -254,7 +190,7 @@ impl ConversationActor {
                     tracing::warn!(conversation = act.id, error = %e, "could not load members; retrying on next command");
                     act.loaded = false;
                     // Leave the actor so the next lookup starts a fresh one.
-                    act.engine.conversations.remove(act.id, &ctx.address());
+                    act.engine.conversations.remove(&act.id, &ctx.address());
                     ctx.stop();
                 }
             }),
@@ -338,7 +274,7 @@ impl Actor for ConversationActor {
         let check = (idle / 4).max(std::time::Duration::from_millis(250));
         ctx.run_interval(check, move |act, ctx| {
             if act.pending == 0 && act.typing.is_empty() && act.last_activity.elapsed() >= idle {
-                act.engine.conversations.remove(act.id, &ctx.address());
+                act.engine.conversations.remove(&act.id, &ctx.address());
                 ctx.stop();
             }
         });

@@ -5,6 +5,7 @@
 //! [`Engine`] is the façade REST handlers and sessions share, so a REST send and a socket send
 //! take exactly the same path.
 
+pub mod actors;
 pub mod call;
 pub mod contact;
 pub mod conversation;
@@ -55,6 +56,8 @@ pub struct Engine {
     pub delivery: Arc<dyn Delivery>,
     /// Live conversation actors by id.
     pub conversations: Arc<ConversationMap>,
+    /// Live call actors by call id.
+    pub calls: Arc<actors::ActorMap<String, call::actor::CallActor>>,
     /// Group-commit writer.
     pub writer: writer::Writer,
     /// Per-user send limiter.
@@ -101,6 +104,7 @@ impl Engine {
             delivery: Arc::clone(&directory) as Arc<dyn Delivery>,
             directory,
             conversations: Arc::default(),
+            calls: Arc::default(),
             call_limiter: Arc::new(UserLimiter::per_hour(
                 config.call_rate_per_hour,
                 config.call_burst,
@@ -130,7 +134,7 @@ impl Engine {
 
     /// The actor of a conversation: found in the shared map, or started by the registry.
     pub async fn conversation(&self, id: i64) -> AppResult<Addr<ConversationActor>> {
-        if let Some(addr) = self.conversations.get(id) {
+        if let Some(addr) = self.conversations.get(&id) {
             return Ok(addr);
         }
         self.registry

@@ -79,19 +79,6 @@ pub struct Disconnect {
     pub key: u64,
 }
 
-/// Sends an event to every live device of the given users, optionally skipping one session
-/// (the one that caused it and already got an ack).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct FanOut {
-    /// Recipients.
-    pub users: Arc<[i64]>,
-    /// The event.
-    pub event: Arc<ServerEvent>,
-    /// A session to skip.
-    pub skip: Option<u64>,
-}
-
 /// Looks up (or starts) the actor of a conversation.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<Addr<ConversationActor>>")]
@@ -390,13 +377,6 @@ impl Handler<Disconnect> for Registry {
     }
 }
 
-impl Handler<FanOut> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: FanOut, _: &mut Context<Self>) {
-        self.deliver_to(&msg.users, &msg.event, msg.skip);
-    }
-}
-
 impl Handler<GetConversation> for Registry {
     type Result = AppResult<Addr<ConversationActor>>;
     fn handle(&mut self, msg: GetConversation, _: &mut Context<Self>) -> Self::Result {
@@ -406,7 +386,7 @@ impl Handler<GetConversation> for Registry {
             .ok_or_else(|| AppError::unavailable("engine is starting"))?;
         // Only this actor starts conversation actors, so a lookup that raced another one finds
         // the actor the first started.
-        if let Some(addr) = engine.conversations.get(msg.0) {
+        if let Some(addr) = engine.conversations.get(&msg.0) {
             return Ok(addr);
         }
         let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
@@ -434,7 +414,7 @@ impl Handler<ConversationMembersChanged> for Registry {
         if let Some(addr) = self
             .engine
             .as_ref()
-            .and_then(|e| e.conversations.get(msg.id))
+            .and_then(|e| e.conversations.get(&msg.id))
         {
             addr.do_send(MembersChanged);
         }
@@ -509,29 +489,6 @@ impl Handler<GetStats> for Registry {
     }
 }
 
-/// Delivers an event to one session of a user.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ToSession {
-    /// User.
-    pub user_id: i64,
-    /// Session key.
-    pub key: u64,
-    /// Event.
-    pub event: Arc<ServerEvent>,
-}
-
-impl Handler<ToSession> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
-        if let Some(engine) = &self.engine {
-            engine
-                .delivery
-                .deliver_to_session(msg.user_id, msg.key, &msg.event);
-        }
-    }
-}
-
 /// Starts a call (busy detection and glare resolution happen here, serialised).
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<StartedCall>")]
@@ -602,6 +559,7 @@ impl Handler<StartCall> for Registry {
                 return Ok(StartedCall::Glare(existing));
             }
             if let Some(old) = self.calls.remove(&existing) {
+                engine.calls.remove(&existing, &old.addr);
                 old.addr.do_send(CallInput(CallEvent::Terminate {
                     reason: "glare".into(),
                     by: None,
@@ -633,6 +591,7 @@ impl Handler<StartCall> for Registry {
         let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let meta = msg.meta;
+        let call_map = Arc::clone(&engine.calls);
         let addr = CallActor::start_in_arbiter(&arbiter, move |_| {
             CallActor::new(call, meta, engine, registry)
         });
@@ -646,6 +605,7 @@ impl Handler<StartCall> for Registry {
                 self.user_call.insert(*c, id.clone());
             }
         }
+        call_map.insert(id.clone(), addr.clone());
         self.calls.insert(
             id.clone(),
             LiveCall {
@@ -735,18 +695,6 @@ impl Registry {
     }
 }
 
-/// Routes an event to a live call, checking the acting user takes part in it.
-#[derive(Message, Debug)]
-#[rtype(result = "Option<Addr<CallActor>>")]
-pub struct FindCall(pub String);
-
-impl Handler<FindCall> for Registry {
-    type Result = Option<Addr<CallActor>>;
-    fn handle(&mut self, msg: FindCall, _: &mut Context<Self>) -> Self::Result {
-        self.calls.get(&msg.0).map(|c| c.addr.clone())
-    }
-}
-
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ScheduleCallTimer {
@@ -785,7 +733,9 @@ pub struct CallFinished {
 impl Handler<CallFinished> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
-        self.calls.remove(&msg.call_id);
+        if let (Some(live), Some(engine)) = (self.calls.remove(&msg.call_id), &self.engine) {
+            engine.calls.remove(&msg.call_id, &live.addr);
+        }
         self.user_call.retain(|_, id| *id != msg.call_id);
     }
 }

@@ -10,14 +10,11 @@ use crate::db::conversations as convs;
 use crate::db::messages::Draft;
 use crate::error::{AppError, AppResult};
 use crate::realtime::protocol::ServerEvent;
-use crate::realtime::registry::{
-    CallFinished, CallMembership, FanOut, Registry, ScheduleCallTimer, ToSession,
-};
+use crate::realtime::registry::{CallFinished, CallMembership, Registry, ScheduleCallTimer};
 use crate::realtime::Engine;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Facts about a call that the state machine does not need.
@@ -212,25 +209,20 @@ impl CallActor {
                     }
                     _ => payload,
                 };
-                self.registry.do_send(FanOut {
-                    users: Arc::from([u]),
-                    event: ServerEvent::new(name, payload),
-                    skip: None,
-                });
+                // Straight into the user's sessions' queues: no actor hop before the ring.
+                self.engine
+                    .delivery
+                    .deliver(&[u], &ServerEvent::new(name, payload), None);
             }
             Target::UserExcept(u, key) => {
-                self.registry.do_send(FanOut {
-                    users: Arc::from([u]),
-                    event: ServerEvent::new(name, payload),
-                    skip: Some(key),
-                });
+                self.engine
+                    .delivery
+                    .deliver(&[u], &ServerEvent::new(name, payload), Some(key));
             }
             Target::Device(u, key) => {
-                self.registry.do_send(ToSession {
-                    user_id: u,
-                    key,
-                    event: ServerEvent::new(name, payload),
-                });
+                self.engine
+                    .delivery
+                    .deliver_to_session(u, key, &ServerEvent::new(name, payload));
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::db::conversations as convs;
 use crate::error::{AppError, AppResult};
 use crate::policy::ContactCache;
 use crate::realtime::protocol::{CallInitiate, CallRef, CallSignal};
-use crate::realtime::registry::{FindCall, StartCall, StartedCall};
+use crate::realtime::registry::{StartCall, StartedCall};
 use crate::realtime::Engine;
 use actor::{CallInput, CallMeta};
 use machine::Event;
@@ -214,11 +214,11 @@ impl Engine {
     }
 
     async fn call_input(&self, call_id: &str, event: Event) -> AppResult<()> {
+        // The registry records a call here before it answers the call's start, so every later
+        // signal finds it without asking the registry.
         let addr = self
-            .registry
-            .send(FindCall(call_id.to_owned()))
-            .await
-            .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
+            .calls
+            .get(call_id)
             .ok_or_else(|| AppError::NotFound("call not found or already ended".into()))?;
         addr.send(CallInput(event))
             .await
