@@ -172,6 +172,26 @@ pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
      JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_message_id) \
      ON m.sender_id = k.sender_id AND m.client_message_id = k.client_message_id";
 
+/// Reserves `n` seq and change numbers in each listed conversation in one statement:
+/// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers.
+pub const RESERVE_SEQ_SQL: &str = "UPDATE conversations c \
+     SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
+         last_message_at = now(), updated_at = now() \
+     FROM unnest($1::bigint[], $2::bigint[]) AS k(id, n) \
+     WHERE c.id = k.id \
+     RETURNING c.id, c.last_seq, c.last_change";
+
+/// A row of [`RESERVE_SEQ_SQL`].
+#[derive(QueryableByName)]
+struct Reserved {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_change: i64,
+}
+
 /// Runs [`RETRY_LOOKUP_SQL`] for `(sender, client message id)` pairs (duplicates are asked once).
 pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResult<Vec<Message>> {
     use diesel::sql_types::{Array, BigInt, Text};
@@ -272,22 +292,23 @@ pub fn write_batch(
                 .select(conversations::id)
                 .for_update()
                 .load(conn)?;
-            for &cid in &conv_ids {
-                if !locked.contains(&cid) {
-                    continue;
-                }
-                let n = per_conv[&cid];
-                let (last_seq, last_change): (i64, i64) =
-                    diesel::update(conversations::table.find(cid))
-                        .set((
-                            conversations::last_seq.eq(conversations::last_seq + n),
-                            conversations::last_change.eq(conversations::last_change + n),
-                            conversations::last_message_at.eq(diesel::dsl::now),
-                            conversations::updated_at.eq(diesel::dsl::now),
-                        ))
-                        .returning((conversations::last_seq, conversations::last_change))
-                        .get_result(conn)?;
-                next.insert(cid, (last_seq - n + 1, last_change - n + 1));
+            // One statement for every conversation of the batch (the rows are already locked,
+            // in id order, above).
+            let counts: Vec<i64> = locked
+                .iter()
+                .map(|c| per_conv.get(c).copied().unwrap_or(0))
+                .collect();
+            let reserved: Vec<Reserved> = if locked.is_empty() {
+                Vec::new()
+            } else {
+                diesel::sql_query(RESERVE_SEQ_SQL)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&locked)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
+                    .load(conn)?
+            };
+            for r in reserved {
+                let n = per_conv.get(&r.id).copied().unwrap_or(0);
+                next.insert(r.id, (r.last_seq - n + 1, r.last_change - n + 1));
             }
         }
 
