@@ -1,9 +1,28 @@
 //! The realtime engine: a registry actor, one session actor per connection, one conversation
-//! actor per active conversation, and a group-commit writer. The engine speaks only canonical
-//! commands and events ([`protocol`]); transports ([`ws`]) translate at the edge.
+//! actor per active conversation, one call actor per live call, and a group-commit writer. The
+//! engine speaks only canonical commands and events ([`protocol`]); transports ([`ws`],
+//! [`socketio`]) and dialects ([`dialect`]) translate at the edge.
 //!
-//! [`Engine`] is the façade REST handlers and sessions share, so a REST send and a socket send
-//! take exactly the same path.
+//! # Life of a message
+//!
+//! One `message:send` on `/ws`, from frame to ack and to every recipient (bound → when full):
+//! 1. The connection's reader task decodes the frame (`MAX_FRAME_BYTES`, `FRAME_RATE_PER_SEC`)
+//!    and awaits room in its [`session::SessionActor`]'s mailbox (256 → the reader waits, so the
+//!    socket is back-pressured).
+//! 2. The session parses it and runs it as a task (64 per connection → `rate_limited`).
+//! 3. [`Engine::send_message`] validates, applies `MESSAGE_RATE_PER_MIN`, finds the
+//!    [`conversation::ConversationActor`] in a sharded map (the registry is asked only to start
+//!    one) and `try_send`s to it (4096 → `unavailable`).
+//! 4. The conversation checks membership in memory and queues the draft for its writer shard
+//!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
+//! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
+//!    lookup, seq reserved per conversation in one statement, one multi-row insert) on one of
+//!    `DB_POOL_SIZE` connections, then hands each conversation its rows in seq order (bounded
+//!    by what the shard admitted).
+//! 6. The conversation pushes `message:new`, encoded once, straight into each recipient
+//!    session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
+//!    connection alone is cut off as a slow consumer), and answers the sender's task, which
+//!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY).
 
 pub mod actors;
 pub mod call;
