@@ -11,9 +11,12 @@ use std::sync::{PoisonError, RwLock};
 /// Shards per map (a power of two).
 const SHARDS: usize = 64;
 
+/// One shard: a part of the keys and their actors.
+type Shard<K, A> = RwLock<HashMap<K, Addr<A>>>;
+
 /// Live actors by key.
 pub struct ActorMap<K, A: Actor> {
-    shards: Box<[RwLock<HashMap<K, Addr<A>>>]>,
+    shards: Box<[Shard<K, A>]>,
     hasher: RandomState,
 }
 
@@ -33,7 +36,7 @@ impl<K, A: Actor> Default for ActorMap<K, A> {
 }
 
 impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &RwLock<HashMap<K, Addr<A>>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K, A> {
         let h = self.hasher.hash_one(key);
         &self.shards[(h as usize) & (SHARDS - 1)]
     }

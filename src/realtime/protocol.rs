@@ -46,6 +46,7 @@ pub struct ServerEvent {
     /// events (Socket.IO) can turn that acknowledgement into a delivered receipt.
     pub delivery: Option<(i64, i64)>,
     canonical: OnceLock<ByteString>,
+    socketio: OnceLock<Arc<str>>,
     /// This event in each dialect (slot: [`crate::realtime::dialect::Dialect::index`]), built
     /// by the first recipient speaking it.
     translated: [OnceLock<Arc<[Arc<ServerEvent>]>>; DIALECT_SLOTS],
@@ -62,6 +63,7 @@ impl ServerEvent {
             payload,
             delivery: None,
             canonical: OnceLock::new(),
+            socketio: OnceLock::new(),
             translated: Default::default(),
         })
     }
@@ -78,6 +80,7 @@ impl ServerEvent {
             payload,
             delivery: Some((conversation_id, seq)),
             canonical: OnceLock::new(),
+            socketio: OnceLock::new(),
             translated: Default::default(),
         })
     }
@@ -89,8 +92,17 @@ impl ServerEvent {
             payload,
             delivery: self.delivery,
             canonical: OnceLock::new(),
+            socketio: OnceLock::new(),
             translated: Default::default(),
         })
+    }
+
+    /// The Socket.IO arguments `["name", payload]` as JSON text, encoded once and shared.
+    pub fn socketio_args(&self) -> Arc<str> {
+        Arc::clone(self.socketio.get_or_init(|| {
+            serde_json::to_string(&(&*self.name, &self.payload))
+                .map_or_else(|_| Arc::from("[]"), Arc::from)
+        }))
     }
 
     /// This event as a dialect speaks it, built once by `build` and shared by every recipient
@@ -760,6 +772,23 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn an_event_is_encoded_once_and_shared() {
+        let ev = ServerEvent::new("message:new", json!({"id": "1", "content": "hé \"x\""}));
+        let ws = ev.canonical_json();
+        assert_eq!(
+            serde_json::from_str::<Value>(&ws).unwrap(),
+            json!({"event": "message:new", "payload": ev.payload})
+        );
+        // The same bytes, not a copy.
+        assert_eq!(ev.canonical_json().as_ptr(), ws.as_ptr());
+        let sio = ev.socketio_args();
+        assert_eq!(&*sio, json!(["message:new", ev.payload]).to_string());
+        assert!(Arc::ptr_eq(&sio, &ev.socketio_args()));
+        let frame = frame_text("ack", Some(&json!(7)), &json!({"ok": true}));
+        assert_eq!(frame, r#"{"event":"ack","id":7,"payload":{"ok":true}}"#);
+    }
+
+    #[test]
     fn send_accepts_aliases_and_string_or_number_ids() {
         let Command::Send(d) = Command::parse(
             "message:send",
@@ -824,7 +853,7 @@ mod tests {
         let ev = ServerEvent::new("message:new", json!({"id": "1"}));
         let a = ev.canonical_json();
         let b = ev.canonical_json();
-        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.as_ptr(), b.as_ptr());
         let parsed: Value = serde_json::from_str(&a).unwrap();
         assert_eq!(
             parsed,

@@ -495,14 +495,28 @@ impl SioHandler {
                 tokio::select! {
                     item = out_rx.recv() => {
                         let Some(item) = item else { break };
-                        let mut packet = encode(&item);
-                        // New messages ask for an acknowledgement: it marks them delivered.
-                        if let Outbound::Event(ev) = &item {
-                            if let (Some(delivery), Ok(mut table)) = (ev.delivery, acks.lock()) {
-                                packet.id = Some(table.register(delivery));
+                        let sent = match &item {
+                            // Pushed events: the arguments' JSON is encoded once per event and
+                            // shared; only the packet prefix (and an ack id) is per connection.
+                            Outbound::Event(ev) => {
+                                // New messages ask for an acknowledgement: it marks them
+                                // delivered.
+                                let id = match (ev.delivery, acks.lock()) {
+                                    (Some(delivery), Ok(mut table)) => Some(table.register(delivery)),
+                                    _ => None,
+                                };
+                                let text = super::packet::encode_raw(
+                                    SioKind::Event,
+                                    "/",
+                                    id,
+                                    0,
+                                    &ev.socketio_args(),
+                                );
+                                out_socket.send(EioData::Text(text))
                             }
-                        }
-                        if !send_packet(&out_socket, &packet, &[]) {
+                            other => send_packet(&out_socket, &encode(other), &[]),
+                        };
+                        if !sent {
                             break;
                         }
                     }
