@@ -460,11 +460,11 @@ const fmt = (v, unit, digits = 2) => (num(v) === null ? '-' : `${v.toFixed(digit
 const pad = (s, n) => String(s).padEnd(n);
 const out = [];
 out.push(`-- case ${caseNo}: ${title}; peer: ${pName}, ${pMode} --`);
-out.push(pad('', 30) + pad('Switchboard', 18) + pad(`${pName} (${pMode})`, 30) + 'ratio');
+out.push(pad('', 36) + pad('Switchboard', 18) + pad(`${pName} (${pMode})`, 30) + 'ratio');
 const row = (label, a, b, unit, better, digits) => {
   const r = better === 'higher' ? ratio(a, b) : ratio(b, a);
   const how = better === 'higher' ? 'Switchboard / peer' : 'peer / Switchboard';
-  out.push(pad(label, 30) + pad(fmt(a, unit, digits), 18) + pad(fmt(b, unit, digits), 30) +
+  out.push(pad(label, 36) + pad(fmt(a, unit, digits), 18) + pad(fmt(b, unit, digits), 30) +
     `${r}  (${how}; peer ${pMode})`);
 };
 if (kind === 'latency') {
@@ -484,7 +484,7 @@ if (kind === 'latency') {
 } else if (kind === 'calls') {
   row('call set-up p50', sb.calls.setup_ms.p50, pr.calls.setup_ms.p50, ' ms', 'lower');
   row('call set-up p99', sb.calls.setup_ms.p99, pr.calls.setup_ms.p99, ' ms', 'lower');
-  row('calls/s', sb.calls.calls_per_sec, pr.calls.calls_per_sec, '', 'higher', 1);
+  row('calls/s (set-up + end, in turn)', sb.calls.calls_per_sec, pr.calls.calls_per_sec, '', 'higher', 1);
 }
 for (const [name, r] of [['Switchboard', sb], [`${pName} (${pMode})`, pr]]) {
   const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';

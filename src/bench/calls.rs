@@ -138,16 +138,24 @@ async fn calls<A: Socket, B: Socket>(
     let counters = &shared.counters;
     let target = shared.target;
     let mut phase = shared.phase.clone();
+    // Until the run starts (all pairs together, at `start_ns`), keep both sockets answered.
+    let mut start_at: Option<tokio::time::Instant> = None;
     loop {
         match *phase.borrow_and_update() {
             Phase::Connect => {}
-            Phase::Run { .. } => break,
+            Phase::Run { start_ns, .. } => {
+                if shared.now_ns() >= start_ns {
+                    break;
+                }
+                start_at = Some(shared.at(start_ns));
+            }
             Phase::Drain | Phase::Stop => return Ok(()),
         }
         tokio::select! {
             changed = phase.changed() => if changed.is_err() { return Ok(()) },
             f = a.next() => { read(target, a, f).await?; }
             f = b.next() => { read(target, b, f).await?; }
+            () = client::sleep_until(start_at), if start_at.is_some() => {}
         }
     }
     loop {
@@ -157,7 +165,11 @@ async fn calls<A: Socket, B: Socket>(
         if counters.calls_claimed.fetch_add(1, Ordering::Relaxed) >= shared.calls {
             return Ok(());
         }
-        match call(ctx, &pair.callee.user, a, b, next_id).await {
+        let result = call(ctx, &pair.callee.user, a, b, next_id).await;
+        counters
+            .calls_last_end_ns
+            .fetch_max(shared.now_ns(), Ordering::Relaxed);
+        match result {
             Ok(()) => {
                 counters.calls_done.fetch_add(1, Ordering::Relaxed);
             }

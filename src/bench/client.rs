@@ -77,6 +77,8 @@ pub struct Counters {
     pub calls_failed: AtomicU64,
     /// Calls scenario: pairs that have stopped calling (or never connected).
     pub pairs_finished: AtomicU64,
+    /// Calls scenario: when the latest call ended (ns since the epoch).
+    pub calls_last_end_ns: AtomicU64,
 }
 
 /// What the threads measured since the coordinator last collected (`--report-every`).

@@ -432,6 +432,11 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
     }
     let run_secs = start.elapsed().as_secs_f64();
     rss.end_kib = rss_of();
+    // Calls: from the start to the end of the last call (not to when the coordinator noticed).
+    let calls_secs = match c.calls_last_end_ns.load(Ordering::Relaxed) {
+        0 => run_secs,
+        last => last.saturating_sub(ns_since(epoch, start)) as f64 / 1e9,
+    };
 
     // Drain: wait for replies to what is outstanding and for pushes to stop arriving.
     phase_tx.send_replace(Phase::Drain);
@@ -476,8 +481,8 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
             requested: args.calls,
             completed,
             failed: c.calls_failed.load(Ordering::Relaxed),
-            secs: run_secs,
-            calls_per_sec: completed as f64 / run_secs.max(1e-9),
+            secs: calls_secs,
+            calls_per_sec: completed as f64 / calls_secs.max(1e-9),
             setup_ms: Latency::from_micros(&stats.call_setup),
             ack_ms: Latency::from_micros(&stats.call_ack),
         }
@@ -624,7 +629,9 @@ impl RunLog {
             );
             self.last_progress = Instant::now();
         }
-        let every = self.every?;
+        let Some(every) = self.every else {
+            return Some(());
+        };
         if Instant::now() < self.next {
             return Some(());
         }
