@@ -52,8 +52,8 @@
 # conversations.last_seq/last_change kept consistent), then runs an open loop of CLIENTS clients
 # in groups of GROUP_SIZE for SOAK_MINUTES [30], printing every SOAK_REPORT_SECS [60] seconds
 # the acks, ack p50/p99, unanswered sends and server RSS, and at the end the ack p99 of the
-# last SOAK_COMPARE_MINUTES [5] over that of the first, and the RSS growth from the first
-# report to the last. Rate: RATE when set, else 50 % (SOAK_LOAD_PCT) of SOAK_MAX_ACKS_PER_SEC
+# last SOAK_COMPARE_MINUTES [5] (may be fractional) over that of the first, and the RSS growth
+# from the first report to the last. Rate: RATE when set, else 50 % (SOAK_LOAD_PCT) of SOAK_MAX_ACKS_PER_SEC
 # (a measured maximum of durable acks/s for this shape, e.g. case 3's Switchboard figure)
 # spread over the clients; without either, a closed-loop probe of SOAK_PROBE_SECS [20] seconds
 # measures the maximum first.
@@ -577,6 +577,8 @@ else
     say "rate: $SOAK_LOAD_PCT % of $SOAK_MAX_ACKS_PER_SEC acks/s over $CLIENTS clients =" \
         "$SOAK_RATE msg/s per client"
 fi
+SOAK_COMPARE_SECS="$(awk -v m="$SOAK_COMPARE_MINUTES" 'BEGIN { if (m + 0 > 0) print m * 60 }')"
+[ -n "$SOAK_COMPARE_SECS" ] || die "SOAK_COMPARE_MINUTES must be a positive number"
 SOAK_JSON="$RUN/soak-switchboard.json"
 start_switchboard soak
 run_bench "soak on Switchboard (one line every ${SOAK_REPORT_SECS} s)" "$BIN" bench --target ws \
@@ -584,7 +586,7 @@ run_bench "soak on Switchboard (one line every ${SOAK_REPORT_SECS} s)" "$BIN" be
     --server-pid "$SB_PID" --json-file "$SOAK_JSON" \
     --clients "$CLIENTS" --conversations "$GROUPS_OF" --rate "$SOAK_RATE" \
     --duration $((SOAK_MINUTES * 60)) --seed-messages "$SOAK_SEED_MESSAGES" \
-    --report-every "$SOAK_REPORT_SECS" --compare-window $((SOAK_COMPARE_MINUTES * 60)) \
+    --report-every "$SOAK_REPORT_SECS" --compare-window "$SOAK_COMPARE_SECS" \
     "${common[@]}"
 kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the soak (log: $RUN/soak-switchboard.log)"
 stop_pid "$SB_PID"

@@ -372,21 +372,29 @@ impl Report {
             (
                 "server RSS",
                 format!(
-                    "before {}, after connect {}, settled {}, end {}",
+                    "before {}, after connect {}, {}end {}",
                     mib(self.rss.before_kib),
                     mib(self.rss.after_connect_kib),
-                    mib(self.rss.settled_kib),
+                    if self.settle_secs > 0.0 {
+                        format!("settled {}, ", mib(self.rss.settled_kib))
+                    } else {
+                        String::new()
+                    },
                     mib(self.rss.end_kib),
                 ),
             ),
             (
                 "RSS/connection",
-                format!(
-                    "{} after connect, {} settled ({:.1} s later)",
-                    kib(self.rss_per_connection_kib),
-                    kib(self.rss_per_connection_settled_kib),
-                    self.settle_secs
-                ),
+                if self.settle_secs > 0.0 {
+                    format!(
+                        "{} after connect, {} settled ({:.1} s later)",
+                        kib(self.rss_per_connection_kib),
+                        kib(self.rss_per_connection_settled_kib),
+                        self.settle_secs
+                    )
+                } else {
+                    format!("{} after connect", kib(self.rss_per_connection_kib))
+                },
             ),
         ]);
         if let Some(ht) = &self.head_tail {
