@@ -67,6 +67,8 @@ pub struct Counters {
     pub outstanding: AtomicI64,
     /// Scheduled sends never made (see `Report::skipped_sends`).
     pub skipped: AtomicU64,
+    /// Scheduled sends held back right now (rate mode, `inflight` outstanding).
+    pub held: AtomicI64,
     /// Scheduled sends made late because `inflight` sends were outstanding.
     pub deferred: AtomicU64,
     /// Calls scenario: call numbers handed out (may pass `--calls`; the excess is not made).
@@ -603,14 +605,17 @@ where
     };
     let inflight = shared.inflight as usize;
     let padding = "x".repeat(shared.message_bytes);
-    // Rate mode: scheduled send times held back because `inflight` sends were outstanding; each
-    // goes out (stamped with its scheduled time) as soon as a reply frees a slot.
+    // Rate mode: scheduled sends held back because `inflight` sends were outstanding when they
+    // were due. Each goes out, stamped with its scheduled time, as soon as a reply frees a slot
+    // (in the drain too), so the wait shows in its latency; those still held when the sockets
+    // close are counted as skipped.
     let mut deferred: VecDeque<u64> = VecDeque::new();
     // The run window, once the coordinator has announced it.
     let mut window: Option<(u64, u64)> = None;
-    // Whether this client still has sending to do (active, run not over, not draining).
+    // Closed loop: whether this client still has sending to do (active, run not over).
     let mut sending = false;
-    // Rate mode: the next scheduled send.
+    // Rate mode: the next scheduled send (always before the end of the window; a client that
+    // falls behind fires its overdue ticks at once, even in the drain).
     let mut next_tick: Option<u64> = None;
     let mut seq = 0u64;
 
@@ -622,37 +627,50 @@ where
                 if let Some(iv) = interval_ns.filter(|_| sending) {
                     // Spread first sends over one interval so clients do not fire together.
                     let frac = spec.index as f64 / shared.active.max(1) as f64;
-                    next_tick = Some(start_ns + (iv as f64 * frac) as u64);
+                    next_tick = Some(start_ns + (iv as f64 * frac) as u64).filter(|t| *t < end_ns);
                 }
             }
-            Phase::Drain => {
-                sending = false;
-                next_tick = None;
-                skip_all(counters, &mut deferred);
-            }
+            Phase::Drain => sending = false,
             Phase::Stop => {
+                skip_all(counters, &mut deferred);
                 let _ = io.send(Message::Close(None)).await;
                 return Ok(());
             }
             _ => {}
         }
 
+        // Held-back scheduled sends go out as replies free slots.
+        if let Some(conv) = conversation {
+            while pending.len() < inflight {
+                let Some(tick) = deferred.pop_front() else {
+                    break;
+                };
+                counters.held.fetch_sub(1, Ordering::Relaxed);
+                send_one(
+                    ctx,
+                    spec,
+                    io,
+                    conv,
+                    &padding,
+                    pending,
+                    &mut next_id,
+                    &mut seq,
+                    tick,
+                )
+                .await?;
+            }
+        }
+
         // When to wake up without a frame: the next rate tick, or (closed loop) the start or
         // the end of the run.
         let mut wake_at = None;
-        if let Some((_, end_ns)) = window {
-            if !deferred.is_empty() && shared.now_ns() >= end_ns {
-                skip_all(counters, &mut deferred);
-            }
-        }
-        if let (true, Some(conv), Some((start_ns, end_ns))) = (sending, conversation, window) {
+        if interval_ns.is_some() {
+            wake_at = next_tick;
+        } else if let (true, Some(conv), Some((start_ns, end_ns))) = (sending, conversation, window)
+        {
             let now = shared.now_ns();
             if now >= end_ns {
                 sending = false;
-                next_tick = None;
-                skip_all(counters, &mut deferred);
-            } else if interval_ns.is_some() {
-                wake_at = next_tick;
             } else if now < start_ns {
                 wake_at = Some(start_ns);
             } else {
@@ -685,14 +703,11 @@ where
             Wake::Phase(true) => phase = *phase_rx.borrow_and_update(),
             Wake::Phase(false) => phase = Phase::Stop,
             Wake::Tick => {
-                // Rate mode: send on a fixed schedule, each send stamped with its scheduled time;
-                // ticks that fell behind fire at once.
+                // Rate mode: send on a fixed schedule, each send stamped with its scheduled time.
                 if let (Some(iv), Some(tick), Some(conv), Some((_, end_ns))) =
                     (interval_ns, next_tick, conversation, window)
                 {
-                    if shared.now_ns() >= end_ns {
-                        counters.skipped.fetch_add(1, Ordering::Relaxed);
-                    } else if pending.len() < inflight && deferred.is_empty() {
+                    if pending.len() < inflight && deferred.is_empty() {
                         send_one(
                             ctx,
                             spec,
@@ -707,12 +722,10 @@ where
                         .await?;
                     } else {
                         counters.deferred.fetch_add(1, Ordering::Relaxed);
+                        counters.held.fetch_add(1, Ordering::Relaxed);
                         deferred.push_back(tick);
                     }
                     next_tick = Some(tick + iv).filter(|t| *t < end_ns);
-                    if next_tick.is_none() {
-                        sending = false;
-                    }
                 }
                 // Closed loop: the top of the loop sends or stops.
             }
@@ -720,26 +733,6 @@ where
                 Recv::Text(text) => {
                     let inbound = decode(target, &text)?;
                     handle(ctx, io, inbound, pending, members, window).await?;
-                    // A reply may have freed a slot for a held-back scheduled send.
-                    if let (Some(conv), Some((_, end_ns))) = (conversation, window) {
-                        while pending.len() < inflight && shared.now_ns() < end_ns {
-                            let Some(tick) = deferred.pop_front() else {
-                                break;
-                            };
-                            send_one(
-                                ctx,
-                                spec,
-                                io,
-                                conv,
-                                &padding,
-                                pending,
-                                &mut next_id,
-                                &mut seq,
-                                tick,
-                            )
-                            .await?;
-                        }
-                    }
                 }
                 Recv::Ping(data) => io
                     .send(Message::Pong(data.into()))
@@ -755,9 +748,11 @@ where
 /// Counts every held-back scheduled send as skipped.
 fn skip_all(counters: &Counters, deferred: &mut VecDeque<u64>) {
     if !deferred.is_empty() {
+        let n = deferred.len() as u64;
+        counters.skipped.fetch_add(n, Ordering::Relaxed);
         counters
-            .skipped
-            .fetch_add(deferred.len() as u64, Ordering::Relaxed);
+            .held
+            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
         deferred.clear();
     }
 }

@@ -88,7 +88,7 @@ pub struct BenchArgs {
     /// Most unanswered sends per client (default 1 with `--rate 0`, else 100). With a rate, a
     /// send due while this many are outstanding is held back (counted as deferred) and goes out
     /// when a reply frees a slot, its latency still counted from when it was due; one still held
-    /// back when the window closes is counted as skipped.
+    /// back at the end of the drain is counted as skipped.
     #[arg(long)]
     pub inflight: Option<u32>,
     /// Message text length in bytes.
@@ -113,7 +113,8 @@ pub struct BenchArgs {
     /// Process id of the server, to sample its RSS from /proc/PID/status.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Longest wait for outstanding replies and pushes after the window, seconds.
+    /// Longest wait for outstanding replies and pushes after the window, seconds (open loop:
+    /// sends held back by --inflight still go out in it).
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
     /// Seconds to wait after every socket is up before sampling the server's RSS again
@@ -446,7 +447,8 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
         if deliveries != last.0 {
             last = (deliveries, Instant::now());
         }
-        c.outstanding.load(Ordering::Relaxed) <= 0 && last.1.elapsed() >= Duration::from_millis(300)
+        c.outstanding.load(Ordering::Relaxed) + c.held.load(Ordering::Relaxed) <= 0
+            && last.1.elapsed() >= Duration::from_millis(300)
     });
     let unanswered = c.outstanding.load(Ordering::Relaxed);
     phase_tx.send_replace(Phase::Stop);

@@ -199,8 +199,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Total of `errors`.
     pub error_total: u64,
-    /// Scheduled sends (rate mode) never made: `inflight` sends stayed outstanding until the
-    /// window closed, or the client was already past the window when the send was due.
+    /// Scheduled sends (rate mode) never made: held back by `inflight` until the end of the
+    /// drain. Their latency is missing from the figures; it was at least the rest of the run.
     pub skipped_sends: u64,
     /// Scheduled sends (rate mode) made late because `inflight` sends were outstanding when
     /// they were due; like every rate-mode send, their latency counts from the scheduled time.
