@@ -546,6 +546,58 @@ pub(super) fn short_reason(reason: &str) -> String {
     }
 }
 
+/// Open-loop schedule of one client: send times every `interval` ns from a start until the end
+/// of the window. A send is always stamped with its scheduled time; one due while the client
+/// may not send (`inflight` outstanding) is held back, in order, until [`Schedule::release`].
+#[derive(Debug)]
+struct Schedule {
+    interval: u64,
+    end: u64,
+    next: Option<u64>,
+    held: VecDeque<u64>,
+}
+
+impl Schedule {
+    fn new(first: u64, interval: u64, end: u64) -> Self {
+        Self {
+            interval: interval.max(1),
+            end,
+            next: Some(first).filter(|t| *t < end),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// When the next send is due.
+    fn due(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// The due send's time has come: returns the time to stamp a send with now, or `None`
+    /// when it is held back (`can_send` false, or earlier ones are still held).
+    fn fire(&mut self, can_send: bool) -> Option<u64> {
+        let tick = self.next?;
+        self.next = tick.checked_add(self.interval).filter(|t| *t < self.end);
+        if can_send && self.held.is_empty() {
+            Some(tick)
+        } else {
+            self.held.push_back(tick);
+            None
+        }
+    }
+
+    /// The oldest held-back send, to go out now (stamped with its scheduled time).
+    fn release(&mut self) -> Option<u64> {
+        self.held.pop_front()
+    }
+
+    /// Drops the held-back sends; returns how many there were.
+    fn drop_held(&mut self) -> u64 {
+        let n = self.held.len() as u64;
+        self.held.clear();
+        n
+    }
+}
+
 /// A sent message waiting for its reply.
 struct Pending {
     sent_ns: u64,
@@ -605,18 +657,16 @@ where
     };
     let inflight = shared.inflight as usize;
     let padding = "x".repeat(shared.message_bytes);
-    // Rate mode: scheduled sends held back because `inflight` sends were outstanding when they
-    // were due. Each goes out, stamped with its scheduled time, as soon as a reply frees a slot
-    // (in the drain too), so the wait shows in its latency; those still held when the sockets
-    // close are counted as skipped.
-    let mut deferred: VecDeque<u64> = VecDeque::new();
+    // Rate mode: the schedule, once the window is known. Sends held back because `inflight`
+    // sends were outstanding when they were due go out, stamped with their scheduled time, as
+    // soon as a reply frees a slot (in the drain too), so the wait shows in their latency; those
+    // still held when the sockets close are counted as skipped. A client that falls behind
+    // fires its overdue sends at once, even in the drain.
+    let mut schedule: Option<Schedule> = None;
     // The run window, once the coordinator has announced it.
     let mut window: Option<(u64, u64)> = None;
     // Closed loop: whether this client still has sending to do (active, run not over).
     let mut sending = false;
-    // Rate mode: the next scheduled send (always before the end of the window; a client that
-    // falls behind fires its overdue ticks at once, even in the drain).
-    let mut next_tick: Option<u64> = None;
     let mut seq = 0u64;
 
     loop {
@@ -627,12 +677,18 @@ where
                 if let Some(iv) = interval_ns.filter(|_| sending) {
                     // Spread first sends over one interval so clients do not fire together.
                     let frac = spec.index as f64 / shared.active.max(1) as f64;
-                    next_tick = Some(start_ns + (iv as f64 * frac) as u64).filter(|t| *t < end_ns);
+                    let first = start_ns + (iv as f64 * frac) as u64;
+                    schedule = Some(Schedule::new(first, iv, end_ns));
                 }
             }
             Phase::Drain => sending = false,
             Phase::Stop => {
-                skip_all(counters, &mut deferred);
+                if let Some(n) = schedule.as_mut().map(Schedule::drop_held) {
+                    counters.skipped.fetch_add(n, Ordering::Relaxed);
+                    counters
+                        .held
+                        .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+                }
                 let _ = io.send(Message::Close(None)).await;
                 return Ok(());
             }
@@ -640,9 +696,9 @@ where
         }
 
         // Held-back scheduled sends go out as replies free slots.
-        if let Some(conv) = conversation {
+        if let (Some(conv), Some(sched)) = (conversation, schedule.as_mut()) {
             while pending.len() < inflight {
-                let Some(tick) = deferred.pop_front() else {
+                let Some(tick) = sched.release() else {
                     break;
                 };
                 counters.held.fetch_sub(1, Ordering::Relaxed);
@@ -665,7 +721,7 @@ where
         // the end of the run.
         let mut wake_at = None;
         if interval_ns.is_some() {
-            wake_at = next_tick;
+            wake_at = schedule.as_ref().and_then(Schedule::due);
         } else if let (true, Some(conv), Some((start_ns, end_ns))) = (sending, conversation, window)
         {
             let now = shared.now_ns();
@@ -704,28 +760,27 @@ where
             Wake::Phase(false) => phase = Phase::Stop,
             Wake::Tick => {
                 // Rate mode: send on a fixed schedule, each send stamped with its scheduled time.
-                if let (Some(iv), Some(tick), Some(conv), Some((_, end_ns))) =
-                    (interval_ns, next_tick, conversation, window)
-                {
-                    if pending.len() < inflight && deferred.is_empty() {
-                        send_one(
-                            ctx,
-                            spec,
-                            io,
-                            conv,
-                            &padding,
-                            pending,
-                            &mut next_id,
-                            &mut seq,
-                            tick,
-                        )
-                        .await?;
-                    } else {
-                        counters.deferred.fetch_add(1, Ordering::Relaxed);
-                        counters.held.fetch_add(1, Ordering::Relaxed);
-                        deferred.push_back(tick);
+                if let (Some(sched), Some(conv)) = (schedule.as_mut(), conversation) {
+                    match sched.fire(pending.len() < inflight) {
+                        Some(tick) => {
+                            send_one(
+                                ctx,
+                                spec,
+                                io,
+                                conv,
+                                &padding,
+                                pending,
+                                &mut next_id,
+                                &mut seq,
+                                tick,
+                            )
+                            .await?;
+                        }
+                        None => {
+                            counters.deferred.fetch_add(1, Ordering::Relaxed);
+                            counters.held.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    next_tick = Some(tick + iv).filter(|t| *t < end_ns);
                 }
                 // Closed loop: the top of the loop sends or stops.
             }
@@ -742,18 +797,6 @@ where
                 Recv::Ignore => {}
             },
         }
-    }
-}
-
-/// Counts every held-back scheduled send as skipped.
-fn skip_all(counters: &Counters, deferred: &mut VecDeque<u64>) {
-    if !deferred.is_empty() {
-        let n = deferred.len() as u64;
-        counters.skipped.fetch_add(n, Ordering::Relaxed);
-        counters
-            .held
-            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
-        deferred.clear();
     }
 }
 
@@ -881,6 +924,29 @@ mod tests {
                 "ws://127.0.0.1:3900/socket.io/?EIO=4&transport=websocket"
             );
         }
+    }
+
+    #[test]
+    fn open_loop_sends_are_stamped_with_their_scheduled_time() {
+        // Every 10 ns from 100 until 150: 100, 110, 120, 130, 140.
+        let mut s = Schedule::new(100, 10, 150);
+        assert_eq!(s.due(), Some(100));
+        assert_eq!(s.fire(true), Some(100));
+        // Due while the client may not send: held back, and so is the next one (order kept)
+        // even if a slot is free by then.
+        assert_eq!(s.fire(false), None);
+        assert_eq!(s.fire(true), None);
+        // Fired late (the client fell behind): still stamped with the scheduled time.
+        assert_eq!(s.due(), Some(130));
+        assert_eq!(s.release(), Some(110));
+        assert_eq!(s.release(), Some(120));
+        assert_eq!(s.release(), None);
+        assert_eq!(s.fire(true), Some(130));
+        assert_eq!(s.fire(false), None);
+        assert_eq!(s.due(), None);
+        assert_eq!(s.drop_held(), 1);
+        assert_eq!(s.release(), None);
+        assert_eq!(Schedule::new(150, 10, 150).due(), None);
     }
 
     #[test]
