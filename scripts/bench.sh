@@ -46,6 +46,8 @@
 #   PEER_DIR [../shared/bench/peer-socketio]          Node peer (npm ci in a copy)
 #   SIOXIDE_DIR [../shared/bench/peer-socketioxide]   Rust peer (built in a copy)
 #   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory
+#   SERVER_RUST_LOG [warn]  Switchboard's RUST_LOG (the bench itself follows RUST_LOG)
+#   CARGO_TARGET_DIR        where Switchboard is built (release/switchboard is run from there)
 #
 # Soak (`scripts/bench.sh soak`, Switchboard only): inserts SOAK_SEED_MESSAGES [5000000]
 # messages into the run's own conversations (INSERT ... SELECT FROM generate_series; seqs and
@@ -119,6 +121,11 @@ case "${1:-}" in
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
+
+for v in CONVERSATIONS IDLE; do
+    [ -z "${!v:-}" ] || die "$v is no longer a knob: conversations follow from CLIENTS and" \
+        "GROUP_SIZE (1:1 in cases 2, 4 and 7), idle sockets are IDLE_SOCKETS (case 5); see --help"
+done
 
 want() { [[ " $CASES " == *" $1 "* ]]; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
