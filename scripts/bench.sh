@@ -491,6 +491,7 @@ if (kind === 'latency') {
 } else if (kind === 'calls') {
   row('call set-up p50', sb.calls.setup_ms.p50, pr.calls.setup_ms.p50, ' ms', 'lower');
   row('call set-up p99', sb.calls.setup_ms.p99, pr.calls.setup_ms.p99, ' ms', 'lower');
+  row('call end p50 (ack + callee told)', sb.calls.end_ms.p50, pr.calls.end_ms.p50, ' ms', 'lower');
   row('calls/s (set-up + end, in turn)', sb.calls.calls_per_sec, pr.calls.calls_per_sec, '', 'higher', 1);
 }
 for (const [name, r] of [['Switchboard', sb], [`${pName} (${pMode})`, pr]]) {

@@ -296,6 +296,7 @@ async fn call<A: Socket, B: Socket>(
         &protocol::CallEnd { call_id: &call_id },
     )
     .map_err(Failure::Socket)?;
+    let t_end = shared.now_ns();
     client::send_text(a, frame).await.map_err(Failure::Socket)?;
     let deadline = tokio::time::Instant::now() + shared.call_timeout;
     let mut ended = false;
@@ -339,6 +340,12 @@ async fn call<A: Socket, B: Socket>(
                 break;
             }
         }
+    }
+    if end_error.is_none() {
+        ctx.stats
+            .borrow_mut()
+            .call_end
+            .saturating_record(shared.now_ns().saturating_sub(t_end) / 1000);
     }
     match (refused, end_error) {
         (Some(code), _) | (None, Some(code)) => Err(Failure::Call(code)),

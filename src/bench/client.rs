@@ -158,6 +158,8 @@ pub struct ThreadStats {
     pub call_setup: Histogram,
     /// Calls: `call:initiate` → the caller's ack.
     pub call_ack: Histogram,
+    /// Calls: `call:end` → its ack and the callee's notice, both.
+    pub call_end: Histogram,
     /// Errors by code.
     pub errors: BTreeMap<String, u64>,
     /// Connection failures by reason.
@@ -172,6 +174,7 @@ impl ThreadStats {
             ack: report::histogram()?,
             call_setup: report::histogram()?,
             call_ack: report::histogram()?,
+            call_end: report::histogram()?,
             errors: BTreeMap::new(),
             connect_failures: BTreeMap::new(),
         })
@@ -183,6 +186,7 @@ impl ThreadStats {
         report::merge_into(&mut self.ack, &part.ack)?;
         report::merge_into(&mut self.call_setup, &part.call_setup)?;
         report::merge_into(&mut self.call_ack, &part.call_ack)?;
+        report::merge_into(&mut self.call_end, &part.call_end)?;
         for (k, v) in &part.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }

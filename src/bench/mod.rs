@@ -487,6 +487,7 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
             calls_per_sec: completed as f64 / calls_secs.max(1e-9),
             setup_ms: Latency::from_micros(&stats.call_setup),
             ack_ms: Latency::from_micros(&stats.call_ack),
+            end_ms: Latency::from_micros(&stats.call_end),
         }
     });
     let head_tail = run.head_tail(args.compare_window)?;

@@ -140,6 +140,8 @@ pub struct Calls {
     pub setup_ms: Latency,
     /// `call:initiate` written → the caller's ack.
     pub ack_ms: Latency,
+    /// `call:end` written → its ack at the caller and the callee's notice, both.
+    pub end_ms: Latency,
 }
 
 /// Everything a run measured.
@@ -301,6 +303,7 @@ impl Report {
                 ),
                 ("call set-up", latency(&calls.setup_ms)),
                 ("call ack", latency(&calls.ack_ms)),
+                ("call end", latency(&calls.end_ms)),
             ]);
         } else {
             let rate = if self.rate > 0.0 {
