@@ -462,7 +462,11 @@ const peerName = {
 }[peer];
 const [pName, pMode, pAcks] = peerName;
 const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-const ratio = (a, b) => (num(a) !== null && num(b) !== null && b !== 0 ? (a / b).toFixed(2) + 'x' : 'n/a');
+const ratio = (a, b) => {
+  if (num(a) === null || num(b) === null || b === 0) return 'n/a';
+  const r = a / b;
+  return (r >= 0.1 ? r.toFixed(2) : r.toPrecision(2)) + 'x';
+};
 const fmt = (v, unit, digits = 2) => (num(v) === null ? '-' : `${v.toFixed(digits)}${unit}`);
 const pad = (s, n) => String(s).padEnd(n);
 const out = [];
