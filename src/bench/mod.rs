@@ -130,7 +130,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub compare_window: f64,
     /// `ws` target: insert this many messages into the run's conversations before connecting
-    /// (spread evenly, seqs consistent with the conversations), for a database with history.
+    /// (spread evenly, so rounded up to a multiple of the conversations; seqs consistent with
+    /// the conversations), for a database with history.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub seed_messages: u64,
     /// Calls scenario: caller/callee pairs calling at once (1: sequential calls).
