@@ -1,48 +1,109 @@
 #!/usr/bin/env bash
-# Runs one load scenario against Switchboard's /ws and against the reference Socket.IO peer
-# (../shared/bench/peer-socketio, Node.js, persisting every message) and prints both reports and
-# their ratios.
+# Compares Switchboard with reference Socket.IO peers under the same load, in one run: each case
+# runs `switchboard bench` against Switchboard's /ws and against a peer, and prints both figures
+# and their ratio, naming the peer's mode (persisting or relay-only) on every line.
 #
-#   scripts/bench.sh
+#   scripts/bench.sh              every case (CASES="1 2 3 4 5 6 7")
+#   CASES="2 4" scripts/bench.sh  some cases
+#   scripts/bench.sh soak         the soak (Switchboard only), see below
 #
-# Scenario (environment, defaults in brackets):
-#   CLIENTS [1000]          active senders
-#   CONVERSATIONS [100]     conversations; client i is in conversation i % CONVERSATIONS
-#   IDLE [0]                extra connected clients that send nothing
-#   DURATION [60]           seconds of sending
-#   RATE [1]                messages per second per active client (0: as fast as acks allow)
-#   INFLIGHT                most unanswered sends per client (bench default)
+# Cases (Switchboard's acks are always durable: committed to PostgreSQL):
+#   1  open loop: CLIENTS clients in groups of GROUP_SIZE, RATE messages/s each; delivery
+#      latency p50/p99, counted from the scheduled send time, vs the Node peer persisting.
+#   2  closed loop (--rate 0, one send outstanding per client): CLIENTS clients in 1:1
+#      conversations; durable acks/s vs the Node peer persisting.
+#   3  closed loop, CLIENTS clients in groups of GROUP_SIZE; durable acks/s vs the Node peer
+#      persisting.
+#   4  cases 2 and 3 vs the Node peer relay-only (no DATABASE_URL): its acks are "relayed".
+#   5  idle memory per authenticated connection: IDLE_SOCKETS sockets (--clients 0 --idle),
+#      RSS sampled again SETTLE seconds after the last one connected (the settled figure is the
+#      one compared), vs the Node peer persisting.
+#   6  call set-up latency, call:initiate -> call:incoming at the callee: CALLS_SEQUENTIAL calls
+#      from one caller (each ended with call:end before the next), then CALLS calls from
+#      CALLERS concurrent callers; vs the Node peer relay-only (it never persists calls).
+#   7  cases 2, 3 and 5 vs the Rust peer (../shared/bench/peer-socketioxide) relay-only.
+# A Switchboard run shared by several cases (case 2 and 4 both need the 1:1 run) is made once.
+# Ratios: "Switchboard / peer" for throughput, "peer / Switchboard" for latency and memory, so
+# above 1 means Switchboard does better.
+#
+# Knobs (environment, defaults in brackets):
+#   CASES ["1 2 3 4 5 6 7"]  which cases
+#   CLIENTS [1000]          active clients in cases 1-4 and 7
+#   GROUP_SIZE [10]         members per group conversation (conversations = CLIENTS / GROUP_SIZE)
+#   DURATION [60]           seconds of sending per run
+#   RATE [1]                case 1 (and soak): messages per second per client
+#   INFLIGHT                most unanswered sends per client (bench default: 100 open loop,
+#                           1 closed loop)
 #   MESSAGE_BYTES [64]      message length
+#   IDLE_SOCKETS [10000]    case 5 sockets
+#   SETTLE [5]              case 5: seconds between connecting and the settled RSS sample
+#   CALLS_SEQUENTIAL [200]  case 6: sequential calls
+#   CALLERS [50]            case 6: concurrent callers
+#   CALLS [1000]            case 6: calls made by the concurrent callers, in all
+#   CALL_TIMEOUT [10]       case 6: seconds a call may take to ring, and again to end
 #   CONNECT_CONCURRENCY [200]
-#   BENCH_ARGS              more `switchboard bench` options, passed to both runs
-#   PEER_DIR [../shared/bench/peer-socketio]
+#   BENCH_ARGS              more `switchboard bench` options, passed to every run
+#   PEER_DIR [../shared/bench/peer-socketio]          Node peer (npm ci in a copy)
+#   SIOXIDE_DIR [../shared/bench/peer-socketioxide]   Rust peer (built in a copy)
+#   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory
+#   SERVER_RUST_LOG [warn]  Switchboard's RUST_LOG (the bench itself follows RUST_LOG)
+#   CARGO_TARGET_DIR        where Switchboard is built (release/switchboard is run from there)
+#
+# Soak (`scripts/bench.sh soak`, Switchboard only): inserts SOAK_SEED_MESSAGES [5000000]
+# messages into the run's own conversations (INSERT ... SELECT FROM generate_series; seqs and
+# conversations.last_seq/last_change kept consistent), then runs an open loop of CLIENTS clients
+# in groups of GROUP_SIZE for SOAK_MINUTES [30], printing every SOAK_REPORT_SECS [60] seconds
+# the acks, ack p50/p99, unanswered sends and server RSS, and at the end the ack p99 of the
+# last SOAK_COMPARE_MINUTES [5] (may be fractional) over that of the first, and the RSS growth
+# from the first report to the last. Rate: RATE when set, else 50 % (SOAK_LOAD_PCT) of SOAK_MAX_ACKS_PER_SEC
+# (a measured maximum of durable acks/s for this shape, e.g. case 3's Switchboard figure)
+# spread over the clients; without either, a closed-loop probe of SOAK_PROBE_SECS [20] seconds
+# measures the maximum first.
 #
 # PostgreSQL: DATABASE_URL (any database on the server; used to create and drop the bench
 # databases), else postgres://postgres@127.0.0.1:5432/postgres when it answers, else a private
 # cluster in target/bench/pgdata (stopped at exit). Two databases are created per run,
 # sb_bench_<pid> and peer_bench_<pid>, and dropped at exit.
 #
-# Switchboard gets MESSAGE_RATE_PER_MIN=1000000 and FRAME_RATE_PER_SEC=100000 unless set, so its
+# Every run gets a fresh server process. Switchboard gets MESSAGE_RATE_PER_MIN=1000000,
+# FRAME_RATE_PER_SEC=100000, CALL_RATE_PER_HOUR=1000000 and CALL_BURST=100000 unless set, so its
 # rate limits stay out of the way; every other setting (DB_POOL_SIZE, ...) passes through from
-# the environment. The peer gets POOL when set. JWT_SECRET is generated unless set.
-# Reports and logs are kept in target/bench/.
+# the environment. The Node peer gets POOL when set. JWT_SECRET is generated unless set. Each
+# run's raw JSON report, the servers' logs and summary.txt go to target/bench/run-<time>-<pid>/.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-# shellcheck source=scripts/lib/pg.sh
+# shellcheck source=scripts/lib/pg.sh disable=SC1091 # followed when given as input (scripts/test.sh)
 source "$REPO/scripts/lib/pg.sh"
 
+CASES="${CASES:-1 2 3 4 5 6 7}"
 CLIENTS="${CLIENTS:-1000}"
-CONVERSATIONS="${CONVERSATIONS:-100}"
-IDLE="${IDLE:-0}"
+GROUP_SIZE="${GROUP_SIZE:-10}"
 DURATION="${DURATION:-60}"
+RATE_SET="${RATE:-}"
 RATE="${RATE:-1}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-64}"
+IDLE_SOCKETS="${IDLE_SOCKETS:-10000}"
+SETTLE="${SETTLE:-5}"
+CALLS_SEQUENTIAL="${CALLS_SEQUENTIAL:-200}"
+CALLERS="${CALLERS:-50}"
+CALLS="${CALLS:-1000}"
+CALL_TIMEOUT="${CALL_TIMEOUT:-10}"
 CONNECT_CONCURRENCY="${CONNECT_CONCURRENCY:-200}"
 PEER_DIR="${PEER_DIR:-$REPO/../shared/bench/peer-socketio}"
+SIOXIDE_DIR="${SIOXIDE_DIR:-$REPO/../shared/bench/peer-socketioxide}"
+SIOXIDE_TARGET_DIR="${SIOXIDE_TARGET_DIR:-/tmp/peer-sioxide-target}"
+SOAK_MINUTES="${SOAK_MINUTES:-30}"
+SOAK_SEED_MESSAGES="${SOAK_SEED_MESSAGES:-5000000}"
+SOAK_REPORT_SECS="${SOAK_REPORT_SECS:-60}"
+SOAK_COMPARE_MINUTES="${SOAK_COMPARE_MINUTES:-5}"
+SOAK_LOAD_PCT="${SOAK_LOAD_PCT:-50}"
+SOAK_MAX_ACKS_PER_SEC="${SOAK_MAX_ACKS_PER_SEC:-}"
+SOAK_PROBE_SECS="${SOAK_PROBE_SECS:-20}"
 OUT="$REPO/target/bench"
-BIN="$REPO/target/release/switchboard"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/switchboard"
+case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
 
 die() {
     printf 'bench: %s\n' "$*" >&2
@@ -50,24 +111,67 @@ die() {
 }
 say() { printf '%s\n' "$*"; }
 
+MODE=cases
 case "${1:-}" in
     -h | --help)
         awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
         exit 0
         ;;
+    soak) MODE=soak ;;
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
 
+for v in CONVERSATIONS IDLE; do
+    [ -z "${!v:-}" ] || die "$v is no longer a knob: conversations follow from CLIENTS and" \
+        "GROUP_SIZE (1:1 in cases 2, 4 and 7), idle sockets are IDLE_SOCKETS (case 5); see --help"
+done
+
+want() { [[ " $CASES " == *" $1 "* ]]; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+if [ "$MODE" = cases ]; then
+    for c in $CASES; do
+        case "$c" in
+            [1-7]) ;;
+            *) die "unknown case '$c' in CASES (1 to 7)" ;;
+        esac
+    done
+fi
+for v in CLIENTS GROUP_SIZE IDLE_SOCKETS CALLS_SEQUENTIAL CALLERS CALLS SOAK_MINUTES \
+    SOAK_SEED_MESSAGES SOAK_LOAD_PCT; do
+    is_uint "${!v}" || die "$v must be a whole number, not '${!v}'"
+done
+[ "$GROUP_SIZE" -ge 2 ] || die "GROUP_SIZE must be at least 2"
+[ "$CLIENTS" -ge 2 ] || die "CLIENTS must be at least 2"
+GROUPS_OF=$((CLIENTS / GROUP_SIZE))
+[ "$GROUPS_OF" -ge 1 ] || die "CLIENTS must be at least GROUP_SIZE"
+PAIRS=$((CLIENTS / 2))
+
+NEED_NODE=""
+NEED_SIOXIDE=""
+if [ "$MODE" = cases ]; then
+    for c in 1 2 3 4 5 6; do want "$c" && NEED_NODE=1; done
+    want 7 && NEED_SIOXIDE=1
+fi
+
 command -v cargo >/dev/null 2>&1 || die "cargo was not found: install Rust (https://rustup.rs)"
-command -v node >/dev/null 2>&1 || die "node was not found: the reference peer needs Node.js 18+"
-command -v npm >/dev/null 2>&1 || die "npm was not found: the reference peer needs it"
+command -v node >/dev/null 2>&1 || die "node was not found: reports are compared with Node.js 18+"
 command -v psql >/dev/null 2>&1 || die "psql was not found: install the PostgreSQL client"
 command -v curl >/dev/null 2>&1 || die "curl was not found"
-[ -f "$PEER_DIR/server.js" ] || die "no reference peer in $PEER_DIR (set PEER_DIR)"
+if [ -n "$NEED_NODE" ]; then
+    command -v npm >/dev/null 2>&1 || die "npm was not found: the Node peer needs it"
+    [ -f "$PEER_DIR/server.js" ] || die "no Node peer in $PEER_DIR (set PEER_DIR)"
+fi
+if [ -n "$NEED_SIOXIDE" ]; then
+    [ -f "$SIOXIDE_DIR/Cargo.toml" ] || die "no Rust peer in $SIOXIDE_DIR (set SIOXIDE_DIR)"
+fi
 
 # --- open files ------------------------------------------------------------------------------
-sockets=$((CLIENTS + IDLE))
+sockets=$((CLIENTS > 2 * CALLERS ? CLIENTS : 2 * CALLERS))
+if [ "$MODE" = cases ] && { want 5 || want 7; }; then
+    [ "$IDLE_SOCKETS" -gt "$sockets" ] && sockets=$IDLE_SOCKETS
+fi
 if ! ulimit -n 65536 2>/dev/null; then
     hard="$(ulimit -Hn)"
     [ "$hard" = unlimited ] && hard=65536
@@ -88,15 +192,16 @@ DBS_CREATED=""
 PRIVATE_PG=""
 
 stop_pid() {
-    local pid="$1" i
+    local pid="$1"
     [ -n "$pid" ] || return 0
     kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
 }
 
 cleanup() {
@@ -121,8 +226,8 @@ trap 'exit 130' INT TERM
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
-    local port=$((20000 + RANDOM % 20000)) i
-    for i in $(seq 1 200); do
+    local port=$((20000 + RANDOM % 20000))
+    for _ in $(seq 1 200); do
         if ! port_in_use "$port"; then
             printf '%s\n' "$port"
             return 0
@@ -133,8 +238,7 @@ free_port() {
 }
 wait_health() {
     # wait_health NAME URL PID LOG
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         if [ "$(curl -s -o /dev/null -w '%{http_code}' "$2" 2>/dev/null)" = 200 ]; then
             return 0
         fi
@@ -148,12 +252,42 @@ wait_health() {
     die "$1 did not answer $2 within 60 s (log: $4)"
 }
 
-mkdir -p "$OUT"
+RUN="$OUT/run-$(date +%Y%m%d-%H%M%S)-$$"
+mkdir -p "$RUN"
+SUMMARY="$RUN/summary.txt"
+: >"$SUMMARY"
 
 # --- build -----------------------------------------------------------------------------------
 say "== build =="
 ensure_libpq_dev
 cargo build --release
+[ -x "$BIN" ] || die "no binary at $BIN after the build"
+
+if [ -n "$NEED_NODE" ]; then
+    say "== Node peer (npm ci in a copy of $PEER_DIR) =="
+    NODE_COPY="$OUT/peer-socketio"
+    rm -rf "$NODE_COPY"
+    mkdir -p "$NODE_COPY"
+    cp -R "$PEER_DIR/." "$NODE_COPY/"
+    chmod -R u+w "$NODE_COPY"
+    rm -rf "$NODE_COPY/node_modules"
+    if [ -f "$NODE_COPY/package-lock.json" ]; then
+        (cd "$NODE_COPY" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        (cd "$NODE_COPY" && npm install --no-audit --no-fund --loglevel=error)
+    fi
+fi
+if [ -n "$NEED_SIOXIDE" ]; then
+    say "== Rust peer (cargo build --release in a copy of $SIOXIDE_DIR) =="
+    SIOXIDE_COPY="$OUT/peer-socketioxide"
+    rm -rf "$SIOXIDE_COPY"
+    mkdir -p "$SIOXIDE_COPY"
+    (cd "$SIOXIDE_DIR" && tar --exclude=./target -cf - .) | (cd "$SIOXIDE_COPY" && tar -xf -)
+    chmod -R u+w "$SIOXIDE_COPY"
+    (cd "$SIOXIDE_COPY" && CARGO_TARGET_DIR="$SIOXIDE_TARGET_DIR" cargo build --release --locked)
+    SIOXIDE_BIN="$SIOXIDE_TARGET_DIR/release/peer-socketioxide"
+    [ -x "$SIOXIDE_BIN" ] || die "no binary at $SIOXIDE_BIN after the build"
+fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 say "== database =="
@@ -175,7 +309,7 @@ DBS_CREATED=1
 psql -w -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "CREATE DATABASE \"$PEER_DB\"" >/dev/null
 SB_DB_URL="$(pg_url_with_db "$ADMIN_URL" "$SB_DB")"
 PEER_DB_URL="$(pg_url_with_db "$ADMIN_URL" "$PEER_DB")"
-say "databases: $SB_DB, $PEER_DB"
+say "databases: $SB_DB, $PEER_DB; reports in $RUN"
 
 if [ -z "${JWT_SECRET:-}" ]; then
     JWT_SECRET="$(head -c 48 /dev/urandom | base64 | tr -d '\n')"
@@ -183,53 +317,88 @@ fi
 export JWT_SECRET
 
 # --- servers ---------------------------------------------------------------------------------
-say "== start Switchboard =="
-SB_PORT="$(free_port)"
 SB_MESSAGE_RATE="${MESSAGE_RATE_PER_MIN:-1000000}"
 SB_FRAME_RATE="${FRAME_RATE_PER_SEC:-100000}"
+SB_CALL_RATE="${CALL_RATE_PER_HOUR:-1000000}"
+SB_CALL_BURST="${CALL_BURST:-100000}"
 SB_LOG_LEVEL="${SERVER_RUST_LOG:-warn}"
-DATABASE_URL="$SB_DB_URL" BIND="127.0.0.1:$SB_PORT" MESSAGE_RATE_PER_MIN="$SB_MESSAGE_RATE" \
-    FRAME_RATE_PER_SEC="$SB_FRAME_RATE" RUST_LOG="$SB_LOG_LEVEL" \
-    "$BIN" serve >"$OUT/switchboard.log" 2>&1 &
-SB_PID=$!
-say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$SB_PORT" \
-    "MESSAGE_RATE_PER_MIN=$SB_MESSAGE_RATE FRAME_RATE_PER_SEC=$SB_FRAME_RATE" \
-    "RUST_LOG=$SB_LOG_LEVEL $BIN serve   (pid $SB_PID, log $OUT/switchboard.log)"
-wait_health Switchboard "http://127.0.0.1:$SB_PORT/health" "$SB_PID" "$OUT/switchboard.log"
+SERVER_URL=""
 
-say "== start the reference peer =="
-PEER_COPY="$OUT/peer-socketio"
-rm -rf "$PEER_COPY"
-mkdir -p "$PEER_COPY"
-cp -R "$PEER_DIR/." "$PEER_COPY/"
-chmod -R u+w "$PEER_COPY"
-rm -rf "$PEER_COPY/node_modules"
-if [ -f "$PEER_COPY/package-lock.json" ]; then
-    (cd "$PEER_COPY" && npm ci --no-audit --no-fund --loglevel=error)
-else
-    (cd "$PEER_COPY" && npm install --no-audit --no-fund --loglevel=error)
-fi
-PEER_PORT="$(free_port)"
-# node resolves require() from the script's directory, so no cd is needed.
-DATABASE_URL="$PEER_DB_URL" PORT="$PEER_PORT" node "$PEER_COPY/server.js" >"$OUT/peer.log" 2>&1 &
-PEER_PID=$!
-say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$PEER_DB_URL PORT=$PEER_PORT${POOL:+ POOL=$POOL}" \
-    "node $PEER_COPY/server.js   (pid $PEER_PID, log $OUT/peer.log)"
-wait_health peer "http://127.0.0.1:$PEER_PORT/health" "$PEER_PID" "$OUT/peer.log"
+start_switchboard() {
+    # start_switchboard NAME: a fresh Switchboard; sets SB_PID, SERVER_URL.
+    local log="$RUN/$1-switchboard.log" port
+    port="$(free_port)"
+    DATABASE_URL="$SB_DB_URL" BIND="127.0.0.1:$port" MESSAGE_RATE_PER_MIN="$SB_MESSAGE_RATE" \
+        FRAME_RATE_PER_SEC="$SB_FRAME_RATE" CALL_RATE_PER_HOUR="$SB_CALL_RATE" \
+        CALL_BURST="$SB_CALL_BURST" RUST_LOG="$SB_LOG_LEVEL" \
+        "$BIN" serve >"$log" 2>&1 &
+    SB_PID=$!
+    say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$port" \
+        "MESSAGE_RATE_PER_MIN=$SB_MESSAGE_RATE FRAME_RATE_PER_SEC=$SB_FRAME_RATE" \
+        "CALL_RATE_PER_HOUR=$SB_CALL_RATE CALL_BURST=$SB_CALL_BURST RUST_LOG=$SB_LOG_LEVEL" \
+        "$BIN serve   (pid $SB_PID, log $log)"
+    wait_health Switchboard "http://127.0.0.1:$port/health" "$SB_PID" "$log"
+    SERVER_URL="ws://127.0.0.1:$port/ws"
+}
+
+start_peer() {
+    # start_peer NAME PEER: PEER is node-persist, node-relay or sioxide; sets PEER_PID, SERVER_URL.
+    local log="$RUN/$1-$2.log" port
+    port="$(free_port)"
+    case "$2" in
+        node-persist)
+            DATABASE_URL="$PEER_DB_URL" PORT="$port" node "$NODE_COPY/server.js" >"$log" 2>&1 &
+            PEER_PID=$!
+            say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$PEER_DB_URL PORT=$port${POOL:+ POOL=$POOL}" \
+                "node $NODE_COPY/server.js   (pid $PEER_PID, log $log)"
+            ;;
+        node-relay)
+            env -u DATABASE_URL PORT="$port" node "$NODE_COPY/server.js" >"$log" 2>&1 &
+            PEER_PID=$!
+            say "JWT_SECRET=\$JWT_SECRET PORT=$port node $NODE_COPY/server.js" \
+                "  (relay-only; pid $PEER_PID, log $log)"
+            ;;
+        sioxide)
+            env -u DATABASE_URL PORT="$port" "$SIOXIDE_BIN" >"$log" 2>&1 &
+            PEER_PID=$!
+            say "JWT_SECRET=\$JWT_SECRET PORT=$port $SIOXIDE_BIN" \
+                "  (relay-only; pid $PEER_PID, log $log)"
+            ;;
+        *) die "unknown peer $2" ;;
+    esac
+    wait_health "peer $2" "http://127.0.0.1:$port/health" "$PEER_PID" "$log"
+    SERVER_URL="http://127.0.0.1:$port"
+}
 
 # --- runs ------------------------------------------------------------------------------------
-common=(--clients "$CLIENTS" --conversations "$CONVERSATIONS" --idle "$IDLE"
-    --duration "$DURATION" --rate "$RATE" --message-bytes "$MESSAGE_BYTES"
-    --connect-concurrency "$CONNECT_CONCURRENCY")
+common=(--message-bytes "$MESSAGE_BYTES" --connect-concurrency "$CONNECT_CONCURRENCY")
 [ -n "${INFLIGHT:-}" ] && common+=(--inflight "$INFLIGHT")
 # shellcheck disable=SC2206 # BENCH_ARGS is a list of words on purpose
 [ -n "${BENCH_ARGS:-}" ] && common+=(${BENCH_ARGS})
 
+scenario_args() {
+    # scenario_args NAME: the bench options of a named scenario, into SCENARIO.
+    case "$1" in
+        open-groups) SCENARIO=(--clients "$CLIENTS" --conversations "$GROUPS_OF" --rate "$RATE"
+            --duration "$DURATION") ;;
+        closed-1to1) SCENARIO=(--clients "$CLIENTS" --conversations "$PAIRS" --rate 0
+            --duration "$DURATION") ;;
+        closed-groups) SCENARIO=(--clients "$CLIENTS" --conversations "$GROUPS_OF" --rate 0
+            --duration "$DURATION") ;;
+        idle) SCENARIO=(--clients 0 --idle "$IDLE_SOCKETS" --settle "$SETTLE" --duration 1) ;;
+        calls-sequential) SCENARIO=(--scenario calls --callers 1 --calls "$CALLS_SEQUENTIAL"
+            --call-timeout "$CALL_TIMEOUT" --duration 3600) ;;
+        calls-concurrent) SCENARIO=(--scenario calls --callers "$CALLERS" --calls "$CALLS"
+            --call-timeout "$CALL_TIMEOUT" --duration 3600) ;;
+        *) die "unknown scenario $1" ;;
+    esac
+}
+
 run_bench() {
-    # run_bench NAME ARGS...: prints the command (secret elided), runs it, keeps its JSON.
-    local name="$1"
+    # run_bench TITLE ARGS...: prints the command (secret elided) and runs it.
+    local title="$1"
     shift
-    local shown=() skip=""
+    local shown=() skip="" a
     for a in "$@"; do
         if [ -n "$skip" ]; then
             # shellcheck disable=SC2016 # the variable name is shown, not its value
@@ -241,46 +410,213 @@ run_bench() {
         shown+=("$a")
     done
     say ""
-    say "== bench: $name =="
+    say "== bench: $title =="
     say "ulimit -n $(ulimit -n); ${shown[*]}"
     "$@"
 }
 
-run_bench switchboard "$BIN" bench --target ws --url "ws://127.0.0.1:$SB_PORT/ws" \
-    --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
-    --json-file "$OUT/switchboard.json" "${common[@]}"
-kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run (log: $OUT/switchboard.log)"
+run_switchboard() {
+    # run_switchboard SCENARIO [MORE ARGS...]: once per script run; the report is
+    # $RUN/SCENARIO-switchboard.json.
+    local name="$1" json="$RUN/$1-switchboard.json"
+    shift
+    [ -f "$json" ] && return 0
+    scenario_args "$name"
+    start_switchboard "$name"
+    run_bench "$name on Switchboard" "$BIN" bench --target ws --url "$SERVER_URL" \
+        --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
+        --json-file "$json" "${SCENARIO[@]}" "${common[@]}" "$@"
+    kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run (log: $RUN/$name-switchboard.log)"
+    stop_pid "$SB_PID"
+    SB_PID=""
+}
 
-run_bench peer "$BIN" bench --target socketio --url "http://127.0.0.1:$PEER_PORT" \
-    --jwt-secret "$JWT_SECRET" --server-pid "$PEER_PID" \
-    --json-file "$OUT/peer.json" "${common[@]}"
-kill -0 "$PEER_PID" 2>/dev/null || die "the peer exited during the run (log: $OUT/peer.log)"
+run_peer() {
+    # run_peer SCENARIO PEER: once per script run; the report is $RUN/SCENARIO-PEER.json.
+    local name="$1" peer="$2" json="$RUN/$1-$2.json"
+    [ -f "$json" ] && return 0
+    scenario_args "$name"
+    start_peer "$name" "$peer"
+    run_bench "$name on $peer" "$BIN" bench --target socketio --url "$SERVER_URL" \
+        --jwt-secret "$JWT_SECRET" --server-pid "$PEER_PID" \
+        --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
+    kill -0 "$PEER_PID" 2>/dev/null || die "peer $peer exited during the run (log: $RUN/$name-$peer.log)"
+    stop_pid "$PEER_PID"
+    PEER_PID=""
+}
 
-# --- comparison ------------------------------------------------------------------------------
-say ""
-say "== comparison (reports: $OUT/switchboard.json, $OUT/peer.json) =="
-node - "$OUT/switchboard.json" "$OUT/peer.json" <<'EOF'
+compare() {
+    # compare CASE KIND SCENARIO PEER TITLE: prints (and appends to summary.txt) Switchboard's
+    # and the peer's figures and their ratio.
+    node - "$@" "$RUN" <<'EOF' | tee -a "$SUMMARY"
 const fs = require('fs');
-const [sb, peer] = process.argv.slice(2).map((f) => JSON.parse(fs.readFileSync(f, 'utf8')));
+const path = require('path');
+const [caseNo, kind, scenario, peer, title, dir] = process.argv.slice(2);
+const load = (who) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-${who}.json`), 'utf8'));
+const sb = load('switchboard');
+const pr = load(peer);
+const peerName = {
+  'node-persist': ['Node socket.io', 'persisting', 'durable'],
+  'node-relay': ['Node socket.io', 'relay-only', 'relayed'],
+  'sioxide': ['socketioxide', 'relay-only', 'relayed'],
+}[peer];
+const [pName, pMode, pAcks] = peerName;
 const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-const ratio = (a, b) => (num(a) !== null && num(b) !== null && b !== 0 ? (a / b).toFixed(2) + 'x' : 'n/a');
-const fmt = (v, unit) => (num(v) === null ? '-' : `${v.toFixed(2)}${unit}`);
-const rows = [
-  ['durable acks/s', sb.acks_per_sec, peer.acks_per_sec, '', ratio(sb.acks_per_sec, peer.acks_per_sec), 'Switchboard / peer'],
-  ['latency p50', sb.latency_ms.p50, peer.latency_ms.p50, ' ms', ratio(peer.latency_ms.p50, sb.latency_ms.p50), 'peer / Switchboard'],
-  ['latency p99', sb.latency_ms.p99, peer.latency_ms.p99, ' ms', ratio(peer.latency_ms.p99, sb.latency_ms.p99), 'peer / Switchboard'],
-  ['latency max', sb.latency_ms.max, peer.latency_ms.max, ' ms', ratio(peer.latency_ms.max, sb.latency_ms.max), 'peer / Switchboard'],
-  ['RSS per connection', sb.rss_per_connection_kib, peer.rss_per_connection_kib, ' KiB',
-    ratio(peer.rss_per_connection_kib, sb.rss_per_connection_kib), 'peer / Switchboard'],
-];
+const ratio = (a, b) => {
+  if (num(a) === null || num(b) === null || b === 0) return 'n/a';
+  const r = a / b;
+  return (r >= 0.1 ? r.toFixed(2) : r.toPrecision(2)) + 'x';
+};
+const fmt = (v, unit, digits = 2) => (num(v) === null ? '-' : `${v.toFixed(digits)}${unit}`);
 const pad = (s, n) => String(s).padEnd(n);
-console.log(pad('', 20) + pad('Switchboard', 16) + pad('peer', 16) + 'ratio');
-for (const [label, a, b, unit, r, how] of rows) {
-  console.log(pad(label, 20) + pad(fmt(a, unit), 16) + pad(fmt(b, unit), 16) + `${r}  (${how})`);
+const out = [];
+out.push(`-- case ${caseNo}: ${title}; peer: ${pName}, ${pMode} --`);
+out.push(pad('', 36) + pad('Switchboard', 18) + pad(`${pName} (${pMode})`, 30) + 'ratio');
+const row = (label, a, b, unit, better, digits) => {
+  const r = better === 'higher' ? ratio(a, b) : ratio(b, a);
+  const how = better === 'higher' ? 'Switchboard / peer' : 'peer / Switchboard';
+  out.push(pad(label, 36) + pad(fmt(a, unit, digits), 18) + pad(fmt(b, unit, digits), 30) +
+    `${r}  (${how}; peer ${pMode})`);
+};
+if (kind === 'latency') {
+  row('delivery latency p50', sb.latency_ms.p50, pr.latency_ms.p50, ' ms', 'lower');
+  row('delivery latency p99', sb.latency_ms.p99, pr.latency_ms.p99, ' ms', 'lower');
+  row(`acks/s (SB durable, peer ${pAcks})`, sb.acks_per_sec, pr.acks_per_sec, '', 'higher', 1);
+} else if (kind === 'throughput') {
+  row(`acks/s (SB durable, peer ${pAcks})`, sb.acks_per_sec, pr.acks_per_sec, '', 'higher', 1);
+  row('deliveries/s', sb.deliveries_per_sec, pr.deliveries_per_sec, '', 'higher', 1);
+  row('delivery latency p50', sb.latency_ms.p50, pr.latency_ms.p50, ' ms', 'lower');
+  row('delivery latency p99', sb.latency_ms.p99, pr.latency_ms.p99, ' ms', 'lower');
+} else if (kind === 'memory') {
+  row('RSS/connection, settled', sb.rss_per_connection_settled_kib, pr.rss_per_connection_settled_kib, ' KiB', 'lower', 1);
+  row('RSS/connection, at connect', sb.rss_per_connection_kib, pr.rss_per_connection_kib, ' KiB', 'lower', 1);
+  row('RSS before, MiB', sb.rss.before_kib / 1024, pr.rss.before_kib / 1024, ' MiB', 'lower', 1);
+  row('connect time', sb.connect_secs, pr.connect_secs, ' s', 'lower');
+} else if (kind === 'calls') {
+  row('call set-up p50', sb.calls.setup_ms.p50, pr.calls.setup_ms.p50, ' ms', 'lower');
+  row('call set-up p99', sb.calls.setup_ms.p99, pr.calls.setup_ms.p99, ' ms', 'lower');
+  row('call end p50 (ack + callee told)', sb.calls.end_ms.p50, pr.calls.end_ms.p50, ' ms', 'lower');
+  row('calls/s (set-up + end, in turn)', sb.calls.calls_per_sec, pr.calls.calls_per_sec, '', 'higher', 1);
 }
-for (const [name, r] of [['Switchboard', sb], ['peer', peer]]) {
+for (const [name, r] of [['Switchboard', sb], [`${pName} (${pMode})`, pr]]) {
   const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
-  console.log(`${name}: ${r.connected} connected, ${r.connect_failures} connect failures, ` +
-    `${r.deliveries}/${r.expected_deliveries} deliveries, errors: ${errs}`);
+  let line = `${name}: ${r.connected} connected, ${r.connect_failures} connect failures`;
+  if (r.calls) {
+    line += `, ${r.calls.completed}/${r.calls.requested} calls completed`;
+  } else if (r.clients > 0) {
+    line += `, ${r.deliveries}/${r.expected_deliveries} deliveries, ${r.unanswered} unanswered`;
+    if (r.rate > 0) line += `, ${r.deferred_sends} deferred, ${r.skipped_sends} skipped sends`;
+  }
+  out.push(`  ${line}, errors: ${errs}`);
 }
+out.push(`  reports: ${path.join(dir, `${scenario}-switchboard.json`)}, ${path.join(dir, `${scenario}-${peer}.json`)}`);
+out.push('');
+console.log(out.join('\n'));
+EOF
+}
+
+case_pair() {
+    # case_pair CASE KIND SCENARIO PEER TITLE
+    run_switchboard "$3"
+    run_peer "$3" "$4"
+    say ""
+    compare "$@"
+}
+
+if [ "$MODE" = cases ]; then
+    say "== cases: $CASES =="
+    if want 1; then
+        case_pair 1 latency open-groups node-persist \
+            "open loop, $CLIENTS clients in groups of $GROUP_SIZE, $RATE msg/s each, ${DURATION} s"
+    fi
+    if want 2; then
+        case_pair 2 throughput closed-1to1 node-persist \
+            "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
+    fi
+    if want 3; then
+        case_pair 3 throughput closed-groups node-persist \
+            "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
+    fi
+    if want 4; then
+        case_pair 4 throughput closed-1to1 node-relay \
+            "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
+        case_pair 4 throughput closed-groups node-relay \
+            "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
+    fi
+    if want 5; then
+        case_pair 5 memory idle node-persist \
+            "idle memory, $IDLE_SOCKETS authenticated sockets, settled ${SETTLE} s after connecting"
+    fi
+    if want 6; then
+        case_pair 6 calls calls-sequential node-relay \
+            "call set-up, $CALLS_SEQUENTIAL sequential calls (one caller)"
+        case_pair 6 calls calls-concurrent node-relay \
+            "call set-up, $CALLS calls from $CALLERS concurrent callers"
+    fi
+    if want 7; then
+        case_pair 7 throughput closed-1to1 sioxide \
+            "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
+        case_pair 7 throughput closed-groups sioxide \
+            "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
+        case_pair 7 memory idle sioxide \
+            "idle memory, $IDLE_SOCKETS authenticated sockets, settled ${SETTLE} s after connecting"
+    fi
+    say "== summary (also in $SUMMARY) =="
+    cat "$SUMMARY"
+    exit 0
+fi
+
+# --- soak ------------------------------------------------------------------------------------
+say "== soak: $SOAK_MINUTES min, $CLIENTS clients in groups of $GROUP_SIZE =="
+if [ -n "$RATE_SET" ]; then
+    SOAK_RATE="$RATE_SET"
+    say "rate: RATE=$SOAK_RATE msg/s per client"
+else
+    if [ -z "$SOAK_MAX_ACKS_PER_SEC" ]; then
+        say "no RATE and no SOAK_MAX_ACKS_PER_SEC: measuring the maximum with a" \
+            "${SOAK_PROBE_SECS} s closed-loop probe"
+        DURATION="$SOAK_PROBE_SECS"
+        run_switchboard closed-groups
+        SOAK_MAX_ACKS_PER_SEC="$(node -e \
+            'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).acks_per_sec)' \
+            "$RUN/closed-groups-switchboard.json")"
+    fi
+    SOAK_RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
+        if (!(m > 0)) { console.error("the maximum must be a positive number"); process.exit(1); }
+        console.log((m * p / 100 / c).toPrecision(4));' \
+        "$SOAK_MAX_ACKS_PER_SEC" "$SOAK_LOAD_PCT" "$CLIENTS")" ||
+        die "SOAK_MAX_ACKS_PER_SEC must be a positive number, not '$SOAK_MAX_ACKS_PER_SEC'"
+    say "rate: $SOAK_LOAD_PCT % of $SOAK_MAX_ACKS_PER_SEC acks/s over $CLIENTS clients =" \
+        "$SOAK_RATE msg/s per client"
+fi
+SOAK_COMPARE_SECS="$(awk -v m="$SOAK_COMPARE_MINUTES" 'BEGIN { if (m + 0 > 0) print m * 60 }')"
+[ -n "$SOAK_COMPARE_SECS" ] || die "SOAK_COMPARE_MINUTES must be a positive number"
+SOAK_JSON="$RUN/soak-switchboard.json"
+start_switchboard soak
+run_bench "soak on Switchboard (one line every ${SOAK_REPORT_SECS} s)" "$BIN" bench --target ws \
+    --url "$SERVER_URL" --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" \
+    --server-pid "$SB_PID" --json-file "$SOAK_JSON" \
+    --clients "$CLIENTS" --conversations "$GROUPS_OF" --rate "$SOAK_RATE" \
+    --duration $((SOAK_MINUTES * 60)) --seed-messages "$SOAK_SEED_MESSAGES" \
+    --report-every "$SOAK_REPORT_SECS" --compare-window "$SOAK_COMPARE_SECS" \
+    "${common[@]}"
+kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the soak (log: $RUN/soak-switchboard.log)"
+stop_pid "$SB_PID"
+SB_PID=""
+say ""
+node - "$SOAK_JSON" <<'EOF' | tee -a "$SUMMARY"
+const r = JSON.parse(require('fs').readFileSync(process.argv[2], 'utf8'));
+const ht = r.head_tail || {};
+const f = (v, d = 2) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(d) : '-');
+const mins = (ht.window_secs || 0) / 60;
+console.log(`-- soak: ${r.duration_secs / 60} min, ${r.clients} clients, ${r.rate} msg/s each, ` +
+  `${r.seeded_messages} messages seeded first --`);
+console.log(`durable acks ${r.acks} (${f(r.acks_per_sec, 1)}/s), ack p50 ${f(r.ack_latency_ms.p50)} ms, ` +
+  `p99 ${f(r.ack_latency_ms.p99)} ms; ${r.unanswered} unanswered, ${r.error_total} errors`);
+console.log(`ack p99: first ${f(mins, 1)} min ${f(ht.head_ack_p99_ms)} ms, last ${f(mins, 1)} min ` +
+  `${f(ht.tail_ack_p99_ms)} ms: last / first = ${f(ht.ack_p99_tail_over_head)}` +
+  (ht.overlap ? ' (the run is shorter than two windows: they overlap)' : ''));
+console.log(`server RSS: ${f((ht.rss_first_kib || 0) / 1024, 1)} MiB after the first report, ` +
+  `${f((ht.rss_last_kib || 0) / 1024, 1)} MiB after the last: growth ${f(ht.rss_growth_pct, 1)} %`);
+console.log(`report: ${process.argv[2]}`);
 EOF

@@ -1,18 +1,25 @@
 //! The sockets: one actix system per thread, one task per client. A client connects (and for
 //! Socket.IO performs the namespace handshake), joins its conversation, then sends messages while
 //! the run lasts and records what comes back.
+//!
+//! Open loop (`--rate` > 0): each client sends on a fixed schedule, and every latency counts from
+//! the time the send was *scheduled*, not from when the frame was written: a client (or a thread)
+//! that falls behind, or a send held back because `inflight` sends are outstanding, adds its delay
+//! to the measured latency instead of hiding it (no coordinated omission). Closed loop
+//! (`--rate 0`): the next send follows the previous ack, and latency counts from the write.
 
-use super::histogram::Histogram;
+use super::calls::{self, Pair};
 use super::protocol::{self, Inbound, Target};
+use super::report::{self, Histogram};
 use super::setup::{ClientSpec, Role};
 use awc::error::WsProtocolError;
 use awc::ws::{Frame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
@@ -58,8 +65,41 @@ pub struct Counters {
     pub expected_deliveries: AtomicU64,
     /// Sends not yet answered.
     pub outstanding: AtomicI64,
-    /// Rate ticks skipped because `inflight` sends were already outstanding.
+    /// Scheduled sends never made (see `Report::skipped_sends`).
     pub skipped: AtomicU64,
+    /// Scheduled sends held back right now (rate mode, `inflight` outstanding).
+    pub held: AtomicI64,
+    /// Scheduled sends made late because `inflight` sends were outstanding.
+    pub deferred: AtomicU64,
+    /// Calls scenario: call numbers handed out (may pass `--calls`; the excess is not made).
+    pub calls_claimed: AtomicU64,
+    /// Calls scenario: calls that rang the callee and were ended.
+    pub calls_done: AtomicU64,
+    /// Calls scenario: calls that failed.
+    pub calls_failed: AtomicU64,
+    /// Calls scenario: pairs that have stopped calling (or never connected).
+    pub pairs_finished: AtomicU64,
+    /// Calls scenario: when the latest call ended (ns since the epoch).
+    pub calls_last_end_ns: AtomicU64,
+}
+
+/// What the threads measured since the coordinator last collected (`--report-every`).
+#[derive(Debug)]
+pub struct IntervalStats {
+    /// Send → durable ack, µs.
+    pub ack: Histogram,
+    /// Send → `message:new`, µs.
+    pub delivery: Histogram,
+}
+
+impl IntervalStats {
+    /// Empty histograms.
+    pub fn new() -> Result<Self, String> {
+        Ok(Self {
+            ack: report::histogram()?,
+            delivery: report::histogram()?,
+        })
+    }
 }
 
 /// Settings and shared state of a run, read by every client.
@@ -87,25 +127,39 @@ pub struct Shared {
     pub counters: Counters,
     /// The phase, as published by the coordinator.
     pub phase: watch::Receiver<Phase>,
+    /// One per client thread when `--report-every` is set (else empty): the thread records
+    /// into its own, the coordinator swaps them out at each interval.
+    pub intervals: Vec<Mutex<IntervalStats>>,
+    /// Calls scenario: calls to make in all.
+    pub calls: u64,
+    /// Calls scenario: longest wait for a call's ack, `call:incoming` or end.
+    pub call_timeout: Duration,
 }
 
 impl Shared {
-    fn now_ns(&self) -> u64 {
+    pub(super) fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn at(&self, ns: u64) -> tokio::time::Instant {
+    pub(super) fn at(&self, ns: u64) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.epoch + Duration::from_nanos(ns))
     }
 }
 
-/// What one thread measured.
-#[derive(Debug, Default)]
+/// What one thread measured (histograms in µs). Threads record into their own; the
+/// coordinator merges them at the end.
+#[derive(Debug)]
 pub struct ThreadStats {
-    /// Send → `message:new` at another member, in µs.
+    /// Send → `message:new` at another member.
     pub delivery: Histogram,
-    /// Send → durable ack, in µs.
+    /// Send → durable ack.
     pub ack: Histogram,
+    /// Calls: `call:initiate` → `call:incoming` at the callee.
+    pub call_setup: Histogram,
+    /// Calls: `call:initiate` → the caller's ack.
+    pub call_ack: Histogram,
+    /// Calls: `call:end` → its ack and the callee's notice, both.
+    pub call_end: Histogram,
     /// Errors by code.
     pub errors: BTreeMap<String, u64>,
     /// Connection failures by reason.
@@ -113,20 +167,86 @@ pub struct ThreadStats {
 }
 
 impl ThreadStats {
-    fn error(&mut self, code: &str) {
+    /// Empty statistics.
+    pub fn new() -> Result<Self, String> {
+        Ok(Self {
+            delivery: report::histogram()?,
+            ack: report::histogram()?,
+            call_setup: report::histogram()?,
+            call_ack: report::histogram()?,
+            call_end: report::histogram()?,
+            errors: BTreeMap::new(),
+            connect_failures: BTreeMap::new(),
+        })
+    }
+
+    /// Adds `part` to these.
+    pub fn merge(&mut self, part: &ThreadStats) -> Result<(), String> {
+        report::merge_into(&mut self.delivery, &part.delivery)?;
+        report::merge_into(&mut self.ack, &part.ack)?;
+        report::merge_into(&mut self.call_setup, &part.call_setup)?;
+        report::merge_into(&mut self.call_ack, &part.call_ack)?;
+        report::merge_into(&mut self.call_end, &part.call_end)?;
+        for (k, v) in &part.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &part.connect_failures {
+            *self.connect_failures.entry(k.clone()).or_default() += v;
+        }
+        Ok(())
+    }
+
+    pub(super) fn error(&mut self, code: &str) {
         *self.errors.entry(code.to_owned()).or_default() += 1;
     }
 }
 
-struct Ctx {
-    shared: Arc<Shared>,
+pub(super) struct Ctx {
+    pub(super) shared: Arc<Shared>,
     http: awc::Client,
-    stats: RefCell<ThreadStats>,
+    pub(super) stats: RefCell<ThreadStats>,
+    /// This thread's slot in `Shared::intervals`.
+    thread: usize,
 }
 
-/// Runs `specs` on the current thread in a new actix system until the phase reaches
-/// [`Phase::Stop`]; returns what they measured.
-pub fn run_thread(shared: Arc<Shared>, specs: Vec<ClientSpec>) -> Result<ThreadStats, String> {
+impl Ctx {
+    /// Records a durable ack's latency (µs) in the run's and the interval's histograms.
+    fn record_ack(&self, us: u64) {
+        self.stats.borrow_mut().ack.saturating_record(us);
+        if let Some(Ok(mut iv)) = self.shared.intervals.get(self.thread).map(Mutex::lock) {
+            iv.ack.saturating_record(us);
+        }
+    }
+
+    /// Records a delivery's latency (µs) in the run's and the interval's histograms.
+    fn record_delivery(&self, us: u64) {
+        self.stats.borrow_mut().delivery.saturating_record(us);
+        if let Some(Ok(mut iv)) = self.shared.intervals.get(self.thread).map(Mutex::lock) {
+            iv.delivery.saturating_record(us);
+        }
+    }
+
+    /// Counts an error by code.
+    pub(super) fn error(&self, code: &str) {
+        self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.borrow_mut().error(code);
+    }
+}
+
+/// What one thread runs: single clients (the messages scenario and idle sockets) and
+/// caller/callee pairs (the calls scenario).
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Clients that each run on their own.
+    pub clients: Vec<ClientSpec>,
+    /// Calls scenario: pairs that run together.
+    pub pairs: Vec<Pair>,
+}
+
+/// Runs `work` on the current thread (number `thread`) in a new actix system until the phase
+/// reaches [`Phase::Stop`]; returns what it measured.
+pub fn run_thread(shared: Arc<Shared>, thread: usize, work: Work) -> Result<ThreadStats, String> {
+    let stats = ThreadStats::new()?;
     let system = actix_rt::System::new();
     system.block_on(async move {
         let connector = awc::Connector::new()
@@ -139,13 +259,20 @@ pub fn run_thread(shared: Arc<Shared>, specs: Vec<ClientSpec>) -> Result<ThreadS
         let ctx = Rc::new(Ctx {
             shared,
             http,
-            stats: RefCell::new(ThreadStats::default()),
+            stats: RefCell::new(stats),
+            thread,
         });
         let mut phase = ctx.shared.phase.clone();
-        let tasks: Vec<_> = specs
+        let mut tasks: Vec<_> = work
+            .clients
             .into_iter()
             .map(|spec| actix_rt::spawn(client(Rc::clone(&ctx), spec)))
             .collect();
+        tasks.extend(
+            work.pairs
+                .into_iter()
+                .map(|pair| actix_rt::spawn(calls::pair(Rc::clone(&ctx), pair))),
+        );
         // Once told to stop, clients get a grace period to close; one stuck writing to a server
         // that stopped reading is then abandoned rather than holding up the report.
         while *phase.borrow_and_update() != Phase::Stop {
@@ -169,7 +296,7 @@ pub fn run_thread(shared: Arc<Shared>, specs: Vec<ClientSpec>) -> Result<ThreadS
                 Err(e) => return Err(format!("a client task failed: {e}")),
             }
         }
-        let mut stats = ctx.stats.take();
+        let mut stats = ctx.stats.replace(ThreadStats::new()?);
         if abandoned > 0 {
             *stats.errors.entry("stuck_at_stop".to_owned()).or_default() += abandoned;
         }
@@ -178,14 +305,14 @@ pub fn run_thread(shared: Arc<Shared>, specs: Vec<ClientSpec>) -> Result<ThreadS
 }
 
 /// A frame as the client loop sees it.
-enum Recv {
+pub(super) enum Recv {
     Text(String),
     Ping(Vec<u8>),
     Closed(Option<u16>),
     Ignore,
 }
 
-fn classify(frame: Option<Result<Frame, WsProtocolError>>) -> Result<Recv, String> {
+pub(super) fn classify(frame: Option<Result<Frame, WsProtocolError>>) -> Result<Recv, String> {
     match frame {
         None => Ok(Recv::Closed(None)),
         Some(Err(e)) => Err(format!("protocol: {e}")),
@@ -202,11 +329,11 @@ fn classify(frame: Option<Result<Frame, WsProtocolError>>) -> Result<Recv, Strin
     }
 }
 
-fn closed_reason(code: Option<u16>) -> String {
+pub(super) fn closed_reason(code: Option<u16>) -> String {
     code.map_or_else(|| "closed".to_owned(), |c| format!("closed_{c}"))
 }
 
-async fn send_text<S>(io: &mut S, text: String) -> Result<(), String>
+pub(super) async fn send_text<S>(io: &mut S, text: String) -> Result<(), String>
 where
     S: Sink<Message, Error = WsProtocolError> + Unpin,
 {
@@ -240,7 +367,7 @@ fn encode_send(target: Target, id: u64, payload: &protocol::Send<'_>) -> Result<
     }
 }
 
-fn socket_url(target: Target, base: &str, token: &str) -> String {
+pub(super) fn socket_url(target: Target, base: &str, token: &str) -> String {
     match target {
         Target::Ws => {
             let sep = if base.contains('?') { '&' } else { '?' };
@@ -289,19 +416,21 @@ where
     }
 }
 
+/// A connected socket.
+pub(super) trait Socket:
+    Stream<Item = Result<Frame, WsProtocolError>> + Sink<Message, Error = WsProtocolError> + Unpin
+{
+}
+
+impl<T> Socket for T where
+    T: Stream<Item = Result<Frame, WsProtocolError>>
+        + Sink<Message, Error = WsProtocolError>
+        + Unpin
+{
+}
+
 /// Connects, authenticates and joins; returns the socket and the next request id.
-async fn set_up(
-    ctx: &Ctx,
-    spec: &ClientSpec,
-) -> Result<
-    (
-        impl Stream<Item = Result<Frame, WsProtocolError>>
-            + Sink<Message, Error = WsProtocolError>
-            + Unpin,
-        u64,
-    ),
-    String,
-> {
+async fn set_up(ctx: &Ctx, spec: &ClientSpec) -> Result<(impl Socket, u64), String> {
     let target = ctx.shared.target;
     let url = socket_url(target, &ctx.shared.url, &spec.token);
     let (_, mut io) = ctx
@@ -364,16 +493,19 @@ async fn set_up(
     Ok((io, id + 1))
 }
 
-async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
+/// Sets `spec` up within the connect limits, counting it as connected or failed; returns the
+/// socket and the next request id.
+pub(super) async fn connect(ctx: &Ctx, spec: &ClientSpec) -> Option<(impl Socket, u64)> {
     let shared = &ctx.shared;
     let counters = &shared.counters;
-    let Ok(permit) = shared.connect_limit.acquire().await else {
-        return;
-    };
-    let setup = tokio::time::timeout(shared.connect_timeout, set_up(&ctx, &spec)).await;
+    let permit = shared.connect_limit.acquire().await.ok()?;
+    let setup = tokio::time::timeout(shared.connect_timeout, set_up(ctx, spec)).await;
     drop(permit);
-    let (io, next_id) = match setup {
-        Ok(Ok(v)) => v,
+    match setup {
+        Ok(Ok(v)) => {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+            Some(v)
+        }
         Ok(Err(reason)) => {
             counters.connect_failed.fetch_add(1, Ordering::Relaxed);
             *ctx.stats
@@ -382,7 +514,7 @@ async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
                 .entry(short_reason(&reason))
                 .or_default() += 1;
             tracing::debug!(client = spec.index, %reason, "connection failed");
-            return;
+            None
         }
         Err(_) => {
             counters.connect_failed.fetch_add(1, Ordering::Relaxed);
@@ -391,19 +523,23 @@ async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
                 .connect_failures
                 .entry("timeout".to_owned())
                 .or_default() += 1;
-            return;
+            None
         }
+    }
+}
+
+async fn client(ctx: Rc<Ctx>, spec: ClientSpec) {
+    let Some((io, next_id)) = connect(&ctx, &spec).await else {
+        return;
     };
-    counters.connected.fetch_add(1, Ordering::Relaxed);
     if let Err(reason) = run(&ctx, &spec, io, next_id).await {
-        counters.errors.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.borrow_mut().error(&short_reason(&reason));
+        ctx.error(&short_reason(&reason));
         tracing::debug!(client = spec.index, %reason, "client stopped");
     }
 }
 
 /// Error reasons become report keys: keep the kind, drop per-connection detail.
-fn short_reason(reason: &str) -> String {
+pub(super) fn short_reason(reason: &str) -> String {
     let cut = reason.find(['(', '\n']).unwrap_or(reason.len());
     let s = reason.get(..cut).unwrap_or(reason).trim();
     let s: String = s.chars().take(80).collect();
@@ -411,6 +547,58 @@ fn short_reason(reason: &str) -> String {
         "unknown".to_owned()
     } else {
         s
+    }
+}
+
+/// Open-loop schedule of one client: send times every `interval` ns from a start until the end
+/// of the window. A send is always stamped with its scheduled time; one due while the client
+/// may not send (`inflight` outstanding) is held back, in order, until [`Schedule::release`].
+#[derive(Debug)]
+struct Schedule {
+    interval: u64,
+    end: u64,
+    next: Option<u64>,
+    held: VecDeque<u64>,
+}
+
+impl Schedule {
+    fn new(first: u64, interval: u64, end: u64) -> Self {
+        Self {
+            interval: interval.max(1),
+            end,
+            next: Some(first).filter(|t| *t < end),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// When the next send is due.
+    fn due(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// The due send's time has come: returns the time to stamp a send with now, or `None`
+    /// when it is held back (`can_send` false, or earlier ones are still held).
+    fn fire(&mut self, can_send: bool) -> Option<u64> {
+        let tick = self.next?;
+        self.next = tick.checked_add(self.interval).filter(|t| *t < self.end);
+        if can_send && self.held.is_empty() {
+            Some(tick)
+        } else {
+            self.held.push_back(tick);
+            None
+        }
+    }
+
+    /// The oldest held-back send, to go out now (stamped with its scheduled time).
+    fn release(&mut self) -> Option<u64> {
+        self.held.pop_front()
+    }
+
+    /// Drops the held-back sends; returns how many there were.
+    fn drop_held(&mut self) -> u64 {
+        let n = self.held.len() as u64;
+        self.held.clear();
+        n
     }
 }
 
@@ -473,12 +661,16 @@ where
     };
     let inflight = shared.inflight as usize;
     let padding = "x".repeat(shared.message_bytes);
+    // Rate mode: the schedule, once the window is known. Sends held back because `inflight`
+    // sends were outstanding when they were due go out, stamped with their scheduled time, as
+    // soon as a reply frees a slot (in the drain too), so the wait shows in their latency; those
+    // still held when the sockets close are counted as skipped. A client that falls behind
+    // fires its overdue sends at once, even in the drain.
+    let mut schedule: Option<Schedule> = None;
     // The run window, once the coordinator has announced it.
     let mut window: Option<(u64, u64)> = None;
-    // Whether this client still has sending to do (active, run not over, not draining).
+    // Closed loop: whether this client still has sending to do (active, run not over).
     let mut sending = false;
-    // Rate mode: the next scheduled send.
-    let mut next_tick: Option<u64> = None;
     let mut seq = 0u64;
 
     loop {
@@ -489,34 +681,61 @@ where
                 if let Some(iv) = interval_ns.filter(|_| sending) {
                     // Spread first sends over one interval so clients do not fire together.
                     let frac = spec.index as f64 / shared.active.max(1) as f64;
-                    next_tick = Some(start_ns + (iv as f64 * frac) as u64);
+                    let first = start_ns + (iv as f64 * frac) as u64;
+                    schedule = Some(Schedule::new(first, iv, end_ns));
                 }
             }
-            Phase::Drain => {
-                sending = false;
-                next_tick = None;
-            }
+            Phase::Drain => sending = false,
             Phase::Stop => {
+                if let Some(n) = schedule.as_mut().map(Schedule::drop_held) {
+                    counters.skipped.fetch_add(n, Ordering::Relaxed);
+                    counters
+                        .held
+                        .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+                }
                 let _ = io.send(Message::Close(None)).await;
                 return Ok(());
             }
             _ => {}
         }
 
+        // Held-back scheduled sends go out as replies free slots.
+        if let (Some(conv), Some(sched)) = (conversation, schedule.as_mut()) {
+            while pending.len() < inflight {
+                let Some(tick) = sched.release() else {
+                    break;
+                };
+                counters.held.fetch_sub(1, Ordering::Relaxed);
+                send_one(
+                    ctx,
+                    spec,
+                    io,
+                    conv,
+                    &padding,
+                    pending,
+                    &mut next_id,
+                    &mut seq,
+                    tick,
+                )
+                .await?;
+            }
+        }
+
         // When to wake up without a frame: the next rate tick, or (closed loop) the start or
         // the end of the run.
         let mut wake_at = None;
-        if let (true, Some(conv), Some((start_ns, end_ns))) = (sending, conversation, window) {
+        if interval_ns.is_some() {
+            wake_at = schedule.as_ref().and_then(Schedule::due);
+        } else if let (true, Some(conv), Some((start_ns, end_ns))) = (sending, conversation, window)
+        {
             let now = shared.now_ns();
             if now >= end_ns {
                 sending = false;
-                next_tick = None;
-            } else if interval_ns.is_some() {
-                wake_at = next_tick;
             } else if now < start_ns {
                 wake_at = Some(start_ns);
             } else {
                 while pending.len() < inflight {
+                    let now = shared.now_ns();
                     send_one(
                         ctx,
                         spec,
@@ -526,6 +745,7 @@ where
                         pending,
                         &mut next_id,
                         &mut seq,
+                        now,
                     )
                     .await?;
                 }
@@ -543,12 +763,10 @@ where
             Wake::Phase(true) => phase = *phase_rx.borrow_and_update(),
             Wake::Phase(false) => phase = Phase::Stop,
             Wake::Tick => {
-                // Rate mode: send on a fixed schedule; ticks that fell behind fire at once.
-                if let (Some(iv), Some(tick), Some(conv), Some((_, end_ns))) =
-                    (interval_ns, next_tick, conversation, window)
-                {
-                    if shared.now_ns() < end_ns {
-                        if pending.len() < inflight {
+                // Rate mode: send on a fixed schedule, each send stamped with its scheduled time.
+                if let (Some(sched), Some(conv)) = (schedule.as_mut(), conversation) {
+                    match sched.fire(pending.len() < inflight) {
+                        Some(tick) => {
                             send_one(
                                 ctx,
                                 spec,
@@ -558,15 +776,14 @@ where
                                 pending,
                                 &mut next_id,
                                 &mut seq,
+                                tick,
                             )
                             .await?;
-                        } else {
-                            counters.skipped.fetch_add(1, Ordering::Relaxed);
                         }
-                    }
-                    next_tick = Some(tick + iv).filter(|t| *t < end_ns);
-                    if next_tick.is_none() {
-                        sending = false;
+                        None => {
+                            counters.deferred.fetch_add(1, Ordering::Relaxed);
+                            counters.held.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 // Closed loop: the top of the loop sends or stops.
@@ -587,13 +804,15 @@ where
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
+/// Writes one `message:send`. `sent_ns` is the time its latency counts from: the scheduled
+/// time in rate mode, the time of writing in closed loop.
 #[allow(clippy::too_many_arguments)]
 async fn send_one<S>(
     ctx: &Ctx,
@@ -604,6 +823,7 @@ async fn send_one<S>(
     pending: &mut HashMap<u64, Pending>,
     next_id: &mut u64,
     seq: &mut u64,
+    sent_ns: u64,
 ) -> Result<(), String>
 where
     S: Sink<Message, Error = WsProtocolError> + Unpin,
@@ -612,7 +832,6 @@ where
     let id = *next_id;
     *next_id += 1;
     *seq += 1;
-    let sent_ns = shared.now_ns();
     let cmid = protocol::client_message_id(sent_ns, spec.index, *seq);
     let payload = protocol::Send {
         conversation_id: conversation,
@@ -656,30 +875,22 @@ where
                 counters
                     .expected_deliveries
                     .fetch_add(members.saturating_sub(1), Ordering::Relaxed);
-                ctx.stats
-                    .borrow_mut()
-                    .ack
-                    .record(now.saturating_sub(p.sent_ns) / 1000);
+                ctx.record_ack(now.saturating_sub(p.sent_ns) / 1000);
             } else {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.borrow_mut().error("ack_not_durable");
+                ctx.error("ack_not_durable");
             }
         }
         Inbound::Error { id, code } => {
             if id.and_then(|id| pending.remove(&id)).is_some() {
                 counters.outstanding.fetch_sub(1, Ordering::Relaxed);
             }
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            ctx.stats.borrow_mut().error(&code);
+            ctx.error(&code);
         }
         Inbound::MessageNew { client_message_id } => {
             if let Some(sent) = client_message_id.as_deref().and_then(protocol::sent_ns) {
                 let now = shared.now_ns();
                 counters.deliveries.fetch_add(1, Ordering::Relaxed);
-                ctx.stats
-                    .borrow_mut()
-                    .delivery
-                    .record(now.saturating_sub(sent) / 1000);
+                ctx.record_delivery(now.saturating_sub(sent) / 1000);
             }
         }
         Inbound::Ping => send_text(io, protocol::EIO_PONG.to_owned()).await?,
@@ -717,6 +928,29 @@ mod tests {
                 "ws://127.0.0.1:3900/socket.io/?EIO=4&transport=websocket"
             );
         }
+    }
+
+    #[test]
+    fn open_loop_sends_are_stamped_with_their_scheduled_time() {
+        // Every 10 ns from 100 until 150: 100, 110, 120, 130, 140.
+        let mut s = Schedule::new(100, 10, 150);
+        assert_eq!(s.due(), Some(100));
+        assert_eq!(s.fire(true), Some(100));
+        // Due while the client may not send: held back, and so is the next one (order kept)
+        // even if a slot is free by then.
+        assert_eq!(s.fire(false), None);
+        assert_eq!(s.fire(true), None);
+        // Fired late (the client fell behind): still stamped with the scheduled time.
+        assert_eq!(s.due(), Some(130));
+        assert_eq!(s.release(), Some(110));
+        assert_eq!(s.release(), Some(120));
+        assert_eq!(s.release(), None);
+        assert_eq!(s.fire(true), Some(130));
+        assert_eq!(s.fire(false), None);
+        assert_eq!(s.due(), None);
+        assert_eq!(s.drop_held(), 1);
+        assert_eq!(s.release(), None);
+        assert_eq!(Schedule::new(150, 10, 150).due(), None);
     }
 
     #[test]

@@ -210,6 +210,143 @@ pub fn sio_inbound(text: &str) -> Result<Inbound<'static>, String> {
     })
 }
 
+// --- Calls scenario --------------------------------------------------------------------------
+
+/// What a text frame means to the calls scenario (either target).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallInbound {
+    /// Reply to request `id`: Switchboard's `ack` (`ok`) or `error`; a Socket.IO ack
+    /// (`{ok, error?, callId?}`).
+    Reply {
+        /// The request id.
+        id: u64,
+        /// Accepted.
+        ok: bool,
+        /// Error code when refused.
+        code: Option<String>,
+        /// `callId` of a `call:initiate` reply.
+        call_id: Option<String>,
+        /// Switchboard's call status (`ringing`, `busy`, `glare`).
+        status: Option<String>,
+    },
+    /// A pushed event and the `callId` it names.
+    Event {
+        /// Event name.
+        name: String,
+        /// Its `callId`.
+        call_id: Option<String>,
+    },
+    /// Engine.IO ping; answer with [`EIO_PONG`].
+    Ping,
+    /// Engine.IO close or Socket.IO disconnect.
+    Disconnect,
+    /// Anything else.
+    Other,
+}
+
+fn string_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Reads one frame for the calls scenario.
+pub fn call_inbound(target: Target, text: &str) -> Result<CallInbound, String> {
+    match target {
+        Target::Ws => {
+            let frame: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let payload = frame.get("payload").unwrap_or(&Value::Null);
+            let id = frame.get("id").and_then(Value::as_u64);
+            Ok(match (frame.get("event").and_then(Value::as_str), id) {
+                (Some("ack"), Some(id)) => CallInbound::Reply {
+                    id,
+                    ok: true,
+                    code: None,
+                    call_id: string_of(payload.get("callId")),
+                    status: string_of(payload.get("status")),
+                },
+                (Some("error"), Some(id)) => CallInbound::Reply {
+                    id,
+                    ok: false,
+                    code: Some(string_of(payload.get("code")).unwrap_or_else(|| "unknown".into())),
+                    call_id: None,
+                    status: None,
+                },
+                (Some(name), _) => CallInbound::Event {
+                    name: name.to_owned(),
+                    call_id: string_of(payload.get("callId")),
+                },
+                (None, _) => CallInbound::Other,
+            })
+        }
+        Target::Socketio => {
+            let packet = match EioPacket::decode_text(text).map_err(|e| e.to_string())? {
+                EioPacket::Ping(_) => return Ok(CallInbound::Ping),
+                EioPacket::Close => return Ok(CallInbound::Disconnect),
+                EioPacket::Message(m) => SioPacket::decode(&m).map_err(|e| e.to_string())?,
+                _ => return Ok(CallInbound::Other),
+            };
+            if packet.nsp != "/" {
+                return Ok(CallInbound::Other);
+            }
+            let data = packet.data.unwrap_or(Value::Null);
+            Ok(match (packet.kind, packet.id) {
+                (SioKind::Disconnect, _) => CallInbound::Disconnect,
+                (SioKind::Ack, Some(id)) => {
+                    let first = data.get(0).unwrap_or(&Value::Null);
+                    let ok = first.get("ok").and_then(Value::as_bool) == Some(true);
+                    CallInbound::Reply {
+                        id,
+                        ok,
+                        code: (!ok).then(|| {
+                            string_of(first.get("error")).unwrap_or_else(|| "nack".into())
+                        }),
+                        call_id: string_of(first.get("callId")),
+                        status: string_of(first.get("status")),
+                    }
+                }
+                (SioKind::Event, _) => match data.get(0).and_then(Value::as_str) {
+                    Some(name) => CallInbound::Event {
+                        name: name.to_owned(),
+                        call_id: string_of(data.get(1).and_then(|p| p.get("callId"))),
+                    },
+                    None => CallInbound::Other,
+                },
+                _ => CallInbound::Other,
+            })
+        }
+    }
+}
+
+/// An event with a request id, in the target's framing.
+pub fn encode_request<P: Serialize>(
+    target: Target,
+    event: &str,
+    id: u64,
+    payload: &P,
+) -> Result<String, String> {
+    match target {
+        Target::Ws => ws_encode(event, id, payload),
+        Target::Socketio => sio_emit(event, id, payload),
+    }
+}
+
+/// `call:initiate` payload.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallInitiate<'a> {
+    /// The callee's user id.
+    pub to: &'a str,
+    /// `audio` or `video`.
+    pub call_type: &'a str,
+}
+
+/// `call:end` payload.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallEnd<'a> {
+    /// The call.
+    pub call_id: &'a str,
+}
+
 // --- Payloads --------------------------------------------------------------------------------
 
 /// `conversation:join` payload.
@@ -364,6 +501,87 @@ mod tests {
         assert_eq!(
             out,
             r#"{"event":"conversation:join","id":1,"payload":{"conversationId":"42"}}"#
+        );
+    }
+
+    #[test]
+    fn call_frames_map_to_call_inbound() {
+        let ws = |t: &str| call_inbound(Target::Ws, t).unwrap();
+        assert_eq!(
+            ws(
+                r#"{"event":"ack","id":3,"payload":{"callId":"k1","status":"ringing","iceServers":[]}}"#
+            ),
+            CallInbound::Reply {
+                id: 3,
+                ok: true,
+                code: None,
+                call_id: Some("k1".into()),
+                status: Some("ringing".into())
+            }
+        );
+        assert_eq!(
+            ws(r#"{"event":"error","id":4,"payload":{"code":"rate_limited"}}"#),
+            CallInbound::Reply {
+                id: 4,
+                ok: false,
+                code: Some("rate_limited".into()),
+                call_id: None,
+                status: None
+            }
+        );
+        assert_eq!(
+            ws(r#"{"event":"call:incoming","payload":{"callId":"k1","from":"2"}}"#),
+            CallInbound::Event {
+                name: "call:incoming".into(),
+                call_id: Some("k1".into())
+            }
+        );
+        let sio = |t: &str| call_inbound(Target::Socketio, t).unwrap();
+        assert_eq!(sio("2"), CallInbound::Ping);
+        assert_eq!(
+            sio(r#"435[{"ok":true,"callId":"call_7"}]"#),
+            CallInbound::Reply {
+                id: 5,
+                ok: true,
+                code: None,
+                call_id: Some("call_7".into()),
+                status: None
+            }
+        );
+        assert_eq!(
+            sio(r#"436[{"ok":false,"error":"not_found"}]"#),
+            CallInbound::Reply {
+                id: 6,
+                ok: false,
+                code: Some("not_found".into()),
+                call_id: None,
+                status: None
+            }
+        );
+        assert_eq!(
+            sio(r#"42["call:ended",{"callId":"call_7","duration":0}]"#),
+            CallInbound::Event {
+                name: "call:ended".into(),
+                call_id: Some("call_7".into())
+            }
+        );
+        assert_eq!(sio("41"), CallInbound::Disconnect);
+        assert_eq!(
+            encode_request(
+                Target::Socketio,
+                "call:initiate",
+                9,
+                &CallInitiate {
+                    to: "12",
+                    call_type: "audio"
+                }
+            )
+            .unwrap(),
+            r#"429["call:initiate",{"to":"12","callType":"audio"}]"#
+        );
+        assert_eq!(
+            encode_request(Target::Ws, "call:end", 2, &CallEnd { call_id: "k1" }).unwrap(),
+            r#"{"event":"call:end","id":2,"payload":{"callId":"k1"}}"#
         );
     }
 

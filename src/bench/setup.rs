@@ -27,6 +27,8 @@ pub enum Role {
 pub struct ClientSpec {
     /// 0-based client number (active clients first, then idle ones).
     pub index: usize,
+    /// User id as the target spells it (the token's subject).
+    pub user: String,
     /// Access token.
     pub token: String,
     /// Active or idle.
@@ -77,11 +79,17 @@ fn tokens(secret: &str, subjects: &[String], ttl_secs: u64) -> Result<Vec<String
         .collect()
 }
 
-fn specs(shape: &Shape, tokens: Vec<String>, conversation_ids: &[String]) -> Vec<ClientSpec> {
+fn specs(
+    shape: &Shape,
+    tokens: Vec<String>,
+    subjects: Vec<String>,
+    conversation_ids: &[String],
+) -> Vec<ClientSpec> {
     tokens
         .into_iter()
+        .zip(subjects)
         .enumerate()
-        .map(|(index, token)| {
+        .map(|(index, (token, user))| {
             let role = if index < shape.clients {
                 let c = index % shape.conversations.max(1);
                 Role::Active {
@@ -91,7 +99,12 @@ fn specs(shape: &Shape, tokens: Vec<String>, conversation_ids: &[String]) -> Vec
             } else {
                 Role::Idle
             };
-            ClientSpec { index, token, role }
+            ClientSpec {
+                index,
+                user,
+                token,
+                role,
+            }
         })
         .collect()
 }
@@ -103,7 +116,7 @@ pub fn peer(shape: &Shape, secret: &str) -> Result<Vec<ClientSpec>, String> {
         .collect();
     let conversations: Vec<String> = (0..shape.conversations).map(|c| format!("c{c}")).collect();
     let tokens = tokens(secret, &subjects, shape.token_ttl_secs)?;
-    Ok(specs(shape, tokens, &conversations))
+    Ok(specs(shape, tokens, subjects, &conversations))
 }
 
 #[derive(QueryableByName)]
@@ -201,6 +214,86 @@ pub fn seed(database_url: &str, shape: &Shape) -> Result<Seeded, String> {
     Ok(seeded)
 }
 
+/// Inserts `total` messages into `seeded`'s conversations before the run (a database with
+/// history, for soaks): spread evenly, each conversation's run of `seq` and `change_seq`
+/// continuing from its `last_seq`/`last_change`, which move forward in the same transaction, so
+/// `(conversation_id, seq)` stays unique and the server carries on from there. Sent by the
+/// conversation's first member, an hour to a few days in the past. One statement per batch of
+/// conversations (about 500 000 rows), each its own transaction; returns the rows inserted.
+pub fn seed_messages(
+    database_url: &str,
+    seeded: &Seeded,
+    shape: &Shape,
+    total: u64,
+) -> Result<u64, String> {
+    if total == 0 || seeded.conversations.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = PgConnection::establish(database_url)
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let convs = seeded.conversations.len() as u64;
+    let per_conv = total.div_ceil(convs);
+    // The first member of conversation c is user c (client c is in conversation c % M).
+    let senders: Vec<i64> = (0..seeded.conversations.len())
+        .map(|c| {
+            if c < shape.clients {
+                seeded.users.get(c).copied().unwrap_or_default()
+            } else {
+                seeded.users.first().copied().unwrap_or_default()
+            }
+        })
+        .collect();
+    let batch = usize::try_from((500_000 / per_conv).max(1)).unwrap_or(1);
+    let mut inserted = 0u64;
+    let started = std::time::Instant::now();
+    for (ids, senders) in seeded
+        .conversations
+        .chunks(batch)
+        .zip(senders.chunks(batch))
+    {
+        let n = i64::try_from(per_conv).map_err(|e| e.to_string())?;
+        let rows = conn
+            .transaction::<_, diesel::result::Error, _>(|conn| {
+                let rows = diesel::sql_query(
+                    "INSERT INTO messages \
+                       (conversation_id, seq, change_seq, sender_id, content, created_at) \
+                     SELECT c.id, c.last_seq + g, c.last_change + g, s.sender, \
+                            'seeded message ' || g, \
+                            now() - interval '1 hour' - (($3 - g) * interval '1 second') \
+                     FROM unnest($1::bigint[], $2::bigint[]) AS s(conv, sender) \
+                     JOIN conversations c ON c.id = s.conv \
+                     CROSS JOIN generate_series(1::bigint, $3) AS g",
+                )
+                .bind::<Array<BigInt>, _>(ids)
+                .bind::<Array<BigInt>, _>(senders)
+                .bind::<BigInt, _>(n)
+                .execute(conn)?;
+                diesel::sql_query(
+                    "UPDATE conversations SET last_seq = last_seq + $2, \
+                       last_change = last_change + $2, \
+                       last_message_at = now() - interval '1 hour', updated_at = now() \
+                     WHERE id = ANY($1::bigint[])",
+                )
+                .bind::<Array<BigInt>, _>(ids)
+                .bind::<BigInt, _>(n)
+                .execute(conn)?;
+                Ok(rows)
+            })
+            .map_err(|e| format!("cannot seed messages: {e}"))?;
+        inserted += rows as u64;
+        tracing::info!(
+            inserted,
+            of = per_conv * convs,
+            secs = started.elapsed().as_secs(),
+            "seeding messages"
+        );
+    }
+    diesel::sql_query("ANALYZE messages")
+        .execute(&mut conn)
+        .map_err(|e| format!("cannot analyze messages: {e}"))?;
+    Ok(inserted)
+}
+
 /// Switchboard: seeds the database, then mints a token per user.
 pub fn switchboard(
     shape: &Shape,
@@ -211,7 +304,7 @@ pub fn switchboard(
     let subjects: Vec<String> = seeded.users.iter().map(i64::to_string).collect();
     let conversations: Vec<String> = seeded.conversations.iter().map(i64::to_string).collect();
     let tokens = tokens(secret, &subjects, shape.token_ttl_secs)?;
-    let specs = specs(shape, tokens, &conversations);
+    let specs = specs(shape, tokens, subjects, &conversations);
     Ok((seeded, specs))
 }
 
