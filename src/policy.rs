@@ -391,6 +391,8 @@ struct CacheState {
     user_marks: HashMap<i64, Mark>,
     /// Last membership change of each conversation (pruned likewise).
     conversation_marks: HashMap<i64, Mark>,
+    /// Last change of what links two users, by (smaller id, larger id) (pruned likewise).
+    pair_marks: HashMap<(i64, i64), Mark>,
     /// Contact-policy verdicts by (actor, target).
     pairs: HashMap<(i64, i64), Cached<bool>>,
     /// Users known to exist and not to be banned.
@@ -409,6 +411,12 @@ impl CacheState {
         self.user_marks.get(&user).map_or(0, |m| m.stamp)
     }
 
+    fn pair_mark(&self, a: i64, b: i64) -> u64 {
+        self.pair_marks
+            .get(&(a.min(b), a.max(b)))
+            .map_or(0, |m| m.stamp)
+    }
+
     fn conversation_mark(&self, conversation: i64) -> u64 {
         self.conversation_marks
             .get(&conversation)
@@ -419,6 +427,7 @@ impl CacheState {
         self.cleared = self.next();
         self.user_marks.clear();
         self.conversation_marks.clear();
+        self.pair_marks.clear();
         self.pairs.clear();
         self.standing.clear();
         self.members.clear();
@@ -507,7 +516,11 @@ impl ContactCache {
         }
         let state = self.lock();
         let entry = state.pairs.get(&(actor, target))?;
-        let marks = [state.user_mark(actor), state.user_mark(target)];
+        let marks = [
+            state.user_mark(actor),
+            state.user_mark(target),
+            state.pair_mark(actor, target),
+        ];
         self.fresh(entry, &state, &marks).then_some(entry.value)
     }
 
@@ -546,6 +559,7 @@ impl ContactCache {
         if ticket.stamp <= state.cleared
             || ticket.stamp <= state.user_mark(actor)
             || ticket.stamp <= state.user_mark(target)
+            || ticket.stamp <= state.pair_mark(actor, target)
         {
             return;
         }
@@ -630,6 +644,22 @@ impl ContactCache {
         self.prune_marks(&mut state);
     }
 
+    /// A direct conversation between `a` and `b` was created: only the verdicts between the
+    /// two can change (a shared conversation may link them); their standing and their verdicts
+    /// with anyone else stay known.
+    pub fn direct_created(&self, conversation: i64, a: i64, b: i64) {
+        let mut state = self.lock();
+        let stamp = state.next();
+        let at = Instant::now();
+        state
+            .conversation_marks
+            .insert(conversation, Mark { stamp, at });
+        state
+            .pair_marks
+            .insert((a.min(b), a.max(b)), Mark { stamp, at });
+        self.prune_marks(&mut state);
+    }
+
     /// Forgets everything (changes whose reach is not worth working out).
     pub fn clear(&self) {
         self.lock().clear();
@@ -639,13 +669,16 @@ impl ContactCache {
     /// marks alone still exceed the capacity, everything is forgotten.
     fn prune_marks(&self, state: &mut CacheState) {
         let limit = self.capacity;
-        if state.user_marks.len() + state.conversation_marks.len() < limit {
+        let marks =
+            |s: &CacheState| s.user_marks.len() + s.conversation_marks.len() + s.pair_marks.len();
+        if marks(state) < limit {
             return;
         }
         let ttl = self.ttl;
         state.user_marks.retain(|_, m| m.at.elapsed() < ttl);
         state.conversation_marks.retain(|_, m| m.at.elapsed() < ttl);
-        if state.user_marks.len() + state.conversation_marks.len() >= limit {
+        state.pair_marks.retain(|_, m| m.at.elapsed() < ttl);
+        if marks(state) >= limit {
             state.clear();
         }
     }
@@ -750,6 +783,28 @@ mod tests {
         assert_eq!(cache.pair(1, 4), None);
         cache.note_pair(before, 1, 4, true);
         assert_eq!(cache.pair(1, 4), None, "older than the clear");
+    }
+
+    #[test]
+    fn a_new_direct_conversation_forgets_only_that_pair() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        let t = cache.ticket();
+        cache.note_pair(t, 1, 2, false);
+        cache.note_pair(t, 2, 1, false);
+        cache.note_pair(t, 1, 3, true);
+        cache.note_users(t, &[1, 2, 3]);
+        let racing = cache.ticket();
+        cache.direct_created(9, 2, 1);
+        assert_eq!(cache.pair(1, 2), None);
+        assert_eq!(cache.pair(2, 1), None);
+        assert_eq!(cache.pair(1, 3), Some(true), "other verdicts stay");
+        assert!(cache.all_in_good_standing(&[1, 2, 3]), "standing stays");
+        // A lookup that began before the conversation existed does not cache its verdict.
+        cache.note_pair(racing, 1, 2, false);
+        assert_eq!(cache.pair(1, 2), None);
+        let after = cache.ticket();
+        cache.note_pair(after, 1, 2, true);
+        assert_eq!(cache.pair(1, 2), Some(true));
     }
 
     #[test]

@@ -245,10 +245,7 @@ async fn create(
                 .run(move |conn| convs::set_context(conn, cid, &kind, &id))
                 .await?;
             // The context can link the pair for the `roles` policy.
-            state
-                .db
-                .contact_cache()
-                .membership_changed(cid, &[me, other]);
+            state.db.contact_cache().direct_created(cid, me, other);
         }
         let view = load_views(&state, vec![conv], me).await?.pop();
         let status = if created {

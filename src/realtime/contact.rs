@@ -52,7 +52,7 @@ impl Engine {
     /// Announces a direct conversation created by someone's action (policy-checked opening or
     /// an accepted chat request).
     pub async fn direct_created(&self, conv: &Conversation, a: i64, b: i64) {
-        self.db.contact_cache().membership_changed(conv.id, &[a, b]);
+        self.db.contact_cache().direct_created(conv.id, a, b);
         self.members_changed(conv.id, vec![a, b]);
         let list = vec![conv.clone()];
         match self.db.run(move |conn| convs::views(conn, list, a)).await {

@@ -366,7 +366,7 @@ impl CallActor {
                     engine
                         .db
                         .contact_cache()
-                        .membership_changed(conv.id, &[caller, callee]);
+                        .direct_created(conv.id, caller, callee);
                     engine.members_changed(conv.id, vec![caller, callee]);
                 }
                 engine
