@@ -764,3 +764,80 @@ async fn receipt_times_before_what_postgres_stores_are_refused() {
         .unwrap();
     assert_eq!(ack["upTo"], 1, "{ack}");
 }
+
+/// Receipts that arrive together in one conversation are written together: one transaction
+/// on one pooled connection for the batch, not one per receipt.
+#[actix_rt::test]
+async fn concurrent_receipts_in_one_conversation_share_a_transaction() {
+    let s = TestServer::start().await;
+    let owner = s.create_user("Owner", "owner@example.com", None, &[]);
+    let members: Vec<i64> = (0..40)
+        .map(|i| s.create_user(&format!("M{i}"), &format!("m{i}@example.com"), None, &[]))
+        .collect();
+    let conv = group(&s, owner, &members);
+    let c = conv.to_string();
+    let mut o = WsClient::connect(&s, &s.token_for(owner)).await;
+    for i in 0..3 {
+        o.request(
+            "message:send",
+            json!({"conversationId": c, "content": format!("m{i}")}),
+        )
+        .await
+        .unwrap();
+    }
+    let mut clients = Vec::new();
+    for m in &members {
+        clients.push(WsClient::connect(&s, &s.token_for(*m)).await);
+    }
+    for cl in &mut clients {
+        cl.send_text(
+            json!({"event": "receipt:delivered", "id": 1,
+                   "payload": {"conversationId": c, "upTo": 3}})
+            .to_string(),
+        )
+        .await;
+    }
+    for cl in &mut clients {
+        loop {
+            let f = cl
+                .next_frame(Duration::from_secs(10))
+                .await
+                .expect("an ack for the receipt");
+            if f["event"] == "ack" && f["id"] == 1 {
+                assert_eq!(f["payload"]["upTo"], 3, "{f}");
+                break;
+            }
+            assert_ne!(f["event"], "error", "{f}");
+        }
+    }
+    let moved = count_rows(
+        &s,
+        &format!(
+            "SELECT count(*) AS n FROM conversation_members \
+             WHERE conversation_id = {conv} AND user_id <> {owner} AND delivered_up_to = 3"
+        ),
+    );
+    assert_eq!(moved, 40);
+    // Rows written by one transaction share its xmin.
+    let transactions = count_rows(
+        &s,
+        &format!(
+            "SELECT count(DISTINCT xmin::text) AS n FROM conversation_members \
+             WHERE conversation_id = {conv} AND user_id <> {owner}"
+        ),
+    );
+    assert!(
+        transactions <= 20,
+        "40 receipts took {transactions} transactions"
+    );
+    // The sender heard of every one.
+    let mut heard = 0;
+    while o
+        .maybe_event("receipt:delivered", Duration::from_millis(500))
+        .await
+        .is_some()
+    {
+        heard += 1;
+    }
+    assert_eq!(heard + o.take_buffered("receipt:delivered").len(), 40);
+}

@@ -466,7 +466,40 @@ pub fn move_cursor(
     kind: ReceiptKind,
     cursor: &crate::realtime::protocol::ReceiptCursor,
 ) -> AppResult<Option<CursorMove>> {
+    conn.transaction(|conn| move_cursor_in(conn, conversation_id, user_id, kind, cursor))
+}
+
+/// Moves several cursors of one conversation in one transaction: `(user, kind, cursor)` each,
+/// answered in order. A refused move (not a member, a bad cursor) fails alone; a database error
+/// fails the batch.
+pub fn move_cursors(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    moves: &[(i64, ReceiptKind, crate::realtime::protocol::ReceiptCursor)],
+) -> AppResult<Vec<AppResult<Option<CursorMove>>>> {
     conn.transaction(|conn| {
+        let mut out = Vec::with_capacity(moves.len());
+        for (user, kind, cursor) in moves {
+            match move_cursor_in(conn, conversation_id, *user, *kind, cursor) {
+                Err(AppError::Internal { cause }) => return Err(AppError::Internal { cause }),
+                Err(AppError::Unavailable { cause }) => {
+                    return Err(AppError::Unavailable { cause })
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn move_cursor_in(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    user_id: i64,
+    kind: ReceiptKind,
+    cursor: &crate::realtime::protocol::ReceiptCursor,
+) -> AppResult<Option<CursorMove>> {
+    {
         let last_seq: i64 = conversations::table
             .find(conversation_id)
             .select(conversations::last_seq)
@@ -516,7 +549,7 @@ pub fn move_cursor(
             at,
             message_ids,
         }))
-    })
+    }
 }
 
 /// Members whose cursors moved after change `after` (sync).

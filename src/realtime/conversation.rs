@@ -136,6 +136,9 @@ pub struct ConversationActor {
     typing: HashMap<i64, (u64, Instant)>,
     typing_token: u64,
     pending: usize,
+    /// Receipts waiting for the batch being written (at most [`MAX_QUEUED_RECEIPTS`]).
+    receipts: Vec<Receipt>,
+    writing_receipts: bool,
     last_activity: Instant,
 }
 
@@ -158,6 +161,8 @@ impl ConversationActor {
             typing: HashMap::new(),
             typing_token: 0,
             pending: 0,
+            receipts: Vec::new(),
+            writing_receipts: false,
             last_activity: Instant::now(),
         }
     }
@@ -406,6 +411,10 @@ impl Handler<Typing> for ConversationActor {
     }
 }
 
+/// Receipts waiting for the batch being written; past this many, new ones are refused with
+/// `unavailable` (the client retries; a receipt is a cursor, so a later one covers it).
+pub const MAX_QUEUED_RECEIPTS: usize = 1024;
+
 impl Handler<Receipt> for ConversationActor {
     type Result = ();
     fn handle(&mut self, msg: Receipt, ctx: &mut Context<Self>) {
@@ -414,56 +423,103 @@ impl Handler<Receipt> for ConversationActor {
             let _ = msg.reply.send(Err(e));
             return;
         }
+        if self.receipts.len() >= MAX_QUEUED_RECEIPTS {
+            let _ = msg.reply.send(Err(AppError::unavailable(
+                "too many receipts waiting in this conversation; retry shortly",
+            )));
+            return;
+        }
+        self.receipts.push(msg);
+        if !self.writing_receipts {
+            self.write_receipts(ctx);
+        }
+    }
+}
+
+impl ConversationActor {
+    /// Writes every queued receipt in one transaction on one pooled connection (a refused move
+    /// fails alone), then relays and answers them; receipts that arrive meanwhile make the next
+    /// batch.
+    fn write_receipts(&mut self, ctx: &mut Context<Self>) {
+        let batch = std::mem::take(&mut self.receipts);
+        if batch.is_empty() {
+            self.writing_receipts = false;
+            return;
+        }
+        self.writing_receipts = true;
+        self.pending += batch.len();
         let db = self.engine.db.clone();
-        let (id, user, kind, cursor) = (self.id, msg.user, msg.kind, msg.cursor);
-        self.pending += 1;
+        let id = self.id;
+        let work: Vec<_> = batch
+            .iter()
+            .map(|r| (r.user, r.kind, r.cursor.clone()))
+            .collect();
         ctx.spawn(
             async move {
-                db.run(move |conn| convs::move_cursor(conn, id, user, kind, &cursor))
+                db.run(move |conn| convs::move_cursors(conn, id, &work))
                     .await
             }
             .into_actor(self)
-            .map(move |res, act, _| {
-                act.pending = act.pending.saturating_sub(1);
-                let reply = match res {
-                    Ok(Some(moved)) => {
-                        let name = match kind {
-                            ReceiptKind::Delivered => "receipt:delivered",
-                            ReceiptKind::Read => "receipt:read",
-                        };
-                        let mut payload = json!({
-                            "conversationId": id.to_string(),
-                            "userId": user.to_string(),
-                            "upTo": moved.up_to,
-                            "at": moved.at,
-                            "change": moved.change,
-                        });
-                        if let (Some(ids), Some(obj)) =
-                            (&moved.message_ids, payload.as_object_mut())
-                        {
-                            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-                            obj.insert("messageIds".into(), json!(ids));
+            .map(move |res, act, ctx| {
+                act.pending = act.pending.saturating_sub(batch.len());
+                match res {
+                    Ok(results) => {
+                        for (msg, result) in batch.into_iter().zip(results) {
+                            act.receipt_done(msg, result);
                         }
-                        act.fan_out(
-                            act.members.except(user),
-                            ServerEvent::new(name, payload.clone()),
-                            None,
-                        );
-                        if let Some(obj) = payload.as_object_mut() {
-                            obj.insert("moved".into(), json!(true));
-                        }
-                        Ok(payload)
                     }
-                    Ok(None) => Ok(json!({
-                        "conversationId": id.to_string(),
-                        "userId": user.to_string(),
-                        "moved": false,
-                    })),
-                    Err(e) => Err(e),
-                };
-                let _ = msg.reply.send(reply);
+                    Err(e) => {
+                        tracing::warn!(conversation = act.id, error = %e, "receipt batch not written");
+                        for msg in batch {
+                            let _ = msg
+                                .reply
+                                .send(Err(AppError::unavailable("receipt could not be stored")));
+                        }
+                    }
+                }
+                act.write_receipts(ctx);
             }),
         );
+    }
+
+    /// Relays a written receipt to the other members and answers its sender.
+    fn receipt_done(&self, msg: Receipt, result: AppResult<Option<convs::CursorMove>>) {
+        let (id, user, kind) = (self.id, msg.user, msg.kind);
+        let reply = match result {
+            Ok(Some(moved)) => {
+                let name = match kind {
+                    ReceiptKind::Delivered => "receipt:delivered",
+                    ReceiptKind::Read => "receipt:read",
+                };
+                let mut payload = json!({
+                    "conversationId": id.to_string(),
+                    "userId": user.to_string(),
+                    "upTo": moved.up_to,
+                    "at": moved.at,
+                    "change": moved.change,
+                });
+                if let (Some(ids), Some(obj)) = (&moved.message_ids, payload.as_object_mut()) {
+                    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    obj.insert("messageIds".into(), json!(ids));
+                }
+                self.fan_out(
+                    self.members.except(user),
+                    ServerEvent::new(name, payload.clone()),
+                    None,
+                );
+                if let Some(obj) = payload.as_object_mut() {
+                    obj.insert("moved".into(), json!(true));
+                }
+                Ok(payload)
+            }
+            Ok(None) => Ok(json!({
+                "conversationId": id.to_string(),
+                "userId": user.to_string(),
+                "moved": false,
+            })),
+            Err(e) => Err(e),
+        };
+        let _ = msg.reply.send(reply);
     }
 }
 
