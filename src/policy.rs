@@ -323,7 +323,14 @@ pub fn check_contact_from_cache(
     actor: i64,
     targets: &[i64],
 ) -> Option<AppResult<()>> {
-    for target in distinct_targets(actor, targets) {
+    let wanted = distinct_targets(actor, targets);
+    if config.contact_policy == ContactPolicy::Open {
+        // Every pair of users in good standing may talk: the standing is all there is to know.
+        let mut everyone = wanted;
+        everyone.push(actor);
+        return cache.all_in_good_standing(&everyone).then_some(Ok(()));
+    }
+    for target in wanted {
         match cache.pair(actor, target)? {
             true => continue,
             false => return Some(Err(refuse(config.contact_policy))),
@@ -783,6 +790,33 @@ mod tests {
         assert_eq!(cache.pair(1, 4), None);
         cache.note_pair(before, 1, 4, true);
         assert_eq!(cache.pair(1, 4), None, "older than the clear");
+    }
+
+    #[test]
+    fn under_the_open_policy_standing_alone_decides_from_the_cache() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        let config = Config {
+            contact_policy: ContactPolicy::Open,
+            ..Config::default()
+        };
+        assert!(check_contact_from_cache(&cache, &config, 1, &[2]).is_none());
+        let t = cache.ticket();
+        cache.note_users(t, &[1, 2]);
+        assert!(matches!(
+            check_contact_from_cache(&cache, &config, 1, &[2]),
+            Some(Ok(()))
+        ));
+        assert!(check_contact_from_cache(&cache, &config, 1, &[2, 3]).is_none());
+        cache.invalidate_users(&[2]);
+        assert!(check_contact_from_cache(&cache, &config, 1, &[2]).is_none());
+        let request = Config {
+            contact_policy: ContactPolicy::Request,
+            ..Config::default()
+        };
+        assert!(
+            check_contact_from_cache(&cache, &request, 1, &[3]).is_none(),
+            "other policies need the pair's verdict"
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ impl Auth {
         let verified = self.keys.verify(token)?;
         let sid = verified.session_id.clone();
         let issued_at = verified.issued_at;
+        // Taken before the lookup: a ban that races it is not overwritten by what it read.
+        let ticket = self.db.contact_cache().ticket();
         let found = self
             .db
             .run(move |conn| {
@@ -157,6 +159,9 @@ impl Auth {
                 ));
             }
         }
+        // A user who just authenticated exists and is not banned: calls to them need not ask
+        // the database again.
+        self.db.contact_cache().note_users(ticket, &[user.id]);
         Ok(Identity {
             user,
             session_id: sid,
