@@ -10,6 +10,7 @@ use switchboard::{cli, telemetry};
 /// jemalloc instead of the system allocator: the hot path allocates and frees small objects on
 /// many threads, where it costs far less CPU (measured: ~40 % more committed messages per second
 /// in the closed-loop bench) at the same memory per idle connection.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let t = Translator::new(dialect);
     // Outbound first, so seed 004's current-call state is exercised by the inbound side too.
     let event = ServerEvent::new(frame.event.clone(), frame.payload.clone());
-    for out in t.outbound(&event) {
+    for out in t.outbound(&event).iter() {
         let encoded: Value = serde_json::from_str(&out.canonical_json()).expect("valid JSON");
         assert!(encoded.get("event").is_some());
     }
