@@ -174,9 +174,18 @@ pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
 
 /// Reserves `n` seq and change numbers in each listed conversation in one statement:
 /// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers.
+///
+/// `last_message_at` is indexed (conversation lists are ordered by it), so an update that
+/// changes it cannot be a HOT update: every batch would add an entry to each of the table's
+/// indexes, and a busy conversation's row would leave thousands of dead versions a second for
+/// every later lookup by id to step over. It therefore moves at most once a second (lists order
+/// to the second); the other columns are not indexed and their updates stay HOT.
 pub const RESERVE_SEQ_SQL: &str = "UPDATE conversations c \
      SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
-         last_message_at = now(), updated_at = now() \
+         last_message_at = CASE \
+             WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
+             THEN now() ELSE c.last_message_at END, \
+         updated_at = now() \
      FROM unnest($1::bigint[], $2::bigint[]) AS k(id, n) \
      WHERE c.id = k.id \
      RETURNING c.id, c.last_seq, c.last_change";
