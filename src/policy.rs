@@ -414,6 +414,14 @@ impl CacheState {
         self.clock
     }
 
+    /// A new invalidation mark: the next stamp, now.
+    fn mark(&mut self) -> Mark {
+        Mark {
+            stamp: self.next(),
+            at: Instant::now(),
+        }
+    }
+
     fn user_mark(&self, user: i64) -> u64 {
         self.user_marks.get(&user).map_or(0, |m| m.stamp)
     }
@@ -628,10 +636,9 @@ impl ContactCache {
     /// them (a ban, a role change, new contacts, a new or changed shared conversation).
     pub fn invalidate_users(&self, users: &[i64]) {
         let mut state = self.lock();
-        let stamp = state.next();
-        let at = Instant::now();
+        let mark = state.mark();
         for user in users {
-            state.user_marks.insert(*user, Mark { stamp, at });
+            state.user_marks.insert(*user, mark);
         }
         self.prune_marks(&mut state);
     }
@@ -640,13 +647,10 @@ impl ContactCache {
     /// `users` (its members after the change and anyone who left it).
     pub fn membership_changed(&self, conversation: i64, users: &[i64]) {
         let mut state = self.lock();
-        let stamp = state.next();
-        let at = Instant::now();
-        state
-            .conversation_marks
-            .insert(conversation, Mark { stamp, at });
+        let mark = state.mark();
+        state.conversation_marks.insert(conversation, mark);
         for user in users {
-            state.user_marks.insert(*user, Mark { stamp, at });
+            state.user_marks.insert(*user, mark);
         }
         self.prune_marks(&mut state);
     }
@@ -656,14 +660,9 @@ impl ContactCache {
     /// with anyone else stay known.
     pub fn direct_created(&self, conversation: i64, a: i64, b: i64) {
         let mut state = self.lock();
-        let stamp = state.next();
-        let at = Instant::now();
-        state
-            .conversation_marks
-            .insert(conversation, Mark { stamp, at });
-        state
-            .pair_marks
-            .insert((a.min(b), a.max(b)), Mark { stamp, at });
+        let mark = state.mark();
+        state.conversation_marks.insert(conversation, mark);
+        state.pair_marks.insert((a.min(b), a.max(b)), mark);
         self.prune_marks(&mut state);
     }
 
