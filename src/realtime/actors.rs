@@ -79,15 +79,10 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
     }
 
     /// Running actors.
-    pub fn len(&self) -> usize {
+    pub fn running(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
-    }
-
-    /// Whether none runs.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -9,12 +9,12 @@
 //! trait.
 
 use super::protocol::{Outbound, ServerEvent};
-use super::registry::{CloseSession, SessionLabels};
+use super::registry::CloseSession;
 use super::session::{Link, Offer, CLOSE_SLOW_CONSUMER};
 use crate::metrics::{Metrics, Queue};
 use actix::Recipient;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// Shards of the directory (a power of two); users spread over them by id.
@@ -39,10 +39,6 @@ pub struct SessionHandle {
     pub user: i64,
     /// Its outbound queue, close signal and dialect.
     pub link: Link,
-    /// Transport and dialect names.
-    pub labels: SessionLabels,
-    /// Device session of the token, if session-bound.
-    pub device_session: Option<String>,
     /// Stops the session actor.
     pub control: Recipient<CloseSession>,
     /// Set once the session was cut off (slow consumer): nothing more is offered to it.
@@ -51,20 +47,11 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle for a session that is starting.
-    pub fn new(
-        key: u64,
-        user: i64,
-        link: Link,
-        labels: SessionLabels,
-        device_session: Option<String>,
-        control: Recipient<CloseSession>,
-    ) -> Arc<Self> {
+    pub fn new(key: u64, user: i64, link: Link, control: Recipient<CloseSession>) -> Arc<Self> {
         Arc::new(Self {
             key,
             user,
             link,
-            labels,
-            device_session,
             control,
             cut: AtomicBool::new(false),
         })
@@ -107,7 +94,6 @@ type Shard = RwLock<HashMap<i64, Vec<Arc<SessionHandle>>>>;
 #[derive(Debug)]
 pub struct Directory {
     shards: Box<[Shard]>,
-    sessions: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -116,7 +102,6 @@ impl Directory {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            sessions: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -133,7 +118,6 @@ impl Directory {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         shard.entry(handle.user).or_default().push(handle);
-        self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes a session; answers whether it was there.
@@ -151,38 +135,7 @@ impl Directory {
         if list.is_empty() {
             shard.remove(&user);
         }
-        if removed {
-            self.sessions.fetch_sub(1, Ordering::Relaxed);
-        }
         removed
-    }
-
-    /// The live sessions of a user.
-    pub fn sessions_of(&self, user: i64) -> Vec<Arc<SessionHandle>> {
-        self.shard(user)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&user)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Whether a user has a live session here.
-    pub fn is_online(&self, user: i64) -> bool {
-        self.shard(user)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&user)
-    }
-
-    /// Live sessions in this process.
-    pub fn len(&self) -> usize {
-        self.sessions.load(Ordering::Relaxed)
-    }
-
-    /// Whether no session is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -484,7 +484,10 @@ impl Handler<GetStats> for Registry {
             sessions,
             by_transport,
             by_dialect,
-            conversations: self.engine.as_ref().map_or(0, |e| e.conversations.len()),
+            conversations: self
+                .engine
+                .as_ref()
+                .map_or(0, |e| e.conversations.running()),
         })
     }
 }

@@ -59,11 +59,6 @@ impl CloseSignal {
         true
     }
 
-    /// Whether a close was requested.
-    pub fn is_requested(&self) -> bool {
-        self.made.load(Ordering::SeqCst)
-    }
-
     /// Waits for the close request and takes it (one transport task waits; cancel-safe).
     pub async fn requested(&self) -> CloseRequest {
         loop {
@@ -293,8 +288,6 @@ impl Actor for SessionActor {
             self.key,
             user,
             self.link.clone(),
-            self.labels,
-            self.identity.session_id.clone(),
             ctx.address().recipient(),
         ));
         engine.registry.do_send(Connect {
