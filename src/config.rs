@@ -174,6 +174,18 @@ pub struct Config {
     /// `OUTBOUND_QUEUE` — events queued for one connection before it counts as a slow consumer
     /// and is disconnected. Default 1024.
     pub outbound_queue: usize,
+    /// `MAX_REALTIME_CONNECTIONS` — most open realtime connections (`/ws` sockets and Socket.IO
+    /// sessions); upgrades over it are refused at once with 503 and `Retry-After`. 0 means the
+    /// process's open-file limit less `FD_RESERVE`. Default 0.
+    pub max_realtime_connections: usize,
+    /// `FD_RESERVE` — descriptors kept free beyond `MAX_REALTIME_CONNECTIONS` when that is derived
+    /// from the open-file limit: health checks, admins' requests, database connections and the
+    /// refusals themselves. Default 512.
+    pub fd_reserve: usize,
+    /// `SOCKET_CLOSE_GRACE_MS` — how long a closed realtime connection (cut off as a slow
+    /// consumer, timed out, refused) may take to finish its closing handshake before it is
+    /// aborted and its descriptor released, whatever the peer does. Default 5000.
+    pub socket_close_grace: Duration,
     /// `FRAME_RATE_PER_SEC` — sustained inbound frames per connection. Default 50.
     pub frame_rate_per_sec: u32,
     /// `FRAME_BURST` — inbound frame burst per connection. Default 100.
@@ -295,6 +307,9 @@ impl Default for Config {
             client_timeout: Duration::from_secs(60),
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            max_realtime_connections: 0,
+            fd_reserve: 512,
+            socket_close_grace: Duration::from_millis(5000),
             frame_rate_per_sec: 50,
             frame_burst: 100,
             message_rate_per_min: 120,
@@ -517,6 +532,13 @@ impl Config {
         parse_secs(src, "CLIENT_TIMEOUT_SECS", &mut self.client_timeout)?;
         parse(src, "MAX_FRAME_BYTES", &mut self.max_frame_bytes)?;
         parse(src, "OUTBOUND_QUEUE", &mut self.outbound_queue)?;
+        parse(
+            src,
+            "MAX_REALTIME_CONNECTIONS",
+            &mut self.max_realtime_connections,
+        )?;
+        parse(src, "FD_RESERVE", &mut self.fd_reserve)?;
+        parse_millis(src, "SOCKET_CLOSE_GRACE_MS", &mut self.socket_close_grace)?;
         parse(src, "FRAME_RATE_PER_SEC", &mut self.frame_rate_per_sec)?;
         parse(src, "FRAME_BURST", &mut self.frame_burst)?;
         parse(src, "MESSAGE_RATE_PER_MIN", &mut self.message_rate_per_min)?;
@@ -598,6 +620,24 @@ impl Config {
         self.max_connections
             .div_ceil(self.http_worker_count())
             .max(1)
+    }
+
+    /// The realtime connection ceiling: `MAX_REALTIME_CONNECTIONS`, or the open-file limit less
+    /// `FD_RESERVE` (at least 1) when that is 0.
+    pub fn realtime_connection_ceiling(&self) -> usize {
+        if self.max_realtime_connections > 0 {
+            return self.max_realtime_connections;
+        }
+        // The soft limit, as /proc reports it ("Max open files  <soft>  <hard>  files").
+        let files = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            })
+            .map_or(1024, |soft| soft.parse::<usize>().unwrap_or(usize::MAX));
+        files.saturating_sub(self.fd_reserve).max(1)
     }
 
     /// Checks what the database-backed commands need.

@@ -143,6 +143,8 @@ pub struct Metrics {
     http_requests: AtomicU64,
     http_server_errors: AtomicU64,
     shutdown_calls_ended: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_aborted: AtomicU64,
 }
 
 /// Values that live elsewhere and are read at scrape time.
@@ -225,6 +227,22 @@ impl Metrics {
             Queue::Write => &self.write_drops,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A realtime upgrade was refused at `MAX_REALTIME_CONNECTIONS`.
+    /// Returns the count so far.
+    pub fn connection_refused(&self) -> u64 {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A connection still open after its close grace was aborted.
+    pub fn connection_aborted(&self) {
+        self.connections_aborted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections aborted after their close grace so far.
+    pub fn connections_aborted(&self) -> u64 {
+        self.connections_aborted.load(Ordering::Relaxed)
     }
 
     /// A rate limit refused something.
@@ -388,6 +406,20 @@ impl Metrics {
             out,
             "switchboard_queue_drops_total{{queue=\"write\"}} {}",
             self.write_drops.load(Ordering::Relaxed)
+        );
+
+        counter(
+            &mut out,
+            "switchboard_connections_refused_total",
+            "Realtime upgrades refused with 503 at MAX_REALTIME_CONNECTIONS.",
+            self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_connections_aborted_total",
+            "Connections aborted because they were still open SOCKET_CLOSE_GRACE_MS after \
+             their close (a peer that stopped reading).",
+            self.connections_aborted.load(Ordering::Relaxed),
         );
 
         header(

@@ -216,6 +216,9 @@ fn build(
     // Small frames (acks, events) go out at once instead of waiting, behind an earlier
     // unacknowledged segment, for the peer's delayed ACK (~40 ms).
     .tcp_nodelay(true)
+    // Records each connection's descriptor, so a realtime socket whose peer stopped reading can
+    // be aborted after its close grace.
+    .on_connect(crate::realtime::conn::on_connect)
     .listen(listener)
     .map_err(AppError::internal)?;
     if !signals {

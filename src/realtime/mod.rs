@@ -26,6 +26,7 @@
 
 pub mod actors;
 pub mod call;
+pub mod conn;
 pub mod contact;
 pub mod conversation;
 pub mod dialect;
@@ -60,6 +61,10 @@ use tokio::sync::oneshot;
 /// Message kinds a client may send; `system`, `voice_call` and `video_call` are server-only.
 pub const CLIENT_KINDS: [&str; 4] = ["text", "image", "audio", "file"];
 
+/// `Retry-After` of an upgrade refused at the connection ceiling: long enough that a crowd of
+/// clients does not come straight back, short enough for a reconnecting app to feel prompt.
+pub const OVER_CAPACITY_RETRY_AFTER_SECS: u64 = 5;
+
 /// Handle to the engine (cheap to clone).
 #[derive(Clone)]
 pub struct Engine {
@@ -87,6 +92,8 @@ pub struct Engine {
     pub arbiters: Arc<[ArbiterHandle]>,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cap on open realtime connections (`MAX_REALTIME_CONNECTIONS`).
+    pub ceiling: Arc<conn::Ceiling>,
     /// Set when shutdown begins: sessions refuse new commands.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Socket commands running right now (shutdown waits for them).
@@ -119,7 +126,13 @@ impl Engine {
         );
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let directory = Arc::new(Directory::new(Arc::clone(&metrics)));
+        let ceiling = conn::Ceiling::new(
+            config.realtime_connection_ceiling(),
+            OVER_CAPACITY_RETRY_AFTER_SECS,
+            Arc::clone(&metrics),
+        );
         let engine = Self {
+            ceiling,
             delivery: Arc::clone(&directory) as Arc<dyn Delivery>,
             directory,
             conversations: Arc::default(),

@@ -6,6 +6,7 @@
 //! rate limits, heartbeat timeout) and hands them to the actor; a writer task drains the
 //! session's bounded queue into the socket and sends heartbeat pings.
 
+use super::conn::{self, Admission, SocketHandle};
 use super::dialect::{Dialect, Translator};
 use super::protocol::{frame_text, ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
@@ -17,7 +18,7 @@ use crate::error::AppError;
 use crate::state::AppState;
 use actix::{Actor, Addr};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -114,23 +115,34 @@ pub async fn route(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    // An unknown dialect is refused before the upgrade, with a JSON error.
+    // An unknown dialect is refused before the upgrade, with a JSON error; so is an upgrade over
+    // the connection ceiling (503, at once).
     let dialect = dialect_of(&req, &state.config)?;
+    let admission = match state.engine.ceiling.admit() {
+        Ok(a) => a,
+        Err(refusal) => return Ok(refusal.response()),
+    };
     let identity = match token_of(&req) {
         Some(t) => state.auth.authenticate(&t).await,
         None => Err(AppError::unauthorized("missing_token", "token required")),
     };
+    let socket = SocketHandle::of(&req);
+    let body = conn::guarded_payload(&req, body, state.config.max_frame_bytes).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let identity = match identity {
         Ok(i) => i,
         Err(e) => {
             tracing::info!(code = e.code(), "websocket refused: unauthorized");
+            let grace = state.config.socket_close_grace;
+            let metrics = Arc::clone(&state.engine.metrics);
             actix_web::rt::spawn(async move {
+                let _admission = admission;
                 let reason = CloseReason {
                     code: CloseCode::Other(CLOSE_UNAUTHORIZED),
                     description: Some("Unauthorized".into()),
                 };
-                let _ = session.close(Some(reason)).await;
+                let _ = tokio::time::timeout(grace, session.close(Some(reason))).await;
+                conn::abort_after(socket, grace, &metrics).await;
             });
             return Ok(response);
         }
@@ -138,8 +150,12 @@ pub async fn route(
     start(
         identity,
         &state,
-        session,
-        stream,
+        Transport {
+            session,
+            stream,
+            socket,
+            admission,
+        },
         Arc::new(CanonicalJson),
         "ws",
         Translator::new(dialect),
@@ -147,16 +163,34 @@ pub async fn route(
     Ok(response)
 }
 
+/// An upgraded socket and what keeps its place.
+#[allow(missing_debug_implementations)]
+pub struct Transport {
+    /// Writes frames.
+    pub session: actix_ws::Session,
+    /// Reads frames (behind a frame guard).
+    pub stream: actix_ws::MessageStream,
+    /// The TCP connection underneath, to abort it when a close cannot complete.
+    pub socket: SocketHandle,
+    /// The connection's place under the ceiling.
+    pub admission: Admission,
+}
+
 /// Starts a session actor and its reader and writer tasks on an upgraded socket.
 pub fn start(
     identity: crate::auth::Identity,
     state: &AppState,
-    session: actix_ws::Session,
-    stream: actix_ws::MessageStream,
+    transport_parts: Transport,
     format: Arc<dyn WireFormat>,
     transport: &'static str,
     dialect: Arc<Translator>,
 ) {
+    let Transport {
+        session,
+        stream,
+        socket,
+        admission,
+    } = transport_parts;
     let labels = SessionLabels {
         transport,
         dialect: dialect.name(),
@@ -169,11 +203,17 @@ pub fn start(
     let actor = SessionActor::new(identity, state.engine.clone(), link.clone(), labels).start();
     let last_seen = Arc::new(AtomicI64::new(now_millis()));
     actix_web::rt::spawn(write_loop(
-        session.clone(),
+        Writer {
+            session: session.clone(),
+            format: Arc::clone(&format),
+            heartbeat: config.heartbeat_interval,
+            grace: config.socket_close_grace,
+            socket,
+            admission,
+            metrics: Arc::clone(&state.engine.metrics),
+        },
         out_rx,
         close,
-        Arc::clone(&format),
-        config.heartbeat_interval,
     ));
     let reader = Reader {
         actor,
@@ -187,20 +227,42 @@ pub fn start(
         client_timeout: config.client_timeout,
         heartbeat: config.heartbeat_interval,
     };
-    actix_web::rt::spawn(reader.run(stream.max_frame_size(config.max_frame_bytes)));
+    // Fragmented messages are put back together up to the same limit as a single frame.
+    actix_web::rt::spawn(
+        reader.run(
+            stream
+                .max_frame_size(config.max_frame_bytes)
+                .aggregate_continuations()
+                .max_continuation_size(config.max_frame_bytes),
+        ),
+    );
 }
 
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-async fn write_loop(
-    mut session: actix_ws::Session,
-    mut out: mpsc::Receiver<Outbound>,
-    close: Arc<CloseSignal>,
+/// What the writer task owns besides its queue.
+struct Writer {
+    session: actix_ws::Session,
     format: Arc<dyn WireFormat>,
     heartbeat: Duration,
-) {
+    grace: Duration,
+    socket: SocketHandle,
+    admission: Admission,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<CloseSignal>) {
+    let Writer {
+        mut session,
+        format,
+        heartbeat,
+        grace,
+        socket,
+        admission,
+        metrics,
+    } = w;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let reason = loop {
         tokio::select! {
@@ -212,17 +274,20 @@ async fn write_loop(
                 // A write that cannot complete (client not reading) still yields to a close.
                 tokio::select! {
                     biased;
-                    res = session.text(text) => if res.is_err() { return },
+                    res = session.text(text) => if res.is_err() { break None },
                     req = close.requested() => break Some(req),
                 }
             }
             _ = ping.tick() => {
-                if session.ping(b"").await.is_err() {
-                    return;
+                tokio::select! {
+                    biased;
+                    res = session.ping(b"") => if res.is_err() { break None },
+                    req = close.requested() => break Some(req),
                 }
             }
         }
     };
+    let closing = tokio::time::Instant::now();
     // Flush what is already queued (an error explaining the close, say) for a moment, unless the
     // client is not reading at all.
     let flush = async {
@@ -232,13 +297,17 @@ async fn write_loop(
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500).min(grace / 2), flush).await;
     let reason = reason.map(|r| CloseReason {
         code: close_code(r.code),
         description: Some(r.reason),
     });
-    // Best effort: a client that does not read may never take the close frame.
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.close(reason)).await;
+    // Best effort: a client that does not read may never take the close frame; then the
+    // connection is aborted once the grace has passed, whatever the peer does.
+    let _ = tokio::time::timeout_at(closing + grace, session.close(reason)).await;
+    let left = grace.saturating_sub(closing.elapsed());
+    conn::abort_after(socket, left, &metrics).await;
+    drop(admission);
 }
 
 fn close_code(code: u16) -> CloseCode {
@@ -281,7 +350,7 @@ impl Reader {
         );
     }
 
-    async fn run(mut self, mut stream: actix_ws::MessageStream) {
+    async fn run(mut self, mut stream: actix_ws::AggregatedMessageStream) {
         let check_every = (self.heartbeat / 2).max(Duration::from_millis(100));
         let mut check = tokio::time::interval(check_every);
         loop {
@@ -307,9 +376,9 @@ impl Reader {
     }
 
     /// Handles one inbound message; false ends the connection.
-    async fn on_message(&mut self, msg: Result<Message, ProtocolError>) -> bool {
+    async fn on_message(&mut self, msg: Result<AggregatedMessage, ProtocolError>) -> bool {
         match msg {
-            Ok(Message::Text(text)) => {
+            Ok(AggregatedMessage::Text(text)) => {
                 if let Err(wait) = self.frames.take(Instant::now()) {
                     self.metrics.rate_limited(crate::metrics::Limit::Frames);
                     let err = AppError::RateLimited {
@@ -327,7 +396,7 @@ impl Reader {
                     }
                 }
             }
-            Ok(Message::Binary(_)) => {
+            Ok(AggregatedMessage::Binary(_)) => {
                 self.error(
                     None,
                     &AppError::bad_request(
@@ -337,14 +406,25 @@ impl Reader {
                 );
                 true
             }
-            Ok(Message::Ping(bytes)) => self.session.pong(&bytes).await.is_ok(),
-            Ok(Message::Pong(_) | Message::Nop | Message::Continuation(_)) => true,
-            Ok(Message::Close(reason)) => {
+            Ok(AggregatedMessage::Ping(bytes)) => {
+                // A peer that pings but does not read would block the reader on its pong (and
+                // with it the heartbeat check): past the client timeout it is closed.
+                match tokio::time::timeout(self.client_timeout, self.session.pong(&bytes)).await {
+                    Ok(res) => res.is_ok(),
+                    Err(_) => {
+                        tracing::info!(user = self.user, "pong not taken; closing");
+                        self.close(1008, "not reading");
+                        false
+                    }
+                }
+            }
+            Ok(AggregatedMessage::Pong(_)) => true,
+            Ok(AggregatedMessage::Close(reason)) => {
                 tracing::debug!(user = self.user, ?reason, "client closed");
                 self.close(1000, "bye");
                 false
             }
-            Err(ProtocolError::Overflow) => {
+            Err(e) if conn::is_overflow(&e) => {
                 self.error(
                     None,
                     &AppError::TooLarge("frame exceeds MAX_FRAME_BYTES".into()),

@@ -18,6 +18,12 @@ pub fn suite_config() -> EioConfig {
         ping_timeout: Duration::from_millis(200),
         max_payload: 1_000_000,
         queue: 1024,
+        ceiling: crate::realtime::conn::Ceiling::new(
+            usize::MAX,
+            crate::realtime::OVER_CAPACITY_RETRY_AFTER_SECS,
+            Arc::new(crate::metrics::Metrics::new()),
+        ),
+        close_grace: Duration::from_secs(5),
     }
 }
 

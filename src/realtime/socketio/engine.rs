@@ -3,10 +3,11 @@
 //! conformance mode) is an [`EioHandler`].
 
 use super::packet::EioPacket;
+use crate::realtime::conn::{self, Admission, Ceiling, SocketHandle};
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -25,6 +26,10 @@ pub struct EioConfig {
     pub max_payload: usize,
     /// Packets queued for one client before it counts as a slow consumer.
     pub queue: usize,
+    /// Cap on open sessions (new sessions over it get 503 with `Retry-After`).
+    pub ceiling: Arc<Ceiling>,
+    /// How long a closed WebSocket may take to finish its close before it is aborted.
+    pub close_grace: Duration,
 }
 
 /// A message inside Engine.IO.
@@ -61,7 +66,12 @@ pub struct EioSocket {
     last_pong: AtomicI64,
     closing: Notify,
     close_reason: Mutex<Option<String>>,
+    /// The session's place under the ceiling, held for its whole life.
+    _admission: Admission,
 }
+
+/// Close reason of a frame or body over `maxPayload` (a WebSocket closes with 1009).
+const PAYLOAD_TOO_LARGE: &str = "payload too large";
 
 /// Close reason when the client sent a close packet.
 const CLIENT_CLOSE: &str = "client close";
@@ -231,7 +241,7 @@ impl EioServer {
         .to_string()
     }
 
-    fn open(self: &Arc<Self>, req: &HttpRequest) -> Option<Arc<EioSocket>> {
+    fn open(self: &Arc<Self>, req: &HttpRequest, admission: Admission) -> Option<Arc<EioSocket>> {
         let sid = crate::auth::tokens::random_id().ok()?;
         let (tx, rx) = mpsc::channel(self.config.queue.max(8));
         let socket = Arc::new(EioSocket {
@@ -246,6 +256,7 @@ impl EioServer {
             last_pong: AtomicI64::new(now_ms()),
             closing: Notify::new(),
             close_reason: Mutex::new(None),
+            _admission: admission,
         });
         if let Ok(mut m) = self.sockets.lock() {
             m.insert(sid, Arc::clone(&socket));
@@ -337,7 +348,11 @@ impl EioServer {
                 if req.method() != actix_web::http::Method::GET {
                     return eio_error(2, "Bad handshake method");
                 }
-                match self.open(&req) {
+                let admission = match self.config.ceiling.admit() {
+                    Ok(a) => a,
+                    Err(refusal) => return refusal.response(),
+                };
+                match self.open(&req, admission) {
                     Some(socket) => text_response(
                         EioPacket::Open(self.handshake_json(&socket.sid, true)).encode_text(),
                     ),
@@ -372,7 +387,7 @@ impl EioServer {
                     return eio_error(3, "Bad request");
                 }
                 if req.method() == actix_web::http::Method::POST {
-                    self.post(&socket, body).await
+                    self.post(&socket, &req, body).await
                 } else {
                     self.poll(&socket).await
                 }
@@ -383,16 +398,27 @@ impl EioServer {
     async fn post(
         self: &Arc<Self>,
         socket: &Arc<EioSocket>,
+        req: &HttpRequest,
         mut body: web::Payload,
     ) -> HttpResponse {
         use futures_util::StreamExt;
+        // A body announced over the limit is refused before any of it is read.
+        let announced = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > self.config.max_payload as u64) {
+            self.remove(socket, PAYLOAD_TOO_LARGE);
+            return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).finish();
+        }
         let mut buf = web::BytesMut::new();
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else {
                 return eio_error(3, "Bad request");
             };
             if buf.len() + chunk.len() > self.config.max_payload {
-                self.remove(socket, "payload too large");
+                self.remove(socket, PAYLOAD_TOO_LARGE);
                 return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).finish();
             }
             buf.extend_from_slice(&chunk);
@@ -471,19 +497,36 @@ impl EioServer {
         body: web::Payload,
         existing: Option<Arc<EioSocket>>,
     ) -> HttpResponse {
+        let admission = match existing {
+            Some(_) => None,
+            None => match self.config.ceiling.admit() {
+                Ok(a) => Some(a),
+                Err(refusal) => return refusal.response(),
+            },
+        };
+        let tcp = SocketHandle::of(&req);
+        let body = match conn::guarded_payload(&req, body, self.config.max_payload).await {
+            Ok(b) => b,
+            Err(e) => return HttpResponse::from_error(e),
+        };
         let (response, mut session, stream) = match actix_ws::handle(&req, body) {
             Ok(parts) => parts,
             Err(e) => return HttpResponse::from_error(e),
         };
-        let mut stream = stream.max_frame_size(self.config.max_payload);
+        // Fragmented messages are put back together up to the same limit as a single frame.
+        let mut stream = stream
+            .max_frame_size(self.config.max_payload)
+            .aggregate_continuations()
+            .max_continuation_size(self.config.max_payload);
         let server = Arc::clone(self);
         let fresh = existing.is_none();
-        let socket = match existing {
-            Some(s) => s,
-            None => match self.open(&req) {
+        let socket = match (existing, admission) {
+            (Some(s), _) => s,
+            (None, Some(admission)) => match self.open(&req, admission) {
                 Some(s) => s,
                 None => return HttpResponse::InternalServerError().finish(),
             },
+            (None, None) => return HttpResponse::InternalServerError().finish(),
         };
         actix_web::rt::spawn(async move {
             if fresh {
@@ -494,34 +537,52 @@ impl EioServer {
                 }
             } else if !server.probe(&socket, &mut session, &mut stream).await {
                 socket.upgrading.store(false, Ordering::SeqCst);
-                let _ = session.close(None).await;
+                let grace = server.config.close_grace;
+                let _ = tokio::time::timeout(grace, session.close(None)).await;
+                conn::abort_after(tcp, grace, server.config.ceiling.metrics()).await;
                 return;
             }
-            let writer = actix_web::rt::spawn(write_ws(Arc::clone(&socket), session.clone()));
+            let writer = actix_web::rt::spawn(write_ws(
+                Arc::clone(&socket),
+                session.clone(),
+                tcp,
+                Arc::clone(&server.config.ceiling),
+                server.config.close_grace,
+            ));
             loop {
                 let msg = tokio::select! {
                     m = stream.recv() => m,
                     () = socket.closed() => None,
                 };
                 match msg {
-                    Some(Ok(Message::Text(t))) => match EioPacket::decode_text(&t) {
+                    Some(Ok(AggregatedMessage::Text(t))) => match EioPacket::decode_text(&t) {
                         Ok(p) => server.dispatch(&socket, p),
                         Err(_) => {
                             server.remove(&socket, "parse error");
                             break;
                         }
                     },
-                    Some(Ok(Message::Binary(b))) => server.dispatch(&socket, EioPacket::Binary(b)),
-                    Some(Ok(Message::Ping(p))) => {
-                        let _ = session.pong(&p).await;
+                    Some(Ok(AggregatedMessage::Binary(b))) => {
+                        server.dispatch(&socket, EioPacket::Binary(b));
                     }
-                    Some(Ok(Message::Close(_))) | None => {
+                    Some(Ok(AggregatedMessage::Ping(p))) => {
+                        // A peer that does not read cannot block the reader on its pong.
+                        let pong = tokio::select! {
+                            r = session.pong(&p) => r.is_ok(),
+                            () = socket.closed() => false,
+                        };
+                        if !pong {
+                            server.remove(&socket, "transport error");
+                            break;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Close(_))) | None => {
                         server.remove(&socket, "transport close");
                         break;
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
-                        server.remove(&socket, "payload too large");
+                    Some(Ok(AggregatedMessage::Pong(_))) => {}
+                    Some(Err(e)) if conn::is_overflow(&e) => {
+                        server.remove(&socket, PAYLOAD_TOO_LARGE);
                         break;
                     }
                     Some(Err(_)) => {
@@ -541,13 +602,13 @@ impl EioServer {
         &self,
         socket: &Arc<EioSocket>,
         session: &mut actix_ws::Session,
-        stream: &mut actix_ws::MessageStream,
+        stream: &mut actix_ws::AggregatedMessageStream,
     ) -> bool {
         let deadline =
             tokio::time::Instant::now() + self.config.ping_interval + self.config.ping_timeout;
         loop {
             let msg = tokio::time::timeout_at(deadline, stream.recv()).await;
-            let Ok(Some(Ok(Message::Text(t)))) = msg else {
+            let Ok(Some(Ok(AggregatedMessage::Text(t)))) = msg else {
                 return false;
             };
             match EioPacket::decode_text(&t) {
@@ -572,7 +633,13 @@ impl EioServer {
     }
 }
 
-async fn write_ws(socket: Arc<EioSocket>, mut session: actix_ws::Session) {
+async fn write_ws(
+    socket: Arc<EioSocket>,
+    mut session: actix_ws::Session,
+    tcp: SocketHandle,
+    ceiling: Arc<Ceiling>,
+    grace: Duration,
+) {
     // Waits for a pending poll to finish before taking over the queue.
     let mut rx = socket.rx.lock().await;
     loop {
@@ -582,41 +649,67 @@ async fn write_ws(socket: Arc<EioSocket>, mut session: actix_ws::Session) {
             () = socket.closed() => None,
         };
         let Some(packet) = packet else { break };
-        let sent = match packet {
-            // A noop only ends a poll; it has no meaning on a WebSocket.
-            EioPacket::Noop => continue,
-            EioPacket::Binary(b) => session.binary(b).await,
-            EioPacket::Close => break,
-            other => session.text(other.encode_text()).await,
-        };
-        if sent.is_err() {
-            socket.close("transport error");
+        if matches!(packet, EioPacket::Close) {
             break;
         }
-    }
-    // Flush what is queued (e.g. the answer explaining a close), then close.
-    while let Ok(p) = rx.try_recv() {
-        let _ = match p {
-            EioPacket::Binary(b) => session.binary(b).await,
-            other => session.text(other.encode_text()).await,
+        // A write that cannot complete (the client stopped reading) yields to a close.
+        let sent = tokio::select! {
+            biased;
+            sent = send_packet(&mut session, packet) => sent,
+            () = socket.closed() => break,
         };
+        match sent {
+            Some(Ok(())) | None => {}
+            Some(Err(_)) => {
+                socket.close("transport error");
+                break;
+            }
+        }
     }
-    let shutdown = socket
-        .close_reason
-        .lock()
-        .is_ok_and(|r| r.as_deref() == Some(SERVER_SHUTDOWN));
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
+    // Flush what is queued (e.g. the answer explaining a close) and close, within the grace;
+    // a connection still open after it is aborted, whatever the peer does.
+    let closing = tokio::time::Instant::now();
+    let flush = async {
+        while let Ok(p) = rx.try_recv() {
+            if matches!(send_packet(&mut session, p).await, Some(Err(_))) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout((grace / 2).min(Duration::from_millis(500)), flush).await;
+    let reason = socket.close_reason.lock().ok().and_then(|r| r.clone());
+    let code = match reason.as_deref() {
+        Some(SERVER_SHUTDOWN) => CloseCode::Away,
+        Some(PAYLOAD_TOO_LARGE) => CloseCode::Size,
+        _ => CloseCode::Normal,
+    };
+    let _ = tokio::time::timeout_at(
+        closing + grace,
         session.close(Some(CloseReason {
-            code: if shutdown {
-                CloseCode::Away
-            } else {
-                CloseCode::Normal
-            },
+            code,
             description: None,
         })),
     )
     .await;
+    conn::abort_after(
+        tcp,
+        grace.saturating_sub(closing.elapsed()),
+        ceiling.metrics(),
+    )
+    .await;
+}
+
+/// Writes one packet on a WebSocket (`None` for packets with no meaning there).
+async fn send_packet(
+    session: &mut actix_ws::Session,
+    packet: EioPacket,
+) -> Option<Result<(), actix_ws::Closed>> {
+    match packet {
+        // A noop only ends a poll; a close is sent as the WebSocket close.
+        EioPacket::Noop | EioPacket::Close => None,
+        EioPacket::Binary(b) => Some(session.binary(b).await),
+        other => Some(session.text(other.encode_text()).await),
+    }
 }
 
 /// A second WebSocket for an already upgraded session: accepted, then closed at once.

@@ -15,7 +15,10 @@ use std::sync::Arc;
 /// The production Socket.IO server: the default namespace bridges to session actors.
 pub fn production_server(config: &Config, auth: Auth, engine: Engine) -> Arc<engine::EioServer> {
     let handler = sio::SioHandler::new(
-        sio::SioApp::Production(Box::new(sio::Production { auth, engine })),
+        sio::SioApp::Production(Box::new(sio::Production {
+            auth,
+            engine: engine.clone(),
+        })),
         config.socketio_connect_timeout,
     );
     engine::EioServer::new(
@@ -24,6 +27,8 @@ pub fn production_server(config: &Config, auth: Auth, engine: Engine) -> Arc<eng
             ping_timeout: config.socketio_ping_timeout,
             max_payload: config.socketio_max_payload,
             queue: config.outbound_queue,
+            ceiling: Arc::clone(&engine.ceiling),
+            close_grace: config.socket_close_grace,
         },
         handler,
     )
