@@ -986,6 +986,76 @@ mod tests {
     }
 
     #[test]
+    fn authentication_limit_settings_parse_and_validate() {
+        let config = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!(config.password_hash_threads, 2);
+        assert_eq!(config.auth_lockout, Duration::from_secs(60));
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let mut pairs = base.to_vec();
+        pairs.extend([
+            ("PASSWORD_HASH_THREADS", "4"),
+            ("PASSWORD_HASH_QUEUE", "0"),
+            ("AUTH_ACCOUNT_MAX_FAILURES", "5"),
+            ("AUTH_ADDRESS_MAX_FAILURES", "50"),
+            ("AUTH_FAILURE_WINDOW_SECS", "300"),
+            ("AUTH_LOCKOUT_SECS", "30"),
+            ("AUTH_LOCKOUT_MAX_SECS", "900"),
+            ("OTP_SENDS_PER_ADDRESS_PER_HOUR", "6"),
+            ("OTP_SENDS_PER_MINUTE", "100"),
+            ("AUTH_LIMITER_ENTRIES", "1000"),
+        ]);
+        let config = Config::load_from(None, &env(&pairs)).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.password_hash_threads, 4);
+        assert_eq!(config.password_hash_queue, 0);
+        assert_eq!(config.auth_account_max_failures, 5);
+        assert_eq!(config.auth_address_max_failures, 50);
+        assert_eq!(config.auth_failure_window, Duration::from_secs(300));
+        assert_eq!(config.auth_lockout, Duration::from_secs(30));
+        assert_eq!(config.auth_lockout_max, Duration::from_secs(900));
+        assert_eq!(config.otp_sends_per_address_per_hour, 6);
+        assert_eq!(config.otp_sends_per_minute, 100);
+        assert_eq!(config.auth_limiter_entries, 1000);
+
+        for (key, value, message) in [
+            (
+                "PASSWORD_HASH_THREADS",
+                "0",
+                "PASSWORD_HASH_THREADS must be at least 1",
+            ),
+            (
+                "AUTH_ACCOUNT_MAX_FAILURES",
+                "0",
+                "AUTH_ACCOUNT_MAX_FAILURES must be",
+            ),
+            ("OTP_SENDS_PER_MINUTE", "0", "OTP_SENDS_PER_MINUTE must be"),
+            ("AUTH_LOCKOUT_SECS", "0", "AUTH_LOCKOUT_SECS must be"),
+            (
+                "AUTH_LOCKOUT_MAX_SECS",
+                "10",
+                "AUTH_LOCKOUT_MAX_SECS must be at least",
+            ),
+            ("AUTH_LIMITER_ENTRIES", "0", "AUTH_LIMITER_ENTRIES must be"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((key, value));
+            let err = Config::load_from(None, &env(&pairs))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{key}={value}: {err}");
+        }
+        let err = Config::load_from(None, &env(&[("AUTH_LOCKOUT_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AUTH_LOCKOUT_SECS"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_masked_in_debug_output() {
         let e = env(&[("JWT_SECRET", "super-secret-value-that-is-long-enough!")]);
         let config = Config::load_from(None, &e).unwrap();
