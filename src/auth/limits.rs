@@ -16,8 +16,8 @@
 //! database, so one client cannot have codes sent to thousands of numbers.
 //!
 //! Every table holds at most `AUTH_LIMITER_ENTRIES` keys. When one is full, entries with
-//! nothing left to remember go first, then the least recently seen half of those that are not
-//! locked (locked ones only when nothing else is left).
+//! nothing left to remember go first, then, down to three quarters of the capacity, the least
+//! recently seen of those that are not locked (locked ones only when nothing else is left).
 
 use crate::config::Config;
 use std::collections::HashMap;
@@ -260,17 +260,7 @@ impl<K: Clone + Eq + Hash + ToString> Strikeboard<K> {
             return;
         }
         entries.retain(|_, e| !e.idle(now, self.window));
-        if entries.len() < self.capacity {
-            return;
-        }
-        let mut order: Vec<(bool, Instant)> = entries
-            .values()
-            .map(|e| (e.locked(now), e.last_seen))
-            .collect();
-        let middle = order.len() / 2;
-        let (_, cut, _) = order.select_nth_unstable(middle);
-        let cut = *cut;
-        entries.retain(|_, e| (e.locked(now), e.last_seen) > cut);
+        evict_down_to(entries, self.capacity, |e| (e.locked(now), e.last_seen));
     }
 
     #[cfg(test)]
@@ -336,6 +326,25 @@ impl Tokens {
     }
 }
 
+/// Makes room in a table of at most `capacity` entries: when it holds more than three quarters
+/// of that, the entries that rank lowest go until three quarters are left (ties may take a few
+/// more), so a full table is swept at most once per quarter of its capacity in new keys.
+fn evict_down_to<K, V, R: Ord + Copy>(
+    map: &mut HashMap<K, V>,
+    capacity: usize,
+    rank: impl Fn(&V) -> R,
+) {
+    let keep = capacity.saturating_sub((capacity / 4).max(1));
+    if map.len() <= keep {
+        return;
+    }
+    let mut ranks: Vec<R> = map.values().map(&rank).collect();
+    let drop = ranks.len() - keep;
+    let (_, cut, _) = ranks.select_nth_unstable(drop - 1);
+    let cut = *cut;
+    map.retain(|_, v| rank(v) > cut);
+}
+
 /// Token buckets per key, at most `capacity` of them.
 #[derive(Debug)]
 struct Buckets<K> {
@@ -363,13 +372,7 @@ impl<K: Clone + Eq + Hash> Buckets<K> {
             // A bucket untouched for its refill time is full: forgetting it changes nothing.
             let refill = self.rate.refill_time();
             entries.retain(|_, t| now.saturating_duration_since(t.updated) < refill);
-            if entries.len() >= self.capacity {
-                let mut used: Vec<Instant> = entries.values().map(|t| t.updated).collect();
-                let middle = used.len() / 2;
-                let (_, cut, _) = used.select_nth_unstable(middle);
-                let cut = *cut;
-                entries.retain(|_, t| t.updated > cut);
-            }
+            evict_down_to(&mut entries, self.capacity, |t| t.updated);
         }
         entries
             .entry(key.clone())
@@ -641,6 +644,21 @@ mod tests {
         }
         let refused = b.begin(&"locked".to_owned(), t0 + Duration::from_secs(1));
         assert!(refused.is_err(), "the locked key was not evicted");
+    }
+
+    #[test]
+    fn eviction_keeps_three_quarters_and_the_highest_ranked() {
+        let mut map: HashMap<u32, u32> = (0..8).map(|i| (i, i)).collect();
+        evict_down_to(&mut map, 8, |v| *v);
+        let mut left: Vec<u32> = map.into_keys().collect();
+        left.sort_unstable();
+        assert_eq!(left, [2, 3, 4, 5, 6, 7]);
+        let mut tiny: HashMap<u32, u32> = HashMap::from([(1, 1)]);
+        evict_down_to(&mut tiny, 1, |v| *v);
+        assert!(
+            tiny.is_empty(),
+            "a table of one makes room for the next key"
+        );
     }
 
     #[test]
