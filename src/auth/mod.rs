@@ -1,5 +1,7 @@
 //! Authentication: password and OTP login, device sessions, access and refresh tokens, and the
-//! check every REST route and socket runs on a bearer token.
+//! check every REST route and socket runs on a bearer token. Passwords are checked on the
+//! [`hasher::Hasher`], never inside a database slot; guesses and code sends are limited by
+//! [`limits::AuthLimits`].
 
 pub mod hasher;
 pub mod limits;
