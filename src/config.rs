@@ -275,6 +275,37 @@ pub struct Config {
     /// `TRUSTED_PROXIES` — comma-separated addresses or CIDR ranges of reverse proxies whose
     /// `X-Forwarded-For` names the client (device sessions, logs). Default `127.0.0.1,::1`.
     pub trusted_proxies: List,
+
+    // Password hashing and authentication limits.
+    /// `PASSWORD_HASH_THREADS` — password hashes and verifications (PBKDF2) that run at once,
+    /// each on a blocking thread and never while holding a database connection. Default 2.
+    pub password_hash_threads: usize,
+    /// `PASSWORD_HASH_QUEUE` — password checks waiting for one of those threads; past it a
+    /// login or registration is answered 503 `busy` with `Retry-After`. Default 64.
+    pub password_hash_queue: usize,
+    /// `AUTH_ACCOUNT_MAX_FAILURES` — wrong passwords or codes for one account (phone or
+    /// e-mail), from any address, before that account is locked. Default 10.
+    pub auth_account_max_failures: u32,
+    /// `AUTH_ADDRESS_MAX_FAILURES` — wrong passwords or codes from one client address (an IPv6
+    /// client counts by its /64), for any accounts, before that address is locked. Default 30.
+    pub auth_address_max_failures: u32,
+    /// `AUTH_FAILURE_WINDOW_SECS` — failures older than this are forgotten, and so is a past
+    /// lockout this long after it ended. Default 900.
+    pub auth_failure_window: Duration,
+    /// `AUTH_LOCKOUT_SECS` — the first lockout of an account or address; each further one
+    /// within the window doubles. Default 60.
+    pub auth_lockout: Duration,
+    /// `AUTH_LOCKOUT_MAX_SECS` — the longest lockout. Default 3600.
+    pub auth_lockout_max: Duration,
+    /// `OTP_SENDS_PER_ADDRESS_PER_HOUR` — one-time codes one client address may have sent per
+    /// hour, to any phones (that many at once, then evenly spread). Default 10.
+    pub otp_sends_per_address_per_hour: u32,
+    /// `OTP_SENDS_PER_MINUTE` — one-time codes the server sends per minute in all. Default 300.
+    pub otp_sends_per_minute: u32,
+    /// `AUTH_LIMITER_ENTRIES` — most accounts and most addresses the authentication limits
+    /// remember each; past it, entries that are not locked go first, least recently seen
+    /// first. Default 100000.
+    pub auth_limiter_entries: usize,
 }
 
 impl Default for Config {
@@ -348,6 +379,16 @@ impl Default for Config {
             contact_cache_size: 100_000,
             metrics_token: Secret::default(),
             trusted_proxies: List(vec!["127.0.0.1".to_owned(), "::1".to_owned()]),
+            password_hash_threads: 2,
+            password_hash_queue: 64,
+            auth_account_max_failures: 10,
+            auth_address_max_failures: 30,
+            auth_failure_window: Duration::from_secs(900),
+            auth_lockout: Duration::from_secs(60),
+            auth_lockout_max: Duration::from_secs(3600),
+            otp_sends_per_address_per_hour: 10,
+            otp_sends_per_minute: 300,
+            auth_limiter_entries: 100_000,
         }
     }
 }
@@ -602,6 +643,40 @@ impl Config {
         parse(src, "CONTACT_CACHE_SIZE", &mut self.contact_cache_size)?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
+        self.apply_auth_limits(src)
+    }
+
+    fn apply_auth_limits(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
+        parse(
+            src,
+            "PASSWORD_HASH_THREADS",
+            &mut self.password_hash_threads,
+        )?;
+        parse(src, "PASSWORD_HASH_QUEUE", &mut self.password_hash_queue)?;
+        parse(
+            src,
+            "AUTH_ACCOUNT_MAX_FAILURES",
+            &mut self.auth_account_max_failures,
+        )?;
+        parse(
+            src,
+            "AUTH_ADDRESS_MAX_FAILURES",
+            &mut self.auth_address_max_failures,
+        )?;
+        parse_secs(
+            src,
+            "AUTH_FAILURE_WINDOW_SECS",
+            &mut self.auth_failure_window,
+        )?;
+        parse_secs(src, "AUTH_LOCKOUT_SECS", &mut self.auth_lockout)?;
+        parse_secs(src, "AUTH_LOCKOUT_MAX_SECS", &mut self.auth_lockout_max)?;
+        parse(
+            src,
+            "OTP_SENDS_PER_ADDRESS_PER_HOUR",
+            &mut self.otp_sends_per_address_per_hour,
+        )?;
+        parse(src, "OTP_SENDS_PER_MINUTE", &mut self.otp_sends_per_minute)?;
+        parse(src, "AUTH_LIMITER_ENTRIES", &mut self.auth_limiter_entries)?;
         Ok(())
     }
 
@@ -765,6 +840,41 @@ impl Config {
                 "ALLOWED_ORIGINS must list exact origins; `*` is accepted only in dev mode".into(),
             ));
         }
+        self.validate_auth_limits()
+    }
+
+    /// Checks the password hashing and authentication limit settings.
+    fn validate_auth_limits(&self) -> Result<(), ConfigError> {
+        let counts = [
+            ("PASSWORD_HASH_THREADS", self.password_hash_threads as u64),
+            ("AUTH_LIMITER_ENTRIES", self.auth_limiter_entries as u64),
+            (
+                "AUTH_ACCOUNT_MAX_FAILURES",
+                u64::from(self.auth_account_max_failures),
+            ),
+            (
+                "AUTH_ADDRESS_MAX_FAILURES",
+                u64::from(self.auth_address_max_failures),
+            ),
+            (
+                "OTP_SENDS_PER_ADDRESS_PER_HOUR",
+                u64::from(self.otp_sends_per_address_per_hour),
+            ),
+            ("OTP_SENDS_PER_MINUTE", u64::from(self.otp_sends_per_minute)),
+            (
+                "AUTH_FAILURE_WINDOW_SECS",
+                self.auth_failure_window.as_secs(),
+            ),
+            ("AUTH_LOCKOUT_SECS", self.auth_lockout.as_secs()),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
+        }
+        if self.auth_lockout_max < self.auth_lockout {
+            return Err(ConfigError::Rejected(
+                "AUTH_LOCKOUT_MAX_SECS must be at least AUTH_LOCKOUT_SECS".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -913,6 +1023,76 @@ mod tests {
                 .to_string();
             assert!(err.contains(message), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn authentication_limit_settings_parse_and_validate() {
+        let config = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!(config.password_hash_threads, 2);
+        assert_eq!(config.auth_lockout, Duration::from_secs(60));
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let mut pairs = base.to_vec();
+        pairs.extend([
+            ("PASSWORD_HASH_THREADS", "4"),
+            ("PASSWORD_HASH_QUEUE", "0"),
+            ("AUTH_ACCOUNT_MAX_FAILURES", "5"),
+            ("AUTH_ADDRESS_MAX_FAILURES", "50"),
+            ("AUTH_FAILURE_WINDOW_SECS", "300"),
+            ("AUTH_LOCKOUT_SECS", "30"),
+            ("AUTH_LOCKOUT_MAX_SECS", "900"),
+            ("OTP_SENDS_PER_ADDRESS_PER_HOUR", "6"),
+            ("OTP_SENDS_PER_MINUTE", "100"),
+            ("AUTH_LIMITER_ENTRIES", "1000"),
+        ]);
+        let config = Config::load_from(None, &env(&pairs)).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.password_hash_threads, 4);
+        assert_eq!(config.password_hash_queue, 0);
+        assert_eq!(config.auth_account_max_failures, 5);
+        assert_eq!(config.auth_address_max_failures, 50);
+        assert_eq!(config.auth_failure_window, Duration::from_secs(300));
+        assert_eq!(config.auth_lockout, Duration::from_secs(30));
+        assert_eq!(config.auth_lockout_max, Duration::from_secs(900));
+        assert_eq!(config.otp_sends_per_address_per_hour, 6);
+        assert_eq!(config.otp_sends_per_minute, 100);
+        assert_eq!(config.auth_limiter_entries, 1000);
+
+        for (key, value, message) in [
+            (
+                "PASSWORD_HASH_THREADS",
+                "0",
+                "PASSWORD_HASH_THREADS must be at least 1",
+            ),
+            (
+                "AUTH_ACCOUNT_MAX_FAILURES",
+                "0",
+                "AUTH_ACCOUNT_MAX_FAILURES must be",
+            ),
+            ("OTP_SENDS_PER_MINUTE", "0", "OTP_SENDS_PER_MINUTE must be"),
+            ("AUTH_LOCKOUT_SECS", "0", "AUTH_LOCKOUT_SECS must be"),
+            (
+                "AUTH_LOCKOUT_MAX_SECS",
+                "10",
+                "AUTH_LOCKOUT_MAX_SECS must be at least",
+            ),
+            ("AUTH_LIMITER_ENTRIES", "0", "AUTH_LIMITER_ENTRIES must be"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((key, value));
+            let err = Config::load_from(None, &env(&pairs))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{key}={value}: {err}");
+        }
+        let err = Config::load_from(None, &env(&[("AUTH_LOCKOUT_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AUTH_LOCKOUT_SECS"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,13 @@ pub enum AppError {
         /// Seconds until the next attempt may succeed.
         retry_after_secs: u64,
     },
+    /// The server has too much of this work queued already (password hashing); retry after the
+    /// given number of seconds.
+    #[error("the server is busy; retry in {retry_after_secs} s")]
+    Overloaded {
+        /// Seconds to wait before trying again.
+        retry_after_secs: u64,
+    },
     /// A dependency (the database, a pool, an SMS gateway) is not available right now.
     #[error("service temporarily unavailable")]
     Unavailable {
@@ -144,7 +151,7 @@ impl AppError {
             Self::Forbidden(_) => "forbidden",
             Self::NotAllowed(_) => "not_allowed",
             Self::NotFound(_) => "not_found",
-            Self::Busy(_) => "busy",
+            Self::Busy(_) | Self::Overloaded { .. } => "busy",
             Self::TooLarge(_) => "too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
@@ -162,8 +169,18 @@ impl AppError {
             Self::Conflict { .. } | Self::Busy(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds the client should wait before trying again (`Retry-After`), when that is known.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
         }
     }
 
@@ -173,10 +190,7 @@ impl AppError {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
-                retry_after: match self {
-                    Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-                    _ => None,
-                },
+                retry_after: self.retry_after_secs(),
             },
         }
     }
@@ -196,7 +210,7 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// Client-facing text.
     pub message: String,
-    /// Seconds to wait, for `rate_limited`.
+    /// Seconds to wait, for `rate_limited` and `busy` (503).
     #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
 }
@@ -217,8 +231,8 @@ impl ResponseError for AppError {
             _ => tracing::debug!(code = self.code(), message = %self, "request refused"),
         }
         let mut builder = HttpResponse::build(self.status());
-        if let Self::RateLimited { retry_after_secs } = self {
-            builder.insert_header(("Retry-After", retry_after_secs.to_string()));
+        if let Some(secs) = self.retry_after_secs() {
+            builder.insert_header(("Retry-After", secs.to_string()));
         }
         builder.json(self.body())
     }
@@ -273,12 +287,45 @@ mod tests {
                 "rate_limited",
             ),
             (AppError::unavailable("db"), 503, "unavailable"),
+            (
+                AppError::Overloaded {
+                    retry_after_secs: 1,
+                },
+                503,
+                "busy",
+            ),
             (AppError::internal("boom"), 500, "internal"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);
             assert_eq!(err.code(), code);
         }
+    }
+
+    #[test]
+    fn waits_are_announced_in_the_header_and_the_body() {
+        for err in [
+            AppError::RateLimited {
+                retry_after_secs: 7,
+            },
+            AppError::Overloaded {
+                retry_after_secs: 7,
+            },
+        ] {
+            let response = err.error_response();
+            assert_eq!(
+                response
+                    .headers()
+                    .get("Retry-After")
+                    .and_then(|v| v.to_str().ok()),
+                Some("7")
+            );
+            let body = serde_json::to_value(err.body()).unwrap();
+            assert_eq!(body["error"]["retryAfter"], 7);
+            assert_eq!(body["error"]["code"], err.code());
+        }
+        let body = serde_json::to_value(AppError::unavailable("db").body()).unwrap();
+        assert!(body["error"].get("retryAfter").is_none());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`config`]: every setting, from a TOML file and the environment.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`db`]: pool, blocking-work helper, migrations, queries per table.
-//! - [`auth`]: passwords, OTP, device sessions, access and refresh tokens.
+//! - [`auth`]: passwords (checked on a bounded pool of their own), OTP, device sessions, access
+//!   and refresh tokens, and the limits on guessing credentials and sending codes.
 //! - [`http`]: REST handlers grouped by resource.
 //! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and

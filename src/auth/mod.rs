@@ -1,19 +1,27 @@
 //! Authentication: password and OTP login, device sessions, access and refresh tokens, and the
-//! check every REST route and socket runs on a bearer token.
+//! check every REST route and socket runs on a bearer token. Passwords are checked on the
+//! [`hasher::Hasher`], never inside a database slot; guesses and code sends are limited by
+//! [`limits::AuthLimits`].
 
+pub mod hasher;
+pub mod limits;
 pub mod otp;
 pub mod password;
 pub mod tokens;
 
 use crate::config::Config;
 use crate::db::accounts::{self, OtpCheck, Rotation};
+use crate::db::audit;
 use crate::db::models::{NewDeviceSession, NewUser, User};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use chrono::Utc;
+use hasher::Hasher;
+use limits::{AuthLimits, Refusal};
 use otp::{OtpDelivery, OtpSender, Purpose};
 use ring::hmac;
 use serde::Serialize;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokens::TokenKeys;
 
@@ -51,8 +59,8 @@ pub struct DeviceInfo {
     pub name: Option<String>,
     /// `User-Agent`.
     pub user_agent: Option<String>,
-    /// Peer address.
-    pub ip: Option<String>,
+    /// The client's address (behind a trusted proxy, the one it names).
+    pub ip: Option<IpAddr>,
 }
 
 /// What every successful login or refresh returns.
@@ -80,6 +88,8 @@ pub struct Auth {
     keys: TokenKeys,
     otp_key: Arc<hmac::Key>,
     sender: OtpSender,
+    hasher: Hasher,
+    limits: Arc<AuthLimits>,
     config: Arc<Config>,
 }
 
@@ -107,6 +117,8 @@ impl Auth {
             keys: TokenKeys::new(secret),
             otp_key: Arc::new(otp_key),
             sender: OtpSender::from_config(&config),
+            hasher: Hasher::from_config(&config),
+            limits: Arc::new(AuthLimits::new(&config)),
             config,
         }
     }
@@ -114,6 +126,11 @@ impl Auth {
     /// The token keys (CLI `token`, tests).
     pub fn keys(&self) -> &TokenKeys {
         &self.keys
+    }
+
+    /// The pool password checks run on (tests hold places in it).
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     /// Verifies a bearer token and loads the caller: the signature and expiry, the user (must
@@ -175,6 +192,7 @@ impl Auth {
         let expires = Utc::now() + self.config.refresh_token_ttl;
         let user_id = user.id;
         let sid_for_db = sid.clone();
+        let ip = device.ip.map(|ip| ip.to_string());
         self.db
             .run(move |conn| {
                 conn.build_transaction().run(|conn| {
@@ -185,7 +203,7 @@ impl Auth {
                             user_id,
                             device_name: device.name.as_deref(),
                             user_agent: device.user_agent.as_deref(),
-                            ip: device.ip.as_deref(),
+                            ip: ip.as_deref(),
                         },
                     )?;
                     accounts::insert_refresh(conn, &digest, &sid_for_db, expires)
@@ -208,7 +226,8 @@ impl Auth {
         })
     }
 
-    /// Password login by phone or e-mail.
+    /// Password login by phone or e-mail. The stored hash is read first and the connection
+    /// given back; the password is then checked on the [`Hasher`], outside any database slot.
     pub async fn login_password(
         &self,
         phone: Option<&str>,
@@ -218,32 +237,39 @@ impl Auth {
     ) -> AppResult<TokenPair> {
         let phone = phone.map(otp::normalize_phone).transpose()?;
         let email = email.map(normalize_email).transpose()?;
-        if phone.is_none() && email.is_none() {
-            return Err(AppError::validation("phone or email is required"));
-        }
-        let password = password.to_owned();
+        let account = match (&phone, &email) {
+            (Some(p), _) => p.clone(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => return Err(AppError::validation("phone or email is required")),
+        };
+        let attempt = self
+            .limits
+            .begin(&account, device.ip)
+            .map_err(|r| rate_limited(&r))?;
+        // A place for the check is taken before the lookup, so a full queue costs no query.
+        let check = self.hasher.reserve()?;
         let user = self
             .db
-            .run(move |conn| {
-                let user = match (&phone, &email) {
-                    (Some(p), _) => accounts::user_by_phone(conn, p)?,
-                    (None, Some(e)) => accounts::user_by_email(conn, e)?,
-                    (None, None) => None,
-                };
-                // Verified here, on the blocking pool: PBKDF2 is deliberately slow.
-                let ok = match user.as_ref().and_then(|u| u.password_hash.as_deref()) {
-                    Some(hash) => password::verify(hash, &password),
-                    None => {
-                        password::verify_dummy(&password);
-                        false
-                    }
-                };
-                Ok(if ok { user } else { None })
+            .run(move |conn| match (&phone, &email) {
+                (Some(p), _) => accounts::user_by_phone(conn, p),
+                (None, Some(e)) => accounts::user_by_email(conn, e),
+                (None, None) => Ok(None),
             })
-            .await?
-            .ok_or_else(|| {
-                AppError::unauthorized("invalid_credentials", "wrong login or password")
-            })?;
+            .await?;
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let user = match (check.verify(hash, password.to_owned()).await?, user) {
+            (true, Some(user)) => user,
+            _ => {
+                if let Some(refusal) = attempt.failed() {
+                    return Err(self.refuse(refusal, "password", device.ip).await);
+                }
+                return Err(AppError::unauthorized(
+                    "invalid_credentials",
+                    "wrong login or password",
+                ));
+            }
+        };
+        attempt.succeeded();
         if user.is_banned() {
             return Err(AppError::unauthorized(
                 "account_banned",
@@ -251,6 +277,55 @@ impl Auth {
             ));
         }
         self.open_session(user, device).await
+    }
+
+    /// The answer to an attempt that crossed a limit: its lockouts are logged and audited,
+    /// the client gets 429 `rate_limited`.
+    async fn refuse(
+        &self,
+        refusal: Refusal,
+        via: &'static str,
+        client: Option<IpAddr>,
+    ) -> AppError {
+        for lockout in &refusal.lockouts {
+            let secs = lockout.duration.as_secs();
+            tracing::warn!(
+                scope = lockout.scope.as_str(),
+                key = %lockout.key,
+                client = ?client,
+                via,
+                failures = lockout.failures,
+                lockout_secs = secs,
+                level = lockout.level,
+                "authentication locked out"
+            );
+            let lockout = lockout.clone();
+            let ip = client.map(|ip| ip.to_string());
+            let recorded = self
+                .db
+                .run(move |conn| {
+                    audit::record_system(
+                        conn,
+                        &audit::SystemEntry {
+                            action: "auth.lockout",
+                            target_type: lockout.scope.as_str(),
+                            target_id: Some(&lockout.key),
+                            details: serde_json::json!({
+                                "via": via,
+                                "failures": lockout.failures,
+                                "lockoutSecs": secs,
+                                "level": lockout.level,
+                            }),
+                            ip: ip.as_deref(),
+                        },
+                    )
+                })
+                .await;
+            if let Err(error) = recorded {
+                tracing::warn!(%error, "could not audit an authentication lockout");
+            }
+        }
+        rate_limited(&refusal)
     }
 
     /// Exchanges a refresh token for a new pair (rotation). Reusing a rotated token revokes the
@@ -298,9 +373,17 @@ impl Auth {
     }
 
     /// Sends a one-time code. Registration needs an unused phone, login an existing account.
-    /// A second code within the cooldown is refused with `rate_limited`.
-    pub async fn send_otp(&self, raw_phone: &str, purpose: Purpose) -> AppResult<u64> {
+    /// A second code within the cooldown is refused with `rate_limited`, and so is a request
+    /// past the limits per client address and for the whole server (counted whatever the
+    /// answer, so they also bound probing which phones have accounts).
+    pub async fn send_otp(
+        &self,
+        raw_phone: &str,
+        purpose: Purpose,
+        client: Option<IpAddr>,
+    ) -> AppResult<u64> {
         let phone = otp::normalize_phone(raw_phone)?;
+        self.limits.otp_send(client).map_err(|r| rate_limited(&r))?;
         let code = otp::generate_code(self.config.otp_length)?;
         let digest = otp::digest(&self.otp_key, &phone, purpose, &code);
         let ttl = self.config.otp_ttl;
@@ -359,8 +442,19 @@ impl Auth {
         Ok(ttl.as_secs())
     }
 
-    /// Checks a code and maps every failure to a distinct error code.
-    async fn consume_otp(&self, phone: &str, purpose: Purpose, code: &str) -> AppResult<()> {
+    /// Checks a code and maps every failure to a distinct error code. Wrong codes count
+    /// against the phone's account and the client's address like wrong passwords.
+    async fn consume_otp(
+        &self,
+        phone: &str,
+        purpose: Purpose,
+        code: &str,
+        client: Option<IpAddr>,
+    ) -> AppResult<()> {
+        let attempt = self
+            .limits
+            .begin(phone, client)
+            .map_err(|r| rate_limited(&r))?;
         let key = Arc::clone(&self.otp_key);
         let (phone_db, code) = (phone.to_owned(), code.trim().to_owned());
         let max = self.config.otp_max_attempts;
@@ -371,6 +465,17 @@ impl Auth {
                 accounts::check_otp(conn, &phone_db, purpose.as_str(), max, &check)
             })
             .await?;
+        if matches!(outcome, OtpCheck::Accepted) {
+            attempt.succeeded();
+            return Ok(());
+        }
+        if let Some(refusal) = attempt.failed() {
+            let via = match purpose {
+                Purpose::Register => "otp_register",
+                Purpose::Login => "otp_login",
+            };
+            return Err(self.refuse(refusal, via, client).await);
+        }
         match outcome {
             OtpCheck::Accepted => Ok(()),
             OtpCheck::Missing => Err(AppError::bad_request(
@@ -407,18 +512,26 @@ impl Auth {
         if let Some(pw) = password {
             self.check_password_policy(pw)?;
         }
-        self.consume_otp(&phone, Purpose::Register, code).await?;
         let name = name
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .unwrap_or(&phone)
             .to_owned();
         validate_name(&name)?;
-        let password = password.map(str::to_owned);
+        // The hashing place is taken before the code is used up: a busy server must not cost
+        // the user their code.
+        let hashing = password
+            .map(|pw| Ok::<_, AppError>((self.hasher.reserve()?, pw.to_owned())))
+            .transpose()?;
+        self.consume_otp(&phone, Purpose::Register, code, device.ip)
+            .await?;
+        let hash = match hashing {
+            Some((place, pw)) => Some(place.hash(pw).await?),
+            None => None,
+        };
         let user = self
             .db
             .run(move |conn| {
-                let hash = password.as_deref().map(password::hash).transpose()?;
                 accounts::insert_user(
                     conn,
                     &NewUser {
@@ -442,7 +555,8 @@ impl Auth {
         device: DeviceInfo,
     ) -> AppResult<TokenPair> {
         let phone = otp::normalize_phone(raw_phone)?;
-        self.consume_otp(&phone, Purpose::Login, code).await?;
+        self.consume_otp(&phone, Purpose::Login, code, device.ip)
+            .await?;
         let user = self
             .db
             .run(move |conn| accounts::user_by_phone(conn, &phone))
@@ -470,6 +584,13 @@ impl Auth {
             });
         }
         Ok(())
+    }
+}
+
+/// 429 `rate_limited` with the refusal's wait.
+fn rate_limited(refusal: &Refusal) -> AppError {
+    AppError::RateLimited {
+        retry_after_secs: refusal.retry_after_secs(),
     }
 }
 

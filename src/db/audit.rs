@@ -1,4 +1,6 @@
-//! The audit log: one row per admin action, written by the handler that performed it.
+//! The audit log: one row per admin action, written by the handler that performed it, and one
+//! per security decision the server takes on its own (e.g. an authentication lockout), with no
+//! actor.
 
 use super::schema::audit_log;
 use crate::error::AppResult;
@@ -94,6 +96,36 @@ pub fn record(conn: &mut PgConnection, e: &NewEntry) -> AppResult<()> {
             audit_log::target_id.eq(e.target_id.as_deref()),
             audit_log::details.eq(&e.details),
             audit_log::ip.eq(e.ip.as_deref()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// What the server records about a decision of its own (no actor).
+#[derive(Clone, Debug)]
+pub struct SystemEntry<'a> {
+    /// Action name.
+    pub action: &'static str,
+    /// Target type.
+    pub target_type: &'static str,
+    /// Target id.
+    pub target_id: Option<&'a str>,
+    /// Details.
+    pub details: Value,
+    /// The client address the decision concerns.
+    pub ip: Option<&'a str>,
+}
+
+/// Appends an entry without an actor.
+pub fn record_system(conn: &mut PgConnection, e: &SystemEntry<'_>) -> AppResult<()> {
+    diesel::insert_into(audit_log::table)
+        .values((
+            audit_log::actor_id.eq(None::<i64>),
+            audit_log::action.eq(e.action),
+            audit_log::target_type.eq(e.target_type),
+            audit_log::target_id.eq(e.target_id),
+            audit_log::details.eq(&e.details),
+            audit_log::ip.eq(e.ip),
         ))
         .execute(conn)?;
     Ok(())

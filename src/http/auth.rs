@@ -1,6 +1,6 @@
 //! `/auth/*`: password login, OTP registration and login (seed 003 routes), refresh, logout.
 
-use super::device_info;
+use super::{client_addr, device_info};
 use crate::auth::otp::Purpose;
 use crate::auth::Identity;
 use crate::error::{AppError, AppResult};
@@ -86,10 +86,14 @@ pub struct SendOtpBody {
 
 async fn send_otp(
     state: &AppState,
+    req: &HttpRequest,
     body: SendOtpBody,
     purpose: Purpose,
 ) -> AppResult<HttpResponse> {
-    let expires_in = state.auth.send_otp(&body.phone, purpose).await?;
+    let expires_in = state
+        .auth
+        .send_otp(&body.phone, purpose, client_addr(req))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "success": true,
         "message": "code sent",
@@ -100,17 +104,19 @@ async fn send_otp(
 /// `POST /auth/send-otp`: a registration code.
 pub async fn send_otp_register(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SendOtpBody>,
 ) -> AppResult<HttpResponse> {
-    send_otp(&state, body.into_inner(), Purpose::Register).await
+    send_otp(&state, &req, body.into_inner(), Purpose::Register).await
 }
 
 /// `POST /auth/send-otp-login`: a login code.
 pub async fn send_otp_login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SendOtpBody>,
 ) -> AppResult<HttpResponse> {
-    send_otp(&state, body.into_inner(), Purpose::Login).await
+    send_otp(&state, &req, body.into_inner(), Purpose::Login).await
 }
 
 /// Body of the two verify-OTP routes.

@@ -187,7 +187,7 @@ pub fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::Devi
             .get(actix_web::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(300).collect()),
-        ip: client_addr(req).map(|ip| ip.to_string()),
+        ip: client_addr(req),
     }
 }
 

@@ -118,6 +118,11 @@ pub fn test_config(db: &TestDb) -> Config {
         frame_burst: 100_000,
         call_rate_per_hour: 100_000,
         call_burst: 10_000,
+        auth_account_max_failures: 10_000,
+        auth_address_max_failures: 100_000,
+        otp_sends_per_address_per_hour: 100_000,
+        otp_sends_per_minute: 100_000,
+        password_hash_queue: 10_000,
         ..Config::default()
     }
 }
