@@ -17,7 +17,8 @@
 #   4  cases 2 and 3 vs the Node peer relay-only (no DATABASE_URL): its acks are "relayed".
 #   5  idle memory per authenticated connection: IDLE_SOCKETS sockets (--clients 0 --idle),
 #      RSS sampled again SETTLE seconds after the last one connected (the settled figure is the
-#      one compared), vs the Node peer persisting.
+#      one compared) and AFTER_CLOSE seconds after every socket closed (is the memory given
+#      back?), vs the Node peer persisting.
 #   6  call set-up latency, call:initiate -> call:incoming at the callee: CALLS_SEQUENTIAL calls
 #      from one caller (each ended with call:end before the next), then CALLS calls from
 #      CALLERS concurrent callers; vs the Node peer relay-only (it never persists calls).
@@ -37,6 +38,7 @@
 #   MESSAGE_BYTES [64]      message length
 #   IDLE_SOCKETS [10000]    case 5 sockets
 #   SETTLE [5]              case 5: seconds between connecting and the settled RSS sample
+#   AFTER_CLOSE [20]        case 5: seconds between the last socket closing and the last sample
 #   CALLS_SEQUENTIAL [200]  case 6: sequential calls
 #   CALLERS [50]            case 6: concurrent callers
 #   CALLS [1000]            case 6: calls made by the concurrent callers, in all
@@ -86,6 +88,7 @@ RATE="${RATE:-1}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-64}"
 IDLE_SOCKETS="${IDLE_SOCKETS:-10000}"
 SETTLE="${SETTLE:-5}"
+AFTER_CLOSE="${AFTER_CLOSE:-20}"
 CALLS_SEQUENTIAL="${CALLS_SEQUENTIAL:-200}"
 CALLERS="${CALLERS:-50}"
 CALLS="${CALLS:-1000}"
@@ -385,7 +388,8 @@ scenario_args() {
             --duration "$DURATION") ;;
         closed-groups) SCENARIO=(--clients "$CLIENTS" --conversations "$GROUPS_OF" --rate 0
             --duration "$DURATION") ;;
-        idle) SCENARIO=(--clients 0 --idle "$IDLE_SOCKETS" --settle "$SETTLE" --duration 1) ;;
+        idle) SCENARIO=(--clients 0 --idle "$IDLE_SOCKETS" --settle "$SETTLE" --duration 1
+            --after-close "$AFTER_CLOSE") ;;
         calls-sequential) SCENARIO=(--scenario calls --callers 1 --calls "$CALLS_SEQUENTIAL"
             --call-timeout "$CALL_TIMEOUT" --duration 3600) ;;
         calls-concurrent) SCENARIO=(--scenario calls --callers "$CALLERS" --calls "$CALLS"
@@ -448,10 +452,10 @@ run_peer() {
 compare() {
     # compare CASE KIND SCENARIO PEER TITLE: prints (and appends to summary.txt) Switchboard's
     # and the peer's figures and their ratio.
-    node - "$@" "$RUN" <<'EOF' | tee -a "$SUMMARY"
+    node - "$@" "$RUN" "$AFTER_CLOSE" <<'EOF' | tee -a "$SUMMARY"
 const fs = require('fs');
 const path = require('path');
-const [caseNo, kind, scenario, peer, title, dir] = process.argv.slice(2);
+const [caseNo, kind, scenario, peer, title, dir, afterClose] = process.argv.slice(2);
 const load = (who) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-${who}.json`), 'utf8'));
 const sb = load('switchboard');
 const pr = load(peer);
@@ -491,6 +495,8 @@ if (kind === 'latency') {
   row('RSS/connection, settled', sb.rss_per_connection_settled_kib, pr.rss_per_connection_settled_kib, ' KiB', 'lower', 1);
   row('RSS/connection, at connect', sb.rss_per_connection_kib, pr.rss_per_connection_kib, ' KiB', 'lower', 1);
   row('RSS before, MiB', sb.rss.before_kib / 1024, pr.rss.before_kib / 1024, ' MiB', 'lower', 1);
+  row('RSS settled, MiB', sb.rss.settled_kib / 1024, pr.rss.settled_kib / 1024, ' MiB', 'lower', 1);
+  row(`RSS ${afterClose} s after close, MiB`, sb.rss.after_close_kib / 1024, pr.rss.after_close_kib / 1024, ' MiB', 'lower', 1);
   row('connect time', sb.connect_secs, pr.connect_secs, ' s', 'lower');
 } else if (kind === 'calls') {
   row('call set-up p50', sb.calls.setup_ms.p50, pr.calls.setup_ms.p50, ' ms', 'lower');

@@ -174,7 +174,7 @@ async fn a_full_password_queue_answers_busy_with_retry_after() {
     s.create_user("Dee", "dee@example.com", Some("dee-password"), &[]);
     let held = s.running.state.auth.hasher().reserve().unwrap();
     let a = login_from(&s, "198.51.100.7", "dee@example.com", "dee-password").await;
-    assert_eq!((a.status, code(&a.body)), (503, "busy"), "{}", a.body);
+    assert_eq!((a.status, code(&a.body)), (503, "overloaded"), "{}", a.body);
     assert_eq!(a.retry_after, Some(1));
     assert_eq!(a.body["error"]["retryAfter"], 1);
     drop(held);

@@ -696,3 +696,46 @@ async fn a_call_rings_before_anything_is_written_and_its_rows_land_complete_and_
     assert_eq!(delayed["inOrder"], true, "{delayed}");
     assert_eq!(delayed["endedBy"], json!(a), "{delayed}");
 }
+
+#[actix_web::test]
+async fn a_call_read_over_rest_before_its_record_lands_is_answered_from_the_live_call() {
+    let Pair { s, a, b } = pair(|_| {}).await;
+    let mut ca = connect(&s, a).await;
+    let mut cb = connect(&s, b).await;
+    // Reads go through, writes to the call tables wait: the call rings, its record cannot land.
+    let mut lock = s.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut lock,
+        "BEGIN; LOCK TABLE calls, call_participants IN EXCLUSIVE MODE",
+    )
+    .unwrap();
+    let ack = ca
+        .request(
+            "call:initiate",
+            json!({"to": b.to_string(), "callType": "video"}),
+        )
+        .await
+        .unwrap();
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    cb.expect_event("call:incoming").await;
+    let written: i64 = calls::table
+        .find(&id)
+        .count()
+        .get_result(&mut lock)
+        .unwrap();
+    assert_eq!(written, 0, "the record cannot have landed yet");
+    for (user, token) in [(a, s.token_for(a)), (b, s.token_for(b))] {
+        let (status, body) = s.get(&format!("/api/calls/{id}"), Some(&token)).await;
+        assert_eq!(status, 200, "user {user}: {body}");
+        assert_eq!(body["call"]["callId"], id.as_str(), "{body}");
+        assert_eq!(body["call"]["status"], "ringing", "{body}");
+    }
+    // A stranger is still refused.
+    let c = s.create_user("Carol", "carol@example.com", None, &[]);
+    let (status, _) = s
+        .get(&format!("/api/calls/{id}"), Some(&s.token_for(c)))
+        .await;
+    assert_eq!(status, 403);
+    diesel::connection::SimpleConnection::batch_execute(&mut lock, "COMMIT").unwrap();
+    settled(&s, &id, "ringing").await;
+}

@@ -134,7 +134,7 @@ mod tests {
         let second = actix_web::rt::spawn(waiting.run(|| Ok(2)));
 
         let refused = hasher.reserve().unwrap_err();
-        assert_eq!(refused.code(), "busy");
+        assert_eq!(refused.code(), "overloaded");
         assert_eq!(refused.status().as_u16(), 503);
         assert!(matches!(
             refused,

@@ -121,6 +121,10 @@ pub struct BenchArgs {
     /// (`settled`; memory per connection is reported both ways) and starting the run.
     #[arg(long, default_value_t = 0.0)]
     pub settle: f64,
+    /// Seconds to wait after every client socket closed before sampling the server's RSS once
+    /// more (`after_close`: is the memory of closed connections given back?); 0: not sampled.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub after_close: f64,
     /// Every this many seconds of the send window, print one line (acks, ack p50/p99, server
     /// RSS, unanswered sends) on stderr and keep it in the report's `intervals`; 0: off.
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
@@ -460,6 +464,10 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
             .join()
             .map_err(|_| "a client thread panicked".to_owned())??;
         stats.merge(&part)?;
+    }
+    if args.after_close > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(args.after_close));
+        rss.after_close_kib = rss_of();
     }
 
     let acks = c.acks.load(Ordering::Relaxed);

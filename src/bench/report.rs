@@ -58,7 +58,7 @@ impl Latency {
     }
 }
 
-/// Server resident memory (VmRSS, KiB) at three moments.
+/// Server resident memory (VmRSS, KiB) at several moments.
 #[derive(Debug, Default, Serialize)]
 pub struct Rss {
     /// Before any socket connected.
@@ -69,6 +69,8 @@ pub struct Rss {
     pub settled_kib: Option<u64>,
     /// At the end of the send window.
     pub end_kib: Option<u64>,
+    /// `--after-close` seconds after every client socket closed.
+    pub after_close_kib: Option<u64>,
 }
 
 /// One `--report-every` interval of the send window.
@@ -375,7 +377,7 @@ impl Report {
             (
                 "server RSS",
                 format!(
-                    "before {}, after connect {}, {}end {}",
+                    "before {}, after connect {}, {}end {}{}",
                     mib(self.rss.before_kib),
                     mib(self.rss.after_connect_kib),
                     if self.settle_secs > 0.0 {
@@ -384,6 +386,10 @@ impl Report {
                         String::new()
                     },
                     mib(self.rss.end_kib),
+                    match self.rss.after_close_kib {
+                        Some(_) => format!(", after close {}", mib(self.rss.after_close_kib)),
+                        None => String::new(),
+                    },
                 ),
             ),
             (

@@ -172,11 +172,18 @@ async fn get_call(
     path: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     let id = path.into_inner();
-    let (call, parties) = state
-        .db
-        .run(move |conn| calls::get(conn, &id))
-        .await?
-        .ok_or_else(|| AppError::NotFound("call not found".into()))?;
+    let live = state.engine.calls.get(id.as_str());
+    let stored = state.db.run(move |conn| calls::get(conn, &id)).await?;
+    // A call rings before its record is written: a read right after `call:initiate` is
+    // answered from the live call.
+    let (call, parties) = match (stored, live) {
+        (Some(found), _) => found,
+        (None, Some(addr)) => addr
+            .send(crate::realtime::call::actor::CurrentRecord)
+            .await
+            .map_err(|_| AppError::NotFound("call not found".into()))?,
+        (None, None) => return Err(AppError::NotFound("call not found".into())),
+    };
     if !identity.is_admin() && !parties.iter().any(|p| p.user_id == identity.user_id()) {
         return Err(AppError::Forbidden("not a party of this call".into()));
     }

@@ -1227,7 +1227,7 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflicts with the current state",
         413 => "Body or content too large",
         429 => "Rate limited (see retryAfter)",
-        503 => "A dependency (the database) is unavailable, or the server is busy (see retryAfter)",
+        503 => "A dependency (the database) is unavailable, or the server is overloaded (see retryAfter)",
         _ => "Error",
     }
 }

@@ -433,6 +433,20 @@ impl Actor for CallActor {
     }
 }
 
+/// The call's record as it stands in memory (what the next write will store): REST reads of a
+/// call whose first write has not landed yet (calls ring before anything is written).
+#[derive(Message, Debug)]
+#[rtype(result = "(CallRow, Vec<ParticipantRow>)")]
+pub struct CurrentRecord;
+
+impl Handler<CurrentRecord> for CallActor {
+    type Result = MessageResult<CurrentRecord>;
+
+    fn handle(&mut self, _: CurrentRecord, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
 impl Handler<CallInput> for CallActor {
     type Result = AppResult<()>;
     fn handle(&mut self, msg: CallInput, ctx: &mut Context<Self>) -> AppResult<()> {
