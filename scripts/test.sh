@@ -214,6 +214,7 @@ step_ops() {
     ops_check_install
     section "ops: nginx -t"
     ops_check_nginx
+    ops_check_nginx_apps
     section "ops: serve under the unit's settings, behind nginx"
     ops_check_serve
     section "ops: coturn"

@@ -4,6 +4,7 @@
 //! can act on.
 
 use crate::policy::{ContactPolicy, ContactRules};
+use crate::realtime::dialect::Dialect;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -125,6 +126,10 @@ pub struct Config {
     pub dev_mode: bool,
     /// `BIND` — listen address of the HTTP/WebSocket server. Default `127.0.0.1:8080`.
     pub bind: String,
+    /// `LISTEN` — several listen addresses, comma-separated, each optionally with the dialect
+    /// its connections speak when they name none: `0.0.0.0:449=worldmates,0.0.0.0:3001=aist`.
+    /// Every listener serves the whole API. When set, it replaces `BIND`. Default empty.
+    pub listen: List,
     /// `HTTP_WORKERS` — threads accepting and serving HTTP and WebSocket connections; 0 means
     /// one per CPU core. Default 0.
     pub http_workers: usize,
@@ -317,6 +322,7 @@ impl Default for Config {
             jwt_secret: Secret::default(),
             dev_mode: false,
             bind: "127.0.0.1:8080".to_owned(),
+            listen: List::default(),
             http_workers: 0,
             max_connections: 200_000,
             listen_backlog: 4096,
@@ -548,6 +554,7 @@ impl Config {
         parse(src, "JWT_SECRET", &mut self.jwt_secret)?;
         parse_bool(src, "SWITCHBOARD_DEV", &mut self.dev_mode)?;
         parse(src, "BIND", &mut self.bind)?;
+        parse(src, "LISTEN", &mut self.listen)?;
         parse(src, "HTTP_WORKERS", &mut self.http_workers)?;
         parse(src, "MAX_CONNECTIONS", &mut self.max_connections)?;
         parse(src, "LISTEN_BACKLOG", &mut self.listen_backlog)?;
@@ -689,6 +696,47 @@ impl Config {
         }
     }
 
+    /// The listen addresses with the dialect each listener's connections default to: the
+    /// `LISTEN` entries, or `BIND` with `DEFAULT_DIALECT` when `LISTEN` is empty.
+    pub fn listeners(&self) -> Result<Vec<(String, &'static Dialect)>, ConfigError> {
+        let default = Dialect::find(&self.default_dialect).ok_or_else(|| {
+            ConfigError::Rejected(format!(
+                "DEFAULT_DIALECT `{}` is not a known dialect",
+                self.default_dialect
+            ))
+        })?;
+        if self.listen.0.is_empty() {
+            return Ok(vec![(self.bind.clone(), default)]);
+        }
+        let mut out: Vec<(String, &'static Dialect)> = Vec::new();
+        for entry in &self.listen.0 {
+            let (addr, dialect) = match entry.rsplit_once('=') {
+                Some((addr, name)) => {
+                    let dialect = Dialect::find(name.trim()).ok_or_else(|| {
+                        ConfigError::Rejected(format!(
+                            "LISTEN entry `{entry}` names an unknown dialect `{}`",
+                            name.trim()
+                        ))
+                    })?;
+                    (addr.trim(), dialect)
+                }
+                None => (entry.as_str(), default),
+            };
+            if addr.is_empty() || !addr.contains(':') {
+                return Err(ConfigError::Rejected(format!(
+                    "LISTEN entry `{entry}` needs an address with a port, e.g. 0.0.0.0:449=worldmates"
+                )));
+            }
+            if out.iter().any(|(a, _)| a == addr) {
+                return Err(ConfigError::Rejected(format!(
+                    "LISTEN names `{addr}` twice"
+                )));
+            }
+            out.push((addr.to_owned(), dialect));
+        }
+        Ok(out)
+    }
+
     /// Each worker's share of `MAX_CONNECTIONS` (rounded up, so the workers together allow at
     /// least `MAX_CONNECTIONS`).
     pub fn max_connections_per_worker(&self) -> usize {
@@ -813,12 +861,7 @@ impl Config {
                 "FRAME_RATE_PER_SEC and MESSAGE_RATE_PER_MIN must be at least 1".into(),
             ));
         }
-        if crate::realtime::dialect::Dialect::find(&self.default_dialect).is_none() {
-            return Err(ConfigError::Rejected(format!(
-                "DEFAULT_DIALECT `{}` is not a known dialect",
-                self.default_dialect
-            )));
-        }
+        self.listeners()?;
         if let Some(bad) = self.contact_link_contexts.0.iter().find(|c| {
             !["consultation", "service_request", "support", "general"].contains(&c.as_str())
         }) {

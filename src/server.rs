@@ -41,15 +41,31 @@ pub async fn migrate(state: &AppState) -> AppResult<Vec<String>> {
 /// bound and migrations ran, `STOPPING=1` when a stop signal arrives, and pings the watchdog
 /// (`WatchdogSec=`) from the moment the database handle exists; see [`watchdog`].
 pub async fn serve(config: Config) -> AppResult<()> {
-    let listener = TcpListener::bind(&config.bind)
-        .map_err(|e| AppError::internal(format!("cannot bind {}: {e}", config.bind)))?;
+    let mut listeners = Vec::new();
+    for (addr, dialect) in config.listeners().map_err(AppError::internal)? {
+        let listener = TcpListener::bind(&addr)
+            .map_err(|e| AppError::internal(format!("cannot bind {addr}: {e}")))?;
+        tracing::info!(%addr, dialect = dialect.name, "listener");
+        listeners.push((listener, dialect));
+    }
+    let serving = listeners
+        .iter()
+        .filter_map(|(l, _)| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let state = AppState::new(config);
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(notifier) = &notifier {
         let period = notify::watchdog_period(&|key| std::env::var(key).ok(), std::process::id());
         if let Some(period) = period {
             tracing::info!(period_ms = period.as_millis(), "systemd watchdog enabled");
-            actix_web::rt::spawn(watchdog(Arc::clone(notifier), state.clone(), period));
+            actix_web::rt::spawn(watchdog(
+                Arc::clone(notifier),
+                state.clone(),
+                period,
+                serving.clone(),
+            ));
         }
         notifier.notify(&[State::Status("applying migrations".into())]);
     }
@@ -63,12 +79,12 @@ pub async fn serve(config: Config) -> AppResult<()> {
             "calls left open by the previous process marked failed"
         );
     }
-    let server = build(state.clone(), listener, false)?;
+    let (state, server) = build(state, listeners, false)?;
     let handle = server.handle();
     let mut server = actix_web::rt::spawn(server);
-    tracing::info!(addr = %state.config.bind, "listening");
+    tracing::info!(addr = %serving, "listening");
     if let Some(notifier) = &notifier {
-        notifier.ready(&format!("serving on {}", state.config.bind));
+        notifier.ready(&format!("serving on {serving}"));
     }
     tokio::select! {
         result = &mut server => {
@@ -139,7 +155,7 @@ async fn stop_signal() -> &'static str {
 /// the pool reconnects by itself once the database answers again. So each round also runs
 /// `SELECT 1` (bounded by half a period) only to log changes of the database's reachability and
 /// to show it in `systemctl status`.
-async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
+async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration, serving: String) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut db_up = true;
@@ -154,10 +170,10 @@ async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
             db_up = up;
             let status = if up {
                 tracing::info!("watchdog: database reachable again");
-                format!("serving on {}", state.config.bind)
+                format!("serving on {serving}")
             } else {
                 tracing::warn!("watchdog: database unreachable; still serving");
-                format!("serving on {}; database unreachable", state.config.bind)
+                format!("serving on {serving}; database unreachable")
             };
             notifier.notify(&[State::Status(status)]);
         }
@@ -167,9 +183,27 @@ async fn watchdog(notifier: Arc<Notifier>, state: AppState, period: Duration) {
 /// Starts the server on an already-bound listener inside the current actix system and returns
 /// at once (tests). Migrations must have run.
 pub fn start(config: Config, listener: TcpListener) -> AppResult<Running> {
-    let addr = listener.local_addr().map_err(AppError::internal)?;
-    let state = AppState::new(config);
-    let server = build(state.clone(), listener, false)?;
+    let dialect = config
+        .listeners()
+        .map_err(AppError::internal)?
+        .first()
+        .map_or(&crate::realtime::dialect::CANONICAL, |(_, d)| *d);
+    start_listeners(config, vec![(listener, dialect)])
+}
+
+/// Like [`start`], on several listeners, each with the dialect its connections default to;
+/// `addr` is the first one's.
+pub fn start_listeners(
+    config: Config,
+    listeners: Vec<(TcpListener, &'static crate::realtime::dialect::Dialect)>,
+) -> AppResult<Running> {
+    let addr = listeners
+        .first()
+        .ok_or_else(|| AppError::internal("no listener"))?
+        .0
+        .local_addr()
+        .map_err(AppError::internal)?;
+    let (state, server) = build(AppState::new(config), listeners, false)?;
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(Running {
@@ -181,9 +215,14 @@ pub fn start(config: Config, listener: TcpListener) -> AppResult<Running> {
 
 fn build(
     state: AppState,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, &'static crate::realtime::dialect::Dialect)>,
     signals: bool,
-) -> AppResult<actix_web::dev::Server> {
+) -> AppResult<(AppState, actix_web::dev::Server)> {
+    let mut bound = Vec::with_capacity(listeners.len());
+    for (listener, dialect) in &listeners {
+        bound.push((listener.local_addr().map_err(AppError::internal)?, *dialect));
+    }
+    let state = state.with_listeners(bound);
     let data = web::Data::new(state.clone());
     let config = state.config.clone();
     let max_json = config.max_json_body_bytes;
@@ -193,9 +232,11 @@ fn build(
     // The listener arrives bound and listening (std's backlog); listening again on Linux only
     // resizes its queue to LISTEN_BACKLOG.
     let backlog = i32::try_from(config.listen_backlog).unwrap_or(i32::MAX);
-    socket2::SockRef::from(&listener)
-        .listen(backlog)
-        .map_err(|e| AppError::internal(format!("cannot set the listen backlog: {e}")))?;
+    for (listener, _) in &listeners {
+        socket2::SockRef::from(listener)
+            .listen(backlog)
+            .map_err(|e| AppError::internal(format!("cannot set the listen backlog: {e}")))?;
+    }
     tracing::info!(
         workers,
         max_connections_per_worker = per_worker,
@@ -218,13 +259,14 @@ fn build(
     .tcp_nodelay(true)
     // Records each connection's descriptor, so a realtime socket whose peer stopped reading can
     // be aborted after its close grace.
-    .on_connect(crate::realtime::conn::on_connect)
-    .listen(listener)
-    .map_err(AppError::internal)?;
+    .on_connect(crate::realtime::conn::on_connect);
+    for (listener, _) in listeners {
+        server = server.listen(listener).map_err(AppError::internal)?;
+    }
     if !signals {
         server = server.disable_signals();
     }
-    Ok(server.run())
+    Ok((state, server.run()))
 }
 
 /// CORS from `ALLOWED_ORIGINS`: exact origins only (`*` only in dev mode).

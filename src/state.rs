@@ -3,7 +3,9 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::Db;
+use crate::realtime::dialect::Dialect;
 use crate::realtime::Engine;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +24,8 @@ pub struct AppState {
     pub socketio: Arc<crate::realtime::socketio::engine::EioServer>,
     /// Process start, for uptime.
     pub started: Instant,
+    /// The dialect each listener's connections speak when they name none, by listen address.
+    pub listeners: Arc<Vec<(SocketAddr, &'static Dialect)>>,
 }
 
 impl AppState {
@@ -41,6 +45,26 @@ impl AppState {
             engine,
             socketio,
             started: Instant::now(),
+            listeners: Arc::default(),
         }
+    }
+
+    /// Records which dialect each bound listener defaults to.
+    #[must_use]
+    pub fn with_listeners(mut self, listeners: Vec<(SocketAddr, &'static Dialect)>) -> Self {
+        self.listeners = Arc::new(listeners);
+        self
+    }
+
+    /// The dialect of connections arriving on the listener `req` came through when they name
+    /// none: that listener's (`LISTEN`), else `DEFAULT_DIALECT`.
+    pub fn default_dialect(&self, req: &actix_web::HttpRequest) -> &'static Dialect {
+        let local = req.app_config().local_addr();
+        self.listeners
+            .iter()
+            .find(|(addr, _)| *addr == local)
+            .map(|(_, d)| *d)
+            .or_else(|| Dialect::find(&self.config.default_dialect))
+            .unwrap_or(&crate::realtime::dialect::CANONICAL)
     }
 }

@@ -240,6 +240,24 @@ ops_check_nginx() {
     fi
 }
 
+# ops_check_nginx_apps: nginx -t on the per-app example (scripts/nginx/switchboard-apps.conf),
+# each app's domain routed to its dialect's listener. Needs ops_check_nginx's certificate.
+ops_check_nginx_apps() {
+    local dir="$OPS_TMP/nginx-apps" out rc=0
+    mkdir -p "$dir"
+    sed -e "s|/etc/ssl/switchboard/fullchain.pem|$OPS_TMP/nginx/fullchain.pem|" \
+        -e "s|/etc/ssl/switchboard/privkey.pem|$OPS_TMP/nginx/privkey.pem|" \
+        "$REPO/scripts/nginx/switchboard-apps.conf" >"$dir/apps.conf"
+    ops__nginx_conf "$dir" "$dir/apps.conf"
+    echo "\$ nginx -t -c $dir/nginx.conf   (scripts/nginx/switchboard-apps.conf)"
+    out="$(ops__nginx "$dir" -t 2>&1)" || rc=$?
+    printf '%s\n' "$out"
+    if [ "$rc" -ne 0 ] || grep -qE '\[(warn|emerg|alert|crit|error)\]' <<<"$out"; then
+        ops__fail "nginx -t rejected scripts/nginx/switchboard-apps.conf"
+        return 1
+    fi
+}
+
 # ops__syscalls GROUP: the system calls in a seccomp group, nested groups expanded.
 ops__syscalls() {
     local item

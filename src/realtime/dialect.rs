@@ -634,13 +634,12 @@ impl Dialect {
         }
     }
 
-    /// The dialect a connection asked for, or `DEFAULT_DIALECT` when it named none.
+    /// The dialect a connection asked for, or its listener's (see `LISTEN`) when it named none.
     pub fn for_connection(
         requested: Option<&str>,
-        config: &crate::config::Config,
+        listener_default: &'static Dialect,
     ) -> AppResult<&'static Dialect> {
-        let default = Self::find(&config.default_dialect).unwrap_or(&CANONICAL);
-        Self::choose(requested, default)
+        Self::choose(requested, listener_default)
     }
 
     /// The dialect's position in [`ALL`] (its slot in an event's translation cache).

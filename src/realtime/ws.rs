@@ -101,12 +101,12 @@ fn token_of(req: &HttpRequest) -> Option<String> {
     query_param(req, "token").or_else(|| crate::http::bearer_token(req).map(str::to_owned))
 }
 
-/// The dialect a request names with `?dialect=`, or the configured default.
-pub fn dialect_of(
-    req: &HttpRequest,
-    config: &crate::config::Config,
-) -> Result<&'static Dialect, AppError> {
-    Dialect::for_connection(query_param(req, "dialect").as_deref(), config)
+/// The dialect a request names with `?dialect=`, or its listener's default.
+pub fn dialect_of(req: &HttpRequest, state: &AppState) -> Result<&'static Dialect, AppError> {
+    Dialect::for_connection(
+        query_param(req, "dialect").as_deref(),
+        state.default_dialect(req),
+    )
 }
 
 /// `GET /ws`: upgrade, authenticate, start the session.
@@ -117,7 +117,7 @@ pub async fn route(
 ) -> Result<HttpResponse, actix_web::Error> {
     // An unknown dialect is refused before the upgrade, with a JSON error; so is an upgrade over
     // the connection ceiling (503, at once).
-    let dialect = dialect_of(&req, &state.config)?;
+    let dialect = dialect_of(&req, &state)?;
     let admission = match state.engine.ceiling.admit() {
         Ok(a) => a,
         Err(refusal) => return Ok(refusal.response()),

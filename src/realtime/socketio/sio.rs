@@ -54,6 +54,8 @@ struct Conn {
     handshake_token: Option<String>,
     /// `?dialect=` of the handshake request.
     handshake_dialect: Option<String>,
+    /// The dialect of the listener the handshake came through (`LISTEN`), when known.
+    listener_dialect: Option<&'static Dialect>,
     /// Connected namespaces.
     namespaces: HashMap<String, Ns>,
     /// A binary packet waiting for its attachments.
@@ -246,17 +248,25 @@ impl SioHandler {
             }
             SioApp::Production(prod) => {
                 let (checker, engine) = (&prod.auth, &prod.engine);
-                let (handshake_token, handshake_dialect) = self
+                let (handshake_token, handshake_dialect, listener_dialect) = self
                     .with_conn(&socket.sid, |c| {
-                        (c.handshake_token.clone(), c.handshake_dialect.clone())
+                        (
+                            c.handshake_token.clone(),
+                            c.handshake_dialect.clone(),
+                            c.listener_dialect,
+                        )
                     })
                     .unwrap_or_default();
+                let listener_dialect = listener_dialect
+                    .or_else(|| Dialect::find(&engine.config.default_dialect))
+                    .unwrap_or(&crate::realtime::dialect::CANONICAL);
                 let requested = auth
                     .get("dialect")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .or(handshake_dialect);
-                let dialect = match Dialect::for_connection(requested.as_deref(), &engine.config) {
+                let dialect = match Dialect::for_connection(requested.as_deref(), listener_dialect)
+                {
                     Ok(d) => d,
                     Err(e) => {
                         let refusal = packet(
@@ -719,6 +729,9 @@ impl EioHandler for SioHandler {
                 Conn {
                     handshake_token: token,
                     handshake_dialect: query.and_then(|q| q.get("dialect").cloned()),
+                    listener_dialect: req
+                        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+                        .map(|state| state.default_dialect(req)),
                     ..Conn::default()
                 },
             );
