@@ -156,7 +156,7 @@ struct NewMessage<'a> {
 pub struct Written {
     /// The stored message.
     pub message: Message,
-    /// False when the draft was a retry of an earlier message (no new row; no fan-out).
+    /// False when the draft was a retry of an earlier message (no new row).
     pub fresh: bool,
 }
 

@@ -1,6 +1,13 @@
 //! One actor per active conversation: checks membership, validates and queues sends for the
 //! group-commit writer, fans committed messages out in seq order, keeps typing state (which
 //! expires by itself), and relays receipts, edits and deletes. It stops when idle.
+//!
+//! Fan-out follows a high-water mark rather than whether a row was new to the batch that
+//! returned it: the actor starts at the conversation's `last_seq` and fans out every committed
+//! row above the mark, in seq order, then raises the mark. A batch whose COMMIT went through but
+//! whose reply was lost comes back from the writer's retry as stored rows (`fresh: false`); they
+//! are still above the mark, so the members get them once. A client's later resend of a message
+//! already fanned out finds it below the mark and is only acknowledged.
 
 use super::protocol::ServerEvent;
 use super::writer::WriteRequest;
@@ -136,6 +143,10 @@ pub struct ConversationActor {
     typing: HashMap<i64, (u64, Instant)>,
     typing_token: u64,
     pending: usize,
+    /// Highest seq fanned out (or committed before this actor started).
+    fanned_up_to: i64,
+    /// Whether `fanned_up_to` was loaded (only the first load sets it).
+    mark_loaded: bool,
     /// Receipts waiting for the batch being written (at most [`MAX_QUEUED_RECEIPTS`]).
     receipts: Vec<Receipt>,
     writing_receipts: bool,
@@ -161,6 +172,8 @@ impl ConversationActor {
             typing: HashMap::new(),
             typing_token: 0,
             pending: 0,
+            fanned_up_to: 0,
+            mark_loaded: false,
             receipts: Vec::new(),
             writing_receipts: false,
             last_activity: Instant::now(),
@@ -174,22 +187,31 @@ impl ConversationActor {
         ctx.wait(
             async move {
                 db.run(move |conn| {
-                    if convs::by_id(conn, id)?.is_none() {
+                    let Some(conv) = convs::by_id(conn, id)? else {
                         return Ok(None);
-                    }
-                    Ok(Some(convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>()))
+                    };
+                    let ids = convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>();
+                    Ok(Some((ids, conv.last_seq)))
                 })
                 .await
             }
             .into_actor(self)
             .map(|res, act, ctx| match res {
-                Ok(Some(ids)) => {
+                Ok(Some((ids, last_seq))) => {
                     act.members = Members { ids: ids.into() };
                     act.loaded = true;
+                    // Only the first load sets the mark: a reload (membership change) may run
+                    // while a batch of this actor is committing, and its rows are above the
+                    // mark until their fan-out.
+                    if !act.mark_loaded {
+                        act.fanned_up_to = last_seq;
+                        act.mark_loaded = true;
+                    }
                 }
                 Ok(None) => {
                     act.members = Members::default();
                     act.loaded = true;
+                    act.mark_loaded = true;
                 }
                 Err(e) => {
                     tracing::warn!(conversation = act.id, error = %e, "could not load members; retrying on next command");
@@ -318,20 +340,26 @@ impl Handler<Committed> for ConversationActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
         self.touch();
+        // Every committed row above the mark, lowest seq first; rows at or below it (resends
+        // of delivered messages, duplicates within the batch) were fanned out already.
+        let mut rows: Vec<(&Message, Option<u64>)> = msg
+            .0
+            .iter()
+            .filter_map(|(req, res)| res.as_ref().ok().map(|w| (&w.message, req.origin)))
+            .collect();
+        rows.sort_by_key(|(m, _)| m.seq);
+        for (m, origin) in rows {
+            if m.seq <= self.fanned_up_to {
+                continue;
+            }
+            let event =
+                ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq);
+            self.fan_out(Arc::clone(&self.members.ids), event, origin);
+            self.fanned_up_to = m.seq;
+        }
         for (req, result) in msg.0 {
             self.pending = self.pending.saturating_sub(1);
-            if let Ok(written) = &result {
-                if written.fresh {
-                    let m = &written.message;
-                    let event = ServerEvent::message(
-                        "message:new",
-                        json!(m.view()),
-                        m.conversation_id,
-                        m.seq,
-                    );
-                    self.fan_out(Arc::clone(&self.members.ids), event, req.origin);
-                }
-            }
+            // A sender that went away no longer waits for its ack.
             let _ = req.reply.send(result);
         }
     }

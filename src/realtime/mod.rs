@@ -19,8 +19,9 @@
 //!    lookup, seq reserved per conversation in one statement, one multi-row insert) on one of
 //!    `DB_POOL_SIZE` connections, then hands each conversation its rows in seq order (bounded
 //!    by what the shard admitted).
-//! 6. The conversation pushes `message:new`, encoded once, straight into each recipient
-//!    session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
+//! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
+//!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
+//!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
 //!    connection alone is cut off as a slow consumer), and answers the sender's task, which
 //!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY).
 
