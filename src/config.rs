@@ -263,6 +263,17 @@ pub struct Config {
     /// `TRUSTED_PROXIES` — comma-separated addresses or CIDR ranges of reverse proxies whose
     /// `X-Forwarded-For` names the client (device sessions, logs). Default `127.0.0.1,::1`.
     pub trusted_proxies: List,
+
+    /// `LAST_SEEN_FLUSH_MS` — how often the last-seen times of users whose last connection
+    /// closed are written (one UPDATE per flush). Default 1000.
+    pub last_seen_flush: Duration,
+    /// `LAST_SEEN_BATCH` — most users written by one last-seen UPDATE; this many waiting are
+    /// written at once, without waiting for the interval. Default 1000.
+    pub last_seen_batch: usize,
+    /// `LAST_SEEN_BUFFER` — most users whose last-seen time may wait for a write (while the
+    /// database is slow or down); past it further times are dropped and counted in
+    /// `switchboard_last_seen_dropped_total` until a write succeeds. Default 100000.
+    pub last_seen_buffer: usize,
 }
 
 impl Default for Config {
@@ -333,6 +344,10 @@ impl Default for Config {
             contact_cache_size: 100_000,
             metrics_token: Secret::default(),
             trusted_proxies: List(vec!["127.0.0.1".to_owned(), "::1".to_owned()]),
+
+            last_seen_flush: Duration::from_millis(1000),
+            last_seen_batch: 1000,
+            last_seen_buffer: 100_000,
         }
     }
 }
@@ -580,6 +595,10 @@ impl Config {
         parse(src, "CONTACT_CACHE_SIZE", &mut self.contact_cache_size)?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
+
+        parse_millis(src, "LAST_SEEN_FLUSH_MS", &mut self.last_seen_flush)?;
+        parse(src, "LAST_SEEN_BATCH", &mut self.last_seen_batch)?;
+        parse(src, "LAST_SEEN_BUFFER", &mut self.last_seen_buffer)?;
         Ok(())
     }
 
@@ -668,6 +687,8 @@ impl Config {
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
             ("MAX_CONNECTIONS", self.max_connections),
             ("CONTACT_CACHE_SIZE", self.contact_cache_size),
+            ("LAST_SEEN_BATCH", self.last_seen_batch),
+            ("LAST_SEEN_BUFFER", self.last_seen_buffer),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
@@ -719,6 +740,11 @@ impl Config {
         }
         if let Err(e) = crate::http::client_ip::parse_list(&self.trusted_proxies.0) {
             return Err(ConfigError::Rejected(format!("TRUSTED_PROXIES: {e}")));
+        }
+        if self.last_seen_flush.is_zero() {
+            return Err(ConfigError::Rejected(
+                "LAST_SEEN_FLUSH_MS must be at least 1".into(),
+            ));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(

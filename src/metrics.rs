@@ -143,6 +143,9 @@ pub struct Metrics {
     http_requests: AtomicU64,
     http_server_errors: AtomicU64,
     shutdown_calls_ended: AtomicU64,
+    last_seen_written: AtomicU64,
+    last_seen_failed: AtomicU64,
+    last_seen_dropped: AtomicU64,
 }
 
 /// Values that live elsewhere and are read at scrape time.
@@ -288,6 +291,28 @@ impl Metrics {
         if status == 429 {
             self.rate_limited(Limit::Http);
         }
+    }
+
+    /// Last-seen times of `users` users were written.
+    pub fn last_seen_written(&self, users: usize) {
+        self.last_seen_written
+            .fetch_add(users as u64, Ordering::Relaxed);
+    }
+
+    /// A last-seen write failed (its users wait for the next flush).
+    pub fn last_seen_failed(&self) {
+        self.last_seen_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Last-seen times of `users` users were dropped: the buffer was full.
+    pub fn last_seen_dropped(&self, users: usize) {
+        self.last_seen_dropped
+            .fetch_add(users as u64, Ordering::Relaxed);
+    }
+
+    /// Last-seen writes that failed so far.
+    pub fn last_seen_failures(&self) -> u64 {
+        self.last_seen_failed.load(Ordering::Relaxed)
     }
 
     /// The exposition text.
@@ -479,6 +504,25 @@ impl Metrics {
             "switchboard_http_server_errors_total",
             "HTTP requests answered with a 5xx status.",
             self.http_server_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_last_seen_written_total",
+            "Users whose last_seen_at was written after their last connection closed.",
+            self.last_seen_written.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_last_seen_write_failures_total",
+            "Last-seen writes (one UPDATE for a batch of users) that failed; their users are \
+             written by a later flush.",
+            self.last_seen_failed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_last_seen_dropped_total",
+            "Users whose last-seen time was dropped because LAST_SEEN_BUFFER users were waiting.",
+            self.last_seen_dropped.load(Ordering::Relaxed),
         );
         out
     }

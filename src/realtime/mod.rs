@@ -31,6 +31,7 @@ pub mod contact;
 pub mod conversation;
 pub mod dialect;
 pub mod directory;
+pub mod last_seen;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;
