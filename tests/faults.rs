@@ -22,45 +22,72 @@ const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 /// A statement only the message writer's transaction runs (it reserves seq numbers).
 const RESERVE_MARK: &[u8] = b"SET last_seq = c.last_seq";
 
+/// The writer's question whether a transaction committed.
+const STATUS_QUERY: &[u8] = b"txid_status(";
+
 /// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT reach
 /// the server, waits for the server's answer and then drops the connection instead of passing
-/// the answer on: the transaction is committed and the client never learns it.
+/// the answer on: the transaction is committed and the client never learns it. Armed for the
+/// status question too, it drops the connection that asks it, so the writer cannot learn the
+/// outcome and falls back to retrying the batch.
 struct LossyRelay {
     addr: SocketAddr,
     armed: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
+    status_armed: Arc<AtomicBool>,
+    status_cuts: Arc<AtomicUsize>,
 }
 
 impl LossyRelay {
     async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let armed = Arc::new(AtomicBool::new(false));
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (Arc::clone(&armed), Arc::clone(&cuts));
+        let relay = Self {
+            addr,
+            armed: Arc::default(),
+            cuts: Arc::default(),
+            status_armed: Arc::default(),
+            status_cuts: Arc::default(),
+        };
+        let trips = Trips {
+            armed: Arc::clone(&relay.armed),
+            cuts: Arc::clone(&relay.cuts),
+            status_armed: Arc::clone(&relay.status_armed),
+            status_cuts: Arc::clone(&relay.status_cuts),
+        };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(pipe(client, upstream, Arc::clone(&a), Arc::clone(&c)));
+                tokio::spawn(pipe(client, upstream, trips.clone()));
             }
         });
-        Self { addr, armed, cuts }
+        relay
     }
 
+    /// Loses the answer to the next message batch's COMMIT.
     fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
     }
+
+    /// Also cuts the connection that next asks whether a transaction committed.
+    fn arm_status(&self) {
+        self.status_armed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The relay's switches and counters, shared by every connection.
+#[derive(Clone)]
+struct Trips {
+    armed: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+    status_armed: Arc<AtomicBool>,
+    status_cuts: Arc<AtomicUsize>,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn pipe(
-    mut client: TcpStream,
-    upstream: SocketAddr,
-    armed: Arc<AtomicBool>,
-    cuts: Arc<AtomicUsize>,
-) {
+async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -77,16 +104,20 @@ async fn pipe(
                     Ok(n) => n,
                 };
                 let chunk = &up[..n];
+                if contains(chunk, STATUS_QUERY) && trips.status_armed.swap(false, Ordering::SeqCst) {
+                    trips.status_cuts.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 message_batch |= contains(chunk, RESERVE_MARK);
                 let commit = contains(chunk, COMMIT_QUERY);
                 if sw.write_all(chunk).await.is_err() {
                     return;
                 }
                 if commit {
-                    if message_batch && armed.swap(false, Ordering::SeqCst) {
+                    if message_batch && trips.armed.swap(false, Ordering::SeqCst) {
                         // The client waits for this answer; read it and drop both sides.
                         let _ = sr.read(&mut down).await;
-                        cuts.fetch_add(1, Ordering::SeqCst);
+                        trips.cuts.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     message_batch = false;
@@ -168,8 +199,11 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         .await
         .unwrap();
 
-    // The COMMIT of this batch reaches PostgreSQL; its answer never comes back.
+    // The COMMIT of this batch reaches PostgreSQL; its answer never comes back, and neither does
+    // the answer to whether it committed: the writer retries, and the retry finds the message
+    // stored under its client message id.
     relay.arm();
+    relay.arm_status();
     let lost = a
         .request("message:send", send("answer lost", "k2"))
         .await
@@ -180,8 +214,33 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         "the COMMIT answer was cut"
     );
     assert_eq!(
+        relay.status_cuts.load(Ordering::SeqCst),
+        1,
+        "the status answer was cut"
+    );
+    assert_eq!(
         lost["seq"].as_i64().unwrap(),
         first["seq"].as_i64().unwrap() + 1
+    );
+
+    // Without a client message id a retry could not find the message: the writer learns from
+    // the transaction's status that it committed.
+    relay.arm();
+    let unkeyed = a
+        .request(
+            "message:send",
+            json!({"conversationId": conv, "content": "no key"}),
+        )
+        .await
+        .expect("the committed batch is acknowledged");
+    assert_eq!(
+        relay.cuts.load(Ordering::SeqCst),
+        2,
+        "the second COMMIT answer was cut"
+    );
+    assert_eq!(
+        unkeyed["seq"].as_i64().unwrap(),
+        lost["seq"].as_i64().unwrap() + 1
     );
 
     let third = a
@@ -197,7 +256,7 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
     assert_eq!(resent["seq"], lost["seq"]);
     let last = a.request("message:send", send("last", "k4")).await.unwrap();
 
-    let expected: Vec<i64> = [&first, &lost, &third, &last]
+    let expected: Vec<i64> = [&first, &lost, &unkeyed, &third, &last]
         .iter()
         .map(|m| m["seq"].as_i64().unwrap())
         .collect();
