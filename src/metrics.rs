@@ -637,6 +637,22 @@ mod tests {
     }
 
     #[test]
+    fn last_seen_counters_are_exported() {
+        let m = Metrics::new();
+        m.last_seen_written(500);
+        m.last_seen_failed();
+        m.last_seen_dropped(3);
+        let text = m.render(&Snapshot::default());
+        assert_eq!(value(&text, "switchboard_last_seen_written_total"), 500.0);
+        assert_eq!(
+            value(&text, "switchboard_last_seen_write_failures_total"),
+            1.0
+        );
+        assert_eq!(value(&text, "switchboard_last_seen_dropped_total"), 3.0);
+        assert_eq!(m.last_seen_failures(), 1);
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

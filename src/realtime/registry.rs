@@ -197,6 +197,8 @@ pub struct Registry {
     seen_writes: LastSeenBuffer,
     /// A last-seen write is running (at most one at a time, so one pool connection).
     seen_flushing: bool,
+    /// Last-seen times dropped since the last warning.
+    seen_dropped: usize,
 }
 
 /// What the registry knows about a live call (for busy detection and glare).
@@ -233,6 +235,7 @@ impl Registry {
             user_call: HashMap::new(),
             seen_writes: LastSeenBuffer::new(crate::config::Config::default().last_seen_buffer),
             seen_flushing: false,
+            seen_dropped: 0,
         }
     }
 
@@ -318,10 +321,8 @@ impl Registry {
             if let Some(engine) = &self.engine {
                 engine.metrics.last_seen_dropped(1);
             }
-            tracing::warn!(
-                user,
-                "last-seen buffer full (LAST_SEEN_BUFFER); time dropped"
-            );
+            // Logged once per flush interval, not once per user of a burst.
+            self.seen_dropped += 1;
         }
         let batch = self
             .engine
@@ -339,6 +340,13 @@ impl Registry {
         let Some(engine) = self.engine.clone() else {
             return;
         };
+        if self.seen_dropped > 0 {
+            tracing::warn!(
+                dropped = self.seen_dropped,
+                "last-seen buffer full (LAST_SEEN_BUFFER); times dropped"
+            );
+            self.seen_dropped = 0;
+        }
         if self.seen_flushing || self.seen_writes.is_empty() {
             return;
         }
