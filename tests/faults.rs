@@ -11,10 +11,11 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 
 /// The simple-protocol `COMMIT` query as it travels to PostgreSQL: `Q`, length 11, text, NUL.
 const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
@@ -32,55 +33,69 @@ const STATUS_QUERY: &[u8] = b"txid_status(";
 /// outcome and falls back to retrying the batch.
 struct LossyRelay {
     addr: SocketAddr,
+    trips: Trips,
+}
+
+/// The relay's switches and counters, shared by every connection.
+#[derive(Clone, Default)]
+struct Trips {
     armed: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
     status_armed: Arc<AtomicBool>,
     status_cuts: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    pipes: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl LossyRelay {
     async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let relay = Self {
-            addr,
-            armed: Arc::default(),
-            cuts: Arc::default(),
-            status_armed: Arc::default(),
-            status_cuts: Arc::default(),
-        };
-        let trips = Trips {
-            armed: Arc::clone(&relay.armed),
-            cuts: Arc::clone(&relay.cuts),
-            status_armed: Arc::clone(&relay.status_armed),
-            status_cuts: Arc::clone(&relay.status_cuts),
-        };
+        let trips = Trips::default();
+        let shared = trips.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(pipe(client, upstream, trips.clone()));
+                if shared.down.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(pipe(client, upstream, shared.clone()));
+                shared.pipes.lock().unwrap().push(task.abort_handle());
             }
         });
-        relay
+        Self { addr, trips }
     }
 
     /// Loses the answer to the next message batch's COMMIT.
     fn arm(&self) {
-        self.armed.store(true, Ordering::SeqCst);
+        self.trips.armed.store(true, Ordering::SeqCst);
     }
 
     /// Also cuts the connection that next asks whether a transaction committed.
     fn arm_status(&self) {
-        self.status_armed.store(true, Ordering::SeqCst);
+        self.trips.status_armed.store(true, Ordering::SeqCst);
     }
-}
 
-/// The relay's switches and counters, shared by every connection.
-#[derive(Clone)]
-struct Trips {
-    armed: Arc<AtomicBool>,
-    cuts: Arc<AtomicUsize>,
-    status_armed: Arc<AtomicBool>,
-    status_cuts: Arc<AtomicUsize>,
+    /// PostgreSQL goes away: every connection is cut and new ones are refused.
+    fn cut_all(&self) {
+        self.trips.down.store(true, Ordering::SeqCst);
+        for pipe in self.trips.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// PostgreSQL is reachable again.
+    fn restore(&self) {
+        self.trips.down.store(false, Ordering::SeqCst);
+    }
+
+    fn cuts(&self) -> usize {
+        self.trips.cuts.load(Ordering::SeqCst)
+    }
+
+    fn status_cuts(&self) -> usize {
+        self.trips.status_cuts.load(Ordering::SeqCst)
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -208,16 +223,8 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         .request("message:send", send("answer lost", "k2"))
         .await
         .expect("the writer's retry finds the committed message and acks it");
-    assert_eq!(
-        relay.cuts.load(Ordering::SeqCst),
-        1,
-        "the COMMIT answer was cut"
-    );
-    assert_eq!(
-        relay.status_cuts.load(Ordering::SeqCst),
-        1,
-        "the status answer was cut"
-    );
+    assert_eq!(relay.cuts(), 1, "the COMMIT answer was cut");
+    assert_eq!(relay.status_cuts(), 1, "the status answer was cut");
     assert_eq!(
         lost["seq"].as_i64().unwrap(),
         first["seq"].as_i64().unwrap() + 1
@@ -233,11 +240,7 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         )
         .await
         .expect("the committed batch is acknowledged");
-    assert_eq!(
-        relay.cuts.load(Ordering::SeqCst),
-        2,
-        "the second COMMIT answer was cut"
-    );
+    assert_eq!(relay.cuts(), 2, "the second COMMIT answer was cut");
     assert_eq!(
         unkeyed["seq"].as_i64().unwrap(),
         lost["seq"].as_i64().unwrap() + 1
@@ -346,7 +349,7 @@ async fn sync_pages_are_gap_free_and_end_at_the_last_seq_they_report_while_other
                     moving += 1;
                 }
                 // Alternate between a long page from the start and a short one near the end.
-                after = if pages % 2 == 0 {
+                after = if pages.is_multiple_of(2) {
                     0
                 } else {
                     (last_seq - 5).max(0)
@@ -422,5 +425,74 @@ async fn last_seen_is_written_for_every_user_when_hundreds_of_sockets_close_at_o
         s.running.state.engine.metrics.last_seen_failures(),
         0,
         "no write failed"
+    );
+}
+
+#[actix_web::test]
+async fn last_seen_writes_that_fail_while_the_database_is_away_are_counted_and_retried() {
+    const USERS: usize = 20;
+    let db = TestDb::migrated();
+    let (upstream, user, dbname) = upstream_of(&db.url);
+    let relay = LossyRelay::start(upstream).await;
+    let relayed = format!("postgres://{user}@{}/{dbname}?sslmode=disable", relay.addr);
+    let s = TestServer::start_on(db, |c| {
+        c.database_url = switchboard::config::Secret::new(relayed);
+        c.db_acquire_timeout = Duration::from_millis(300);
+        c.last_seen_flush = Duration::from_millis(100);
+    })
+    .await;
+    let ids: Vec<i64> = (0..USERS)
+        .map(|i| {
+            s.create_user(
+                &format!("U{i}"),
+                &format!("away-{i}@example.com"),
+                None,
+                &[],
+            )
+        })
+        .collect();
+    let mut sockets = Vec::with_capacity(USERS);
+    for id in &ids {
+        let mut ws = WsClient::connect(&s, &s.token_for(*id)).await;
+        ws.request("ping", json!({})).await.unwrap();
+        sockets.push(ws);
+    }
+    let metrics = Arc::clone(&s.running.state.engine.metrics);
+
+    relay.cut_all();
+    drop(sockets);
+    let started = Instant::now();
+    while metrics.last_seen_failures() < 2 && started.elapsed() < Duration::from_secs(30) {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.last_seen_failures() >= 2,
+        "failed writes are counted, and tried again"
+    );
+    use switchboard::db::schema::users;
+    let mut conn = s.db.conn();
+    let written = |conn: &mut PgConnection| -> i64 {
+        users::table
+            .filter(users::id.eq_any(&ids))
+            .filter(users::last_seen_at.is_not_null())
+            .count()
+            .get_result(conn)
+            .unwrap()
+    };
+    assert_eq!(
+        written(&mut conn),
+        0,
+        "nothing reached the database while it was away"
+    );
+
+    relay.restore();
+    let started = Instant::now();
+    while written(&mut conn) < USERS as i64 && started.elapsed() < Duration::from_secs(30) {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        written(&mut conn),
+        USERS as i64,
+        "the buffered times are written once the database is back"
     );
 }
