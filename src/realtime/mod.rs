@@ -17,7 +17,8 @@
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
 //! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
 //!    lookup, seq reserved per conversation in one statement, one multi-row insert) on one of
-//!    `DB_POOL_SIZE` connections, then hands each conversation its rows in seq order (bounded
+//!    `DB_POOL_SIZE` connections (a COMMIT whose answer is lost is settled by the transaction's
+//!    status, then by one retry), then hands each conversation its rows in seq order (bounded
 //!    by what the shard admitted).
 //! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
 //!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
