@@ -397,7 +397,20 @@ async fn last_seen_is_written_for_every_user_when_hundreds_of_sockets_close_at_o
     assert_eq!(ids.len(), USERS);
     let mut sockets = Vec::with_capacity(USERS);
     for id in &ids {
-        let mut ws = WsClient::connect(&s, &s.token_for(*id)).await;
+        // The upgrade authenticates against the database; with a 100 ms wait for one of two
+        // connections a busy machine may refuse one now and then.
+        let path = format!("/ws?token={}", s.token_for(*id));
+        let mut attempts = 0;
+        let mut ws = loop {
+            match WsClient::try_connect(s.addr(), &path).await {
+                Ok(ws) => break ws,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    eprintln!("connect of user {id} refused ({e}); trying again");
+                }
+                Err(e) => panic!("user {id} cannot connect: {e}"),
+            }
+        };
         // A command round trip: the session is registered before it closes.
         ws.request("ping", json!({})).await.unwrap();
         sockets.push(ws);
