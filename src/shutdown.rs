@@ -62,7 +62,16 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     // 2. Calls end first, while their parties are still connected to hear about it.
     let calls = match tokio::time::timeout_at(deadline, engine.registry.send(LiveCalls)).await {
         Ok(Ok(calls)) => calls,
-        _ => Vec::new(),
+        Ok(Err(e)) => {
+            report.clean = false;
+            tracing::warn!(error = %e, "live calls unknown at shutdown; none ended");
+            Vec::new()
+        }
+        Err(_) => {
+            report.clean = false;
+            tracing::warn!("live calls unknown: shutdown deadline passed");
+            Vec::new()
+        }
     };
     report.calls_ended = calls.len();
     for (id, _) in &calls {
@@ -90,8 +99,14 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     .await
     {
         Ok(Ok(n)) => n,
-        _ => {
+        Ok(Err(e)) => {
             report.clean = false;
+            tracing::warn!(error = %e, "sockets not asked to close at shutdown");
+            0
+        }
+        Err(_) => {
+            report.clean = false;
+            tracing::warn!("sockets not asked to close: shutdown deadline passed");
             0
         }
     };
