@@ -7,7 +7,10 @@
 //! row above the mark, in seq order, then raises the mark. A batch whose COMMIT went through but
 //! whose reply was lost comes back from the writer's retry as stored rows (`fresh: false`); they
 //! are still above the mark, so the members get them once. A client's later resend of a message
-//! already fanned out finds it below the mark and is only acknowledged.
+//! already fanned out finds it below the mark and is only acknowledged. When a batch failed as a
+//! whole (its outcome unknown: it may have committed), the next batch that lands above the mark
+//! with a gap below it loads the rows in between and fans them out first, so live delivery
+//! stays gap-free.
 
 use super::protocol::ServerEvent;
 use super::writer::WriteRequest;
@@ -147,6 +150,10 @@ pub struct ConversationActor {
     fanned_up_to: i64,
     /// Whether `fanned_up_to` was loaded (only the first load sets it).
     mark_loaded: bool,
+    /// A batch failed as a whole since the last committed row: it may have committed anyway
+    /// (the answer to its COMMIT lost, and neither its status nor a retry could tell), so the
+    /// next batch looks for rows between the mark and its own and fans them out first.
+    unsettled: bool,
     /// Receipts waiting for the batch being written (at most [`MAX_QUEUED_RECEIPTS`]).
     receipts: Vec<Receipt>,
     writing_receipts: bool,
@@ -174,6 +181,7 @@ impl ConversationActor {
             pending: 0,
             fanned_up_to: 0,
             mark_loaded: false,
+            unsettled: false,
             receipts: Vec::new(),
             writing_receipts: false,
             last_activity: Instant::now(),
@@ -336,17 +344,82 @@ impl Handler<SystemMessage> for ConversationActor {
     }
 }
 
+/// Most rows a conversation loads to fan out what a failed batch may have committed (see
+/// [`ConversationActor`]'s `unsettled`); a longer gap is left to the clients' `sync`.
+pub const MAX_GAP_FILL: i64 = 1000;
+
 impl Handler<Committed> for ConversationActor {
     type Result = ();
-    fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         self.touch();
-        // Every committed row above the mark, lowest seq first; rows at or below it (resends
-        // of delivered messages, duplicates within the batch) were fanned out already.
-        let mut rows: Vec<(&Message, Option<u64>)> = msg
+        let lowest = msg
             .0
             .iter()
-            .filter_map(|(req, res)| res.as_ref().ok().map(|w| (&w.message, req.origin)))
-            .collect();
+            .filter_map(|(_, res)| res.as_ref().ok())
+            .map(|w| w.message.seq)
+            .filter(|seq| *seq > self.fanned_up_to)
+            .min();
+        let gap = lowest
+            .filter(|low| self.unsettled && *low > self.fanned_up_to + 1)
+            .map(|low| (self.fanned_up_to + 1, low - 1));
+        if lowest.is_some() {
+            self.unsettled = false;
+        }
+        // A batch that failed as a whole may still have committed (its outcome was unknown).
+        if msg.0.iter().any(|(_, res)| {
+            matches!(
+                res,
+                Err(AppError::Unavailable { .. } | AppError::Internal { .. })
+            )
+        }) {
+            self.unsettled = true;
+        }
+        match gap {
+            Some((from, to)) if to - from < MAX_GAP_FILL => {
+                // Rows between the mark and this batch were committed by a batch whose sender
+                // got an error: fan them out first. `wait` holds later batches until then.
+                let db = self.engine.db.clone();
+                let id = self.id;
+                ctx.wait(
+                    async move {
+                        db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
+                            .await
+                    }
+                    .into_actor(self)
+                    .map(move |res, act, _| {
+                        match res {
+                            Ok(rows) => act.fan_out_rows(rows.iter().filter(|m| m.seq <= to).map(|m| (m, None))),
+                            Err(e) => tracing::warn!(
+                                conversation = act.id,
+                                from,
+                                to,
+                                error = %e,
+                                "could not load messages of an unsettled batch; members catch up with sync"
+                            ),
+                        }
+                        act.finish_committed(msg);
+                    }),
+                );
+            }
+            Some((from, to)) => {
+                tracing::warn!(
+                    conversation = self.id,
+                    from,
+                    to,
+                    "gap too long to fill live; members catch up with sync"
+                );
+                self.finish_committed(msg);
+            }
+            None => self.finish_committed(msg),
+        }
+    }
+}
+
+impl ConversationActor {
+    /// Fans out every row above the mark, lowest seq first, and raises the mark; rows at or
+    /// below it (resends of delivered messages, duplicates within a batch) went out already.
+    fn fan_out_rows<'a>(&mut self, rows: impl Iterator<Item = (&'a Message, Option<u64>)>) {
+        let mut rows: Vec<(&Message, Option<u64>)> = rows.collect();
         rows.sort_by_key(|(m, _)| m.seq);
         for (m, origin) in rows {
             if m.seq <= self.fanned_up_to {
@@ -357,6 +430,15 @@ impl Handler<Committed> for ConversationActor {
             self.fan_out(Arc::clone(&self.members.ids), event, origin);
             self.fanned_up_to = m.seq;
         }
+    }
+
+    /// Fans out a committed batch and answers its senders.
+    fn finish_committed(&mut self, msg: Committed) {
+        self.fan_out_rows(
+            msg.0
+                .iter()
+                .filter_map(|(req, res)| res.as_ref().ok().map(|w| (&w.message, req.origin))),
+        );
         for (req, result) in msg.0 {
             self.pending = self.pending.saturating_sub(1);
             // A sender that went away no longer waits for its ack.
