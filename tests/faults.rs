@@ -28,9 +28,9 @@ const STATUS_QUERY: &[u8] = b"txid_status(";
 
 /// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT reach
 /// the server, waits for the server's answer and then drops the connection instead of passing
-/// the answer on: the transaction is committed and the client never learns it. Armed for the
-/// status question too, it drops the connection that asks it, so the writer cannot learn the
-/// outcome and falls back to retrying the batch.
+/// the answer on: the transaction is committed and the client never learns it. Patterns armed
+/// to follow it (the writer's status question, its retry) then each cut the next connection
+/// that sends them, so the writer cannot learn the outcome, or cannot retry either.
 struct LossyRelay {
     addr: SocketAddr,
     trips: Trips,
@@ -41,8 +41,9 @@ struct LossyRelay {
 struct Trips {
     armed: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
-    status_armed: Arc<AtomicBool>,
-    status_cuts: Arc<AtomicUsize>,
+    then_cut: Arc<Mutex<Vec<&'static [u8]>>>,
+    cutting: Arc<Mutex<Vec<&'static [u8]>>>,
+    pattern_cuts: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
     pipes: Arc<Mutex<Vec<AbortHandle>>>,
 }
@@ -71,9 +72,9 @@ impl LossyRelay {
         self.trips.armed.store(true, Ordering::SeqCst);
     }
 
-    /// Also cuts the connection that next asks whether a transaction committed.
-    fn arm_status(&self) {
-        self.trips.status_armed.store(true, Ordering::SeqCst);
+    /// After the COMMIT answer is lost, cuts the next connection that sends `pattern`.
+    fn then_cut(&self, pattern: &'static [u8]) {
+        self.trips.then_cut.lock().unwrap().push(pattern);
     }
 
     /// PostgreSQL goes away: every connection is cut and new ones are refused.
@@ -93,8 +94,8 @@ impl LossyRelay {
         self.trips.cuts.load(Ordering::SeqCst)
     }
 
-    fn status_cuts(&self) -> usize {
-        self.trips.status_cuts.load(Ordering::SeqCst)
+    fn pattern_cuts(&self) -> usize {
+        self.trips.pattern_cuts.load(Ordering::SeqCst)
     }
 }
 
@@ -119,8 +120,13 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
                     Ok(n) => n,
                 };
                 let chunk = &up[..n];
-                if contains(chunk, STATUS_QUERY) && trips.status_armed.swap(false, Ordering::SeqCst) {
-                    trips.status_cuts.fetch_add(1, Ordering::SeqCst);
+                let cut = {
+                    let mut active = trips.cutting.lock().unwrap();
+                    let hit = active.iter().position(|p| contains(chunk, p));
+                    hit.map(|i| active.remove(i)).is_some()
+                };
+                if cut {
+                    trips.pattern_cuts.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
                 message_batch |= contains(chunk, RESERVE_MARK);
@@ -132,6 +138,8 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
                     if message_batch && trips.armed.swap(false, Ordering::SeqCst) {
                         // The client waits for this answer; read it and drop both sides.
                         let _ = sr.read(&mut down).await;
+                        let next: Vec<&'static [u8]> = trips.then_cut.lock().unwrap().drain(..).collect();
+                        trips.cutting.lock().unwrap().extend(next);
                         trips.cuts.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
@@ -218,13 +226,13 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
     // the answer to whether it committed: the writer retries, and the retry finds the message
     // stored under its client message id.
     relay.arm();
-    relay.arm_status();
+    relay.then_cut(STATUS_QUERY);
     let lost = a
         .request("message:send", send("answer lost", "k2"))
         .await
         .expect("the writer's retry finds the committed message and acks it");
     assert_eq!(relay.cuts(), 1, "the COMMIT answer was cut");
-    assert_eq!(relay.status_cuts(), 1, "the status answer was cut");
+    assert_eq!(relay.pattern_cuts(), 1, "the status answer was cut");
     assert_eq!(
         lost["seq"].as_i64().unwrap(),
         first["seq"].as_i64().unwrap() + 1
@@ -285,6 +293,55 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         .load(&mut conn)
         .unwrap();
     assert_eq!(stored, expected, "each send stored once");
+}
+
+#[actix_web::test]
+async fn a_failed_batch_that_committed_after_all_reaches_members_before_the_next_message() {
+    let db = TestDb::migrated();
+    let (upstream, user, dbname) = upstream_of(&db.url);
+    let relay = LossyRelay::start(upstream).await;
+    let relayed = format!("postgres://{user}@{}/{dbname}?sslmode=disable", relay.addr);
+    let s = TestServer::start_on(db, |c| {
+        c.database_url = switchboard::config::Secret::new(relayed);
+    })
+    .await;
+    let alice = s.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = s.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = group(&s, alice, &[bob]);
+    let mut a = WsClient::connect(&s, &s.token_for(alice)).await;
+    let mut b = WsClient::connect(&s, &s.token_for(bob)).await;
+    let send = |content: &str| json!({"conversationId": conv, "content": content});
+    let first = a.request("message:send", send("first")).await.unwrap();
+
+    // The COMMIT goes through but its answer is lost, the status question is cut and so is the
+    // retry: the sender is told the send failed, yet the message is stored.
+    relay.arm();
+    relay.then_cut(STATUS_QUERY);
+    relay.then_cut(RESERVE_MARK);
+    let err = a
+        .request("message:send", send("stored after all"))
+        .await
+        .expect_err("the writer could not learn the outcome");
+    assert_eq!(err["code"], "unavailable", "{err}");
+    assert_eq!((relay.cuts(), relay.pattern_cuts()), (1, 2));
+    let stored_after_all = first["seq"].as_i64().unwrap() + 1;
+
+    let next = a.request("message:send", send("next")).await.unwrap();
+    assert_eq!(next["seq"].as_i64().unwrap(), stored_after_all + 1);
+    assert_eq!(
+        seqs_until(&mut b, &conv, next["seq"].as_i64().unwrap()).await,
+        vec![
+            first["seq"].as_i64().unwrap(),
+            stored_after_all,
+            next["seq"].as_i64().unwrap()
+        ],
+        "bob gets the stored message before the next one, each once"
+    );
+    // The sender learns that the send it was told failed is stored.
+    assert_eq!(
+        seqs_until(&mut a, &conv, stored_after_all).await,
+        vec![stored_after_all]
+    );
 }
 
 #[actix_web::test]
