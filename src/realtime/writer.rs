@@ -154,8 +154,12 @@ async fn committed_anyway(db: &Db, trace: &Mutex<BatchTrace>) -> Option<Vec<AppR
             );
             Some(results)
         }
-        Ok(status) => {
-            tracing::warn!(txid, ?status, "message batch did not commit");
+        Ok(TxStatus::Aborted) => {
+            tracing::warn!(txid, "message batch did not commit");
+            None
+        }
+        Ok(status @ (TxStatus::InProgress | TxStatus::Unknown)) => {
+            tracing::warn!(txid, ?status, "outcome of a message batch unknown");
             None
         }
         Err(e) => {
