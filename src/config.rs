@@ -311,6 +311,16 @@ pub struct Config {
     /// remember each; past it, entries that are not locked go first, least recently seen
     /// first. Default 100000.
     pub auth_limiter_entries: usize,
+    /// `LAST_SEEN_FLUSH_MS` — how often the last-seen times of users whose last connection
+    /// closed are written (one UPDATE per flush). Default 1000.
+    pub last_seen_flush: Duration,
+    /// `LAST_SEEN_BATCH` — most users written by one last-seen UPDATE; this many waiting are
+    /// written at once, without waiting for the interval. Default 1000.
+    pub last_seen_batch: usize,
+    /// `LAST_SEEN_BUFFER` — most users whose last-seen time may wait for a write (while the
+    /// database is slow or down); past it further times are dropped and counted in
+    /// `switchboard_last_seen_dropped_total` until a write succeeds. Default 100000.
+    pub last_seen_buffer: usize,
 }
 
 impl Default for Config {
@@ -395,6 +405,10 @@ impl Default for Config {
             otp_sends_per_address_per_hour: 10,
             otp_sends_per_minute: 300,
             auth_limiter_entries: 100_000,
+
+            last_seen_flush: Duration::from_millis(1000),
+            last_seen_batch: 1000,
+            last_seen_buffer: 100_000,
         }
     }
 }
@@ -684,6 +698,10 @@ impl Config {
         )?;
         parse(src, "OTP_SENDS_PER_MINUTE", &mut self.otp_sends_per_minute)?;
         parse(src, "AUTH_LIMITER_ENTRIES", &mut self.auth_limiter_entries)?;
+
+        parse_millis(src, "LAST_SEEN_FLUSH_MS", &mut self.last_seen_flush)?;
+        parse(src, "LAST_SEEN_BATCH", &mut self.last_seen_batch)?;
+        parse(src, "LAST_SEEN_BUFFER", &mut self.last_seen_buffer)?;
         Ok(())
     }
 
@@ -831,6 +849,8 @@ impl Config {
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
             ("MAX_CONNECTIONS", self.max_connections),
             ("CONTACT_CACHE_SIZE", self.contact_cache_size),
+            ("LAST_SEEN_BATCH", self.last_seen_batch),
+            ("LAST_SEEN_BUFFER", self.last_seen_buffer),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
@@ -877,6 +897,11 @@ impl Config {
         }
         if let Err(e) = crate::http::client_ip::parse_list(&self.trusted_proxies.0) {
             return Err(ConfigError::Rejected(format!("TRUSTED_PROXIES: {e}")));
+        }
+        if self.last_seen_flush.is_zero() {
+            return Err(ConfigError::Rejected(
+                "LAST_SEEN_FLUSH_MS must be at least 1".into(),
+            ));
         }
         if self.allowed_origins.0.iter().any(|o| o == "*") && !self.dev_mode {
             return Err(ConfigError::Rejected(

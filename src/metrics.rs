@@ -145,6 +145,9 @@ pub struct Metrics {
     shutdown_calls_ended: AtomicU64,
     connections_refused: AtomicU64,
     connections_aborted: AtomicU64,
+    last_seen_written: AtomicU64,
+    last_seen_failed: AtomicU64,
+    last_seen_dropped: AtomicU64,
 }
 
 /// Values that live elsewhere and are read at scrape time.
@@ -306,6 +309,28 @@ impl Metrics {
         if status == 429 {
             self.rate_limited(Limit::Http);
         }
+    }
+
+    /// Last-seen times of `users` users were written.
+    pub fn last_seen_written(&self, users: usize) {
+        self.last_seen_written
+            .fetch_add(users as u64, Ordering::Relaxed);
+    }
+
+    /// A last-seen write failed (its users wait for the next flush).
+    pub fn last_seen_failed(&self) {
+        self.last_seen_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Last-seen times of `users` users were dropped: the buffer was full.
+    pub fn last_seen_dropped(&self, users: usize) {
+        self.last_seen_dropped
+            .fetch_add(users as u64, Ordering::Relaxed);
+    }
+
+    /// Last-seen writes that failed so far.
+    pub fn last_seen_failures(&self) -> u64 {
+        self.last_seen_failed.load(Ordering::Relaxed)
     }
 
     /// The exposition text.
@@ -512,6 +537,25 @@ impl Metrics {
             "HTTP requests answered with a 5xx status.",
             self.http_server_errors.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "switchboard_last_seen_written_total",
+            "Users whose last_seen_at was written after their last connection closed.",
+            self.last_seen_written.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_last_seen_write_failures_total",
+            "Last-seen writes (one UPDATE for a batch of users) that failed; their users are \
+             written by a later flush.",
+            self.last_seen_failed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_last_seen_dropped_total",
+            "Users whose last-seen time was dropped because LAST_SEEN_BUFFER users were waiting.",
+            self.last_seen_dropped.load(Ordering::Relaxed),
+        );
         out
     }
 }
@@ -622,6 +666,22 @@ mod tests {
         );
         assert_eq!(value(&text, "switchboard_sessions"), 2.0);
         assert_eq!(value(&text, "switchboard_sessions_opened_total"), 3.0);
+    }
+
+    #[test]
+    fn last_seen_counters_are_exported() {
+        let m = Metrics::new();
+        m.last_seen_written(500);
+        m.last_seen_failed();
+        m.last_seen_dropped(3);
+        let text = m.render(&Snapshot::default());
+        assert_eq!(value(&text, "switchboard_last_seen_written_total"), 500.0);
+        assert_eq!(
+            value(&text, "switchboard_last_seen_write_failures_total"),
+            1.0
+        );
+        assert_eq!(value(&text, "switchboard_last_seen_dropped_total"), 3.0);
+        assert_eq!(m.last_seen_failures(), 1);
     }
 
     #[test]

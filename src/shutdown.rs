@@ -7,12 +7,13 @@
 //!    that was accepted is committed and acknowledged;
 //! 4. close every socket with 1001 "going away" (plain WebSocket and Socket.IO; a waiting
 //!    Socket.IO poll ends with a close packet), so clients reconnect to the next process;
-//! 5. stop the HTTP server (in-flight REST requests finish) and drain the writer once more.
+//! 5. stop the HTTP server (in-flight REST requests finish) and drain the writer once more;
+//! 6. write the last-seen times of the users whose sockets were closed.
 //!
 //! Each wait takes what is left of the one deadline; a step that runs out of time is logged and
 //! the next one still runs, so the process always exits within the deadline.
 
-use crate::realtime::registry::{CloseAll, LiveCalls};
+use crate::realtime::registry::{CloseAll, FlushLastSeen, LiveCalls};
 use crate::state::AppState;
 use actix_web::dev::ServerHandle;
 use std::sync::atomic::Ordering;
@@ -61,7 +62,16 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     // 2. Calls end first, while their parties are still connected to hear about it.
     let calls = match tokio::time::timeout_at(deadline, engine.registry.send(LiveCalls)).await {
         Ok(Ok(calls)) => calls,
-        _ => Vec::new(),
+        Ok(Err(e)) => {
+            report.clean = false;
+            tracing::warn!(error = %e, "live calls unknown at shutdown; none ended");
+            Vec::new()
+        }
+        Err(_) => {
+            report.clean = false;
+            tracing::warn!("live calls unknown: shutdown deadline passed");
+            Vec::new()
+        }
     };
     report.calls_ended = calls.len();
     for (id, _) in &calls {
@@ -89,8 +99,14 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
     .await
     {
         Ok(Ok(n)) => n,
-        _ => {
+        Ok(Err(e)) => {
             report.clean = false;
+            tracing::warn!(error = %e, "sockets not asked to close at shutdown");
+            0
+        }
+        Err(_) => {
+            report.clean = false;
+            tracing::warn!("sockets not asked to close: shutdown deadline passed");
             0
         }
     };
@@ -109,6 +125,23 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
         handle.stop(false).await;
     }
     report.clean &= wait_until(deadline, || engine.writer.pending() == 0).await;
+
+    // 6. The closed sessions' last-seen times.
+    match tokio::time::timeout_at(deadline, engine.registry.send(FlushLastSeen)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(users)) => {
+            report.clean = false;
+            tracing::warn!(users, "last-seen times not written at shutdown");
+        }
+        Ok(Err(e)) => {
+            report.clean = false;
+            tracing::warn!(error = %e, "last-seen times not written at shutdown");
+        }
+        Err(_) => {
+            report.clean = false;
+            tracing::warn!("last-seen times not written: shutdown deadline passed");
+        }
+    }
     report
 }
 

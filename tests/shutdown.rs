@@ -1,7 +1,7 @@
 //! Graceful shutdown of the real binary: under message load over `/ws` and with a call in
 //! progress, SIGTERM must leave every acknowledged message in the database, end the call as
-//! `server_shutdown` (the parties are told), close every socket with 1001 and exit 0 within
-//! `SHUTDOWN_TIMEOUT_SECS`.
+//! `server_shutdown` (the parties are told), close every socket with 1001, write the closed
+//! sessions' last-seen times and exit 0 within `SHUTDOWN_TIMEOUT_SECS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -58,6 +58,8 @@ async fn spawn_server(db: &TestDb) -> Server {
         .env("FRAME_RATE_PER_SEC", "100000")
         .env("FRAME_BURST", "100000")
         .env("LOG_FORMAT", "json")
+        // Last-seen times wait for the shutdown's own write rather than the periodic one.
+        .env("LAST_SEEN_FLUSH_MS", "600000")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -340,6 +342,20 @@ async fn sigterm_under_load_keeps_every_acked_message_ends_calls_and_closes_with
     .collect();
     let missing: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(missing.is_empty(), "acked but not stored: {missing:?}");
+
+    // The sockets closed by the shutdown left every user's last-seen time behind.
+    #[derive(QueryableByName)]
+    struct Seen {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let seen: Seen = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM users WHERE id IN ({alice}, {bob}, {carol}) \
+         AND last_seen_at IS NOT NULL"
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(seen.n, 3, "last_seen_at written at shutdown\n{log}");
 
     // Socket.IO: the WebSocket closed with 1001, the waiting poll got a close packet.
     assert_eq!(sio_code, Some(1001), "socket.io websocket close code");

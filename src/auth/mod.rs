@@ -433,10 +433,14 @@ impl Auth {
         };
         if let Err(e) = self.sender.send(&delivery).await {
             // Retract the undelivered code so the user can ask again straight away.
-            let _ = self
+            if let Err(retract) = self
                 .db
                 .run(move |conn| accounts::delete_otp(conn, id))
-                .await;
+                .await
+            {
+                // The code stays until it expires; the resend cooldown applies meanwhile.
+                tracing::warn!(error = %retract, "could not retract an undelivered code");
+            }
             return Err(e);
         }
         Ok(ttl.as_secs())

@@ -63,8 +63,11 @@ pub(super) async fn pair(ctx: Rc<Ctx>, pair: Pair) {
     };
     match result {
         Ok(()) => {
-            let _ = a.send(Message::Close(None)).await;
-            let _ = b.send(Message::Close(None)).await;
+            for (side, socket) in [("caller", &mut a), ("callee", &mut b)] {
+                if let Err(e) = socket.send(Message::Close(None)).await {
+                    tracing::debug!(caller = pair.caller.index, side, error = %e, "close frame not sent");
+                }
+            }
         }
         Err(reason) => {
             ctx.error(&client::short_reason(&reason));

@@ -693,7 +693,9 @@ where
                         .held
                         .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
                 }
-                let _ = io.send(Message::Close(None)).await;
+                if let Err(e) = io.send(Message::Close(None)).await {
+                    tracing::debug!(client = spec.index, error = %e, "close frame not sent");
+                }
                 return Ok(());
             }
             _ => {}

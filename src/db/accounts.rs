@@ -385,12 +385,25 @@ pub fn check_otp(
     })
 }
 
-/// Records that a user was just seen (last device disconnected).
-pub fn touch_last_seen(conn: &mut PgConnection, user_id: i64) -> AppResult<()> {
-    diesel::update(users::table.find(user_id))
-        .set(users::last_seen_at.eq(Utc::now()))
-        .execute(conn)?;
-    Ok(())
+/// Records when users were last seen: one UPDATE for the whole batch (`(user, time)` pairs,
+/// one per user). A time never moves an existing `last_seen_at` back. Answers the rows updated
+/// (users deleted meanwhile are skipped).
+pub fn touch_last_seen_many(
+    conn: &mut PgConnection,
+    seen: &[(i64, DateTime<Utc>)],
+) -> AppResult<usize> {
+    use diesel::sql_types::{Array, BigInt, Timestamptz};
+    if seen.is_empty() {
+        return Ok(0);
+    }
+    let (ids, times): (Vec<i64>, Vec<DateTime<Utc>>) = seen.iter().copied().unzip();
+    Ok(diesel::sql_query(
+        "UPDATE users u SET last_seen_at = GREATEST(u.last_seen_at, k.at) \
+         FROM unnest($1::bigint[], $2::timestamptz[]) AS k(id, at) WHERE u.id = k.id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<Timestamptz>, _>(times)
+    .execute(conn)?)
 }
 
 /// Last-seen times of some users.

@@ -156,7 +156,7 @@ struct NewMessage<'a> {
 pub struct Written {
     /// The stored message.
     pub message: Message,
-    /// False when the draft was a retry of an earlier message (no new row; no fan-out).
+    /// False when the draft was a retry of an earlier message (no new row).
     pub fresh: bool,
 }
 
@@ -214,6 +214,25 @@ pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResu
         .load(conn)?)
 }
 
+/// What a [`write_batch_traced`] transaction leaves for its caller, kept outside the
+/// transaction so that it survives a COMMIT whose answer never arrives (the connection broke
+/// after PostgreSQL committed): with the transaction id, [`transaction_status`] tells whether
+/// the batch is in, and then these are its results.
+#[derive(Debug, Default)]
+pub struct BatchTrace {
+    /// The transaction's id, taken when the batch has rows to insert (a batch of retries only
+    /// writes nothing, so its outcome needs no resolving).
+    pub txid: Option<i64>,
+    /// The results being committed, set just before COMMIT.
+    pub results: Option<Vec<AppResult<Written>>>,
+}
+
+fn trace_of(trace: &std::sync::Mutex<BatchTrace>) -> std::sync::MutexGuard<'_, BatchTrace> {
+    trace
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
 /// `last_seq` bumped by the number of new messages, and all rows inserted with one multi-row
 /// INSERT, so `seq` stays gap-free even with several processes writing. A draft whose
@@ -223,163 +242,224 @@ pub fn write_batch(
     conn: &mut PgConnection,
     drafts: &[Draft],
 ) -> AppResult<Vec<AppResult<Written>>> {
+    write_batch_traced(conn, drafts, &std::sync::Mutex::default())
+}
+
+/// [`write_batch`], recording its transaction id and results in `trace` as it goes.
+pub fn write_batch_traced(
+    conn: &mut PgConnection,
+    drafts: &[Draft],
+    trace: &std::sync::Mutex<BatchTrace>,
+) -> AppResult<Vec<AppResult<Written>>> {
     conn.transaction(|conn| {
-        let mut results: Vec<Option<AppResult<Written>>> =
-            (0..drafts.len()).map(|_| None).collect();
+        let results = write_rows(conn, drafts, trace)?;
+        trace_of(trace).results = Some(results);
+        Ok::<(), AppError>(())
+    })?;
+    trace_of(trace)
+        .results
+        .take()
+        .ok_or_else(|| AppError::internal("batch results missing after commit"))
+}
 
-        // 1. Retries: drafts whose idempotency key is already stored.
-        let keyed: Vec<(i64, &str)> = drafts
-            .iter()
-            .filter_map(|d| Some((d.sender_id?, d.client_message_id.as_deref()?)))
-            .collect();
-        let mut existing: HashMap<(i64, String), Message> = HashMap::new();
-        if !keyed.is_empty() {
-            let found = stored_retries(conn, &keyed)?;
-            for m in found {
-                if let (Some(s), Some(k)) = (m.sender_id, m.client_message_id.clone()) {
-                    existing.insert((s, k), m);
-                }
-            }
-        }
+/// What PostgreSQL knows about a transaction ([`transaction_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Committed.
+    Committed,
+    /// Rolled back, or cut off before it committed.
+    Aborted,
+    /// Still running (its session has not noticed the broken connection yet).
+    InProgress,
+    /// Too old for the commit log to tell.
+    Unknown,
+}
 
-        // 2. Reply targets must live in the same conversation.
-        let reply_ids: Vec<i64> = drafts.iter().filter_map(|d| d.reply_to_id).collect();
-        let reply_conv: HashMap<i64, i64> = if reply_ids.is_empty() {
-            HashMap::new()
-        } else {
-            messages::table
-                .filter(messages::id.eq_any(&reply_ids))
-                .select((messages::id, messages::conversation_id))
-                .load::<(i64, i64)>(conn)?
-                .into_iter()
-                .collect()
-        };
+/// A row of `txid_status`.
+#[derive(QueryableByName)]
+struct StatusRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    status: Option<String>,
+}
 
-        // 3. Which drafts become rows (first of duplicates within the batch wins).
-        let mut fresh_idx: Vec<usize> = Vec::new();
-        let mut first_in_batch: HashMap<(i64, &str), usize> = HashMap::new();
-        let mut dup_of: Vec<(usize, usize)> = Vec::new();
-        for (i, d) in drafts.iter().enumerate() {
-            if let (Some(s), Some(k)) = (d.sender_id, d.client_message_id.as_deref()) {
-                if let Some(m) = existing.get(&(s, k.to_owned())) {
-                    results[i] = Some(Ok(Written {
-                        message: m.clone(),
-                        fresh: false,
-                    }));
-                    continue;
-                }
-                if let Some(&first) = first_in_batch.get(&(s, k)) {
-                    dup_of.push((i, first));
-                    continue;
-                }
-                first_in_batch.insert((s, k), i);
-            }
-            if let Some(r) = d.reply_to_id {
-                if reply_conv.get(&r) != Some(&d.conversation_id) {
-                    results[i] = Some(Err(AppError::Validation {
-                        code: "invalid_reply",
-                        message: "replyTo must be a message of the same conversation".into(),
-                    }));
-                    continue;
-                }
-            }
-            fresh_idx.push(i);
-        }
-
-        // 4. Reserve seq and change numbers per conversation, locking rows in id order.
-        let mut per_conv: HashMap<i64, i64> = HashMap::new();
-        for &i in &fresh_idx {
-            *per_conv.entry(drafts[i].conversation_id).or_insert(0) += 1;
-        }
-        let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
-        conv_ids.sort_unstable();
-        let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
-        if !conv_ids.is_empty() {
-            let locked: Vec<i64> = conversations::table
-                .filter(conversations::id.eq_any(&conv_ids))
-                .order(conversations::id)
-                .select(conversations::id)
-                .for_update()
-                .load(conn)?;
-            // One statement for every conversation of the batch (the rows are already locked,
-            // in id order, above).
-            let counts: Vec<i64> = locked
-                .iter()
-                .map(|c| per_conv.get(c).copied().unwrap_or(0))
-                .collect();
-            let reserved: Vec<Reserved> = if locked.is_empty() {
-                Vec::new()
-            } else {
-                diesel::sql_query(RESERVE_SEQ_SQL)
-                    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&locked)
-                    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
-                    .load(conn)?
-            };
-            for r in reserved {
-                let n = per_conv.get(&r.id).copied().unwrap_or(0);
-                next.insert(r.id, (r.last_seq - n + 1, r.last_change - n + 1));
-            }
-        }
-
-        let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
-        let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
-        for &i in &fresh_idx {
-            let d = &drafts[i];
-            let Some(slot) = next.get_mut(&d.conversation_id) else {
-                results[i] = Some(Err(AppError::NotFound("conversation not found".into())));
-                continue;
-            };
-            let (seq, change) = *slot;
-            *slot = (seq + 1, change + 1);
-            rows.push(NewMessage {
-                conversation_id: d.conversation_id,
-                seq,
-                change_seq: change,
-                sender_id: d.sender_id,
-                kind: &d.kind,
-                content: &d.content,
-                media_url: d.media_url.as_deref(),
-                reply_to_id: d.reply_to_id,
-                metadata: d.metadata.as_ref(),
-                client_message_id: d.client_message_id.as_deref(),
-            });
-            row_owner.push(i);
-        }
-        if !rows.is_empty() {
-            let inserted: Vec<Message> = diesel::insert_into(messages::table)
-                .values(&rows)
-                .returning(Message::as_returning())
-                .get_results(conn)?;
-            let by_pos: HashMap<(i64, i64), Message> = inserted
-                .into_iter()
-                .map(|m| ((m.conversation_id, m.seq), m))
-                .collect();
-            for (row, &owner) in rows.iter().zip(&row_owner) {
-                let stored = by_pos
-                    .get(&(row.conversation_id, row.seq))
-                    .cloned()
-                    .ok_or_else(|| AppError::internal("inserted row missing from RETURNING"))?;
-                results[owner] = Some(Ok(Written {
-                    message: stored,
-                    fresh: true,
-                }));
-            }
-        }
-        for (dup, first) in dup_of {
-            results[dup] = Some(match &results[first] {
-                Some(Ok(w)) => Ok(Written {
-                    message: w.message.clone(),
-                    fresh: false,
-                }),
-                Some(Err(e)) => Err(AppError::bad_request("duplicate", e.to_string())),
-                None => Err(AppError::internal("duplicate of an unwritten draft")),
-            });
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
-            .collect())
+/// Whether the transaction with id `txid` (from `txid_current()`) committed.
+pub fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxStatus> {
+    let row: StatusRow = diesel::sql_query("SELECT txid_status($1) AS status")
+        .bind::<diesel::sql_types::BigInt, _>(txid)
+        .get_result(conn)?;
+    Ok(match row.status.as_deref() {
+        Some("committed") => TxStatus::Committed,
+        Some("aborted") => TxStatus::Aborted,
+        Some("in progress") => TxStatus::InProgress,
+        _ => TxStatus::Unknown,
     })
+}
+
+/// The body of a [`write_batch`] transaction.
+fn write_rows(
+    conn: &mut PgConnection,
+    drafts: &[Draft],
+    trace: &std::sync::Mutex<BatchTrace>,
+) -> AppResult<Vec<AppResult<Written>>> {
+    let mut results: Vec<Option<AppResult<Written>>> = (0..drafts.len()).map(|_| None).collect();
+
+    // 1. Retries: drafts whose idempotency key is already stored.
+    let keyed: Vec<(i64, &str)> = drafts
+        .iter()
+        .filter_map(|d| Some((d.sender_id?, d.client_message_id.as_deref()?)))
+        .collect();
+    let mut existing: HashMap<(i64, String), Message> = HashMap::new();
+    if !keyed.is_empty() {
+        let found = stored_retries(conn, &keyed)?;
+        for m in found {
+            if let (Some(s), Some(k)) = (m.sender_id, m.client_message_id.clone()) {
+                existing.insert((s, k), m);
+            }
+        }
+    }
+
+    // 2. Reply targets must live in the same conversation.
+    let reply_ids: Vec<i64> = drafts.iter().filter_map(|d| d.reply_to_id).collect();
+    let reply_conv: HashMap<i64, i64> = if reply_ids.is_empty() {
+        HashMap::new()
+    } else {
+        messages::table
+            .filter(messages::id.eq_any(&reply_ids))
+            .select((messages::id, messages::conversation_id))
+            .load::<(i64, i64)>(conn)?
+            .into_iter()
+            .collect()
+    };
+
+    // 3. Which drafts become rows (first of duplicates within the batch wins).
+    let mut fresh_idx: Vec<usize> = Vec::new();
+    let mut first_in_batch: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut dup_of: Vec<(usize, usize)> = Vec::new();
+    for (i, d) in drafts.iter().enumerate() {
+        if let (Some(s), Some(k)) = (d.sender_id, d.client_message_id.as_deref()) {
+            if let Some(m) = existing.get(&(s, k.to_owned())) {
+                results[i] = Some(Ok(Written {
+                    message: m.clone(),
+                    fresh: false,
+                }));
+                continue;
+            }
+            if let Some(&first) = first_in_batch.get(&(s, k)) {
+                dup_of.push((i, first));
+                continue;
+            }
+            first_in_batch.insert((s, k), i);
+        }
+        if let Some(r) = d.reply_to_id {
+            if reply_conv.get(&r) != Some(&d.conversation_id) {
+                results[i] = Some(Err(AppError::Validation {
+                    code: "invalid_reply",
+                    message: "replyTo must be a message of the same conversation".into(),
+                }));
+                continue;
+            }
+        }
+        fresh_idx.push(i);
+    }
+
+    // 4. Reserve seq and change numbers per conversation, locking rows in id order.
+    let mut per_conv: HashMap<i64, i64> = HashMap::new();
+    for &i in &fresh_idx {
+        *per_conv.entry(drafts[i].conversation_id).or_insert(0) += 1;
+    }
+    let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
+    conv_ids.sort_unstable();
+    let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
+    if !conv_ids.is_empty() {
+        let txid: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "txid_current()",
+        ))
+        .get_result(conn)?;
+        trace_of(trace).txid = Some(txid);
+        let locked: Vec<i64> = conversations::table
+            .filter(conversations::id.eq_any(&conv_ids))
+            .order(conversations::id)
+            .select(conversations::id)
+            .for_update()
+            .load(conn)?;
+        // One statement for every conversation of the batch (the rows are already locked,
+        // in id order, above).
+        let counts: Vec<i64> = locked
+            .iter()
+            .map(|c| per_conv.get(c).copied().unwrap_or(0))
+            .collect();
+        let reserved: Vec<Reserved> = if locked.is_empty() {
+            Vec::new()
+        } else {
+            diesel::sql_query(RESERVE_SEQ_SQL)
+                .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&locked)
+                .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
+                .load(conn)?
+        };
+        for r in reserved {
+            let n = per_conv.get(&r.id).copied().unwrap_or(0);
+            next.insert(r.id, (r.last_seq - n + 1, r.last_change - n + 1));
+        }
+    }
+
+    let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
+    let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
+    for &i in &fresh_idx {
+        let d = &drafts[i];
+        let Some(slot) = next.get_mut(&d.conversation_id) else {
+            results[i] = Some(Err(AppError::NotFound("conversation not found".into())));
+            continue;
+        };
+        let (seq, change) = *slot;
+        *slot = (seq + 1, change + 1);
+        rows.push(NewMessage {
+            conversation_id: d.conversation_id,
+            seq,
+            change_seq: change,
+            sender_id: d.sender_id,
+            kind: &d.kind,
+            content: &d.content,
+            media_url: d.media_url.as_deref(),
+            reply_to_id: d.reply_to_id,
+            metadata: d.metadata.as_ref(),
+            client_message_id: d.client_message_id.as_deref(),
+        });
+        row_owner.push(i);
+    }
+    if !rows.is_empty() {
+        let inserted: Vec<Message> = diesel::insert_into(messages::table)
+            .values(&rows)
+            .returning(Message::as_returning())
+            .get_results(conn)?;
+        let by_pos: HashMap<(i64, i64), Message> = inserted
+            .into_iter()
+            .map(|m| ((m.conversation_id, m.seq), m))
+            .collect();
+        for (row, &owner) in rows.iter().zip(&row_owner) {
+            let stored = by_pos
+                .get(&(row.conversation_id, row.seq))
+                .cloned()
+                .ok_or_else(|| AppError::internal("inserted row missing from RETURNING"))?;
+            results[owner] = Some(Ok(Written {
+                message: stored,
+                fresh: true,
+            }));
+        }
+    }
+    for (dup, first) in dup_of {
+        results[dup] = Some(match &results[first] {
+            Some(Ok(w)) => Ok(Written {
+                message: w.message.clone(),
+                fresh: false,
+            }),
+            Some(Err(e)) => Err(AppError::bad_request("duplicate", e.to_string())),
+            None => Err(AppError::internal("duplicate of an unwritten draft")),
+        });
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
+        .collect())
 }
 
 /// One message.

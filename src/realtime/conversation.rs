@@ -1,6 +1,16 @@
 //! One actor per active conversation: checks membership, validates and queues sends for the
 //! group-commit writer, fans committed messages out in seq order, keeps typing state (which
 //! expires by itself), and relays receipts, edits and deletes. It stops when idle.
+//!
+//! Fan-out follows a high-water mark rather than whether a row was new to the batch that
+//! returned it: the actor starts at the conversation's `last_seq` and fans out every committed
+//! row above the mark, in seq order, then raises the mark. A batch whose COMMIT went through but
+//! whose reply was lost comes back from the writer's retry as stored rows (`fresh: false`); they
+//! are still above the mark, so the members get them once. A client's later resend of a message
+//! already fanned out finds it below the mark and is only acknowledged. When a batch failed as a
+//! whole (its outcome unknown: it may have committed), the next batch that lands above the mark
+//! with a gap below it loads the rows in between and fans them out first, so live delivery
+//! stays gap-free.
 
 use super::protocol::ServerEvent;
 use super::writer::WriteRequest;
@@ -136,6 +146,14 @@ pub struct ConversationActor {
     typing: HashMap<i64, (u64, Instant)>,
     typing_token: u64,
     pending: usize,
+    /// Highest seq fanned out (or committed before this actor started).
+    fanned_up_to: i64,
+    /// Whether `fanned_up_to` was loaded (only the first load sets it).
+    mark_loaded: bool,
+    /// A batch failed as a whole since the last committed row: it may have committed anyway
+    /// (the answer to its COMMIT lost, and neither its status nor a retry could tell), so the
+    /// next batch looks for rows between the mark and its own and fans them out first.
+    unsettled: bool,
     /// Receipts waiting for the batch being written (at most [`MAX_QUEUED_RECEIPTS`]).
     receipts: Vec<Receipt>,
     writing_receipts: bool,
@@ -161,6 +179,9 @@ impl ConversationActor {
             typing: HashMap::new(),
             typing_token: 0,
             pending: 0,
+            fanned_up_to: 0,
+            mark_loaded: false,
+            unsettled: false,
             receipts: Vec::new(),
             writing_receipts: false,
             last_activity: Instant::now(),
@@ -174,22 +195,31 @@ impl ConversationActor {
         ctx.wait(
             async move {
                 db.run(move |conn| {
-                    if convs::by_id(conn, id)?.is_none() {
+                    let Some(conv) = convs::by_id(conn, id)? else {
                         return Ok(None);
-                    }
-                    Ok(Some(convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>()))
+                    };
+                    let ids = convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>();
+                    Ok(Some((ids, conv.last_seq)))
                 })
                 .await
             }
             .into_actor(self)
             .map(|res, act, ctx| match res {
-                Ok(Some(ids)) => {
+                Ok(Some((ids, last_seq))) => {
                     act.members = Members { ids: ids.into() };
                     act.loaded = true;
+                    // Only the first load sets the mark: a reload (membership change) may run
+                    // while a batch of this actor is committing, and its rows are above the
+                    // mark until their fan-out.
+                    if !act.mark_loaded {
+                        act.fanned_up_to = last_seq;
+                        act.mark_loaded = true;
+                    }
                 }
                 Ok(None) => {
                     act.members = Members::default();
                     act.loaded = true;
+                    act.mark_loaded = true;
                 }
                 Err(e) => {
                     tracing::warn!(conversation = act.id, error = %e, "could not load members; retrying on next command");
@@ -314,24 +344,104 @@ impl Handler<SystemMessage> for ConversationActor {
     }
 }
 
+/// Most rows a conversation loads to fan out what a failed batch may have committed (see
+/// [`ConversationActor`]'s `unsettled`); a longer gap is left to the clients' `sync`.
+pub const MAX_GAP_FILL: i64 = 1000;
+
 impl Handler<Committed> for ConversationActor {
     type Result = ();
-    fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         self.touch();
+        let lowest = msg
+            .0
+            .iter()
+            .filter_map(|(_, res)| res.as_ref().ok())
+            .map(|w| w.message.seq)
+            .filter(|seq| *seq > self.fanned_up_to)
+            .min();
+        let gap = lowest
+            .filter(|low| self.unsettled && *low > self.fanned_up_to + 1)
+            .map(|low| (self.fanned_up_to + 1, low - 1));
+        if lowest.is_some() {
+            self.unsettled = false;
+        }
+        // A batch that failed as a whole may still have committed (its outcome was unknown).
+        if msg.0.iter().any(|(_, res)| {
+            matches!(
+                res,
+                Err(AppError::Unavailable { .. } | AppError::Internal { .. })
+            )
+        }) {
+            self.unsettled = true;
+        }
+        match gap {
+            Some((from, to)) if to - from < MAX_GAP_FILL => {
+                // Rows between the mark and this batch were committed by a batch whose sender
+                // got an error: fan them out first. `wait` holds later batches until then.
+                let db = self.engine.db.clone();
+                let id = self.id;
+                ctx.wait(
+                    async move {
+                        db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
+                            .await
+                    }
+                    .into_actor(self)
+                    .map(move |res, act, _| {
+                        match res {
+                            Ok(rows) => act.fan_out_rows(rows.iter().filter(|m| m.seq <= to).map(|m| (m, None))),
+                            Err(e) => tracing::warn!(
+                                conversation = act.id,
+                                from,
+                                to,
+                                error = %e,
+                                "could not load messages of an unsettled batch; members catch up with sync"
+                            ),
+                        }
+                        act.finish_committed(msg);
+                    }),
+                );
+            }
+            Some((from, to)) => {
+                tracing::warn!(
+                    conversation = self.id,
+                    from,
+                    to,
+                    "gap too long to fill live; members catch up with sync"
+                );
+                self.finish_committed(msg);
+            }
+            None => self.finish_committed(msg),
+        }
+    }
+}
+
+impl ConversationActor {
+    /// Fans out every row above the mark, lowest seq first, and raises the mark; rows at or
+    /// below it (resends of delivered messages, duplicates within a batch) went out already.
+    fn fan_out_rows<'a>(&mut self, rows: impl Iterator<Item = (&'a Message, Option<u64>)>) {
+        let mut rows: Vec<(&Message, Option<u64>)> = rows.collect();
+        rows.sort_by_key(|(m, _)| m.seq);
+        for (m, origin) in rows {
+            if m.seq <= self.fanned_up_to {
+                continue;
+            }
+            let event =
+                ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq);
+            self.fan_out(Arc::clone(&self.members.ids), event, origin);
+            self.fanned_up_to = m.seq;
+        }
+    }
+
+    /// Fans out a committed batch and answers its senders.
+    fn finish_committed(&mut self, msg: Committed) {
+        self.fan_out_rows(
+            msg.0
+                .iter()
+                .filter_map(|(req, res)| res.as_ref().ok().map(|w| (&w.message, req.origin))),
+        );
         for (req, result) in msg.0 {
             self.pending = self.pending.saturating_sub(1);
-            if let Ok(written) = &result {
-                if written.fresh {
-                    let m = &written.message;
-                    let event = ServerEvent::message(
-                        "message:new",
-                        json!(m.view()),
-                        m.conversation_id,
-                        m.seq,
-                    );
-                    self.fan_out(Arc::clone(&self.members.ids), event, req.origin);
-                }
-            }
+            // A sender that went away no longer waits for its ack.
             let _ = req.reply.send(result);
         }
     }

@@ -17,10 +17,12 @@
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
 //! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
 //!    lookup, seq reserved per conversation in one statement, one multi-row insert) on one of
-//!    `DB_POOL_SIZE` connections, then hands each conversation its rows in seq order (bounded
+//!    `DB_POOL_SIZE` connections (a COMMIT whose answer is lost is settled by the transaction's
+//!    status, then by one retry), then hands each conversation its rows in seq order (bounded
 //!    by what the shard admitted).
-//! 6. The conversation pushes `message:new`, encoded once, straight into each recipient
-//!    session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
+//! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
+//!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
+//!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
 //!    connection alone is cut off as a slow consumer), and answers the sender's task, which
 //!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY).
 
@@ -31,6 +33,7 @@ pub mod contact;
 pub mod conversation;
 pub mod dialect;
 pub mod directory;
+pub mod last_seen;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;
@@ -474,43 +477,61 @@ impl Engine {
     }
 
     /// Everything a client missed in the listed conversations since its cursors.
+    ///
+    /// The whole answer is read in one REPEATABLE READ, read-only transaction: every statement
+    /// sees the same snapshot, so each conversation's messages run without a gap from the
+    /// cursor up to exactly the `lastSeq` (and `lastChange`) reported beside them, however many
+    /// batches commit meanwhile. Statement by statement under READ COMMITTED, `lastSeq` would
+    /// be read before the rows and could lag them, and each page of a long answer would see a
+    /// later snapshot than the page before.
     pub async fn sync(&self, user: i64, cursors: Vec<protocol::SyncCursor>) -> AppResult<Value> {
         if cursors.len() > 1000 {
             return Err(AppError::validation("at most 1000 conversations per sync"));
         }
         self.db
             .run(move |conn| {
-                let mine: std::collections::HashSet<i64> =
-                    convs::ids_of_user(conn, user)?.into_iter().collect();
-                let mut out = Vec::with_capacity(cursors.len());
-                for c in &cursors {
-                    if !mine.contains(&c.conversation_id) {
-                        return Err(AppError::Forbidden(
-                            format!("not a member of conversation {}", c.conversation_id).into(),
-                        ));
-                    }
-                    let conv = convs::by_id(conn, c.conversation_id)?
-                        .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
-                    let after_seq = c.seq.unwrap_or(0);
-                    let msgs = messages::since(conn, c.conversation_id, after_seq, c.change)?;
-                    let receipts =
-                        convs::receipts_since(conn, c.conversation_id, c.change.unwrap_or(0))?;
-                    out.push(json!({
-                        "conversationId": c.conversation_id.to_string(),
-                        "lastSeq": conv.last_seq,
-                        "lastChange": conv.last_change,
-                        "messages": msgs.iter().map(Message::view).collect::<Vec<_>>(),
-                        "receipts": receipts.iter().map(|m| json!({
-                            "userId": m.user_id.to_string(),
-                            "deliveredUpTo": m.delivered_up_to,
-                            "readUpTo": m.read_up_to,
-                            "change": m.receipt_change,
-                        })).collect::<Vec<_>>(),
-                    }));
-                }
-                let all: Vec<String> = mine.iter().map(ToString::to_string).collect();
-                Ok(json!({ "conversations": out, "memberOf": all }))
+                conn.build_transaction()
+                    .repeatable_read()
+                    .read_only()
+                    .run(|conn| sync_snapshot(conn, user, &cursors))
             })
             .await
     }
+}
+
+/// The body of [`Engine::sync`], inside its snapshot.
+fn sync_snapshot(
+    conn: &mut diesel::PgConnection,
+    user: i64,
+    cursors: &[protocol::SyncCursor],
+) -> AppResult<Value> {
+    let mine: std::collections::HashSet<i64> =
+        convs::ids_of_user(conn, user)?.into_iter().collect();
+    let mut out = Vec::with_capacity(cursors.len());
+    for c in cursors {
+        if !mine.contains(&c.conversation_id) {
+            return Err(AppError::Forbidden(
+                format!("not a member of conversation {}", c.conversation_id).into(),
+            ));
+        }
+        let conv = convs::by_id(conn, c.conversation_id)?
+            .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
+        let after_seq = c.seq.unwrap_or(0);
+        let msgs = messages::since(conn, c.conversation_id, after_seq, c.change)?;
+        let receipts = convs::receipts_since(conn, c.conversation_id, c.change.unwrap_or(0))?;
+        out.push(json!({
+            "conversationId": c.conversation_id.to_string(),
+            "lastSeq": conv.last_seq,
+            "lastChange": conv.last_change,
+            "messages": msgs.iter().map(Message::view).collect::<Vec<_>>(),
+            "receipts": receipts.iter().map(|m| json!({
+                "userId": m.user_id.to_string(),
+                "deliveredUpTo": m.delivered_up_to,
+                "readUpTo": m.read_up_to,
+                "change": m.receipt_change,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let all: Vec<String> = mine.iter().map(ToString::to_string).collect();
+    Ok(json!({ "conversations": out, "memberOf": all }))
 }

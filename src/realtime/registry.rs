@@ -5,6 +5,7 @@
 use super::call::actor::{CallActor, CallInput, CallMeta};
 use super::call::machine::{Call, Event as CallEvent};
 use super::conversation::{ConversationActor, MembersChanged};
+use super::last_seen::LastSeenBuffer;
 use super::protocol::ServerEvent;
 use super::Engine;
 use crate::error::{AppError, AppResult};
@@ -192,6 +193,12 @@ pub struct Registry {
     next_arbiter: usize,
     calls: HashMap<String, LiveCall>,
     user_call: HashMap<i64, String>,
+    /// Last-seen times waiting for their write (see [`super::last_seen`]).
+    seen_writes: LastSeenBuffer,
+    /// A last-seen write is running (at most one at a time, so one pool connection).
+    seen_flushing: bool,
+    /// Last-seen times dropped since the last warning.
+    seen_dropped: usize,
 }
 
 /// What the registry knows about a live call (for busy detection and glare).
@@ -226,6 +233,9 @@ impl Registry {
             next_arbiter: 0,
             calls: HashMap::new(),
             user_call: HashMap::new(),
+            seen_writes: LastSeenBuffer::new(crate::config::Config::default().last_seen_buffer),
+            seen_flushing: false,
+            seen_dropped: 0,
         }
     }
 
@@ -293,8 +303,132 @@ pub struct SetEngine(pub Engine);
 
 impl Handler<SetEngine> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: SetEngine, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: SetEngine, ctx: &mut Context<Self>) {
+        let config = Arc::clone(&msg.0.config);
+        let mut buffer = LastSeenBuffer::new(config.last_seen_buffer);
+        let dropped = buffer.restore(self.seen_writes.take(usize::MAX));
+        msg.0.metrics.last_seen_dropped(dropped);
+        self.seen_writes = buffer;
         self.engine = Some(msg.0);
+        ctx.run_interval(config.last_seen_flush, |act, ctx| act.flush_last_seen(ctx));
+    }
+}
+
+impl Registry {
+    /// Queues a user's last-seen time; a full batch is written at once.
+    fn record_last_seen(&mut self, user: i64, at: DateTime<Utc>, ctx: &mut Context<Self>) {
+        if !self.seen_writes.record(user, at) {
+            if let Some(engine) = &self.engine {
+                engine.metrics.last_seen_dropped(1);
+            }
+            // Logged once per flush interval, not once per user of a burst.
+            self.seen_dropped += 1;
+        }
+        let batch = self
+            .engine
+            .as_ref()
+            .map_or(usize::MAX, |e| e.config.last_seen_batch);
+        if self.seen_writes.len() >= batch {
+            self.flush_last_seen(ctx);
+        }
+    }
+
+    /// Writes one batch of waiting last-seen times unless a write is running. A failed batch
+    /// goes back into the buffer for the next flush; a full buffer left behind a successful
+    /// write is written straight away.
+    fn flush_last_seen(&mut self, ctx: &mut Context<Self>) {
+        let Some(engine) = self.engine.clone() else {
+            return;
+        };
+        if self.seen_dropped > 0 {
+            tracing::warn!(
+                dropped = self.seen_dropped,
+                "last-seen buffer full (LAST_SEEN_BUFFER); times dropped"
+            );
+            self.seen_dropped = 0;
+        }
+        if self.seen_flushing || self.seen_writes.is_empty() {
+            return;
+        }
+        let batch = self.seen_writes.take(engine.config.last_seen_batch);
+        self.seen_flushing = true;
+        let work = batch.clone();
+        let db = engine.db.clone();
+        ctx.spawn(
+            async move {
+                db.run(move |conn| crate::db::accounts::touch_last_seen_many(conn, &work))
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.seen_flushing = false;
+                match res {
+                    Ok(_) => {
+                        engine.metrics.last_seen_written(batch.len());
+                        if act.seen_writes.len() >= engine.config.last_seen_batch {
+                            act.flush_last_seen(ctx);
+                        }
+                    }
+                    Err(e) => {
+                        engine.metrics.last_seen_failed();
+                        let users = batch.len();
+                        let dropped = act.seen_writes.restore(batch);
+                        engine.metrics.last_seen_dropped(dropped);
+                        tracing::warn!(
+                            users,
+                            dropped,
+                            error = %e,
+                            "last-seen write failed; retrying at the next flush"
+                        );
+                    }
+                }
+            }),
+        );
+    }
+}
+
+/// Writes every waiting last-seen time now (shutdown); answers how many users could not be
+/// written (they are back in the buffer).
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct FlushLastSeen;
+
+impl Handler<FlushLastSeen> for Registry {
+    type Result = ResponseActFuture<Self, usize>;
+    fn handle(&mut self, _: FlushLastSeen, _: &mut Context<Self>) -> Self::Result {
+        let Some(engine) = self.engine.clone() else {
+            return Box::pin(fut::ready(self.seen_writes.len()));
+        };
+        let all = self.seen_writes.take(usize::MAX);
+        let work = all.clone();
+        let db = engine.db.clone();
+        let batch = engine.config.last_seen_batch;
+        Box::pin(
+            async move {
+                db.run(move |conn| {
+                    for chunk in work.chunks(batch) {
+                        crate::db::accounts::touch_last_seen_many(conn, chunk)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(()) => {
+                    engine.metrics.last_seen_written(all.len());
+                    act.seen_writes.len()
+                }
+                Err(e) => {
+                    engine.metrics.last_seen_failed();
+                    let users = all.len();
+                    let dropped = act.seen_writes.restore(all);
+                    engine.metrics.last_seen_dropped(dropped);
+                    tracing::warn!(users, dropped, error = %e, "last-seen write failed");
+                    act.seen_writes.len()
+                }
+            }),
+        )
     }
 }
 
@@ -330,7 +464,7 @@ impl Handler<Announce> for Registry {
 
 impl Handler<Disconnect> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
         if let Some(targets) = self.watching.remove(&msg.key) {
             for t in targets {
                 if let Some(w) = self.watchers.get_mut(&t) {
@@ -364,15 +498,7 @@ impl Handler<Disconnect> for Registry {
             if self.announced.remove(&msg.user_id) {
                 self.broadcast_presence(msg.user_id, false, 0, Some(now));
             }
-            if let Some(engine) = &self.engine {
-                let db = engine.db.clone();
-                let user = msg.user_id;
-                actix::spawn(async move {
-                    let _ = db
-                        .run(move |conn| crate::db::accounts::touch_last_seen(conn, user))
-                        .await;
-                });
-            }
+            self.record_last_seen(msg.user_id, now, ctx);
         }
     }
 }

@@ -4,12 +4,12 @@
 //! in order and its fan-out follows seq order.
 
 use super::conversation::Committed;
-use crate::db::messages::{self, Draft, Written};
+use crate::db::messages::{self, BatchTrace, Draft, TxStatus, Written};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 /// One message waiting for its commit.
@@ -110,19 +110,62 @@ async fn run(
 
 /// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
 /// connection); a database that stays down fails the batch with `unavailable`.
+///
+/// A connection that breaks at COMMIT leaves the outcome open: PostgreSQL may have committed
+/// the batch and only its answer was lost. The transaction's status (by the id it recorded)
+/// settles that first: a batch that is in keeps the results it committed, so no draft is
+/// written twice, also those without a client message id. Only a batch that is not in (or
+/// whose status cannot be learnt) is retried; the retry finds drafts with an idempotency key
+/// that did commit and returns them as stored.
 async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>>> {
     let retry = drafts.clone();
-    match db
-        .run(move |conn| messages::write_batch(conn, &drafts))
+    let trace = Arc::new(Mutex::new(BatchTrace::default()));
+    let recorded = Arc::clone(&trace);
+    let error = match db
+        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded))
         .await
     {
-        Ok(r) => Ok(r),
-        Err(e) if transient(&e) => {
-            tracing::warn!(error = %describe(&e), "message batch failed; retrying once");
-            db.run(move |conn| messages::write_batch(conn, &retry))
-                .await
+        Ok(r) => return Ok(r),
+        Err(e) if transient(&e) => e,
+        Err(e) => return Err(e),
+    };
+    if let Some(results) = committed_anyway(db, &trace).await {
+        return Ok(results);
+    }
+    tracing::warn!(error = %describe(&error), "message batch failed; retrying once");
+    db.run(move |conn| messages::write_batch(conn, &retry))
+        .await
+}
+
+/// The results of a batch whose COMMIT failed on this side but went through on the server's.
+async fn committed_anyway(db: &Db, trace: &Mutex<BatchTrace>) -> Option<Vec<AppResult<Written>>> {
+    let (txid, results) = {
+        let mut t = trace.lock().unwrap_or_else(PoisonError::into_inner);
+        (t.txid?, t.results.take()?)
+    };
+    match db
+        .run(move |conn| messages::transaction_status(conn, txid))
+        .await
+    {
+        Ok(TxStatus::Committed) => {
+            tracing::warn!(
+                txid,
+                "message batch committed; the answer to its COMMIT was lost"
+            );
+            Some(results)
         }
-        Err(e) => Err(e),
+        Ok(TxStatus::Aborted) => {
+            tracing::warn!(txid, "message batch did not commit");
+            None
+        }
+        Ok(status @ (TxStatus::InProgress | TxStatus::Unknown)) => {
+            tracing::warn!(txid, ?status, "outcome of a message batch unknown");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(txid, error = %e, "could not learn whether a message batch committed");
+            None
+        }
     }
 }
 
