@@ -841,3 +841,77 @@ async fn concurrent_receipts_in_one_conversation_share_a_transaction() {
     }
     assert_eq!(heard + o.take_buffered("receipt:delivered").len(), 40);
 }
+
+#[actix_web::test]
+async fn the_registry_forgets_users_who_left_and_presence_still_works_when_they_return() {
+    let s = TestServer::start_with(|c| c.last_seen_flush = Duration::from_millis(100)).await;
+    let ids: Vec<i64> = (0..20)
+        .map(|i| s.create_user(&format!("U{i}"), &format!("u{i}@example.com"), None, &[]))
+        .collect();
+    group(&s, ids[0], &ids[1..]);
+    let stats = || async {
+        s.running
+            .state
+            .engine
+            .registry
+            .send(switchboard::realtime::registry::GetStats)
+            .await
+            .unwrap()
+    };
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for id in &ids {
+            let mut c = WsClient::connect(&s, &s.token_for(*id)).await;
+            c.request("ping", json!({})).await.unwrap();
+            clients.push(c);
+        }
+        let mut watcher = clients.remove(0);
+        watcher
+            .request(
+                "presence:subscribe",
+                json!({"userIds": [ids[1].to_string()]}),
+            )
+            .await
+            .unwrap();
+        watcher.buffered_clear();
+        // One member leaves: the others are told, with a last-seen time.
+        drop(clients.remove(0));
+        let p = loop {
+            let p = watcher.expect_event("presence").await;
+            if p["userId"] == ids[1].to_string() {
+                break p;
+            }
+        };
+        assert_eq!(p["online"], false, "round {round}: {p}");
+        assert!(p["lastSeen"].is_string(), "round {round}: {p}");
+        // Asked again, the answer carries the same time (from memory or, once written, from
+        // the database).
+        let ack = watcher
+            .request(
+                "presence:subscribe",
+                json!({"userIds": [ids[1].to_string()]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ack["presence"][0]["online"], false);
+        assert!(ack["presence"][0]["lastSeen"].is_string(), "{ack}");
+        drop(clients);
+        drop(watcher);
+        // Everyone left: nothing about them stays in the registry once their times are written.
+        let mut last = None;
+        for _ in 0..100 {
+            let st = stats().await;
+            if st.online_users == 0
+                && st.presence_audiences == 0
+                && st.last_seen_held == 0
+                && st.watched == 0
+            {
+                last = None;
+                break;
+            }
+            last = Some(st);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(last.is_none(), "round {round}: {last:?}");
+    }
+}

@@ -60,6 +60,11 @@ impl LastSeenBuffer {
             .count()
     }
 
+    /// Whether `user` is waiting.
+    pub fn contains(&self, user: i64) -> bool {
+        self.waiting.contains_key(&user)
+    }
+
     /// Users waiting.
     pub fn len(&self) -> usize {
         self.waiting.len()

@@ -174,6 +174,12 @@ pub struct RegistryStats {
     pub by_dialect: HashMap<&'static str, usize>,
     /// Conversation actors alive.
     pub conversations: usize,
+    /// Users with a presence audience (online users and offline peers of online users).
+    pub presence_audiences: usize,
+    /// Last-seen times held in memory (waiting for or being written).
+    pub last_seen_held: usize,
+    /// Users watched with `presence:subscribe`.
+    pub watched: usize,
 }
 
 /// Asks for [`RegistryStats`].
@@ -257,6 +263,23 @@ impl Registry {
             .collect()
     }
 
+    /// Drops an offline user's presence audience, and the user from its peers' audiences
+    /// (peers that are themselves offline lose their entry when it empties), so the map holds
+    /// what online users need and nothing grows with every user ever seen.
+    fn forget_peers(&mut self, user_id: i64) {
+        let Some(peers) = self.peers.remove(&user_id) else {
+            return;
+        };
+        for peer in peers {
+            if let Some(set) = self.peers.get_mut(&peer) {
+                set.remove(&user_id);
+                if set.is_empty() {
+                    self.peers.remove(&peer);
+                }
+            }
+        }
+    }
+
     fn broadcast_presence(
         &self,
         user_id: i64,
@@ -318,6 +341,8 @@ impl Registry {
     /// Queues a user's last-seen time; a full batch is written at once.
     fn record_last_seen(&mut self, user: i64, at: DateTime<Utc>, ctx: &mut Context<Self>) {
         if !self.seen_writes.record(user, at) {
+            // Never written: presence falls back to what the database has.
+            self.last_seen.remove(&user);
             if let Some(engine) = &self.engine {
                 engine.metrics.last_seen_dropped(1);
             }
@@ -330,6 +355,24 @@ impl Registry {
             .map_or(usize::MAX, |e| e.config.last_seen_batch);
         if self.seen_writes.len() >= batch {
             self.flush_last_seen(ctx);
+        }
+    }
+
+    /// Last-seen times are kept here only until they are written: presence answers read newer
+    /// ones here and older ones from the database, so the map holds at most what is waiting
+    /// or being written (and is pruned should a failed write leave more behind).
+    fn forget_written(&mut self, written: &[(i64, DateTime<Utc>)]) {
+        for (user, at) in written {
+            if self.last_seen.get(user) == Some(at) {
+                self.last_seen.remove(user);
+            }
+        }
+        let bound = self.engine.as_ref().map_or(usize::MAX, |e| {
+            e.config.last_seen_buffer + e.config.last_seen_batch
+        });
+        if self.last_seen.len() > bound {
+            let waiting = &self.seen_writes;
+            self.last_seen.retain(|user, _| waiting.contains(*user));
         }
     }
 
@@ -365,6 +408,7 @@ impl Registry {
                 match res {
                     Ok(_) => {
                         engine.metrics.last_seen_written(batch.len());
+                        act.forget_written(&batch);
                         if act.seen_writes.len() >= engine.config.last_seen_batch {
                             act.flush_last_seen(ctx);
                         }
@@ -417,6 +461,7 @@ impl Handler<FlushLastSeen> for Registry {
             .map(move |res, act, _| match res {
                 Ok(()) => {
                     engine.metrics.last_seen_written(all.len());
+                    act.forget_written(&all);
                     act.seen_writes.len()
                 }
                 Err(e) => {
@@ -498,6 +543,8 @@ impl Handler<Disconnect> for Registry {
             if self.announced.remove(&msg.user_id) {
                 self.broadcast_presence(msg.user_id, false, 0, Some(now));
             }
+            // Told: an offline user needs no audience until it connects (and announces) again.
+            self.forget_peers(msg.user_id);
             self.record_last_seen(msg.user_id, now, ctx);
         }
     }
@@ -614,6 +661,9 @@ impl Handler<GetStats> for Registry {
                 .engine
                 .as_ref()
                 .map_or(0, |e| e.conversations.running()),
+            presence_audiences: self.peers.len(),
+            last_seen_held: self.last_seen.len(),
+            watched: self.watchers.len(),
         })
     }
 }
