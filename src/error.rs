@@ -293,7 +293,7 @@ mod tests {
                     retry_after_secs: 1,
                 },
                 503,
-                "busy",
+                "overloaded",
             ),
             (AppError::internal("boom"), 500, "internal"),
         ];

@@ -878,7 +878,7 @@ async fn the_registry_forgets_users_who_left_and_presence_still_works_when_they_
         drop(clients.remove(0));
         let p = loop {
             let p = watcher.expect_event("presence").await;
-            if p["userId"] == ids[1].to_string() {
+            if p["userId"].as_str() == Some(ids[1].to_string().as_str()) {
                 break p;
             }
         };
