@@ -495,13 +495,23 @@ impl Handler<Connect> for Registry {
 impl Handler<Announce> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Announce, _: &mut Context<Self>) {
-        // Presence audiences are symmetric: peers learn about this user and vice versa.
-        for peer in &msg.peers {
+        // Presence audiences are symmetric: peers learn about this user and vice versa. Only
+        // online users are linked (an offline one links up when it announces itself), and an
+        // announcement that arrives after its session left is ignored.
+        let devices = self.sessions.get(&msg.user_id).map_or(0, HashMap::len);
+        if devices == 0 {
+            return;
+        }
+        let online: Vec<i64> = msg
+            .peers
+            .into_iter()
+            .filter(|p| *p != msg.user_id && self.sessions.contains_key(p))
+            .collect();
+        for peer in &online {
             self.peers.entry(*peer).or_default().insert(msg.user_id);
         }
-        self.peers.entry(msg.user_id).or_default().extend(msg.peers);
-        let devices = self.sessions.get(&msg.user_id).map_or(0, HashMap::len);
-        if devices > 0 && self.announced.insert(msg.user_id) {
+        self.peers.entry(msg.user_id).or_default().extend(online);
+        if self.announced.insert(msg.user_id) {
             self.broadcast_presence(msg.user_id, true, devices, None);
         }
     }
@@ -577,8 +587,14 @@ impl Handler<GetConversation> for Registry {
 impl Handler<ConversationMembersChanged> for Registry {
     type Result = ();
     fn handle(&mut self, msg: ConversationMembersChanged, _: &mut Context<Self>) {
-        for a in &msg.members {
-            for b in &msg.members {
+        let online: Vec<i64> = msg
+            .members
+            .iter()
+            .copied()
+            .filter(|m| self.sessions.contains_key(m))
+            .collect();
+        for a in &online {
+            for b in &online {
                 if a != b {
                     self.peers.entry(*a).or_default().insert(*b);
                 }
