@@ -243,6 +243,9 @@ step_test() {
     fi
     # tests/listener.rs reads the server's socket system calls with strace.
     ops_need strace strace
+    # tests/pg_restart.rs creates, crashes and restarts a PostgreSQL cluster of its own (initdb,
+    # pg_ctl), also when the other tests use TEST_DATABASE_URL or the server on 127.0.0.1:5432.
+    pg_install_if_missing
     install_node_clients
     cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 }

@@ -26,6 +26,9 @@ const RESERVE_MARK: &[u8] = b"SET last_seq = c.last_seq";
 /// The writer's question whether a transaction committed.
 const STATUS_QUERY: &[u8] = b"txid_status(";
 
+/// The writer's lookup of drafts already stored under their client message id.
+const LOOKUP_MARK: &[u8] = b"$2::text[]";
+
 /// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT reach
 /// the server, waits for the server's answer and then drops the connection instead of passing
 /// the answer on: the transaction is committed and the client never learns it. Patterns armed
@@ -341,6 +344,90 @@ async fn a_failed_batch_that_committed_after_all_reaches_members_before_the_next
     assert_eq!(
         seqs_until(&mut a, &conv, stored_after_all).await,
         vec![stored_after_all]
+    );
+}
+
+/// Reads frames until the answer to request `id`; no `message:new` may come meanwhile.
+async fn answer_to(client: &mut WsClient, id: u64) -> Value {
+    loop {
+        let frame = client
+            .next_frame(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("no answer to request {id}"));
+        assert_ne!(frame["event"], "message:new", "{frame}");
+        if frame["id"] == json!(id) {
+            return frame;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members_in_full() {
+    let db = TestDb::migrated();
+    let (upstream, user, dbname) = upstream_of(&db.url);
+    let relay = LossyRelay::start(upstream).await;
+    let relayed = format!("postgres://{user}@{}/{dbname}?sslmode=disable", relay.addr);
+    let s = TestServer::start_on(db, |c| {
+        c.database_url = switchboard::config::Secret::new(relayed);
+    })
+    .await;
+    let alice = s.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = s.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = s.create_user("Carol", "carol@example.com", None, &[]);
+    let conv = group(&s, alice, &[bob, carol]);
+    let mut a = WsClient::connect(&s, &s.token_for(alice)).await;
+    let mut b = WsClient::connect(&s, &s.token_for(bob)).await;
+    let mut c = WsClient::connect(&s, &s.token_for(carol)).await;
+    let send = |content: &str, key: &str| json!({"conversationId": conv, "content": content, "clientMessageId": key});
+    let first = a
+        .request("message:send", send("first", "a1"))
+        .await
+        .unwrap();
+    assert_eq!(first["seq"], 1);
+    assert_eq!(seqs_until(&mut b, &conv, 1).await, vec![1]);
+
+    // Alice's and then Bob's message make one batch: the writer runs on this thread, which is
+    // held while both reach its queue. The batch commits, the answer to its COMMIT is lost, the
+    // status question is cut and so is the retry's lookup: both are told the send failed.
+    relay.arm();
+    relay.then_cut(STATUS_QUERY);
+    relay.then_cut(LOOKUP_MARK);
+    let frame = |payload: Value| {
+        json!({"event": "message:send", "payload": payload, "id": 100}).to_string()
+    };
+    a.send_text(frame(send("from alice", "a2"))).await;
+    std::thread::sleep(Duration::from_millis(300));
+    b.send_text(frame(send("from bob", "b1"))).await;
+    std::thread::sleep(Duration::from_millis(300));
+    for client in [&mut a, &mut b] {
+        let answer = answer_to(client, 100).await;
+        assert_eq!(answer["payload"]["code"], "unavailable", "{answer}");
+    }
+    assert_eq!((relay.cuts(), relay.pattern_cuts()), (1, 2));
+
+    // Alice resends hers at once and goes on; Bob resends his only after that.
+    let resent = a
+        .request("message:send", send("from alice", "a2"))
+        .await
+        .unwrap();
+    assert_eq!(resent["seq"], 2, "stored with the failed batch");
+    let next = a.request("message:send", send("next", "a3")).await.unwrap();
+    assert_eq!(next["seq"], 4);
+    let bob_resent = b
+        .request("message:send", send("from bob", "b1"))
+        .await
+        .unwrap();
+    assert_eq!(bob_resent["seq"], 3, "stored with the failed batch");
+
+    assert_eq!(
+        seqs_until(&mut c, &conv, 4).await,
+        vec![1, 2, 3, 4],
+        "carol gets Bob's message too, in its place"
+    );
+    assert_eq!(
+        seqs_until(&mut b, &conv, 4).await,
+        vec![2, 3, 4],
+        "bob learns that his send is stored"
     );
 }
 

@@ -8,9 +8,13 @@
 //! whose reply was lost comes back from the writer's retry as stored rows (`fresh: false`); they
 //! are still above the mark, so the members get them once. A client's later resend of a message
 //! already fanned out finds it below the mark and is only acknowledged. When a batch failed as a
-//! whole (its outcome unknown: it may have committed), the next batch that lands above the mark
-//! with a gap below it loads the rows in between and fans them out first, so live delivery
-//! stays gap-free.
+//! whole (its outcome unknown: it may have committed), every later batch whose rows above the mark
+//! leave seqs out (below its lowest row or between its rows) loads the missing rows and fans
+//! them out in their place, so live delivery stays gap-free. The failed batch counts as settled
+//! only once a batch with a newly inserted row has been fanned out: that row's seq was reserved
+//! after the failed batch ended, so every row the failed batch may have committed lies below
+//! it. A batch of resends alone settles nothing: its rows may be only some of the failed
+//! batch's, and the others are above them.
 
 use super::protocol::ServerEvent;
 use super::writer::WriteRequest;
@@ -150,9 +154,10 @@ pub struct ConversationActor {
     fanned_up_to: i64,
     /// Whether `fanned_up_to` was loaded (only the first load sets it).
     mark_loaded: bool,
-    /// A batch failed as a whole since the last committed row: it may have committed anyway
-    /// (the answer to its COMMIT lost, and neither its status nor a retry could tell), so the
-    /// next batch looks for rows between the mark and its own and fans them out first.
+    /// A batch failed as a whole and no newly inserted row has been fanned out since: it may
+    /// have committed anyway (the answer to its COMMIT lost, and neither its status nor a retry
+    /// could tell), so each batch looks for rows above the mark that it leaves out and fans
+    /// them out in their place.
     unsettled: bool,
     /// Receipts waiting for the batch being written (at most [`MAX_QUEUED_RECEIPTS`]).
     receipts: Vec<Receipt>,
@@ -352,17 +357,27 @@ impl Handler<Committed> for ConversationActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         self.touch();
-        let lowest = msg
+        let mut seqs: Vec<i64> = msg
             .0
             .iter()
             .filter_map(|(_, res)| res.as_ref().ok())
             .map(|w| w.message.seq)
             .filter(|seq| *seq > self.fanned_up_to)
-            .min();
-        let gap = lowest
-            .filter(|low| self.unsettled && *low > self.fanned_up_to + 1)
-            .map(|low| (self.fanned_up_to + 1, low - 1));
-        if lowest.is_some() {
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let gap = if self.unsettled {
+            missing_range(self.fanned_up_to, &seqs)
+        } else {
+            None
+        };
+        // A newly inserted row was reserved after any failed batch ended: once this batch is
+        // fanned out (gaps below it filled), nothing that batch may have committed is left.
+        if msg
+            .0
+            .iter()
+            .any(|(_, res)| res.as_ref().is_ok_and(|w| w.fresh))
+        {
             self.unsettled = false;
         }
         // A batch that failed as a whole may still have committed (its outcome was unknown).
@@ -376,8 +391,9 @@ impl Handler<Committed> for ConversationActor {
         }
         match gap {
             Some((from, to)) if to - from < MAX_GAP_FILL => {
-                // Rows between the mark and this batch were committed by a batch whose sender
-                // got an error: fan them out first. `wait` holds later batches until then.
+                // Rows above the mark that this batch leaves out were committed by a batch whose
+                // senders got an error: fan them out in their place. `wait` holds later batches
+                // until then.
                 let db = self.engine.db.clone();
                 let id = self.id;
                 ctx.wait(
@@ -388,7 +404,7 @@ impl Handler<Committed> for ConversationActor {
                     .into_actor(self)
                     .map(move |res, act, _| {
                         match res {
-                            Ok(rows) => act.fan_out_rows(rows.iter().filter(|m| m.seq <= to).map(|m| (m, None))),
+                            Ok(rows) => act.fan_out_missing(&rows, to, &msg),
                             Err(e) => tracing::warn!(
                                 conversation = act.id,
                                 from,
@@ -415,7 +431,40 @@ impl Handler<Committed> for ConversationActor {
     }
 }
 
+/// The first and last seq above `mark` up to the highest of `seqs` (sorted, all above `mark`)
+/// that `seqs` leaves out, if any.
+fn missing_range(mark: i64, seqs: &[i64]) -> Option<(i64, i64)> {
+    let mut expected = mark + 1;
+    let mut first = None;
+    let mut last = None;
+    for &seq in seqs {
+        if seq > expected {
+            first.get_or_insert(expected);
+            last = Some(seq - 1);
+        }
+        expected = seq + 1;
+    }
+    Some((first?, last?))
+}
+
 impl ConversationActor {
+    /// Fans out the rows loaded for a gap (up to seq `to`) together with the committed rows of
+    /// `msg`, in seq order; a loaded row that `msg` carries itself goes out as `msg`'s, so its
+    /// sending session is skipped.
+    fn fan_out_missing(&mut self, loaded: &[Message], to: i64, msg: &Committed) {
+        let carried: Vec<(&Message, Option<u64>)> = msg
+            .0
+            .iter()
+            .filter_map(|(req, res)| res.as_ref().ok().map(|w| (&w.message, req.origin)))
+            .collect();
+        let rows = loaded
+            .iter()
+            .filter(|m| m.seq <= to && !carried.iter().any(|(c, _)| c.seq == m.seq))
+            .map(|m| (m, None))
+            .chain(carried.iter().copied());
+        self.fan_out_rows(rows);
+    }
+
     /// Fans out every row above the mark, lowest seq first, and raises the mark; rows at or
     /// below it (resends of delivered messages, duplicates within a batch) went out already.
     fn fan_out_rows<'a>(&mut self, rows: impl Iterator<Item = (&'a Message, Option<u64>)>) {
@@ -678,5 +727,20 @@ impl Handler<ChangeMessage> for ConversationActor {
                 let _ = msg.reply.send(reply);
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_range;
+
+    #[test]
+    fn missing_range_spans_the_seqs_a_batch_leaves_out_above_the_mark() {
+        assert_eq!(missing_range(9, &[]), None);
+        assert_eq!(missing_range(9, &[10, 11, 12]), None);
+        assert_eq!(missing_range(9, &[12]), Some((10, 11)));
+        // Resends of part of a failed batch, then a new row: the others lie between.
+        assert_eq!(missing_range(9, &[10, 13]), Some((11, 12)));
+        assert_eq!(missing_range(9, &[11, 13, 14, 16]), Some((10, 15)));
     }
 }

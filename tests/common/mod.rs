@@ -18,12 +18,17 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub fn admin_url() -> String {
     let url = std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let path = url.split_once('?').map_or(url.as_str(), |(u, _)| u);
+    local_url(&url)
+}
+
+/// `url` with `sslmode=disable` unless it says otherwise (see [`with_database`]).
+fn local_url(url: &str) -> String {
+    let path = url.split_once('?').map_or(url, |(u, _)| u);
     let db = path
         .rsplit_once('/')
         .map(|(_, d)| d.to_owned())
         .expect("database URL has a path");
-    with_database(&url, &db)
+    with_database(url, &db)
 }
 
 /// The URL of database `db` on the same server. Tests talk to a local server without TLS:
@@ -53,29 +58,43 @@ pub struct TestDb {
     /// Its URL.
     pub url: String,
     name: String,
+    /// Admin URL of the server it lives on (where it is dropped from).
+    admin: String,
 }
 
 impl TestDb {
     /// Creates an empty database (no migrations).
     pub fn empty() -> Self {
+        Self::empty_on(&admin_url())
+    }
+
+    /// Creates an empty database on the server an admin URL points to (e.g. a private cluster
+    /// of one test, `postgres://postgres@127.0.0.1:PORT/postgres`).
+    pub fn empty_on(admin_url: &str) -> Self {
+        let admin = local_url(admin_url);
         let name = format!(
             "sb_test_{}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed),
             chrono::Utc::now().timestamp_subsec_nanos()
         );
-        let mut admin =
-            PgConnection::establish(&admin_url()).expect("connect to TEST_DATABASE_URL");
+        let mut conn = PgConnection::establish(&admin)
+            .unwrap_or_else(|e| panic!("connect to the admin database {admin}: {e}"));
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
+            .execute(&mut conn)
             .expect("create test database");
-        let url = with_database(&admin_url(), &name);
-        Self { url, name }
+        let url = with_database(&admin, &name);
+        Self { url, name, admin }
     }
 
     /// Creates a database with every migration applied.
     pub fn migrated() -> Self {
-        let db = Self::empty();
+        Self::migrated_on(&admin_url())
+    }
+
+    /// [`TestDb::migrated`] on the server an admin URL points to.
+    pub fn migrated_on(admin_url: &str) -> Self {
+        let db = Self::empty_on(admin_url);
         let mut conn = db.conn();
         switchboard::db::run_migrations(&mut conn).expect("migrations");
         db
@@ -94,7 +113,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&admin_url()) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin) {
             let _ = diesel::sql_query(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
