@@ -463,6 +463,19 @@ impl Call {
                     self.ids(),
                 ));
                 if self.group {
+                    // The accept answers the caller's offer: the caller gets the answer (seed
+                    // 001's `call:answer{sdpAnswer}`), every member in the call the new face.
+                    if self
+                        .parties
+                        .get(&self.caller)
+                        .is_some_and(|p| p.status == PartyStatus::Joined)
+                    {
+                        fx.push(Effect::Notify(
+                            Target::User(self.caller),
+                            "call:accepted",
+                            accepted,
+                        ));
+                    }
                     for other in self.joined().into_iter().filter(|u| *u != user) {
                         fx.push(Effect::Notify(
                             Target::User(other),
@@ -1160,17 +1173,30 @@ mod tests {
             )
             .unwrap();
         assert!(notified(&fx, &Target::User(A), "call:participant_joined"));
+        assert!(notified(&fx, &Target::User(A), "call:accepted"));
         let fx = call
             .step(
                 Event::Accept {
                     user: C,
                     device: 30,
-                    answer: None,
+                    answer: Some(json!("answer-c")),
                 },
                 2,
             )
             .unwrap();
         assert!(notified(&fx, &Target::User(A), "call:participant_joined"));
+        // Each member's answer reaches the caller, whose offer it answers; nobody else's.
+        let answers: Vec<&Value> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Notify(Target::User(A), "call:accepted", p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0]["sdpAnswer"], "answer-c");
+        assert_eq!(answers[0]["by"], C.to_string());
+        assert!(!notified(&fx, &Target::User(B), "call:accepted"));
         assert!(notified(&fx, &Target::User(B), "call:participant_joined"));
         let fx = call
             .step(
