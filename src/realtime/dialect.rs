@@ -255,16 +255,41 @@ pub static LONESTAR: Dialect = Dialect {
     ],
 };
 
-/// Seed 001 (WorldMates): the client names its calls (`roomName`).
+/// Seed 001's ICE candidate, flat (`candidate` string, `sdpMid`, `sdpMLineIndex`) whatever shape
+/// the sending app used (an `RTCIceCandidateInit` object under `candidate`, or flat).
+const FLAT_ICE: [(&str, Src); 4] = [
+    ("candidate", Src::Flat("candidate", "candidate")),
+    ("sdpMid", Src::Flat("candidate", "sdpMid")),
+    ("sdpMLineIndex", Src::Flat("candidate", "sdpMLineIndex")),
+    ("usernameFragment", Src::Flat("candidate", "usernameFragment")),
+];
+
+/// Seed 001 (WorldMates): the client names its calls (`roomName`). Its user and group ids are
+/// numbers (`user:join` 123, `participants: [123, 456]`), so every id leaves as a JSON number;
+/// `roomName`/`callId` stay strings.
 pub static WORLDMATES: Dialect = Dialect {
     name: "worldmates",
     aliases: &["seed001", "001"],
     inbound: &[
         // Joins the caller's own room: the user is known from the token already.
         inbound("user:join", "ping"),
-        inbound("call:initiate", "call:initiate"),
-        inbound("group_call:initiate", "call:initiate"),
-        inbound("call:accept", "call:accept"),
+        // The app hears of a call that could not start as a rejection, with the reason.
+        In {
+            error_event: Some("call:rejected"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:initiate", "call:initiate")
+        },
+        In {
+            error_event: Some("call:rejected"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("group_call:initiate", "call:initiate")
+        },
+        // An accept that fails (the call is gone, answered elsewhere) ends the call on screen.
+        In {
+            error_event: Some("call:ended"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:accept", "call:accept")
+        },
         inbound("call:reject", "call:reject"),
         inbound("call:end", "call:end"),
         inbound("ice:candidate", "call:ice"),
@@ -275,18 +300,27 @@ pub static WORLDMATES: Dialect = Dialect {
             &[emit(
                 "call:incoming",
                 &[
-                    ("fromId", Src::Field("from")),
+                    ("fromId", Src::Number("from")),
+                    ("from", Src::Number("from")),
                     ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                    ("conversationId", Src::Number("conversationId")),
+                    ("groupId", Src::Number("conversationId")),
                 ],
             )],
         ),
-        // Without an SDP in the accept, the answer comes as a relayed `call:answer`.
+        // The answer to the caller's offer, 1:1 or from each member of a group call. Without
+        // an SDP in the accept, the answer comes as a relayed `call:answer`.
         out(
             "call:accepted",
             &[emit_if(
                 "sdpAnswer",
                 "call:answer",
-                &[("roomName", Src::Field("callId"))],
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                    ("fromId", Src::Number("by")),
+                ],
             )],
         ),
         out(
@@ -296,33 +330,144 @@ pub static WORLDMATES: Dialect = Dialect {
                 &[
                     ("sdpAnswer", Src::Field("sdp")),
                     ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
                 ],
             )],
         ),
-        out("call:rejected", &[emit("call:rejected", &[])]),
+        out(
+            "call:offer",
+            &[emit(
+                "call:offer",
+                &[
+                    ("sdpOffer", Src::Field("sdp")),
+                    ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
+                ],
+            )],
+        ),
+        out(
+            "call:rejected",
+            &[emit(
+                "call:rejected",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                ],
+            )],
+        ),
         out(
             "call:busy",
-            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+            &[emit(
+                "call:rejected",
+                &[
+                    ("reason", Src::Str("busy")),
+                    ("roomName", Src::Field("callId")),
+                    ("to", Src::Number("to")),
+                ],
+            )],
         ),
-        out("call:ended", &[emit("call:ended", &[])]),
+        out(
+            "call:ended",
+            &[emit(
+                "call:ended",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("endedBy", Src::Number("endedBy")),
+                ],
+            )],
+        ),
         out(
             "call:missed",
-            &[emit("call:ended", &[("reason", Src::Str("missed"))])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", Src::Str("missed")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
         ),
         out(
             "call:cancelled",
-            &[emit("call:ended", &[("reason", Src::Str("cancelled"))])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", Src::Str("cancelled")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
         ),
         out(
             "call:answered_elsewhere",
             &[emit(
                 "call:ended",
-                &[("reason", Src::Str("answered_elsewhere"))],
+                &[
+                    ("reason", Src::Str("answered_elsewhere")),
+                    ("roomName", Src::Field("callId")),
+                ],
             )],
         ),
-        out("call:ice", &[emit("ice:candidate", &[])]),
+        out(
+            "call:ice",
+            &[emit(
+                "ice:candidate",
+                &[
+                    FLAT_ICE[0],
+                    FLAT_ICE[1],
+                    FLAT_ICE[2],
+                    FLAT_ICE[3],
+                    ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
+                ],
+            )],
+        ),
+        // Group call bookkeeping keeps its canonical names, with numeric ids.
+        out(
+            "call:participant_joined",
+            &[emit("call:participant_joined", WORLDMATES_USER)],
+        ),
+        out(
+            "call:participant_left",
+            &[emit("call:participant_left", WORLDMATES_USER)],
+        ),
+        out(
+            "call:peer_reconnecting",
+            &[emit("call:peer_reconnecting", WORLDMATES_USER)],
+        ),
+        out(
+            "call:peer_rejoined",
+            &[emit("call:peer_rejoined", WORLDMATES_USER)],
+        ),
+        out(
+            "call:participant_rejected",
+            &[emit(
+                "call:participant_rejected",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                ],
+            )],
+        ),
+        out(
+            "call:participants",
+            &[emit(
+                "call:participants",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                ],
+            )],
+        ),
     ],
 };
+
+/// A call event about one user, for seed 001 (numeric `userId`).
+const WORLDMATES_USER: &[(&str, Src)] = &[
+    ("roomName", Src::Field("callId")),
+    ("userId", Src::Number("userId")),
+];
 
 const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
@@ -525,13 +670,22 @@ pub static BACKEND2: Dialect = Dialect {
 
 const HANGUP: &[Emit] = &[emit("call:hangup", &[])];
 
-/// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection.
+/// Seed 004's ICE candidate: an `RTCIceCandidateInit` object under `candidate` (what a browser's
+/// `onicecandidate` hands over and `addIceCandidate` takes), whatever shape the other app sent.
+const ICE_INIT: &[(&str, Src)] = &[("candidate", Src::Object(&FLAT_ICE))];
+
+/// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection. `fromUserId` has the
+/// JSON type of the `userId` claim of the app's tokens (the legacy server echoed that claim).
 pub static AIST: Dialect = Dialect {
     name: "aist",
     aliases: &["seed004", "004"],
     inbound: &[
+        // An offer that cannot start a call (unknown user, not allowed) hangs it up: the app
+        // has no other event for a call that is over.
         In {
             hook: Hook::OfferOrStart,
+            error_event: Some("call:hangup"),
+            error_set: &[("reason", Src::Field("code"))],
             ..inbound("call:offer", "call:initiate")
         },
         In {
@@ -556,7 +710,7 @@ pub static AIST: Dialect = Dialect {
                     "call:offer",
                     &[
                         ("sdp", Src::Field("sdpOffer")),
-                        ("fromUserId", Src::Field("from")),
+                        ("fromUserId", Src::UserId("from")),
                     ],
                 )],
             )
@@ -568,21 +722,27 @@ pub static AIST: Dialect = Dialect {
                 "call:answer",
                 &[
                     ("sdp", Src::Field("sdpAnswer")),
-                    ("fromUserId", Src::Field("by")),
+                    ("fromUserId", Src::UserId("by")),
                 ],
             )],
         ),
         out(
             "call:offer",
-            &[emit("call:offer", &[("fromUserId", Src::Field("from"))])],
+            &[emit("call:offer", &[("fromUserId", Src::UserId("from"))])],
         ),
         out(
             "call:answer",
-            &[emit("call:answer", &[("fromUserId", Src::Field("from"))])],
+            &[emit("call:answer", &[("fromUserId", Src::UserId("from"))])],
         ),
         out(
             "call:ice",
-            &[emit("call:ice", &[("fromUserId", Src::Field("from"))])],
+            &[emit(
+                "call:ice",
+                &[
+                    ("candidate", Src::Object(&FLAT_ICE)),
+                    ("fromUserId", Src::UserId("from")),
+                ],
+            )],
         ),
         Out {
             hook: Hook::TrackEnd,
@@ -1043,6 +1203,12 @@ mod tests {
         "call:offer",
         "call:answer",
         "call:ice",
+        "call:participant_joined",
+        "call:participant_left",
+        "call:participant_rejected",
+        "call:participants",
+        "call:peer_reconnecting",
+        "call:peer_rejoined",
     ];
 
     fn frame(event: &str, payload: Value) -> ClientFrame {
