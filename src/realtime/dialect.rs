@@ -173,8 +173,10 @@ const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
     ("messageType", Src::Field("type")),
 ];
 
-/// Aliases seed 003's apps read on messages (Backend1 and Backend field names).
+/// Aliases seed 003's apps read on messages (Backend1 and Backend field names, and the `_id` of
+/// the Mongoose documents both were written against), as REST returns them.
 const BACKEND2_MESSAGE: &[(&str, Src)] = &[
+    ("_id", Src::Field("id")),
     ("from", Src::Field("senderId")),
     ("sender", Src::Field("senderId")),
     ("conversation", Src::Field("conversationId")),
@@ -578,7 +580,12 @@ pub static BACKEND2: Dialect = Dialect {
             rename: &[("readUpTo", "upToTime")],
             ..inbound("read_up_to", "receipt:read")
         },
-        inbound("call:invite", "call:initiate"),
+        // A call that cannot start hangs up with the reason, as a busy callee does.
+        In {
+            error_event: Some("call:hangup"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:invite", "call:initiate")
+        },
         inbound("call:answer", "call:accept"),
         inbound("call:candidate", "call:ice"),
         inbound("call:hangup", "call:end"),
@@ -640,7 +647,9 @@ pub static BACKEND2: Dialect = Dialect {
             "call:offer",
             &[emit("call:offer", &[("offer", Src::Field("sdp"))])],
         ),
-        out("call:ice", &[emit("call:candidate", &[])]),
+        // Backend1's app hands `candidate` to `RTCIceCandidate` as an object, whatever shape
+        // the other party's app sent.
+        out("call:ice", &[emit("call:candidate", ICE_INIT)]),
         out("call:ended", &[emit("call:hangup", &[])]),
         out(
             "call:rejected",
