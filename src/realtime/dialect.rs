@@ -679,8 +679,9 @@ pub static BACKEND2: Dialect = Dialect {
 
 const HANGUP: &[Emit] = &[emit("call:hangup", &[])];
 
-/// Seed 004's ICE candidate: an `RTCIceCandidateInit` object under `candidate` (what a browser's
-/// `onicecandidate` hands over and `addIceCandidate` takes), whatever shape the other app sent.
+/// An ICE candidate as an `RTCIceCandidateInit` object under `candidate` (what a browser's
+/// `onicecandidate` hands over and `addIceCandidate` takes, and what seeds 003 and 004 send),
+/// whatever shape the other party's app sent it in.
 const ICE_INIT: &[(&str, Src)] = &[("candidate", Src::Object(&FLAT_ICE))];
 
 /// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection. `fromUserId` has the
