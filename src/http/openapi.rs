@@ -1071,8 +1071,18 @@ pub fn operations() -> Vec<Operation> {
                             &[
                                 ("totalCalls", integer()),
                                 ("activeCalls", integer()),
-                                ("calls", array(json!({"type": "object"}))),
-                            ],
+                                (
+                                    "calls",
+                                    array(object(
+                                        &[
+                                            ("roomName", string()),
+                                            ("callId", string()),
+                                            ("participants", array(integer())),
+                                            ("callType", string()),
+                                            ("duration", integer()),
+                                            ("status", string()),
+                                            ("startedAt", date_time()),
+                                        ],
                             &["totalCalls", "activeCalls"],
                         ),
                     ),
