@@ -511,7 +511,11 @@ impl Call {
                 if let Some(p) = self.parties.get_mut(&user) {
                     p.status = PartyStatus::Rejected;
                 }
-                let payload = self.base(json!({"by": user.to_string(), "reason": reason}));
+                // Apps show the reason; a decline without one says so.
+                let payload = self.base(json!({
+                    "by": user.to_string(),
+                    "reason": reason.as_deref().unwrap_or("rejected"),
+                }));
                 fx.push(Effect::Notify(
                     Target::User(user),
                     "call:rejected",
