@@ -78,7 +78,10 @@ async fn worldmates_ids_leave_as_numbers_over_websocket_and_polling() {
         .iter()
         .find(|s| s.get("credential").is_some())
         .expect("a TURN entry");
-    assert!(turn["username"].as_str().unwrap().ends_with(&format!(":{alice}")));
+    assert!(turn["username"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{alice}")));
 
     p.emit(
         "bob",
@@ -91,7 +94,11 @@ async fn worldmates_ids_leave_as_numbers_over_websocket_and_polling() {
     assert_eq!(ice["sdpMLineIndex"], json!(0));
     assert_eq!(ice["fromId"], json!(bob));
 
-    p.emit("alice", "call:end", json!([{"roomName": room, "reason": "hangup"}]));
+    p.emit(
+        "alice",
+        "call:end",
+        json!([{"roomName": room, "reason": "hangup"}]),
+    );
     let ended = p.event("bob", "call:ended").await;
     assert_eq!(ended["reason"], "hangup");
     assert_eq!(ended["endedBy"], json!(alice));
@@ -146,7 +153,10 @@ async fn every_group_member_who_accepts_answers_the_initiator_with_sdp_and_ice_s
         assert_eq!(ring["participants"], json!([alice, bob, carol]));
     }
 
-    for (who, id, sdp) in [("bob", bob, "answer-from-bob"), ("carol", carol, "answer-from-carol")] {
+    for (who, id, sdp) in [
+        ("bob", bob, "answer-from-bob"),
+        ("carol", carol, "answer-from-carol"),
+    ] {
         p.emit(
             who,
             "call:accept",
@@ -169,9 +179,7 @@ async fn every_group_member_who_accepts_answers_the_initiator_with_sdp_and_ice_s
 
 /// `GET /api/admin/calls/stats` as an admin: its `stats`.
 async fn stats(srv: &TestServer, admin_token: &str) -> Value {
-    let (status, body) = srv
-        .get("/api/admin/calls/stats", Some(admin_token))
-        .await;
+    let (status, body) = srv.get("/api/admin/calls/stats", Some(admin_token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["success"], true);
     body["stats"].clone()
@@ -287,7 +295,10 @@ async fn ice_between_an_aist_browser_and_a_worldmates_app_arrives_in_each_apps_s
     )
     .await;
     let ice = p.event("bob", "ice:candidate").await;
-    assert_eq!(ice["candidate"], "candidate:7 1 udp 7 192.0.2.7 7 typ srflx");
+    assert_eq!(
+        ice["candidate"],
+        "candidate:7 1 udp 7 192.0.2.7 7 typ srflx"
+    );
     assert_eq!(ice["sdpMid"], json!("1"));
     assert_eq!(ice["sdpMLineIndex"], json!(1));
     assert_eq!(ice["roomName"], json!(room));

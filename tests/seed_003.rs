@@ -31,7 +31,15 @@ fn time(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
 
 /// Both naming styles on one message, with string ids.
 fn assert_message_in_both_styles(m: &Value, sender: i64, conversation: &str, text: &str) {
-    for key in ["id", "_id", "conversationId", "conversation", "senderId", "from", "sender"] {
+    for key in [
+        "id",
+        "_id",
+        "conversationId",
+        "conversation",
+        "senderId",
+        "from",
+        "sender",
+    ] {
         assert!(m[key].is_string(), "{key} is not a string in {m}");
     }
     assert_eq!(m["_id"], m["id"]);
@@ -64,10 +72,17 @@ async fn rest_messages_conversations_and_users_carry_both_naming_styles() {
 
     // Backend1 style: to a user, with `text`.
     let (status, sent) = srv
-        .post("/messages", json!({"to": s(bob), "text": "hi bob"}), Some(&ta))
+        .post(
+            "/messages",
+            json!({"to": s(bob), "text": "hi bob"}),
+            Some(&ta),
+        )
         .await;
     assert_eq!(status, 201, "{sent}");
-    let conv = sent["message"]["conversationId"].as_str().unwrap().to_owned();
+    let conv = sent["message"]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_message_in_both_styles(&sent["message"], alice, &conv, "hi bob");
     // Backend style: to a conversation, with `content`.
     let (status, sent2) = srv
@@ -142,7 +157,10 @@ async fn rest_messages_conversations_and_users_carry_both_naming_styles() {
         )
         .await;
     assert_eq!(status, 200, "{me}");
-    for user in [&me["user"], &srv.get("/users/profile", Some(&ta)).await.1["user"]] {
+    for user in [
+        &me["user"],
+        &srv.get("/users/profile", Some(&ta)).await.1["user"],
+    ] {
         assert_eq!(user["avatar"], "https://cdn.example.com/a.png");
         assert_eq!(user["avatarUrl"], "https://cdn.example.com/a.png");
         assert_eq!(user["_id"], json!(s(alice)));
@@ -193,7 +211,11 @@ async fn receipt_cursors_are_time_maps_keyed_by_user_on_conversations() {
     let mut stamps = Vec::new();
     for text in ["one", "two"] {
         let ack = p
-            .call("alice", "message", json!([{"conversation": conv, "text": text}]))
+            .call(
+                "alice",
+                "message",
+                json!([{"conversation": conv, "text": text}]),
+            )
             .await;
         stamps.push(ack[0]["createdAt"].as_str().unwrap().to_owned());
     }
@@ -213,7 +235,10 @@ async fn receipt_cursors_are_time_maps_keyed_by_user_on_conversations() {
     assert_eq!(time(&read["readUpTo"]), time(&json!(stamps[0])));
     assert_eq!(read["userId"], json!(s(bob)));
 
-    for path in [format!("/conversations/{conv}"), "/conversations".to_owned()] {
+    for path in [
+        format!("/conversations/{conv}"),
+        "/conversations".to_owned(),
+    ] {
         let (status, body) = srv.get(&path, Some(&ta)).await;
         assert_eq!(status, 200, "{body}");
         let c = if body["conversation"].is_object() {
@@ -262,7 +287,11 @@ async fn old_backend_session_tokens_are_accepted_only_when_enabled() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"]["id"], json!(s(alice)));
     // The same expiry and signature rules as any token.
-    let expired = old(alice, chrono::Utc::now().timestamp() - 3600, SECRET.as_bytes());
+    let expired = old(
+        alice,
+        chrono::Utc::now().timestamp() - 3600,
+        SECRET.as_bytes(),
+    );
     let (status, body) = on.get("/users/profile", Some(&expired)).await;
     assert_eq!((status, code(&body)), (401, "token_expired"));
     let forged = old(alice, exp, b"not-the-shared-secret-not-the-shared");
@@ -285,7 +314,11 @@ async fn old_backend_session_tokens_are_accepted_only_when_enabled() {
     p.connect("bob", websocket(&old(bob, exp, SECRET.as_bytes())))
         .await;
     let ack = p
-        .call("alice", "message", json!([{"to": s(bob), "text": "still signed in"}]))
+        .call(
+            "alice",
+            "message",
+            json!([{"to": s(bob), "text": "still signed in"}]),
+        )
         .await;
     assert!(ack[0]["id"].is_string(), "{ack:?}");
     let m = p.event("bob", "message").await;

@@ -38,8 +38,11 @@ async fn call_checking_ids(a: &mut WsClient, b: &mut WsClient, a_id: &Value, b_i
     assert_eq!(&offer["fromUserId"], a_id, "{offer}");
     assert_eq!(offer["sdp"]["sdp"], "o");
 
-    b.emit("call:answer", json!({"sdp": {"type": "answer", "sdp": "a"}}))
-        .await;
+    b.emit(
+        "call:answer",
+        json!({"sdp": {"type": "answer", "sdp": "a"}}),
+    )
+    .await;
     let answer = a.expect_event("call:answer").await;
     assert_eq!(&answer["fromUserId"], b_id, "{answer}");
     assert_eq!(answer["sdp"]["sdp"], "a");

@@ -145,8 +145,7 @@ impl Auth {
         let numeric_id = verified.numeric_subject;
         // A session an earlier backend wrote into its tokens (`sessionId`) is unknown here; with
         // ACCEPT_LEGACY_SESSION_TOKENS such a token counts as session-less instead of refused.
-        let legacy_fallback =
-            verified.legacy_session && self.config.accept_legacy_session_tokens;
+        let legacy_fallback = verified.legacy_session && self.config.accept_legacy_session_tokens;
         // Taken before the lookup: a ban that races it is not overwritten by what it read.
         let ticket = self.db.contact_cache().ticket();
         let found = self
@@ -156,8 +155,10 @@ impl Auth {
                     accounts::identity(conn, verified.user_id, verified.session_id.as_deref())?;
                 match found {
                     Some((user, session)) => Ok(Some((user, session, verified.session_id))),
-                    None if legacy_fallback => Ok(accounts::identity(conn, verified.user_id, None)?
-                        .map(|(user, _)| (user, None, None))),
+                    None if legacy_fallback => {
+                        Ok(accounts::identity(conn, verified.user_id, None)?
+                            .map(|(user, _)| (user, None, None)))
+                    }
                     None => Ok(None),
                 }
             })

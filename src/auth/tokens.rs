@@ -237,7 +237,11 @@ mod tests {
             let v = keys.verify(&legacy(claims, Algorithm::HS256)).unwrap();
             assert_eq!(v.user_id, id);
             assert_eq!(v.session_id.as_deref(), sid);
-            assert_eq!(v.legacy_session, sid.is_some(), "`sessionId` is the legacy claim");
+            assert_eq!(
+                v.legacy_session,
+                sid.is_some(),
+                "`sessionId` is the legacy claim"
+            );
         }
     }
 
@@ -251,7 +255,10 @@ mod tests {
         let own = keys.sign(9, Some("s"), &[], 60).unwrap();
         let own = keys.verify(&own).unwrap();
         assert!(!own.numeric_subject);
-        assert!(!own.legacy_session, "Switchboard's `sid` is not a legacy session");
+        assert!(
+            !own.legacy_session,
+            "Switchboard's `sid` is not a legacy session"
+        );
     }
 
     #[test]

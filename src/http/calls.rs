@@ -262,9 +262,7 @@ async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResul
     let mut calls = Vec::with_capacity(live.len());
     for (_, addr) in live {
         // A call that ended while this was being collected is left out.
-        let Ok((row, parties)) = addr
-            .send(crate::realtime::call::actor::CurrentRecord)
-            .await
+        let Ok((row, parties)) = addr.send(crate::realtime::call::actor::CurrentRecord).await
         else {
             continue;
         };

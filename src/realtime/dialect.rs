@@ -263,7 +263,10 @@ const FLAT_ICE: [(&str, Src); 4] = [
     ("candidate", Src::Flat("candidate", "candidate")),
     ("sdpMid", Src::Flat("candidate", "sdpMid")),
     ("sdpMLineIndex", Src::Flat("candidate", "sdpMLineIndex")),
-    ("usernameFragment", Src::Flat("candidate", "usernameFragment")),
+    (
+        "usernameFragment",
+        Src::Flat("candidate", "usernameFragment"),
+    ),
 ];
 
 /// Seed 001 (WorldMates): the client names its calls (`roomName`). Its user and group ids are
