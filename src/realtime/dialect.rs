@@ -465,6 +465,20 @@ pub static WORLDMATES: Dialect = Dialect {
                 ],
             )],
         ),
+        out(
+            "call:rejoined",
+            &[emit(
+                "call:rejoined",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                ],
+            )],
+        ),
+        out(
+            "presence",
+            &[emit("presence", &[("userId", Src::Number("userId"))])],
+        ),
     ],
 };
 
@@ -1222,6 +1236,7 @@ mod tests {
         "call:participants",
         "call:peer_reconnecting",
         "call:peer_rejoined",
+        "call:rejoined",
     ];
 
     fn frame(event: &str, payload: Value) -> ClientFrame {
@@ -1317,6 +1332,22 @@ mod tests {
         assert_eq!(out["init"], json!({"candidate": "c2", "sdpMid": "1"}));
         assert_eq!(out["fromUserId"], json!("9"));
         assert!(out.get("none").is_none());
+    }
+
+    #[test]
+    fn worldmates_gets_numeric_ids_on_call_events_it_does_not_rename() {
+        let t = Translator::new(&WORLDMATES);
+        for (event, field, value) in [
+            ("call:participant_joined", "userId", json!("5")),
+            ("call:participants", "participants", json!(["1", "5"])),
+            ("call:rejoined", "participants", json!(["1", "5"])),
+            ("presence", "userId", json!("5")),
+        ] {
+            let ev = ServerEvent::new(event, json!({"callId": "room_9", field: value}));
+            let out = t.outbound(&ev);
+            assert_eq!(out[0].name, event);
+            assert_eq!(out[0].payload[field], to_number(&value), "{event}");
+        }
     }
 
     #[test]
