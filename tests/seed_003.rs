@@ -127,8 +127,17 @@ async fn rest_messages_conversations_and_users_carry_both_naming_styles() {
     assert_eq!(deleted["message"]["_id"], json!(id));
     assert_eq!(deleted["message"]["deleted"], true);
 
-    // Conversations: `members` (objects) and `participants` (user ids), `_id`, last message in
-    // both styles.
+    // Conversations: `members` and `participants`, the same member objects with both users'
+    // names; `_id`; the last message in both styles.
+    let (status, _) = srv
+        .call(
+            "PATCH",
+            "/users/me",
+            Some(json!({"avatarUrl": "https://cdn.example.com/b.png"})),
+            Some(&tb),
+        )
+        .await;
+    assert_eq!(status, 200);
     let (status, list) = srv.get("/conversations", Some(&ta)).await;
     assert_eq!(status, 200, "{list}");
     let c = list["conversations"]
@@ -139,12 +148,23 @@ async fn rest_messages_conversations_and_users_carry_both_naming_styles() {
         .unwrap()
         .clone();
     assert_eq!(c["_id"], json!(conv));
-    let mut participants: Vec<Value> = c["participants"].as_array().unwrap().clone();
-    participants.sort_by_key(|v| v.as_str().unwrap().parse::<i64>().unwrap());
-    assert_eq!(participants, vec![json!(s(alice)), json!(s(bob))]);
+    assert_eq!(c["participants"], c["members"]);
     let members = c["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);
-    assert!(members.iter().all(|m| m["userId"].is_string()));
+    for m in members {
+        for key in ["userId", "id", "_id"] {
+            assert!(m[key].is_string(), "{key} in {m}");
+        }
+        assert_eq!(m["id"], m["userId"]);
+        assert_eq!(m["_id"], m["userId"]);
+    }
+    let b = members
+        .iter()
+        .find(|m| m["userId"] == s(bob).as_str())
+        .unwrap();
+    assert_eq!(b["name"], "Bob");
+    assert_eq!(b["avatar"], "https://cdn.example.com/b.png");
+    assert_eq!(b["avatarUrl"], "https://cdn.example.com/b.png");
     assert_message_in_both_styles(&c["lastMessage"], bob, &conv, "hi alice");
 
     // Users: `avatar` and `avatarUrl`, `_id`, string ids.
@@ -202,11 +222,7 @@ async fn receipt_cursors_are_time_maps_keyed_by_user_on_conversations() {
     assert!(announced["deliveredUpTo"].is_object(), "{announced}");
     assert!(announced["readUpTo"].is_object(), "{announced}");
     assert_eq!(announced["participants"].as_array().unwrap().len(), 3);
-    assert!(announced["participants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(Value::is_string));
+    assert_eq!(announced["participants"], announced["members"]);
 
     let mut stamps = Vec::new();
     for text in ["one", "two"] {

@@ -69,18 +69,26 @@ pub struct Member {
     pub receipt_change: i64,
 }
 
-/// A member as clients see it.
+/// A member as clients see it: the member's user too, with the names seed 003's apps read on
+/// users (`id`/`_id`, `avatar`/`avatarUrl`), as a populated Mongoose reference would give them.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberView {
     /// User id.
     pub user_id: String,
+    /// Same as `userId`.
+    pub id: String,
+    /// Same as `userId`.
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Role in the conversation.
     pub role: String,
     /// Display name.
     pub name: String,
     /// Avatar.
     pub avatar_url: Option<String>,
+    /// Same as `avatarUrl`.
+    pub avatar: Option<String>,
     /// Join time.
     pub joined_at: DateTime<Utc>,
     /// Delivered cursor.
@@ -90,7 +98,7 @@ pub struct MemberView {
 }
 
 /// A conversation as clients see it. Seed 003's two apps each find their names: `members`
-/// (Backend: member objects) and `participants` (Backend1: user ids), `_id`, and the receipt
+/// (Backend) and `participants` (Backend1), the same member objects, `_id`, and the receipt
 /// cursors `deliveredUpTo` / `readUpTo` as maps from user id to the time of the last message
 /// each member received / read (Backend2's `Map<userId, Date>`; a member with no cursor yet is
 /// absent). Each member's cursor is also in `members` as a seq.
@@ -125,8 +133,8 @@ pub struct ConversationView {
     pub last_change: i64,
     /// Members.
     pub members: Vec<MemberView>,
-    /// The members' user ids (seed 003's `participants`).
-    pub participants: Vec<String>,
+    /// Same list under the seed 003 name.
+    pub participants: Vec<MemberView>,
     /// User id → time of the last message delivered to them.
     pub delivered_up_to: BTreeMap<String, DateTime<Utc>>,
     /// User id → time of the last message they read.
@@ -653,8 +661,11 @@ pub fn views(
             .or_default()
             .push(MemberView {
                 user_id: m.user_id.to_string(),
+                id: m.user_id.to_string(),
+                doc_id: m.user_id.to_string(),
                 role: m.role,
                 name,
+                avatar: avatar.clone(),
                 avatar_url: avatar,
                 joined_at: m.joined_at,
                 delivered_up_to: m.delivered_up_to,
@@ -717,7 +728,7 @@ pub fn views(
             context_id: c.context_id,
             last_seq: c.last_seq,
             last_change: c.last_change,
-            participants: members.iter().map(|m| m.user_id.clone()).collect(),
+            participants: members.clone(),
             members,
             delivered_up_to,
             read_up_to,

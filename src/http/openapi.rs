@@ -244,9 +244,12 @@ fn components() -> Value {
     let member = object(
         &[
             ("userId", string()),
+            ("id", string()),
+            ("_id", string()),
             ("role", string()),
             ("name", string()),
             ("avatarUrl", nullable_string()),
+            ("avatar", nullable_string()),
             ("joinedAt", date_time()),
             ("deliveredUpTo", integer()),
             ("readUpTo", integer()),
@@ -267,7 +270,7 @@ fn components() -> Value {
             ("lastChange", integer()),
             ("_id", string()),
             ("members", array(r("Member"))),
-            ("participants", array(string())),
+            ("participants", array(r("Member"))),
             (
                 "deliveredUpTo",
                 json!({"type": "object", "additionalProperties": date_time()}),
