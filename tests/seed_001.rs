@@ -175,6 +175,30 @@ async fn every_group_member_who_accepts_answers_the_initiator_with_sdp_and_ice_s
     // Members already in the call hear who joined, by numeric id.
     let joined = p.event("bob", "call:participant_joined").await;
     assert_eq!(joined["userId"], json!(carol));
+
+    // The app's candidates name no recipient: a member's reach the initiator, the initiator's
+    // every member.
+    p.emit(
+        "carol",
+        "ice:candidate",
+        json!([{"roomName": "group_room_7", "candidate": "cand-carol", "sdpMLineIndex": 0, "sdpMid": "0"}]),
+    );
+    let ice = p.event("alice", "ice:candidate").await;
+    assert_eq!(
+        (ice["candidate"].clone(), ice["fromId"].clone()),
+        (json!("cand-carol"), json!(carol))
+    );
+    p.emit(
+        "alice",
+        "ice:candidate",
+        json!([{"roomName": "group_room_7", "candidate": "cand-alice", "sdpMLineIndex": 1, "sdpMid": "1"}]),
+    );
+    for who in ["bob", "carol"] {
+        let ice = p.event(who, "ice:candidate").await;
+        assert_eq!(ice["candidate"], "cand-alice");
+        assert_eq!(ice["sdpMLineIndex"], json!(1));
+        assert_eq!(ice["fromId"], json!(alice));
+    }
 }
 
 /// `GET /api/admin/calls/stats` as an admin: its `stats`.
