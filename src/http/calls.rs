@@ -258,14 +258,16 @@ async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResul
         .send(crate::realtime::registry::LiveCalls)
         .await
         .map_err(|e| AppError::unavailable(format!("registry: {e}")))?;
+    // Every call answers from memory, all at once.
+    let records = futures_util::future::join_all(
+        live.iter()
+            .map(|(_, addr)| addr.send(crate::realtime::call::actor::CurrentRecord)),
+    )
+    .await;
     let now = chrono::Utc::now();
-    let mut calls = Vec::with_capacity(live.len());
-    for (_, addr) in live {
-        // A call that ended while this was being collected is left out.
-        let Ok((row, parties)) = addr.send(crate::realtime::call::actor::CurrentRecord).await
-        else {
-            continue;
-        };
+    let mut calls = Vec::with_capacity(records.len());
+    // A call that ended while this was being collected is left out.
+    for (row, parties) in records.into_iter().flatten() {
         if row.ended_at.is_some() {
             continue;
         }
