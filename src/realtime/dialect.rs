@@ -257,8 +257,9 @@ pub static LONESTAR: Dialect = Dialect {
     ],
 };
 
-/// Seed 001's ICE candidate, flat (`candidate` string, `sdpMid`, `sdpMLineIndex`) whatever shape
-/// the sending app used (an `RTCIceCandidateInit` object under `candidate`, or flat).
+/// An ICE candidate's fields read from either shape an app may send: an `RTCIceCandidateInit`
+/// object under `candidate`, or `candidate` (a string), `sdpMid` and `sdpMLineIndex` side by
+/// side. Seed 001 reads them flat; [`ICE_INIT`] nests them.
 const FLAT_ICE: [(&str, Src); 4] = [
     ("candidate", Src::Flat("candidate", "candidate")),
     ("sdpMid", Src::Flat("candidate", "sdpMid")),
