@@ -689,7 +689,21 @@ pub fn views(
             last.insert(cid, m);
         }
     }
-    let cursor_times = cursor_times(conn, &ids)?;
+    // Per conversation: user id → time at the delivered cursor, and at the read cursor.
+    type TimeMaps = (
+        BTreeMap<String, DateTime<Utc>>,
+        BTreeMap<String, DateTime<Utc>>,
+    );
+    let mut cursor_maps: HashMap<i64, TimeMaps> = HashMap::new();
+    for t in cursor_times(conn, &ids)? {
+        let (delivered, read) = cursor_maps.entry(t.conversation_id).or_default();
+        if let Some(at) = t.delivered_at {
+            delivered.insert(t.user_id.to_string(), at);
+        }
+        if let Some(at) = t.read_at {
+            read.insert(t.user_id.to_string(), at);
+        }
+    }
     let mut out = Vec::with_capacity(convs.len());
     for c in convs {
         let read = read_cursor.get(&c.id).copied().unwrap_or(0);
@@ -705,16 +719,7 @@ pub fn views(
             0
         };
         let members = by_conv.remove(&c.id).unwrap_or_default();
-        let mut delivered_up_to = BTreeMap::new();
-        let mut read_up_to = BTreeMap::new();
-        for t in cursor_times.iter().filter(|t| t.conversation_id == c.id) {
-            if let Some(at) = t.delivered_at {
-                delivered_up_to.insert(t.user_id.to_string(), at);
-            }
-            if let Some(at) = t.read_at {
-                read_up_to.insert(t.user_id.to_string(), at);
-            }
-        }
+        let (delivered_up_to, read_up_to) = cursor_maps.remove(&c.id).unwrap_or_default();
         out.push(ConversationView {
             id: c.id.to_string(),
             doc_id: c.id.to_string(),
