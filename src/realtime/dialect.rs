@@ -1352,6 +1352,30 @@ mod tests {
     }
 
     #[test]
+    fn one_event_is_translated_once_per_id_type_for_connections_typing_ids_like_their_token() {
+        let numeric = Translator::new(&AIST);
+        numeric.set_numeric_ids(true);
+        let string = Translator::new(&AIST);
+        let ev = ServerEvent::new(
+            "call:offer",
+            json!({"callId": "k", "from": "7", "sdp": "o"}),
+        );
+        // Either order: the shared cache keeps one translation per id type.
+        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
+        assert_eq!(numeric.outbound(&ev)[0].payload["fromUserId"], json!(7));
+        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
+        // Dialects that never type ids like the token ignore the flag.
+        let wm = Translator::new(&WORLDMATES);
+        wm.set_numeric_ids(true);
+        let ice = ServerEvent::new(
+            "call:ice",
+            json!({"callId": "k", "from": "7", "candidate": "c"}),
+        );
+        assert_eq!(wm.slot(), WORLDMATES.index());
+        assert_eq!(wm.outbound(&ice)[0].payload["fromId"], json!(7));
+    }
+
+    #[test]
     fn time_cursors_are_renamed_before_parsing() {
         let t = Translator::new(&BACKEND2);
         let f = t
