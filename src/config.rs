@@ -321,6 +321,14 @@ pub struct Config {
     /// database is slow or down); past it further times are dropped and counted in
     /// `switchboard_last_seen_dropped_total` until a write succeeds. Default 100000.
     pub last_seen_buffer: usize,
+
+    // Moving apps over from their legacy backends.
+    /// `ACCEPT_LEGACY_SESSION_TOKENS` — access tokens an earlier backend signed with the same
+    /// `JWT_SECRET` whose `sessionId` claim names a session Switchboard does not know are
+    /// accepted as session-less tokens (signature, expiry, ban and forced-logout checks still
+    /// apply) instead of being refused, so that app's users stay signed in across the switch.
+    /// Default false.
+    pub accept_legacy_session_tokens: bool,
 }
 
 impl Default for Config {
@@ -409,6 +417,7 @@ impl Default for Config {
             last_seen_flush: Duration::from_millis(1000),
             last_seen_batch: 1000,
             last_seen_buffer: 100_000,
+            accept_legacy_session_tokens: false,
         }
     }
 }
@@ -664,7 +673,17 @@ impl Config {
         parse(src, "CONTACT_CACHE_SIZE", &mut self.contact_cache_size)?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
-        self.apply_auth_limits(src)
+        self.apply_auth_limits(src)?;
+        self.apply_migration(src)
+    }
+
+    /// Settings for apps moving over from their legacy backends.
+    fn apply_migration(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
+        parse_bool(
+            src,
+            "ACCEPT_LEGACY_SESSION_TOKENS",
+            &mut self.accept_legacy_session_tokens,
+        )
     }
 
     fn apply_auth_limits(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
@@ -959,6 +978,23 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |key| map.get(key).cloned()
+    }
+
+    #[test]
+    fn legacy_session_tokens_are_refused_unless_enabled() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let config = Config::load_from(None, &env(&base)).unwrap();
+        assert!(!config.accept_legacy_session_tokens);
+        let mut pairs = base.to_vec();
+        pairs.push(("ACCEPT_LEGACY_SESSION_TOKENS", "true"));
+        let config = Config::load_from(None, &env(&pairs)).unwrap();
+        config.validate().unwrap();
+        assert!(config.accept_legacy_session_tokens);
+        let pairs = [base[0], base[1], ("ACCEPT_LEGACY_SESSION_TOKENS", "maybe")];
+        assert!(Config::load_from(None, &env(&pairs)).is_err());
     }
 
     #[test]

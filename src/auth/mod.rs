@@ -33,6 +33,9 @@ pub struct Identity {
     pub user: User,
     /// The device session the token is bound to, if any.
     pub session_id: Option<String>,
+    /// The token carried the user id as a JSON number (legacy tokens such as `{"userId": 7}`):
+    /// dialects that type ids like the app's token send them back as numbers.
+    pub numeric_id: bool,
 }
 
 impl Identity {
@@ -138,17 +141,29 @@ impl Auth {
     /// belong to the user and not be revoked).
     pub async fn authenticate(&self, token: &str) -> AppResult<Identity> {
         let verified = self.keys.verify(token)?;
-        let sid = verified.session_id.clone();
         let issued_at = verified.issued_at;
+        let numeric_id = verified.numeric_subject;
+        // A session an earlier backend wrote into its tokens (`sessionId`) is unknown here; with
+        // ACCEPT_LEGACY_SESSION_TOKENS such a token counts as session-less instead of refused.
+        let legacy_fallback = verified.legacy_session && self.config.accept_legacy_session_tokens;
         // Taken before the lookup: a ban that races it is not overwritten by what it read.
         let ticket = self.db.contact_cache().ticket();
         let found = self
             .db
             .run(move |conn| {
-                accounts::identity(conn, verified.user_id, verified.session_id.as_deref())
+                let found =
+                    accounts::identity(conn, verified.user_id, verified.session_id.as_deref())?;
+                match found {
+                    Some((user, session)) => Ok(Some((user, session, verified.session_id))),
+                    None if legacy_fallback => {
+                        Ok(accounts::identity(conn, verified.user_id, None)?
+                            .map(|(user, _)| (user, None, None)))
+                    }
+                    None => Ok(None),
+                }
             })
             .await?;
-        let Some((user, session)) = found else {
+        let Some((user, session, sid)) = found else {
             return Err(AppError::unauthorized(
                 "invalid_token",
                 "unknown user or session",
@@ -182,6 +197,7 @@ impl Auth {
         Ok(Identity {
             user,
             session_id: sid,
+            numeric_id,
         })
     }
 

@@ -41,6 +41,12 @@ pub struct VerifiedToken {
     pub session_id: Option<String>,
     /// `iat` (unix seconds), when the token carries one.
     pub issued_at: Option<i64>,
+    /// The subject claim was a JSON number (`"userId": 7`), not a string: apps written against
+    /// such tokens compare user ids as numbers.
+    pub numeric_subject: bool,
+    /// The session came from `sessionId`, the claim the legacy backends wrote (Switchboard
+    /// writes `sid`): a session of an earlier backend, possibly unknown here.
+    pub legacy_session: bool,
 }
 
 /// Signs and verifies access tokens.
@@ -108,18 +114,27 @@ impl TokenKeys {
             }
         })?;
         let claims = data.claims;
-        let user_id = ["sub", "uid", "id", "userId"]
+        let (user_id, numeric_subject) = ["sub", "uid", "id", "userId"]
             .iter()
-            .find_map(|key| claims.get(*key).and_then(id_value))
+            .find_map(|key| {
+                let claim = claims.get(*key)?;
+                id_value(claim).map(|id| (id, claim.is_number()))
+            })
             .ok_or_else(|| AppError::unauthorized("invalid_token", "token has no subject"))?;
-        let session_id = ["sid", "sessionId"]
-            .iter()
-            .find_map(|key| claims.get(*key).and_then(string_value));
+        let (session_id, legacy_session) = match claims.get("sid").and_then(string_value) {
+            Some(sid) => (Some(sid), false),
+            None => match claims.get("sessionId").and_then(string_value) {
+                Some(sid) => (Some(sid), true),
+                None => (None, false),
+            },
+        };
         let issued_at = claims.get("iat").and_then(Value::as_i64);
         Ok(VerifiedToken {
             user_id,
             session_id,
             issued_at,
+            numeric_subject,
+            legacy_session,
         })
     }
 }
@@ -222,7 +237,28 @@ mod tests {
             let v = keys.verify(&legacy(claims, Algorithm::HS256)).unwrap();
             assert_eq!(v.user_id, id);
             assert_eq!(v.session_id.as_deref(), sid);
+            assert_eq!(
+                v.legacy_session,
+                sid.is_some(),
+                "`sessionId` is the legacy claim"
+            );
         }
+    }
+
+    #[test]
+    fn the_json_type_of_the_subject_claim_is_reported() {
+        let keys = TokenKeys::new(SECRET);
+        let number = legacy(json!({"userId": 9, "exp": exp()}), Algorithm::HS256);
+        assert!(keys.verify(&number).unwrap().numeric_subject);
+        let string = legacy(json!({"userId": "9", "exp": exp()}), Algorithm::HS256);
+        assert!(!keys.verify(&string).unwrap().numeric_subject);
+        let own = keys.sign(9, Some("s"), &[], 60).unwrap();
+        let own = keys.verify(&own).unwrap();
+        assert!(!own.numeric_subject);
+        assert!(
+            !own.legacy_session,
+            "Switchboard's `sid` is not a legacy session"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::error::{AppError, AppResult};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A conversation row.
 #[derive(Clone, Debug, Queryable, Selectable)]
@@ -69,18 +69,26 @@ pub struct Member {
     pub receipt_change: i64,
 }
 
-/// A member as clients see it.
+/// A member as clients see it: the member's user too, with the names seed 003's apps read on
+/// users (`id`/`_id`, `avatar`/`avatarUrl`), as a populated Mongoose reference would give them.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberView {
     /// User id.
     pub user_id: String,
+    /// Same as `userId`.
+    pub id: String,
+    /// Same as `userId`.
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Role in the conversation.
     pub role: String,
     /// Display name.
     pub name: String,
     /// Avatar.
     pub avatar_url: Option<String>,
+    /// Same as `avatarUrl`.
+    pub avatar: Option<String>,
     /// Join time.
     pub joined_at: DateTime<Utc>,
     /// Delivered cursor.
@@ -89,12 +97,19 @@ pub struct MemberView {
     pub read_up_to: i64,
 }
 
-/// A conversation as clients see it.
+/// A conversation as clients see it. Seed 003's two apps each find their names: `members`
+/// (Backend) and `participants` (Backend1), the same member objects, `_id`, and the receipt
+/// cursors `deliveredUpTo` / `readUpTo` as maps from user id to the time of the last message
+/// each member received / read (Backend2's `Map<userId, Date>`; a member with no cursor yet is
+/// absent). Each member's cursor is also in `members` as a seq.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
     /// Id.
     pub id: String,
+    /// Same as `id` (Mongoose lean documents).
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Kind (`direct|group|team|support`).
     #[serde(rename = "type")]
     pub kind: String,
@@ -120,8 +135,12 @@ pub struct ConversationView {
     pub members: Vec<MemberView>,
     /// Same list under the seed 003 name.
     pub participants: Vec<MemberView>,
+    /// User id → time of the last message delivered to them.
+    pub delivered_up_to: BTreeMap<String, DateTime<Utc>>,
+    /// User id → time of the last message they read.
+    pub read_up_to: BTreeMap<String, DateTime<Utc>>,
     /// Last message.
-    pub last_message: Option<super::messages::MessageView>,
+    pub last_message: Option<super::messages::MessageDoc>,
     /// Messages after the caller's read cursor not sent by the caller.
     pub unread_count: i64,
     /// Last message time.
@@ -584,6 +603,34 @@ pub fn peers_of(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>> {
         .load(conn)?)
 }
 
+/// The time of the message at each member's delivered and read cursor.
+#[derive(Debug, QueryableByName)]
+struct CursorTimes {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    conversation_id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    delivered_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    read_at: Option<DateTime<Utc>>,
+}
+
+fn cursor_times(conn: &mut PgConnection, conversation_ids: &[i64]) -> AppResult<Vec<CursorTimes>> {
+    Ok(diesel::sql_query(
+        "SELECT cm.conversation_id, cm.user_id, d.created_at AS delivered_at, \
+                r.created_at AS read_at \
+         FROM conversation_members cm \
+         LEFT JOIN messages d ON d.conversation_id = cm.conversation_id \
+              AND d.seq = cm.delivered_up_to \
+         LEFT JOIN messages r ON r.conversation_id = cm.conversation_id \
+              AND r.seq = cm.read_up_to \
+         WHERE cm.conversation_id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(conversation_ids)
+    .load(conn)?)
+}
+
 /// Full views of conversations for `viewer`: members with names, last message, unread count.
 pub fn views(
     conn: &mut PgConnection,
@@ -614,8 +661,11 @@ pub fn views(
             .or_default()
             .push(MemberView {
                 user_id: m.user_id.to_string(),
+                id: m.user_id.to_string(),
+                doc_id: m.user_id.to_string(),
                 role: m.role,
                 name,
+                avatar: avatar.clone(),
                 avatar_url: avatar,
                 joined_at: m.joined_at,
                 delivered_up_to: m.delivered_up_to,
@@ -639,6 +689,21 @@ pub fn views(
             last.insert(cid, m);
         }
     }
+    // Per conversation: user id → time at the delivered cursor, and at the read cursor.
+    type TimeMaps = (
+        BTreeMap<String, DateTime<Utc>>,
+        BTreeMap<String, DateTime<Utc>>,
+    );
+    let mut cursor_maps: HashMap<i64, TimeMaps> = HashMap::new();
+    for t in cursor_times(conn, &ids)? {
+        let (delivered, read) = cursor_maps.entry(t.conversation_id).or_default();
+        if let Some(at) = t.delivered_at {
+            delivered.insert(t.user_id.to_string(), at);
+        }
+        if let Some(at) = t.read_at {
+            read.insert(t.user_id.to_string(), at);
+        }
+    }
     let mut out = Vec::with_capacity(convs.len());
     for c in convs {
         let read = read_cursor.get(&c.id).copied().unwrap_or(0);
@@ -654,8 +719,10 @@ pub fn views(
             0
         };
         let members = by_conv.remove(&c.id).unwrap_or_default();
+        let (delivered_up_to, read_up_to) = cursor_maps.remove(&c.id).unwrap_or_default();
         out.push(ConversationView {
             id: c.id.to_string(),
+            doc_id: c.id.to_string(),
             kind: c.kind,
             title: c.title,
             avatar_url: c.avatar_url,
@@ -668,7 +735,9 @@ pub fn views(
             last_change: c.last_change,
             participants: members.clone(),
             members,
-            last_message: last.get(&c.id).map(Message::view),
+            delivered_up_to,
+            read_up_to,
+            last_message: last.get(&c.id).map(Message::doc),
             unread_count: unread,
             last_message_at: c.last_message_at,
             created_at: c.created_at,

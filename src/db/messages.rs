@@ -83,7 +83,49 @@ pub struct MessageView {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+/// A message as REST returns it: the [`MessageView`] plus the names seed 003's two apps read.
+/// Backend2 promised both styles: the Flutter app (Backend1) reads `from` and `text`, the
+/// Electron app (Backend) `sender`, `conversation` and `content`; both were written against
+/// Mongoose lean documents, whose id is `_id`. Ids stay strings, as in those apps. `to` is an
+/// input only (the recipient of a send); a stored message names its conversation.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageDoc {
+    /// The canonical fields.
+    #[serde(flatten)]
+    pub view: MessageView,
+    /// Same as `id`.
+    #[serde(rename = "_id")]
+    pub doc_id: String,
+    /// Same as `senderId` (Backend1).
+    pub from: Option<String>,
+    /// Same as `senderId` (Backend).
+    pub sender: Option<String>,
+    /// Same as `conversationId`.
+    pub conversation: String,
+    /// Same as `content` (Backend1).
+    pub text: String,
+}
+
+impl MessageView {
+    /// This view with seed 003's names added (REST responses).
+    pub fn doc(self) -> MessageDoc {
+        MessageDoc {
+            doc_id: self.id.clone(),
+            from: self.sender_id.clone(),
+            sender: self.sender_id.clone(),
+            conversation: self.conversation_id.clone(),
+            text: self.content.clone(),
+            view: self,
+        }
+    }
+}
+
 impl Message {
+    /// The REST shape: the client view with seed 003's names added.
+    pub fn doc(&self) -> MessageDoc {
+        self.view().doc()
+    }
+
     /// The client view.
     pub fn view(&self) -> MessageView {
         let deleted = self.deleted_at.is_some();

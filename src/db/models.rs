@@ -68,6 +68,7 @@ impl User {
         UserView {
             id: self.id.to_string(),
             uid: self.id.to_string(),
+            doc_id: self.id.to_string(),
             name: self.name.clone(),
             phone: self.phone.clone(),
             email: self.email.clone(),
@@ -91,6 +92,9 @@ pub struct UserView {
     pub id: String,
     /// Same as `id` (seed 003 mobile clients).
     pub uid: String,
+    /// Same as `id`: seed 003's apps read Mongoose lean documents, whose id is `_id`.
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Display name.
     pub name: String,
     /// Phone.

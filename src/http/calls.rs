@@ -243,32 +243,56 @@ pub(crate) fn calls_page(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) ->
     }))
 }
 
+/// Seed 001's call statistics: the calls in progress now. `totalCalls` counts them (so does
+/// `activeCalls`); each has its `roomName` (the call id), its `participants` as numeric user ids
+/// (the caller and every callee not out of the call), `callType`, and `duration`, the seconds
+/// since the call started (the legacy server counted from `call:initiate`), growing while it
+/// lasts. Past calls are in `GET /admin/calls`.
 async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResult<HttpResponse> {
     if !identity.is_admin() {
         return Err(AppError::Forbidden("admin only".into()));
     }
-    let (total, recent) = state
-        .db
-        .run(|conn| Ok((calls::count(conn)?, calls::recent(conn, 100)?)))
-        .await?;
     let live = state
         .engine
         .registry
         .send(crate::realtime::registry::LiveCalls)
         .await
         .map_err(|e| AppError::unavailable(format!("registry: {e}")))?;
+    // Every call answers from memory, all at once.
+    let records = futures_util::future::join_all(
+        live.iter()
+            .map(|(_, addr)| addr.send(crate::realtime::call::actor::CurrentRecord)),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    let mut calls = Vec::with_capacity(records.len());
+    // A call that ended while this was being collected is left out.
+    for (row, parties) in records.into_iter().flatten() {
+        if row.ended_at.is_some() {
+            continue;
+        }
+        let participants: Vec<i64> = parties
+            .iter()
+            .filter(|p| matches!(p.status.as_str(), "joined" | "ringing" | "invited"))
+            .map(|p| p.user_id)
+            .collect();
+        calls.push(json!({
+            "roomName": row.id,
+            "callId": row.id,
+            "participants": participants,
+            "callType": row.call_type,
+            "duration": (now - row.created_at).num_seconds().max(0),
+            "status": row.status,
+            "startedAt": row.created_at,
+        }));
+    }
+    calls.sort_by(|a, b| a["roomName"].as_str().cmp(&b["roomName"].as_str()));
     Ok(HttpResponse::Ok().json(json!({
         "success": true,
         "stats": {
-            "totalCalls": total,
-            "activeCalls": live.len(),
-            "calls": recent.iter().map(|(c, p)| json!({
-                "roomName": c.id,
-                "participants": p.iter().map(|x| x.user_id.to_string()).collect::<Vec<_>>(),
-                "callType": c.call_type,
-                "duration": c.duration_secs.unwrap_or(0),
-                "status": c.status,
-            })).collect::<Vec<_>>(),
+            "totalCalls": calls.len(),
+            "activeCalls": calls.len(),
+            "calls": calls,
         }
     })))
 }

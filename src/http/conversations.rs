@@ -467,9 +467,9 @@ pub(crate) async fn page_response(
         .db
         .run(move |conn| messages::page(conn, conversation_id, before, after, limit))
         .await?;
-    let views: Vec<_> = rows.iter().map(Message::view).collect();
-    let older = views.first().map(|m| m.seq).filter(|s| *s > 1);
-    let newer = views.last().map(|m| m.seq);
+    let views: Vec<_> = rows.iter().map(Message::doc).collect();
+    let older = views.first().map(|m| m.view.seq).filter(|s| *s > 1);
+    let newer = views.last().map(|m| m.view.seq);
     Ok(HttpResponse::Ok().json(json!({
         "messages": views,
         "conversationId": conversation_id.to_string(),
@@ -527,7 +527,7 @@ pub(crate) async fn send_and_respond(
     draft: SendDraft,
 ) -> AppResult<HttpResponse> {
     let view = state.engine.send_message(identity, draft, None).await?;
-    Ok(HttpResponse::Created().json(json!({ "message": view, "success": true })))
+    Ok(HttpResponse::Created().json(json!({ "message": view.doc(), "success": true })))
 }
 
 async fn post_conversation_message(
@@ -590,7 +590,7 @@ async fn edit_message(
         .engine
         .edit_message(&identity, id, body.into_inner().content, None)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "message": m.view(), "success": true })))
+    Ok(HttpResponse::Ok().json(json!({ "message": m.doc(), "success": true })))
 }
 
 async fn delete_message(
@@ -600,7 +600,7 @@ async fn delete_message(
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "message id")?;
     let m = state.engine.delete_message(&identity, id, None).await?;
-    Ok(HttpResponse::Ok().json(json!({ "message": m.view(), "success": true })))
+    Ok(HttpResponse::Ok().json(json!({ "message": m.doc(), "success": true })))
 }
 
 /// The team conversation of a team role, with its membership brought up to date. Only holders

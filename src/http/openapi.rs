@@ -184,6 +184,7 @@ fn components() -> Value {
         &[
             ("id", string()),
             ("uid", string()),
+            ("_id", string()),
             ("name", string()),
             ("phone", nullable_string()),
             ("email", nullable_string()),
@@ -225,6 +226,11 @@ fn components() -> Value {
             ("editedAt", nullable_date_time()),
             ("deleted", boolean()),
             ("deletedAt", nullable_date_time()),
+            ("_id", string()),
+            ("from", nullable_string()),
+            ("sender", nullable_string()),
+            ("conversation", string()),
+            ("text", string()),
         ],
         &[
             "id",
@@ -238,9 +244,12 @@ fn components() -> Value {
     let member = object(
         &[
             ("userId", string()),
+            ("id", string()),
+            ("_id", string()),
             ("role", string()),
             ("name", string()),
             ("avatarUrl", nullable_string()),
+            ("avatar", nullable_string()),
             ("joinedAt", date_time()),
             ("deliveredUpTo", integer()),
             ("readUpTo", integer()),
@@ -259,8 +268,17 @@ fn components() -> Value {
             ("contextId", nullable_string()),
             ("lastSeq", integer()),
             ("lastChange", integer()),
+            ("_id", string()),
             ("members", array(r("Member"))),
             ("participants", array(r("Member"))),
+            (
+                "deliveredUpTo",
+                json!({"type": "object", "additionalProperties": date_time()}),
+            ),
+            (
+                "readUpTo",
+                json!({"type": "object", "additionalProperties": date_time()}),
+            ),
             ("lastMessage", nullable_ref("Message")),
             ("unreadCount", integer()),
             ("lastMessageAt", nullable_date_time()),
@@ -1071,7 +1089,21 @@ pub fn operations() -> Vec<Operation> {
                             &[
                                 ("totalCalls", integer()),
                                 ("activeCalls", integer()),
-                                ("calls", array(json!({"type": "object"}))),
+                                (
+                                    "calls",
+                                    array(object(
+                                        &[
+                                            ("roomName", string()),
+                                            ("callId", string()),
+                                            ("participants", array(integer())),
+                                            ("callType", string()),
+                                            ("duration", integer()),
+                                            ("status", string()),
+                                            ("startedAt", date_time()),
+                                        ],
+                                        &["roomName", "participants", "callType", "duration"],
+                                    )),
+                                ),
                             ],
                             &["totalCalls", "activeCalls"],
                         ),

@@ -16,6 +16,7 @@
 use super::protocol::{ClientFrame, Outbound, ServerEvent, WireError};
 use crate::error::{AppError, AppResult};
 use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where a translated field's value comes from.
@@ -23,6 +24,21 @@ use std::sync::{Arc, Mutex};
 pub enum Src {
     /// A field of the canonical payload (absent → the field is not set).
     Field(&'static str),
+    /// A field of the canonical payload as a JSON number: a string of digits becomes a number,
+    /// and so does each such element of an array; other values are kept as they are. For apps
+    /// whose ids are numbers (canonical ids are strings).
+    Number(&'static str),
+    /// A user id in the JSON type the connection's token carried its subject in: a number when
+    /// the token said `"userId": 7`, a string when it said `"7"` (Switchboard's own tokens).
+    /// Apps compare the ids they receive with the one they logged in with.
+    UserId(&'static str),
+    /// `.1` read inside the object `.0` when the payload carries an object there, else `.1` at
+    /// the top level: a value some apps nest and others send flat (an ICE candidate as an
+    /// `RTCIceCandidateInit` object under `candidate`, or `candidate`, `sdpMid` and
+    /// `sdpMLineIndex` side by side).
+    Flat(&'static str, &'static str),
+    /// An object of the fields these sources give (absent ones left out; absent when all are).
+    Object(&'static [(&'static str, Src)]),
     /// `true` when the canonical `callType` is `video`.
     IsVideo,
     /// `"online"` or `"offline"` from the canonical `online` flag.
@@ -78,6 +94,9 @@ pub struct In {
     pub reply: &'static [Emit],
     /// The event that carries a failure of this command (besides the ack, when one was asked).
     pub error_event: Option<&'static str>,
+    /// Fields the error event adds to `{code, message, ref}`, built from them (an app that
+    /// learns of a failed call from `call:rejected` reads its `reason`).
+    pub error_set: &'static [(&'static str, Src)],
     /// Stateful step.
     pub hook: Hook,
 }
@@ -114,6 +133,7 @@ const fn inbound(event: &'static str, command: &'static str) -> In {
         defaults: &[],
         reply: &[],
         error_event: None,
+        error_set: &[],
         hook: Hook::None,
     }
 }
@@ -153,8 +173,10 @@ const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
     ("messageType", Src::Field("type")),
 ];
 
-/// Aliases seed 003's apps read on messages (Backend1 and Backend field names).
+/// Aliases seed 003's apps read on messages (Backend1 and Backend field names, and the `_id` of
+/// the Mongoose documents both were written against), as REST returns them.
 const BACKEND2_MESSAGE: &[(&str, Src)] = &[
+    ("_id", Src::Field("id")),
     ("from", Src::Field("senderId")),
     ("sender", Src::Field("senderId")),
     ("conversation", Src::Field("conversationId")),
@@ -235,16 +257,45 @@ pub static LONESTAR: Dialect = Dialect {
     ],
 };
 
-/// Seed 001 (WorldMates): the client names its calls (`roomName`).
+/// An ICE candidate's fields read from either shape an app may send: an `RTCIceCandidateInit`
+/// object under `candidate`, or `candidate` (a string), `sdpMid` and `sdpMLineIndex` side by
+/// side. Seed 001 reads them flat; [`ICE_INIT`] nests them.
+const FLAT_ICE: [(&str, Src); 4] = [
+    ("candidate", Src::Flat("candidate", "candidate")),
+    ("sdpMid", Src::Flat("candidate", "sdpMid")),
+    ("sdpMLineIndex", Src::Flat("candidate", "sdpMLineIndex")),
+    (
+        "usernameFragment",
+        Src::Flat("candidate", "usernameFragment"),
+    ),
+];
+
+/// Seed 001 (WorldMates): the client names its calls (`roomName`). Its user and group ids are
+/// numbers (`user:join` 123, `participants: [123, 456]`), so every id leaves as a JSON number;
+/// `roomName`/`callId` stay strings.
 pub static WORLDMATES: Dialect = Dialect {
     name: "worldmates",
     aliases: &["seed001", "001"],
     inbound: &[
         // Joins the caller's own room: the user is known from the token already.
         inbound("user:join", "ping"),
-        inbound("call:initiate", "call:initiate"),
-        inbound("group_call:initiate", "call:initiate"),
-        inbound("call:accept", "call:accept"),
+        // The app hears of a call that could not start as a rejection, with the reason.
+        In {
+            error_event: Some("call:rejected"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:initiate", "call:initiate")
+        },
+        In {
+            error_event: Some("call:rejected"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("group_call:initiate", "call:initiate")
+        },
+        // An accept that fails (the call is gone, answered elsewhere) ends the call on screen.
+        In {
+            error_event: Some("call:ended"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:accept", "call:accept")
+        },
         inbound("call:reject", "call:reject"),
         inbound("call:end", "call:end"),
         inbound("ice:candidate", "call:ice"),
@@ -255,18 +306,27 @@ pub static WORLDMATES: Dialect = Dialect {
             &[emit(
                 "call:incoming",
                 &[
-                    ("fromId", Src::Field("from")),
+                    ("fromId", Src::Number("from")),
+                    ("from", Src::Number("from")),
                     ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                    ("conversationId", Src::Number("conversationId")),
+                    ("groupId", Src::Number("conversationId")),
                 ],
             )],
         ),
-        // Without an SDP in the accept, the answer comes as a relayed `call:answer`.
+        // The answer to the caller's offer, 1:1 or from each member of a group call. Without
+        // an SDP in the accept, the answer comes as a relayed `call:answer`.
         out(
             "call:accepted",
             &[emit_if(
                 "sdpAnswer",
                 "call:answer",
-                &[("roomName", Src::Field("callId"))],
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                    ("fromId", Src::Number("by")),
+                ],
             )],
         ),
         out(
@@ -276,33 +336,158 @@ pub static WORLDMATES: Dialect = Dialect {
                 &[
                     ("sdpAnswer", Src::Field("sdp")),
                     ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
                 ],
             )],
         ),
-        out("call:rejected", &[emit("call:rejected", &[])]),
+        out(
+            "call:offer",
+            &[emit(
+                "call:offer",
+                &[
+                    ("sdpOffer", Src::Field("sdp")),
+                    ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
+                ],
+            )],
+        ),
+        out(
+            "call:rejected",
+            &[emit(
+                "call:rejected",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                ],
+            )],
+        ),
         out(
             "call:busy",
-            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+            &[emit(
+                "call:rejected",
+                &[
+                    ("reason", Src::Str("busy")),
+                    ("roomName", Src::Field("callId")),
+                    ("to", Src::Number("to")),
+                ],
+            )],
         ),
-        out("call:ended", &[emit("call:ended", &[])]),
+        out(
+            "call:ended",
+            &[emit(
+                "call:ended",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("endedBy", Src::Number("endedBy")),
+                ],
+            )],
+        ),
         out(
             "call:missed",
-            &[emit("call:ended", &[("reason", Src::Str("missed"))])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", Src::Str("missed")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
         ),
         out(
             "call:cancelled",
-            &[emit("call:ended", &[("reason", Src::Str("cancelled"))])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", Src::Str("cancelled")),
+                    ("roomName", Src::Field("callId")),
+                ],
+            )],
         ),
         out(
             "call:answered_elsewhere",
             &[emit(
                 "call:ended",
-                &[("reason", Src::Str("answered_elsewhere"))],
+                &[
+                    ("reason", Src::Str("answered_elsewhere")),
+                    ("roomName", Src::Field("callId")),
+                ],
             )],
         ),
-        out("call:ice", &[emit("ice:candidate", &[])]),
+        out(
+            "call:ice",
+            &[emit(
+                "ice:candidate",
+                &[
+                    FLAT_ICE[0],
+                    FLAT_ICE[1],
+                    FLAT_ICE[2],
+                    FLAT_ICE[3],
+                    ("roomName", Src::Field("callId")),
+                    ("from", Src::Number("from")),
+                    ("fromId", Src::Number("from")),
+                ],
+            )],
+        ),
+        // Group call bookkeeping keeps its canonical names, with numeric ids.
+        out(
+            "call:participant_joined",
+            &[emit("call:participant_joined", WORLDMATES_USER)],
+        ),
+        out(
+            "call:participant_left",
+            &[emit("call:participant_left", WORLDMATES_USER)],
+        ),
+        out(
+            "call:peer_reconnecting",
+            &[emit("call:peer_reconnecting", WORLDMATES_USER)],
+        ),
+        out(
+            "call:peer_rejoined",
+            &[emit("call:peer_rejoined", WORLDMATES_USER)],
+        ),
+        out(
+            "call:participant_rejected",
+            &[emit(
+                "call:participant_rejected",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("by", Src::Number("by")),
+                ],
+            )],
+        ),
+        out(
+            "call:participants",
+            &[emit(
+                "call:participants",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                ],
+            )],
+        ),
+        out(
+            "call:rejoined",
+            &[emit(
+                "call:rejoined",
+                &[
+                    ("roomName", Src::Field("callId")),
+                    ("participants", Src::Number("participants")),
+                ],
+            )],
+        ),
+        out(
+            "presence",
+            &[emit("presence", &[("userId", Src::Number("userId"))])],
+        ),
     ],
 };
+
+/// A call event about one user, for seed 001 (numeric `userId`).
+const WORLDMATES_USER: &[(&str, Src)] = &[
+    ("roomName", Src::Field("callId")),
+    ("userId", Src::Number("userId")),
+];
 
 const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
@@ -413,7 +598,12 @@ pub static BACKEND2: Dialect = Dialect {
             rename: &[("readUpTo", "upToTime")],
             ..inbound("read_up_to", "receipt:read")
         },
-        inbound("call:invite", "call:initiate"),
+        // A call that cannot start hangs up with the reason, as a busy callee does.
+        In {
+            error_event: Some("call:hangup"),
+            error_set: &[("reason", Src::Field("code"))],
+            ..inbound("call:invite", "call:initiate")
+        },
         inbound("call:answer", "call:accept"),
         inbound("call:candidate", "call:ice"),
         inbound("call:hangup", "call:end"),
@@ -475,7 +665,9 @@ pub static BACKEND2: Dialect = Dialect {
             "call:offer",
             &[emit("call:offer", &[("offer", Src::Field("sdp"))])],
         ),
-        out("call:ice", &[emit("call:candidate", &[])]),
+        // Backend1's app hands `candidate` to `RTCIceCandidate` as an object, whatever shape
+        // the other party's app sent.
+        out("call:ice", &[emit("call:candidate", ICE_INIT)]),
         out("call:ended", &[emit("call:hangup", &[])]),
         out(
             "call:rejected",
@@ -505,13 +697,23 @@ pub static BACKEND2: Dialect = Dialect {
 
 const HANGUP: &[Emit] = &[emit("call:hangup", &[])];
 
-/// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection.
+/// An ICE candidate as an `RTCIceCandidateInit` object under `candidate` (what a browser's
+/// `onicecandidate` hands over and `addIceCandidate` takes, and what seeds 003 and 004 send),
+/// whatever shape the other party's app sent it in.
+const ICE_INIT: &[(&str, Src)] = &[("candidate", Src::Object(&FLAT_ICE))];
+
+/// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection. `fromUserId` has the
+/// JSON type of the `userId` claim of the app's tokens (the legacy server echoed that claim).
 pub static AIST: Dialect = Dialect {
     name: "aist",
     aliases: &["seed004", "004"],
     inbound: &[
+        // An offer that cannot start a call (unknown user, not allowed) hangs it up: the app
+        // has no other event for a call that is over.
         In {
             hook: Hook::OfferOrStart,
+            error_event: Some("call:hangup"),
+            error_set: &[("reason", Src::Field("code"))],
             ..inbound("call:offer", "call:initiate")
         },
         In {
@@ -536,7 +738,7 @@ pub static AIST: Dialect = Dialect {
                     "call:offer",
                     &[
                         ("sdp", Src::Field("sdpOffer")),
-                        ("fromUserId", Src::Field("from")),
+                        ("fromUserId", Src::UserId("from")),
                     ],
                 )],
             )
@@ -548,21 +750,27 @@ pub static AIST: Dialect = Dialect {
                 "call:answer",
                 &[
                     ("sdp", Src::Field("sdpAnswer")),
-                    ("fromUserId", Src::Field("by")),
+                    ("fromUserId", Src::UserId("by")),
                 ],
             )],
         ),
         out(
             "call:offer",
-            &[emit("call:offer", &[("fromUserId", Src::Field("from"))])],
+            &[emit("call:offer", &[("fromUserId", Src::UserId("from"))])],
         ),
         out(
             "call:answer",
-            &[emit("call:answer", &[("fromUserId", Src::Field("from"))])],
+            &[emit("call:answer", &[("fromUserId", Src::UserId("from"))])],
         ),
         out(
             "call:ice",
-            &[emit("call:ice", &[("fromUserId", Src::Field("from"))])],
+            &[emit(
+                "call:ice",
+                &[
+                    ("candidate", Src::Object(&FLAT_ICE)),
+                    ("fromUserId", Src::UserId("from")),
+                ],
+            )],
         ),
         Out {
             hook: Hook::TrackEnd,
@@ -654,6 +862,20 @@ impl Dialect {
     fn rule_out(&'static self, event: &str) -> Option<&'static Out> {
         self.outbound.iter().find(|r| r.event == event)
     }
+
+    /// Whether some rule emits a [`Src::UserId`] (the translation then depends on the
+    /// connection's token).
+    fn types_ids_like_token(&self) -> bool {
+        let in_set = |set: &[(&str, Src)]| set.iter().any(|(_, src)| uses_token_ids(src));
+        self.outbound
+            .iter()
+            .flat_map(|r| r.emit.iter())
+            .any(|e| in_set(e.set))
+            || self
+                .inbound
+                .iter()
+                .any(|r| r.reply.iter().any(|e| in_set(e.set)) || in_set(r.error_set))
+    }
 }
 
 /// The call a connection of a call-id-less dialect is in.
@@ -664,11 +886,16 @@ struct CurrentCall {
     ringing_here: bool,
 }
 
-/// One connection's translator: its dialect and, for seed 004, its current call.
+/// One connection's translator: its dialect, the JSON type its token gave the user id (for
+/// [`Src::UserId`]) and, for seed 004, its current call.
 #[derive(Debug)]
 pub struct Translator {
     dialect: &'static Dialect,
     current: Mutex<CurrentCall>,
+    /// The dialect's tables type ids like the connection's token ([`Src::UserId`]).
+    token_typed: bool,
+    /// The connection's token carried its subject as a number.
+    numeric_ids: AtomicBool,
 }
 
 fn no_call() -> AppError {
@@ -679,8 +906,77 @@ fn call_id_of(payload: &Value) -> Option<&str> {
     payload.get("callId").and_then(Value::as_str)
 }
 
+/// `v` as a JSON number when it is a string of digits (arrays element by element).
+fn to_number(v: &Value) -> Value {
+    match v {
+        Value::String(s) => s
+            .parse::<i64>()
+            .map_or_else(|_| v.clone(), |n| Value::Number(n.into())),
+        Value::Array(items) => Value::Array(items.iter().map(to_number).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `v` as a string when it is a number (arrays element by element).
+fn to_string_id(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.iter().map(to_string_id).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The value one source gives for a canonical payload (`None`: the field is not set).
+/// `numeric_ids` says how [`Src::UserId`] types ids for this connection.
+fn value_of(base: &Value, src: &Src, numeric_ids: bool) -> Option<Value> {
+    let present = |f: &str| base.get(f).filter(|v| !v.is_null());
+    match src {
+        Src::Field(f) => present(f).cloned(),
+        Src::Number(f) => present(f).map(to_number),
+        Src::UserId(f) if numeric_ids => present(f).map(to_number),
+        Src::UserId(f) => present(f).map(to_string_id),
+        Src::Flat(container, f) => base
+            .get(*container)
+            .filter(|c| c.is_object())
+            .and_then(|c| c.get(*f))
+            .filter(|v| !v.is_null())
+            .or_else(|| present(f))
+            .cloned(),
+        Src::Object(fields) => {
+            let obj: Map<String, Value> = fields
+                .iter()
+                .filter_map(|(name, src)| {
+                    value_of(base, src, numeric_ids).map(|v| ((*name).to_owned(), v))
+                })
+                .collect();
+            (!obj.is_empty()).then_some(Value::Object(obj))
+        }
+        Src::IsVideo => Some(json!(
+            base.get("callType").and_then(Value::as_str) == Some("video")
+        )),
+        Src::OnlineStatus => Some(json!(
+            if base.get("online").and_then(Value::as_bool) == Some(true) {
+                "online"
+            } else {
+                "offline"
+            }
+        )),
+        Src::Str(s) => Some(json!(s)),
+        Src::Zero => Some(json!(0)),
+    }
+}
+
+/// Whether a source depends on the connection's id type.
+fn uses_token_ids(src: &Src) -> bool {
+    match src {
+        Src::UserId(_) => true,
+        Src::Object(fields) => fields.iter().any(|(_, src)| uses_token_ids(src)),
+        _ => false,
+    }
+}
+
 /// A canonical payload plus a dialect's extra fields.
-fn build(base: &Value, set: &[(&'static str, Src)]) -> Value {
+fn build(base: &Value, set: &[(&'static str, Src)], numeric_ids: bool) -> Value {
     let mut obj = match base {
         Value::Object(o) => o.clone(),
         Value::Null => Map::new(),
@@ -691,22 +987,7 @@ fn build(base: &Value, set: &[(&'static str, Src)]) -> Value {
         }
     };
     for (name, src) in set {
-        let value = match src {
-            Src::Field(f) => base.get(*f).cloned().filter(|v| !v.is_null()),
-            Src::IsVideo => Some(json!(
-                base.get("callType").and_then(Value::as_str) == Some("video")
-            )),
-            Src::OnlineStatus => Some(json!(if base.get("online").and_then(Value::as_bool)
-                == Some(true)
-            {
-                "online"
-            } else {
-                "offline"
-            })),
-            Src::Str(s) => Some(json!(s)),
-            Src::Zero => Some(json!(0)),
-        };
-        if let Some(v) = value {
+        if let Some(v) = value_of(base, src, numeric_ids) {
             obj.insert((*name).to_owned(), v);
         }
     }
@@ -719,7 +1000,26 @@ impl Translator {
         Arc::new(Self {
             dialect,
             current: Mutex::new(CurrentCall::default()),
+            token_typed: dialect.types_ids_like_token(),
+            numeric_ids: AtomicBool::new(false),
         })
+    }
+
+    /// Tells the translator the connection's token carried its user id as a JSON number, so
+    /// [`Src::UserId`] fields leave as numbers. Set before the connection receives events.
+    pub fn set_numeric_ids(&self, numeric: bool) {
+        self.numeric_ids.store(numeric, Ordering::Relaxed);
+    }
+
+    /// Whether [`Src::UserId`] fields leave as numbers on this connection (only dialects whose
+    /// tables use it tell the two apart).
+    fn numeric_ids(&self) -> bool {
+        self.token_typed && self.numeric_ids.load(Ordering::Relaxed)
+    }
+
+    /// This connection's slot in an event's translation cache: one per dialect and id type.
+    fn slot(&self) -> usize {
+        self.dialect.index() + if self.numeric_ids() { DIALECT_COUNT } else { 0 }
     }
 
     /// The dialect's name.
@@ -799,7 +1099,7 @@ impl Translator {
     /// none).
     pub fn outbound(&self, event: &Arc<ServerEvent>) -> Arc<[Arc<ServerEvent>]> {
         let Some(rule) = self.dialect.rule_out(&event.name) else {
-            return event.translated(self.dialect.index(), || vec![Arc::clone(event)]);
+            return event.translated(self.slot(), || vec![Arc::clone(event)]);
         };
         // Per-connection state moves here; the translation itself is the same for every
         // connection of the dialect, so it is built once per event and shared.
@@ -819,14 +1119,15 @@ impl Translator {
             }
             _ => {}
         }
-        event.translated(self.dialect.index(), || {
+        let numeric = self.numeric_ids();
+        event.translated(self.slot(), || {
             rule.emit
                 .iter()
                 .filter(|e| {
                     e.when
                         .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
                 })
-                .map(|e| event.derive(e.event, build(&event.payload, e.set)))
+                .map(|e| event.derive(e.event, build(&event.payload, e.set, numeric)))
                 .collect()
         })
     }
@@ -849,7 +1150,7 @@ impl Translator {
                     for e in rule.reply {
                         items.push(Outbound::Event(ServerEvent::new(
                             e.event,
-                            build(&payload, e.set),
+                            build(&payload, e.set, self.numeric_ids()),
                         )));
                     }
                 }
@@ -862,9 +1163,14 @@ impl Translator {
                     .clone()
                     .or_else(|| Some(Value::String(event.to_owned())));
                 let error = WireError::from_app(&e, reference);
-                match rule.and_then(|r| r.error_event) {
-                    Some(name) => {
+                match rule.and_then(|r| r.error_event.map(|name| (name, r.error_set))) {
+                    Some((name, set)) => {
                         let body = serde_json::to_value(&error).unwrap_or(Value::Null);
+                        let body = if set.is_empty() {
+                            body
+                        } else {
+                            build(&body, set, self.numeric_ids())
+                        };
                         if reply_to.is_some() {
                             items.push(Outbound::error(reply_to, error));
                         }
@@ -924,6 +1230,13 @@ mod tests {
         "call:offer",
         "call:answer",
         "call:ice",
+        "call:participant_joined",
+        "call:participant_left",
+        "call:participant_rejected",
+        "call:participants",
+        "call:peer_reconnecting",
+        "call:peer_rejoined",
+        "call:rejoined",
     ];
 
     fn frame(event: &str, payload: Value) -> ClientFrame {
@@ -967,6 +1280,98 @@ mod tests {
         assert_eq!(Dialect::find("SEED003").unwrap().name, "backend2");
         assert!(Dialect::choose(Some("nope"), &CANONICAL).is_err());
         assert_eq!(Dialect::choose(None, &AIST).unwrap().name, "aist");
+    }
+
+    #[test]
+    fn sources_convert_ids_to_numbers_flatten_nested_values_and_follow_the_token_id_type() {
+        let base = json!({
+            "from": "7",
+            "participants": ["1", "22", "x"],
+            "callId": "room_1",
+            "candidate": {"candidate": "cand", "sdpMid": "0", "sdpMLineIndex": 0},
+        });
+        let set: &[(&str, Src)] = &[
+            ("fromId", Src::Number("from")),
+            ("participants", Src::Number("participants")),
+            ("roomName", Src::Number("callId")),
+            ("candidate", Src::Flat("candidate", "candidate")),
+            ("sdpMid", Src::Flat("candidate", "sdpMid")),
+            ("sdpMLineIndex", Src::Flat("candidate", "sdpMLineIndex")),
+            ("fromUserId", Src::UserId("from")),
+            ("missing", Src::Number("nothing")),
+        ];
+        let out = build(&base, set, false);
+        assert_eq!(out["fromId"], json!(7));
+        assert_eq!(out["from"], json!("7"), "canonical fields stay");
+        assert_eq!(out["participants"], json!([1, 22, "x"]));
+        assert_eq!(out["roomName"], json!("room_1"));
+        assert_eq!(out["candidate"], json!("cand"));
+        assert_eq!(out["sdpMid"], json!("0"));
+        assert_eq!(out["sdpMLineIndex"], json!(0));
+        assert_eq!(out["fromUserId"], json!("7"));
+        assert!(out.get("missing").is_none());
+        assert_eq!(build(&base, set, true)["fromUserId"], json!(7));
+
+        // A flat candidate stays flat; an object is built from either shape.
+        let flat = json!({"candidate": "c2", "sdpMid": "1", "sdpMLineIndex": 1, "from": 9});
+        const INIT: &[(&str, Src)] = &[
+            ("candidate", Src::Flat("candidate", "candidate")),
+            ("sdpMid", Src::Flat("candidate", "sdpMid")),
+        ];
+        let out = build(
+            &flat,
+            &[
+                ("candidate", Src::Flat("candidate", "candidate")),
+                ("init", Src::Object(INIT)),
+                ("fromUserId", Src::UserId("from")),
+                ("none", Src::Object(&[("x", Src::Field("absent"))])),
+            ],
+            false,
+        );
+        assert_eq!(out["candidate"], json!("c2"));
+        assert_eq!(out["init"], json!({"candidate": "c2", "sdpMid": "1"}));
+        assert_eq!(out["fromUserId"], json!("9"));
+        assert!(out.get("none").is_none());
+    }
+
+    #[test]
+    fn worldmates_gets_numeric_ids_on_call_events_it_does_not_rename() {
+        let t = Translator::new(&WORLDMATES);
+        for (event, field, value) in [
+            ("call:participant_joined", "userId", json!("5")),
+            ("call:participants", "participants", json!(["1", "5"])),
+            ("call:rejoined", "participants", json!(["1", "5"])),
+            ("presence", "userId", json!("5")),
+        ] {
+            let ev = ServerEvent::new(event, json!({"callId": "room_9", field: value}));
+            let out = t.outbound(&ev);
+            assert_eq!(out[0].name, event);
+            assert_eq!(out[0].payload[field], to_number(&value), "{event}");
+        }
+    }
+
+    #[test]
+    fn one_event_is_translated_once_per_id_type_for_connections_typing_ids_like_their_token() {
+        let numeric = Translator::new(&AIST);
+        numeric.set_numeric_ids(true);
+        let string = Translator::new(&AIST);
+        let ev = ServerEvent::new(
+            "call:offer",
+            json!({"callId": "k", "from": "7", "sdp": "o"}),
+        );
+        // Either order: the shared cache keeps one translation per id type.
+        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
+        assert_eq!(numeric.outbound(&ev)[0].payload["fromUserId"], json!(7));
+        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
+        // Dialects that never type ids like the token ignore the flag.
+        let wm = Translator::new(&WORLDMATES);
+        wm.set_numeric_ids(true);
+        let ice = ServerEvent::new(
+            "call:ice",
+            json!({"callId": "k", "from": "7", "candidate": "c"}),
+        );
+        assert_eq!(wm.slot(), WORLDMATES.index());
+        assert_eq!(wm.outbound(&ice)[0].payload["fromId"], json!(7));
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub struct ServerEvent {
     translated: [OnceLock<Arc<[Arc<ServerEvent>]>>; DIALECT_SLOTS],
 }
 
-/// Slots of an event's translation cache: one per dialect.
-pub const DIALECT_SLOTS: usize = crate::realtime::dialect::DIALECT_COUNT;
+/// Slots of an event's translation cache: one per dialect and user-id type (a dialect may type
+/// ids like each connection's token).
+pub const DIALECT_SLOTS: usize = 2 * crate::realtime::dialect::DIALECT_COUNT;
 
 impl ServerEvent {
     /// A new shared event.

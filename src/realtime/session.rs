@@ -219,6 +219,8 @@ impl std::fmt::Debug for SessionActor {
 impl SessionActor {
     /// A session for an authenticated identity.
     pub fn new(identity: Identity, engine: Engine, link: Link, labels: SessionLabels) -> Self {
+        // Before any event reaches the link: ids leave in the type the app's token used.
+        link.dialect.set_numeric_ids(identity.numeric_id);
         Self {
             key: engine.next_session_key(),
             identity: Arc::new(identity),

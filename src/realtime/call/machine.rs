@@ -341,6 +341,16 @@ impl Call {
         v
     }
 
+    /// A signal as its recipient gets it: the payload plus the call and the sender.
+    fn relayed(&self, user: i64, payload: Value) -> Value {
+        let mut relayed = payload;
+        if let Some(obj) = relayed.as_object_mut() {
+            obj.insert("callId".into(), Value::String(self.id.clone()));
+            obj.insert("from".into(), Value::String(user.to_string()));
+        }
+        relayed
+    }
+
     fn finish(
         &mut self,
         outcome: Outcome,
@@ -463,6 +473,19 @@ impl Call {
                     self.ids(),
                 ));
                 if self.group {
+                    // The accept answers the caller's offer: the caller gets the answer (seed
+                    // 001's `call:answer{sdpAnswer}`), every member in the call the new face.
+                    if self
+                        .parties
+                        .get(&self.caller)
+                        .is_some_and(|p| p.status == PartyStatus::Joined)
+                    {
+                        fx.push(Effect::Notify(
+                            Target::User(self.caller),
+                            "call:accepted",
+                            accepted,
+                        ));
+                    }
                     for other in self.joined().into_iter().filter(|u| *u != user) {
                         fx.push(Effect::Notify(
                             Target::User(other),
@@ -498,7 +521,11 @@ impl Call {
                 if let Some(p) = self.parties.get_mut(&user) {
                     p.status = PartyStatus::Rejected;
                 }
-                let payload = self.base(json!({"by": user.to_string(), "reason": reason}));
+                // Apps show the reason; a decline without one says so.
+                let payload = self.base(json!({
+                    "by": user.to_string(),
+                    "reason": reason.as_deref().unwrap_or("rejected"),
+                }));
                 fx.push(Effect::Notify(
                     Target::User(user),
                     "call:rejected",
@@ -607,42 +634,61 @@ impl Call {
                 if party.device != Some(device) {
                     return Err(Refusal::InvalidState("this device is not in the call"));
                 }
-                let target = match to {
-                    Some(t) if self.group || t != user => t,
-                    _ => {
-                        if self.group {
-                            return Err(Refusal::InvalidState("group signaling needs `to`"));
-                        }
-                        self.callees()
-                            .find(|u| *u != user)
-                            .map_or(self.caller, |callee| {
-                                if user == self.caller {
-                                    callee
-                                } else {
-                                    self.caller
+                // A group signal without `to` (apps written for 1:1 signaling, seed 001's
+                // `ice:candidate`) follows the offer: a member's goes to the caller whose offer it
+                // answered, the caller's to every member in the call.
+                let targets: Vec<i64> = match to {
+                    Some(t) if self.group || t != user => vec![t],
+                    _ if self.group && user != self.caller => vec![self.caller],
+                    _ if self.group => {
+                        let joined: Vec<i64> =
+                            self.joined().into_iter().filter(|u| *u != user).collect();
+                        if joined.is_empty() {
+                            // Nobody answered yet: early candidates wait for the first answer.
+                            let ringing = self.parties.values().any(|p| p.status.still_ringing());
+                            if kind == "call:ice" && ringing {
+                                if self.early_ice.len() < MAX_EARLY_ICE {
+                                    self.early_ice.push_back(self.relayed(user, payload));
                                 }
-                            })
-                    }
-                };
-                let dest = self.parties.get(&target).ok_or(Refusal::NotAParty)?;
-                let mut relayed = payload;
-                if let Some(obj) = relayed.as_object_mut() {
-                    obj.insert("callId".into(), Value::String(self.id.clone()));
-                    obj.insert("from".into(), Value::String(user.to_string()));
-                }
-                match dest.device {
-                    Some(d) if !dest.reconnecting => {
-                        fx.push(Effect::Notify(Target::Device(target, d), kind, relayed))
-                    }
-                    _ if kind == "call:ice"
-                        && user == self.caller
-                        && dest.status.still_ringing() =>
-                    {
-                        if self.early_ice.len() < MAX_EARLY_ICE {
-                            self.early_ice.push_back(relayed);
+                                return Ok(fx);
+                            }
+                            return Err(Refusal::InvalidState("the other party is not connected"));
                         }
+                        joined
                     }
-                    _ => return Err(Refusal::InvalidState("the other party is not connected")),
+                    _ => vec![self
+                        .callees()
+                        .find(|u| *u != user)
+                        .map_or(self.caller, |callee| {
+                            if user == self.caller {
+                                callee
+                            } else {
+                                self.caller
+                            }
+                        })],
+                };
+                let relayed = self.relayed(user, payload);
+                let broadcast = targets.len() > 1;
+                for target in targets {
+                    let dest = self.parties.get(&target).ok_or(Refusal::NotAParty)?;
+                    match dest.device {
+                        // A member whose device dropped misses a broadcast, not the others.
+                        _ if broadcast && (dest.device.is_none() || dest.reconnecting) => {}
+                        Some(d) if !dest.reconnecting => fx.push(Effect::Notify(
+                            Target::Device(target, d),
+                            kind,
+                            relayed.clone(),
+                        )),
+                        _ if kind == "call:ice"
+                            && user == self.caller
+                            && dest.status.still_ringing() =>
+                        {
+                            if self.early_ice.len() < MAX_EARLY_ICE {
+                                self.early_ice.push_back(relayed.clone());
+                            }
+                        }
+                        _ => return Err(Refusal::InvalidState("the other party is not connected")),
+                    }
                 }
             }
             Event::RingTimeout => {
@@ -1160,17 +1206,30 @@ mod tests {
             )
             .unwrap();
         assert!(notified(&fx, &Target::User(A), "call:participant_joined"));
+        assert!(notified(&fx, &Target::User(A), "call:accepted"));
         let fx = call
             .step(
                 Event::Accept {
                     user: C,
                     device: 30,
-                    answer: None,
+                    answer: Some(json!("answer-c")),
                 },
                 2,
             )
             .unwrap();
         assert!(notified(&fx, &Target::User(A), "call:participant_joined"));
+        // Each member's answer reaches the caller, whose offer it answers; nobody else's.
+        let answers: Vec<&Value> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Notify(Target::User(A), "call:accepted", p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0]["sdpAnswer"], "answer-c");
+        assert_eq!(answers[0]["by"], C.to_string());
+        assert!(!notified(&fx, &Target::User(B), "call:accepted"));
         assert!(notified(&fx, &Target::User(B), "call:participant_joined"));
         let fx = call
             .step(
@@ -1185,6 +1244,36 @@ mod tests {
             )
             .unwrap();
         assert!(notified(&fx, &Target::Device(C, 30), "call:offer"));
+        // Without `to`, a member's signal goes to the caller, the caller's to every member.
+        let fx = call
+            .step(
+                Event::Signal {
+                    user: B,
+                    device: 20,
+                    kind: "call:ice",
+                    to: None,
+                    payload: json!({"candidate": "b"}),
+                },
+                3,
+            )
+            .unwrap();
+        assert_eq!(fx.len(), 1);
+        assert!(notified(&fx, &Target::Device(A, 10), "call:ice"));
+        let fx = call
+            .step(
+                Event::Signal {
+                    user: A,
+                    device: 10,
+                    kind: "call:ice",
+                    to: None,
+                    payload: json!({"candidate": "a"}),
+                },
+                3,
+            )
+            .unwrap();
+        assert_eq!(fx.len(), 2);
+        assert!(notified(&fx, &Target::Device(B, 20), "call:ice"));
+        assert!(notified(&fx, &Target::Device(C, 30), "call:ice"));
         let fx = call
             .step(
                 Event::Hangup {

@@ -1,7 +1,7 @@
 //! Dialect translation: a client frame in any dialect translated to a canonical command and
 //! parsed; the same payload as a canonical event translated back out, and as a command result
-//! turned into the dialect's reply events. The first byte picks the dialect; the rest is a frame
-//! `{"event","payload","id"}`. Every translated event must still encode as JSON.
+//! turned into the dialect's reply events. The first byte picks the dialect and the id type; the
+//! rest is a frame `{"event","payload","id"}`. Every translated event must still encode as JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let t = Translator::new(dialect);
+    // The high bit also picks the JSON type of the connection's user ids.
+    t.set_numeric_ids(pick >= 128);
     // Outbound first, so seed 004's current-call state is exercised by the inbound side too.
     let event = ServerEvent::new(frame.event.clone(), frame.payload.clone());
     for out in t.outbound(&event).iter() {
