@@ -14,6 +14,18 @@ use switchboard::{cli, telemetry};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Starts jemalloc's background threads, which hand freed memory back to the system after its
+/// decay time (10 s) even when the server is idle; without them, memory is only returned when
+/// allocations happen, so a load that goes away leaves the process at its peak. Measured with
+/// three rounds of 10 000 idle sockets opened and closed: 20 s after the last close RSS is
+/// 52–60 MiB with them against ~140 MiB without (246 MiB at the peak, 24 MiB at start).
+fn return_memory_when_idle() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "could not start the allocator's background threads");
+    }
+}
+
 /// Chat and WebRTC call signaling server.
 ///
 /// Settings come from environment variables (see .env.example) and, optionally, a TOML file
@@ -112,6 +124,7 @@ fn main() -> ExitCode {
     telemetry::init(config.log_format, "info");
     let result = match cli.command {
         Command::Serve => config.validate().map_err(|e| e.to_string()).and_then(|()| {
+            return_memory_when_idle();
             actix_web::rt::System::new()
                 .block_on(switchboard::server::serve(config))
                 .map_err(|e| format!("{e}: {}", cause(&e)))
