@@ -31,6 +31,20 @@ pub enum Src {
     Str(&'static str),
     /// The number zero.
     Zero,
+    /// JSON `null`.
+    Null,
+    /// An empty JSON array.
+    EmptyList,
+    /// A canonical string field's value renamed through a table `(canonical, dialect)`; a value
+    /// the table does not list becomes `other` when it is set, else stays as it is.
+    Map {
+        /// Canonical field read.
+        field: &'static str,
+        /// Value renames.
+        table: &'static [(&'static str, &'static str)],
+        /// What unlisted values become.
+        other: Option<&'static str>,
+    },
 }
 
 /// One event a dialect emits, built from a canonical payload: every canonical field plus `set`.
@@ -61,6 +75,12 @@ pub enum Hook {
     TrackIncoming,
     /// Outbound: the call named by the event is over; forget it if it is the current one.
     TrackEnd,
+    /// Inbound: once the command succeeds, events of the conversation it names (messages,
+    /// typing, receipts; calls excepted) no longer reach this connection.
+    LeaveRoom,
+    /// Inbound: once the command succeeds, the conversation's events reach this connection
+    /// again.
+    JoinRoom,
 }
 
 /// How one dialect event enters the engine.
@@ -665,11 +685,26 @@ struct CurrentCall {
     ringing_here: bool,
 }
 
-/// One connection's translator: its dialect and, for seed 004, its current call.
+/// Most conversations one connection may have left (beyond it the oldest is forgotten, so its
+/// events reach the connection again).
+pub const MAX_LEFT_ROOMS: usize = 256;
+
+/// One connection's translator: its dialect, for seed 004 its current call, and the
+/// conversations it left.
 #[derive(Debug)]
 pub struct Translator {
     dialect: &'static Dialect,
     current: Mutex<CurrentCall>,
+    /// Conversation ids (as in event payloads) whose events this connection no longer wants.
+    left: Mutex<std::collections::VecDeque<String>>,
+}
+
+fn conversation_of(payload: &Value) -> Option<String> {
+    match payload.get("conversationId")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn no_call() -> AppError {
@@ -706,6 +741,21 @@ fn build(base: &Value, set: &[(&'static str, Src)]) -> Value {
             })),
             Src::Str(s) => Some(json!(s)),
             Src::Zero => Some(json!(0)),
+            Src::Null => Some(Value::Null),
+            Src::EmptyList => Some(json!([])),
+            Src::Map {
+                field,
+                table,
+                other,
+            } => base.get(field).and_then(Value::as_str).map(|v| {
+                let mapped = table
+                    .iter()
+                    .find(|(from, _)| v.eq_ignore_ascii_case(from))
+                    .map(|(_, to)| *to)
+                    .or(*other)
+                    .unwrap_or(v);
+                json!(mapped)
+            }),
         };
         if let Some(v) = value {
             obj.insert((*name).to_owned(), v);
@@ -720,6 +770,7 @@ impl Translator {
         Arc::new(Self {
             dialect,
             current: Mutex::new(CurrentCall::default()),
+            left: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -746,6 +797,22 @@ impl Translator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn left(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<String>> {
+        self.left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this connection left the conversation an event belongs to.
+    fn muted(&self, event: &ServerEvent) -> bool {
+        if event.name.starts_with("call:") {
+            return false;
+        }
+        let left = self.left();
+        !left.is_empty()
+            && conversation_of(&event.payload).is_some_and(|c| left.iter().any(|l| *l == c))
+    }
+
     /// Translates an inbound frame into a canonical one. Events the dialect does not define
     /// pass through as canonical events.
     pub fn inbound(&self, frame: ClientFrame) -> Result<ClientFrame, AppError> {
@@ -769,7 +836,10 @@ impl Translator {
             }
         }
         let mut command = rule.command;
-        if rule.hook != Hook::None {
+        if matches!(
+            rule.hook,
+            Hook::OfferOrStart | Hook::AnswerOrAccept | Hook::CurrentCall | Hook::HangUpCurrent
+        ) {
             let current = self.current();
             let id = current.id.clone();
             command = match (rule.hook, id) {
@@ -799,6 +869,9 @@ impl Translator {
     /// Translates a canonical event into what this dialect emits (possibly several events, or
     /// none).
     pub fn outbound(&self, event: &Arc<ServerEvent>) -> Arc<[Arc<ServerEvent>]> {
+        if self.muted(event) {
+            return Arc::from([]);
+        }
         let Some(rule) = self.dialect.rule_out(&event.name) else {
             return event.translated(self.dialect.index(), || vec![Arc::clone(event)]);
         };
@@ -879,6 +952,27 @@ impl Translator {
     }
 
     fn after_success(&self, rule: &In, payload: &Value) {
+        match rule.hook {
+            Hook::LeaveRoom => {
+                if let Some(c) = conversation_of(payload) {
+                    let mut left = self.left();
+                    if !left.contains(&c) {
+                        if left.len() >= MAX_LEFT_ROOMS {
+                            left.pop_front();
+                        }
+                        left.push_back(c);
+                    }
+                }
+                return;
+            }
+            Hook::JoinRoom => {
+                if let Some(c) = conversation_of(payload) {
+                    self.left().retain(|l| *l != c);
+                }
+                return;
+            }
+            _ => {}
+        }
         let mut current = self.current();
         match rule.hook {
             // A new call that rings is this connection's call from now on. A busy or glare
@@ -1051,6 +1145,88 @@ mod tests {
         // Without an error event and without an id: the canonical `error` event.
         let items = t.reply("ping", None, Err(AppError::validation("x")));
         assert!(matches!(&items[..], [Outbound::Error(e)] if e.id.is_none()));
+    }
+
+    #[test]
+    fn mapped_values_nulls_and_lists_are_built() {
+        let set = [
+            (
+                "kind",
+                Src::Map {
+                    field: "callType",
+                    table: &[("audio", "voice")],
+                    other: None,
+                },
+            ),
+            (
+                "why",
+                Src::Map {
+                    field: "reason",
+                    table: &[("hangup", "completed")],
+                    other: Some("completed"),
+                },
+            ),
+            ("gone", Src::Null),
+            ("by", Src::EmptyList),
+        ];
+        let v = build(&json!({"callType": "audio", "reason": "whatever"}), &set);
+        assert_eq!(v["kind"], "voice");
+        assert_eq!(v["why"], "completed");
+        assert!(v["gone"].is_null() && v.as_object().unwrap().contains_key("gone"));
+        assert_eq!(v["by"], json!([]));
+        // Unlisted values without `other` stay; an absent field sets nothing.
+        let v = build(&json!({"callType": "video"}), &set);
+        assert_eq!(v["kind"], "video");
+        assert!(v.get("why").is_none());
+    }
+
+    static ROOMS: Dialect = Dialect {
+        name: "rooms",
+        aliases: &[],
+        inbound: &[
+            In {
+                hook: Hook::LeaveRoom,
+                ..inbound("leave", "conversation:leave")
+            },
+            In {
+                hook: Hook::JoinRoom,
+                ..inbound("join", "conversation:join")
+            },
+        ],
+        outbound: &[],
+    };
+
+    #[test]
+    fn a_left_conversation_is_muted_until_joined_again() {
+        let t = Translator::new(&ROOMS);
+        let msg = ServerEvent::new("message:new", json!({"conversationId": "5", "id": "1"}));
+        let other = ServerEvent::new("message:new", json!({"conversationId": "6", "id": "2"}));
+        let call = ServerEvent::new("call:incoming", json!({"conversationId": "5"}));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        // A failed leave changes nothing.
+        t.reply("leave", None, Err(AppError::NotFound("x".into())));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        t.reply(
+            "leave",
+            None,
+            Ok(json!({"conversationId": "5", "left": true})),
+        );
+        assert!(t.outbound(&msg).is_empty());
+        assert_eq!(t.outbound(&other).len(), 1);
+        assert_eq!(t.outbound(&call).len(), 1);
+        t.reply("join", None, Ok(json!({"conversationId": "5"})));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        // The list is bounded: the oldest left conversation is forgotten first.
+        for c in 0..=MAX_LEFT_ROOMS {
+            t.reply("leave", None, Ok(json!({"conversationId": c.to_string()})));
+        }
+        let first = ServerEvent::new("typing:start", json!({"conversationId": "0"}));
+        let last = ServerEvent::new(
+            "typing:start",
+            json!({"conversationId": MAX_LEFT_ROOMS.to_string()}),
+        );
+        assert_eq!(t.outbound(&first).len(), 1);
+        assert!(t.outbound(&last).is_empty());
     }
 
     #[test]
