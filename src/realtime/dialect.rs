@@ -167,12 +167,6 @@ const fn emit_if(
     }
 }
 
-/// Aliases seed 002's app reads on messages (`_id`, `messageType`).
-const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
-    ("_id", Src::Field("id")),
-    ("messageType", Src::Field("type")),
-];
-
 /// Aliases seed 003's apps read on messages (Backend1 and Backend field names).
 const BACKEND2_MESSAGE: &[(&str, Src)] = &[
     ("from", Src::Field("senderId")),
@@ -327,6 +321,76 @@ pub static WORLDMATES: Dialect = Dialect {
 const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
 
+/// Seed 002's call types: `voice|video` (canonical `audio|video`; `voice` is accepted inbound
+/// by the engine as it is).
+pub const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
+
+/// Seed 002's end reasons (`completed|rejected|no_answer|network_error|cancelled`) for canonical
+/// ones. Its own backend writes `completed` for every hang-up, so reasons it does not list (a
+/// client's own words, an admin's or the server's end) read as the nearest of its five: an
+/// admin ending a call completes it, a server shutdown is a network error, a call answered on
+/// another device is cancelled on this one.
+pub const ASTROLOGY_END_REASONS: &[(&str, &str)] = &[
+    ("hangup", "completed"),
+    ("completed", "completed"),
+    ("everyone_left", "completed"),
+    ("admin", "completed"),
+    ("rejected", "rejected"),
+    ("declined", "rejected"),
+    ("busy", "rejected"),
+    ("no_answer", "no_answer"),
+    ("missed", "no_answer"),
+    ("timeout", "no_answer"),
+    ("network_error", "network_error"),
+    ("server_shutdown", "network_error"),
+    ("failed", "network_error"),
+    ("cancelled", "cancelled"),
+    ("answered_elsewhere", "cancelled"),
+];
+
+/// What an end reason seed 002 does not list becomes.
+pub const ASTROLOGY_OTHER_END_REASON: &str = "completed";
+
+/// Seed 002's call statuses (`initiated|ringing|answered|ongoing|ended|rejected|missed|failed`)
+/// for the canonical ones it lacks: a busy callee rejected the call; a call the caller gave up
+/// on before an answer ended (with `endReason: cancelled`).
+pub const ASTROLOGY_CALL_STATUSES: &[(&str, &str)] =
+    &[("busy", "rejected"), ("cancelled", "ended")];
+
+const ASTROLOGY_CALL_TYPE: Src = Src::Map {
+    field: "callType",
+    table: ASTROLOGY_CALL_TYPES,
+    other: None,
+};
+
+const ASTROLOGY_END_REASON: Src = Src::Map {
+    field: "reason",
+    table: ASTROLOGY_END_REASONS,
+    other: Some(ASTROLOGY_OTHER_END_REASON),
+};
+
+/// Seed 002's DirectMessage as its app parses it from a new message: `_id`, `messageType`,
+/// `status` (`sent`: nobody has received it yet), `readAt`/`deliveredAt` (null), `isDeleted`,
+/// `deletedBy` (users it is hidden from: none) and `updatedAt`. `senderType`, `recipientId` and
+/// `recipientType` are canonical fields already.
+const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
+    ("_id", Src::Field("id")),
+    ("messageType", Src::Field("type")),
+    ("status", Src::Str("sent")),
+    ("readAt", Src::Null),
+    ("deliveredAt", Src::Null),
+    ("isDeleted", Src::Field("deleted")),
+    ("deletedBy", Src::EmptyList),
+    ("updatedAt", Src::Field("createdAt")),
+];
+
+/// `call:initiated` / `call:incoming` carry an Agora token valid for uid 0: the app signs and
+/// joins with uid 0 and is never told another uid.
+const ASTROLOGY_AGORA: [(&str, Src); 2] = [
+    ("agoraToken", Src::Field("agoraAnyUidToken")),
+    ("agoraUid", Src::Zero),
+];
+
 /// Seed 002 (astrology app): `dm:*` conversations and Agora calls.
 pub static ASTROLOGY: Dialect = Dialect {
     name: "astrology",
@@ -335,10 +399,13 @@ pub static ASTROLOGY: Dialect = Dialect {
         In {
             reply: &[emit("dm:joined", &[])],
             error_event: DM_ERROR,
+            hook: Hook::JoinRoom,
             ..inbound("dm:join_conversation", "conversation:join")
         },
+        // Leaving a room stops its events on this socket, as `socket.leave` did.
         In {
             error_event: DM_ERROR,
+            hook: Hook::LeaveRoom,
             ..inbound("dm:leave_conversation", "conversation:leave")
         },
         In {
@@ -354,8 +421,10 @@ pub static ASTROLOGY: Dialect = Dialect {
             error_event: DM_ERROR,
             ..inbound("dm:typing_stop", "typing:stop")
         },
+        // A mark that moves nothing (the messages were read already) announces nothing.
         In {
-            reply: &[emit(
+            reply: &[emit_if(
+                "messageIds",
                 "dm:messages_read",
                 &[("readBy", Src::Field("userId"))],
             )],
@@ -364,7 +433,14 @@ pub static ASTROLOGY: Dialect = Dialect {
         },
         In {
             defaults: &[("provider", "auto")],
-            reply: &[emit("call:initiated", &[])],
+            reply: &[emit(
+                "call:initiated",
+                &[
+                    ASTROLOGY_AGORA[0],
+                    ASTROLOGY_AGORA[1],
+                    ("callType", ASTROLOGY_CALL_TYPE),
+                ],
+            )],
             error_event: CALL_ERROR,
             ..inbound("call:initiate", "call:initiate")
         },
@@ -388,6 +464,7 @@ pub static ASTROLOGY: Dialect = Dialect {
         ),
         out("typing:start", &[emit("dm:typing_start", &[])]),
         out("typing:stop", &[emit("dm:typing_stop", &[])]),
+        // Read receipts always name the messages read (the engine resolves cursors to ids).
         out(
             "receipt:read",
             &[emit(
@@ -401,18 +478,75 @@ pub static ASTROLOGY: Dialect = Dialect {
                 "call:incoming",
                 &[
                     ("callerId", Src::Field("from")),
+                    ("callerType", Src::Field("fromType")),
                     ("callerName", Src::Field("fromName")),
+                    // Phone numbers are not handed to call peers.
+                    ("callerPhone", Src::Null),
                     ("callerAvatar", Src::Field("fromAvatar")),
+                    ("callType", ASTROLOGY_CALL_TYPE),
+                    ASTROLOGY_AGORA[0],
+                    ASTROLOGY_AGORA[1],
                 ],
             )],
         ),
         out(
+            "call:rejected",
+            &[emit(
+                "call:rejected",
+                &[("endReason", Src::Str("rejected"))],
+            )],
+        ),
+        out(
             "call:busy",
-            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+            &[emit(
+                "call:rejected",
+                &[
+                    ("reason", Src::Str("busy")),
+                    ("endReason", Src::Str("rejected")),
+                ],
+            )],
+        ),
+        out(
+            "call:ended",
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", ASTROLOGY_END_REASON),
+                    ("endReason", ASTROLOGY_END_REASON),
+                ],
+            )],
+        ),
+        out(
+            "call:missed",
+            &[emit(
+                "call:missed",
+                &[
+                    ("reason", Src::Str("no_answer")),
+                    ("endReason", Src::Str("no_answer")),
+                ],
+            )],
         ),
         out(
             "call:cancelled",
-            &[emit("call:ended", &[("duration", Src::Zero)])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("duration", Src::Zero),
+                    ("reason", Src::Str("cancelled")),
+                    ("endReason", Src::Str("cancelled")),
+                ],
+            )],
+        ),
+        out(
+            "call:answered_elsewhere",
+            &[emit(
+                "call:ended",
+                &[
+                    ("duration", Src::Zero),
+                    ("reason", Src::Str("cancelled")),
+                    ("endReason", Src::Str("cancelled")),
+                ],
+            )],
         ),
     ],
 };
