@@ -150,22 +150,29 @@ pub struct Party {
     pub unread: i64,
 }
 
+/// A member row with the user's name, avatar and roles.
+type MemberWithUser = (
+    super::conversations::Member,
+    String,
+    Option<String>,
+    Vec<Option<String>>,
+);
+
 /// The members of a conversation with their kind of user and unread count, by user id.
 pub fn parties(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Party>> {
     use super::conversations::Member;
     use super::schema::messages;
-    let rows: Vec<(Member, String, Option<String>, Vec<Option<String>>)> =
-        conversation_members::table
-            .inner_join(users::table)
-            .filter(conversation_members::conversation_id.eq(conversation_id))
-            .order(conversation_members::user_id)
-            .select((
-                Member::as_select(),
-                users::name,
-                users::avatar_url,
-                users::roles,
-            ))
-            .load(conn)?;
+    let rows: Vec<MemberWithUser> = conversation_members::table
+        .inner_join(users::table)
+        .filter(conversation_members::conversation_id.eq(conversation_id))
+        .order(conversation_members::user_id)
+        .select((
+            Member::as_select(),
+            users::name,
+            users::avatar_url,
+            users::roles,
+        ))
+        .load(conn)?;
     let mut out = Vec::with_capacity(rows.len());
     for (member, name, avatar_url, roles) in rows {
         let unread: i64 = messages::table
