@@ -421,6 +421,17 @@ async fn socket_flow(transport: &str) {
     assert_eq!(ended["callId"], call_id.as_str());
     assert!(ended["duration"].is_u64(), "{ended}");
     assert_eq!(ended["endReason"], "completed");
+    // The call log posted in their conversation is a `system` message to the app.
+    let log = p
+        .wait(|v| {
+            v["name"] == "astro"
+                && v["event"] == "dm:message_received"
+                && v["args"][0]["type"] == "voice_call"
+        })
+        .await["args"][0]
+        .clone();
+    assert_eq!(log["messageType"], "system");
+    assert_eq!(log["conversationId"], s(conv));
 
     // A video call the astrologer rejects.
     p.emit(

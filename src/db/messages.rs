@@ -313,13 +313,25 @@ pub fn write_batch(
         let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
         conv_ids.sort_unstable();
         let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut kinds: HashMap<i64, ConversationKind> = HashMap::new();
         if !conv_ids.is_empty() {
-            let locked: Vec<i64> = conversations::table
+            // The lock also reads what tells who writes to whom (see [`Parties`]).
+            let rows: Vec<(i64, String, Option<i64>, Option<String>)> = conversations::table
                 .filter(conversations::id.eq_any(&conv_ids))
                 .order(conversations::id)
-                .select(conversations::id)
+                .select((
+                    conversations::id,
+                    conversations::kind,
+                    conversations::support_user_id,
+                    conversations::participant_key,
+                ))
                 .for_update()
                 .load(conn)?;
+            let locked: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            kinds = rows
+                .into_iter()
+                .map(|(id, kind, support, key)| (id, (kind, support, key)))
+                .collect();
             // One statement for every conversation of the batch (the rows are already locked,
             // in id order, above).
             let counts: Vec<i64> = locked
@@ -340,7 +352,7 @@ pub fn write_batch(
             }
         }
 
-        let parties = Parties::load(conn, &fresh_idx, drafts)?;
+        let parties = Parties::load(conn, kinds, &fresh_idx, drafts)?;
         let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
         let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
         for &i in &fresh_idx {
@@ -421,37 +433,25 @@ pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static
     kind
 }
 
+/// A conversation's kind, support user and participant key.
+type ConversationKind = (String, Option<i64>, Option<String>);
+
 /// Who writes to whom in a batch's conversations: the senders' and recipients' kinds of user,
 /// and each conversation's kind, staff member (support) and pair (direct).
 struct Parties {
-    conversations: HashMap<i64, (String, Option<i64>, Option<String>)>,
+    conversations: HashMap<i64, ConversationKind>,
     types: HashMap<i64, &'static str>,
 }
 
 impl Parties {
-    /// Two queries for the whole batch: the conversations, then the users involved.
-    fn load(conn: &mut PgConnection, fresh: &[usize], drafts: &[Draft]) -> AppResult<Self> {
+    /// One query for the whole batch: the roles of the users involved.
+    fn load(
+        conn: &mut PgConnection,
+        conversations: HashMap<i64, ConversationKind>,
+        fresh: &[usize],
+        drafts: &[Draft],
+    ) -> AppResult<Self> {
         use super::schema::users;
-        let mut conv_ids: Vec<i64> = fresh.iter().map(|&i| drafts[i].conversation_id).collect();
-        conv_ids.sort_unstable();
-        conv_ids.dedup();
-        let conversations: HashMap<i64, (String, Option<i64>, Option<String>)> =
-            if conv_ids.is_empty() {
-                HashMap::new()
-            } else {
-                conversations::table
-                    .filter(conversations::id.eq_any(&conv_ids))
-                    .select((
-                        conversations::id,
-                        conversations::kind,
-                        conversations::support_user_id,
-                        conversations::participant_key,
-                    ))
-                    .load::<(i64, String, Option<i64>, Option<String>)>(conn)?
-                    .into_iter()
-                    .map(|(id, kind, support, key)| (id, (kind, support, key)))
-                    .collect()
-            };
         let mut parties = Self {
             conversations,
             types: HashMap::new(),

@@ -20,7 +20,7 @@ use crate::db::support::Party;
 use crate::error::{AppError, AppResult};
 use crate::realtime::dialect::{
     Dialect, ASTROLOGY, ASTROLOGY_CALL_STATUSES, ASTROLOGY_CALL_TYPES, ASTROLOGY_END_REASONS,
-    ASTROLOGY_OTHER_END_REASON,
+    ASTROLOGY_MESSAGE_TYPES, ASTROLOGY_OTHER_END_REASON,
 };
 use crate::realtime::protocol::SendDraft;
 use crate::state::AppState;
@@ -97,7 +97,11 @@ pub fn message(view: &MessageView, parties: &[Party]) -> Value {
             .map(|p| p.kind)
     };
     set(obj, "_id", json!(view.id));
-    set(obj, "messageType", json!(view.kind));
+    set(
+        obj,
+        "messageType",
+        json!(renamed(ASTROLOGY_MESSAGE_TYPES, &view.kind).unwrap_or(&view.kind)),
+    );
     if view.sender_type.is_none() {
         set(obj, "senderType", json!(sender.and_then(kind_of)));
     }

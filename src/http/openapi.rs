@@ -1054,7 +1054,7 @@ pub fn operations() -> Vec<Operation> {
                     ("memberIds", array(id_input())),
                     (
                         "callType",
-                        json!({"type": "string", "enum": ["audio", "video"]}),
+                        json!({"type": "string", "enum": ["audio", "voice", "video"]}),
                     ),
                     ("isVideo", boolean()),
                     ("sdpOffer", json!({"type": "object"})),

@@ -357,6 +357,11 @@ pub const ASTROLOGY_OTHER_END_REASON: &str = "completed";
 pub const ASTROLOGY_CALL_STATUSES: &[(&str, &str)] =
     &[("busy", "rejected"), ("cancelled", "ended")];
 
+/// Seed 002's message types are `text|image|audio|file|system`: the call logs Switchboard posts
+/// when a call ends are `system` messages to it.
+pub const ASTROLOGY_MESSAGE_TYPES: &[(&str, &str)] =
+    &[("voice_call", "system"), ("video_call", "system")];
+
 const ASTROLOGY_CALL_TYPE: Src = Src::Map {
     field: "callType",
     table: ASTROLOGY_CALL_TYPES,
@@ -375,7 +380,14 @@ const ASTROLOGY_END_REASON: Src = Src::Map {
 /// `recipientType` are canonical fields already.
 const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
     ("_id", Src::Field("id")),
-    ("messageType", Src::Field("type")),
+    (
+        "messageType",
+        Src::Map {
+            field: "type",
+            table: ASTROLOGY_MESSAGE_TYPES,
+            other: None,
+        },
+    ),
     ("status", Src::Str("sent")),
     ("readAt", Src::Null),
     ("deliveredAt", Src::Null),
@@ -831,6 +843,8 @@ pub struct Translator {
     current: Mutex<CurrentCall>,
     /// Conversation ids (as in event payloads) whose events this connection no longer wants.
     left: Mutex<std::collections::VecDeque<String>>,
+    /// Whether the dialect can leave conversations at all (else `left` is never looked at).
+    rooms: bool,
 }
 
 fn conversation_of(payload: &Value) -> Option<String> {
@@ -905,6 +919,7 @@ impl Translator {
             dialect,
             current: Mutex::new(CurrentCall::default()),
             left: Mutex::new(std::collections::VecDeque::new()),
+            rooms: dialect.inbound.iter().any(|r| r.hook == Hook::LeaveRoom),
         })
     }
 
@@ -939,7 +954,7 @@ impl Translator {
 
     /// Whether this connection left the conversation an event belongs to.
     fn muted(&self, event: &ServerEvent) -> bool {
-        if event.name.starts_with("call:") {
+        if !self.rooms || event.name.starts_with("call:") {
             return false;
         }
         let left = self.left();
