@@ -341,15 +341,19 @@ fn party_type() -> Value {
     json!({"type": "string", "enum": ["user", "astrologer", "admin"]})
 }
 
+fn nullable_party_type() -> Value {
+    json!({"type": "string", "nullable": true, "enum": ["user", "astrologer", "admin", null]})
+}
+
 /// Seed 002's `DirectMessage`: a Message with its app's fields added.
 fn direct_message() -> Value {
     json!({"allOf": [r("Message"), object(
         &[
             ("_id", string()),
             ("messageType", string()),
-            ("senderType", json!({"allOf": [party_type()], "nullable": true})),
+            ("senderType", nullable_party_type()),
             ("recipientId", nullable_string()),
-            ("recipientType", json!({"allOf": [party_type()], "nullable": true})),
+            ("recipientType", nullable_party_type()),
             ("status", json!({"type": "string", "enum": ["sent", "delivered", "read", "failed"]})),
             ("readAt", nullable_date_time()),
             ("deliveredAt", nullable_date_time()),
