@@ -1329,6 +1329,58 @@ mod tests {
         assert!(v.get("why").is_none());
     }
 
+    #[test]
+    fn astrology_speaks_only_its_own_call_vocabulary() {
+        let seed = [
+            "completed",
+            "rejected",
+            "no_answer",
+            "network_error",
+            "cancelled",
+        ];
+        assert!(seed.contains(&ASTROLOGY_OTHER_END_REASON));
+        for (_, to) in ASTROLOGY_END_REASONS {
+            assert!(seed.contains(to), "{to}");
+        }
+        // Every reason the engine gives a call names one of them explicitly.
+        for reason in [
+            "hangup",
+            "cancelled",
+            "no_answer",
+            "network_error",
+            "everyone_left",
+            "admin",
+            "server_shutdown",
+            "rejected",
+            "busy",
+            "answered_elsewhere",
+        ] {
+            assert!(
+                ASTROLOGY_END_REASONS
+                    .iter()
+                    .any(|(from, _)| *from == reason),
+                "{reason}"
+            );
+        }
+        let t = Translator::new(&ASTROLOGY);
+        let ended = ServerEvent::new(
+            "call:ended",
+            json!({"callId": "c", "reason": "my own words", "duration": 5}),
+        );
+        let out = t.outbound(&ended);
+        assert_eq!(out[0].payload["endReason"], "completed");
+        let ring = ServerEvent::new(
+            "call:incoming",
+            json!({"callId": "c", "from": "1", "callType": "audio", "agoraToken": "007bound", "agoraAnyUidToken": "007any"}),
+        );
+        let out = t.outbound(&ring);
+        assert_eq!(out[0].payload["callType"], "voice");
+        assert_eq!(out[0].payload["agoraToken"], "007any");
+        assert_eq!(out[0].payload["agoraUid"], 0);
+        let log = ServerEvent::new("message:new", json!({"id": "1", "type": "video_call"}));
+        assert_eq!(t.outbound(&log)[0].payload["messageType"], "system");
+    }
+
     static ROOMS: Dialect = Dialect {
         name: "rooms",
         aliases: &[],
