@@ -376,6 +376,24 @@ async fn socket_flow(transport: &str) {
     );
     message_with(&mut p, "user", "heard").await;
 
+    // In its support conversation the astrologer writes to the admin it names.
+    let (status, support) = srv
+        .get("/api/conversations/admin", Some(&srv.token_for(astro)))
+        .await;
+    assert_eq!(status, 200, "{support}");
+    let support_id = support["conversation"]["id"].as_str().unwrap().to_owned();
+    p.emit(
+        "astro",
+        "dm:send_message",
+        json!([{"conversationId": support_id, "recipientId": s(admin), "recipientType": "admin", "content": "To the admin"}]),
+    );
+    let to_admin = message_with(&mut p, "admin", "To the admin").await;
+    assert_direct_message(&to_admin, astro, "astrologer");
+    assert_eq!(to_admin["recipientId"], s(admin));
+    assert_eq!(to_admin["recipientType"], "admin");
+    let reply = message_with(&mut p, "astro", "To the admin").await;
+    assert_eq!(reply["recipientId"], s(admin));
+
     // Errors carry `message` (what the app reads).
     p.emit(
         "user",

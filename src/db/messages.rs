@@ -150,6 +150,9 @@ pub struct Draft {
     pub metadata: Option<Value>,
     /// Idempotency key.
     pub client_message_id: Option<String>,
+    /// The recipient the sender named (kept where the conversation allows a choice: a staff
+    /// member writing to one of the admins of a support conversation).
+    pub recipient_id: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -461,6 +464,7 @@ impl Parties {
             let d = &drafts[i];
             users_ids.extend(d.sender_id);
             users_ids.extend(parties.recipient(d));
+            users_ids.extend(d.recipient_id);
         }
         users_ids.sort_unstable();
         users_ids.dedup();
@@ -479,7 +483,7 @@ impl Parties {
 
     /// The one user a draft is written to: the other member of a direct conversation; in a
     /// support conversation, the staff member when an admin writes (a staff member writes to
-    /// every admin: no single recipient).
+    /// every admin: no single recipient unless the sender named an admin).
     fn recipient(&self, d: &Draft) -> Option<i64> {
         let sender = d.sender_id?;
         let (kind, support, key) = self.conversations.get(&d.conversation_id)?;
@@ -494,10 +498,25 @@ impl Parties {
         }
     }
 
+    /// An admin the staff member of a support conversation named as recipient.
+    fn named_admin(&self, d: &Draft) -> Option<i64> {
+        let named = d.recipient_id?;
+        match self.conversations.get(&d.conversation_id)? {
+            (kind, Some(support), _)
+                if kind == "support"
+                    && d.sender_id == Some(*support)
+                    && self.types.get(&named) == Some(&"admin") =>
+            {
+                Some(named)
+            }
+            _ => None,
+        }
+    }
+
     /// `(senderType, recipientId, recipientType)` of a draft.
     fn of(&self, d: &Draft) -> (Option<&'static str>, Option<i64>, Option<&'static str>) {
         let sender_type = d.sender_id.and_then(|s| self.types.get(&s).copied());
-        let recipient = self.recipient(d);
+        let recipient = self.recipient(d).or_else(|| self.named_admin(d));
         let recipient_type = match recipient {
             Some(r) => self.types.get(&r).copied(),
             None => match self.conversations.get(&d.conversation_id) {

@@ -382,6 +382,7 @@ impl CallActor {
                         content,
                         media_url: None,
                         reply_to_id: None,
+                        recipient_id: None,
                         metadata: Some(draft_meta),
                         client_message_id: None,
                     })
