@@ -156,6 +156,7 @@ fn draft(conversation_id: i64, sender: i64, key: &str, content: &str) -> Draft {
         reply_to_id: None,
         metadata: None,
         client_message_id: Some(key.into()),
+        recipient_id: None,
     }
 }
 

@@ -476,6 +476,31 @@ fn resolve_cursor(
     })
 }
 
+/// Most message ids a read receipt given as a seq or time cursor names: the newest ones read.
+pub const MAX_READ_IDS: i64 = crate::realtime::protocol::MAX_RECEIPT_MESSAGES as i64;
+
+/// Ids of the messages in `(after, up_to]` not sent by `reader`, oldest first; at most
+/// [`MAX_READ_IDS`], the newest of them.
+fn read_between(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    reader: i64,
+    after: i64,
+    up_to: i64,
+) -> AppResult<Vec<i64>> {
+    let mut ids: Vec<i64> = messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .filter(messages::seq.gt(after))
+        .filter(messages::seq.le(up_to))
+        .filter(messages::sender_id.is_distinct_from(reader))
+        .order(messages::seq.desc())
+        .limit(MAX_READ_IDS)
+        .select(messages::id)
+        .load(conn)?;
+    ids.reverse();
+    Ok(ids)
+}
+
 /// Moves a cursor forward (never back, never past the last seq). Returns the move when the
 /// cursor moved, `None` when it did not.
 pub fn move_cursor(
@@ -536,6 +561,18 @@ fn move_cursor_in(
         if target <= current {
             return Ok(None);
         }
+        // Apps that mark messages read one by one (seed 002) learn which of theirs were read
+        // from the ids, also when the reader moved a seq or time cursor.
+        let message_ids = match (kind, message_ids) {
+            (ReceiptKind::Read, None) => Some(read_between(
+                conn,
+                conversation_id,
+                user_id,
+                current,
+                target,
+            )?),
+            (_, ids) => ids,
+        };
         let at: Option<DateTime<Utc>> = messages::table
             .filter(messages::conversation_id.eq(conversation_id))
             .filter(messages::seq.eq(target))

@@ -44,6 +44,13 @@ pub struct Message {
     pub deleted_at: Option<DateTime<Utc>>,
     /// Who deleted it.
     pub deleted_by: Option<i64>,
+    /// The sender's kind of user when it was written (`user|astrologer|admin`).
+    pub sender_type: Option<String>,
+    /// The one user it was written to (direct conversations; an admin's message in a support
+    /// conversation goes to its staff member).
+    pub recipient_id: Option<i64>,
+    /// That recipient's kind of user (`admin` for a staff member's message to the admins).
+    pub recipient_type: Option<String>,
 }
 
 /// A message as clients see it. Deleted messages keep their place (id, seq) but lose content.
@@ -81,6 +88,12 @@ pub struct MessageView {
     pub deleted: bool,
     /// Deletion time.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The sender's kind of user (`user|astrologer|admin`).
+    pub sender_type: Option<String>,
+    /// The user it was written to.
+    pub recipient_id: Option<String>,
+    /// The recipient's kind of user.
+    pub recipient_type: Option<String>,
 }
 
 /// A message as REST returns it: the [`MessageView`] plus the names seed 003's two apps read.
@@ -153,6 +166,9 @@ impl Message {
             edited_at: self.edited_at,
             deleted,
             deleted_at: self.deleted_at,
+            sender_type: self.sender_type.clone(),
+            recipient_id: self.recipient_id.map(|r| r.to_string()),
+            recipient_type: self.recipient_type.clone(),
         }
     }
 }
@@ -176,6 +192,9 @@ pub struct Draft {
     pub metadata: Option<Value>,
     /// Idempotency key.
     pub client_message_id: Option<String>,
+    /// The recipient the sender named (kept where the conversation allows a choice: a staff
+    /// member writing to one of the admins of a support conversation).
+    pub recipient_id: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -191,6 +210,9 @@ struct NewMessage<'a> {
     reply_to_id: Option<i64>,
     metadata: Option<&'a Value>,
     client_message_id: Option<&'a str>,
+    sender_type: Option<&'static str>,
+    recipient_id: Option<i64>,
+    recipient_type: Option<&'static str>,
 }
 
 /// The result of writing one draft.
@@ -412,18 +434,30 @@ fn write_rows(
     let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
     conv_ids.sort_unstable();
     let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
+    let mut kinds: HashMap<i64, ConversationKind> = HashMap::new();
     if !conv_ids.is_empty() {
         let txid: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
             "txid_current()",
         ))
         .get_result(conn)?;
         trace_of(trace).txid = Some(txid);
-        let locked: Vec<i64> = conversations::table
+        // The lock also reads what tells who writes to whom (see [`Parties`]).
+        let locked_rows: Vec<(i64, String, Option<i64>, Option<String>)> = conversations::table
             .filter(conversations::id.eq_any(&conv_ids))
             .order(conversations::id)
-            .select(conversations::id)
+            .select((
+                conversations::id,
+                conversations::kind,
+                conversations::support_user_id,
+                conversations::participant_key,
+            ))
             .for_update()
             .load(conn)?;
+        let locked: Vec<i64> = locked_rows.iter().map(|r| r.0).collect();
+        kinds = locked_rows
+            .into_iter()
+            .map(|(id, kind, support, key)| (id, (kind, support, key)))
+            .collect();
         // One statement for every conversation of the batch (the rows are already locked,
         // in id order, above).
         let counts: Vec<i64> = locked
@@ -444,6 +478,7 @@ fn write_rows(
         }
     }
 
+    let parties = Parties::load(conn, kinds, &fresh_idx, drafts)?;
     let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
     let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
     for &i in &fresh_idx {
@@ -454,7 +489,11 @@ fn write_rows(
         };
         let (seq, change) = *slot;
         *slot = (seq + 1, change + 1);
+        let (sender_type, recipient_id, recipient_type) = parties.of(d);
         rows.push(NewMessage {
+            sender_type,
+            recipient_id,
+            recipient_type,
             conversation_id: d.conversation_id,
             seq,
             change_seq: change,
@@ -502,6 +541,117 @@ fn write_rows(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
         .collect())
+}
+
+/// The kind of user seed 002 names (`user|astrologer|admin`), from a user's roles.
+pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static str {
+    let mut kind = "user";
+    for r in roles {
+        let r = r.as_ref();
+        if r.eq_ignore_ascii_case("admin") {
+            return "admin";
+        }
+        if r.eq_ignore_ascii_case("astrologer") {
+            kind = "astrologer";
+        }
+    }
+    kind
+}
+
+/// A conversation's kind, support user and participant key.
+type ConversationKind = (String, Option<i64>, Option<String>);
+
+/// Who writes to whom in a batch's conversations: the senders' and recipients' kinds of user,
+/// and each conversation's kind, staff member (support) and pair (direct).
+struct Parties {
+    conversations: HashMap<i64, ConversationKind>,
+    types: HashMap<i64, &'static str>,
+}
+
+impl Parties {
+    /// One query for the whole batch: the roles of the users involved.
+    fn load(
+        conn: &mut PgConnection,
+        conversations: HashMap<i64, ConversationKind>,
+        fresh: &[usize],
+        drafts: &[Draft],
+    ) -> AppResult<Self> {
+        use super::schema::users;
+        let mut parties = Self {
+            conversations,
+            types: HashMap::new(),
+        };
+        let mut users_ids: Vec<i64> = Vec::new();
+        for &i in fresh {
+            let d = &drafts[i];
+            users_ids.extend(d.sender_id);
+            users_ids.extend(parties.recipient(d));
+            users_ids.extend(d.recipient_id);
+        }
+        users_ids.sort_unstable();
+        users_ids.dedup();
+        if !users_ids.is_empty() {
+            let rows: Vec<(i64, Vec<Option<String>>)> = users::table
+                .filter(users::id.eq_any(&users_ids))
+                .select((users::id, users::roles))
+                .load(conn)?;
+            parties.types = rows
+                .into_iter()
+                .map(|(id, roles)| (id, party_type(roles.iter().flatten())))
+                .collect();
+        }
+        Ok(parties)
+    }
+
+    /// The one user a draft is written to: the other member of a direct conversation; in a
+    /// support conversation, the staff member when an admin writes (a staff member writes to
+    /// every admin: no single recipient unless the sender named an admin).
+    fn recipient(&self, d: &Draft) -> Option<i64> {
+        let sender = d.sender_id?;
+        let (kind, support, key) = self.conversations.get(&d.conversation_id)?;
+        match kind.as_str() {
+            "direct" => {
+                let (a, b) = key.as_deref()?.split_once(':')?;
+                let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+                Some(if a == sender { b } else { a })
+            }
+            "support" => support.filter(|s| *s != sender),
+            _ => None,
+        }
+    }
+
+    /// An admin the staff member of a support conversation named as recipient.
+    fn named_admin(&self, d: &Draft) -> Option<i64> {
+        let named = d.recipient_id?;
+        match self.conversations.get(&d.conversation_id)? {
+            (kind, Some(support), _)
+                if kind == "support"
+                    && d.sender_id == Some(*support)
+                    && self.types.get(&named) == Some(&"admin") =>
+            {
+                Some(named)
+            }
+            _ => None,
+        }
+    }
+
+    /// `(senderType, recipientId, recipientType)` of a draft.
+    fn of(&self, d: &Draft) -> (Option<&'static str>, Option<i64>, Option<&'static str>) {
+        let sender_type = d.sender_id.and_then(|s| self.types.get(&s).copied());
+        let recipient = self.recipient(d).or_else(|| self.named_admin(d));
+        let recipient_type = match recipient {
+            Some(r) => self.types.get(&r).copied(),
+            None => match self.conversations.get(&d.conversation_id) {
+                Some((kind, Some(support), _))
+                    if kind == "support" && d.sender_id == Some(*support) =>
+                {
+                    Some("admin")
+                }
+                _ => None,
+            },
+        };
+        (sender_type, recipient, recipient_type)
+    }
 }
 
 /// One message.

@@ -134,6 +134,9 @@ diesel::table! {
         edited_at -> Nullable<Timestamptz>,
         deleted_at -> Nullable<Timestamptz>,
         deleted_by -> Nullable<Int8>,
+        sender_type -> Nullable<Text>,
+        recipient_id -> Nullable<Int8>,
+        recipient_type -> Nullable<Text>,
     }
 }
 

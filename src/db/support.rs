@@ -134,3 +134,79 @@ pub fn sync_all(conn: &mut PgConnection) -> AppResult<Vec<(i64, Vec<i64>)>> {
         Ok(out)
     })
 }
+
+/// A member of a conversation as seed 002's `participants` and `unreadCount` describe it.
+#[derive(Clone, Debug)]
+pub struct Party {
+    /// Membership (cursors, join time).
+    pub member: super::conversations::Member,
+    /// Display name.
+    pub name: String,
+    /// Avatar.
+    pub avatar_url: Option<String>,
+    /// Kind of user (`user|astrologer|admin`).
+    pub kind: &'static str,
+    /// Messages after the member's read cursor not sent by the member.
+    pub unread: i64,
+}
+
+/// A member row with the user's name, avatar and roles.
+type MemberWithUser = (
+    super::conversations::Member,
+    String,
+    Option<String>,
+    Vec<Option<String>>,
+);
+
+/// The members of a conversation with their kind of user and unread count, by user id.
+pub fn parties(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Party>> {
+    use super::conversations::Member;
+    use super::schema::messages;
+    let rows: Vec<MemberWithUser> = conversation_members::table
+        .inner_join(users::table)
+        .filter(conversation_members::conversation_id.eq(conversation_id))
+        .order(conversation_members::user_id)
+        .select((
+            Member::as_select(),
+            users::name,
+            users::avatar_url,
+            users::roles,
+        ))
+        .load(conn)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (member, name, avatar_url, roles) in rows {
+        let unread: i64 = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::seq.gt(member.read_up_to))
+            .filter(messages::deleted_at.is_null())
+            .filter(messages::sender_id.is_distinct_from(member.user_id))
+            .count()
+            .get_result(conn)?;
+        out.push(Party {
+            kind: super::messages::party_type(roles.iter().flatten()),
+            member,
+            name,
+            avatar_url,
+            unread,
+        });
+    }
+    Ok(out)
+}
+
+/// The kind of user (`user|astrologer|admin`) of each of `ids` that exists.
+pub fn party_types(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> AppResult<std::collections::HashMap<i64, &'static str>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(i64, Vec<Option<String>>)> = users::table
+        .filter(users::id.eq_any(ids))
+        .select((users::id, users::roles))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, roles)| (id, super::messages::party_type(roles.iter().flatten())))
+        .collect())
+}

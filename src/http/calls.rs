@@ -7,7 +7,7 @@ use crate::error::{AppError, AppResult};
 use crate::realtime::call::ice;
 use crate::realtime::protocol::{CallInitiate, CallRef};
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -96,20 +96,40 @@ async fn turn_credentials(
     })))
 }
 
+/// The answer to a call started over REST: the engine's ack as `call`, and at the top level
+/// what seed 002's app reads — `callId`, `channelName`, `agoraToken` valid for uid 0 (the app
+/// joins with uid 0), `agoraUid: 0` and `callType` `voice|video`.
+pub(crate) fn initiated_json(ack: Value) -> Value {
+    let agora = ack.get("channelName").is_some_and(|c| !c.is_null());
+    let call_type = match ack.get("callType").and_then(Value::as_str) {
+        Some("audio") => Some("voice"),
+        other => other,
+    };
+    json!({
+        "success": true,
+        "callId": ack["callId"],
+        "status": ack["status"],
+        "callType": call_type,
+        "channelName": ack.get("channelName"),
+        "agoraToken": ack.get("agoraAnyUidToken"),
+        "agoraUid": agora.then_some(crate::realtime::call::agora::ANY_UID),
+        "call": ack,
+    })
+}
+
+/// `POST /api/calls/initiate` is seed 002's route, whose app joins Agora channels: without a
+/// `provider` the call uses Agora when it is configured (WebRTC otherwise), as its socket
+/// `call:initiate` does.
 async fn initiate(
     state: web::Data<AppState>,
     identity: Identity,
     body: web::Json<CallInitiate>,
 ) -> AppResult<HttpResponse> {
+    let mut req = body.into_inner();
+    req.provider.get_or_insert_with(|| "auto".to_owned());
     // Started over REST: no device is bound to the caller until a socket sends `call:rejoin`.
-    let ack = state
-        .engine
-        .start_call(&identity, 0, body.into_inner())
-        .await?;
-    Ok(
-        HttpResponse::Created()
-            .json(json!({"success": true, "call": ack, "callId": ack["callId"]})),
-    )
+    let ack = state.engine.start_call(&identity, 0, req).await?;
+    Ok(HttpResponse::Created().json(initiated_json(ack)))
 }
 
 /// `POST /api/calls/:id/end` body.
@@ -170,6 +190,7 @@ async fn get_call(
     state: web::Data<AppState>,
     identity: Identity,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     let id = path.into_inner();
     let live = state.engine.calls.get(id.as_str());
@@ -187,6 +208,10 @@ async fn get_call(
     if !identity.is_admin() && !parties.iter().any(|p| p.user_id == identity.user_id()) {
         return Err(AppError::Forbidden("not a party of this call".into()));
     }
+    if super::astrology::wanted(&req, &state) {
+        let mut shaped = super::astrology::calls_json(&state, vec![(call, parties)]).await?;
+        return Ok(HttpResponse::Ok().json(json!({"success": true, "call": shaped.pop()})));
+    }
     Ok(HttpResponse::Ok().json(json!({"success": true, "call": call_json(&call, &parties)})))
 }
 
@@ -201,6 +226,7 @@ async fn history(
     state: web::Data<AppState>,
     identity: Identity,
     q: web::Query<HistoryQuery>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let before = call_cursor(q.cursor.as_deref())?;
@@ -209,6 +235,13 @@ async fn history(
         .db
         .run(move |conn| calls::history(conn, user, before, limit + 1))
         .await?;
+    if super::astrology::wanted(&req, &state) {
+        let mut page = calls_page_json(&rows, limit);
+        let take = usize::try_from(limit).unwrap_or(0);
+        let shown: Vec<_> = rows.into_iter().take(take).collect();
+        page["calls"] = json!(super::astrology::calls_json(&state, shown).await?);
+        return Ok(HttpResponse::Ok().json(page));
+    }
     Ok(calls_page(&rows, limit))
 }
 
@@ -230,17 +263,21 @@ pub(crate) fn call_cursor(
 
 /// One page of calls from `limit + 1` rows, newest first, with the cursor of the next page.
 pub(crate) fn calls_page(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) -> HttpResponse {
+    HttpResponse::Ok().json(calls_page_json(rows, limit))
+}
+
+fn calls_page_json(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) -> Value {
     let take = usize::try_from(limit).unwrap_or(0);
     let page = &rows[..rows.len().min(take)];
     let next = (rows.len() > take)
         .then(|| page.last())
         .flatten()
         .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id));
-    HttpResponse::Ok().json(json!({
+    json!({
         "success": true,
         "calls": page.iter().map(|(c, p)| call_json(c, p)).collect::<Vec<_>>(),
         "nextCursor": next,
-    }))
+    })
 }
 
 /// Seed 001's call statistics: the calls in progress now. `totalCalls` counts them (so does

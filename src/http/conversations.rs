@@ -9,7 +9,7 @@ use crate::db::messages::{self, Message};
 use crate::error::{AppError, AppResult};
 use crate::realtime::protocol::{id_field, opt_id_field, SendDraft};
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -306,9 +306,14 @@ async fn get_one(
     state: web::Data<AppState>,
     identity: Identity,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "conversation id")?;
     let conv = visible(&state, &identity, id).await?;
+    if super::astrology::wanted(&req, &state) {
+        return super::astrology::conversation_response(&state, conv, identity.user_id(), None)
+            .await;
+    }
     let view = load_views(&state, vec![conv], identity.user_id())
         .await?
         .pop();
@@ -450,19 +455,28 @@ impl PageQuery {
     }
 }
 
+impl PageQuery {
+    /// `(before, after, limit)`: the limit clamped to 1..=200 (50 by default); negative seq
+    /// bounds are refused.
+    pub(crate) fn bounds(&self) -> AppResult<(Option<i64>, Option<i64>, i64)> {
+        let limit = self.limit.unwrap_or(50).clamp(1, 200);
+        let (before, after) = (self.before, self.after);
+        if before.is_some_and(|b| b < 0) || after.is_some_and(|a| a < 0) {
+            return Err(AppError::bad_request(
+                "invalid_parameter",
+                "before/after must be non-negative seq numbers",
+            ));
+        }
+        Ok((before, after, limit))
+    }
+}
+
 pub(crate) async fn page_response(
     state: &AppState,
     conversation_id: i64,
     q: &PageQuery,
 ) -> AppResult<HttpResponse> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let (before, after) = (q.before, q.after);
-    if before.is_some_and(|b| b < 0) || after.is_some_and(|a| a < 0) {
-        return Err(AppError::bad_request(
-            "invalid_parameter",
-            "before/after must be non-negative seq numbers",
-        ));
-    }
+    let (before, after, limit) = q.bounds()?;
     let rows = state
         .db
         .run(move |conn| messages::page(conn, conversation_id, before, after, limit))
@@ -483,9 +497,13 @@ async fn conversation_messages(
     identity: Identity,
     path: web::Path<String>,
     q: web::Query<PageQuery>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "conversation id")?;
     visible(&state, &identity, id).await?;
+    if super::astrology::wanted(&req, &state) {
+        return super::astrology::page_response(&state, id, &q).await;
+    }
     page_response(&state, id, &q).await
 }
 
@@ -535,9 +553,13 @@ async fn post_conversation_message(
     identity: Identity,
     path: web::Path<String>,
     body: web::Json<SendBody>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "conversation id")?;
     let draft = draft_for(id, body.into_inner().rest)?;
+    if super::astrology::wanted(&req, &state) {
+        return super::astrology::send_response(&state, &identity, draft).await;
+    }
     send_and_respond(&state, &identity, draft).await
 }
 

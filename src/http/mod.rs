@@ -2,6 +2,7 @@
 //! the database, and map errors through [`AppError`]; nothing else.
 
 pub mod admin;
+pub mod astrology;
 pub mod auth;
 pub mod calls;
 pub mod client_ip;

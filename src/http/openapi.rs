@@ -231,6 +231,9 @@ fn components() -> Value {
             ("sender", nullable_string()),
             ("conversation", string()),
             ("text", string()),
+            ("senderType", nullable_string()),
+            ("recipientId", nullable_string()),
+            ("recipientType", nullable_string()),
         ],
         &[
             "id",
@@ -346,8 +349,89 @@ fn components() -> Value {
             "Conversation": conversation,
             "IceServer": ice_server,
             "Call": call,
+            "DirectMessage": direct_message(),
+            "DirectConversation": direct_conversation(),
         }
     })
+}
+
+fn party_type() -> Value {
+    json!({"type": "string", "enum": ["user", "astrologer", "admin"]})
+}
+
+fn nullable_party_type() -> Value {
+    json!({"type": "string", "nullable": true, "enum": ["user", "astrologer", "admin", null]})
+}
+
+/// Seed 002's `DirectMessage`: a Message with its app's fields added.
+fn direct_message() -> Value {
+    json!({"allOf": [r("Message"), object(
+        &[
+            ("_id", string()),
+            ("messageType", string()),
+            ("senderType", nullable_party_type()),
+            ("recipientId", nullable_string()),
+            ("recipientType", nullable_party_type()),
+            ("status", json!({"type": "string", "enum": ["sent", "delivered", "read", "failed"]})),
+            ("readAt", nullable_date_time()),
+            ("deliveredAt", nullable_date_time()),
+            ("isDeleted", boolean()),
+            ("deletedBy", array(string())),
+            ("updatedAt", date_time()),
+        ],
+        &["_id", "messageType", "status", "isDeleted"],
+    )]})
+}
+
+/// Seed 002's `DirectConversation` (its `unreadCount` is a count per participant id).
+fn direct_conversation() -> Value {
+    object(
+        &[
+            ("_id", string()),
+            ("id", string()),
+            ("type", string()),
+            ("title", nullable_string()),
+            (
+                "participants",
+                array(object(
+                    &[
+                        ("id", string()),
+                        ("type", party_type()),
+                        ("name", string()),
+                        ("profilePicture", nullable_string()),
+                        ("joinedAt", date_time()),
+                    ],
+                    &["id", "type", "name", "joinedAt"],
+                )),
+            ),
+            ("members", array(r("Member"))),
+            (
+                "conversationType",
+                json!({"type": "string", "enum": ["admin_astrologer", "user_astrologer", "group"]}),
+            ),
+            ("lastMessage", nullable_ref("DirectMessage")),
+            ("isActive", boolean()),
+            (
+                "unreadCount",
+                json!({"type": "object", "additionalProperties": integer()}),
+            ),
+            (
+                "contextType",
+                json!({"type": "string", "enum": ["consultation", "service_request", "support", "general"]}),
+            ),
+            ("contextId", nullable_string()),
+            ("createdAt", date_time()),
+            ("updatedAt", date_time()),
+        ],
+        &[
+            "_id",
+            "participants",
+            "conversationType",
+            "unreadCount",
+            "contextType",
+            "isActive",
+        ],
+    )
 }
 
 fn conversation_envelope() -> Value {
@@ -992,7 +1076,7 @@ pub fn operations() -> Vec<Operation> {
                     ("memberIds", array(id_input())),
                     (
                         "callType",
-                        json!({"type": "string", "enum": ["audio", "video"]}),
+                        json!({"type": "string", "enum": ["audio", "voice", "video"]}),
                     ),
                     ("isVideo", boolean()),
                     ("sdpOffer", json!({"type": "object"})),
@@ -1524,8 +1608,8 @@ fn support_answer() -> Value {
     object(
         &[
             ("success", boolean()),
-            ("conversation", r("Conversation")),
-            ("messages", array(r("Message"))),
+            ("conversation", r("DirectConversation")),
+            ("messages", array(r("DirectMessage"))),
             ("unreadCount", integer()),
         ],
         &["success", "conversation", "messages", "unreadCount"],

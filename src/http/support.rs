@@ -12,10 +12,9 @@
 //! `/conversations/{id}`.
 
 use super::admin::Admin;
-use super::conversations::{draft_for, page_response, send_and_respond, PageQuery};
+use super::conversations::{draft_for, PageQuery};
 use crate::auth::Identity;
-use crate::db::conversations::{self as convs, Conversation};
-use crate::db::messages::{self, Message};
+use crate::db::conversations::Conversation;
 use crate::db::support;
 use crate::error::{AppError, AppResult};
 use crate::realtime::protocol::CallInitiate;
@@ -63,25 +62,9 @@ async fn support_conversation(state: &AppState, user: i64) -> AppResult<Conversa
     Ok(conv)
 }
 
-/// The conversation view for `viewer` with its newest messages.
+/// The conversation for `viewer` with its newest messages, in seed 002's shapes.
 async fn with_recent(state: &AppState, conv: Conversation, viewer: i64) -> AppResult<HttpResponse> {
-    let id = conv.id;
-    let (view, recent) = state
-        .db
-        .run(move |conn| {
-            let view = convs::views(conn, vec![conv], viewer)?.pop();
-            let recent = messages::page(conn, id, None, None, RECENT_MESSAGES)?;
-            Ok((view, recent))
-        })
-        .await?;
-    let view = view.ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
-    let unread = view.unread_count;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "conversation": view,
-        "messages": recent.iter().map(Message::view).collect::<Vec<_>>(),
-        "unreadCount": unread,
-    })))
+    super::astrology::conversation_response(state, conv, viewer, Some(RECENT_MESSAGES)).await
 }
 
 fn staff_side(identity: &Identity) -> AppResult<i64> {
@@ -109,7 +92,7 @@ async fn staff_messages(
 ) -> AppResult<HttpResponse> {
     let me = staff_side(&identity)?;
     let conv = support_conversation(&state, me).await?;
-    page_response(&state, conv.id, &q).await
+    super::astrology::page_response(&state, conv.id, &q).await
 }
 
 async fn staff_send(
@@ -120,7 +103,7 @@ async fn staff_send(
     let me = staff_side(&identity)?;
     let conv = support_conversation(&state, me).await?;
     let draft = draft_for(conv.id, body.into_inner())?;
-    send_and_respond(&state, &identity, draft).await
+    super::astrology::send_response(&state, &identity, draft).await
 }
 
 async fn admin_conversation(
@@ -140,7 +123,7 @@ async fn admin_messages(
     q: web::Query<PageQuery>,
 ) -> AppResult<HttpResponse> {
     let conv = support_conversation(&state, super::parse_id(&path, "user id")?).await?;
-    page_response(&state, conv.id, &q).await
+    super::astrology::page_response(&state, conv.id, &q).await
 }
 
 async fn admin_send(
@@ -152,7 +135,7 @@ async fn admin_send(
     let identity = admin.identity;
     let conv = support_conversation(&state, super::parse_id(&path, "user id")?).await?;
     let draft = draft_for(conv.id, body.into_inner())?;
-    send_and_respond(&state, &identity, draft).await
+    super::astrology::send_response(&state, &identity, draft).await
 }
 
 /// `POST /api/admin/calls/initiate`: `{astrologerId | calleeId | to, callType}`. Uses Agora
@@ -190,11 +173,5 @@ async fn admin_call(
         ));
     }
     let ack = state.engine.start_call(&identity, 0, req).await?;
-    Ok(HttpResponse::Created().json(json!({
-        "success": true,
-        "call": ack,
-        "callId": ack["callId"],
-        "channelName": ack.get("channelName"),
-        "agoraToken": ack.get("agoraToken"),
-    })))
+    Ok(HttpResponse::Created().json(super::calls::initiated_json(ack)))
 }

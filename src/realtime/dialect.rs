@@ -47,6 +47,20 @@ pub enum Src {
     Str(&'static str),
     /// The number zero.
     Zero,
+    /// JSON `null`.
+    Null,
+    /// An empty JSON array.
+    EmptyList,
+    /// A canonical string field's value renamed through a table `(canonical, dialect)`; a value
+    /// the table does not list becomes `other` when it is set, else stays as it is.
+    Map {
+        /// Canonical field read.
+        field: &'static str,
+        /// Value renames.
+        table: &'static [(&'static str, &'static str)],
+        /// What unlisted values become.
+        other: Option<&'static str>,
+    },
 }
 
 /// One event a dialect emits, built from a canonical payload: every canonical field plus `set`.
@@ -77,6 +91,12 @@ pub enum Hook {
     TrackIncoming,
     /// Outbound: the call named by the event is over; forget it if it is the current one.
     TrackEnd,
+    /// Inbound: once the command succeeds, events of the conversation it names (messages,
+    /// typing, receipts; calls excepted) no longer reach this connection.
+    LeaveRoom,
+    /// Inbound: once the command succeeds, the conversation's events reach this connection
+    /// again.
+    JoinRoom,
 }
 
 /// How one dialect event enters the engine.
@@ -166,12 +186,6 @@ const fn emit_if(
         when: Some(field),
     }
 }
-
-/// Aliases seed 002's app reads on messages (`_id`, `messageType`).
-const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
-    ("_id", Src::Field("id")),
-    ("messageType", Src::Field("type")),
-];
 
 /// Aliases seed 003's apps read on messages (Backend1 and Backend field names, and the `_id` of
 /// the Mongoose documents both were written against), as REST returns them.
@@ -492,6 +506,88 @@ const WORLDMATES_USER: &[(&str, Src)] = &[
 const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
 
+/// Seed 002's call types: `voice|video` (canonical `audio|video`; `voice` is accepted inbound
+/// by the engine as it is).
+pub const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
+
+/// Seed 002's end reasons (`completed|rejected|no_answer|network_error|cancelled`) for canonical
+/// ones. Its own backend writes `completed` for every hang-up, so reasons it does not list (a
+/// client's own words, an admin's or the server's end) read as the nearest of its five: an
+/// admin ending a call completes it, a server shutdown is a network error, a call answered on
+/// another device is cancelled on this one.
+pub const ASTROLOGY_END_REASONS: &[(&str, &str)] = &[
+    ("hangup", "completed"),
+    ("completed", "completed"),
+    ("everyone_left", "completed"),
+    ("admin", "completed"),
+    ("rejected", "rejected"),
+    ("declined", "rejected"),
+    ("busy", "rejected"),
+    ("no_answer", "no_answer"),
+    ("missed", "no_answer"),
+    ("timeout", "no_answer"),
+    ("network_error", "network_error"),
+    ("server_shutdown", "network_error"),
+    ("failed", "network_error"),
+    ("cancelled", "cancelled"),
+    ("answered_elsewhere", "cancelled"),
+];
+
+/// What an end reason seed 002 does not list becomes.
+pub const ASTROLOGY_OTHER_END_REASON: &str = "completed";
+
+/// Seed 002's call statuses (`initiated|ringing|answered|ongoing|ended|rejected|missed|failed`)
+/// for the canonical ones it lacks: a busy callee rejected the call; a call the caller gave up
+/// on before an answer ended (with `endReason: cancelled`).
+pub const ASTROLOGY_CALL_STATUSES: &[(&str, &str)] =
+    &[("busy", "rejected"), ("cancelled", "ended")];
+
+/// Seed 002's message types are `text|image|audio|file|system`: the call logs Switchboard posts
+/// when a call ends are `system` messages to it.
+pub const ASTROLOGY_MESSAGE_TYPES: &[(&str, &str)] =
+    &[("voice_call", "system"), ("video_call", "system")];
+
+const ASTROLOGY_CALL_TYPE: Src = Src::Map {
+    field: "callType",
+    table: ASTROLOGY_CALL_TYPES,
+    other: None,
+};
+
+const ASTROLOGY_END_REASON: Src = Src::Map {
+    field: "reason",
+    table: ASTROLOGY_END_REASONS,
+    other: Some(ASTROLOGY_OTHER_END_REASON),
+};
+
+/// Seed 002's DirectMessage as its app parses it from a new message: `_id`, `messageType`,
+/// `status` (`sent`: nobody has received it yet), `readAt`/`deliveredAt` (null), `isDeleted`,
+/// `deletedBy` (users it is hidden from: none) and `updatedAt`. `senderType`, `recipientId` and
+/// `recipientType` are canonical fields already.
+const ASTROLOGY_MESSAGE: &[(&str, Src)] = &[
+    ("_id", Src::Field("id")),
+    (
+        "messageType",
+        Src::Map {
+            field: "type",
+            table: ASTROLOGY_MESSAGE_TYPES,
+            other: None,
+        },
+    ),
+    ("status", Src::Str("sent")),
+    ("readAt", Src::Null),
+    ("deliveredAt", Src::Null),
+    ("isDeleted", Src::Field("deleted")),
+    ("deletedBy", Src::EmptyList),
+    ("updatedAt", Src::Field("createdAt")),
+];
+
+/// `call:initiated` / `call:incoming` carry an Agora token valid for uid 0: the app signs and
+/// joins with uid 0 and is never told another uid.
+const ASTROLOGY_AGORA: [(&str, Src); 2] = [
+    ("agoraToken", Src::Field("agoraAnyUidToken")),
+    ("agoraUid", Src::Zero),
+];
+
 /// Seed 002 (astrology app): `dm:*` conversations and Agora calls.
 pub static ASTROLOGY: Dialect = Dialect {
     name: "astrology",
@@ -500,10 +596,13 @@ pub static ASTROLOGY: Dialect = Dialect {
         In {
             reply: &[emit("dm:joined", &[])],
             error_event: DM_ERROR,
+            hook: Hook::JoinRoom,
             ..inbound("dm:join_conversation", "conversation:join")
         },
+        // Leaving a room stops its events on this socket, as `socket.leave` did.
         In {
             error_event: DM_ERROR,
+            hook: Hook::LeaveRoom,
             ..inbound("dm:leave_conversation", "conversation:leave")
         },
         In {
@@ -519,8 +618,10 @@ pub static ASTROLOGY: Dialect = Dialect {
             error_event: DM_ERROR,
             ..inbound("dm:typing_stop", "typing:stop")
         },
+        // A mark that moves nothing (the messages were read already) announces nothing.
         In {
-            reply: &[emit(
+            reply: &[emit_if(
+                "messageIds",
                 "dm:messages_read",
                 &[("readBy", Src::Field("userId"))],
             )],
@@ -529,7 +630,14 @@ pub static ASTROLOGY: Dialect = Dialect {
         },
         In {
             defaults: &[("provider", "auto")],
-            reply: &[emit("call:initiated", &[])],
+            reply: &[emit(
+                "call:initiated",
+                &[
+                    ASTROLOGY_AGORA[0],
+                    ASTROLOGY_AGORA[1],
+                    ("callType", ASTROLOGY_CALL_TYPE),
+                ],
+            )],
             error_event: CALL_ERROR,
             ..inbound("call:initiate", "call:initiate")
         },
@@ -553,6 +661,7 @@ pub static ASTROLOGY: Dialect = Dialect {
         ),
         out("typing:start", &[emit("dm:typing_start", &[])]),
         out("typing:stop", &[emit("dm:typing_stop", &[])]),
+        // Read receipts always name the messages read (the engine resolves cursors to ids).
         out(
             "receipt:read",
             &[emit(
@@ -566,18 +675,75 @@ pub static ASTROLOGY: Dialect = Dialect {
                 "call:incoming",
                 &[
                     ("callerId", Src::Field("from")),
+                    ("callerType", Src::Field("fromType")),
                     ("callerName", Src::Field("fromName")),
+                    // Phone numbers are not handed to call peers.
+                    ("callerPhone", Src::Null),
                     ("callerAvatar", Src::Field("fromAvatar")),
+                    ("callType", ASTROLOGY_CALL_TYPE),
+                    ASTROLOGY_AGORA[0],
+                    ASTROLOGY_AGORA[1],
                 ],
             )],
         ),
         out(
+            "call:rejected",
+            &[emit(
+                "call:rejected",
+                &[("endReason", Src::Str("rejected"))],
+            )],
+        ),
+        out(
             "call:busy",
-            &[emit("call:rejected", &[("reason", Src::Str("busy"))])],
+            &[emit(
+                "call:rejected",
+                &[
+                    ("reason", Src::Str("busy")),
+                    ("endReason", Src::Str("rejected")),
+                ],
+            )],
+        ),
+        out(
+            "call:ended",
+            &[emit(
+                "call:ended",
+                &[
+                    ("reason", ASTROLOGY_END_REASON),
+                    ("endReason", ASTROLOGY_END_REASON),
+                ],
+            )],
+        ),
+        out(
+            "call:missed",
+            &[emit(
+                "call:missed",
+                &[
+                    ("reason", Src::Str("no_answer")),
+                    ("endReason", Src::Str("no_answer")),
+                ],
+            )],
         ),
         out(
             "call:cancelled",
-            &[emit("call:ended", &[("duration", Src::Zero)])],
+            &[emit(
+                "call:ended",
+                &[
+                    ("duration", Src::Zero),
+                    ("reason", Src::Str("cancelled")),
+                    ("endReason", Src::Str("cancelled")),
+                ],
+            )],
+        ),
+        out(
+            "call:answered_elsewhere",
+            &[emit(
+                "call:ended",
+                &[
+                    ("duration", Src::Zero),
+                    ("reason", Src::Str("cancelled")),
+                    ("endReason", Src::Str("cancelled")),
+                ],
+            )],
         ),
     ],
 };
@@ -886,8 +1052,12 @@ struct CurrentCall {
     ringing_here: bool,
 }
 
+/// Most conversations one connection may have left (beyond it the oldest is forgotten, so its
+/// events reach the connection again).
+pub const MAX_LEFT_ROOMS: usize = 256;
+
 /// One connection's translator: its dialect, the JSON type its token gave the user id (for
-/// [`Src::UserId`]) and, for seed 004, its current call.
+/// [`Src::UserId`]), for seed 004 its current call, and the conversations it left.
 #[derive(Debug)]
 pub struct Translator {
     dialect: &'static Dialect,
@@ -896,6 +1066,18 @@ pub struct Translator {
     token_typed: bool,
     /// The connection's token carried its subject as a number.
     numeric_ids: AtomicBool,
+    /// Conversation ids (as in event payloads) whose events this connection no longer wants.
+    left: Mutex<std::collections::VecDeque<String>>,
+    /// Whether the dialect can leave conversations at all (else `left` is never looked at).
+    rooms: bool,
+}
+
+fn conversation_of(payload: &Value) -> Option<String> {
+    match payload.get("conversationId")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn no_call() -> AppError {
@@ -963,6 +1145,21 @@ fn value_of(base: &Value, src: &Src, numeric_ids: bool) -> Option<Value> {
         )),
         Src::Str(s) => Some(json!(s)),
         Src::Zero => Some(json!(0)),
+        Src::Null => Some(Value::Null),
+        Src::EmptyList => Some(json!([])),
+        Src::Map {
+            field,
+            table,
+            other,
+        } => base.get(field).and_then(Value::as_str).map(|v| {
+            let mapped = table
+                .iter()
+                .find(|(from, _)| v.eq_ignore_ascii_case(from))
+                .map(|(_, to)| *to)
+                .or(*other)
+                .unwrap_or(v);
+            json!(mapped)
+        }),
     }
 }
 
@@ -1002,6 +1199,8 @@ impl Translator {
             current: Mutex::new(CurrentCall::default()),
             token_typed: dialect.types_ids_like_token(),
             numeric_ids: AtomicBool::new(false),
+            left: Mutex::new(std::collections::VecDeque::new()),
+            rooms: dialect.inbound.iter().any(|r| r.hook == Hook::LeaveRoom),
         })
     }
 
@@ -1045,6 +1244,22 @@ impl Translator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn left(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<String>> {
+        self.left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this connection left the conversation an event belongs to.
+    fn muted(&self, event: &ServerEvent) -> bool {
+        if !self.rooms || event.name.starts_with("call:") {
+            return false;
+        }
+        let left = self.left();
+        !left.is_empty()
+            && conversation_of(&event.payload).is_some_and(|c| left.iter().any(|l| *l == c))
+    }
+
     /// Translates an inbound frame into a canonical one. Events the dialect does not define
     /// pass through as canonical events.
     pub fn inbound(&self, frame: ClientFrame) -> Result<ClientFrame, AppError> {
@@ -1068,7 +1283,10 @@ impl Translator {
             }
         }
         let mut command = rule.command;
-        if rule.hook != Hook::None {
+        if matches!(
+            rule.hook,
+            Hook::OfferOrStart | Hook::AnswerOrAccept | Hook::CurrentCall | Hook::HangUpCurrent
+        ) {
             let current = self.current();
             let id = current.id.clone();
             command = match (rule.hook, id) {
@@ -1098,6 +1316,9 @@ impl Translator {
     /// Translates a canonical event into what this dialect emits (possibly several events, or
     /// none).
     pub fn outbound(&self, event: &Arc<ServerEvent>) -> Arc<[Arc<ServerEvent>]> {
+        if self.muted(event) {
+            return Arc::from([]);
+        }
         let Some(rule) = self.dialect.rule_out(&event.name) else {
             return event.translated(self.slot(), || vec![Arc::clone(event)]);
         };
@@ -1184,6 +1405,27 @@ impl Translator {
     }
 
     fn after_success(&self, rule: &In, payload: &Value) {
+        match rule.hook {
+            Hook::LeaveRoom => {
+                if let Some(c) = conversation_of(payload) {
+                    let mut left = self.left();
+                    if !left.contains(&c) {
+                        if left.len() >= MAX_LEFT_ROOMS {
+                            left.pop_front();
+                        }
+                        left.push_back(c);
+                    }
+                }
+                return;
+            }
+            Hook::JoinRoom => {
+                if let Some(c) = conversation_of(payload) {
+                    self.left().retain(|l| *l != c);
+                }
+                return;
+            }
+            _ => {}
+        }
         let mut current = self.current();
         match rule.hook {
             // A new call that rings is this connection's call from now on. A busy or glare
@@ -1455,6 +1697,144 @@ mod tests {
         // Without an error event and without an id: the canonical `error` event.
         let items = t.reply("ping", None, Err(AppError::validation("x")));
         assert!(matches!(&items[..], [Outbound::Error(e)] if e.id.is_none()));
+    }
+
+    #[test]
+    fn mapped_values_nulls_and_lists_are_built() {
+        let set = [
+            (
+                "kind",
+                Src::Map {
+                    field: "callType",
+                    table: &[("audio", "voice")],
+                    other: None,
+                },
+            ),
+            (
+                "why",
+                Src::Map {
+                    field: "reason",
+                    table: &[("hangup", "completed")],
+                    other: Some("completed"),
+                },
+            ),
+            ("gone", Src::Null),
+            ("by", Src::EmptyList),
+        ];
+        let v = build(
+            &json!({"callType": "audio", "reason": "whatever"}),
+            &set,
+            false,
+        );
+        assert_eq!(v["kind"], "voice");
+        assert_eq!(v["why"], "completed");
+        assert!(v["gone"].is_null() && v.as_object().unwrap().contains_key("gone"));
+        assert_eq!(v["by"], json!([]));
+        // Unlisted values without `other` stay; an absent field sets nothing.
+        let v = build(&json!({"callType": "video"}), &set, false);
+        assert_eq!(v["kind"], "video");
+        assert!(v.get("why").is_none());
+    }
+
+    #[test]
+    fn astrology_speaks_only_its_own_call_vocabulary() {
+        let seed = [
+            "completed",
+            "rejected",
+            "no_answer",
+            "network_error",
+            "cancelled",
+        ];
+        assert!(seed.contains(&ASTROLOGY_OTHER_END_REASON));
+        for (_, to) in ASTROLOGY_END_REASONS {
+            assert!(seed.contains(to), "{to}");
+        }
+        // Every reason the engine gives a call names one of them explicitly.
+        for reason in [
+            "hangup",
+            "cancelled",
+            "no_answer",
+            "network_error",
+            "everyone_left",
+            "admin",
+            "server_shutdown",
+            "rejected",
+            "busy",
+            "answered_elsewhere",
+        ] {
+            assert!(
+                ASTROLOGY_END_REASONS
+                    .iter()
+                    .any(|(from, _)| *from == reason),
+                "{reason}"
+            );
+        }
+        let t = Translator::new(&ASTROLOGY);
+        let ended = ServerEvent::new(
+            "call:ended",
+            json!({"callId": "c", "reason": "my own words", "duration": 5}),
+        );
+        let out = t.outbound(&ended);
+        assert_eq!(out[0].payload["endReason"], "completed");
+        let ring = ServerEvent::new(
+            "call:incoming",
+            json!({"callId": "c", "from": "1", "callType": "audio", "agoraToken": "007bound", "agoraAnyUidToken": "007any"}),
+        );
+        let out = t.outbound(&ring);
+        assert_eq!(out[0].payload["callType"], "voice");
+        assert_eq!(out[0].payload["agoraToken"], "007any");
+        assert_eq!(out[0].payload["agoraUid"], 0);
+        let log = ServerEvent::new("message:new", json!({"id": "1", "type": "video_call"}));
+        assert_eq!(t.outbound(&log)[0].payload["messageType"], "system");
+    }
+
+    static ROOMS: Dialect = Dialect {
+        name: "rooms",
+        aliases: &[],
+        inbound: &[
+            In {
+                hook: Hook::LeaveRoom,
+                ..inbound("leave", "conversation:leave")
+            },
+            In {
+                hook: Hook::JoinRoom,
+                ..inbound("join", "conversation:join")
+            },
+        ],
+        outbound: &[],
+    };
+
+    #[test]
+    fn a_left_conversation_is_muted_until_joined_again() {
+        let t = Translator::new(&ROOMS);
+        let msg = ServerEvent::new("message:new", json!({"conversationId": "5", "id": "1"}));
+        let other = ServerEvent::new("message:new", json!({"conversationId": "6", "id": "2"}));
+        let call = ServerEvent::new("call:incoming", json!({"conversationId": "5"}));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        // A failed leave changes nothing.
+        t.reply("leave", None, Err(AppError::NotFound("x".into())));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        t.reply(
+            "leave",
+            None,
+            Ok(json!({"conversationId": "5", "left": true})),
+        );
+        assert!(t.outbound(&msg).is_empty());
+        assert_eq!(t.outbound(&other).len(), 1);
+        assert_eq!(t.outbound(&call).len(), 1);
+        t.reply("join", None, Ok(json!({"conversationId": "5"})));
+        assert_eq!(t.outbound(&msg).len(), 1);
+        // The list is bounded: the oldest left conversation is forgotten first.
+        for c in 0..=MAX_LEFT_ROOMS {
+            t.reply("leave", None, Ok(json!({"conversationId": c.to_string()})));
+        }
+        let first = ServerEvent::new("typing:start", json!({"conversationId": "0"}));
+        let last = ServerEvent::new(
+            "typing:start",
+            json!({"conversationId": MAX_LEFT_ROOMS.to_string()}),
+        );
+        assert_eq!(t.outbound(&first).len(), 1);
+        assert!(t.outbound(&last).is_empty());
     }
 
     #[test]

@@ -336,6 +336,7 @@ impl Engine {
             reply_to_id: d.reply_to,
             metadata: d.metadata,
             client_message_id: d.client_message_id,
+            recipient_id: d.recipient_id,
         })
     }
 

@@ -324,6 +324,10 @@ pub struct SendDraft {
         alias = "tempId"
     )]
     pub client_message_id: Option<String>,
+    /// The admin a staff member writes to in a support conversation (seed 002 names its
+    /// recipient); elsewhere the recipient follows from the conversation.
+    #[serde(default, deserialize_with = "opt_id_field")]
+    pub recipient_id: Option<i64>,
 }
 
 /// `message:edit`.

@@ -32,6 +32,8 @@ pub struct CallMeta {
     pub caller_name: String,
     /// Caller's avatar.
     pub caller_avatar: Option<String>,
+    /// Caller's kind of user (`user|astrologer|admin`, seed 002).
+    pub caller_type: &'static str,
     /// Initial SDP offer.
     pub sdp_offer: Option<Value>,
 }
@@ -94,12 +96,15 @@ impl CallActor {
 
     /// The `call:incoming` payload for one callee (ICE credentials are per user).
     pub fn incoming_for(&self, user: i64) -> Value {
-        let agora_token = self.meta.channel_name.as_deref().and_then(|channel| {
-            super::agora::rtc_token_for(&self.engine.config, channel, super::agora::uid_of(user))
-                .and_then(Result::ok)
-        });
+        let token_for = |uid| {
+            self.meta.channel_name.as_deref().and_then(|channel| {
+                super::agora::rtc_token_for(&self.engine.config, channel, uid).and_then(Result::ok)
+            })
+        };
         json!({
-            "agoraToken": agora_token,
+            "agoraToken": token_for(super::agora::uid_of(user)),
+            "agoraAnyUidToken": token_for(super::agora::ANY_UID),
+            "fromType": self.meta.caller_type,
             "agoraUid": self.meta.channel_name.as_ref().map(|_| super::agora::uid_of(user)),
             "appId": self.meta.channel_name.as_ref().map(|_| self.engine.config.agora_app_id.clone()),
             "callId": self.call.id,
@@ -377,6 +382,7 @@ impl CallActor {
                         content,
                         media_url: None,
                         reply_to_id: None,
+                        recipient_id: None,
                         metadata: Some(draft_meta),
                         client_message_id: None,
                     })

@@ -150,6 +150,11 @@ pub fn rtc_token_for(
     Some(token.build())
 }
 
+/// The uid of a token valid for any uid: such a token is what an app that joins with uid 0
+/// (Agora then picks the uid) needs, since a token bound to another uid is refused for uid 0.
+/// Calls hand one out besides the uid-bound token (seed 002's app signs and joins with uid 0).
+pub const ANY_UID: u32 = 0;
+
 /// The Agora uid of a user: the user id when it fits in 32 bits, else 0 (any uid).
 pub fn uid_of(user: i64) -> u32 {
     u32::try_from(user).unwrap_or(0)

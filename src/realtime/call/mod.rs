@@ -26,7 +26,9 @@ pub const MAX_ROOM_NAME: usize = 128;
 
 impl Engine {
     /// Starts a call from `identity` on `device` (a session key; 0 when started over REST).
-    /// Returns the initiate ack: `{callId, status, iceServers}`.
+    /// Returns the initiate ack: `{callId, status, iceServers}`; Agora calls add the channel
+    /// and two tokens: `agoraToken` for the caller's uid (`agora.uid`) and `agoraAnyUidToken`
+    /// for apps that join with uid 0 and are never told a uid (seed 002).
     pub async fn start_call(
         &self,
         identity: &Identity,
@@ -176,6 +178,7 @@ impl Engine {
             conversation_id: if group { conversation_id } else { None },
             caller_name: identity.user.name.clone(),
             caller_avatar: identity.user.avatar_url.clone(),
+            caller_type: crate::db::messages::party_type(identity.user.roles.iter().flatten()),
             sdp_offer: req.sdp_offer,
         };
         let started = self
@@ -206,8 +209,12 @@ impl Engine {
             let token = agora::rtc_token_for(&self.config, &channel, uid)
                 .transpose()
                 .map_err(AppError::internal)?;
+            let any_uid = agora::rtc_token_for(&self.config, &channel, agora::ANY_UID)
+                .transpose()
+                .map_err(AppError::internal)?;
             obj.insert("channelName".into(), json!(channel));
             obj.insert("agoraToken".into(), json!(token));
+            obj.insert("agoraAnyUidToken".into(), json!(any_uid));
             obj.insert("agora".into(), json!({"appId": self.config.agora_app_id, "channelName": channel, "token": token, "uid": uid}));
         }
         Ok(ack)
