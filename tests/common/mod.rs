@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
 use switchboard::config::{Config, Secret};
+use switchboard::realtime::dialect::Dialect;
 use switchboard::server::{self, Running};
 
 /// Secret used by every test server.
@@ -154,6 +155,8 @@ pub struct TestServer {
     pub running: Running,
     /// HTTP client.
     pub client: awc::Client,
+    /// Each listener's address and default dialect (the first is [`TestServer::addr`]).
+    pub listeners: Vec<(SocketAddr, &'static str)>,
 }
 
 impl TestServer {
@@ -175,8 +178,41 @@ impl TestServer {
         );
         let mut config = test_config(&db);
         tweak(&mut config);
+        let dialect = config
+            .listeners()
+            .ok()
+            .and_then(|l| l.first().map(|(_, d)| d.name))
+            .unwrap_or("canonical");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let running = server::start(config, listener).expect("server starts");
+        let listeners = vec![(running.addr, dialect)];
+        Self::around(db, running, listeners)
+    }
+
+    /// Starts a server as the apps are served (`LISTEN`): one listener per dialect, each with
+    /// that dialect as its default, the canonical one first ([`TestServer::addr`]); an app's
+    /// clients connect to [`TestServer::addr_of`] its dialect and name none.
+    pub async fn start_apps(tweak: impl FnOnce(&mut Config)) -> Self {
+        switchboard::telemetry::init(
+            switchboard::config::LogFormat::Text,
+            "warn,switchboard::db=error",
+        );
+        let db = TestDb::migrated();
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let bound: Vec<(TcpListener, &'static Dialect)> = switchboard::realtime::dialect::ALL
+            .iter()
+            .map(|d| (TcpListener::bind("127.0.0.1:0").unwrap(), *d))
+            .collect();
+        let listeners = bound
+            .iter()
+            .map(|(l, d)| (l.local_addr().unwrap(), d.name))
+            .collect();
+        let running = server::start_listeners(config, bound).expect("server starts");
+        Self::around(db, running, listeners)
+    }
+
+    fn around(db: TestDb, running: Running, listeners: Vec<(SocketAddr, &'static str)>) -> Self {
         let client = awc::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .finish();
@@ -184,12 +220,26 @@ impl TestServer {
             db,
             running,
             client,
+            listeners,
         }
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.running.addr
+    }
+
+    /// The address of the listener whose default is `dialect` (a name or alias), for a server
+    /// from [`TestServer::start_apps`].
+    pub fn addr_of(&self, dialect: &str) -> SocketAddr {
+        let name = Dialect::find(dialect)
+            .unwrap_or_else(|| panic!("no dialect {dialect}"))
+            .name;
+        self.listeners
+            .iter()
+            .find(|(_, d)| *d == name)
+            .unwrap_or_else(|| panic!("no listener for {name}: start the server with start_apps"))
+            .0
     }
 
     /// `http://addr{path}`.

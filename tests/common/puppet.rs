@@ -67,8 +67,17 @@ impl Puppet {
 
     /// Connects client `name` with socket.io-client options (`auth`, `query`, `transports`...).
     /// `"ackEvents": false` in `opts` leaves server emits that ask for an ack unanswered.
-    pub fn open(&mut self, name: &str, mut opts: Value) {
+    pub fn open(&mut self, name: &str, opts: Value) {
         let url = self.url.clone();
+        self.open_url(name, url, opts);
+    }
+
+    /// Like [`Puppet::open`], to the server at `http://addr` (another listener).
+    pub fn open_at(&mut self, name: &str, addr: std::net::SocketAddr, opts: Value) {
+        self.open_url(name, format!("http://{addr}"), opts);
+    }
+
+    fn open_url(&mut self, name: &str, url: String, mut opts: Value) {
         let ack_events = opts
             .as_object_mut()
             .and_then(|o| o.remove("ackEvents"))
@@ -79,6 +88,21 @@ impl Puppet {
     /// Connects and waits for `connect`.
     pub async fn connect(&mut self, name: &str, opts: Value) -> Value {
         self.open(name, opts);
+        self.connected(name).await
+    }
+
+    /// Like [`Puppet::connect`], to the server at `http://addr` (another listener).
+    pub async fn connect_at(
+        &mut self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        opts: Value,
+    ) -> Value {
+        self.open_at(name, addr, opts);
+        self.connected(name).await
+    }
+
+    async fn connected(&mut self, name: &str) -> Value {
         let got = self
             .wait(|v| v["name"] == name && (v["type"] == "connect" || v["type"] == "connect_error"))
             .await;
