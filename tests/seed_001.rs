@@ -1,5 +1,5 @@
-//! Seed 001 (WorldMates) played with the real `socket.io-client`, over websocket and over
-//! HTTP long-polling: numeric ids on every event, a group call whose members' answers reach the
+//! Seed 001 (WorldMates) played with the real `socket.io-client` on the app's own listener
+//! (naming no dialect), over websocket and over HTTP long-polling: numeric ids on every event, a group call whose members' answers reach the
 //! initiator, flat ICE candidates (also from an AIST browser on plain `/ws`), failed commands as
 //! the events the app reads, and the admin stats of the calls in progress.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,11 +13,11 @@ use std::time::Duration;
 use switchboard::config::Secret;
 
 fn websocket(token: &str) -> Value {
-    json!({"query": {"token": token, "dialect": "worldmates"}, "transports": ["websocket"]})
+    json!({"query": {"token": token}, "transports": ["websocket"]})
 }
 
 fn polling(token: &str) -> Value {
-    json!({"query": {"token": token, "dialect": "worldmates"}, "transports": ["polling"]})
+    json!({"query": {"token": token}, "transports": ["polling"]})
 }
 
 async fn join(p: &mut Puppet, name: &str, user: i64) {
@@ -35,10 +35,10 @@ fn turn_server() -> impl FnOnce(&mut switchboard::config::Config) {
 
 #[actix_web::test]
 async fn worldmates_ids_leave_as_numbers_over_websocket_and_polling() {
-    let srv = TestServer::start_with(turn_server()).await;
+    let srv = TestServer::start_apps(turn_server()).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("worldmates"));
     p.connect("alice", websocket(&srv.token_for(alice))).await;
     let bob_conn = p.connect("bob", polling(&srv.token_for(bob))).await;
     assert_eq!(bob_conn["transport"], "polling");
@@ -119,7 +119,7 @@ async fn worldmates_ids_leave_as_numbers_over_websocket_and_polling() {
 
 #[actix_web::test]
 async fn every_group_member_who_accepts_answers_the_initiator_with_sdp_and_ice_servers() {
-    let srv = TestServer::start_with(turn_server()).await;
+    let srv = TestServer::start_apps(turn_server()).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let carol = srv.create_user("Carol", "carol@example.com", None, &[]);
@@ -132,7 +132,7 @@ async fn every_group_member_who_accepts_answers_the_initiator_with_sdp_and_ice_s
     )
     .unwrap()
     .id;
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("worldmates"));
     p.connect("alice", polling(&srv.token_for(alice))).await;
     p.connect("bob", websocket(&srv.token_for(bob))).await;
     p.connect("carol", websocket(&srv.token_for(carol))).await;
@@ -211,7 +211,7 @@ async fn stats(srv: &TestServer, admin_token: &str) -> Value {
 
 #[actix_web::test]
 async fn admin_call_stats_describe_the_calls_in_progress() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let carol = srv.create_user("Carol", "carol@example.com", None, &[]);
@@ -219,7 +219,7 @@ async fn admin_call_stats_describe_the_calls_in_progress() {
     let admin_token = srv.token_for(admin);
     assert_eq!(stats(&srv, &admin_token).await["totalCalls"], 0);
 
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("worldmates"));
     for (name, user) in [("alice", alice), ("bob", bob), ("carol", carol)] {
         p.connect(name, websocket(&srv.token_for(user))).await;
         join(&mut p, name, user).await;
@@ -280,17 +280,17 @@ async fn admin_call_stats_describe_the_calls_in_progress() {
 
 #[actix_web::test]
 async fn ice_between_an_aist_browser_and_a_worldmates_app_arrives_in_each_apps_shape() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let mut aist = WsClient::try_connect(
-        srv.addr(),
-        &format!("/ws?token={}&dialect=aist", srv.token_for(alice)),
+        srv.addr_of("aist"),
+        &format!("/ws?token={}", srv.token_for(alice)),
     )
     .await
     .unwrap();
     aist.request("ping", json!({})).await.unwrap();
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("worldmates"));
     p.connect("bob", polling(&srv.token_for(bob))).await;
     join(&mut p, "bob", bob).await;
 
@@ -347,9 +347,9 @@ async fn ice_between_an_aist_browser_and_a_worldmates_app_arrives_in_each_apps_s
 
 #[actix_web::test]
 async fn failed_call_commands_come_back_as_the_events_the_app_reads() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("worldmates"));
     p.connect("alice", websocket(&srv.token_for(alice))).await;
     join(&mut p, "alice", alice).await;
 

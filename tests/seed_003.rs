@@ -3,7 +3,8 @@
 //! `members`, `avatarUrl`; both apps' `_id`), receipt cursors as `Map<userId, Date>` on
 //! conversations over REST and Socket.IO, tokens of the old Backend (`{id, sessionId}`) behind
 //! ACCEPT_LEGACY_SESSION_TOKENS, and failures as the events the app reads. Sockets are the real
-//! `socket.io-client`, over websocket and over polling.
+//! `socket.io-client` on the app's own listener (naming no dialect), over websocket and over
+//! polling.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -13,11 +14,11 @@ use common::{code, TestServer, SECRET};
 use serde_json::{json, Value};
 
 fn websocket(token: &str) -> Value {
-    json!({"query": {"token": token, "dialect": "backend2"}, "transports": ["websocket"]})
+    json!({"query": {"token": token}, "transports": ["websocket"]})
 }
 
 fn polling(token: &str) -> Value {
-    json!({"query": {"token": token, "dialect": "backend2"}, "transports": ["polling"]})
+    json!({"query": {"token": token}, "transports": ["polling"]})
 }
 
 fn s(id: i64) -> String {
@@ -195,12 +196,12 @@ async fn rest_messages_conversations_and_users_carry_both_naming_styles() {
 
 #[actix_web::test]
 async fn receipt_cursors_are_time_maps_keyed_by_user_on_conversations() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let carol = srv.create_user("Carol", "carol@example.com", None, &[]);
     let (ta, tb) = (srv.token_for(alice), srv.token_for(bob));
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("backend2"));
     p.connect("alice", websocket(&ta)).await;
     // Bob's app polls and does not acknowledge events: his cursors move only when he says so.
     let mut opts = polling(&tb);
@@ -289,7 +290,7 @@ async fn old_backend_session_tokens_are_accepted_only_when_enabled() {
     assert_eq!((status, code(&body)), (401, "invalid_token"), "{body}");
     drop(off);
 
-    let on = TestServer::start_with(|c| c.accept_legacy_session_tokens = true).await;
+    let on = TestServer::start_apps(|c| c.accept_legacy_session_tokens = true).await;
     let alice = on.create_user("Alice", "alice@example.com", None, &[]);
     let bob = on.create_user("Bob", "bob@example.com", None, &[]);
     let old = |user: i64, exp: i64, secret: &[u8]| {
@@ -325,7 +326,7 @@ async fn old_backend_session_tokens_are_accepted_only_when_enabled() {
     assert_eq!(status, 401, "an unknown `sid` is not a legacy session");
 
     // The app's socket connects with it, in both transports.
-    let mut p = Puppet::start(on.addr());
+    let mut p = Puppet::start(on.addr_of("backend2"));
     p.connect("alice", polling(&token)).await;
     p.connect("bob", websocket(&old(bob, exp, SECRET.as_bytes())))
         .await;
@@ -345,9 +346,9 @@ async fn old_backend_session_tokens_are_accepted_only_when_enabled() {
 
 #[actix_web::test]
 async fn a_call_invite_that_cannot_start_hangs_up_with_the_reason() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("backend2"));
     p.connect("alice", polling(&srv.token_for(alice))).await;
     p.emit(
         "alice",

@@ -1,4 +1,5 @@
-//! Seed 004 (AIST) on plain `/ws` with the app's own tokens (`{userId}` signed with the shared
+//! Seed 004 (AIST) on plain `/ws` of the app's own listener (naming no dialect), with the app's
+//! own tokens (`{userId}` signed with the shared
 //! secret): `fromUserId` has the JSON type of that claim, ICE candidates stay
 //! `RTCIceCandidateInit` objects, and an offer that cannot become a call hangs up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,7 +20,7 @@ fn aist_token(user_id: Value) -> String {
 }
 
 async fn aist(srv: &TestServer, token: &str) -> WsClient {
-    let mut c = WsClient::try_connect(srv.addr(), &format!("/ws?token={token}&dialect=aist"))
+    let mut c = WsClient::try_connect(srv.addr_of("aist"), &format!("/ws?token={token}"))
         .await
         .unwrap();
     // Seed 004 frames carry no ids: a ping with one proves the session is up.
@@ -68,7 +69,7 @@ async fn call_checking_ids(a: &mut WsClient, b: &mut WsClient, a_id: &Value, b_i
 
 #[actix_web::test]
 async fn from_user_id_is_a_number_when_the_apps_tokens_carry_a_numeric_user_id() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let mut a = aist(&srv, &aist_token(json!(alice))).await;
@@ -78,7 +79,7 @@ async fn from_user_id_is_a_number_when_the_apps_tokens_carry_a_numeric_user_id()
 
 #[actix_web::test]
 async fn from_user_id_is_a_string_when_the_apps_tokens_carry_a_string_user_id() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let mut a = aist(&srv, &aist_token(json!(alice.to_string()))).await;
@@ -104,7 +105,7 @@ async fn from_user_id_is_a_string_when_the_apps_tokens_carry_a_string_user_id() 
 
 #[actix_web::test]
 async fn an_offer_that_cannot_become_a_call_hangs_up_with_the_reason() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let mut a = aist(&srv, &aist_token(json!(alice))).await;
     a.emit(
