@@ -265,7 +265,15 @@ pub static LONESTAR: Dialect = Dialect {
                 ],
             )],
         ),
-        out("call:ice", &[emit("ice_candidate", &[])]),
+        // Seed 000 relays `{callId, candidate, sdpMid, sdpMLineIndex}` side by side, whatever
+        // shape the other party's app sent.
+        out(
+            "call:ice",
+            &[emit(
+                "ice_candidate",
+                &[FLAT_ICE[0], FLAT_ICE[1], FLAT_ICE[2], FLAT_ICE[3]],
+            )],
+        ),
         out("call:offer", &[emit("sdp_offer", &[])]),
         out("call:answer", &[emit("sdp_answer", &[])]),
     ],
@@ -273,7 +281,7 @@ pub static LONESTAR: Dialect = Dialect {
 
 /// An ICE candidate's fields read from either shape an app may send: an `RTCIceCandidateInit`
 /// object under `candidate`, or `candidate` (a string), `sdpMid` and `sdpMLineIndex` side by
-/// side. Seed 001 reads them flat; [`ICE_INIT`] nests them.
+/// side. Seeds 000 and 001 read them flat; [`ICE_INIT`] nests them.
 const FLAT_ICE: [(&str, Src); 4] = [
     ("candidate", Src::Flat("candidate", "candidate")),
     ("sdpMid", Src::Flat("candidate", "sdpMid")),
@@ -1659,6 +1667,16 @@ mod tests {
         assert_eq!(out[0].payload["userId"], "2");
         assert_eq!(out[1].name, "sdp_answer");
         assert_eq!(out[1].payload["sdp"]["sdp"], "x");
+        // Seed 000 reads candidates flat, whatever shape the sending app used.
+        let nested = ServerEvent::new(
+            "call:ice",
+            json!({"callId": "c", "from": "2", "candidate": {"candidate": "c1", "sdpMid": "0", "sdpMLineIndex": 0}}),
+        );
+        let out = t.outbound(&nested);
+        assert_eq!(out[0].name, "ice_candidate");
+        assert_eq!(out[0].payload["candidate"], "c1");
+        assert_eq!(out[0].payload["sdpMid"], "0");
+        assert_eq!(out[0].payload["sdpMLineIndex"], 0);
 
         // Unmapped events pass through untouched (the same shared event).
         let typing = ServerEvent::new("typing:start", json!({}));
