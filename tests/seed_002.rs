@@ -1,6 +1,6 @@
 //! Seed 002 (astrology app) unchanged against Switchboard: its socket events played with the
-//! real `socket.io-client` over websocket and over HTTP long-polling, on a server whose
-//! `DEFAULT_DIALECT` is `astrology` (the app names no dialect), and its REST routes — each
+//! real `socket.io-client` over websocket and over HTTP long-polling, on the app's own listener
+//! (`LISTEN=…=astrology`; the app names no dialect), and its REST routes on the same listener — each
 //! checked for the exact field names and JSON types of the seed's models. Agora tokens are
 //! checked against the official `agora-token` package: they are its tokens for uid 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -29,15 +29,16 @@ fn direct(server: &TestServer, a: i64, b: i64) -> i64 {
         .id
 }
 
-/// A server configured for the astrology app: Agora on, its dialect the default, a short ring.
+/// A server configured for the astrology app: Agora on, a short ring, the app's sockets and REST
+/// requests on its own listener.
 async fn astrology_server() -> TestServer {
-    TestServer::start_with(|c| {
+    TestServer::start_apps(|c| {
         c.agora_app_id = APP_ID.into();
         c.agora_app_certificate = Secret::new(CERTIFICATE);
-        c.default_dialect = "astrology".into();
         c.ring_timeout = Duration::from_secs(2);
     })
     .await
+    .rest_on("astrology")
 }
 
 /// The app's connection: a token in the auth payload and nothing else (no dialect named).
@@ -203,7 +204,7 @@ async fn socket_flow(transport: &str) {
     let conv = direct(&srv, user, astro);
     let with_admin = direct(&srv, astro, admin);
     let user_admin = direct(&srv, user, admin);
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("astrology"));
     p.connect("user", app(&srv.token_for(user), transport))
         .await;
     p.connect("astro", app(&srv.token_for(astro), transport))
@@ -211,9 +212,10 @@ async fn socket_flow(transport: &str) {
     p.connect("admin", app(&srv.token_for(admin), transport))
         .await;
     // Another app's client of the astrologer, moving a canonical read cursor.
-    p.connect(
+    p.connect_at(
         "astro-canonical",
-        json!({"auth": {"token": srv.token_for(astro), "dialect": "canonical"}, "transports": [transport]}),
+        srv.addr(),
+        json!({"auth": {"token": srv.token_for(astro)}, "transports": [transport]}),
     )
     .await;
 

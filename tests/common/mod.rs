@@ -157,6 +157,8 @@ pub struct TestServer {
     pub client: awc::Client,
     /// Each listener's address and default dialect (the first is [`TestServer::addr`]).
     pub listeners: Vec<(SocketAddr, &'static str)>,
+    /// Where [`TestServer::url`] (and so every REST helper) points.
+    rest: SocketAddr,
 }
 
 impl TestServer {
@@ -216,12 +218,21 @@ impl TestServer {
         let client = awc::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .finish();
+        let rest = running.addr;
         Self {
             db,
             running,
             client,
             listeners,
+            rest,
         }
+    }
+
+    /// Sends the REST helpers to the listener of `dialect` (an app's REST client talks to the
+    /// listener its sockets use).
+    pub fn rest_on(mut self, dialect: &str) -> Self {
+        self.rest = self.addr_of(dialect);
+        self
     }
 
     /// The server's address.
@@ -242,9 +253,9 @@ impl TestServer {
             .0
     }
 
-    /// `http://addr{path}`.
+    /// `http://addr{path}` (the listener [`TestServer::rest_on`] chose, else [`TestServer::addr`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr(), path)
+        format!("http://{}{}", self.rest, path)
     }
 
     /// Sends a request with an optional JSON body and bearer token; returns status and JSON
