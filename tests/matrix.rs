@@ -617,7 +617,7 @@ impl Row<'_> {
     /// One call from an `x` user to a `y` user, from ring to hang-up.
     async fn call_pair(&mut self, x_app: App, y_app: App, n: usize) {
         // Alternate the transports, and who hangs up.
-        let (tx, ty) = if n % 2 == 0 {
+        let (tx, ty) = if n.is_multiple_of(2) {
             ("websocket", "polling")
         } else {
             ("polling", "websocket")
@@ -647,7 +647,7 @@ impl Row<'_> {
             self.expect_ice(&mut x, &y, "candidate:2 1 udp 1 10.0.0.2 9 typ host")
                 .await;
         }
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             self.hang_up(&mut x).await;
             self.expect_end(&mut y, &x).await;
         } else {
@@ -785,7 +785,7 @@ impl Row<'_> {
 
     /// An `x` user writes to a `y` user, who reads it; `x` sees the receipt.
     async fn chat_pair(&mut self, x_app: App, y_app: App, n: usize) {
-        let (tx, ty) = if n % 2 == 0 {
+        let (tx, ty) = if n.is_multiple_of(2) {
             ("polling", "websocket")
         } else {
             ("websocket", "polling")
