@@ -6,9 +6,17 @@
 //! seed 003 and canonical clients) also message each other and see the reader's receipt in their
 //! own shape.
 //!
-//! What each app sends and expects is one row of driver functions per app ([`App`]); the
-//! matrix is a loop over pairs. Each caller app's row runs on its own Socket.IO driver, and the
-//! rows run side by side.
+//! What each app sends and expects is written once, in the driver functions of [`Row`] (connect,
+//! initiate, expect_ring, accept, expect_answer, send_ice, expect_ice, hang_up, expect_end;
+//! send_message, expect_message, mark_read, expect_read), each a match on [`App`]; the matrix is
+//! a loop over pairs. Each caller app's row has its own Socket.IO driver, and the rows run side
+//! by side. A failing pair does not stop the others: the report names every one.
+//!
+//! Readings where the seeds are silent: the astrology app (seed 002) places Agora calls, sends
+//! no SDP and exchanges no ICE, so its pairs skip the ICE step, and an app that learns of an
+//! answer only from its SDP (seeds 001, 003, 004) hears nothing when the astrology app accepts
+//! (the test then checks the answer was recorded). Seed 004 names no call type: its calls are
+//! audio.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
