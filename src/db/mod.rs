@@ -75,6 +75,23 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// `url` with `gssencmode=disable` unless it chooses a GSS mode itself. libpq otherwise asks
+/// Kerberos, on every new connection, whether to encrypt with GSSAPI; the Kerberos library's
+/// teardown at process exit aborts the process (`k5_mutex_lock ... Assertion failed`) when a
+/// pool thread is opening a connection at that moment, as a reconnecting pool may be. Servers
+/// that want GSS encryption say so in `DATABASE_URL` (`gssencmode=prefer|require`).
+pub fn without_gss_probe(url: &str) -> String {
+    if url.contains("gssencmode") {
+        return url.to_owned();
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}gssencmode=disable")
+    } else {
+        format!("{url} gssencmode=disable")
+    }
+}
+
 impl Db {
     /// Builds the pool without connecting yet, so the server can start (and recover) while the
     /// database is briefly away; the first query reports `unavailable` instead.
@@ -93,7 +110,7 @@ impl Db {
 
     /// Like [`Db::new`] from explicit settings (without a contact cache).
     pub fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
-        let manager = ConnectionManager::<PgConnection>::new(url);
+        let manager = ConnectionManager::<PgConnection>::new(without_gss_probe(url));
         let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
@@ -247,4 +264,27 @@ const PG_MIN_UNIX_SECS: i64 = -210_866_803_200;
 /// Whether PostgreSQL can take `t` as a `timestamptz` parameter.
 pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
     t.timestamp() >= PG_MIN_UNIX_SECS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_gss_probe;
+
+    #[test]
+    fn database_urls_skip_the_gss_probe_unless_they_choose_a_mode() {
+        assert_eq!(
+            without_gss_probe("postgres://u@h:5432/db"),
+            "postgres://u@h:5432/db?gssencmode=disable"
+        );
+        assert_eq!(
+            without_gss_probe("postgresql://u@h/db?sslmode=require"),
+            "postgresql://u@h/db?sslmode=require&gssencmode=disable"
+        );
+        assert_eq!(
+            without_gss_probe("host=/run/postgresql dbname=db"),
+            "host=/run/postgresql dbname=db gssencmode=disable"
+        );
+        let chosen = "postgres://u@h/db?gssencmode=require";
+        assert_eq!(without_gss_probe(chosen), chosen);
+    }
 }
