@@ -51,18 +51,15 @@ fn query(token: &str, dialect: &str) -> Value {
 
 #[actix_web::test]
 async fn seed000_lonestar_authenticates_by_event_and_runs_a_video_call_with_a_call_log() {
-    let srv = TestServer::start().await;
+    // The app connects to its own listener and names no dialect.
+    let srv = TestServer::start_apps(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
-    let mut p = Puppet::start(srv.addr());
+    let mut p = Puppet::start(srv.addr_of("lonestar"));
     // No token in the handshake: the app sends `authenticate` first (with an ack here only so
     // the test knows when the session exists).
     for (name, user) in [("alice", alice), ("bob", bob)] {
-        p.connect(
-            name,
-            json!({"query": {"dialect": "lonestar"}, "transports": ["websocket"]}),
-        )
-        .await;
+        p.connect(name, json!({"transports": ["websocket"]})).await;
         let ack = p
             .call(name, "authenticate", json!([srv.token_for(user)]))
             .await;
@@ -156,12 +153,12 @@ async fn seed000_lonestar_authenticates_by_event_and_runs_a_video_call_with_a_ca
 
 #[actix_web::test]
 async fn seed000_bad_or_missing_authenticate_disconnects() {
-    let srv = TestServer::start_with(|c| {
+    let srv = TestServer::start_apps(|c| {
         c.socketio_auth_timeout = Duration::from_millis(600);
     })
     .await;
-    let mut p = Puppet::start(srv.addr());
-    let lonestar = json!({"query": {"dialect": "lonestar"}, "transports": ["websocket"]});
+    let mut p = Puppet::start(srv.addr_of("lonestar"));
+    let lonestar = json!({"transports": ["websocket"]});
     p.connect("bad", lonestar.clone()).await;
     p.emit("bad", "authenticate", json!(["forged.token.value"]));
     let err = p.event("bad", "error").await;
