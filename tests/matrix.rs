@@ -836,9 +836,13 @@ async fn passes(pair: impl std::future::Future<Output = ()>) -> bool {
         .is_ok()
 }
 
-/// Every app on its listener, Agora on (the astrology app's calls), and TURN.
+/// Every app on its listener, Agora on (the astrology app's calls), and TURN. Six rows of
+/// calls run side by side, each connecting, ringing, persisting and posting call logs: the pool
+/// and its wait are sized for that on a loaded machine, so no step is refused `unavailable`.
 async fn apps_server() -> TestServer {
     TestServer::start_apps(|c| {
+        c.db_pool_size = 16;
+        c.db_acquire_timeout = std::time::Duration::from_secs(15);
         c.agora_app_id = "970CA35de60c44645bbae8a215061b33".into();
         c.agora_app_certificate = Secret::new("5CFd2fd1755d40ecb72977518be15d3b");
         c.turn_urls = switchboard::config::List(vec!["turn:turn.example.com:3478".into()]);
