@@ -291,7 +291,10 @@ pub struct BatchTrace {
     pub results: Option<Vec<AppResult<Written>>>,
 }
 
-fn trace_of(trace: &std::sync::Mutex<BatchTrace>) -> std::sync::MutexGuard<'_, BatchTrace> {
+/// The batch's trace, also after a panic while it was held (it only records values).
+pub(crate) fn trace_of(
+    trace: &std::sync::Mutex<BatchTrace>,
+) -> std::sync::MutexGuard<'_, BatchTrace> {
     trace
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -436,13 +439,9 @@ fn write_rows(
     let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
     let mut kinds: HashMap<i64, ConversationKind> = HashMap::new();
     if !conv_ids.is_empty() {
-        let txid: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "txid_current()",
-        ))
-        .get_result(conn)?;
-        trace_of(trace).txid = Some(txid);
-        // The lock also reads what tells who writes to whom (see [`Parties`]).
-        let locked_rows: Vec<(i64, String, Option<i64>, Option<String>)> = conversations::table
+        // The lock also reads what tells who writes to whom (see [`Parties`]) and the
+        // transaction's id (see [`BatchTrace`]), in the same round trip.
+        let locked_rows: Vec<LockedConversation> = conversations::table
             .filter(conversations::id.eq_any(&conv_ids))
             .order(conversations::id)
             .select((
@@ -450,13 +449,17 @@ fn write_rows(
                 conversations::kind,
                 conversations::support_user_id,
                 conversations::participant_key,
+                diesel::dsl::sql::<diesel::sql_types::BigInt>("txid_current()"),
             ))
             .for_update()
             .load(conn)?;
+        if let Some(row) = locked_rows.first() {
+            trace_of(trace).txid = Some(row.4);
+        }
         let locked: Vec<i64> = locked_rows.iter().map(|r| r.0).collect();
         kinds = locked_rows
             .into_iter()
-            .map(|(id, kind, support, key)| (id, (kind, support, key)))
+            .map(|(id, kind, support, key, _)| (id, (kind, support, key)))
             .collect();
         // One statement for every conversation of the batch (the rows are already locked,
         // in id order, above).
@@ -557,6 +560,10 @@ pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static
     }
     kind
 }
+
+/// A conversation locked by a batch: id, kind, support user, participant key, and the id of the
+/// batch's transaction.
+type LockedConversation = (i64, String, Option<i64>, Option<String>, i64);
 
 /// A conversation's kind, support user and participant key.
 type ConversationKind = (String, Option<i64>, Option<String>);

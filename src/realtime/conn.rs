@@ -292,6 +292,21 @@ pub async fn abort_after(handle: SocketHandle, grace: Duration, metrics: &Metric
     }
 }
 
+/// Ends an upgraded socket: sends the close frame, and aborts the connection if it is still open
+/// once `grace` has passed since `since` (when the close began; a flush may have used part of
+/// it). A peer that does not read never takes the close frame; it cannot hold the connection.
+pub async fn close_within(
+    session: actix_ws::Session,
+    reason: Option<actix_ws::CloseReason>,
+    since: tokio::time::Instant,
+    grace: Duration,
+    handle: SocketHandle,
+    metrics: &Metrics,
+) {
+    let _ = tokio::time::timeout_at(since + grace, session.close(reason)).await;
+    abort_after(handle, grace.saturating_sub(since.elapsed()), metrics).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ceiling
 

@@ -9,7 +9,7 @@ use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// One message waiting for its commit.
@@ -140,7 +140,7 @@ async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>
 /// The results of a batch whose COMMIT failed on this side but went through on the server's.
 async fn committed_anyway(db: &Db, trace: &Mutex<BatchTrace>) -> Option<Vec<AppResult<Written>>> {
     let (txid, results) = {
-        let mut t = trace.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut t = messages::trace_of(trace);
         (t.txid?, t.results.take()?)
     };
     match db

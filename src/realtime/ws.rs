@@ -141,8 +141,8 @@ pub async fn route(
                     code: CloseCode::Other(CLOSE_UNAUTHORIZED),
                     description: Some("Unauthorized".into()),
                 };
-                let _ = tokio::time::timeout(grace, session.close(Some(reason))).await;
-                conn::abort_after(socket, grace, &metrics).await;
+                let since = tokio::time::Instant::now();
+                conn::close_within(session, Some(reason), since, grace, socket, &metrics).await;
             });
             return Ok(response);
         }
@@ -302,11 +302,7 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
         code: close_code(r.code),
         description: Some(r.reason),
     });
-    // Best effort: a client that does not read may never take the close frame; then the
-    // connection is aborted once the grace has passed, whatever the peer does.
-    let _ = tokio::time::timeout_at(closing + grace, session.close(reason)).await;
-    let left = grace.saturating_sub(closing.elapsed());
-    conn::abort_after(socket, left, &metrics).await;
+    conn::close_within(session, reason, closing, grace, socket, &metrics).await;
     drop(admission);
 }
 

@@ -537,9 +537,17 @@ impl EioServer {
                 }
             } else if !server.probe(&socket, &mut session, &mut stream).await {
                 socket.upgrading.store(false, Ordering::SeqCst);
-                let grace = server.config.close_grace;
-                let _ = tokio::time::timeout(grace, session.close(None)).await;
-                conn::abort_after(tcp, grace, server.config.ceiling.metrics()).await;
+                let metrics = server.config.ceiling.metrics();
+                let since = tokio::time::Instant::now();
+                conn::close_within(
+                    session,
+                    None,
+                    since,
+                    server.config.close_grace,
+                    tcp,
+                    metrics,
+                )
+                .await;
                 return;
             }
             let writer = actix_web::rt::spawn(write_ws(
@@ -683,20 +691,11 @@ async fn write_ws(
         Some(PAYLOAD_TOO_LARGE) => CloseCode::Size,
         _ => CloseCode::Normal,
     };
-    let _ = tokio::time::timeout_at(
-        closing + grace,
-        session.close(Some(CloseReason {
-            code,
-            description: None,
-        })),
-    )
-    .await;
-    conn::abort_after(
-        tcp,
-        grace.saturating_sub(closing.elapsed()),
-        ceiling.metrics(),
-    )
-    .await;
+    let reason = Some(CloseReason {
+        code,
+        description: None,
+    });
+    conn::close_within(session, reason, closing, grace, tcp, ceiling.metrics()).await;
 }
 
 /// Writes one packet on a WebSocket (`None` for packets with no meaning there).
