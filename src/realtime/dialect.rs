@@ -143,6 +143,63 @@ pub struct Dialect {
     pub inbound: &'static [In],
     /// Outbound rules.
     pub outbound: &'static [Out],
+    /// The media providers the app can join a call through.
+    pub media: Media,
+}
+
+/// Media providers a call can go through, as a set: what an app can join, or what the live
+/// sessions of a user can join together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Media {
+    /// Peer-to-peer WebRTC with SDP and ICE relayed by the server.
+    pub webrtc: bool,
+    /// Agora channels with server-minted tokens.
+    pub agora: bool,
+}
+
+impl Media {
+    /// Both providers (the canonical protocol carries either).
+    pub const ANY: Self = Self {
+        webrtc: true,
+        agora: true,
+    };
+    /// WebRTC only (the apps that exchange SDP and ICE).
+    pub const WEBRTC: Self = Self {
+        webrtc: true,
+        agora: false,
+    };
+    /// Agora only (the app that joins Agora channels and sends no SDP).
+    pub const AGORA: Self = Self {
+        webrtc: false,
+        agora: true,
+    };
+
+    /// Whether the set holds `provider` (`webrtc` or `agora`; other names are in no set).
+    pub fn allows(self, provider: &str) -> bool {
+        match provider {
+            "webrtc" => self.webrtc,
+            "agora" => self.agora,
+            _ => false,
+        }
+    }
+
+    /// Both sets together.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            webrtc: self.webrtc || other.webrtc,
+            agora: self.agora || other.agora,
+        }
+    }
+
+    /// What both sets hold.
+    #[must_use]
+    pub fn intersect(self, other: Self) -> Self {
+        Self {
+            webrtc: self.webrtc && other.webrtc,
+            agora: self.agora && other.agora,
+        }
+    }
 }
 
 const fn inbound(event: &'static str, command: &'static str) -> In {
@@ -203,6 +260,7 @@ pub static CANONICAL: Dialect = Dialect {
     aliases: &[],
     inbound: &[],
     outbound: &[],
+    media: Media::ANY,
 };
 
 /// Seed 000 (lonestar): snake_case call events; `authenticate` is handled by the Socket.IO edge.
@@ -277,6 +335,7 @@ pub static LONESTAR: Dialect = Dialect {
         out("call:offer", &[emit("sdp_offer", &[])]),
         out("call:answer", &[emit("sdp_answer", &[])]),
     ],
+    media: Media::WEBRTC,
 };
 
 /// An ICE candidate's fields read from either shape an app may send: an `RTCIceCandidateInit`
@@ -503,6 +562,7 @@ pub static WORLDMATES: Dialect = Dialect {
             &[emit("presence", &[("userId", Src::Number("userId"))])],
         ),
     ],
+    media: Media::WEBRTC,
 };
 
 /// A call event about one user, for seed 001 (numeric `userId`).
@@ -754,6 +814,7 @@ pub static ASTROLOGY: Dialect = Dialect {
             )],
         ),
     ],
+    media: Media::AGORA,
 };
 
 /// Seed 003 (Backend2): short message events, time cursors, `call:invite|answer|candidate|hangup`.
@@ -867,6 +928,7 @@ pub static BACKEND2: Dialect = Dialect {
             )],
         ),
     ],
+    media: Media::WEBRTC,
 };
 
 const HANGUP: &[Emit] = &[emit("call:hangup", &[])];
@@ -971,6 +1033,7 @@ pub static AIST: Dialect = Dialect {
             ..out("call:answered_elsewhere", HANGUP)
         },
     ],
+    media: Media::WEBRTC,
 };
 
 /// Number of dialects, the canonical one included.
@@ -1227,6 +1290,11 @@ impl Translator {
     /// This connection's slot in an event's translation cache: one per dialect and id type.
     fn slot(&self) -> usize {
         self.dialect.index() + if self.numeric_ids() { DIALECT_COUNT } else { 0 }
+    }
+
+    /// The media providers this connection's app can join.
+    pub fn media(&self) -> Media {
+        self.dialect.media
     }
 
     /// The dialect's name.
@@ -1806,6 +1874,19 @@ mod tests {
         assert_eq!(t.outbound(&log)[0].payload["messageType"], "system");
     }
 
+    #[test]
+    fn each_app_joins_calls_through_the_providers_its_seed_uses() {
+        assert_eq!(ASTROLOGY.media, Media::AGORA);
+        for d in [&LONESTAR, &WORLDMATES, &BACKEND2, &AIST] {
+            assert_eq!(d.media, Media::WEBRTC, "{}", d.name);
+        }
+        assert!(CANONICAL.media.allows("webrtc") && CANONICAL.media.allows("agora"));
+        assert!(!Media::ANY.allows("sip"));
+        assert_eq!(Media::AGORA.union(Media::WEBRTC), Media::ANY);
+        assert_eq!(Media::AGORA.intersect(Media::WEBRTC), Media::default());
+        assert_eq!(Media::ANY.intersect(Media::WEBRTC), Media::WEBRTC);
+    }
+
     static ROOMS: Dialect = Dialect {
         name: "rooms",
         aliases: &[],
@@ -1820,6 +1901,7 @@ mod tests {
             },
         ],
         outbound: &[],
+        media: Media::ANY,
     };
 
     #[test]

@@ -8,6 +8,7 @@
 //! process; a delivery that also reaches other nodes is one more implementation of the same
 //! trait.
 
+use super::dialect::Media;
 use super::protocol::{Outbound, ServerEvent};
 use super::registry::CloseSession;
 use super::session::{Link, Offer, CLOSE_SLOW_CONSUMER};
@@ -28,6 +29,10 @@ pub trait Delivery: Send + Sync + std::fmt::Debug {
 
     /// Offers `event` to one session of a user; answers whether it took it.
     fn deliver_to_session(&self, user: i64, key: u64, event: &Arc<ServerEvent>) -> bool;
+
+    /// The media providers the live sessions of `user` can join between them (`None`: the user
+    /// has no live session), or those of its session `key` alone.
+    fn media_of(&self, user: i64, key: Option<u64>) -> Option<Media>;
 }
 
 /// One live session as the directory knows it.
@@ -171,5 +176,18 @@ impl Delivery for Directory {
             .is_some_and(|h| h.offer(event, &self.metrics));
         self.metrics.fanned_out(usize::from(delivered));
         delivered
+    }
+
+    fn media_of(&self, user: i64, key: Option<u64>) -> Option<Media> {
+        let shard = self
+            .shard(user)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .get(&user)?
+            .iter()
+            .filter(|h| key.is_none_or(|k| h.key == k))
+            .map(|h| h.link.dialect.media())
+            .reduce(Media::union)
     }
 }

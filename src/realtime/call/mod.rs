@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::db::conversations as convs;
 use crate::error::{AppError, AppResult};
 use crate::policy::ContactCache;
+use crate::realtime::dialect::Media;
 use crate::realtime::protocol::{CallInitiate, CallRef, CallSignal};
 use crate::realtime::registry::{StartCall, StartedCall};
 use crate::realtime::Engine;
@@ -50,7 +51,11 @@ impl Engine {
             (None, Some(true)) => "video",
             (None, _) => "audio",
         };
-        let provider = match req.provider.as_deref().map(str::to_ascii_lowercase) {
+        // A provider the client named is kept (or refused); `auto` and no name are preferences
+        // that give way to what the callees' apps can join (see `settle_provider`).
+        let requested = req.provider.as_deref().map(str::to_ascii_lowercase);
+        let provider_named = requested.as_deref().is_some_and(|p| p != "auto");
+        let provider = match requested {
             None => "webrtc".to_owned(),
             Some(p) if p == "auto" => if self.config.agora_enabled() {
                 "agora"
@@ -160,6 +165,8 @@ impl Engine {
                     .await?
             }
         };
+        let (provider, callees) =
+            self.settle_provider(caller, device, provider, provider_named, callees, group)?;
         self.call_limiter
             .check(caller)
             .map_err(|retry_after_secs| {
@@ -218,6 +225,71 @@ impl Engine {
             obj.insert("agora".into(), json!({"appId": self.config.agora_app_id, "channelName": channel, "token": token, "uid": uid}));
         }
         Ok(ack)
+    }
+
+    /// Matches the call's media provider to the apps at both ends: an app joins calls only
+    /// through the providers its dialect knows (the astrology app only Agora, the other seed
+    /// apps only WebRTC). When the caller named no provider (or `auto`), the preference gives way
+    /// to one the caller's app and every online callee can join; a named provider is kept. A
+    /// callee whose live sessions can all join none of them is not rung: a one-to-one call is
+    /// refused `media_unsupported` (a call that could never connect), a group call goes on
+    /// without that member. Offline callees are assumed able (their app is not known yet).
+    fn settle_provider(
+        &self,
+        caller: i64,
+        device: u64,
+        preferred: String,
+        named: bool,
+        mut callees: Vec<i64>,
+        group: bool,
+    ) -> AppResult<(String, Vec<i64>)> {
+        let delivery = &self.delivery;
+        let caller_media = (device != 0)
+            .then(|| delivery.media_of(caller, Some(device)))
+            .flatten()
+            .unwrap_or(Media::ANY);
+        let media_of = |u: i64| delivery.media_of(u, None).unwrap_or(Media::ANY);
+        let mut provider = preferred;
+        if !named {
+            let joint = if group {
+                caller_media
+            } else {
+                callees
+                    .iter()
+                    .fold(caller_media, |m, &u| m.intersect(media_of(u)))
+            };
+            let usable =
+                |p: &str| joint.allows(p) && (p == "webrtc" || self.config.agora_enabled());
+            if !usable(&provider) {
+                if let Some(other) = ["webrtc", "agora"].into_iter().find(|p| usable(p)) {
+                    provider = other.to_owned();
+                }
+            }
+        }
+        let unsupported = || {
+            AppError::Conflict {
+            code: "media_unsupported",
+            message: format!(
+                "the callee's app cannot join a {provider} call, and no call provider suits both apps"
+            )
+            .into(),
+        }
+        };
+        if !caller_media.allows(&provider) {
+            return Err(AppError::Conflict {
+                code: "media_unsupported",
+                message: format!("this app cannot join a {provider} call").into(),
+            });
+        }
+        if group {
+            callees.retain(|&u| media_of(u).allows(&provider));
+            if callees.is_empty() {
+                return Err(unsupported());
+            }
+        } else if callees.iter().any(|&u| !media_of(u).allows(&provider)) {
+            return Err(unsupported());
+        }
+        Ok((provider, callees))
     }
 
     async fn call_input(&self, call_id: &str, event: Event) -> AppResult<()> {
