@@ -739,3 +739,39 @@ async fn a_call_read_over_rest_before_its_record_lands_is_answered_from_the_live
     diesel::connection::SimpleConnection::batch_execute(&mut lock, "COMMIT").unwrap();
     settled(&s, &id, "ringing").await;
 }
+
+/// Frames that arrived just before the connection went away are still handled (the WebSocket
+/// stream used to drop what it had buffered when its payload ended in a reset).
+#[actix_web::test]
+async fn a_hang_up_sent_just_before_the_socket_closes_still_ends_the_call() {
+    let Pair { s, a, b } = pair(|_| {}).await;
+    let mut cb = connect(&s, b).await;
+    for round in 0..20 {
+        let mut ca = connect(&s, a).await;
+        let ack = ca
+            .request(
+                "call:initiate",
+                json!({"to": b.to_string(), "callType": "audio"}),
+            )
+            .await
+            .unwrap();
+        let id = ack["callId"].as_str().unwrap().to_owned();
+        cb.expect_event("call:incoming").await;
+        cb.request("call:accept", json!({ "callId": id }))
+            .await
+            .unwrap();
+        ca.expect_event("call:accepted").await;
+        // The app hangs up and closes at once (no wait for the ack): with a close frame, or
+        // by dropping the connection (a reset, as unread events are still queued for it).
+        ca.emit("call:end", json!({ "callId": id })).await;
+        if round % 2 == 0 {
+            ca.close().await;
+        } else {
+            drop(ca);
+        }
+        let ended = cb.expect_event("call:ended").await;
+        assert_eq!(ended["callId"], id.as_str(), "round {round}: {ended}");
+        assert_eq!(ended["endedBy"], a.to_string(), "round {round}: {ended}");
+        cb.buffered_clear();
+    }
+}

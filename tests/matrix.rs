@@ -155,8 +155,9 @@ impl Row<'_> {
     }
 
     async fn close(&mut self, peer: Peer) {
-        if let Conn::Sio = peer.conn {
-            self.p.close(&peer.name);
+        match peer.conn {
+            Conn::Sio => self.p.close(&peer.name),
+            Conn::Ws(ws) => ws.close().await,
         }
     }
 
@@ -911,6 +912,134 @@ impl Row<'_> {
         self.close(y).await;
     }
 
+    /// `x` rings the group conversation `group` (whose other members are `members`), with an
+    /// SDP offer the members answer.
+    async fn initiate_group(&mut self, x: &mut Peer, group: i64, members: &[i64]) {
+        match x.app {
+            App::Canonical => {
+                let ack = self
+                    .ask(
+                        x,
+                        "call:initiate",
+                        json!({"conversationId": s(group), "callType": "video", "sdpOffer": offer()}),
+                    )
+                    .await;
+                x.call = Some(ack["callId"].as_str().unwrap().to_owned());
+            }
+            App::WorldMates => {
+                let room = format!("group_room_{}_{}", x.id, next_room());
+                self.emit(
+                    x,
+                    "group_call:initiate",
+                    json!({"groupId": group, "initiatedBy": x.id, "callType": "video", "roomName": room, "memberIds": members, "sdpOffer": offer()}),
+                )
+                .await;
+                x.call = Some(room);
+            }
+            _ => unreachable!("{:?} places no group calls", x.app),
+        }
+    }
+
+    /// `x` hears that `m` left the group call, in its own event.
+    async fn expect_left(&mut self, x: &mut Peer, m: &Peer) {
+        let ctx = format!("{:?} left {:?}'s group call", m.app, x.app);
+        let got = self.event(x, "call:participant_left").await;
+        match x.app {
+            App::Canonical => assert_eq!(got["userId"], json!(s(m.id)), "{ctx}: {got}"),
+            App::WorldMates => assert_eq!(got["userId"], json!(m.id), "{ctx}: {got}"),
+            _ => unreachable!("{ctx}: this app places no group calls"),
+        }
+    }
+
+    /// The group call ended once fewer than two were left in it: `x` hears it in its own event.
+    async fn expect_group_end(&mut self, x: &mut Peer) {
+        let call = x.call_id();
+        match x.app {
+            App::Canonical => {
+                let got = self.event(x, "call:ended").await;
+                assert_eq!(got["callId"], json!(call), "{got}");
+                assert_eq!(got["reason"], "everyone_left", "{got}");
+            }
+            App::WorldMates => {
+                let got = self.event(x, "call:ended").await;
+                assert_eq!(got["roomName"], json!(call), "{got}");
+                assert_eq!(got["reason"], "everyone_left", "{got}");
+            }
+            _ => unreachable!("{:?} places no group calls", x.app),
+        }
+    }
+
+    /// An `x` user rings a group with a member of every app: each member whose app can join the
+    /// call hears it ring in its own words and accepts, and `x` hears each answer in its own;
+    /// the astrology member (Agora only) is not rung. The members then leave one by one, and
+    /// `x` hears the call end when it is left alone.
+    async fn group_row(&mut self, x_app: App) {
+        let mut x = self
+            .connect(x_app, format!("{x_app:?}GroupHost"), "websocket")
+            .await;
+        let mut members = Vec::new();
+        for (k, &app) in APPS.iter().enumerate() {
+            let transport = if k % 2 == 0 { "polling" } else { "websocket" };
+            members.push(
+                self.connect(app, format!("{app:?}In{x_app:?}Group"), transport)
+                    .await,
+            );
+        }
+        let ids: Vec<i64> = members.iter().map(|m| m.id).collect();
+        let group = switchboard::db::conversations::create_group(
+            &mut self.srv.db.conn(),
+            x.id,
+            "matrix group",
+            &ids,
+            None,
+        )
+        .unwrap()
+        .id;
+        self.initiate_group(&mut x, group, &ids).await;
+        let call = x.call_id();
+        let mut rung = Vec::new();
+        for mut m in members {
+            if m.app == App::Astrology {
+                self.close(m).await;
+                continue;
+            }
+            self.expect_ring(&mut m, &x).await;
+            self.accept(&mut m, &x).await;
+            self.expect_answer(&mut x, &m).await;
+            rung.push(m);
+        }
+
+        // The call's rows are written behind its ring (bounded wait).
+        use diesel::prelude::*;
+        use switchboard::db::schema::call_participants as cp;
+        let astrology = ids[APPS.iter().position(|&a| a == App::Astrology).unwrap()];
+        let mut invited: Vec<i64> = Vec::new();
+        for _ in 0..200 {
+            invited = cp::table
+                .filter(cp::call_id.eq(&call))
+                .select(cp::user_id)
+                .load(&mut self.srv.db.conn())
+                .unwrap();
+            if invited.len() > rung.len() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(!invited.contains(&astrology), "{invited:?}");
+        assert_eq!(invited.len(), 1 + rung.len(), "{invited:?}");
+
+        let last = rung.len() - 1;
+        for (k, mut m) in rung.into_iter().enumerate() {
+            self.hang_up(&mut m).await;
+            if k < last {
+                self.expect_left(&mut x, &m).await;
+            }
+            self.close(m).await;
+        }
+        self.expect_group_end(&mut x).await;
+        self.close(x).await;
+    }
+
     /// One call from an `x` user to a `y` user, from ring to hang-up.
     async fn call_pair(&mut self, x_app: App, y_app: App, n: usize) {
         // Alternate the transports, and who hangs up.
@@ -1233,6 +1362,27 @@ async fn every_app_declines_misses_cancels_and_hears_busy_in_its_own_words() {
     });
     let failed: Vec<String> = futures_util::future::join_all(rows).await.concat();
     assert!(failed.is_empty(), "failed pairs: {failed:#?}");
+}
+
+#[actix_web::test]
+async fn group_calls_ring_every_app_that_can_join_in_its_own_words() {
+    let srv = apps_server().await;
+    let rows = [App::Canonical, App::WorldMates].map(|x| {
+        let srv = &srv;
+        async move {
+            let mut row = Row {
+                srv,
+                p: Puppet::start(srv.addr()),
+            };
+            if passes(row.group_row(x)).await {
+                Vec::new()
+            } else {
+                vec![format!("{x:?} rings a group")]
+            }
+        }
+    });
+    let failed: Vec<String> = futures_util::future::join_all(rows).await.concat();
+    assert!(failed.is_empty(), "failed rows: {failed:#?}");
 }
 
 #[actix_web::test]

@@ -3,7 +3,9 @@
 //! - [`FrameGuard`] reads frame headers as the bytes arrive and refuses a frame whose announced
 //!   length is over the limit before any of its payload is buffered (the codec alone waits for
 //!   the whole frame before it checks, so one client announcing 2^62 bytes could make it buffer
-//!   without bound).
+//!   without bound). It also ends the stream cleanly when the peer goes away: the WebSocket
+//!   stream drops the frames it has buffered but not decoded when its payload ends in an error,
+//!   so a frame that arrived just before a reset (a hang-up sent as the app closed) was lost.
 //! - [`SocketHandle`] can abort the TCP connection under an upgraded socket when its peer has
 //!   stopped reading: the close frame cannot reach such a peer, and the connection would otherwise
 //!   hold its descriptor and kernel send queue for as long as the peer keeps its window shut.
@@ -39,13 +41,16 @@ enum Cursor {
 
 /// A payload stream that ends with [`PayloadError::Overflow`] as soon as a WebSocket frame header
 /// announces more than `limit` payload bytes. Bytes pass through unchanged (no copy); those of
-/// earlier, complete frames in the same chunk are delivered before the error.
+/// earlier, complete frames in the same chunk are delivered before the error. A connection that
+/// closed or reset under the payload ends it without an error, so every frame received before
+/// is still decoded and handled.
 #[derive(Debug)]
 pub struct FrameGuard<S> {
     inner: S,
     limit: u64,
     cursor: Cursor,
     pending_error: bool,
+    ended: bool,
 }
 
 impl<S> FrameGuard<S> {
@@ -59,6 +64,7 @@ impl<S> FrameGuard<S> {
                 have: 0,
             },
             pending_error: false,
+            ended: false,
         }
     }
 
@@ -150,6 +156,9 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if this.pending_error || matches!(this.cursor, Cursor::Tripped) {
             this.pending_error = false;
             return Poll::Ready(Some(Err(PayloadError::Overflow)));
@@ -163,6 +172,11 @@ where
                     Poll::Ready(Some(Ok(chunk.slice(..at))))
                 }
             },
+            // The peer went away (closed mid-stream or reset): an end, not a protocol error.
+            Poll::Ready(Some(Err(PayloadError::Incomplete(_) | PayloadError::Io(_)))) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
             other => other,
         }
     }
@@ -442,6 +456,24 @@ mod tests {
             }
         }
         (passed, false)
+    }
+
+    #[actix_web::test]
+    async fn a_peer_going_away_ends_the_stream_after_the_bytes_it_sent() {
+        for gone in [
+            PayloadError::Incomplete(None),
+            PayloadError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            let inner =
+                futures_util::stream::iter(vec![Ok(Bytes::from(frame(5, true))), Err(gone)]);
+            let mut g = FrameGuard::new(inner, 100);
+            assert_eq!(
+                g.next().await.unwrap().unwrap(),
+                Bytes::from(frame(5, true))
+            );
+            assert!(g.next().await.is_none());
+            assert!(g.next().await.is_none());
+        }
     }
 
     #[actix_web::test]

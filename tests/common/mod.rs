@@ -385,6 +385,27 @@ impl WsClient {
             .expect("send frame");
     }
 
+    /// Closes the socket the way an app does: a Close frame (1000), then, once the server's
+    /// Close came back (or 5 s passed), the connection. Dropping a socket with unread data
+    /// resets it, and the reset can overtake frames sent just before.
+    pub async fn close(mut self) {
+        use futures_util::{SinkExt, StreamExt};
+        let _ = self
+            .framed
+            .send(awc::ws::Message::Close(Some(
+                awc::ws::CloseCode::Normal.into(),
+            )))
+            .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.framed.next()).await
+        {
+            if matches!(frame, awc::ws::Frame::Close(_)) {
+                break;
+            }
+        }
+        let _ = self.framed.close().await;
+    }
+
     /// Sends a raw text frame; false when the socket is gone.
     pub async fn try_send_text(&mut self, text: String) -> bool {
         use futures_util::SinkExt;
