@@ -61,6 +61,8 @@ pub struct EioSocket {
     upgrading: AtomicBool,
     upgraded: AtomicBool,
     closed: AtomicBool,
+    /// Closed by [`EioSocket::close_flushing`]: a last poll still collects what is queued.
+    flush_on_close: AtomicBool,
     finished: AtomicBool,
     ping_deadline: AtomicI64,
     last_pong: AtomicI64,
@@ -118,6 +120,14 @@ impl EioSocket {
             }
             self.closing.notify_waiters();
         }
+    }
+
+    /// Closes the session once what is queued has gone out (e.g. the packets saying why it
+    /// closes): a WebSocket flushes its queue on any close; a polling client gets it, then the
+    /// close packet, in its pending poll or in one more within `pingTimeout`.
+    pub fn close_flushing(&self, reason: &str) {
+        self.flush_on_close.store(true, Ordering::SeqCst);
+        self.close(reason);
     }
 
     /// Whether the session is closed.
@@ -202,15 +212,16 @@ impl EioServer {
     }
 
     /// Closes a session. When the client asked for it, the entry stays for `pingTimeout` so that
-    /// a poll racing with the close still gets its final noop; otherwise later requests with that
-    /// sid get 400 at once.
+    /// a poll racing with the close still gets its final noop, and after
+    /// [`EioSocket::close_flushing`] so that a poll collects what is queued; otherwise later
+    /// requests with that sid get 400 at once.
     fn remove(self: &Arc<Self>, socket: &Arc<EioSocket>, reason: &str) {
         if socket.finished.swap(true, Ordering::SeqCst) {
             return;
         }
         socket.close(reason);
         self.handler.on_close(socket, reason);
-        if reason != CLIENT_CLOSE {
+        if reason != CLIENT_CLOSE && !socket.flush_on_close.load(Ordering::SeqCst) {
             self.forget(&socket.sid);
             return;
         }
@@ -251,6 +262,7 @@ impl EioServer {
             upgrading: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            flush_on_close: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             ping_deadline: AtomicI64::new(0),
             last_pong: AtomicI64::new(now_ms()),
@@ -367,10 +379,14 @@ impl EioServer {
                     self.remove(&socket, "ping timeout");
                     return eio_error(1, "Session ID unknown");
                 }
+                let poll = !ws && req.method() == actix_web::http::Method::GET;
+                if socket.is_closed() && poll && socket.flush_on_close.load(Ordering::SeqCst) {
+                    return self.last_polls(&socket);
+                }
                 if socket.is_closed() {
                     // The last request of a closed session: a poll gets its final noop.
                     self.forget(&sid);
-                    if !ws && req.method() == actix_web::http::Method::GET {
+                    if poll {
                         return text_response(EioPacket::Noop.encode_text());
                     }
                     return eio_error(1, "Session ID unknown");
@@ -458,6 +474,8 @@ impl EioServer {
             return eio_error(3, "Bad request");
         };
         let first = tokio::select! {
+            // What is queued goes out before a close is noticed.
+            biased;
             p = rx.recv() => p,
             () = socket.closed() => None,
         };
@@ -487,6 +505,28 @@ impl EioServer {
             if size >= self.config.max_payload {
                 break;
             }
+        }
+        text_response(EioPacket::encode_payload(&packets))
+    }
+
+    /// Polls of a session closed by [`EioSocket::close_flushing`]: what is still queued, then
+    /// (in a poll of its own: a client handles a close packet before the messages of the same
+    /// payload) the close packet.
+    fn last_polls(&self, socket: &Arc<EioSocket>) -> HttpResponse {
+        let mut packets = Vec::new();
+        if let Ok(mut rx) = socket.rx.try_lock() {
+            let mut size = 0;
+            while let Ok(p) = rx.try_recv() {
+                size += p.encode_text().len() + 1;
+                packets.push(p);
+                if size >= self.config.max_payload {
+                    break;
+                }
+            }
+        }
+        if packets.is_empty() {
+            self.forget(&socket.sid);
+            return text_response(EioPacket::Close.encode_text());
         }
         text_response(EioPacket::encode_payload(&packets))
     }

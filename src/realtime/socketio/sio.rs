@@ -370,7 +370,8 @@ impl SioHandler {
             &[],
         );
         send_packet(socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
-        socket.close("unauthorized");
+        // A polling client still gets both packets (and so `io server disconnect`).
+        socket.close_flushing("unauthorized");
     }
 
     /// Handles `authenticate` (seed 000) on a connection that came without a token.
