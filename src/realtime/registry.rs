@@ -790,17 +790,18 @@ impl Handler<StartCall> for Registry {
         let addr = CallActor::start_in_arbiter(&arbiter, move |_| {
             CallActor::new(call, meta, engine, registry)
         });
-        addr.do_send(CallInput(CallEvent::Start {
-            incoming: Value::Null,
-            reachable,
-        }));
+        // Findable before anyone is rung: a callee answering the ring at once must find it.
+        call_map.insert(id.clone(), addr.clone());
         self.user_call.insert(msg.caller, id.clone());
         if !msg.group {
             for c in &callees {
                 self.user_call.insert(*c, id.clone());
             }
         }
-        call_map.insert(id.clone(), addr.clone());
+        addr.do_send(CallInput(CallEvent::Start {
+            incoming: Value::Null,
+            reachable,
+        }));
         self.calls.insert(
             id.clone(),
             LiveCall {
