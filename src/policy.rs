@@ -406,6 +406,8 @@ struct CacheState {
     standing: HashMap<i64, Cached<()>>,
     /// Conversation members.
     members: HashMap<i64, Cached<Arc<[i64]>>>,
+    /// Kinds of user (seed 002's `user|astrologer|admin`, from their roles).
+    kinds: HashMap<i64, Cached<&'static str>>,
 }
 
 impl CacheState {
@@ -446,6 +448,7 @@ impl CacheState {
         self.pairs.clear();
         self.standing.clear();
         self.members.clear();
+        self.kinds.clear();
     }
 }
 
@@ -469,8 +472,9 @@ fn make_room<K: Copy + Eq + std::hash::Hash, T>(
     }
 }
 
-/// Contact-policy verdicts, user standing (exists and not banned) and conversation members,
-/// remembered so that starting a call does not wait for the database on the common path.
+/// Contact-policy verdicts, user standing (exists and not banned), conversation members and
+/// kinds of user, remembered so that starting a call does not wait for the database on the
+/// common path (and a commit batch does not read every writer's roles).
 ///
 /// Every change that can alter an answer invalidates it where the change is made (see the
 /// callers of [`ContactCache::invalidate_users`], [`ContactCache::membership_changed`] and
@@ -632,8 +636,48 @@ impl ContactCache {
         );
     }
 
-    /// Forgets everything known about `users`: their standing and every verdict involving
-    /// them (a ban, a role change, new contacts, a new or changed shared conversation).
+    /// The kinds of user (`user|astrologer|admin`, see
+    /// [`crate::db::messages::party_type`]) known for `users`; unknown ones are left out.
+    pub fn party_types(&self, users: &[i64]) -> HashMap<i64, &'static str> {
+        if !self.enabled() {
+            return HashMap::new();
+        }
+        let state = self.lock();
+        users
+            .iter()
+            .filter_map(|u| {
+                let e = state.kinds.get(u)?;
+                self.fresh(e, &state, &[state.user_mark(*u)])
+                    .then_some((*u, e.value))
+            })
+            .collect()
+    }
+
+    /// Remembers kinds of users, as found under `ticket` (a role change invalidates them).
+    pub fn note_party_types(&self, ticket: Ticket, found: &[(i64, &'static str)]) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        for &(user, kind) in found {
+            if ticket.stamp <= state.cleared || ticket.stamp <= state.user_mark(user) {
+                continue;
+            }
+            make_room(&mut state.kinds, self.capacity, self.ttl);
+            state.kinds.insert(
+                user,
+                Cached {
+                    value: kind,
+                    stamp: ticket.stamp,
+                    at: ticket.at,
+                },
+            );
+        }
+    }
+
+    /// Forgets everything known about `users`: their standing, kind and every verdict
+    /// involving them (a ban, a role change, new contacts, a new or changed shared
+    /// conversation).
     pub fn invalidate_users(&self, users: &[i64]) {
         let mut state = self.lock();
         let mark = state.mark();
@@ -753,6 +797,28 @@ mod tests {
         })
         .unwrap());
         assert_eq!(asked, 0, "an unconditional rule needs no lookup");
+    }
+
+    #[test]
+    fn kinds_of_user_are_remembered_until_the_user_changes() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        assert!(cache.party_types(&[1, 2]).is_empty());
+        let t = cache.ticket();
+        cache.note_party_types(t, &[(1, "astrologer"), (2, "user")]);
+        assert_eq!(cache.party_types(&[1, 2, 3]).len(), 2);
+        assert_eq!(cache.party_types(&[1]).get(&1), Some(&"astrologer"));
+        // A role change (the admin route invalidates the user) forgets the kind.
+        cache.invalidate_users(&[1]);
+        assert_eq!(cache.party_types(&[1, 2]).keys().collect::<Vec<_>>(), [&2]);
+        // A lookup that raced the change is not remembered.
+        let before = cache.ticket();
+        cache.invalidate_users(&[2]);
+        cache.note_party_types(before, &[(2, "admin")]);
+        assert!(cache.party_types(&[2]).is_empty());
+        // Off: nothing is remembered.
+        let off = ContactCache::disabled();
+        off.note_party_types(off.ticket(), &[(1, "user")]);
+        assert!(off.party_types(&[1]).is_empty());
     }
 
     #[test]

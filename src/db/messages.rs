@@ -4,6 +4,7 @@
 
 use super::schema::{conversations, messages};
 use crate::error::{AppError, AppResult};
+use crate::policy::ContactCache;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
@@ -244,15 +245,18 @@ pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
 /// indexes, and a busy conversation's row would leave thousands of dead versions a second for
 /// every later lookup by id to step over. It therefore moves at most once a second (lists order
 /// to the second); the other columns are not indexed and their updates stay HOT.
-pub const RESERVE_SEQ_SQL: &str = "UPDATE conversations c \
+pub const RESERVE_SEQ_SQL: &str = "WITH locked AS MATERIALIZED ( \
+         SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+     UPDATE conversations c \
      SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
          last_message_at = CASE \
              WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
              THEN now() ELSE c.last_message_at END, \
          updated_at = now() \
-     FROM unnest($1::bigint[], $2::bigint[]) AS k(id, n) \
-     WHERE c.id = k.id \
-     RETURNING c.id, c.last_seq, c.last_change";
+     FROM locked l JOIN unnest($1::bigint[], $2::bigint[]) AS k(id, n) ON k.id = l.id \
+     WHERE c.id = l.id \
+     RETURNING c.id, c.last_seq, c.last_change, c.kind, c.support_user_id, c.participant_key, \
+         txid_current() AS txid";
 
 /// A row of [`RESERVE_SEQ_SQL`].
 #[derive(QueryableByName)]
@@ -263,6 +267,14 @@ struct Reserved {
     last_seq: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     last_change: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    support_user_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    participant_key: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    txid: i64,
 }
 
 /// Runs [`RETRY_LOOKUP_SQL`] for `(sender, client message id)` pairs (duplicates are asked once).
@@ -309,17 +321,19 @@ pub fn write_batch(
     conn: &mut PgConnection,
     drafts: &[Draft],
 ) -> AppResult<Vec<AppResult<Written>>> {
-    write_batch_traced(conn, drafts, &std::sync::Mutex::default())
+    write_batch_traced(conn, drafts, &std::sync::Mutex::default(), None)
 }
 
-/// [`write_batch`], recording its transaction id and results in `trace` as it goes.
+/// [`write_batch`], recording its transaction id and results in `trace` as it goes; `kinds`
+/// (when given) remembers the writers' kinds of user between batches.
 pub fn write_batch_traced(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
+    kinds: Option<&ContactCache>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     conn.transaction(|conn| {
-        let results = write_rows(conn, drafts, trace)?;
+        let results = write_rows(conn, drafts, trace, kinds)?;
         trace_of(trace).results = Some(results);
         Ok::<(), AppError>(())
     })?;
@@ -367,6 +381,7 @@ fn write_rows(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
+    kinds: Option<&ContactCache>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     let mut results: Vec<Option<AppResult<Written>>> = (0..drafts.len()).map(|_| None).collect();
 
@@ -437,51 +452,30 @@ fn write_rows(
     let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
     conv_ids.sort_unstable();
     let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
-    let mut kinds: HashMap<i64, ConversationKind> = HashMap::new();
+    let mut conversation_kinds: HashMap<i64, ConversationKind> = HashMap::new();
     if !conv_ids.is_empty() {
-        // The lock also reads what tells who writes to whom (see [`Parties`]) and the
-        // transaction's id (see [`BatchTrace`]), in the same round trip.
-        let locked_rows: Vec<LockedConversation> = conversations::table
-            .filter(conversations::id.eq_any(&conv_ids))
-            .order(conversations::id)
-            .select((
-                conversations::id,
-                conversations::kind,
-                conversations::support_user_id,
-                conversations::participant_key,
-                diesel::dsl::sql::<diesel::sql_types::BigInt>("txid_current()"),
-            ))
-            .for_update()
-            .load(conn)?;
-        if let Some(row) = locked_rows.first() {
-            trace_of(trace).txid = Some(row.4);
-        }
-        let locked: Vec<i64> = locked_rows.iter().map(|r| r.0).collect();
-        kinds = locked_rows
-            .into_iter()
-            .map(|(id, kind, support, key, _)| (id, (kind, support, key)))
-            .collect();
-        // One statement for every conversation of the batch (the rows are already locked,
-        // in id order, above).
-        let counts: Vec<i64> = locked
+        // One round trip locks the conversations in id order, reserves their numbers, and reads
+        // what tells who writes to whom (see [`Parties`]) and the transaction's id (see
+        // [`BatchTrace`]).
+        let counts: Vec<i64> = conv_ids
             .iter()
             .map(|c| per_conv.get(c).copied().unwrap_or(0))
             .collect();
-        let reserved: Vec<Reserved> = if locked.is_empty() {
-            Vec::new()
-        } else {
-            diesel::sql_query(RESERVE_SEQ_SQL)
-                .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&locked)
-                .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
-                .load(conn)?
-        };
+        let reserved: Vec<Reserved> = diesel::sql_query(RESERVE_SEQ_SQL)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&conv_ids)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
+            .load(conn)?;
+        if let Some(row) = reserved.first() {
+            trace_of(trace).txid = Some(row.txid);
+        }
         for r in reserved {
             let n = per_conv.get(&r.id).copied().unwrap_or(0);
             next.insert(r.id, (r.last_seq - n + 1, r.last_change - n + 1));
+            conversation_kinds.insert(r.id, (r.kind, r.support_user_id, r.participant_key));
         }
     }
 
-    let parties = Parties::load(conn, kinds, &fresh_idx, drafts)?;
+    let parties = Parties::load(conn, conversation_kinds, &fresh_idx, drafts, kinds)?;
     let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
     let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
     for &i in &fresh_idx {
@@ -561,10 +555,6 @@ pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static
     kind
 }
 
-/// A conversation locked by a batch: id, kind, support user, participant key, and the id of the
-/// batch's transaction.
-type LockedConversation = (i64, String, Option<i64>, Option<String>, i64);
-
 /// A conversation's kind, support user and participant key.
 type ConversationKind = (String, Option<i64>, Option<String>);
 
@@ -576,12 +566,14 @@ struct Parties {
 }
 
 impl Parties {
-    /// One query for the whole batch: the roles of the users involved.
+    /// The kinds of the users involved: from `cache` where it knows them, the others with one
+    /// query for the whole batch (and remembered).
     fn load(
         conn: &mut PgConnection,
         conversations: HashMap<i64, ConversationKind>,
         fresh: &[usize],
         drafts: &[Draft],
+        cache: Option<&ContactCache>,
     ) -> AppResult<Self> {
         use super::schema::users;
         let mut parties = Self {
@@ -597,15 +589,24 @@ impl Parties {
         }
         users_ids.sort_unstable();
         users_ids.dedup();
+        if let Some(cache) = cache {
+            parties.types = cache.party_types(&users_ids);
+            users_ids.retain(|u| !parties.types.contains_key(u));
+        }
         if !users_ids.is_empty() {
+            let ticket = cache.map(ContactCache::ticket);
             let rows: Vec<(i64, Vec<Option<String>>)> = users::table
                 .filter(users::id.eq_any(&users_ids))
                 .select((users::id, users::roles))
                 .load(conn)?;
-            parties.types = rows
+            let found: Vec<(i64, &'static str)> = rows
                 .into_iter()
                 .map(|(id, roles)| (id, party_type(roles.iter().flatten())))
                 .collect();
+            if let (Some(cache), Some(ticket)) = (cache, ticket) {
+                cache.note_party_types(ticket, &found);
+            }
+            parties.types.extend(found);
         }
         Ok(parties)
     }

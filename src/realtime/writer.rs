@@ -121,8 +121,10 @@ async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>
     let retry = drafts.clone();
     let trace = Arc::new(Mutex::new(BatchTrace::default()));
     let recorded = Arc::clone(&trace);
+    let kinds = Arc::clone(db.contact_cache());
+    let kinds_again = Arc::clone(&kinds);
     let error = match db
-        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded))
+        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded, Some(&kinds)))
         .await
     {
         Ok(r) => return Ok(r),
@@ -133,7 +135,8 @@ async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>
         return Ok(results);
     }
     tracing::warn!(error = %describe(&error), "message batch failed; retrying once");
-    db.run(move |conn| messages::write_batch(conn, &retry))
+    let unrecorded = Mutex::new(BatchTrace::default());
+    db.run(move |conn| messages::write_batch_traced(conn, &retry, &unrecorded, Some(&kinds_again)))
         .await
 }
 
