@@ -264,6 +264,13 @@ impl CallActor {
                 });
             }
         }
+        if effects.iter().any(|e| matches!(e, Effect::Finish)) {
+            // The registry frees the parties before anyone hears that the call ended (its
+            // mailbox is in order): a party who calls again at once is not found still busy.
+            self.registry.do_send(CallFinished {
+                call_id: self.call.id.clone(),
+            });
+        }
         for effect in effects {
             match effect {
                 Effect::Notify(target, name, payload) => self.deliver(target, name, payload),
@@ -280,9 +287,6 @@ impl CallActor {
                 }),
                 Effect::Finish => {
                     tracing::info!(call = %self.call.id, status = self.call.status.as_str(), reason = ?self.call.end_reason, "call finished");
-                    self.registry.do_send(CallFinished {
-                        call_id: self.call.id.clone(),
-                    });
                     self.finishing = true;
                     self.post_call_log();
                 }
