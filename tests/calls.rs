@@ -775,3 +775,38 @@ async fn a_hang_up_sent_just_before_the_socket_closes_still_ends_the_call() {
         cb.buffered_clear();
     }
 }
+
+/// A caller may dial again the moment it hears its call was declined or missed: the registry
+/// has let go of both parties by then.
+#[actix_web::test]
+async fn a_caller_can_redial_the_moment_its_call_ended() {
+    let Pair { s, a, b } = pair(|c| c.ring_timeout = Duration::from_millis(300)).await;
+    let mut ca = connect(&s, a).await;
+    let mut cb = connect(&s, b).await;
+    for round in 0..30 {
+        let ack = ca
+            .request(
+                "call:initiate",
+                json!({"to": b.to_string(), "callType": "audio"}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(ack["status"], "ringing", "round {round}: {ack}");
+        let id = ack["callId"].as_str().unwrap().to_owned();
+        let ring = cb.expect_event("call:incoming").await;
+        assert_eq!(ring["callId"], id.as_str());
+        if round % 2 == 0 {
+            // Declined at once, as the ring arrives.
+            cb.emit("call:reject", json!({ "callId": id })).await;
+            assert_eq!(
+                ca.expect_event("call:rejected").await["callId"],
+                id.as_str()
+            );
+        } else {
+            // Not answered.
+            assert_eq!(ca.expect_event("call:missed").await["callId"], id.as_str());
+        }
+        ca.buffered_clear();
+        cb.buffered_clear();
+    }
+}
