@@ -32,16 +32,22 @@ pub struct ChatRequest {
     pub responded_at: Option<DateTime<Utc>>,
 }
 
-/// A party of a request as clients see it.
+/// A party of a request as clients see it: a user, with the names seed 003's two apps read
+/// (`_id` of the Mongoose documents both were written against, `avatar` and `avatarUrl`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartyView {
     /// User id.
     pub id: String,
+    /// Same as `id`.
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Display name.
     pub name: String,
     /// Avatar.
     pub avatar_url: Option<String>,
+    /// Same as `avatarUrl`.
+    pub avatar: Option<String>,
 }
 
 /// A request as clients see it.
@@ -50,6 +56,9 @@ pub struct PartyView {
 pub struct ChatRequestView {
     /// Id.
     pub id: String,
+    /// Same as `id` (Mongoose lean documents).
+    #[serde(rename = "_id")]
+    pub doc_id: String,
     /// Sender id.
     pub from_user_id: String,
     /// Recipient id.
@@ -88,14 +97,17 @@ pub fn views(conn: &mut PgConnection, rows: &[ChatRequest]) -> AppResult<Vec<Cha
             .find(|p| p.0 == id)
             .map(|(id, name, avatar)| PartyView {
                 id: id.to_string(),
+                doc_id: id.to_string(),
                 name: name.clone(),
                 avatar_url: avatar.clone(),
+                avatar: avatar.clone(),
             })
     };
     Ok(rows
         .iter()
         .map(|r| ChatRequestView {
             id: r.id.to_string(),
+            doc_id: r.id.to_string(),
             from_user_id: r.from_user_id.to_string(),
             to_user_id: r.to_user_id.to_string(),
             from: party(r.from_user_id),

@@ -1425,14 +1425,17 @@ fn dashboard_components(mut base: Value) -> Value {
     let party = object(
         &[
             ("id", string()),
+            ("_id", string()),
             ("name", string()),
             ("avatarUrl", nullable_string()),
+            ("avatar", nullable_string()),
         ],
         &["id", "name"],
     );
     let chat_request = object(
         &[
             ("id", string()),
+            ("_id", string()),
             ("fromUserId", string()),
             ("toUserId", string()),
             ("from", nullable_ref("ChatRequestParty")),
