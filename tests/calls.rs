@@ -698,7 +698,7 @@ async fn a_call_rings_before_anything_is_written_and_its_rows_land_complete_and_
 }
 
 #[actix_web::test]
-async fn a_call_read_over_rest_before_its_record_lands_is_answered_from_the_live_call() {
+async fn a_call_read_over_rest_before_its_record_lands_is_answered_from_the_call_in_memory() {
     let Pair { s, a, b } = pair(|_| {}).await;
     let mut ca = connect(&s, a).await;
     let mut cb = connect(&s, b).await;
@@ -736,8 +736,20 @@ async fn a_call_read_over_rest_before_its_record_lands_is_answered_from_the_live
         .get(&format!("/api/calls/{id}"), Some(&s.token_for(c)))
         .await;
     assert_eq!(status, 403);
+    // Called off while its writes still wait: the parties hear it ended, and REST answers the
+    // final record (not 404, not "ringing") until the database has it.
+    ca.emit("call:end", json!({ "callId": id })).await;
+    assert_eq!(
+        cb.expect_event("call:cancelled").await["callId"],
+        id.as_str()
+    );
+    let (status, body) = s
+        .get(&format!("/api/calls/{id}"), Some(&s.token_for(a)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["call"]["status"], "cancelled", "{body}");
     diesel::connection::SimpleConnection::batch_execute(&mut lock, "COMMIT").unwrap();
-    settled(&s, &id, "ringing").await;
+    settled(&s, &id, "cancelled").await;
 }
 
 /// Frames that arrived just before the connection went away are still handled (the WebSocket

@@ -918,7 +918,9 @@ impl Handler<ScheduleCallTimer> for Registry {
     }
 }
 
-/// A call ended: release everyone's busy state.
+/// A call ended: release everyone's busy state. (The call stays in the engine's map of call
+/// actors until its actor stops, after its last write: REST reads of it find the final record
+/// in memory until the database has it.)
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct CallFinished {
@@ -929,9 +931,7 @@ pub struct CallFinished {
 impl Handler<CallFinished> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
-        if let (Some(live), Some(engine)) = (self.calls.remove(&msg.call_id), &self.engine) {
-            engine.calls.remove(&msg.call_id, &live.addr);
-        }
+        self.calls.remove(&msg.call_id);
         self.user_call.retain(|_, id| *id != msg.call_id);
     }
 }

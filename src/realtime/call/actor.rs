@@ -435,7 +435,9 @@ impl Actor for CallActor {
         self.track_state();
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        // Its last write has landed (or it never ended): REST reads go to the database now.
+        self.engine.calls.remove(&self.call.id, &ctx.address());
         // A call actor that stops without an outcome leaves the gauges all the same.
         if let Some(from) = self.gauge_state.take() {
             self.engine.metrics.call_state(Some(from), None);
