@@ -3,9 +3,10 @@
 //!
 //! Seed 002's own routes (support conversations, `/admin/calls/initiate`) always answer in these
 //! shapes. Routes it shares with other apps (`/conversations/:id[/messages]`, `/calls/:id`,
-//! `/calls/history`) answer in them when the request names the dialect (`?dialect=astrology`)
-//! or names none and `DEFAULT_DIALECT` is `astrology` — the setting that also lets its unchanged
-//! app speak its dialect on sockets. Where a canonical field has another JSON type in the seed
+//! `/calls/history`, and the default uid of `/calls/admin/token`) answer in them when the request
+//! names the dialect (`?dialect=astrology`) or names none and came through a listener that
+//! speaks it (`LISTEN=…=astrology`, or `DEFAULT_DIALECT=astrology`) — what also lets its
+//! unchanged app speak its dialect on sockets. Where a canonical field has another JSON type in the seed
 //! (a conversation's `unreadCount` is a number canonically and a map per participant in the
 //! seed), only these shapes change it.
 
@@ -212,8 +213,11 @@ pub fn conversation(view: &ConversationView, parties: &[Party]) -> Value {
 
 /// A call as seed 002's `Call`: `callerId/callerType/calleeId/calleeType` (the first callee of
 /// a group call), `callType` `voice|video`, its statuses and end reasons, `agoraChannelName`,
-/// `agoraUid` (0: its tokens are valid for any uid) and `initiatedAt`. `types` holds the
-/// parties' kinds of user.
+/// `agoraUid` (0: its tokens are valid for any uid), `initiatedAt` and `updatedAt` (its last
+/// change: the end, else the answer, else the start). Tokens are handed out when a call starts
+/// and rings, not kept with it: a stored call's `agoraToken` is null. Calls belong to
+/// conversations (`conversationId`), not to consultations: `consultationId` is null. `types`
+/// holds the parties' kinds of user.
 pub fn call(
     row: &CallRow,
     parties: &[ParticipantRow],
@@ -260,8 +264,26 @@ pub fn call(
             .as_ref()
             .map(|_| crate::realtime::call::agora::ANY_UID)),
     );
+    set(obj, "agoraToken", Value::Null);
+    set(obj, "consultationId", Value::Null);
     set(obj, "initiatedAt", json!(row.created_at));
+    set(
+        obj,
+        "updatedAt",
+        json!(row.ended_at.or(row.answered_at).unwrap_or(row.created_at)),
+    );
     v
+}
+
+/// The uid `POST /calls/admin/token` signs for when the request names none: seed 002's app is
+/// never told a uid and joins with uid 0, so on its listener (or with `?dialect=astrology`) the
+/// token is valid for any uid; elsewhere it is bound to the caller's own uid.
+pub fn default_agora_uid(req: &HttpRequest, state: &AppState, user: i64) -> u32 {
+    if wanted(req, state) {
+        crate::realtime::call::agora::ANY_UID
+    } else {
+        crate::realtime::call::agora::uid_of(user)
+    }
 }
 
 /// The users a list of calls involves.

@@ -342,11 +342,14 @@ pub struct AgoraTokenBody {
     uid: Option<u32>,
 }
 
-/// Admin: an Agora RTC token for a channel (a fresh channel when none is given).
+/// Admin: an Agora RTC token for a channel (a fresh channel when none is given), for `uid`
+/// (by default the caller's own, or any uid for seed 002's app: see
+/// [`super::astrology::default_agora_uid`]).
 async fn admin_agora_token(
     state: web::Data<AppState>,
     identity: Identity,
     body: Option<web::Json<AgoraTokenBody>>,
+    req: HttpRequest,
 ) -> AppResult<HttpResponse> {
     if !identity.is_admin() {
         return Err(AppError::Forbidden("admin only".into()));
@@ -363,7 +366,7 @@ async fn admin_agora_token(
     };
     let uid = body
         .uid
-        .unwrap_or_else(|| crate::realtime::call::agora::uid_of(identity.user_id()));
+        .unwrap_or_else(|| super::astrology::default_agora_uid(&req, &state, identity.user_id()));
     let token = crate::realtime::call::agora::rtc_token_for(&state.config, &channel, uid)
         .ok_or_else(|| AppError::Validation {
             code: "agora_not_configured",
