@@ -626,9 +626,9 @@ async fn the_unchanged_app_chats_over_polling() {
     chat_flow("polling").await;
 }
 
-/// Waits (bounded) until `GET /api/calls/:id` (the seed's `Call`) satisfies `done`. A call that
-/// has just ended may be unknown for a moment: its live state is gone before its record is
-/// written, so a 404 counts as "not yet" here.
+/// Waits (bounded) until `GET /api/calls/:id` (the seed's `Call`) satisfies `done`. The call is
+/// known from its first ring on (from memory until its record is written), so anything but 200
+/// fails at once.
 async fn call_record(
     srv: &TestServer,
     token: &str,
@@ -638,11 +638,6 @@ async fn call_record(
     let mut last = Value::Null;
     for _ in 0..100 {
         let (status, body) = srv.get(&format!("/api/calls/{id}"), Some(token)).await;
-        if status == 404 {
-            last = body;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
         assert_eq!(status, 200, "call {id}: {body}");
         assert_eq!(body["success"], true);
         last = body["call"].clone();
