@@ -243,6 +243,9 @@ pub enum Event {
         user: i64,
         /// Device.
         device: u64,
+        /// Whether the app can come back to the call from a new connection (`call:rejoin`).
+        /// One that cannot (seed 004 follows one unnamed call per connection) gets no grace.
+        rejoins: bool,
     },
     /// The reconnect grace for a user ran out.
     GraceExpired {
@@ -725,7 +728,11 @@ impl Call {
                     self.finish(Outcome::Missed, "no_answer", None, now, &mut fx);
                 }
             }
-            Event::DeviceGone { user, device } => {
+            Event::DeviceGone {
+                user,
+                device,
+                rejoins,
+            } => {
                 let Some(party) = self.parties.get(&user) else {
                     return Ok(fx);
                 };
@@ -744,6 +751,11 @@ impl Call {
                 }
                 if let Some(p) = self.parties.get_mut(&user) {
                     p.reconnecting = true;
+                }
+                if !rejoins {
+                    // Nothing to wait for: the device is out of the call as its grace would
+                    // leave it.
+                    return self.step(Event::GraceExpired { user }, now);
                 }
                 for other in self.joined().into_iter().filter(|u| *u != user) {
                     fx.push(Effect::Notify(
@@ -1105,6 +1117,7 @@ mod tests {
                 Event::DeviceGone {
                     user: B,
                     device: 20,
+                    rejoins: true,
                 },
                 5,
             )
@@ -1116,13 +1129,55 @@ mod tests {
             .step(
                 Event::DeviceGone {
                     user: B,
-                    device: 99
+                    device: 99,
+                    rejoins: true,
                 },
                 5
             )
             .unwrap()
             .is_empty());
         call.step(Event::GraceExpired { user: B }, 20).unwrap();
+        assert_eq!(call.status, Status::Ended(Outcome::Ended));
+        assert_eq!(call.end_reason.as_deref(), Some("network_error"));
+    }
+
+    #[test]
+    fn a_dropped_device_that_cannot_rejoin_ends_the_call_at_once() {
+        let mut call = started(false, &[B]);
+        call.step(
+            Event::Accept {
+                user: B,
+                device: 20,
+                answer: None,
+            },
+            1,
+        )
+        .unwrap();
+        // Another device of B dropping is irrelevant.
+        assert!(call
+            .step(
+                Event::DeviceGone {
+                    user: B,
+                    device: 99,
+                    rejoins: false,
+                },
+                4
+            )
+            .unwrap()
+            .is_empty());
+        let fx = call
+            .step(
+                Event::DeviceGone {
+                    user: B,
+                    device: 20,
+                    rejoins: false,
+                },
+                5,
+            )
+            .unwrap();
+        assert!(!fx.contains(&Effect::StartGrace(B)));
+        assert!(!notified(&fx, &Target::User(A), "call:peer_reconnecting"));
+        assert!(notified(&fx, &Target::User(A), "call:ended"));
         assert_eq!(call.status, Status::Ended(Outcome::Ended));
         assert_eq!(call.end_reason.as_deref(), Some("network_error"));
     }
@@ -1143,6 +1198,7 @@ mod tests {
             Event::DeviceGone {
                 user: B,
                 device: 20,
+                rejoins: true,
             },
             5,
         )
@@ -1185,6 +1241,7 @@ mod tests {
             Event::DeviceGone {
                 user: A,
                 device: 10,
+                rejoins: true,
             },
             2,
         )
