@@ -1121,6 +1121,10 @@ struct CurrentCall {
     id: Option<String>,
     /// It rings on this connection and was not accepted here yet.
     ringing_here: bool,
+    /// A call this connection hung up: its end is not announced back to it (the seed told
+    /// only the other party, and an app that dialled again at once would take the late echo
+    /// for the end of its new call).
+    ended_here: Option<String>,
 }
 
 /// Most conversations one connection may have left (beyond it the oldest is forgotten, so its
@@ -1363,8 +1367,11 @@ impl Translator {
             rule.hook,
             Hook::OfferOrStart | Hook::AnswerOrAccept | Hook::CurrentCall | Hook::HangUpCurrent
         ) {
-            let current = self.current();
+            let mut current = self.current();
             let id = current.id.clone();
+            if rule.hook == Hook::HangUpCurrent && id.is_some() {
+                current.ended_here.clone_from(&id);
+            }
             command = match (rule.hook, id) {
                 (Hook::OfferOrStart, None) => "call:initiate",
                 (Hook::OfferOrStart, Some(_)) => "call:offer",
@@ -1410,8 +1417,14 @@ impl Translator {
             }
             Hook::TrackEnd => {
                 let mut current = self.current();
-                if current.id.as_deref() == call_id_of(&event.payload) {
-                    *current = CurrentCall::default();
+                let ended = call_id_of(&event.payload);
+                if current.id.as_deref() == ended {
+                    current.id = None;
+                    current.ringing_here = false;
+                }
+                if ended.is_some() && current.ended_here.as_deref() == ended {
+                    current.ended_here = None;
+                    return Arc::from([]);
                 }
             }
             _ => {}
@@ -1514,7 +1527,10 @@ impl Translator {
                 current.ringing_here = false;
             }
             Hook::AnswerOrAccept => current.ringing_here = false,
-            Hook::HangUpCurrent => *current = CurrentCall::default(),
+            Hook::HangUpCurrent => {
+                current.id = None;
+                current.ringing_here = false;
+            }
             _ => {}
         }
     }
