@@ -211,6 +211,9 @@ pub struct Config {
     pub write_queue: usize,
     /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2.
     pub write_shards: usize,
+    /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
+    /// no other of them holds (each uses one connection). Default 4.
+    pub write_in_flight: usize,
     /// `RING_TIMEOUT_SECS` — an unanswered call becomes `missed` after this. Default 40.
     pub ring_timeout: Duration,
     /// `CALL_RECONNECT_GRACE_SECS` — how long a call waits for a party whose device dropped.
@@ -375,6 +378,7 @@ impl Default for Config {
             write_batch_max: 512,
             write_queue: 20_000,
             write_shards: 2,
+            write_in_flight: 4,
             ring_timeout: Duration::from_secs(40),
             call_reconnect_grace: Duration::from_secs(15),
             call_rate_per_hour: 30,
@@ -620,6 +624,7 @@ impl Config {
         parse(src, "WRITE_BATCH_MAX", &mut self.write_batch_max)?;
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
+        parse(src, "WRITE_IN_FLIGHT", &mut self.write_in_flight)?;
         parse_secs(src, "RING_TIMEOUT_SECS", &mut self.ring_timeout)?;
         parse_secs(
             src,
@@ -864,6 +869,7 @@ impl Config {
             ("WRITE_BATCH_MAX", self.write_batch_max),
             ("WRITE_QUEUE", self.write_queue),
             ("WRITE_SHARDS", self.write_shards),
+            ("WRITE_IN_FLIGHT", self.write_in_flight),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
             ("MAX_CONNECTIONS", self.max_connections),

@@ -915,3 +915,83 @@ async fn the_registry_forgets_users_who_left_and_presence_still_works_when_they_
         assert!(last.is_none(), "round {round}: {last:?}");
     }
 }
+
+/// Waits (bounded) for the reply to the frame with id `id`, skipping other frames.
+async fn reply_to(c: &mut WsClient, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = c
+            .next_frame(left)
+            .await
+            .unwrap_or_else(|| panic!("no reply to {id}"));
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+}
+
+/// One writer commits batches of different conversations side by side: a send whose commit is
+/// held up (its conversation's row is locked) does not hold up a send to another conversation
+/// of the same writer, and later sends to the held conversation wait and keep their order.
+#[actix_web::test]
+async fn a_slow_commit_holds_up_only_its_own_conversation() {
+    let s = TestServer::start_with(|c| c.write_shards = 1).await;
+    let a = s.create_user("Alice", "alice@example.com", None, &[]);
+    let b = s.create_user("Bob", "bob@example.com", None, &[]);
+    let slow = group(&s, a, &[b]);
+    let fast = group(&s, a, &[b]);
+    let mut ca = WsClient::connect(&s, &s.token_for(a)).await;
+    ca.request("ping", json!({})).await.unwrap();
+    let send = |id: &str, conv: i64, text: &str| {
+        json!({"event": "message:send", "id": id, "payload": {"conversationId": conv.to_string(), "content": text}})
+            .to_string()
+    };
+
+    let mut lock = s.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut lock,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = {slow} FOR UPDATE"),
+    )
+    .unwrap();
+    ca.send_text(send("s1", slow, "first")).await;
+    // Bounded wait until that commit is stuck on the lock.
+    let mut stuck = false;
+    for _ in 0..200 {
+        if count_rows(
+            &s,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        ) > 0
+        {
+            stuck = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stuck, "the first send never reached the lock");
+
+    ca.send_text(send("f1", fast, "other conversation")).await;
+    let other = reply_to(&mut ca, "f1").await;
+    assert_eq!(other["event"], "ack", "{other}");
+    assert_eq!(other["payload"]["seq"], 1, "{other}");
+
+    ca.send_text(send("s2", slow, "second")).await;
+    assert_eq!(
+        count_rows(
+            &s,
+            &format!("SELECT count(*) AS n FROM messages WHERE conversation_id = {slow}")
+        ),
+        0
+    );
+    diesel::connection::SimpleConnection::batch_execute(&mut lock, "COMMIT").unwrap();
+    let first = reply_to(&mut ca, "s1").await;
+    let second = reply_to(&mut ca, "s2").await;
+    assert_eq!(
+        (
+            first["payload"]["seq"].clone(),
+            second["payload"]["seq"].clone()
+        ),
+        (json!(1), json!(2)),
+        "{first} {second}"
+    );
+}

@@ -16,8 +16,9 @@
 //! 4. The conversation checks membership in memory and queues the draft for its writer shard
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
 //! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
-//!    lookup, seq reserved per conversation in one statement, one multi-row insert) on one of
-//!    `DB_POOL_SIZE` connections (a COMMIT whose answer is lost is settled by the transaction's
+//!    lookup, conversations locked and seqs reserved in one statement, one multi-row insert) on
+//!    one of `DB_POOL_SIZE` connections, up to `WRITE_IN_FLIGHT` batches at once but never two
+//!    holding one conversation (a COMMIT whose answer is lost is settled by the transaction's
 //!    status, then by one retry), then hands each conversation its rows in seq order (bounded
 //!    by what the shard admitted).
 //! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
@@ -126,6 +127,7 @@ impl Engine {
             config.write_shards,
             config.write_queue,
             config.write_batch_max,
+            config.write_in_flight,
         );
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let directory = Arc::new(Directory::new(Arc::clone(&metrics)));

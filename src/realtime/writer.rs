@@ -1,13 +1,16 @@
 //! Group commit: sends from every conversation queue up here and are written in batches, one
 //! transaction per batch, each sender acknowledged only after its batch committed. Conversations
-//! are sharded over `WRITE_SHARDS` writers by id, so one conversation's batches commit strictly
-//! in order and its fan-out follows seq order.
+//! are sharded over `WRITE_SHARDS` writers by id; a writer commits up to `WRITE_IN_FLIGHT`
+//! batches at once, never two holding the same conversation, so one conversation's batches
+//! commit strictly in order and its fan-out follows seq order.
 
 use super::conversation::Committed;
 use crate::db::messages::{self, BatchTrace, Draft, TxStatus, Written};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -33,15 +36,19 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `shards` writer tasks on the current runtime, each with a queue of `queue` requests
-    /// and batches of at most `batch_max`.
-    pub fn start(db: Db, shards: usize, queue: usize, batch_max: usize) -> Self {
+    /// Starts `shards` writer tasks on the current runtime, each with a queue of `queue` requests,
+    /// batches of at most `batch_max` and at most `in_flight` batches committing at once.
+    pub fn start(db: Db, shards: usize, queue: usize, batch_max: usize, in_flight: usize) -> Self {
         let per_shard = (queue / shards.max(1)).max(1);
         let pending = Arc::new(AtomicUsize::new(0));
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(per_shard);
-                actix::spawn(run(db.clone(), rx, batch_max.max(1), Arc::clone(&pending)));
+                let limits = Limits {
+                    batch_max: batch_max.max(1),
+                    in_flight: in_flight.max(1),
+                };
+                actix::spawn(run(db.clone(), rx, limits, Arc::clone(&pending)));
                 tx
             })
             .collect();
@@ -75,37 +82,111 @@ impl Writer {
 /// Committed results for one conversation, in commit order.
 type Outcomes = Vec<(WriteRequest, AppResult<Written>)>;
 
+/// Bounds of one writer.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Most messages in one batch.
+    batch_max: usize,
+    /// Most batches committing at once.
+    in_flight: usize,
+}
+
+/// One writer: takes batches off its queue and commits them, several at once as long as no two
+/// of them hold the same conversation. A batch that shares a conversation with one still
+/// committing waits for it (taking on what queues meanwhile), so each conversation's batches
+/// commit, and reach the conversation, strictly in order; under load that makes batches large,
+/// under light load a send does not wait for the commit before it.
 async fn run(
     db: Db,
     mut rx: mpsc::Receiver<WriteRequest>,
-    batch_max: usize,
+    limits: Limits,
     pending: Arc<AtomicUsize>,
 ) {
-    let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut batch, batch_max).await > 0 {
-        let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
-        let outcome = commit(&db, drafts).await;
-        let results: Vec<AppResult<Written>> = match outcome {
-            Ok(results) => results,
-            Err(e) => {
-                let shared = share(&e);
-                batch.iter().map(|_| Err(shared())).collect()
+    let mut flying = FuturesUnordered::new();
+    let mut held: HashSet<i64> = HashSet::new();
+    loop {
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(limits.batch_max);
+        let open = loop {
+            tokio::select! {
+                biased;
+                Some(done) = flying.next(), if !flying.is_empty() => release(&mut held, done),
+                n = rx.recv_many(&mut batch, limits.batch_max) => break n > 0,
             }
         };
-        // Hand results to each conversation in batch order (which is their seq order).
-        let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
-        for (req, res) in batch.drain(..).zip(results) {
-            match groups.iter_mut().find(|(r, _)| *r == req.notify) {
-                Some((_, items)) => items.push((req, res)),
-                None => groups.push((req.notify.clone(), vec![(req, res)])),
+        if !open {
+            while let Some(done) = flying.next().await {
+                release(&mut held, done);
+            }
+            return;
+        }
+        while flying.len() >= limits.in_flight
+            || batch
+                .iter()
+                .any(|r| held.contains(&r.draft.conversation_id))
+        {
+            let Some(done) = flying.next().await else {
+                break;
+            };
+            release(&mut held, done);
+            while batch.len() < limits.batch_max {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
         }
-        let done: usize = groups.iter().map(|(_, items)| items.len()).sum();
-        for (recipient, items) in groups {
-            recipient.do_send(Committed(items));
-        }
-        pending.fetch_sub(done, Ordering::SeqCst);
+        let conversations: Vec<i64> = {
+            let mut ids: Vec<i64> = batch.iter().map(|r| r.draft.conversation_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        held.extend(&conversations);
+        flying.push(commit_and_hand_over(
+            db.clone(),
+            batch,
+            Arc::clone(&pending),
+            conversations,
+        ));
     }
+}
+
+fn release(held: &mut HashSet<i64>, conversations: Vec<i64>) {
+    for c in conversations {
+        held.remove(&c);
+    }
+}
+
+/// Commits one batch and hands each conversation its results (in batch order, which is their
+/// seq order); answers the batch's conversations once they are free again.
+async fn commit_and_hand_over(
+    db: Db,
+    mut batch: Vec<WriteRequest>,
+    pending: Arc<AtomicUsize>,
+    conversations: Vec<i64>,
+) -> Vec<i64> {
+    let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
+    let outcome = commit(&db, drafts).await;
+    let results: Vec<AppResult<Written>> = match outcome {
+        Ok(results) => results,
+        Err(e) => {
+            let shared = share(&e);
+            batch.iter().map(|_| Err(shared())).collect()
+        }
+    };
+    let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
+    for (req, res) in batch.drain(..).zip(results) {
+        match groups.iter_mut().find(|(r, _)| *r == req.notify) {
+            Some((_, items)) => items.push((req, res)),
+            None => groups.push((req.notify.clone(), vec![(req, res)])),
+        }
+    }
+    let done: usize = groups.iter().map(|(_, items)| items.len()).sum();
+    for (recipient, items) in groups {
+        recipient.do_send(Committed(items));
+    }
+    pending.fetch_sub(done, Ordering::SeqCst);
+    conversations
 }
 
 /// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
