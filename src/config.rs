@@ -212,7 +212,7 @@ pub struct Config {
     /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2.
     pub write_shards: usize,
     /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
-    /// no other of them holds (each uses one connection). Default 4.
+    /// no other of them holds (each uses one connection). Default 1.
     pub write_in_flight: usize,
     /// `RING_TIMEOUT_SECS` — an unanswered call becomes `missed` after this. Default 40.
     pub ring_timeout: Duration,
@@ -378,7 +378,7 @@ impl Default for Config {
             write_batch_max: 512,
             write_queue: 20_000,
             write_shards: 2,
-            write_in_flight: 4,
+            write_in_flight: 1,
             ring_timeout: Duration::from_secs(40),
             call_reconnect_grace: Duration::from_secs(15),
             call_rate_per_hour: 30,

@@ -931,12 +931,17 @@ async fn reply_to(c: &mut WsClient, id: &str) -> Value {
     }
 }
 
-/// One writer commits batches of different conversations side by side: a send whose commit is
-/// held up (its conversation's row is locked) does not hold up a send to another conversation
-/// of the same writer, and later sends to the held conversation wait and keep their order.
+/// With `WRITE_IN_FLIGHT` above 1, one writer commits batches of different conversations side
+/// by side: a send whose commit is held up (its conversation's row is locked) does not hold up
+/// a send to another conversation of the same writer, and later sends to the held conversation
+/// wait and keep their order. (With 1 the second send would wait for the first.)
 #[actix_web::test]
 async fn a_slow_commit_holds_up_only_its_own_conversation() {
-    let s = TestServer::start_with(|c| c.write_shards = 1).await;
+    let s = TestServer::start_with(|c| {
+        c.write_shards = 1;
+        c.write_in_flight = 4;
+    })
+    .await;
     let a = s.create_user("Alice", "alice@example.com", None, &[]);
     let b = s.create_user("Bob", "bob@example.com", None, &[]);
     let slow = group(&s, a, &[b]);
