@@ -5,61 +5,21 @@
 
 mod common;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::Engine;
-use common::{code, TestServer, SECRET};
+use common::{code, next_sms, sms_gateway, TestServer, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchboard::config::OtpSenderKind;
 use tokio::sync::mpsc;
 
-/// A tiny SMS gateway: records every POSTed JSON body.
-async fn sms_gateway() -> (
-    String,
-    mpsc::UnboundedReceiver<Value>,
-    actix_web::dev::ServerHandle,
-) {
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = HttpServer::new(move || {
-        let tx = tx.clone();
-        App::new().route(
-            "/sms",
-            web::post().to(move |body: web::Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(body.into_inner()).unwrap();
-                    HttpResponse::Ok().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    (format!("http://{addr}/sms"), rx, handle)
-}
-
 async fn otp_server() -> (TestServer, mpsc::UnboundedReceiver<Value>) {
-    let (url, rx, _handle) = sms_gateway().await;
+    let (url, rx) = sms_gateway();
     let server = TestServer::start_with(|c| {
         c.otp_sender = OtpSenderKind::Webhook;
         c.otp_webhook_url = url;
     })
     .await;
     (server, rx)
-}
-
-async fn next_code(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("webhook called")
-        .unwrap()
 }
 
 fn legacy_token(claims: Value, alg: jsonwebtoken::Algorithm, secret: &[u8]) -> String {
@@ -178,7 +138,7 @@ async fn otp_registration_then_otp_login_through_the_webhook_sender() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let sms = next_code(&mut rx).await;
+    let sms = next_sms(&mut rx).await;
     assert_eq!(sms["phone"], "+14155550100");
     assert_eq!(sms["purpose"], "register");
     let code_text = sms["code"].as_str().unwrap().to_owned();
@@ -219,7 +179,7 @@ async fn otp_registration_then_otp_login_through_the_webhook_sender() {
         )
         .await;
     assert_eq!(status, 200);
-    let sms = next_code(&mut rx).await;
+    let sms = next_sms(&mut rx).await;
     assert_eq!(sms["purpose"], "login");
     let (status, login) = s
         .post(
@@ -249,7 +209,7 @@ async fn expired_otp_is_refused() {
     let (s, mut rx) = otp_server().await;
     s.post("/auth/send-otp", json!({"phone": "+447700900123"}), None)
         .await;
-    let sms = next_code(&mut rx).await;
+    let sms = next_sms(&mut rx).await;
     s.db.exec("UPDATE otp_codes SET expires_at = now() - interval '1 second'");
     let (status, body) = s
         .post(
@@ -266,7 +226,7 @@ async fn otp_is_burnt_after_five_wrong_attempts_and_resend_has_a_cooldown() {
     let (s, mut rx) = otp_server().await;
     s.post("/auth/send-otp", json!({"phone": "+33612345678"}), None)
         .await;
-    let sms = next_code(&mut rx).await;
+    let sms = next_sms(&mut rx).await;
     let right = sms["code"].as_str().unwrap().to_owned();
     let wrong = if right == "000000" {
         "111111"

@@ -8,14 +8,12 @@
 
 mod common;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
-use common::{TestDb, WsClient, SECRET};
+use common::{sms_gateway, TestDb, WsClient, SECRET};
 use diesel::prelude::*;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 const PASSWORD: &str = "Sup3r-Secret-Passphrase!";
 
@@ -42,33 +40,6 @@ impl Server {
         let _ = self.child.wait();
         std::fs::read_to_string(&self.log).unwrap()
     }
-}
-
-/// An SMS gateway that records the codes it is sent.
-fn sms_gateway() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = HttpServer::new(move || {
-        let tx = tx.clone();
-        App::new().route(
-            "/sms",
-            web::post().to(move |body: web::Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(body.into_inner()).unwrap();
-                    HttpResponse::Ok().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
-    (format!("http://{addr}/sms"), rx)
 }
 
 async fn spawn_server(db: &TestDb, extra: &[(&str, &str)]) -> Server {

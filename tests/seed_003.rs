@@ -56,9 +56,8 @@
 
 mod common;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use common::puppet::Puppet;
-use common::{code, TestServer, SECRET};
+use common::{code, next_sms, sms_gateway, TestServer, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchboard::config::{Config, OtpSenderKind};
@@ -298,40 +297,9 @@ fn legacy_token(claims: Value, secret: &[u8]) -> String {
     .unwrap()
 }
 
-/// A tiny SMS gateway: records every POSTed JSON body.
-fn sms_gateway() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = HttpServer::new(move || {
-        let tx = tx.clone();
-        App::new().route(
-            "/sms",
-            web::post().to(move |body: web::Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(body.into_inner());
-                    HttpResponse::Ok().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
-    (format!("http://{addr}/sms"), rx)
-}
-
 /// The code the gateway got next.
 async fn next_code(rx: &mut mpsc::UnboundedReceiver<Value>) -> String {
-    let sms = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("webhook called")
-        .unwrap();
-    string(&sms, "code").to_owned()
+    string(&next_sms(rx).await, "code").to_owned()
 }
 
 #[actix_web::test]

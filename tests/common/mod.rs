@@ -515,3 +515,40 @@ impl WsClient {
         hit.into_iter().map(|f| f["payload"].clone()).collect()
     }
 }
+
+/// A tiny SMS gateway for the OTP webhook (`OTP_WEBHOOK_URL`): answers 200 and passes every
+/// POSTed JSON body on. Answers the webhook URL and the receiving end.
+pub fn sms_gateway() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let tx = tx.clone();
+        App::new().route(
+            "/sms",
+            web::post().to(move |body: web::Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body.into_inner());
+                    HttpResponse::Ok().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    (format!("http://{addr}/sms"), rx)
+}
+
+/// The next body the SMS gateway got (bounded wait).
+pub async fn next_sms(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("webhook called")
+        .unwrap()
+}
