@@ -234,70 +234,65 @@ impl Row<'_> {
     }
 
     /// `x` calls `y` (video, with an SDP offer when its app makes one).
-    async fn initiate(&mut self, x: &mut Peer, y: &Peer) {
+    /// The event and payload with which `x`'s app calls `y` (video, with an SDP offer when the
+    /// app makes one). Seed 001's app names each call's room; a room name is used once.
+    fn call_request(x: &Peer, y: &Peer) -> (&'static str, Value) {
         match x.app {
-            App::Canonical => {
-                let ack = self
-                    .ask(
-                        x,
-                        "call:initiate",
-                        json!({"to": s(y.id), "callType": "video", "sdpOffer": offer()}),
-                    )
-                    .await;
+            App::Canonical => (
+                "call:initiate",
+                json!({"to": s(y.id), "callType": "video", "sdpOffer": offer()}),
+            ),
+            App::Lonestar => (
+                "start_call",
+                json!({"to": y.id, "isVideo": true, "sdp": offer()}),
+            ),
+            App::WorldMates => {
+                let room = format!("room_{}_{}_{}", x.id, y.id, next_room());
+                (
+                    "call:initiate",
+                    json!({"fromId": x.id, "toId": y.id, "callType": "video", "roomName": room, "sdpOffer": offer()}),
+                )
+            }
+            App::Astrology => (
+                "call:initiate",
+                json!({"calleeId": s(y.id), "callType": "video"}),
+            ),
+            App::Backend2 => (
+                "call:invite",
+                json!({"to": s(y.id), "isVideo": true, "offer": offer()}),
+            ),
+            App::Aist => ("call:offer", json!({"sdp": offer(), "userId": y.id})),
+        }
+    }
+
+    /// `x` calls `y` in its app's words and learns the call id where its app does.
+    async fn initiate(&mut self, x: &mut Peer, y: &Peer) {
+        let (event, payload) = Self::call_request(x, y);
+        match x.app {
+            App::Canonical | App::Backend2 => {
+                let ack = self.ask(x, event, payload).await;
                 // Named no provider: the call goes through the one the callee's app joins.
-                if y.app == App::Astrology {
+                if x.app == App::Canonical && y.app == App::Astrology {
                     assert!(ack["agoraToken"].is_string(), "{ack}");
                     assert!(ack["channelName"].is_string(), "{ack}");
                 }
                 x.call = Some(ack["callId"].as_str().unwrap().to_owned());
             }
-            // The call id reaches seed 000's caller with `call_accepted`.
-            App::Lonestar => {
-                self.emit(
-                    x,
-                    "start_call",
-                    json!({"to": y.id, "isVideo": true, "sdp": offer()}),
-                )
-                .await;
-            }
             App::WorldMates => {
-                // The app names each call's room; a room name is used once.
-                let room = format!("room_{}_{}_{}", x.id, y.id, next_room());
-                self.emit(
-                    x,
-                    "call:initiate",
-                    json!({"fromId": x.id, "toId": y.id, "callType": "video", "roomName": room, "sdpOffer": offer()}),
-                )
-                .await;
+                let room = payload["roomName"].as_str().unwrap().to_owned();
+                self.emit(x, event, payload).await;
                 x.call = Some(room);
             }
             App::Astrology => {
-                self.emit(
-                    x,
-                    "call:initiate",
-                    json!({"calleeId": s(y.id), "callType": "video"}),
-                )
-                .await;
+                self.emit(x, event, payload).await;
                 let started = self.event(x, "call:initiated").await;
                 assert!(started["agoraToken"].is_string(), "{started}");
                 assert!(started["channelName"].is_string(), "{started}");
                 x.call = Some(started["callId"].as_str().unwrap().to_owned());
             }
-            App::Backend2 => {
-                let ack = self
-                    .ask(
-                        x,
-                        "call:invite",
-                        json!({"to": s(y.id), "isVideo": true, "offer": offer()}),
-                    )
-                    .await;
-                x.call = Some(ack["callId"].as_str().unwrap().to_owned());
-            }
-            // No call ids: the connection follows its one call.
-            App::Aist => {
-                self.emit(x, "call:offer", json!({"sdp": offer(), "userId": y.id}))
-                    .await;
-            }
+            // The call id reaches seed 000's caller with `call_accepted`; seed 004 has none
+            // (the connection follows its one call).
+            App::Lonestar | App::Aist => self.emit(x, event, payload).await,
         }
     }
 
@@ -306,63 +301,28 @@ impl Row<'_> {
     async fn initiate_refused(&mut self, x: &mut Peer, y: &Peer) {
         const CODE: &str = "media_unsupported";
         let ctx = format!("{:?} -> {:?}", x.app, y.app);
-        match x.app {
+        let (event, payload) = Self::call_request(x, y);
+        if x.app == App::Backend2 {
+            // Its invite asks for an ack: the refusal comes there and as its hang-up.
+            let Conn::Sio = x.conn else {
+                unreachable!("seed 003 speaks Socket.IO")
+            };
+            let ack = self.p.call(&x.name, event, json!([payload])).await;
+            assert_eq!(ack[0]["error"]["code"], CODE, "{ctx}: {ack:?}");
+        } else {
+            self.emit(x, event, payload).await;
+        }
+        let (name, field) = match x.app {
             App::Canonical => unreachable!("{ctx}: a canonical client joins either provider"),
-            App::Lonestar => {
-                self.emit(
-                    x,
-                    "start_call",
-                    json!({"to": y.id, "isVideo": true, "sdp": offer()}),
-                )
-                .await;
-                let got = self.event(x, "error").await;
-                assert_eq!(got["code"], CODE, "{ctx}: {got}");
-                assert!(got["message"].is_string(), "{ctx}: {got}");
-            }
-            App::WorldMates => {
-                let room = format!("room_{}_{}", x.id, y.id);
-                self.emit(
-                    x,
-                    "call:initiate",
-                    json!({"fromId": x.id, "toId": y.id, "callType": "video", "roomName": room, "sdpOffer": offer()}),
-                )
-                .await;
-                let got = self.event(x, "call:rejected").await;
-                assert_eq!(got["reason"], CODE, "{ctx}: {got}");
-            }
-            App::Astrology => {
-                self.emit(
-                    x,
-                    "call:initiate",
-                    json!({"calleeId": s(y.id), "callType": "video"}),
-                )
-                .await;
-                let got = self.event(x, "call:error").await;
-                assert_eq!(got["code"], CODE, "{ctx}: {got}");
-                assert!(got["message"].is_string(), "{ctx}: {got}");
-            }
-            App::Backend2 => {
-                let Conn::Sio = x.conn else {
-                    unreachable!("seed 003 speaks Socket.IO")
-                };
-                let ack = self
-                    .p
-                    .call(
-                        &x.name,
-                        "call:invite",
-                        json!([{"to": s(y.id), "isVideo": true, "offer": offer()}]),
-                    )
-                    .await;
-                assert_eq!(ack[0]["error"]["code"], CODE, "{ctx}: {ack:?}");
-                let got = self.event(x, "call:hangup").await;
-                assert_eq!(got["reason"], CODE, "{ctx}: {got}");
-            }
-            App::Aist => {
-                self.emit(x, "call:offer", json!({"sdp": offer(), "userId": y.id}))
-                    .await;
-                let got = self.event(x, "call:hangup").await;
-                assert_eq!(got["reason"], CODE, "{ctx}: {got}");
-            }
+            App::Lonestar => ("error", "code"),
+            App::WorldMates => ("call:rejected", "reason"),
+            App::Astrology => ("call:error", "code"),
+            App::Backend2 | App::Aist => ("call:hangup", "reason"),
+        };
+        let got = self.event(x, name).await;
+        assert_eq!(got[field], CODE, "{ctx}: {got}");
+        if matches!(x.app, App::Lonestar | App::Astrology) {
+            assert!(got["message"].is_string(), "{ctx}: {got}");
         }
         use diesel::prelude::*;
         use switchboard::db::schema::calls;
