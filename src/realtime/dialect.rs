@@ -1125,6 +1125,9 @@ struct CurrentCall {
     /// only the other party, and an app that dialled again at once would take the late echo
     /// for the end of its new call).
     ended_here: Option<String>,
+    /// The last call seen ending on this connection: a call whose start is acknowledged after
+    /// it already ended (declined at once) does not become the current call.
+    last_ended: Option<String>,
 }
 
 /// Most conversations one connection may have left (beyond it the oldest is forgotten, so its
@@ -1422,6 +1425,9 @@ impl Translator {
                     current.id = None;
                     current.ringing_here = false;
                 }
+                if let Some(id) = ended {
+                    current.last_ended = Some(id.to_owned());
+                }
                 if ended.is_some() && current.ended_here.as_deref() == ended {
                     current.ended_here = None;
                     return Arc::from([]);
@@ -1521,7 +1527,8 @@ impl Translator {
             // outcome is announced by events of its own.
             Hook::OfferOrStart
                 if current.id.is_none()
-                    && payload.get("status").and_then(Value::as_str) == Some("ringing") =>
+                    && payload.get("status").and_then(Value::as_str) == Some("ringing")
+                    && call_id_of(payload) != current.last_ended.as_deref() =>
             {
                 current.id = call_id_of(payload).map(str::to_owned);
                 current.ringing_here = false;
@@ -2035,6 +2042,27 @@ mod tests {
         assert_eq!(
             (f.event.as_str(), f.payload["callId"].as_str()),
             ("call:end", Some("r1"))
+        );
+        // The hang-up's own end is not echoed back; the next end is.
+        assert!(t
+            .outbound(&ServerEvent::new("call:ended", json!({"callId": "r1"})))
+            .is_empty());
+        t.reply("call:hangup", None, Ok(json!({"callId": "r1"})));
+
+        // A call declined before its start was acknowledged here does not become current:
+        // the next offer starts a new call instead of renegotiating the ended one.
+        let out = t.outbound(&ServerEvent::new("call:rejected", json!({"callId": "d1"})));
+        assert_eq!(out[0].name, "call:hangup");
+        t.reply(
+            "call:offer",
+            None,
+            Ok(json!({"callId": "d1", "status": "ringing"})),
+        );
+        assert_eq!(
+            t.inbound(frame("call:offer", json!({"sdp": "o", "userId": 2})))
+                .unwrap()
+                .event,
+            "call:initiate"
         );
     }
 }
