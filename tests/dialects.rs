@@ -15,13 +15,6 @@ fn s(id: i64) -> String {
     id.to_string()
 }
 
-fn direct(server: &TestServer, a: i64, b: i64) -> i64 {
-    switchboard::db::conversations::get_or_create_direct(&mut server.db.conn(), a, b)
-        .unwrap()
-        .0
-        .id
-}
-
 fn call_row(server: &TestServer, id: &str) -> Option<(String, Option<String>)> {
     use diesel::prelude::*;
     use switchboard::db::schema::calls;
@@ -181,8 +174,8 @@ async fn seed002_astrology_dm_flow_and_agora_calls() {
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
     let stranger = srv.create_user("Stan", "stan@example.com", None, &[]);
-    let conv = direct(&srv, user, astro);
-    let other = direct(&srv, astro, stranger);
+    let conv = srv.direct(user, astro);
+    let other = srv.direct(astro, stranger);
     let mut p = Puppet::start(srv.addr());
     p.connect("user", query(&srv.token_for(user), "astrology"))
         .await;
@@ -316,7 +309,7 @@ async fn seed003_backend2_messages_time_cursors_presence_and_calls() {
     let srv = TestServer::start().await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = direct(&srv, alice, bob);
+    let conv = srv.direct(alice, bob);
     let mut p = Puppet::start(srv.addr());
     p.connect("alice", query(&srv.token_for(alice), "backend2"))
         .await;
@@ -479,7 +472,7 @@ async fn socket_io_acknowledged_new_messages_become_delivered_receipts() {
     let srv = TestServer::start().await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = direct(&srv, alice, bob);
+    let conv = srv.direct(alice, bob);
     let mut a = WsClient::connect(&srv, &srv.token_for(alice)).await;
     let mut p = Puppet::start(srv.addr());
     p.connect(
@@ -636,7 +629,7 @@ async fn an_astrology_app_and_a_canonical_client_share_a_conversation() {
     let srv = TestServer::start().await;
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let agent = srv.create_user("Ann", "ann@example.com", None, &[]);
-    let conv = direct(&srv, user, agent);
+    let conv = srv.direct(user, agent);
     let mut ann = WsClient::connect(&srv, &srv.token_for(agent)).await;
     let mut p = Puppet::start(srv.addr());
     p.connect("uma", query(&srv.token_for(user), "astrology"))

@@ -71,13 +71,6 @@ fn s(id: i64) -> String {
     id.to_string()
 }
 
-fn direct(server: &TestServer, a: i64, b: i64) -> i64 {
-    switchboard::db::conversations::get_or_create_direct(&mut server.db.conn(), a, b)
-        .unwrap()
-        .0
-        .id
-}
-
 /// A token as the AIST backend minted it: `jwt.sign({ userId }, JWT_SECRET)`, a numeric id.
 fn aist_token(user_id: i64) -> String {
     jsonwebtoken::encode(
@@ -1191,7 +1184,7 @@ impl Row<'_> {
         let mut y = self
             .connect(y_app, format!("{y_app:?}Reader{}", x_app as u8), ty)
             .await;
-        let conv = direct(self.srv, x.id, y.id);
+        let conv = self.srv.direct(x.id, y.id);
         let text = format!("from {x_app:?} to {y_app:?}");
         self.send_message(&mut x, conv, &text).await;
         let m = self.expect_message(&mut y, &x, conv, &text).await;

@@ -82,13 +82,6 @@ fn s(id: i64) -> String {
     id.to_string()
 }
 
-fn direct(server: &TestServer, a: i64, b: i64) -> i64 {
-    switchboard::db::conversations::get_or_create_direct(&mut server.db.conn(), a, b)
-        .unwrap()
-        .0
-        .id
-}
-
 /// A server configured for the astrology app: Agora on, a short ring, the app's sockets and REST
 /// requests on its own listener; `tweak` adjusts the rest.
 async fn astrology_server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
@@ -381,8 +374,8 @@ async fn chat_flow(transport: &str) {
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
     let admin = srv.create_user("Ada", "ada@example.com", None, &["admin"]);
-    let conv = direct(&srv, user, astro);
-    let user_admin = direct(&srv, user, admin);
+    let conv = srv.direct(user, astro);
+    let user_admin = srv.direct(user, admin);
     let mut p = Puppet::start(srv.addr_of("astrology"));
     sign_in(&mut p, &srv, "user", user, transport).await;
     sign_in(&mut p, &srv, "astro", astro, transport).await;
@@ -669,7 +662,7 @@ async fn call_flow(transport: &str) {
     let srv = astrology_server().await;
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
-    let conv = direct(&srv, user, astro);
+    let conv = srv.direct(user, astro);
     let (tu, ta) = (srv.token_for(user), srv.token_for(astro));
     let avatar = "https://example.com/uma.png";
     let (status, body) = srv
@@ -876,7 +869,7 @@ async fn rest_reaches_the_app(transport: &str) {
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
     let admin = srv.create_user("Ada", "ada@example.com", None, &["admin"]);
-    let conv = direct(&srv, user, astro);
+    let conv = srv.direct(user, astro);
     let (tu, ta, tadm) = (
         srv.token_for(user),
         srv.token_for(astro),
@@ -1041,9 +1034,9 @@ async fn refusals(transport: &str) {
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
     let stranger = srv.create_user("Bea", "bea@example.com", None, &["astrologer"]);
     let admin = srv.create_user("Ada", "ada@example.com", None, &["admin"]);
-    let consulted = direct(&srv, user, astro);
-    let staff = direct(&srv, astro, admin);
-    let chatty = direct(&srv, other, admin);
+    let consulted = srv.direct(user, astro);
+    let staff = srv.direct(astro, admin);
+    let chatty = srv.direct(other, admin);
     let mut p = Puppet::start(srv.addr_of("astrology"));
 
     // A token Switchboard did not sign: the connection is refused.
@@ -1164,7 +1157,7 @@ async fn rest_conversation_routes_answer_the_seed_models() {
         srv.token_for(astro),
         srv.token_for(admin),
     );
-    let conv = direct(&srv, user, astro);
+    let conv = srv.direct(user, astro);
 
     // GET /api/conversations/:id before any message: no last message, nothing unread.
     let (status, body) = srv
@@ -1604,8 +1597,8 @@ async fn rest_refusals_use_switchboards_error_shape() {
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
     let admin = srv.create_user("Ada", "ada@example.com", None, &["admin"]);
-    let staff = direct(&srv, astro, admin);
-    let conv = direct(&srv, user, astro);
+    let staff = srv.direct(astro, admin);
+    let conv = srv.direct(user, astro);
     let (tu, tadm) = (srv.token_for(user), srv.token_for(admin));
 
     // `auth`: no token, no answer.
@@ -1683,7 +1676,7 @@ async fn shared_routes_keep_canonical_shapes_unless_the_dialect_is_named() {
     let srv = TestServer::start().await;
     let user = srv.create_user("Uma", "uma@example.com", None, &[]);
     let astro = srv.create_user("Astro", "astro@example.com", None, &["astrologer"]);
-    let conv = direct(&srv, user, astro);
+    let conv = srv.direct(user, astro);
     let token = srv.token_for(user);
     let (_, canonical) = srv
         .get(&format!("/api/conversations/{conv}"), Some(&token))

@@ -673,7 +673,7 @@ async fn call_history(
         .db
         .run(move |conn| q::search_calls(conn, &filter, limit + 1))
         .await?;
-    Ok(super::calls::calls_page(&rows, limit))
+    Ok(super::calls::calls_page(rows, limit))
 }
 
 /// `POST /admin/calls/:id/end` body.

@@ -236,13 +236,25 @@ async fn history(
         .run(move |conn| calls::history(conn, user, before, limit + 1))
         .await?;
     if super::astrology::wanted(&req, &state) {
-        let mut page = calls_page_json(&rows, limit);
-        let take = usize::try_from(limit).unwrap_or(0);
-        let shown: Vec<_> = rows.into_iter().take(take).collect();
-        page["calls"] = json!(super::astrology::calls_json(&state, shown).await?);
-        return Ok(HttpResponse::Ok().json(page));
+        let (shown, next) = page_of(rows, limit);
+        let calls = super::astrology::calls_json(&state, shown).await?;
+        return Ok(
+            HttpResponse::Ok().json(json!({"success": true, "calls": calls, "nextCursor": next}))
+        );
     }
-    Ok(calls_page(&rows, limit))
+    Ok(calls_page(rows, limit))
+}
+
+/// The first `limit` of `limit + 1` rows, newest first, and the cursor of the next page.
+fn page_of<T>(mut rows: Vec<(CallRow, T)>, limit: i64) -> (Vec<(CallRow, T)>, Option<String>) {
+    let take = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > take;
+    rows.truncate(take);
+    let next = more
+        .then(|| rows.last())
+        .flatten()
+        .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id));
+    (rows, next)
 }
 
 /// A call-list cursor (`<created_at µs>_<id>`, as `nextCursor` gives it); empty or absent: none.
@@ -262,22 +274,13 @@ pub(crate) fn call_cursor(
 }
 
 /// One page of calls from `limit + 1` rows, newest first, with the cursor of the next page.
-pub(crate) fn calls_page(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) -> HttpResponse {
-    HttpResponse::Ok().json(calls_page_json(rows, limit))
-}
-
-fn calls_page_json(rows: &[(CallRow, Vec<ParticipantRow>)], limit: i64) -> Value {
-    let take = usize::try_from(limit).unwrap_or(0);
-    let page = &rows[..rows.len().min(take)];
-    let next = (rows.len() > take)
-        .then(|| page.last())
-        .flatten()
-        .map(|(c, _)| format!("{}_{}", c.created_at.timestamp_micros(), c.id));
-    json!({
+pub(crate) fn calls_page(rows: Vec<(CallRow, Vec<ParticipantRow>)>, limit: i64) -> HttpResponse {
+    let (page, next) = page_of(rows, limit);
+    HttpResponse::Ok().json(json!({
         "success": true,
         "calls": page.iter().map(|(c, p)| call_json(c, p)).collect::<Vec<_>>(),
         "nextCursor": next,
-    })
+    }))
 }
 
 /// Seed 001's call statistics: the calls in progress now. `totalCalls` counts them (so does

@@ -1059,6 +1059,13 @@ impl Dialect {
         })
     }
 
+    /// Whether a client of this dialect can come back to a call from a new connection. One
+    /// whose client never names its call (seed 004 hangs up "the current call") keeps that call
+    /// per connection: a new connection starts with none, so a dropped one left it for good.
+    pub fn rejoins_calls(&self) -> bool {
+        !self.inbound.iter().any(|r| r.hook == Hook::HangUpCurrent)
+    }
+
     /// The dialect named by a client (`?dialect=` or the auth payload); an unknown name is an
     /// error rather than a silent fallback, so a misconfigured app fails loudly.
     pub fn choose(

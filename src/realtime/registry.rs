@@ -5,7 +5,7 @@
 use super::call::actor::{CallActor, CallInput, CallMeta};
 use super::call::machine::{Call, Event as CallEvent};
 use super::conversation::{ConversationActor, MembersChanged};
-use super::dialect::{Dialect, Hook};
+use super::dialect::Dialect;
 use super::last_seen::LastSeenBuffer;
 use super::protocol::ServerEvent;
 use super::Engine;
@@ -518,13 +518,6 @@ impl Handler<Announce> for Registry {
     }
 }
 
-/// Whether a client of `dialect` can come back to a call from a new connection. A dialect whose
-/// client never names its call (seed 004 hangs up "the current call") keeps that call per
-/// connection: a new connection starts with none, so a dropped one has left the call for good.
-fn rejoins_calls(dialect: &str) -> bool {
-    Dialect::find(dialect).is_none_or(|d| !d.inbound.iter().any(|r| r.hook == Hook::HangUpCurrent))
-}
-
 impl Handler<Disconnect> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
@@ -547,7 +540,7 @@ impl Handler<Disconnect> for Registry {
                 .sessions
                 .get(&msg.user_id)
                 .and_then(|d| d.get(&msg.key))
-                .is_none_or(|e| rejoins_calls(e.labels.dialect));
+                .is_none_or(|e| Dialect::find(e.labels.dialect).is_none_or(Dialect::rejoins_calls));
             call.addr.do_send(CallInput(CallEvent::DeviceGone {
                 user: msg.user_id,
                 device: msg.key,

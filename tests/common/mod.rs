@@ -294,6 +294,14 @@ impl TestServer {
         self.call("GET", path, None, token).await
     }
 
+    /// The direct conversation between `a` and `b` (created when missing).
+    pub fn direct(&self, a: i64, b: i64) -> i64 {
+        switchboard::db::conversations::get_or_create_direct(&mut self.db.conn(), a, b)
+            .unwrap()
+            .0
+            .id
+    }
+
     /// Creates a user directly (password optional) and returns its id.
     pub fn create_user(
         &self,

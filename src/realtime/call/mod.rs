@@ -248,15 +248,17 @@ impl Engine {
             .then(|| delivery.media_of(caller, Some(device)))
             .flatten()
             .unwrap_or(Media::ANY);
-        let media_of = |u: i64| delivery.media_of(u, None).unwrap_or(Media::ANY);
+        // Each callee's live sessions are looked up once.
+        let media: Vec<Media> = callees
+            .iter()
+            .map(|&u| delivery.media_of(u, None).unwrap_or(Media::ANY))
+            .collect();
         let mut provider = preferred;
         if !named {
             let joint = if group {
                 caller_media
             } else {
-                callees
-                    .iter()
-                    .fold(caller_media, |m, &u| m.intersect(media_of(u)))
+                media.iter().fold(caller_media, |m, &c| m.intersect(c))
             };
             let usable =
                 |p: &str| joint.allows(p) && (p == "webrtc" || self.config.agora_enabled());
@@ -282,11 +284,12 @@ impl Engine {
             });
         }
         if group {
-            callees.retain(|&u| media_of(u).allows(&provider));
+            let mut joinable = media.iter().map(|m| m.allows(&provider));
+            callees.retain(|_| joinable.next().unwrap_or(false));
             if callees.is_empty() {
                 return Err(unsupported());
             }
-        } else if callees.iter().any(|&u| !media_of(u).allows(&provider)) {
+        } else if media.iter().any(|m| !m.allows(&provider)) {
             return Err(unsupported());
         }
         Ok((provider, callees))
