@@ -497,8 +497,20 @@ impl EioServer {
             };
             return text_response(last.encode_text());
         };
+        let size = first.encode_text().len();
         let mut packets = vec![first];
-        let mut size = packets[0].encode_text().len();
+        self.take_queued(&mut rx, &mut packets, size);
+        text_response(EioPacket::encode_payload(&packets))
+    }
+
+    /// Adds what is queued to a poll's `packets` (whose encoding already takes `size` bytes)
+    /// until the payload reaches `maxPayload`.
+    fn take_queued(
+        &self,
+        rx: &mut mpsc::Receiver<EioPacket>,
+        packets: &mut Vec<EioPacket>,
+        mut size: usize,
+    ) {
         while let Ok(p) = rx.try_recv() {
             size += p.encode_text().len() + 1;
             packets.push(p);
@@ -506,7 +518,6 @@ impl EioServer {
                 break;
             }
         }
-        text_response(EioPacket::encode_payload(&packets))
     }
 
     /// Polls of a session closed by [`EioSocket::close_flushing`]: what is still queued, then
@@ -515,14 +526,7 @@ impl EioServer {
     fn last_polls(&self, socket: &Arc<EioSocket>) -> HttpResponse {
         let mut packets = Vec::new();
         if let Ok(mut rx) = socket.rx.try_lock() {
-            let mut size = 0;
-            while let Ok(p) = rx.try_recv() {
-                size += p.encode_text().len() + 1;
-                packets.push(p);
-                if size >= self.config.max_payload {
-                    break;
-                }
-            }
+            self.take_queued(&mut rx, &mut packets, 0);
         }
         if packets.is_empty() {
             self.forget(&socket.sid);
