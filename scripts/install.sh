@@ -10,8 +10,9 @@
 # - creates the `switchboard` system user and group;
 # - installs /etc/switchboard/switchboard.env from .env.example when absent (mode 0640,
 #   root:switchboard); an existing one is never changed;
-# - installs the systemd unit (/etc/systemd/system/switchboard.service), the coturn drop-in
-#   (/etc/systemd/system/coturn.service.d/switchboard.conf), the coturn template
+# - installs the systemd unit (/etc/systemd/system/switchboard.service), the template for
+#   several cluster nodes on one host (/etc/systemd/system/switchboard@.service), the coturn
+#   drop-in (/etc/systemd/system/coturn.service.d/switchboard.conf), the coturn template
 #   (/etc/switchboard/turnserver.conf.example; coturn's live configuration is left alone), the
 #   nginx site (/etc/nginx/sites-available/switchboard.conf, not enabled; an edited one is kept
 #   and the new version written next to it as switchboard.conf.dist) and the README
@@ -162,6 +163,8 @@ fi
 install_file 0644 "$REPO/scripts/coturn/turnserver.conf" "$etc_dir/turnserver.conf.example"
 install_file 0644 "$REPO/scripts/systemd/switchboard.service" \
     "$(root /etc/systemd/system/switchboard.service)"
+install_file 0644 "$REPO/scripts/systemd/switchboard@.service" \
+    "$(root /etc/systemd/system/switchboard@.service)"
 install_file 0644 "$REPO/scripts/systemd/coturn.service.d/switchboard.conf" \
     "$(root /etc/systemd/system/coturn.service.d/switchboard.conf)"
 
@@ -228,4 +231,8 @@ Still to do:
        journalctl -u switchboard -f
      A first admin account (prints its password once):
        sh -c 'set -a; . /etc/switchboard/switchboard.env; exec switchboard user ensure-admin'
+  Several nodes on this host instead (cluster mode, REDIS_URL set; README, "Cluster mode"):
+     a /etc/switchboard/node-N.env with its own BIND for each instance N, the nginx example
+     $REPO/scripts/nginx/switchboard-cluster.conf in place of the site, then
+       systemctl enable --now switchboard@1 switchboard@2
 EOF

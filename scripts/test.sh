@@ -23,6 +23,12 @@
 # postgres://postgres@127.0.0.1:5432/postgres without a password; else a fresh private cluster in
 # target/test-pgdata that is stopped and removed on exit. SB_TEST_FORCE_PRIVATE_PG=1 skips the
 # 127.0.0.1:5432 probe. TEST_THREADS (default 4) sets cargo test's --test-threads.
+#
+# Redis (the `test` step; see scripts/lib/redis.sh): TEST_REDIS_URL when set (a server of
+# version 7 or newer); else a private redis-server on a free 127.0.0.1 port, without
+# persistence, in the run's temporary directory, stopped on exit. redis-server and redis-cli are
+# installed when missing either way, and REDIS_SERVER_BIN names redis-server for the tests that
+# start and stop servers of their own.
 # shellcheck disable=SC2317 # the step_* functions are called by name from run_step
 set -euo pipefail
 
@@ -30,6 +36,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 # shellcheck source=scripts/lib/pg.sh
 source "$REPO/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib/redis.sh
+source "$REPO/scripts/lib/redis.sh"
 # shellcheck source=scripts/lib/ops.sh
 source "$REPO/scripts/lib/ops.sh"
 # shellcheck source=scripts/lib/api.sh
@@ -52,8 +60,13 @@ section() { printf '\n== %s ==\n' "$*"; }
 
 TEST_PG_DIR=""     # data directory of the private cluster this run started
 TEST_PG_TMPROOT="" # temporary parent of that directory, when the repository was unusable
+TEST_REDIS_TMP=""  # temporary directory of the private redis-server this run started
 
 cleanup() {
+    if [ -n "$TEST_REDIS_TMP" ]; then
+        (redis_stop_private "$TEST_REDIS_TMP/redis") || true
+        rm -rf -- "$TEST_REDIS_TMP"
+    fi
     if [ -n "$TEST_PG_DIR" ]; then
         (pg_stop_private "$TEST_PG_DIR") || true
         rm -rf -- "$TEST_PG_DIR" "$(pg__port_file "$TEST_PG_DIR")"
@@ -117,6 +130,24 @@ setup_postgres() {
     psql_admin 'select 1' >/dev/null ||
         pg__die "cannot connect to TEST_DATABASE_URL as an administrator"
     echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Redis for the tests.
+
+setup_redis() {
+    redis_install_if_missing
+    if [ -n "${TEST_REDIS_URL:-}" ]; then
+        echo "using TEST_REDIS_URL from the environment"
+    else
+        TEST_REDIS_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-test-redis.XXXXXX")"
+        redis_start_private "$TEST_REDIS_TMP/redis"
+        TEST_REDIS_URL="$REDIS_PRIVATE_URL"
+    fi
+    export TEST_REDIS_URL
+    redis_check_url "$TEST_REDIS_URL"
+    echo "TEST_REDIS_URL=$TEST_REDIS_URL"
+    echo "REDIS_SERVER_BIN=$REDIS_SERVER_BIN ($(redis__server_version))"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +246,7 @@ step_ops() {
     section "ops: nginx -t"
     ops_check_nginx
     ops_check_nginx_apps
+    ops_check_nginx_cluster
     section "ops: serve under the unit's settings, behind nginx"
     ops_check_serve
     section "ops: coturn"
@@ -333,6 +365,12 @@ main() {
     cargo --version
     ensure_libpq_dev
     setup_postgres
+    for step in "${steps[@]}"; do
+        if [ "$step" = test ]; then
+            setup_redis
+            break
+        fi
+    done
 
     for step in "${steps[@]}"; do
         run_step "$step"

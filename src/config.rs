@@ -214,6 +214,28 @@ pub struct Config {
     /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
     /// no other of them holds (each uses one connection). Default 1.
     pub write_in_flight: usize,
+    /// `REDIS_URL` — Redis (7 or later) shared by the nodes of one service; unset: one node,
+    /// no Redis. Set: cluster mode (events, presence and kicks reach every node).
+    pub redis_url: Secret,
+    /// `REDIS_PREFIX` — prefix of every key and channel this service uses in Redis; two
+    /// services (or test runs) on one Redis use different ones. Default `switchboard`.
+    pub redis_prefix: String,
+    /// `NODE_ID` — this node's name in the cluster. Default: host name, process id and a
+    /// random suffix (a restarted node is a new node).
+    pub node_id: String,
+    /// `NODE_HEARTBEAT_MS` — how often a node refreshes its heartbeat and looks for dead
+    /// nodes. Default 2000.
+    pub node_heartbeat: Duration,
+    /// `NODE_TTL_MS` — a node whose heartbeat is older than this is dead: its devices go
+    /// offline. Default 10000.
+    pub node_ttl: Duration,
+    /// `CLUSTER_GAP_WAIT_MS` — how long a node waits for a message seq another node has not
+    /// delivered yet before reading it from the database. Default 50.
+    pub cluster_gap_wait: Duration,
+    /// `CLUSTER_QUEUE` — events waiting to be published to the other nodes; when full
+    /// (Redis slow or away) further cross-node deliveries are dropped and counted, and those
+    /// clients catch up with `sync`. Default 65536.
+    pub cluster_queue: usize,
     /// `RING_TIMEOUT_SECS` — an unanswered call becomes `missed` after this. Default 40.
     pub ring_timeout: Duration,
     /// `CALL_RECONNECT_GRACE_SECS` — how long a call waits for a party whose device dropped.
@@ -379,6 +401,13 @@ impl Default for Config {
             write_queue: 20_000,
             write_shards: 2,
             write_in_flight: 1,
+            redis_url: Secret::default(),
+            redis_prefix: "switchboard".into(),
+            node_id: String::new(),
+            node_heartbeat: Duration::from_millis(2000),
+            node_ttl: Duration::from_millis(10_000),
+            cluster_gap_wait: Duration::from_millis(50),
+            cluster_queue: 65_536,
             ring_timeout: Duration::from_secs(40),
             call_reconnect_grace: Duration::from_secs(15),
             call_rate_per_hour: 30,
@@ -625,6 +654,7 @@ impl Config {
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
         parse(src, "WRITE_IN_FLIGHT", &mut self.write_in_flight)?;
+        self.apply_cluster(src)?;
         parse_secs(src, "RING_TIMEOUT_SECS", &mut self.ring_timeout)?;
         parse_secs(
             src,
@@ -680,6 +710,17 @@ impl Config {
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
         self.apply_auth_limits(src)?;
         self.apply_migration(src)
+    }
+
+    /// Cluster mode settings.
+    fn apply_cluster(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
+        parse(src, "REDIS_URL", &mut self.redis_url)?;
+        parse(src, "REDIS_PREFIX", &mut self.redis_prefix)?;
+        parse(src, "NODE_ID", &mut self.node_id)?;
+        parse_millis(src, "NODE_HEARTBEAT_MS", &mut self.node_heartbeat)?;
+        parse_millis(src, "NODE_TTL_MS", &mut self.node_ttl)?;
+        parse_millis(src, "CLUSTER_GAP_WAIT_MS", &mut self.cluster_gap_wait)?;
+        parse(src, "CLUSTER_QUEUE", &mut self.cluster_queue)
     }
 
     /// Settings for apps moving over from their legacy backends.
@@ -870,6 +911,7 @@ impl Config {
             ("WRITE_QUEUE", self.write_queue),
             ("WRITE_SHARDS", self.write_shards),
             ("WRITE_IN_FLIGHT", self.write_in_flight),
+            ("CLUSTER_QUEUE", self.cluster_queue),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),
             ("MAX_CONNECTIONS", self.max_connections),
@@ -922,6 +964,30 @@ impl Config {
         }
         if let Err(e) = crate::http::client_ip::parse_list(&self.trusted_proxies.0) {
             return Err(ConfigError::Rejected(format!("TRUSTED_PROXIES: {e}")));
+        }
+        if !self.redis_url.is_empty() {
+            if let Err(e) = fred::prelude::Config::from_url(self.redis_url.expose()) {
+                return Err(ConfigError::Rejected(format!(
+                    "REDIS_URL is not a Redis URL: {e}"
+                )));
+            }
+            if self.node_heartbeat.is_zero() || self.node_ttl <= self.node_heartbeat {
+                return Err(ConfigError::Rejected(
+                    "NODE_TTL_MS must be longer than NODE_HEARTBEAT_MS (both positive)".into(),
+                ));
+            }
+            if self.redis_prefix.is_empty()
+                || self.redis_prefix.contains(|c: char| c.is_whitespace())
+            {
+                return Err(ConfigError::Rejected(
+                    "REDIS_PREFIX must be a non-empty word without spaces".into(),
+                ));
+            }
+            if self.node_id.contains(|c: char| c.is_whitespace() || c == ':') {
+                return Err(ConfigError::Rejected(
+                    "NODE_ID must not contain spaces or `:`".into(),
+                ));
+            }
         }
         if self.last_seen_flush.is_zero() {
             return Err(ConfigError::Rejected(

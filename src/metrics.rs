@@ -169,6 +169,8 @@ pub struct Snapshot {
     pub db_errors: u64,
     /// Seconds since start.
     pub uptime_secs: f64,
+    /// The cluster link's counters (cluster mode only).
+    pub cluster: Option<crate::realtime::cluster::ClusterCounts>,
 }
 
 impl Metrics {
@@ -556,8 +558,59 @@ impl Metrics {
             "Users whose last-seen time was dropped because LAST_SEEN_BUFFER users were waiting.",
             self.last_seen_dropped.load(Ordering::Relaxed),
         );
+        if let Some(cluster) = &snap.cluster {
+            render_cluster(&mut out, cluster);
+        }
         out
     }
+}
+
+/// The `switchboard_cluster_*` series (cluster mode only).
+fn render_cluster(out: &mut String, c: &crate::realtime::cluster::ClusterCounts) {
+    gauge(
+        out,
+        "switchboard_cluster_nodes",
+        "Live nodes of the cluster seen at the last heartbeat (this one included).",
+        i64::try_from(c.nodes).unwrap_or(i64::MAX),
+    );
+    gauge(
+        out,
+        "switchboard_cluster_redis_up",
+        "1 while Redis answers, 0 while it does not.",
+        i64::from(c.redis_up),
+    );
+    counter(
+        out,
+        "switchboard_cluster_published_total",
+        "Events published to Redis for the other nodes.",
+        c.published,
+    );
+    counter(
+        out,
+        "switchboard_cluster_received_total",
+        "Events received from the other nodes.",
+        c.received,
+    );
+    counter(
+        out,
+        "switchboard_cluster_dropped_total",
+        "Events whose cross-node delivery was dropped (CLUSTER_QUEUE full, Redis away, or this \
+         node fell behind the bus); their clients catch up with sync.",
+        c.dropped,
+    );
+    counter(
+        out,
+        "switchboard_cluster_gap_fills_total",
+        "Message seqs read from PostgreSQL after waiting CLUSTER_GAP_WAIT_MS for another node's \
+         delivery.",
+        c.gap_fills,
+    );
+    counter(
+        out,
+        "switchboard_cluster_nodes_reaped_total",
+        "Dead nodes whose devices this node took offline.",
+        c.nodes_reaped,
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

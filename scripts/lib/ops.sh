@@ -70,29 +70,40 @@ ops_check_shellcheck() {
     echo "shellcheck: no findings"
 }
 
-# ops_check_units: systemd-analyze verify on the switchboard unit (its ExecStart pointed at a copy
-# of OPS_BIN) and on Debian's coturn.service with our drop-in, plus the unit's exposure level.
+# ops_check_units: systemd-analyze verify on the switchboard unit and on the cluster template
+# (each with its ExecStart pointed at a copy of OPS_BIN; the template through an instance,
+# switchboard@1.service, a link to it) and on Debian's coturn.service with our drop-in, plus the
+# exposure level of both switchboard units.
 ops_check_units() {
     ops_need systemd-analyze systemd
-    local dir="$OPS_TMP/units" unit
+    local dir="$OPS_TMP/units" name unit target rc=0 out
     mkdir -p "$dir"
     cp "$OPS_BIN" "$dir/switchboard"
-    unit="$dir/switchboard.service"
-    sed "s|^ExecStart=/usr/local/bin/switchboard serve\$|ExecStart=$dir/switchboard serve|" \
-        "$REPO/scripts/systemd/switchboard.service" >"$unit"
-    grep -qx "ExecStart=$dir/switchboard serve" "$unit" ||
-        ops__fail "scripts/systemd/switchboard.service has no 'ExecStart=/usr/local/bin/switchboard serve'" ||
-        return 1
-    ops__analyze_verify switchboard.service systemd-analyze verify "$unit" || return 1
+    for name in switchboard.service switchboard@.service; do
+        unit="$dir/$name"
+        sed "s|^ExecStart=/usr/local/bin/switchboard serve\$|ExecStart=$dir/switchboard serve|" \
+            "$REPO/scripts/systemd/$name" >"$unit"
+        grep -qx "ExecStart=$dir/switchboard serve" "$unit" ||
+            ops__fail "scripts/systemd/$name has no 'ExecStart=/usr/local/bin/switchboard serve'" ||
+            return 1
+        target="$unit"
+        case "$name" in
+            *@.service)
+                target="$dir/${name%@.service}@1.service"
+                ln -sfn "$name" "$target"
+                ;;
+        esac
+        ops__analyze_verify "${target##*/}" systemd-analyze verify "$target" || return 1
 
-    echo "\$ systemd-analyze security --offline=true --threshold=$OPS_EXPOSURE_MAX switchboard.service"
-    local rc=0 out
-    out="$(systemd-analyze security --offline=true --threshold="$OPS_EXPOSURE_MAX" "$unit" 2>&1)" || rc=$?
-    printf '%s\n' "$out" | grep -E '✗|Overall exposure' || true
-    [ "$rc" -eq 0 ] || {
-        ops__fail "switchboard.service exposure is above $OPS_EXPOSURE_MAX/10"
-        return 1
-    }
+        echo "\$ systemd-analyze security --offline=true --threshold=$OPS_EXPOSURE_MAX ${target##*/}"
+        rc=0
+        out="$(systemd-analyze security --offline=true --threshold="$OPS_EXPOSURE_MAX" "$target" 2>&1)" || rc=$?
+        printf '%s\n' "$out" | grep -E '✗|Overall exposure' || true
+        [ "$rc" -eq 0 ] || {
+            ops__fail "${target##*/} exposure is above $OPS_EXPOSURE_MAX/10"
+            return 1
+        }
+    done
 
     # coturn: Debian's unit with our drop-in next to it, found through SYSTEMD_UNIT_PATH. A
     # canary drop-in with an unknown key proves the drop-in directory is read.
@@ -143,6 +154,7 @@ ops_check_install() {
         etc/switchboard/switchboard.env:640 \
         etc/switchboard/turnserver.conf.example:644 \
         etc/systemd/system/switchboard.service:644 \
+        etc/systemd/system/switchboard@.service:644 \
         etc/systemd/system/coturn.service.d/switchboard.conf:644 \
         etc/nginx/sites-available/switchboard.conf:644; do
         want="${f##*:}"
@@ -161,6 +173,8 @@ ops_check_install() {
         ops__fail "switchboard.env differs from .env.example" || return 1
     cmp -s "$REPO/scripts/systemd/switchboard.service" "$root/etc/systemd/system/switchboard.service" ||
         ops__fail "the installed unit differs from scripts/systemd/switchboard.service" || return 1
+    cmp -s "$REPO/scripts/systemd/switchboard@.service" "$root/etc/systemd/system/switchboard@.service" ||
+        ops__fail "the installed template differs from scripts/systemd/switchboard@.service" || return 1
     [ ! -e "$root/etc/turnserver.conf" ] && [ ! -e "$root/etc/nginx/sites-enabled" ] ||
         ops__fail "install.sh touched coturn's live configuration or enabled the nginx site" || return 1
     "$root/usr/local/bin/switchboard" --version >/dev/null ||
@@ -256,6 +270,36 @@ ops_check_nginx_apps() {
         ops__fail "nginx -t rejected scripts/nginx/switchboard-apps.conf"
         return 1
     fi
+}
+
+# ops_check_nginx_cluster: nginx -t on the cluster example (scripts/nginx/switchboard-cluster.conf),
+# also with its commented cookie alternative switched on. Needs ops_check_nginx's certificate.
+ops_check_nginx_cluster() {
+    local dir="$OPS_TMP/nginx-cluster" variant out rc
+    mkdir -p "$dir"
+    sed -e "s|/etc/ssl/switchboard/fullchain.pem|$OPS_TMP/nginx/fullchain.pem|" \
+        -e "s|/etc/ssl/switchboard/privkey.pem|$OPS_TMP/nginx/privkey.pem|" \
+        "$REPO/scripts/nginx/switchboard-cluster.conf" >"$dir/cluster.conf"
+    # The cookie alternative: the map and the add_header lines uncommented, the hash on its key.
+    # shellcheck disable=SC2016 # $remote_addr and $cookie_... are nginx variables
+    sed -e 's/^    hash \$remote_addr consistent;$/    hash $switchboard_affinity consistent;/' \
+        -e '/^# map \$cookie_switchboard_affinity /,/^# }$/s/^# \{0,1\}//' \
+        -e 's/^\( *\)# add_header /\1add_header /' \
+        "$dir/cluster.conf" >"$dir/cluster-cookie.conf"
+    [ "$(diff "$dir/cluster.conf" "$dir/cluster-cookie.conf" | grep -c '^>')" -eq 7 ] ||
+        ops__fail "the cookie alternative in switchboard-cluster.conf is not where the check expects it" ||
+        return 1
+    for variant in cluster cluster-cookie; do
+        ops__nginx_conf "$dir" "$dir/$variant.conf"
+        echo "\$ nginx -t -c $dir/nginx.conf   (scripts/nginx/switchboard-cluster.conf, $variant)"
+        rc=0
+        out="$(ops__nginx "$dir" -t 2>&1)" || rc=$?
+        printf '%s\n' "$out"
+        if [ "$rc" -ne 0 ] || grep -qE '\[(warn|emerg|alert|crit|error)\]' <<<"$out"; then
+            ops__fail "nginx -t rejected scripts/nginx/switchboard-cluster.conf ($variant)"
+            return 1
+        fi
+    done
 }
 
 # ops__syscalls GROUP: the system calls in a seccomp group, nested groups expanded.

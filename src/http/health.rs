@@ -20,12 +20,18 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         .await;
     let (busy, idle) = state.db.usage();
     let uptime = state.started.elapsed().as_secs_f64();
+    let cluster = state
+        .engine
+        .cluster
+        .as_ref()
+        .map_or_else(|| json!({"mode": "single"}), |c| json!(c.status()));
     match probe {
         Ok(_) => HttpResponse::Ok().json(json!({
             "status": "ok",
             "db": "ok",
             "uptime": uptime,
             "dbPool": {"inUse": busy, "idle": idle},
+            "cluster": cluster,
         })),
         Err(e) => {
             tracing::warn!(error = ?e, "health check: database unavailable");
@@ -33,6 +39,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                 "status": "degraded",
                 "db": "down",
                 "uptime": uptime,
+                "cluster": cluster,
                 "error": {"code": "unavailable", "message": "database unavailable"},
             }))
         }

@@ -45,6 +45,7 @@ pub async fn metrics(
         db_waiting: pool.waiting,
         db_errors: pool.errors,
         uptime_secs: state.started.elapsed().as_secs_f64(),
+        cluster: state.engine.cluster.as_ref().map(|c| c.counts()),
     };
     Ok(HttpResponse::Ok()
         .content_type(CONTENT_TYPE)

@@ -16,6 +16,7 @@
 //! it. A batch of resends alone settles nothing: its rows may be only some of the failed
 //! batch's, and the others are above them.
 
+use super::directory::Delivery;
 use super::protocol::ServerEvent;
 use super::writer::WriteRequest;
 use super::Engine;
@@ -24,7 +25,7 @@ use crate::db::messages::{self, Actor as MessageActor, Draft, Message, Written};
 use crate::error::{AppError, AppResult};
 use actix::prelude::*;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -76,6 +77,23 @@ pub struct SystemMessage {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Committed(pub Vec<(WriteRequest, AppResult<Written>)>);
+
+/// A new message committed on another node (cluster mode), for this node's sessions of
+/// `users`; fanned out here in seq order with this node's own commits.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RemoteMessage {
+    /// Its seq.
+    pub seq: i64,
+    /// The `message:new` event.
+    pub event: Arc<ServerEvent>,
+    /// Its recipients (the conversation's members when it was committed).
+    pub users: Arc<[i64]>,
+}
+
+/// Most messages from other nodes held while an earlier seq is missing; past it, the gap is
+/// filled from the database at once.
+pub const MAX_REMOTE_WAITING: usize = 4096;
 
 /// Membership changed: reload it.
 #[derive(Message, Debug)]
@@ -163,6 +181,12 @@ pub struct ConversationActor {
     receipts: Vec<Receipt>,
     writing_receipts: bool,
     last_activity: Instant,
+    /// Set when another node's message started this actor: fan out from this seq on.
+    first_seq: Option<i64>,
+    /// Other nodes' messages above the mark waiting for the seqs before them.
+    waiting: BTreeMap<i64, (Arc<ServerEvent>, Arc<[i64]>)>,
+    /// A gap fill is scheduled (or running).
+    gap_timer: bool,
 }
 
 impl std::fmt::Debug for ConversationActor {
@@ -190,7 +214,18 @@ impl ConversationActor {
             receipts: Vec::new(),
             writing_receipts: false,
             last_activity: Instant::now(),
+            first_seq: None,
+            waiting: BTreeMap::new(),
+            gap_timer: false,
         }
+    }
+
+    /// For an actor started by another node's message of seq `first` (cluster mode): the
+    /// mark starts just below it, so it and what follows are fanned out here even if later
+    /// seqs committed before this actor loaded.
+    pub fn starting_at(mut self, first: Option<i64>) -> Self {
+        self.first_seq = first;
+        self
     }
 
     fn load_members(&mut self, ctx: &mut Context<Self>) {
@@ -217,7 +252,9 @@ impl ConversationActor {
                     // while a batch of this actor is committing, and its rows are above the
                     // mark until their fan-out.
                     if !act.mark_loaded {
-                        act.fanned_up_to = last_seq;
+                        act.fanned_up_to = act
+                            .first_seq
+                            .map_or(last_seq, |first| (first - 1).min(last_seq));
                         act.mark_loaded = true;
                     }
                 }
@@ -313,7 +350,11 @@ impl Actor for ConversationActor {
         let idle = self.engine.config.conversation_idle;
         let check = (idle / 4).max(std::time::Duration::from_millis(250));
         ctx.run_interval(check, move |act, ctx| {
-            if act.pending == 0 && act.typing.is_empty() && act.last_activity.elapsed() >= idle {
+            if act.pending == 0
+                && act.typing.is_empty()
+                && act.waiting.is_empty()
+                && act.last_activity.elapsed() >= idle
+            {
                 act.engine.conversations.remove(&act.id, &ctx.address());
                 ctx.stop();
             }
@@ -366,7 +407,10 @@ impl Handler<Committed> for ConversationActor {
             .collect();
         seqs.sort_unstable();
         seqs.dedup();
-        let gap = if self.unsettled {
+        // In cluster mode other nodes commit to this conversation too: seqs this batch leaves
+        // out are theirs, committed (a seq is reserved under the conversation's row lock), and
+        // their delivery may not have arrived yet.
+        let gap = if self.unsettled || self.engine.cluster.is_some() {
             missing_range(self.fanned_up_to, &seqs)
         } else {
             None
@@ -479,6 +523,101 @@ impl ConversationActor {
             self.fan_out(Arc::clone(&self.members.ids), event, origin);
             self.fanned_up_to = m.seq;
         }
+        self.release_waiting();
+    }
+
+    /// Fans out (to this node's sessions) the other nodes' messages that follow the mark
+    /// without a gap, drops those at or below it (delivered already, e.g. read for a gap).
+    fn release_waiting(&mut self) {
+        while let Some(entry) = self.waiting.first_entry() {
+            let seq = *entry.key();
+            if seq <= self.fanned_up_to {
+                entry.remove();
+                continue;
+            }
+            if seq != self.fanned_up_to + 1 {
+                break;
+            }
+            let (event, users) = entry.remove();
+            self.engine.directory.deliver(&users, &event, None);
+            self.fanned_up_to = seq;
+        }
+    }
+
+    /// Schedules reading the seqs missing below the waiting messages, if any wait.
+    fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting.is_empty() || self.gap_timer {
+            return;
+        }
+        self.gap_timer = true;
+        let wait = if self.waiting.len() >= MAX_REMOTE_WAITING {
+            std::time::Duration::ZERO
+        } else {
+            self.engine
+                .cluster
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |c| c.gap_wait)
+        };
+        ctx.run_later(wait, |act, ctx| act.fill_remote_gap(ctx));
+    }
+
+    /// Reads the seqs still missing below the waiting messages from the database and fans
+    /// them out with the waiting ones, in order (holding the mailbox meanwhile).
+    fn fill_remote_gap(&mut self, ctx: &mut Context<Self>) {
+        self.release_waiting();
+        let Some(&last) = self.waiting.keys().next_back() else {
+            self.gap_timer = false;
+            return;
+        };
+        let from = self.fanned_up_to + 1;
+        let to = last.min(self.fanned_up_to + MAX_GAP_FILL);
+        let db = self.engine.db.clone();
+        let id = self.id;
+        ctx.wait(
+            async move {
+                db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.gap_timer = false;
+                match res {
+                    Ok(rows) => {
+                        let mut read = 0;
+                        for m in rows.iter().filter(|m| m.seq <= to) {
+                            act.release_waiting();
+                            if m.seq <= act.fanned_up_to {
+                                continue;
+                            }
+                            read += 1;
+                            let event = ServerEvent::message(
+                                "message:new",
+                                json!(m.view()),
+                                m.conversation_id,
+                                m.seq,
+                            );
+                            act.engine.directory.deliver(&act.members.ids, &event, None);
+                            act.fanned_up_to = m.seq;
+                        }
+                        if let Some(cluster) = &act.engine.cluster {
+                            cluster.gap_filled(read);
+                        }
+                        // Seqs the database does not have (never committed) or beyond one
+                        // read: go on from the next waiting message.
+                        if act.waiting.keys().next().is_some_and(|s| *s <= to + 1) {
+                            act.fanned_up_to = act.fanned_up_to.max(to);
+                        }
+                        act.release_waiting();
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = act.id, from, to, error = %e, "could not read messages missing between nodes; members catch up with sync");
+                        act.fanned_up_to = act.fanned_up_to.max(to);
+                        act.release_waiting();
+                    }
+                }
+                act.schedule_gap_fill(ctx);
+            }),
+        );
     }
 
     /// Fans out a committed batch and answers its senders.
@@ -493,6 +632,19 @@ impl ConversationActor {
             // A sender that went away no longer waits for its ack.
             let _ = req.reply.send(result);
         }
+    }
+}
+
+impl Handler<RemoteMessage> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteMessage, ctx: &mut Context<Self>) {
+        self.touch();
+        if msg.seq <= self.fanned_up_to {
+            return;
+        }
+        self.waiting.insert(msg.seq, (msg.event, msg.users));
+        self.release_waiting();
+        self.schedule_gap_fill(ctx);
     }
 }
 

@@ -125,6 +125,14 @@ impl Directory {
         shard.entry(handle.user).or_default().push(handle);
     }
 
+    /// Whether `user` has a live session on this node.
+    pub fn holds(&self, user: i64) -> bool {
+        self.shard(user)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&user)
+    }
+
     /// Removes a session; answers whether it was there.
     pub fn remove(&self, user: i64, key: u64) -> bool {
         let mut shard = self

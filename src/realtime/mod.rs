@@ -29,6 +29,7 @@
 
 pub mod actors;
 pub mod call;
+pub mod cluster;
 pub mod conn;
 pub mod contact;
 pub mod conversation;
@@ -80,8 +81,11 @@ pub struct Engine {
     pub registry: Addr<Registry>,
     /// Live sessions of this process by user.
     pub directory: Arc<Directory>,
-    /// How events reach users' sessions (this process's directory).
+    /// How events reach users' sessions (this process's directory; in cluster mode, every
+    /// node's).
     pub delivery: Arc<dyn Delivery>,
+    /// The link to the other nodes (cluster mode: `REDIS_URL` set).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Live conversation actors by id.
     pub conversations: Arc<ConversationMap>,
     /// Live call actors by call id.
@@ -131,6 +135,22 @@ impl Engine {
         );
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let directory = Arc::new(Directory::new(Arc::clone(&metrics)));
+        // The URL was checked with the rest of the settings.
+        let (cluster, runner) = match cluster::Cluster::new(&config) {
+            Ok(Some((cluster, runner))) => (Some(cluster), Some(runner)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                tracing::error!(error = %e, "cluster mode off");
+                (None, None)
+            }
+        };
+        let delivery: Arc<dyn Delivery> = match &cluster {
+            Some(c) => Arc::new(cluster::ClusterDelivery::new(
+                Arc::clone(&directory),
+                Arc::clone(c),
+            )),
+            None => Arc::clone(&directory) as Arc<dyn Delivery>,
+        };
         let ceiling = conn::Ceiling::new(
             config.realtime_connection_ceiling(),
             OVER_CAPACITY_RETRY_AFTER_SECS,
@@ -138,7 +158,8 @@ impl Engine {
         );
         let engine = Self {
             ceiling,
-            delivery: Arc::clone(&directory) as Arc<dyn Delivery>,
+            delivery,
+            cluster,
             directory,
             conversations: Arc::default(),
             calls: Arc::default(),
@@ -161,6 +182,11 @@ impl Engine {
             next_session: Arc::new(AtomicU64::new(1)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));
+        if let Some(runner) = runner {
+            if let Err(e) = runner.start(engine.clone()) {
+                tracing::error!(error = %e, "cluster: could not start its thread");
+            }
+        }
         engine
     }
 
@@ -175,7 +201,10 @@ impl Engine {
             return Ok(addr);
         }
         self.registry
-            .send(GetConversation(id))
+            .send(GetConversation {
+                id,
+                remote_seq: None,
+            })
             .await
             .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
     }
@@ -454,13 +483,17 @@ impl Engine {
 
     /// Tells the engine a conversation's membership changed (REST add/remove/create).
     pub fn members_changed(&self, conversation_id: i64, members: Vec<i64>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_members(conversation_id, members.clone());
+        }
         self.registry.do_send(registry::ConversationMembersChanged {
             id: conversation_id,
             members,
         });
     }
 
-    /// Closes a user's sockets (all, or one device session's).
+    /// Closes a user's sockets (all, or one device session's) on every node; answers how many
+    /// this node closed.
     pub async fn kick(
         &self,
         user_id: i64,
@@ -468,6 +501,9 @@ impl Engine {
         code: u16,
         reason: &str,
     ) -> usize {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_kick(user_id, device_session.clone(), code, reason);
+        }
         self.registry
             .send(registry::KickUser {
                 user_id,

@@ -6,6 +6,7 @@ use super::call::actor::{CallActor, CallInput, CallMeta};
 use super::call::machine::{Call, Event as CallEvent};
 use super::conversation::{ConversationActor, MembersChanged};
 use super::dialect::Dialect;
+use super::directory::Delivery;
 use super::last_seen::LastSeenBuffer;
 use super::protocol::ServerEvent;
 use super::Engine;
@@ -84,7 +85,31 @@ pub struct Disconnect {
 /// Looks up (or starts) the actor of a conversation.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<Addr<ConversationActor>>")]
-pub struct GetConversation(pub i64);
+pub struct GetConversation {
+    /// The conversation.
+    pub id: i64,
+    /// Set when another node's message (this seq) starts the actor: the actor fans out from
+    /// this seq on, whatever the database's last seq is by the time it loads.
+    pub remote_seq: Option<i64>,
+}
+
+/// Presence of a user across the cluster (from this node's update or another node's): tell
+/// this node's audience of the user.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ClusterPresence {
+    /// User.
+    pub user_id: i64,
+    /// The user's devices on every node (0: offline).
+    pub devices: u64,
+    /// When the user went offline.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// This node's users and their device counts (to write them to Redis again).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<(i64, usize)>")]
+pub struct LocalPresence;
 
 /// Membership of a conversation changed (REST): reload it and widen presence audiences.
 #[derive(Message, Debug)]
@@ -252,6 +277,11 @@ impl Registry {
         }
     }
 
+    /// The cluster link, in cluster mode.
+    fn cluster(&self) -> Option<&Arc<super::cluster::Cluster>> {
+        self.engine.as_ref().and_then(|e| e.cluster.as_ref())
+    }
+
     fn presence_audience(&self, user_id: i64) -> Vec<i64> {
         let mut audience: HashSet<i64> = self.peers.get(&user_id).cloned().unwrap_or_default();
         if let Some(w) = self.watchers.get(&user_id) {
@@ -302,7 +332,10 @@ impl Registry {
                 "lastSeen": last_seen,
             }),
         );
-        self.deliver_to(&audience, &event, None);
+        // This node's audience only: in cluster mode every node tells its own.
+        if let Some(engine) = &self.engine {
+            engine.directory.deliver(&audience, &event, None);
+        }
     }
 }
 
@@ -503,17 +536,25 @@ impl Handler<Announce> for Registry {
         if devices == 0 {
             return;
         }
+        // In cluster mode a peer may be online on another node: this node links its user to
+        // every peer, so presence news about them (from any node) finds its audience here.
+        let clustered = self.cluster().is_some();
         let online: Vec<i64> = msg
             .peers
             .into_iter()
-            .filter(|p| *p != msg.user_id && self.sessions.contains_key(p))
+            .filter(|p| *p != msg.user_id && (clustered || self.sessions.contains_key(p)))
             .collect();
         for peer in &online {
             self.peers.entry(*peer).or_default().insert(msg.user_id);
         }
         self.peers.entry(msg.user_id).or_default().extend(online);
         if self.announced.insert(msg.user_id) {
-            self.broadcast_presence(msg.user_id, true, devices, None);
+            let shared = self
+                .cluster()
+                .is_some_and(|c| c.presence(msg.user_id, devices, None));
+            if !shared {
+                self.broadcast_presence(msg.user_id, true, devices, None);
+            }
         }
     }
 }
@@ -558,12 +599,40 @@ impl Handler<Disconnect> for Registry {
             let now = Utc::now();
             self.last_seen.insert(msg.user_id, now);
             if self.announced.remove(&msg.user_id) {
-                self.broadcast_presence(msg.user_id, false, 0, Some(now));
+                let shared = self
+                    .cluster()
+                    .is_some_and(|c| c.presence(msg.user_id, 0, Some(now)));
+                if !shared {
+                    self.broadcast_presence(msg.user_id, false, 0, Some(now));
+                }
             }
             // Told: an offline user needs no audience until it connects (and announces) again.
             self.forget_peers(msg.user_id);
             self.record_last_seen(msg.user_id, now, ctx);
         }
+    }
+}
+
+impl Handler<ClusterPresence> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: ClusterPresence, _: &mut Context<Self>) {
+        // The node the user left records its last-seen time; this one only tells.
+        let online = msg.devices > 0;
+        let devices = usize::try_from(msg.devices).unwrap_or(usize::MAX);
+        self.broadcast_presence(msg.user_id, online, devices, msg.last_seen.filter(|_| !online));
+    }
+}
+
+impl Handler<LocalPresence> for Registry {
+    type Result = MessageResult<LocalPresence>;
+    fn handle(&mut self, _: LocalPresence, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.sessions
+                .iter()
+                .filter(|(user, _)| self.announced.contains(user))
+                .map(|(user, devices)| (*user, devices.len()))
+                .collect(),
+        )
     }
 }
 
@@ -576,15 +645,15 @@ impl Handler<GetConversation> for Registry {
             .ok_or_else(|| AppError::unavailable("engine is starting"))?;
         // Only this actor starts conversation actors, so a lookup that raced another one finds
         // the actor the first started.
-        if let Some(addr) = engine.conversations.get(&msg.0) {
+        if let Some(addr) = engine.conversations.get(&msg.id) {
             return Ok(addr);
         }
         let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
-        let id = msg.0;
+        let (id, remote_seq) = (msg.id, msg.remote_seq);
         let map = Arc::clone(&engine.conversations);
         let addr = ConversationActor::start_in_arbiter(&arbiter, move |_| {
-            ConversationActor::new(id, engine)
+            ConversationActor::new(id, engine).starting_at(remote_seq)
         });
         map.insert(id, addr.clone());
         Ok(addr)
@@ -594,16 +663,24 @@ impl Handler<GetConversation> for Registry {
 impl Handler<ConversationMembersChanged> for Registry {
     type Result = ();
     fn handle(&mut self, msg: ConversationMembersChanged, _: &mut Context<Self>) {
-        let online: Vec<i64> = msg
+        let local: Vec<i64> = msg
             .members
             .iter()
             .copied()
             .filter(|m| self.sessions.contains_key(m))
             .collect();
-        for a in &online {
-            for b in &online {
+        // In cluster mode this node's users are linked to every member (they may be online
+        // elsewhere); on one node, online members among themselves.
+        let others: &[i64] = if self.cluster().is_some() {
+            &msg.members
+        } else {
+            &local
+        };
+        for a in &local {
+            for b in others {
                 if a != b {
                     self.peers.entry(*a).or_default().insert(*b);
+                    self.peers.entry(*b).or_default().insert(*a);
                 }
             }
         }

@@ -558,6 +558,27 @@ async fn execute(
                 })
                 .await
                 .map_err(|e| AppError::unavailable(format!("registry: {e}")))?;
+            // In cluster mode a user may be online on other nodes: Redis has every node's count.
+            if let Some(cluster) = &engine.cluster {
+                let targets = statuses
+                    .iter()
+                    .filter_map(|s| s.user_id.parse().ok())
+                    .collect();
+                let devices = cluster.devices_of(targets).await;
+                for s in &mut statuses {
+                    let all = s
+                        .user_id
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|id| devices.get(&id))
+                        .map_or(0, |n| usize::try_from(*n).unwrap_or(usize::MAX));
+                    if all > s.devices {
+                        s.devices = all;
+                        s.online = true;
+                        s.last_seen = None;
+                    }
+                }
+            }
             // Fill in last-seen times for offline users from the database.
             let offline: Vec<i64> = statuses
                 .iter()
