@@ -983,7 +983,10 @@ impl Config {
                     "REDIS_PREFIX must be a non-empty word without spaces".into(),
                 ));
             }
-            if self.node_id.contains(|c: char| c.is_whitespace() || c == ':') {
+            if self
+                .node_id
+                .contains(|c: char| c.is_whitespace() || c == ':')
+            {
                 return Err(ConfigError::Rejected(
                     "NODE_ID must not contain spaces or `:`".into(),
                 ));

@@ -142,6 +142,18 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
             tracing::warn!("last-seen times not written: shutdown deadline passed");
         }
     }
+
+    // 7. Leave the cluster: the other nodes stop counting this node's devices now rather than
+    //    when its heartbeat expires.
+    if let Some(cluster) = &engine.cluster {
+        if tokio::time::timeout_at(deadline, cluster.leave())
+            .await
+            .is_err()
+        {
+            report.clean = false;
+            tracing::warn!("cluster not left: shutdown deadline passed");
+        }
+    }
     report
 }
 

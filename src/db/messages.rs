@@ -830,3 +830,26 @@ pub fn since(
     }
     Ok(out)
 }
+
+/// The highest seq of a conversation among messages created more than `age` ago (0: none).
+/// A node that starts fanning out a conversation in cluster mode starts above it: what was
+/// committed since may still be on its way from another node.
+pub fn settled_seq(
+    conn: &mut PgConnection,
+    conversation_id: i64,
+    age: std::time::Duration,
+) -> AppResult<i64> {
+    #[derive(QueryableByName)]
+    struct Settled {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+    }
+    let row: Settled = diesel::sql_query(
+        "SELECT COALESCE(MAX(seq), 0) AS seq FROM messages \
+         WHERE conversation_id = $1 AND created_at < now() - make_interval(secs => $2)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(conversation_id)
+    .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
+    .get_result(conn)?;
+    Ok(row.seq)
+}

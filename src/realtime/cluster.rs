@@ -99,7 +99,10 @@ enum Body {
         reason: String,
     },
     /// A conversation's membership changed.
-    Members { conversation: i64, members: Vec<i64> },
+    Members {
+        conversation: i64,
+        members: Vec<i64>,
+    },
 }
 
 /// Work for the cluster thread.
@@ -113,6 +116,9 @@ enum Outgoing {
         devices: usize,
         last_seen: Option<DateTime<Utc>>,
     },
+    /// Leave the cluster (shutdown): publish what is queued, remove this node's entries,
+    /// stop beating.
+    Leave(oneshot::Sender<()>),
     /// Devices of each user on every node.
     Devices {
         users: Vec<i64>,
@@ -256,6 +262,10 @@ pub struct Cluster {
     dropped: AtomicU64,
     gap_fills: AtomicU64,
     nodes_reaped: AtomicU64,
+    /// Set once this node left (shutdown) or was halted: no heartbeat any more.
+    stopped: AtomicBool,
+    /// Set once the bus subscription first went through (renewed by the client after that).
+    subscribed: AtomicBool,
 }
 
 /// The half of the cluster link that runs once the engine exists.
@@ -315,6 +325,8 @@ impl Cluster {
             dropped: AtomicU64::new(0),
             gap_fills: AtomicU64::new(0),
             nodes_reaped: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
         });
         let runner = Runner {
             cluster: Arc::clone(&cluster),
@@ -336,7 +348,9 @@ impl Cluster {
         ClusterStatus {
             mode: "redis",
             node: self.node.clone(),
-            redis: if self.redis_up.load(Ordering::Relaxed) {
+            redis: if self.redis_up.load(Ordering::Relaxed)
+                && self.subscribed.load(Ordering::Relaxed)
+            {
                 "up"
             } else {
                 "down"
@@ -430,6 +444,21 @@ impl Cluster {
             return HashMap::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Leaves the cluster: what is queued is published, then this node's heartbeat and
+    /// presence entries are removed (its users offline where no other node holds them).
+    pub async fn leave(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.outgoing.send(Outgoing::Leave(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops beating at once and leaves every entry behind, as a crashed node would (tests
+    /// of failover run several nodes in one process).
+    pub fn halt(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     fn set_redis_up(&self, up: bool) {
@@ -586,6 +615,12 @@ async fn send(
     let bus = cluster.keys.bus();
     let mut batch: Vec<String> = Vec::with_capacity(PUBLISH_BATCH);
     while let Some(first) = incoming.recv().await {
+        if cluster.stopped.load(Ordering::SeqCst) {
+            if let Outgoing::Leave(reply) = first {
+                let _ = reply.send(());
+            }
+            continue;
+        }
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
@@ -607,7 +642,12 @@ async fn send(
 }
 
 /// Publishes what `batch` holds (dropped and counted while Redis is away).
-async fn flush(cluster: &Cluster, client: &fred::clients::Client, bus: &str, batch: &mut Vec<String>) {
+async fn flush(
+    cluster: &Cluster,
+    client: &fred::clients::Client,
+    bus: &str,
+    batch: &mut Vec<String>,
+) {
     if batch.is_empty() {
         return;
     }
@@ -648,9 +688,30 @@ async fn flush(cluster: &Cluster, client: &fred::clients::Client, bus: &str, bat
 }
 
 /// Runs one presence update or query.
-async fn control(cluster: &Cluster, engine: &Engine, client: &fred::clients::Client, item: Outgoing) {
+async fn control(
+    cluster: &Cluster,
+    engine: &Engine,
+    client: &fred::clients::Client,
+    item: Outgoing,
+) {
     match item {
         Outgoing::Publish(_) => {}
+        Outgoing::Leave(reply) => {
+            cluster.stopped.store(true, Ordering::SeqCst);
+            let keys = &cluster.keys;
+            let left = async {
+                client.del::<i64, _>(keys.heartbeat(&cluster.node)).await?;
+                reap(cluster, engine, client, &cluster.node).await
+            }
+            .await;
+            match left {
+                Ok(()) => tracing::info!(node = %cluster.node, "cluster: left"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: could not leave cleanly; the others reap this node when its heartbeat expires")
+                }
+            }
+            let _ = reply.send(());
+        }
         Outgoing::Presence {
             user,
             devices,
@@ -660,7 +721,10 @@ async fn control(cluster: &Cluster, engine: &Engine, client: &fred::clients::Cli
                 client
                     .eval(
                         PRESENCE_SCRIPT,
-                        vec![cluster.keys.presence(user), cluster.keys.node_users(&cluster.node)],
+                        vec![
+                            cluster.keys.presence(user),
+                            cluster.keys.node_users(&cluster.node),
+                        ],
                         vec![cluster.node.clone(), devices.to_string(), user.to_string()],
                     )
                     .await
@@ -723,10 +787,14 @@ async fn receive(
     let bus = cluster.keys.bus();
     {
         let bus = bus.clone();
+        let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             loop {
                 match subscriber.subscribe(bus.clone()).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        cluster.subscribed.store(true, Ordering::Relaxed);
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cluster: subscribe failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -755,7 +823,10 @@ async fn receive(
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 cluster.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(lost = n, "cluster: fell behind the bus; clients catch up with sync");
+                tracing::warn!(
+                    lost = n,
+                    "cluster: fell behind the bus; clients catch up with sync"
+                );
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -807,8 +878,12 @@ async fn dispatch(engine: &Engine, body: Body) {
                 Ok(Ok(addr)) => {
                     let _ = addr.try_send(remote);
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, conversation, "cluster: no conversation actor"),
-                Err(e) => tracing::debug!(error = %e, conversation, "cluster: registry unavailable"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, conversation, "cluster: no conversation actor")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, conversation, "cluster: registry unavailable")
+                }
             }
         }
         Body::Presence {
@@ -841,6 +916,57 @@ async fn dispatch(engine: &Engine, body: Body) {
     }
 }
 
+/// Removes a node's presence entries (a dead node's, or this one's as it leaves) and takes its
+/// users offline where no other node holds them. The script runs once per node: a second
+/// caller finds nothing.
+async fn reap(
+    cluster: &Cluster,
+    engine: &Engine,
+    client: &fred::clients::Client,
+    node: &str,
+) -> Result<(), fred::error::Error> {
+    let keys = &cluster.keys;
+    let gone: Vec<i64> = client
+        .eval(
+            REAP_SCRIPT,
+            vec![keys.node_users(node), keys.nodes(), keys.heartbeat(node)],
+            vec![node.to_owned(), keys.presence_prefix()],
+        )
+        .await?;
+    if node != cluster.node {
+        tracing::warn!(
+            dead = %node,
+            users_offline = gone.len(),
+            "cluster: a node stopped beating; its devices are offline"
+        );
+    }
+    let now = Utc::now();
+    for user in gone {
+        let body = Body::Presence {
+            user,
+            devices: 0,
+            last_seen: Some(now),
+        };
+        if node == cluster.node {
+            // Leaving: the queue is no longer drained, publish directly.
+            if let Ok(text) = serde_json::to_string(&Envelope {
+                from: cluster.node.clone(),
+                body,
+            }) {
+                let _ = client.publish::<i64, _, _>(keys.bus(), text).await;
+            }
+        } else {
+            cluster.publish(body);
+            engine.registry.do_send(ClusterPresence {
+                user_id: user,
+                devices: 0,
+                last_seen: Some(now),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The periodic part: heartbeat, dead nodes, presence restore.
 struct Heartbeat {
     cluster: Arc<Cluster>,
@@ -851,6 +977,9 @@ struct Heartbeat {
 
 impl Heartbeat {
     async fn beat(&self) {
+        if self.cluster.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         match self.try_beat().await {
             Ok(()) => self.cluster.set_redis_up(true),
             Err(e) => {
@@ -887,45 +1016,14 @@ impl Heartbeat {
             )
             .await?;
         for node in dead.iter().filter(|n| **n != cluster.node) {
-            self.reap(node).await?;
+            reap(cluster, &self.engine, &self.client, node).await?;
+            cluster.nodes_reaped.fetch_add(1, Ordering::Relaxed);
         }
         let alive: u64 = self.client.scard(keys.nodes()).await?;
-        cluster
-            .nodes
-            .store(usize::try_from(alive).unwrap_or(usize::MAX), Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Takes a dead node's devices offline (only one node gets its users from the script).
-    async fn reap(&self, node: &str) -> Result<(), fred::error::Error> {
-        let keys = &self.cluster.keys;
-        let gone: Vec<i64> = self
-            .client
-            .eval(
-                REAP_SCRIPT,
-                vec![keys.node_users(node), keys.nodes(), keys.heartbeat(node)],
-                vec![node.to_owned(), keys.presence_prefix()],
-            )
-            .await?;
-        self.cluster.nodes_reaped.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            dead = %node,
-            users_offline = gone.len(),
-            "cluster: a node stopped beating; its devices are offline"
+        cluster.nodes.store(
+            usize::try_from(alive).unwrap_or(usize::MAX),
+            Ordering::Relaxed,
         );
-        let now = Utc::now();
-        for user in gone {
-            self.cluster.publish(Body::Presence {
-                user,
-                devices: 0,
-                last_seen: Some(now),
-            });
-            self.engine.registry.do_send(ClusterPresence {
-                user_id: user,
-                devices: 0,
-                last_seen: Some(now),
-            });
-        }
         Ok(())
     }
 
@@ -942,8 +1040,20 @@ impl Heartbeat {
                 args.push(devices.to_string());
             }
             self.client
-                .eval::<i64, _, _, _>(RESTORE_SCRIPT, vec![keys.node_users(&self.cluster.node)], args)
+                .eval::<i64, _, _, _>(
+                    RESTORE_SCRIPT,
+                    vec![keys.node_users(&self.cluster.node)],
+                    args,
+                )
                 .await?;
+            // Other nodes may have reaped this one (its heartbeat lapsed): online again.
+            for (user, devices) in chunk {
+                self.cluster.publish(Body::Presence {
+                    user: *user,
+                    devices: *devices as u64,
+                    last_seen: None,
+                });
+            }
         }
         Ok(())
     }
@@ -973,7 +1083,8 @@ mod tests {
             back.body,
             Body::Event { message: Some((7, 42)), ref users, .. } if users == &[1, 2]
         ));
-        let without = r#"{"from":"b","body":{"Event":{"users":[3],"name":"typing:start","data":{}}}}"#;
+        let without =
+            r#"{"from":"b","body":{"Event":{"users":[3],"name":"typing:start","data":{}}}}"#;
         let back: Envelope = serde_json::from_str(without).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(back.body, Body::Event { message: None, .. }));
     }

@@ -91,6 +91,11 @@ pub struct RemoteMessage {
     pub users: Arc<[i64]>,
 }
 
+/// Cluster mode: how old a conversation's messages must be for a starting conversation actor
+/// to take them as delivered by the nodes that committed them (younger ones may still be on
+/// their way, and are fanned out here once, in order, from the bus or the database).
+pub const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Most messages from other nodes held while an earlier seq is missing; past it, the gap is
 /// filled from the database at once.
 pub const MAX_REMOTE_WAITING: usize = 4096;
@@ -187,6 +192,9 @@ pub struct ConversationActor {
     waiting: BTreeMap<i64, (Arc<ServerEvent>, Arc<[i64]>)>,
     /// A gap fill is scheduled (or running).
     gap_timer: bool,
+    /// Cluster mode: seqs up to this one were committed before this actor started; those
+    /// above the mark that no node delivers are read.
+    fill_to: i64,
 }
 
 impl std::fmt::Debug for ConversationActor {
@@ -217,6 +225,7 @@ impl ConversationActor {
             first_seq: None,
             waiting: BTreeMap::new(),
             gap_timer: false,
+            fill_to: 0,
         }
     }
 
@@ -231,6 +240,10 @@ impl ConversationActor {
     fn load_members(&mut self, ctx: &mut Context<Self>) {
         let db = self.engine.db.clone();
         let id = self.id;
+        // Cluster mode, first load: messages of the last moments may still be on their way
+        // from other nodes; the mark starts below them, and they are read if they do not come.
+        let settle =
+            (self.engine.cluster.is_some() && !self.mark_loaded).then_some(IN_FLIGHT_WINDOW);
         // `wait` holds the mailbox until members are known, so no command sees a partial state.
         ctx.wait(
             async move {
@@ -239,23 +252,28 @@ impl ConversationActor {
                         return Ok(None);
                     };
                     let ids = convs::members(conn, id)?.into_iter().map(|m| m.user_id).collect::<Vec<_>>();
-                    Ok(Some((ids, conv.last_seq)))
+                    let settled = match settle {
+                        Some(age) => messages::settled_seq(conn, id, age)?,
+                        None => conv.last_seq,
+                    };
+                    Ok(Some((ids, conv.last_seq, settled)))
                 })
                 .await
             }
             .into_actor(self)
             .map(|res, act, ctx| match res {
-                Ok(Some((ids, last_seq))) => {
+                Ok(Some((ids, last_seq, settled))) => {
                     act.members = Members { ids: ids.into() };
                     act.loaded = true;
                     // Only the first load sets the mark: a reload (membership change) may run
                     // while a batch of this actor is committing, and its rows are above the
                     // mark until their fan-out.
                     if !act.mark_loaded {
-                        act.fanned_up_to = act
-                            .first_seq
-                            .map_or(last_seq, |first| (first - 1).min(last_seq));
+                        let mark = settled.min(last_seq);
+                        act.fanned_up_to = act.first_seq.map_or(mark, |first| (first - 1).min(mark));
+                        act.fill_to = last_seq;
                         act.mark_loaded = true;
+                        act.schedule_gap_fill(ctx);
                     }
                 }
                 Ok(None) => {
@@ -546,7 +564,7 @@ impl ConversationActor {
 
     /// Schedules reading the seqs missing below the waiting messages, if any wait.
     fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
-        if self.waiting.is_empty() || self.gap_timer {
+        if (self.waiting.is_empty() && self.fill_to <= self.fanned_up_to) || self.gap_timer {
             return;
         }
         self.gap_timer = true;
@@ -565,10 +583,17 @@ impl ConversationActor {
     /// them out with the waiting ones, in order (holding the mailbox meanwhile).
     fn fill_remote_gap(&mut self, ctx: &mut Context<Self>) {
         self.release_waiting();
-        let Some(&last) = self.waiting.keys().next_back() else {
+        let last = self
+            .waiting
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.fill_to);
+        if last <= self.fanned_up_to {
             self.gap_timer = false;
             return;
-        };
+        }
         let from = self.fanned_up_to + 1;
         let to = last.min(self.fanned_up_to + MAX_GAP_FILL);
         let db = self.engine.db.clone();
@@ -602,11 +627,9 @@ impl ConversationActor {
                         if let Some(cluster) = &act.engine.cluster {
                             cluster.gap_filled(read);
                         }
-                        // Seqs the database does not have (never committed) or beyond one
-                        // read: go on from the next waiting message.
-                        if act.waiting.keys().next().is_some_and(|s| *s <= to + 1) {
-                            act.fanned_up_to = act.fanned_up_to.max(to);
-                        }
+                        // Every seq up to `to` was committed (below a committed one): what the
+                        // read did not return does not exist.
+                        act.fanned_up_to = act.fanned_up_to.max(to);
                         act.release_waiting();
                     }
                     Err(e) => {

@@ -218,6 +218,10 @@ pub struct Registry {
     engine: Option<Engine>,
     sessions: HashMap<i64, HashMap<u64, Entry>>,
     peers: HashMap<i64, HashSet<i64>>,
+    /// Cluster mode: for each user online here, the users whose presence it hears about (its
+    /// peers, wherever they are); `peers` then holds only the reverse links (a user → this
+    /// node's users hearing about it), which outlive the user's own sessions here.
+    listening: HashMap<i64, HashSet<i64>>,
     watchers: HashMap<i64, HashSet<(i64, u64)>>,
     watching: HashMap<u64, Vec<i64>>,
     last_seen: HashMap<i64, DateTime<Utc>>,
@@ -258,6 +262,7 @@ impl Registry {
             engine: None,
             sessions: HashMap::new(),
             peers: HashMap::new(),
+            listening: HashMap::new(),
             watchers: HashMap::new(),
             watching: HashMap::new(),
             last_seen: HashMap::new(),
@@ -292,6 +297,28 @@ impl Registry {
             .into_iter()
             .filter(|u| self.sessions.contains_key(u))
             .collect()
+    }
+
+    /// Links a user online here to peers it hears about in cluster mode (see `listening`).
+    fn listen(&mut self, user_id: i64, peers: impl IntoIterator<Item = i64>) {
+        let listening = self.listening.entry(user_id).or_default();
+        for peer in peers {
+            if peer != user_id && listening.insert(peer) {
+                self.peers.entry(peer).or_default().insert(user_id);
+            }
+        }
+    }
+
+    /// Cluster mode: a user left this node; it hears about nobody here any more.
+    fn stop_listening(&mut self, user_id: i64) {
+        for peer in self.listening.remove(&user_id).unwrap_or_default() {
+            if let Some(set) = self.peers.get_mut(&peer) {
+                set.remove(&user_id);
+                if set.is_empty() {
+                    self.peers.remove(&peer);
+                }
+            }
+        }
     }
 
     /// Drops an offline user's presence audience, and the user from its peers' audiences
@@ -536,18 +563,20 @@ impl Handler<Announce> for Registry {
         if devices == 0 {
             return;
         }
-        // In cluster mode a peer may be online on another node: this node links its user to
-        // every peer, so presence news about them (from any node) finds its audience here.
-        let clustered = self.cluster().is_some();
-        let online: Vec<i64> = msg
-            .peers
-            .into_iter()
-            .filter(|p| *p != msg.user_id && (clustered || self.sessions.contains_key(p)))
-            .collect();
-        for peer in &online {
-            self.peers.entry(*peer).or_default().insert(msg.user_id);
+        if self.cluster().is_some() {
+            // A peer may be online on another node: this node's user hears about every peer.
+            self.listen(msg.user_id, msg.peers);
+        } else {
+            let online: Vec<i64> = msg
+                .peers
+                .into_iter()
+                .filter(|p| *p != msg.user_id && self.sessions.contains_key(p))
+                .collect();
+            for peer in &online {
+                self.peers.entry(*peer).or_default().insert(msg.user_id);
+            }
+            self.peers.entry(msg.user_id).or_default().extend(online);
         }
-        self.peers.entry(msg.user_id).or_default().extend(online);
         if self.announced.insert(msg.user_id) {
             let shared = self
                 .cluster()
@@ -606,8 +635,15 @@ impl Handler<Disconnect> for Registry {
                     self.broadcast_presence(msg.user_id, false, 0, Some(now));
                 }
             }
-            // Told: an offline user needs no audience until it connects (and announces) again.
-            self.forget_peers(msg.user_id);
+            if self.cluster().is_some() {
+                // Its audience here stays (it may be online elsewhere; the cluster-wide news
+                // comes later); it no longer listens.
+                self.stop_listening(msg.user_id);
+            } else {
+                // Told: an offline user needs no audience until it connects (and announces)
+                // again.
+                self.forget_peers(msg.user_id);
+            }
             self.record_last_seen(msg.user_id, now, ctx);
         }
     }
@@ -619,7 +655,12 @@ impl Handler<ClusterPresence> for Registry {
         // The node the user left records its last-seen time; this one only tells.
         let online = msg.devices > 0;
         let devices = usize::try_from(msg.devices).unwrap_or(usize::MAX);
-        self.broadcast_presence(msg.user_id, online, devices, msg.last_seen.filter(|_| !online));
+        self.broadcast_presence(
+            msg.user_id,
+            online,
+            devices,
+            msg.last_seen.filter(|_| !online),
+        );
     }
 }
 
@@ -669,18 +710,17 @@ impl Handler<ConversationMembersChanged> for Registry {
             .copied()
             .filter(|m| self.sessions.contains_key(m))
             .collect();
-        // In cluster mode this node's users are linked to every member (they may be online
-        // elsewhere); on one node, online members among themselves.
-        let others: &[i64] = if self.cluster().is_some() {
-            &msg.members
+        if self.cluster().is_some() {
+            // This node's users hear about every member (they may be online elsewhere).
+            for a in &local {
+                self.listen(*a, msg.members.iter().copied());
+            }
         } else {
-            &local
-        };
-        for a in &local {
-            for b in others {
-                if a != b {
-                    self.peers.entry(*a).or_default().insert(*b);
-                    self.peers.entry(*b).or_default().insert(*a);
+            for a in &local {
+                for b in &local {
+                    if a != b {
+                        self.peers.entry(*a).or_default().insert(*b);
+                    }
                 }
             }
         }

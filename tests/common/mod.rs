@@ -147,10 +147,10 @@ pub fn test_config(db: &TestDb) -> Config {
     }
 }
 
-/// A running server with its own database.
+/// A running server with its own database (or one shared with other nodes of a cluster).
 pub struct TestServer {
-    /// The database (dropped after the server).
-    pub db: TestDb,
+    /// The database (dropped after the last server on it).
+    pub db: std::sync::Arc<TestDb>,
     /// The server.
     pub running: Running,
     /// HTTP client.
@@ -174,6 +174,17 @@ impl TestServer {
 
     /// Starts a server on an existing (migrated) database.
     pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_shared(std::sync::Arc::new(db), tweak).await
+    }
+
+    /// Starts another node on this server's database (cluster tests; `tweak` sets its
+    /// cluster settings).
+    pub async fn node(&self, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_shared(std::sync::Arc::clone(&self.db), tweak).await
+    }
+
+    /// Starts a server on a database other servers may share.
+    pub async fn start_shared(db: std::sync::Arc<TestDb>, tweak: impl FnOnce(&mut Config)) -> Self {
         switchboard::telemetry::init(
             switchboard::config::LogFormat::Text,
             "warn,switchboard::db=error",
@@ -214,13 +225,17 @@ impl TestServer {
         Self::around(db, running, listeners)
     }
 
-    fn around(db: TestDb, running: Running, listeners: Vec<(SocketAddr, &'static str)>) -> Self {
+    fn around(
+        db: impl Into<std::sync::Arc<TestDb>>,
+        running: Running,
+        listeners: Vec<(SocketAddr, &'static str)>,
+    ) -> Self {
         let client = awc::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .finish();
         let rest = running.addr;
         Self {
-            db,
+            db: db.into(),
             running,
             client,
             listeners,
@@ -339,6 +354,89 @@ impl Drop for TestServer {
         // Stop accepting at once; the database is dropped after the server.
         let handle = self.running.handle.clone();
         actix_web::rt::spawn(async move { handle.stop(false).await });
+        // A cluster node stops beating (the others reap it when its heartbeat expires).
+        if let Some(cluster) = &self.running.state.engine.cluster {
+            cluster.halt();
+        }
+    }
+}
+
+/// URL of the Redis the cluster tests use (`TEST_REDIS_URL`; scripts/test.sh starts a
+/// private one).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// A keyspace of its own in the test Redis (`REDIS_PREFIX`), emptied when dropped.
+pub struct RedisSpace {
+    /// The Redis URL.
+    pub url: String,
+    /// The prefix.
+    pub prefix: String,
+}
+
+impl RedisSpace {
+    /// A fresh prefix on [`redis_url`].
+    pub fn new() -> Self {
+        Self::on(&redis_url())
+    }
+
+    /// A fresh prefix on the Redis at `url`.
+    pub fn on(url: &str) -> Self {
+        let prefix = format!(
+            "sbtest-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            chrono::Utc::now().timestamp_subsec_nanos()
+        );
+        Self {
+            url: url.to_owned(),
+            prefix,
+        }
+    }
+
+    /// Settings of a cluster node named `node` in this keyspace (fast heartbeats, so that
+    /// failover tests take seconds).
+    pub fn join(&self, config: &mut Config, node: &str) {
+        config.redis_url = Secret::new(self.url.clone());
+        config.redis_prefix = self.prefix.clone();
+        config.node_id = node.to_owned();
+        config.node_heartbeat = std::time::Duration::from_millis(200);
+        config.node_ttl = std::time::Duration::from_millis(1500);
+    }
+
+    /// Sends one command to the Redis (RESP over a plain socket) and answers the raw reply.
+    pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let addr = self
+            .url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:6379")
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut frame = format!("*{}\r\n", args.len());
+        for a in args {
+            frame.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(frame.as_bytes())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for RedisSpace {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.prefix);
+        let _ = self.command(&[
+            "EVAL",
+            "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 0",
+            "0",
+            &pattern,
+        ]);
     }
 }
 

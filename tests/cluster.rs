@@ -1,0 +1,433 @@
+//! Cluster mode: two or three nodes in one process on one database and one Redis (each test
+//! in a keyspace of its own). Messages, presence, kicks and membership cross nodes; a node that
+//! stops beating takes its devices offline; Redis going away and coming back loses nothing
+//! acknowledged.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{RedisSpace, TestServer, WsClient};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn group(s: &TestServer, creator: i64, members: &[i64]) -> i64 {
+    let mut conn = s.db.conn();
+    switchboard::db::conversations::create_group(&mut conn, creator, "team", members, None)
+        .unwrap()
+        .id
+}
+
+/// Starts `names.len()` nodes on one database in `space`; waits until each sees them all.
+async fn nodes(space: &RedisSpace, names: &[&str]) -> Vec<TestServer> {
+    let first = TestServer::start_with(|c| space.join(c, names[0])).await;
+    let mut all = vec![first];
+    for name in &names[1..] {
+        let node = all[0].node(|c| space.join(c, name)).await;
+        all.push(node);
+    }
+    for node in &all {
+        wait_for_cluster(node, names.len()).await;
+    }
+    all
+}
+
+/// Waits until `node`'s `/health` shows Redis up, subscribed, and `count` live nodes.
+async fn wait_for_cluster(node: &TestServer, count: usize) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = node.get("/health", None).await;
+        if status == 200
+            && body["cluster"]["redis"] == "up"
+            && body["cluster"]["nodes"] == json!(count)
+        {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "cluster not formed: {body}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn group_messages_from_every_node_reach_every_member_in_one_gap_free_order() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b", "c"]).await;
+    let s = &nodes[0];
+    // Two senders and one reader on each node.
+    let senders: Vec<i64> = (0..6)
+        .map(|i| s.create_user(&format!("S{i}"), &format!("s{i}@example.com"), None, &[]))
+        .collect();
+    let readers: Vec<i64> = (0..3)
+        .map(|i| s.create_user(&format!("R{i}"), &format!("r{i}@example.com"), None, &[]))
+        .collect();
+    let mut members = senders.clone();
+    members.extend(&readers);
+    let conv = group(s, senders[0], &members);
+    let mut watchers = Vec::new();
+    for (i, r) in readers.iter().enumerate() {
+        let node = &nodes[i % 3];
+        let mut w = WsClient::connect(node, &node.token_for(*r)).await;
+        w.request("ping", json!({})).await.unwrap();
+        watchers.push(w);
+    }
+    let per_sender = 20;
+    let mut tasks = Vec::new();
+    for (i, u) in senders.iter().enumerate() {
+        let node = &nodes[i % 3];
+        let token = node.token_for(*u);
+        let addr = node.addr();
+        tasks.push(actix_web::rt::spawn(async move {
+            let mut c = WsClient::try_connect(addr, &format!("/ws?token={token}"))
+                .await
+                .unwrap();
+            let mut seqs = Vec::new();
+            for n in 0..per_sender {
+                let ack = c
+                    .request(
+                        "message:send",
+                        json!({"conversationId": conv.to_string(), "content": format!("{i}-{n}")}),
+                    )
+                    .await
+                    .unwrap();
+                seqs.push(ack["seq"].as_i64().unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all: Vec<i64> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let total = i64::from(per_sender) * 6;
+    assert_eq!(
+        all,
+        (1..=total).collect::<Vec<i64>>(),
+        "seqs are unique and gap-free"
+    );
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.len() < all.len() {
+            let m = w.expect_event("message:new").await;
+            seen.push(m["seq"].as_i64().unwrap());
+        }
+        assert_eq!(
+            seen,
+            (1..=total).collect::<Vec<i64>>(),
+            "reader on node {i} sees every message once, in seq order"
+        );
+        assert!(
+            w.maybe_event("message:new", Duration::from_millis(300))
+                .await
+                .is_none(),
+            "no duplicate after the last seq"
+        );
+    }
+    // Every node published and received.
+    for node in &nodes {
+        let (_, text) = node.get("/metrics", None).await;
+        let text = text["text"].as_str().unwrap_or_default().to_owned();
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("switchboard_cluster_published_total") > 0);
+        assert!(value("switchboard_cluster_received_total") > 0);
+        assert_eq!(value("switchboard_cluster_nodes"), 3);
+        assert_eq!(value("switchboard_cluster_redis_up"), 1);
+    }
+}
+
+#[actix_web::test]
+async fn direct_messages_edits_receipts_and_typing_cross_nodes() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
+    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
+    ca.request("ping", json!({})).await.unwrap();
+    cb.request("ping", json!({})).await.unwrap();
+
+    cb.request("typing:start", json!({"conversationId": conv.to_string()}))
+        .await
+        .unwrap();
+    let typing = ca.expect_event("typing:start").await;
+    assert_eq!(typing["userId"], bob.to_string());
+
+    let ack = ca
+        .request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": "hello from a"}),
+        )
+        .await
+        .unwrap();
+    let got = cb.expect_event("message:new").await;
+    assert_eq!(
+        (got["content"].as_str(), &got["seq"]),
+        (Some("hello from a"), &ack["seq"])
+    );
+    // Bob replies from node b; his send ends his typing indicator.
+    let reply = cb
+        .request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": "hi from b"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["seq"], 2);
+    assert_eq!(ca.expect_event("message:new").await["content"], "hi from b");
+    assert_eq!(
+        ca.expect_event("typing:stop").await["userId"],
+        bob.to_string()
+    );
+
+    cb.request(
+        "receipt:read",
+        json!({"conversationId": conv.to_string(), "upTo": 1}),
+    )
+    .await
+    .unwrap();
+    let read = ca.expect_event("receipt:read").await;
+    assert_eq!(
+        (read["userId"].as_str(), &read["upTo"]),
+        (Some(bob.to_string().as_str()), &json!(1))
+    );
+
+    ca.request(
+        "message:edit",
+        json!({"messageId": ack["id"], "content": "hello, edited"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cb.expect_event("message:edited").await["content"],
+        "hello, edited"
+    );
+    ca.request("message:delete", json!({"messageId": ack["id"]}))
+        .await
+        .unwrap();
+    assert_eq!(cb.expect_event("message:deleted").await["id"], ack["id"]);
+}
+
+#[actix_web::test]
+async fn presence_counts_devices_on_every_node() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = a.create_user("Carol", "carol@example.com", None, &[]);
+    group(a, alice, &[bob]);
+    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
+    ca.request("ping", json!({})).await.unwrap();
+
+    // Bob comes online on node b: Alice on node a hears it.
+    let mut b1 = WsClient::connect(b, &b.token_for(bob)).await;
+    b1.request("ping", json!({})).await.unwrap();
+    let p = ca.expect_event("presence").await;
+    assert_eq!(
+        (p["userId"].as_str(), p["online"].as_bool()),
+        (Some(bob.to_string().as_str()), Some(true))
+    );
+    // A second device on node a; the first (on b) leaves: Bob is still online.
+    let mut b2 = WsClient::connect(a, &a.token_for(bob)).await;
+    b2.request("ping", json!({})).await.unwrap();
+    while let Some(p) = ca.maybe_event("presence", Duration::from_millis(500)).await {
+        assert_eq!(p["online"], true, "{p}");
+    }
+    b1.close().await;
+    let mut early = Vec::new();
+    while let Some(p) = ca.maybe_event("presence", Duration::from_millis(700)).await {
+        early.push(p);
+    }
+    assert!(
+        early.iter().all(|p| p["online"] == true),
+        "one device still online on node a: {early:?}"
+    );
+    // A subscription on node b answers Bob online (device on node a) and Carol offline.
+    let mut cc = WsClient::connect(b, &b.token_for(carol)).await;
+    let ack = cc
+        .request(
+            "presence:subscribe",
+            json!({"userIds": [bob.to_string(), alice.to_string()]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["presence"][0]["online"], true, "{ack}");
+    assert_eq!(ack["presence"][0]["devices"], 1, "{ack}");
+    assert_eq!(ack["presence"][1]["online"], true, "{ack}");
+    // The last device leaves: offline everywhere, with a last-seen time; Carol (node b, a
+    // watcher) hears it too.
+    b2.close().await;
+    let p = ca.expect_event("presence").await;
+    assert_eq!(
+        (p["online"].as_bool(), p["devices"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert!(p["lastSeen"].is_string());
+    let p = cc.expect_event("presence").await;
+    assert_eq!(
+        (p["userId"].as_str(), p["online"].as_bool()),
+        (Some(bob.to_string().as_str()), Some(false))
+    );
+}
+
+#[actix_web::test]
+async fn a_node_that_stops_beating_takes_its_devices_offline_on_the_others() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    group(a, alice, &[bob]);
+    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
+    ca.request("ping", json!({})).await.unwrap();
+    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
+    cb.request("ping", json!({})).await.unwrap();
+    assert_eq!(ca.expect_event("presence").await["online"], true);
+
+    // Node b goes silent (as if it crashed): its heartbeat expires after NODE_TTL_MS (1.5 s)
+    // and node a, beating every 200 ms, takes Bob offline.
+    let halted = Instant::now();
+    b.running.state.engine.cluster.as_ref().unwrap().halt();
+    let p = ca
+        .maybe_event("presence", Duration::from_secs(5))
+        .await
+        .expect("Bob offline after node b died");
+    assert_eq!(
+        (p["userId"].as_str(), p["online"].as_bool()),
+        (Some(bob.to_string().as_str()), Some(false))
+    );
+    let took = halted.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(3500),
+        "offline after the heartbeat expired, within TTL + a heartbeat or two: {took:?}"
+    );
+    let health = wait_for_cluster(a, 1).await;
+    assert_eq!(health["cluster"]["node"], "a");
+    let (_, metrics) = a.get("/metrics", None).await;
+    assert!(
+        metrics["text"]
+            .as_str()
+            .unwrap()
+            .contains("switchboard_cluster_nodes_reaped_total 1"),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn a_ban_on_one_node_closes_the_users_sockets_on_the_other() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let admin = a.create_user("Admin", "admin@example.com", None, &["admin"]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let mut on_b = WsClient::connect(b, &b.token_for(alice)).await;
+    on_b.request("ping", json!({})).await.unwrap();
+    let (status, body) = a
+        .post(
+            &format!("/api/admin/users/{alice}/ban"),
+            json!({"reason": "spam"}),
+            Some(&a.token_for(admin)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    while on_b.next_frame(Duration::from_secs(2)).await.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "socket on node b still open"
+        );
+    }
+    let code = on_b
+        .closed
+        .clone()
+        .flatten()
+        .map(|r| u16::from(r.code))
+        .expect("close frame with a code");
+    assert_eq!(code, 4001);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+async fn a_member_added_through_one_node_is_a_member_on_the_other() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = a.create_user("Carol", "carol@example.com", None, &[]);
+    let conv = group(a, alice, &[bob]);
+    // Node b's conversation actor is running (Bob sent through it).
+    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
+    cb.request(
+        "message:send",
+        json!({"conversationId": conv.to_string(), "content": "before"}),
+    )
+    .await
+    .unwrap();
+    let mut cc = WsClient::connect(b, &b.token_for(carol)).await;
+    let refused = cc
+        .request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": "not yet"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    // Alice adds Carol through node a.
+    let (status, body) = a
+        .post(
+            &format!("/api/conversations/{conv}/members"),
+            json!({"userIds": [carol.to_string()]}),
+            Some(&a.token_for(alice)),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let started = Instant::now();
+    loop {
+        match cc
+            .request(
+                "message:send",
+                json!({"conversationId": conv.to_string(), "content": "now a member"}),
+            )
+            .await
+        {
+            Ok(ack) => {
+                assert!(ack["seq"].as_i64().unwrap() >= 2);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "node b did not learn the new member: {e}"
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn single_node_health_says_so() {
+    let s = TestServer::start().await;
+    let (_, body) = s.get("/health", None).await;
+    assert_eq!(body["cluster"], json!({"mode": "single"}));
+    let (_, metrics) = s.get("/metrics", None).await;
+    assert!(!metrics["text"]
+        .as_str()
+        .unwrap()
+        .contains("switchboard_cluster_"));
+}
