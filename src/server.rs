@@ -71,13 +71,17 @@ pub async fn serve(config: Config) -> AppResult<()> {
     }
     let applied = migrate(&state).await?;
     tracing::info!(count = applied.len(), "migrations applied");
-    // Calls cannot survive a restart: whatever the previous process left open has failed.
-    let failed = state.db.run(db::calls::fail_open_calls).await?;
-    if failed > 0 {
-        tracing::warn!(
-            count = failed,
-            "calls left open by the previous process marked failed"
-        );
+    // Calls cannot survive a restart: whatever the previous process left open has failed. In
+    // cluster mode open calls may run on other nodes; a dead node's calls are closed by the
+    // node that reaps it.
+    if state.config.redis_url.is_empty() {
+        let failed = state.db.run(db::calls::fail_open_calls).await?;
+        if failed > 0 {
+            tracing::warn!(
+                count = failed,
+                "calls left open by the previous process marked failed"
+            );
+        }
     }
     let (state, server) = build(state, listeners, false)?;
     let handle = server.handle();

@@ -431,3 +431,300 @@ async fn single_node_health_says_so() {
         .unwrap()
         .contains("switchboard_cluster_"));
 }
+
+async fn connect(node: &TestServer, user: i64) -> WsClient {
+    let mut c = WsClient::connect(node, &node.token_for(user)).await;
+    c.request("ping", json!({})).await.unwrap();
+    c
+}
+
+async fn initiate(c: &mut WsClient, to: i64) -> Value {
+    c.request("call:initiate", json!({"to": to.to_string()}))
+        .await
+        .unwrap()
+}
+
+/// Waits until the call's row has `status` (written after the events).
+async fn call_settles(s: &TestServer, id: &str, status: &str) -> (String, Option<String>) {
+    use diesel::prelude::*;
+    use switchboard::db::schema::calls;
+    for _ in 0..100 {
+        let row = calls::table
+            .find(id)
+            .select((calls::status, calls::end_reason))
+            .first::<(String, Option<String>)>(&mut s.db.conn())
+            .optional()
+            .unwrap();
+        if let Some(row) = row.filter(|r| r.0 == status) {
+            return row;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("call {id} never reached {status}");
+}
+
+#[actix_web::test]
+async fn a_call_rings_devices_on_every_node_and_the_first_accept_wins() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let mut ca = connect(a, alice).await;
+    let mut phone = connect(a, bob).await;
+    let mut laptop = connect(b, bob).await;
+    let ack = initiate(&mut ca, bob).await;
+    assert_eq!(ack["status"], "ringing", "{ack}");
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        phone.expect_event("call:incoming").await["callId"],
+        id.as_str()
+    );
+    assert_eq!(
+        laptop.expect_event("call:incoming").await["callId"],
+        id.as_str()
+    );
+    ca.expect_event("call:ringing").await;
+
+    // The laptop, on the node that does not run the call, answers first.
+    laptop
+        .request("call:accept", json!({"callId": id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        phone.expect_event("call:answered_elsewhere").await["callId"],
+        id.as_str()
+    );
+    ca.expect_event("call:accepted").await;
+    let err = phone
+        .request("call:accept", json!({"callId": id}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_call_state");
+
+    // Signaling reaches the bound device across nodes, and only it.
+    ca.request("call:offer", json!({"callId": id, "sdp": "v=0 A"}))
+        .await
+        .unwrap();
+    assert_eq!(laptop.expect_event("call:offer").await["sdp"], "v=0 A");
+    laptop
+        .request("call:ice", json!({"callId": id, "candidate": "cand-b"}))
+        .await
+        .unwrap();
+    assert_eq!(ca.expect_event("call:ice").await["candidate"], "cand-b");
+    assert!(phone
+        .maybe_event("call:offer", Duration::from_millis(300))
+        .await
+        .is_none());
+    let err = phone
+        .request("call:ice", json!({"callId": id, "candidate": "c"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_call_state");
+
+    laptop
+        .request("call:end", json!({"callId": id}))
+        .await
+        .unwrap();
+    assert_eq!(ca.expect_event("call:ended").await["callId"], id.as_str());
+    let (status, _) = call_settles(a, &id, "ended").await;
+    assert_eq!(status, "ended");
+    // Both are free again, on either node.
+    let again = initiate(&mut laptop, alice).await;
+    assert_eq!(again["status"], "ringing", "{again}");
+}
+
+#[actix_web::test]
+async fn busy_and_glare_are_decided_across_nodes() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = a.create_user("Carol", "carol@example.com", None, &[]);
+    let mut ca = connect(a, alice).await;
+    let mut cb = connect(b, bob).await;
+    let mut cc = connect(b, carol).await;
+
+    // Alice (node a) and Bob (node b) are in a call; Carol, on Bob's node, finds him busy.
+    let id = initiate(&mut ca, bob).await["callId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cb.expect_event("call:incoming").await;
+    cb.request("call:accept", json!({"callId": id}))
+        .await
+        .unwrap();
+    let ack = initiate(&mut cc, bob).await;
+    assert_eq!(ack["status"], "busy", "{ack}");
+    assert_eq!(cc.expect_event("call:busy").await["callId"], ack["callId"]);
+    // Bob, in a call run by node a, cannot start another on node b.
+    let err = cb
+        .request("call:initiate", json!({"to": carol.to_string()}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "busy", "{err}");
+    ca.request("call:end", json!({"callId": id})).await.unwrap();
+    cb.expect_event("call:ended").await;
+    call_settles(a, &id, "ended").await;
+
+    // Glare across nodes: Carol (node b, higher id) calls Alice (node a), then Alice calls
+    // Carol: Alice's call wins, both learn it, Carol's call ends.
+    let carol_call = initiate(&mut cc, alice).await["callId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ca.expect_event("call:incoming").await;
+    let ack = initiate(&mut ca, carol).await;
+    assert_eq!(ack["status"], "glare", "{ack}");
+    let winner = ack["callId"].as_str().unwrap().to_owned();
+    assert_ne!(winner, carol_call);
+    assert_eq!(
+        ca.expect_event("call:glare").await["callId"],
+        winner.as_str()
+    );
+    assert_eq!(
+        cc.expect_event("call:glare").await["callId"],
+        winner.as_str()
+    );
+    assert_eq!(
+        cc.expect_event("call:incoming").await["callId"],
+        winner.as_str()
+    );
+    cc.request("call:accept", json!({"callId": winner}))
+        .await
+        .unwrap();
+    ca.expect_event("call:accepted").await;
+    let (_, reason) = call_settles(b, &carol_call, "cancelled").await;
+    assert_eq!(reason.as_deref(), Some("glare"));
+    ca.request("call:end", json!({"callId": winner}))
+        .await
+        .unwrap();
+    call_settles(a, &winner, "ended").await;
+
+    // The other order: the lower id's existing call stands.
+    let alice_call = initiate(&mut ca, carol).await["callId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cc.expect_event("call:incoming").await;
+    let ack = initiate(&mut cc, alice).await;
+    assert_eq!(
+        (ack["status"].as_str(), ack["callId"].as_str()),
+        (Some("glare"), Some(alice_call.as_str())),
+        "{ack}"
+    );
+}
+
+#[actix_web::test]
+async fn a_party_that_drops_can_rejoin_through_the_other_node_within_the_grace() {
+    let space = RedisSpace::new();
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        c.call_reconnect_grace = Duration::from_secs(3);
+    })
+    .await;
+    let b = a
+        .node(|c| {
+            space.join(c, "b");
+            c.call_reconnect_grace = Duration::from_secs(3);
+        })
+        .await;
+    wait_for_cluster(&a, 2).await;
+    wait_for_cluster(&b, 2).await;
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let mut ca = connect(&a, alice).await;
+    // Bob answers on node b; the call runs on node a.
+    let mut cb = connect(&b, bob).await;
+    let id = initiate(&mut ca, bob).await["callId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cb.expect_event("call:incoming").await;
+    cb.request("call:accept", json!({"callId": id}))
+        .await
+        .unwrap();
+    ca.expect_event("call:accepted").await;
+    // His device on node b drops: node a's call hears of it.
+    cb.close().await;
+    assert_eq!(
+        ca.expect_event("call:peer_reconnecting").await["userId"],
+        bob.to_string()
+    );
+    // He comes back through node a this time.
+    let mut cb2 = connect(&a, bob).await;
+    cb2.request("call:rejoin", json!({"callId": id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.expect_event("call:peer_rejoined").await["userId"],
+        bob.to_string()
+    );
+    ca.request("call:ice", json!({"callId": id, "candidate": "restart"}))
+        .await
+        .unwrap();
+    assert_eq!(cb2.expect_event("call:ice").await["candidate"], "restart");
+    // And once more through node b, then nobody comes back: network_error.
+    cb2.close().await;
+    ca.expect_event("call:peer_reconnecting").await;
+    let mut cb3 = connect(&b, bob).await;
+    cb3.request("call:rejoin", json!({"callId": id}))
+        .await
+        .unwrap();
+    ca.expect_event("call:peer_rejoined").await;
+    ca.request("call:offer", json!({"callId": id, "sdp": "again"}))
+        .await
+        .unwrap();
+    assert_eq!(cb3.expect_event("call:offer").await["sdp"], "again");
+    cb3.close().await;
+    ca.expect_event("call:peer_reconnecting").await;
+    let ended = ca.expect_event("call:ended").await;
+    assert_eq!(ended["reason"], "network_error");
+    let (_, reason) = call_settles(&a, &id, "ended").await;
+    assert_eq!(reason.as_deref(), Some("network_error"));
+}
+
+#[actix_web::test]
+async fn the_calls_of_a_dead_node_end_for_the_survivors_and_their_records_close() {
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let mut ca = connect(a, alice).await;
+    let mut cb = connect(b, bob).await;
+    let id = initiate(&mut ca, bob).await["callId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cb.expect_event("call:incoming").await;
+    cb.request("call:accept", json!({"callId": id}))
+        .await
+        .unwrap();
+    ca.expect_event("call:accepted").await;
+    // Node a, which runs the call, dies.
+    let died = Instant::now();
+    a.running.state.engine.cluster.as_ref().unwrap().halt();
+    let ended = cb
+        .maybe_event("call:ended", Duration::from_secs(6))
+        .await
+        .expect("the survivor hears the call ended");
+    assert_eq!(
+        (ended["callId"].as_str(), ended["reason"].as_str()),
+        (Some(id.as_str()), Some("network_error"))
+    );
+    assert!(
+        died.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        died.elapsed()
+    );
+    let (_, reason) = call_settles(b, &id, "ended").await;
+    assert_eq!(reason.as_deref(), Some("network_error"));
+    // Bob is free: he can call someone else through node b.
+    let carol = b.create_user("Carol", "carol@example.com", None, &[]);
+    let mut cc = connect(b, carol).await;
+    let ack = initiate(&mut cb, carol).await;
+    assert_eq!(ack["status"], "ringing", "{ack}");
+    cc.expect_event("call:incoming").await;
+}

@@ -118,6 +118,44 @@ pub fn fail_open_calls(conn: &mut PgConnection) -> AppResult<usize> {
     Ok(n)
 }
 
+/// Ends calls that were still open when the node running them died: answered ones `ended`,
+/// the others `failed`, all with `reason`; their parties leave. Answers how many it closed.
+pub fn fail_calls(conn: &mut PgConnection, ids: &[String], reason: &str) -> AppResult<usize> {
+    let now = Utc::now();
+    let open = calls::table
+        .filter(calls::id.eq_any(ids))
+        .filter(calls::ended_at.is_null());
+    let answered = diesel::update(open.filter(calls::answered_at.is_not_null()))
+        .set((
+            calls::status.eq("ended"),
+            calls::end_reason.eq(reason),
+            calls::ended_at.eq(now),
+        ))
+        .execute(conn)?;
+    let unanswered = diesel::update(
+        calls::table
+            .filter(calls::id.eq_any(ids))
+            .filter(calls::ended_at.is_null()),
+    )
+    .set((
+        calls::status.eq("failed"),
+        calls::end_reason.eq(reason),
+        calls::ended_at.eq(now),
+    ))
+    .execute(conn)?;
+    diesel::update(
+        call_participants::table
+            .filter(call_participants::call_id.eq_any(ids))
+            .filter(call_participants::status.eq_any(["invited", "ringing", "joined"])),
+    )
+    .set((
+        call_participants::status.eq("left"),
+        call_participants::left_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(answered + unanswered)
+}
+
 /// One call with its participants.
 pub fn get(conn: &mut PgConnection, id: &str) -> AppResult<Option<(CallRow, Vec<ParticipantRow>)>> {
     let Some(call) = calls::table

@@ -28,6 +28,7 @@
 //! reconnects by itself; the subscription is renewed after every reconnect, and a node that
 //! finds itself missing from the node set (Redis restarted empty) writes its presence again.
 
+use super::call::machine::Event as CallEvent;
 use super::conversation::RemoteMessage;
 use super::dialect::Media;
 use super::directory::{Delivery, Directory};
@@ -37,10 +38,11 @@ use super::registry::{
 };
 use super::Engine;
 use crate::config::Config;
+use crate::error::{AppError, AppResult};
 use chrono::{DateTime, Utc};
 use fred::prelude::{
-    Builder, ClientLike, Config as RedisConfig, EventInterface, KeysInterface, LuaInterface,
-    PubsubInterface, ReconnectPolicy, SetsInterface,
+    Builder, ClientLike, Config as RedisConfig, EventInterface, HashesInterface, KeysInterface,
+    LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,6 +54,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long one Redis command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a call input forwarded to the node running the call waits for its answer.
+pub const CALL_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most queued publishes sent to Redis in one pipeline.
 const PUBLISH_BATCH: usize = 256;
@@ -74,11 +79,13 @@ struct Envelope {
 /// The things nodes tell each other.
 #[derive(Debug, Serialize, Deserialize)]
 enum Body {
-    /// An event for every live device of `users`.
+    /// An event for every live device of `users` (but the session `skip`).
     Event {
         users: Vec<i64>,
         name: String,
         data: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<u64>,
         /// A new message's conversation and seq (delivered in seq order).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<(i64, i64)>,
@@ -103,6 +110,199 @@ enum Body {
         conversation: i64,
         members: Vec<i64>,
     },
+    /// An event for one session (session keys are unique across nodes).
+    ToSession {
+        user: i64,
+        key: u64,
+        name: String,
+        data: Value,
+    },
+    /// Input for a call whose actor runs on node `to`; `request` set: answer with `CallReply`.
+    CallInput {
+        to: String,
+        call_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
+        event: WireCallEvent,
+    },
+    /// The outcome of a forwarded call input, for node `to`.
+    CallReply {
+        to: String,
+        request: u64,
+        refusal: Option<WireRefusal>,
+    },
+}
+
+/// A call input as it crosses nodes (see [`CallEvent`]).
+#[derive(Debug, Serialize, Deserialize)]
+enum WireCallEvent {
+    Accept {
+        user: i64,
+        device: u64,
+        answer: Option<Value>,
+    },
+    Reject {
+        user: i64,
+        reason: Option<String>,
+    },
+    Hangup {
+        user: i64,
+        reason: Option<String>,
+    },
+    Signal {
+        user: i64,
+        device: u64,
+        kind: String,
+        to: Option<i64>,
+        payload: Value,
+    },
+    DeviceGone {
+        user: i64,
+        device: u64,
+        rejoins: bool,
+    },
+    Rejoin {
+        user: i64,
+        device: u64,
+    },
+    Terminate {
+        reason: String,
+        by: Option<i64>,
+    },
+}
+
+/// Signal kinds a call relays (the wire carries the name).
+const SIGNAL_KINDS: [&str; 3] = ["call:offer", "call:answer", "call:ice"];
+
+impl WireCallEvent {
+    fn from_event(event: CallEvent) -> Option<Self> {
+        Some(match event {
+            CallEvent::Accept {
+                user,
+                device,
+                answer,
+            } => Self::Accept {
+                user,
+                device,
+                answer,
+            },
+            CallEvent::Reject { user, reason } => Self::Reject { user, reason },
+            CallEvent::Hangup { user, reason } => Self::Hangup { user, reason },
+            CallEvent::Signal {
+                user,
+                device,
+                kind,
+                to,
+                payload,
+            } => Self::Signal {
+                user,
+                device,
+                kind: kind.to_owned(),
+                to,
+                payload,
+            },
+            CallEvent::DeviceGone {
+                user,
+                device,
+                rejoins,
+            } => Self::DeviceGone {
+                user,
+                device,
+                rejoins,
+            },
+            CallEvent::Rejoin { user, device } => Self::Rejoin { user, device },
+            CallEvent::Terminate { reason, by } => Self::Terminate { reason, by },
+            // Timers and the start run where the call's actor runs.
+            _ => return None,
+        })
+    }
+
+    fn into_event(self) -> Option<CallEvent> {
+        Some(match self {
+            Self::Accept {
+                user,
+                device,
+                answer,
+            } => CallEvent::Accept {
+                user,
+                device,
+                answer,
+            },
+            Self::Reject { user, reason } => CallEvent::Reject { user, reason },
+            Self::Hangup { user, reason } => CallEvent::Hangup { user, reason },
+            Self::Signal {
+                user,
+                device,
+                kind,
+                to,
+                payload,
+            } => CallEvent::Signal {
+                user,
+                device,
+                kind: SIGNAL_KINDS.into_iter().find(|k| *k == kind)?,
+                to,
+                payload,
+            },
+            Self::DeviceGone {
+                user,
+                device,
+                rejoins,
+            } => CallEvent::DeviceGone {
+                user,
+                device,
+                rejoins,
+            },
+            Self::Rejoin { user, device } => CallEvent::Rejoin { user, device },
+            Self::Terminate { reason, by } => CallEvent::Terminate { reason, by },
+        })
+    }
+}
+
+/// Why a forwarded call input was refused (the refusals a call actor gives).
+#[derive(Debug, Serialize, Deserialize)]
+enum WireRefusal {
+    NotFound(String),
+    Forbidden(String),
+    InvalidState(String),
+    Unavailable(String),
+}
+
+impl WireRefusal {
+    fn of(e: &AppError) -> Self {
+        match e {
+            AppError::NotFound(m) => Self::NotFound(m.to_string()),
+            AppError::Forbidden(m) => Self::Forbidden(m.to_string()),
+            AppError::Conflict { message, .. } => Self::InvalidState(message.to_string()),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> AppError {
+        match self {
+            Self::NotFound(m) => AppError::NotFound(m.into()),
+            Self::Forbidden(m) => AppError::Forbidden(m.into()),
+            Self::InvalidState(m) => AppError::conflict("invalid_call_state", m),
+            Self::Unavailable(m) => AppError::unavailable(m),
+        }
+    }
+}
+
+/// How a call start went in the cluster-wide call directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed; the callees to ring (for a group call, those not in another call).
+    Claimed(Vec<i64>),
+    /// The caller is in a call already.
+    CallerBusy,
+    /// The callee (1:1), or every member (group), is in another call.
+    CalleeBusy,
+    /// The callee is calling the caller right now and that call wins (lower user id): its id.
+    GlareLost(String),
+    /// The callee was calling the caller and this call wins: that call (on `node`) must end
+    /// with `glare`; this one is claimed.
+    GlareWon { dropped: String, node: String },
+    /// A call with this id exists.
+    Taken,
 }
 
 /// Work for the cluster thread.
@@ -119,6 +319,33 @@ enum Outgoing {
     /// Leave the cluster (shutdown): publish what is queued, remove this node's entries,
     /// stop beating.
     Leave(oneshot::Sender<()>),
+    /// Claim a call's parties in the cluster-wide call directory.
+    Claim {
+        call_id: String,
+        caller: i64,
+        callees: Vec<i64>,
+        group: bool,
+        reply: oneshot::Sender<Result<Claim, String>>,
+    },
+    /// A party joined (busy) or left (free) a call of this node.
+    CallMember {
+        call_id: String,
+        user: i64,
+        active: bool,
+    },
+    /// A call of this node ended: free its parties.
+    Release { call_id: String },
+    /// Which node runs a call.
+    Owner {
+        call_id: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// A device of a user left this node: tell the node running the user's call.
+    DeviceGone {
+        user: i64,
+        device: u64,
+        rejoins: bool,
+    },
     /// Devices of each user on every node.
     Devices {
         users: Vec<i64>,
@@ -150,6 +377,15 @@ impl Keys {
     }
     fn presence(&self, user: i64) -> String {
         format!("{}:presence:{user}", self.prefix)
+    }
+    fn call(&self, id: &str) -> String {
+        format!("{}:call:{id}", self.prefix)
+    }
+    fn user_call(&self, user: i64) -> String {
+        format!("{}:callof:{user}", self.prefix)
+    }
+    fn node_calls(&self, node: &str) -> String {
+        format!("{}:node:{node}:calls", self.prefix)
     }
 }
 
@@ -214,6 +450,76 @@ redis.call('DEL', KEYS[1])
 return gone
 ";
 
+/// Claims a call's parties. ARGV: key prefix, call id, node, caller, group (0/1), callees...
+/// Answers `{outcome, ...}` (see [`Claim`]).
+const CLAIM_SCRIPT: &str = r"
+local p, id, node, caller, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local callees = {}
+for i = 6, #ARGV do table.insert(callees, ARGV[i]) end
+if redis.call('EXISTS', p .. ':call:' .. id) == 1 then return {'taken'} end
+local mine = redis.call('GET', p .. ':callof:' .. caller)
+local won = nil
+if group == '0' and #callees == 1 then
+  local theirs = redis.call('GET', p .. ':callof:' .. callees[1])
+  if theirs and theirs == mine then
+    local c = redis.call('HMGET', p .. ':call:' .. theirs, 'caller', 'callees', 'answered', 'node', 'group')
+    if c[1] == callees[1] and c[2] == caller and c[3] == '0' and c[5] == '0' then
+      if tonumber(callees[1]) < tonumber(caller) then return {'glare_lost', theirs} end
+      redis.call('DEL', p .. ':callof:' .. caller, p .. ':callof:' .. callees[1])
+      redis.call('HSET', p .. ':call:' .. theirs, 'answered', 'dropped')
+      won = {theirs, c[4]}
+      mine = false
+    end
+  end
+end
+if mine then return {'caller_busy'} end
+if group == '0' and redis.call('EXISTS', p .. ':callof:' .. callees[1]) == 1 then return {'busy'} end
+local rung = {}
+for _, u in ipairs(callees) do
+  if redis.call('EXISTS', p .. ':callof:' .. u) == 0 then table.insert(rung, u) end
+end
+if #rung == 0 then return {'busy'} end
+redis.call('HSET', p .. ':call:' .. id, 'node', node, 'caller', caller, 'callees', table.concat(callees, ','), 'answered', '0', 'group', group)
+redis.call('SET', p .. ':callof:' .. caller, id)
+if group == '0' then redis.call('SET', p .. ':callof:' .. callees[1], id) end
+redis.call('SADD', p .. ':node:' .. node .. ':calls', id)
+if won then return {'glare_won', won[1], won[2], unpack(rung)} end
+return {'ok', unpack(rung)}
+";
+
+/// A party joined (ARGV[4] = 1) or left a call. ARGV: key prefix, call id, user, active.
+const MEMBER_SCRIPT: &str = r"
+local p, id, user = ARGV[1], ARGV[2], ARGV[3]
+local key = p .. ':callof:' .. user
+if ARGV[4] == '1' then
+  if redis.call('EXISTS', p .. ':call:' .. id) == 1 then
+    redis.call('SET', key, id, 'NX')
+    if redis.call('HGET', p .. ':call:' .. id, 'answered') == '0' then
+      redis.call('HSET', p .. ':call:' .. id, 'answered', '1')
+    end
+  end
+elseif redis.call('GET', key) == id then
+  redis.call('DEL', key)
+end
+return 0
+";
+
+/// Frees a call's parties (those still marked in it) and forgets it. ARGV: key prefix, call
+/// id. Answers its caller and callees.
+const RELEASE_SCRIPT: &str = r"
+local p, id = ARGV[1], ARGV[2]
+local c = redis.call('HMGET', p .. ':call:' .. id, 'caller', 'callees', 'node')
+local users = {}
+if c[1] then table.insert(users, c[1]) end
+if c[2] then for u in string.gmatch(c[2], '[^,]+') do table.insert(users, u) end end
+for _, u in ipairs(users) do
+  if redis.call('GET', p .. ':callof:' .. u) == id then redis.call('DEL', p .. ':callof:' .. u) end
+end
+redis.call('DEL', p .. ':call:' .. id)
+if c[3] then redis.call('SREM', p .. ':node:' .. c[3] .. ':calls', id) end
+return users
+";
+
 /// A node's view of the cluster (for `/health`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -266,6 +572,9 @@ pub struct Cluster {
     stopped: AtomicBool,
     /// Set once the bus subscription first went through (renewed by the client after that).
     subscribed: AtomicBool,
+    /// Forwarded call inputs waiting for their owner node's answer.
+    pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<WireRefusal>>>>,
+    next_request: AtomicU64,
 }
 
 /// The half of the cluster link that runs once the engine exists.
@@ -327,6 +636,8 @@ impl Cluster {
             nodes_reaped: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
+            pending: std::sync::Mutex::default(),
+            next_request: AtomicU64::new(1),
         });
         let runner = Runner {
             cluster: Arc::clone(&cluster),
@@ -336,6 +647,13 @@ impl Cluster {
             ttl: config.node_ttl,
         };
         Ok(Some((cluster, runner)))
+    }
+
+    /// A random tag (1..4095) for this node's session keys.
+    pub fn session_tag(&self) -> u64 {
+        let mut random = [0u8; 2];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+        u64::from(u16::from_le_bytes(random) % 4095) + 1
     }
 
     /// This node's id.
@@ -392,13 +710,133 @@ impl Cluster {
     }
 
     /// Publishes an event for the other nodes' sessions of `users`.
-    pub fn publish_event(&self, users: &[i64], event: &ServerEvent) {
+    pub fn publish_event(&self, users: &[i64], event: &ServerEvent, skip: Option<u64>) {
         self.publish(Body::Event {
             users: users.to_vec(),
             name: event.name.to_string(),
             data: event.payload.clone(),
+            skip,
             message: event.delivery,
         });
+    }
+
+    /// Publishes an event for one session of another node.
+    pub fn publish_to_session(&self, user: i64, key: u64, event: &ServerEvent) {
+        self.publish(Body::ToSession {
+            user,
+            key,
+            name: event.name.to_string(),
+            data: event.payload.clone(),
+        });
+    }
+
+    fn enqueue(&self, item: Outgoing) -> bool {
+        let sent = self.outgoing.try_send(item).is_ok();
+        if !sent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Claims a new call's parties cluster-wide (busy and glare are decided here, atomically).
+    pub async fn claim_call(
+        &self,
+        call_id: &str,
+        caller: i64,
+        callees: &[i64],
+        group: bool,
+    ) -> AppResult<Claim> {
+        let (reply, rx) = oneshot::channel();
+        if !self.enqueue(Outgoing::Claim {
+            call_id: call_id.to_owned(),
+            caller,
+            callees: callees.to_vec(),
+            group,
+            reply,
+        }) {
+            return Err(AppError::unavailable("cluster link busy; retry shortly"));
+        }
+        rx.await
+            .map_err(|_| AppError::unavailable("cluster link stopped"))?
+            .map_err(|e| AppError::unavailable(format!("call directory unavailable: {e}")))
+    }
+
+    /// A party joined or left a call of this node.
+    pub fn call_member(&self, call_id: &str, user: i64, active: bool) {
+        self.enqueue(Outgoing::CallMember {
+            call_id: call_id.to_owned(),
+            user,
+            active,
+        });
+    }
+
+    /// A call of this node ended.
+    pub fn release_call(&self, call_id: &str) {
+        self.enqueue(Outgoing::Release {
+            call_id: call_id.to_owned(),
+        });
+    }
+
+    /// A device left this node: the call of its user (on another node) hears of it.
+    pub fn device_gone(&self, user: i64, device: u64, rejoins: bool) {
+        self.enqueue(Outgoing::DeviceGone {
+            user,
+            device,
+            rejoins,
+        });
+    }
+
+    /// Feeds a call that runs on another node: finds the node, forwards the input and waits
+    /// for its answer (at most [`CALL_FORWARD_TIMEOUT`]).
+    pub async fn forward_call_input(&self, call_id: &str, event: CallEvent) -> AppResult<()> {
+        let gone = || AppError::NotFound("call not found or already ended".into());
+        let (reply, rx) = oneshot::channel();
+        if !self.enqueue(Outgoing::Owner {
+            call_id: call_id.to_owned(),
+            reply,
+        }) {
+            return Err(AppError::unavailable("cluster link busy; retry shortly"));
+        }
+        let owner = rx.await.ok().flatten().ok_or_else(gone)?;
+        if owner == self.node {
+            return Err(gone());
+        }
+        let wire = WireCallEvent::from_event(event).ok_or_else(gone)?;
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(request, tx);
+        self.publish(Body::CallInput {
+            to: owner,
+            call_id: call_id.to_owned(),
+            request: Some(request),
+            event: wire,
+        });
+        let outcome = tokio::time::timeout(CALL_FORWARD_TIMEOUT, answer).await;
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&request);
+        match outcome {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(refusal))) => Err(refusal.into_error()),
+            _ => Err(AppError::unavailable(
+                "the node running this call did not answer; retry shortly",
+            )),
+        }
+    }
+
+    fn answered(&self, request: u64, refusal: Option<WireRefusal>) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&request);
+        if let Some(tx) = waiting {
+            let _ = tx.send(refusal);
+        }
     }
 
     /// Publishes a kick for the other nodes' sessions of `user`.
@@ -495,13 +933,18 @@ impl Delivery for ClusterDelivery {
     fn deliver(&self, users: &[i64], event: &Arc<ServerEvent>, skip: Option<u64>) -> usize {
         let delivered = self.directory.deliver(users, event, skip);
         if !users.is_empty() {
-            self.cluster.publish_event(users, event);
+            self.cluster.publish_event(users, event, skip);
         }
         delivered
     }
 
     fn deliver_to_session(&self, user: i64, key: u64, event: &Arc<ServerEvent>) -> bool {
-        self.directory.deliver_to_session(user, key, event)
+        if self.directory.deliver_to_session(user, key, event) {
+            return true;
+        }
+        // Session keys are unique across nodes: another node may hold it.
+        self.cluster.publish_to_session(user, key, event);
+        true
     }
 
     fn media_of(&self, user: i64, key: Option<u64>) -> Option<Media> {
@@ -757,6 +1200,97 @@ async fn control(
                 last_seen,
             });
         }
+        Outgoing::Claim {
+            call_id,
+            caller,
+            callees,
+            group,
+            reply,
+        } => {
+            let mut args = vec![
+                cluster.keys.prefix.clone(),
+                call_id,
+                cluster.node.clone(),
+                caller.to_string(),
+                if group { "1" } else { "0" }.to_owned(),
+            ];
+            args.extend(callees.iter().map(ToString::to_string));
+            let result = client
+                .eval::<Vec<String>, _, _, _>(CLAIM_SCRIPT, Vec::<String>::new(), args)
+                .await
+                .map_err(|e| e.to_string())
+                .map(|answer| claim_of(&answer));
+            let _ = reply.send(result);
+        }
+        Outgoing::CallMember {
+            call_id,
+            user,
+            active,
+        } => {
+            let args = vec![
+                cluster.keys.prefix.clone(),
+                call_id,
+                user.to_string(),
+                if active { "1" } else { "0" }.to_owned(),
+            ];
+            if let Err(e) = client
+                .eval::<i64, _, _, _>(MEMBER_SCRIPT, Vec::<String>::new(), args)
+                .await
+            {
+                tracing::warn!(error = %e, user, "cluster: call membership not recorded");
+            }
+        }
+        Outgoing::Release { call_id } => {
+            if let Err(e) = client
+                .eval::<Vec<String>, _, _, _>(
+                    RELEASE_SCRIPT,
+                    Vec::<String>::new(),
+                    vec![cluster.keys.prefix.clone(), call_id.clone()],
+                )
+                .await
+            {
+                tracing::warn!(error = %e, call = %call_id, "cluster: call parties not freed");
+            }
+        }
+        Outgoing::Owner { call_id, reply } => {
+            let owner = client
+                .hget::<Option<String>, _, _>(cluster.keys.call(&call_id), "node")
+                .await
+                .ok()
+                .flatten();
+            let _ = reply.send(owner);
+        }
+        Outgoing::DeviceGone {
+            user,
+            device,
+            rejoins,
+        } => {
+            let call: Option<String> = client
+                .get(cluster.keys.user_call(user))
+                .await
+                .ok()
+                .flatten();
+            let Some(call_id) = call else {
+                return;
+            };
+            let owner: Option<String> = client
+                .hget(cluster.keys.call(&call_id), "node")
+                .await
+                .ok()
+                .flatten();
+            if let Some(owner) = owner.filter(|o| *o != cluster.node) {
+                cluster.publish(Body::CallInput {
+                    to: owner,
+                    call_id,
+                    request: None,
+                    event: WireCallEvent::DeviceGone {
+                        user,
+                        device,
+                        rejoins,
+                    },
+                });
+            }
+        }
         Outgoing::Devices { users, reply } => {
             let mut out = HashMap::new();
             if cluster.redis_up.load(Ordering::Relaxed) && !users.is_empty() {
@@ -773,6 +1307,28 @@ async fn control(
             }
             let _ = reply.send(out);
         }
+    }
+}
+
+/// Reads the claim script's answer.
+fn claim_of(answer: &[String]) -> Claim {
+    let users = |from: usize| {
+        answer
+            .iter()
+            .skip(from)
+            .filter_map(|u| u.parse().ok())
+            .collect()
+    };
+    match answer.first().map(String::as_str) {
+        Some("ok") => Claim::Claimed(users(1)),
+        Some("glare_won") => Claim::GlareWon {
+            dropped: answer.get(1).cloned().unwrap_or_default(),
+            node: answer.get(2).cloned().unwrap_or_default(),
+        },
+        Some("glare_lost") => Claim::GlareLost(answer.get(1).cloned().unwrap_or_default()),
+        Some("caller_busy") => Claim::CallerBusy,
+        Some("taken") => Claim::Taken,
+        _ => Claim::CalleeBusy,
     }
 }
 
@@ -816,7 +1372,7 @@ async fn receive(
                     Ok(envelope) if envelope.from == cluster.node => {}
                     Ok(envelope) => {
                         cluster.received.fetch_add(1, Ordering::Relaxed);
-                        dispatch(&engine, envelope.body).await;
+                        dispatch(&cluster, &engine, envelope.from, envelope.body).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "cluster: unreadable envelope ignored"),
                 }
@@ -834,22 +1390,68 @@ async fn receive(
 }
 
 /// Applies what another node said to this node's sessions and actors.
-async fn dispatch(engine: &Engine, body: Body) {
+async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: Body) {
     match body {
         Body::Event {
             users,
             name,
             data,
+            skip,
             message: None,
         } => {
             engine
                 .directory
-                .deliver(&users, &ServerEvent::new(name, data), None);
+                .deliver(&users, &ServerEvent::new(name, data), skip);
+        }
+        Body::ToSession {
+            user,
+            key,
+            name,
+            data,
+        } => {
+            engine
+                .directory
+                .deliver_to_session(user, key, &ServerEvent::new(name, data));
+        }
+        Body::CallInput {
+            to,
+            call_id,
+            request,
+            event,
+        } => {
+            if to != cluster.node {
+                return;
+            }
+            let Some(event) = event.into_event() else {
+                return;
+            };
+            let engine = engine.clone();
+            let cluster = Arc::clone(cluster);
+            tokio::spawn(async move {
+                let outcome = engine.call_input_here(&call_id, event).await;
+                if let Some(request) = request {
+                    cluster.publish(Body::CallReply {
+                        to: from,
+                        request,
+                        refusal: outcome.as_ref().err().map(WireRefusal::of),
+                    });
+                }
+            });
+        }
+        Body::CallReply {
+            to,
+            request,
+            refusal,
+        } => {
+            if to == cluster.node {
+                cluster.answered(request, refusal);
+            }
         }
         Body::Event {
             users,
             name,
             data,
+            skip: _,
             message: Some((conversation, seq)),
         } => {
             let event = ServerEvent::message(name, data, conversation, seq);
@@ -939,6 +1541,7 @@ async fn reap(
             users_offline = gone.len(),
             "cluster: a node stopped beating; its devices are offline"
         );
+        end_calls_of(cluster, engine, client, node).await?;
     }
     let now = Utc::now();
     for user in gone {
@@ -962,6 +1565,55 @@ async fn reap(
                 devices: 0,
                 last_seen: Some(now),
             });
+        }
+    }
+    Ok(())
+}
+
+/// Ends the calls a dead node ran: their parties are freed and told (`network_error`), their
+/// records closed.
+async fn end_calls_of(
+    cluster: &Cluster,
+    engine: &Engine,
+    client: &fred::clients::Client,
+    node: &str,
+) -> Result<(), fred::error::Error> {
+    let keys = &cluster.keys;
+    let calls: Vec<String> = client.smembers(keys.node_calls(node)).await?;
+    if calls.is_empty() {
+        return Ok(());
+    }
+    for call_id in &calls {
+        let users: Vec<String> = client
+            .eval(
+                RELEASE_SCRIPT,
+                Vec::<String>::new(),
+                vec![keys.prefix.clone(), call_id.clone()],
+            )
+            .await?;
+        let users: Vec<i64> = users.iter().filter_map(|u| u.parse().ok()).collect();
+        let event = ServerEvent::new(
+            "call:ended",
+            serde_json::json!({
+                "callId": call_id,
+                "reason": "network_error",
+                "status": "ended",
+                "duration": 0,
+            }),
+        );
+        engine.directory.deliver(&users, &event, None);
+        cluster.publish_event(&users, &event, None);
+    }
+    client.del::<i64, _>(keys.node_calls(node)).await?;
+    let ids = calls.clone();
+    match engine
+        .db
+        .run(move |conn| crate::db::calls::fail_calls(conn, &ids, "network_error"))
+        .await
+    {
+        Ok(n) => tracing::warn!(dead = %node, calls = n, "cluster: calls of a dead node ended"),
+        Err(e) => {
+            tracing::warn!(dead = %node, error = %e, "cluster: could not close the calls of a dead node")
         }
     }
     Ok(())
@@ -1072,6 +1724,7 @@ mod tests {
                 users: vec![1, 2],
                 name: "message:new".into(),
                 data: json!({"text": "hi"}),
+                skip: None,
                 message: Some((7, 42)),
             },
         };

@@ -144,6 +144,13 @@ impl Engine {
                 (None, None)
             }
         };
+        // Session keys name devices across nodes in cluster mode (calls reach a device on any
+        // node): each node numbers from its own random tag in bits 40..52 (below 2^53, so a key
+        // stays exact as a JSON number).
+        let first_session_key = match &cluster {
+            Some(c) => (c.session_tag() << 40) | 1,
+            None => 1,
+        };
         let delivery: Arc<dyn Delivery> = match &cluster {
             Some(c) => Arc::new(cluster::ClusterDelivery::new(
                 Arc::clone(&directory),
@@ -179,7 +186,7 @@ impl Engine {
             metrics,
             draining: Arc::default(),
             commands: Arc::default(),
-            next_session: Arc::new(AtomicU64::new(1)),
+            next_session: Arc::new(AtomicU64::new(first_session_key)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));
         if let Some(runner) = runner {

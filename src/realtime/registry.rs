@@ -601,21 +601,24 @@ impl Handler<Disconnect> for Registry {
                 }
             }
         }
+        let rejoins = self
+            .sessions
+            .get(&msg.user_id)
+            .and_then(|d| d.get(&msg.key))
+            .is_none_or(|e| Dialect::find(e.labels.dialect).is_none_or(Dialect::rejoins_calls));
         if let Some(call) = self
             .user_call
             .get(&msg.user_id)
             .and_then(|id| self.calls.get(id))
         {
-            let rejoins = self
-                .sessions
-                .get(&msg.user_id)
-                .and_then(|d| d.get(&msg.key))
-                .is_none_or(|e| Dialect::find(e.labels.dialect).is_none_or(Dialect::rejoins_calls));
             call.addr.do_send(CallInput(CallEvent::DeviceGone {
                 user: msg.user_id,
                 device: msg.key,
                 rejoins,
             }));
+        } else if let Some(cluster) = self.cluster() {
+            // The user's call may run on another node.
+            cluster.device_gone(msg.user_id, msg.key, rejoins);
         }
         let Some(devices) = self.sessions.get_mut(&msg.user_id) else {
             return;
@@ -824,6 +827,25 @@ pub struct StartCall {
     pub group: bool,
     /// Metadata.
     pub meta: CallMeta,
+    /// Cluster mode: what the cluster-wide call directory decided.
+    pub verdict: Verdict,
+    /// Cluster mode: callees with live devices on other nodes (they ring there).
+    pub online_elsewhere: Vec<i64>,
+}
+
+/// What the cluster-wide call directory decided about a call start (single node: `Start`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Start it (local checks still apply).
+    #[default]
+    Start,
+    /// The callee is in another call: record a busy call.
+    Busy,
+    /// The callee is calling the caller and that call (this id) wins.
+    GlareLost(String),
+    /// This call wins over the callee's call to the caller (this id, on another node, which
+    /// ends with `glare`).
+    GlareWon(String),
 }
 
 /// The outcome of [`StartCall`].
@@ -844,6 +866,18 @@ impl Handler<StartCall> for Registry {
             .engine
             .clone()
             .ok_or_else(|| AppError::unavailable("engine is starting"))?;
+        match &msg.verdict {
+            Verdict::Busy => return Ok(self.busy_call(&engine, msg)),
+            Verdict::GlareLost(existing) => {
+                let event = ServerEvent::new(
+                    "call:glare",
+                    json!({"callId": existing, "droppedCallId": msg.call_id}),
+                );
+                self.deliver_to(&[msg.caller], &event, None);
+                return Ok(StartedCall::Glare(existing.clone()));
+            }
+            Verdict::Start | Verdict::GlareWon(_) => {}
+        }
         // Glare: the callee is ringing the caller right now (which also makes the caller look
         // busy). The call of the user with the lower id wins, whatever the arrival order.
         let crossing = match msg.callees[..] {
@@ -904,7 +938,7 @@ impl Handler<StartCall> for Registry {
         let reachable: Vec<i64> = callees
             .iter()
             .copied()
-            .filter(|u| self.sessions.contains_key(u))
+            .filter(|u| self.sessions.contains_key(u) || msg.online_elsewhere.contains(u))
             .collect();
         let registry = ctx.address();
         let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
@@ -936,6 +970,9 @@ impl Handler<StartCall> for Registry {
                 answered: false,
             },
         );
+        if let Verdict::GlareWon(dropped) = msg.verdict {
+            glare_winner.get_or_insert(dropped);
+        }
         if let Some(dropped) = glare_winner {
             let event = ServerEvent::new(
                 "call:glare",
@@ -1055,6 +1092,9 @@ pub struct CallFinished {
 impl Handler<CallFinished> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
+        if let Some(cluster) = self.cluster() {
+            cluster.release_call(&msg.call_id);
+        }
         self.calls.remove(&msg.call_id);
         self.user_call.retain(|_, id| *id != msg.call_id);
     }
@@ -1075,6 +1115,9 @@ pub struct CallMembership {
 impl Handler<CallMembership> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallMembership, _: &mut Context<Self>) {
+        if let Some(cluster) = self.cluster() {
+            cluster.call_member(&msg.call_id, msg.user_id, msg.active);
+        }
         if msg.active {
             if let Some(live) = self.calls.get_mut(&msg.call_id) {
                 live.answered = true;

@@ -11,9 +11,10 @@ use crate::config::Config;
 use crate::db::conversations as convs;
 use crate::error::{AppError, AppResult};
 use crate::policy::ContactCache;
+use crate::realtime::cluster::Claim;
 use crate::realtime::dialect::Media;
 use crate::realtime::protocol::{CallInitiate, CallRef, CallSignal};
-use crate::realtime::registry::{StartCall, StartedCall};
+use crate::realtime::registry::{StartCall, StartedCall, Verdict};
 use crate::realtime::Engine;
 use actor::{CallInput, CallMeta};
 use machine::Event;
@@ -188,18 +189,35 @@ impl Engine {
             caller_type: crate::db::messages::party_type(identity.user.roles.iter().flatten()),
             sdp_offer: req.sdp_offer,
         };
+        let (verdict, callees, online_elsewhere) =
+            self.claim_call(&call_id, caller, callees, group).await?;
+        let claimed = self.cluster.is_some() && verdict != Verdict::Busy;
         let started = self
             .registry
             .send(StartCall {
-                call_id,
+                call_id: call_id.clone(),
                 caller,
                 device,
                 callees,
                 group,
                 meta,
+                verdict: verdict.clone(),
+                online_elsewhere,
             })
             .await
-            .map_err(|e| AppError::unavailable(format!("registry: {e}")))??;
+            .map_err(|e| AppError::unavailable(format!("registry: {e}")));
+        let started = match started {
+            Ok(Ok(started)) => started,
+            Ok(Err(e)) | Err(e) => {
+                // Refused here after the cluster claimed its parties: free them.
+                if let (true, Some(cluster)) = (claimed, &self.cluster) {
+                    if !matches!(verdict, Verdict::GlareLost(_)) {
+                        cluster.release_call(&call_id);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let (id, status) = match started {
             StartedCall::Ringing(id) => (id, "ringing"),
             StartedCall::Busy(id) => (id, "busy"),
@@ -234,6 +252,62 @@ impl Engine {
     /// callee whose live sessions can all join none of them is not rung: a one-to-one call is
     /// refused `media_unsupported` (a call that could never connect), a group call goes on
     /// without that member. Offline callees are assumed able (their app is not known yet).
+    /// Cluster mode: claims the call's parties cluster-wide (busy and glare across nodes) and
+    /// finds callees online on other nodes. Answers the verdict, the callees to ring and those
+    /// online elsewhere. Single node, or while Redis is away: the registry decides alone.
+    async fn claim_call(
+        &self,
+        call_id: &str,
+        caller: i64,
+        callees: Vec<i64>,
+        group: bool,
+    ) -> AppResult<(Verdict, Vec<i64>, Vec<i64>)> {
+        let Some(cluster) = &self.cluster else {
+            return Ok((Verdict::Start, callees, Vec::new()));
+        };
+        let claim = match cluster.claim_call(call_id, caller, &callees, group).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                tracing::warn!(error = %e, call = %call_id, "cluster call directory unavailable; busy and glare are checked on this node only");
+                return Ok((Verdict::Start, callees, Vec::new()));
+            }
+        };
+        let (verdict, rung) = match claim {
+            Claim::Claimed(rung) => (Verdict::Start, rung),
+            Claim::CallerBusy => return Err(AppError::Busy("you are already in a call".into())),
+            Claim::Taken => {
+                return Err(AppError::conflict(
+                    "call_id_taken",
+                    "a call with this id is live; choose another room name",
+                ))
+            }
+            Claim::CalleeBusy => (Verdict::Busy, callees),
+            Claim::GlareLost(existing) => (Verdict::GlareLost(existing), callees),
+            Claim::GlareWon { dropped, node } => {
+                if node == cluster.node() {
+                    // The registry here ends it (it runs here).
+                    (Verdict::Start, callees)
+                } else {
+                    if let Err(e) = cluster
+                        .forward_call_input(
+                            &dropped,
+                            Event::Terminate {
+                                reason: "glare".into(),
+                                by: None,
+                            },
+                        )
+                        .await
+                    {
+                        tracing::debug!(error = %e, call = %dropped, "call dropped by glare already over");
+                    }
+                    (Verdict::GlareWon(dropped), callees)
+                }
+            }
+        };
+        let elsewhere = cluster.devices_of(rung.clone()).await.into_keys().collect();
+        Ok((verdict, rung, elsewhere))
+    }
+
     fn settle_provider(
         &self,
         caller: i64,
@@ -296,6 +370,17 @@ impl Engine {
     }
 
     async fn call_input(&self, call_id: &str, event: Event) -> AppResult<()> {
+        // In cluster mode a call this node does not run may run on another.
+        if let Some(cluster) = &self.cluster {
+            if self.calls.get(call_id).is_none() {
+                return cluster.forward_call_input(call_id, event).await;
+            }
+        }
+        self.call_input_here(call_id, event).await
+    }
+
+    /// Feeds a call whose actor runs on this node.
+    pub async fn call_input_here(&self, call_id: &str, event: Event) -> AppResult<()> {
         // The registry records a call here before it answers the call's start, so every later
         // signal finds it without asking the registry.
         let addr = self
