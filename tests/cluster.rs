@@ -728,3 +728,61 @@ async fn the_calls_of_a_dead_node_end_for_the_survivors_and_their_records_close(
     assert_eq!(ack["status"], "ringing", "{ack}");
     cc.expect_event("call:incoming").await;
 }
+
+#[actix_web::test]
+async fn message_and_call_rate_limits_hold_across_nodes() {
+    let space = RedisSpace::new();
+    let limits = |c: &mut switchboard::config::Config| {
+        c.message_rate_per_min = 60;
+        c.message_burst = 5;
+        c.call_rate_per_hour = 60;
+        c.call_burst = 2;
+    };
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        limits(c);
+    })
+    .await;
+    let b = a
+        .node(|c| {
+            space.join(c, "b");
+            limits(c);
+        })
+        .await;
+    wait_for_cluster(&a, 2).await;
+    wait_for_cluster(&b, 2).await;
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let mut on_a = connect(&a, alice).await;
+    let mut on_b = connect(&b, alice).await;
+    // A burst of 5 in all, whichever node the sends come through.
+    let send = |n: usize| json!({"conversationId": conv.to_string(), "content": format!("m{n}")});
+    for n in 0..3 {
+        on_a.request("message:send", send(n)).await.unwrap();
+    }
+    for n in 3..5 {
+        on_b.request("message:send", send(n)).await.unwrap();
+    }
+    let err = on_b.request("message:send", send(5)).await.unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    let err = on_a.request("message:send", send(6)).await.unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+
+    // Calls: a burst of 2 across both nodes.
+    let mut cb = connect(&a, bob).await;
+    for c in [&mut on_a, &mut on_b] {
+        let id = initiate(c, bob).await["callId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cb.expect_event("call:incoming").await;
+        c.request("call:end", json!({"callId": id})).await.unwrap();
+        cb.expect_event("call:cancelled").await;
+    }
+    let err = on_a
+        .request("call:initiate", json!({"to": bob.to_string()}))
+        .await
+        .unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+}

@@ -86,11 +86,7 @@ async fn send_request(
             format!("message is longer than {MAX_REQUEST_MESSAGE_CHARS} characters").into(),
         ));
     }
-    state
-        .engine
-        .send_limiter
-        .check(me)
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    state.engine.take_send(me).await?;
     let (row, created) = state
         .db
         .run(move |conn| requests::create(conn, me, to, message.as_deref()))

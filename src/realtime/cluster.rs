@@ -346,6 +346,13 @@ enum Outgoing {
         device: u64,
         rejoins: bool,
     },
+    /// Take one token of a user's cluster-wide bucket.
+    Take {
+        key: String,
+        interval_ms: f64,
+        burst: u32,
+        reply: oneshot::Sender<Option<Result<(), u64>>>,
+    },
     /// Devices of each user on every node.
     Devices {
         users: Vec<i64>,
@@ -518,6 +525,21 @@ end
 redis.call('DEL', p .. ':call:' .. id)
 if c[3] then redis.call('SREM', p .. ':node:' .. c[3] .. ':calls', id) end
 return users
+";
+
+/// One token from a cluster-wide bucket (GCRA: a burst of ARGV[2] at once, then one per
+/// ARGV[1] ms). KEYS: the bucket. Answers 0 (taken) or the milliseconds until one is free.
+const TAKE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local wait = next_tat - now - burst * interval
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1)
+return 0
 ";
 
 /// A node's view of the cluster (for `/health`).
@@ -759,6 +781,31 @@ impl Cluster {
         rx.await
             .map_err(|_| AppError::unavailable("cluster link stopped"))?
             .map_err(|e| AppError::unavailable(format!("call directory unavailable: {e}")))
+    }
+
+    /// Takes one token of `user`'s cluster-wide `bucket` (`per_sec` sustained, `burst` at
+    /// once): `Ok`, or `Err(secs)` until one is free; `None` while Redis cannot answer (the
+    /// node's own limiter then decides alone).
+    pub async fn take(
+        &self,
+        bucket: &str,
+        user: i64,
+        per_sec: f64,
+        burst: u32,
+    ) -> Option<Result<(), u64>> {
+        if !self.redis_up.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        if !self.enqueue(Outgoing::Take {
+            key: format!("{}:limit:{bucket}:{user}", self.keys.prefix),
+            interval_ms: 1000.0 / per_sec.max(f64::MIN_POSITIVE),
+            burst: burst.max(1),
+            reply,
+        }) {
+            return None;
+        }
+        rx.await.ok().flatten()
     }
 
     /// A party joined or left a call of this node.
@@ -1290,6 +1337,35 @@ async fn control(
                     },
                 });
             }
+        }
+        Outgoing::Take {
+            key,
+            interval_ms,
+            burst,
+            reply,
+        } => {
+            // Concurrent takes share the connection (pipelined), none waits for another.
+            let client = client.clone();
+            tokio::spawn(async move {
+                let answer = client
+                    .eval::<i64, _, _, _>(
+                        TAKE_SCRIPT,
+                        vec![key],
+                        vec![interval_ms.to_string(), burst.to_string()],
+                    )
+                    .await;
+                let _ = reply.send(match answer {
+                    Ok(0) => Some(Ok(())),
+                    Ok(wait_ms) => Some(Err(u64::try_from(wait_ms)
+                        .unwrap_or(1000)
+                        .div_ceil(1000)
+                        .max(1))),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster: rate limit not shared");
+                        None
+                    }
+                });
+            });
         }
         Outgoing::Devices { users, reply } => {
             let mut out = HashMap::new();

@@ -197,6 +197,53 @@ impl Engine {
         engine
     }
 
+    /// One message send of `user` against `MESSAGE_RATE_PER_MIN` / `MESSAGE_BURST`: this
+    /// node's bucket first, then (cluster mode) the user's bucket shared by every node.
+    pub async fn take_send(&self, user: i64) -> AppResult<()> {
+        let config = &self.config;
+        self.take_limit(
+            &self.send_limiter,
+            "send",
+            user,
+            f64::from(config.message_rate_per_min.max(1)) / 60.0,
+            config.message_burst,
+        )
+        .await
+    }
+
+    /// One call start of `user` against `CALL_RATE_PER_HOUR` / `CALL_BURST` (as
+    /// [`Engine::take_send`]).
+    pub async fn take_call(&self, user: i64) -> AppResult<()> {
+        let config = &self.config;
+        self.take_limit(
+            &self.call_limiter,
+            "call",
+            user,
+            f64::from(config.call_rate_per_hour.max(1)) / 3600.0,
+            config.call_burst,
+        )
+        .await
+    }
+
+    async fn take_limit(
+        &self,
+        local: &UserLimiter,
+        bucket: &str,
+        user: i64,
+        per_sec: f64,
+        burst: u32,
+    ) -> AppResult<()> {
+        local
+            .check(user)
+            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+        if let Some(cluster) = &self.cluster {
+            if let Some(Err(retry_after_secs)) = cluster.take(bucket, user, per_sec, burst).await {
+                return Err(AppError::RateLimited { retry_after_secs });
+            }
+        }
+        Ok(())
+    }
+
     /// A process-unique session key.
     pub fn next_session_key(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
@@ -253,9 +300,8 @@ impl Engine {
     ) -> AppResult<MessageView> {
         let user = identity.user_id();
         let draft = self.validate(user, draft)?;
-        self.send_limiter.check(user).map_err(|retry_after_secs| {
+        self.take_send(user).await.inspect_err(|_| {
             self.metrics.rate_limited(crate::metrics::Limit::Messages);
-            AppError::RateLimited { retry_after_secs }
         })?;
         let conversation_id = draft.conversation_id;
         let mut attempt = 0;

@@ -168,12 +168,9 @@ impl Engine {
         };
         let (provider, callees) =
             self.settle_provider(caller, device, provider, provider_named, callees, group)?;
-        self.call_limiter
-            .check(caller)
-            .map_err(|retry_after_secs| {
-                self.metrics.rate_limited(crate::metrics::Limit::Calls);
-                AppError::RateLimited { retry_after_secs }
-            })?;
+        self.take_call(caller).await.inspect_err(|_| {
+            self.metrics.rate_limited(crate::metrics::Limit::Calls);
+        })?;
         let call_id = match room_name {
             Some(name) => name,
             None => crate::auth::tokens::random_id()?,
