@@ -6,6 +6,7 @@
 #   scripts/bench.sh              every case (CASES="1 2 3 4 5 6 7")
 #   CASES="2 4" scripts/bench.sh  some cases
 #   scripts/bench.sh soak         the soak (Switchboard only), see below
+#   scripts/bench.sh cluster      two cluster nodes against one node, see below
 #
 # Cases (Switchboard's acks are always durable: committed to PostgreSQL):
 #   1  open loop: CLIENTS clients in groups of GROUP_SIZE, RATE messages/s each; delivery
@@ -62,6 +63,15 @@
 # spread over the clients; without either, a closed-loop probe of SOAK_PROBE_SECS [20] seconds
 # measures the maximum first.
 #
+# Cluster (`scripts/bench.sh cluster`, Switchboard only): a private Redis, then each shape run
+# on one node (no Redis, as the product runs by default) and on two nodes (REDIS_URL set, both
+# on this machine, the clients split between them so that every conversation spans both
+# nodes), at the same total load: closed loop 1:1 and in groups of GROUP_SIZE (durable acks/s,
+# delivery p50/p99), then an open loop of 1:1 conversations whose two members sit on different
+# nodes, at CLUSTER_LOAD_PCT [50] % of the one-node closed-loop 1:1 maximum: every delivery
+# there crosses nodes. Ratios are "two nodes / one node" for throughput and "one node / two
+# nodes" for latency (above 1: the two nodes do better).
+#
 # PostgreSQL: DATABASE_URL (any database on the server; used to create and drop the bench
 # databases), else postgres://postgres@127.0.0.1:5432/postgres when it answers, else a private
 # cluster in target/bench/pgdata (stopped at exit). Two databases are created per run,
@@ -78,6 +88,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 # shellcheck source=scripts/lib/pg.sh disable=SC1091 # followed when given as input (scripts/test.sh)
 source "$REPO/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib/redis.sh disable=SC1091
+source "$REPO/scripts/lib/redis.sh"
 
 CASES="${CASES:-1 2 3 4 5 6 7}"
 CLIENTS="${CLIENTS:-1000}"
@@ -104,6 +116,7 @@ SOAK_COMPARE_MINUTES="${SOAK_COMPARE_MINUTES:-5}"
 SOAK_LOAD_PCT="${SOAK_LOAD_PCT:-50}"
 SOAK_MAX_ACKS_PER_SEC="${SOAK_MAX_ACKS_PER_SEC:-}"
 SOAK_PROBE_SECS="${SOAK_PROBE_SECS:-20}"
+CLUSTER_LOAD_PCT="${CLUSTER_LOAD_PCT:-50}"
 OUT="$REPO/target/bench"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/switchboard"
 case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
@@ -121,6 +134,7 @@ case "${1:-}" in
         exit 0
         ;;
     soak) MODE=soak ;;
+    cluster) MODE=cluster ;;
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
@@ -187,6 +201,8 @@ fi
 
 # --- clean-up --------------------------------------------------------------------------------
 SB_PID=""
+SB2_PID=""
+PRIVATE_REDIS=""
 PEER_PID=""
 ADMIN_URL=""
 SB_DB="sb_bench_$$"
@@ -211,7 +227,11 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_pid "$SB_PID"
+    stop_pid "$SB2_PID"
     stop_pid "$PEER_PID"
+    if [ -n "$PRIVATE_REDIS" ]; then
+        redis_stop_private "$RUN/redis" >/dev/null || true
+    fi
     if [ -n "$DBS_CREATED" ] && [ -n "$ADMIN_URL" ]; then
         for db in "$SB_DB" "$PEER_DB"; do
             psql -w -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
@@ -387,6 +407,8 @@ scenario_args() {
         closed-1to1) SCENARIO=(--clients "$CLIENTS" --conversations "$PAIRS" --rate 0
             --duration "$DURATION") ;;
         closed-groups) SCENARIO=(--clients "$CLIENTS" --conversations "$GROUPS_OF" --rate 0
+            --duration "$DURATION") ;;
+        open-1to1) SCENARIO=(--clients "$CLIENTS" --conversations "$PAIRS" --rate "$RATE"
             --duration "$DURATION") ;;
         idle) SCENARIO=(--clients 0 --idle "$IDLE_SOCKETS" --settle "$SETTLE" --duration 1
             --after-close "$AFTER_CLOSE") ;;
@@ -567,6 +589,113 @@ if [ "$MODE" = cases ]; then
         case_pair 7 memory idle sioxide \
             "idle memory, $IDLE_SOCKETS authenticated sockets, settled ${SETTLE} s after connecting"
     fi
+    say "== summary (also in $SUMMARY) =="
+    cat "$SUMMARY"
+    exit 0
+fi
+
+if [ "$MODE" = cluster ]; then
+    say "== cluster: two nodes against one =="
+    redis_start_private "$RUN/redis"
+    PRIVATE_REDIS=1
+    CLUSTER_PREFIX="sb-bench-$$"
+
+    start_node() {
+        # start_node NAME NODE_ID: a cluster node on the private Redis; sets NODE_PID, NODE_PORT.
+        local log="$RUN/$1-$2.log" port
+        port="$(free_port)"
+        DATABASE_URL="$SB_DB_URL" BIND="127.0.0.1:$port" MESSAGE_RATE_PER_MIN="$SB_MESSAGE_RATE" \
+            FRAME_RATE_PER_SEC="$SB_FRAME_RATE" CALL_RATE_PER_HOUR="$SB_CALL_RATE" \
+            CALL_BURST="$SB_CALL_BURST" RUST_LOG="$SB_LOG_LEVEL" REDIS_URL="$REDIS_PRIVATE_URL" \
+            REDIS_PREFIX="$CLUSTER_PREFIX-$1" NODE_ID="$2" \
+            "$BIN" serve >"$log" 2>&1 &
+        NODE_PID=$!
+        say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$port" \
+            "REDIS_URL=$REDIS_PRIVATE_URL REDIS_PREFIX=$CLUSTER_PREFIX-$1 NODE_ID=$2" \
+            "(rate limits as for one node) $BIN serve   (pid $NODE_PID, log $log)"
+        wait_health "node $2" "http://127.0.0.1:$port/health" "$NODE_PID" "$log"
+        NODE_PORT="$port"
+    }
+
+    run_two_nodes() {
+        # run_two_nodes SCENARIO: the report is $RUN/SCENARIO-two-nodes.json.
+        local name="$1" json="$RUN/$1-two-nodes.json" port_a port_b
+        scenario_args "$name"
+        start_node "$name" a
+        SB_PID="$NODE_PID"
+        port_a="$NODE_PORT"
+        start_node "$name" b
+        SB2_PID="$NODE_PID"
+        port_b="$NODE_PORT"
+        # Both nodes see each other before the clients connect.
+        for _ in $(seq 1 100); do
+            if curl -s "http://127.0.0.1:$port_a/health" | grep -q '"nodes":2' &&
+                curl -s "http://127.0.0.1:$port_b/health" | grep -q '"nodes":2'; then
+                break
+            fi
+            sleep 0.2
+        done
+        run_bench "$name on two nodes" "$BIN" bench --target ws \
+            --url "ws://127.0.0.1:$port_a/ws,ws://127.0.0.1:$port_b/ws" \
+            --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
+            --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
+        for pid in "$SB_PID" "$SB2_PID"; do
+            kill -0 "$pid" 2>/dev/null || die "a node exited during the run (logs: $RUN/$name-*.log)"
+        done
+        curl -s "http://127.0.0.1:$port_a/metrics" | grep '^switchboard_cluster_' >"$RUN/$name-two-nodes-a.metrics" || true
+        stop_pid "$SB_PID"
+        stop_pid "$SB2_PID"
+        SB_PID=""
+        SB2_PID=""
+    }
+
+    compare_nodes() {
+        # compare_nodes SCENARIO TITLE: one node against two, from their reports.
+        node - "$1" "$2" "$RUN" <<'EOF' | tee -a "$SUMMARY"
+const fs = require('fs');
+const path = require('path');
+const [scenario, title, dir] = process.argv.slice(2);
+const load = (who) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-${who}.json`), 'utf8'));
+const one = load('switchboard');
+const two = load('two-nodes');
+const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+const ratio = (a, b) => (num(a) === null || num(b) === null || b === 0 ? 'n/a' : (a / b).toFixed(2) + 'x');
+const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
+const pad = (s, n) => String(s).padEnd(n);
+const out = [`-- cluster: ${title} --`, pad('', 30) + pad('one node', 16) + pad('two nodes', 16) + 'ratio'];
+const row = (label, a, b, unit, better, d) => {
+  const r = better === 'higher' ? ratio(b, a) : ratio(a, b);
+  const how = better === 'higher' ? 'two / one' : 'one / two';
+  out.push(pad(label, 30) + pad(fmt(a, unit, d), 16) + pad(fmt(b, unit, d), 16) + `${r}  (${how})`);
+};
+row('durable acks/s', one.acks_per_sec, two.acks_per_sec, '', 'higher', 1);
+row('deliveries/s', one.deliveries_per_sec, two.deliveries_per_sec, '', 'higher', 1);
+row('delivery latency p50', one.latency_ms.p50, two.latency_ms.p50, ' ms', 'lower');
+row('delivery latency p99', one.latency_ms.p99, two.latency_ms.p99, ' ms', 'lower');
+for (const [name, r] of [['one node', one], ['two nodes', two]]) {
+  const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
+  out.push(`  ${name}: ${r.connected} connected, ${r.deliveries}/${r.expected_deliveries} deliveries, ` +
+    `${r.unanswered} unanswered, errors: ${errs}`);
+}
+out.push('');
+console.log(out.join('\n'));
+EOF
+    }
+
+    run_switchboard closed-1to1
+    run_two_nodes closed-1to1
+    compare_nodes closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
+    run_switchboard closed-groups
+    run_two_nodes closed-groups
+    compare_nodes closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
+    MAX_ONE="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).acks_per_sec)' \
+        "$RUN/closed-1to1-switchboard.json")"
+    RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
+        console.log((m * p / 100 / c).toPrecision(4));' "$MAX_ONE" "$CLUSTER_LOAD_PCT" "$CLIENTS")"
+    say "open loop at $CLUSTER_LOAD_PCT % of one node's $MAX_ONE acks/s: $RATE msg/s per client"
+    run_switchboard open-1to1
+    run_two_nodes open-1to1
+    compare_nodes open-1to1 "open loop, $CLIENTS clients in 1:1 conversations, $RATE msg/s each (two nodes: every delivery crosses nodes)"
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
     exit 0

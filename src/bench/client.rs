@@ -109,8 +109,10 @@ pub struct Shared {
     pub epoch: Instant,
     /// Protocol.
     pub target: Target,
-    /// `--url`.
+    /// `--url`: one server, or the nodes of a cluster (comma-separated).
     pub url: String,
+    /// Conversations of the run (clients of one conversation are spread over the nodes).
+    pub conversations: usize,
     /// Messages per second per active client; 0 = closed loop.
     pub rate: f64,
     /// Most sends outstanding per client.
@@ -429,10 +431,21 @@ impl<T> Socket for T where
 {
 }
 
+impl Shared {
+    /// The server client `index` connects to: with several `--url`s (a cluster's nodes), the
+    /// members of a conversation (clients `c`, `c + M`, `c + 2M`, ...) take the nodes in turn,
+    /// so every conversation spans nodes.
+    pub fn node_url(&self, index: usize) -> &str {
+        let nodes: Vec<&str> = self.url.split(',').collect();
+        let turn = index / self.conversations.max(1);
+        nodes[turn % nodes.len()]
+    }
+}
+
 /// Connects, authenticates and joins; returns the socket and the next request id.
 async fn set_up(ctx: &Ctx, spec: &ClientSpec) -> Result<(impl Socket, u64), String> {
     let target = ctx.shared.target;
-    let url = socket_url(target, &ctx.shared.url, &spec.token);
+    let url = socket_url(target, ctx.shared.node_url(spec.index), &spec.token);
     let (_, mut io) = ctx
         .http
         .ws(url)

@@ -63,6 +63,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "ws")]
     pub target: Target,
     /// Server address: `ws://HOST:PORT/ws` for `ws`, `http://HOST:PORT` for `socketio`.
+    /// Several, comma-separated: the nodes of a cluster; each conversation's members are
+    /// spread over them in turn.
     #[arg(long)]
     pub url: String,
     /// Active clients (they send). Messages scenario.
@@ -344,6 +346,7 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
         epoch,
         target: args.target,
         url: args.url.clone(),
+        conversations: shape.conversations,
         rate: args.rate,
         inflight,
         message_bytes: args.message_bytes,
