@@ -2,7 +2,10 @@
 //! are still acknowledged after their commit while it is away, nothing acknowledged is lost, and
 //! delivery across nodes resumes in seq order once it is back. A node killed under load: its
 //! users go offline on the survivor within the heartbeat TTL, and its clients reconnect there and
-//! find every message they had acknowledged.
+//! find every message they had acknowledged. A node cut off from Redis (which keeps its data):
+//! for a moment, the presence changes of its users meanwhile are right on every node once it
+//! reaches Redis again; for longer than `NODE_TTL_MS`, the others take its users offline and
+//! hear them online again once it is back.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,8 +23,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::{TcpListener as AsyncListener, TcpStream};
 use tokio::sync::mpsc;
 
 fn free_addr() -> SocketAddr {
@@ -765,4 +769,245 @@ async fn a_killed_node_s_clients_reconnect_elsewhere_and_lose_nothing_acknowledg
         stored.len(),
         offline.iter().map(|(_, d)| *d).collect::<Vec<_>>()
     );
+}
+
+/// A TCP relay between one node and Redis: `cut` drops its connections and refuses new ones
+/// (the node cannot reach Redis, which keeps its data); `restore` lets them through again.
+struct Relay {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    pipes: Arc<Mutex<Vec<actix_web::rt::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    /// A relay to the Redis of `space`.
+    async fn to(space: &RedisSpace) -> Self {
+        let upstream = space
+            .url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let listener = AsyncListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let pipes: Arc<Mutex<Vec<actix_web::rt::task::JoinHandle<()>>>> = Arc::default();
+        let (d, p) = (Arc::clone(&down), Arc::clone(&pipes));
+        actix_web::rt::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let pipe = actix_web::rt::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                p.lock().unwrap().push(pipe);
+            }
+        });
+        Self { addr, down, pipes }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Whether `user` is online (and on how many devices) as `c`'s node answers
+/// `presence:subscribe`.
+async fn presence_of(c: &mut WsClient, user: i64) -> (bool, u64) {
+    let ack = c
+        .request("presence:subscribe", json!({"userIds": [user.to_string()]}))
+        .await
+        .unwrap();
+    let p = &ack["presence"][0];
+    assert_eq!(p["userId"], user.to_string(), "{ack}");
+    (
+        p["online"].as_bool().unwrap(),
+        p["devices"].as_u64().unwrap_or(0),
+    )
+}
+
+#[actix_web::test]
+async fn presence_changes_while_a_node_cannot_reach_redis_are_right_everywhere_once_it_can() {
+    let space = RedisSpace::new();
+    let relay = Relay::to(&space).await;
+    // The default NODE_TTL_MS (10 s): a short cut does not make node a dead to the others.
+    let ttl = Duration::from_secs(10);
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        c.redis_url = switchboard::config::Secret::new(relay.url());
+        c.node_ttl = ttl;
+    })
+    .await;
+    let b = a
+        .node(|c| {
+            space.join(c, "b");
+            c.node_ttl = ttl;
+        })
+        .await;
+    wait_for_cluster(&a, 2).await;
+    wait_for_cluster(&b, 2).await;
+    let wes = a.create_user("Wes", "wes@example.com", None, &[]);
+    let xena = a.create_user("Xena", "xena@example.com", None, &[]);
+    let yann = a.create_user("Yann", "yann@example.com", None, &[]);
+    group(&a, wes, &[xena, yann]);
+    let mut w = WsClient::connect(&b, &b.token_for(wes)).await;
+    assert_eq!(presence_of(&mut w, xena).await, (false, 0));
+    assert_eq!(presence_of(&mut w, yann).await, (false, 0));
+    let mut x = WsClient::connect(&a, &a.token_for(xena)).await;
+    x.request("ping", json!({})).await.unwrap();
+    let started = Instant::now();
+    while presence_of(&mut w, xena).await != (true, 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node b does not see Xena online"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.buffered_clear();
+
+    // Node a loses Redis for a moment; meanwhile Xena leaves and Yann arrives, both on node a.
+    relay.cut();
+    let cut = Instant::now();
+    wait_for_redis(&a, "down", Duration::from_secs(5)).await;
+    x.close().await;
+    let mut y = WsClient::connect(&a, &a.token_for(yann)).await;
+    y.request("ping", json!({})).await.unwrap();
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    relay.restore();
+    let restored = Instant::now();
+    wait_for_redis(&a, "up", Duration::from_secs(10)).await;
+    let back = Instant::now();
+    // Ten heartbeats for whatever node a does once it reaches Redis again.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        cut.elapsed() < ttl,
+        "node a was away longer than NODE_TTL_MS"
+    );
+    assert_eq!(wait_for_cluster(&b, 2).await["cluster"]["nodes"], 2);
+
+    // Node a itself knows: Xena offline, Yann online.
+    let mut on_a = WsClient::connect(&a, &a.token_for(wes)).await;
+    let xena_on_a = presence_of(&mut on_a, xena).await;
+    let yann_on_a = presence_of(&mut on_a, yann).await;
+    // So must node b, which heard neither change while node a could not publish.
+    let xena_on_b = presence_of(&mut w, xena).await;
+    let yann_on_b = presence_of(&mut w, yann).await;
+    let mut heard: Vec<Value> = w.take_buffered("presence");
+    while let Some(p) = w.maybe_event("presence", Duration::from_millis(300)).await {
+        heard.push(p);
+    }
+    let hash = |user: i64| {
+        space
+            .command(&["HGETALL", &format!("{}:presence:{user}", space.prefix)])
+            .unwrap()
+            .replace("\r\n", " ")
+    };
+    eprintln!(
+        "presence after a {:?} cut (node a up again {:?} after the restore): node a says \
+         Xena {xena_on_a:?} Yann {yann_on_a:?}; node b says Xena {xena_on_b:?} Yann \
+         {yann_on_b:?}; Wes on node b heard {heard:?}; in Redis Xena's presence hash is \
+         [{}], Yann's [{}]",
+        restored - cut,
+        back - restored,
+        hash(xena),
+        hash(yann),
+    );
+    assert_eq!(
+        (xena_on_a, yann_on_a),
+        ((false, 0), (true, 1)),
+        "node a: Xena left and Yann came while it could not reach Redis"
+    );
+    assert_eq!(
+        (xena_on_b, yann_on_b),
+        ((false, 0), (true, 1)),
+        "node b: Xena left and Yann came on node a while it could not reach Redis"
+    );
+}
+
+#[actix_web::test]
+async fn a_node_reaped_while_it_could_not_reach_redis_announces_its_users_online_again() {
+    let space = RedisSpace::new();
+    let relay = Relay::to(&space).await;
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        c.redis_url = switchboard::config::Secret::new(relay.url());
+    })
+    .await;
+    let b = a.node(|c| space.join(c, "b")).await;
+    wait_for_cluster(&a, 2).await;
+    wait_for_cluster(&b, 2).await;
+    let wes = a.create_user("Wes", "wes@example.com", None, &[]);
+    let xena = a.create_user("Xena", "xena@example.com", None, &[]);
+    group(&a, wes, &[xena]);
+    let mut w = WsClient::connect(&b, &b.token_for(wes)).await;
+    assert_eq!(presence_of(&mut w, xena).await, (false, 0));
+    let mut x = WsClient::connect(&a, &a.token_for(xena)).await;
+    x.request("ping", json!({})).await.unwrap();
+    let started = Instant::now();
+    while presence_of(&mut w, xena).await != (true, 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node b does not see Xena online"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.buffered_clear();
+
+    // Node a loses Redis for longer than NODE_TTL_MS: node b takes it for dead and Xena offline.
+    relay.cut();
+    let cut = Instant::now();
+    // (Her online event may still come first: the answer above read Redis, not the bus.)
+    loop {
+        let left = Duration::from_secs(4).saturating_sub(cut.elapsed());
+        let p = w
+            .maybe_event("presence", left)
+            .await
+            .expect("Xena offline once node a's heartbeat expired");
+        assert_eq!(p["userId"], xena.to_string(), "{p}");
+        if p["online"] == false {
+            break;
+        }
+    }
+    let reaped = cut.elapsed();
+    relay.restore();
+    let restored = Instant::now();
+    wait_for_redis(&a, "up", Duration::from_secs(10)).await;
+    wait_for_cluster(&b, 2).await;
+    let back = restored.elapsed();
+
+    // Node a is back with Xena still connected to it: node b's sessions hear her online again.
+    let again = w.maybe_event("presence", Duration::from_secs(3)).await;
+    let answered = presence_of(&mut w, xena).await;
+    let dropped = metric(&a, "switchboard_cluster_dropped_total").await;
+    eprintln!(
+        "node a reaped {reaped:?} after the cut, back in the cluster {back:?} after the restore; \
+         Wes on node b then heard {again:?}; presence:subscribe on node b answers Xena \
+         {answered:?}; node a dropped {dropped} publishes"
+    );
+    let again = again.expect("Xena online again on node b once node a is back");
+    assert_eq!(
+        (again["userId"].as_str(), again["online"].as_bool()),
+        (Some(xena.to_string().as_str()), Some(true))
+    );
+    x.request("ping", json!({})).await.unwrap();
 }
