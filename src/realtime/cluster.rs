@@ -64,9 +64,6 @@ const PUBLISH_BATCH: usize = 256;
 /// Messages a lagging subscriber may have waiting before the oldest are lost (and counted).
 const RECEIVE_BUFFER: usize = 65_536;
 
-/// Users whose presence one script call rewrites after Redis lost this node's entries.
-const PRESENCE_CHUNK: usize = 500;
-
 /// What one node tells the others.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
@@ -411,14 +408,42 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) 
 return total
 ";
 
-/// Rewrites this node's device counts of many users (after Redis lost them).
-/// KEYS: this node's user set. ARGV: node, presence key prefix, then user, devices pairs.
-const RESTORE_SCRIPT: &str = r"
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', ARGV[2] .. ARGV[i], ARGV[1], ARGV[i + 1])
-  redis.call('SADD', KEYS[1], ARGV[i])
+/// Makes this node's presence entries what it holds now (after Redis lost them, or after
+/// this node could not reach Redis while its users came and went): every user it holds gets
+/// its device count, every other user of its set is removed. KEYS: this node's user set.
+/// ARGV: node, presence key prefix, then user, devices pairs. Answers the users whose entry
+/// changed, each followed by its devices on every node.
+const RESYNC_SCRIPT: &str = r"
+local node, prefix = ARGV[1], ARGV[2]
+local held = {}
+local changed = {}
+local function total(key)
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do n = n + tonumber(v) end
+  return n
 end
-return 0
+for i = 3, #ARGV, 2 do
+  local user, devices = ARGV[i], ARGV[i + 1]
+  held[user] = true
+  local key = prefix .. user
+  local old = redis.call('HGET', key, node)
+  redis.call('HSET', key, node, devices)
+  redis.call('SADD', KEYS[1], user)
+  if old ~= devices then
+    table.insert(changed, user)
+    table.insert(changed, tostring(total(key)))
+  end
+end
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not held[user] then
+    local key = prefix .. user
+    redis.call('HDEL', key, node)
+    redis.call('SREM', KEYS[1], user)
+    table.insert(changed, user)
+    table.insert(changed, tostring(total(key)))
+  end
+end
+return changed
 ";
 
 /// Devices of each user on every node. KEYS: presence hashes.
@@ -594,6 +619,8 @@ pub struct Cluster {
     stopped: AtomicBool,
     /// Set once the bus subscription first went through (renewed by the client after that).
     subscribed: AtomicBool,
+    /// Redis was unreachable since this node last wrote its presence: write it again.
+    resync: AtomicBool,
     /// Forwarded call inputs waiting for their owner node's answer.
     pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<WireRefusal>>>>,
     next_request: AtomicU64,
@@ -658,6 +685,7 @@ impl Cluster {
             nodes_reaped: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
             pending: std::sync::Mutex::default(),
             next_request: AtomicU64::new(1),
         });
@@ -947,6 +975,10 @@ impl Cluster {
     }
 
     fn set_redis_up(&self, up: bool) {
+        if !up {
+            // Presence changes made meanwhile reach Redis only through a resync.
+            self.resync.store(true, Ordering::SeqCst);
+        }
         let was = self.redis_up.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
@@ -1730,10 +1762,16 @@ impl Heartbeat {
                 false,
             )
             .await?;
+        // Redis answers: what follows (the presence announcements) may publish.
+        cluster.set_redis_up(true);
         let added: i64 = self.client.sadd(keys.nodes(), cluster.node.clone()).await?;
-        if added == 1 {
-            // New here, or Redis lost this node's entries: write its presence (again).
-            self.restore_presence().await?;
+        // New here, Redis lost this node's entries, another node reaped it, or its users came
+        // and went while Redis was unreachable: write its presence again and tell what changed.
+        if added == 1 || cluster.resync.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.resync_presence().await {
+                cluster.resync.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
         }
         let dead: Vec<String> = self
             .client
@@ -1755,33 +1793,45 @@ impl Heartbeat {
         Ok(())
     }
 
-    /// Writes this node's device count of every user it holds.
-    async fn restore_presence(&self) -> Result<(), fred::error::Error> {
+    /// Makes this node's presence entries in Redis what it holds, and tells every node (this
+    /// one included) the presence of each user whose entry changed.
+    async fn resync_presence(&self) -> Result<(), fred::error::Error> {
         let Ok(held) = self.engine.registry.send(LocalPresence).await else {
+            self.cluster.resync.store(true, Ordering::SeqCst);
             return Ok(());
         };
-        let keys = &self.cluster.keys;
-        for chunk in held.chunks(PRESENCE_CHUNK) {
-            let mut args = vec![self.cluster.node.clone(), keys.presence_prefix()];
-            for (user, devices) in chunk {
-                args.push(user.to_string());
-                args.push(devices.to_string());
-            }
-            self.client
-                .eval::<i64, _, _, _>(
-                    RESTORE_SCRIPT,
-                    vec![keys.node_users(&self.cluster.node)],
-                    args,
-                )
-                .await?;
-            // Other nodes may have reaped this one (its heartbeat lapsed): online again.
-            for (user, devices) in chunk {
-                self.cluster.publish(Body::Presence {
-                    user: *user,
-                    devices: *devices as u64,
-                    last_seen: None,
-                });
-            }
+        let cluster = &self.cluster;
+        let keys = &cluster.keys;
+        let mut args = Vec::with_capacity(2 + 2 * held.len());
+        args.push(cluster.node.clone());
+        args.push(keys.presence_prefix());
+        for (user, devices) in &held {
+            args.push(user.to_string());
+            args.push(devices.to_string());
+        }
+        let changed: Vec<String> = self
+            .client
+            .eval(RESYNC_SCRIPT, vec![keys.node_users(&cluster.node)], args)
+            .await?;
+        let now = Utc::now();
+        for pair in changed.chunks(2) {
+            let (Some(user), Some(devices)) = (
+                pair.first().and_then(|u| u.parse::<i64>().ok()),
+                pair.get(1).and_then(|d| d.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let last_seen = (devices == 0).then_some(now);
+            cluster.publish(Body::Presence {
+                user,
+                devices,
+                last_seen,
+            });
+            self.engine.registry.do_send(ClusterPresence {
+                user_id: user,
+                devices,
+                last_seen,
+            });
         }
         Ok(())
     }
