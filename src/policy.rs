@@ -482,11 +482,34 @@ fn make_room<K: Copy + Eq + std::hash::Hash, T>(
 /// net for changes made outside this process, e.g. by hand in the database) and
 /// `CONTACT_CACHE_SIZE` the entries of each kind. Refusals for unknown or banned users are
 /// not cached. Shared by every clone of [`crate::db::Db`].
-#[derive(Debug)]
 pub struct ContactCache {
     ttl: Duration,
     capacity: usize,
     state: Mutex<CacheState>,
+    /// Cluster mode: passes every invalidation on to the other nodes' caches.
+    relay: std::sync::OnceLock<Box<dyn Fn(Invalidation) + Send + Sync>>,
+}
+
+impl fmt::Debug for ContactCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContactCache")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change that makes cached verdicts stale (see [`ContactCache::apply`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Invalidation {
+    /// [`ContactCache::invalidate_users`].
+    Users(Vec<i64>),
+    /// [`ContactCache::membership_changed`].
+    Membership(i64, Vec<i64>),
+    /// [`ContactCache::direct_created`].
+    Direct(i64, i64, i64),
+    /// [`ContactCache::clear`].
+    All,
 }
 
 impl ContactCache {
@@ -497,6 +520,33 @@ impl ContactCache {
             ttl,
             capacity: capacity.max(1),
             state: Mutex::new(CacheState::default()),
+            relay: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Cluster mode: `relay` receives every invalidation made here (the other nodes apply it
+    /// with [`ContactCache::apply`]). Set once.
+    pub fn relay_to(&self, relay: Box<dyn Fn(Invalidation) + Send + Sync>) {
+        let _ = self.relay.set(relay);
+    }
+
+    fn relay(&self, change: Invalidation) {
+        if let Some(relay) = self.relay.get() {
+            relay(change);
+        }
+    }
+
+    /// Applies an invalidation another node made (not relayed again).
+    pub fn apply(&self, change: Invalidation) {
+        match change {
+            Invalidation::Users(users) => self.invalidate_users_here(&users),
+            Invalidation::Membership(conversation, users) => {
+                self.membership_changed_here(conversation, &users);
+            }
+            Invalidation::Direct(conversation, a, b) => {
+                self.direct_created_here(conversation, a, b)
+            }
+            Invalidation::All => self.lock().clear(),
         }
     }
 
@@ -679,6 +729,11 @@ impl ContactCache {
     /// involving them (a ban, a role change, new contacts, a new or changed shared
     /// conversation).
     pub fn invalidate_users(&self, users: &[i64]) {
+        self.invalidate_users_here(users);
+        self.relay(Invalidation::Users(users.to_vec()));
+    }
+
+    fn invalidate_users_here(&self, users: &[i64]) {
         let mut state = self.lock();
         let mark = state.mark();
         for user in users {
@@ -690,6 +745,11 @@ impl ContactCache {
     /// A conversation's membership changed: forgets its members and everything known about
     /// `users` (its members after the change and anyone who left it).
     pub fn membership_changed(&self, conversation: i64, users: &[i64]) {
+        self.membership_changed_here(conversation, users);
+        self.relay(Invalidation::Membership(conversation, users.to_vec()));
+    }
+
+    fn membership_changed_here(&self, conversation: i64, users: &[i64]) {
         let mut state = self.lock();
         let mark = state.mark();
         state.conversation_marks.insert(conversation, mark);
@@ -703,6 +763,11 @@ impl ContactCache {
     /// two can change (a shared conversation may link them); their standing and their verdicts
     /// with anyone else stay known.
     pub fn direct_created(&self, conversation: i64, a: i64, b: i64) {
+        self.direct_created_here(conversation, a, b);
+        self.relay(Invalidation::Direct(conversation, a, b));
+    }
+
+    fn direct_created_here(&self, conversation: i64, a: i64, b: i64) {
         let mut state = self.lock();
         let mark = state.mark();
         state.conversation_marks.insert(conversation, mark);
@@ -713,6 +778,7 @@ impl ContactCache {
     /// Forgets everything (changes whose reach is not worth working out).
     pub fn clear(&self) {
         self.lock().clear();
+        self.relay(Invalidation::All);
     }
 
     /// Marks older than the TTL can go: every entry they invalidate has expired anyway. If the

@@ -402,7 +402,12 @@ async fn ban(
     // A banned user cannot be called from now on.
     state.db.contact_cache().invalidate_users(&[id]);
     // A live call ends first (reason `admin` for every party), before the sockets drop.
-    if let Some(call) = registry(&state, CallOfUser(id)).await? {
+    let mut call = registry(&state, CallOfUser(id)).await?;
+    if let (None, Some(cluster)) = (&call, &state.engine.cluster) {
+        // In cluster mode the call may run on another node.
+        call = cluster.call_of(id).await;
+    }
+    if let Some(call) = call {
         if let Err(e) = state
             .engine
             .terminate_call(&call, "admin", Some(admin.id()))

@@ -107,6 +107,8 @@ enum Body {
         conversation: i64,
         members: Vec<i64>,
     },
+    /// Cached contact verdicts another node made stale.
+    Cache(crate::policy::Invalidation),
     /// An event for one session (session keys are unique across nodes).
     ToSession {
         user: i64,
@@ -332,6 +334,11 @@ enum Outgoing {
     },
     /// A call of this node ended: free its parties.
     Release { call_id: String },
+    /// The call a user is in, anywhere.
+    CallOf {
+        user: i64,
+        reply: oneshot::Sender<Option<String>>,
+    },
     /// Which node runs a call.
     Owner {
         call_id: String,
@@ -342,13 +349,6 @@ enum Outgoing {
         user: i64,
         device: u64,
         rejoins: bool,
-    },
-    /// Take one token of a user's cluster-wide bucket.
-    Take {
-        key: String,
-        interval_ms: f64,
-        burst: u32,
-        reply: oneshot::Sender<Option<Result<(), u64>>>,
     },
     /// Devices of each user on every node.
     Devices {
@@ -621,6 +621,9 @@ pub struct Cluster {
     subscribed: AtomicBool,
     /// Redis was unreachable since this node last wrote its presence: write it again.
     resync: AtomicBool,
+    /// The Redis client (once the cluster thread made it): rate-limit takes use it directly,
+    /// pipelined with everything else, without waiting in the outgoing queue.
+    client: std::sync::OnceLock<fred::clients::Client>,
     /// Forwarded call inputs waiting for their owner node's answer.
     pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<WireRefusal>>>>,
     next_request: AtomicU64,
@@ -686,6 +689,7 @@ impl Cluster {
             stopped: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             resync: AtomicBool::new(false),
+            client: std::sync::OnceLock::new(),
             pending: std::sync::Mutex::default(),
             next_request: AtomicU64::new(1),
         });
@@ -824,16 +828,27 @@ impl Cluster {
         if !self.redis_up.load(Ordering::Relaxed) {
             return None;
         }
-        let (reply, rx) = oneshot::channel();
-        if !self.enqueue(Outgoing::Take {
-            key: format!("{}:limit:{bucket}:{user}", self.keys.prefix),
-            interval_ms: 1000.0 / per_sec.max(f64::MIN_POSITIVE),
-            burst: burst.max(1),
-            reply,
-        }) {
-            return None;
+        let client = self.client.get()?;
+        let key = format!("{}:limit:{bucket}:{user}", self.keys.prefix);
+        let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
+        let answer = client
+            .eval::<i64, _, _, _>(
+                TAKE_SCRIPT,
+                vec![key],
+                vec![interval_ms.to_string(), burst.max(1).to_string()],
+            )
+            .await;
+        match answer {
+            Ok(0) => Some(Ok(())),
+            Ok(wait_ms) => Some(Err(u64::try_from(wait_ms)
+                .unwrap_or(1000)
+                .div_ceil(1000)
+                .max(1))),
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: rate limit not shared");
+                None
+            }
         }
-        rx.await.ok().flatten()
     }
 
     /// A party joined or left a call of this node.
@@ -850,6 +865,15 @@ impl Cluster {
         self.enqueue(Outgoing::Release {
             call_id: call_id.to_owned(),
         });
+    }
+
+    /// The call `user` is in on any node (`None` also while Redis cannot answer).
+    pub async fn call_of(&self, user: i64) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        if !self.enqueue(Outgoing::CallOf { user, reply }) {
+            return None;
+        }
+        rx.await.ok().flatten()
     }
 
     /// A device left this node: the call of its user (on another node) hears of it.
@@ -1053,6 +1077,14 @@ impl Runner {
     }
 
     async fn run(self, engine: Engine) {
+        // Contact verdicts this node makes stale are stale everywhere.
+        {
+            let cluster = Arc::clone(&self.cluster);
+            engine
+                .db
+                .contact_cache()
+                .relay_to(Box::new(move |change| cluster.publish(Body::Cache(change))));
+        }
         let Self {
             cluster,
             mut incoming,
@@ -1092,6 +1124,7 @@ impl Runner {
             }
         };
         let _connection = client.connect();
+        let _ = cluster.client.set(client.clone());
         let _subscription = subscriber.connect();
         let _resubscribe = subscriber.manage_subscriptions();
         {
@@ -1331,6 +1364,14 @@ async fn control(
                 tracing::warn!(error = %e, call = %call_id, "cluster: call parties not freed");
             }
         }
+        Outgoing::CallOf { user, reply } => {
+            let call = client
+                .get::<Option<String>, _>(cluster.keys.user_call(user))
+                .await
+                .ok()
+                .flatten();
+            let _ = reply.send(call);
+        }
         Outgoing::Owner { call_id, reply } => {
             let owner = client
                 .hget::<Option<String>, _, _>(cluster.keys.call(&call_id), "node")
@@ -1369,35 +1410,6 @@ async fn control(
                     },
                 });
             }
-        }
-        Outgoing::Take {
-            key,
-            interval_ms,
-            burst,
-            reply,
-        } => {
-            // Concurrent takes share the connection (pipelined), none waits for another.
-            let client = client.clone();
-            tokio::spawn(async move {
-                let answer = client
-                    .eval::<i64, _, _, _>(
-                        TAKE_SCRIPT,
-                        vec![key],
-                        vec![interval_ms.to_string(), burst.to_string()],
-                    )
-                    .await;
-                let _ = reply.send(match answer {
-                    Ok(0) => Some(Ok(())),
-                    Ok(wait_ms) => Some(Err(u64::try_from(wait_ms)
-                        .unwrap_or(1000)
-                        .div_ceil(1000)
-                        .max(1))),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cluster: rate limit not shared");
-                        None
-                    }
-                });
-            });
         }
         Outgoing::Devices { users, reply } => {
             let mut out = HashMap::new();
@@ -1511,6 +1523,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
                 .directory
                 .deliver(&users, &ServerEvent::new(name, data), skip);
         }
+        Body::Cache(change) => engine.db.contact_cache().apply(change),
         Body::ToSession {
             user,
             key,

@@ -96,6 +96,10 @@ pub struct RemoteMessage {
 /// their way, and are fanned out here once, in order, from the bus or the database).
 pub const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A message waiting for the seqs before it (cluster mode): its event, its recipients and the
+/// session that sent it (it gets the ack instead).
+type Waiting = (Arc<ServerEvent>, Arc<[i64]>, Option<u64>);
+
 /// Most messages from other nodes held while an earlier seq is missing; past it, the gap is
 /// filled from the database at once.
 pub const MAX_REMOTE_WAITING: usize = 4096;
@@ -188,8 +192,9 @@ pub struct ConversationActor {
     last_activity: Instant,
     /// Set when another node's message started this actor: fan out from this seq on.
     first_seq: Option<i64>,
-    /// Other nodes' messages above the mark waiting for the seqs before them.
-    waiting: BTreeMap<i64, (Arc<ServerEvent>, Arc<[i64]>)>,
+    /// Cluster mode: messages above the mark (this node's commits and other nodes') waiting
+    /// for the seqs before them, with their recipients and the session to skip.
+    waiting: BTreeMap<i64, Waiting>,
     /// A gap fill is scheduled (or running).
     gap_timer: bool,
     /// Cluster mode: seqs up to this one were committed before this actor started; those
@@ -416,6 +421,10 @@ impl Handler<Committed> for ConversationActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         self.touch();
+        if self.engine.cluster.is_some() {
+            self.committed_in_cluster(msg, ctx);
+            return;
+        }
         let mut seqs: Vec<i64> = msg
             .0
             .iter()
@@ -510,6 +519,35 @@ fn missing_range(mark: i64, seqs: &[i64]) -> Option<(i64, i64)> {
 }
 
 impl ConversationActor {
+    /// Cluster mode: a committed batch goes to the other nodes at once, and to this node's
+    /// sessions in seq order with the other nodes' messages (a seq still on its way from
+    /// another node is waited for, then read); its senders are answered now (an ack follows
+    /// the commit, not the fan-out).
+    fn committed_in_cluster(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        for (req, res) in &msg.0 {
+            let Ok(written) = res else {
+                continue;
+            };
+            let m = &written.message;
+            if m.seq <= self.fanned_up_to || self.waiting.contains_key(&m.seq) {
+                continue;
+            }
+            let event =
+                ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq);
+            if let Some(cluster) = &self.engine.cluster {
+                cluster.publish_event(&self.members.ids, &event, req.origin);
+            }
+            self.waiting
+                .insert(m.seq, (event, Arc::clone(&self.members.ids), req.origin));
+        }
+        self.release_waiting();
+        self.schedule_gap_fill(ctx);
+        for (req, result) in msg.0 {
+            self.pending = self.pending.saturating_sub(1);
+            let _ = req.reply.send(result);
+        }
+    }
+
     /// Fans out the rows loaded for a gap (up to seq `to`) together with the committed rows of
     /// `msg`, in seq order; a loaded row that `msg` carries itself goes out as `msg`'s, so its
     /// sending session is skipped.
@@ -556,8 +594,8 @@ impl ConversationActor {
             if seq != self.fanned_up_to + 1 {
                 break;
             }
-            let (event, users) = entry.remove();
-            self.engine.directory.deliver(&users, &event, None);
+            let (event, users, skip) = entry.remove();
+            self.engine.directory.deliver(&users, &event, skip);
             self.fanned_up_to = seq;
         }
     }
@@ -614,14 +652,20 @@ impl ConversationActor {
                             if m.seq <= act.fanned_up_to {
                                 continue;
                             }
-                            read += 1;
-                            let event = ServerEvent::message(
-                                "message:new",
-                                json!(m.view()),
-                                m.conversation_id,
-                                m.seq,
-                            );
-                            act.engine.directory.deliver(&act.members.ids, &event, None);
+                            // A row that arrived meanwhile goes out as it came (its sender's
+                            // session skipped); the others as read.
+                            if let Some((event, users, skip)) = act.waiting.remove(&m.seq) {
+                                act.engine.directory.deliver(&users, &event, skip);
+                            } else {
+                                read += 1;
+                                let event = ServerEvent::message(
+                                    "message:new",
+                                    json!(m.view()),
+                                    m.conversation_id,
+                                    m.seq,
+                                );
+                                act.engine.directory.deliver(&act.members.ids, &event, None);
+                            }
                             act.fanned_up_to = m.seq;
                         }
                         if let Some(cluster) = &act.engine.cluster {
@@ -665,7 +709,9 @@ impl Handler<RemoteMessage> for ConversationActor {
         if msg.seq <= self.fanned_up_to {
             return;
         }
-        self.waiting.insert(msg.seq, (msg.event, msg.users));
+        self.waiting
+            .entry(msg.seq)
+            .or_insert((msg.event, msg.users, None));
         self.release_waiting();
         self.schedule_gap_fill(ctx);
     }
