@@ -96,6 +96,9 @@ pub struct RemoteMessage {
 /// their way, and are fanned out here once, in order, from the bus or the database).
 pub const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Gap reads in a row that may wait for a batch of this node (see `writing`).
+const MAX_DEFERRALS: u32 = 20;
+
 /// A message waiting for the seqs before it (cluster mode): its event, its recipients and the
 /// session that sent it (it gets the ack instead).
 type Waiting = (Arc<ServerEvent>, Arc<[i64]>, Option<u64>);
@@ -200,6 +203,13 @@ pub struct ConversationActor {
     /// Cluster mode: seqs up to this one were committed before this actor started; those
     /// above the mark that no node delivers are read.
     fill_to: i64,
+    /// Cluster mode: senders with sends from a session here being written (by count). A row
+    /// of theirs that a gap read finds before its batch is back waits for the batch, which
+    /// knows the session to skip.
+    writing: HashMap<i64, usize>,
+    /// Gap reads in a row that waited for such a batch; past [`MAX_DEFERRALS`] the row goes
+    /// out as read (the same user may be sending through another node all along).
+    deferrals: u32,
 }
 
 impl std::fmt::Debug for ConversationActor {
@@ -231,6 +241,8 @@ impl ConversationActor {
             waiting: BTreeMap::new(),
             gap_timer: false,
             fill_to: 0,
+            writing: HashMap::new(),
+            deferrals: 0,
         }
     }
 
@@ -350,6 +362,7 @@ impl ConversationActor {
         origin: Option<u64>,
         reply: oneshot::Sender<AppResult<Written>>,
     ) {
+        let sender = draft.sender_id.filter(|_| origin.is_some());
         let req = WriteRequest {
             draft,
             notify: ctx.address().recipient(),
@@ -358,6 +371,9 @@ impl ConversationActor {
         };
         if self.engine.writer.submit(req) {
             self.pending += 1;
+            if let (Some(sender), true) = (sender, self.engine.cluster.is_some()) {
+                *self.writing.entry(sender).or_default() += 1;
+            }
         } else {
             self.engine.metrics.queue_drop(crate::metrics::Queue::Write);
         }
@@ -540,6 +556,16 @@ impl ConversationActor {
             self.waiting
                 .insert(m.seq, (event, Arc::clone(&self.members.ids), req.origin));
         }
+        for (req, _) in &msg.0 {
+            if let (Some(sender), Some(_)) = (req.draft.sender_id, req.origin) {
+                if let Some(n) = self.writing.get_mut(&sender) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.writing.remove(&sender);
+                    }
+                }
+            }
+        }
         self.release_waiting();
         self.schedule_gap_fill(ctx);
         for (req, result) in msg.0 {
@@ -647,10 +673,20 @@ impl ConversationActor {
                 match res {
                     Ok(rows) => {
                         let mut read = 0;
+                        let mut deferred = false;
                         for m in rows.iter().filter(|m| m.seq <= to) {
                             act.release_waiting();
                             if m.seq <= act.fanned_up_to {
                                 continue;
+                            }
+                            if !act.waiting.contains_key(&m.seq)
+                                && act.deferrals < MAX_DEFERRALS
+                                && m.sender_id.is_some_and(|s| act.writing.contains_key(&s))
+                            {
+                                // Possibly a send of this node whose batch is on its way
+                                // back: it goes out from there, its session skipped.
+                                deferred = true;
+                                break;
                             }
                             // A row that arrived meanwhile goes out as it came (its sender's
                             // session skipped); the others as read.
@@ -673,7 +709,12 @@ impl ConversationActor {
                         }
                         // Every seq up to `to` was committed (below a committed one): what the
                         // read did not return does not exist.
-                        act.fanned_up_to = act.fanned_up_to.max(to);
+                        if deferred {
+                            act.deferrals += 1;
+                        } else {
+                            act.deferrals = 0;
+                            act.fanned_up_to = act.fanned_up_to.max(to);
+                        }
                         act.release_waiting();
                     }
                     Err(e) => {
