@@ -786,3 +786,28 @@ async fn message_and_call_rate_limits_hold_across_nodes() {
         .unwrap_err();
     assert_eq!(err["code"], "rate_limited", "{err}");
 }
+
+#[test]
+fn nodes_starting_at_once_on_a_new_database_take_turns_at_the_migrations() {
+    use diesel::Connection;
+    let db = common::TestDb::empty();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                let mut conn = diesel::PgConnection::establish(&url).unwrap();
+                switchboard::db::run_migrations(&mut conn)
+            })
+        })
+        .collect();
+    let applied: Vec<Vec<String>> = runs
+        .into_iter()
+        .map(|r| r.join().unwrap().expect("migrations run"))
+        .collect();
+    // One node applied them all; the others found nothing left to do.
+    assert_eq!(
+        applied.iter().filter(|a| !a.is_empty()).count(),
+        1,
+        "{applied:?}"
+    );
+}

@@ -239,12 +239,28 @@ fn classify(err: AppError) -> AppError {
 }
 
 /// Applies every pending migration; returns the versions it ran.
+///
+/// Several nodes starting at once on one database take turns: the migrations run under a
+/// session-level advisory lock ([`MIGRATION_LOCK`]), so the second node finds them applied.
 pub fn run_migrations(conn: &mut PgConnection) -> AppResult<Vec<String>> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+        .execute(conn)?;
     let applied = conn
         .run_pending_migrations(MIGRATIONS)
-        .map_err(|e| AppError::internal(format!("migrations failed: {e}")))?;
-    Ok(applied.iter().map(ToString::to_string).collect())
+        .map(|applied| applied.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| AppError::internal(format!("migrations failed: {e}")));
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+        .execute(conn);
+    let applied = applied?;
+    unlocked?;
+    Ok(applied)
 }
+
+/// The advisory lock key migrations run under (any fixed number no other lock uses).
+pub const MIGRATION_LOCK: i64 = 0x5357_4d49_4752;
 
 /// Reverts every applied migration, newest first (tests of `down.sql`).
 pub fn revert_all_migrations(conn: &mut PgConnection) -> AppResult<usize> {
