@@ -26,28 +26,9 @@ async fn nodes(space: &RedisSpace, names: &[&str]) -> Vec<TestServer> {
         all.push(node);
     }
     for node in &all {
-        wait_for_cluster(node, names.len()).await;
+        node.wait_for_cluster(names.len()).await;
     }
     all
-}
-
-/// Waits until `node`'s `/health` shows Redis up, subscribed, and `count` live nodes.
-async fn wait_for_cluster(node: &TestServer, count: usize) -> Value {
-    let started = Instant::now();
-    loop {
-        let (status, body) = node.get("/health", None).await;
-        if status == 200
-            && body["cluster"]["redis"] == "up"
-            && body["cluster"]["nodes"] == json!(count)
-        {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "cluster not formed: {body}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_web::test]
@@ -311,7 +292,7 @@ async fn a_node_that_stops_beating_takes_its_devices_offline_on_the_others() {
         took >= Duration::from_millis(1000) && took < Duration::from_millis(3500),
         "offline after the heartbeat expired, within TTL + a heartbeat or two: {took:?}"
     );
-    let health = wait_for_cluster(a, 1).await;
+    let health = a.wait_for_cluster(1).await;
     assert_eq!(health["cluster"]["node"], "a");
     let (_, metrics) = a.get("/metrics", None).await;
     assert!(
@@ -630,8 +611,8 @@ async fn a_party_that_drops_can_rejoin_through_the_other_node_within_the_grace()
             c.call_reconnect_grace = Duration::from_secs(3);
         })
         .await;
-    wait_for_cluster(&a, 2).await;
-    wait_for_cluster(&b, 2).await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
     let alice = a.create_user("Alice", "alice@example.com", None, &[]);
     let bob = a.create_user("Bob", "bob@example.com", None, &[]);
     let mut ca = connect(&a, alice).await;
@@ -749,8 +730,8 @@ async fn message_and_call_rate_limits_hold_across_nodes() {
             limits(c);
         })
         .await;
-    wait_for_cluster(&a, 2).await;
-    wait_for_cluster(&b, 2).await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
     let alice = a.create_user("Alice", "alice@example.com", None, &[]);
     let bob = a.create_user("Bob", "bob@example.com", None, &[]);
     let conv = a.direct(alice, bob);

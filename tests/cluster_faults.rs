@@ -152,25 +152,6 @@ impl Drop for Redis {
     }
 }
 
-/// Waits until `node`'s `/health` shows Redis up, subscribed, and `count` live nodes.
-async fn wait_for_cluster(node: &TestServer, count: usize) -> Value {
-    let started = Instant::now();
-    loop {
-        let (status, body) = node.get("/health", None).await;
-        if status == 200
-            && body["cluster"]["redis"] == "up"
-            && body["cluster"]["nodes"] == json!(count)
-        {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "cluster not formed: {body}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until `node`'s `/health` shows Redis `state` (`up` or `down`); answers when.
 async fn wait_for_redis(node: &TestServer, state: &str, within: Duration) -> Instant {
     let started = Instant::now();
@@ -321,8 +302,8 @@ async fn redis_stopped_and_restarted_under_load_loses_nothing_acknowledged() {
     let space = RedisSpace::on(&redis.url());
     let a = TestServer::start_with(|c| space.join(c, "a")).await;
     let b = a.node(|c| space.join(c, "b")).await;
-    wait_for_cluster(&a, 2).await;
-    wait_for_cluster(&b, 2).await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
     let sender = a.create_user("Sam", "sam@example.com", None, &[]);
     let reader = a.create_user("Rita", "rita@example.com", None, &[]);
     let member = a.create_user("Mo", "mo@example.com", None, &[]);
@@ -601,7 +582,7 @@ async fn a_killed_node_s_clients_reconnect_elsewhere_and_lose_nothing_acknowledg
     let space = RedisSpace::new();
     let a = TestServer::start_with(|c| space.join(c, "a")).await;
     let mut b = NodeProcess::start(&a.db.url, &space, "b").await;
-    wait_for_cluster(&a, 2).await;
+    a.wait_for_cluster(2).await;
     let watcher = a.create_user("Wes", "wes@example.com", None, &[]);
     let senders: Vec<i64> = (0..3)
         .map(|i| a.create_user(&format!("S{i}"), &format!("s{i}@example.com"), None, &[]))
@@ -702,7 +683,7 @@ async fn a_killed_node_s_clients_reconnect_elsewhere_and_lose_nothing_acknowledg
         senders.len(),
         "each user offline once: {offline:?}"
     );
-    wait_for_cluster(&a, 1).await;
+    a.wait_for_cluster(1).await;
     assert_eq!(
         metric(&a, "switchboard_cluster_nodes_reaped_total").await,
         1
@@ -864,8 +845,8 @@ async fn presence_changes_while_a_node_cannot_reach_redis_are_right_everywhere_o
             c.node_ttl = ttl;
         })
         .await;
-    wait_for_cluster(&a, 2).await;
-    wait_for_cluster(&b, 2).await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
     let wes = a.create_user("Wes", "wes@example.com", None, &[]);
     let xena = a.create_user("Xena", "xena@example.com", None, &[]);
     let yann = a.create_user("Yann", "yann@example.com", None, &[]);
@@ -903,7 +884,7 @@ async fn presence_changes_while_a_node_cannot_reach_redis_are_right_everywhere_o
         cut.elapsed() < ttl,
         "node a was away longer than NODE_TTL_MS"
     );
-    assert_eq!(wait_for_cluster(&b, 2).await["cluster"]["nodes"], 2);
+    assert_eq!(b.wait_for_cluster(2).await["cluster"]["nodes"], 2);
 
     // Node a itself knows: Xena offline, Yann online.
     let mut on_a = WsClient::connect(&a, &a.token_for(wes)).await;
@@ -954,8 +935,8 @@ async fn a_node_reaped_while_it_could_not_reach_redis_announces_its_users_online
     })
     .await;
     let b = a.node(|c| space.join(c, "b")).await;
-    wait_for_cluster(&a, 2).await;
-    wait_for_cluster(&b, 2).await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
     let wes = a.create_user("Wes", "wes@example.com", None, &[]);
     let xena = a.create_user("Xena", "xena@example.com", None, &[]);
     group(&a, wes, &[xena]);
@@ -992,7 +973,7 @@ async fn a_node_reaped_while_it_could_not_reach_redis_announces_its_users_online
     relay.restore();
     let restored = Instant::now();
     wait_for_redis(&a, "up", Duration::from_secs(10)).await;
-    wait_for_cluster(&b, 2).await;
+    b.wait_for_cluster(2).await;
     let back = restored.elapsed();
 
     // Node a is back with Xena still connected to it: node b's sessions hear her online again.

@@ -860,6 +860,24 @@ impl Cluster {
         });
     }
 
+    /// A call of this node ended: frees its parties cluster-wide before answering (through
+    /// the outgoing queue while Redis cannot answer at once).
+    pub async fn release_call_now(&self, call_id: &str) {
+        if let (true, Some(client)) = (self.redis_up.load(Ordering::Relaxed), self.client.get()) {
+            let freed = client
+                .eval::<Vec<String>, _, _, _>(
+                    RELEASE_SCRIPT,
+                    Vec::<String>::new(),
+                    vec![self.keys.prefix.clone(), call_id.to_owned()],
+                )
+                .await;
+            if freed.is_ok() {
+                return;
+            }
+        }
+        self.release_call(call_id);
+    }
+
     /// A call of this node ended.
     pub fn release_call(&self, call_id: &str) {
         self.enqueue(Outgoing::Release {

@@ -481,13 +481,8 @@ impl Handler<Committed> for ConversationActor {
                 // Rows above the mark that this batch leaves out were committed by a batch whose
                 // senders got an error: fan them out in their place. `wait` holds later batches
                 // until then.
-                let db = self.engine.db.clone();
-                let id = self.id;
                 ctx.wait(
-                    async move {
-                        db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
-                            .await
-                    }
+                    self.read_seqs(from, to)
                     .into_actor(self)
                     .map(move |res, act, _| {
                         match res {
@@ -626,6 +621,20 @@ impl ConversationActor {
         }
     }
 
+    /// Reads this conversation's messages of seqs `from..=to` (to fill a gap).
+    fn read_seqs(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> impl std::future::Future<Output = AppResult<Vec<Message>>> + 'static {
+        let db = self.engine.db.clone();
+        let id = self.id;
+        async move {
+            db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
+                .await
+        }
+    }
+
     /// Schedules reading the seqs missing below the waiting messages, if any wait.
     fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
         if (self.waiting.is_empty() && self.fill_to <= self.fanned_up_to) || self.gap_timer {
@@ -660,15 +669,7 @@ impl ConversationActor {
         }
         let from = self.fanned_up_to + 1;
         let to = last.min(self.fanned_up_to + MAX_GAP_FILL);
-        let db = self.engine.db.clone();
-        let id = self.id;
-        ctx.wait(
-            async move {
-                db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
-                    .await
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
+        ctx.wait(self.read_seqs(from, to).into_actor(self).map(move |res, act, ctx| {
                 act.gap_timer = false;
                 match res {
                     Ok(rows) => {

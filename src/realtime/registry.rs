@@ -1092,9 +1092,6 @@ pub struct CallFinished {
 impl Handler<CallFinished> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
-        if let Some(cluster) = self.cluster() {
-            cluster.release_call(&msg.call_id);
-        }
         self.calls.remove(&msg.call_id);
         self.user_call.retain(|_, id| *id != msg.call_id);
     }

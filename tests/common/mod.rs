@@ -338,6 +338,26 @@ impl TestServer {
         user.id
     }
 
+    /// Waits until this node's `/health` shows Redis up (and subscribed) and `count` live
+    /// nodes (cluster tests); answers the health body.
+    pub async fn wait_for_cluster(&self, count: usize) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.get("/health", None).await;
+            if status == 200
+                && body["cluster"]["redis"] == "up"
+                && body["cluster"]["nodes"] == serde_json::json!(count)
+            {
+                return body;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "cluster not formed: {body}"
+            );
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A session-less access token for a user, signed with the test secret.
     pub fn token_for(&self, user_id: i64) -> String {
         self.running

@@ -270,7 +270,25 @@ impl CallActor {
             self.registry.do_send(CallFinished {
                 call_id: self.call.id.clone(),
             });
+            // In cluster mode the parties are freed cluster-wide first, too: a party calling
+            // again at once through another node is not found busy. (This actor's mailbox
+            // waits meanwhile.)
+            if let Some(cluster) = self.engine.cluster.clone() {
+                let id = self.call.id.clone();
+                ctx.wait(
+                    async move { cluster.release_call_now(&id).await }
+                        .into_actor(self)
+                        .map(move |(), act, ctx| act.perform(effects, ctx)),
+                );
+                return Ok(());
+            }
         }
+        self.perform(effects, ctx);
+        Ok(())
+    }
+
+    /// Performs a step's effects.
+    fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
                 Effect::Notify(target, name, payload) => self.deliver(target, name, payload),
@@ -295,7 +313,6 @@ impl CallActor {
         if self.finishing && !self.persisting {
             self.finish(ctx);
         }
-        Ok(())
     }
 
     /// Moves this call between the live-call gauges; counts its outcome once it ended.
