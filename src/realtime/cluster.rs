@@ -1153,6 +1153,28 @@ impl Runner {
                 async { Ok(()) }
             });
         }
+        {
+            // The bus counts as subscribed again only once a subscription went through after
+            // the subscriber's connection came back (subscribing twice to a channel is harmless).
+            let lost = Arc::clone(&cluster);
+            let _errors = subscriber.on_error(move |_| {
+                lost.subscribed.store(false, Ordering::Relaxed);
+                async { Ok(()) }
+            });
+            let back = Arc::clone(&cluster);
+            let again = subscriber.clone();
+            let _reconnects = subscriber.on_reconnect(move |_| {
+                let (cluster, subscriber) = (Arc::clone(&back), again.clone());
+                tokio::spawn(async move {
+                    let bus = cluster.keys.bus();
+                    while subscriber.subscribe(bus.clone()).await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    cluster.subscribed.store(true, Ordering::Relaxed);
+                });
+                async { Ok(()) }
+            });
+        }
         let messages = subscriber.message_rx();
         tokio::spawn(receive(
             Arc::clone(&cluster),
