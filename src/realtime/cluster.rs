@@ -46,6 +46,7 @@ use fred::prelude::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,21 +67,22 @@ const RECEIVE_BUFFER: usize = 65_536;
 
 /// What one node tells the others.
 #[derive(Debug, Serialize, Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     /// The sending node.
-    from: String,
+    from: Cow<'a, str>,
     /// What it says.
-    body: Body,
+    body: Body<'a>,
 }
 
 /// The things nodes tell each other.
 #[derive(Debug, Serialize, Deserialize)]
-enum Body {
+/// (An event borrows what the sending node has: it is encoded without copying the payload.)
+enum Body<'a> {
     /// An event for every live device of `users` (but the session `skip`).
     Event {
-        users: Vec<i64>,
-        name: String,
-        data: Value,
+        users: Cow<'a, [i64]>,
+        name: Cow<'a, str>,
+        data: Cow<'a, Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skip: Option<u64>,
         /// A new message's conversation and seq (delivered in seq order).
@@ -113,8 +115,8 @@ enum Body {
     ToSession {
         user: i64,
         key: u64,
-        name: String,
-        data: Value,
+        name: Cow<'a, str>,
+        data: Cow<'a, Value>,
     },
     /// Input for a call whose actor runs on node `to`; `request` set: answer with `CallReply`.
     CallInput {
@@ -318,14 +320,6 @@ enum Outgoing {
     /// Leave the cluster (shutdown): publish what is queued, remove this node's entries,
     /// stop beating.
     Leave(oneshot::Sender<()>),
-    /// Claim a call's parties in the cluster-wide call directory.
-    Claim {
-        call_id: String,
-        caller: i64,
-        callees: Vec<i64>,
-        group: bool,
-        reply: oneshot::Sender<Result<Claim, String>>,
-    },
     /// A party joined (busy) or left (free) a call of this node.
     CallMember {
         call_id: String,
@@ -334,26 +328,11 @@ enum Outgoing {
     },
     /// A call of this node ended: free its parties.
     Release { call_id: String },
-    /// The call a user is in, anywhere.
-    CallOf {
-        user: i64,
-        reply: oneshot::Sender<Option<String>>,
-    },
-    /// Which node runs a call.
-    Owner {
-        call_id: String,
-        reply: oneshot::Sender<Option<String>>,
-    },
     /// A device of a user left this node: tell the node running the user's call.
     DeviceGone {
         user: i64,
         device: u64,
         rejoins: bool,
-    },
-    /// Devices of each user on every node.
-    Devices {
-        users: Vec<i64>,
-        reply: oneshot::Sender<HashMap<i64, u64>>,
     },
 }
 
@@ -370,8 +349,11 @@ impl Keys {
     fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+    fn heartbeat_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
     fn heartbeat(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
+        format!("{}{node}", self.heartbeat_prefix())
     }
     fn node_users(&self, node: &str) -> String {
         format!("{}:node:{node}:users", self.prefix)
@@ -749,9 +731,9 @@ impl Cluster {
         self.gap_fills.fetch_add(seqs as u64, Ordering::Relaxed);
     }
 
-    fn publish(&self, body: Body) {
+    fn publish(&self, body: Body<'_>) {
         let envelope = Envelope {
-            from: self.node.clone(),
+            from: Cow::Borrowed(&self.node),
             body,
         };
         let Ok(text) = serde_json::to_string(&envelope) else {
@@ -766,9 +748,9 @@ impl Cluster {
     /// Publishes an event for the other nodes' sessions of `users`.
     pub fn publish_event(&self, users: &[i64], event: &ServerEvent, skip: Option<u64>) {
         self.publish(Body::Event {
-            users: users.to_vec(),
-            name: event.name.to_string(),
-            data: event.payload.clone(),
+            users: Cow::Borrowed(users),
+            name: Cow::Borrowed(&event.name),
+            data: Cow::Borrowed(&event.payload),
             skip,
             message: event.delivery,
         });
@@ -779,8 +761,8 @@ impl Cluster {
         self.publish(Body::ToSession {
             user,
             key,
-            name: event.name.to_string(),
-            data: event.payload.clone(),
+            name: Cow::Borrowed(&event.name),
+            data: Cow::Borrowed(&event.payload),
         });
     }
 
@@ -800,18 +782,21 @@ impl Cluster {
         callees: &[i64],
         group: bool,
     ) -> AppResult<Claim> {
-        let (reply, rx) = oneshot::channel();
-        if !self.enqueue(Outgoing::Claim {
-            call_id: call_id.to_owned(),
-            caller,
-            callees: callees.to_vec(),
-            group,
-            reply,
-        }) {
-            return Err(AppError::unavailable("cluster link busy; retry shortly"));
-        }
-        rx.await
-            .map_err(|_| AppError::unavailable("cluster link stopped"))?
+        let client = self
+            .redis()
+            .ok_or_else(|| AppError::unavailable("call directory unavailable: Redis is away"))?;
+        let mut args = vec![
+            self.keys.prefix.clone(),
+            call_id.to_owned(),
+            self.node.clone(),
+            caller.to_string(),
+            if group { "1" } else { "0" }.to_owned(),
+        ];
+        args.extend(callees.iter().map(ToString::to_string));
+        client
+            .eval::<Vec<String>, _, _, _>(CLAIM_SCRIPT, Vec::<String>::new(), args)
+            .await
+            .map(|answer| claim_of(&answer))
             .map_err(|e| AppError::unavailable(format!("call directory unavailable: {e}")))
     }
 
@@ -825,10 +810,7 @@ impl Cluster {
         per_sec: f64,
         burst: u32,
     ) -> Option<Result<(), u64>> {
-        if !self.redis_up.load(Ordering::Relaxed) {
-            return None;
-        }
-        let client = self.client.get()?;
+        let client = self.redis()?;
         let key = format!("{}:limit:{bucket}:{user}", self.keys.prefix);
         let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
         let answer = client
@@ -863,7 +845,7 @@ impl Cluster {
     /// A call of this node ended: frees its parties cluster-wide before answering (through
     /// the outgoing queue while Redis cannot answer at once).
     pub async fn release_call_now(&self, call_id: &str) {
-        if let (true, Some(client)) = (self.redis_up.load(Ordering::Relaxed), self.client.get()) {
+        if let Some(client) = self.redis() {
             let freed = client
                 .eval::<Vec<String>, _, _, _>(
                     RELEASE_SCRIPT,
@@ -887,11 +869,7 @@ impl Cluster {
 
     /// The call `user` is in on any node (`None` also while Redis cannot answer).
     pub async fn call_of(&self, user: i64) -> Option<String> {
-        let (reply, rx) = oneshot::channel();
-        if !self.enqueue(Outgoing::CallOf { user, reply }) {
-            return None;
-        }
-        rx.await.ok().flatten()
+        call_of(self.redis()?, &self.keys, user).await
     }
 
     /// A device left this node: the call of its user (on another node) hears of it.
@@ -907,14 +885,12 @@ impl Cluster {
     /// for its answer (at most [`CALL_FORWARD_TIMEOUT`]).
     pub async fn forward_call_input(&self, call_id: &str, event: CallEvent) -> AppResult<()> {
         let gone = || AppError::NotFound("call not found or already ended".into());
-        let (reply, rx) = oneshot::channel();
-        if !self.enqueue(Outgoing::Owner {
-            call_id: call_id.to_owned(),
-            reply,
-        }) {
-            return Err(AppError::unavailable("cluster link busy; retry shortly"));
-        }
-        let owner = rx.await.ok().flatten().ok_or_else(gone)?;
+        let client = self
+            .redis()
+            .ok_or_else(|| AppError::unavailable("Redis is away; retry shortly"))?;
+        let owner = owner_of(client, &self.keys, call_id)
+            .await
+            .ok_or_else(gone)?;
         if owner == self.node {
             return Err(gone());
         }
@@ -990,15 +966,19 @@ impl Cluster {
     /// Each user's devices on every node (users Redis does not know are left out; empty while
     /// Redis is away).
     pub async fn devices_of(&self, users: Vec<i64>) -> HashMap<i64, u64> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .outgoing
-            .try_send(Outgoing::Devices { users, reply })
-            .is_err()
+        let mut out = HashMap::new();
+        let Some(client) = self.redis().filter(|_| !users.is_empty()) else {
+            return out;
+        };
+        let keys: Vec<String> = users.iter().map(|u| self.keys.presence(*u)).collect();
+        match client
+            .eval::<Vec<u64>, _, _, _>(DEVICES_SCRIPT, keys, Vec::<String>::new())
+            .await
         {
-            return HashMap::new();
+            Ok(totals) => out.extend(users.iter().copied().zip(totals).filter(|(_, n)| *n > 0)),
+            Err(e) => tracing::debug!(error = %e, "cluster: presence query failed"),
         }
-        rx.await.unwrap_or_default()
+        out
     }
 
     /// Leaves the cluster: what is queued is published, then this node's heartbeat and
@@ -1014,6 +994,34 @@ impl Cluster {
     /// of failover run several nodes in one process).
     pub fn halt(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Tells every node (this one included) a user's presence: `devices` on every node.
+    fn announce_presence(
+        &self,
+        engine: &Engine,
+        user: i64,
+        devices: u64,
+        last_seen: Option<DateTime<Utc>>,
+    ) {
+        self.publish(Body::Presence {
+            user,
+            devices,
+            last_seen,
+        });
+        engine.registry.do_send(ClusterPresence {
+            user_id: user,
+            devices,
+            last_seen,
+        });
+    }
+
+    /// The Redis client while Redis answers (`None`: the caller decides without Redis rather
+    /// than wait for a command to time out).
+    fn redis(&self) -> Option<&fred::clients::Client> {
+        self.client
+            .get()
+            .filter(|_| self.redis_up.load(Ordering::Relaxed))
     }
 
     fn set_redis_up(&self, up: bool) {
@@ -1329,50 +1337,21 @@ async fn control(
                     "Redis unreachable",
                 ))
             };
-            let total = match result {
-                Ok(total) => {
-                    cluster.publish(Body::Presence {
-                        user,
-                        devices: total,
-                        last_seen,
-                    });
-                    total
-                }
+            match result {
+                Ok(total) => cluster.announce_presence(engine, user, total, last_seen),
                 Err(e) => {
                     tracing::debug!(error = %e, user, "cluster: presence not shared");
                     if cluster.redis_up.load(Ordering::Relaxed) {
                         cluster.set_redis_up(false);
                     }
-                    devices as u64
+                    // This node's audience hears this node's view.
+                    engine.registry.do_send(ClusterPresence {
+                        user_id: user,
+                        devices: devices as u64,
+                        last_seen,
+                    });
                 }
-            };
-            engine.registry.do_send(ClusterPresence {
-                user_id: user,
-                devices: total,
-                last_seen,
-            });
-        }
-        Outgoing::Claim {
-            call_id,
-            caller,
-            callees,
-            group,
-            reply,
-        } => {
-            let mut args = vec![
-                cluster.keys.prefix.clone(),
-                call_id,
-                cluster.node.clone(),
-                caller.to_string(),
-                if group { "1" } else { "0" }.to_owned(),
-            ];
-            args.extend(callees.iter().map(ToString::to_string));
-            let result = client
-                .eval::<Vec<String>, _, _, _>(CLAIM_SCRIPT, Vec::<String>::new(), args)
-                .await
-                .map_err(|e| e.to_string())
-                .map(|answer| claim_of(&answer));
-            let _ = reply.send(result);
+            }
         }
         Outgoing::CallMember {
             call_id,
@@ -1404,40 +1383,15 @@ async fn control(
                 tracing::warn!(error = %e, call = %call_id, "cluster: call parties not freed");
             }
         }
-        Outgoing::CallOf { user, reply } => {
-            let call = client
-                .get::<Option<String>, _>(cluster.keys.user_call(user))
-                .await
-                .ok()
-                .flatten();
-            let _ = reply.send(call);
-        }
-        Outgoing::Owner { call_id, reply } => {
-            let owner = client
-                .hget::<Option<String>, _, _>(cluster.keys.call(&call_id), "node")
-                .await
-                .ok()
-                .flatten();
-            let _ = reply.send(owner);
-        }
         Outgoing::DeviceGone {
             user,
             device,
             rejoins,
         } => {
-            let call: Option<String> = client
-                .get(cluster.keys.user_call(user))
-                .await
-                .ok()
-                .flatten();
-            let Some(call_id) = call else {
+            let Some(call_id) = call_of(client, &cluster.keys, user).await else {
                 return;
             };
-            let owner: Option<String> = client
-                .hget(cluster.keys.call(&call_id), "node")
-                .await
-                .ok()
-                .flatten();
+            let owner = owner_of(client, &cluster.keys, &call_id).await;
             if let Some(owner) = owner.filter(|o| *o != cluster.node) {
                 cluster.publish(Body::CallInput {
                     to: owner,
@@ -1451,23 +1405,17 @@ async fn control(
                 });
             }
         }
-        Outgoing::Devices { users, reply } => {
-            let mut out = HashMap::new();
-            if cluster.redis_up.load(Ordering::Relaxed) && !users.is_empty() {
-                let keys: Vec<String> = users.iter().map(|u| cluster.keys.presence(*u)).collect();
-                match client
-                    .eval::<Vec<u64>, _, _, _>(DEVICES_SCRIPT, keys, Vec::<String>::new())
-                    .await
-                {
-                    Ok(totals) => {
-                        out.extend(users.iter().copied().zip(totals).filter(|(_, n)| *n > 0));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cluster: presence query failed"),
-                }
-            }
-            let _ = reply.send(out);
-        }
     }
+}
+
+/// The call `user` is in, on any node (`None` also when Redis cannot answer).
+async fn call_of(client: &fred::clients::Client, keys: &Keys, user: i64) -> Option<String> {
+    client.get(keys.user_call(user)).await.ok().flatten()
+}
+
+/// The node running a call (`None` also when Redis cannot answer).
+async fn owner_of(client: &fred::clients::Client, keys: &Keys, call_id: &str) -> Option<String> {
+    client.hget(keys.call(call_id), "node").await.ok().flatten()
 }
 
 /// Reads the claim script's answer.
@@ -1532,7 +1480,8 @@ async fn receive(
                     Ok(envelope) if envelope.from == cluster.node => {}
                     Ok(envelope) => {
                         cluster.received.fetch_add(1, Ordering::Relaxed);
-                        dispatch(&cluster, &engine, envelope.from, envelope.body).await;
+                        dispatch(&cluster, &engine, envelope.from.into_owned(), envelope.body)
+                            .await;
                     }
                     Err(e) => tracing::warn!(error = %e, "cluster: unreadable envelope ignored"),
                 }
@@ -1550,7 +1499,7 @@ async fn receive(
 }
 
 /// Applies what another node said to this node's sessions and actors.
-async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: Body) {
+async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: Body<'_>) {
     match body {
         Body::Event {
             users,
@@ -1559,9 +1508,11 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
             skip,
             message: None,
         } => {
-            engine
-                .directory
-                .deliver(&users, &ServerEvent::new(name, data), skip);
+            engine.directory.deliver(
+                &users,
+                &ServerEvent::new(name.into_owned(), data.into_owned()),
+                skip,
+            );
         }
         Body::Cache(change) => engine.db.contact_cache().apply(change),
         Body::ToSession {
@@ -1570,9 +1521,11 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
             name,
             data,
         } => {
-            engine
-                .directory
-                .deliver_to_session(user, key, &ServerEvent::new(name, data));
+            engine.directory.deliver_to_session(
+                user,
+                key,
+                &ServerEvent::new(name.into_owned(), data.into_owned()),
+            );
         }
         Body::CallInput {
             to,
@@ -1615,11 +1568,12 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
             skip: _,
             message: Some((conversation, seq)),
         } => {
-            let event = ServerEvent::message(name, data, conversation, seq);
+            let event =
+                ServerEvent::message(name.into_owned(), data.into_owned(), conversation, seq);
             let remote = RemoteMessage {
                 seq,
                 event,
-                users: users.into(),
+                users: users.into_owned().into(),
             };
             if let Some(addr) = engine.conversations.get(&conversation) {
                 let _ = addr.try_send(remote);
@@ -1706,26 +1660,20 @@ async fn reap(
     }
     let now = Utc::now();
     for user in gone {
-        let body = Body::Presence {
-            user,
-            devices: 0,
-            last_seen: Some(now),
-        };
         if node == cluster.node {
             // Leaving: the queue is no longer drained, publish directly.
             if let Ok(text) = serde_json::to_string(&Envelope {
-                from: cluster.node.clone(),
-                body,
+                from: Cow::Borrowed(&cluster.node),
+                body: Body::Presence {
+                    user,
+                    devices: 0,
+                    last_seen: Some(now),
+                },
             }) {
                 let _ = client.publish::<i64, _, _>(keys.bus(), text).await;
             }
         } else {
-            cluster.publish(body);
-            engine.registry.do_send(ClusterPresence {
-                user_id: user,
-                devices: 0,
-                last_seen: Some(now),
-            });
+            cluster.announce_presence(engine, user, 0, Some(now));
         }
     }
     Ok(())
@@ -1831,7 +1779,7 @@ impl Heartbeat {
             .eval(
                 DEAD_SCRIPT,
                 vec![keys.nodes()],
-                vec![format!("{}:node:", keys.prefix)],
+                vec![keys.heartbeat_prefix()],
             )
             .await?;
         for node in dead.iter().filter(|n| **n != cluster.node) {
@@ -1874,17 +1822,7 @@ impl Heartbeat {
             ) else {
                 continue;
             };
-            let last_seen = (devices == 0).then_some(now);
-            cluster.publish(Body::Presence {
-                user,
-                devices,
-                last_seen,
-            });
-            self.engine.registry.do_send(ClusterPresence {
-                user_id: user,
-                devices,
-                last_seen,
-            });
+            cluster.announce_presence(&self.engine, user, devices, (devices == 0).then_some(now));
         }
         Ok(())
     }
@@ -1894,15 +1832,17 @@ impl Heartbeat {
 mod tests {
     use super::{Body, Envelope};
     use serde_json::json;
+    use std::borrow::Cow;
 
     #[test]
     fn envelopes_round_trip_with_and_without_a_message_seq() {
+        let data = json!({"text": "hi"});
         let with = Envelope {
             from: "a".into(),
             body: Body::Event {
-                users: vec![1, 2],
+                users: vec![1, 2].into(),
                 name: "message:new".into(),
-                data: json!({"text": "hi"}),
+                data: Cow::Borrowed(&data),
                 skip: None,
                 message: Some((7, 42)),
             },
@@ -1913,7 +1853,7 @@ mod tests {
         });
         assert!(matches!(
             back.body,
-            Body::Event { message: Some((7, 42)), ref users, .. } if users == &[1, 2]
+            Body::Event { message: Some((7, 42)), ref users, .. } if users[..] == [1, 2]
         ));
         let without =
             r#"{"from":"b","body":{"Event":{"users":[3],"name":"typing:start","data":{}}}}"#;

@@ -513,6 +513,11 @@ impl Handler<Committed> for ConversationActor {
     }
 }
 
+/// The `message:new` event of a committed message.
+fn new_message_event(m: &Message) -> Arc<ServerEvent> {
+    ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq)
+}
+
 /// The first and last seq above `mark` up to the highest of `seqs` (sorted, all above `mark`)
 /// that `seqs` leaves out, if any.
 fn missing_range(mark: i64, seqs: &[i64]) -> Option<(i64, i64)> {
@@ -543,8 +548,7 @@ impl ConversationActor {
             if m.seq <= self.fanned_up_to || self.waiting.contains_key(&m.seq) {
                 continue;
             }
-            let event =
-                ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq);
+            let event = new_message_event(m);
             if let Some(cluster) = &self.engine.cluster {
                 cluster.publish_event(&self.members.ids, &event, req.origin);
             }
@@ -595,8 +599,7 @@ impl ConversationActor {
             if m.seq <= self.fanned_up_to {
                 continue;
             }
-            let event =
-                ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq);
+            let event = new_message_event(m);
             self.fan_out(Arc::clone(&self.members.ids), event, origin);
             self.fanned_up_to = m.seq;
         }
@@ -695,12 +698,7 @@ impl ConversationActor {
                                 act.engine.directory.deliver(&users, &event, skip);
                             } else {
                                 read += 1;
-                                let event = ServerEvent::message(
-                                    "message:new",
-                                    json!(m.view()),
-                                    m.conversation_id,
-                                    m.seq,
-                                );
+                                let event = new_message_event(m);
                                 act.engine.directory.deliver(&act.members.ids, &event, None);
                             }
                             act.fanned_up_to = m.seq;
