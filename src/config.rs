@@ -273,6 +273,20 @@ pub struct Config {
     /// `SOCKETIO_AUTH_TIMEOUT_MS` — a Socket.IO client that connected without a token must send
     /// `authenticate` (seed 000) within this, or it is disconnected. Default 10000.
     pub socketio_auth_timeout: Duration,
+    /// `SOCKETIO_RECOVERY_SECS` — how long a dropped Socket.IO session can come back with its
+    /// private id and offset (connection state recovery) and be replayed what it missed. 0 turns
+    /// recovery off (no private ids, no offsets). Default 120.
+    pub socketio_recovery: Duration,
+    /// `SOCKETIO_RECOVERY_MAX_EVENTS` — most events one recovery replays; a session that missed
+    /// more comes back as a fresh one (`recovered: false`). Also the most unconfirmed events a
+    /// live session remembers. Default 1000.
+    pub socketio_recovery_max_events: usize,
+    /// `SOCKETIO_RECOVERY_PER_USER` — most dropped sessions kept for one user (the oldest go
+    /// first). Default 20.
+    pub socketio_recovery_per_user: usize,
+    /// `SOCKETIO_RECOVERY_MAX_SESSIONS` — most dropped sessions kept in all; past it a dropped
+    /// session is not kept (its client reconnects fresh). Default 200000.
+    pub socketio_recovery_max_sessions: usize,
     /// `DEFAULT_DIALECT` — the dialect of connections that name none (`?dialect=` or the
     /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
     /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
@@ -427,6 +441,10 @@ impl Default for Config {
             socketio_max_payload: 1_000_000,
             socketio_connect_timeout: Duration::from_millis(45_000),
             socketio_auth_timeout: Duration::from_millis(10_000),
+            socketio_recovery: Duration::from_secs(120),
+            socketio_recovery_max_events: 1000,
+            socketio_recovery_per_user: 20,
+            socketio_recovery_max_sessions: 200_000,
             default_dialect: "canonical".into(),
             contact_policy: ContactPolicy::Open,
             contact_rules: ContactRules::default(),
@@ -695,6 +713,22 @@ impl Config {
             "SOCKETIO_AUTH_TIMEOUT_MS",
             &mut self.socketio_auth_timeout,
         )?;
+        parse_secs(src, "SOCKETIO_RECOVERY_SECS", &mut self.socketio_recovery)?;
+        parse(
+            src,
+            "SOCKETIO_RECOVERY_MAX_EVENTS",
+            &mut self.socketio_recovery_max_events,
+        )?;
+        parse(
+            src,
+            "SOCKETIO_RECOVERY_PER_USER",
+            &mut self.socketio_recovery_per_user,
+        )?;
+        parse(
+            src,
+            "SOCKETIO_RECOVERY_MAX_SESSIONS",
+            &mut self.socketio_recovery_max_sessions,
+        )?;
         parse(src, "DEFAULT_DIALECT", &mut self.default_dialect)?;
         parse(src, "CONTACT_POLICY", &mut self.contact_policy)?;
         parse(src, "CONTACT_RULES", &mut self.contact_rules)?;
@@ -918,6 +952,18 @@ impl Config {
             ("CONTACT_CACHE_SIZE", self.contact_cache_size),
             ("LAST_SEEN_BATCH", self.last_seen_batch),
             ("LAST_SEEN_BUFFER", self.last_seen_buffer),
+            (
+                "SOCKETIO_RECOVERY_MAX_EVENTS",
+                self.socketio_recovery_max_events,
+            ),
+            (
+                "SOCKETIO_RECOVERY_PER_USER",
+                self.socketio_recovery_per_user,
+            ),
+            (
+                "SOCKETIO_RECOVERY_MAX_SESSIONS",
+                self.socketio_recovery_max_sessions,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));

@@ -148,7 +148,19 @@ pub struct Metrics {
     last_seen_written: AtomicU64,
     last_seen_failed: AtomicU64,
     last_seen_dropped: AtomicU64,
+    socketio_recoveries: [AtomicU64; RECOVERY_OUTCOMES.len()],
 }
+
+/// Outcomes of Socket.IO connection state recovery attempts (`refused`: the identity did not
+/// pass its check again).
+pub const RECOVERY_OUTCOMES: [&str; 6] = [
+    "recovered",
+    "unknown_session",
+    "bad_offset",
+    "too_many_events",
+    "unavailable",
+    "refused",
+];
 
 /// Values that live elsewhere and are read at scrape time.
 #[derive(Clone, Debug, Default)]
@@ -248,6 +260,24 @@ impl Metrics {
     /// Connections aborted after their close grace so far.
     pub fn connections_aborted(&self) -> u64 {
         self.connections_aborted.load(Ordering::Relaxed)
+    }
+
+    /// A Socket.IO client asked to recover its session; `outcome` is one of
+    /// [`RECOVERY_OUTCOMES`] (anything else counts as `refused`).
+    pub fn socketio_recovery(&self, outcome: &str) {
+        let i = RECOVERY_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(RECOVERY_OUTCOMES.len() - 1);
+        self.socketio_recoveries[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Recovery attempts with an outcome so far.
+    pub fn socketio_recoveries(&self, outcome: &str) -> u64 {
+        RECOVERY_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.socketio_recoveries[i].load(Ordering::Relaxed))
     }
 
     /// A rate limit refused something.
@@ -448,6 +478,20 @@ impl Metrics {
              their close (a peer that stopped reading).",
             self.connections_aborted.load(Ordering::Relaxed),
         );
+
+        header(
+            &mut out,
+            "switchboard_socketio_recoveries_total",
+            "counter",
+            "Socket.IO connection state recovery attempts, by outcome.",
+        );
+        for (outcome, n) in RECOVERY_OUTCOMES.iter().zip(&self.socketio_recoveries) {
+            let _ = writeln!(
+                out,
+                "switchboard_socketio_recoveries_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
 
         header(
             &mut out,

@@ -7,7 +7,8 @@
 //!    that was accepted is committed and acknowledged;
 //! 4. close every socket with 1001 "going away" (plain WebSocket and Socket.IO; a waiting
 //!    Socket.IO poll ends with a close packet), so clients reconnect to the next process;
-//! 5. stop the HTTP server (in-flight REST requests finish) and drain the writer once more;
+//! 5. stop the HTTP server (in-flight REST requests finish) and drain the writer once more,
+//!    and write the closed Socket.IO sessions kept for connection state recovery;
 //! 6. write the last-seen times of the users whose sockets were closed.
 //!
 //! Each wait takes what is left of the one deadline; a step that runs out of time is logged and
@@ -125,6 +126,8 @@ pub async fn run(state: &AppState, handle: &ServerHandle) -> Report {
         handle.stop(false).await;
     }
     report.clean &= wait_until(deadline, || engine.writer.pending() == 0).await;
+    // The closed Socket.IO sessions are kept, so their clients recover on the next process.
+    report.clean &= wait_until(deadline, || state.recovery.pending() == 0).await;
 
     // 6. The closed sessions' last-seen times.
     match tokio::time::timeout_at(deadline, engine.registry.send(FlushLastSeen)).await {

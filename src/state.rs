@@ -22,6 +22,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The Socket.IO (Engine.IO v4) server at `/socket.io/`.
     pub socketio: Arc<crate::realtime::socketio::engine::EioServer>,
+    /// Where dropped Socket.IO sessions are kept for connection state recovery.
+    pub recovery: Arc<crate::realtime::socketio::recovery::Keeper>,
     /// Process start, for uptime.
     pub started: Instant,
     /// The dialect each listener's connections speak when they name none, by listen address.
@@ -36,14 +38,24 @@ impl AppState {
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
         let engine = Engine::start(Arc::clone(&config), db.clone());
-        let socketio =
-            crate::realtime::socketio::production_server(&config, auth.clone(), engine.clone());
+        let recovery = crate::realtime::socketio::recovery::Keeper::start(
+            db.clone(),
+            config.socketio_recovery_per_user,
+            config.socketio_recovery_max_sessions,
+        );
+        let socketio = crate::realtime::socketio::production_server(
+            &config,
+            auth.clone(),
+            engine.clone(),
+            Arc::clone(&recovery),
+        );
         Self {
             config,
             db,
             auth,
             engine,
             socketio,
+            recovery,
             started: Instant::now(),
             listeners: Arc::default(),
         }

@@ -136,6 +136,58 @@ impl Auth {
         &self.hasher
     }
 
+    /// Checks again an identity a token proved earlier, without the token: a dropped Socket.IO
+    /// session of a client that authenticates by event (seed 000) comes back on its private
+    /// id. The same standing as [`Auth::authenticate`] is required: the user exists and is not
+    /// banned, the device session (if any) is not signed out, and no forced logout came after
+    /// `since` (when the session first authenticated).
+    pub async fn revalidate(
+        &self,
+        user_id: i64,
+        session_id: Option<String>,
+        numeric_id: bool,
+        since: chrono::DateTime<Utc>,
+    ) -> AppResult<Identity> {
+        let lookup = session_id.clone();
+        let found = self
+            .db
+            .run(move |conn| accounts::identity(conn, user_id, lookup.as_deref()))
+            .await?;
+        let Some((user, session)) = found else {
+            return Err(AppError::unauthorized(
+                "invalid_token",
+                "unknown user or session",
+            ));
+        };
+        if session.as_ref().is_some_and(|s| s.revoked_at.is_some()) {
+            return Err(AppError::unauthorized(
+                "session_revoked",
+                "this session was signed out",
+            ));
+        }
+        if user.is_banned() {
+            return Err(AppError::unauthorized(
+                "account_banned",
+                "this account is banned",
+            ));
+        }
+        if session.is_none()
+            && user
+                .tokens_valid_after
+                .is_some_and(|cutoff| cutoff >= since)
+        {
+            return Err(AppError::unauthorized(
+                "session_revoked",
+                "this token was signed out by an administrator",
+            ));
+        }
+        Ok(Identity {
+            user,
+            session_id,
+            numeric_id,
+        })
+    }
+
     /// Verifies a bearer token and loads the caller: the signature and expiry, the user (must
     /// exist and not be banned) and, for session-bound tokens, the device session (must exist,
     /// belong to the user and not be revoked).

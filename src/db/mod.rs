@@ -11,6 +11,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod messages;
 pub mod models;
+pub mod recovery;
 pub mod schema;
 pub mod support;
 

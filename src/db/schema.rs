@@ -164,6 +164,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    socketio_sessions (pid_hash) {
+        pid_hash -> Bytea,
+        user_id -> Int8,
+        sid -> Text,
+        dialect -> Text,
+        connected_at -> Timestamptz,
+        disconnected_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        state -> Jsonb,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Int8,
         name -> Text,
@@ -193,6 +206,7 @@ diesel::joinable!(conversation_members -> users (user_id));
 diesel::joinable!(device_sessions -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(refresh_tokens -> device_sessions (session_id));
+diesel::joinable!(socketio_sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
@@ -206,5 +220,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     otp_codes,
     refresh_tokens,
+    socketio_sessions,
     users,
 );

@@ -514,7 +514,7 @@ impl Handler<Committed> for ConversationActor {
 }
 
 /// The `message:new` event of a committed message.
-fn new_message_event(m: &Message) -> Arc<ServerEvent> {
+pub(crate) fn new_message_event(m: &Message) -> Arc<ServerEvent> {
     ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq)
 }
 

@@ -1340,6 +1340,19 @@ impl Translator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Conversations (as in event payloads) this connection left: dialect state a recovered
+    /// Socket.IO session keeps.
+    pub fn left_rooms(&self) -> Vec<String> {
+        self.left().iter().cloned().collect()
+    }
+
+    /// Restores the conversations a recovered session had left.
+    pub fn restore_left(&self, rooms: Vec<String>) {
+        if self.rooms {
+            self.left().extend(rooms.into_iter().take(MAX_LEFT_ROOMS));
+        }
+    }
+
     /// Whether this connection left the conversation an event belongs to.
     fn muted(&self, event: &ServerEvent) -> bool {
         if !self.rooms || event.name.starts_with("call:") {

@@ -45,6 +45,10 @@ pub struct ServerEvent {
     /// For a new message: its conversation and seq, so transports whose clients acknowledge
     /// events (Socket.IO) can turn that acknowledgement into a delivered receipt.
     pub delivery: Option<(i64, i64)>,
+    /// For an event that stands for something durable (a new, edited or deleted message, a
+    /// receipt): where it stands in its conversation, so a connection can tell its client's
+    /// place (Socket.IO connection state recovery).
+    pub position: Option<Position>,
     canonical: OnceLock<ByteString>,
     socketio: OnceLock<Arc<str>>,
     /// This event in each dialect (slot: [`crate::realtime::dialect::Dialect::index`]), built
@@ -56,11 +60,52 @@ pub struct ServerEvent {
 /// ids like each connection's token).
 pub const DIALECT_SLOTS: usize = 2 * crate::realtime::dialect::DIALECT_COUNT;
 
+/// Where a durable event stands in its conversation: every new message, edit, deletion and
+/// receipt takes the conversation's next change number, and a new message its next seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The conversation.
+    pub conversation: i64,
+    /// A new message's seq; 0 for other events.
+    pub seq: i64,
+    /// The change number.
+    pub change: i64,
+}
+
+impl Position {
+    /// The position of a canonical event, when it stands for something durable.
+    pub fn of(name: &str, payload: &Value) -> Option<Self> {
+        let new = match name {
+            "message:new" => true,
+            "message:edited" | "message:deleted" | "receipt:delivered" | "receipt:read" => false,
+            _ => return None,
+        };
+        let conversation = match payload.get("conversationId")? {
+            Value::String(s) => s.parse().ok()?,
+            Value::Number(n) => n.as_i64()?,
+            _ => return None,
+        };
+        let change = payload.get("change").and_then(Value::as_i64)?;
+        let seq = if new {
+            payload.get("seq").and_then(Value::as_i64)?
+        } else {
+            0
+        };
+        Some(Self {
+            conversation,
+            seq,
+            change,
+        })
+    }
+}
+
 impl ServerEvent {
     /// A new shared event.
     pub fn new(name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
+        let name = name.into();
         Arc::new(Self {
-            name: name.into(),
+            position: Position::of(&name, &payload),
+            name,
             payload,
             delivery: None,
             canonical: OnceLock::new(),
@@ -76,8 +121,10 @@ impl ServerEvent {
         conversation_id: i64,
         seq: i64,
     ) -> Arc<Self> {
+        let name = name.into();
         Arc::new(Self {
-            name: name.into(),
+            position: Position::of(&name, &payload),
+            name,
             payload,
             delivery: Some((conversation_id, seq)),
             canonical: OnceLock::new(),
@@ -92,6 +139,7 @@ impl ServerEvent {
             name: name.into(),
             payload,
             delivery: self.delivery,
+            position: self.position,
             canonical: OnceLock::new(),
             socketio: OnceLock::new(),
             translated: Default::default(),

@@ -5,7 +5,7 @@
 
 use super::dialect::Translator;
 use super::directory::SessionHandle;
-use super::protocol::{ClientFrame, Command, Outbound, WireError};
+use super::protocol::{ClientFrame, Command, Outbound, Position, WireError};
 use super::registry::{Announce, CloseSession, Connect, Disconnect, SessionLabels, WatchPresence};
 use super::Engine;
 use crate::auth::Identity;
@@ -75,6 +75,17 @@ impl CloseSignal {
     }
 }
 
+/// Told of each message the session itself sent (its own fan-out skips it): a transport that
+/// tracks its client's place (Socket.IO recovery) counts it as known to the client.
+#[derive(Clone)]
+pub struct OwnSends(pub Arc<dyn Fn(Position) + Send + Sync>);
+
+impl std::fmt::Debug for OwnSends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnSends")
+    }
+}
+
 /// The transport side of a session: a bounded queue of outbound items and a close signal.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -84,6 +95,8 @@ pub struct Link {
     pub close: Arc<CloseSignal>,
     /// The connection's dialect: events are translated as they are queued.
     pub dialect: Arc<Translator>,
+    /// Told of the session's own committed sends, when the transport wants to know.
+    pub own_sends: Option<OwnSends>,
 }
 
 /// What became of an item offered to a [`Link`].
@@ -108,7 +121,15 @@ impl Link {
             out,
             close,
             dialect,
+            own_sends: None,
         }
+    }
+
+    /// The same link, telling `hook` of the session's own committed sends.
+    #[must_use]
+    pub fn with_own_sends(mut self, hook: OwnSends) -> Self {
+        self.own_sends = Some(hook);
+        self
     }
 
     /// Queues an item (events in the connection's dialect); a full queue means the client is
@@ -457,7 +478,17 @@ impl Runner {
                 Work::Frame(f) => parse(&self.link, f),
             };
             let result = match command {
-                Ok(c) => execute(engine, &self.identity, self.key, c, received).await,
+                Ok(c) => {
+                    let sends = matches!(c, Command::Send(_) | Command::SendDirect(_));
+                    let result = execute(engine, &self.identity, self.key, c, received).await;
+                    if let (true, Some(hook), Ok(payload)) = (sends, &self.link.own_sends, &result)
+                    {
+                        if let Some(p) = Position::of("message:new", payload) {
+                            (hook.0)(p);
+                        }
+                    }
+                    result
+                }
                 Err(e) => Err(e),
             };
             tracing::debug!(

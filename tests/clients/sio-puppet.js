@@ -5,13 +5,20 @@
 //   {"op":"connect","name":N,"url":U,"opts":{...socket.io-client options...},"ackEvents":true}
 //   {"op":"emit","name":N,"event":E,"args":[...],"ack":true|false,"tag":T}
 //   {"op":"close","name":N}
+//   {"op":"drop","name":N}          closes the client's transport (engine) without a DISCONNECT
+//   {"op":"reconnect","name":N,"url":U?}  connects the same socket again (a kept session is
+//                                   named), to another server when `url` is given
+//   {"op":"forge","name":N,"pid":P} replaces the private session id the client will name
 //   {"op":"exit"}
 // Output lines:
-//   {"name":N,"type":"connect","transport":"websocket|polling"}
+//   {"name":N,"type":"connect","transport":"websocket|polling","id":ID,"recovered":bool}
 //   {"name":N,"type":"connect_error","message":M,"data":D}
 //   {"name":N,"type":"disconnect","reason":R}
 //   {"name":N,"type":"upgrade","transport":T}
-//   {"name":N,"type":"event","event":E,"args":[...],"askedAck":bool}
+//   {"name":N,"type":"event","event":E,"args":[...],"askedAck":bool,"offset":O,"argc":K}
+//     (when the server offers connection state recovery, the offset socket.io-client records
+//     is the last argument the app receives: it is reported as `offset` and left out of
+//     `args`; `argc` counts every argument the app's handler got, the offset included)
 //   {"name":N,"type":"ack","tag":T,"args":[...]}
 //   {"type":"error","message":M}
 "use strict";
@@ -58,7 +65,13 @@ function connect(cmd) {
   const socket = io(cmd.url, opts);
   sockets.set(name, socket);
   socket.on("connect", () => {
-    out({ name, type: "connect", transport: socket.io.engine.transport.name });
+    out({
+      name,
+      type: "connect",
+      transport: socket.io.engine.transport.name,
+      id: socket.id,
+      recovered: Boolean(socket.recovered),
+    });
     socket.io.engine.on("upgrade", (t) => out({ name, type: "upgrade", transport: t.name }));
   });
   socket.on("connect_error", (err) => {
@@ -67,12 +80,17 @@ function connect(cmd) {
   socket.on("disconnect", (reason) => out({ name, type: "disconnect", reason }));
   socket.onAny((event, ...args) => {
     let askedAck = false;
+    const argc = args.length;
     if (args.length && typeof args[args.length - 1] === "function") {
       const ack = args.pop();
       askedAck = true;
       if (cmd.ackEvents !== false) ack({ received: true });
     }
-    out({ name, type: "event", event, args: args.map(encodeArg), askedAck });
+    let offset = null;
+    if (socket._pid && args.length && typeof args[args.length - 1] === "string") {
+      offset = args.pop();
+    }
+    out({ name, type: "event", event, args: args.map(encodeArg), askedAck, offset, argc });
   });
 }
 
@@ -107,6 +125,23 @@ rl.on("line", (line) => {
     case "close": {
       const s = sockets.get(cmd.name);
       if (s) s.close();
+      return;
+    }
+    case "drop": {
+      const s = sockets.get(cmd.name);
+      if (s) s.io.engine.close();
+      return;
+    }
+    case "reconnect": {
+      const s = sockets.get(cmd.name);
+      if (!s) return;
+      if (cmd.url) s.io.uri = cmd.url;
+      s.connect();
+      return;
+    }
+    case "forge": {
+      const s = sockets.get(cmd.name);
+      if (s) s._pid = cmd.pid;
       return;
     }
     case "exit":

@@ -202,6 +202,29 @@ impl TestServer {
         Self::around(db, running, listeners)
     }
 
+    /// Shuts this server down as SIGTERM does (sockets closed with 1001, state written) and
+    /// starts another on the same address and database: a restart, as clients see it.
+    pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let addr = self.running.addr;
+        let db = std::sync::Arc::clone(&self.db);
+        let listeners = self.listeners.clone();
+        switchboard::shutdown::run(&self.running.state, &self.running.handle).await;
+        drop(self);
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let mut listener = TcpListener::bind(addr);
+        for _ in 0..100 {
+            if listener.is_ok() {
+                break;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            listener = TcpListener::bind(addr);
+        }
+        let running = server::start(config, listener.expect("the address is free again"))
+            .expect("server starts");
+        Self::around(db, running, listeners)
+    }
+
     /// Starts a server as the apps are served (`LISTEN`): one listener per dialect, each with
     /// that dialect as its default, the canonical one first ([`TestServer::addr`]); an app's
     /// clients connect to [`TestServer::addr_of`] its dialect and name none.

@@ -125,6 +125,35 @@ impl Puppet {
         got["args"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Closes client `name`'s transport (its engine) without a DISCONNECT: a dropped
+    /// connection, as a tunnel or a Wi-Fi hand-over makes it.
+    pub fn drop_transport(&mut self, name: &str) {
+        self.send(json!({"op": "drop", "name": name}));
+    }
+
+    /// Connects client `name` again (the same socket: a kept session is named) and waits for
+    /// `connect`.
+    pub async fn reconnect(&mut self, name: &str) -> Value {
+        self.send(json!({"op": "reconnect", "name": name}));
+        self.connected(name).await
+    }
+
+    /// Like [`Puppet::reconnect`], to the server at `http://addr` (another node).
+    pub async fn reconnect_to(&mut self, name: &str, addr: std::net::SocketAddr) -> Value {
+        self.send(json!({"op": "reconnect", "name": name, "url": format!("http://{addr}")}));
+        self.connected(name).await
+    }
+
+    /// Starts connecting client `name` again without waiting (the answer may be an error).
+    pub fn start_reconnect(&mut self, name: &str) {
+        self.send(json!({"op": "reconnect", "name": name}));
+    }
+
+    /// Makes client `name` name another private session id on its next reconnect.
+    pub fn forge_pid(&mut self, name: &str, pid: &str) {
+        self.send(json!({"op": "forge", "name": name, "pid": pid}));
+    }
+
     /// Closes client `name`.
     pub fn close(&mut self, name: &str) {
         self.send(json!({"op": "close", "name": name}));

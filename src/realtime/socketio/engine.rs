@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -66,6 +66,12 @@ pub struct EioSocket {
     finished: AtomicBool,
     ping_deadline: AtomicI64,
     last_pong: AtomicI64,
+    /// The last mark the layer above queued (Socket.IO recovery offsets).
+    sent_mark: AtomicU64,
+    /// `sent_mark` when the last ping was queued.
+    ping_mark: AtomicU64,
+    /// `ping_mark` of the last ping answered: the client processed everything up to it.
+    confirmed_mark: AtomicU64,
     closing: Notify,
     close_reason: Mutex<Option<String>>,
     /// The session's place under the ceiling, held for its whole life.
@@ -110,6 +116,18 @@ impl EioSocket {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Records that everything up to `mark` (an increasing number the layer above gives its
+    /// messages) is queued: the next ping follows it, and its pong confirms it.
+    pub fn mark_sent(&self, mark: u64) {
+        self.sent_mark.store(mark, Ordering::SeqCst);
+    }
+
+    /// The highest mark the client is known to have processed (answered a ping queued after
+    /// it); 0 when none.
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed_mark.load(Ordering::SeqCst)
     }
 
     /// Closes the session (idempotent).
@@ -266,6 +284,9 @@ impl EioServer {
             finished: AtomicBool::new(false),
             ping_deadline: AtomicI64::new(0),
             last_pong: AtomicI64::new(now_ms()),
+            sent_mark: AtomicU64::new(0),
+            ping_mark: AtomicU64::new(0),
+            confirmed_mark: AtomicU64::new(0),
             closing: Notify::new(),
             close_reason: Mutex::new(None),
             _admission: admission,
@@ -300,6 +321,9 @@ impl EioServer {
                     )
                     .unwrap_or(0);
                 socket.ping_deadline.store(deadline_ms, Ordering::SeqCst);
+                socket
+                    .ping_mark
+                    .store(socket.sent_mark.load(Ordering::SeqCst), Ordering::SeqCst);
                 if !socket.push(EioPacket::Ping(String::new())) {
                     break;
                 }
@@ -328,6 +352,9 @@ impl EioServer {
     fn dispatch(self: &Arc<Self>, socket: &Arc<EioSocket>, packet: EioPacket) {
         match packet {
             EioPacket::Pong(_) => {
+                socket
+                    .confirmed_mark
+                    .store(socket.ping_mark.load(Ordering::SeqCst), Ordering::SeqCst);
                 socket.last_pong.store(now_ms(), Ordering::SeqCst);
                 socket.ping_deadline.store(0, Ordering::SeqCst);
             }

@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod engine;
 pub mod packet;
+pub mod recovery;
 pub mod sio;
 
 use crate::auth::Auth;
@@ -13,11 +14,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 /// The production Socket.IO server: the default namespace bridges to session actors.
-pub fn production_server(config: &Config, auth: Auth, engine: Engine) -> Arc<engine::EioServer> {
+pub fn production_server(
+    config: &Config,
+    auth: Auth,
+    engine: Engine,
+    keeper: Arc<recovery::Keeper>,
+) -> Arc<engine::EioServer> {
     let handler = sio::SioHandler::new(
         sio::SioApp::Production(Box::new(sio::Production {
             auth,
             engine: engine.clone(),
+            keeper,
         })),
         config.socketio_connect_timeout,
     );

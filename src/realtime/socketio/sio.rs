@@ -5,11 +5,12 @@
 
 use super::engine::{EioData, EioHandler, EioSocket};
 use super::packet::{fill_placeholders, SioKind, SioPacket};
+use super::recovery::{self, Found, Keeper, Tracker};
 use crate::auth::{Auth, Identity};
 use crate::realtime::dialect::{Dialect, Translator};
-use crate::realtime::protocol::{ClientFrame, Outbound};
+use crate::realtime::protocol::{ClientFrame, Outbound, ServerEvent};
 use crate::realtime::registry::SessionLabels;
-use crate::realtime::session::{CloseSignal, Link, SessionActor};
+use crate::realtime::session::{CloseSignal, Link, OwnSends, SessionActor};
 use crate::realtime::Engine;
 use actix::{Actor, Addr};
 use actix_web::web::Bytes;
@@ -45,6 +46,8 @@ pub struct Production {
     pub auth: Auth,
     /// The realtime engine.
     pub engine: Engine,
+    /// Where dropped sessions are kept for connection state recovery.
+    pub keeper: Arc<Keeper>,
 }
 
 /// Per-connection state.
@@ -60,6 +63,8 @@ struct Conn {
     namespaces: HashMap<String, Ns>,
     /// A binary packet waiting for its attachments.
     pending: Option<(SioPacket, Vec<Bytes>)>,
+    /// The client reads offsets appended to events (connection state recovery is offered).
+    offsets: bool,
 }
 
 enum Ns {
@@ -72,13 +77,22 @@ enum Ns {
     AwaitingAuth {
         dialect: &'static Dialect,
         waiting: Vec<ClientFrame>,
+        opening: Opening,
     },
     /// Bridged to a session actor; frames go through a bounded, ordered queue.
     Session {
         frames: mpsc::Sender<ClientFrame>,
         actor: Addr<SessionActor>,
         acks: Arc<Mutex<AckTable>>,
+        /// Offsets and cursors, when the session offers recovery.
+        tracker: Option<Arc<Mutex<Tracker>>>,
     },
+}
+
+/// A reconnecting client's kept session and the last offset it received.
+struct Resume {
+    found: Found,
+    seen: u64,
 }
 
 /// Events a tokenless connection may send before its `authenticate` is checked.
@@ -125,6 +139,9 @@ pub struct SioHandler {
     conns: Mutex<HashMap<String, Conn>>,
     connect_timeout: Duration,
     me: std::sync::Weak<SioHandler>,
+    /// Live sessions offering recovery: private id → their Engine.IO socket (a client that
+    /// comes back while its old transport is not torn down yet closes it first).
+    live: Mutex<HashMap<String, std::sync::Weak<EioSocket>>>,
 }
 
 impl std::fmt::Debug for SioHandler {
@@ -161,6 +178,7 @@ impl SioHandler {
             conns: Mutex::new(HashMap::new()),
             connect_timeout,
             me: me.clone(),
+            live: Mutex::new(HashMap::new()),
         })
     }
 
@@ -178,7 +196,11 @@ impl SioHandler {
                 let ns = self
                     .with_conn(&socket.sid, |c| c.namespaces.remove(&p.nsp))
                     .flatten();
-                if let Some(Ns::Session { actor, .. }) = ns {
+                if let Some(Ns::Session { actor, tracker, .. }) = ns {
+                    // A client that leaves on purpose does not come back recovered.
+                    if let Some(t) = tracker {
+                        lock(&t).recoverable = false;
+                    }
                     actor.do_send(crate::realtime::session::TransportClosed);
                 }
             }
@@ -284,24 +306,84 @@ impl SioHandler {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .or(handshake_token);
-                let Some(token) = token else {
-                    // No token at all: the client may still `authenticate` (seed 000).
-                    self.await_authenticate(socket, dialect, engine.config.socketio_auth_timeout);
-                    return;
-                };
+                let offsets = !engine.config.socketio_recovery.is_zero()
+                    && self.with_conn(&socket.sid, |c| c.offsets).unwrap_or(false);
+                // A reconnecting socket.io-client names its kept session and last offset.
+                let pid = auth
+                    .get("pid")
+                    .and_then(Value::as_str)
+                    .filter(|_| offsets)
+                    .map(str::to_owned);
+                let seen = recovery::parse_offset(auth.get("offset"));
                 self.with_conn(&socket.sid, |c| {
                     c.namespaces.insert("/".into(), Ns::Connecting)
                 });
-                let (checker, engine, socket, this) = (
+                let (checker, engine, socket, this, prod) = (
                     checker.clone(),
                     engine.clone(),
                     Arc::clone(socket),
                     Arc::clone(self),
+                    prod.clone(),
                 );
+                let Some(token) = token else {
+                    // No token at all: the client may still `authenticate` (seed 000), or come
+                    // back on its kept session (checked again without the token).
+                    actix_web::rt::spawn(async move {
+                        if let Some(pid) = pid {
+                            if let Some(resume) =
+                                this.resume(&prod, &pid, seen, None, dialect).await
+                            {
+                                match resume.found.identity(&checker).await {
+                                    Ok(identity) => {
+                                        let opening = this.opening(offsets);
+                                        this.bridge(
+                                            &socket,
+                                            identity,
+                                            engine,
+                                            dialect,
+                                            opening,
+                                            Some(resume),
+                                        );
+                                        return;
+                                    }
+                                    Err(e) => {
+                                        engine.metrics.socketio_recovery(e.code());
+                                        tracing::info!(
+                                            code = e.code(),
+                                            "socket.io session not recovered"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        this.with_conn(&socket.sid, |c| c.namespaces.remove("/"));
+                        this.await_authenticate(
+                            &socket,
+                            dialect,
+                            engine.config.socketio_auth_timeout,
+                            offsets,
+                        );
+                    });
+                    return;
+                };
                 actix_web::rt::spawn(async move {
                     match checker.authenticate(&token).await {
                         Ok(identity) => {
-                            this.bridge(&socket, identity, engine, dialect, true, Vec::new());
+                            let resume = match pid {
+                                Some(pid) => {
+                                    this.resume(
+                                        &prod,
+                                        &pid,
+                                        seen,
+                                        Some(identity.user_id()),
+                                        dialect,
+                                    )
+                                    .await
+                                }
+                                None => None,
+                            };
+                            let opening = this.opening(offsets);
+                            this.bridge(&socket, identity, engine, dialect, opening, resume);
                         }
                         Err(_) => {
                             this.with_conn(&socket.sid, |c| c.namespaces.remove("/"));
@@ -322,6 +404,16 @@ impl SioHandler {
         }
     }
 
+    /// A fresh session's socket id, and a private id when recovery is offered.
+    fn opening(&self, offsets: bool) -> Opening {
+        Opening {
+            sid: crate::auth::tokens::random_id().unwrap_or_default(),
+            pid: offsets.then(|| recovery::new_pid().ok()).flatten(),
+            announce: true,
+            waiting: Vec::new(),
+        }
+    }
+
     /// Accepts a tokenless connection on the default namespace and gives it `timeout` to send
     /// `authenticate`.
     fn await_authenticate(
@@ -329,22 +421,28 @@ impl SioHandler {
         socket: &Arc<EioSocket>,
         dialect: &'static Dialect,
         timeout: Duration,
+        offsets: bool,
     ) {
+        // The CONNECT reply goes out now: it carries the private id the session will have.
+        let opening = Opening {
+            announce: false,
+            ..self.opening(offsets)
+        };
+        send_packet(
+            socket,
+            &connect_packet(&opening.sid, opening.pid.as_deref()),
+            &[],
+        );
         self.with_conn(&socket.sid, |c| {
             c.namespaces.insert(
                 "/".into(),
                 Ns::AwaitingAuth {
                     dialect,
                     waiting: Vec::new(),
+                    opening,
                 },
             )
         });
-        let sid = crate::auth::tokens::random_id().unwrap_or_default();
-        send_packet(
-            socket,
-            &packet(SioKind::Connect, "/", None, Some(json!({"sid": sid}))),
-            &[],
-        );
         let (socket, this) = (Arc::clone(socket), Arc::clone(self));
         actix_web::rt::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -405,7 +503,11 @@ impl SioHandler {
                     let user = identity.user_id();
                     let waiting = this
                         .with_conn(&socket.sid, |c| match c.namespaces.remove("/") {
-                            Some(Ns::AwaitingAuth { dialect, waiting }) => Some((dialect, waiting)),
+                            Some(Ns::AwaitingAuth {
+                                dialect,
+                                waiting,
+                                opening,
+                            }) => Some((dialect, waiting, opening)),
                             other => {
                                 if let Some(ns) = other {
                                     c.namespaces.insert("/".into(), ns);
@@ -414,7 +516,7 @@ impl SioHandler {
                             }
                         })
                         .flatten();
-                    let Some((dialect, waiting)) = waiting else {
+                    let Some((dialect, waiting, opening)) = waiting else {
                         return;
                     };
                     if let Some(id) = ack {
@@ -426,7 +528,8 @@ impl SioHandler {
                         );
                         send_packet(&socket, &reply, &[]);
                     }
-                    this.bridge(&socket, identity, engine, dialect, false, waiting);
+                    let opening = Opening { waiting, ..opening };
+                    this.bridge(&socket, identity, engine, dialect, opening, None);
                 }
                 Err(e) => {
                     tracing::info!(code = e.code(), "socket.io authenticate refused");
@@ -437,23 +540,40 @@ impl SioHandler {
     }
 
     /// Starts the session actor for an authenticated connection and wires both directions.
-    /// `announce`: send the CONNECT reply (not yet sent); `waiting`: frames that arrived before
-    /// the session existed, handled first.
+    /// `opening`: the socket id and private id, whether the CONNECT reply is still to be
+    /// sent, and frames that arrived before the session existed; `resume`: a kept session to recover (the CONNECT reply then waits for its replay).
     fn bridge(
         self: &Arc<Self>,
         socket: &Arc<EioSocket>,
         identity: Identity,
         engine: Engine,
         dialect: &'static Dialect,
-        announce: bool,
-        waiting: Vec<ClientFrame>,
+        mut opening: Opening,
+        resume: Option<Resume>,
     ) {
+        let waiting = std::mem::take(&mut opening.waiting);
+        let user = identity.user_id();
+        let cap = engine.config.socketio_recovery_max_events;
+        let tracker = opening.pid.clone().map(|pid| {
+            Arc::new(Mutex::new(Tracker::new(
+                pid,
+                opening.sid.clone(),
+                &identity,
+                cap,
+            )))
+        });
+        let replay_identity = resume.as_ref().map(|_| identity.clone());
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(engine.config.outbound_queue);
         let close = CloseSignal::new();
-        let link = Link::new(out_tx, Arc::clone(&close), Translator::new(dialect));
+        let translator = Translator::new(dialect);
+        let mut link = Link::new(out_tx, Arc::clone(&close), Arc::clone(&translator));
+        if let Some(t) = &tracker {
+            let t = Arc::clone(t);
+            link = link.with_own_sends(OwnSends(Arc::new(move |p| lock(&t).own(p))));
+        }
         let actor = SessionActor::new(
             identity,
-            engine,
+            engine.clone(),
             link,
             SessionLabels {
                 transport: "socket.io",
@@ -466,7 +586,6 @@ impl SioHandler {
             let _ = frames_tx.try_send(frame);
         }
         let acks = Arc::new(Mutex::new(AckTable::default()));
-        let sid = crate::auth::tokens::random_id().unwrap_or_default();
         let registered = self
             .with_conn(&socket.sid, |c| {
                 c.namespaces.insert(
@@ -475,6 +594,7 @@ impl SioHandler {
                         frames: frames_tx,
                         actor: actor.clone(),
                         acks: Arc::clone(&acks),
+                        tracker: tracker.clone(),
                     },
                 );
             })
@@ -483,10 +603,18 @@ impl SioHandler {
             actor.do_send(crate::realtime::session::TransportClosed);
             return;
         }
-        if announce {
+        if let Some(pid) = &opening.pid {
+            if let Ok(mut live) = self.live.lock() {
+                live.insert(pid.clone(), Arc::downgrade(socket));
+            }
+        }
+        if let (Some(t), None) = (&tracker, &resume) {
+            start_tracking(&engine, user, t);
+        }
+        if opening.announce && resume.is_none() {
             send_packet(
                 socket,
-                &packet(SioKind::Connect, "/", None, Some(json!({"sid": sid}))),
+                &connect_packet(&opening.sid, opening.pid.as_deref()),
                 &[],
             );
         }
@@ -501,30 +629,54 @@ impl SioHandler {
         });
         // Outbound: canonical items become Socket.IO packets.
         let out_socket = Arc::clone(socket);
+        let this = Arc::clone(self);
         actix_web::rt::spawn(async move {
+            if let (Some(resume), Some(t), Some(identity)) = (resume, &tracker, replay_identity) {
+                this.recover(
+                    &out_socket,
+                    &engine,
+                    &identity,
+                    &translator,
+                    t,
+                    resume,
+                    &opening,
+                )
+                .await;
+            }
             loop {
                 tokio::select! {
                     item = out_rx.recv() => {
                         let Some(item) = item else { break };
                         let sent = match &item {
-                            // Pushed events: the arguments' JSON is encoded once per event and
-                            // shared; only the packet prefix (and an ack id) is per connection.
-                            Outbound::Event(ev) => {
-                                // New messages ask for an acknowledgement: it marks them
-                                // delivered.
-                                let id = match (ev.delivery, acks.lock()) {
-                                    (Some(delivery), Ok(mut table)) => Some(table.register(delivery)),
-                                    _ => None,
-                                };
-                                let text = super::packet::encode_raw(
-                                    SioKind::Event,
-                                    "/",
-                                    id,
-                                    0,
-                                    &ev.socketio_args(),
-                                );
-                                out_socket.send(EioData::Text(text))
-                            }
+                            Outbound::Event(ev) => match &tracker {
+                                // Recovery offered: every event carries its offset (and asks
+                                // for no acknowledgement: socket.io-client records the offset
+                                // only of events without one).
+                                Some(t) => {
+                                    if lock(t).replayed(ev.position) {
+                                        continue;
+                                    }
+                                    emit_tracked(&out_socket, t, ev)
+                                }
+                                // Pushed events: the arguments' JSON is encoded once per event
+                                // and shared; only the packet prefix (and an ack id) is per
+                                // connection. New messages ask for an acknowledgement: it marks
+                                // them delivered.
+                                None => {
+                                    let id = match (ev.delivery, acks.lock()) {
+                                        (Some(delivery), Ok(mut table)) => Some(table.register(delivery)),
+                                        _ => None,
+                                    };
+                                    let text = super::packet::encode_raw(
+                                        SioKind::Event,
+                                        "/",
+                                        id,
+                                        0,
+                                        &ev.socketio_args(),
+                                    );
+                                    out_socket.send(EioData::Text(text))
+                                }
+                            },
                             other => send_packet(&out_socket, &encode(other), &[]),
                         };
                         if !sent {
@@ -532,25 +684,158 @@ impl SioHandler {
                         }
                     }
                     req = close.requested() => {
-                        let req = Some(req);
-                        if req.as_ref().is_some_and(|r| r.code == 1001) {
+                        if !matches!(req.code, 1000 | 1001 | crate::realtime::session::CLOSE_SLOW_CONSUMER) {
+                            // Kicked (signed out, banned, roles changed): not recoverable.
+                            if let Some(t) = &tracker {
+                                lock(t).recoverable = false;
+                            }
+                        }
+                        if req.code == 1001 {
                             // Shutdown: no DISCONNECT packet (the client would not reconnect);
                             // flush what is queued, then close the transport with 1001.
                             while let Ok(item) = out_rx.try_recv() {
-                                send_packet(&out_socket, &encode(&item), &[]);
+                                match (&item, &tracker) {
+                                    (Outbound::Event(ev), Some(t)) => {
+                                        emit_tracked(&out_socket, t, ev);
+                                    }
+                                    _ => {
+                                        send_packet(&out_socket, &encode(&item), &[]);
+                                    }
+                                }
                             }
                             out_socket.close(super::engine::SERVER_SHUTDOWN);
                             break;
                         }
-                        if req.is_some() {
-                            send_packet(&out_socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
-                        }
+                        send_packet(&out_socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
                         out_socket.close("server disconnect");
                         break;
                     }
                 }
             }
+            // The transport is gone: keep what a recovery needs.
+            if let Some(t) = &tracker {
+                if let SioApp::Production(prod) = &this.app {
+                    let kept = lock(t).kept(
+                        user,
+                        dialect.name,
+                        translator.left_rooms(),
+                        engine.config.socketio_recovery,
+                    );
+                    if let Some(row) = kept {
+                        prod.keeper.keep(row);
+                    }
+                }
+                let pid = lock(t).pid.clone();
+                if let Ok(mut live) = this.live.lock() {
+                    live.remove(&pid);
+                }
+            }
         });
+    }
+
+    /// Replays what a recovering session missed, then answers its CONNECT: with its old socket
+    /// id and private id when the replay could be read, else as a fresh session.
+    #[allow(clippy::too_many_arguments)]
+    async fn recover(
+        &self,
+        socket: &Arc<EioSocket>,
+        engine: &Engine,
+        identity: &Identity,
+        translator: &Arc<Translator>,
+        tracker: &Arc<Mutex<Tracker>>,
+        resume: Resume,
+        opening: &Opening,
+    ) {
+        let max = engine.config.socketio_recovery_max_events;
+        match recovery::replay(&engine.db, resume.found, resume.seen, identity, max).await {
+            Ok(replay) => {
+                let pid = replay.tracker.pid.clone();
+                let sid = replay.tracker.sid.clone();
+                translator.restore_left(replay.left);
+                *lock(tracker) = replay.tracker;
+                if let (Some(fresh), Ok(mut live)) = (&opening.pid, self.live.lock()) {
+                    live.remove(fresh);
+                    live.insert(pid.clone(), Arc::downgrade(socket));
+                }
+                engine.metrics.socketio_recovery("recovered");
+                tracing::info!(
+                    user = identity.user_id(),
+                    events = replay.events.len(),
+                    "socket.io session recovered"
+                );
+                send_packet(socket, &connect_packet(&sid, Some(&pid)), &[]);
+                for ev in &replay.events {
+                    for out in translator.outbound(ev).iter() {
+                        emit_tracked(socket, tracker, out);
+                    }
+                }
+            }
+            Err(refusal) => {
+                engine.metrics.socketio_recovery(refusal.code());
+                tracing::info!(
+                    user = identity.user_id(),
+                    reason = refusal.code(),
+                    "socket.io session not recovered; starting a fresh one"
+                );
+                start_tracking(engine, identity.user_id(), tracker);
+                send_packet(
+                    socket,
+                    &connect_packet(&opening.sid, opening.pid.as_deref()),
+                    &[],
+                );
+            }
+        }
+    }
+
+    /// Finds the kept session a reconnecting client names: its old transport here is torn
+    /// down and kept first. `None` when it cannot be recovered (the client gets a fresh one).
+    async fn resume(
+        &self,
+        prod: &Production,
+        pid: &str,
+        seen: Result<u64, recovery::Refusal>,
+        user: Option<i64>,
+        dialect: &'static Dialect,
+    ) -> Option<Resume> {
+        let refused = |r: recovery::Refusal| {
+            prod.engine.metrics.socketio_recovery(r.code());
+            tracing::info!(reason = r.code(), "socket.io session not recovered");
+        };
+        let seen = match seen {
+            Ok(seen) => seen,
+            Err(r) => {
+                refused(r);
+                return None;
+            }
+        };
+        let old = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|m| m.get(pid).and_then(std::sync::Weak::upgrade));
+        if let Some(old) = old {
+            old.close("replaced by a recovering connection");
+        }
+        let hash = recovery::pid_hash(pid);
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let live = self.live.lock().is_ok_and(|m| m.contains_key(pid));
+            if !live && !prod.keeper.is_pending(&hash) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match recovery::find(&prod.engine.db, pid, user).await {
+            Ok(found) if found.dialect() == dialect.name => Some(Resume { found, seen }),
+            Ok(_) => {
+                refused(recovery::Refusal::Unknown);
+                None
+            }
+            Err(r) => {
+                refused(r);
+                None
+            }
+        }
     }
 
     fn event(self: &Arc<Self>, socket: &Arc<EioSocket>, p: SioPacket, attachments: Vec<Bytes>) {
@@ -675,6 +960,67 @@ impl SioHandler {
     }
 }
 
+/// How long a recovering client waits, at most, for its old transport on this node to be torn
+/// down and kept.
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+
+/// How a bridged session opens.
+#[derive(Clone, Debug)]
+struct Opening {
+    /// The Socket.IO socket id.
+    sid: String,
+    /// The private id (recovery offered).
+    pid: Option<String>,
+    /// The CONNECT reply is still to be sent.
+    announce: bool,
+    /// Frames that arrived before the session existed, handled first.
+    waiting: Vec<ClientFrame>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The CONNECT reply: the socket id, and the private id when recovery is offered.
+fn connect_packet(sid: &str, pid: Option<&str>) -> SioPacket {
+    let data = match pid {
+        Some(pid) => json!({"sid": sid, "pid": pid}),
+        None => json!({"sid": sid}),
+    };
+    packet(SioKind::Connect, "/", None, Some(data))
+}
+
+/// Sends an event with the session's next offset appended.
+fn emit_tracked(socket: &EioSocket, tracker: &Mutex<Tracker>, ev: &ServerEvent) -> bool {
+    let mut t = lock(tracker);
+    t.confirm(socket.confirmed());
+    let offset = t.stamp(ev.position);
+    let args = recovery::with_offset(&ev.socketio_args(), offset);
+    let sent = socket.send(EioData::Text(super::packet::encode_raw(
+        SioKind::Event,
+        "/",
+        None,
+        0,
+        &args,
+    )));
+    socket.mark_sent(offset);
+    sent
+}
+
+/// Reads where a new session's conversations stand (its starting point).
+fn start_tracking(engine: &Engine, user: i64, tracker: &Arc<Mutex<Tracker>>) {
+    let (db, tracker) = (engine.db.clone(), Arc::clone(tracker));
+    actix_web::rt::spawn(async move {
+        match db
+            .run(move |conn| crate::db::recovery::positions(conn, user))
+            .await
+        {
+            Ok(rows) => lock(&tracker).start_from(rows),
+            Err(e) => tracing::warn!(user, error = %e, "socket.io recovery: starting point unread"),
+        }
+    });
+}
+
 /// An EVENT's name, first argument (binary placeholders filled in) and ack id as a frame;
 /// `None` when a placeholder does not match the attachments.
 fn client_frame(
@@ -733,6 +1079,7 @@ impl EioHandler for SioHandler {
                     listener_dialect: req
                         .app_data::<actix_web::web::Data<crate::state::AppState>>()
                         .map(|state| state.default_dialect(req)),
+                    offsets: recovery::offsets_welcome(req),
                     ..Conn::default()
                 },
             );
