@@ -5,7 +5,9 @@
 
 use super::conversations::Member;
 use super::messages::Message;
-use super::schema::{conversation_members, conversations, messages, socketio_sessions};
+use super::schema::{
+    call_participants, calls, conversation_members, conversations, messages, socketio_sessions,
+};
 use crate::error::AppResult;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -267,5 +269,65 @@ pub fn moved_receipts(
             read_message_at: times.get(&member.read_up_to).copied(),
             member,
         })
+        .collect())
+}
+
+/// A call that ended, as its end is told to a party.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedCall {
+    /// The call.
+    pub id: String,
+    /// Who called.
+    pub caller_id: Option<i64>,
+    /// `ended|rejected|missed|busy|cancelled|failed`.
+    pub status: String,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Who ended it.
+    pub ended_by: Option<i64>,
+    /// Seconds between answer and end.
+    pub duration_secs: Option<i32>,
+}
+
+/// Calls a user took part in (or was rung for) that ended after `since`, in end order.
+pub fn calls_ended_since(
+    conn: &mut PgConnection,
+    user_id: i64,
+    since: DateTime<Utc>,
+) -> AppResult<Vec<EndedCall>> {
+    type Row = (
+        String,
+        Option<i64>,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i32>,
+    );
+    let rows: Vec<Row> = calls::table
+        .inner_join(call_participants::table)
+        .filter(call_participants::user_id.eq(user_id))
+        .filter(calls::ended_at.gt(since))
+        .order(calls::ended_at.asc())
+        .select((
+            calls::id,
+            calls::caller_id,
+            calls::status,
+            calls::end_reason,
+            calls::ended_by,
+            calls::duration_secs,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, caller_id, status, end_reason, ended_by, duration_secs)| EndedCall {
+                id,
+                caller_id,
+                status,
+                end_reason,
+                ended_by,
+                duration_secs,
+            },
+        )
         .collect())
 }

@@ -166,6 +166,15 @@ enum WireCallEvent {
         user: i64,
         device: u64,
     },
+    Resume {
+        user: i64,
+        from: u64,
+        device: u64,
+    },
+    Ring {
+        user: i64,
+        device: u64,
+    },
     Terminate {
         reason: String,
         by: Option<i64>,
@@ -212,6 +221,8 @@ impl WireCallEvent {
                 rejoins,
             },
             CallEvent::Rejoin { user, device } => Self::Rejoin { user, device },
+            CallEvent::Resume { user, from, device } => Self::Resume { user, from, device },
+            CallEvent::Ring { user, device } => Self::Ring { user, device },
             CallEvent::Terminate { reason, by } => Self::Terminate { reason, by },
             // Timers and the start run where the call's actor runs.
             _ => return None,
@@ -254,6 +265,8 @@ impl WireCallEvent {
                 rejoins,
             },
             Self::Rejoin { user, device } => CallEvent::Rejoin { user, device },
+            Self::Resume { user, from, device } => CallEvent::Resume { user, from, device },
+            Self::Ring { user, device } => CallEvent::Ring { user, device },
             Self::Terminate { reason, by } => CallEvent::Terminate { reason, by },
         })
     }

@@ -161,6 +161,9 @@ pub struct Call {
     pub early_ice: VecDeque<Value>,
     /// Whether the caller was told `call:ringing`.
     pub ringing_announced: bool,
+    /// The invitation callees got (`call:incoming`), for a device that comes back while it
+    /// still rings.
+    pub incoming: Option<Value>,
 }
 
 /// Who receives a notification.
@@ -259,6 +262,25 @@ pub enum Event {
         /// New device.
         device: u64,
     },
+    /// A device that dropped came back as `device` (a recovered Socket.IO session): it takes
+    /// the user's place again only if the user was in the call on `from` and is still being
+    /// waited for.
+    Resume {
+        /// User.
+        user: i64,
+        /// The device that dropped.
+        from: u64,
+        /// The device it came back as.
+        device: u64,
+    },
+    /// Rings a device again with the invitation, if its user is still being rung (a recovered
+    /// session may have missed `call:incoming`).
+    Ring {
+        /// User.
+        user: i64,
+        /// Device.
+        device: u64,
+    },
     /// Ended from outside (admin, shutdown).
     Terminate {
         /// Reason (`admin`, `server_shutdown`).
@@ -301,6 +323,7 @@ impl Call {
             ended_by: None,
             early_ice: VecDeque::new(),
             ringing_announced: false,
+            incoming: None,
         }
     }
 
@@ -418,6 +441,7 @@ impl Call {
                 incoming,
                 reachable,
             } => {
+                self.incoming = Some(incoming.clone());
                 for callee in self.callees().collect::<Vec<_>>() {
                     fx.push(Effect::Notify(
                         Target::User(callee),
@@ -805,6 +829,28 @@ impl Call {
                     "participants": self.joined().iter().map(ToString::to_string).collect::<Vec<_>>()
                 }))));
                 fx.push(Effect::Persist);
+            }
+            Event::Resume { user, from, device } => {
+                let party = self.parties.get(&user).ok_or(Refusal::NotAParty)?;
+                if party.device != Some(from) || !party.reconnecting {
+                    return Err(Refusal::InvalidState(
+                        "that device is not away from this call",
+                    ));
+                }
+                return self.step(Event::Rejoin { user, device }, now);
+            }
+            Event::Ring { user, device } => {
+                let party = self.parties.get(&user).ok_or(Refusal::NotAParty)?;
+                if user == self.caller || !party.status.still_ringing() {
+                    return Err(Refusal::InvalidState("you are not being rung"));
+                }
+                if let Some(incoming) = &self.incoming {
+                    fx.push(Effect::Notify(
+                        Target::Device(user, device),
+                        "call:incoming",
+                        incoming.clone(),
+                    ));
+                }
             }
             Event::Terminate { reason, by } => {
                 let outcome = if self.status == Status::Ongoing {

@@ -459,6 +459,32 @@ impl Engine {
         )
     }
 
+    /// A recovered session of `user` came back as `device` after dropping as `from`: it takes
+    /// its place again in the user's call if it was in it and is still waited for, and rings
+    /// again if the user is still being rung (it may have missed the invitation).
+    pub async fn resume_calls(&self, user: i64, from: u64, device: u64) {
+        let call = match self
+            .registry
+            .send(crate::realtime::registry::CallOfUser(user))
+            .await
+        {
+            Ok(Some(id)) => Some(id),
+            _ => match &self.cluster {
+                Some(cluster) => cluster.call_of(user).await,
+                None => None,
+            },
+        };
+        let Some(call) = call else { return };
+        for event in [
+            Event::Resume { user, from, device },
+            Event::Ring { user, device },
+        ] {
+            if let Err(e) = self.call_input(&call, event).await {
+                tracing::debug!(user, call = %call, code = e.code(), "recovered session: call left as it is");
+            }
+        }
+    }
+
     /// `call:offer|answer|ice` relay.
     pub async fn signal_call(
         &self,

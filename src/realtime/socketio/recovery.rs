@@ -114,6 +114,8 @@ pub struct Tracker {
     /// Device session and id type of the identity (to check it again without a token).
     session_id: Option<String>,
     numeric_id: bool,
+    /// The session actor's key (a call waits for this device when it drops).
+    pub key: u64,
 }
 
 impl Tracker {
@@ -133,6 +135,7 @@ impl Tracker {
             replayed: None,
             session_id: identity.session_id.clone(),
             numeric_id: identity.numeric_id,
+            key: 0,
         }
     }
 
@@ -232,6 +235,7 @@ impl Tracker {
             left,
             session: self.session_id.clone(),
             numeric: self.numeric_id,
+            key: self.key,
         };
         Some(Kept {
             pid_hash: pid_hash(&self.pid),
@@ -259,6 +263,9 @@ struct State {
     left: Vec<String>,
     session: Option<String>,
     numeric: bool,
+    /// The session actor's key.
+    #[serde(default)]
+    key: u64,
 }
 
 /// Where the client stood in one conversation at its offset (`None`: not known; only new
@@ -352,6 +359,8 @@ pub struct Replay {
     pub tracker: Tracker,
     /// Conversations the session had left (dialect state).
     pub left: Vec<String>,
+    /// The key the session had (its device in a call).
+    pub previous_key: u64,
 }
 
 /// A kept session found by its private id, before its replay is read.
@@ -419,13 +428,14 @@ pub async fn replay(
     let places = places(&found.state, seen)?;
     let user = found.kept.user_id;
     let connected_at = found.kept.connected_at;
+    let dropped_at = found.kept.disconnected_at;
     let read = places.clone();
     let (events, standings) = db
         .run(move |conn| {
             conn.build_transaction()
                 .repeatable_read()
                 .read_only()
-                .run(|conn| missed(conn, user, &read, connected_at, max_events))
+                .run(|conn| missed(conn, user, &read, (connected_at, dropped_at), max_events))
         })
         .await
         .map_err(|e| {
@@ -467,6 +477,7 @@ pub async fn replay(
         events,
         tracker,
         left: state.left,
+        previous_key: state.key,
     })
 }
 
@@ -479,7 +490,7 @@ fn missed(
     conn: &mut diesel::PgConnection,
     user: i64,
     places: &HashMap<i64, Place>,
-    connected_at: DateTime<Utc>,
+    (connected_at, dropped_at): (DateTime<Utc>, DateTime<Utc>),
     max: usize,
 ) -> AppResult<Option<Missed>> {
     let standings = store::standings(conn, user)?;
@@ -535,7 +546,41 @@ fn missed(
             return Ok(None);
         }
     }
+    // Calls that ended while the session was away: their end, as the user heard it.
+    for call in store::calls_ended_since(conn, user, dropped_at)? {
+        events.push(call_end_event(&call, user));
+    }
+    if events.len() > max {
+        return Ok(None);
+    }
     Ok(Some((events, standings)))
+}
+
+/// The last word a party heard of an ended call.
+fn call_end_event(call: &store::EndedCall, user: i64) -> Arc<ServerEvent> {
+    let caller = call.caller_id == Some(user);
+    let reason = call.end_reason.clone();
+    match call.status.as_str() {
+        "missed" => ServerEvent::new("call:missed", json!({"callId": call.id})),
+        "cancelled" if !caller => ServerEvent::new(
+            "call:cancelled",
+            json!({"callId": call.id, "reason": "cancelled"}),
+        ),
+        "rejected" => ServerEvent::new(
+            "call:rejected",
+            json!({"callId": call.id, "reason": reason.unwrap_or_else(|| "rejected".into())}),
+        ),
+        status => ServerEvent::new(
+            "call:ended",
+            json!({
+                "callId": call.id,
+                "reason": reason,
+                "status": status,
+                "duration": call.duration_secs.unwrap_or(0),
+                "endedBy": call.ended_by.map(|u| u.to_string()),
+            }),
+        ),
+    }
 }
 
 /// The `message:edited` or `message:deleted` event of a message changed after it was sent.
@@ -801,6 +846,7 @@ mod tests {
             replayed: None,
             session_id: None,
             numeric_id: false,
+            key: 0,
         };
         let mut t = identity_less();
         assert_eq!(t.stamp(Some(pos(1, 1, 1))), 1);

@@ -571,7 +571,7 @@ impl SioHandler {
             let t = Arc::clone(t);
             link = link.with_own_sends(OwnSends(Arc::new(move |p| lock(&t).own(p))));
         }
-        let actor = SessionActor::new(
+        let session = SessionActor::new(
             identity,
             engine.clone(),
             link,
@@ -579,8 +579,12 @@ impl SioHandler {
                 transport: "socket.io",
                 dialect: dialect.name,
             },
-        )
-        .start();
+        );
+        let key = session.key();
+        if let Some(t) = &tracker {
+            lock(t).key = key;
+        }
+        let actor = session.start();
         let (frames_tx, mut frames_rx) = mpsc::channel::<ClientFrame>(256);
         for frame in waiting {
             let _ = frames_tx.try_send(frame);
@@ -752,7 +756,9 @@ impl SioHandler {
                 let pid = replay.tracker.pid.clone();
                 let sid = replay.tracker.sid.clone();
                 translator.restore_left(replay.left);
+                let key = lock(tracker).key;
                 *lock(tracker) = replay.tracker;
+                lock(tracker).key = key;
                 if let (Some(fresh), Ok(mut live)) = (&opening.pid, self.live.lock()) {
                     live.remove(fresh);
                     live.insert(pid.clone(), Arc::downgrade(socket));
@@ -769,6 +775,11 @@ impl SioHandler {
                         emit_tracked(socket, tracker, out);
                     }
                 }
+                // A call waiting for the dropped device takes this one; a call still ringing
+                // rings it again.
+                engine
+                    .resume_calls(identity.user_id(), replay.previous_key, key)
+                    .await;
             }
             Err(refusal) => {
                 engine.metrics.socketio_recovery(refusal.code());
