@@ -542,3 +542,109 @@ async fn flutter_and_python_clients_get_no_offsets_and_keep_delivery_acks() {
     assert_eq!(line["argc"], 2, "payload and offset: {line}");
     assert!(line["offset"].is_string());
 }
+
+#[actix_web::test]
+async fn a_recovered_callee_is_rung_for_a_call_that_started_while_it_was_away() {
+    let srv = TestServer::start_with(|_| {}).await;
+    let mut sc = scene(&srv, "ring").await;
+    let mut p = Puppet::start(srv.addr());
+    p.connect("bob", canonical(&srv, sc.bob)).await;
+    p.drop_transport("bob");
+    disconnected(&mut p, "bob").await;
+    wait_kept(&srv).await;
+    let ack = sc
+        .ws
+        .request(
+            "call:initiate",
+            json!({"to": s(sc.bob), "callType": "audio"}),
+        )
+        .await
+        .unwrap();
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    let back = p.reconnect("bob").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    let incoming = p.event("bob", "call:incoming").await;
+    assert_eq!(incoming["callId"], id.as_str());
+    assert_eq!(incoming["fromName"], "Alice");
+    p.call("bob", "call:accept", json!([{"callId": id}])).await;
+    let accepted = sc.ws.expect_event("call:accepted").await;
+    assert_eq!(accepted["callId"], id.as_str());
+    assert!(
+        p.gets("bob", "call:incoming", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "rung once"
+    );
+}
+
+#[actix_web::test]
+async fn a_recovered_device_takes_back_its_place_in_a_call() {
+    let srv = TestServer::start_with(|c| c.call_reconnect_grace = Duration::from_secs(10)).await;
+    let mut sc = scene(&srv, "rejoin").await;
+    let mut p = Puppet::start(srv.addr());
+    p.connect("bob", canonical(&srv, sc.bob)).await;
+    let ack = sc
+        .ws
+        .request(
+            "call:initiate",
+            json!({"to": s(sc.bob), "callType": "video"}),
+        )
+        .await
+        .unwrap();
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    p.event("bob", "call:incoming").await;
+    p.call("bob", "call:accept", json!([{"callId": id}])).await;
+    sc.ws.expect_event("call:accepted").await;
+
+    p.drop_transport("bob");
+    disconnected(&mut p, "bob").await;
+    let away = sc.ws.expect_event("call:peer_reconnecting").await;
+    assert_eq!(away["userId"], s(sc.bob));
+    let back = p.reconnect("bob").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    let rejoined = sc.ws.expect_event("call:peer_rejoined").await;
+    assert_eq!(rejoined["userId"], s(sc.bob));
+    assert_eq!(p.event("bob", "call:rejoined").await["callId"], id.as_str());
+    // Signalling reaches the device that came back.
+    sc.ws
+        .request(
+            "call:ice",
+            json!({"callId": id, "candidate": "after", "sdpMid": "0", "sdpMLineIndex": 0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.event("bob", "call:ice").await["candidate"], "after");
+}
+
+#[actix_web::test]
+async fn a_call_called_off_while_the_callee_was_away_is_told_on_recovery() {
+    let srv = TestServer::start_with(|_| {}).await;
+    let mut sc = scene(&srv, "cancelled").await;
+    let mut p = Puppet::start(srv.addr());
+    p.connect("bob", canonical(&srv, sc.bob)).await;
+    let ack = sc
+        .ws
+        .request(
+            "call:initiate",
+            json!({"to": s(sc.bob), "callType": "audio"}),
+        )
+        .await
+        .unwrap();
+    let id = ack["callId"].as_str().unwrap().to_owned();
+    p.event("bob", "call:incoming").await;
+    p.drop_transport("bob");
+    disconnected(&mut p, "bob").await;
+    wait_kept(&srv).await;
+    sc.ws
+        .request("call:end", json!({"callId": id}))
+        .await
+        .unwrap();
+    let back = p.reconnect("bob").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    let cancelled = p.event("bob", "call:cancelled").await;
+    assert_eq!(cancelled["callId"], id.as_str());
+    assert!(p
+        .gets("bob", "call:incoming", Duration::from_millis(300))
+        .await
+        .is_none());
+}

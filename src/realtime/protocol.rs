@@ -49,6 +49,9 @@ pub struct ServerEvent {
     /// receipt): where it stands in its conversation, so a connection can tell its client's
     /// place (Socket.IO connection state recovery).
     pub position: Option<Position>,
+    /// For the event that tells a call ended (`call:ended|missed|cancelled|rejected|busy`):
+    /// the call, so a connection can tell which ends its client heard.
+    pub call_end: Option<Arc<str>>,
     canonical: OnceLock<ByteString>,
     socketio: OnceLock<Arc<str>>,
     /// This event in each dialect (slot: [`crate::realtime::dialect::Dialect::index`]), built
@@ -99,12 +102,23 @@ impl Position {
     }
 }
 
+/// The call a canonical event tells the end of, if it does.
+fn call_end_of(name: &str, payload: &Value) -> Option<Arc<str>> {
+    matches!(
+        name,
+        "call:ended" | "call:missed" | "call:cancelled" | "call:rejected" | "call:busy"
+    )
+    .then(|| payload.get("callId").and_then(Value::as_str).map(Arc::from))
+    .flatten()
+}
+
 impl ServerEvent {
     /// A new shared event.
     pub fn new(name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
         let name = name.into();
         Arc::new(Self {
             position: Position::of(&name, &payload),
+            call_end: call_end_of(&name, &payload),
             name,
             payload,
             delivery: None,
@@ -124,6 +138,7 @@ impl ServerEvent {
         let name = name.into();
         Arc::new(Self {
             position: Position::of(&name, &payload),
+            call_end: None,
             name,
             payload,
             delivery: Some((conversation_id, seq)),
@@ -140,6 +155,7 @@ impl ServerEvent {
             payload,
             delivery: self.delivery,
             position: self.position,
+            call_end: self.call_end.clone(),
             canonical: OnceLock::new(),
             socketio: OnceLock::new(),
             translated: Default::default(),

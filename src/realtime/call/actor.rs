@@ -225,6 +225,10 @@ impl CallActor {
                     .deliver(&[u], &ServerEvent::new(name, payload), Some(key));
             }
             Target::Device(u, key) => {
+                let payload = match name {
+                    "call:incoming" => self.incoming_for(u),
+                    _ => payload,
+                };
                 self.engine
                     .delivery
                     .deliver_to_session(u, key, &ServerEvent::new(name, payload));

@@ -161,9 +161,6 @@ pub struct Call {
     pub early_ice: VecDeque<Value>,
     /// Whether the caller was told `call:ringing`.
     pub ringing_announced: bool,
-    /// The invitation callees got (`call:incoming`), for a device that comes back while it
-    /// still rings.
-    pub incoming: Option<Value>,
 }
 
 /// Who receives a notification.
@@ -323,7 +320,6 @@ impl Call {
             ended_by: None,
             early_ice: VecDeque::new(),
             ringing_announced: false,
-            incoming: None,
         }
     }
 
@@ -441,7 +437,6 @@ impl Call {
                 incoming,
                 reachable,
             } => {
-                self.incoming = Some(incoming.clone());
                 for callee in self.callees().collect::<Vec<_>>() {
                     fx.push(Effect::Notify(
                         Target::User(callee),
@@ -844,13 +839,12 @@ impl Call {
                 if user == self.caller || !party.status.still_ringing() {
                     return Err(Refusal::InvalidState("you are not being rung"));
                 }
-                if let Some(incoming) = &self.incoming {
-                    fx.push(Effect::Notify(
-                        Target::Device(user, device),
-                        "call:incoming",
-                        incoming.clone(),
-                    ));
-                }
+                // The invitation is built for its recipient where the call's effects run.
+                fx.push(Effect::Notify(
+                    Target::Device(user, device),
+                    "call:incoming",
+                    Value::Null,
+                ));
             }
             Event::Terminate { reason, by } => {
                 let outcome = if self.status == Status::Ongoing {

@@ -116,7 +116,21 @@ pub struct Tracker {
     numeric_id: bool,
     /// The session actor's key (a call waits for this device when it drops).
     pub key: u64,
+    /// When each offset not yet confirmed went out (milliseconds), at most [`TIMES_KEPT`]:
+    /// a call that ended after the last event the client received is one it did not hear end.
+    times: VecDeque<(u64, i64)>,
+    /// When the last confirmed (or dropped from `times`) offset went out, and that offset.
+    settled: (u64, i64),
+    /// Calls whose end went out, with its offset (the last [`TIMES_KEPT`]).
+    ends: VecDeque<(u64, Arc<str>)>,
 }
+
+/// How far before the last event the client received a recovery looks for calls that ended
+/// (a call's end time is kept to the second).
+const CALL_END_SLACK_SECS: i64 = 2;
+
+/// Send times a session remembers, at most (past it, a recovery counts from the oldest).
+const TIMES_KEPT: usize = 256;
 
 impl Tracker {
     /// A tracker for a new session.
@@ -136,6 +150,9 @@ impl Tracker {
             session_id: identity.session_id.clone(),
             numeric_id: identity.numeric_id,
             key: 0,
+            times: VecDeque::new(),
+            settled: (0, Utc::now().timestamp_millis()),
+            ends: VecDeque::new(),
         }
     }
 
@@ -148,10 +165,30 @@ impl Tracker {
         self.started = true;
     }
 
+    /// Hands out the next offset for an event: its place, if durable, and the call it tells
+    /// the end of, if any.
+    pub fn stamp_event(&mut self, ev: &ServerEvent) -> u64 {
+        let offset = self.stamp(ev.position);
+        if let Some(call) = &ev.call_end {
+            self.ends.push_back((offset, Arc::clone(call)));
+            if self.ends.len() > TIMES_KEPT {
+                self.ends.pop_front();
+            }
+        }
+        offset
+    }
+
     /// Hands out the next offset, for an event standing at `position` (if durable).
     pub fn stamp(&mut self, position: Option<Position>) -> u64 {
         let offset = self.next;
         self.next += 1;
+        self.times
+            .push_back((offset, Utc::now().timestamp_millis()));
+        if self.times.len() > TIMES_KEPT {
+            if let Some(oldest) = self.times.pop_front() {
+                self.settled = oldest;
+            }
+        }
         if let Some(p) = position {
             match self.log.back_mut() {
                 // One canonical event the dialect sends as several: it counts as received
@@ -183,6 +220,13 @@ impl Tracker {
 
     /// The client received every offset up to `upto` (a pong answered a ping sent after it).
     pub fn confirm(&mut self, upto: u64) {
+        while let Some((offset, at)) = self.times.front().copied() {
+            if offset > upto {
+                break;
+            }
+            self.times.pop_front();
+            self.settled = (offset, at);
+        }
         while let Some((offset, p)) = self.log.front().copied() {
             if offset > upto {
                 break;
@@ -236,6 +280,9 @@ impl Tracker {
             session: self.session_id.clone(),
             numeric: self.numeric_id,
             key: self.key,
+            settled: self.settled,
+            times: self.times.iter().copied().collect(),
+            ends: self.ends.iter().map(|(o, c)| (*o, c.to_string())).collect(),
         };
         Some(Kept {
             pid_hash: pid_hash(&self.pid),
@@ -266,6 +313,34 @@ struct State {
     /// The session actor's key.
     #[serde(default)]
     key: u64,
+    /// The last settled offset and when it went out (milliseconds).
+    #[serde(default)]
+    settled: (u64, i64),
+    /// Later offsets and when they went out.
+    #[serde(default)]
+    times: Vec<(u64, i64)>,
+    /// Calls whose end went out, with its offset.
+    #[serde(default)]
+    ends: Vec<(u64, String)>,
+}
+
+impl State {
+    /// When the last event the client received (offset `seen`) went out: calls that ended
+    /// later are ones it did not hear end. Before the settled offset, or unknown: when the
+    /// session connected (more is told rather than less).
+    fn heard_until(&self, seen: u64, connected_at: DateTime<Utc>) -> DateTime<Utc> {
+        let millis = if seen == self.settled.0 {
+            Some(self.settled.1)
+        } else {
+            self.times
+                .iter()
+                .find(|(offset, _)| *offset == seen)
+                .map(|(_, at)| *at)
+        };
+        millis
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .unwrap_or(connected_at)
+    }
 }
 
 /// Where the client stood in one conversation at its offset (`None`: not known; only new
@@ -428,14 +503,31 @@ pub async fn replay(
     let places = places(&found.state, seen)?;
     let user = found.kept.user_id;
     let connected_at = found.kept.connected_at;
-    let dropped_at = found.kept.disconnected_at;
+    // Calls that ended after the last event the client received are the ones it did not
+    // hear end.
+    let dropped_at = found.state.heard_until(seen, connected_at);
+    let heard: Vec<String> = found
+        .state
+        .ends
+        .iter()
+        .filter(|(offset, _)| *offset <= seen)
+        .map(|(_, call)| call.clone())
+        .collect();
     let read = places.clone();
     let (events, standings) = db
         .run(move |conn| {
             conn.build_transaction()
                 .repeatable_read()
                 .read_only()
-                .run(|conn| missed(conn, user, &read, (connected_at, dropped_at), max_events))
+                .run(|conn| {
+                    missed(
+                        conn,
+                        user,
+                        &read,
+                        (connected_at, dropped_at, &heard),
+                        max_events,
+                    )
+                })
         })
         .await
         .map_err(|e| {
@@ -449,6 +541,7 @@ pub async fn replay(
     tracker.next = state.next;
     // The client stands at `seen`: older offsets are never reported again.
     tracker.floor = seen;
+    tracker.settled = (seen, dropped_at.timestamp_millis());
     // Conversations with replayed events start where the client stood (the replayed events
     // are logged as they are sent); the others where they stand now.
     let touched: std::collections::HashSet<i64> = events
@@ -490,7 +583,7 @@ fn missed(
     conn: &mut diesel::PgConnection,
     user: i64,
     places: &HashMap<i64, Place>,
-    (connected_at, dropped_at): (DateTime<Utc>, DateTime<Utc>),
+    (connected_at, dropped_at, heard): (DateTime<Utc>, DateTime<Utc>, &[String]),
     max: usize,
 ) -> AppResult<Option<Missed>> {
     let standings = store::standings(conn, user)?;
@@ -546,9 +639,14 @@ fn missed(
             return Ok(None);
         }
     }
-    // Calls that ended while the session was away: their end, as the user heard it.
-    for call in store::calls_ended_since(conn, user, dropped_at)? {
-        events.push(call_end_event(&call, user));
+    // Calls that ended while the session was away: their end, as the user heard it. A call
+    // records its end to the second, so the last second before is looked at too, less the
+    // ends the client is known to have heard.
+    let since = dropped_at - chrono::Duration::seconds(CALL_END_SLACK_SECS);
+    for call in store::calls_ended_since(conn, user, since)? {
+        if !heard.contains(&call.id) {
+            events.push(call_end_event(&call, user));
+        }
     }
     if events.len() > max {
         return Ok(None);
@@ -847,6 +945,9 @@ mod tests {
             session_id: None,
             numeric_id: false,
             key: 0,
+            times: VecDeque::new(),
+            settled: (0, 0),
+            ends: VecDeque::new(),
         };
         let mut t = identity_less();
         assert_eq!(t.stamp(Some(pos(1, 1, 1))), 1);

@@ -1005,7 +1005,7 @@ fn connect_packet(sid: &str, pid: Option<&str>) -> SioPacket {
 fn emit_tracked(socket: &EioSocket, tracker: &Mutex<Tracker>, ev: &ServerEvent) -> bool {
     let mut t = lock(tracker);
     t.confirm(socket.confirmed());
-    let offset = t.stamp(ev.position);
+    let offset = t.stamp_event(ev);
     let args = recovery::with_offset(&ev.socketio_args(), offset);
     let sent = socket.send(EioData::Text(super::packet::encode_raw(
         SioKind::Event,
