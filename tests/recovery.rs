@@ -204,6 +204,92 @@ async fn every_socketio_app_recovers_what_it_missed_over_websocket_and_polling()
     }
 }
 
+/// One app's client before a restart.
+struct Waiting {
+    app: &'static App,
+    name: String,
+    alice: i64,
+    bob: i64,
+    conv: i64,
+    first: Value,
+    before: String,
+}
+
+#[actix_web::test]
+async fn every_socketio_app_recovers_across_a_server_restart() {
+    let srv = TestServer::start_apps(|_| {}).await;
+    let mut p = Puppet::start(srv.addr());
+    let mut waiting = Vec::new();
+    for app in &APPS {
+        let tag = format!("{}-restart", app.dialect);
+        let alice = srv.create_user("Alice", &format!("alice-{tag}@example.com"), None, &[]);
+        let bob = srv.create_user("Bob", &format!("bob-{tag}@example.com"), None, &[]);
+        let conv = srv.direct(alice, bob);
+        let name = format!("bob-{tag}");
+        let first = sign_in(
+            &mut p,
+            &srv,
+            srv.addr_of(app.dialect),
+            app,
+            &name,
+            bob,
+            "websocket",
+        )
+        .await;
+        let mut ws = WsClient::connect(&srv, &srv.token_for(alice)).await;
+        let before = send(&mut ws, conv, "before the restart").await;
+        let line = next_message_line(&mut p, &name, app).await;
+        assert_eq!(line["args"][0]["content"], "before the restart", "{tag}");
+        waiting.push(Waiting {
+            app,
+            name,
+            alice,
+            bob,
+            conv,
+            first,
+            before,
+        });
+    }
+    let srv = srv.restart(|_| {}).await;
+    for w in &waiting {
+        disconnected(&mut p, &w.name).await;
+    }
+    for w in &waiting {
+        let mut ws = WsClient::connect(&srv, &srv.token_for(w.alice)).await;
+        for i in 1..=20 {
+            send(&mut ws, w.conv, &format!("missed {i}")).await;
+        }
+        ws.request(
+            "message:edit",
+            json!({"messageId": w.before, "content": "before the restart (edited)"}),
+        )
+        .await
+        .unwrap();
+    }
+    for w in &waiting {
+        let (app, name) = (w.app, w.name.as_str());
+        let back = p.reconnect(name).await;
+        assert_eq!(back["recovered"], true, "{}: {back}", app.dialect);
+        assert_eq!(back["id"], w.first["id"], "{}", app.dialect);
+        if app.by_event {
+            authenticate(&mut p, &srv, name, w.bob).await;
+        }
+        for i in 1..=20 {
+            let line = next_message_line(&mut p, name, app).await;
+            assert_eq!(line["event"], app.new_message, "{}: {line}", app.dialect);
+            assert_eq!(
+                line["args"][0]["content"],
+                format!("missed {i}"),
+                "{}",
+                app.dialect
+            );
+        }
+        let line = next_message_line(&mut p, name, app).await;
+        assert_eq!(line["event"], app.edited, "{}: {line}", app.dialect);
+        assert_eq!(line["args"][0]["content"], "before the restart (edited)");
+    }
+}
+
 /// A user in a group and a direct conversation, with a peer sending over `/ws`.
 struct Scene {
     alice: i64,

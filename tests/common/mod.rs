@@ -203,26 +203,34 @@ impl TestServer {
     }
 
     /// Shuts this server down as SIGTERM does (sockets closed with 1001, state written) and
-    /// starts another on the same address and database: a restart, as clients see it.
+    /// starts another on the same addresses (each listener with its dialect) and database: a
+    /// restart, as clients see it.
     pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
-        let addr = self.running.addr;
         let db = std::sync::Arc::clone(&self.db);
         let listeners = self.listeners.clone();
+        let rest = self.rest;
         switchboard::shutdown::run(&self.running.state, &self.running.handle).await;
         drop(self);
         let mut config = test_config(&db);
         tweak(&mut config);
-        let mut listener = TcpListener::bind(addr);
-        for _ in 0..100 {
-            if listener.is_ok() {
-                break;
+        let mut bound = Vec::new();
+        for (addr, dialect) in &listeners {
+            let mut listener = TcpListener::bind(addr);
+            for _ in 0..100 {
+                if listener.is_ok() {
+                    break;
+                }
+                actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+                listener = TcpListener::bind(addr);
             }
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
-            listener = TcpListener::bind(addr);
+            let dialect =
+                Dialect::find(dialect).unwrap_or(&switchboard::realtime::dialect::CANONICAL);
+            bound.push((listener.expect("the address is free again"), dialect));
         }
-        let running = server::start(config, listener.expect("the address is free again"))
-            .expect("server starts");
-        Self::around(db, running, listeners)
+        let running = server::start_listeners(config, bound).expect("server starts");
+        let mut srv = Self::around(db, running, listeners);
+        srv.rest = rest;
+        srv
     }
 
     /// Starts a server as the apps are served (`LISTEN`): one listener per dialect, each with
