@@ -734,3 +734,30 @@ async fn a_call_called_off_while_the_callee_was_away_is_told_on_recovery() {
         .await
         .is_none());
 }
+
+#[actix_web::test]
+async fn a_kicked_socket_io_session_is_always_told_and_closed() {
+    // The session's queue closes together with its close request; the request must win, or
+    // the client would stay connected to nothing.
+    let srv = TestServer::start_with(|_| {}).await;
+    let sc = scene(&srv, "kicks").await;
+    let mut p = Puppet::start(srv.addr());
+    for round in 0..10 {
+        let name = format!("bob-{round}");
+        p.connect(&name, canonical(&srv, sc.bob)).await;
+        let kicked = srv
+            .running
+            .state
+            .engine
+            .kick(
+                sc.bob,
+                None,
+                switchboard::realtime::session::CLOSE_UNAUTHORIZED,
+                "out",
+            )
+            .await;
+        assert_eq!(kicked, 1);
+        let gone = disconnected(&mut p, &name).await;
+        assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+    }
+}

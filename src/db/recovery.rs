@@ -56,18 +56,27 @@ pub fn keep(
         if rows.is_empty() {
             return Ok(0);
         }
+        // One row per private id (the newest), in one statement.
+        let mut newest: std::collections::HashMap<&[u8], &Kept> = std::collections::HashMap::new();
         for row in rows {
+            newest.insert(row.pid_hash.as_slice(), row);
+        }
+        let batch: Vec<&Kept> = newest.into_values().collect();
+        {
+            use diesel::upsert::excluded;
             diesel::insert_into(socketio_sessions::table)
-                .values(row)
+                .values(batch.iter().map(|k| (*k).clone()).collect::<Vec<Kept>>())
                 .on_conflict(socketio_sessions::pid_hash)
                 .do_update()
                 .set((
-                    socketio_sessions::sid.eq(&row.sid),
-                    socketio_sessions::dialect.eq(&row.dialect),
-                    socketio_sessions::connected_at.eq(row.connected_at),
-                    socketio_sessions::disconnected_at.eq(row.disconnected_at),
-                    socketio_sessions::expires_at.eq(row.expires_at),
-                    socketio_sessions::state.eq(&row.state),
+                    socketio_sessions::user_id.eq(excluded(socketio_sessions::user_id)),
+                    socketio_sessions::sid.eq(excluded(socketio_sessions::sid)),
+                    socketio_sessions::dialect.eq(excluded(socketio_sessions::dialect)),
+                    socketio_sessions::connected_at.eq(excluded(socketio_sessions::connected_at)),
+                    socketio_sessions::disconnected_at
+                        .eq(excluded(socketio_sessions::disconnected_at)),
+                    socketio_sessions::expires_at.eq(excluded(socketio_sessions::expires_at)),
+                    socketio_sessions::state.eq(excluded(socketio_sessions::state)),
                 ))
                 .execute(conn)?;
         }

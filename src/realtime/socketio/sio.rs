@@ -649,8 +649,42 @@ impl SioHandler {
             }
             loop {
                 tokio::select! {
+                    // A close request wins over what is queued (the session stops right after
+                    // it, and its queue closes with it).
+                    biased;
+                    req = close.requested() => {
+                        if !matches!(req.code, 1000 | 1001 | crate::realtime::session::CLOSE_SLOW_CONSUMER) {
+                            // Kicked (signed out, banned, roles changed): not recoverable.
+                            if let Some(t) = &tracker {
+                                lock(t).recoverable = false;
+                            }
+                        }
+                        if req.code == 1001 {
+                            // Shutdown: no DISCONNECT packet (the client would not reconnect);
+                            // flush what is queued, then close the transport with 1001.
+                            while let Ok(item) = out_rx.try_recv() {
+                                match (&item, &tracker) {
+                                    (Outbound::Event(ev), Some(t)) => {
+                                        emit_tracked(&out_socket, t, ev);
+                                    }
+                                    _ => {
+                                        send_packet(&out_socket, &encode(&item), &[]);
+                                    }
+                                }
+                            }
+                            out_socket.close(super::engine::SERVER_SHUTDOWN);
+                            break;
+                        }
+                        send_packet(&out_socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
+                        out_socket.close("server disconnect");
+                        break;
+                    }
                     item = out_rx.recv() => {
-                        let Some(item) = item else { break };
+                        let Some(item) = item else {
+                            // Every sender is gone without a close request: close anyway.
+                            out_socket.close("session ended");
+                            break;
+                        };
                         let sent = match &item {
                             Outbound::Event(ev) => match &tracker {
                                 // Recovery offered: every event carries its offset (and asks
@@ -686,33 +720,6 @@ impl SioHandler {
                         if !sent {
                             break;
                         }
-                    }
-                    req = close.requested() => {
-                        if !matches!(req.code, 1000 | 1001 | crate::realtime::session::CLOSE_SLOW_CONSUMER) {
-                            // Kicked (signed out, banned, roles changed): not recoverable.
-                            if let Some(t) = &tracker {
-                                lock(t).recoverable = false;
-                            }
-                        }
-                        if req.code == 1001 {
-                            // Shutdown: no DISCONNECT packet (the client would not reconnect);
-                            // flush what is queued, then close the transport with 1001.
-                            while let Ok(item) = out_rx.try_recv() {
-                                match (&item, &tracker) {
-                                    (Outbound::Event(ev), Some(t)) => {
-                                        emit_tracked(&out_socket, t, ev);
-                                    }
-                                    _ => {
-                                        send_packet(&out_socket, &encode(&item), &[]);
-                                    }
-                                }
-                            }
-                            out_socket.close(super::engine::SERVER_SHUTDOWN);
-                            break;
-                        }
-                        send_packet(&out_socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
-                        out_socket.close("server disconnect");
-                        break;
                     }
                 }
             }
