@@ -44,6 +44,7 @@ fn migrations_run_up_down_and_up_again() {
         "messages",
         "otp_codes",
         "refresh_tokens",
+        "socketio_sessions",
         "users",
     ];
     assert_eq!(tables(&mut conn), expected);
