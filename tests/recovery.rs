@@ -311,6 +311,42 @@ async fn scene(srv: &TestServer, tag: &str) -> Scene {
     }
 }
 
+/// Drops `name`'s transport and waits until its client noticed.
+async fn dropped(p: &mut Puppet, name: &str) {
+    p.drop_transport(name);
+    disconnected(p, name).await;
+}
+
+/// Reconnects bob and checks he came back as a fresh session (`outcome` counted): a new id,
+/// nothing replayed, live events flowing.
+async fn comes_back_fresh(
+    p: &mut Puppet,
+    srv: &TestServer,
+    sc: &mut Scene,
+    first: &Value,
+    outcome: &str,
+) {
+    let back = p.reconnect("bob").await;
+    assert_eq!(back["recovered"], false, "{back}");
+    assert_ne!(back["id"], first["id"]);
+    assert!(
+        p.gets("bob", "message:new", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a fresh session replays nothing"
+    );
+    send(&mut sc.ws, sc.conv, "live").await;
+    assert_eq!(p.event("bob", "message:new").await["content"], "live");
+    assert_eq!(
+        srv.running
+            .state
+            .engine
+            .metrics
+            .socketio_recoveries(outcome),
+        1
+    );
+}
+
 fn canonical(srv: &TestServer, user: i64) -> Value {
     json!({"auth": {"token": srv.token_for(user)}, "transports": ["websocket"]})
 }
@@ -374,8 +410,7 @@ async fn a_session_is_recovered_on_another_node() {
     let first = p.connect("bob", canonical(&a, sc.bob)).await;
     send(&mut sc.ws, sc.conv, "on a").await;
     assert_eq!(p.event("bob", "message:new").await["content"], "on a");
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     // Node a keeps the session as soon as the transport is gone.
     let kept = wait_kept(&a).await;
     assert_eq!(kept, 1);
@@ -419,30 +454,10 @@ async fn a_forged_private_id_comes_back_as_a_fresh_session_with_nothing_replayed
     let first = p.connect("bob", canonical(&srv, sc.bob)).await;
     send(&mut sc.ws, sc.conv, "one").await;
     p.event("bob", "message:new").await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     send(&mut sc.ws, sc.conv, "missed").await;
     p.forge_pid("bob", "0123456789abcdef0123456789abcdef");
-    let back = p.reconnect("bob").await;
-    assert_eq!(back["recovered"], false, "{back}");
-    assert_ne!(back["id"], first["id"]);
-    assert!(
-        p.gets("bob", "message:new", Duration::from_millis(500))
-            .await
-            .is_none(),
-        "a fresh session replays nothing"
-    );
-    // It is a working session.
-    send(&mut sc.ws, sc.conv, "live").await;
-    assert_eq!(p.event("bob", "message:new").await["content"], "live");
-    assert_eq!(
-        srv.running
-            .state
-            .engine
-            .metrics
-            .socketio_recoveries("unknown_session"),
-        1
-    );
+    comes_back_fresh(&mut p, &srv, &mut sc, &first, "unknown_session").await;
 }
 
 #[actix_web::test]
@@ -451,17 +466,10 @@ async fn an_expired_session_comes_back_fresh() {
     let mut sc = scene(&srv, "expired").await;
     let mut p = Puppet::start(srv.addr());
     let first = p.connect("bob", canonical(&srv, sc.bob)).await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     send(&mut sc.ws, sc.conv, "missed").await;
     actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
-    let back = p.reconnect("bob").await;
-    assert_eq!(back["recovered"], false, "{back}");
-    assert_ne!(back["id"], first["id"]);
-    assert!(p
-        .gets("bob", "message:new", Duration::from_millis(500))
-        .await
-        .is_none());
+    comes_back_fresh(&mut p, &srv, &mut sc, &first, "unknown_session").await;
 }
 
 #[actix_web::test]
@@ -470,8 +478,7 @@ async fn a_user_banned_while_away_is_not_recovered() {
     let mut sc = scene(&srv, "banned").await;
     let mut p = Puppet::start(srv.addr());
     p.connect("bob", canonical(&srv, sc.bob)).await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     send(&mut sc.ws, sc.conv, "missed").await;
     srv.db.exec(&format!(
         "UPDATE users SET banned_at = now() WHERE id = {}",
@@ -504,8 +511,7 @@ async fn a_tokenless_app_banned_while_away_is_not_recovered() {
         "websocket",
     )
     .await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     send(&mut sc.ws, sc.conv, "missed").await;
     srv.db.exec(&format!(
         "UPDATE users SET banned_at = now() WHERE id = {}",
@@ -526,33 +532,14 @@ async fn a_recovery_past_the_cap_falls_back_to_a_fresh_session() {
     let mut sc = scene(&srv, "cap").await;
     let mut p = Puppet::start(srv.addr());
     let first = p.connect("bob", canonical(&srv, sc.bob)).await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     for i in 0..6 {
         send(&mut sc.ws, sc.conv, &format!("missed {i}")).await;
     }
-    let back = p.reconnect("bob").await;
-    assert_eq!(back["recovered"], false, "{back}");
-    assert_ne!(back["id"], first["id"]);
-    assert!(
-        p.gets("bob", "message:new", Duration::from_millis(500))
-            .await
-            .is_none(),
-        "never a partial replay"
-    );
-    send(&mut sc.ws, sc.conv, "live").await;
-    assert_eq!(p.event("bob", "message:new").await["content"], "live");
-    assert_eq!(
-        srv.running
-            .state
-            .engine
-            .metrics
-            .socketio_recoveries("too_many_events"),
-        1
-    );
+    // Never a partial replay.
+    comes_back_fresh(&mut p, &srv, &mut sc, &first, "too_many_events").await;
     // Five missed events are within the cap.
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     for i in 0..5 {
         send(&mut sc.ws, sc.conv, &format!("again {i}")).await;
     }
@@ -635,8 +622,7 @@ async fn a_recovered_callee_is_rung_for_a_call_that_started_while_it_was_away() 
     let mut sc = scene(&srv, "ring").await;
     let mut p = Puppet::start(srv.addr());
     p.connect("bob", canonical(&srv, sc.bob)).await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     wait_kept(&srv).await;
     let ack = sc
         .ws
@@ -682,8 +668,7 @@ async fn a_recovered_device_takes_back_its_place_in_a_call() {
     p.call("bob", "call:accept", json!([{"callId": id}])).await;
     sc.ws.expect_event("call:accepted").await;
 
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     let away = sc.ws.expect_event("call:peer_reconnecting").await;
     assert_eq!(away["userId"], s(sc.bob));
     let back = p.reconnect("bob").await;
@@ -718,8 +703,7 @@ async fn a_call_called_off_while_the_callee_was_away_is_told_on_recovery() {
         .unwrap();
     let id = ack["callId"].as_str().unwrap().to_owned();
     p.event("bob", "call:incoming").await;
-    p.drop_transport("bob");
-    disconnected(&mut p, "bob").await;
+    dropped(&mut p, "bob").await;
     wait_kept(&srv).await;
     sc.ws
         .request("call:end", json!({"callId": id}))

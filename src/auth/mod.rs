@@ -12,7 +12,7 @@ pub mod tokens;
 use crate::config::Config;
 use crate::db::accounts::{self, OtpCheck, Rotation};
 use crate::db::audit;
-use crate::db::models::{NewDeviceSession, NewUser, User};
+use crate::db::models::{DeviceSession, NewDeviceSession, NewUser, User};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use chrono::Utc;
@@ -153,6 +153,22 @@ impl Auth {
             .db
             .run(move |conn| accounts::identity(conn, user_id, lookup.as_deref()))
             .await?;
+        let (user, _) = Self::standing(found, |cutoff| cutoff >= since)?;
+        Ok(Identity {
+            user,
+            session_id,
+            numeric_id,
+        })
+    }
+
+    /// The standing every identity needs, whatever proved it: the user (and the device session a
+    /// credential names) exist, the session is not signed out, the user is not banned, and a
+    /// credential bound to no session does not predate a forced logout (`predates(cutoff)`: a
+    /// forced logout revokes every device session; session-less credentials are cut off by time).
+    fn standing(
+        found: Option<(User, Option<DeviceSession>)>,
+        predates: impl FnOnce(chrono::DateTime<Utc>) -> bool,
+    ) -> AppResult<(User, Option<DeviceSession>)> {
         let Some((user, session)) = found else {
             return Err(AppError::unauthorized(
                 "invalid_token",
@@ -171,21 +187,15 @@ impl Auth {
                 "this account is banned",
             ));
         }
-        if session.is_none()
-            && user
-                .tokens_valid_after
-                .is_some_and(|cutoff| cutoff >= since)
-        {
-            return Err(AppError::unauthorized(
-                "session_revoked",
-                "this token was signed out by an administrator",
-            ));
+        if let (None, Some(cutoff)) = (&session, user.tokens_valid_after) {
+            if predates(cutoff) {
+                return Err(AppError::unauthorized(
+                    "session_revoked",
+                    "this token was signed out by an administrator",
+                ));
+            }
         }
-        Ok(Identity {
-            user,
-            session_id,
-            numeric_id,
-        })
+        Ok((user, session))
     }
 
     /// Verifies a bearer token and loads the caller: the signature and expiry, the user (must
@@ -215,34 +225,14 @@ impl Auth {
                 }
             })
             .await?;
-        let Some((user, session, sid)) = found else {
-            return Err(AppError::unauthorized(
-                "invalid_token",
-                "unknown user or session",
-            ));
+        let (found, sid) = match found {
+            Some((user, session, sid)) => (Some((user, session)), sid),
+            None => (None, None),
         };
-        if session.as_ref().is_some_and(|s| s.revoked_at.is_some()) {
-            return Err(AppError::unauthorized(
-                "session_revoked",
-                "this session was signed out",
-            ));
-        }
-        if user.is_banned() {
-            return Err(AppError::unauthorized(
-                "account_banned",
-                "this account is banned",
-            ));
-        }
-        // A forced logout revokes every device session; tokens without one are cut off by
-        // their issue time (tokens without `iat` count as issued before it).
-        if let (None, Some(cutoff)) = (&session, user.tokens_valid_after) {
-            if issued_at.is_none_or(|iat| iat <= cutoff.timestamp()) {
-                return Err(AppError::unauthorized(
-                    "session_revoked",
-                    "this token was signed out by an administrator",
-                ));
-            }
-        }
+        // Tokens without `iat` count as issued before a forced logout.
+        let (user, _) = Self::standing(found, |cutoff| {
+            issued_at.is_none_or(|iat| iat <= cutoff.timestamp())
+        })?;
         // A user who just authenticated exists and is not banned: calls to them need not ask
         // the database again.
         self.db.contact_cache().note_users(ticket, &[user.id]);

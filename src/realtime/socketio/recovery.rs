@@ -135,6 +135,21 @@ const TIMES_KEPT: usize = 256;
 impl Tracker {
     /// A tracker for a new session.
     pub fn new(pid: String, sid: String, identity: &Identity, cap: usize) -> Self {
+        Self::for_session(
+            pid,
+            sid,
+            (identity.session_id.clone(), identity.numeric_id),
+            cap,
+        )
+    }
+
+    /// A tracker for a new session of a device session with ids of a type.
+    fn for_session(
+        pid: String,
+        sid: String,
+        (session_id, numeric_id): (Option<String>, bool),
+        cap: usize,
+    ) -> Self {
         Self {
             pid,
             sid,
@@ -147,8 +162,8 @@ impl Tracker {
             floor: 0,
             cap: cap.max(1),
             replayed: None,
-            session_id: identity.session_id.clone(),
-            numeric_id: identity.numeric_id,
+            session_id,
+            numeric_id,
             key: 0,
             times: VecDeque::new(),
             settled: (0, Utc::now().timestamp_millis()),
@@ -930,25 +945,7 @@ mod tests {
 
     #[test]
     fn a_pong_folds_confirmed_entries_and_an_overflowing_log_raises_the_floor() {
-        let identity_less = || Tracker {
-            pid: "p".into(),
-            sid: "s".into(),
-            connected_at: Utc::now(),
-            recoverable: true,
-            next: 1,
-            base: HashMap::new(),
-            started: false,
-            log: VecDeque::new(),
-            floor: 0,
-            cap: 2,
-            replayed: None,
-            session_id: None,
-            numeric_id: false,
-            key: 0,
-            times: VecDeque::new(),
-            settled: (0, 0),
-            ends: VecDeque::new(),
-        };
+        let identity_less = || Tracker::for_session("p".into(), "s".into(), (None, false), 2);
         let mut t = identity_less();
         assert_eq!(t.stamp(Some(pos(1, 1, 1))), 1);
         assert_eq!(t.stamp(None), 2);
