@@ -105,10 +105,14 @@ pub struct BenchArgs {
     /// Client threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// PostgreSQL URL of the Switchboard server under test (`ws` target: users and
-    /// conversations are created there).
+    /// PostgreSQL URL of the Switchboard server under test (`ws` target, or `--own-socketio`:
+    /// users and conversations are created there).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// With `--target socketio`: the server is Switchboard (its `/socket.io/` endpoint, with
+    /// users and conversations created through `--database-url`), not a peer.
+    #[arg(long)]
+    pub own_socketio: bool,
     /// HS256 secret the server verifies tokens with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
@@ -291,8 +295,8 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
     let epoch = Instant::now();
     let shape = args.shape();
     let mut seeded_messages = 0;
-    let specs = match args.target {
-        Target::Ws => {
+    let specs = if args.target == Target::Ws || args.own_socketio {
+        {
             let url = args.database_url.as_deref().unwrap_or_default();
             let (seeded, specs) = setup::switchboard(&shape, url, &args.jwt_secret)?;
             tracing::info!(
@@ -306,7 +310,8 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
             }
             specs
         }
-        Target::Socketio => setup::peer(&shape, &args.jwt_secret)?,
+    } else {
+        setup::peer(&shape, &args.jwt_secret)?
     };
     let total = specs.len();
     if let Some(limit) = report::open_files_limit() {
