@@ -745,3 +745,45 @@ async fn a_kicked_socket_io_session_is_always_told_and_closed() {
         assert_eq!(gone["reason"], "io server disconnect", "{gone}");
     }
 }
+
+#[actix_web::test]
+async fn what_a_pong_confirmed_is_not_replayed_and_what_followed_is() {
+    // Pings every 200 ms: each pong folds the events sent before its ping into the session's
+    // starting point; the recovery still replays exactly what followed the client's offset.
+    let srv = TestServer::start_with(|c| {
+        c.socketio_ping_interval = Duration::from_millis(200);
+        c.socketio_ping_timeout = Duration::from_millis(2000);
+    })
+    .await;
+    let mut sc = scene(&srv, "pongs").await;
+    let mut p = Puppet::start(srv.addr());
+    let first = p.connect("bob", canonical(&srv, sc.bob)).await;
+    for i in 0..5 {
+        send(&mut sc.ws, sc.conv, &format!("seen {i}")).await;
+        assert_eq!(
+            p.event("bob", "message:new").await["content"],
+            format!("seen {i}")
+        );
+    }
+    // A few pings go by.
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    send(&mut sc.ws, sc.conv, "seen last").await;
+    p.event("bob", "message:new").await;
+    dropped(&mut p, "bob").await;
+    for i in 0..3 {
+        send(&mut sc.ws, sc.conv, &format!("missed {i}")).await;
+    }
+    let back = p.reconnect("bob").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    assert_eq!(back["id"], first["id"]);
+    for i in 0..3 {
+        assert_eq!(
+            p.event("bob", "message:new").await["content"],
+            format!("missed {i}")
+        );
+    }
+    assert!(p
+        .gets("bob", "message:new", Duration::from_millis(300))
+        .await
+        .is_none());
+}
