@@ -7,6 +7,7 @@
 #   CASES="2 4" scripts/bench.sh  some cases
 #   scripts/bench.sh soak         the soak (Switchboard only), see below
 #   scripts/bench.sh cluster      two cluster nodes against one node, see below
+#   scripts/bench.sh recovery     Socket.IO with connection state recovery against without
 #
 # Cases (Switchboard's acks are always durable: committed to PostgreSQL):
 #   1  open loop: CLIENTS clients in groups of GROUP_SIZE, RATE messages/s each; delivery
@@ -72,6 +73,14 @@
 # there crosses nodes. Ratios are "two nodes / one node" for throughput and "one node / two
 # nodes" for latency (above 1: the two nodes do better).
 #
+# Recovery (`scripts/bench.sh recovery`, Switchboard only): Switchboard driven over its own
+# /socket.io/ (`bench --target socketio --own-socketio`), once with connection state recovery
+# (SOCKETIO_RECOVERY_SECS=120: a private id, an offset on every event, cursors per session) and
+# once without (SOCKETIO_RECOVERY_SECS=0): closed loop 1:1 and in groups of GROUP_SIZE (durable
+# acks/s, delivery p50/p99) and idle memory per authenticated socket (IDLE_SOCKETS). Ratios are
+# "with / without" for throughput and "without / with" for latency and memory (above 1: recovery
+# costs nothing there).
+#
 # PostgreSQL: DATABASE_URL (any database on the server; used to create and drop the bench
 # databases), else postgres://postgres@127.0.0.1:5432/postgres when it answers, else a private
 # cluster in target/bench/pgdata (stopped at exit). Two databases are created per run,
@@ -135,6 +144,7 @@ case "${1:-}" in
         ;;
     soak) MODE=soak ;;
     cluster) MODE=cluster ;;
+    recovery) MODE=recovery ;;
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
@@ -589,6 +599,83 @@ if [ "$MODE" = cases ]; then
         case_pair 7 memory idle sioxide \
             "idle memory, $IDLE_SOCKETS authenticated sockets, settled ${SETTLE} s after connecting"
     fi
+    say "== summary (also in $SUMMARY) =="
+    cat "$SUMMARY"
+    exit 0
+fi
+
+if [ "$MODE" = recovery ]; then
+    say "== recovery: Socket.IO with connection state recovery against without =="
+
+    run_sio() {
+        # run_sio SCENARIO SECS: Switchboard over /socket.io/ with SOCKETIO_RECOVERY_SECS=SECS;
+        # the report is $RUN/SCENARIO-recovery-SECS.json.
+        local name="$1" secs="$2" json="$RUN/$1-recovery-$2.json" log port pid
+        log="$RUN/$name-recovery-$secs.log"
+        scenario_args "$name"
+        port="$(free_port)"
+        DATABASE_URL="$SB_DB_URL" BIND="127.0.0.1:$port" MESSAGE_RATE_PER_MIN="$SB_MESSAGE_RATE" \
+            FRAME_RATE_PER_SEC="$SB_FRAME_RATE" CALL_RATE_PER_HOUR="$SB_CALL_RATE" \
+            CALL_BURST="$SB_CALL_BURST" RUST_LOG="$SB_LOG_LEVEL" SOCKETIO_RECOVERY_SECS="$secs" \
+            "$BIN" serve >"$log" 2>&1 &
+        pid=$!
+        SB_PID="$pid"
+        say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$port" \
+            "SOCKETIO_RECOVERY_SECS=$secs (rate limits as above) $BIN serve   (pid $pid, log $log)"
+        wait_health Switchboard "http://127.0.0.1:$port/health" "$pid" "$log"
+        run_bench "$name over /socket.io/, SOCKETIO_RECOVERY_SECS=$secs" "$BIN" bench \
+            --target socketio --own-socketio --url "http://127.0.0.1:$port" \
+            --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$pid" \
+            --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
+        kill -0 "$pid" 2>/dev/null || die "Switchboard exited during the run (log: $log)"
+        stop_pid "$pid"
+        SB_PID=""
+    }
+
+    compare_recovery() {
+        # compare_recovery SCENARIO TITLE: with recovery against without, from their reports.
+        node - "$1" "$2" "$RUN" <<'EOF' | tee -a "$SUMMARY"
+const fs = require('fs');
+const path = require('path');
+const [scenario, title, dir] = process.argv.slice(2);
+const load = (secs) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-recovery-${secs}.json`), 'utf8'));
+const on = load(120);
+const off = load(0);
+const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+const ratio = (a, b) => (num(a) === null || num(b) === null || b === 0 ? 'n/a' : (a / b).toFixed(2) + 'x');
+const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
+const pad = (s, n) => String(s).padEnd(n);
+const out = [`-- recovery: ${title} --`, pad('', 30) + pad('with', 16) + pad('without', 16) + 'ratio'];
+const row = (label, a, b, unit, better, d) => {
+  const r = better === 'higher' ? ratio(a, b) : ratio(b, a);
+  const how = better === 'higher' ? 'with / without' : 'without / with';
+  out.push(pad(label, 30) + pad(fmt(a, unit, d), 16) + pad(fmt(b, unit, d), 16) + `${r}  (${how})`);
+};
+if (scenario === 'idle') {
+  row('RSS/connection, settled', on.rss_per_connection_settled_kib, off.rss_per_connection_settled_kib, ' KiB', 'lower', 1);
+  row('RSS/connection, at connect', on.rss_per_connection_kib, off.rss_per_connection_kib, ' KiB', 'lower', 1);
+} else {
+  row('durable acks/s', on.acks_per_sec, off.acks_per_sec, '', 'higher', 1);
+  row('delivery latency p50', on.latency_ms.p50, off.latency_ms.p50, ' ms', 'lower');
+  row('delivery latency p99', on.latency_ms.p99, off.latency_ms.p99, ' ms', 'lower');
+}
+for (const [name, r] of [['with', on], ['without', off]]) {
+  const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
+  out.push(`  ${name}: ${r.connected} connected, ${r.deliveries}/${r.expected_deliveries} deliveries, ` +
+    `${r.unanswered} unanswered, errors: ${errs}`);
+}
+out.push('');
+console.log(out.join('\n'));
+EOF
+    }
+
+    for name in closed-1to1 closed-groups idle; do
+        run_sio "$name" 120
+        run_sio "$name" 0
+    done
+    compare_recovery closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
+    compare_recovery closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
+    compare_recovery idle "$IDLE_SOCKETS idle authenticated sockets, settled ${SETTLE} s after connecting"
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
     exit 0
