@@ -723,8 +723,14 @@ impl SioHandler {
                     }
                 }
             }
-            // The transport is gone: keep what a recovery needs.
+            // The transport is gone: keep what a recovery needs. Events still queued were never
+            // sent: they take offsets no client holds, so their places are replayed.
             if let Some(t) = &tracker {
+                while let Ok(item) = out_rx.try_recv() {
+                    if let Outbound::Event(ev) = item {
+                        lock(t).stamp_event(&ev);
+                    }
+                }
                 if let SioApp::Production(prod) = &this.app {
                     let kept = lock(t).kept(
                         user,
