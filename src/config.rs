@@ -287,6 +287,10 @@ pub struct Config {
     /// `SOCKETIO_RECOVERY_MAX_SESSIONS` — most dropped sessions kept in all; past it a dropped
     /// session is not kept (its client reconnects fresh). Default 200000.
     pub socketio_recovery_max_sessions: usize,
+    /// `SOCKETIO_RECOVERY_WAIT_MS` — how long a recovering client's CONNECT waits, at most, for
+    /// its old transport on this node to be torn down and its session kept (a client can come
+    /// back before the server noticed it left). Default 3000.
+    pub socketio_recovery_wait: Duration,
     /// `DEFAULT_DIALECT` — the dialect of connections that name none (`?dialect=` or the
     /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
     /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
@@ -445,6 +449,7 @@ impl Default for Config {
             socketio_recovery_max_events: 1000,
             socketio_recovery_per_user: 20,
             socketio_recovery_max_sessions: 200_000,
+            socketio_recovery_wait: Duration::from_millis(3000),
             default_dialect: "canonical".into(),
             contact_policy: ContactPolicy::Open,
             contact_rules: ContactRules::default(),
@@ -728,6 +733,11 @@ impl Config {
             src,
             "SOCKETIO_RECOVERY_MAX_SESSIONS",
             &mut self.socketio_recovery_max_sessions,
+        )?;
+        parse_millis(
+            src,
+            "SOCKETIO_RECOVERY_WAIT_MS",
+            &mut self.socketio_recovery_wait,
         )?;
         parse(src, "DEFAULT_DIALECT", &mut self.default_dialect)?;
         parse(src, "CONTACT_POLICY", &mut self.contact_policy)?;

@@ -841,7 +841,7 @@ impl SioHandler {
             old.close("replaced by a recovering connection");
         }
         let hash = recovery::pid_hash(pid);
-        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let deadline = tokio::time::Instant::now() + prod.engine.config.socketio_recovery_wait;
         while tokio::time::Instant::now() < deadline {
             let live = self.live.lock().is_ok_and(|m| m.contains_key(pid));
             if !live && !prod.keeper.is_pending(&hash) {
@@ -983,10 +983,6 @@ impl SioHandler {
         }
     }
 }
-
-/// How long a recovering client waits, at most, for its old transport on this node to be torn
-/// down and kept.
-const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
 /// How a bridged session opens.
 #[derive(Clone, Debug)]
