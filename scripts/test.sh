@@ -279,7 +279,8 @@ step_test() {
     # pg_ctl), also when the other tests use TEST_DATABASE_URL or the server on 127.0.0.1:5432.
     pg_install_if_missing
     install_node_clients
-    cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+    # Every test binary runs, so one failure does not hide the others.
+    cargo test --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 }
 
 # Client tests (Node and Python) live in tests/clients. They get TEST_DATABASE_URL and

@@ -977,7 +977,7 @@ async fn a_node_reaped_while_it_could_not_reach_redis_announces_its_users_online
     let back = restored.elapsed();
 
     // Node a is back with Xena still connected to it: node b's sessions hear her online again.
-    let again = w.maybe_event("presence", Duration::from_secs(3)).await;
+    let again = w.maybe_event("presence", Duration::from_secs(10)).await;
     let answered = presence_of(&mut w, xena).await;
     let dropped = metric(&a, "switchboard_cluster_dropped_total").await;
     eprintln!(
