@@ -194,6 +194,10 @@ pub fn sio_inbound(text: &str) -> Result<Inbound<'static>, String> {
             ) {
                 (Some(true), _) => Inbound::Ack { id, durable: true },
                 (_, Some(code)) => Inbound::Error { id: Some(id), code },
+                // Switchboard's own `/socket.io/`: the committed message, with its seq.
+                (None, None) if first.get("seq").is_some_and(Value::is_i64) => {
+                    Inbound::Ack { id, durable: true }
+                }
                 (Some(false), None) => Inbound::Error {
                     id: Some(id),
                     code: Cow::Borrowed("nack"),
@@ -413,6 +417,14 @@ mod tests {
         assert_eq!(sio_inbound(r#"0{"sid":"s"}"#).unwrap(), Inbound::Open);
         assert_eq!(sio_inbound("2").unwrap(), Inbound::Ping);
         assert_eq!(sio_inbound(r#"40{"sid":"x"}"#).unwrap(), Inbound::Connected);
+        // Switchboard's own /socket.io/ acknowledges a send with the committed message.
+        assert_eq!(
+            sio_inbound(r#"437[{"id":"9","seq":3,"content":"hi"}]"#).unwrap(),
+            Inbound::Ack {
+                id: 7,
+                durable: true
+            }
+        );
         assert_eq!(
             sio_inbound(r#"44{"message":"Unauthorized"}"#).unwrap(),
             Inbound::ConnectError(Cow::Borrowed("Unauthorized"))
