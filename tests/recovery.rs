@@ -347,6 +347,19 @@ async fn comes_back_fresh(
     );
 }
 
+/// Alice calls Bob over `/ws`; answers the call id.
+async fn alice_calls_bob(sc: &mut Scene, call_type: &str) -> String {
+    let ack = sc
+        .ws
+        .request(
+            "call:initiate",
+            json!({"to": s(sc.bob), "callType": call_type}),
+        )
+        .await
+        .unwrap();
+    ack["callId"].as_str().unwrap().to_owned()
+}
+
 fn canonical(srv: &TestServer, user: i64) -> Value {
     json!({"auth": {"token": srv.token_for(user)}, "transports": ["websocket"]})
 }
@@ -624,15 +637,7 @@ async fn a_recovered_callee_is_rung_for_a_call_that_started_while_it_was_away() 
     p.connect("bob", canonical(&srv, sc.bob)).await;
     dropped(&mut p, "bob").await;
     wait_kept(&srv).await;
-    let ack = sc
-        .ws
-        .request(
-            "call:initiate",
-            json!({"to": s(sc.bob), "callType": "audio"}),
-        )
-        .await
-        .unwrap();
-    let id = ack["callId"].as_str().unwrap().to_owned();
+    let id = alice_calls_bob(&mut sc, "audio").await;
     let back = p.reconnect("bob").await;
     assert_eq!(back["recovered"], true, "{back}");
     let incoming = p.event("bob", "call:incoming").await;
@@ -655,15 +660,7 @@ async fn a_recovered_device_takes_back_its_place_in_a_call() {
     let mut sc = scene(&srv, "rejoin").await;
     let mut p = Puppet::start(srv.addr());
     p.connect("bob", canonical(&srv, sc.bob)).await;
-    let ack = sc
-        .ws
-        .request(
-            "call:initiate",
-            json!({"to": s(sc.bob), "callType": "video"}),
-        )
-        .await
-        .unwrap();
-    let id = ack["callId"].as_str().unwrap().to_owned();
+    let id = alice_calls_bob(&mut sc, "video").await;
     p.event("bob", "call:incoming").await;
     p.call("bob", "call:accept", json!([{"callId": id}])).await;
     sc.ws.expect_event("call:accepted").await;
@@ -693,15 +690,7 @@ async fn a_call_called_off_while_the_callee_was_away_is_told_on_recovery() {
     let mut sc = scene(&srv, "cancelled").await;
     let mut p = Puppet::start(srv.addr());
     p.connect("bob", canonical(&srv, sc.bob)).await;
-    let ack = sc
-        .ws
-        .request(
-            "call:initiate",
-            json!({"to": s(sc.bob), "callType": "audio"}),
-        )
-        .await
-        .unwrap();
-    let id = ack["callId"].as_str().unwrap().to_owned();
+    let id = alice_calls_bob(&mut sc, "audio").await;
     p.event("bob", "call:incoming").await;
     dropped(&mut p, "bob").await;
     wait_kept(&srv).await;
