@@ -776,3 +776,58 @@ async fn what_a_pong_confirmed_is_not_replayed_and_what_followed_is() {
         .await
         .is_none());
 }
+
+/// A kept session of `user`, dropped `ago` seconds ago.
+fn kept_row(user: i64, n: u8, ago: i64) -> switchboard::db::recovery::Kept {
+    let at = chrono::Utc::now() - chrono::Duration::seconds(ago);
+    switchboard::db::recovery::Kept {
+        pid_hash: vec![n; 32],
+        user_id: user,
+        sid: format!("sid-{n}"),
+        dialect: "canonical".into(),
+        connected_at: at,
+        disconnected_at: at,
+        expires_at: at + chrono::Duration::seconds(120),
+        state: json!({}),
+    }
+}
+
+#[actix_web::test]
+async fn kept_sessions_are_capped_per_user_and_in_all_and_bound_to_their_user() {
+    use switchboard::db::recovery::{keep, take};
+    let srv = TestServer::start_with(|_| {}).await;
+    let alice = srv.create_user("Alice", "alice-caps@example.com", None, &[]);
+    let bob = srv.create_user("Bob", "bob-caps@example.com", None, &[]);
+    let mut conn = srv.db.conn();
+    // Per user: the newest `per_user` stay.
+    let rows: Vec<_> = (0..25u8)
+        .map(|n| kept_row(alice, n, i64::from(n)))
+        .collect();
+    assert_eq!(keep(&mut conn, &rows, 20, 1000).unwrap(), 25);
+    assert_eq!(kept_now(&srv), 20);
+    assert!(
+        take(&mut conn, &[24; 32], Some(alice)).unwrap().is_none(),
+        "the oldest went"
+    );
+    // Another user's private id finds nothing and leaves the session alone.
+    assert!(take(&mut conn, &[0; 32], Some(bob)).unwrap().is_none());
+    let mine = take(&mut conn, &[0; 32], Some(alice)).unwrap().unwrap();
+    assert_eq!(mine.sid, "sid-0");
+    assert!(
+        take(&mut conn, &[0; 32], Some(alice)).unwrap().is_none(),
+        "used up"
+    );
+    // In all: past `max_total`, the rest of a batch is not kept; expired ones make room.
+    let more: Vec<_> = (100..110u8).map(|n| kept_row(bob, n, 0)).collect();
+    assert_eq!(keep(&mut conn, &more, 20, 25).unwrap(), 6);
+    assert_eq!(kept_now(&srv), 25);
+    let expired: Vec<_> = (1..20u8).map(|n| kept_row(alice, n, 0)).collect();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE socketio_sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1")
+            .bind::<diesel::sql_types::BigInt, _>(alice),
+        &mut conn,
+    )
+    .unwrap();
+    assert_eq!(keep(&mut conn, &expired[..4], 20, 25).unwrap(), 4);
+    assert_eq!(kept_now(&srv), 10);
+}
