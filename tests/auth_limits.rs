@@ -88,11 +88,12 @@ fn lockouts(s: &TestServer) -> Vec<(String, String, String, Value)> {
 
 #[actix_web::test]
 async fn a_burst_of_logins_leaves_message_commits_their_database_slots() {
-    // Two connections and a short wait for one: logins that held a slot through PBKDF2 would
-    // make commits time out with `unavailable`.
+    // Two connections and a short wait for one: logins that held a slot through PBKDF2 (80
+    // hashes on two threads: seconds) would make commits time out with `unavailable`. The wait
+    // leaves room for the logins' own queries on a machine busy with the rest of the suite.
     let s = TestServer::start_with(|c| {
         c.db_pool_size = 2;
-        c.db_acquire_timeout = Duration::from_millis(500);
+        c.db_acquire_timeout = Duration::from_millis(1500);
         c.password_hash_threads = 2;
         c.password_hash_queue = 64;
     })
