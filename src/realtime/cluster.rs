@@ -1781,8 +1781,12 @@ impl Heartbeat {
         let added: i64 = self.client.sadd(keys.nodes(), cluster.node.clone()).await?;
         // New here, Redis lost this node's entries, another node reaped it, or its users came
         // and went while Redis was unreachable: write its presence again and tell what changed.
-        if added == 1 || cluster.resync.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.resync_presence().await {
+        // After an outage (a failed publish or an unreachable Redis) announcements made
+        // meanwhile, those of an earlier resync included, may have been dropped: every user held
+        // here is announced again, not only the entries the resync changes.
+        let outage = cluster.resync.swap(false, Ordering::SeqCst);
+        if added == 1 || outage {
+            if let Err(e) = self.resync_presence(outage).await {
                 cluster.resync.store(true, Ordering::SeqCst);
                 return Err(e);
             }
@@ -1808,8 +1812,9 @@ impl Heartbeat {
     }
 
     /// Makes this node's presence entries in Redis what it holds, and tells every node (this
-    /// one included) the presence of each user whose entry changed.
-    async fn resync_presence(&self) -> Result<(), fred::error::Error> {
+    /// one included) the presence of each user whose entry changed (`all`: of every user it
+    /// holds as well).
+    async fn resync_presence(&self, all: bool) -> Result<(), fred::error::Error> {
         let Ok(held) = self.engine.registry.send(LocalPresence).await else {
             self.cluster.resync.store(true, Ordering::SeqCst);
             return Ok(());
@@ -1828,6 +1833,7 @@ impl Heartbeat {
             .eval(RESYNC_SCRIPT, vec![keys.node_users(&cluster.node)], args)
             .await?;
         let now = Utc::now();
+        let mut told = std::collections::HashSet::new();
         for pair in changed.chunks(2) {
             let (Some(user), Some(devices)) = (
                 pair.first().and_then(|u| u.parse::<i64>().ok()),
@@ -1835,7 +1841,21 @@ impl Heartbeat {
             ) else {
                 continue;
             };
+            told.insert(user);
             cluster.announce_presence(&self.engine, user, devices, (devices == 0).then_some(now));
+        }
+        if all {
+            let rest: Vec<i64> = held
+                .iter()
+                .map(|(user, _)| *user)
+                .filter(|u| !told.contains(u))
+                .collect();
+            let totals = cluster.devices_of(rest.clone()).await;
+            for user in rest {
+                if let Some(devices) = totals.get(&user) {
+                    cluster.announce_presence(&self.engine, user, *devices, None);
+                }
+            }
         }
         Ok(())
     }
