@@ -15,7 +15,7 @@ use crate::auth::{Auth, Identity};
 use crate::db::messages::Message;
 use crate::db::recovery::{self as store, Kept, Standing};
 use crate::db::Db;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::realtime::protocol::{Position, ServerEvent};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -70,11 +70,6 @@ pub fn pid_hash(pid: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// An offset as the client receives it (a string, as socket.io-client expects).
-pub fn offset_text(offset: u64) -> String {
-    offset.to_string()
-}
-
 /// The Socket.IO arguments of an event (`["name",payload]`) with an offset appended.
 pub fn with_offset(args: &str, offset: u64) -> String {
     let body = args.strip_suffix(']').unwrap_or(args);
@@ -101,8 +96,6 @@ pub struct Tracker {
     next: u64,
     /// What the client holds for sure, by conversation.
     base: HashMap<i64, Cursor>,
-    /// Whether `base` has the session's starting point.
-    started: bool,
     /// Offsets sent and not yet confirmed, with the places they stand for.
     log: VecDeque<(u64, Position)>,
     /// Offsets below this cannot be told apart any more (the log overflowed).
@@ -157,7 +150,6 @@ impl Tracker {
             recoverable: true,
             next: 1,
             base: HashMap::new(),
-            started: false,
             log: VecDeque::new(),
             floor: 0,
             cap: cap.max(1),
@@ -177,7 +169,6 @@ impl Tracker {
         for (conversation, seq, change) in positions {
             self.base.entry(conversation).or_insert((seq, change));
         }
-        self.started = true;
     }
 
     /// Hands out the next offset for an event: its place, if durable, and the call it tells
@@ -209,13 +200,7 @@ impl Tracker {
                 // One canonical event the dialect sends as several: it counts as received
                 // with the last of them.
                 Some((last, q)) if *q == p => *last = offset,
-                _ => self.log.push_back((offset, p)),
-            }
-            if self.log.len() > self.cap {
-                if let Some((evicted, p)) = self.log.pop_front() {
-                    self.fold(p);
-                    self.floor = evicted;
-                }
+                _ => self.log_entry(offset, p),
             }
         }
         offset
@@ -224,7 +209,13 @@ impl Tracker {
     /// A message the session sent itself (its fan-out skipped it; the client holds it from
     /// its acknowledgement): known to the client as of the last offset handed out.
     pub fn own(&mut self, position: Position) {
-        self.log.push_back((self.next - 1, position));
+        self.log_entry(self.next - 1, position);
+    }
+
+    /// Logs a place at an offset; past the cap the oldest entry is folded in unconfirmed, and
+    /// offsets below it can no longer be placed.
+    fn log_entry(&mut self, offset: u64, position: Position) {
+        self.log.push_back((offset, position));
         if self.log.len() > self.cap {
             if let Some((evicted, p)) = self.log.pop_front() {
                 self.fold(p);
@@ -284,7 +275,6 @@ impl Tracker {
         let state = State {
             next: self.next,
             floor: self.floor,
-            started: self.started,
             base: self.base.iter().map(|(c, (s, ch))| (*c, *s, *ch)).collect(),
             log: self
                 .log
@@ -317,7 +307,6 @@ impl Tracker {
 struct State {
     next: u64,
     floor: u64,
-    started: bool,
     /// (conversation, seq, change)
     base: Vec<(i64, i64, i64)>,
     /// (offset, conversation, seq, change)
@@ -579,7 +568,6 @@ pub async fn replay(
             }
         }
     }
-    tracker.started = true;
     tracker.replayed = Some((Instant::now(), high));
     Ok(Replay {
         events,
@@ -850,12 +838,6 @@ pub fn parse_offset(value: Option<&Value>) -> Result<u64, Refusal> {
     }
 }
 
-impl From<Refusal> for AppError {
-    fn from(r: Refusal) -> Self {
-        AppError::bad_request(r.code(), "the session could not be recovered")
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -874,7 +856,6 @@ mod tests {
             next,
             base,
             log,
-            started: true,
             ..State::default()
         }
     }
