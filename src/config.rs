@@ -291,6 +291,74 @@ pub struct Config {
     /// its old transport on this node to be torn down and its session kept (a client can come
     /// back before the server noticed it left). Default 3000.
     pub socketio_recovery_wait: Duration,
+    /// `PUBLIC_URL` — the address clients reach this server at (`https://chat.example.com`),
+    /// the base of the media URLs in upload answers and messages. Unset: an upload answer uses
+    /// the request's own host, and messages carry paths (`/api/media/...`).
+    pub public_url: String,
+    /// `MEDIA_STORE` — where uploads are kept: `local` (a directory, `MEDIA_DIR`) or `s3` (any
+    /// S3-compatible store, `MEDIA_S3_*`). Default `local`.
+    pub media_store: String,
+    /// `MEDIA_DIR` — the directory of the `local` store (created when missing). Default
+    /// `.dev/media`; the systemd unit sets its `StateDirectory`.
+    pub media_dir: String,
+    /// `MEDIA_S3_BUCKET` — the bucket of the `s3` store.
+    pub media_s3_bucket: String,
+    /// `MEDIA_S3_ENDPOINT` — the S3 endpoint (`http://` allowed, for a store on a private
+    /// network); empty: AWS itself.
+    pub media_s3_endpoint: String,
+    /// `MEDIA_S3_REGION` — the bucket's region. Default `us-east-1`.
+    pub media_s3_region: String,
+    /// `MEDIA_S3_ACCESS_KEY_ID` — the S3 access key id.
+    pub media_s3_access_key_id: String,
+    /// `MEDIA_S3_SECRET_ACCESS_KEY` — the S3 secret key.
+    pub media_s3_secret_access_key: Secret,
+    /// `MEDIA_URL_TTL_SECS` — how long a signed media URL works (it is renewed every time a
+    /// message is read again). Default 86400.
+    pub media_url_ttl: Duration,
+    /// `MAX_UPLOAD_BYTES_IMAGE` — the largest image upload (JPEG, PNG, GIF, WebP). Default
+    /// 20 MiB.
+    pub max_upload_bytes_image: u64,
+    /// `MAX_UPLOAD_BYTES_AUDIO` — the largest audio upload (voice notes: AAC/M4A, Ogg/Opus, MP3,
+    /// WAV, FLAC, AMR). Default 50 MiB.
+    pub max_upload_bytes_audio: u64,
+    /// `MAX_UPLOAD_BYTES_VIDEO` — the largest video upload (MP4, WebM, QuickTime). Default
+    /// 200 MiB.
+    pub max_upload_bytes_video: u64,
+    /// `MAX_UPLOAD_BYTES_DOCUMENT` — the largest document upload (PDF, Office, ZIP). Default
+    /// 50 MiB.
+    pub max_upload_bytes_document: u64,
+    /// `MEDIA_QUOTA_BYTES` — what one user may keep stored in all (uploads no message uses any
+    /// more are removed after `MEDIA_GC_GRACE_SECS`). Default 1 GiB.
+    pub media_quota_bytes: u64,
+    /// `MEDIA_MAX_IMAGE_PIXELS` — the largest image (width × height) that is accepted: its
+    /// header is read before anything is decoded, so a decompression bomb is refused unread.
+    /// Default 40 000 000.
+    pub media_max_image_pixels: u64,
+    /// `MEDIA_THUMBNAIL_PX` — the longest side of an image's thumbnail. Default 320.
+    pub media_thumbnail_px: u32,
+    /// `MEDIA_UPLOADS_IN_FLIGHT` — uploads received at once by this process; more are answered
+    /// 503 with `Retry-After`. Images are held in memory while they are read, so this times
+    /// `MAX_UPLOAD_BYTES_IMAGE` bounds that memory. Default 16.
+    pub media_uploads_in_flight: usize,
+    /// `MEDIA_PROCESS_CONCURRENCY` — images examined, stripped and thumbnailed at once (CPU
+    /// work, on the blocking pool, off the event loop). Default 2.
+    pub media_process_concurrency: usize,
+    /// `MEDIA_UPLOAD_IDLE_TIMEOUT_SECS` — an upload whose body stalls this long is cut (408).
+    /// Default 30.
+    pub media_upload_idle_timeout: Duration,
+    /// `MEDIA_GC_GRACE_SECS` — how long an upload no message references is kept (from its
+    /// upload, or from the deletion of the last message that used it). Default 86400.
+    pub media_gc_grace: Duration,
+    /// `MEDIA_GC_INTERVAL_SECS` — how often unreferenced media and orphaned objects are
+    /// removed. Default 600.
+    pub media_gc_interval: Duration,
+    /// `MEDIA_ACCEL_REDIRECT` — with the `local` store behind nginx: the internal location
+    /// (e.g. `/_media/`) that maps to `MEDIA_DIR`; downloads are then answered with
+    /// `X-Accel-Redirect` after the access check and nginx sends the bytes. Empty: off.
+    pub media_accel_redirect: String,
+    /// `MEDIA_FOREIGN_URLS` — whether a message may carry a `mediaUrl` that is not one of this
+    /// server's uploads (the legacy apps stored theirs elsewhere). Default true.
+    pub media_foreign_urls: bool,
     /// `DEFAULT_DIALECT` — the dialect of connections that name none (`?dialect=` or the
     /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
     /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
@@ -450,6 +518,29 @@ impl Default for Config {
             socketio_recovery_per_user: 20,
             socketio_recovery_max_sessions: 200_000,
             socketio_recovery_wait: Duration::from_millis(3000),
+            public_url: String::new(),
+            media_store: "local".into(),
+            media_dir: ".dev/media".into(),
+            media_s3_bucket: String::new(),
+            media_s3_endpoint: String::new(),
+            media_s3_region: "us-east-1".into(),
+            media_s3_access_key_id: String::new(),
+            media_s3_secret_access_key: Secret::default(),
+            media_url_ttl: Duration::from_secs(86_400),
+            max_upload_bytes_image: 20 << 20,
+            max_upload_bytes_audio: 50 << 20,
+            max_upload_bytes_video: 200 << 20,
+            max_upload_bytes_document: 50 << 20,
+            media_quota_bytes: 1 << 30,
+            media_max_image_pixels: 40_000_000,
+            media_thumbnail_px: 320,
+            media_uploads_in_flight: 16,
+            media_process_concurrency: 2,
+            media_upload_idle_timeout: Duration::from_secs(30),
+            media_gc_grace: Duration::from_secs(86_400),
+            media_gc_interval: Duration::from_secs(600),
+            media_accel_redirect: String::new(),
+            media_foreign_urls: true,
             default_dialect: "canonical".into(),
             contact_policy: ContactPolicy::Open,
             contact_rules: ContactRules::default(),
@@ -752,8 +843,52 @@ impl Config {
         parse(src, "CONTACT_CACHE_SIZE", &mut self.contact_cache_size)?;
         parse(src, "METRICS_TOKEN", &mut self.metrics_token)?;
         parse(src, "TRUSTED_PROXIES", &mut self.trusted_proxies)?;
+        self.apply_media(src)?;
         self.apply_auth_limits(src)?;
         self.apply_migration(src)
+    }
+
+    /// Media upload settings.
+    fn apply_media(&mut self, src: &dyn Source) -> Result<(), ConfigError> {
+        parse(src, "PUBLIC_URL", &mut self.public_url)?;
+        parse(src, "MEDIA_STORE", &mut self.media_store)?;
+        parse(src, "MEDIA_DIR", &mut self.media_dir)?;
+        parse(src, "MEDIA_S3_BUCKET", &mut self.media_s3_bucket)?;
+        parse(src, "MEDIA_S3_ENDPOINT", &mut self.media_s3_endpoint)?;
+        parse(src, "MEDIA_S3_REGION", &mut self.media_s3_region)?;
+        parse(src, "MEDIA_S3_ACCESS_KEY_ID", &mut self.media_s3_access_key_id)?;
+        parse(
+            src,
+            "MEDIA_S3_SECRET_ACCESS_KEY",
+            &mut self.media_s3_secret_access_key,
+        )?;
+        parse_secs(src, "MEDIA_URL_TTL_SECS", &mut self.media_url_ttl)?;
+        parse(src, "MAX_UPLOAD_BYTES_IMAGE", &mut self.max_upload_bytes_image)?;
+        parse(src, "MAX_UPLOAD_BYTES_AUDIO", &mut self.max_upload_bytes_audio)?;
+        parse(src, "MAX_UPLOAD_BYTES_VIDEO", &mut self.max_upload_bytes_video)?;
+        parse(
+            src,
+            "MAX_UPLOAD_BYTES_DOCUMENT",
+            &mut self.max_upload_bytes_document,
+        )?;
+        parse(src, "MEDIA_QUOTA_BYTES", &mut self.media_quota_bytes)?;
+        parse(src, "MEDIA_MAX_IMAGE_PIXELS", &mut self.media_max_image_pixels)?;
+        parse(src, "MEDIA_THUMBNAIL_PX", &mut self.media_thumbnail_px)?;
+        parse(src, "MEDIA_UPLOADS_IN_FLIGHT", &mut self.media_uploads_in_flight)?;
+        parse(
+            src,
+            "MEDIA_PROCESS_CONCURRENCY",
+            &mut self.media_process_concurrency,
+        )?;
+        parse_secs(
+            src,
+            "MEDIA_UPLOAD_IDLE_TIMEOUT_SECS",
+            &mut self.media_upload_idle_timeout,
+        )?;
+        parse_secs(src, "MEDIA_GC_GRACE_SECS", &mut self.media_gc_grace)?;
+        parse_secs(src, "MEDIA_GC_INTERVAL_SECS", &mut self.media_gc_interval)?;
+        parse(src, "MEDIA_ACCEL_REDIRECT", &mut self.media_accel_redirect)?;
+        parse_bool(src, "MEDIA_FOREIGN_URLS", &mut self.media_foreign_urls)
     }
 
     /// Cluster mode settings.
@@ -907,6 +1042,67 @@ impl Config {
         Ok(())
     }
 
+    /// The media settings.
+    fn validate_media(&self) -> Result<(), ConfigError> {
+        match self.media_store.as_str() {
+            "local" if self.media_dir.trim().is_empty() => {
+                return Err(ConfigError::Rejected(
+                    "MEDIA_STORE=local needs MEDIA_DIR".into(),
+                ))
+            }
+            "local" => {}
+            "s3" if self.media_s3_bucket.is_empty() => {
+                return Err(ConfigError::Rejected(
+                    "MEDIA_STORE=s3 needs MEDIA_S3_BUCKET".into(),
+                ))
+            }
+            "s3" => {}
+            other => {
+                return Err(ConfigError::Rejected(format!(
+                    "MEDIA_STORE must be `local` or `s3`, not `{other}`"
+                )))
+            }
+        }
+        if !self.public_url.is_empty()
+            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Rejected(
+                "PUBLIC_URL must start with http:// or https://".into(),
+            ));
+        }
+        if !self.media_accel_redirect.is_empty()
+            && !(self.media_accel_redirect.starts_with('/') && self.media_accel_redirect.ends_with('/'))
+        {
+            return Err(ConfigError::Rejected(
+                "MEDIA_ACCEL_REDIRECT must be a location that starts and ends with `/`".into(),
+            ));
+        }
+        for (name, value) in [
+            ("MAX_UPLOAD_BYTES_IMAGE", self.max_upload_bytes_image),
+            ("MAX_UPLOAD_BYTES_AUDIO", self.max_upload_bytes_audio),
+            ("MAX_UPLOAD_BYTES_VIDEO", self.max_upload_bytes_video),
+            ("MAX_UPLOAD_BYTES_DOCUMENT", self.max_upload_bytes_document),
+            ("MEDIA_MAX_IMAGE_PIXELS", self.media_max_image_pixels),
+            ("MEDIA_THUMBNAIL_PX", u64::from(self.media_thumbnail_px)),
+            ("MEDIA_UPLOADS_IN_FLIGHT", self.media_uploads_in_flight as u64),
+            (
+                "MEDIA_PROCESS_CONCURRENCY",
+                self.media_process_concurrency as u64,
+            ),
+            ("MEDIA_URL_TTL_SECS", self.media_url_ttl.as_secs()),
+            (
+                "MEDIA_UPLOAD_IDLE_TIMEOUT_SECS",
+                self.media_upload_idle_timeout.as_secs(),
+            ),
+            ("MEDIA_GC_INTERVAL_SECS", self.media_gc_interval.as_secs()),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks everything `serve` and `token` rely on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_database()?;
@@ -979,6 +1175,7 @@ impl Config {
                 return Err(ConfigError::Rejected(format!("{name} must be at least 1")));
             }
         }
+        self.validate_media()?;
         if self.listen_backlog == 0 || i32::try_from(self.listen_backlog).is_err() {
             return Err(ConfigError::Rejected(
                 "LISTEN_BACKLOG must be between 1 and 2147483647".into(),

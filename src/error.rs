@@ -59,6 +59,18 @@ pub enum AppError {
     /// The body or content is too large.
     #[error("{0}")]
     TooLarge(Cow<'static, str>),
+    /// An upload whose type is not on the allow-list (sniffed from its bytes).
+    #[error("{0}")]
+    UnsupportedMediaType(Cow<'static, str>),
+    /// The caller's storage quota would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(Cow<'static, str>),
+    /// A request body stalled for longer than its named timeout.
+    #[error("{0}")]
+    Timeout(Cow<'static, str>),
+    /// A signed link past its expiry.
+    #[error("{0}")]
+    LinkExpired(Cow<'static, str>),
     /// Too many requests; retry after the given number of seconds.
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited {
@@ -154,6 +166,10 @@ impl AppError {
             Self::Busy(_) => "busy",
             Self::Overloaded { .. } => "overloaded",
             Self::TooLarge(_) => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::Timeout(_) => "timeout",
+            Self::LinkExpired(_) => "link_expired",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal { .. } => "internal",
@@ -169,6 +185,10 @@ impl AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::Busy(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::LinkExpired(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -280,6 +300,14 @@ mod tests {
             (AppError::NotAllowed("x".into()), 403, "not_allowed"),
             (AppError::NotFound("x".into()), 404, "not_found"),
             (AppError::TooLarge("x".into()), 413, "too_large"),
+            (
+                AppError::UnsupportedMediaType("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (AppError::QuotaExceeded("x".into()), 429, "quota_exceeded"),
+            (AppError::Timeout("x".into()), 408, "timeout"),
+            (AppError::LinkExpired("x".into()), 403, "link_expired"),
             (
                 AppError::RateLimited {
                     retry_after_secs: 3,

@@ -22,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

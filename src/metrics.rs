@@ -149,7 +149,22 @@ pub struct Metrics {
     last_seen_failed: AtomicU64,
     last_seen_dropped: AtomicU64,
     socketio_recoveries: [AtomicU64; RECOVERY_OUTCOMES.len()],
+    media_uploads: [AtomicU64; UPLOAD_OUTCOMES.len()],
+    media_bytes_uploaded: AtomicU64,
+    media_bytes_stored: AtomicI64,
+    media_objects_removed: AtomicU64,
 }
+
+/// Outcomes of media uploads (`failed`: the store or the database failed).
+pub const UPLOAD_OUTCOMES: [&str; 7] = [
+    "stored",
+    "too_large",
+    "unsupported_media_type",
+    "quota_exceeded",
+    "invalid",
+    "timeout",
+    "failed",
+];
 
 /// Outcomes of Socket.IO connection state recovery attempts (`refused`: the identity did not
 /// pass its check again).
@@ -278,6 +293,40 @@ impl Metrics {
             .iter()
             .position(|o| *o == outcome)
             .map_or(0, |i| self.socketio_recoveries[i].load(Ordering::Relaxed))
+    }
+
+    /// An upload ended with `outcome`, one of [`UPLOAD_OUTCOMES`] (anything else counts as
+    /// `failed`); `bytes` were stored when it was.
+    pub fn media_upload(&self, outcome: &str, bytes: u64) {
+        let i = UPLOAD_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(UPLOAD_OUTCOMES.len() - 1);
+        self.media_uploads[i].fetch_add(1, Ordering::Relaxed);
+        if outcome == "stored" {
+            self.media_bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
+            self.media_bytes_stored
+                .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// Uploads with an outcome so far.
+    pub fn media_uploads(&self, outcome: &str) -> u64 {
+        UPLOAD_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.media_uploads[i].load(Ordering::Relaxed))
+    }
+
+    /// The bytes the media store holds (read from the database at start and after each
+    /// clean-up, adjusted by uploads in between).
+    pub fn set_media_bytes_stored(&self, bytes: i64) {
+        self.media_bytes_stored.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The clean-up removed `n` stored objects.
+    pub fn media_objects_removed(&self, n: u64) {
+        self.media_objects_removed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// A rate limit refused something.
@@ -492,6 +541,43 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+
+        header(
+            &mut out,
+            "switchboard_media_uploads_total",
+            "counter",
+            "Media uploads, by outcome (stored or why they were refused).",
+        );
+        for (outcome, n) in UPLOAD_OUTCOMES.iter().zip(&self.media_uploads) {
+            let _ = writeln!(
+                out,
+                "switchboard_media_uploads_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "switchboard_media_uploaded_bytes_total",
+            "Bytes of media stored by uploads (after metadata was stripped).",
+            self.media_bytes_uploaded.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "switchboard_media_stored_bytes",
+            "gauge",
+            "Bytes the media store holds (uploads and thumbnails).",
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_media_stored_bytes {}",
+            self.media_bytes_stored.load(Ordering::Relaxed)
+        );
+        counter(
+            &mut out,
+            "switchboard_media_removed_total",
+            "Media objects removed by the clean-up (unreferenced uploads and orphans).",
+            self.media_objects_removed.load(Ordering::Relaxed),
+        );
 
         header(
             &mut out,

@@ -54,7 +54,7 @@ pub async fn serve(config: Config) -> AppResult<()> {
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let state = AppState::new(config);
+    let state = AppState::new(config)?;
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(notifier) = &notifier {
         let period = notify::watchdog_period(&|key| std::env::var(key).ok(), std::process::id());
@@ -207,7 +207,7 @@ pub fn start_listeners(
         .0
         .local_addr()
         .map_err(AppError::internal)?;
-    let (state, server) = build(AppState::new(config), listeners, false)?;
+    let (state, server) = build(AppState::new(config)?, listeners, false)?;
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(Running {

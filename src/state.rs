@@ -24,6 +24,8 @@ pub struct AppState {
     pub socketio: Arc<crate::realtime::socketio::engine::EioServer>,
     /// Where dropped Socket.IO sessions are kept for connection state recovery.
     pub recovery: Arc<crate::realtime::socketio::recovery::Keeper>,
+    /// Media uploads: store, limits, URL signer.
+    pub media: Arc<crate::media::Media>,
     /// Process start, for uptime.
     pub started: Instant,
     /// The dialect each listener's connections speak when they name none, by listen address.
@@ -32,8 +34,9 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from validated settings and starts the engine's actors (must run
-    /// inside an actix system; does not connect to the database yet).
-    pub fn new(config: Config) -> Self {
+    /// inside an actix system; does not connect to the database yet). Fails when the media
+    /// store cannot be opened.
+    pub fn new(config: Config) -> crate::error::AppResult<Self> {
         let config = Arc::new(config);
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
@@ -49,16 +52,22 @@ impl AppState {
             engine.clone(),
             Arc::clone(&recovery),
         );
-        Self {
+        let media = crate::media::Media::new(Arc::clone(&config), db.clone(), engine.metrics.clone())
+            .map(Arc::new)
+            .map_err(crate::error::AppError::internal)?;
+        crate::media::install(Arc::clone(&media.urls));
+        media.start_collector();
+        Ok(Self {
             config,
             db,
             auth,
             engine,
             socketio,
             recovery,
+            media,
             started: Instant::now(),
             listeners: Arc::default(),
-        }
+        })
     }
 
     /// Records which dialect each bound listener defaults to.

@@ -52,6 +52,10 @@ pub struct Message {
     pub recipient_id: Option<i64>,
     /// That recipient's kind of user (`admin` for a staff member's message to the admins).
     pub recipient_type: Option<String>,
+    /// The upload attached (see [`crate::media`]).
+    pub media_id: Option<String>,
+    /// What clients are shown of it (`MediaRow::summary`), URLs added when shown.
+    pub media: Option<Value>,
 }
 
 /// A message as clients see it. Deleted messages keep their place (id, seq) but lose content.
@@ -95,6 +99,11 @@ pub struct MessageView {
     pub recipient_id: Option<String>,
     /// The recipient's kind of user.
     pub recipient_type: Option<String>,
+    /// The attachment uploaded to this server: `id`, `url` (signed, expiring; the same as
+    /// `mediaUrl`), `contentType`, `kind`, `size`, and when known `name`, `width`, `height`,
+    /// `durationMs`, `thumbnailUrl`. Absent for messages without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<Value>,
 }
 
 /// A message as REST returns it: the [`MessageView`] plus the names seed 003's two apps read.
@@ -143,6 +152,11 @@ impl Message {
     /// The client view.
     pub fn view(&self) -> MessageView {
         let deleted = self.deleted_at.is_some();
+        let (media_url, media) = match &self.media {
+            _ if deleted => (None, None),
+            Some(summary) => crate::media::present(summary),
+            None => (self.media_url.clone(), None),
+        };
         MessageView {
             id: self.id.to_string(),
             conversation_id: self.conversation_id.to_string(),
@@ -155,11 +169,7 @@ impl Message {
             } else {
                 self.content.clone()
             },
-            media_url: if deleted {
-                None
-            } else {
-                self.media_url.clone()
-            },
+            media_url,
             reply_to: self.reply_to_id.map(|r| r.to_string()),
             metadata: if deleted { None } else { self.metadata.clone() },
             client_message_id: self.client_message_id.clone(),
@@ -170,6 +180,7 @@ impl Message {
             sender_type: self.sender_type.clone(),
             recipient_id: self.recipient_id.map(|r| r.to_string()),
             recipient_type: self.recipient_type.clone(),
+            media,
         }
     }
 }
@@ -196,6 +207,10 @@ pub struct Draft {
     /// The recipient the sender named (kept where the conversation allows a choice: a staff
     /// member writing to one of the admins of a support conversation).
     pub recipient_id: Option<i64>,
+    /// The upload attached (checked readable by the sender).
+    pub media_id: Option<String>,
+    /// What clients are shown of it.
+    pub media: Option<Value>,
 }
 
 #[derive(Insertable)]
@@ -214,6 +229,8 @@ struct NewMessage<'a> {
     sender_type: Option<&'static str>,
     recipient_id: Option<i64>,
     recipient_type: Option<&'static str>,
+    media_id: Option<&'a str>,
+    media: Option<&'a Value>,
 }
 
 /// The result of writing one draft.
@@ -501,6 +518,8 @@ fn write_rows(
             reply_to_id: d.reply_to_id,
             metadata: d.metadata.as_ref(),
             client_message_id: d.client_message_id.as_deref(),
+            media_id: d.media_id.as_deref(),
+            media: d.media.as_ref(),
         });
         row_owner.push(i);
     }

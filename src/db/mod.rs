@@ -9,6 +9,7 @@ pub mod calls;
 pub mod chat_requests;
 pub mod contacts;
 pub mod conversations;
+pub mod media;
 pub mod messages;
 pub mod models;
 pub mod recovery;

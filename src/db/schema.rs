@@ -118,6 +118,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    media (id) {
+        id -> Text,
+        owner_id -> Int8,
+        kind -> Text,
+        content_type -> Text,
+        size -> Int8,
+        sha256 -> Text,
+        filename -> Nullable<Text>,
+        width -> Nullable<Int4>,
+        height -> Nullable<Int4>,
+        duration_ms -> Nullable<Int8>,
+        thumbnail_size -> Nullable<Int8>,
+        thumbnail_type -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     messages (id) {
         id -> Int8,
         conversation_id -> Int8,
@@ -137,6 +155,8 @@ diesel::table! {
         sender_type -> Nullable<Text>,
         recipient_id -> Nullable<Int8>,
         recipient_type -> Nullable<Text>,
+        media_id -> Nullable<Text>,
+        media -> Nullable<Jsonb>,
     }
 }
 
@@ -204,7 +224,9 @@ diesel::joinable!(contacts -> users (owner_id));
 diesel::joinable!(conversation_members -> conversations (conversation_id));
 diesel::joinable!(conversation_members -> users (user_id));
 diesel::joinable!(device_sessions -> users (user_id));
+diesel::joinable!(media -> users (owner_id));
 diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(messages -> media (media_id));
 diesel::joinable!(refresh_tokens -> device_sessions (session_id));
 diesel::joinable!(socketio_sessions -> users (user_id));
 
@@ -217,6 +239,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversation_members,
     conversations,
     device_sessions,
+    media,
     messages,
     otp_codes,
     refresh_tokens,

@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod contacts;
 pub mod conversations;
 pub mod health;
+pub mod media;
 pub mod metrics;
 pub mod openapi;
 pub mod support;
@@ -68,7 +69,8 @@ fn app_routes(cfg: &mut web::ServiceConfig) {
         .configure(contacts::routes)
         .configure(admin::routes)
         .configure(conversations::routes)
-        .configure(calls::routes);
+        .configure(calls::routes)
+        .configure(media::routes);
 }
 
 /// JSON bodies: size limit and errors as `{error:{code,message}}` (400 / 413 / 415).

@@ -66,6 +66,41 @@ use tokio::sync::oneshot;
 /// Message kinds a client may send; `system`, `voice_call` and `video_call` are server-only.
 pub const CLIENT_KINDS: [&str; 4] = ["text", "image", "audio", "file"];
 
+/// Attaches a readable upload to a draft: the message's `type` follows the upload when the
+/// client sent none (or `text`): `image`, `audio`, else `file`; a type the client chose must fit
+/// it (`image` an image, `audio` sound or a video container, `file` anything).
+fn attach(draft: &mut Draft, row: &crate::db::media::MediaRow) -> AppResult<()> {
+    use crate::media::sniff::Kind;
+    let kind = Kind::parse(&row.kind).unwrap_or(Kind::Document);
+    let fits = match draft.kind.as_str() {
+        "text" => {
+            draft.kind = match kind {
+                Kind::Image => "image",
+                Kind::Audio => "audio",
+                Kind::Video | Kind::Document => "file",
+            }
+            .to_owned();
+            true
+        }
+        "image" => kind == Kind::Image,
+        "audio" => matches!(kind, Kind::Audio | Kind::Video),
+        _ => true,
+    };
+    if !fits {
+        return Err(AppError::Validation {
+            code: "media_type_mismatch",
+            message: format!(
+                "a message of type {} cannot carry a {} upload ({})",
+                draft.kind, row.kind, row.content_type
+            )
+            .into(),
+        });
+    }
+    draft.media_url = Some(crate::media::media_path(&row.id, false));
+    draft.media = Some(row.summary());
+    Ok(())
+}
+
 /// `Retry-After` of an upgrade refused at the connection ceiling: long enough that a crowd of
 /// clients does not come straight back, short enough for a reconnecting app to feel prompt.
 pub const OVER_CAPACITY_RETRY_AFTER_SECS: u64 = 5;
@@ -299,7 +334,16 @@ impl Engine {
         origin: Option<u64>,
     ) -> AppResult<MessageView> {
         let user = identity.user_id();
-        let draft = self.validate(user, draft)?;
+        let mut draft = self.validate(user, draft)?;
+        if let Some(id) = draft.media_id.clone() {
+            let admin = identity.is_admin();
+            let row = self
+                .db
+                .run(move |conn| crate::db::media::readable(conn, &id, user, admin))
+                .await?
+                .ok_or_else(|| AppError::NotFound("media not found".into()))?;
+            attach(&mut draft, &row)?;
+        }
         self.take_send(user).await.inspect_err(|_| {
             self.metrics.rate_limited(crate::metrics::Limit::Messages);
         })?;
@@ -385,15 +429,29 @@ impl Engine {
                 .into(),
             ));
         }
-        if d.content.trim().is_empty() && d.media_url.as_deref().is_none_or(|u| u.trim().is_empty())
-        {
-            return Err(AppError::validation(
-                "a message needs content or a mediaUrl",
-            ));
-        }
-        if d.media_url.as_ref().is_some_and(|u| u.len() > 2048) {
+        let media_url = d.media_url.filter(|u| !u.trim().is_empty());
+        if media_url.as_ref().is_some_and(|u| u.len() > 2048) {
             return Err(AppError::validation(
                 "mediaUrl is longer than 2048 characters",
+            ));
+        }
+        // An upload of this server: named, or one of its URLs.
+        let media_id = match d.media_id.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(id) if crate::media::valid_id(id) => Some(id.to_owned()),
+            Some(_) => return Err(AppError::NotFound("media not found".into())),
+            None => media_url
+                .as_deref()
+                .and_then(|u| crate::media::id_in_url(u, &self.config.public_url)),
+        };
+        if media_id.is_none() && media_url.is_some() && !self.config.media_foreign_urls {
+            return Err(AppError::validation(
+                "mediaUrl must be a media URL of this server: upload the file with \
+                 POST /api/media and send its id as mediaId",
+            ));
+        }
+        if d.content.trim().is_empty() && media_url.is_none() && media_id.is_none() {
+            return Err(AppError::validation(
+                "a message needs content or a mediaUrl",
             ));
         }
         if let Some(cmid) = &d.client_message_id {
@@ -416,7 +474,9 @@ impl Engine {
             sender_id: Some(sender),
             kind,
             content: d.content,
-            media_url: d.media_url.filter(|u| !u.trim().is_empty()),
+            media_url,
+            media_id,
+            media: None,
             reply_to_id: d.reply_to,
             metadata: d.metadata,
             client_message_id: d.client_message_id,

@@ -366,9 +366,14 @@ pub struct SendDraft {
     /// `text|image|audio|file` (`system`, `voice_call`, `video_call` are server-only).
     #[serde(default, rename = "type", alias = "messageType", alias = "kind")]
     pub kind: Option<String>,
-    /// Attachment URL.
+    /// Attachment URL: one of this server's media URLs (see `mediaId`) or, when
+    /// `MEDIA_FOREIGN_URLS` allows, another host's.
     #[serde(default, alias = "media_url", alias = "fileUrl")]
     pub media_url: Option<String>,
+    /// An upload of this server (`POST /api/media`) to attach; the sender must be able to read
+    /// it.
+    #[serde(default, alias = "media_id", alias = "attachmentId")]
+    pub media_id: Option<String>,
     /// Message being replied to.
     #[serde(
         default,

@@ -406,6 +406,8 @@ impl CallActor {
                         kind: if video { "video_call" } else { "voice_call" }.into(),
                         content,
                         media_url: None,
+                        media_id: None,
+                        media: None,
                         reply_to_id: None,
                         recipient_id: None,
                         metadata: Some(draft_meta),

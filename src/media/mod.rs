@@ -1,0 +1,841 @@
+//! Media attachments: uploads streamed into an object store, their type sniffed from the bytes,
+//! images stripped of metadata and thumbnailed, signed expiring URLs for clients that cannot add
+//! an `Authorization` header, and the clean-up of what no message uses.
+//!
+//! An upload is written under `media/<id>` (and `media/<id>.thumb`) before its row is inserted:
+//! a reader only ever finds complete files, and a crash mid-upload leaves at most an object with
+//! no row, which the clean-up removes after `MEDIA_GC_GRACE_SECS`.
+
+pub mod picture;
+pub mod probe;
+pub mod sniff;
+
+use crate::config::Config;
+use crate::db::media::{self as rows, MediaRow};
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use ring::{digest, hmac};
+use serde_json::Value;
+use sniff::{Kind, Sniffed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// The path of an upload's canonical URL (`Authorization` required unless signed).
+pub fn media_path(id: &str, thumbnail: bool) -> String {
+    if thumbnail {
+        format!("/api/media/{id}/thumbnail")
+    } else {
+        format!("/api/media/{id}")
+    }
+}
+
+/// Whether `id` has the shape of a media id (32 lower-case hex digits).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The media id in one of this server's media URLs (absolute or a path, signed or not).
+pub fn id_in_url(url: &str, public_url: &str) -> Option<String> {
+    let url = url.trim();
+    let path = if let Some(rest) = url.strip_prefix(public_url.trim_end_matches('/')).filter(|_| !public_url.is_empty()) {
+        rest
+    } else if url.starts_with('/') {
+        url
+    } else {
+        // Another host's URL whose path looks like ours is still someone else's file.
+        return None;
+    };
+    let path = path.split(['?', '#']).next()?;
+    let rest = path
+        .strip_prefix("/api/media/")
+        .or_else(|| path.strip_prefix("/media/"))?;
+    let id = rest.strip_suffix("/thumbnail").unwrap_or(rest);
+    valid_id(id).then(|| id.to_owned())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs and checks media URLs: `?exp=<unix seconds>&sig=<HMAC-SHA256(id, variant, exp)>`.
+#[derive(Debug)]
+pub struct Urls {
+    key: hmac::Key,
+    base: String,
+    ttl: u64,
+}
+
+impl Urls {
+    /// The signer for `config` (its key is derived from `JWT_SECRET`).
+    pub fn new(config: &Config) -> Self {
+        let root = hmac::Key::new(hmac::HMAC_SHA256, config.jwt_secret.expose().as_bytes());
+        let derived = hmac::sign(&root, b"switchboard media url key v1");
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            base: config.public_url.trim_end_matches('/').to_owned(),
+            ttl: config.media_url_ttl.as_secs(),
+        }
+    }
+
+    fn signature(&self, id: &str, thumbnail: bool, exp: u64) -> String {
+        let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
+        B64URL.encode(&hmac::sign(&self.key, text.as_bytes()).as_ref()[..18])
+    }
+
+    /// A signed URL under `base` (else `PUBLIC_URL`, else a path). The expiry is rounded up to
+    /// the hour, so the URL of one file stays the same for an hour (browser caches keep it).
+    pub fn signed(&self, id: &str, thumbnail: bool, base: Option<&str>) -> String {
+        let exp = (now_secs() / 3600 + 1) * 3600 + self.ttl;
+        let base = base.map_or(self.base.as_str(), |b| b.trim_end_matches('/'));
+        format!(
+            "{base}{}?exp={exp}&sig={}",
+            media_path(id, thumbnail),
+            self.signature(id, thumbnail, exp)
+        )
+    }
+
+    /// Checks a signed URL's `exp` and `sig`; returns the seconds it stays valid.
+    pub fn verify(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> AppResult<u64> {
+        let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
+        let given = B64URL
+            .decode(sig.trim())
+            .map_err(|_| AppError::Forbidden("the link's signature is not valid".into()))?;
+        let full = hmac::sign(&self.key, text.as_bytes());
+        let differ = full.as_ref()[..18]
+            .iter()
+            .zip(&given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if given.len() != 18 || differ != 0 {
+            return Err(AppError::Forbidden("the link's signature is not valid".into()));
+        }
+        let now = now_secs();
+        if exp <= now {
+            return Err(AppError::LinkExpired(
+                "the link has expired; fetch the message again for a fresh one".into(),
+            ));
+        }
+        Ok(exp - now)
+    }
+
+    /// A message's attachment as clients see it: the signed `mediaUrl` and the `media` object
+    /// (`summary` from [`MediaRow::summary`] with `url` and, for images, `thumbnailUrl`).
+    pub fn present(&self, summary: &Value) -> (Option<String>, Option<Value>) {
+        let Some(id) = summary.get("id").and_then(Value::as_str) else {
+            return (None, None);
+        };
+        let url = self.signed(id, false, None);
+        let mut out = summary.clone();
+        if let Some(map) = out.as_object_mut() {
+            if map.remove("thumbnail").is_some() {
+                map.insert("thumbnailUrl".into(), self.signed(id, true, None).into());
+            }
+            map.insert("url".into(), url.clone().into());
+        }
+        (Some(url), Some(out))
+    }
+}
+
+static URLS: RwLock<Option<Arc<Urls>>> = RwLock::new(None);
+
+/// Makes `urls` the signer message views use (one server per process; the last one started
+/// wins in a test process, whose servers share their secret).
+pub fn install(urls: Arc<Urls>) {
+    *URLS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(urls);
+}
+
+/// A message's attachment as clients see it (see [`Urls::present`]); before a server started,
+/// the unsigned paths.
+pub fn present(summary: &Value) -> (Option<String>, Option<Value>) {
+    let urls = URLS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    match urls {
+        Some(urls) => urls.present(summary),
+        None => {
+            let id = summary.get("id").and_then(Value::as_str).unwrap_or_default();
+            (Some(media_path(id, false)), Some(summary.clone()))
+        }
+    }
+}
+
+/// The store key of an upload or its thumbnail.
+pub fn store_key(id: &str, thumbnail: bool) -> StorePath {
+    if thumbnail {
+        StorePath::from(format!("media/{id}.thumb"))
+    } else {
+        StorePath::from(format!("media/{id}"))
+    }
+}
+
+/// The media service: store, limits, signer.
+#[derive(Debug)]
+pub struct Media {
+    /// Where the bytes are.
+    pub store: Arc<dyn ObjectStore>,
+    /// The `local` store's directory (for `X-Accel-Redirect` and staging clean-up).
+    pub local_dir: Option<std::path::PathBuf>,
+    /// URL signer.
+    pub urls: Arc<Urls>,
+    config: Arc<Config>,
+    db: Db,
+    metrics: Arc<Metrics>,
+    uploads: Arc<Semaphore>,
+    cpu: Arc<Semaphore>,
+}
+
+/// What an upload is given as.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    /// The client's file name.
+    pub filename: Option<String>,
+    /// `Content-Length` of the request, when it said.
+    pub declared_len: Option<u64>,
+}
+
+/// A file name fit for `Content-Disposition`: no path, no control characters, at most 200 chars.
+pub fn clean_filename(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(200)
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+impl Media {
+    /// The service for `config` (opens or creates the store).
+    pub fn new(config: Arc<Config>, db: Db, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let (store, local_dir): (Arc<dyn ObjectStore>, _) = match config.media_store.as_str() {
+            "s3" => {
+                let mut builder = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&config.media_s3_bucket)
+                    .with_region(&config.media_s3_region);
+                if !config.media_s3_endpoint.is_empty() {
+                    builder = builder
+                        .with_endpoint(&config.media_s3_endpoint)
+                        .with_allow_http(config.media_s3_endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                if !config.media_s3_access_key_id.is_empty() {
+                    builder = builder
+                        .with_access_key_id(&config.media_s3_access_key_id)
+                        .with_secret_access_key(config.media_s3_secret_access_key.expose());
+                }
+                let store = builder.build().map_err(|e| format!("MEDIA_STORE=s3: {e}"))?;
+                (Arc::new(store), None)
+            }
+            _ => {
+                let dir = std::path::PathBuf::from(&config.media_dir);
+                std::fs::create_dir_all(dir.join("media"))
+                    .map_err(|e| format!("MEDIA_DIR {}: {e}", dir.display()))?;
+                let dir = dir
+                    .canonicalize()
+                    .map_err(|e| format!("MEDIA_DIR {}: {e}", dir.display()))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| format!("MEDIA_DIR {}: {e}", dir.display()))?
+                    .with_automatic_cleanup(true);
+                (Arc::new(store), Some(dir))
+            }
+        };
+        Ok(Self {
+            store,
+            local_dir,
+            urls: Arc::new(Urls::new(&config)),
+            uploads: Arc::new(Semaphore::new(config.media_uploads_in_flight)),
+            cpu: Arc::new(Semaphore::new(config.media_process_concurrency)),
+            config,
+            db,
+            metrics,
+        })
+    }
+
+    /// The size limit of a kind.
+    pub fn limit(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Image => self.config.max_upload_bytes_image,
+            Kind::Audio => self.config.max_upload_bytes_audio,
+            Kind::Video => self.config.max_upload_bytes_video,
+            Kind::Document => self.config.max_upload_bytes_document,
+        }
+    }
+
+    fn largest_limit(&self) -> u64 {
+        [Kind::Image, Kind::Audio, Kind::Video, Kind::Document]
+            .into_iter()
+            .map(|k| self.limit(k))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A slot for one upload, or 503 when `MEDIA_UPLOADS_IN_FLIGHT` are running; and the checks
+    /// that need no body (declared size, quota already used up).
+    pub async fn admit(
+        &self,
+        owner: i64,
+        incoming: &Incoming,
+    ) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
+        if let Some(len) = incoming.declared_len {
+            let max = self.largest_limit();
+            if len > max {
+                self.metrics.media_upload("too_large", 0);
+                return Err(AppError::TooLarge(
+                    format!("the upload is {len} bytes; no kind of media may exceed {max}").into(),
+                ));
+            }
+        }
+        let permit = Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
+            AppError::Overloaded {
+                retry_after_secs: 2,
+            }
+        })?;
+        let used = self.db.run(move |conn| rows::used_bytes(conn, owner)).await?;
+        if u64::try_from(used).unwrap_or(0) >= self.config.media_quota_bytes {
+            self.metrics.media_upload("quota_exceeded", 0);
+            return Err(AppError::QuotaExceeded(
+                format!(
+                    "your stored media already takes {used} bytes of {}",
+                    self.config.media_quota_bytes
+                )
+                .into(),
+            ));
+        }
+        Ok(permit)
+    }
+
+    /// Receives one upload from `body`, stores it and inserts its row.
+    pub async fn receive<S>(&self, owner: i64, incoming: Incoming, body: S) -> AppResult<MediaRow>
+    where
+        S: Stream<Item = AppResult<Bytes>> + Unpin,
+    {
+        let result = self.receive_inner(owner, incoming, body).await;
+        match &result {
+            Ok(row) => self
+                .metrics
+                .media_upload("stored", (row.size + row.thumbnail_size.unwrap_or(0)) as u64),
+            Err(e) => self.metrics.media_upload(
+                match e {
+                    AppError::TooLarge(_) => "too_large",
+                    AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+                    AppError::QuotaExceeded(_) => "quota_exceeded",
+                    AppError::Timeout(_) => "timeout",
+                    AppError::BadRequest { .. } | AppError::Validation { .. } => "invalid",
+                    _ => "failed",
+                },
+                0,
+            ),
+        }
+        result
+    }
+
+    async fn receive_inner<S>(&self, owner: i64, incoming: Incoming, mut body: S) -> AppResult<MediaRow>
+    where
+        S: Stream<Item = AppResult<Bytes>> + Unpin,
+    {
+        let mut body = Body {
+            stream: &mut body,
+            idle: self.config.media_upload_idle_timeout,
+        };
+        // The first bytes decide what it is.
+        let mut head: Vec<u8> = Vec::with_capacity(sniff::SNIFF_BYTES);
+        let mut ended = false;
+        while head.len() < sniff::SNIFF_BYTES {
+            match body.next().await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if head.is_empty() {
+            return Err(AppError::bad_request("empty_upload", "the upload is empty"));
+        }
+        let sniffed = sniff::sniff(&head).ok_or_else(|| {
+            AppError::UnsupportedMediaType(
+                format!(
+                    "this kind of file is not accepted (types are read from the file itself); \
+                     accepted: {}",
+                    sniff::accepted().join(", ")
+                )
+                .into(),
+            )
+        })?;
+        let limit = self.limit(sniffed.kind);
+        let too_large = |size: u64| {
+            AppError::TooLarge(
+                format!(
+                    "{} uploads may be at most {limit} bytes (this one is {size} or more)",
+                    sniffed.kind.as_str()
+                )
+                .into(),
+            )
+        };
+        if let Some(len) = incoming.declared_len.filter(|l| *l > limit.saturating_add(64 * 1024)) {
+            // A multipart body is a little larger than its file; a raw body is the file.
+            return Err(too_large(len));
+        }
+        let id = crate::auth::tokens::random_id()?;
+        let filename = incoming.filename.as_deref().and_then(clean_filename);
+        let stored = if sniffed.kind == Kind::Image {
+            // Images are read whole (at most MAX_UPLOAD_BYTES_IMAGE), then examined.
+            let mut all = head;
+            while !ended {
+                match body.next().await? {
+                    Some(chunk) => {
+                        all.extend_from_slice(&chunk);
+                        if all.len() as u64 > limit {
+                            return Err(too_large(all.len() as u64));
+                        }
+                    }
+                    None => ended = true,
+                }
+            }
+            if all.len() as u64 > limit {
+                return Err(too_large(all.len() as u64));
+            }
+            self.store_image(&id, sniffed, all).await?
+        } else {
+            self.store_stream(&id, sniffed, head, ended, limit, &mut body, too_large)
+                .await?
+        };
+        let row = MediaRow {
+            id: id.clone(),
+            owner_id: owner,
+            kind: sniffed.kind.as_str().to_owned(),
+            content_type: sniffed.mime.to_owned(),
+            size: stored.size as i64,
+            sha256: stored.sha256,
+            filename,
+            width: stored.dimensions.map(|d| d.0 as i32),
+            height: stored.dimensions.map(|d| d.1 as i32),
+            duration_ms: stored.duration_ms,
+            thumbnail_size: stored.thumbnail.map(|t| t.0 as i64),
+            thumbnail_type: stored.thumbnail.map(|t| t.1.to_owned()),
+            created_at: chrono::Utc::now(),
+        };
+        let quota = self.config.media_quota_bytes;
+        let insert = row.clone();
+        if let Err(e) = self
+            .db
+            .run(move |conn| rows::insert_within_quota(conn, &insert, quota))
+            .await
+        {
+            self.remove_objects(&id).await;
+            return Err(e);
+        }
+        Ok(row)
+    }
+
+    async fn store_image(&self, id: &str, sniffed: Sniffed, bytes: Vec<u8>) -> AppResult<Stored> {
+        let permit = Arc::clone(&self.cpu)
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::unavailable("media processing stopped"))?;
+        let bounds = picture::Bounds {
+            max_pixels: self.config.media_max_image_pixels,
+            thumbnail_px: self.config.media_thumbnail_px,
+        };
+        let mime = sniffed.mime;
+        let done = actix_web::rt::task::spawn_blocking(move || {
+            let _permit = permit;
+            picture::process(&bytes, mime, bounds)
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("image processing: {e}")))?
+        .map_err(|refusal| match refusal {
+            picture::Refusal::TooLarge(m) => AppError::TooLarge(m.into()),
+            picture::Refusal::Malformed(m) => AppError::UnsupportedMediaType(m.into()),
+        })?;
+        let sha = hex(digest::digest(&digest::SHA256, &done.stored).as_ref());
+        let size = done.stored.len() as u64;
+        let thumbnail = match done.thumbnail {
+            Some((bytes, mime)) => {
+                let len = bytes.len() as u64;
+                self.store
+                    .put(&store_key(id, true), PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| AppError::unavailable(format!("media store: {e}")))?;
+                Some((len, mime))
+            }
+            None => None,
+        };
+        if let Err(e) = self
+            .store
+            .put(&store_key(id, false), PutPayload::from(done.stored))
+            .await
+        {
+            self.remove_objects(id).await;
+            return Err(AppError::unavailable(format!("media store: {e}")));
+        }
+        Ok(Stored {
+            size,
+            sha256: sha,
+            dimensions: Some((done.width, done.height)),
+            duration_ms: None,
+            thumbnail,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_stream<S>(
+        &self,
+        id: &str,
+        sniffed: Sniffed,
+        head: Vec<u8>,
+        mut ended: bool,
+        limit: u64,
+        body: &mut Body<'_, S>,
+        too_large: impl Fn(u64) -> AppError,
+    ) -> AppResult<Stored>
+    where
+        S: Stream<Item = AppResult<Bytes>> + Unpin,
+    {
+        let upload = self
+            .store
+            .put_multipart(&store_key(id, false))
+            .await
+            .map_err(|e| AppError::unavailable(format!("media store: {e}")))?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut seen = Seen {
+            hasher: digest::Context::new(&digest::SHA256),
+            size: 0,
+            first: Vec::with_capacity(probe::HEAD_BYTES),
+            tail: Tail::new(probe::TAIL_BYTES),
+        };
+        seen.push(&head);
+        writer.write(&head);
+        let outcome: AppResult<()> = async {
+            while !ended {
+                // At most a few parts buffered: a slow store slows the client, not memory.
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(|e| AppError::unavailable(format!("media store: {e}")))?;
+                match body.next().await? {
+                    Some(chunk) => {
+                        seen.push(&chunk);
+                        writer.write(&chunk);
+                        if seen.size > limit {
+                            return Err(too_large(seen.size));
+                        }
+                    }
+                    None => ended = true,
+                }
+            }
+            if seen.size > limit {
+                return Err(too_large(seen.size));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| AppError::unavailable(format!("media store: {e}")))?;
+        let Seen {
+            hasher,
+            size,
+            first,
+            tail,
+        } = seen;
+        let tail = tail.into_vec();
+        let ends = probe::Ends {
+            head: &first,
+            tail: &tail,
+            size,
+        };
+        Ok(Stored {
+            size,
+            sha256: hex(hasher.finish().as_ref()),
+            dimensions: None,
+            duration_ms: probe::duration_ms(sniffed.mime, &ends),
+            thumbnail: None,
+        })
+    }
+
+    /// Deletes an upload's objects (missing ones are fine).
+    pub async fn remove_objects(&self, id: &str) {
+        for thumbnail in [false, true] {
+            match self.store.delete(&store_key(id, thumbnail)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(media = id, error = %e, "media object not removed"),
+            }
+        }
+    }
+
+    /// One clean-up pass: unreferenced uploads past the grace period, then objects without a
+    /// row (an upload cut short by a crash) and, in a local store, staging files of uploads
+    /// that never finished. Returns how many uploads were removed.
+    pub async fn collect(&self) -> AppResult<usize> {
+        let grace = self.config.media_gc_grace;
+        let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let mut removed = 0usize;
+        loop {
+            let batch = self
+                .db
+                .run(move |conn| rows::collect_unreferenced(conn, grace_secs, 500))
+                .await?;
+            for row in &batch {
+                self.remove_objects(&row.id).await;
+            }
+            removed += batch.len();
+            if batch.len() < 500 {
+                break;
+            }
+        }
+        let orphans = self.collect_orphans(grace).await?;
+        self.metrics
+            .media_objects_removed((removed + orphans) as u64);
+        let total = self.db.run(rows::total_bytes).await?;
+        self.metrics.set_media_bytes_stored(total);
+        if removed + orphans > 0 {
+            tracing::info!(removed, orphans, "media clean-up");
+        }
+        Ok(removed)
+    }
+
+    async fn collect_orphans(&self, grace: Duration) -> AppResult<usize> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::days(1));
+        let mut listing = self.store.list(Some(&StorePath::from("media")));
+        let mut old: Vec<(StorePath, String)> = Vec::new();
+        let mut removed = 0usize;
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| AppError::unavailable(format!("media store: {e}")))?;
+            if meta.last_modified >= cutoff {
+                continue;
+            }
+            let name = meta.location.filename().unwrap_or_default();
+            let id = name.strip_suffix(".thumb").unwrap_or(name).to_owned();
+            old.push((meta.location, id));
+            if old.len() >= 1000 {
+                removed += self.remove_orphans(std::mem::take(&mut old)).await?;
+            }
+        }
+        removed += self.remove_orphans(old).await?;
+        if let Some(dir) = &self.local_dir {
+            removed += remove_stale_staging(&dir.join("media"), grace);
+        }
+        Ok(removed)
+    }
+
+    async fn remove_orphans(&self, objects: Vec<(StorePath, String)>) -> AppResult<usize> {
+        if objects.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = objects.iter().map(|(_, id)| id.clone()).collect();
+        let known: std::collections::HashSet<String> = self
+            .db
+            .run(move |conn| rows::existing(conn, &ids))
+            .await?
+            .into_iter()
+            .collect();
+        let mut removed = 0;
+        for (path, id) in objects {
+            if !known.contains(&id) {
+                if let Err(e) = self.store.delete(&path).await {
+                    tracing::warn!(object = %path, error = %e, "orphaned media object not removed");
+                } else {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts the periodic clean-up (first pass after one interval) and reads the stored-bytes
+    /// gauge once now.
+    pub fn start_collector(self: &Arc<Self>) {
+        let media = Arc::clone(self);
+        actix_web::rt::spawn(async move {
+            if let Ok(total) = media.db.run(rows::total_bytes).await {
+                media.metrics.set_media_bytes_stored(total);
+            }
+            let mut every = tokio::time::interval(media.config.media_gc_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = media.collect().await {
+                    tracing::warn!(error = %e, "media clean-up failed; retried next interval");
+                }
+            }
+        });
+    }
+}
+
+/// Staging files a local store leaves when an upload never finished (`<key>#<n>`), older than
+/// `grace`. They are never visible as media; this frees their space.
+fn remove_stale_staging(dir: &std::path::Path, grace: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().contains('#') {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > grace);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// An upload's body, each chunk awaited at most `MEDIA_UPLOAD_IDLE_TIMEOUT_SECS`.
+struct Body<'a, S> {
+    stream: &'a mut S,
+    idle: Duration,
+}
+
+impl<S: Stream<Item = AppResult<Bytes>> + Unpin> Body<'_, S> {
+    async fn next(&mut self) -> AppResult<Option<Bytes>> {
+        match tokio::time::timeout(self.idle, self.stream.next()).await {
+            Ok(Some(chunk)) => chunk.map(Some),
+            Ok(None) => Ok(None),
+            Err(_) => Err(AppError::Timeout(
+                format!("the upload stalled for {} s", self.idle.as_secs()).into(),
+            )),
+        }
+    }
+}
+
+/// What a streamed upload's bytes told so far: hash, size, first and last bytes.
+struct Seen {
+    hasher: digest::Context,
+    size: u64,
+    first: Vec<u8>,
+    tail: Tail,
+}
+
+impl Seen {
+    fn push(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        if self.first.len() < probe::HEAD_BYTES {
+            let n = (probe::HEAD_BYTES - self.first.len()).min(chunk.len());
+            self.first.extend_from_slice(&chunk[..n]);
+        }
+        self.tail.push(chunk);
+    }
+}
+
+/// What was stored of an upload.
+#[derive(Debug)]
+struct Stored {
+    size: u64,
+    sha256: String,
+    dimensions: Option<(u32, u32)>,
+    duration_ms: Option<i64>,
+    thumbnail: Option<(u64, &'static str)>,
+}
+
+/// The last `cap` bytes of a stream.
+#[derive(Debug)]
+struct Tail {
+    buf: std::collections::VecDeque<u8>,
+    cap: usize,
+}
+
+impl Tail {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: std::collections::VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(self.cap)..];
+        let overflow = (self.buf.len() + chunk.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(chunk);
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        self.buf.into()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_found_only_in_this_servers_urls() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(id_in_url(&format!("/api/media/{id}"), ""), Some(id.into()));
+        assert_eq!(
+            id_in_url(&format!("https://chat.example.com/api/media/{id}/thumbnail?exp=1&sig=x"), "https://chat.example.com"),
+            Some(id.into())
+        );
+        assert_eq!(id_in_url(&format!("https://evil.example/api/media/{id}"), "https://chat.example.com"), None);
+        assert_eq!(id_in_url("/api/media/../../etc/passwd", ""), None);
+    }
+
+    #[test]
+    fn signatures_bind_id_variant_and_expiry() {
+        let config = Config {
+            jwt_secret: crate::config::Secret::new("a-test-secret-of-thirty-two-bytes!!"),
+            ..Config::default()
+        };
+        let urls = Urls::new(&config);
+        let id = "0123456789abcdef0123456789abcdef";
+        let url = urls.signed(id, false, Some("http://h"));
+        let query = url.split('?').nth(1).unwrap();
+        let exp: u64 = query.split('&').next().unwrap()[4..].parse().unwrap();
+        let sig = &query.split("&sig=").nth(1).unwrap();
+        assert!(urls.verify(id, false, exp, sig).is_ok());
+        assert!(urls.verify(id, true, exp, sig).is_err());
+        assert!(urls.verify(id, false, exp + 1, sig).is_err());
+        let past = 1_000;
+        let old = urls.signature(id, false, past);
+        assert!(matches!(
+            urls.verify(id, false, past, &old),
+            Err(AppError::LinkExpired(_))
+        ));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes() {
+        let mut t = Tail::new(4);
+        t.push(b"abc");
+        t.push(b"defg");
+        t.push(b"h");
+        assert_eq!(t.into_vec(), b"efgh");
+    }
+
+    #[test]
+    fn file_names_lose_paths_and_control_characters() {
+        assert_eq!(clean_filename("../../x/\"a\"\n.jpg").as_deref(), Some("a.jpg"));
+        assert_eq!(clean_filename("..."), None);
+    }
+}
