@@ -856,25 +856,49 @@ impl Config {
         parse(src, "MEDIA_S3_BUCKET", &mut self.media_s3_bucket)?;
         parse(src, "MEDIA_S3_ENDPOINT", &mut self.media_s3_endpoint)?;
         parse(src, "MEDIA_S3_REGION", &mut self.media_s3_region)?;
-        parse(src, "MEDIA_S3_ACCESS_KEY_ID", &mut self.media_s3_access_key_id)?;
+        parse(
+            src,
+            "MEDIA_S3_ACCESS_KEY_ID",
+            &mut self.media_s3_access_key_id,
+        )?;
         parse(
             src,
             "MEDIA_S3_SECRET_ACCESS_KEY",
             &mut self.media_s3_secret_access_key,
         )?;
         parse_secs(src, "MEDIA_URL_TTL_SECS", &mut self.media_url_ttl)?;
-        parse(src, "MAX_UPLOAD_BYTES_IMAGE", &mut self.max_upload_bytes_image)?;
-        parse(src, "MAX_UPLOAD_BYTES_AUDIO", &mut self.max_upload_bytes_audio)?;
-        parse(src, "MAX_UPLOAD_BYTES_VIDEO", &mut self.max_upload_bytes_video)?;
+        parse(
+            src,
+            "MAX_UPLOAD_BYTES_IMAGE",
+            &mut self.max_upload_bytes_image,
+        )?;
+        parse(
+            src,
+            "MAX_UPLOAD_BYTES_AUDIO",
+            &mut self.max_upload_bytes_audio,
+        )?;
+        parse(
+            src,
+            "MAX_UPLOAD_BYTES_VIDEO",
+            &mut self.max_upload_bytes_video,
+        )?;
         parse(
             src,
             "MAX_UPLOAD_BYTES_DOCUMENT",
             &mut self.max_upload_bytes_document,
         )?;
         parse(src, "MEDIA_QUOTA_BYTES", &mut self.media_quota_bytes)?;
-        parse(src, "MEDIA_MAX_IMAGE_PIXELS", &mut self.media_max_image_pixels)?;
+        parse(
+            src,
+            "MEDIA_MAX_IMAGE_PIXELS",
+            &mut self.media_max_image_pixels,
+        )?;
         parse(src, "MEDIA_THUMBNAIL_PX", &mut self.media_thumbnail_px)?;
-        parse(src, "MEDIA_UPLOADS_IN_FLIGHT", &mut self.media_uploads_in_flight)?;
+        parse(
+            src,
+            "MEDIA_UPLOADS_IN_FLIGHT",
+            &mut self.media_uploads_in_flight,
+        )?;
         parse(
             src,
             "MEDIA_PROCESS_CONCURRENCY",
@@ -1071,7 +1095,8 @@ impl Config {
             ));
         }
         if !self.media_accel_redirect.is_empty()
-            && !(self.media_accel_redirect.starts_with('/') && self.media_accel_redirect.ends_with('/'))
+            && !(self.media_accel_redirect.starts_with('/')
+                && self.media_accel_redirect.ends_with('/'))
         {
             return Err(ConfigError::Rejected(
                 "MEDIA_ACCEL_REDIRECT must be a location that starts and ends with `/`".into(),
@@ -1084,7 +1109,10 @@ impl Config {
             ("MAX_UPLOAD_BYTES_DOCUMENT", self.max_upload_bytes_document),
             ("MEDIA_MAX_IMAGE_PIXELS", self.media_max_image_pixels),
             ("MEDIA_THUMBNAIL_PX", u64::from(self.media_thumbnail_px)),
-            ("MEDIA_UPLOADS_IN_FLIGHT", self.media_uploads_in_flight as u64),
+            (
+                "MEDIA_UPLOADS_IN_FLIGHT",
+                self.media_uploads_in_flight as u64,
+            ),
             (
                 "MEDIA_PROCESS_CONCURRENCY",
                 self.media_process_concurrency as u64,

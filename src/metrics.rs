@@ -304,7 +304,8 @@ impl Metrics {
             .unwrap_or(UPLOAD_OUTCOMES.len() - 1);
         self.media_uploads[i].fetch_add(1, Ordering::Relaxed);
         if outcome == "stored" {
-            self.media_bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
+            self.media_bytes_uploaded
+                .fetch_add(bytes, Ordering::Relaxed);
             self.media_bytes_stored
                 .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
         }
@@ -324,7 +325,7 @@ impl Metrics {
         self.media_bytes_stored.store(bytes, Ordering::Relaxed);
     }
 
-    /// The clean-up removed `n` stored objects.
+    /// The clean-up removed `n` uploads, orphaned objects or staging files.
     pub fn media_objects_removed(&self, n: u64) {
         self.media_objects_removed.fetch_add(n, Ordering::Relaxed);
     }
@@ -575,7 +576,8 @@ impl Metrics {
         counter(
             &mut out,
             "switchboard_media_removed_total",
-            "Media objects removed by the clean-up (unreferenced uploads and orphans).",
+            "What the media clean-up removed: uploads no message uses (with their thumbnails), \
+             objects without a row and unfinished staging files.",
             self.media_objects_removed.load(Ordering::Relaxed),
         );
 

@@ -52,9 +52,10 @@ impl AppState {
             engine.clone(),
             Arc::clone(&recovery),
         );
-        let media = crate::media::Media::new(Arc::clone(&config), db.clone(), engine.metrics.clone())
-            .map(Arc::new)
-            .map_err(crate::error::AppError::internal)?;
+        let media =
+            crate::media::Media::new(Arc::clone(&config), db.clone(), engine.metrics.clone())
+                .map(Arc::new)
+                .map_err(crate::error::AppError::internal)?;
         crate::media::install(Arc::clone(&media.urls));
         media.start_collector();
         Ok(Self {

@@ -21,9 +21,11 @@ CREATE INDEX media_owner ON media (owner_id);
 CREATE INDEX media_created ON media (created_at);
 
 -- A message's attachment: the upload it references and, denormalized (media rows never change),
--- what every client shows of it.
+-- what every client shows of it. No foreign key: a message committed in the same instant as the
+-- clean-up removes its (then unreferenced, past-grace) upload must not fail its whole commit
+-- batch; such a message shows a link that answers 404.
 ALTER TABLE messages
-    ADD COLUMN media_id TEXT REFERENCES media(id) ON DELETE SET NULL,
+    ADD COLUMN media_id TEXT,
     ADD COLUMN media JSONB;
 
 CREATE INDEX messages_media ON messages (media_id) WHERE media_id IS NOT NULL;

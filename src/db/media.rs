@@ -83,7 +83,9 @@ pub fn insert_within_quota(conn: &mut PgConnection, row: &MediaRow, quota: u64) 
                 .into(),
             ));
         }
-        diesel::insert_into(media::table).values(row).execute(conn)?;
+        diesel::insert_into(media::table)
+            .values(row)
+            .execute(conn)?;
         Ok(())
     })
 }

@@ -226,7 +226,6 @@ diesel::joinable!(conversation_members -> users (user_id));
 diesel::joinable!(device_sessions -> users (user_id));
 diesel::joinable!(media -> users (owner_id));
 diesel::joinable!(messages -> conversations (conversation_id));
-diesel::joinable!(messages -> media (media_id));
 diesel::joinable!(refresh_tokens -> device_sessions (session_id));
 diesel::joinable!(socketio_sessions -> users (user_id));
 

@@ -167,7 +167,10 @@ pub async fn upload(
         let body = payload
             .map(|chunk| {
                 chunk.map_err(|e| {
-                    AppError::bad_request("invalid_body", format!("the body could not be read: {e}"))
+                    AppError::bad_request(
+                        "invalid_body",
+                        format!("the body could not be read: {e}"),
+                    )
                 })
             })
             .boxed_local();
@@ -309,7 +312,11 @@ async fn serve(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
     {
-        if inm.trim() == "*" || inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag) {
+        if inm.trim() == "*"
+            || inm
+                .split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+        {
             builder.status(actix_web::http::StatusCode::NOT_MODIFIED);
             return Ok(builder.finish());
         }
@@ -339,10 +346,13 @@ async fn serve(
                 return Ok(HttpResponse::RangeNotSatisfiable()
                     .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
                     .insert_header((header::ACCEPT_RANGES, "bytes"))
-                    .json(AppError::bad_request("range_not_satisfiable", format!(
-                        "the file has {size} bytes"
-                    ))
-                    .body()));
+                    .json(
+                        AppError::bad_request(
+                            "range_not_satisfiable",
+                            format!("the file has {size} bytes"),
+                        )
+                        .body(),
+                    ));
             }
         },
         None => None,
@@ -361,10 +371,7 @@ async fn serve(
     if range.is_some() {
         builder
             .status(actix_web::http::StatusCode::PARTIAL_CONTENT)
-            .insert_header((
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{end}/{size}"),
-            ));
+            .insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
     }
     if len == 0 {
         return Ok(builder.finish());
@@ -395,10 +402,20 @@ fn disposition(row: &MediaRow, thumb: bool, content_type: &str) -> String {
     let Some(name) = row.filename.as_deref() else {
         return kind.to_owned();
     };
-    let name = if thumb { format!("thumbnail-{name}") } else { name.to_owned() };
+    let name = if thumb {
+        format!("thumbnail-{name}")
+    } else {
+        name.to_owned()
+    };
     let ascii: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .filter(|c| *c != '\\')
         .collect();
     let encoded: String = name
@@ -473,7 +490,10 @@ mod tests {
         assert_eq!(parse_range("bytes=900-", 1000), RangeAsk::Part(900, 999));
         assert_eq!(parse_range("bytes=-100", 1000), RangeAsk::Part(900, 999));
         assert_eq!(parse_range("bytes=-5000", 1000), RangeAsk::Part(0, 999));
-        assert_eq!(parse_range("bytes=990-5000", 1000), RangeAsk::Part(990, 999));
+        assert_eq!(
+            parse_range("bytes=990-5000", 1000),
+            RangeAsk::Part(990, 999)
+        );
         assert_eq!(parse_range("bytes=1000-", 1000), RangeAsk::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), RangeAsk::Whole);
         assert_eq!(parse_range("items=0-1", 1000), RangeAsk::Whole);

@@ -39,26 +39,59 @@ pub fn media_path(id: &str, thumbnail: bool) -> String {
 
 /// Whether `id` has the shape of a media id (32 lower-case hex digits).
 pub fn valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The media id in one of this server's media URLs (absolute or a path, signed or not).
+/// The media id in one of this server's media URLs: a path, a URL under `PUBLIC_URL`, or any
+/// absolute URL that carries this server's signature for that id (its host is whatever the
+/// uploading client reached; an expired signature still proves the origin).
 pub fn id_in_url(url: &str, public_url: &str) -> Option<String> {
     let url = url.trim();
-    let path = if let Some(rest) = url.strip_prefix(public_url.trim_end_matches('/')).filter(|_| !public_url.is_empty()) {
-        rest
-    } else if url.starts_with('/') {
-        url
-    } else {
-        // Another host's URL whose path looks like ours is still someone else's file.
-        return None;
-    };
-    let path = path.split(['?', '#']).next()?;
+    let public = public_url.trim_end_matches('/');
+    let (path, trusted) =
+        if let Some(rest) = url.strip_prefix(public).filter(|_| !public.is_empty()) {
+            (rest, true)
+        } else if url.starts_with('/') && !url.starts_with("//") {
+            (url, true)
+        } else {
+            let after_scheme = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))?;
+            (&after_scheme[after_scheme.find('/')?..], false)
+        };
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let path = path.split('#').next()?;
     let rest = path
         .strip_prefix("/api/media/")
         .or_else(|| path.strip_prefix("/media/"))?;
-    let id = rest.strip_suffix("/thumbnail").unwrap_or(rest);
-    valid_id(id).then(|| id.to_owned())
+    let (id, thumbnail) = match rest.strip_suffix("/thumbnail") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    if !valid_id(id) {
+        return None;
+    }
+    if !trusted {
+        // Another host's URL whose path looks like ours is someone else's file unless signed.
+        let param = |name: &str| {
+            query
+                .split(['&', '#'])
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        let exp = param("exp")?.parse::<u64>().ok()?;
+        let sig = param("sig")?;
+        let urls = URLS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        if !urls.authentic(id, thumbnail, exp, sig) {
+            return None;
+        }
+    }
+    Some(id.to_owned())
 }
 
 fn now_secs() -> u64 {
@@ -96,6 +129,11 @@ impl Urls {
     /// the hour, so the URL of one file stays the same for an hour (browser caches keep it).
     pub fn signed(&self, id: &str, thumbnail: bool, base: Option<&str>) -> String {
         let exp = (now_secs() / 3600 + 1) * 3600 + self.ttl;
+        self.signed_until(id, thumbnail, exp, base)
+    }
+
+    /// A URL signed to expire at `exp` (unix seconds).
+    pub fn signed_until(&self, id: &str, thumbnail: bool, exp: u64, base: Option<&str>) -> String {
         let base = base.map_or(self.base.as_str(), |b| b.trim_end_matches('/'));
         format!(
             "{base}{}?exp={exp}&sig={}",
@@ -106,17 +144,10 @@ impl Urls {
 
     /// Checks a signed URL's `exp` and `sig`; returns the seconds it stays valid.
     pub fn verify(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> AppResult<u64> {
-        let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
-        let given = B64URL
-            .decode(sig.trim())
-            .map_err(|_| AppError::Forbidden("the link's signature is not valid".into()))?;
-        let full = hmac::sign(&self.key, text.as_bytes());
-        let differ = full.as_ref()[..18]
-            .iter()
-            .zip(&given)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if given.len() != 18 || differ != 0 {
-            return Err(AppError::Forbidden("the link's signature is not valid".into()));
+        if !self.authentic(id, thumbnail, exp, sig) {
+            return Err(AppError::Forbidden(
+                "the link's signature is not valid".into(),
+            ));
         }
         let now = now_secs();
         if exp <= now {
@@ -125,6 +156,20 @@ impl Urls {
             ));
         }
         Ok(exp - now)
+    }
+
+    /// Whether `sig` is this server's signature of the link (expired or not).
+    fn authentic(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> bool {
+        let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
+        let Ok(given) = B64URL.decode(sig.trim()) else {
+            return false;
+        };
+        let full = hmac::sign(&self.key, text.as_bytes());
+        let differ = full.as_ref()[..18]
+            .iter()
+            .zip(&given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        given.len() == 18 && differ == 0
     }
 
     /// A message's attachment as clients see it: the signed `mediaUrl` and the `media` object
@@ -150,7 +195,9 @@ static URLS: RwLock<Option<Arc<Urls>>> = RwLock::new(None);
 /// Makes `urls` the signer message views use (one server per process; the last one started
 /// wins in a test process, whose servers share their secret).
 pub fn install(urls: Arc<Urls>) {
-    *URLS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(urls);
+    *URLS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(urls);
 }
 
 /// A message's attachment as clients see it (see [`Urls::present`]); before a server started,
@@ -163,7 +210,10 @@ pub fn present(summary: &Value) -> (Option<String>, Option<Value>) {
     match urls {
         Some(urls) => urls.present(summary),
         None => {
-            let id = summary.get("id").and_then(Value::as_str).unwrap_or_default();
+            let id = summary
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             (Some(media_path(id, false)), Some(summary.clone()))
         }
     }
@@ -234,7 +284,9 @@ impl Media {
                         .with_access_key_id(&config.media_s3_access_key_id)
                         .with_secret_access_key(config.media_s3_secret_access_key.expose());
                 }
-                let store = builder.build().map_err(|e| format!("MEDIA_STORE=s3: {e}"))?;
+                let store = builder
+                    .build()
+                    .map_err(|e| format!("MEDIA_STORE=s3: {e}"))?;
                 (Arc::new(store), None)
             }
             _ => {
@@ -296,12 +348,16 @@ impl Media {
                 ));
             }
         }
-        let permit = Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
-            AppError::Overloaded {
-                retry_after_secs: 2,
-            }
-        })?;
-        let used = self.db.run(move |conn| rows::used_bytes(conn, owner)).await?;
+        let permit =
+            Arc::clone(&self.uploads)
+                .try_acquire_owned()
+                .map_err(|_| AppError::Overloaded {
+                    retry_after_secs: 2,
+                })?;
+        let used = self
+            .db
+            .run(move |conn| rows::used_bytes(conn, owner))
+            .await?;
         if u64::try_from(used).unwrap_or(0) >= self.config.media_quota_bytes {
             self.metrics.media_upload("quota_exceeded", 0);
             return Err(AppError::QuotaExceeded(
@@ -322,9 +378,10 @@ impl Media {
     {
         let result = self.receive_inner(owner, incoming, body).await;
         match &result {
-            Ok(row) => self
-                .metrics
-                .media_upload("stored", (row.size + row.thumbnail_size.unwrap_or(0)) as u64),
+            Ok(row) => self.metrics.media_upload(
+                "stored",
+                (row.size + row.thumbnail_size.unwrap_or(0)) as u64,
+            ),
             Err(e) => self.metrics.media_upload(
                 match e {
                     AppError::TooLarge(_) => "too_large",
@@ -340,7 +397,12 @@ impl Media {
         result
     }
 
-    async fn receive_inner<S>(&self, owner: i64, incoming: Incoming, mut body: S) -> AppResult<MediaRow>
+    async fn receive_inner<S>(
+        &self,
+        owner: i64,
+        incoming: Incoming,
+        mut body: S,
+    ) -> AppResult<MediaRow>
     where
         S: Stream<Item = AppResult<Bytes>> + Unpin,
     {
@@ -383,7 +445,10 @@ impl Media {
                 .into(),
             )
         };
-        if let Some(len) = incoming.declared_len.filter(|l| *l > limit.saturating_add(64 * 1024)) {
+        if let Some(len) = incoming
+            .declared_len
+            .filter(|l| *l > limit.saturating_add(64 * 1024))
+        {
             // A multipart body is a little larger than its file; a raw body is the file.
             return Err(too_large(len));
         }
@@ -794,10 +859,23 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(id_in_url(&format!("/api/media/{id}"), ""), Some(id.into()));
         assert_eq!(
-            id_in_url(&format!("https://chat.example.com/api/media/{id}/thumbnail?exp=1&sig=x"), "https://chat.example.com"),
+            id_in_url(
+                &format!("https://chat.example.com/api/media/{id}/thumbnail?exp=1&sig=x"),
+                "https://chat.example.com"
+            ),
             Some(id.into())
         );
-        assert_eq!(id_in_url(&format!("https://evil.example/api/media/{id}"), "https://chat.example.com"), None);
+        assert_eq!(
+            id_in_url(
+                &format!("https://evil.example/api/media/{id}"),
+                "https://chat.example.com"
+            ),
+            None
+        );
+        assert_eq!(
+            id_in_url(&format!("//evil.example/api/media/{id}"), ""),
+            None
+        );
         assert_eq!(id_in_url("/api/media/../../etc/passwd", ""), None);
     }
 
@@ -835,7 +913,10 @@ mod tests {
 
     #[test]
     fn file_names_lose_paths_and_control_characters() {
-        assert_eq!(clean_filename("../../x/\"a\"\n.jpg").as_deref(), Some("a.jpg"));
+        assert_eq!(
+            clean_filename("../../x/\"a\"\n.jpg").as_deref(),
+            Some("a.jpg")
+        );
         assert_eq!(clean_filename("..."), None);
     }
 }

@@ -52,11 +52,12 @@ fn format_of(mime: &str) -> Option<ImageFormat> {
 
 /// Checks, strips and thumbnails an image of type `mime` (CPU work: run it off the event loop).
 pub fn process(bytes: &[u8], mime: &str, bounds: Bounds) -> Result<Processed, Refusal> {
-    let format = format_of(mime).ok_or_else(|| Refusal::Malformed(format!("{mime} is not an image")))?;
-    let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| Refusal::Malformed(format!("the image could not be read: {e}")))?;
+    let format =
+        format_of(mime).ok_or_else(|| Refusal::Malformed(format!("{mime} is not an image")))?;
+    // Only the header is read here; the size is checked against MEDIA_MAX_IMAGE_PIXELS below.
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.no_limits();
+    let (width, height) = reader.into_dimensions().map_err(refusal)?;
     let pixels = u64::from(width) * u64::from(height);
     if width == 0 || height == 0 {
         return Err(Refusal::Malformed("the image has no pixels".into()));
@@ -100,12 +101,9 @@ fn thumbnail(
     // Room for the decoded frame (RGBA, 16 bits per channel at most) and nothing more.
     limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(16 << 20));
     reader.limits(limits);
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| Refusal::Malformed(format!("the image could not be decoded: {e}")))?;
+    let decoder = reader.into_decoder().map_err(refusal)?;
     let color = decoder.color_type();
-    let mut picture = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| Refusal::Malformed(format!("the image could not be decoded: {e}")))?;
+    let mut picture = image::DynamicImage::from_decoder(decoder).map_err(refusal)?;
     if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
         picture.apply_orientation(o);
     }
@@ -128,6 +126,15 @@ fn thumbnail(
     };
     result.map_err(|e| Refusal::Malformed(format!("the thumbnail could not be written: {e}")))?;
     Ok(Some((out.into_inner(), mime)))
+}
+
+fn refusal(e: image::ImageError) -> Refusal {
+    match e {
+        image::ImageError::Limits(l) => {
+            Refusal::TooLarge(format!("the image is too large to decode: {l}"))
+        }
+        other => Refusal::Malformed(format!("the image could not be read: {other}")),
+    }
 }
 
 fn malformed(what: &str) -> Refusal {
@@ -200,7 +207,9 @@ fn strip_jpeg(bytes: &[u8]) -> Result<(Vec<u8>, u8), Refusal> {
             // Entropy-coded data up to the next marker that is not a stuffed 0xFF00 or a restart.
             let start = at;
             while at + 1 < bytes.len() {
-                if bytes[at] == 0xff && bytes[at + 1] != 0 && !(0xd0..=0xd7).contains(&bytes[at + 1])
+                if bytes[at] == 0xff
+                    && bytes[at + 1] != 0
+                    && !(0xd0..=0xd7).contains(&bytes[at + 1])
                 {
                     break;
                 }
@@ -441,7 +450,10 @@ mod tests {
         let done = process(&original, "image/jpeg", BOUNDS).unwrap();
         let text = String::from_utf8_lossy(&done.stored);
         assert!(!text.contains("SECRET-PLACE"));
-        assert!(!done.stored.windows(2).any(|w| w == [0x25, 0x88] || w == [0x88, 0x25]));
+        assert!(!done
+            .stored
+            .windows(2)
+            .any(|w| w == [0x25, 0x88] || w == [0x88, 0x25]));
         assert!(done.stored.windows(6).any(|w| w == b"Exif\0\0"));
         // Orientation 6 turns it a quarter: 40 wide, 100 high.
         assert_eq!((done.width, done.height), (40, 100));
@@ -473,14 +485,24 @@ mod tests {
     #[test]
     fn a_bomb_is_refused_from_its_header() {
         // A PNG header claiming 100 000 × 100 000 pixels.
-        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
-        png.extend_from_slice(&100_000u32.to_be_bytes());
-        png.extend_from_slice(&100_000u32.to_be_bytes());
-        png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(
-            process(&png, "image/png", BOUNDS),
-            Err(Refusal::TooLarge(_))
-        ));
+        fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut png, b"IHDR", &ihdr);
+        chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]);
+        chunk(&mut png, b"IEND", &[]);
+        let result = process(&png, "image/png", BOUNDS);
+        assert!(matches!(result, Err(Refusal::TooLarge(_))), "{result:?}");
     }
 
     #[test]

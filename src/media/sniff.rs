@@ -124,7 +124,10 @@ mod tests {
         let jpeg = [0xff, 0xd8, 0xff, 0xe0, 0, 16, b'J', b'F', b'I', b'F', 0];
         assert_eq!(sniff(&jpeg).map(|s| s.kind), Some(Kind::Image));
         assert_eq!(sniff(b"<!DOCTYPE html><html><body>hi</body></html>"), None);
-        assert_eq!(sniff(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff"), None);
+        assert_eq!(
+            sniff(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff"),
+            None
+        );
         assert_eq!(sniff(b"plain words"), None);
         let m4a = b"\0\0\0\x20ftypM4A \0\0\0\0M4A mp42isom\0\0";
         assert_eq!(

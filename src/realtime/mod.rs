@@ -436,7 +436,12 @@ impl Engine {
             ));
         }
         // An upload of this server: named, or one of its URLs.
-        let media_id = match d.media_id.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        let media_id = match d
+            .media_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
             Some(id) if crate::media::valid_id(id) => Some(id.to_owned()),
             Some(_) => return Err(AppError::NotFound("media not found".into())),
             None => media_url

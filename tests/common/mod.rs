@@ -121,6 +121,14 @@ impl Drop for TestDb {
             ))
             .execute(&mut admin);
         }
+        let _ = std::fs::remove_dir_all(self.media_dir());
+    }
+}
+
+impl TestDb {
+    /// The media directory of the servers on this database (removed with it).
+    pub fn media_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("switchboard-media-{}", self.name))
     }
 }
 
@@ -143,6 +151,7 @@ pub fn test_config(db: &TestDb) -> Config {
         otp_sends_per_address_per_hour: 100_000,
         otp_sends_per_minute: 100_000,
         password_hash_queue: 10_000,
+        media_dir: db.media_dir().to_string_lossy().into_owned(),
         ..Config::default()
     }
 }
