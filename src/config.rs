@@ -1087,17 +1087,14 @@ impl Config {
                 )))
             }
         }
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
-        {
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::Rejected(
                 "PUBLIC_URL must start with http:// or https://".into(),
             ));
         }
-        if !self.media_accel_redirect.is_empty()
-            && !(self.media_accel_redirect.starts_with('/')
-                && self.media_accel_redirect.ends_with('/'))
-        {
+        let accel = &self.media_accel_redirect;
+        if !(accel.is_empty() || (accel.starts_with('/') && accel.ends_with('/'))) {
             return Err(ConfigError::Rejected(
                 "MEDIA_ACCEL_REDIRECT must be a location that starts and ends with `/`".into(),
             ));

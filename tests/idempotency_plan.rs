@@ -153,6 +153,8 @@ fn draft(conversation_id: i64, sender: i64, key: &str, content: &str) -> Draft {
         kind: "text".into(),
         content: content.into(),
         media_url: None,
+        media_id: None,
+        media: None,
         reply_to_id: None,
         metadata: None,
         client_message_id: Some(key.into()),

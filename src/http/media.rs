@@ -481,6 +481,7 @@ fn parse_range(spec: &str, size: u64) -> RangeAsk {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

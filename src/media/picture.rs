@@ -407,6 +407,7 @@ fn strip_gif(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

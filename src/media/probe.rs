@@ -173,6 +173,7 @@ fn ogg(head: &[u8], tail: &[u8]) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

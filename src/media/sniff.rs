@@ -94,13 +94,15 @@ pub fn sniff(head: &[u8]) -> Option<Sniffed> {
         .iter()
         .find(|(recognised, _, _)| *recognised == found.mime_type())?;
     // An ISO base media file whose brand says audio only (voice notes recorded as M4A).
-    if *kind == Kind::Video && head.len() >= 12 && &head[4..8] == b"ftyp" {
-        if matches!(&head[8..12], b"M4A " | b"M4B " | b"F4A ") {
-            return Some(Sniffed {
-                mime: "audio/mp4",
-                kind: Kind::Audio,
-            });
-        }
+    if *kind == Kind::Video
+        && head.len() >= 12
+        && &head[4..8] == b"ftyp"
+        && matches!(&head[8..12], b"M4A " | b"M4B " | b"F4A ")
+    {
+        return Some(Sniffed {
+            mime: "audio/mp4",
+            kind: Kind::Audio,
+        });
     }
     Some(Sniffed { mime, kind: *kind })
 }
@@ -114,6 +116,7 @@ pub fn accepted() -> Vec<&'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
