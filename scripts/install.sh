@@ -130,6 +130,12 @@ if [ "$SYSTEM" -eq 1 ]; then
             --shell /usr/sbin/nologin --comment "Switchboard server" switchboard
         say "created user switchboard"
     fi
+    # nginx sends media files itself (X-Accel-Redirect): its worker user reads the state
+    # directory through the group.
+    if getent passwd www-data >/dev/null && ! id -nG www-data | tr ' ' '\n' | grep -qx switchboard; then
+        usermod -a -G switchboard www-data
+        say "added www-data (nginx) to group switchboard"
+    fi
 else
     say "--prefix $PREFIX: not creating the switchboard user or changing ownership"
 fi

@@ -32,6 +32,8 @@ pub enum Access {
     Admin,
     /// `METRICS_TOKEN` when it is set.
     Metrics,
+    /// A bearer access token, or a signed URL (`exp`, `sig`) in its place.
+    BearerOrSigned,
 }
 
 /// One documented operation.
@@ -234,6 +236,7 @@ fn components() -> Value {
             ("senderType", nullable_string()),
             ("recipientId", nullable_string()),
             ("recipientType", nullable_string()),
+            ("media", media_summary()),
         ],
         &[
             "id",
@@ -345,6 +348,7 @@ fn components() -> Value {
             "User": user,
             "TokenPair": token_pair,
             "Message": message,
+            "Media": media_schema(),
             "Member": member,
             "Conversation": conversation,
             "IceServer": ice_server,
@@ -353,6 +357,48 @@ fn components() -> Value {
             "DirectConversation": direct_conversation(),
         }
     })
+}
+
+/// What an upload answers.
+fn media_schema() -> Value {
+    object(
+        &[
+            ("id", string()),
+            ("url", string()),
+            ("contentType", string()),
+            (
+                "kind",
+                json!({"type": "string", "enum": ["image", "audio", "video", "document"]}),
+            ),
+            ("size", integer()),
+            ("sha256", string()),
+            ("name", string()),
+            ("width", integer()),
+            ("height", integer()),
+            ("durationMs", integer()),
+            ("thumbnailUrl", string()),
+        ],
+        &["id", "url", "contentType", "kind", "size", "sha256"],
+    )
+}
+
+/// A message's attachment (absent without one).
+fn media_summary() -> Value {
+    object(
+        &[
+            ("id", string()),
+            ("url", string()),
+            ("contentType", string()),
+            ("kind", string()),
+            ("size", integer()),
+            ("name", string()),
+            ("width", integer()),
+            ("height", integer()),
+            ("durationMs", integer()),
+            ("thumbnailUrl", string()),
+        ],
+        &["id", "url", "contentType", "size"],
+    )
 }
 
 fn party_type() -> Value {
@@ -1231,10 +1277,50 @@ pub fn operations() -> Vec<Operation> {
             ),
         )
         .errors(&[400]),
+        op(
+            "post",
+            "/media",
+            Both,
+            "media",
+            Bearer,
+            "Upload a file (type read from its bytes; images stripped of metadata)",
+        )
+        .body(
+            object(
+                &[("file", json!({"type": "string", "format": "binary"}))],
+                &["file"],
+            ),
+            true,
+        )
+        .ok(201, r("Media"))
+        .errors(&[408, 413, 415, 429]),
+        media_download(
+            "/media/{id}",
+            "A file (uploader, conversation members, or a signed URL)",
+        ),
+        media_download("/media/{id}/thumbnail", "An image's thumbnail"),
     ]
     .into_iter()
     .chain(dashboard_operations())
     .collect()
+}
+
+fn media_download(path: &'static str, summary: &'static str) -> Operation {
+    op(
+        "get",
+        path,
+        Mount::Both,
+        "media",
+        Access::BearerOrSigned,
+        summary,
+    )
+    .query(
+        "exp",
+        integer(),
+        "Signed URL: expiry (Unix seconds); with `sig`, no Authorization is needed.",
+    )
+    .query("sig", string(), "Signed URL: signature.")
+    .errors(&[403, 416])
 }
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -1326,10 +1412,27 @@ fn describe(o: &Operation, path: &str) -> Value {
         Access::Public => out["security"] = json!([]),
         Access::Bearer | Access::Admin => out["security"] = json!([{"bearer": []}]),
         Access::Metrics => out["security"] = json!([{}, {"metricsToken": []}]),
+        Access::BearerOrSigned => out["security"] = json!([{"bearer": []}, {}]),
     }
     if let Some((schema, required)) = &o.body {
-        out["requestBody"] =
-            json!({"required": required, "content": {"application/json": {"schema": schema}}});
+        out["requestBody"] = match o.path {
+            // An upload: a form with a `file` part, or the file itself.
+            "/media" => json!({"required": true, "content": {
+                "multipart/form-data": {"schema": schema},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            }}),
+            _ => json!({"required": required, "content": {"application/json": {"schema": schema}}}),
+        };
+    }
+    if o.path.starts_with("/media/") {
+        // The file itself, in its own content type; a range of it; not modified.
+        let file = json!({"*/*": {"schema": {"type": "string", "format": "binary"}}});
+        out["responses"]["200"] = json!({"description": "The file", "content": file});
+        out["responses"]["206"] =
+            json!({"description": "The requested range of the file", "content": file});
+        out["responses"]["304"] = json!({"description": "Not modified (If-None-Match)"});
+        out["responses"]["416"] = json!({"description": "Range not satisfiable",
+            "content": {"application/json": {"schema": r("Error")}}});
     }
     out
 }
@@ -1341,7 +1444,9 @@ fn reason(status: u16) -> &'static str {
         403 => "Not allowed",
         404 => "Not found",
         409 => "Conflicts with the current state",
+        408 => "The request body stalled",
         413 => "Body or content too large",
+        415 => "Unsupported media type (read from the bytes)",
         429 => "Rate limited (see retryAfter)",
         503 => "A dependency (the database) is unavailable, or the server is overloaded (see retryAfter)",
         _ => "Error",
