@@ -279,8 +279,28 @@ step_test() {
     # pg_ctl), also when the other tests use TEST_DATABASE_URL or the server on 127.0.0.1:5432.
     pg_install_if_missing
     install_node_clients
+    install_moto_server
     # Every test binary runs, so one failure does not hide the others.
     cargo test --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+}
+
+# tests/media_s3.rs runs the media store against a real S3-compatible server: moto's, from
+# PyPI, in a virtual environment of its own under target/; exports MOTO_SERVER_BIN.
+MOTO_VERSION="5.2.1"
+install_moto_server() {
+    local venv="$REPO/target/moto-venv"
+    if [ ! -x "$venv/bin/moto_server" ] ||
+        ! "$venv/bin/python" -m pip show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+        command -v python3 >/dev/null 2>&1 || pg__apt_install python3 python3-venv
+        python3 -m venv "$venv" 2>/dev/null || {
+            pg__apt_install python3-venv
+            python3 -m venv "$venv"
+        }
+        echo "installing moto[server] $MOTO_VERSION into $venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "moto[server]==$MOTO_VERSION"
+    fi
+    export MOTO_SERVER_BIN="$venv/bin/moto_server"
 }
 
 # Client tests (Node and Python) live in tests/clients. They get TEST_DATABASE_URL and

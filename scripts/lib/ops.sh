@@ -379,9 +379,17 @@ EOF
     [ -S "$dir/notify.sock" ] || ops__fail "the test notification socket did not appear" || return 1
 
     port="$(ops__free_port)"
-    echo "\$ NOTIFY_SOCKET=$dir/notify.sock WATCHDOG_USEC=1000000 strace -f switchboard serve   (BIND=127.0.0.1:$port)"
+    local secret
+    secret="$(openssl rand -base64 48)"
+    mkdir -p "$dir/media"
+    # nginx's workers (nobody, when it starts as root) read the media files themselves, as
+    # www-data does through the group on a server: let them through the scratch directories.
+    chmod o+x "$OPS_TMP" "$dir"
+    chmod o+rx "$dir/media"
+    echo "\$ NOTIFY_SOCKET=$dir/notify.sock WATCHDOG_USEC=1000000 strace -f switchboard serve   (BIND=127.0.0.1:$port, MEDIA_DIR=$dir/media, MEDIA_ACCEL_REDIRECT=/_media/)"
     NOTIFY_SOCKET="$dir/notify.sock" WATCHDOG_USEC=1000000 BIND="127.0.0.1:$port" \
-        DATABASE_URL="$url" JWT_SECRET="$(openssl rand -base64 48)" RUST_LOG=warn NO_COLOR=1 \
+        DATABASE_URL="$url" JWT_SECRET="$secret" RUST_LOG=warn NO_COLOR=1 \
+        MEDIA_DIR="$dir/media" MEDIA_ACCEL_REDIRECT=/_media/ \
         strace -f -qq -o "$dir/strace.log" "$OPS_BIN" serve >"$dir/server.log" 2>&1 &
     OPS_SERVER_PID=$!
     if ! ops__wait_for "$dir/notify.log" '^READY=1' 60; then
@@ -400,6 +408,7 @@ EOF
         -e "s/listen 80;/listen 127.0.0.1:$p80;/" \
         -e "s/listen 443 ssl/listen 127.0.0.1:$p443 ssl/" \
         -e "s/server 127.0.0.1:8080;/server 127.0.0.1:$port;/" \
+        -e "s|alias /var/lib/switchboard/media/;|alias $dir/media/;|" \
         "$OPS_TMP/nginx/switchboard.conf" >"$pdir/switchboard.conf"
     ops__nginx_conf "$pdir" "$pdir/switchboard.conf"
     echo "\$ nginx (site on 127.0.0.1:$p80 and :$p443, upstream 127.0.0.1:$port)"
@@ -431,6 +440,7 @@ EOF
         -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "https://$host:$p443/ws" 2>/dev/null | head -n 1 | tr -d '\r' || true)"
     echo "https://$host/ws upgrade -> $out"
     [[ "$out" == "HTTP/1.1 101"* ]] || ops__fail "WebSocket upgrade through nginx" || return 1
+    ops__media_through_nginx "$dir" "$url" "$secret" "$host" "$p443" "${resolve[@]}" || return 1
 
     if ! ops__wait_for "$dir/notify.log" '^WATCHDOG=1' 5; then
         ops__fail "no WATCHDOG=1 with WATCHDOG_USEC set"
@@ -489,6 +499,53 @@ EOF
                 ;;
         esac
     done
+}
+
+# ops__media_through_nginx DIR DATABASE_URL JWT_SECRET HOST PORT CURL_ARGS...: a user and a token
+# from the CLI, an upload through nginx (multipart, streamed), then the download: checked by
+# switchboard, sent by nginx from the media directory (X-Accel-Redirect), a range included.
+ops__media_through_nginx() {
+    local dir="$1" url="$2" secret="$3" host="$4" port="$5"
+    shift 5
+    local user token answer file out
+    user="$(DATABASE_URL="$url" JWT_SECRET="$secret" "$OPS_BIN" user add --name Ops \
+        --email ops@example.com | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+    token="$(DATABASE_URL="$url" JWT_SECRET="$secret" "$OPS_BIN" token --user "$user" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+    file="$dir/upload.wav"
+    python3 - "$file" <<'EOF'
+import struct, sys
+data = bytes(i % 251 for i in range(64000))
+header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+open(sys.argv[1], "wb").write(header + b"data" + struct.pack("<I", len(data)) + data)
+EOF
+    answer="$(curl -sS -k "$@" -H "Authorization: Bearer $token" -F "file=@$file;type=image/png" \
+        "https://$host:$port/api/media")"
+    echo "POST https://$host/api/media (multipart) -> $answer"
+    out="$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); print(a["contentType"], a["durationMs"], a["url"])' "$answer")" ||
+        ops__fail "upload through nginx" || return 1
+    read -r ctype duration signed <<<"$out"
+    [ "$ctype" = audio/wav ] && [ "$duration" = 4000 ] ||
+        ops__fail "the upload was not read as a 4 s WAV: $out" || return 1
+    # The answer's URL names the host nginx forwarded; fetch it through the proxy.
+    signed="https://$host:$port/api/media/${signed#*/api/media/}"
+    out="$(curl -sS -k "$@" -D "$dir/media.headers" -o "$dir/media.part" -H 'Range: bytes=44-143' \
+        -w '%{http_code} %{size_download}' "$signed")"
+    echo "GET (signed URL, Range: bytes=44-143) -> $out"
+    [ "$out" = "206 100" ] || {
+        tail -n 5 "$OPS_TMP/proxy/error.log"
+        ops__fail "a range of the file through nginx"
+        return 1
+    }
+    cmp -s "$dir/media.part" <(tail -c +45 "$file" | head -c 100) ||
+        ops__fail "the range sent by nginx differs from the file" || return 1
+    grep -qi '^x-content-type-options: nosniff' "$dir/media.headers" &&
+        grep -qi '^content-type: audio/wav' "$dir/media.headers" &&
+        ! grep -qi '^x-accel-redirect' "$dir/media.headers" ||
+        ops__fail "headers of the file sent by nginx: $(tr -d '\r' <"$dir/media.headers" | tr '\n' ' ')" || return 1
+    out="$(curl -sS -k "$@" -o /dev/null -w '%{http_code}' "https://$host:$port/_media/media/x")"
+    echo "GET https://$host/_media/... (internal) -> $out"
+    [ "$out" = 404 ] || ops__fail "the internal media location is reachable from outside" || return 1
 }
 
 # ops_check_coturn: starts turnserver briefly with scripts/coturn/turnserver.conf (test secret,

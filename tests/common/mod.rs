@@ -2,6 +2,7 @@
 //! afterwards), the real server started in-process on 127.0.0.1:0, and a small JSON client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod media;
 pub mod puppet;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
