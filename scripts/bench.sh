@@ -8,6 +8,7 @@
 #   scripts/bench.sh soak         the soak (Switchboard only), see below
 #   scripts/bench.sh cluster      two cluster nodes against one node, see below
 #   scripts/bench.sh recovery     Socket.IO with connection state recovery against without
+#   scripts/bench.sh media        message delivery with uploads running against without
 #
 # Cases (Switchboard's acks are always durable: committed to PostgreSQL):
 #   1  open loop: CLIENTS clients in groups of GROUP_SIZE, RATE messages/s each; delivery
@@ -81,6 +82,14 @@
 # "with / without" for throughput and "without / with" for latency and memory (above 1: recovery
 # costs nothing there).
 #
+# Media (`scripts/bench.sh media`, Switchboard only): the open loop of case 1 (CLIENTS clients in
+# groups of GROUP_SIZE, RATE messages/s each) alone, then with MEDIA_UPLOADERS [8] threads
+# uploading MEDIA_UPLOAD_BYTES [2097152]-byte WAV files back to back (streamed to the store),
+# then with the same number uploading JPEG photos of about MEDIA_IMAGE_BYTES [1048576] bytes
+# (held, stripped of metadata and thumbnailed): upload throughput (MB/s) and upload latency,
+# and the delivery p50/p99 with uploads over without (above 1: uploads slow delivery down).
+# The media store is a directory in the run's folder, removed at the end.
+#
 # PostgreSQL: DATABASE_URL (any database on the server; used to create and drop the bench
 # databases), else postgres://postgres@127.0.0.1:5432/postgres when it answers, else a private
 # cluster in target/bench/pgdata (stopped at exit). Two databases are created per run,
@@ -145,6 +154,7 @@ case "${1:-}" in
     soak) MODE=soak ;;
     cluster) MODE=cluster ;;
     recovery) MODE=recovery ;;
+    media) MODE=media ;;
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
@@ -363,7 +373,8 @@ start_switchboard() {
     port="$(free_port)"
     DATABASE_URL="$SB_DB_URL" BIND="127.0.0.1:$port" MESSAGE_RATE_PER_MIN="$SB_MESSAGE_RATE" \
         FRAME_RATE_PER_SEC="$SB_FRAME_RATE" CALL_RATE_PER_HOUR="$SB_CALL_RATE" \
-        CALL_BURST="$SB_CALL_BURST" RUST_LOG="$SB_LOG_LEVEL" \
+        CALL_BURST="$SB_CALL_BURST" RUST_LOG="$SB_LOG_LEVEL" MEDIA_DIR="$RUN/media" \
+        MEDIA_QUOTA_BYTES="${MEDIA_QUOTA_BYTES:-1000000000000}" \
         "$BIN" serve >"$log" 2>&1 &
     SB_PID=$!
     say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$port" \
@@ -676,6 +687,67 @@ EOF
     compare_recovery closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
     compare_recovery closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
     compare_recovery idle "$IDLE_SOCKETS idle authenticated sockets, settled ${SETTLE} s after connecting"
+    say "== summary (also in $SUMMARY) =="
+    cat "$SUMMARY"
+    exit 0
+fi
+
+if [ "$MODE" = media ]; then
+    say "== media: message delivery with uploads running against without =="
+    MEDIA_UPLOADERS="${MEDIA_UPLOADERS:-8}"
+    MEDIA_UPLOAD_BYTES="${MEDIA_UPLOAD_BYTES:-2097152}"
+    MEDIA_IMAGE_BYTES="${MEDIA_IMAGE_BYTES:-1048576}"
+
+    run_uploads() {
+        # run_uploads KIND BYTES: case 1's open loop with MEDIA_UPLOADERS uploading KIND files;
+        # the report is $RUN/open-groups-uploads-KIND.json.
+        local kind="$1" bytes="$2" json="$RUN/open-groups-uploads-$1.json"
+        scenario_args open-groups
+        start_switchboard "open-groups-uploads-$kind"
+        run_bench "open-groups on Switchboard with $MEDIA_UPLOADERS $kind uploaders" "$BIN" bench \
+            --target ws --url "$SERVER_URL" --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" \
+            --server-pid "$SB_PID" --json-file "$json" "${SCENARIO[@]}" "${common[@]}" \
+            --uploaders "$MEDIA_UPLOADERS" --upload-kind "$kind" --upload-bytes "$bytes"
+        kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run"
+        stop_pid "$SB_PID"
+        SB_PID=""
+        rm -rf "$RUN/media"
+    }
+
+    run_switchboard open-groups
+    run_uploads audio "$MEDIA_UPLOAD_BYTES"
+    run_uploads image "$MEDIA_IMAGE_BYTES"
+    node - "$RUN" "open loop, $CLIENTS clients in groups of $GROUP_SIZE at $RATE msg/s, ${DURATION} s" <<'EOF' | tee -a "$SUMMARY"
+const fs = require('fs');
+const path = require('path');
+const [dir, title] = process.argv.slice(2);
+const load = (f) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
+const base = load('open-groups-switchboard.json');
+const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
+const pad = (s, n) => String(s).padEnd(n);
+const out = [`-- media: ${title} --`];
+for (const kind of ['audio', 'image']) {
+  const r = load(`open-groups-uploads-${kind}.json`);
+  const u = r.uploads;
+  out.push(`${kind} uploads: ${u.uploaders} uploaders x ${u.bytes_each} bytes: ${u.completed} stored, ` +
+    `${u.failed} failed, ${u.mb_per_sec.toFixed(1)} MB/s; upload latency p50 ${fmt(u.latency_ms.p50, ' ms')}, ` +
+    `p99 ${fmt(u.latency_ms.p99, ' ms')}`);
+  out.push(pad('', 28) + pad('with uploads', 16) + pad('without', 16) + 'with / without');
+  for (const [label, a, b] of [
+    ['delivery latency p50', r.latency_ms.p50, base.latency_ms.p50],
+    ['delivery latency p99', r.latency_ms.p99, base.latency_ms.p99],
+    ['ack latency p99', r.ack_latency_ms.p99, base.ack_latency_ms.p99],
+  ]) {
+    const ratio = num(a) === null || num(b) === null || b === 0 ? 'n/a' : (a / b).toFixed(2) + 'x';
+    out.push(pad(label, 28) + pad(fmt(a, ' ms'), 16) + pad(fmt(b, ' ms'), 16) + ratio);
+  }
+  out.push(`  with: ${r.deliveries}/${r.expected_deliveries} deliveries, ${r.unanswered} unanswered; ` +
+    `without: ${base.deliveries}/${base.expected_deliveries}, ${base.unanswered} unanswered`);
+}
+out.push('');
+console.log(out.join('\n'));
+EOF
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
     exit 0

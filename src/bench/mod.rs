@@ -21,6 +21,7 @@ pub mod client;
 pub mod protocol;
 pub mod report;
 pub mod setup;
+pub mod uploads;
 
 use client::{Counters, IntervalStats, Phase, Shared, ThreadStats, Work};
 pub use protocol::Target;
@@ -154,6 +155,17 @@ pub struct BenchArgs {
     /// its end.
     #[arg(long, default_value_t = 10.0)]
     pub call_timeout: f64,
+    /// Messages scenario, Switchboard only: this many threads upload files to `POST /api/media`
+    /// back to back during the send window (upload throughput, and its effect on delivery).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub uploaders: usize,
+    /// What `--uploaders` upload: `audio` (WAV, streamed to the store) or `image` (JPEG,
+    /// stripped and thumbnailed).
+    #[arg(long, value_enum, default_value_t = uploads::UploadKind::Audio)]
+    pub upload_kind: uploads::UploadKind,
+    /// Size of each upload in bytes (images: about).
+    #[arg(long, default_value_t = 2 << 20, value_name = "BYTES")]
+    pub upload_bytes: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -187,6 +199,9 @@ impl BenchArgs {
         }
         if !(self.settle.is_finite() && self.settle >= 0.0) {
             return Err("--settle must be 0 or positive".into());
+        }
+        if self.uploaders > 0 && !(self.target == Target::Ws || self.own_socketio) {
+            return Err("--uploaders needs Switchboard (the peers have no uploads)".into());
         }
         if !(self.report_every.is_finite() && self.report_every >= 0.0) {
             return Err("--report-every must be 0 or positive".into());
@@ -365,6 +380,12 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
         call_timeout: Duration::from_secs_f64(args.call_timeout),
     });
 
+    let upload_tokens: Vec<String> = specs
+        .iter()
+        .cycle()
+        .take(if specs.is_empty() { 0 } else { args.uploaders })
+        .map(|s| s.token.clone())
+        .collect();
     let work = distribute(args, &shape, specs, threads);
     let mut handles = Vec::with_capacity(threads);
     for (i, work) in work.into_iter().enumerate() {
@@ -418,6 +439,7 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
         end_ns: ns_since(epoch, end),
     });
     let mut run = RunLog::new(args, start);
+    let uploaders = start_uploads(args, upload_tokens, start, end)?;
     match args.scenario {
         Scenario::Messages => {
             tracing::info!(secs = args.duration, "sending");
@@ -446,6 +468,25 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
     }
     let run_secs = start.elapsed().as_secs_f64();
     rss.end_kib = rss_of();
+    let uploads = match uploaders {
+        Some(handles) => {
+            let mut parts = Vec::with_capacity(handles.len());
+            for handle in handles {
+                parts.push(
+                    handle
+                        .join()
+                        .map_err(|_| "an upload thread panicked".to_owned())??,
+                );
+            }
+            Some(uploads::summarize(
+                parts,
+                args.upload_kind,
+                args.upload_bytes,
+                args.duration,
+            )?)
+        }
+        None => None,
+    };
     // Calls: from the start to the end of the last call (not to when the coordinator noticed).
     let calls_secs = match c.calls_last_end_ns.load(Ordering::Relaxed) {
         0 => run_secs,
@@ -547,7 +588,50 @@ pub fn measure(args: &BenchArgs) -> Result<Report, String> {
         intervals: run.intervals,
         head_tail,
         calls,
+        uploads,
     })
+}
+
+type UploadThreads = Vec<std::thread::JoinHandle<Result<uploads::Part, String>>>;
+
+/// Starts `--uploaders` threads for the send window, one token each.
+fn start_uploads(
+    args: &BenchArgs,
+    tokens: Vec<String>,
+    start: Instant,
+    end: Instant,
+) -> Result<Option<UploadThreads>, String> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let addr = args
+        .url
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("cannot read HOST:PORT from --url {}", args.url))?
+        .to_owned();
+    let body = Arc::new(uploads::file(args.upload_kind, args.upload_bytes)?);
+    tracing::info!(
+        uploaders = tokens.len(),
+        bytes = body.len(),
+        %addr,
+        "uploading during the run"
+    );
+    let mut handles = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (addr, body) = (addr.clone(), Arc::clone(&body));
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("upload-{i}"))
+                .spawn(move || uploads::run(&addr, &token, &body, start, end))
+                .map_err(|e| format!("cannot start an upload thread: {e}"))?,
+        );
+    }
+    Ok(Some(handles))
 }
 
 /// Splits the clients over the threads: single clients interleaved so every conversation has

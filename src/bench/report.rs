@@ -230,6 +230,9 @@ pub struct Report {
     /// The `calls` scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Calls>,
+    /// What `--uploaders` measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<super::uploads::Uploads>,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -422,6 +425,21 @@ impl Report {
                     mib(ht.rss_last_kib),
                     ht.rss_growth_pct
                         .map_or_else(|| "-".to_owned(), |v| format!("{v:+.1} %")),
+                ),
+            ));
+        }
+        if let Some(u) = &self.uploads {
+            lines.push((
+                "uploads",
+                format!(
+                    "{} {} uploaders x {} bytes: {} stored, {} failed, {:.1} MB/s; {}",
+                    u.uploaders,
+                    u.kind,
+                    u.bytes_each,
+                    u.completed,
+                    u.failed,
+                    u.mb_per_sec,
+                    latency(&u.latency_ms)
                 ),
             ));
         }
