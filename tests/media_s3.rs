@@ -1,7 +1,12 @@
 //! The media store on S3: the same uploads, downloads, ranges, refusals and clean-up against a
 //! real S3-compatible server (moto's, from PyPI; scripts/test.sh installs it and names it in
 //! MOTO_SERVER_BIN). Without one the tests say so and pass nothing off as tested.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod common;
 
