@@ -86,8 +86,9 @@
 # groups of GROUP_SIZE, RATE messages/s each) alone, then with MEDIA_UPLOADERS [8] threads
 # uploading MEDIA_UPLOAD_BYTES [2097152]-byte WAV files back to back (streamed to the store),
 # then with the same number uploading JPEG photos of about MEDIA_IMAGE_BYTES [1048576] bytes
-# (held, stripped of metadata and thumbnailed): upload throughput (MB/s) and upload latency,
-# and the delivery p50/p99 with uploads over without (above 1: uploads slow delivery down).
+# (held, stripped of metadata and thumbnailed), then the WAV uploads again with the intake limit
+# off (MEDIA_UPLOAD_BYTES_PER_SEC=0): upload throughput (MB/s) and upload latency, and the
+# delivery p50/p99 with uploads over without (above 1: uploads slow delivery down).
 # The media store is a directory in the run's folder, removed at the end.
 #
 # PostgreSQL: DATABASE_URL (any database on the server; used to create and drop the bench
@@ -699,11 +700,11 @@ if [ "$MODE" = media ]; then
     MEDIA_IMAGE_BYTES="${MEDIA_IMAGE_BYTES:-1048576}"
 
     run_uploads() {
-        # run_uploads KIND BYTES: case 1's open loop with MEDIA_UPLOADERS uploading KIND files;
-        # the report is $RUN/open-groups-uploads-KIND.json.
-        local kind="$1" bytes="$2" json="$RUN/open-groups-uploads-$1.json"
+        # run_uploads KIND BYTES LABEL: case 1's open loop with MEDIA_UPLOADERS uploading KIND
+        # files; the report is $RUN/open-groups-uploads-LABEL.json.
+        local kind="$1" bytes="$2" label="$3" json="$RUN/open-groups-uploads-$3.json"
         scenario_args open-groups
-        start_switchboard "open-groups-uploads-$kind"
+        start_switchboard "open-groups-uploads-$label"
         run_bench "open-groups on Switchboard with $MEDIA_UPLOADERS $kind uploaders" "$BIN" bench \
             --target ws --url "$SERVER_URL" --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" \
             --server-pid "$SB_PID" --json-file "$json" "${SCENARIO[@]}" "${common[@]}" \
@@ -715,8 +716,10 @@ if [ "$MODE" = media ]; then
     }
 
     run_switchboard open-groups
-    run_uploads audio "$MEDIA_UPLOAD_BYTES"
-    run_uploads image "$MEDIA_IMAGE_BYTES"
+    run_uploads audio "$MEDIA_UPLOAD_BYTES" audio
+    run_uploads image "$MEDIA_IMAGE_BYTES" image
+    # The same audio uploads with the intake rate limit off.
+    MEDIA_UPLOAD_BYTES_PER_SEC=0 run_uploads audio "$MEDIA_UPLOAD_BYTES" audio-unlimited
     node - "$RUN" "open loop, $CLIENTS clients in groups of $GROUP_SIZE at $RATE msg/s, ${DURATION} s" <<'EOF' | tee -a "$SUMMARY"
 const fs = require('fs');
 const path = require('path');
@@ -727,10 +730,12 @@ const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
 const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
 const pad = (s, n) => String(s).padEnd(n);
 const out = [`-- media: ${title} --`];
-for (const kind of ['audio', 'image']) {
+const labels = {audio: 'audio (MEDIA_UPLOAD_BYTES_PER_SEC default)', image: 'image (default limits)',
+  'audio-unlimited': 'audio, MEDIA_UPLOAD_BYTES_PER_SEC=0 (no intake limit)'};
+for (const kind of ['audio', 'image', 'audio-unlimited']) {
   const r = load(`open-groups-uploads-${kind}.json`);
   const u = r.uploads;
-  out.push(`${kind} uploads: ${u.uploaders} uploaders x ${u.bytes_each} bytes: ${u.completed} stored, ` +
+  out.push(`${labels[kind]}: ${u.uploaders} uploaders x ${u.bytes_each} bytes: ${u.completed} stored, ` +
     `${u.failed} failed, ${u.mb_per_sec.toFixed(1)} MB/s; upload latency p50 ${fmt(u.latency_ms.p50, ' ms')}, ` +
     `p99 ${fmt(u.latency_ms.p99, ' ms')}`);
   out.push(pad('', 28) + pad('with uploads', 16) + pad('without', 16) + 'with / without');

@@ -341,8 +341,13 @@ pub struct Config {
     /// `MAX_UPLOAD_BYTES_IMAGE` bounds that memory. Default 16.
     pub media_uploads_in_flight: usize,
     /// `MEDIA_PROCESS_CONCURRENCY` — images examined, stripped and thumbnailed at once (CPU
-    /// work, on the blocking pool, off the event loop). Default 2.
+    /// work, on the blocking pool, off the event loop). Default 0: half the cores, at least 1,
+    /// so the other half stays with the realtime traffic.
     pub media_process_concurrency: usize,
+    /// `MEDIA_UPLOAD_BYTES_PER_SEC` — the rate at which this process takes in upload bodies, all
+    /// uploads together (a token bucket of one second's worth); past it, uploads are read more
+    /// slowly so messages and calls keep their latency. 0: no limit. Default 50 000 000.
+    pub media_upload_bytes_per_sec: u64,
     /// `MEDIA_UPLOAD_IDLE_TIMEOUT_SECS` — an upload whose body stalls this long is cut (408).
     /// Default 30.
     pub media_upload_idle_timeout: Duration,
@@ -535,7 +540,8 @@ impl Default for Config {
             media_max_image_pixels: 40_000_000,
             media_thumbnail_px: 320,
             media_uploads_in_flight: 16,
-            media_process_concurrency: 2,
+            media_process_concurrency: 0,
+            media_upload_bytes_per_sec: 50_000_000,
             media_upload_idle_timeout: Duration::from_secs(30),
             media_gc_grace: Duration::from_secs(86_400),
             media_gc_interval: Duration::from_secs(600),
@@ -904,6 +910,11 @@ impl Config {
             "MEDIA_PROCESS_CONCURRENCY",
             &mut self.media_process_concurrency,
         )?;
+        parse(
+            src,
+            "MEDIA_UPLOAD_BYTES_PER_SEC",
+            &mut self.media_upload_bytes_per_sec,
+        )?;
         parse_secs(
             src,
             "MEDIA_UPLOAD_IDLE_TIMEOUT_SECS",
@@ -971,6 +982,15 @@ impl Config {
         parse(src, "LAST_SEEN_BATCH", &mut self.last_seen_batch)?;
         parse(src, "LAST_SEEN_BUFFER", &mut self.last_seen_buffer)?;
         Ok(())
+    }
+
+    /// Images processed at once: `MEDIA_PROCESS_CONCURRENCY`, or half the cores (at least 1).
+    pub fn media_cpu_slots(&self) -> usize {
+        if self.media_process_concurrency > 0 {
+            self.media_process_concurrency
+        } else {
+            (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1)
+        }
     }
 
     /// The number of HTTP workers: `HTTP_WORKERS`, or one per CPU core when it is 0.
@@ -1109,10 +1129,6 @@ impl Config {
             (
                 "MEDIA_UPLOADS_IN_FLIGHT",
                 self.media_uploads_in_flight as u64,
-            ),
-            (
-                "MEDIA_PROCESS_CONCURRENCY",
-                self.media_process_concurrency as u64,
             ),
             ("MEDIA_URL_TTL_SECS", self.media_url_ttl.as_secs()),
             (

@@ -343,6 +343,12 @@ async fn voice_notes_answer_range_requests() {
     assert_eq!((status, whole.len()), (200, size));
     assert_eq!(header(&h, "accept-ranges"), "bytes");
     let etag = header(&h, "etag").to_owned();
+    // HEAD: the same headers, the GET's length, no body.
+    let mut res = srv.client.head(url).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(header(res.headers(), "content-length"), size.to_string());
+    assert_eq!(header(res.headers(), "content-type"), "audio/wav");
+    assert!(res.body().await.unwrap().is_empty());
     let (status, h, part) = fetch(&srv, url, &[("Range", "bytes=100-199".into())]).await;
     assert_eq!(status, 206);
     assert_eq!(header(&h, "content-range"), format!("bytes 100-199/{size}"));

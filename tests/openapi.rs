@@ -102,7 +102,7 @@ async fn the_document_covers_every_route_and_has_the_openapi_3_structure() {
         assert!(path.starts_with('/'), "{path}");
         for (method, op) in item.as_object().unwrap() {
             assert!(
-                ["get", "post", "put", "patch", "delete"].contains(&method.as_str()),
+                ["get", "head", "post", "put", "patch", "delete"].contains(&method.as_str()),
                 "{method} {path}"
             );
             documented.insert((method.clone(), path.clone()));

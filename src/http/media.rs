@@ -21,7 +21,28 @@ use serde::{Deserialize, Serialize};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/media", web::post().to(upload))
         .route("/media/{id}", web::get().to(download))
-        .route("/media/{id}/thumbnail", web::get().to(thumbnail));
+        .route("/media/{id}", web::head().to(download))
+        .route("/media/{id}/thumbnail", web::get().to(thumbnail))
+        .route("/media/{id}/thumbnail", web::head().to(thumbnail));
+}
+
+/// The body of a HEAD answer: the length the GET would send, and no bytes (actix-web sends
+/// no body for HEAD and takes `Content-Length` from the body's size).
+struct HeadBody(u64);
+
+impl actix_web::body::MessageBody for HeadBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.0)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
 }
 
 /// What an upload answers.
@@ -375,6 +396,9 @@ async fn serve(
     }
     if len == 0 {
         return Ok(builder.finish());
+    }
+    if req.method() == actix_web::http::Method::HEAD {
+        return Ok(builder.body(HeadBody(len)));
     }
     let options = GetOptions {
         range: Some(GetRange::Bounded(start..end + 1)),

@@ -1295,19 +1295,26 @@ pub fn operations() -> Vec<Operation> {
         .ok(201, r("Media"))
         .errors(&[408, 413, 415, 429]),
         media_download(
+            "get",
             "/media/{id}",
             "A file (uploader, conversation members, or a signed URL)",
         ),
-        media_download("/media/{id}/thumbnail", "An image's thumbnail"),
+        media_download("get", "/media/{id}/thumbnail", "An image's thumbnail"),
+        media_download(
+            "head",
+            "/media/{id}",
+            "A file's headers (length, type, ETag)",
+        ),
+        media_download("head", "/media/{id}/thumbnail", "A thumbnail's headers"),
     ]
     .into_iter()
     .chain(dashboard_operations())
     .collect()
 }
 
-fn media_download(path: &'static str, summary: &'static str) -> Operation {
+fn media_download(method: &'static str, path: &'static str, summary: &'static str) -> Operation {
     op(
-        "get",
+        method,
         path,
         Mount::Both,
         "media",

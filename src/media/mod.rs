@@ -242,6 +242,46 @@ pub struct Media {
     metrics: Arc<Metrics>,
     uploads: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
+    intake: Intake,
+}
+
+/// The process-wide upload intake rate (`MEDIA_UPLOAD_BYTES_PER_SEC`): a token bucket holding at
+/// most one second's worth. A chunk that finds the bucket short waits for the tokens it lacks,
+/// so uploads are read more slowly rather than refused.
+#[derive(Debug)]
+struct Intake {
+    rate: f64,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl Intake {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            rate: bytes_per_sec as f64,
+            bucket: std::sync::Mutex::new((bytes_per_sec as f64, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes `n` bytes from the bucket; how long to wait before reading more.
+    fn take(&self, n: usize) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut bucket = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let (tokens, last) = *bucket;
+        let refilled = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        let left = refilled - n as f64;
+        *bucket = (left, now);
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / self.rate)
+        }
+    }
 }
 
 /// What an upload is given as.
@@ -307,7 +347,8 @@ impl Media {
             local_dir,
             urls: Arc::new(Urls::new(&config)),
             uploads: Arc::new(Semaphore::new(config.media_uploads_in_flight)),
-            cpu: Arc::new(Semaphore::new(config.media_process_concurrency)),
+            cpu: Arc::new(Semaphore::new(config.media_cpu_slots())),
+            intake: Intake::new(config.media_upload_bytes_per_sec),
             config,
             db,
             metrics,
@@ -409,6 +450,7 @@ impl Media {
         let mut body = Body {
             stream: &mut body,
             idle: self.config.media_upload_idle_timeout,
+            intake: &self.intake,
         };
         // The first bytes decide what it is.
         let mut head: Vec<u8> = Vec::with_capacity(sniff::SNIFF_BYTES);
@@ -775,12 +817,20 @@ fn remove_stale_staging(dir: &std::path::Path, grace: Duration) -> usize {
 struct Body<'a, S> {
     stream: &'a mut S,
     idle: Duration,
+    intake: &'a Intake,
 }
 
 impl<S: Stream<Item = AppResult<Bytes>> + Unpin> Body<'_, S> {
     async fn next(&mut self) -> AppResult<Option<Bytes>> {
         match tokio::time::timeout(self.idle, self.stream.next()).await {
-            Ok(Some(chunk)) => chunk.map(Some),
+            Ok(Some(Ok(chunk))) => {
+                let wait = self.intake.take(chunk.len());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Some(chunk))
+            }
+            Ok(Some(Err(e))) => Err(e),
             Ok(None) => Ok(None),
             Err(_) => Err(AppError::Timeout(
                 format!("the upload stalled for {} s", self.idle.as_secs()).into(),
@@ -901,6 +951,18 @@ mod tests {
             urls.verify(id, false, past, &old),
             Err(AppError::LinkExpired(_))
         ));
+    }
+
+    #[test]
+    fn the_intake_bucket_holds_one_second() {
+        let intake = Intake::new(1000);
+        assert_eq!(intake.take(600), Duration::ZERO);
+        let wait = intake.take(900);
+        assert!(
+            wait > Duration::from_millis(450) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert_eq!(Intake::new(0).take(1 << 30), Duration::ZERO);
     }
 
     #[test]
