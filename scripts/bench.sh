@@ -712,7 +712,7 @@ if [ "$MODE" = media ]; then
         kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run"
         stop_pid "$SB_PID"
         SB_PID=""
-        rm -rf "$RUN/media"
+        rm -rf "${RUN:?}/media"
     }
 
     run_switchboard open-groups

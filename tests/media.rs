@@ -278,6 +278,61 @@ async fn oversize_uploads_are_refused_without_being_buffered() {
 }
 
 #[actix_rt::test]
+async fn an_upload_cut_short_leaves_nothing_behind() {
+    let srv = media_server(|c| c.media_upload_idle_timeout = Duration::from_secs(1)).await;
+    let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
+    let ta = srv.token_for(alice);
+    // A client that drops its connection halfway through a 4 MB voice note, and one that
+    // stalls past MEDIA_UPLOAD_IDLE_TIMEOUT_SECS: neither leaves a file, a row or a slot.
+    let note = wav(250);
+    for (len, then_close) in [(note.len() / 2, true), (note.len() / 3, false)] {
+        let mut stream = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        let head = format!(
+            "POST /api/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ta}\r\n\
+             Content-Type: audio/wav\r\nContent-Length: {}\r\n\r\n",
+            note.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&note[..len]).await.unwrap();
+        if then_close {
+            drop(stream);
+        } else {
+            let mut buf = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("the stalled upload is answered")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        }
+    }
+    assert_eq!(srv.running.state.engine.metrics.media_uploads("timeout"), 1);
+    // Staging files of the local store go when their upload is abandoned.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !files_under(&srv.db.media_dir()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            files_under(&srv.db.media_dir())
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: i64 = {
+        use diesel::prelude::*;
+        diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM media)",
+        ))
+        .get_result(&mut srv.db.conn())
+        .unwrap()
+    };
+    assert_eq!(rows, 0);
+    // The slots were given back: a whole upload still goes through.
+    let (status, m) = post_body(&srv, &ta, "audio/wav", &[], note.clone()).await;
+    assert_eq!(status, 201, "{m}");
+    assert_eq!(m["size"].as_u64(), Some(note.len() as u64));
+}
+
+#[actix_rt::test]
 async fn a_decompression_bomb_is_refused_from_its_header() {
     let srv = media_server(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
