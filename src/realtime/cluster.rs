@@ -1642,6 +1642,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
         } => engine.registry.do_send(ConversationMembersChanged {
             id: conversation,
             members,
+            reload: true,
         }),
     }
 }

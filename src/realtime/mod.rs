@@ -600,13 +600,22 @@ impl Engine {
     }
 
     /// Tells the engine a conversation's membership changed (REST add/remove/create).
+    ///
+    /// The conversation's actor is told here, before the caller answers or tells anyone: events
+    /// go out on the delivery path, not through the registry, so a removed member who hears of
+    /// the removal and sends at once must find the actor's mailbox already holding the reload
+    /// (which holds later commands until the members are read).
     pub fn members_changed(&self, conversation_id: i64, members: Vec<i64>) {
         if let Some(cluster) = &self.cluster {
             cluster.publish_members(conversation_id, members.clone());
         }
+        if let Some(addr) = self.conversations.get(&conversation_id) {
+            addr.do_send(conversation::MembersChanged);
+        }
         self.registry.do_send(registry::ConversationMembersChanged {
             id: conversation_id,
             members,
+            reload: false,
         });
     }
 

@@ -45,50 +45,90 @@ impl Bucket {
     }
 }
 
+/// Shards of a [`UserLimiter`] (a user's bucket lives in shard `user % SHARDS`): checks of
+/// different users rarely wait for one another.
+const SHARDS: usize = 32;
+
+/// A shard is swept (buckets that refilled are forgotten: they behave exactly like new ones)
+/// when it holds this many buckets, and afterwards only once it has doubled since the last
+/// sweep, so the cost of sweeping stays proportional to the insertions that caused it.
+const SWEEP_AT: usize = 4096;
+
+#[derive(Debug)]
+struct Shard {
+    buckets: HashMap<i64, Bucket>,
+    sweep_at: usize,
+}
+
 /// Per-user buckets for one kind of action.
 #[derive(Debug)]
 pub struct UserLimiter {
-    buckets: Mutex<HashMap<i64, Bucket>>,
+    shards: Vec<Mutex<Shard>>,
     capacity: u32,
     per_sec: f64,
 }
 
 impl UserLimiter {
+    fn with_rate(burst: u32, per_sec: f64) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
+                .collect(),
+            capacity: burst.max(1),
+            per_sec,
+        }
+    }
+
     /// `per_min` sustained, `burst` at once.
     pub fn per_minute(per_min: u32, burst: u32) -> Self {
-        Self {
-            buckets: Mutex::new(HashMap::new()),
-            capacity: burst.max(1),
-            per_sec: f64::from(per_min.max(1)) / 60.0,
-        }
+        Self::with_rate(burst, f64::from(per_min.max(1)) / 60.0)
     }
 
     /// `per_hour` sustained, `burst` at once.
     pub fn per_hour(per_hour: u32, burst: u32) -> Self {
-        Self {
-            buckets: Mutex::new(HashMap::new()),
-            capacity: burst.max(1),
-            per_sec: f64::from(per_hour.max(1)) / 3600.0,
-        }
+        Self::with_rate(burst, f64::from(per_hour.max(1)) / 3600.0)
     }
 
     /// Takes one token for `user`; `Err(secs)` says when to retry (at least 1).
     pub fn check(&self, user: i64) -> Result<(), u64> {
         let now = Instant::now();
-        let mut buckets = self
-            .buckets
+        let mut shard = self.shards[user.rem_euclid(SHARDS as i64) as usize]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > 100_000 {
-            // Forget users whose buckets have refilled; they behave exactly like new ones.
-            buckets.retain(|_, b| !b.is_full(now));
+        if shard.buckets.len() >= shard.sweep_at {
+            shard.buckets.retain(|_, b| !b.is_full(now));
+            shard.sweep_at = (shard.buckets.len() * 2).max(SWEEP_AT);
         }
-        let bucket = buckets
+        let bucket = shard
+            .buckets
             .entry(user)
             .or_insert_with(|| Bucket::new(self.capacity, self.per_sec));
         bucket
             .take(now)
             .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Buckets held (users seen whose buckets have not refilled and been swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .buckets
+                    .len()
+            })
+            .sum()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -105,6 +145,29 @@ mod tests {
         let wait = b.take(t0).unwrap_err();
         assert!(wait <= Duration::from_secs(1));
         assert!(b.take(t0 + Duration::from_millis(1100)).is_ok());
+    }
+
+    #[test]
+    fn sweeps_forget_refilled_buckets_and_stay_amortized() {
+        // A fast refill: every bucket is full again almost at once.
+        let l = UserLimiter::with_rate(1, 1e9);
+        for user in 0..(SHARDS * SWEEP_AT * 3) as i64 {
+            assert!(l.check(user).is_ok());
+        }
+        // Each shard swept whenever it reached its threshold: far fewer buckets than users.
+        assert!(l.len() <= SHARDS * SWEEP_AT, "{}", l.len());
+        // A slow refill: nothing can be forgotten, and the threshold doubles instead of
+        // sweeping on every check.
+        let slow = UserLimiter::per_hour(1, 1);
+        for user in 0..(SHARDS * SWEEP_AT * 2) as i64 {
+            assert!(slow.check(user).is_ok());
+        }
+        assert_eq!(slow.len(), SHARDS * SWEEP_AT * 2);
+        assert!(slow.check(5).is_err());
+        for shard in &slow.shards {
+            let shard = shard.lock().unwrap();
+            assert!(shard.sweep_at >= shard.buckets.len(), "{}", shard.sweep_at);
+        }
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub struct ConversationMembersChanged {
     pub id: i64,
     /// Current members.
     pub members: Vec<i64>,
+    /// Whether the registry tells the conversation's actor to reload its members (a change
+    /// heard from another node). A local change tells it directly, before anyone hears of
+    /// the change (see [`crate::realtime::Engine::members_changed`]).
+    pub reload: bool,
 }
 
 /// Presence of one user.
@@ -726,6 +730,9 @@ impl Handler<ConversationMembersChanged> for Registry {
                     }
                 }
             }
+        }
+        if !msg.reload {
+            return;
         }
         if let Some(addr) = self
             .engine
