@@ -340,6 +340,10 @@ pub struct Config {
     /// 503 with `Retry-After`. Images are held in memory while they are read, so this times
     /// `MAX_UPLOAD_BYTES_IMAGE` bounds that memory. Default 16.
     pub media_uploads_in_flight: usize,
+    /// `MEDIA_UPLOADS_PER_USER` — uploads one user may have running at once (more: 429
+    /// `rate_limited`), so one client cannot take every `MEDIA_UPLOADS_IN_FLIGHT` slot.
+    /// Default 4.
+    pub media_uploads_per_user: usize,
     /// `MEDIA_PROCESS_CONCURRENCY` — images examined, stripped and thumbnailed at once (CPU
     /// work, on the blocking pool, off the event loop). Default 0: half the cores, at least 1,
     /// so the other half stays with the realtime traffic.
@@ -540,6 +544,7 @@ impl Default for Config {
             media_max_image_pixels: 40_000_000,
             media_thumbnail_px: 320,
             media_uploads_in_flight: 16,
+            media_uploads_per_user: 4,
             media_process_concurrency: 0,
             media_upload_bytes_per_sec: 50_000_000,
             media_upload_idle_timeout: Duration::from_secs(30),

@@ -333,6 +333,56 @@ async fn an_upload_cut_short_leaves_nothing_behind() {
 }
 
 #[actix_rt::test]
+async fn one_user_cannot_take_every_upload_slot() {
+    let srv = media_server(|c| {
+        c.media_uploads_per_user = 2;
+        c.media_uploads_in_flight = 3;
+    })
+    .await;
+    let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
+    let carol = srv.create_user("Carol", "carol@example.com", None, &[]);
+    let (ta, tb) = (srv.token_for(alice), srv.token_for(bob));
+    let note = wav(10);
+    // Two uploads of Alice's that are still sending.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        let head = format!(
+            "POST /api/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ta}\r\n\
+             Content-Type: audio/wav\r\nContent-Length: {}\r\n\r\n",
+            note.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&note[..10_000]).await.unwrap();
+        open.push(stream);
+    }
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    // A third of hers waits its turn; Bob takes the last slot; then the process is full.
+    let (status, e) = post_body(&srv, &ta, "audio/wav", &[], note.clone()).await;
+    assert_eq!((status, code(&e)), (429, "rate_limited"), "{e}");
+    let mut third = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let head = format!(
+        "POST /api/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tb}\r\n\
+         Content-Type: audio/wav\r\nContent-Length: {}\r\n\r\n",
+        note.len()
+    );
+    third.write_all(head.as_bytes()).await.unwrap();
+    third.write_all(&note[..10_000]).await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let (status, e) = post_body(&srv, &srv.token_for(carol), "audio/wav", &[], note.clone()).await;
+    assert_eq!((status, code(&e)), (503, "overloaded"), "{e}");
+    // Finishing one of Alice's frees her slot.
+    let mut first = open.remove(0);
+    first.write_all(&note[10_000..]).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 201"));
+    let (status, m) = post_body(&srv, &ta, "audio/wav", &[], note.clone()).await;
+    assert_eq!(status, 201, "{m}");
+}
+
+#[actix_rt::test]
 async fn a_decompression_bomb_is_refused_from_its_header() {
     let srv = media_server(|_| {}).await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
@@ -847,7 +897,11 @@ async fn the_clean_up_removes_what_no_message_uses() {
 
 #[actix_rt::test]
 async fn fifty_uploads_at_once_while_messages_keep_flowing() {
-    let srv = media_server(|c| c.media_uploads_in_flight = 64).await;
+    let srv = media_server(|c| {
+        c.media_uploads_in_flight = 64;
+        c.media_uploads_per_user = 64;
+    })
+    .await;
     let alice = srv.create_user("Alice", "alice@example.com", None, &[]);
     let bob = srv.create_user("Bob", "bob@example.com", None, &[]);
     let carol = srv.create_user("Carol", "carol@example.com", None, &[]);

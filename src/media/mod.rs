@@ -241,8 +241,33 @@ pub struct Media {
     db: Db,
     metrics: Arc<Metrics>,
     uploads: Arc<Semaphore>,
+    per_user: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
     cpu: Arc<Semaphore>,
     intake: Intake,
+}
+
+/// An upload's place: one of `MEDIA_UPLOADS_IN_FLIGHT` and one of its user's
+/// `MEDIA_UPLOADS_PER_USER`, both given back when it is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    user: i64,
+    per_user: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut running = self
+            .per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = running.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The process-wide upload intake rate (`MEDIA_UPLOAD_BYTES_PER_SEC`): a token bucket holding at
@@ -347,6 +372,7 @@ impl Media {
             local_dir,
             urls: Arc::new(Urls::new(&config)),
             uploads: Arc::new(Semaphore::new(config.media_uploads_in_flight)),
+            per_user: Arc::default(),
             cpu: Arc::new(Semaphore::new(config.media_cpu_slots())),
             intake: Intake::new(config.media_upload_bytes_per_sec),
             config,
@@ -373,13 +399,10 @@ impl Media {
             .unwrap_or(0)
     }
 
-    /// A slot for one upload, or 503 when `MEDIA_UPLOADS_IN_FLIGHT` are running; and the checks
-    /// that need no body (declared size, quota already used up).
-    pub async fn admit(
-        &self,
-        owner: i64,
-        incoming: &Incoming,
-    ) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
+    /// A slot for one upload — 503 when `MEDIA_UPLOADS_IN_FLIGHT` are running, 429 when the user
+    /// has `MEDIA_UPLOADS_PER_USER` running — and the checks that need no body (declared size,
+    /// quota already used up).
+    pub async fn admit(&self, owner: i64, incoming: &Incoming) -> AppResult<Slot> {
         if let Some(len) = incoming.declared_len {
             let max = self.largest_limit();
             if len > max {
@@ -389,12 +412,30 @@ impl Media {
                 ));
             }
         }
-        let permit =
+        let global =
             Arc::clone(&self.uploads)
                 .try_acquire_owned()
                 .map_err(|_| AppError::Overloaded {
                     retry_after_secs: 2,
                 })?;
+        {
+            let mut running = self
+                .per_user
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = running.entry(owner).or_insert(0);
+            if *n >= self.config.media_uploads_per_user {
+                return Err(AppError::RateLimited {
+                    retry_after_secs: 2,
+                });
+            }
+            *n += 1;
+        }
+        let permit = Slot {
+            _global: global,
+            user: owner,
+            per_user: Arc::clone(&self.per_user),
+        };
         let used = self
             .db
             .run(move |conn| rows::used_bytes(conn, owner))
