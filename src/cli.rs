@@ -75,7 +75,7 @@ pub fn ensure_admin(config: &Config, name: &str, email: &str) -> Result<(), Stri
     }
     let mut raw = [0u8; 12];
     auth::tokens::random_bytes(&mut raw).map_err(describe)?;
-    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let password = auth::tokens::hex(&raw);
     let user = auth::create_user(
         &mut conn,
         name,

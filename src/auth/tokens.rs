@@ -180,11 +180,16 @@ pub fn refresh_digest(token: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// A random identifier: 128 bits, lower-case hex (device sessions, calls).
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random identifier: 128 bits, lower-case hex (device sessions, calls, media).
 pub fn random_id() -> AppResult<String> {
     let mut raw = [0u8; 16];
     random_bytes(&mut raw)?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&raw))
 }
 
 #[cfg(test)]

@@ -92,32 +92,31 @@ pub fn insert_within_quota(conn: &mut PgConnection, row: &MediaRow, quota: u64) 
 
 /// Bytes a user's uploads (and their thumbnails) take.
 pub fn used_bytes(conn: &mut PgConnection, owner: i64) -> AppResult<i64> {
-    #[derive(QueryableByName)]
-    struct Used {
-        #[diesel(sql_type = BigInt)]
-        used: i64,
-    }
-    let used: Used = diesel::sql_query(
-        "SELECT COALESCE(SUM(size + COALESCE(thumbnail_size, 0)), 0)::bigint AS used \
-         FROM media WHERE owner_id = $1",
-    )
-    .bind::<BigInt, _>(owner)
-    .get_result(conn)?;
-    Ok(used.used)
+    stored_bytes(conn, Some(owner))
 }
 
 /// Bytes every upload takes (the stored-bytes gauge).
 pub fn total_bytes(conn: &mut PgConnection) -> AppResult<i64> {
+    stored_bytes(conn, None)
+}
+
+/// Bytes the uploads (of `owner`, or of everyone) and their thumbnails take.
+fn stored_bytes(conn: &mut PgConnection, owner: Option<i64>) -> AppResult<i64> {
     #[derive(QueryableByName)]
-    struct Total {
+    struct Sum {
         #[diesel(sql_type = BigInt)]
-        total: i64,
+        bytes: i64,
     }
-    let t: Total = diesel::sql_query(
-        "SELECT COALESCE(SUM(size + COALESCE(thumbnail_size, 0)), 0)::bigint AS total FROM media",
-    )
-    .get_result(conn)?;
-    Ok(t.total)
+    const SUM: &str = "SELECT COALESCE(SUM(size + COALESCE(thumbnail_size, 0)), 0)::bigint \
+                       AS bytes FROM media";
+    let sum: Sum = match owner {
+        // The owner's rows through `media_owner`.
+        Some(owner) => diesel::sql_query(format!("{SUM} WHERE owner_id = $1"))
+            .bind::<BigInt, _>(owner)
+            .get_result(conn)?,
+        None => diesel::sql_query(SUM).get_result(conn)?,
+    };
+    Ok(sum.bytes)
 }
 
 /// The upload `id` when `user` may read it: its uploader, a member of a conversation in which a

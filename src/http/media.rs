@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::media::{self, Incoming};
 use crate::state::AppState;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::{Deserialize, Serialize};
@@ -283,16 +283,13 @@ async fn serve(
             (row, left)
         }
         _ => {
-            let identity = Identity::extract(req).await.map_err(|e| {
-                e.as_error::<AppError>()
-                    .map(|a| AppError::unauthorized(a.code(), a.to_string()))
-                    .unwrap_or_else(|| {
-                        AppError::unauthorized(
-                            "missing_token",
-                            "an Authorization: Bearer token or a signed URL is required",
-                        )
-                    })
+            let token = super::bearer_token(req).ok_or_else(|| {
+                AppError::unauthorized(
+                    "missing_token",
+                    "an Authorization: Bearer token or a signed URL is required",
+                )
             })?;
+            let identity = state.auth.authenticate(token).await?;
             let user = identity.user_id();
             let admin = identity.is_admin();
             let row = state
@@ -344,10 +341,7 @@ async fn serve(
     }
     builder
         .insert_header((header::CONTENT_TYPE, content_type.clone()))
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            disposition(&row, thumb, &content_type),
-        ));
+        .insert_header((header::CONTENT_DISPOSITION, disposition(&row, thumb)));
     // If-Range with another validator: the whole file.
     let if_range_ok = req
         .headers()
@@ -420,7 +414,7 @@ async fn serve(
 }
 
 /// `inline` for pictures, sound and video, `attachment` for documents; the name as given.
-fn disposition(row: &MediaRow, thumb: bool, content_type: &str) -> String {
+fn disposition(row: &MediaRow, thumb: bool) -> String {
     let inline = thumb || row.kind != "document";
     let kind = if inline { "inline" } else { "attachment" };
     let Some(name) = row.filename.as_deref() else {
@@ -452,7 +446,6 @@ fn disposition(row: &MediaRow, thumb: bool, content_type: &str) -> String {
             }
         })
         .collect();
-    let _ = content_type;
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 

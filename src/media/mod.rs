@@ -120,9 +120,16 @@ impl Urls {
         }
     }
 
-    fn signature(&self, id: &str, thumbnail: bool, exp: u64) -> String {
+    /// The link's MAC: HMAC-SHA256 of `id:variant:exp`, its first 144 bits.
+    fn tag(&self, id: &str, thumbnail: bool, exp: u64) -> [u8; 18] {
         let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
-        B64URL.encode(&hmac::sign(&self.key, text.as_bytes()).as_ref()[..18])
+        let mut tag = [0u8; 18];
+        tag.copy_from_slice(&hmac::sign(&self.key, text.as_bytes()).as_ref()[..18]);
+        tag
+    }
+
+    fn signature(&self, id: &str, thumbnail: bool, exp: u64) -> String {
+        B64URL.encode(self.tag(id, thumbnail, exp))
     }
 
     /// A signed URL under `base` (else `PUBLIC_URL`, else a path). The expiry is rounded up to
@@ -160,12 +167,12 @@ impl Urls {
 
     /// Whether `sig` is this server's signature of the link (expired or not).
     fn authentic(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> bool {
-        let text = format!("{id}:{}:{exp}", if thumbnail { "t" } else { "o" });
         let Ok(given) = B64URL.decode(sig.trim()) else {
             return false;
         };
-        let full = hmac::sign(&self.key, text.as_bytes());
-        let differ = full.as_ref()[..18]
+        // Compared in constant time.
+        let differ = self
+            .tag(id, thumbnail, exp)
             .iter()
             .zip(&given)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -607,7 +614,7 @@ impl Media {
             picture::Refusal::TooLarge(m) => AppError::TooLarge(m.into()),
             picture::Refusal::Malformed(m) => AppError::UnsupportedMediaType(m.into()),
         })?;
-        let sha = hex(digest::digest(&digest::SHA256, &done.stored).as_ref());
+        let sha = crate::auth::tokens::hex(digest::digest(&digest::SHA256, &done.stored).as_ref());
         let size = done.stored.len() as u64;
         let thumbnail = match done.thumbnail {
             Some((bytes, mime)) => {
@@ -711,7 +718,7 @@ impl Media {
         };
         Ok(Stored {
             size,
-            sha256: hex(hasher.finish().as_ref()),
+            sha256: crate::auth::tokens::hex(hasher.finish().as_ref()),
             dimensions: None,
             duration_ms: probe::duration_ms(sniffed.mime, &ends),
             thumbnail: None,
@@ -779,7 +786,12 @@ impl Media {
         }
         removed += self.remove_orphans(old).await?;
         if let Some(dir) = &self.local_dir {
-            removed += remove_stale_staging(&dir.join("media"), grace);
+            // A directory listing: on the blocking pool, not the event loop.
+            let dir = dir.join("media");
+            removed +=
+                actix_web::rt::task::spawn_blocking(move || remove_stale_staging(&dir, grace))
+                    .await
+                    .map_err(|e| AppError::internal(format!("media staging clean-up: {e}")))?;
         }
         Ok(removed)
     }
@@ -935,10 +947,6 @@ impl Tail {
     fn into_vec(self) -> Vec<u8> {
         self.buf.into()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
