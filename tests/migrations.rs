@@ -41,6 +41,7 @@ fn migrations_run_up_down_and_up_again() {
         "conversation_members",
         "conversations",
         "device_sessions",
+        "legacy_ids",
         "media",
         "messages",
         "otp_codes",

@@ -118,6 +118,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    legacy_ids (source, legacy_id) {
+        source -> Text,
+        legacy_id -> Text,
+        kind -> Text,
+        id -> Int8,
+        imported_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     media (id) {
         id -> Text,
         owner_id -> Int8,
@@ -157,6 +167,7 @@ diesel::table! {
         recipient_type -> Nullable<Text>,
         media_id -> Nullable<Text>,
         media -> Nullable<Jsonb>,
+        legacy_id -> Nullable<Text>,
     }
 }
 
@@ -212,6 +223,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         tokens_valid_after -> Nullable<Timestamptz>,
+        legacy_source -> Nullable<Text>,
     }
 }
 
@@ -238,6 +250,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversation_members,
     conversations,
     device_sessions,
+    legacy_ids,
     media,
     messages,
     otp_codes,

@@ -1,0 +1,7 @@
+DELETE FROM users WHERE phone IS NULL AND email IS NULL;
+ALTER TABLE users DROP CONSTRAINT IF EXISTS users_check;
+ALTER TABLE users ADD CONSTRAINT users_check CHECK (phone IS NOT NULL OR email IS NOT NULL);
+ALTER TABLE users DROP COLUMN IF EXISTS legacy_source;
+DROP INDEX IF EXISTS messages_legacy;
+ALTER TABLE messages DROP COLUMN IF EXISTS legacy_id;
+DROP TABLE IF EXISTS legacy_ids;
