@@ -106,3 +106,52 @@ pub fn token(config: &Config, user_id: i64, ttl: Option<u64>) -> Result<(), Stri
     print(&json!({ "token": token, "userId": user.id.to_string(), "expiresIn": ttl }));
     Ok(())
 }
+
+/// `switchboard import`.
+pub fn import(
+    config: &Config,
+    source: crate::import::Source,
+    dir: std::path::PathBuf,
+    dry_run: bool,
+) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    let mut conn = connect(config)?;
+    let options = crate::import::Options {
+        source,
+        dir,
+        dry_run,
+        progress: true,
+    };
+    let report = crate::import::run(&mut conn, &options).map_err(describe)?;
+    print_problems(&report.problems);
+    let mut summary = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    if let Some(map) = summary.as_object_mut() {
+        map.remove("problems");
+        map.insert(
+            "skipped".into(),
+            json!(report.problems.iter().filter(|p| p.skipped).count()),
+        );
+        map.insert(
+            "repaired".into(),
+            json!(report.problems.iter().filter(|p| !p.skipped).count()),
+        );
+    }
+    print(&summary);
+    Ok(())
+}
+
+#[allow(clippy::print_stderr)]
+fn print_problems(problems: &[crate::import::Problem]) {
+    for p in problems {
+        eprintln!(
+            "{} {}:{} {}: {}",
+            if p.skipped { "skipped" } else { "repaired" },
+            p.collection,
+            p.line,
+            p.id.as_deref().unwrap_or("-"),
+            p.reason
+        );
+    }
+}

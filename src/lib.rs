@@ -7,6 +7,7 @@
 //! - [`auth`]: passwords (checked on a bounded pool of their own), OTP, device sessions, access
 //!   and refresh tokens, and the limits on guessing credentials and sending codes.
 //! - [`http`]: REST handlers grouped by resource.
+//! - [`import`]: `switchboard import`, bringing a legacy backend's exported data over.
 //! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod media;
 pub mod metrics;
 pub mod notify;

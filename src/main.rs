@@ -58,6 +58,20 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
     },
+    /// Import a legacy backend's data from its `mongoexport` files (`DIR/<collection>.json`):
+    /// idempotent and resumable; prints a summary as JSON on stdout and every document it could
+    /// not import (or imported after a repair) on stderr.
+    Import {
+        /// Which backend wrote the export.
+        #[arg(long, value_enum)]
+        from: switchboard::import::Source,
+        /// Directory of the export.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Do everything, report it, and roll it back.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load generator: connect clients to Switchboard's /ws or to a Socket.IO server, send
     /// messages for a fixed time, and report durable acks/s, delivery latency, errors and
     /// server memory per connection.
@@ -142,6 +156,7 @@ fn main() -> ExitCode {
             cli::ensure_admin(&config, &name, &email)
         }
         Command::Token { user, ttl } => cli::token(&config, user, ttl),
+        Command::Import { from, dir, dry_run } => cli::import(&config, from, dir, dry_run),
         Command::Bench(args) => switchboard::bench::run(*args),
         Command::Conformance { suite, bind } => actix_web::rt::System::new()
             .block_on(async {

@@ -1,0 +1,372 @@
+//! `switchboard import`: brings a legacy backend's MongoDB data (its `mongoexport` files) into
+//! Switchboard, keeping the ids its app holds.
+//!
+//! Stages, each committed on its own (so an interrupted run keeps what it finished, and running
+//! again resumes): users, device sessions, conversations, messages (with receipt cursors),
+//! calls, chat requests, contacts. Every imported user, conversation and chat request gets a row
+//! in `legacy_ids` (`source`, legacy id → id), every message its `messages.legacy_id`, calls and
+//! device sessions keep their legacy id as their own. What is already mapped is not imported
+//! again: a second run over the same files changes nothing, and a run over newer files (the
+//! final import after the old backend is frozen) adds what is new and applies edits and
+//! deletions of imported messages.
+//!
+//! Messages are staged with `COPY` into a temporary table, numbered per conversation by
+//! creation time (then legacy id) after what the conversation already holds, and inserted in one
+//! statement. `--dry-run` runs everything inside a transaction that is rolled back, so it
+//! reports exactly what a real run would do.
+
+pub mod ejson;
+mod seeds;
+
+use crate::error::{AppError, AppResult};
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use ejson::{Line, Reader};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use seeds::Source;
+
+/// What to import and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Which legacy backend wrote the export.
+    pub source: Source,
+    /// The directory holding `<collection>.json` files.
+    pub dir: PathBuf,
+    /// Do everything, report it, and roll it back.
+    pub dry_run: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// How one collection went.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counts {
+    /// Documents read.
+    pub read: u64,
+    /// Newly imported.
+    pub imported: u64,
+    /// Already imported and unchanged.
+    pub unchanged: u64,
+    /// Already imported; brought up to date (an edit or deletion since the last run).
+    pub updated: u64,
+    /// Imported after a repair (bad UTF-8, NUL, an unusable field dropped).
+    pub repaired: u64,
+    /// Not imported (see the problems).
+    pub skipped: u64,
+}
+
+/// A document that could not be imported as it is, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// File (collection) name.
+    pub collection: String,
+    /// 1-based line in that file.
+    pub line: u64,
+    /// The document's `_id`, when it has one.
+    pub id: Option<String>,
+    /// Whether the document was skipped (false: imported with a repair).
+    pub skipped: bool,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// The legacy backend.
+    pub source: String,
+    /// True when nothing was kept.
+    pub dry_run: bool,
+    /// Per collection, in import order.
+    pub collections: BTreeMap<String, Counts>,
+    /// Documents per second over the whole run (documents read / wall time).
+    pub docs_per_sec: f64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Every document skipped or repaired.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// Total documents read.
+    pub fn documents(&self) -> u64 {
+        self.collections.values().map(|c| c.read).sum()
+    }
+}
+
+/// The code of the error that rolls a dry run back.
+const DRY_RUN: &str = "dry_run";
+
+/// Runs an import on `conn` (migrated).
+pub fn run(conn: &mut PgConnection, options: &Options) -> AppResult<Report> {
+    let started = Instant::now();
+    let mut importer = Importer::new(options);
+    if options.dry_run {
+        let outcome = conn.transaction::<(), AppError, _>(|conn| {
+            importer.all(conn)?;
+            Err(AppError::Conflict {
+                code: DRY_RUN,
+                message: "dry run".into(),
+            })
+        });
+        match outcome {
+            Err(AppError::Conflict { code: DRY_RUN, .. }) => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+    } else {
+        importer.all(conn)?;
+    }
+    let mut report = importer.report;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.docs_per_sec = report.documents() as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
+
+/// Maps of what is already imported, and the run's report.
+pub(crate) struct Importer {
+    source: Source,
+    dir: PathBuf,
+    progress: bool,
+    /// Legacy user id → user.
+    users: HashMap<String, i64>,
+    /// Legacy conversation id → conversation.
+    conversations: HashMap<String, i64>,
+    /// Legacy chat request id → request.
+    requests: HashMap<String, i64>,
+    /// Receipt cursor times found along the way, per (conversation, member): delivered and
+    /// read up to.
+    receipts: HashMap<(i64, i64), (Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    report: Report,
+}
+
+impl Importer {
+    fn new(options: &Options) -> Self {
+        Self {
+            source: options.source,
+            dir: options.dir.clone(),
+            progress: options.progress && std::io::stderr().is_terminal(),
+            users: HashMap::new(),
+            conversations: HashMap::new(),
+            requests: HashMap::new(),
+            receipts: HashMap::new(),
+            report: Report {
+                source: options.source.name().to_owned(),
+                dry_run: options.dry_run,
+                ..Report::default()
+            },
+        }
+    }
+
+    fn all(&mut self, conn: &mut PgConnection) -> AppResult<()> {
+        self.load_maps(conn)?;
+        for stage in self.source.stages() {
+            let collection = stage.collection;
+            let path = self.dir.join(format!("{collection}.json"));
+            if !path.exists() {
+                tracing::info!(collection, "no {collection}.json: nothing to import");
+                continue;
+            }
+            self.report
+                .collections
+                .entry(collection.to_owned())
+                .or_default();
+            conn.transaction::<(), AppError, _>(|conn| (stage.run)(self, conn, &path))?;
+            let c = &self.report.collections[collection];
+            tracing::info!(
+                collection,
+                read = c.read,
+                imported = c.imported,
+                updated = c.updated,
+                unchanged = c.unchanged,
+                skipped = c.skipped,
+                "stage done"
+            );
+        }
+        if !self.receipts.is_empty() {
+            conn.transaction::<(), AppError, _>(|conn| self.apply_receipts(conn))?;
+        }
+        Ok(())
+    }
+
+    fn load_maps(&mut self, conn: &mut PgConnection) -> AppResult<()> {
+        use crate::db::schema::legacy_ids as l;
+        let rows: Vec<(String, String, i64)> = l::table
+            .filter(l::source.eq(self.source.name()))
+            .select((l::legacy_id, l::kind, l::id))
+            .load(conn)?;
+        for (legacy, kind, id) in rows {
+            match kind.as_str() {
+                "user" => self.users.insert(legacy, id),
+                "conversation" => self.conversations.insert(legacy, id),
+                _ => self.requests.insert(legacy, id),
+            };
+        }
+        Ok(())
+    }
+
+    /// Records a legacy id of `kind` for `id` (kept when it exists).
+    fn map(&mut self, conn: &mut PgConnection, kind: &str, legacy: &str, id: i64) -> AppResult<()> {
+        use crate::db::schema::legacy_ids as l;
+        diesel::insert_into(l::table)
+            .values((
+                l::source.eq(self.source.name()),
+                l::legacy_id.eq(legacy),
+                l::kind.eq(kind),
+                l::id.eq(id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        let map = match kind {
+            "user" => &mut self.users,
+            "conversation" => &mut self.conversations,
+            _ => &mut self.requests,
+        };
+        map.insert(legacy.to_owned(), id);
+        Ok(())
+    }
+
+    fn counts(&mut self, collection: &str) -> &mut Counts {
+        self.report
+            .collections
+            .entry(collection.to_owned())
+            .or_default()
+    }
+
+    fn skip(&mut self, collection: &str, line: u64, id: Option<&str>, reason: impl Into<String>) {
+        self.counts(collection).skipped += 1;
+        self.report.problems.push(Problem {
+            collection: collection.to_owned(),
+            line,
+            id: id.map(str::to_owned),
+            skipped: true,
+            reason: reason.into(),
+        });
+    }
+
+    fn repaired(
+        &mut self,
+        collection: &str,
+        line: u64,
+        id: Option<&str>,
+        reason: impl Into<String>,
+    ) {
+        self.counts(collection).repaired += 1;
+        self.report.problems.push(Problem {
+            collection: collection.to_owned(),
+            line,
+            id: id.map(str::to_owned),
+            skipped: false,
+            reason: reason.into(),
+        });
+    }
+
+    /// Reads every document of `path`, calling `each(self, line, doc)`; bad lines and
+    /// duplicate `_id`s are reported and skipped, repairs noted.
+    fn each_doc(
+        &mut self,
+        conn: &mut PgConnection,
+        path: &Path,
+        collection: &str,
+        mut each: impl FnMut(&mut Self, &mut PgConnection, Doc) -> AppResult<()>,
+    ) -> AppResult<()> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| AppError::internal(format!("{}: {e}", path.display())))?;
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file));
+        let bar = self.progress.then(|| progress_bar(collection, total));
+        let mut seen: HashSet<Box<str>> = HashSet::new();
+        loop {
+            let line = reader
+                .next_line()
+                .map_err(|e| AppError::internal(format!("{}: {e}", path.display())))?;
+            let Some(line) = line else { break };
+            let n = reader.line;
+            if let Some(bar) = &bar {
+                if n % 2048 == 0 {
+                    bar.set_position(reader.bytes);
+                }
+            }
+            self.counts(collection).read += 1;
+            let (doc, repair) = match line {
+                Line::Doc(doc, repair) => (doc, repair),
+                Line::Bad(why) => {
+                    self.skip(collection, n, None, why);
+                    continue;
+                }
+            };
+            let Some(id) = doc.get("_id").and_then(ejson::id_ref) else {
+                self.skip(collection, n, None, "document has no _id");
+                continue;
+            };
+            if !seen.insert(id.clone().into_boxed_str()) {
+                self.skip(
+                    collection,
+                    n,
+                    Some(&id),
+                    "duplicate document (same _id again)",
+                );
+                continue;
+            }
+            if let Some(repair) = repair {
+                self.repaired(collection, n, Some(&id), repair);
+            }
+            each(
+                self,
+                conn,
+                Doc {
+                    line: n,
+                    id,
+                    fields: doc,
+                },
+            )?;
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
+/// One document being imported.
+pub(crate) struct Doc {
+    /// Line number.
+    pub line: u64,
+    /// `_id`.
+    pub id: String,
+    /// Its fields, plain JSON.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+fn progress_bar(collection: &str, total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>20} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(collection.to_owned());
+    bar
+}
+
+/// One stage: the collection it reads and what it does with it.
+#[derive(Clone, Copy)]
+pub(crate) struct Stage {
+    /// File name without `.json`.
+    pub collection: &'static str,
+    /// The work, inside the stage's transaction.
+    pub run: fn(&mut Importer, &mut PgConnection, &Path) -> AppResult<()>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.collection)
+    }
+}
