@@ -112,6 +112,7 @@ pub fn import(
     config: &Config,
     source: crate::import::Source,
     dir: std::path::PathBuf,
+    media_dir: Option<std::path::PathBuf>,
     dry_run: bool,
 ) -> Result<(), String> {
     if !dir.is_dir() {
@@ -124,7 +125,11 @@ pub fn import(
         dry_run,
         progress: true,
     };
-    let report = crate::import::run(&mut conn, &options).map_err(describe)?;
+    let mut report = crate::import::run(&mut conn, &options).map_err(describe)?;
+    if let Some(media_dir) = media_dir.filter(|_| !dry_run) {
+        crate::import::media::rehome(config, &mut conn, &media_dir, &mut report)
+            .map_err(describe)?;
+    }
     print_problems(&report.problems);
     let mut summary = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     if let Some(map) = summary.as_object_mut() {

@@ -68,6 +68,10 @@ enum Command {
         /// Directory of the export.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// The old backend's upload directory: media of imported messages found there become
+        /// Switchboard uploads (not with --dry-run).
+        #[arg(long, value_name = "DIR")]
+        media_dir: Option<PathBuf>,
         /// Do everything, report it, and roll it back.
         #[arg(long)]
         dry_run: bool,
@@ -156,7 +160,12 @@ fn main() -> ExitCode {
             cli::ensure_admin(&config, &name, &email)
         }
         Command::Token { user, ttl } => cli::token(&config, user, ttl),
-        Command::Import { from, dir, dry_run } => cli::import(&config, from, dir, dry_run),
+        Command::Import {
+            from,
+            dir,
+            media_dir,
+            dry_run,
+        } => cli::import(&config, from, dir, media_dir, dry_run),
         Command::Bench(args) => switchboard::bench::run(*args),
         Command::Conformance { suite, bind } => actix_web::rt::System::new()
             .block_on(async {

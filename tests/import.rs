@@ -587,3 +587,83 @@ fn an_import_killed_midway_resumes_to_the_same_result() {
     assert_eq!(digest(&killed), digest(&whole));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--media-dir`: media of imported messages found under the old upload directory become
+/// uploads (sniffed, stripped, counted to their sender); missing or refused files keep their URL and are
+/// reported; a second run re-homes nothing twice.
+#[test]
+fn media_found_in_the_old_upload_directory_are_rehomed() {
+    let db = TestDb::migrated();
+    import(&db, Source::Seed003, &fixtures("seed003"), false);
+    let old = tempdir("uploads");
+    std::fs::create_dir_all(old.join("2026/01/06")).unwrap();
+    std::fs::create_dir_all(old.join("uploads/2026/01/10")).unwrap();
+    let photo = common::media::with_gps_exif(&common::media::jpeg(64, 48));
+    std::fs::write(old.join("2026/01/06/cafe-menu.jpg"), &photo).unwrap();
+    std::fs::write(
+        old.join("atlas-agenda.pdf"),
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n",
+    )
+    .unwrap();
+    std::fs::write(
+        old.join("uploads/2026/01/10/meeting-point.jpg"),
+        b"<html><script>alert(1)</script></html>",
+    )
+    .unwrap();
+    let config = common::test_config(&db);
+    let mut report = Report::default();
+    import::media::rehome(&config, &mut db.conn(), &old, &mut report).unwrap();
+    let m = &report.collections["media"];
+    assert_eq!((m.read, m.imported, m.skipped), (5, 2, 3), "{report:?}");
+    let reasons: Vec<&str> = report.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("meeting-point.jpg") && r.contains("unsupported_media_type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("route.gpx") && r.contains("URL is kept")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) AS n FROM messages m JOIN media d ON d.id = m.media_id \
+             WHERE m.media->>'kind' = 'image' AND m.media->>'name' = 'cafe-menu.jpg' \
+             AND (m.media->>'size')::int < {} AND d.owner_id = m.sender_id \
+             AND m.media_url LIKE '%cafe-menu.jpg'",
+                photo.len()
+            )
+        ),
+        1,
+        "the photo is stored without its EXIF block"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM messages WHERE media->>'kind' = 'document' \
+             AND media_url LIKE '%atlas-agenda.pdf'"
+        ),
+        1
+    );
+    let stored = std::fs::read_dir(db.media_dir().join("media"))
+        .unwrap()
+        .count();
+    assert!(
+        stored >= 3,
+        "two files and a thumbnail are stored, found {stored}"
+    );
+    let mut again = Report::default();
+    import::media::rehome(&config, &mut db.conn(), &old, &mut again).unwrap();
+    let m = &again.collections["media"];
+    assert_eq!(
+        (m.read, m.imported),
+        (3, 0),
+        "only the ones left are tried again"
+    );
+    let _ = std::fs::remove_dir_all(&old);
+}

@@ -16,6 +16,7 @@
 //! reports exactly what a real run would do.
 
 pub mod ejson;
+pub mod media;
 mod seeds;
 
 use crate::error::{AppError, AppResult};
@@ -94,6 +95,47 @@ pub struct Report {
 }
 
 impl Report {
+    fn counts(&mut self, collection: &str) -> &mut Counts {
+        self.collections.entry(collection.to_owned()).or_default()
+    }
+
+    fn note(
+        &mut self,
+        collection: &str,
+        line: u64,
+        id: Option<&str>,
+        skipped: bool,
+        reason: String,
+    ) {
+        let counts = self.counts(collection);
+        if skipped {
+            counts.skipped += 1;
+        } else {
+            counts.repaired += 1;
+        }
+        self.problems.push(Problem {
+            collection: collection.to_owned(),
+            line,
+            id: id.map(str::to_owned),
+            skipped,
+            reason,
+        });
+    }
+
+    fn skip(&mut self, collection: &str, line: u64, id: Option<&str>, reason: impl Into<String>) {
+        self.note(collection, line, id, true, reason.into());
+    }
+
+    fn repaired(
+        &mut self,
+        collection: &str,
+        line: u64,
+        id: Option<&str>,
+        reason: impl Into<String>,
+    ) {
+        self.note(collection, line, id, false, reason.into());
+    }
+
     /// Total documents read.
     pub fn documents(&self) -> u64 {
         self.collections.values().map(|c| c.read).sum()
@@ -233,21 +275,11 @@ impl Importer {
     }
 
     fn counts(&mut self, collection: &str) -> &mut Counts {
-        self.report
-            .collections
-            .entry(collection.to_owned())
-            .or_default()
+        self.report.counts(collection)
     }
 
     fn skip(&mut self, collection: &str, line: u64, id: Option<&str>, reason: impl Into<String>) {
-        self.counts(collection).skipped += 1;
-        self.report.problems.push(Problem {
-            collection: collection.to_owned(),
-            line,
-            id: id.map(str::to_owned),
-            skipped: true,
-            reason: reason.into(),
-        });
+        self.report.skip(collection, line, id, reason);
     }
 
     fn repaired(
@@ -257,14 +289,7 @@ impl Importer {
         id: Option<&str>,
         reason: impl Into<String>,
     ) {
-        self.counts(collection).repaired += 1;
-        self.report.problems.push(Problem {
-            collection: collection.to_owned(),
-            line,
-            id: id.map(str::to_owned),
-            skipped: false,
-            reason: reason.into(),
-        });
+        self.report.repaired(collection, line, id, reason);
     }
 
     /// Reads every document of `path`, calling `each(self, line, doc)`; bad lines and
