@@ -11,6 +11,8 @@ CREATE TABLE legacy_ids (
     PRIMARY KEY (source, legacy_id)
 );
 CREATE INDEX legacy_ids_target ON legacy_ids (source, kind, id, imported_at);
+-- A legacy token's subject names no source: looked up by the id alone.
+CREATE INDEX legacy_ids_lookup ON legacy_ids (legacy_id, kind);
 
 -- A message's legacy id (one per message: the document it was imported from).
 ALTER TABLE messages ADD COLUMN legacy_id TEXT;

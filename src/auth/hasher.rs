@@ -3,7 +3,7 @@
 //! once, with at most `PASSWORD_HASH_QUEUE` more waiting. It never runs while a database
 //! connection is held, so a burst of logins cannot take the slots message commits need; past the
 //! queue a caller is told to come back (503 `busy` with `Retry-After`) instead of waiting without
-//! bound.
+//! bound. The bcrypt checks of accounts imported from the legacy backends run here too.
 
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
@@ -20,6 +20,16 @@ pub struct Hasher {
     admission: Arc<Semaphore>,
     /// Running work: `threads` permits.
     threads: Arc<Semaphore>,
+}
+
+/// The outcome of [`Reservation::check`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The password matched.
+    pub matched: bool,
+    /// The password, hashed with the current scheme, when it matched a hash of a legacy scheme
+    /// (bcrypt): the hash to store in place of the old one.
+    pub rehashed: Option<String>,
 }
 
 /// A place in the hasher's queue, taken before work whose result would be wasted if hashing
@@ -105,6 +115,35 @@ impl Reservation {
         .await
     }
 
+    /// [`Hasher::verify`] in this place of the queue, which then also hashes a matching password
+    /// anew when its hash is a bcrypt hash of the legacy backends. A failed rehash is logged and
+    /// leaves the old hash in use: it never fails the check.
+    pub async fn check(self, encoded: Option<String>, password: String) -> AppResult<Checked> {
+        self.run(move || {
+            let Some(hash) = encoded else {
+                super::password::verify_dummy(&password);
+                return Ok(Checked::default());
+            };
+            if !super::password::verify(&hash, &password) {
+                return Ok(Checked::default());
+            }
+            let rehashed = if super::password::is_bcrypt(&hash) {
+                super::password::hash(&password)
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, "could not rehash a bcrypt password");
+                    })
+                    .ok()
+            } else {
+                None
+            };
+            Ok(Checked {
+                matched: true,
+                rehashed,
+            })
+        })
+        .await
+    }
+
     /// [`Hasher::hash`] in this place of the queue.
     pub async fn hash(self, password: String) -> AppResult<String> {
         self.run(move || super::password::hash(&password)).await
@@ -167,5 +206,38 @@ mod tests {
             .await
             .unwrap());
         assert!(!hasher.verify(None, "anything".into()).await.unwrap());
+    }
+
+    #[actix_web::test]
+    async fn a_matching_bcrypt_password_is_rehashed_with_the_current_scheme() {
+        // bcryptjs, cost 4.
+        const BCRYPT: &str = "$2a$04$BHC4tRj8EJAqjnPjQRIgZ.zjkhz3jB7zGFs2HRhuhGacn1cMxLhgS";
+        let hasher = Hasher::new(2, 4);
+        let checked = hasher
+            .reserve()
+            .unwrap()
+            .check(Some(BCRYPT.into()), "legacy-pass-1".into())
+            .await
+            .unwrap();
+        assert!(checked.matched);
+        let rehashed = checked.rehashed.expect("a bcrypt hash is replaced");
+        assert!(rehashed.starts_with("pbkdf2-sha256$600000$"), "{rehashed}");
+        assert!(crate::auth::password::verify(&rehashed, "legacy-pass-1"));
+
+        // A wrong password, a missing hash and a current-scheme hash replace nothing.
+        let wrong = hasher.reserve().unwrap();
+        let wrong = wrong.check(Some(BCRYPT.into()), "legacy-pass-2".into());
+        assert_eq!(wrong.await.unwrap(), Checked::default());
+        let missing = hasher.reserve().unwrap().check(None, "x".into());
+        assert_eq!(missing.await.unwrap(), Checked::default());
+        let current = hasher.reserve().unwrap();
+        let current = current.check(Some(rehashed), "legacy-pass-1".into());
+        assert_eq!(
+            current.await.unwrap(),
+            Checked {
+                matched: true,
+                rehashed: None
+            }
+        );
     }
 }

@@ -200,7 +200,8 @@ impl Auth {
 
     /// Verifies a bearer token and loads the caller: the signature and expiry, the user (must
     /// exist and not be banned) and, for session-bound tokens, the device session (must exist,
-    /// belong to the user and not be revoked).
+    /// belong to the user and not be revoked). A legacy backend's id for the user is first
+    /// looked up among the imported ids; an unknown one is refused like an unknown user id.
     pub async fn authenticate(&self, token: &str) -> AppResult<Identity> {
         let verified = self.keys.verify(token)?;
         let issued_at = verified.issued_at;
@@ -213,14 +214,18 @@ impl Auth {
         let found = self
             .db
             .run(move |conn| {
-                let found =
-                    accounts::identity(conn, verified.user_id, verified.session_id.as_deref())?;
+                let user_id = match &verified.user_id {
+                    tokens::Subject::Id(id) => *id,
+                    tokens::Subject::Legacy(legacy_id) => match imported_user(conn, legacy_id)? {
+                        Some(id) => id,
+                        None => return Ok(None),
+                    },
+                };
+                let found = accounts::identity(conn, user_id, verified.session_id.as_deref())?;
                 match found {
                     Some((user, session)) => Ok(Some((user, session, verified.session_id))),
-                    None if legacy_fallback => {
-                        Ok(accounts::identity(conn, verified.user_id, None)?
-                            .map(|(user, _)| (user, None, None)))
-                    }
+                    None if legacy_fallback => Ok(accounts::identity(conn, user_id, None)?
+                        .map(|(user, _)| (user, None, None))),
                     None => Ok(None),
                 }
             })
@@ -315,7 +320,8 @@ impl Auth {
             })
             .await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let user = match (check.verify(hash, password.to_owned()).await?, user) {
+        let checked = check.check(hash, password.to_owned()).await?;
+        let user = match (checked.matched, user) {
             (true, Some(user)) => user,
             _ => {
                 if let Some(refusal) = attempt.failed() {
@@ -334,7 +340,45 @@ impl Auth {
                 "this account is banned",
             ));
         }
+        if let (Some(new_hash), Some(old_hash)) = (checked.rehashed, user.password_hash.clone()) {
+            self.replace_legacy_hash(user.id, old_hash, new_hash).await;
+        }
         self.open_session(user, device).await
+    }
+
+    /// Stores the current-scheme hash of a password that just matched a legacy (bcrypt) hash, if
+    /// that hash is still the stored one: a password changed meanwhile is kept. A failure is
+    /// logged and the login goes on; the next login tries again.
+    async fn replace_legacy_hash(&self, user_id: i64, old_hash: String, new_hash: String) {
+        use crate::db::schema::users;
+        use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+        let replaced = self
+            .db
+            .run(move |conn| {
+                Ok(diesel::update(
+                    users::table
+                        .filter(users::id.eq(user_id))
+                        .filter(users::password_hash.eq(&old_hash)),
+                )
+                .set(users::password_hash.eq(&new_hash))
+                .execute(conn)?)
+            })
+            .await;
+        match replaced {
+            Ok(0) => tracing::info!(
+                user = user_id,
+                "a legacy password hash changed before it could be replaced; left as it is"
+            ),
+            Ok(_) => tracing::info!(
+                user = user_id,
+                "a legacy password hash was replaced with the current scheme"
+            ),
+            Err(error) => tracing::warn!(
+                user = user_id,
+                %error,
+                "could not replace a legacy password hash; it stays until the next login"
+            ),
+        }
     }
 
     /// The answer to an attempt that crossed a limit: its lockouts are logged and audited,
@@ -647,6 +691,20 @@ impl Auth {
         }
         Ok(())
     }
+}
+
+/// The user a legacy backend knew by `legacy_id`, as `switchboard import` recorded it (the
+/// oldest mapping when several sources used the same id).
+fn imported_user(conn: &mut diesel::PgConnection, legacy_id: &str) -> AppResult<Option<i64>> {
+    use crate::db::schema::legacy_ids;
+    use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, RunQueryDsl};
+    Ok(legacy_ids::table
+        .filter(legacy_ids::kind.eq("user"))
+        .filter(legacy_ids::legacy_id.eq(legacy_id))
+        .order((legacy_ids::imported_at, legacy_ids::source))
+        .select(legacy_ids::id)
+        .first::<i64>(conn)
+        .optional()?)
 }
 
 /// 429 `rate_limited` with the refusal's wait.

@@ -1,7 +1,9 @@
 //! Access tokens (JWT HS256, algorithm pinned) and opaque refresh tokens.
 //!
 //! Tokens minted by the legacy backends with the same secret keep working: their subject may sit
-//! in `sub`, `uid`, `id` or `userId`, and their device session in `sid` or `sessionId`.
+//! in `sub`, `uid`, `id` or `userId`, and their device session in `sid` or `sessionId`. The
+//! subject is a Switchboard user id, or the id a legacy backend knew the user by (a MongoDB
+//! ObjectId), which the ids `switchboard import` kept map to a user.
 
 use crate::error::{AppError, AppResult};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -32,17 +34,43 @@ pub struct Claims {
     pub exp: i64,
 }
 
+/// Who a token names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A user id: a positive integer, as a JSON number or a string of digits.
+    Id(i64),
+    /// The id a legacy backend gave the user (e.g. a 24-hex-digit MongoDB ObjectId): 1 to 64
+    /// characters of `A-Z`, `a-z`, `0-9`, `_` and `-`, looked up among the imported ids.
+    Legacy(String),
+}
+
+impl Subject {
+    /// The user id, when the token names one directly.
+    pub fn id(&self) -> Option<i64> {
+        match self {
+            Self::Id(id) => Some(*id),
+            Self::Legacy(_) => None,
+        }
+    }
+}
+
+impl PartialEq<i64> for Subject {
+    fn eq(&self, other: &i64) -> bool {
+        self.id() == Some(*other)
+    }
+}
+
 /// What a verified token says about its bearer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedToken {
-    /// The subject's user id.
-    pub user_id: i64,
+    /// The subject: a user id, or a legacy backend's id for the user.
+    pub user_id: Subject,
     /// The device session, when the token is session-bound.
     pub session_id: Option<String>,
     /// `iat` (unix seconds), when the token carries one.
     pub issued_at: Option<i64>,
     /// The subject claim was a JSON number (`"userId": 7`), not a string: apps written against
-    /// such tokens compare user ids as numbers.
+    /// such tokens compare user ids as numbers. Never set for a legacy id.
     pub numeric_subject: bool,
     /// The session came from `sessionId`, the claim the legacy backends wrote (Switchboard
     /// writes `sid`): a session of an earlier backend, possibly unknown here.
@@ -114,11 +142,19 @@ impl TokenKeys {
             }
         })?;
         let claims = data.claims;
-        let (user_id, numeric_subject) = ["sub", "uid", "id", "userId"]
+        const SUBJECT_CLAIMS: [&str; 4] = ["sub", "uid", "id", "userId"];
+        // A user id in any of the claims comes first; only a token without one is read for a
+        // legacy id.
+        let (user_id, numeric_subject) = SUBJECT_CLAIMS
             .iter()
             .find_map(|key| {
                 let claim = claims.get(*key)?;
-                id_value(claim).map(|id| (id, claim.is_number()))
+                id_value(claim).map(|id| (Subject::Id(id), claim.is_number()))
+            })
+            .or_else(|| {
+                SUBJECT_CLAIMS.iter().find_map(|key| {
+                    legacy_id_value(claims.get(*key)?).map(|id| (Subject::Legacy(id), false))
+                })
             })
             .ok_or_else(|| AppError::unauthorized("invalid_token", "token has no subject"))?;
         let (session_id, legacy_session) = match claims.get("sid").and_then(string_value) {
@@ -147,6 +183,20 @@ fn id_value(v: &Value) -> Option<i64> {
         _ => None,
     };
     id.filter(|id| *id > 0)
+}
+
+/// Longest legacy id accepted as a token subject.
+const LEGACY_ID_MAX_LEN: usize = 64;
+
+/// A legacy id claim: a string of 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `_` and `-`.
+fn legacy_id_value(v: &Value) -> Option<String> {
+    let Value::String(s) = v else {
+        return None;
+    };
+    let valid = (1..=LEGACY_ID_MAX_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    valid.then(|| s.clone())
 }
 
 fn string_value(v: &Value) -> Option<String> {
@@ -220,7 +270,7 @@ mod tests {
         let verified = keys.verify(&t).unwrap();
         assert_eq!(
             (verified.user_id, verified.session_id.as_deref()),
-            (42, Some("abc"))
+            (Subject::Id(42), Some("abc"))
         );
         let iat = verified.issued_at.unwrap();
         assert!((iat - chrono::Utc::now().timestamp()).abs() <= 5);
@@ -240,7 +290,7 @@ mod tests {
         ];
         for (claims, id, sid) in cases {
             let v = keys.verify(&legacy(claims, Algorithm::HS256)).unwrap();
-            assert_eq!(v.user_id, id);
+            assert_eq!(v.user_id, Subject::Id(id));
             assert_eq!(v.session_id.as_deref(), sid);
             assert_eq!(
                 v.legacy_session,
@@ -295,8 +345,95 @@ mod tests {
 
         let no_sub = legacy(json!({"name": "x", "exp": exp()}), Algorithm::HS256);
         assert!(keys.verify(&no_sub).is_err());
-        let bad_sub = legacy(json!({"sub": "abc", "exp": exp()}), Algorithm::HS256);
-        assert!(keys.verify(&bad_sub).is_err());
+        for bad in [
+            json!(""),
+            json!("a b"),
+            json!("65a1b2c3d4e5f6a7b8c9d0e1 "),
+            json!("65a1.b2c3"),
+            json!("ünïcode"),
+            json!("x".repeat(65)),
+            json!(0),
+            json!(-3),
+            json!(1.5),
+            json!(true),
+            json!(null),
+            json!(["65a1b2c3d4e5f6a7b8c9d0e1"]),
+            json!({"$oid": "65a1b2c3d4e5f6a7b8c9d0e1"}),
+        ] {
+            for key in ["sub", "uid", "id", "userId"] {
+                let t = legacy(json!({key: bad.clone(), "exp": exp()}), Algorithm::HS256);
+                let refused = keys.verify(&t).unwrap_err();
+                assert_eq!(refused.code(), "invalid_token", "{key}: {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_legacy_id_subject_is_read_from_any_subject_claim() {
+        let keys = TokenKeys::new(SECRET);
+        let oid = "65a1b2c3d4e5f6a7b8c9d0e1";
+        let cases = [
+            (json!({"uid": oid, "exp": exp()}), None),
+            (
+                json!({"id": oid, "sessionId": "s1", "exp": exp()}),
+                Some("s1"),
+            ),
+            (json!({"userId": oid, "exp": exp()}), None),
+            (json!({"sub": oid, "sid": "s2", "exp": exp()}), Some("s2")),
+        ];
+        for (claims, sid) in cases {
+            let v = keys
+                .verify(&legacy(claims.clone(), Algorithm::HS256))
+                .unwrap();
+            assert_eq!(v.user_id, Subject::Legacy(oid.into()), "{claims}");
+            assert_eq!(v.user_id.id(), None);
+            assert_eq!(v.session_id.as_deref(), sid);
+            assert!(!v.numeric_subject, "a legacy id is a string subject");
+        }
+        // Other legacy id shapes within the limits.
+        let long = "a".repeat(64);
+        for id in [
+            "u_1-x",
+            "0",
+            "-1",
+            long.as_str(),
+            "650123456789012345678901",
+        ] {
+            let t = legacy(json!({"uid": id, "exp": exp()}), Algorithm::HS256);
+            let v = keys.verify(&t).unwrap();
+            assert_eq!(v.user_id, Subject::Legacy(id.into()), "{id}");
+            assert!(!v.numeric_subject);
+        }
+    }
+
+    #[test]
+    fn a_user_id_in_any_claim_wins_over_a_legacy_id() {
+        let keys = TokenKeys::new(SECRET);
+        let oid = "65a1b2c3d4e5f6a7b8c9d0e1";
+        let cases = [
+            (json!({"sub": oid, "uid": "7", "exp": exp()}), 7, false),
+            (json!({"uid": oid, "userId": 8, "exp": exp()}), 8, true),
+            (json!({"id": " 9 ", "userId": oid, "exp": exp()}), 9, false),
+            // Digits parse as they always did, leading zeros too.
+            (json!({"uid": "007", "exp": exp()}), 7, false),
+        ];
+        for (claims, id, numeric) in cases {
+            let v = keys
+                .verify(&legacy(claims.clone(), Algorithm::HS256))
+                .unwrap();
+            assert_eq!(v.user_id, Subject::Id(id), "{claims}");
+            assert_eq!(v.user_id, id);
+            assert_eq!(v.numeric_subject, numeric, "{claims}");
+        }
+        // The first legacy id in claim order is the subject.
+        let t = legacy(
+            json!({"userId": "second", "uid": "first", "exp": exp()}),
+            Algorithm::HS256,
+        );
+        assert_eq!(
+            keys.verify(&t).unwrap().user_id,
+            Subject::Legacy("first".into())
+        );
     }
 
     #[test]

@@ -143,7 +143,13 @@ fn strip_nul(value: &mut Value) -> bool {
             s.retain(|c| c != '\0');
             true
         }
-        Value::Array(items) => items.iter_mut().fold(false, |acc, v| strip_nul(v) || acc),
+        Value::Array(items) => {
+            let mut any = false;
+            for v in items {
+                any |= strip_nul(v);
+            }
+            any
+        }
         Value::Object(map) => {
             let mut any = false;
             if map.keys().any(|k| k.contains('\0')) {
@@ -154,7 +160,10 @@ fn strip_nul(value: &mut Value) -> bool {
                     .collect();
                 any = true;
             }
-            map.values_mut().fold(any, |acc, v| strip_nul(v) || acc)
+            for v in map.values_mut() {
+                any |= strip_nul(v);
+            }
+            any
         }
         _ => false,
     }

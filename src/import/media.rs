@@ -20,6 +20,9 @@ use tokio::io::AsyncReadExt;
 
 const COLLECTION: &str = "media";
 
+/// An imported message with an old media URL: id, sender, URL, legacy id.
+type Candidate = (i64, Option<i64>, Option<String>, Option<String>);
+
 /// The file an old media URL names under `dir`: the URL's path, then ever shorter tails of it
 /// (`/uploads/2025/01/a.jpg` → `uploads/2025/01/a.jpg`, `2025/01/a.jpg`, `01/a.jpg`, `a.jpg`).
 /// Segments that climb (`..`) or are empty never match.
@@ -78,7 +81,7 @@ pub fn rehome(
     dir: &Path,
     report: &mut Report,
 ) -> AppResult<()> {
-    let rows: Vec<(i64, Option<i64>, Option<String>, Option<String>)> = messages::table
+    let rows: Vec<Candidate> = messages::table
         .filter(messages::legacy_id.is_not_null())
         .filter(messages::media_url.is_not_null())
         .filter(messages::media_id.is_null())

@@ -171,6 +171,9 @@ pub fn run(conn: &mut PgConnection, options: &Options) -> AppResult<Report> {
     Ok(report)
 }
 
+/// A member's receipt cursors as legacy times: delivered and read up to.
+type Cursors = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Maps of what is already imported, and the run's report.
 pub(crate) struct Importer {
     source: Source,
@@ -184,7 +187,7 @@ pub(crate) struct Importer {
     requests: HashMap<String, i64>,
     /// Receipt cursor times found along the way, per (conversation, member): delivered and
     /// read up to.
-    receipts: HashMap<(i64, i64), (Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    receipts: HashMap<(i64, i64), Cursors>,
     report: Report,
 }
 

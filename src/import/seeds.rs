@@ -326,9 +326,9 @@ fn cursor_maps(imp: &mut Importer, conv: i64, doc: &Doc) {
                         Value::String(s) => DateTime::parse_from_rfc3339(s)
                             .ok()
                             .map(|d| d.with_timezone(&Utc)),
-                        Value::Number(n) => n
-                            .as_i64()
-                            .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(ms)),
+                        Value::Number(n) => {
+                            n.as_i64().and_then(DateTime::<Utc>::from_timestamp_millis)
+                        }
                         _ => None,
                     }?;
                     Some((user.clone(), t))
