@@ -395,7 +395,7 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                 .unwrap_or(members[0]);
             let title = text(f, &["name", "title", "groupName"]).unwrap_or_else(|| "Group".into());
             let title: String = title.chars().take(200).collect();
-            convs::create_group(conn, creator, &title, &members, None)?.id
+            create_group(conn, creator, &title, &members, created(&doc))?
         } else {
             if members.len() != 2 {
                 imp.skip(
@@ -410,11 +410,8 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                 );
                 return Ok(());
             }
-            convs::get_or_create_direct(conn, members[0], members[1])?
-                .0
-                .id
+            direct(conn, members[0], members[1], created(&doc))?
         };
-        backdate(conn, conv, created(&doc))?;
         imp.map(conn, "conversation", &doc.id, conv)?;
         imp.counts(C).imported += 1;
         if !missing.is_empty() {
@@ -428,6 +425,68 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
         cursor_maps(imp, conv, &doc);
         Ok(())
     })
+}
+
+/// The direct conversation of two imported users, created with both memberships in one
+/// statement when the pair has none (the unique participant key decides), starting `at`.
+fn direct(conn: &mut PgConnection, a: i64, b: i64, at: DateTime<Utc>) -> AppResult<i64> {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let row: Id = diesel::sql_query(
+        "WITH c AS (
+           INSERT INTO conversations (kind, participant_key, created_by, created_at, updated_at)
+           VALUES ('direct', $1, $2, $4, $4)
+           ON CONFLICT (participant_key) DO UPDATE SET participant_key = EXCLUDED.participant_key
+           RETURNING id),
+         m AS (
+           INSERT INTO conversation_members (conversation_id, user_id, joined_at)
+           SELECT c.id, u, $4 FROM c, unnest(ARRAY[$2, $3]::bigint[]) AS u
+           ON CONFLICT DO NOTHING)
+         SELECT id FROM c",
+    )
+    .bind::<Text, _>(convs::participant_key(a, b))
+    .bind::<BigInt, _>(a)
+    .bind::<BigInt, _>(b)
+    .bind::<Timestamptz, _>(at)
+    .get_result(conn)?;
+    Ok(row.id)
+}
+
+/// A group of imported users owned by `creator`, created with its memberships in one statement.
+fn create_group(
+    conn: &mut PgConnection,
+    creator: i64,
+    title: &str,
+    members: &[i64],
+    at: DateTime<Utc>,
+) -> AppResult<i64> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let row: Id = diesel::sql_query(
+        "WITH c AS (
+           INSERT INTO conversations (kind, title, created_by, created_at, updated_at)
+           VALUES ('group', $1, $2, $4, $4) RETURNING id),
+         m AS (
+           INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+           SELECT c.id, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END, $4
+           FROM c, unnest(array_append($3, $2)) AS u
+           ON CONFLICT DO NOTHING)
+         SELECT id FROM c",
+    )
+    .bind::<Text, _>(title)
+    .bind::<BigInt, _>(creator)
+    .bind::<Array<BigInt>, _>(members)
+    .bind::<Timestamptz, _>(at)
+    .get_result(conn)?;
+    Ok(row.id)
 }
 
 /// A conversation created by the import starts when its legacy one did.
@@ -503,7 +562,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                     return Ok(());
                 }
                 let title = text(f, &["name", "title"]).unwrap_or_else(|| "Group".into());
-                convs::create_group(conn, members[0], &title, &members, None)?.id
+                create_group(conn, members[0], &title, &members, created(&doc))?
             }
             _ => {
                 if members.len() != 2 {
@@ -519,9 +578,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                     );
                     return Ok(());
                 }
-                convs::get_or_create_direct(conn, members[0], members[1])?
-                    .0
-                    .id
+                direct(conn, members[0], members[1], created(&doc))?
             }
         };
         if let Some(context) = text(f, &["contextType"]).filter(|c| {
