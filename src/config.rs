@@ -243,6 +243,9 @@ pub struct Config {
     pub call_reconnect_grace: Duration,
     /// `CALL_RATE_PER_HOUR` — calls a user may start per hour. Default 30.
     pub call_rate_per_hour: u32,
+    /// `LEGACY_IDS_REFRESH_SECS` — how often the server checks whether `legacy_ids` changed (an
+    /// import running while it serves) and reloads its copy when it did. Default 10.
+    pub legacy_ids_refresh: Duration,
     /// `CALL_BURST` — calls a user may start in a burst. Default 5.
     pub call_burst: u32,
     /// `STUN_URLS` — STUN servers handed to clients. Default Google's public STUN servers.
@@ -506,6 +509,7 @@ impl Default for Config {
             ring_timeout: Duration::from_secs(40),
             call_reconnect_grace: Duration::from_secs(15),
             call_rate_per_hour: 30,
+            legacy_ids_refresh: Duration::from_secs(10),
             call_burst: 5,
             stun_urls: List(vec![
                 "stun:stun.l.google.com:19302".to_owned(),
@@ -787,6 +791,7 @@ impl Config {
             &mut self.call_reconnect_grace,
         )?;
         parse(src, "CALL_RATE_PER_HOUR", &mut self.call_rate_per_hour)?;
+        parse_secs(src, "LEGACY_IDS_REFRESH_SECS", &mut self.legacy_ids_refresh)?;
         parse(src, "CALL_BURST", &mut self.call_burst)?;
         parse(src, "STUN_URLS", &mut self.stun_urls)?;
         parse(src, "TURN_URLS", &mut self.turn_urls)?;
@@ -1235,6 +1240,11 @@ impl Config {
         if !self.turn_urls.0.is_empty() && self.turn_secret.is_empty() {
             return Err(ConfigError::Rejected(
                 "TURN_URLS needs TURN_SECRET (coturn static-auth-secret)".into(),
+            ));
+        }
+        if self.legacy_ids_refresh.is_zero() {
+            return Err(ConfigError::Rejected(
+                "LEGACY_IDS_REFRESH_SECS must be at least 1".into(),
             ));
         }
         if self.ring_timeout.is_zero() || self.call_rate_per_hour == 0 {

@@ -8,6 +8,8 @@
 //!   and refresh tokens, and the limits on guessing credentials and sending codes.
 //! - [`http`]: REST handlers grouped by resource.
 //! - [`import`]: `switchboard import`, bringing a legacy backend's exported data over.
+//! - [`legacy`]: the ids imported users, conversations and chat requests had in their legacy
+//!   backends, resolved from and shown to those backends' apps.
 //! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
 //!   its transports.
@@ -24,6 +26,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod import;
+pub mod legacy;
 pub mod media;
 pub mod metrics;
 pub mod notify;

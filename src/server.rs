@@ -71,6 +71,9 @@ pub async fn serve(config: Config) -> AppResult<()> {
     }
     let applied = migrate(&state).await?;
     tracing::info!(count = applied.len(), "migrations applied");
+    // The legacy ids of imported things are known before the first request (then checked for
+    // changes in the background).
+    state.legacy.refresh(&state.db).await?;
     // Calls cannot survive a restart: whatever the previous process left open has failed. In
     // cluster mode open calls may run on other nodes; a dead node's calls are closed by the
     // node that reaps it.
@@ -227,6 +230,11 @@ fn build(
         bound.push((listener.local_addr().map_err(AppError::internal)?, *dialect));
     }
     let state = state.with_listeners(bound);
+    state.legacy.start(
+        state.db.clone(),
+        state.config.legacy_ids_refresh,
+        Arc::clone(&state.engine.draining),
+    );
     let data = web::Data::new(state.clone());
     let config = state.config.clone();
     let max_json = config.max_json_body_bytes;
@@ -250,6 +258,8 @@ fn build(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // Innermost: the legacy ids of imported things, for their apps' listeners.
+            .wrap(middleware::from_fn(http::legacy::rewrite))
             .wrap(cors(&config))
             .wrap(middleware::from_fn(access_log))
             .configure(|cfg| http::configure(cfg, max_json))

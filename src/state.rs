@@ -30,6 +30,8 @@ pub struct AppState {
     pub started: Instant,
     /// The dialect each listener's connections speak when they name none, by listen address.
     pub listeners: Arc<Vec<(SocketAddr, &'static Dialect)>>,
+    /// The legacy ids of imported users, conversations and chat requests (the engine's).
+    pub legacy: crate::legacy::LegacyIds,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
                 .map_err(crate::error::AppError::internal)?;
         crate::media::install(Arc::clone(&media.urls));
         media.start_collector();
+        let legacy = engine.legacy.clone();
         Ok(Self {
             config,
             db,
@@ -68,6 +71,7 @@ impl AppState {
             media,
             started: Instant::now(),
             listeners: Arc::default(),
+            legacy,
         })
     }
 

@@ -56,6 +56,8 @@ pub struct Message {
     pub media_id: Option<String>,
     /// What clients are shown of it (`MediaRow::summary`), URLs added when shown.
     pub media: Option<Value>,
+    /// The id of the legacy backend's document it was imported from.
+    pub legacy_id: Option<String>,
 }
 
 /// A message as clients see it. Deleted messages keep their place (id, seq) but lose content.
@@ -104,6 +106,9 @@ pub struct MessageView {
     /// `durationMs`, `thumbnailUrl`. Absent for messages without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media: Option<Value>,
+    /// The id its legacy backend gave it, for imported messages (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_id: Option<String>,
 }
 
 /// A message as REST returns it: the [`MessageView`] plus the names seed 003's two apps read.
@@ -181,6 +186,7 @@ impl Message {
             recipient_id: self.recipient_id.map(|r| r.to_string()),
             recipient_type: self.recipient_type.clone(),
             media,
+            legacy_id: self.legacy_id.clone(),
         }
     }
 }

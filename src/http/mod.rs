@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod contacts;
 pub mod conversations;
 pub mod health;
+pub mod legacy;
 pub mod media;
 pub mod metrics;
 pub mod openapi;

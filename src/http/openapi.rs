@@ -237,6 +237,7 @@ fn components() -> Value {
             ("recipientId", nullable_string()),
             ("recipientType", nullable_string()),
             ("media", media_summary()),
+            ("legacyId", string()),
         ],
         &[
             "id",

@@ -86,7 +86,7 @@ pub struct Report {
     pub dry_run: bool,
     /// Per collection, in import order.
     pub collections: BTreeMap<String, Counts>,
-    /// Documents per second over the whole run (documents read / wall time).
+    /// Documents of the export per second over the whole run (documents read / wall time).
     pub docs_per_sec: f64,
     /// Wall time in seconds.
     pub seconds: f64,
@@ -136,9 +136,13 @@ impl Report {
         self.note(collection, line, id, false, reason.into());
     }
 
-    /// Total documents read.
+    /// Total documents read (receipt cursors and media files are not documents of the export).
     pub fn documents(&self) -> u64 {
-        self.collections.values().map(|c| c.read).sum()
+        self.collections
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "receipts" | "media"))
+            .map(|(_, c)| c.read)
+            .sum()
     }
 }
 

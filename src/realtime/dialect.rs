@@ -12,9 +12,16 @@
 //! connection. Connections in a dialect run their commands one at a time, in arrival order (see
 //! [`Translator::serial`]), so an ICE candidate sent right after an offer finds the call the
 //! offer created.
+//!
+//! The apps of seeds 000, 002 and 003 may hold the ids their old backends gave imported users,
+//! conversations, chat requests and messages: a translator made with
+//! [`Translator::with_legacy`] resolves those in what its app sends and shows them in what it
+//! receives (see [`crate::legacy`]), as part of the translation shared by the dialect's
+//! connections. While nothing was imported that costs one atomic load per event.
 
 use super::protocol::{ClientFrame, Outbound, ServerEvent, WireError};
 use crate::error::{AppError, AppResult};
+use crate::legacy::{Kind, LegacyIds, Source};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1155,6 +1162,9 @@ pub struct Translator {
     left: Mutex<std::collections::VecDeque<String>>,
     /// Whether the dialect can leave conversations at all (else `left` is never looked at).
     rooms: bool,
+    /// For the apps of a legacy backend whose data may have been imported: the legacy ids they
+    /// send and are shown.
+    legacy: Option<(LegacyIds, Source)>,
 }
 
 fn conversation_of(payload: &Value) -> Option<String> {
@@ -1279,6 +1289,17 @@ fn build(base: &Value, set: &[(&'static str, Src)], numeric_ids: bool) -> Value 
 impl Translator {
     /// A translator for one connection.
     pub fn new(dialect: &'static Dialect) -> Arc<Self> {
+        Self::build(dialect, None)
+    }
+
+    /// A translator for one connection whose app, if its dialect is one of a legacy backend's,
+    /// sends and is shown the legacy ids of imported things (see [`crate::legacy`]).
+    pub fn with_legacy(dialect: &'static Dialect, legacy: &LegacyIds) -> Arc<Self> {
+        let legacy = Source::of_dialect(dialect.name).map(|source| (legacy.clone(), source));
+        Self::build(dialect, legacy)
+    }
+
+    fn build(dialect: &'static Dialect, legacy: Option<(LegacyIds, Source)>) -> Arc<Self> {
         Arc::new(Self {
             dialect,
             current: Mutex::new(CurrentCall::default()),
@@ -1286,7 +1307,46 @@ impl Translator {
             numeric_ids: AtomicBool::new(false),
             left: Mutex::new(std::collections::VecDeque::new()),
             rooms: dialect.inbound.iter().any(|r| r.hook == Hook::LeaveRoom),
+            legacy,
         })
+    }
+
+    /// The legacy ids this connection's app uses, when there are any (`None` right away for
+    /// other dialects and while nothing was imported).
+    fn legacy_ids(&self) -> Option<(Arc<crate::legacy::Snapshot>, Source)> {
+        match &self.legacy {
+            Some((ids, source)) if !ids.is_empty() => Some((ids.snapshot(), *source)),
+            _ => None,
+        }
+    }
+
+    /// Whether payloads of this connection may name legacy message ids, to be looked up with
+    /// [`crate::legacy::resolve_message_refs`] before the command runs.
+    pub fn takes_legacy_messages(&self) -> bool {
+        self.legacy.as_ref().is_some_and(|(ids, _)| !ids.is_empty())
+    }
+
+    /// A payload going to this connection's app, with imported things named by their legacy
+    /// ids (`None`: nothing to change).
+    fn shown(&self, payload: &Value, own: Option<Kind>) -> Option<Value> {
+        let (snapshot, source) = self.legacy_ids()?;
+        let mut shown = payload.clone();
+        crate::legacy::show_outbound(snapshot.table(source), &mut shown, own).then_some(shown)
+    }
+
+    /// An event as this connection's app is shown it (the same event when nothing changes).
+    fn shown_event(&self, event: Arc<ServerEvent>) -> Arc<ServerEvent> {
+        let own = if event.name == "conversation:new" {
+            Some(Kind::Conversation)
+        } else if event.name.starts_with("chat_request:") {
+            Some(Kind::ChatRequest)
+        } else {
+            None
+        };
+        match self.shown(&event.payload, own) {
+            Some(payload) => event.derive(event.name.clone(), payload),
+            None => event,
+        }
     }
 
     /// Tells the translator the connection's token carried its user id as a JSON number, so
@@ -1365,7 +1425,10 @@ impl Translator {
 
     /// Translates an inbound frame into a canonical one. Events the dialect does not define
     /// pass through as canonical events.
-    pub fn inbound(&self, frame: ClientFrame) -> Result<ClientFrame, AppError> {
+    pub fn inbound(&self, mut frame: ClientFrame) -> Result<ClientFrame, AppError> {
+        if let Some((snapshot, source)) = self.legacy_ids() {
+            crate::legacy::resolve_inbound(snapshot.table(source), &mut frame.payload);
+        }
         let Some(rule) = self.dialect.rule_in(&frame.event) else {
             return Ok(frame);
         };
@@ -1426,7 +1489,7 @@ impl Translator {
             return Arc::from([]);
         }
         let Some(rule) = self.dialect.rule_out(&event.name) else {
-            return event.translated(self.slot(), || vec![Arc::clone(event)]);
+            return event.translated(self.slot(), || vec![self.shown_event(Arc::clone(event))]);
         };
         // Per-connection state moves here; the translation itself is the same for every
         // connection of the dialect, so it is built once per event and shared.
@@ -1463,7 +1526,9 @@ impl Translator {
                     e.when
                         .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
                 })
-                .map(|e| event.derive(e.event, build(&event.payload, e.set, numeric)))
+                .map(|e| {
+                    self.shown_event(event.derive(e.event, build(&event.payload, e.set, numeric)))
+                })
                 .collect()
         })
     }
@@ -1484,13 +1549,13 @@ impl Translator {
                 if let Some(rule) = rule {
                     self.after_success(rule, &payload);
                     for e in rule.reply {
-                        items.push(Outbound::Event(ServerEvent::new(
-                            e.event,
-                            build(&payload, e.set, self.numeric_ids()),
-                        )));
+                        let built = build(&payload, e.set, self.numeric_ids());
+                        let built = self.shown(&built, None).unwrap_or(built);
+                        items.push(Outbound::Event(ServerEvent::new(e.event, built)));
                     }
                 }
                 if let Some(id) = reply_to {
+                    let payload = self.shown(&payload, None).unwrap_or(payload);
                     items.insert(0, Outbound::ack(id, payload));
                 }
             }
@@ -2084,5 +2149,112 @@ mod tests {
                 .event,
             "call:initiate"
         );
+    }
+
+    fn imported() -> LegacyIds {
+        let row = |source: &str, legacy: &str, kind: &str, id: i64| crate::legacy::Row {
+            source: source.into(),
+            legacy_id: legacy.into(),
+            kind: kind.into(),
+            id,
+            imported_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let ids = LegacyIds::new();
+        ids.replace(crate::legacy::Snapshot::from_rows(vec![
+            row("seed003", "64b000000000000000000001", "user", 3),
+            row("seed003", "64b0000000000000000000c1", "conversation", 7),
+            row("seed000", "64b000000000000000000001", "user", 3),
+            row(
+                "seed000",
+                "dm_64b000000000000000000001_64b000000000000000000002",
+                "conversation",
+                8,
+            ),
+        ]));
+        ids
+    }
+
+    #[test]
+    fn legacy_ids_are_resolved_inbound_and_shown_outbound_per_source() {
+        let ids = imported();
+        let t = Translator::with_legacy(&BACKEND2, &ids);
+        let f = t
+            .inbound(frame(
+                "message",
+                json!({"conversation": "64b0000000000000000000c1", "text": "64b0000000000000000000c1"}),
+            ))
+            .unwrap();
+        assert_eq!(f.payload["conversation"], "7");
+        assert_eq!(f.payload["text"], "64b0000000000000000000c1");
+        // Canonical events passing through are resolved too.
+        let f = t
+            .inbound(frame(
+                "typing:start",
+                json!({"conversationId": "64b0000000000000000000c1"}),
+            ))
+            .unwrap();
+        assert_eq!(f.payload["conversationId"], "7");
+
+        let message = json!({"id": "90", "conversationId": "7", "senderId": "3", "seq": 1,
+                             "content": "hi", "legacyId": "64b0000000000000000000f1"});
+        let ev = ServerEvent::new("message:new", message.clone());
+        let out = t.outbound(&ev);
+        assert_eq!(out[0].name, "message");
+        let p = &out[0].payload;
+        assert_eq!(p["conversationId"], "64b0000000000000000000c1");
+        assert_eq!(p["conversation"], "64b0000000000000000000c1");
+        assert_eq!(p["senderId"], "64b000000000000000000001");
+        assert_eq!(p["from"], "64b000000000000000000001");
+        assert_eq!(p["sender"], "64b000000000000000000001");
+        assert_eq!(p["id"], "64b0000000000000000000f1");
+        assert_eq!(p["_id"], "64b0000000000000000000f1");
+        // The canonical event is untouched, and an event without imported ids leaves as before.
+        assert_eq!(ev.payload, message);
+        let plain = ServerEvent::new("presence", json!({"userId": "4", "online": true}));
+        let out = t.outbound(&plain);
+        assert_eq!(out[0].payload, json!({"userId": "4", "online": true}));
+        let passthrough = ServerEvent::new("conversation:member_removed", json!({"userId": "4"}));
+        assert!(Arc::ptr_eq(&t.outbound(&passthrough)[0], &passthrough));
+        // Acks carry legacy ids too.
+        let items = t.reply("message", Some(json!(1)), Ok(message));
+        let Outbound::Ack(ack) = &items[0] else {
+            panic!("no ack")
+        };
+        assert_eq!(ack.payload["conversationId"], "64b0000000000000000000c1");
+
+        // Seed 000: its own source, `dm_` chat ids and call events.
+        let t = Translator::with_legacy(&LONESTAR, &ids);
+        let f = t
+            .inbound(frame(
+                "message:send",
+                json!({"conversationId": "dm_64b000000000000000000001_64b000000000000000000002"}),
+            ))
+            .unwrap();
+        assert_eq!(f.payload["conversationId"], "8");
+        let f = t
+            .inbound(frame(
+                "start_call",
+                json!({"to": "64b000000000000000000001"}),
+            ))
+            .unwrap();
+        assert_eq!(f.payload["to"], "3");
+        let ev = ServerEvent::new("call:accepted", json!({"callId": "c", "by": "3"}));
+        let out = t.outbound(&ev);
+        assert_eq!(out[0].payload["userId"], "64b000000000000000000001");
+        assert_eq!(out[0].payload["by"], "64b000000000000000000001");
+
+        // Dialects without a source, and translators of an empty copy, change nothing.
+        let t = Translator::with_legacy(&AIST, &ids);
+        let f = t
+            .inbound(frame(
+                "call:offer",
+                json!({"userId": "64b000000000000000000001"}),
+            ))
+            .unwrap();
+        assert_eq!(f.payload["userId"], "64b000000000000000000001");
+        let t = Translator::with_legacy(&BACKEND2, &LegacyIds::new());
+        assert!(!t.takes_legacy_messages());
+        let ev = ServerEvent::new("message:new", json!({"id": "90", "conversationId": "7"}));
+        assert_eq!(t.outbound(&ev)[0].payload["conversationId"], "7");
     }
 }

@@ -141,6 +141,9 @@ pub struct Engine {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Socket commands running right now (shutdown waits for them).
     pub commands: Arc<std::sync::atomic::AtomicUsize>,
+    /// The legacy ids of imported users, conversations and chat requests, which the dialects of
+    /// their apps translate.
+    pub legacy: crate::legacy::LegacyIds,
     next_session: Arc<AtomicU64>,
 }
 
@@ -221,6 +224,7 @@ impl Engine {
             metrics,
             draining: Arc::default(),
             commands: Arc::default(),
+            legacy: crate::legacy::LegacyIds::new(),
             next_session: Arc::new(AtomicU64::new(first_session_key)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));

@@ -467,6 +467,19 @@ struct Runner {
 }
 
 impl Runner {
+    /// A dialect frame as a canonical command. An app of a legacy backend may name imported
+    /// messages by their legacy ids: those are looked up (one query) before the command parses.
+    async fn translate(&self, frame: ClientFrame) -> AppResult<Command> {
+        let dialect = &self.link.dialect;
+        if !dialect.takes_legacy_messages() {
+            return parse(&self.link, frame);
+        }
+        let mut frame = dialect.inbound(frame)?;
+        let own = matches!(frame.event.as_str(), "message:edit" | "message:delete");
+        crate::legacy::resolve_message_refs(&self.engine.db, &mut frame.payload, own).await?;
+        Command::parse(&frame.event, frame.payload)
+    }
+
     /// Runs a job counted in `engine.commands` (shutdown waits for them) and replies.
     async fn run(&self, job: Job) {
         let (engine, user) = (&self.engine, self.identity.user_id());
@@ -475,7 +488,7 @@ impl Runner {
             let received = job.received;
             let command = match job.work {
                 Work::Parsed(c) => Ok(c),
-                Work::Frame(f) => parse(&self.link, f),
+                Work::Frame(f) => self.translate(f).await,
             };
             let result = match command {
                 Ok(c) => {

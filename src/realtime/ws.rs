@@ -158,7 +158,7 @@ pub async fn route(
         },
         Arc::new(CanonicalJson),
         "ws",
-        Translator::new(dialect),
+        Translator::with_legacy(dialect, &state.legacy),
     );
     Ok(response)
 }

@@ -565,7 +565,7 @@ impl SioHandler {
         let replay_identity = resume.as_ref().map(|_| identity.clone());
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(engine.config.outbound_queue);
         let close = CloseSignal::new();
-        let translator = Translator::new(dialect);
+        let translator = Translator::with_legacy(dialect, &engine.legacy);
         let mut link = Link::new(out_tx, Arc::clone(&close), Arc::clone(&translator));
         if let Some(t) = &tracker {
             let t = Arc::clone(t);
