@@ -9,6 +9,7 @@
 #   scripts/bench.sh cluster      two cluster nodes against one node, see below
 #   scripts/bench.sh recovery     Socket.IO with connection state recovery against without
 #   scripts/bench.sh media        message delivery with uploads running against without
+#   scripts/bench.sh import       `switchboard import` of a generated seed 003 export, see below
 #
 # Cases (Switchboard's acks are always durable: committed to PostgreSQL):
 #   1  open loop: CLIENTS clients in groups of GROUP_SIZE, RATE messages/s each; delivery
@@ -53,6 +54,13 @@
 #   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory
 #   SERVER_RUST_LOG [warn]  Switchboard's RUST_LOG (the bench itself follows RUST_LOG)
 #   CARGO_TARGET_DIR        where Switchboard is built (release/switchboard is run from there)
+#
+# Import (`scripts/bench.sh import`, Switchboard only: the legacy backends have no importer to
+# compare with): scripts/import-data.py writes a seed 003 export of IMPORT_MESSAGES [1000000]
+# messages (IMPORT_USERS [10000] users, IMPORT_CONVERSATIONS [50000] conversations) into
+# IMPORT_DIR [target/bench/import-data-MESSAGES], kept for later runs; `switchboard import` reads
+# it into the run's database twice: the first run's documents per second is the figure, the
+# second (nothing left to import) shows what a repeated run costs.
 #
 # Soak (`scripts/bench.sh soak`, Switchboard only): inserts SOAK_SEED_MESSAGES [5000000]
 # messages into the run's own conversations (INSERT ... SELECT FROM generate_series; seqs and
@@ -156,6 +164,7 @@ case "${1:-}" in
     cluster) MODE=cluster ;;
     recovery) MODE=recovery ;;
     media) MODE=media ;;
+    import) MODE=import ;;
     "") ;;
     *) die "unknown argument $1 (configure with environment variables; see --help)" ;;
 esac
@@ -688,6 +697,48 @@ EOF
     compare_recovery closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
     compare_recovery closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
     compare_recovery idle "$IDLE_SOCKETS idle authenticated sockets, settled ${SETTLE} s after connecting"
+    say "== summary (also in $SUMMARY) =="
+    cat "$SUMMARY"
+    exit 0
+fi
+
+if [ "$MODE" = import ]; then
+    IMPORT_MESSAGES="${IMPORT_MESSAGES:-1000000}"
+    IMPORT_USERS="${IMPORT_USERS:-10000}"
+    IMPORT_CONVERSATIONS="${IMPORT_CONVERSATIONS:-50000}"
+    IMPORT_DIR="${IMPORT_DIR:-$OUT/import-data-$IMPORT_MESSAGES}"
+    command -v python3 >/dev/null 2>&1 || die "python3 was not found: it writes the export"
+    if [ ! -f "$IMPORT_DIR/messages.json" ]; then
+        say "== writing a seed 003 export of $IMPORT_MESSAGES messages into $IMPORT_DIR =="
+        python3 "$REPO/scripts/import-data.py" --out "$IMPORT_DIR" --users "$IMPORT_USERS" \
+            --conversations "$IMPORT_CONVERSATIONS" --messages "$IMPORT_MESSAGES" --seed 1
+    fi
+    for pass in first second; do
+        say "== import, $pass run =="
+        DATABASE_URL="$SB_DB_URL" JWT_SECRET="$JWT_SECRET" RUST_LOG="${SERVER_RUST_LOG:-warn}" \
+            "$BIN" import --from seed003 --dir "$IMPORT_DIR" >"$RUN/import-$pass.json" \
+            2>"$RUN/import-$pass.log" || die "import failed: see $RUN/import-$pass.log"
+    done
+    node - "$RUN" "$IMPORT_DIR" <<'EOF' | tee -a "$SUMMARY"
+const fs = require('fs');
+const path = require('path');
+const [dir, data] = process.argv.slice(2);
+const load = (f) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
+const bytes = fs.readdirSync(data).reduce((n, f) => n + fs.statSync(path.join(data, f)).size, 0);
+const out = [`-- import: seed 003 export in ${data} (${(bytes / 1048576).toFixed(0)} MiB) --`];
+for (const pass of ['first', 'second']) {
+  const r = load(`import-${pass}.json`);
+  const docs = Object.entries(r.collections).filter(([k]) => k !== 'receipts')
+    .reduce((n, [, c]) => n + c.read, 0);
+  out.push(`${pass} run: ${docs} documents in ${r.seconds.toFixed(1)} s, ${r.docs_per_sec.toFixed(0)} documents/s; ` +
+    `skipped ${r.skipped}, repaired ${r.repaired}`);
+  for (const [name, c] of Object.entries(r.collections)) {
+    out.push(`  ${name.padEnd(14)} read ${c.read}, imported ${c.imported}, unchanged ${c.unchanged}, updated ${c.updated}`);
+  }
+}
+out.push('');
+console.log(out.join('\n'));
+EOF
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
     exit 0
