@@ -667,3 +667,188 @@ fn media_found_in_the_old_upload_directory_are_rehomed() {
     );
     let _ = std::fs::remove_dir_all(&old);
 }
+
+fn legacy_token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The lines of an export file whose `field` names `value`, parsed.
+fn docs_where(file: &Path, field: &str, value: &str) -> Vec<serde_json::Value> {
+    std::fs::read(file)
+        .unwrap()
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .map(import::ejson::normalize)
+        .filter(|d| d[field] == value)
+        .collect()
+}
+
+/// After the switch, seed 003's app carries on against Switchboard as it did against its old
+/// backend: a user signs in with the old password (rehashed on the way), the old Backend's
+/// `{id, sessionId}` token and Backend1's `{uid}` token name imported users, the app reads a
+/// conversation's history by its legacy id (in order, legacy ids throughout, receipt cursors
+/// keyed by legacy user ids) and carries on writing into it over its socket.
+#[actix_rt::test]
+async fn an_imported_seed003_app_carries_on_with_its_ids_passwords_and_history() {
+    let ivan = "6946749b7c2e5b8a41003a11";
+    let anna = "694699547c2e5b8a41003a12";
+    let conv = "695b7d907c2e5b8a41003a18";
+    let dir = tempdir("app");
+    for f in std::fs::read_dir(fixtures("seed003")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    // Ivan's password as the old backend stored it (bcryptjs writes $2a$).
+    let hash = bcrypt::hash_with_salt("old secret", 4, [7u8; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoA);
+    let users = std::fs::read_to_string(dir.join("users.json")).unwrap();
+    let users: Vec<String> = users
+        .lines()
+        .map(|l| {
+            let mut d: serde_json::Value = serde_json::from_str(l).unwrap();
+            if import::ejson::normalize(d["_id"].clone()) == ivan {
+                d["password"] = hash.clone().into();
+            }
+            d.to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("users.json"), users.join("\n") + "\n").unwrap();
+    let db = TestDb::migrated();
+    import(&db, Source::Seed003, &dir, false);
+    let srv = common::TestServer::start_apps_on(db, |_| {})
+        .await
+        .rest_on("backend2");
+
+    // The old password works once and is replaced by Switchboard's own hash.
+    let (status, login) = srv
+        .post(
+            "/auth/login",
+            serde_json::json!({"phone": "+79161234567", "password": "old secret"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    assert!(
+        count(
+            &srv.db,
+            "SELECT count(*) AS n FROM users WHERE phone = '+79161234567' \
+             AND password_hash LIKE 'pbkdf2-sha256$%'"
+        ) == 1
+    );
+
+    // The old Backend's token names Ivan's imported device session; Backend1's names Anna.
+    let session = docs_where(&dir.join("sessions.json"), "userId", ivan)
+        .into_iter()
+        .find(|s| s["isActive"] == true)
+        .expect("an active session of Ivan in the fixture");
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let ivan_token = legacy_token(serde_json::json!({
+        "id": ivan, "sessionId": session["sessionId"], "iat": exp - 700, "exp": exp
+    }));
+    let anna_token = legacy_token(serde_json::json!({"uid": anna, "iat": exp - 700, "exp": exp}));
+    let (status, me) = srv.get("/users/profile", Some(&ivan_token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"]["_id"], ivan, "{me}");
+
+    // The history by the legacy conversation id: in order, with the ids the app cached.
+    let mut expected: Vec<(String, String)> =
+        docs_where(&dir.join("messages.json"), "conversation", conv)
+            .into_iter()
+            .chain(docs_where(
+                &dir.join("messages.json"),
+                "conversationId",
+                conv,
+            ))
+            .map(|d| {
+                (
+                    d["createdAt"].as_str().unwrap().to_owned(),
+                    d["_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+    expected.sort();
+    expected.dedup();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let (status, page) = srv
+        .get(
+            &format!("/messages?conversationId={conv}&limit=100"),
+            Some(&ivan_token),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["conversationId"], conv, "{page}");
+    let shown: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, expected, "imported history in order, by legacy ids");
+    for m in page["messages"].as_array().unwrap() {
+        assert!(
+            [ivan, anna].contains(&m["from"].as_str().unwrap_or("")),
+            "{m}"
+        );
+        assert_eq!(m["conversation"], conv, "{m}");
+    }
+
+    // Receipt cursors, keyed by legacy user ids, as the conversation list shows them.
+    let (status, list) = srv.get("/conversations", Some(&ivan_token)).await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["conversations"]
+        .as_array()
+        .or_else(|| list.as_array())
+        .unwrap()
+        .iter()
+        .find(|c| c["_id"] == conv)
+        .unwrap_or_else(|| panic!("{conv} in {list}"))
+        .clone();
+    let cursor_keys: Vec<String> = ["deliveredUpTo", "readUpTo"]
+        .iter()
+        .filter_map(|k| listed[*k].as_object())
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    assert!(!cursor_keys.is_empty(), "{listed}");
+    assert!(
+        cursor_keys.iter().all(|k| k == ivan || k == anna),
+        "{listed}"
+    );
+
+    // The app writes on into the conversation it knows; Anna's app hears it by the same ids.
+    let mut p = common::puppet::Puppet::start(srv.addr_of("backend2"));
+    for (name, token) in [("ivan", &ivan_token), ("anna", &anna_token)] {
+        p.connect_at(
+            name,
+            srv.addr_of("backend2"),
+            serde_json::json!({"auth": {"token": token}, "transports": ["websocket"]}),
+        )
+        .await;
+        let pong = p.call(name, "ping", serde_json::json!([{}])).await;
+        assert!(pong[0].get("pong").is_some(), "{pong:?}");
+    }
+    p.emit(
+        "ivan",
+        "message",
+        serde_json::json!([{"conversationId": conv, "text": "back on the new server"}]),
+    );
+    let m = p.event("anna", "message").await;
+    assert_eq!(m["conversationId"], conv, "{m}");
+    assert_eq!(m["from"], ivan, "{m}");
+    assert_eq!(m["text"], "back on the new server", "{m}");
+    let (_, page) = srv
+        .get(
+            &format!("/messages?conversationId={conv}&limit=100"),
+            Some(&anna_token),
+        )
+        .await;
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), expected.len() + 1, "{page}");
+    assert_eq!(messages.last().unwrap()["text"], "back on the new server");
+    let _ = std::fs::remove_dir_all(&dir);
+}

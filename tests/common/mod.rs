@@ -247,11 +247,16 @@ impl TestServer {
     /// that dialect as its default, the canonical one first ([`TestServer::addr`]); an app's
     /// clients connect to [`TestServer::addr_of`] its dialect and name none.
     pub async fn start_apps(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_apps_on(TestDb::migrated(), tweak).await
+    }
+
+    /// [`TestServer::start_apps`] on a database of the test's own (e.g. one holding imported
+    /// data).
+    pub async fn start_apps_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
         switchboard::telemetry::init(
             switchboard::config::LogFormat::Text,
             "warn,switchboard::db=error",
         );
-        let db = TestDb::migrated();
         let mut config = test_config(&db);
         tweak(&mut config);
         let bound: Vec<(TcpListener, &'static Dialect)> = switchboard::realtime::dialect::ALL
