@@ -95,7 +95,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn counts(&mut self, collection: &str) -> &mut Counts {
+    pub(crate) fn counts(&mut self, collection: &str) -> &mut Counts {
         self.collections.entry(collection.to_owned()).or_default()
     }
 
@@ -122,11 +122,17 @@ impl Report {
         });
     }
 
-    fn skip(&mut self, collection: &str, line: u64, id: Option<&str>, reason: impl Into<String>) {
+    pub(crate) fn skip(
+        &mut self,
+        collection: &str,
+        line: u64,
+        id: Option<&str>,
+        reason: impl Into<String>,
+    ) {
         self.note(collection, line, id, true, reason.into());
     }
 
-    fn repaired(
+    pub(crate) fn repaired(
         &mut self,
         collection: &str,
         line: u64,
@@ -281,24 +287,6 @@ impl Importer {
         Ok(())
     }
 
-    fn counts(&mut self, collection: &str) -> &mut Counts {
-        self.report.counts(collection)
-    }
-
-    fn skip(&mut self, collection: &str, line: u64, id: Option<&str>, reason: impl Into<String>) {
-        self.report.skip(collection, line, id, reason);
-    }
-
-    fn repaired(
-        &mut self,
-        collection: &str,
-        line: u64,
-        id: Option<&str>,
-        reason: impl Into<String>,
-    ) {
-        self.report.repaired(collection, line, id, reason);
-    }
-
     /// Reads every document of `path`, calling `each(self, line, doc)`; bad lines and
     /// duplicate `_id`s are reported and skipped, repairs noted.
     fn each_doc(
@@ -325,20 +313,20 @@ impl Importer {
                     bar.set_position(reader.bytes);
                 }
             }
-            self.counts(collection).read += 1;
+            self.report.counts(collection).read += 1;
             let (doc, repair) = match line {
                 Line::Doc(doc, repair) => (doc, repair),
                 Line::Bad(why) => {
-                    self.skip(collection, n, None, why);
+                    self.report.skip(collection, n, None, why);
                     continue;
                 }
             };
             let Some(id) = doc.get("_id").and_then(ejson::id_ref) else {
-                self.skip(collection, n, None, "document has no _id");
+                self.report.skip(collection, n, None, "document has no _id");
                 continue;
             };
             if !seen.insert(id.clone().into_boxed_str()) {
-                self.skip(
+                self.report.skip(
                     collection,
                     n,
                     Some(&id),
@@ -347,7 +335,7 @@ impl Importer {
                 continue;
             }
             if let Some(repair) = repair {
-                self.repaired(collection, n, Some(&id), repair);
+                self.report.repaired(collection, n, Some(&id), repair);
             }
             each(
                 self,

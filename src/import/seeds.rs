@@ -153,7 +153,7 @@ fn user_collection(
 ) -> AppResult<()> {
     imp.each_doc(conn, path, collection, |imp, conn, doc| {
         if imp.users.contains_key(&doc.id) {
-            imp.counts(collection).unchanged += 1;
+            imp.report.counts(collection).unchanged += 1;
             return Ok(());
         }
         let f = &doc.fields;
@@ -187,8 +187,8 @@ fn user_collection(
         };
         if let Some(id) = existing {
             imp.map(conn, "user", &doc.id, id)?;
-            imp.counts(collection).imported += 1;
-            imp.repaired(
+            imp.report.counts(collection).imported += 1;
+            imp.report.repaired(
                 collection,
                 doc.line,
                 Some(&doc.id),
@@ -241,29 +241,42 @@ fn user_collection(
             .returning(users::id)
             .get_result(conn)?;
         imp.map(conn, "user", &doc.id, id)?;
-        imp.counts(collection).imported += 1;
+        imp.report.counts(collection).imported += 1;
         for note in notes {
-            imp.repaired(collection, doc.line, Some(&doc.id), note);
+            imp.report
+                .repaired(collection, doc.line, Some(&doc.id), note);
         }
         Ok(())
     })
+}
+
+/// The imported user a document names in one of `keys` (as its `role`), or `None` once the
+/// document is reported as skipped.
+fn named_user(
+    imp: &mut Importer,
+    collection: &str,
+    doc: &Doc,
+    keys: &[&str],
+    role: &str,
+) -> Option<i64> {
+    let Some(legacy) = id_field(&doc.fields, keys) else {
+        let why = format!("names no {role}");
+        imp.report.skip(collection, doc.line, Some(&doc.id), why);
+        return None;
+    };
+    let found = imp.users.get(&legacy).copied();
+    if found.is_none() {
+        let why = format!("{role} {legacy} was not imported");
+        imp.report.skip(collection, doc.line, Some(&doc.id), why);
+    }
+    found
 }
 
 fn sessions(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppResult<()> {
     const C: &str = "sessions";
     imp.each_doc(conn, path, C, |imp, conn, doc| {
         let f = &doc.fields;
-        let Some(owner) = id_field(f, &["userId", "user", "owner"]) else {
-            imp.skip(C, doc.line, Some(&doc.id), "session names no user");
-            return Ok(());
-        };
-        let Some(&user) = imp.users.get(&owner) else {
-            imp.skip(
-                C,
-                doc.line,
-                Some(&doc.id),
-                format!("user {owner} was not imported"),
-            );
+        let Some(user) = named_user(imp, C, &doc, &["userId", "user", "owner"], "user") else {
             return Ok(());
         };
         let sid = text(f, &["sessionId"]).unwrap_or_else(|| doc.id.clone());
@@ -292,9 +305,9 @@ fn sessions(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppResu
             .on_conflict_do_nothing()
             .execute(conn)?;
         if inserted == 1 {
-            imp.counts(C).imported += 1;
+            imp.report.counts(C).imported += 1;
         } else {
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
         }
         Ok(())
     })
@@ -376,12 +389,12 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                 convs::add_members(conn, conv, &members)?;
             }
             cursor_maps(imp, conv, &doc);
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
             return Ok(());
         }
         let conv = if group {
             if members.is_empty() {
-                imp.skip(
+                imp.report.skip(
                     C,
                     doc.line,
                     Some(&doc.id),
@@ -398,7 +411,7 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             create_group(conn, creator, &title, &members, created(&doc))?
         } else {
             if members.len() != 2 {
-                imp.skip(
+                imp.report.skip(
                     C,
                     doc.line,
                     Some(&doc.id),
@@ -413,9 +426,9 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             direct(conn, members[0], members[1], created(&doc))?
         };
         imp.map(conn, "conversation", &doc.id, conv)?;
-        imp.counts(C).imported += 1;
+        imp.report.counts(C).imported += 1;
         if !missing.is_empty() {
-            imp.repaired(
+            imp.report.repaired(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -505,7 +518,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
     const C: &str = "directconversations";
     imp.each_doc(conn, path, C, |imp, conn, doc| {
         if imp.conversations.contains_key(&doc.id) {
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
             return Ok(());
         }
         let f = &doc.fields;
@@ -534,7 +547,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                     .find(|(_, k)| k != "admin")
                     .and_then(|(id, _)| imp.users.get(id).copied());
                 let Some(staff) = staff else {
-                    imp.skip(
+                    imp.report.skip(
                         C,
                         doc.line,
                         Some(&doc.id),
@@ -545,7 +558,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                 match support::sync_one(conn, staff) {
                     Ok((conv, _)) => conv.id,
                     Err(AppError::Validation { message, .. }) => {
-                        imp.skip(C, doc.line, Some(&doc.id), message);
+                        imp.report.skip(C, doc.line, Some(&doc.id), message);
                         return Ok(());
                     }
                     Err(e) => return Err(e),
@@ -553,7 +566,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             }
             "group" => {
                 if members.is_empty() {
-                    imp.skip(
+                    imp.report.skip(
                         C,
                         doc.line,
                         Some(&doc.id),
@@ -566,7 +579,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             }
             _ => {
                 if members.len() != 2 {
-                    imp.skip(
+                    imp.report.skip(
                         C,
                         doc.line,
                         Some(&doc.id),
@@ -591,9 +604,9 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
         }
         backdate(conn, conv, created(&doc))?;
         imp.map(conn, "conversation", &doc.id, conv)?;
-        imp.counts(C).imported += 1;
+        imp.report.counts(C).imported += 1;
         if !missing.is_empty() {
-            imp.repaired(
+            imp.report.repaired(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -829,35 +842,20 @@ fn messages(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppResu
     let mut staged: u64 = 0;
     imp.each_doc(conn, path, collection, |imp, conn, doc| {
         let f = &doc.fields;
-        let sender_ref = id_field(f, &["userId", "senderId", "sender", "from", "author"]);
-        let Some(sender_ref) = sender_ref else {
-            imp.skip(
-                collection,
-                doc.line,
-                Some(&doc.id),
-                "message names no sender",
-            );
-            return Ok(());
-        };
-        let Some(&sender) = imp.users.get(&sender_ref) else {
-            imp.skip(
-                collection,
-                doc.line,
-                Some(&doc.id),
-                format!("sender {sender_ref} was not imported"),
-            );
+        let senders = ["userId", "senderId", "sender", "from", "author"];
+        let Some(sender) = named_user(imp, collection, &doc, &senders, "sender") else {
             return Ok(());
         };
         let conv = match message_conversation(imp, conn, &doc, sender, &mut cache)? {
             Ok(c) => c,
             Err(why) => {
-                imp.skip(collection, doc.line, Some(&doc.id), why);
+                imp.report.skip(collection, doc.line, Some(&doc.id), why);
                 return Ok(());
             }
         };
         let (kind, odd_kind) = message_kind(text(f, &["type", "messageType", "kind"]).as_deref());
         if odd_kind {
-            imp.repaired(
+            imp.report.repaired(
                 collection,
                 doc.line,
                 Some(&doc.id),
@@ -928,7 +926,7 @@ fn messages(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppResu
     let inserted = diesel::sql_query(INSERT_NEW).execute(conn)? as u64;
     diesel::sql_query(LINK_REPLIES).execute(conn)?;
     diesel::sql_query("DROP TABLE import_messages").execute(conn)?;
-    let counts = imp.counts(collection);
+    let counts = imp.report.counts(collection);
     counts.imported += inserted;
     counts.updated += updated;
     counts.unchanged += staged.saturating_sub(inserted + updated);
@@ -941,19 +939,20 @@ fn calls_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppRes
         let exists: bool =
             diesel::select(diesel::dsl::exists(calls::table.find(&doc.id))).get_result(conn)?;
         if exists {
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
             return Ok(());
         }
         let f = &doc.fields;
         let caller = id_field(f, &["callerId", "caller"]);
         let callee = id_field(f, &["calleeId", "callee"]);
         let (Some(caller), Some(callee)) = (caller, callee) else {
-            imp.skip(C, doc.line, Some(&doc.id), "call names no caller or callee");
+            imp.report
+                .skip(C, doc.line, Some(&doc.id), "call names no caller or callee");
             return Ok(());
         };
         let (Some(&caller_id), Some(&callee_id)) = (imp.users.get(&caller), imp.users.get(&callee))
         else {
-            imp.skip(
+            imp.report.skip(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -973,7 +972,7 @@ fn calls_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppRes
         let terminal = ["ended", "rejected", "missed", "failed", "busy", "cancelled"];
         if !terminal.contains(&status.as_str()) {
             // The old backend is frozen: a call still open in its export is over.
-            imp.repaired(
+            imp.report.repaired(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -1039,7 +1038,7 @@ fn calls_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> AppRes
             ])
             .on_conflict_do_nothing()
             .execute(conn)?;
-        imp.counts(C).imported += 1;
+        imp.report.counts(C).imported += 1;
         Ok(())
     })
 }
@@ -1048,14 +1047,14 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
     const C: &str = "chatrequests";
     imp.each_doc(conn, path, C, |imp, conn, doc| {
         if imp.requests.contains_key(&doc.id) {
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
             return Ok(());
         }
         let f = &doc.fields;
         let from = id_field(f, &["from", "sender", "fromUser", "requester"]);
         let to = id_field(f, &["to", "recipient", "toUser", "receiver"]);
         let (Some(from), Some(to)) = (from, to) else {
-            imp.skip(
+            imp.report.skip(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -1064,7 +1063,7 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             return Ok(());
         };
         let (Some(&from_id), Some(&to_id)) = (imp.users.get(&from), imp.users.get(&to)) else {
-            imp.skip(
+            imp.report.skip(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -1073,7 +1072,8 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             return Ok(());
         };
         if from_id == to_id {
-            imp.skip(C, doc.line, Some(&doc.id), "a request to oneself");
+            imp.report
+                .skip(C, doc.line, Some(&doc.id), "a request to oneself");
             return Ok(());
         }
         let status = match text(f, &["status"]).as_deref() {
@@ -1082,7 +1082,7 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             Some("rejected" | "declined") => "declined",
             Some("cancelled" | "canceled") => "cancelled",
             Some(other) => {
-                imp.skip(
+                imp.report.skip(
                     C,
                     doc.line,
                     Some(&doc.id),
@@ -1113,9 +1113,9 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
         match id {
             Some(id) => {
                 imp.map(conn, "chat_request", &doc.id, id)?;
-                imp.counts(C).imported += 1;
+                imp.report.counts(C).imported += 1;
             }
-            None => imp.skip(
+            None => imp.report.skip(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -1130,25 +1130,16 @@ fn contacts_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> App
     const C: &str = "contacts";
     imp.each_doc(conn, path, C, |imp, conn, doc| {
         let f = &doc.fields;
-        let Some(owner) = id_field(f, &["owner", "userId", "user"]) else {
-            imp.skip(C, doc.line, Some(&doc.id), "contact names no owner");
-            return Ok(());
-        };
-        let Some(&owner_id) = imp.users.get(&owner) else {
-            imp.skip(
-                C,
-                doc.line,
-                Some(&doc.id),
-                format!("owner {owner} was not imported"),
-            );
+        let Some(owner_id) = named_user(imp, C, &doc, &["owner", "userId", "user"], "owner") else {
             return Ok(());
         };
         let Some(raw) = text(f, &["phone", "phoneNumber", "number"]) else {
-            imp.skip(C, doc.line, Some(&doc.id), "contact has no phone number");
+            imp.report
+                .skip(C, doc.line, Some(&doc.id), "contact has no phone number");
             return Ok(());
         };
         let Ok(phone) = normalize_phone(&raw) else {
-            imp.skip(
+            imp.report.skip(
                 C,
                 doc.line,
                 Some(&doc.id),
@@ -1168,9 +1159,9 @@ fn contacts_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -> App
             .on_conflict_do_nothing()
             .execute(conn)?;
         if inserted == 1 {
-            imp.counts(C).imported += 1;
+            imp.report.counts(C).imported += 1;
         } else {
-            imp.counts(C).unchanged += 1;
+            imp.report.counts(C).unchanged += 1;
         }
         Ok(())
     })
@@ -1263,7 +1254,7 @@ impl Importer {
         }
         let moved = diesel::sql_query(APPLY_RECEIPTS).execute(conn)? as u64;
         diesel::sql_query("DROP TABLE import_receipts").execute(conn)?;
-        let counts = self.counts("receipts");
+        let counts = self.report.counts("receipts");
         counts.read += rows.len() as u64;
         counts.imported += moved;
         counts.unchanged += (rows.len() as u64).saturating_sub(moved);
