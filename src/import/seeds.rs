@@ -392,38 +392,17 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             imp.report.counts(C).unchanged += 1;
             return Ok(());
         }
-        let conv = if group {
-            if members.is_empty() {
-                imp.report.skip(
-                    C,
-                    doc.line,
-                    Some(&doc.id),
-                    "no member of this group was imported",
-                );
-                return Ok(());
-            }
+        let shape = if group {
             let creator = id_field(f, &["createdBy", "owner", "admin"])
                 .and_then(|c| imp.users.get(&c).copied())
-                .filter(|c| members.contains(c))
-                .unwrap_or(members[0]);
-            let title = text(f, &["name", "title", "groupName"]).unwrap_or_else(|| "Group".into());
-            let title: String = title.chars().take(200).collect();
-            create_group(conn, creator, &title, &members, created(&doc))?
+                .filter(|c| members.contains(c));
+            let title = text(f, &["name", "title", "groupName"]);
+            Shape::Group(creator, title)
         } else {
-            if members.len() != 2 {
-                imp.report.skip(
-                    C,
-                    doc.line,
-                    Some(&doc.id),
-                    format!(
-                        "a direct conversation needs two imported users (found {}; missing {})",
-                        members.len(),
-                        missing.join(", ")
-                    ),
-                );
-                return Ok(());
-            }
-            direct(conn, members[0], members[1], created(&doc))?
+            Shape::Direct
+        };
+        let Some(conv) = open_conversation(imp, conn, C, &doc, shape, &members, &missing)? else {
+            return Ok(());
         };
         imp.map(conn, "conversation", &doc.id, conv)?;
         imp.report.counts(C).imported += 1;
@@ -502,6 +481,53 @@ fn create_group(
     Ok(row.id)
 }
 
+/// What kind of conversation a legacy one becomes: direct, or a group with its creator (when
+/// known and a member) and title.
+enum Shape {
+    Direct,
+    Group(Option<i64>, Option<String>),
+}
+
+/// Creates the conversation of the imported `members` (`missing`: legacy members that were not
+/// imported), or reports why it cannot and gives `None`.
+fn open_conversation(
+    imp: &mut Importer,
+    conn: &mut PgConnection,
+    collection: &str,
+    doc: &Doc,
+    shape: Shape,
+    members: &[i64],
+    missing: &[String],
+) -> AppResult<Option<i64>> {
+    let why = match (shape, members) {
+        (Shape::Group(creator, title), [first, ..]) => {
+            let title: String = title
+                .as_deref()
+                .unwrap_or("Group")
+                .chars()
+                .take(200)
+                .collect();
+            let creator = creator.unwrap_or(*first);
+            return Ok(Some(create_group(
+                conn,
+                creator,
+                &title,
+                members,
+                created(doc),
+            )?));
+        }
+        (Shape::Group(..), []) => "no member of this group was imported".to_owned(),
+        (Shape::Direct, [a, b]) => return Ok(Some(direct(conn, *a, *b, created(doc))?)),
+        (Shape::Direct, _) => format!(
+            "a direct conversation needs two imported users (found {}; missing {})",
+            members.len(),
+            missing.join(", ")
+        ),
+    };
+    imp.report.skip(collection, doc.line, Some(&doc.id), why);
+    Ok(None)
+}
+
 /// A conversation created by the import starts when its legacy one did.
 fn backdate(conn: &mut PgConnection, conv: i64, at: DateTime<Utc>) -> AppResult<()> {
     diesel::update(
@@ -565,34 +591,17 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
                 }
             }
             "group" => {
-                if members.is_empty() {
-                    imp.report.skip(
-                        C,
-                        doc.line,
-                        Some(&doc.id),
-                        "no member of this group was imported",
-                    );
-                    return Ok(());
+                let title = text(f, &["name", "title"]);
+                let shape = Shape::Group(None, title);
+                match open_conversation(imp, conn, C, &doc, shape, &members, &missing)? {
+                    Some(conv) => conv,
+                    None => return Ok(()),
                 }
-                let title = text(f, &["name", "title"]).unwrap_or_else(|| "Group".into());
-                create_group(conn, members[0], &title, &members, created(&doc))?
             }
-            _ => {
-                if members.len() != 2 {
-                    imp.report.skip(
-                        C,
-                        doc.line,
-                        Some(&doc.id),
-                        format!(
-                            "a direct conversation needs two imported users (found {}; missing {})",
-                            members.len(),
-                            missing.join(", ")
-                        ),
-                    );
-                    return Ok(());
-                }
-                direct(conn, members[0], members[1], created(&doc))?
-            }
+            _ => match open_conversation(imp, conn, C, &doc, Shape::Direct, &members, &missing)? {
+                Some(conv) => conv,
+                None => return Ok(()),
+            },
         };
         if let Some(context) = text(f, &["contextType"]).filter(|c| {
             ["consultation", "service_request", "support", "general"].contains(&c.as_str())
