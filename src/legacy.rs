@@ -21,7 +21,7 @@ use diesel::prelude::*;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 /// A legacy backend whose data was imported.
@@ -154,11 +154,73 @@ struct Changes {
 /// move (statistics reset, turned off, or not yet flushed).
 pub const FULL_CHECK_EVERY: u32 = 30;
 
+/// Legacy ids of imported messages seen lately (resolved from what an app sent, or shown to an
+/// app as a message's `legacyId`), so that references to them (`replyTo`, the `messageIds` of a
+/// read receipt) are shown by their legacy ids too without a query per event. Bounded: each of
+/// [`MEMO_SHARDS`] shards keeps two generations of at most [`MEMO_PER_SHARD`] entries; when the
+/// current one is full it becomes the previous one (the oldest generation is dropped).
+#[derive(Debug)]
+pub struct MessageMemo {
+    shards: Vec<Mutex<MemoShard>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoShard {
+    current: HashMap<i64, Arc<str>>,
+    previous: HashMap<i64, Arc<str>>,
+}
+
+/// Shards of the [`MessageMemo`].
+pub const MEMO_SHARDS: usize = 16;
+/// Entries per shard and generation: at most 2 × 16 × 8 192 = 262 144 messages remembered.
+pub const MEMO_PER_SHARD: usize = 8192;
+
+impl Default for MessageMemo {
+    fn default() -> Self {
+        Self {
+            shards: (0..MEMO_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl MessageMemo {
+    fn shard(&self, id: i64) -> std::sync::MutexGuard<'_, MemoShard> {
+        let i = (id.unsigned_abs() % MEMO_SHARDS as u64) as usize;
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers a message's legacy id.
+    pub fn remember(&self, id: i64, legacy: &str) {
+        let mut shard = self.shard(id);
+        if shard.current.get(&id).is_some_and(|l| &**l == legacy) {
+            return;
+        }
+        if shard.current.len() >= MEMO_PER_SHARD {
+            shard.previous = std::mem::take(&mut shard.current);
+        }
+        shard.current.insert(id, Arc::from(legacy));
+    }
+
+    /// A remembered message's legacy id.
+    pub fn legacy_of(&self, id: i64) -> Option<Arc<str>> {
+        let shard = self.shard(id);
+        shard
+            .current
+            .get(&id)
+            .or_else(|| shard.previous.get(&id))
+            .cloned()
+    }
+}
+
 /// One source's ids both ways.
 #[derive(Debug, Default)]
 pub struct Table {
     by_legacy: HashMap<Box<str>, (Kind, i64)>,
     by_id: HashMap<(Kind, i64), Arc<str>>,
+    /// The messages remembered by the process (shared by every table and snapshot).
+    messages: Arc<MessageMemo>,
 }
 
 impl Table {
@@ -175,6 +237,11 @@ impl Table {
     /// Whether this source has no ids.
     pub fn is_empty(&self) -> bool {
         self.by_legacy.is_empty()
+    }
+
+    /// The legacy ids of messages seen lately.
+    pub fn messages(&self) -> &MessageMemo {
+        &self.messages
     }
 }
 
@@ -235,6 +302,8 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     /// The write counters last read ([`CHANGES_SQL`]).
     changes: AtomicI64,
+    /// Legacy ids of messages seen lately, given to every snapshot's tables.
+    messages: Arc<MessageMemo>,
     /// Periodic checks since the last full comparison.
     quiet: AtomicU32,
 }
@@ -253,6 +322,7 @@ impl LegacyIds {
                 empty: AtomicBool::new(true),
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 changes: AtomicI64::new(i64::MIN),
+                messages: Arc::default(),
                 quiet: AtomicU32::new(0),
             }),
         }
@@ -290,8 +360,18 @@ impl LegacyIds {
         self.snapshot().table(source).legacy_of(kind, id).cloned()
     }
 
+    /// Remembers the legacy ids of messages just looked up (`legacy id → id`).
+    pub fn remember_messages(&self, found: &HashMap<String, i64>) {
+        for (legacy, id) in found {
+            self.inner.messages.remember(*id, legacy);
+        }
+    }
+
     /// Replaces the held state.
-    pub fn replace(&self, snapshot: Snapshot) {
+    pub fn replace(&self, mut snapshot: Snapshot) {
+        for table in &mut snapshot.tables {
+            table.messages = Arc::clone(&self.inner.messages);
+        }
         let empty = snapshot.is_empty();
         *self
             .inner
@@ -635,13 +715,20 @@ pub fn message_ids(conn: &mut PgConnection, legacy: &[String]) -> AppResult<Hash
         .collect())
 }
 
-/// Resolves the legacy message ids in a payload through the database, when it names any.
-pub async fn resolve_message_refs(db: &Db, value: &mut Value, own: bool) -> AppResult<()> {
+/// Resolves the legacy message ids in a payload through the database, when it names any (and
+/// remembers them, see [`MessageMemo`]).
+pub async fn resolve_message_refs(
+    db: &Db,
+    legacy: &LegacyIds,
+    value: &mut Value,
+    own: bool,
+) -> AppResult<()> {
     let refs = message_refs(value, own);
     if refs.is_empty() {
         return Ok(());
     }
     let found = db.run(move |conn| message_ids(conn, &refs)).await?;
+    legacy.remember_messages(&found);
     apply_message_refs(value, &found);
     Ok(())
 }
@@ -693,6 +780,9 @@ fn outbound_object(table: &Table, obj: &mut Map<String, Value>, own: Option<Kind
     let mut changed = false;
     if let Some(Value::String(legacy)) = obj.get("legacyId") {
         // A message: its legacy id is its id, and names it where the payload does.
+        if let Some(id) = obj.get("id").and_then(numeric_id) {
+            table.messages.remember(id, legacy);
+        }
         let legacy = Value::String(legacy.clone());
         let old = obj.get("id").cloned();
         obj.insert("id".into(), legacy.clone());
@@ -717,6 +807,8 @@ fn outbound_object(table: &Table, obj: &mut Map<String, Value>, own: Option<Kind
         }
         if let Some(kind) = field_kind(key) {
             changed |= outbound_value(table, v, Some(kind));
+        } else if MESSAGE_FIELDS.contains(&key) && is_reference(v) {
+            changed |= show_message_refs(&table.messages, v);
         } else if USER_KEYED_FIELDS.contains(&key) {
             if let Value::Object(map) = v {
                 changed |= rekey_users(table, map);
@@ -726,6 +818,39 @@ fn outbound_object(table: &Table, obj: &mut Map<String, Value>, own: Option<Kind
         }
     }
     changed
+}
+
+/// An id as a string of digits or a number.
+fn numeric_id(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// Whether a value is an id or a list of ids (not objects, such as a page of messages).
+fn is_reference(v: &Value) -> bool {
+    match v {
+        Value::String(_) | Value::Number(_) => true,
+        Value::Array(items) => items.iter().all(|i| i.is_string() || i.is_number()),
+        _ => false,
+    }
+}
+
+/// Message references (an id or a list of ids) shown by the legacy ids remembered for them.
+fn show_message_refs(memo: &MessageMemo, value: &mut Value) -> bool {
+    let swap = |v: &mut Value| match numeric_id(v).and_then(|id| memo.legacy_of(id)) {
+        Some(legacy) => {
+            *v = Value::String(legacy.to_string());
+            true
+        }
+        None => false,
+    };
+    match value {
+        Value::Array(items) => items.iter_mut().fold(false, |changed, v| swap(v) | changed),
+        other => swap(other),
+    }
 }
 
 /// Renames the user-id keys of a map to their legacy ids.
@@ -892,6 +1017,72 @@ mod tests {
         assert_eq!(p["messageIds"], json!(["64b0000000000000000000f2", "13"]));
         assert!(message_refs(&json!({"id": "5", "text": "abc"}), true).is_empty());
         assert!(message_refs(&json!({"id": "tmp-1234"}), false).is_empty());
+    }
+
+    #[test]
+    fn message_references_show_the_legacy_ids_remembered_for_them() {
+        let ids = ids();
+        let snap = ids.snapshot();
+        let table = snap.table(Source::Seed002);
+        // Unknown yet: left as it is.
+        let mut read = json!({"conversationId": "40", "messageIds": ["500", "501"], "readBy": "7"});
+        assert!(!show_outbound(table, &mut read, None));
+        // Seen as a message shown to an app, or resolved from what an app sent.
+        let mut shown = json!({"id": "500", "legacyId": "64b0000000000000000000f1"});
+        assert!(show_outbound(table, &mut shown, None));
+        ids.remember_messages(&HashMap::from([(
+            "64b0000000000000000000f2".to_owned(),
+            501,
+        )]));
+        assert!(show_outbound(table, &mut read, None));
+        assert_eq!(
+            read["messageIds"],
+            json!(["64b0000000000000000000f1", "64b0000000000000000000f2"])
+        );
+        let mut page = json!({"messages": [{"id": "500", "legacyId": "64b0000000000000000000f1"}]});
+        assert!(show_outbound(table, &mut page, None));
+        assert_eq!(page["messages"][0]["id"], "64b0000000000000000000f1");
+        let mut reply = json!({"id": "502", "replyTo": "500", "replyToId": 501});
+        assert!(show_outbound(table, &mut reply, None));
+        assert_eq!(reply["replyTo"], "64b0000000000000000000f1");
+        assert_eq!(reply["replyToId"], "64b0000000000000000000f2");
+        assert_eq!(reply["id"], "502", "a message of its own is not renamed");
+        // A reloaded snapshot keeps what was remembered.
+        ids.replace(Snapshot::from_rows(vec![row(
+            "seed002", ALICE, "user", 7, 0,
+        )]));
+        let mut again = json!({"replyTo": "500"});
+        assert!(show_outbound(
+            ids.snapshot().table(Source::Seed002),
+            &mut again,
+            None
+        ));
+    }
+
+    #[test]
+    fn the_message_memo_is_bounded_and_keeps_the_newest() {
+        let memo = MessageMemo::default();
+        let per_shard = MEMO_PER_SHARD as i64;
+        let shards = MEMO_SHARDS as i64;
+        // Three generations' worth into one shard: the oldest is gone, the newest two stay.
+        for n in 0..3 * per_shard {
+            memo.remember(n * shards, "x");
+        }
+        assert!(
+            memo.legacy_of(0).is_none(),
+            "the oldest generation was dropped"
+        );
+        assert!(memo.legacy_of((3 * per_shard - 1) * shards).is_some());
+        assert!(memo.legacy_of((per_shard + 1) * shards).is_some());
+        let held: usize = memo
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.current.len() + s.previous.len()
+            })
+            .sum();
+        assert!(held <= 2 * MEMO_PER_SHARD * MEMO_SHARDS);
     }
 
     #[test]

@@ -301,8 +301,9 @@ async fn seed_002_direct_messages_come_back_with_legacy_ids() {
         assert_eq!(got["conversationId"], CHAT, "{got}");
         assert_eq!(got["senderId"], ALICE, "{got}");
         assert_eq!(got["recipientId"], BOB, "{got}");
-        // The reply names the imported message it answers (resolved when it was sent).
-        assert_eq!(got["replyTo"], im.first.to_string(), "{got}");
+        // The reply names the imported message it answers by the id the app knows (resolved
+        // when it was sent, and remembered).
+        assert_eq!(got["replyTo"], FIRST, "{got}");
     }
     // Marking the imported message read by its legacy id.
     b.emit(
@@ -313,6 +314,7 @@ async fn seed_002_direct_messages_come_back_with_legacy_ids() {
     let read = a.expect_event("dm:messages_read").await;
     assert_eq!(read["conversationId"], CHAT, "{read}");
     assert_eq!(read["readBy"], BOB, "{read}");
+    assert_eq!(read["messageIds"], json!([FIRST]), "{read}");
 }
 
 #[actix_rt::test]

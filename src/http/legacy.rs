@@ -175,6 +175,7 @@ pub async fn rewrite(
             .db
             .run(move |conn| legacy::message_ids(conn, &refs))
             .await?;
+        state.legacy.remember_messages(&found);
         for &i in &path_refs {
             if let Some(id) = found.get(&segments[i]) {
                 segments[i] = id.to_string();

@@ -476,7 +476,8 @@ impl Runner {
         }
         let mut frame = dialect.inbound(frame)?;
         let own = matches!(frame.event.as_str(), "message:edit" | "message:delete");
-        crate::legacy::resolve_message_refs(&self.engine.db, &mut frame.payload, own).await?;
+        let (db, legacy) = (&self.engine.db, &self.engine.legacy);
+        crate::legacy::resolve_message_refs(db, legacy, &mut frame.payload, own).await?;
         Command::parse(&frame.event, frame.payload)
     }
 
