@@ -24,14 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-/// A legacy backend whose data was imported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A legacy backend whose data was imported (also `switchboard import --from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Source {
-    /// Seed 000 (lonestar).
+    /// Seed 000 (lonestar): users, messages with `dm_<a>_<b>` and team chat ids.
     Seed000,
-    /// Seed 002 (astrology app).
+    /// Seed 002 (astrology app): users, astrologers, admins, DirectConversation, DirectMessage,
+    /// Call.
     Seed002,
-    /// Seed 003 (Backend2).
+    /// Seed 003 (Backend2): users, sessions, conversations, messages, chat requests, contacts.
     Seed003,
 }
 
@@ -674,28 +675,38 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Replaces the message references [`message_refs`] found by the ids `found` maps them to.
-pub fn apply_message_refs(value: &mut Value, found: &HashMap<String, i64>) {
+/// Replaces the message references [`message_refs`] found by the ids `found` maps them to;
+/// answers whether it replaced any.
+pub fn apply_message_refs(value: &mut Value, found: &HashMap<String, i64>) -> bool {
     if found.is_empty() {
-        return;
+        return false;
     }
-    let swap = |v: &mut Value| {
-        if let Value::String(s) = v {
-            if let Some(id) = found.get(s.as_str()) {
+    let swap = |v: &mut Value| match v {
+        Value::String(s) => match found.get(s.as_str()) {
+            Some(id) => {
                 *s = id.to_string();
+                true
             }
-        }
+            None => false,
+        },
+        _ => false,
     };
+    let mut changed = false;
     if let Value::Object(obj) = value {
         for (key, v) in obj.iter_mut() {
             if matches!(key.as_str(), "id" | "_id") || MESSAGE_FIELDS.contains(&key.as_str()) {
                 match v {
-                    Value::Array(items) => items.iter_mut().for_each(swap),
-                    other => swap(other),
+                    Value::Array(items) => {
+                        for item in items {
+                            changed |= swap(item);
+                        }
+                    }
+                    other => changed |= swap(other),
                 }
             }
         }
     }
+    changed
 }
 
 /// The messages whose legacy ids are listed, as `legacy id → id` (one indexed query).

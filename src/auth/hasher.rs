@@ -22,6 +22,17 @@ pub struct Hasher {
     threads: Arc<Semaphore>,
 }
 
+/// Whether `password` matches an encoded hash; a missing hash burns the same time and fails.
+fn matches(encoded: Option<&str>, password: &str) -> bool {
+    match encoded {
+        Some(hash) => super::password::verify(hash, password),
+        None => {
+            super::password::verify_dummy(password);
+            false
+        }
+    }
+}
+
 /// The outcome of [`Reservation::check`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Checked {
@@ -103,16 +114,8 @@ impl Reservation {
 
     /// [`Hasher::verify`] in this place of the queue.
     pub async fn verify(self, encoded: Option<String>, password: String) -> AppResult<bool> {
-        self.run(move || {
-            Ok(match encoded {
-                Some(hash) => super::password::verify(&hash, &password),
-                None => {
-                    super::password::verify_dummy(&password);
-                    false
-                }
-            })
-        })
-        .await
+        self.run(move || Ok(matches(encoded.as_deref(), &password)))
+            .await
     }
 
     /// [`Hasher::verify`] in this place of the queue, which then also hashes a matching password
@@ -120,14 +123,10 @@ impl Reservation {
     /// leaves the old hash in use: it never fails the check.
     pub async fn check(self, encoded: Option<String>, password: String) -> AppResult<Checked> {
         self.run(move || {
-            let Some(hash) = encoded else {
-                super::password::verify_dummy(&password);
-                return Ok(Checked::default());
-            };
-            if !super::password::verify(&hash, &password) {
+            if !matches(encoded.as_deref(), &password) {
                 return Ok(Checked::default());
             }
-            let rehashed = if super::password::is_bcrypt(&hash) {
+            let rehashed = if encoded.as_deref().is_some_and(super::password::is_bcrypt) {
                 super::password::hash(&password)
                     .inspect_err(|error| {
                         tracing::warn!(%error, "could not rehash a bcrypt password");

@@ -183,9 +183,7 @@ pub async fn rewrite(
             }
         }
         if let Some((v, _)) = body.as_mut() {
-            let before = v.clone();
-            legacy::apply_message_refs(v, &found);
-            body_changed |= *v != before;
+            body_changed |= legacy::apply_message_refs(v, &found);
         }
     }
 

@@ -30,7 +30,8 @@ use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use seeds::Source;
+use crate::legacy::Kind;
+pub use crate::legacy::Source;
 
 /// What to import and how.
 #[derive(Debug, Clone)]
@@ -212,7 +213,7 @@ impl Importer {
             requests: HashMap::new(),
             receipts: HashMap::new(),
             report: Report {
-                source: options.source.name().to_owned(),
+                source: options.source.as_str().to_owned(),
                 dry_run: options.dry_run,
                 ..Report::default()
             },
@@ -221,7 +222,7 @@ impl Importer {
 
     fn all(&mut self, conn: &mut PgConnection) -> AppResult<()> {
         self.load_maps(conn)?;
-        for stage in self.source.stages() {
+        for stage in seeds::stages(self.source) {
             let collection = stage.collection;
             let path = self.dir.join(format!("{collection}.json"));
             if !path.exists() {
@@ -253,38 +254,40 @@ impl Importer {
     fn load_maps(&mut self, conn: &mut PgConnection) -> AppResult<()> {
         use crate::db::schema::legacy_ids as l;
         let rows: Vec<(String, String, i64)> = l::table
-            .filter(l::source.eq(self.source.name()))
+            .filter(l::source.eq(self.source.as_str()))
             .select((l::legacy_id, l::kind, l::id))
             .load(conn)?;
         for (legacy, kind, id) in rows {
-            match kind.as_str() {
-                "user" => self.users.insert(legacy, id),
-                "conversation" => self.conversations.insert(legacy, id),
-                _ => self.requests.insert(legacy, id),
-            };
+            if let Some(kind) = Kind::parse(&kind) {
+                self.ids(kind).insert(legacy, id);
+            }
         }
         Ok(())
     }
 
     /// Records a legacy id of `kind` for `id` (kept when it exists).
-    fn map(&mut self, conn: &mut PgConnection, kind: &str, legacy: &str, id: i64) -> AppResult<()> {
+    fn map(&mut self, conn: &mut PgConnection, kind: Kind, legacy: &str, id: i64) -> AppResult<()> {
         use crate::db::schema::legacy_ids as l;
         diesel::insert_into(l::table)
             .values((
-                l::source.eq(self.source.name()),
+                l::source.eq(self.source.as_str()),
                 l::legacy_id.eq(legacy),
-                l::kind.eq(kind),
+                l::kind.eq(kind.as_str()),
                 l::id.eq(id),
             ))
             .on_conflict_do_nothing()
             .execute(conn)?;
-        let map = match kind {
-            "user" => &mut self.users,
-            "conversation" => &mut self.conversations,
-            _ => &mut self.requests,
-        };
-        map.insert(legacy.to_owned(), id);
+        self.ids(kind).insert(legacy.to_owned(), id);
         Ok(())
+    }
+
+    /// The map of legacy ids of `kind` already imported.
+    fn ids(&mut self, kind: Kind) -> &mut HashMap<String, i64> {
+        match kind {
+            Kind::User => &mut self.users,
+            Kind::Conversation => &mut self.conversations,
+            Kind::ChatRequest => &mut self.requests,
+        }
     }
 
     /// Reads every document of `path`, calling `each(self, line, doc)`; bad lines and

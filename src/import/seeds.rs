@@ -10,6 +10,7 @@ use crate::db::schema::{
 };
 use crate::db::{conversations as convs, support};
 use crate::error::{AppError, AppResult};
+use crate::legacy::{Kind, Source};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -17,93 +18,71 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// A legacy backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Source {
-    /// Seed 000 (lonestar): users, messages with `dm_<a>_<b>` and team chat ids.
-    Seed000,
-    /// Seed 002 (astrology): users, astrologers, admins, DirectConversation, DirectMessage, Call.
-    Seed002,
-    /// Seed 003 (Backend2): users, sessions, conversations, messages, chat requests, contacts.
-    Seed003,
-}
-
-impl Source {
-    /// The name stored in `legacy_ids.source`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Seed000 => "seed000",
-            Source::Seed002 => "seed002",
-            Source::Seed003 => "seed003",
-        }
-    }
-
-    /// The stages of this backend's import, in order.
-    pub(crate) fn stages(self) -> &'static [Stage] {
-        match self {
-            Source::Seed000 => &[
-                Stage {
-                    collection: "users",
-                    run: plain_users,
-                },
-                Stage {
-                    collection: "messages",
-                    run: messages,
-                },
-            ],
-            Source::Seed002 => &[
-                Stage {
-                    collection: "users",
-                    run: plain_users,
-                },
-                Stage {
-                    collection: "astrologers",
-                    run: astrologers,
-                },
-                Stage {
-                    collection: "admins",
-                    run: admins,
-                },
-                Stage {
-                    collection: "directconversations",
-                    run: conversations_002,
-                },
-                Stage {
-                    collection: "directmessages",
-                    run: messages,
-                },
-                Stage {
-                    collection: "calls",
-                    run: calls_002,
-                },
-            ],
-            Source::Seed003 => &[
-                Stage {
-                    collection: "users",
-                    run: plain_users,
-                },
-                Stage {
-                    collection: "sessions",
-                    run: sessions,
-                },
-                Stage {
-                    collection: "conversations",
-                    run: conversations_003,
-                },
-                Stage {
-                    collection: "messages",
-                    run: messages,
-                },
-                Stage {
-                    collection: "chatrequests",
-                    run: chat_requests_003,
-                },
-                Stage {
-                    collection: "contacts",
-                    run: contacts_003,
-                },
-            ],
-        }
+/// The stages of a legacy backend's import, in order.
+pub(crate) fn stages(source: Source) -> &'static [Stage] {
+    match source {
+        Source::Seed000 => &[
+            Stage {
+                collection: "users",
+                run: plain_users,
+            },
+            Stage {
+                collection: "messages",
+                run: messages,
+            },
+        ],
+        Source::Seed002 => &[
+            Stage {
+                collection: "users",
+                run: plain_users,
+            },
+            Stage {
+                collection: "astrologers",
+                run: astrologers,
+            },
+            Stage {
+                collection: "admins",
+                run: admins,
+            },
+            Stage {
+                collection: "directconversations",
+                run: conversations_002,
+            },
+            Stage {
+                collection: "directmessages",
+                run: messages,
+            },
+            Stage {
+                collection: "calls",
+                run: calls_002,
+            },
+        ],
+        Source::Seed003 => &[
+            Stage {
+                collection: "users",
+                run: plain_users,
+            },
+            Stage {
+                collection: "sessions",
+                run: sessions,
+            },
+            Stage {
+                collection: "conversations",
+                run: conversations_003,
+            },
+            Stage {
+                collection: "messages",
+                run: messages,
+            },
+            Stage {
+                collection: "chatrequests",
+                run: chat_requests_003,
+            },
+            Stage {
+                collection: "contacts",
+                run: contacts_003,
+            },
+        ],
     }
 }
 
@@ -186,7 +165,7 @@ fn user_collection(
             (found, _) => found,
         };
         if let Some(id) = existing {
-            imp.map(conn, "user", &doc.id, id)?;
+            imp.map(conn, Kind::User, &doc.id, id)?;
             imp.report.counts(collection).imported += 1;
             imp.report.repaired(
                 collection,
@@ -236,11 +215,11 @@ fn user_collection(
                 users::last_seen_at.eq(last_seen),
                 users::created_at.eq(created_at),
                 users::updated_at.eq(updated_at),
-                users::legacy_source.eq(imp.source.name()),
+                users::legacy_source.eq(imp.source.as_str()),
             ))
             .returning(users::id)
             .get_result(conn)?;
-        imp.map(conn, "user", &doc.id, id)?;
+        imp.map(conn, Kind::User, &doc.id, id)?;
         imp.report.counts(collection).imported += 1;
         for note in notes {
             imp.report
@@ -404,7 +383,7 @@ fn conversations_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
         let Some(conv) = open_conversation(imp, conn, C, &doc, shape, &members, &missing)? else {
             return Ok(());
         };
-        imp.map(conn, "conversation", &doc.id, conv)?;
+        imp.map(conn, Kind::Conversation, &doc.id, conv)?;
         imp.report.counts(C).imported += 1;
         if !missing.is_empty() {
             imp.report.repaired(
@@ -612,7 +591,7 @@ fn conversations_002(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             }
         }
         backdate(conn, conv, created(&doc))?;
-        imp.map(conn, "conversation", &doc.id, conv)?;
+        imp.map(conn, Kind::Conversation, &doc.id, conv)?;
         imp.report.counts(C).imported += 1;
         if !missing.is_empty() {
             imp.report.repaired(
@@ -819,8 +798,8 @@ fn seed000_chat(
             return Ok(Err(format!("direct chat {chat} names one user twice")));
         }
         let conv = convs::get_or_create_direct(conn, ua, ub)?.0.id;
-        imp.map(conn, "conversation", chat, conv)?;
-        imp.map(conn, "conversation", &format!("dm_{b}_{a}"), conv)?;
+        imp.map(conn, Kind::Conversation, chat, conv)?;
+        imp.map(conn, Kind::Conversation, &format!("dm_{b}_{a}"), conv)?;
         return Ok(Ok(conv));
     }
     let role = chat.strip_prefix("team_").unwrap_or(chat);
@@ -835,7 +814,7 @@ fn seed000_chat(
         )));
     }
     let (conv, _, _) = convs::sync_team(conn, role)?;
-    imp.map(conn, "conversation", chat, conv.id)?;
+    imp.map(conn, Kind::Conversation, chat, conv.id)?;
     Ok(Ok(conv.id))
 }
 
@@ -1121,7 +1100,7 @@ fn chat_requests_003(imp: &mut Importer, conn: &mut PgConnection, path: &Path) -
             .optional()?;
         match id {
             Some(id) => {
-                imp.map(conn, "chat_request", &doc.id, id)?;
+                imp.map(conn, Kind::ChatRequest, &doc.id, id)?;
                 imp.report.counts(C).imported += 1;
             }
             None => imp.report.skip(
