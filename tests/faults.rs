@@ -20,8 +20,46 @@ use tokio::task::AbortHandle;
 /// The simple-protocol `COMMIT` query as it travels to PostgreSQL: `Q`, length 11, text, NUL.
 const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
-/// A statement only the message writer's transaction runs (it reserves seq numbers).
+/// A statement only the message writer's transaction runs (it reserves seq numbers). It is a
+/// prepared statement: its text travels once per connection (in the Parse message), and later
+/// batches name it in a Bind message (see [`Reserve`]).
 const RESERVE_MARK: &[u8] = b"SET last_seq = c.last_seq";
+
+/// Diesel's names of prepared statements start with this.
+const STATEMENT_NAME: &[u8] = b"__diesel_stmt_";
+
+/// Where one relayed connection's client runs the writer's reserve statement.
+#[derive(Default)]
+struct Reserve {
+    /// `\0<name>\0`: the statement as a Bind message names it, once it was prepared.
+    bind: Option<Vec<u8>>,
+}
+
+impl Reserve {
+    /// Whether `chunk` runs the reserve statement (its text, or a Bind of its prepared name);
+    /// learns the name from a Parse of it.
+    fn runs(&mut self, chunk: &[u8]) -> bool {
+        if let Some(at) = chunk
+            .windows(RESERVE_MARK.len())
+            .position(|w| w == RESERVE_MARK)
+        {
+            let before = &chunk[..at];
+            if let Some(start) = before
+                .windows(STATEMENT_NAME.len())
+                .rposition(|w| w == STATEMENT_NAME)
+            {
+                if let Some(len) = before[start..].iter().position(|b| *b == 0) {
+                    let mut bind = vec![0];
+                    bind.extend_from_slice(&before[start..start + len]);
+                    bind.push(0);
+                    self.bind = Some(bind);
+                }
+            }
+            return true;
+        }
+        self.bind.as_ref().is_some_and(|bind| contains(chunk, bind))
+    }
+}
 
 /// The writer's question whether a transaction committed.
 const STATUS_QUERY: &[u8] = b"txid_status(";
@@ -115,6 +153,7 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
     let mut up = vec![0u8; 256 * 1024];
     let mut down = vec![0u8; 256 * 1024];
     let mut message_batch = false;
+    let mut reserve = Reserve::default();
     loop {
         tokio::select! {
             n = cr.read(&mut up) => {
@@ -123,16 +162,19 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
                     Ok(n) => n,
                 };
                 let chunk = &up[..n];
+                let reserves = reserve.runs(chunk);
                 let cut = {
                     let mut active = trips.cutting.lock().unwrap();
-                    let hit = active.iter().position(|p| contains(chunk, p));
+                    let hit = active
+                        .iter()
+                        .position(|p| contains(chunk, p) || (*p == RESERVE_MARK && reserves));
                     hit.map(|i| active.remove(i)).is_some()
                 };
                 if cut {
                     trips.pattern_cuts.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
-                message_batch |= contains(chunk, RESERVE_MARK);
+                message_batch |= reserves;
                 let commit = contains(chunk, COMMIT_QUERY);
                 if sw.write_all(chunk).await.is_err() {
                     return;

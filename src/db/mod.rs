@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod media;
 pub mod messages;
 pub mod models;
+pub mod prepared;
 pub mod recovery;
 pub mod schema;
 pub mod support;
@@ -230,6 +231,7 @@ fn classify(err: AppError) -> AppError {
         AppError::Internal { cause }
             if cause.contains("server closed the connection")
                 || cause.contains("connection to server")
+                || cause.contains("no connection to the server")
                 || cause.contains("terminating connection")
                 || cause.contains("could not connect")
                 || cause.contains("the database system is") =>
@@ -287,6 +289,7 @@ pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::without_gss_probe;
+    use crate::error::AppError;
 
     #[test]
     fn database_urls_skip_the_gss_probe_unless_they_choose_a_mode() {
@@ -304,5 +307,23 @@ mod tests {
         );
         let chosen = "postgres://u@h/db?gssencmode=require";
         assert_eq!(without_gss_probe(chosen), chosen);
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_however_the_driver_words_it() {
+        for cause in [
+            "server closed the connection unexpectedly",
+            "no connection to the server",
+            "could not connect to server: Connection refused",
+            "terminating connection due to administrator command",
+        ] {
+            let err = super::classify(AppError::internal(cause));
+            assert!(
+                matches!(err, AppError::Unavailable { .. }),
+                "{cause}: {err:?}"
+            );
+        }
+        let other = super::classify(AppError::internal("syntax error at or near"));
+        assert!(matches!(other, AppError::Internal { .. }), "{other:?}");
     }
 }

@@ -6,7 +6,8 @@
 //! - **Events.** [`ClusterDelivery`] delivers to this node's sessions, then publishes the event
 //!   once on the service's bus channel with its recipients. Every node parses it once and offers
 //!   the one decoded event to its own sessions of those recipients (encoded once per node, not
-//!   per recipient).
+//!   per recipient). Everything queued when the cluster thread publishes goes out as one
+//!   Redis message ([`Frames`]).
 //! - **Message order.** A `message:new` carries its conversation and seq. On the receiving node
 //!   it goes through that conversation's actor, which fans out strictly in seq order: a seq that
 //!   arrives ahead of the one before waits `CLUSTER_GAP_WAIT_MS`, then the missing rows are read
@@ -65,13 +66,62 @@ const PUBLISH_BATCH: usize = 256;
 /// Messages a lagging subscriber may have waiting before the oldest are lost (and counted).
 const RECEIVE_BUFFER: usize = 65_536;
 
-/// What one node tells the others.
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope<'a> {
-    /// The sending node.
-    from: Cow<'a, str>,
-    /// What it says.
-    body: Body<'a>,
+/// First word of a bus frame's header line (a frame of another format is ignored, and logged).
+const FRAME_TAG: &str = "sb1";
+
+/// Most bytes of bodies one bus frame carries (a flush with more publishes several frames).
+const FRAME_BYTES: usize = 256 * 1024;
+
+/// What one Redis message on the bus carries: the header line `sb1 <node>` naming the sending
+/// node, then one JSON-encoded [`Body`] per line (compact JSON holds no raw newline). A node
+/// publishes every body it had queued in as few frames as fit [`FRAME_BYTES`], so Redis and its
+/// clients handle one message per flush rather than one per event, and a node skips its own
+/// frames by their header without decoding them.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Frames filled so far (the last one still open).
+    done: Vec<String>,
+    /// Bodies in them.
+    bodies: u64,
+}
+
+impl Frames {
+    /// Appends one encoded body, opening a new frame when the open one is full.
+    fn push(&mut self, node: &str, body: &str) {
+        if !matches!(self.done.last(), Some(open) if open.len() + body.len() < FRAME_BYTES) {
+            self.done.push(frame_header(node));
+        }
+        if let Some(open) = self.done.last_mut() {
+            open.push('\n');
+            open.push_str(body);
+            self.bodies += 1;
+        }
+    }
+}
+
+/// The header line of this node's frames.
+fn frame_header(node: &str) -> String {
+    let mut header = String::with_capacity(FRAME_BYTES.min(4096));
+    header.push_str(FRAME_TAG);
+    header.push(' ');
+    header.push_str(node);
+    header
+}
+
+/// A frame of `node` carrying one body (published directly, not through the queue).
+fn single_frame(node: &str, body: &Body<'_>) -> Option<String> {
+    let text = serde_json::to_string(body).ok()?;
+    let mut frames = Frames::default();
+    frames.push(node, &text);
+    frames.done.pop()
+}
+
+/// Splits a received frame into its sending node and its encoded bodies (`None`: not a frame).
+fn split_frame(bytes: &[u8]) -> Option<(&str, impl Iterator<Item = &[u8]>)> {
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let header = std::str::from_utf8(lines.next()?).ok()?;
+    let node = header.strip_prefix(FRAME_TAG)?.strip_prefix(' ')?;
+    Some((node, lines.filter(|line| !line.is_empty())))
 }
 
 /// The things nodes tell each other.
@@ -322,7 +372,7 @@ pub enum Claim {
 /// Work for the cluster thread.
 #[derive(Debug)]
 enum Outgoing {
-    /// An encoded [`Envelope`] for the bus.
+    /// An encoded [`Body`] for the bus.
     Publish(String),
     /// This node now holds `devices` sessions of `user` (0: none; `last_seen` set).
     Presence {
@@ -745,11 +795,7 @@ impl Cluster {
     }
 
     fn publish(&self, body: Body<'_>) {
-        let envelope = Envelope {
-            from: Cow::Borrowed(&self.node),
-            body,
-        };
-        let Ok(text) = serde_json::to_string(&envelope) else {
+        let Ok(text) = serde_json::to_string(&body) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -1257,7 +1303,8 @@ async fn send(
     }
 }
 
-/// Publishes what `batch` holds (dropped and counted while Redis is away).
+/// Publishes what `batch` holds, in as few frames as fit (dropped and counted while Redis is
+/// away).
 async fn flush(
     cluster: &Cluster,
     client: &fred::clients::Client,
@@ -1273,14 +1320,18 @@ async fn flush(
         cluster.dropped.fetch_add(n, Ordering::Relaxed);
         return;
     }
-    let result = if batch.len() == 1 {
-        let text = batch.pop().unwrap_or_default();
-        client.publish::<i64, _, _>(bus, text).await.map(|_| ())
+    let mut frames = Frames::default();
+    for body in batch.drain(..) {
+        frames.push(&cluster.node, &body);
+    }
+    let result = if frames.done.len() == 1 {
+        let frame = frames.done.pop().unwrap_or_default();
+        client.publish::<i64, _, _>(bus, frame).await.map(|_| ())
     } else {
         let pipeline = client.pipeline();
         let mut queued = Ok(());
-        for text in batch.drain(..) {
-            if let Err(e) = pipeline.publish::<(), _, _>(bus, text).await {
+        for frame in frames.done.drain(..) {
+            if let Err(e) = pipeline.publish::<(), _, _>(bus, frame).await {
                 queued = Err(e);
                 break;
             }
@@ -1290,13 +1341,14 @@ async fn flush(
             Err(e) => Err(e),
         }
     };
-    batch.clear();
     match result {
         Ok(()) => {
-            cluster.published.fetch_add(n, Ordering::Relaxed);
+            cluster
+                .published
+                .fetch_add(frames.bodies, Ordering::Relaxed);
         }
         Err(e) => {
-            cluster.dropped.fetch_add(n, Ordering::Relaxed);
+            cluster.dropped.fetch_add(frames.bodies, Ordering::Relaxed);
             tracing::debug!(error = %e, "cluster: publish failed");
             cluster.set_redis_up(false);
         }
@@ -1489,14 +1541,23 @@ async fn receive(
                 let Some(bytes) = message.value.as_bytes() else {
                     continue;
                 };
-                match serde_json::from_slice::<Envelope>(bytes) {
-                    Ok(envelope) if envelope.from == cluster.node => {}
-                    Ok(envelope) => {
-                        cluster.received.fetch_add(1, Ordering::Relaxed);
-                        dispatch(&cluster, &engine, envelope.from.into_owned(), envelope.body)
-                            .await;
+                let Some((from, bodies)) = split_frame(bytes) else {
+                    tracing::warn!("cluster: unreadable frame on the bus ignored");
+                    continue;
+                };
+                if from == cluster.node {
+                    continue;
+                }
+                for body in bodies {
+                    match serde_json::from_slice::<Body>(body) {
+                        Ok(body) => {
+                            cluster.received.fetch_add(1, Ordering::Relaxed);
+                            dispatch(&cluster, &engine, from, body).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: unreadable envelope ignored");
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cluster: unreadable envelope ignored"),
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -1512,7 +1573,7 @@ async fn receive(
 }
 
 /// Applies what another node said to this node's sessions and actors.
-async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: Body<'_>) {
+async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Body<'_>) {
     match body {
         Body::Event {
             users,
@@ -1552,13 +1613,14 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: String, body: B
             let Some(event) = event.into_event() else {
                 return;
             };
+            let from_node = from.to_owned();
             let engine = engine.clone();
             let cluster = Arc::clone(cluster);
             tokio::spawn(async move {
                 let outcome = engine.call_input_here(&call_id, event).await;
                 if let Some(request) = request {
                     cluster.publish(Body::CallReply {
-                        to: from,
+                        to: from_node,
                         request,
                         refusal: outcome.as_ref().err().map(WireRefusal::of),
                     });
@@ -1676,14 +1738,14 @@ async fn reap(
     for user in gone {
         if node == cluster.node {
             // Leaving: the queue is no longer drained, publish directly.
-            if let Ok(text) = serde_json::to_string(&Envelope {
-                from: Cow::Borrowed(&cluster.node),
-                body: Body::Presence {
+            if let Some(text) = single_frame(
+                &cluster.node,
+                &Body::Presence {
                     user,
                     devices: 0,
                     last_seen: Some(now),
                 },
-            }) {
+            ) {
                 let _ = client.publish::<i64, _, _>(keys.bus(), text).await;
             }
         } else {
@@ -1864,34 +1926,59 @@ impl Heartbeat {
 
 #[cfg(test)]
 mod tests {
-    use super::{Body, Envelope};
+    use super::{single_frame, split_frame, Body, Frames, FRAME_BYTES};
     use serde_json::json;
     use std::borrow::Cow;
 
     #[test]
-    fn envelopes_round_trip_with_and_without_a_message_seq() {
-        let data = json!({"text": "hi"});
-        let with = Envelope {
-            from: "a".into(),
-            body: Body::Event {
-                users: vec![1, 2].into(),
-                name: "message:new".into(),
-                data: Cow::Borrowed(&data),
-                skip: None,
-                message: Some((7, 42)),
-            },
+    fn bodies_round_trip_with_and_without_a_message_seq() {
+        let data = json!({"text": "hi\nthere"});
+        let with = Body::Event {
+            users: vec![1, 2].into(),
+            name: "message:new".into(),
+            data: Cow::Borrowed(&data),
+            skip: None,
+            message: Some((7, 42)),
         };
-        let text = serde_json::to_string(&with).unwrap_or_default();
-        let back: Envelope = serde_json::from_str(&text).unwrap_or_else(|e| {
-            unreachable!("{e}: {text}");
-        });
+        let frame = single_frame("a", &with).unwrap_or_default();
+        let Some((from, bodies)) = split_frame(frame.as_bytes()) else {
+            unreachable!("not a frame: {frame}");
+        };
+        assert_eq!(from, "a");
+        let bodies: Vec<Body> = bodies
+            .map(|b| serde_json::from_slice(b).unwrap_or_else(|e| unreachable!("{e}: {frame}")))
+            .collect();
+        assert_eq!(bodies.len(), 1);
         assert!(matches!(
-            back.body,
-            Body::Event { message: Some((7, 42)), ref users, .. } if users[..] == [1, 2]
+            &bodies[0],
+            Body::Event { message: Some((7, 42)), users, data, .. }
+                if users[..] == [1, 2] && data["text"] == "hi\nthere"
         ));
-        let without =
-            r#"{"from":"b","body":{"Event":{"users":[3],"name":"typing:start","data":{}}}}"#;
-        let back: Envelope = serde_json::from_str(without).unwrap_or_else(|e| unreachable!("{e}"));
-        assert!(matches!(back.body, Body::Event { message: None, .. }));
+        let without = r#"{"Event":{"users":[3],"name":"typing:start","data":{}}}"#;
+        let back: Body = serde_json::from_str(without).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(matches!(back, Body::Event { message: None, .. }));
+    }
+
+    #[test]
+    fn a_flush_fills_frames_in_order_up_to_their_size() {
+        let body = format!(r#"{{"Cache":{}}}"#, "1".repeat(1000));
+        let mut frames = Frames::default();
+        for _ in 0..600 {
+            frames.push("node-1", &body);
+        }
+        assert_eq!(frames.bodies, 600);
+        assert!(frames.done.len() >= 3, "{} frames", frames.done.len());
+        let mut total = 0;
+        for frame in &frames.done {
+            assert!(frame.len() <= FRAME_BYTES + body.len());
+            let Some((from, bodies)) = split_frame(frame.as_bytes()) else {
+                unreachable!("not a frame");
+            };
+            assert_eq!(from, "node-1");
+            total += bodies.inspect(|b| assert_eq!(*b, body.as_bytes())).count();
+        }
+        assert_eq!(total, 600);
+        assert!(split_frame(b"{\"from\":\"a\"}").is_none());
+        assert!(split_frame(b"sb2 a\n{}").is_none());
     }
 }
