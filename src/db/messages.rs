@@ -390,8 +390,8 @@ pub(crate) fn trace_of(
 }
 
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
-/// `last_seq` bumped by the number of new messages, and all rows inserted with one multi-row
-/// INSERT, so `seq` stays gap-free even with several processes writing. A draft whose
+/// `last_seq` bumped by the number of new messages, and all rows inserted with one statement
+/// ([`INSERT_SQL`]), so `seq` stays gap-free even with several processes writing. A draft whose
 /// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
 /// problems (a reply target from another conversation) fail only that draft.
 pub fn write_batch(

@@ -16,7 +16,8 @@
 //! 4. The conversation checks membership in memory and queues the draft for its writer shard
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
 //! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
-//!    lookup, conversations locked and seqs reserved in one statement, one multi-row insert) on
+//!    lookup, conversations locked and seqs reserved in one prepared statement, every row
+//!    inserted by one prepared `unnest` statement) on
 //!    one of `DB_POOL_SIZE` connections, up to `WRITE_IN_FLIGHT` batches at once but never two
 //!    holding one conversation (a COMMIT whose answer is lost is settled by the transaction's
 //!    status, then by one retry), then hands each conversation its rows in seq order (bounded
