@@ -727,7 +727,8 @@ fn render_cluster(out: &mut String, c: &crate::realtime::cluster::ClusterCounts)
         out,
         "switchboard_cluster_dropped_total",
         "Events whose cross-node delivery was dropped (CLUSTER_QUEUE full, Redis away, or this \
-         node fell behind the bus); their clients catch up with sync.",
+         node fell behind the bus, where each lost bus message counts once though it may have \
+         held several events); their clients catch up with sync.",
         c.dropped,
     );
     counter(

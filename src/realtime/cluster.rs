@@ -1563,7 +1563,7 @@ async fn receive(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 cluster.dropped.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(
-                    lost = n,
+                    lost_bus_messages = n,
                     "cluster: fell behind the bus; clients catch up with sync"
                 );
             }
