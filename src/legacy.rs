@@ -368,6 +368,18 @@ impl LegacyIds {
         }
     }
 
+    /// The messages whose legacy ids are listed, as `legacy id → id` (one indexed query), and
+    /// remembered (see [`MessageMemo`]).
+    pub async fn lookup_messages(
+        &self,
+        db: &Db,
+        legacy: Vec<String>,
+    ) -> AppResult<HashMap<String, i64>> {
+        let found = db.run(move |conn| message_ids(conn, &legacy)).await?;
+        self.remember_messages(&found);
+        Ok(found)
+    }
+
     /// Replaces the held state.
     pub fn replace(&self, mut snapshot: Snapshot) {
         for table in &mut snapshot.tables {
@@ -738,8 +750,7 @@ pub async fn resolve_message_refs(
     if refs.is_empty() {
         return Ok(());
     }
-    let found = db.run(move |conn| message_ids(conn, &refs)).await?;
-    legacy.remember_messages(&found);
+    let found = legacy.lookup_messages(db, refs).await?;
     apply_message_refs(value, &found);
     Ok(())
 }

@@ -171,11 +171,7 @@ pub async fn rewrite(
     if !refs.is_empty() {
         refs.sort();
         refs.dedup();
-        let found = state
-            .db
-            .run(move |conn| legacy::message_ids(conn, &refs))
-            .await?;
-        state.legacy.remember_messages(&found);
+        let found = state.legacy.lookup_messages(&state.db, refs).await?;
         for &i in &path_refs {
             if let Some(id) = found.get(&segments[i]) {
                 segments[i] = id.to_string();

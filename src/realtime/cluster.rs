@@ -89,7 +89,7 @@ impl Frames {
     /// Appends one encoded body, opening a new frame when the open one is full.
     fn push(&mut self, node: &str, body: &str) {
         if !matches!(self.done.last(), Some(open) if open.len() + body.len() < FRAME_BYTES) {
-            self.done.push(frame_header(node));
+            self.done.push(frame_header(node, body.len()));
         }
         if let Some(open) = self.done.last_mut() {
             open.push('\n');
@@ -99,9 +99,9 @@ impl Frames {
     }
 }
 
-/// The header line of this node's frames.
-fn frame_header(node: &str) -> String {
-    let mut header = String::with_capacity(FRAME_BYTES.min(4096));
+/// The header line of a frame of this node, with room for a first body of `first` bytes.
+fn frame_header(node: &str, first: usize) -> String {
+    let mut header = String::with_capacity(FRAME_TAG.len() + node.len() + first + 2);
     header.push_str(FRAME_TAG);
     header.push(' ');
     header.push_str(node);
