@@ -9,6 +9,179 @@ use std::borrow::Cow;
 /// Result alias used across the crate.
 pub type AppResult<T> = Result<T, AppError>;
 
+/// Declares [`ErrorCode`]: each variant with the string clients see, in one list.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $code:literal,)*) => {
+        /// Every error code a client can see: in REST bodies (`{"error": {"code"}}`), in realtime
+        /// error replies and events, and in Socket.IO connect errors. Serialized as its
+        /// snake_case string; the strings are part of the wire contract and never change.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The string clients match on.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body or frame is not JSON.
+    InvalidJson => "invalid_json",
+    /// The body is JSON of the wrong shape.
+    InvalidBody => "invalid_body",
+    /// A realtime frame is not `{event, payload[, id]}`.
+    InvalidFrame => "invalid_frame",
+    /// A realtime command's payload has the wrong shape.
+    InvalidPayload => "invalid_payload",
+    /// A path or query parameter is malformed.
+    InvalidParameter => "invalid_parameter",
+    /// A page cursor this server did not hand out.
+    InvalidCursor => "invalid_cursor",
+    /// A multipart upload that cannot be read.
+    InvalidMultipart => "invalid_multipart",
+    /// Text with a NUL character, which PostgreSQL does not store.
+    InvalidText => "invalid_text",
+    /// Not a phone number.
+    InvalidPhone => "invalid_phone",
+    /// Not an e-mail address.
+    InvalidEmail => "invalid_email",
+    /// A reply to a message that is not in the conversation.
+    InvalidReply => "invalid_reply",
+    /// The call is not in a state that allows this.
+    InvalidCallState => "invalid_call_state",
+    /// A request body of a content type the route does not take.
+    UnsupportedContentType => "unsupported_content_type",
+    /// A realtime event this server does not know.
+    UnknownEvent => "unknown_event",
+    /// A dialect name this server does not know.
+    UnknownDialect => "unknown_dialect",
+    /// A well-formed value that is not acceptable (too long, out of range, ...).
+    ValidationFailed => "validation_failed",
+    /// A password below the configured strength.
+    WeakPassword => "weak_password",
+    /// An upload without bytes.
+    EmptyUpload => "empty_upload",
+    /// A multipart upload without its file part.
+    MissingFile => "missing_file",
+    /// A byte range outside the stored file.
+    RangeNotSatisfiable => "range_not_satisfiable",
+    /// A message whose media does not match its kind.
+    MediaTypeMismatch => "media_type_mismatch",
+    /// A call of a media kind the callee's app cannot take.
+    MediaUnsupported => "media_unsupported",
+    /// A call provider this server is not configured for.
+    ProviderNotAvailable => "provider_not_available",
+    /// TURN credentials were asked for, but no TURN server is configured.
+    TurnNotConfigured => "turn_not_configured",
+    /// An Agora token was asked for, but Agora is not configured.
+    AgoraNotConfigured => "agora_not_configured",
+    /// A wrong one-time code.
+    OtpInvalid => "otp_invalid",
+    /// A one-time code past its lifetime, or none was sent.
+    OtpExpired => "otp_expired",
+    /// Too many wrong one-time codes: a new one must be sent.
+    OtpAttemptsExceeded => "otp_attempts_exceeded",
+    /// No access token.
+    MissingToken => "missing_token",
+    /// An access token that is malformed, badly signed or of the wrong kind.
+    InvalidToken => "invalid_token",
+    /// An access token past its expiry.
+    TokenExpired => "token_expired",
+    /// A realtime command before the connection authenticated, or an authentication refused
+    /// (Socket.IO).
+    Unauthorized => "unauthorized",
+    /// A wrong login or password.
+    InvalidCredentials => "invalid_credentials",
+    /// A refresh token this server does not know.
+    InvalidRefreshToken => "invalid_refresh_token",
+    /// A refresh token used twice: the session is revoked.
+    RefreshTokenReused => "refresh_token_reused",
+    /// The token's session was revoked (logout, ban, reuse).
+    SessionRevoked => "session_revoked",
+    /// The account is banned.
+    AccountBanned => "account_banned",
+    /// Authenticated, but not allowed to do this.
+    Forbidden => "forbidden",
+    /// The contact policy refuses this conversation or call.
+    NotAllowed => "not_allowed",
+    /// The thing does not exist, or the caller may not see it.
+    NotFound => "not_found",
+    /// The thing exists already.
+    Conflict => "conflict",
+    /// Another account has this phone number.
+    PhoneTaken => "phone_taken",
+    /// Another account has this e-mail address.
+    EmailTaken => "email_taken",
+    /// The same client id was used for a different message.
+    Duplicate => "duplicate",
+    /// The message was deleted.
+    MessageDeleted => "message_deleted",
+    /// The two users are contacts already.
+    AlreadyConnected => "already_connected",
+    /// The chat request was answered already.
+    RequestNotPending => "request_not_pending",
+    /// A call id the caller chose is in use.
+    CallIdTaken => "call_id_taken",
+    /// The caller is in no call.
+    NoCall => "no_call",
+    /// The caller or callee is in a call already.
+    Busy => "busy",
+    /// The body or content is too large.
+    TooLarge => "too_large",
+    /// An upload whose bytes are not of an allowed type.
+    UnsupportedMediaType => "unsupported_media_type",
+    /// The caller's storage quota would be exceeded.
+    QuotaExceeded => "quota_exceeded",
+    /// A request body stalled for longer than its timeout.
+    Timeout => "timeout",
+    /// A signed link past its expiry.
+    LinkExpired => "link_expired",
+    /// Too many requests: retry after `retryAfter` seconds.
+    RateLimited => "rate_limited",
+    /// The server has too much of this work queued: retry after `retryAfter` seconds.
+    Overloaded => "overloaded",
+    /// A dependency (the database, an SMS gateway) is not available right now.
+    Unavailable => "unavailable",
+    /// The server holds as many connections as it may: try again later, or another node.
+    OverCapacity => "over_capacity",
+    /// A failure on the server's side; its cause is logged, not shown.
+    Internal => "internal",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Everything that can go wrong while serving a request or a realtime command.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -16,7 +189,7 @@ pub enum AppError {
     #[error("{message}")]
     BadRequest {
         /// Stable machine-readable code, e.g. `invalid_json`.
-        code: &'static str,
+        code: ErrorCode,
         /// Text for the client.
         message: Cow<'static, str>,
     },
@@ -24,7 +197,7 @@ pub enum AppError {
     #[error("{message}")]
     Validation {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// Text for the client.
         message: Cow<'static, str>,
     },
@@ -32,7 +205,7 @@ pub enum AppError {
     #[error("{message}")]
     Unauthorized {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// Text for the client.
         message: Cow<'static, str>,
     },
@@ -49,7 +222,7 @@ pub enum AppError {
     #[error("{message}")]
     Conflict {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// Text for the client.
         message: Cow<'static, str>,
     },
@@ -100,7 +273,7 @@ pub enum AppError {
 
 impl AppError {
     /// A 400 with a code.
-    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
@@ -110,13 +283,13 @@ impl AppError {
     /// A 422-style validation failure (reported as 400 for legacy clients).
     pub fn validation(message: impl Into<Cow<'static, str>>) -> Self {
         Self::Validation {
-            code: "validation_failed",
+            code: ErrorCode::ValidationFailed,
             message: message.into(),
         }
     }
 
     /// A 401 with a code.
-    pub fn unauthorized(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Unauthorized {
             code,
             message: message.into(),
@@ -126,13 +299,13 @@ impl AppError {
     /// A 400 `invalid_text`: PostgreSQL stores no NUL character (in `text` or in `jsonb`).
     pub fn nul_text() -> Self {
         Self::bad_request(
-            "invalid_text",
+            ErrorCode::InvalidText,
             "text must not contain NUL (\\u0000) characters",
         )
     }
 
     /// A 409 with a code.
-    pub fn conflict(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Conflict {
             code,
             message: message.into(),
@@ -154,25 +327,25 @@ impl AppError {
     }
 
     /// The stable snake_case code clients match on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Self::BadRequest { code, .. }
             | Self::Validation { code, .. }
             | Self::Unauthorized { code, .. }
-            | Self::Conflict { code, .. } => code,
-            Self::Forbidden(_) => "forbidden",
-            Self::NotAllowed(_) => "not_allowed",
-            Self::NotFound(_) => "not_found",
-            Self::Busy(_) => "busy",
-            Self::Overloaded { .. } => "overloaded",
-            Self::TooLarge(_) => "too_large",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::QuotaExceeded(_) => "quota_exceeded",
-            Self::Timeout(_) => "timeout",
-            Self::LinkExpired(_) => "link_expired",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Internal { .. } => "internal",
+            | Self::Conflict { code, .. } => *code,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotAllowed(_) => ErrorCode::NotAllowed,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Busy(_) => ErrorCode::Busy,
+            Self::Overloaded { .. } => ErrorCode::Overloaded,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Self::Timeout(_) => ErrorCode::Timeout,
+            Self::LinkExpired(_) => ErrorCode::LinkExpired,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+            Self::Internal { .. } => ErrorCode::Internal,
         }
     }
 
@@ -228,7 +401,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize)]
 pub struct ErrorDetail {
     /// Stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Client-facing text.
     pub message: String,
     /// Seconds to wait, for `rate_limited` and `busy` (503).
@@ -244,12 +417,12 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         match self {
             Self::Internal { cause } => {
-                tracing::error!(code = self.code(), %cause, "request failed")
+                tracing::error!(code = self.code().as_str(), %cause, "request failed")
             }
             Self::Unavailable { cause } => {
-                tracing::warn!(code = self.code(), %cause, "dependency unavailable")
+                tracing::warn!(code = self.code().as_str(), %cause, "dependency unavailable")
             }
-            _ => tracing::debug!(code = self.code(), message = %self, "request refused"),
+            _ => tracing::debug!(code = self.code().as_str(), message = %self, "request refused"),
         }
         let mut builder = HttpResponse::build(self.status());
         if let Some(secs) = self.retry_after_secs() {
@@ -264,9 +437,10 @@ impl From<diesel::result::Error> for AppError {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
             Error::NotFound => Self::NotFound("not found".into()),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                Self::conflict("conflict", format!("already exists ({})", info.message()))
-            }
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => Self::conflict(
+                ErrorCode::Conflict,
+                format!("already exists ({})", info.message()),
+            ),
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Self::unavailable(info.message())
             }
@@ -287,12 +461,12 @@ mod tests {
     fn every_variant_maps_to_a_code_and_status() {
         let cases = [
             (
-                AppError::bad_request("invalid_json", "x"),
+                AppError::bad_request(ErrorCode::InvalidJson, "x"),
                 400,
                 "invalid_json",
             ),
             (
-                AppError::unauthorized("invalid_token", "x"),
+                AppError::unauthorized(ErrorCode::InvalidToken, "x"),
                 401,
                 "invalid_token",
             ),
@@ -351,10 +525,28 @@ mod tests {
             );
             let body = serde_json::to_value(err.body()).unwrap();
             assert_eq!(body["error"]["retryAfter"], 7);
-            assert_eq!(body["error"]["code"], err.code());
+            assert_eq!(body["error"]["code"], err.code().as_str());
         }
         let body = serde_json::to_value(AppError::unavailable("db").body()).unwrap();
         assert!(body["error"].get("retryAfter").is_none());
+    }
+
+    #[test]
+    fn every_code_is_a_distinct_snake_case_string_and_serializes_as_it() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "{s} twice");
+            assert!(
+                !s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    && !s.starts_with('_')
+                    && !s.ends_with('_'),
+                "{s} is not snake_case"
+            );
+            assert_eq!(serde_json::to_value(code).unwrap(), s);
+            assert_eq!(code.to_string(), s);
+        }
     }
 
     #[test]

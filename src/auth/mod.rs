@@ -14,7 +14,7 @@ use crate::db::accounts::{self, OtpCheck, Rotation};
 use crate::db::audit;
 use crate::db::models::{DeviceSession, NewDeviceSession, NewUser, User};
 use crate::db::Db;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use chrono::Utc;
 use hasher::Hasher;
 use limits::{AuthLimits, Refusal};
@@ -171,26 +171,26 @@ impl Auth {
     ) -> AppResult<(User, Option<DeviceSession>)> {
         let Some((user, session)) = found else {
             return Err(AppError::unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "unknown user or session",
             ));
         };
         if session.as_ref().is_some_and(|s| s.revoked_at.is_some()) {
             return Err(AppError::unauthorized(
-                "session_revoked",
+                ErrorCode::SessionRevoked,
                 "this session was signed out",
             ));
         }
         if user.is_banned() {
             return Err(AppError::unauthorized(
-                "account_banned",
+                ErrorCode::AccountBanned,
                 "this account is banned",
             ));
         }
         if let (None, Some(cutoff)) = (&session, user.tokens_valid_after) {
             if predates(cutoff) {
                 return Err(AppError::unauthorized(
-                    "session_revoked",
+                    ErrorCode::SessionRevoked,
                     "this token was signed out by an administrator",
                 ));
             }
@@ -328,7 +328,7 @@ impl Auth {
                     return Err(self.refuse(refusal, "password", device.ip).await);
                 }
                 return Err(AppError::unauthorized(
-                    "invalid_credentials",
+                    ErrorCode::InvalidCredentials,
                     "wrong login or password",
                 ));
             }
@@ -336,7 +336,7 @@ impl Auth {
         attempt.succeeded();
         if user.is_banned() {
             return Err(AppError::unauthorized(
-                "account_banned",
+                ErrorCode::AccountBanned,
                 "this account is banned",
             ));
         }
@@ -444,7 +444,7 @@ impl Auth {
             Rotation::Rotated { user, session } => {
                 if user.is_banned() {
                     return Err(AppError::unauthorized(
-                        "account_banned",
+                        ErrorCode::AccountBanned,
                         "this account is banned",
                     ));
                 }
@@ -453,12 +453,12 @@ impl Auth {
             Rotation::Reused { session_id } => {
                 tracing::warn!(session = %session_id, "refresh token reused; session revoked");
                 Err(AppError::unauthorized(
-                    "refresh_token_reused",
+                    ErrorCode::RefreshTokenReused,
                     "refresh token already used; the session has been signed out",
                 ))
             }
             Rotation::Invalid => Err(AppError::unauthorized(
-                "invalid_refresh_token",
+                ErrorCode::InvalidRefreshToken,
                 "refresh token is invalid or expired",
             )),
         }
@@ -498,7 +498,7 @@ impl Auth {
                 match (purpose, existing) {
                     (Purpose::Register, Some(_)) => {
                         return Err(AppError::conflict(
-                            "phone_taken",
+                            ErrorCode::PhoneTaken,
                             "an account with this phone already exists; log in instead",
                         ))
                     }
@@ -509,7 +509,7 @@ impl Auth {
                     }
                     (Purpose::Login, Some(u)) if u.is_banned() => {
                         return Err(AppError::unauthorized(
-                            "account_banned",
+                            ErrorCode::AccountBanned,
                             "this account is banned",
                         ))
                     }
@@ -585,19 +585,19 @@ impl Auth {
         match outcome {
             OtpCheck::Accepted => Ok(()),
             OtpCheck::Missing => Err(AppError::bad_request(
-                "otp_invalid",
+                ErrorCode::OtpInvalid,
                 "no code was requested for this phone",
             )),
             OtpCheck::Expired => Err(AppError::bad_request(
-                "otp_expired",
+                ErrorCode::OtpExpired,
                 "the code has expired; request a new one",
             )),
             OtpCheck::Wrong { remaining } if remaining > 0 => Err(AppError::bad_request(
-                "otp_invalid",
+                ErrorCode::OtpInvalid,
                 format!("wrong code; {remaining} attempt(s) left"),
             )),
             OtpCheck::Wrong { .. } | OtpCheck::Exhausted => Err(AppError::bad_request(
-                "otp_attempts_exceeded",
+                ErrorCode::OtpAttemptsExceeded,
                 "too many wrong codes; request a new one",
             )),
         }
@@ -670,7 +670,7 @@ impl Auth {
             .ok_or_else(|| AppError::NotFound("no account with this phone".into()))?;
         if user.is_banned() {
             return Err(AppError::unauthorized(
-                "account_banned",
+                ErrorCode::AccountBanned,
                 "this account is banned",
             ));
         }
@@ -681,7 +681,7 @@ impl Auth {
     pub fn check_password_policy(&self, password: &str) -> AppResult<()> {
         if password.chars().count() < self.config.password_min_length {
             return Err(AppError::Validation {
-                code: "weak_password",
+                code: ErrorCode::WeakPassword,
                 message: format!(
                     "password must be at least {} characters",
                     self.config.password_min_length
@@ -729,7 +729,7 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
         Ok(email)
     } else {
         Err(AppError::bad_request(
-            "invalid_email",
+            ErrorCode::InvalidEmail,
             "e-mail address is not valid",
         ))
     }

@@ -2,7 +2,7 @@
 //! pluggable senders (`log` for development, `webhook` for an SMS gateway).
 
 use crate::config::{Config, OtpSenderKind};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use ring::hmac;
 use serde::Serialize;
 use std::time::Duration;
@@ -81,7 +81,7 @@ pub fn normalize_phone(raw: &str) -> AppResult<String> {
             ' ' | '-' | '.' | '(' | ')' | '\u{a0}' => {}
             _ => {
                 return Err(AppError::bad_request(
-                    "invalid_phone",
+                    ErrorCode::InvalidPhone,
                     "phone number has invalid characters",
                 ))
             }
@@ -90,13 +90,13 @@ pub fn normalize_phone(raw: &str) -> AppResult<String> {
     let digits = out.len() - 1;
     if !(8..=15).contains(&digits) || out.as_bytes().get(1) == Some(&b'0') {
         return Err(AppError::bad_request(
-            "invalid_phone",
+            ErrorCode::InvalidPhone,
             "phone number must be in international format, e.g. +14155550123",
         ));
     }
     if !trimmed.starts_with('+') && !trimmed.starts_with("00") && digits < 10 {
         return Err(AppError::bad_request(
-            "invalid_phone",
+            ErrorCode::InvalidPhone,
             "phone number must include its country code",
         ));
     }

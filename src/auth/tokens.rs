@@ -5,7 +5,7 @@
 //! subject is a Switchboard user id, or the id a legacy backend knew the user by (a MongoDB
 //! ObjectId), which the ids `switchboard import` kept map to a user.
 
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -136,9 +136,9 @@ impl TokenKeys {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => {
-                    AppError::unauthorized("token_expired", "token expired")
+                    AppError::unauthorized(ErrorCode::TokenExpired, "token expired")
                 }
-                _ => AppError::unauthorized("invalid_token", "invalid token"),
+                _ => AppError::unauthorized(ErrorCode::InvalidToken, "invalid token"),
             }
         })?;
         let claims = data.claims;
@@ -156,7 +156,9 @@ impl TokenKeys {
                     legacy_id_value(claims.get(*key)?).map(|id| (Subject::Legacy(id), false))
                 })
             })
-            .ok_or_else(|| AppError::unauthorized("invalid_token", "token has no subject"))?;
+            .ok_or_else(|| {
+                AppError::unauthorized(ErrorCode::InvalidToken, "token has no subject")
+            })?;
         let (session_id, legacy_session) = match claims.get("sid").and_then(string_value) {
             Some(sid) => (Some(sid), false),
             None => match claims.get("sessionId").and_then(string_value) {

@@ -3,7 +3,7 @@
 
 use super::models::{DeviceSession, NewDeviceSession, NewUser, OtpCode, RefreshToken, User};
 use super::schema::{device_sessions, otp_codes, refresh_tokens, users};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -17,9 +17,15 @@ pub fn insert_user(conn: &mut PgConnection, new: &NewUser<'_>) -> AppResult<User
         .map_err(|e| match e {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 if info.constraint_name().is_some_and(|c| c.contains("email")) {
-                    AppError::conflict("email_taken", "an account with this e-mail already exists")
+                    AppError::conflict(
+                        ErrorCode::EmailTaken,
+                        "an account with this e-mail already exists",
+                    )
                 } else {
-                    AppError::conflict("phone_taken", "an account with this phone already exists")
+                    AppError::conflict(
+                        ErrorCode::PhoneTaken,
+                        "an account with this phone already exists",
+                    )
                 }
             }
             other => other.into(),

@@ -4,7 +4,7 @@
 
 use super::conversations::{self as convs, Conversation};
 use super::schema::{chat_requests, users};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -155,7 +155,7 @@ pub fn create(
     }
     if super::contacts::direct_between(conn, from, to)?.is_some() {
         return Err(AppError::conflict(
-            "already_connected",
+            ErrorCode::AlreadyConnected,
             "you already have a conversation with this user",
         ));
     }
@@ -276,7 +276,7 @@ pub fn respond(
                 });
             }
             return Err(AppError::conflict(
-                "request_not_pending",
+                ErrorCode::RequestNotPending,
                 format!("this request is already {}", req.status),
             ));
         }

@@ -4,7 +4,7 @@
 
 use super::prepared::{Prepared, Statement};
 use super::schema::{conversations, messages};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::policy::ContactCache;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -512,7 +512,7 @@ fn write_rows(
         if let Some(r) = d.reply_to_id {
             if reply_conv.get(&r) != Some(&d.conversation_id) {
                 results[i] = Some(Err(AppError::Validation {
-                    code: "invalid_reply",
+                    code: ErrorCode::InvalidReply,
                     message: "replyTo must be a message of the same conversation".into(),
                 }));
                 continue;
@@ -606,7 +606,7 @@ fn write_rows(
                 message: w.message.clone(),
                 fresh: false,
             }),
-            Some(Err(e)) => Err(AppError::bad_request("duplicate", e.to_string())),
+            Some(Err(e)) => Err(AppError::bad_request(ErrorCode::Duplicate, e.to_string())),
             None => Err(AppError::internal("duplicate of an unwritten draft")),
         });
     }
@@ -793,7 +793,7 @@ pub fn edit(
         }
         if m.deleted_at.is_some() {
             return Err(AppError::conflict(
-                "message_deleted",
+                ErrorCode::MessageDeleted,
                 "the message was deleted",
             ));
         }

@@ -18,7 +18,7 @@ use crate::db::admin::{self as q, CallFilter, ConversationFilter, UserFilter};
 use crate::db::audit::{self, NewEntry};
 use crate::db::models::User;
 use crate::db::{conversations as convs, support};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::registry::{
     CallOfUser, ConnectionBreakdown, GetStats, LiveCallDetails, LiveCalls, OnlineUsers,
     UserConnections,
@@ -111,7 +111,7 @@ fn cursor_id(raw: Option<&str>) -> AppResult<Option<i64>> {
         Some(c) => c
             .parse::<i64>()
             .map(Some)
-            .map_err(|_| AppError::bad_request("invalid_cursor", "cursor is not valid")),
+            .map_err(|_| AppError::bad_request(ErrorCode::InvalidCursor, "cursor is not valid")),
         None => Ok(None),
     }
 }
@@ -661,7 +661,7 @@ async fn call_history(
     for (name, at) in [("since", &query.since), ("until", &query.until)] {
         if at.as_ref().is_some_and(|t| !crate::db::storable_time(t)) {
             return Err(AppError::bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 format!("{name} is before the earliest time the server can store"),
             ));
         }

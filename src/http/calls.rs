@@ -3,7 +3,7 @@
 
 use crate::auth::Identity;
 use crate::db::calls::{self, CallRow, ParticipantRow};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::call::ice;
 use crate::realtime::protocol::{CallInitiate, CallRef};
 use crate::state::AppState;
@@ -39,7 +39,7 @@ async fn ice_servers_for(
     let user: i64 = path
         .trim()
         .parse()
-        .map_err(|_| AppError::bad_request("invalid_parameter", "userId must be an id"))?;
+        .map_err(|_| AppError::bad_request(ErrorCode::InvalidParameter, "userId must be an id"))?;
     if user != identity.user_id() && !identity.is_admin() {
         return Err(AppError::Forbidden(
             "ICE credentials are issued for your own user only".into(),
@@ -76,7 +76,7 @@ async fn turn_credentials(
     let config = &state.config;
     if config.turn_secret.is_empty() || config.turn_urls.0.is_empty() {
         return Err(AppError::Validation {
-            code: "turn_not_configured",
+            code: ErrorCode::TurnNotConfigured,
             message: "TURN is not configured on this server".into(),
         });
     }
@@ -264,7 +264,7 @@ pub(crate) fn call_cursor(
     let Some(c) = cursor.filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    let bad = || AppError::bad_request("invalid_cursor", "cursor is not valid");
+    let bad = || AppError::bad_request(ErrorCode::InvalidCursor, "cursor is not valid");
     let (ts, id) = c.split_once('_').ok_or_else(bad)?;
     let micros: i64 = ts.parse().map_err(|_| bad())?;
     let at = chrono::DateTime::from_timestamp_micros(micros)
@@ -372,7 +372,7 @@ async fn admin_agora_token(
         .unwrap_or_else(|| super::astrology::default_agora_uid(&req, &state, identity.user_id()));
     let token = crate::realtime::call::agora::rtc_token_for(&state.config, &channel, uid)
         .ok_or_else(|| AppError::Validation {
-            code: "agora_not_configured",
+            code: ErrorCode::AgoraNotConfigured,
             message: "Agora is not configured on this server".into(),
         })?
         .map_err(AppError::internal)?;

@@ -12,7 +12,7 @@ use crate::auth::Identity;
 use crate::db::chat_requests::{self as requests, Answer, ChatRequest, ChatRequestView};
 use crate::db::contacts::{self, Entry};
 use crate::db::conversations::{self as convs, Conversation};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::protocol::opt_id_field;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -122,7 +122,7 @@ async fn list_requests(
         Some(s @ ("pending" | "accepted" | "declined" | "cancelled")) => Some(s.to_owned()),
         Some(other) => {
             return Err(AppError::bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 format!("unknown status `{other}`"),
             ))
         }
@@ -266,7 +266,7 @@ pub fn normalize_contact(raw: &str, country_code: Option<&str>) -> AppResult<Str
                 !c.is_ascii_digit() && !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')
             }) {
                 return Err(AppError::bad_request(
-                    "invalid_phone",
+                    ErrorCode::InvalidPhone,
                     "phone number has invalid characters",
                 ));
             }

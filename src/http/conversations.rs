@@ -6,7 +6,7 @@
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, Conversation, ConversationView};
 use crate::db::messages::{self, Message};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::protocol::{id_field, opt_id_field, SendDraft};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -96,7 +96,9 @@ async fn list(
         Some(c) => Some(
             c.split_once(':')
                 .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
-                .ok_or_else(|| AppError::bad_request("invalid_cursor", "cursor is not valid"))?,
+                .ok_or_else(|| {
+                    AppError::bad_request(ErrorCode::InvalidCursor, "cursor is not valid")
+                })?,
         ),
         None => None,
     };
@@ -463,7 +465,7 @@ impl PageQuery {
         let (before, after) = (self.before, self.after);
         if before.is_some_and(|b| b < 0) || after.is_some_and(|a| a < 0) {
             return Err(AppError::bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 "before/after must be non-negative seq numbers",
             ));
         }
@@ -635,7 +637,7 @@ async fn team_conversation(
     let role = role.trim().to_ascii_lowercase();
     if role.is_empty() || role.len() > 64 {
         return Err(AppError::bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             "team role must be 1 to 64 characters",
         ));
     }

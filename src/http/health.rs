@@ -1,5 +1,6 @@
 //! Liveness and readiness: `/ping`, `/health` (touches the database), `/api/health` (seed 001).
 
+use crate::error::ErrorCode;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use diesel::RunQueryDsl;
@@ -40,7 +41,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                 "db": "down",
                 "uptime": uptime,
                 "cluster": cluster,
-                "error": {"code": "unavailable", "message": "database unavailable"},
+                "error": {"code": ErrorCode::Unavailable, "message": "database unavailable"},
             }))
         }
     }

@@ -8,7 +8,7 @@
 
 use crate::auth::Identity;
 use crate::db::media::{self as rows, MediaRow};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::media::{self, Incoming};
 use crate::state::AppState;
 use actix_web::http::header;
@@ -141,13 +141,13 @@ pub async fn upload(
             let mut field = match form.next().await {
                 None => {
                     return Err(AppError::bad_request(
-                        "missing_file",
+                        ErrorCode::MissingFile,
                         "the multipart body has no `file` part",
                     ))
                 }
                 Some(Err(e)) => {
                     return Err(AppError::bad_request(
-                        "invalid_multipart",
+                        ErrorCode::InvalidMultipart,
                         format!("the multipart body could not be read: {e}"),
                     ))
                 }
@@ -162,7 +162,7 @@ pub async fn upload(
                     .map(|chunk| {
                         chunk.map_err(|e| {
                             AppError::bad_request(
-                                "invalid_multipart",
+                                ErrorCode::InvalidMultipart,
                                 format!("the file part could not be read: {e}"),
                             )
                         })
@@ -173,7 +173,7 @@ pub async fn upload(
             let mut read = 0usize;
             while let Some(chunk) = field.next().await {
                 let chunk = chunk.map_err(|e| {
-                    AppError::bad_request("invalid_multipart", format!("a form field: {e}"))
+                    AppError::bad_request(ErrorCode::InvalidMultipart, format!("a form field: {e}"))
                 })?;
                 read += chunk.len();
                 if read > MAX_OTHER_FIELD {
@@ -189,7 +189,7 @@ pub async fn upload(
             .map(|chunk| {
                 chunk.map_err(|e| {
                     AppError::bad_request(
-                        "invalid_body",
+                        ErrorCode::InvalidBody,
                         format!("the body could not be read: {e}"),
                     )
                 })
@@ -285,7 +285,7 @@ async fn serve(
         _ => {
             let token = super::bearer_token(req).ok_or_else(|| {
                 AppError::unauthorized(
-                    "missing_token",
+                    ErrorCode::MissingToken,
                     "an Authorization: Bearer token or a signed URL is required",
                 )
             })?;
@@ -363,7 +363,7 @@ async fn serve(
                     .insert_header((header::ACCEPT_RANGES, "bytes"))
                     .json(
                         AppError::bad_request(
-                            "range_not_satisfiable",
+                            ErrorCode::RangeNotSatisfiable,
                             format!("the file has {size} bytes"),
                         )
                         .body(),

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition of [`crate::metrics::Metrics`], optionally behind
 //! a bearer token (`METRICS_TOKEN`).
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::metrics::Snapshot;
 use crate::realtime::registry::GetStats;
 use crate::state::AppState;
@@ -25,7 +25,7 @@ pub async fn metrics(
         let given = super::bearer_token(&req).unwrap_or("");
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return Err(AppError::unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "a valid metrics bearer token is required",
             ));
         }

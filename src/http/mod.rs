@@ -17,7 +17,7 @@ pub mod support;
 pub mod users;
 
 use crate::auth::Identity;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use actix_web::dev::Payload;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -85,17 +85,17 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
                     AppError::TooLarge("request body is too large".into())
                 }
                 JsonPayloadError::ContentType => AppError::bad_request(
-                    "unsupported_content_type",
+                    ErrorCode::UnsupportedContentType,
                     "expected Content-Type: application/json",
                 ),
                 JsonPayloadError::Deserialize(e) if e.is_data() => AppError::Validation {
-                    code: "validation_failed",
+                    code: ErrorCode::ValidationFailed,
                     message: e.to_string().into(),
                 },
                 JsonPayloadError::Deserialize(e) => {
-                    AppError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+                    AppError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
                 }
-                other => AppError::bad_request("invalid_body", other.to_string()),
+                other => AppError::bad_request(ErrorCode::InvalidBody, other.to_string()),
             };
             app.into()
         })
@@ -103,7 +103,7 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
 
 fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
     AppError::bad_request(
-        "invalid_parameter",
+        ErrorCode::InvalidParameter,
         format!("invalid path parameter: {err}"),
     )
     .into()
@@ -111,7 +111,7 @@ fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
 
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     AppError::bad_request(
-        "invalid_parameter",
+        ErrorCode::InvalidParameter,
         format!("invalid query parameter: {err}"),
     )
     .into()
@@ -125,7 +125,7 @@ pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
         .filter(|v| *v > 0)
         .ok_or_else(|| {
             AppError::bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 format!("{what} must be a positive integer id"),
             )
         })
@@ -164,7 +164,7 @@ impl FromRequest for Identity {
             let state = state.ok_or_else(|| AppError::internal("application state missing"))?;
             let token = token.ok_or_else(|| {
                 AppError::unauthorized(
-                    "missing_token",
+                    ErrorCode::MissingToken,
                     "an Authorization: Bearer token is required",
                 )
             })?;

@@ -173,7 +173,10 @@ fn components() -> Value {
             "error",
             object(
                 &[
-                    ("code", string()),
+                    (
+                        "code",
+                        json!({"type": "string", "enum": crate::error::ErrorCode::ALL}),
+                    ),
                     ("message", string()),
                     ("retryAfter", integer()),
                 ],

@@ -16,7 +16,7 @@ use super::conversations::{draft_for, PageQuery};
 use crate::auth::Identity;
 use crate::db::conversations::Conversation;
 use crate::db::support;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::protocol::CallInitiate;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -164,7 +164,7 @@ async fn admin_call(
     fields.entry("provider").or_insert_with(|| json!("auto"));
     let req: CallInitiate =
         serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
-            code: "validation_failed",
+            code: ErrorCode::ValidationFailed,
             message: e.to_string().into(),
         })?;
     if req.to.is_none() {

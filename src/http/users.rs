@@ -4,7 +4,7 @@ use super::double_option;
 use crate::auth::{validate_name, Identity};
 use crate::db::accounts;
 use crate::db::models::UserView;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -78,13 +78,13 @@ pub async fn search(
 ) -> AppResult<HttpResponse> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
-    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| AppError::bad_request("invalid_cursor", "cursor is not valid"))?,
-        ),
-        None => None,
-    };
+    let after =
+        match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => Some(c.parse::<i64>().map_err(|_| {
+                AppError::bad_request(ErrorCode::InvalidCursor, "cursor is not valid")
+            })?),
+            None => None,
+        };
     let text = query.q;
     let found = state
         .db

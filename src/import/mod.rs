@@ -153,25 +153,32 @@ impl Report {
     }
 }
 
-/// The code of the error that rolls a dry run back.
-const DRY_RUN: &str = "dry_run";
+/// Why a dry run's transaction ends: always rolled back, after the import ran or failed.
+enum DryRun {
+    /// The import ran to the end; roll it back.
+    Done,
+    /// The import failed.
+    Failed(AppError),
+}
+
+impl From<diesel::result::Error> for DryRun {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
 
 /// Runs an import on `conn` (migrated).
 pub fn run(conn: &mut PgConnection, options: &Options) -> AppResult<Report> {
     let started = Instant::now();
     let mut importer = Importer::new(options);
     if options.dry_run {
-        let outcome = conn.transaction::<(), AppError, _>(|conn| {
-            importer.all(conn)?;
-            Err(AppError::Conflict {
-                code: DRY_RUN,
-                message: "dry run".into(),
-            })
+        let outcome = conn.transaction::<(), DryRun, _>(|conn| {
+            importer.all(conn).map_err(DryRun::Failed)?;
+            Err(DryRun::Done)
         });
         match outcome {
-            Err(AppError::Conflict { code: DRY_RUN, .. }) => {}
-            Err(e) => return Err(e),
-            Ok(()) => {}
+            Err(DryRun::Done) | Ok(()) => {}
+            Err(DryRun::Failed(e)) => return Err(e),
         }
     } else {
         importer.all(conn)?;

@@ -13,7 +13,7 @@ pub mod sniff;
 use crate::config::Config;
 use crate::db::media::{self as rows, MediaRow};
 use crate::db::Db;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -513,7 +513,10 @@ impl Media {
             }
         }
         if head.is_empty() {
-            return Err(AppError::bad_request("empty_upload", "the upload is empty"));
+            return Err(AppError::bad_request(
+                ErrorCode::EmptyUpload,
+                "the upload is empty",
+            ));
         }
         let sniffed = sniff::sniff(&head).ok_or_else(|| {
             AppError::UnsupportedMediaType(

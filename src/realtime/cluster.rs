@@ -39,7 +39,7 @@ use super::registry::{
 };
 use super::Engine;
 use crate::config::Config;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use chrono::{DateTime, Utc};
 use fred::prelude::{
     Builder, ClientLike, Config as RedisConfig, EventInterface, HashesInterface, KeysInterface,
@@ -345,7 +345,7 @@ impl WireRefusal {
         match self {
             Self::NotFound(m) => AppError::NotFound(m.into()),
             Self::Forbidden(m) => AppError::Forbidden(m.into()),
-            Self::InvalidState(m) => AppError::conflict("invalid_call_state", m),
+            Self::InvalidState(m) => AppError::conflict(ErrorCode::InvalidCallState, m),
             Self::Unavailable(m) => AppError::unavailable(m),
         }
     }

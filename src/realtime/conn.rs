@@ -12,6 +12,7 @@
 //! - [`Ceiling`] caps open realtime connections below the descriptor limit, so that upgrades over
 //!   it are refused at once with 503 while health checks and admins still get a descriptor.
 
+use crate::error::ErrorCode;
 use crate::metrics::Metrics;
 use actix_web::dev::{Extensions, Payload};
 use actix_web::error::PayloadError;
@@ -343,7 +344,7 @@ impl OverCapacity {
     /// The answer to send instead of the upgrade: 503 `over_capacity` with `Retry-After`.
     pub fn response(self) -> HttpResponse {
         let body = serde_json::json!({"error": {
-            "code": "over_capacity",
+            "code": ErrorCode::OverCapacity,
             "message": "this server holds as many realtime connections as it may; retry later",
         }});
         HttpResponse::ServiceUnavailable()

@@ -20,7 +20,7 @@
 //! connections. While nothing was imported that costs one atomic load per event.
 
 use super::protocol::{ClientFrame, Outbound, ServerEvent, WireError};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::legacy::{Kind, LegacyIds, Source};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1082,7 +1082,7 @@ impl Dialect {
         match requested.map(str::trim).filter(|s| !s.is_empty()) {
             None => Ok(default),
             Some(name) => Self::find(name).ok_or_else(|| AppError::BadRequest {
-                code: "unknown_dialect",
+                code: ErrorCode::UnknownDialect,
                 message: format!(
                     "unknown dialect `{}`; known: {}",
                     name.chars().take(32).collect::<String>(),
@@ -1176,7 +1176,10 @@ fn conversation_of(payload: &Value) -> Option<String> {
 }
 
 fn no_call() -> AppError {
-    AppError::bad_request("no_call", "there is no call in progress on this connection")
+    AppError::bad_request(
+        ErrorCode::NoCall,
+        "there is no call in progress on this connection",
+    )
 }
 
 fn call_id_of(payload: &Value) -> Option<&str> {

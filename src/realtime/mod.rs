@@ -50,7 +50,7 @@ use crate::config::Config;
 use crate::db::conversations as convs;
 use crate::db::messages::{self, Actor as MessageActor, Draft, Message, MessageView};
 use crate::db::Db;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use actix::prelude::*;
 use conversation::{
     Change, ChangeMessage, ConversationActor, ConversationMap, Join, Receipt, SendMessage, Typing,
@@ -89,7 +89,7 @@ fn attach(draft: &mut Draft, row: &crate::db::media::MediaRow) -> AppResult<()> 
     };
     if !fits {
         return Err(AppError::Validation {
-            code: "media_type_mismatch",
+            code: ErrorCode::MediaTypeMismatch,
             message: format!(
                 "a message of type {} cannot carry a {} upload ({})",
                 draft.kind, row.kind, row.content_type

@@ -3,7 +3,7 @@
 //! into [`Command`]s, and everything the engine sends out is a [`ServerEvent`] (or an ack/error
 //! reply to a frame).
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use bytestring::ByteString;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -212,7 +212,7 @@ pub fn frame_text<T: Serialize + ?Sized>(event: &str, id: Option<&Value>, payloa
 #[derive(Clone, Debug, Serialize)]
 pub struct WireError {
     /// Stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Client-facing text.
     pub message: String,
     /// The frame this answers: its id, or its event name when it had none.
@@ -714,7 +714,7 @@ impl SendDraft {
             Value::String(conversation_id.to_string()),
         );
         serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
-            code: "validation_failed",
+            code: ErrorCode::ValidationFailed,
             message: e.to_string().into(),
         })
     }
@@ -792,7 +792,7 @@ fn payload<T: de::DeserializeOwned>(event: &str, value: Value) -> Result<T, AppE
         value
     };
     serde_json::from_value(value).map_err(|e| AppError::BadRequest {
-        code: "invalid_payload",
+        code: ErrorCode::InvalidPayload,
         message: format!("{event}: {e}").into(),
     })
 }
@@ -827,7 +827,7 @@ impl Command {
             "call:ice" => Self::CallSignal("call:ice", payload(event, value)?),
             other => {
                 return Err(AppError::BadRequest {
-                    code: "unknown_event",
+                    code: ErrorCode::UnknownEvent,
                     message: format!(
                         "unknown event `{}`",
                         other.chars().take(64).collect::<String>()

@@ -10,7 +10,7 @@ use super::directory::Delivery;
 use super::last_seen::LastSeenBuffer;
 use super::protocol::ServerEvent;
 use super::Engine;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -903,7 +903,7 @@ impl Handler<StartCall> for Registry {
         }
         if self.calls.contains_key(&msg.call_id) {
             return Err(AppError::conflict(
-                "call_id_taken",
+                ErrorCode::CallIdTaken,
                 "a call with this id is live; choose another room name",
             ));
         }

@@ -506,7 +506,7 @@ impl Runner {
                 Err(e) => Err(e),
             };
             tracing::debug!(
-                error = result.as_ref().err().map(AppError::code),
+                error = result.as_ref().err().map(|e| e.code().as_str()),
                 ms = received.elapsed().as_secs_f64() * 1000.0,
                 "command done"
             );

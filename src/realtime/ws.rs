@@ -14,7 +14,7 @@ use super::registry::SessionLabels;
 use super::session::{
     CloseRequest, CloseSignal, Link, SessionActor, TransportClosed, CLOSE_UNAUTHORIZED,
 };
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use actix::{Actor, Addr};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -43,13 +43,13 @@ impl WireFormat for CanonicalJson {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             (
                 None,
-                AppError::bad_request("invalid_json", format!("malformed JSON frame: {e}")),
+                AppError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON frame: {e}")),
             )
         })?;
         let Value::Object(mut obj) = value else {
             return Err((
                 None,
-                AppError::bad_request("invalid_frame", "a frame must be a JSON object"),
+                AppError::bad_request(ErrorCode::InvalidFrame, "a frame must be a JSON object"),
             ));
         };
         let id = obj.remove("id").filter(|v| !v.is_null());
@@ -57,7 +57,10 @@ impl WireFormat for CanonicalJson {
             if !(id.is_string() || id.is_number()) {
                 return Err((
                     None,
-                    AppError::bad_request("invalid_frame", "`id` must be a string or a number"),
+                    AppError::bad_request(
+                        ErrorCode::InvalidFrame,
+                        "`id` must be a string or a number",
+                    ),
                 ));
             }
         }
@@ -66,7 +69,10 @@ impl WireFormat for CanonicalJson {
             _ => {
                 return Err((
                     id,
-                    AppError::bad_request("invalid_frame", "`event` must be a non-empty string"),
+                    AppError::bad_request(
+                        ErrorCode::InvalidFrame,
+                        "`event` must be a non-empty string",
+                    ),
                 ))
             }
         };
@@ -124,7 +130,10 @@ pub async fn route(
     };
     let identity = match token_of(&req) {
         Some(t) => state.auth.authenticate(&t).await,
-        None => Err(AppError::unauthorized("missing_token", "token required")),
+        None => Err(AppError::unauthorized(
+            ErrorCode::MissingToken,
+            "token required",
+        )),
     };
     let socket = SocketHandle::of(&req);
     let body = conn::guarded_payload(&req, body, state.config.max_frame_bytes).await?;
@@ -132,7 +141,7 @@ pub async fn route(
     let identity = match identity {
         Ok(i) => i,
         Err(e) => {
-            tracing::info!(code = e.code(), "websocket refused: unauthorized");
+            tracing::info!(code = e.code().as_str(), "websocket refused: unauthorized");
             let grace = state.config.socket_close_grace;
             let metrics = Arc::clone(&state.engine.metrics);
             actix_web::rt::spawn(async move {
@@ -339,7 +348,7 @@ impl Reader {
     }
 
     fn error(&self, id: Option<Value>, err: &AppError) {
-        tracing::debug!(code = err.code(), "frame refused");
+        tracing::debug!(code = err.code().as_str(), "frame refused");
         self.link.push(
             Outbound::error(id.clone(), WireError::from_app(err, id)),
             self.user,
@@ -396,7 +405,7 @@ impl Reader {
                 self.error(
                     None,
                     &AppError::bad_request(
-                        "invalid_frame",
+                        ErrorCode::InvalidFrame,
                         "binary frames are not supported on /ws",
                     ),
                 );
@@ -448,9 +457,9 @@ mod tests {
         let f = CanonicalJson.decode(r#"{"event":"ping","id":7}"#).unwrap();
         assert_eq!((f.event.as_str(), f.reply_to), ("ping", Some(json!(7))));
         let (id, e) = CanonicalJson.decode("{nope").unwrap_err();
-        assert_eq!((id, e.code()), (None, "invalid_json"));
+        assert_eq!((id, e.code()), (None, ErrorCode::InvalidJson));
         let (id, e) = CanonicalJson.decode(r#"{"id":"a","event":5}"#).unwrap_err();
-        assert_eq!((id, e.code()), (Some(json!("a")), "invalid_frame"));
+        assert_eq!((id, e.code()), (Some(json!("a")), ErrorCode::InvalidFrame));
         let (_, e) = CanonicalJson.decode("[1,2]").unwrap_err();
         assert_eq!(e.code(), "invalid_frame");
     }

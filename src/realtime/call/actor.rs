@@ -8,7 +8,7 @@ use super::machine::{Call, Effect, Event, Outcome, PartyStatus, Refusal, Status,
 use crate::db::calls::{self, CallRow, ParticipantRow};
 use crate::db::conversations as convs;
 use crate::db::messages::Draft;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::protocol::ServerEvent;
 use crate::realtime::registry::{CallFinished, CallMembership, Registry, ScheduleCallTimer};
 use crate::realtime::Engine;
@@ -241,7 +241,7 @@ impl CallActor {
         let now = self.now();
         let effects = self.call.step(event, now).map_err(|r| match r {
             Refusal::NotAParty => AppError::Forbidden("you are not part of this call".into()),
-            Refusal::InvalidState(why) => AppError::conflict("invalid_call_state", why),
+            Refusal::InvalidState(why) => AppError::conflict(ErrorCode::InvalidCallState, why),
         })?;
         self.track_state();
         if self.ringing_at.is_none()

@@ -9,7 +9,7 @@ pub mod machine;
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::db::conversations as convs;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::policy::ContactCache;
 use crate::realtime::cluster::Claim;
 use crate::realtime::dialect::Media;
@@ -87,7 +87,7 @@ impl Engine {
             provider == "webrtc" || (provider == "agora" && self.config.agora_enabled());
         if !available {
             return Err(AppError::Validation {
-                code: "provider_not_available",
+                code: ErrorCode::ProviderNotAvailable,
                 message: format!("call provider `{provider}` is not available on this server")
                     .into(),
             });
@@ -128,7 +128,7 @@ impl Engine {
                         if let Some(id) = &chosen_id {
                             if crate::db::calls::exists(conn, id)? {
                                 return Err(AppError::conflict(
-                                    "call_id_taken",
+                                    ErrorCode::CallIdTaken,
                                     "this room name was already used; choose another",
                                 ));
                             }
@@ -274,7 +274,7 @@ impl Engine {
             Claim::CallerBusy => return Err(AppError::Busy("you are already in a call".into())),
             Claim::Taken => {
                 return Err(AppError::conflict(
-                    "call_id_taken",
+                    ErrorCode::CallIdTaken,
                     "a call with this id is live; choose another room name",
                 ))
             }
@@ -341,7 +341,7 @@ impl Engine {
         }
         let unsupported = || {
             AppError::Conflict {
-            code: "media_unsupported",
+            code: ErrorCode::MediaUnsupported,
             message: format!(
                 "the callee's app cannot join a {provider} call, and no call provider suits both apps"
             )
@@ -350,7 +350,7 @@ impl Engine {
         };
         if !caller_media.allows(&provider) {
             return Err(AppError::Conflict {
-                code: "media_unsupported",
+                code: ErrorCode::MediaUnsupported,
                 message: format!("this app cannot join a {provider} call").into(),
             });
         }
@@ -480,7 +480,7 @@ impl Engine {
             Event::Ring { user, device },
         ] {
             if let Err(e) = self.call_input(&call, event).await {
-                tracing::debug!(user, call = %call, code = e.code(), "recovered session: call left as it is");
+                tracing::debug!(user, call = %call, code = e.code().as_str(), "recovered session: call left as it is");
             }
         }
     }

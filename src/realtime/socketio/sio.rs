@@ -7,6 +7,7 @@ use super::engine::{EioData, EioHandler, EioSocket};
 use super::packet::{fill_placeholders, SioKind, SioPacket};
 use super::recovery::{self, Found, Keeper, Tracker};
 use crate::auth::{Auth, Identity};
+use crate::error::ErrorCode;
 use crate::realtime::dialect::{Dialect, Translator};
 use crate::realtime::protocol::{ClientFrame, Outbound, ServerEvent};
 use crate::realtime::registry::SessionLabels;
@@ -347,9 +348,9 @@ impl SioHandler {
                                         return;
                                     }
                                     Err(e) => {
-                                        engine.metrics.socketio_recovery(e.code());
+                                        engine.metrics.socketio_recovery(e.code().as_str());
                                         tracing::info!(
-                                            code = e.code(),
+                                            code = e.code().as_str(),
                                             "socket.io session not recovered"
                                         );
                                     }
@@ -461,7 +462,7 @@ impl SioHandler {
     /// Tells a tokenless client its `authenticate` failed or never came, and disconnects it.
     fn refuse_authentication(&self, socket: &Arc<EioSocket>, why: &str) {
         self.with_conn(&socket.sid, |c| c.namespaces.remove("/"));
-        let error = json!({"code": "unauthorized", "message": why});
+        let error = json!({"code": ErrorCode::Unauthorized, "message": why});
         send_packet(
             socket,
             &packet(SioKind::Event, "/", None, Some(json!(["error", error]))),
@@ -532,7 +533,7 @@ impl SioHandler {
                     this.bridge(&socket, identity, engine, dialect, opening, None);
                 }
                 Err(e) => {
-                    tracing::info!(code = e.code(), "socket.io authenticate refused");
+                    tracing::info!(code = e.code().as_str(), "socket.io authenticate refused");
                     this.refuse_authentication(&socket, "invalid or expired token");
                 }
             }
@@ -907,7 +908,7 @@ impl SioHandler {
                     })
                     .unwrap_or(false);
                 if !kept {
-                    let err = json!({"code": "unauthorized", "message": "send `authenticate` with a token first", "ref": p.id.map_or(json!(name), Value::from)});
+                    let err = json!({"code": ErrorCode::Unauthorized, "message": "send `authenticate` with a token first", "ref": p.id.map_or(json!(name), Value::from)});
                     send_packet(
                         socket,
                         &packet(SioKind::Event, "/", None, Some(json!(["error", err]))),
@@ -970,7 +971,7 @@ impl SioHandler {
                             .metrics
                             .rate_limited(crate::metrics::Limit::InFlight);
                     }
-                    let err = json!({"code": "rate_limited", "message": "too many frames in flight", "ref": p.id.map_or(json!(name), Value::from)});
+                    let err = json!({"code": ErrorCode::RateLimited, "message": "too many frames in flight", "ref": p.id.map_or(json!(name), Value::from)});
                     let reply = match p.id {
                         Some(id) => {
                             packet(SioKind::Ack, "/", Some(id), Some(json!([{"error": err}])))
