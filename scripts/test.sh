@@ -273,9 +273,9 @@ step_test() {
     if ! command -v turnserver >/dev/null 2>&1 || ! command -v turnutils_uclient >/dev/null 2>&1; then
         pg__apt_install coturn
     fi
-    # tests/listener.rs reads the server's socket system calls with strace.
+    # tests/it/listener.rs reads the server's socket system calls with strace.
     ops_need strace strace
-    # tests/pg_restart.rs creates, crashes and restarts a PostgreSQL cluster of its own (initdb,
+    # tests/it/pg_restart.rs creates, crashes and restarts a PostgreSQL cluster of its own (initdb,
     # pg_ctl), also when the other tests use TEST_DATABASE_URL or the server on 127.0.0.1:5432.
     pg_install_if_missing
     install_node_clients
@@ -284,7 +284,7 @@ step_test() {
     cargo test --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 }
 
-# tests/media_s3.rs runs the media store against a real S3-compatible server: moto's, from
+# tests/it/media_s3.rs runs the media store against a real S3-compatible server: moto's, from
 # PyPI, in a virtual environment of its own under target/; exports MOTO_SERVER_BIN.
 MOTO_VERSION="5.2.1"
 install_moto_server() {

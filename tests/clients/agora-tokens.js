@@ -1,5 +1,5 @@
 // Builds Agora AccessToken2 RTC tokens with the official `agora-token` package for the cases read
-// from stdin (a JSON array) and prints the tokens as a JSON array. Used by tests/agora.rs to
+// from stdin (a JSON array) and prints the tokens as a JSON array. Used by tests/it/agora.rs to
 // cross-check Switchboard's own token builder.
 'use strict';
 const { AccessToken2, ServiceRtc } = require('agora-token/src/AccessToken2');

@@ -1,6 +1,6 @@
 // Drives Switchboard's /socket.io/ endpoint with the official socket.io-client. Reads a JSON
 // scenario from stdin: {url, token, badToken, conversationId}. Prints one JSON object with what
-// each check observed; tests/socketio.rs asserts on it.
+// each check observed; tests/it/socketio.rs asserts on it.
 'use strict';
 const { io } = require('socket.io-client');
 

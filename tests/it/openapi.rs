@@ -1,0 +1,189 @@
+//! `GET /api/openapi.json` and `GET /api/docs`: the document has the OpenAPI 3.0 structure,
+//! documents every REST route registered in `src/http/` (read from the source, so a new route
+//! without documentation fails here), and the page loads nothing from elsewhere. The full
+//! validation (openapi-spec-validator) and schemathesis run in tests/clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::common;
+
+use crate::common::TestServer;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// `(method, path)` of every `.route("PATH", web::METHOD()` in one source text.
+fn registrations(source: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(".route(") {
+        rest = &rest[at + ".route(".len()..];
+        let trimmed = rest.trim_start();
+        let Some(after_quote) = trimmed.strip_prefix('"') else {
+            continue;
+        };
+        let Some(end) = after_quote.find('"') else {
+            break;
+        };
+        let path = &after_quote[..end];
+        let tail = after_quote[end + 1..].trim_start();
+        let Some(tail) = tail.strip_prefix(',') else {
+            continue;
+        };
+        let tail = tail.trim_start();
+        let Some(method) = tail
+            .strip_prefix("web::")
+            .and_then(|t| t.split_once("()"))
+            .map(|(m, _)| m)
+        else {
+            continue;
+        };
+        out.push((method.to_owned(), path.to_owned()));
+    }
+    out
+}
+
+/// Every registered REST route, with `/api` duplicates for the routes mounted under both.
+fn registered_routes() -> BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut routes = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        // In mod.rs, `configure` registers root-only routes; everything after `fn app_routes`
+        // (and every other file) is mounted at the root and under /api.
+        let (root_only, both) = if path.ends_with("mod.rs") {
+            let split = source.find("fn app_routes").expect("mod.rs has app_routes");
+            (&source[..split], &source[split..])
+        } else {
+            ("", source.as_str())
+        };
+        for (method, p) in registrations(root_only) {
+            routes.insert((method, p));
+        }
+        for (method, p) in registrations(both) {
+            routes.insert((method.clone(), format!("/api{p}")));
+            routes.insert((method, p));
+        }
+    }
+    // Realtime transports, not REST: described in the document's text.
+    routes.remove(&("get".to_owned(), "/ws".to_owned()));
+    routes.remove(&("route".to_owned(), "/socket.io/".to_owned()));
+    routes
+}
+
+#[test]
+fn the_route_scanner_reads_multi_line_registrations() {
+    let found = registrations(
+        "cfg.route(\"/a\", web::get().to(x))\n.route(\n    \"/b/{id}\",\n    web::delete().to(y),\n)",
+    );
+    assert_eq!(
+        found,
+        vec![
+            ("get".to_owned(), "/a".to_owned()),
+            ("delete".to_owned(), "/b/{id}".to_owned())
+        ]
+    );
+    assert!(registered_routes().contains(&("post".to_owned(), "/api/auth/login".to_owned())));
+}
+
+#[actix_web::test]
+async fn the_document_covers_every_route_and_has_the_openapi_3_structure() {
+    let s = TestServer::start().await;
+    let (status, doc) = s.get("/api/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."));
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+
+    let mut documented = BTreeSet::new();
+    for (path, item) in paths {
+        assert!(path.starts_with('/'), "{path}");
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                ["get", "head", "post", "put", "patch", "delete"].contains(&method.as_str()),
+                "{method} {path}"
+            );
+            documented.insert((method.clone(), path.clone()));
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{method} {path} has responses");
+            for (code, response) in responses {
+                assert!(code.len() == 3 && code.parse::<u16>().is_ok(), "{code}");
+                assert!(
+                    response["description"].is_string(),
+                    "{method} {path} {code}"
+                );
+            }
+            // Path parameters are declared exactly for the template's segments.
+            let declared: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            let template: BTreeSet<String> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(declared, template, "{method} {path}");
+        }
+    }
+    let registered = registered_routes();
+    let missing: Vec<_> = registered.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without documentation: {missing:?}"
+    );
+    let stale: Vec<_> = documented.difference(&registered).collect();
+    assert!(stale.is_empty(), "documented but not registered: {stale:?}");
+
+    // Every documented path answers something other than the unknown-route 404.
+    let (status, body) = s.get("/api/users/profile", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("missing_token"))
+    );
+
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for part in text.split("#/components/schemas/").skip(1) {
+        let name: String = part.chars().take_while(|c| *c != '"').collect();
+        assert!(schemas.contains_key(&name), "dangling $ref {name}");
+    }
+    let error: &Value = &schemas["Error"];
+    assert_eq!(error["required"], serde_json::json!(["error"]));
+}
+
+#[actix_web::test]
+async fn the_docs_page_is_self_contained_html() {
+    let s = TestServer::start().await;
+    let mut res = s.client.get(s.url("/api/docs")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    let csp = res
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(html.contains("/api/openapi.json"));
+    for external in ["src=\"http", "href=\"http", "@import", "src=\"//"] {
+        assert!(
+            !html.contains(external),
+            "loads something external: {external}"
+        );
+    }
+}
