@@ -15,8 +15,8 @@
 # validated, then schemathesis against a live server with a user and an admin token; see
 # scripts/lib/api.sh) and fuzz (every cargo-fuzz target in tests/fuzz for ~10 s; see
 # scripts/lib/fuzz.sh).
-# A failing step does not stop the later ones; the summary lists each result and the exit status
-# is non-zero when any step failed.
+# A failing step does not stop the later ones; the summary lists each result with its duration,
+# and the exit status is non-zero when any step failed.
 #
 # PostgreSQL: TEST_DATABASE_URL when set (an admin URL to the `postgres` database; tests create and
 # drop their own databases from it); else the server on 127.0.0.1:5432 when it accepts
@@ -355,8 +355,9 @@ RESULTS=()
 FAILED=0
 
 run_step() {
-    local name="$1" rc
+    local name="$1" rc started
     section "$name"
+    started=$SECONDS
     set +e
     (
         set -e
@@ -365,9 +366,9 @@ run_step() {
     rc=$?
     set -e
     if [ "$rc" -eq 0 ]; then
-        RESULTS+=("ok      $name")
+        RESULTS+=("ok      $name ($((SECONDS - started)) s)")
     else
-        RESULTS+=("FAILED  $name (exit status $rc)")
+        RESULTS+=("FAILED  $name (exit status $rc; $((SECONDS - started)) s)")
         FAILED=1
     fi
 }

@@ -662,6 +662,8 @@ pub struct Cluster {
     nodes_reaped: AtomicU64,
     /// Set once this node left (shutdown) or was halted: no heartbeat any more.
     stopped: AtomicBool,
+    /// Woken by [`Cluster::halt`]: the cluster thread ends.
+    halted: tokio::sync::Notify,
     /// Set once the bus subscription first went through (renewed by the client after that).
     subscribed: AtomicBool,
     /// Redis was unreachable since this node last wrote its presence: write it again.
@@ -732,6 +734,7 @@ impl Cluster {
             gap_fills: AtomicU64::new(0),
             nodes_reaped: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            halted: tokio::sync::Notify::new(),
             subscribed: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
@@ -1050,9 +1053,11 @@ impl Cluster {
     }
 
     /// Stops beating at once and leaves every entry behind, as a crashed node would (tests
-    /// of failover run several nodes in one process).
+    /// of failover run several nodes in one process): the cluster thread ends, so the node
+    /// neither publishes nor hears the bus any more.
     pub fn halt(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        self.halted.notify_one();
     }
 
     /// Tells every node (this one included) a user's presence: `devices` on every node.
@@ -1276,7 +1281,14 @@ async fn send(
 ) {
     let bus = cluster.keys.bus();
     let mut batch: Vec<String> = Vec::with_capacity(PUBLISH_BATCH);
-    while let Some(first) = incoming.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = incoming.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+            () = cluster.halted.notified() => return,
+        };
         if cluster.stopped.load(Ordering::SeqCst) {
             if let Outgoing::Leave(reply) = first {
                 let _ = reply.send(());

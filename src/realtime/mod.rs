@@ -134,6 +134,8 @@ pub struct Engine {
     pub call_limiter: Arc<UserLimiter>,
     /// Arbiters that host conversation actors.
     pub arbiters: Arc<[ArbiterHandle]>,
+    /// The registry's own arbiter.
+    registry_arbiter: ArbiterHandle,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Cap on open realtime connections (`MAX_REALTIME_CONNECTIONS`).
@@ -222,6 +224,7 @@ impl Engine {
             registry,
             writer,
             arbiters,
+            registry_arbiter,
             metrics,
             draining: Arc::default(),
             commands: Arc::default(),
@@ -235,6 +238,17 @@ impl Engine {
             }
         }
         engine
+    }
+
+    /// Stops the engine's threads: the conversation arbiters and the registry's, dropping
+    /// the actors they host (and with them their database handles). A server process ends
+    /// them by exiting; a process that runs servers one after another (the integration tests)
+    /// calls this when it is done with one, after its listeners stopped.
+    pub fn stop(&self) {
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+        self.registry_arbiter.stop();
     }
 
     /// One message send of `user` against `MESSAGE_RATE_PER_MIN` / `MESSAGE_BURST`: this

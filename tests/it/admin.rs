@@ -3,8 +3,6 @@
 //! log, seed 002's support conversations from both sides, and an authorization matrix.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -5,8 +5,8 @@
 
 use crate::common;
 
-use base64::Engine;
 use crate::common::{code, next_sms, sms_gateway, TestServer, SECRET};
+use base64::Engine;
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchboard::config::OtpSenderKind;

@@ -6,8 +6,6 @@
 //! which the test server believes because the tests connect from a trusted proxy (127.0.0.1).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use futures_util::future::{join, join_all};
 use serde_json::{json, Value};

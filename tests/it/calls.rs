@@ -3,8 +3,6 @@
 //! rate limits and permissions — with the database rows checked for each outcome.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -3,8 +3,6 @@
 //! sockets, history and admin stats.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use serde_json::json;
 use std::process::{Child, Command, Stdio};

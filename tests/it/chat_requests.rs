@@ -3,8 +3,6 @@
 //! formats, and start-chat by user id or phone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::json;

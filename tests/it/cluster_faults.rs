@@ -13,8 +13,6 @@
     clippy::print_stderr
 )]
 
-use crate::common;
-
 use crate::common::{RedisSpace, TestServer, WsClient, SECRET};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -3,8 +3,6 @@
 //! across dialects. Seed 000's own flows are in `seed_000.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{TestServer, WsClient};
 use serde_json::{json, Value};

@@ -4,8 +4,6 @@
 //! closing sockets gets every user's `last_seen_at` written through a small pool.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestDb, TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -11,8 +11,6 @@
     clippy::print_stderr
 )]
 
-use crate::common;
-
 use crate::common::{TestServer, WsClient};
 use serde_json::{json, Value};
 use std::net::SocketAddr;

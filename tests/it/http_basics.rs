@@ -2,8 +2,6 @@
 //! malformed input, unknown routes, profile changes and user search with cursor pagination.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer};
 use serde_json::json;
 use std::time::{Duration, Instant};

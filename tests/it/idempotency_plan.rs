@@ -12,8 +12,6 @@
     clippy::print_stderr
 )]
 
-use crate::common;
-
 use crate::common::TestDb;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Json, Text};

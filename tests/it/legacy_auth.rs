@@ -5,8 +5,6 @@
 //! through `legacy_ids`, on REST and on the WebSocket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient, SECRET};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -7,8 +7,6 @@
 //! did, and rows imported while it serves are picked up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{TestServer, WsClient};
 use serde_json::{json, Value};

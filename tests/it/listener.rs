@@ -4,8 +4,6 @@
 //! `MAX_CONNECTIONS` really stops a worker from taking more connections.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestDb, TestServer, WsClient, SECRET};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

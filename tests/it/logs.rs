@@ -6,8 +6,6 @@
 //! from `X-Forwarded-For` only when the peer is a trusted proxy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{sms_gateway, TestDb, WsClient, SECRET};
 use diesel::prelude::*;
 use serde_json::{json, Value};

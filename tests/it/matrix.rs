@@ -20,8 +20,6 @@
 //! type: its calls are audio.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{TestServer, WsClient, SECRET};
 use serde_json::{json, Value};

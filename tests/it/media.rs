@@ -3,8 +3,6 @@
 //! messages that carry media to the seed apps, the clean-up, and uploads under load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::media::*;
 use crate::common::puppet::Puppet;
 use crate::common::{code, TestServer, WsClient};

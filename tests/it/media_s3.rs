@@ -8,8 +8,6 @@
     clippy::print_stderr
 )]
 
-use crate::common;
-
 use crate::common::media::*;
 use crate::common::{code, TestServer, WsClient};
 use serde_json::json;

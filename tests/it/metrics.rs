@@ -2,8 +2,6 @@
 //! strict parser below), and counters move with traffic over `/ws`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -3,8 +3,6 @@
 //! cannot fail the commit batch of other users' messages.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use serde_json::json;
 

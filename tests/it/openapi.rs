@@ -4,8 +4,6 @@
 //! validation (openapi-spec-validator) and schemathesis run in tests/clients.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::TestServer;
 use serde_json::Value;
 use std::collections::BTreeSet;

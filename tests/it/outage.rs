@@ -4,8 +4,6 @@
 //! database is reachable again sends work with nothing acknowledged lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestDb, TestServer, WsClient};
 use serde_json::json;
 use std::net::SocketAddr;

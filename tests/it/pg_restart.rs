@@ -11,8 +11,6 @@
     clippy::print_stderr
 )]
 
-use crate::common;
-
 use crate::common::{TestDb, TestServer, WsClient};
 use diesel::prelude::*;
 use serde_json::{json, Value};

@@ -6,8 +6,6 @@
 //! private id, more missed events than the cap) or not at all (a banned user).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{RedisSpace, TestServer, WsClient};
 use serde_json::{json, Value};

@@ -2,8 +2,6 @@
 //! a REST send or delete reaches sockets exactly as a socket one does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{code, TestServer, WsClient};
 use serde_json::json;
 use std::time::Duration;

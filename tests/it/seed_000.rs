@@ -21,8 +21,6 @@
 //!   so its value also held the ring; a test ring lasts well under a second).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{code, TestServer, SECRET};
 use serde_json::{json, Value};

@@ -21,8 +21,6 @@
 //! `reason` the other party gave, `cancelled` for a call called off while it rang.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{code, TestServer, WsClient};
 use serde_json::{json, Value};

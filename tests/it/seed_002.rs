@@ -44,11 +44,9 @@
 //!   `?cursor=` (calls, `nextCursor`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
-use base64::Engine;
 use crate::common::puppet::Puppet;
 use crate::common::{code, TestServer};
+use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::Duration;

@@ -54,8 +54,6 @@
 //!   at connect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::puppet::Puppet;
 use crate::common::{code, next_sms, sms_gateway, TestServer, SECRET};
 use serde_json::{json, Value};

@@ -17,8 +17,6 @@
 //!   not hear its own `call:hangup` back; after a hang-up both parties are free to call again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestServer, WsClient, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -4,8 +4,6 @@
 //! sessions' last-seen times and exit 0 within `SHUTDOWN_TIMEOUT_SECS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestDb, WsClient, SECRET};
 use diesel::prelude::*;
 use serde_json::{json, Value};

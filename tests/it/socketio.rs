@@ -4,8 +4,6 @@
 //! Socket.IO client and a plain `/ws` client through the same engine.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common;
-
 use crate::common::{TestServer, WsClient};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};

@@ -1,6 +1,6 @@
 //! Shared test support: a private database per test (created from `TEST_DATABASE_URL`, dropped
 //! afterwards), the real server started in-process on 127.0.0.1:0, and a small JSON client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod media;
 pub mod puppet;
@@ -181,19 +181,23 @@ fn drop_stale_templates(admin: &str) {
     let Ok(mut conn) = PgConnection::establish(admin) else {
         return;
     };
-    let names: Vec<Name> = diesel::sql_query(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'sb\\_tmpl\\_%'",
-    )
-    .load(&mut conn)
-    .unwrap_or_default();
+    let names: Vec<Name> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'sb\\_tmpl\\_%'")
+            .load(&mut conn)
+            .unwrap_or_default();
     for Name { datname } in names {
-        let pid = datname.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let pid = datname
+            .split('_')
+            .nth(2)
+            .and_then(|p| p.parse::<u32>().ok());
         let gone = pid.is_some_and(|pid| {
             pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         });
         if gone {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"))
-                .execute(&mut conn);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"
+            ))
+            .execute(&mut conn);
         }
     }
 }
@@ -509,6 +513,8 @@ impl Drop for TestServer {
         if let Some(cluster) = &self.running.state.engine.cluster {
             cluster.halt();
         }
+        // Its threads end too: every test runs in this one process.
+        self.running.state.engine.stop();
     }
 }
 

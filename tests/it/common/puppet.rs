@@ -1,7 +1,7 @@
 //! Drives the real `socket.io-client` (tests/clients/sio-puppet.js) from a test: connect
 //! clients with any options, emit events (with or without an ack), and wait for what each
 //! client receives.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
