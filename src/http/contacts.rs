@@ -13,6 +13,7 @@ use crate::db::chat_requests::{self as requests, Answer, ChatRequest, ChatReques
 use crate::db::contacts::{self, Entry};
 use crate::db::conversations::{self as convs, Conversation};
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::realtime::events;
 use crate::realtime::protocol::opt_id_field;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -95,7 +96,7 @@ async fn send_request(
     if created {
         state
             .engine
-            .notify_users(vec![to], "chat_request:new", json!(view));
+            .notify_users(vec![to], events::CHAT_REQUEST_NEW, json!(view));
     }
     let mut builder = if created {
         HttpResponse::Created()
@@ -182,9 +183,9 @@ async fn answer(
     };
     if done.changed {
         let (audience, event) = match answer {
-            Answer::Accept => (vec![from, to], "chat_request:accepted"),
-            Answer::Decline => (vec![from], "chat_request:declined"),
-            Answer::Cancel => (vec![to], "chat_request:cancelled"),
+            Answer::Accept => (vec![from, to], events::CHAT_REQUEST_ACCEPTED),
+            Answer::Decline => (vec![from], events::CHAT_REQUEST_DECLINED),
+            Answer::Cancel => (vec![to], events::CHAT_REQUEST_CANCELLED),
         };
         state.engine.notify_users(
             audience,

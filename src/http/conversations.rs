@@ -7,6 +7,7 @@ use crate::auth::Identity;
 use crate::db::conversations::{self as convs, Conversation, ConversationView};
 use crate::db::messages::{self, Message};
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::realtime::events;
 use crate::realtime::protocol::{id_field, opt_id_field, SendDraft};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -288,7 +289,9 @@ async fn create(
     state.engine.members_changed(conv.id, all.clone());
     let view = load_views(&state, vec![conv], me).await?.pop();
     if let Some(v) = &view {
-        state.engine.notify_users(all, "conversation:new", json!(v));
+        state
+            .engine
+            .notify_users(all, events::CONVERSATION_NEW, json!(v));
     }
     Ok(respond(HttpResponse::Created(), view))
 }
@@ -391,7 +394,7 @@ async fn add_members(
     state.engine.members_changed(id, members.clone());
     state.engine.notify_users(
         members,
-        "conversation:members_added",
+        events::CONVERSATION_MEMBERS_ADDED,
         json!({"conversationId": id.to_string(), "userIds": added.iter().map(ToString::to_string).collect::<Vec<_>>()}),
     );
     Ok(HttpResponse::Ok().json(json!({"success": true, "added": added.iter().map(ToString::to_string).collect::<Vec<_>>()})))
@@ -428,7 +431,7 @@ async fn remove_member(
     state.engine.members_changed(id, members);
     state.engine.notify_users(
         audience,
-        "conversation:member_removed",
+        events::CONVERSATION_MEMBER_REMOVED,
         json!({"conversationId": id.to_string(), "userId": target.to_string()}),
     );
     Ok(HttpResponse::Ok().json(json!({"success": true})))

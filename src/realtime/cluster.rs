@@ -40,6 +40,7 @@ use super::registry::{
 use super::Engine;
 use crate::config::Config;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::realtime::events;
 use chrono::{DateTime, Utc};
 use fred::prelude::{
     Builder, ClientLike, Config as RedisConfig, EventInterface, HashesInterface, KeysInterface,
@@ -232,7 +233,7 @@ enum WireCallEvent {
 }
 
 /// Signal kinds a call relays (the wire carries the name).
-const SIGNAL_KINDS: [&str; 3] = ["call:offer", "call:answer", "call:ice"];
+const SIGNAL_KINDS: [&str; 3] = [events::CALL_OFFER, events::CALL_ANSWER, events::CALL_ICE];
 
 impl WireCallEvent {
     fn from_event(event: CallEvent) -> Option<Self> {
@@ -1790,7 +1791,7 @@ async fn end_calls_of(
             .await?;
         let users: Vec<i64> = users.iter().filter_map(|u| u.parse().ok()).collect();
         let event = ServerEvent::new(
-            "call:ended",
+            events::CALL_ENDED,
             serde_json::json!({
                 "callId": call_id,
                 "reason": "network_error",

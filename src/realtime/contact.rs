@@ -9,6 +9,7 @@ use crate::db::conversations::{self as convs, Conversation};
 use crate::db::messages::MessageView;
 use crate::error::{AppError, AppResult};
 use crate::policy;
+use crate::realtime::events;
 use serde_json::{json, Value};
 
 impl Engine {
@@ -58,7 +59,7 @@ impl Engine {
         match self.db.run(move |conn| convs::views(conn, list, a)).await {
             Ok(mut views) => {
                 if let Some(view) = views.pop() {
-                    self.notify_users(vec![a, b], "conversation:new", json!(view));
+                    self.notify_users(vec![a, b], events::CONVERSATION_NEW, json!(view));
                 }
             }
             Err(e) => {

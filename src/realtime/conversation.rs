@@ -23,6 +23,7 @@ use super::Engine;
 use crate::db::conversations::{self as convs, ReceiptKind};
 use crate::db::messages::{self, Actor as MessageActor, Draft, Message, Written};
 use crate::error::{AppError, AppResult};
+use crate::realtime::events;
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -340,9 +341,9 @@ impl ConversationActor {
     fn broadcast_typing(&self, user: i64, active: bool) {
         let event = ServerEvent::new(
             if active {
-                "typing:start"
+                events::TYPING_START
             } else {
-                "typing:stop"
+                events::TYPING_STOP
             },
             json!({"conversationId": self.id.to_string(), "userId": user.to_string()}),
         );
@@ -515,7 +516,12 @@ impl Handler<Committed> for ConversationActor {
 
 /// The `message:new` event of a committed message.
 pub(crate) fn new_message_event(m: &Message) -> Arc<ServerEvent> {
-    ServerEvent::message("message:new", json!(m.view()), m.conversation_id, m.seq)
+    ServerEvent::message(
+        events::MESSAGE_NEW,
+        json!(m.view()),
+        m.conversation_id,
+        m.seq,
+    )
 }
 
 /// The first and last seq above `mark` up to the highest of `seqs` (sorted, all above `mark`)
@@ -908,8 +914,8 @@ impl ConversationActor {
         let reply = match result {
             Ok(Some(moved)) => {
                 let name = match kind {
-                    ReceiptKind::Delivered => "receipt:delivered",
-                    ReceiptKind::Read => "receipt:read",
+                    ReceiptKind::Delivered => events::RECEIPT_DELIVERED,
+                    ReceiptKind::Read => events::RECEIPT_READ,
                 };
                 let mut payload = json!({
                     "conversationId": id.to_string(),
@@ -965,10 +971,10 @@ impl Handler<ChangeMessage> for ConversationActor {
                 db.run(move |conn| match change {
                     Change::Edit(text) => {
                         messages::edit(conn, message_id, conversation, actor, &text)
-                            .map(|m| (m, true, "message:edited"))
+                            .map(|m| (m, true, events::MESSAGE_EDITED))
                     }
                     Change::Delete => messages::delete(conn, message_id, conversation, actor)
-                        .map(|(m, fresh)| (m, fresh, "message:deleted")),
+                        .map(|(m, fresh)| (m, fresh, events::MESSAGE_DELETED)),
                 })
                 .await
             }

@@ -36,6 +36,7 @@ pub mod contact;
 pub mod conversation;
 pub mod dialect;
 pub mod directory;
+pub mod events;
 pub mod last_seen;
 pub mod protocol;
 pub mod ratelimit;

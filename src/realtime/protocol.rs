@@ -4,6 +4,7 @@
 //! reply to a frame).
 
 use crate::error::{AppError, ErrorCode};
+use crate::realtime::events;
 use bytestring::ByteString;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -79,8 +80,11 @@ impl Position {
     /// The position of a canonical event, when it stands for something durable.
     pub fn of(name: &str, payload: &Value) -> Option<Self> {
         let new = match name {
-            "message:new" => true,
-            "message:edited" | "message:deleted" | "receipt:delivered" | "receipt:read" => false,
+            events::MESSAGE_NEW => true,
+            events::MESSAGE_EDITED
+            | events::MESSAGE_DELETED
+            | events::RECEIPT_DELIVERED
+            | events::RECEIPT_READ => false,
             _ => return None,
         };
         let conversation = match payload.get("conversationId")? {
@@ -106,7 +110,11 @@ impl Position {
 fn call_end_of(name: &str, payload: &Value) -> Option<Arc<str>> {
     matches!(
         name,
-        "call:ended" | "call:missed" | "call:cancelled" | "call:rejected" | "call:busy"
+        events::CALL_ENDED
+            | events::CALL_MISSED
+            | events::CALL_CANCELLED
+            | events::CALL_REJECTED
+            | events::CALL_BUSY
     )
     .then(|| payload.get("callId").and_then(Value::as_str).map(Arc::from))
     .flatten()
@@ -801,30 +809,30 @@ impl Command {
     /// Parses a canonical event and payload.
     pub fn parse(event: &str, value: Value) -> Result<Self, AppError> {
         Ok(match event {
-            "conversation:join" => Self::Join(payload(event, value)?),
-            "conversation:leave" => Self::Leave(payload(event, value)?),
-            "message:send" if !names_conversation(&value) && names_recipient(&value) => {
+            events::CONVERSATION_JOIN => Self::Join(payload(event, value)?),
+            events::CONVERSATION_LEAVE => Self::Leave(payload(event, value)?),
+            events::MESSAGE_SEND if !names_conversation(&value) && names_recipient(&value) => {
                 Self::SendDirect(payload(event, value)?)
             }
-            "message:send" => Self::Send(payload(event, value)?),
-            "conversation:open" => Self::OpenDirect(payload(event, value)?),
-            "message:edit" => Self::Edit(payload(event, value)?),
-            "message:delete" => Self::Delete(payload(event, value)?),
-            "typing:start" => Self::TypingStart(payload(event, value)?),
-            "typing:stop" => Self::TypingStop(payload(event, value)?),
-            "receipt:delivered" => Self::Delivered(payload(event, value)?),
-            "receipt:read" => Self::Read(payload(event, value)?),
-            "presence:subscribe" => Self::PresenceSubscribe(payload(event, value)?),
+            events::MESSAGE_SEND => Self::Send(payload(event, value)?),
+            events::CONVERSATION_OPEN => Self::OpenDirect(payload(event, value)?),
+            events::MESSAGE_EDIT => Self::Edit(payload(event, value)?),
+            events::MESSAGE_DELETE => Self::Delete(payload(event, value)?),
+            events::TYPING_START => Self::TypingStart(payload(event, value)?),
+            events::TYPING_STOP => Self::TypingStop(payload(event, value)?),
+            events::RECEIPT_DELIVERED => Self::Delivered(payload(event, value)?),
+            events::RECEIPT_READ => Self::Read(payload(event, value)?),
+            events::PRESENCE_SUBSCRIBE => Self::PresenceSubscribe(payload(event, value)?),
             "sync" => Self::Sync(payload(event, value)?),
             "ping" => Self::Ping,
-            "call:initiate" => Self::CallInitiate(payload(event, value)?),
-            "call:accept" => Self::CallAccept(payload(event, value)?),
-            "call:reject" => Self::CallReject(payload(event, value)?),
-            "call:end" => Self::CallEnd(payload(event, value)?),
-            "call:rejoin" => Self::CallRejoin(payload(event, value)?),
-            "call:offer" => Self::CallSignal("call:offer", payload(event, value)?),
-            "call:answer" => Self::CallSignal("call:answer", payload(event, value)?),
-            "call:ice" => Self::CallSignal("call:ice", payload(event, value)?),
+            events::CALL_INITIATE => Self::CallInitiate(payload(event, value)?),
+            events::CALL_ACCEPT => Self::CallAccept(payload(event, value)?),
+            events::CALL_REJECT => Self::CallReject(payload(event, value)?),
+            events::CALL_END => Self::CallEnd(payload(event, value)?),
+            events::CALL_REJOIN => Self::CallRejoin(payload(event, value)?),
+            events::CALL_OFFER => Self::CallSignal(events::CALL_OFFER, payload(event, value)?),
+            events::CALL_ANSWER => Self::CallSignal(events::CALL_ANSWER, payload(event, value)?),
+            events::CALL_ICE => Self::CallSignal(events::CALL_ICE, payload(event, value)?),
             other => {
                 return Err(AppError::BadRequest {
                     code: ErrorCode::UnknownEvent,

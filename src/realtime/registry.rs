@@ -11,6 +11,7 @@ use super::last_seen::LastSeenBuffer;
 use super::protocol::ServerEvent;
 use super::Engine;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::realtime::events;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -354,7 +355,7 @@ impl Registry {
             return;
         }
         let event = ServerEvent::new(
-            "presence",
+            events::PRESENCE,
             json!({
                 "userId": user_id.to_string(),
                 "online": online,
@@ -877,7 +878,7 @@ impl Handler<StartCall> for Registry {
             Verdict::Busy => return Ok(self.busy_call(&engine, msg)),
             Verdict::GlareLost(existing) => {
                 let event = ServerEvent::new(
-                    "call:glare",
+                    events::CALL_GLARE,
                     json!({"callId": existing, "droppedCallId": msg.call_id}),
                 );
                 self.deliver_to(&[msg.caller], &event, None);
@@ -912,7 +913,7 @@ impl Handler<StartCall> for Registry {
             let callee = *callee;
             if callee < msg.caller {
                 let event = ServerEvent::new(
-                    "call:glare",
+                    events::CALL_GLARE,
                     json!({"callId": existing, "droppedCallId": msg.call_id}),
                 );
                 self.deliver_to(&[msg.caller, callee], &event, None);
@@ -982,7 +983,7 @@ impl Handler<StartCall> for Registry {
         }
         if let Some(dropped) = glare_winner {
             let event = ServerEvent::new(
-                "call:glare",
+                events::CALL_GLARE,
                 json!({"callId": id, "droppedCallId": dropped}),
             );
             let mut both = vec![msg.caller];
@@ -1051,7 +1052,7 @@ impl Registry {
         });
         engine.metrics.call_ended("busy", Some("busy"));
         let event = ServerEvent::new(
-            "call:busy",
+            events::CALL_BUSY,
             json!({"callId": id, "to": msg.callees.iter().map(ToString::to_string).collect::<Vec<_>>()}),
         );
         self.deliver_to(&[msg.caller], &event, None);

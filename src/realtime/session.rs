@@ -12,6 +12,7 @@ use crate::auth::Identity;
 use crate::db::conversations::{self as convs, ReceiptKind};
 use crate::error::{AppError, AppResult};
 use crate::metrics::{Limit, Queue};
+use crate::realtime::events;
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -475,7 +476,10 @@ impl Runner {
             return parse(&self.link, frame);
         }
         let mut frame = dialect.inbound(frame)?;
-        let own = matches!(frame.event.as_str(), "message:edit" | "message:delete");
+        let own = matches!(
+            frame.event.as_str(),
+            events::MESSAGE_EDIT | events::MESSAGE_DELETE
+        );
         let (db, legacy) = (&self.engine.db, &self.engine.legacy);
         crate::legacy::resolve_message_refs(db, legacy, &mut frame.payload, own).await?;
         Command::parse(&frame.event, frame.payload)
@@ -497,7 +501,7 @@ impl Runner {
                     let result = execute(engine, &self.identity, self.key, c, received).await;
                     if let (true, Some(hook), Ok(payload)) = (sends, &self.link.own_sends, &result)
                     {
-                        if let Some(p) = Position::of("message:new", payload) {
+                        if let Some(p) = Position::of(events::MESSAGE_NEW, payload) {
                             (hook.0)(p);
                         }
                     }

@@ -8,6 +8,7 @@
 
 use super::conn::{self, Admission, SocketHandle};
 use super::dialect::{Dialect, Translator};
+use super::events;
 use super::protocol::{frame_text, ClientFrame, Outbound, WireError};
 use super::ratelimit::Bucket;
 use super::registry::SessionLabels;
@@ -91,7 +92,7 @@ impl WireFormat for CanonicalJson {
         match item {
             Outbound::Event(ev) => ev.canonical_json(),
             Outbound::Ack(a) => frame_text("ack", Some(&a.id), &a.payload).into(),
-            Outbound::Error(e) => frame_text("error", e.id.as_ref(), &e.error).into(),
+            Outbound::Error(e) => frame_text(events::ERROR, e.id.as_ref(), &e.error).into(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::db::calls::{self, CallRow, ParticipantRow};
 use crate::db::conversations as convs;
 use crate::db::messages::Draft;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::realtime::events;
 use crate::realtime::protocol::ServerEvent;
 use crate::realtime::registry::{CallFinished, CallMembership, Registry, ScheduleCallTimer};
 use crate::realtime::Engine;
@@ -200,9 +201,9 @@ impl CallActor {
         match target {
             Target::User(u) => {
                 let payload = match name {
-                    "call:incoming" => self.incoming_for(u),
+                    events::CALL_INCOMING => self.incoming_for(u),
                     // The caller's ICE servers ride along with the answer (seed 001).
-                    "call:accepted" => {
+                    events::CALL_ACCEPTED => {
                         let mut payload = payload;
                         if let Some(obj) = payload.as_object_mut() {
                             obj.insert(
@@ -226,7 +227,7 @@ impl CallActor {
             }
             Target::Device(u, key) => {
                 let payload = match name {
-                    "call:incoming" => self.incoming_for(u),
+                    events::CALL_INCOMING => self.incoming_for(u),
                     _ => payload,
                 };
                 self.engine

@@ -6,6 +6,7 @@
 //! bound devices. Outcomes follow the product's vocabulary: `ended`, `rejected`, `missed`,
 //! `busy`, `cancelled`, `failed`.
 
+use crate::realtime::events;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -415,7 +416,7 @@ impl Call {
         for u in self.parties.keys() {
             fx.push(Effect::Notify(
                 Target::User(*u),
-                "call:ended",
+                events::CALL_ENDED,
                 payload.clone(),
             ));
         }
@@ -440,7 +441,7 @@ impl Call {
                 for callee in self.callees().collect::<Vec<_>>() {
                     fx.push(Effect::Notify(
                         Target::User(callee),
-                        "call:incoming",
+                        events::CALL_INCOMING,
                         incoming.clone(),
                     ));
                 }
@@ -454,7 +455,7 @@ impl Call {
                     self.ringing_announced = true;
                     fx.push(Effect::Notify(
                         Target::User(self.caller),
-                        "call:ringing",
+                        events::CALL_RINGING,
                         self.ids(),
                     ));
                 }
@@ -491,7 +492,7 @@ impl Call {
                     .base(json!({"by": user.to_string(), "sdpAnswer": answer, "answer": answer}));
                 fx.push(Effect::Notify(
                     Target::UserExcept(user, device),
-                    "call:answered_elsewhere",
+                    events::CALL_ANSWERED_ELSEWHERE,
                     self.ids(),
                 ));
                 if self.group {
@@ -504,24 +505,24 @@ impl Call {
                     {
                         fx.push(Effect::Notify(
                             Target::User(self.caller),
-                            "call:accepted",
+                            events::CALL_ACCEPTED,
                             accepted,
                         ));
                     }
                     for other in self.joined().into_iter().filter(|u| *u != user) {
                         fx.push(Effect::Notify(
                             Target::User(other),
-                            "call:participant_joined",
+                            events::CALL_PARTICIPANT_JOINED,
                             self.base(json!({"userId": user.to_string()})),
                         ));
                     }
-                    fx.push(Effect::Notify(Target::Device(user, device), "call:participants", self.base(json!({
+                    fx.push(Effect::Notify(Target::Device(user, device), events::CALL_PARTICIPANTS, self.base(json!({
                         "participants": self.joined().iter().map(ToString::to_string).collect::<Vec<_>>()
                     }))));
                 } else {
                     fx.push(Effect::Notify(
                         Target::User(self.caller),
-                        "call:accepted",
+                        events::CALL_ACCEPTED,
                         accepted,
                     ));
                 }
@@ -529,7 +530,7 @@ impl Call {
                 for cand in self.early_ice.drain(..) {
                     fx.push(Effect::Notify(
                         Target::Device(user, device),
-                        "call:ice",
+                        events::CALL_ICE,
                         cand,
                     ));
                 }
@@ -550,14 +551,14 @@ impl Call {
                 }));
                 fx.push(Effect::Notify(
                     Target::User(user),
-                    "call:rejected",
+                    events::CALL_REJECTED,
                     payload.clone(),
                 ));
                 if self.group {
                     for other in self.joined() {
                         fx.push(Effect::Notify(
                             Target::User(other),
-                            "call:participant_rejected",
+                            events::CALL_PARTICIPANT_REJECTED,
                             payload.clone(),
                         ));
                     }
@@ -568,7 +569,7 @@ impl Call {
                 } else {
                     fx.push(Effect::Notify(
                         Target::User(self.caller),
-                        "call:rejected",
+                        events::CALL_REJECTED,
                         payload,
                     ));
                     self.finish(
@@ -589,12 +590,12 @@ impl Call {
                         for callee in self.callees().collect::<Vec<_>>() {
                             fx.push(Effect::Notify(
                                 Target::User(callee),
-                                "call:cancelled",
+                                events::CALL_CANCELLED,
                                 self.base(json!({"reason": "cancelled"})),
                             ));
                         }
                         self.finish(Outcome::Cancelled, "cancelled", Some(user), now, &mut fx);
-                        fx.insert(0, Effect::Notify(Target::User(user), "call:ended", self.base(json!({"reason": "cancelled", "status": "cancelled", "duration": 0}))));
+                        fx.insert(0, Effect::Notify(Target::User(user), events::CALL_ENDED, self.base(json!({"reason": "cancelled", "status": "cancelled", "duration": 0}))));
                         return Ok(fx);
                     }
                     // A callee hanging up while it rings declines it.
@@ -626,13 +627,13 @@ impl Call {
                     }
                     fx.push(Effect::Notify(
                         Target::User(user),
-                        "call:ended",
+                        events::CALL_ENDED,
                         self.base(json!({"reason": reason, "status": "left"})),
                     ));
                     for other in self.joined() {
                         fx.push(Effect::Notify(
                             Target::User(other),
-                            "call:participant_left",
+                            events::CALL_PARTICIPANT_LEFT,
                             self.base(json!({"userId": user.to_string(), "reason": reason})),
                         ));
                     }
@@ -668,7 +669,7 @@ impl Call {
                         if joined.is_empty() {
                             // Nobody answered yet: early candidates wait for the first answer.
                             let ringing = self.parties.values().any(|p| p.status.still_ringing());
-                            if kind == "call:ice" && ringing {
+                            if kind == events::CALL_ICE && ringing {
                                 if self.early_ice.len() < MAX_EARLY_ICE {
                                     self.early_ice.push_back(self.relayed(user, payload));
                                 }
@@ -701,7 +702,7 @@ impl Call {
                             kind,
                             relayed.clone(),
                         )),
-                        _ if kind == "call:ice"
+                        _ if kind == events::CALL_ICE
                             && user == self.caller
                             && dest.status.still_ringing() =>
                         {
@@ -722,7 +723,7 @@ impl Call {
                             p.status = PartyStatus::Missed;
                             fx.push(Effect::Notify(
                                 Target::User(*u),
-                                "call:missed",
+                                events::CALL_MISSED,
                                 json!({"callId": self.id}),
                             ));
                             changed = true;
@@ -735,13 +736,13 @@ impl Call {
                     for callee in self.callees().collect::<Vec<_>>() {
                         fx.push(Effect::Notify(
                             Target::User(callee),
-                            "call:missed",
+                            events::CALL_MISSED,
                             self.ids(),
                         ));
                     }
                     fx.push(Effect::Notify(
                         Target::User(self.caller),
-                        "call:missed",
+                        events::CALL_MISSED,
                         self.ids(),
                     ));
                     self.finish(Outcome::Missed, "no_answer", None, now, &mut fx);
@@ -779,7 +780,7 @@ impl Call {
                 for other in self.joined().into_iter().filter(|u| *u != user) {
                     fx.push(Effect::Notify(
                         Target::User(other),
-                        "call:peer_reconnecting",
+                        events::CALL_PEER_RECONNECTING,
                         self.base(json!({"userId": user.to_string()})),
                     ));
                 }
@@ -816,11 +817,11 @@ impl Call {
                 for other in self.joined().into_iter().filter(|u| *u != user) {
                     fx.push(Effect::Notify(
                         Target::User(other),
-                        "call:peer_rejoined",
+                        events::CALL_PEER_REJOINED,
                         self.base(json!({"userId": user.to_string()})),
                     ));
                 }
-                fx.push(Effect::Notify(Target::Device(user, device), "call:rejoined", self.base(json!({
+                fx.push(Effect::Notify(Target::Device(user, device), events::CALL_REJOINED, self.base(json!({
                     "participants": self.joined().iter().map(ToString::to_string).collect::<Vec<_>>()
                 }))));
                 fx.push(Effect::Persist);
@@ -842,7 +843,7 @@ impl Call {
                 // The invitation is built for its recipient where the call's effects run.
                 fx.push(Effect::Notify(
                     Target::Device(user, device),
-                    "call:incoming",
+                    events::CALL_INCOMING,
                     Value::Null,
                 ));
             }

@@ -16,6 +16,7 @@ use crate::db::messages::Message;
 use crate::db::recovery::{self as store, Kept, Standing};
 use crate::db::Db;
 use crate::error::AppResult;
+use crate::realtime::events;
 use crate::realtime::protocol::{Position, ServerEvent};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -662,17 +663,17 @@ fn call_end_event(call: &store::EndedCall, user: i64) -> Arc<ServerEvent> {
     let caller = call.caller_id == Some(user);
     let reason = call.end_reason.clone();
     match call.status.as_str() {
-        "missed" => ServerEvent::new("call:missed", json!({"callId": call.id})),
+        "missed" => ServerEvent::new(events::CALL_MISSED, json!({"callId": call.id})),
         "cancelled" if !caller => ServerEvent::new(
-            "call:cancelled",
+            events::CALL_CANCELLED,
             json!({"callId": call.id, "reason": "cancelled"}),
         ),
         "rejected" => ServerEvent::new(
-            "call:rejected",
+            events::CALL_REJECTED,
             json!({"callId": call.id, "reason": reason.unwrap_or_else(|| "rejected".into())}),
         ),
         status => ServerEvent::new(
-            "call:ended",
+            events::CALL_ENDED,
             json!({
                 "callId": call.id,
                 "reason": reason,
@@ -687,9 +688,9 @@ fn call_end_event(call: &store::EndedCall, user: i64) -> Arc<ServerEvent> {
 /// The `message:edited` or `message:deleted` event of a message changed after it was sent.
 fn change_event(m: &Message) -> Option<Arc<ServerEvent>> {
     let name = if m.deleted_at.is_some() {
-        "message:deleted"
+        events::MESSAGE_DELETED
     } else if m.edited_at.is_some() {
-        "message:edited"
+        events::MESSAGE_EDITED
     } else {
         return None;
     };
@@ -703,10 +704,10 @@ fn receipt_event(r: &store::MovedReceipt) -> Arc<ServerEvent> {
         && m.read_at
             .is_some_and(|read| m.delivered_at.is_none_or(|d| read >= d));
     let (name, up_to, at) = if read_last {
-        ("receipt:read", m.read_up_to, r.read_message_at)
+        (events::RECEIPT_READ, m.read_up_to, r.read_message_at)
     } else {
         (
-            "receipt:delivered",
+            events::RECEIPT_DELIVERED,
             m.delivered_up_to,
             r.delivered_message_at,
         )

@@ -9,6 +9,7 @@ use super::recovery::{self, Found, Keeper, Tracker};
 use crate::auth::{Auth, Identity};
 use crate::error::ErrorCode;
 use crate::realtime::dialect::{Dialect, Translator};
+use crate::realtime::events;
 use crate::realtime::protocol::{ClientFrame, Outbound, ServerEvent};
 use crate::realtime::registry::SessionLabels;
 use crate::realtime::session::{CloseSignal, Link, OwnSends, SessionActor};
@@ -222,7 +223,7 @@ impl SioHandler {
                     .flatten();
                 if let Some((frames, (conversation, seq))) = found {
                     let _ = frames.try_send(ClientFrame {
-                        event: "receipt:delivered".into(),
+                        event: events::RECEIPT_DELIVERED.into(),
                         payload: json!({"conversationId": conversation, "upTo": seq}),
                         reply_to: None,
                     });
@@ -465,7 +466,12 @@ impl SioHandler {
         let error = json!({"code": ErrorCode::Unauthorized, "message": why});
         send_packet(
             socket,
-            &packet(SioKind::Event, "/", None, Some(json!(["error", error]))),
+            &packet(
+                SioKind::Event,
+                "/",
+                None,
+                Some(json!([events::ERROR, error])),
+            ),
             &[],
         );
         send_packet(socket, &packet(SioKind::Disconnect, "/", None, None), &[]);
@@ -911,7 +917,7 @@ impl SioHandler {
                     let err = json!({"code": ErrorCode::Unauthorized, "message": "send `authenticate` with a token first", "ref": p.id.map_or(json!(name), Value::from)});
                     send_packet(
                         socket,
-                        &packet(SioKind::Event, "/", None, Some(json!(["error", err]))),
+                        &packet(SioKind::Event, "/", None, Some(json!([events::ERROR, err]))),
                         &[],
                     );
                 }
@@ -976,7 +982,9 @@ impl SioHandler {
                         Some(id) => {
                             packet(SioKind::Ack, "/", Some(id), Some(json!([{"error": err}])))
                         }
-                        None => packet(SioKind::Event, "/", None, Some(json!(["error", err]))),
+                        None => {
+                            packet(SioKind::Event, "/", None, Some(json!([events::ERROR, err])))
+                        }
                     };
                     send_packet(socket, &reply, &[]);
                 }
@@ -1077,7 +1085,12 @@ pub fn encode(item: &Outbound) -> SioPacket {
             e.id.as_ref().and_then(Value::as_u64),
             Some(json!([{"error": e.error}])),
         ),
-        Outbound::Error(e) => packet(SioKind::Event, "/", None, Some(json!(["error", e.error]))),
+        Outbound::Error(e) => packet(
+            SioKind::Event,
+            "/",
+            None,
+            Some(json!([events::ERROR, e.error])),
+        ),
     }
 }
 
