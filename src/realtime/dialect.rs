@@ -1637,8 +1637,6 @@ mod tests {
     use super::*;
     use crate::realtime::protocol::{Command, ReceiptCursor};
 
-    /// Canonical events the engine emits (what outbound rules may translate).
-
     fn frame(event: &str, payload: Value) -> ClientFrame {
         ClientFrame {
             event: event.into(),
