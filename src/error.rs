@@ -432,22 +432,66 @@ impl ResponseError for AppError {
     }
 }
 
+/// A driver error, classified once, here, where its kind is still known: what can pass
+/// (a lost connection, a serialization failure or deadlock, a server shutting down) is
+/// `unavailable`, so callers retry or tell the client to; text PostgreSQL cannot store is the
+/// client's `invalid_text`; a duplicate is a `conflict`. Diesel gives a kind for the common
+/// cases and only PostgreSQL's message for the rest (it does not expose the SQLSTATE), so
+/// those few are recognised by their message, still only here.
 impl From<diesel::result::Error> for AppError {
     fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
         match e {
             Error::NotFound => Self::NotFound("not found".into()),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => Self::conflict(
+            Error::DatabaseError(Kind::UniqueViolation, info) => Self::conflict(
                 ErrorCode::Conflict,
                 format!("already exists ({})", info.message()),
             ),
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-                Self::unavailable(info.message())
-            }
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
-                Self::unavailable(info.message())
-            }
+            Error::DatabaseError(
+                Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::SerializationFailure,
+                info,
+            ) => Self::unavailable(info.message()),
+            Error::DatabaseError(kind, info) => match UnknownDbError::of(info.message()) {
+                Some(UnknownDbError::Unstorable) => Self::nul_text(),
+                Some(UnknownDbError::Passing) => Self::unavailable(info.message()),
+                None => Self::internal(Error::DatabaseError(kind, info)),
+            },
             other => Self::internal(other),
+        }
+    }
+}
+
+/// What an error without a Diesel kind of its own is, by PostgreSQL's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnknownDbError {
+    /// A NUL character in `text` or `jsonb` (SQLSTATE 22021, 22P05).
+    Unstorable,
+    /// It passes: the connection went away or is going (57P01, 57P03, 08xxx), or a deadlock
+    /// was broken (40P01).
+    Passing,
+}
+
+impl UnknownDbError {
+    fn of(message: &str) -> Option<Self> {
+        const UNSTORABLE: [&str; 2] = [
+            "invalid byte sequence for encoding",
+            "unsupported Unicode escape sequence",
+        ];
+        const PASSING: [&str; 7] = [
+            "server closed the connection",
+            "connection to server",
+            "no connection to the server",
+            "terminating connection",
+            "could not connect",
+            "the database system is",
+            "deadlock detected",
+        ];
+        if UNSTORABLE.iter().any(|m| message.contains(m)) {
+            Some(Self::Unstorable)
+        } else if PASSING.iter().any(|m| message.contains(m)) {
+            Some(Self::Passing)
+        } else {
+            None
         }
     }
 }
@@ -547,6 +591,51 @@ mod tests {
             assert_eq!(serde_json::to_value(code).unwrap(), s);
             assert_eq!(code.to_string(), s);
         }
+    }
+
+    /// A database error of Diesel's `Unknown` kind with PostgreSQL's message.
+    fn unknown(message: &str) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::Unknown,
+            Box::new(message.to_owned()),
+        )
+    }
+
+    #[test]
+    fn driver_errors_are_classified_once_by_kind_then_by_message() {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        for kind in [
+            Kind::ClosedConnection,
+            Kind::UnableToSendCommand,
+            Kind::SerializationFailure,
+        ] {
+            let err = AppError::from(Error::DatabaseError(kind, Box::new("x".to_owned())));
+            assert_eq!(err.code(), ErrorCode::Unavailable, "{kind:?}");
+        }
+        for passing in [
+            "server closed the connection unexpectedly",
+            "no connection to the server",
+            "could not connect to server: Connection refused",
+            "terminating connection due to administrator command",
+            "deadlock detected",
+        ] {
+            assert_eq!(
+                AppError::from(unknown(passing)).code(),
+                ErrorCode::Unavailable,
+                "{passing}"
+            );
+        }
+        assert_eq!(
+            AppError::from(unknown("unsupported Unicode escape sequence")).code(),
+            ErrorCode::InvalidText
+        );
+        assert_eq!(
+            AppError::from(unknown("syntax error at or near")).code(),
+            ErrorCode::Internal
+        );
+        assert_eq!(AppError::from(Error::NotFound).code(), ErrorCode::NotFound);
+        let duplicate = Error::DatabaseError(Kind::UniqueViolation, Box::new("dup".to_owned()));
+        assert_eq!(AppError::from(duplicate).code(), ErrorCode::Conflict);
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl Db {
         actix_web::rt::task::spawn_blocking(move || {
             let _permit = permit;
             let mut conn = pool.get().map_err(AppError::unavailable)?;
-            work(&mut conn).map_err(classify)
+            work(&mut conn)
         })
         .await
         .map_err(AppError::internal)?
@@ -215,30 +215,6 @@ struct LogConnectError;
 impl diesel::r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
     fn handle_error(&self, error: diesel::r2d2::Error) {
         tracing::warn!(%error, "database connection attempt failed");
-    }
-}
-
-/// Turns low-level connection failures that surface as internal errors into `unavailable`, and
-/// text PostgreSQL cannot store (a NUL character, in `text` or in `jsonb`) into a 400.
-fn classify(err: AppError) -> AppError {
-    match err {
-        AppError::Internal { cause }
-            if cause.contains("invalid byte sequence for encoding")
-                || cause.contains("unsupported Unicode escape sequence") =>
-        {
-            AppError::nul_text()
-        }
-        AppError::Internal { cause }
-            if cause.contains("server closed the connection")
-                || cause.contains("connection to server")
-                || cause.contains("no connection to the server")
-                || cause.contains("terminating connection")
-                || cause.contains("could not connect")
-                || cause.contains("the database system is") =>
-        {
-            AppError::Unavailable { cause }
-        }
-        other => other,
     }
 }
 
@@ -289,7 +265,6 @@ pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::without_gss_probe;
-    use crate::error::AppError;
 
     #[test]
     fn database_urls_skip_the_gss_probe_unless_they_choose_a_mode() {
@@ -307,23 +282,5 @@ mod tests {
         );
         let chosen = "postgres://u@h/db?gssencmode=require";
         assert_eq!(without_gss_probe(chosen), chosen);
-    }
-
-    #[test]
-    fn a_lost_connection_is_unavailable_however_the_driver_words_it() {
-        for cause in [
-            "server closed the connection unexpectedly",
-            "no connection to the server",
-            "could not connect to server: Connection refused",
-            "terminating connection due to administrator command",
-        ] {
-            let err = super::classify(AppError::internal(cause));
-            assert!(
-                matches!(err, AppError::Unavailable { .. }),
-                "{cause}: {err:?}"
-            );
-        }
-        let other = super::classify(AppError::internal("syntax error at or near"));
-        assert!(matches!(other, AppError::Internal { .. }), "{other:?}");
     }
 }

@@ -253,14 +253,10 @@ async fn committed_anyway(db: &Db, trace: &Mutex<BatchTrace>) -> Option<Vec<AppR
     }
 }
 
+/// Worth one more try: the database was away or broke a deadlock or serialization conflict
+/// (classified when the driver error became an [`AppError`]), or a duplicate.
 fn transient(e: &AppError) -> bool {
-    match e {
-        AppError::Unavailable { .. } | AppError::Conflict { .. } => true,
-        AppError::Internal { cause } => {
-            cause.contains("deadlock") || cause.contains("could not serialize")
-        }
-        _ => false,
-    }
+    matches!(e, AppError::Unavailable { .. } | AppError::Conflict { .. })
 }
 
 fn describe(e: &AppError) -> String {
