@@ -300,7 +300,7 @@ pub struct Config {
     pub public_url: String,
     /// `MEDIA_STORE` — where uploads are kept: `local` (a directory, `MEDIA_DIR`) or `s3` (any
     /// S3-compatible store, `MEDIA_S3_*`). Default `local`.
-    pub media_store: String,
+    pub media_store: MediaStore,
     /// `MEDIA_DIR` — the directory of the `local` store (created when missing). Default
     /// `.dev/media`; the systemd unit sets its `StateDirectory`.
     pub media_dir: String,
@@ -374,7 +374,7 @@ pub struct Config {
     /// `DEFAULT_DIALECT` — the dialect of connections that name none (`?dialect=` or the
     /// Socket.IO auth payload): `canonical`, `lonestar` (seed 000), `worldmates` (001),
     /// `astrology` (002), `backend2` (003) or `aist` (004). Default `canonical`.
-    pub default_dialect: String,
+    pub default_dialect: DialectSetting,
     /// `CONTACT_POLICY` — who may start a direct conversation or call with whom: `open`,
     /// `request` (strangers need an accepted chat request) or `roles` (`CONTACT_RULES`).
     /// Default `open`.
@@ -532,7 +532,7 @@ impl Default for Config {
             socketio_recovery_max_sessions: 200_000,
             socketio_recovery_wait: Duration::from_millis(3000),
             public_url: String::new(),
-            media_store: "local".into(),
+            media_store: MediaStore::Local,
             media_dir: ".dev/media".into(),
             media_s3_bucket: String::new(),
             media_s3_endpoint: String::new(),
@@ -556,7 +556,7 @@ impl Default for Config {
             media_gc_interval: Duration::from_secs(600),
             media_accel_redirect: String::new(),
             media_foreign_urls: true,
-            default_dialect: "canonical".into(),
+            default_dialect: DialectSetting(&crate::realtime::dialect::CANONICAL),
             contact_policy: ContactPolicy::Open,
             contact_rules: ContactRules::default(),
             contact_link_contexts: List::default(),
@@ -649,6 +649,46 @@ fn scalar(value: &toml::Value) -> String {
         toml::Value::Datetime(d) => d.to_string(),
         // Nested arrays and tables are not settings; an empty value makes the parse fail loudly.
         toml::Value::Array(_) | toml::Value::Table(_) => String::from("<nested value>"),
+    }
+}
+
+/// `MEDIA_STORE`: where uploads are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MediaStore {
+    /// A directory (`MEDIA_DIR`).
+    #[default]
+    Local,
+    /// An S3-compatible store (`MEDIA_S3_*`).
+    S3,
+}
+
+impl FromStr for MediaStore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "s3" => Ok(Self::S3),
+            other => Err(format!("must be `local` or `s3`, not `{other}`")),
+        }
+    }
+}
+
+/// A dialect named in the settings (`DEFAULT_DIALECT`), found when they are read.
+#[derive(Clone, Copy)]
+pub struct DialectSetting(pub &'static Dialect);
+
+impl fmt::Debug for DialectSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl FromStr for DialectSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Dialect::find(s)
+            .map(Self)
+            .ok_or_else(|| format!("`{s}` is not a known dialect"))
     }
 }
 
@@ -1015,12 +1055,7 @@ impl Config {
     /// The listen addresses with the dialect each listener's connections default to: the
     /// `LISTEN` entries, or `BIND` with `DEFAULT_DIALECT` when `LISTEN` is empty.
     pub fn listeners(&self) -> Result<Vec<(String, &'static Dialect)>, ConfigError> {
-        let default = Dialect::find(&self.default_dialect).ok_or_else(|| {
-            ConfigError::Rejected(format!(
-                "DEFAULT_DIALECT `{}` is not a known dialect",
-                self.default_dialect
-            ))
-        })?;
+        let default = self.default_dialect.0;
         if self.listen.0.is_empty() {
             return Ok(vec![(self.bind.clone(), default)]);
         }
@@ -1098,24 +1133,18 @@ impl Config {
 
     /// The media settings.
     fn validate_media(&self) -> Result<(), ConfigError> {
-        match self.media_store.as_str() {
-            "local" if self.media_dir.trim().is_empty() => {
+        match self.media_store {
+            MediaStore::Local if self.media_dir.trim().is_empty() => {
                 return Err(ConfigError::Rejected(
                     "MEDIA_STORE=local needs MEDIA_DIR".into(),
                 ))
             }
-            "local" => {}
-            "s3" if self.media_s3_bucket.is_empty() => {
+            MediaStore::S3 if self.media_s3_bucket.is_empty() => {
                 return Err(ConfigError::Rejected(
                     "MEDIA_STORE=s3 needs MEDIA_S3_BUCKET".into(),
                 ))
             }
-            "s3" => {}
-            other => {
-                return Err(ConfigError::Rejected(format!(
-                    "MEDIA_STORE must be `local` or `s3`, not `{other}`"
-                )))
-            }
+            MediaStore::Local | MediaStore::S3 => {}
         }
         let url = &self.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
@@ -1418,6 +1447,20 @@ mod tests {
         let e = env(&[("DB_POOL_SIZE", "many")]);
         let err = Config::load_from(None, &e).unwrap_err().to_string();
         assert!(err.contains("DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn named_choices_are_resolved_once_when_read_and_bad_ones_name_their_variable() {
+        let e = env(&[("DEFAULT_DIALECT", "SEED003"), ("MEDIA_STORE", "s3")]);
+        let config = Config::load_from(None, &e).unwrap();
+        assert_eq!(config.default_dialect.0.name, "backend2");
+        assert_eq!(config.media_store, MediaStore::S3);
+        for (key, bad) in [("DEFAULT_DIALECT", "nope"), ("MEDIA_STORE", "ftp")] {
+            let err = Config::load_from(None, &env(&[(key, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

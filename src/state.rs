@@ -89,8 +89,6 @@ impl AppState {
         self.listeners
             .iter()
             .find(|(addr, _)| *addr == local)
-            .map(|(_, d)| *d)
-            .or_else(|| Dialect::find(&self.config.default_dialect))
-            .unwrap_or(&crate::realtime::dialect::CANONICAL)
+            .map_or(self.config.default_dialect.0, |(_, d)| *d)
     }
 }

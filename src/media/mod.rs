@@ -10,7 +10,7 @@ pub mod picture;
 pub mod probe;
 pub mod sniff;
 
-use crate::config::Config;
+use crate::config::{Config, MediaStore};
 use crate::db::media::{self as rows, MediaRow};
 use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -340,8 +340,8 @@ pub fn clean_filename(name: &str) -> Option<String> {
 impl Media {
     /// The service for `config` (opens or creates the store).
     pub fn new(config: Arc<Config>, db: Db, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let (store, local_dir): (Arc<dyn ObjectStore>, _) = match config.media_store.as_str() {
-            "s3" => {
+        let (store, local_dir): (Arc<dyn ObjectStore>, _) = match config.media_store {
+            MediaStore::S3 => {
                 let mut builder = object_store::aws::AmazonS3Builder::new()
                     .with_bucket_name(&config.media_s3_bucket)
                     .with_region(&config.media_s3_region);
@@ -361,7 +361,7 @@ impl Media {
                     .map_err(|e| format!("MEDIA_STORE=s3: {e}"))?;
                 (Arc::new(store), None)
             }
-            _ => {
+            MediaStore::Local => {
                 let dir = std::path::PathBuf::from(&config.media_dir);
                 std::fs::create_dir_all(dir.join("media"))
                     .map_err(|e| format!("MEDIA_DIR {}: {e}", dir.display()))?;

@@ -144,7 +144,7 @@ fn listen_entries_are_parsed_and_bad_ones_refused() {
         listen: "0.0.0.0:449=worldmates, 0.0.0.0:666=lonestar,0.0.0.0:3001=aist,127.0.0.1:8080"
             .parse::<List>()
             .unwrap(),
-        default_dialect: "astrology".into(),
+        default_dialect: "astrology".parse().unwrap(),
         ..Config::default()
     };
     let got: Vec<(String, &str)> = config

@@ -78,7 +78,7 @@ async fn s3() -> Option<S3> {
 async fn s3_server(s3: &S3, tweak: impl FnOnce(&mut switchboard::config::Config)) -> TestServer {
     let endpoint = s3.endpoint.clone();
     TestServer::start_with(move |c| {
-        c.media_store = "s3".into();
+        c.media_store = switchboard::config::MediaStore::S3;
         c.media_s3_bucket = "switchboard-media".into();
         c.media_s3_endpoint = endpoint;
         c.media_s3_access_key_id = "test".into();

@@ -281,9 +281,7 @@ impl SioHandler {
                         )
                     })
                     .unwrap_or_default();
-                let listener_dialect = listener_dialect
-                    .or_else(|| Dialect::find(&engine.config.default_dialect))
-                    .unwrap_or(&crate::realtime::dialect::CANONICAL);
+                let listener_dialect = listener_dialect.unwrap_or(engine.config.default_dialect.0);
                 let requested = auth
                     .get("dialect")
                     .and_then(Value::as_str)
