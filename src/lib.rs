@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: every setting, from a TOML file and the environment.
-//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`error`]: the one error type, every error code clients see ([`error::ErrorCode`]) and
+//!   the HTTP mapping.
 //! - [`db`]: pool, blocking-work helper, migrations, queries per table.
 //! - [`auth`]: passwords (checked on a bounded pool of their own), OTP, device sessions, access
 //!   and refresh tokens, and the limits on guessing credentials and sending codes.
@@ -12,7 +13,7 @@
 //!   backends, resolved from and shown to those backends' apps.
 //! - [`policy`]: who may contact whom (`open`, `request`, `roles`).
 //! - [`realtime`]: the actor engine (registry, sessions, conversations, group commit) and
-//!   its transports.
+//!   its transports; every event name is in [`realtime::events`].
 //! - [`metrics`]: counters, gauges and histograms for `GET /metrics` (Prometheus text).
 //! - [`server`]: the actix-web server around [`state::AppState`].
 //! - [`shutdown`]: the graceful shutdown sequence on SIGTERM/SIGINT.
