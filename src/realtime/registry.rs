@@ -3,6 +3,7 @@
 //! cleans up when sessions go away.
 
 use super::call::actor::{CallActor, CallInput, CallMeta};
+use super::call::directory::{Admission, CallDirectory, LiveCall};
 use super::call::machine::{Call, Event as CallEvent};
 use super::conversation::{ConversationActor, MembersChanged};
 use super::dialect::Dialect;
@@ -232,24 +233,14 @@ pub struct Registry {
     last_seen: HashMap<i64, DateTime<Utc>>,
     announced: HashSet<i64>,
     next_arbiter: usize,
-    calls: HashMap<String, LiveCall>,
-    user_call: HashMap<i64, String>,
+    /// Live calls and who is in which (busy, glare).
+    calls: CallDirectory<Addr<CallActor>>,
     /// Last-seen times waiting for their write (see [`super::last_seen`]).
     seen_writes: LastSeenBuffer,
     /// A last-seen write is running (at most one at a time, so one pool connection).
     seen_flushing: bool,
     /// Last-seen times dropped since the last warning.
     seen_dropped: usize,
-}
-
-/// What the registry knows about a live call (for busy detection and glare).
-#[derive(Debug)]
-struct LiveCall {
-    addr: Addr<CallActor>,
-    caller: i64,
-    callees: Vec<i64>,
-    group: bool,
-    answered: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -273,8 +264,7 @@ impl Registry {
             last_seen: HashMap::new(),
             announced: HashSet::new(),
             next_arbiter: 0,
-            calls: HashMap::new(),
-            user_call: HashMap::new(),
+            calls: CallDirectory::default(),
             seen_writes: LastSeenBuffer::new(crate::config::Config::default().last_seen_buffer),
             seen_flushing: false,
             seen_dropped: 0,
@@ -611,11 +601,7 @@ impl Handler<Disconnect> for Registry {
             .get(&msg.user_id)
             .and_then(|d| d.get(&msg.key))
             .is_none_or(|e| Dialect::find(e.labels.dialect).is_none_or(Dialect::rejoins_calls));
-        if let Some(call) = self
-            .user_call
-            .get(&msg.user_id)
-            .and_then(|id| self.calls.get(id))
-        {
+        if let Some(call) = self.calls.live_call_of(msg.user_id) {
             call.addr.do_send(CallInput(CallEvent::DeviceGone {
                 user: msg.user_id,
                 device: msg.key,
@@ -886,61 +872,44 @@ impl Handler<StartCall> for Registry {
             }
             Verdict::Start | Verdict::GlareWon(_) => {}
         }
-        // Glare: the callee is ringing the caller right now (which also makes the caller look
-        // busy). The call of the user with the lower id wins, whatever the arrival order.
-        let crossing = match msg.callees[..] {
-            [callee] if !msg.group => self.user_call.get(&callee).and_then(|id| {
-                let live = self.calls.get(id)?;
-                (!live.group
-                    && !live.answered
-                    && live.caller == callee
-                    && live.callees == [msg.caller])
-                .then(|| id.clone())
-            }),
-            _ => None,
-        };
-        if crossing.is_none() && self.user_call.contains_key(&msg.caller) {
-            return Err(AppError::Busy("you are already in a call".into()));
-        }
-        if self.calls.contains_key(&msg.call_id) {
-            return Err(AppError::conflict(
-                ErrorCode::CallIdTaken,
-                "a call with this id is live; choose another room name",
-            ));
-        }
         let mut glare_winner: Option<String> = None;
-        if let (Some(existing), [callee]) = (crossing, &msg.callees[..]) {
-            let callee = *callee;
-            if callee < msg.caller {
+        let callees = match self
+            .calls
+            .admit(msg.caller, &msg.call_id, &msg.callees, msg.group)
+        {
+            Admission::CallerBusy => {
+                return Err(AppError::Busy("you are already in a call".into()))
+            }
+            Admission::IdTaken => {
+                return Err(AppError::conflict(
+                    ErrorCode::CallIdTaken,
+                    "a call with this id is live; choose another room name",
+                ))
+            }
+            Admission::CalleesBusy => return Ok(self.busy_call(&engine, msg)),
+            Admission::GlareLost { existing } => {
                 let event = ServerEvent::new(
                     events::CALL_GLARE,
                     json!({"callId": existing, "droppedCallId": msg.call_id}),
                 );
-                self.deliver_to(&[msg.caller, callee], &event, None);
+                let mut both = vec![msg.caller];
+                both.extend(&msg.callees);
+                self.deliver_to(&both, &event, None);
                 return Ok(StartedCall::Glare(existing));
             }
-            if let Some(old) = self.calls.remove(&existing) {
-                engine.calls.remove(&existing, &old.addr);
-                old.addr.do_send(CallInput(CallEvent::Terminate {
-                    reason: "glare".into(),
-                    by: None,
-                }));
+            Admission::GlareWon { replaced, callees } => {
+                if let Some(old) = self.calls.remove(&replaced) {
+                    engine.calls.remove(&replaced, &old.addr);
+                    old.addr.do_send(CallInput(CallEvent::Terminate {
+                        reason: "glare".into(),
+                        by: None,
+                    }));
+                }
+                glare_winner = Some(replaced);
+                callees
             }
-            self.user_call.retain(|_, id| *id != existing);
-            glare_winner = Some(existing);
-        } else if let [callee] = msg.callees[..] {
-            if !msg.group && self.user_call.contains_key(&callee) {
-                return Ok(self.busy_call(&engine, msg));
-            }
-        }
-        let mut callees = msg.callees.clone();
-        if msg.group {
-            // Members already in another call are not rung.
-            callees.retain(|u| !self.user_call.contains_key(u));
-            if callees.is_empty() {
-                return Ok(self.busy_call(&engine, msg));
-            }
-        }
+            Admission::Ring { callees } => callees,
+        };
         let id = msg.call_id.clone();
         let call = Call::new(id.clone(), msg.caller, msg.device, &callees, msg.group);
         let reachable: Vec<i64> = callees
@@ -958,12 +927,6 @@ impl Handler<StartCall> for Registry {
         });
         // Findable before anyone is rung: a callee answering the ring at once must find it.
         call_map.insert(id.clone(), addr.clone());
-        self.user_call.insert(msg.caller, id.clone());
-        if !msg.group {
-            for c in &callees {
-                self.user_call.insert(*c, id.clone());
-            }
-        }
         addr.do_send(CallInput(CallEvent::Start {
             incoming: Value::Null,
             reachable,
@@ -1101,7 +1064,6 @@ impl Handler<CallFinished> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
         self.calls.remove(&msg.call_id);
-        self.user_call.retain(|_, id| *id != msg.call_id);
     }
 }
 
@@ -1123,14 +1085,7 @@ impl Handler<CallMembership> for Registry {
         if let Some(cluster) = self.cluster() {
             cluster.call_member(&msg.call_id, msg.user_id, msg.active);
         }
-        if msg.active {
-            if let Some(live) = self.calls.get_mut(&msg.call_id) {
-                live.answered = true;
-                self.user_call.insert(msg.user_id, msg.call_id);
-            }
-        } else if self.user_call.get(&msg.user_id) == Some(&msg.call_id) {
-            self.user_call.remove(&msg.user_id);
-        }
+        self.calls.membership(&msg.call_id, msg.user_id, msg.active);
     }
 }
 
@@ -1276,6 +1231,6 @@ pub struct CallOfUser(pub i64);
 impl Handler<CallOfUser> for Registry {
     type Result = Option<String>;
     fn handle(&mut self, msg: CallOfUser, _: &mut Context<Self>) -> Self::Result {
-        self.user_call.get(&msg.0).cloned()
+        self.calls.call_of(msg.0).cloned()
     }
 }

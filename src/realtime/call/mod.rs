@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod agora;
+pub mod directory;
 pub mod ice;
 pub mod machine;
 
