@@ -38,6 +38,7 @@ pub mod dialect;
 pub mod directory;
 pub mod events;
 pub mod last_seen;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;

@@ -9,6 +9,7 @@ use super::conversation::{ConversationActor, MembersChanged};
 use super::dialect::Dialect;
 use super::directory::Delivery;
 use super::last_seen::LastSeenBuffer;
+use super::presence::Audiences;
 use super::protocol::ServerEvent;
 use super::Engine;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -16,7 +17,7 @@ use crate::realtime::events;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Asks a session to close (logout, ban, shutdown).
@@ -223,15 +224,9 @@ pub struct GetStats;
 pub struct Registry {
     engine: Option<Engine>,
     sessions: HashMap<i64, HashMap<u64, Entry>>,
-    peers: HashMap<i64, HashSet<i64>>,
-    /// Cluster mode: for each user online here, the users whose presence it hears about (its
-    /// peers, wherever they are); `peers` then holds only the reverse links (a user → this
-    /// node's users hearing about it), which outlive the user's own sessions here.
-    listening: HashMap<i64, HashSet<i64>>,
-    watchers: HashMap<i64, HashSet<(i64, u64)>>,
-    watching: HashMap<u64, Vec<i64>>,
+    /// Who hears whose presence.
+    audiences: Audiences,
     last_seen: HashMap<i64, DateTime<Utc>>,
-    announced: HashSet<i64>,
     next_arbiter: usize,
     /// Live calls and who is in which (busy, glare).
     calls: CallDirectory<Addr<CallActor>>,
@@ -257,12 +252,8 @@ impl Registry {
         Self {
             engine: None,
             sessions: HashMap::new(),
-            peers: HashMap::new(),
-            listening: HashMap::new(),
-            watchers: HashMap::new(),
-            watching: HashMap::new(),
+            audiences: Audiences::default(),
             last_seen: HashMap::new(),
-            announced: HashSet::new(),
             next_arbiter: 0,
             calls: CallDirectory::default(),
             seen_writes: LastSeenBuffer::new(crate::config::Config::default().last_seen_buffer),
@@ -282,57 +273,6 @@ impl Registry {
         self.engine.as_ref().and_then(|e| e.cluster.as_ref())
     }
 
-    fn presence_audience(&self, user_id: i64) -> Vec<i64> {
-        let mut audience: HashSet<i64> = self.peers.get(&user_id).cloned().unwrap_or_default();
-        if let Some(w) = self.watchers.get(&user_id) {
-            audience.extend(w.iter().map(|(u, _)| *u));
-        }
-        audience.remove(&user_id);
-        audience
-            .into_iter()
-            .filter(|u| self.sessions.contains_key(u))
-            .collect()
-    }
-
-    /// Links a user online here to peers it hears about in cluster mode (see `listening`).
-    fn listen(&mut self, user_id: i64, peers: impl IntoIterator<Item = i64>) {
-        let listening = self.listening.entry(user_id).or_default();
-        for peer in peers {
-            if peer != user_id && listening.insert(peer) {
-                self.peers.entry(peer).or_default().insert(user_id);
-            }
-        }
-    }
-
-    /// Cluster mode: a user left this node; it hears about nobody here any more.
-    fn stop_listening(&mut self, user_id: i64) {
-        for peer in self.listening.remove(&user_id).unwrap_or_default() {
-            if let Some(set) = self.peers.get_mut(&peer) {
-                set.remove(&user_id);
-                if set.is_empty() {
-                    self.peers.remove(&peer);
-                }
-            }
-        }
-    }
-
-    /// Drops an offline user's presence audience, and the user from its peers' audiences
-    /// (peers that are themselves offline lose their entry when it empties), so the map holds
-    /// what online users need and nothing grows with every user ever seen.
-    fn forget_peers(&mut self, user_id: i64) {
-        let Some(peers) = self.peers.remove(&user_id) else {
-            return;
-        };
-        for peer in peers {
-            if let Some(set) = self.peers.get_mut(&peer) {
-                set.remove(&user_id);
-                if set.is_empty() {
-                    self.peers.remove(&peer);
-                }
-            }
-        }
-    }
-
     fn broadcast_presence(
         &self,
         user_id: i64,
@@ -340,7 +280,9 @@ impl Registry {
         devices: usize,
         last_seen: Option<DateTime<Utc>>,
     ) {
-        let audience = self.presence_audience(user_id);
+        let audience = self
+            .audiences
+            .audience(user_id, |u| self.sessions.contains_key(&u));
         if audience.is_empty() {
             return;
         }
@@ -560,19 +502,15 @@ impl Handler<Announce> for Registry {
         }
         if self.cluster().is_some() {
             // A peer may be online on another node: this node's user hears about every peer.
-            self.listen(msg.user_id, msg.peers);
+            self.audiences.listen(msg.user_id, msg.peers);
         } else {
-            let online: Vec<i64> = msg
-                .peers
-                .into_iter()
-                .filter(|p| *p != msg.user_id && self.sessions.contains_key(p))
-                .collect();
-            for peer in &online {
-                self.peers.entry(*peer).or_default().insert(msg.user_id);
-            }
-            self.peers.entry(msg.user_id).or_default().extend(online);
+            let sessions = &self.sessions;
+            self.audiences.link(
+                msg.user_id,
+                msg.peers.into_iter().filter(|p| sessions.contains_key(p)),
+            );
         }
-        if self.announced.insert(msg.user_id) {
+        if self.audiences.announce(msg.user_id) {
             let shared = self
                 .cluster()
                 .is_some_and(|c| c.presence(msg.user_id, devices, None));
@@ -586,16 +524,7 @@ impl Handler<Announce> for Registry {
 impl Handler<Disconnect> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
-        if let Some(targets) = self.watching.remove(&msg.key) {
-            for t in targets {
-                if let Some(w) = self.watchers.get_mut(&t) {
-                    w.remove(&(msg.user_id, msg.key));
-                    if w.is_empty() {
-                        self.watchers.remove(&t);
-                    }
-                }
-            }
-        }
+        self.audiences.unwatch(msg.user_id, msg.key);
         let rejoins = self
             .sessions
             .get(&msg.user_id)
@@ -621,7 +550,7 @@ impl Handler<Disconnect> for Registry {
             self.sessions.remove(&msg.user_id);
             let now = Utc::now();
             self.last_seen.insert(msg.user_id, now);
-            if self.announced.remove(&msg.user_id) {
+            if self.audiences.retire(msg.user_id) {
                 let shared = self
                     .cluster()
                     .is_some_and(|c| c.presence(msg.user_id, 0, Some(now)));
@@ -632,11 +561,11 @@ impl Handler<Disconnect> for Registry {
             if self.cluster().is_some() {
                 // Its audience here stays (it may be online elsewhere; the cluster-wide news
                 // comes later); it no longer listens.
-                self.stop_listening(msg.user_id);
+                self.audiences.stop_listening(msg.user_id);
             } else {
                 // Told: an offline user needs no audience until it connects (and announces)
                 // again.
-                self.forget_peers(msg.user_id);
+                self.audiences.forget(msg.user_id);
             }
             self.record_last_seen(msg.user_id, now, ctx);
         }
@@ -664,7 +593,7 @@ impl Handler<LocalPresence> for Registry {
         MessageResult(
             self.sessions
                 .iter()
-                .filter(|(user, _)| self.announced.contains(user))
+                .filter(|(user, _)| self.audiences.is_announced(**user))
                 .map(|(user, devices)| (*user, devices.len()))
                 .collect(),
         )
@@ -707,16 +636,10 @@ impl Handler<ConversationMembersChanged> for Registry {
         if self.cluster().is_some() {
             // This node's users hear about every member (they may be online elsewhere).
             for a in &local {
-                self.listen(*a, msg.members.iter().copied());
+                self.audiences.listen(*a, msg.members.iter().copied());
             }
         } else {
-            for a in &local {
-                for b in &local {
-                    if a != b {
-                        self.peers.entry(*a).or_default().insert(*b);
-                    }
-                }
-            }
+            self.audiences.link_all(&local);
         }
         if !msg.reload {
             return;
@@ -734,16 +657,9 @@ impl Handler<ConversationMembersChanged> for Registry {
 impl Handler<WatchPresence> for Registry {
     type Result = MessageResult<WatchPresence>;
     fn handle(&mut self, msg: WatchPresence, _: &mut Context<Self>) -> Self::Result {
-        let mut statuses = Vec::with_capacity(msg.targets.len());
-        let list = self.watching.entry(msg.key).or_default();
-        for t in msg.targets.iter().take(1000) {
-            if !list.contains(t) {
-                list.push(*t);
-            }
-            self.watchers
-                .entry(*t)
-                .or_default()
-                .insert((msg.user_id, msg.key));
+        let targets = self.audiences.watch(msg.user_id, msg.key, &msg.targets);
+        let mut statuses = Vec::with_capacity(targets.len());
+        for t in targets {
             let devices = self.sessions.get(t).map_or(0, HashMap::len);
             statuses.push(PresenceStatus {
                 user_id: t.to_string(),
@@ -798,9 +714,9 @@ impl Handler<GetStats> for Registry {
                 .engine
                 .as_ref()
                 .map_or(0, |e| e.conversations.running()),
-            presence_audiences: self.peers.len(),
+            presence_audiences: self.audiences.audiences(),
             last_seen_held: self.last_seen.len(),
-            watched: self.watchers.len(),
+            watched: self.audiences.watched(),
         })
     }
 }
