@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use switchboard::error::ErrorCode;
 use switchboard::realtime::protocol::Command;
 use switchboard::realtime::ws::{CanonicalJson, WireFormat};
 
@@ -15,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!frame.event.is_empty() && frame.event.len() <= 128);
             let _ = Command::parse(&frame.event, frame.payload);
         }
-        Err((_, error)) => assert!(!error.code().is_empty()),
+        // A refused frame is malformed JSON or not an envelope; nothing else.
+        Err((_, error)) => assert!(matches!(
+            error.code(),
+            ErrorCode::InvalidJson | ErrorCode::InvalidFrame
+        )),
     }
 });
