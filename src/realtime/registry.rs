@@ -779,10 +779,7 @@ impl Handler<StartCall> for Registry {
         match &msg.verdict {
             Verdict::Busy => return Ok(self.busy_call(&engine, msg)),
             Verdict::GlareLost(existing) => {
-                let event = ServerEvent::new(
-                    events::CALL_GLARE,
-                    json!({"callId": existing, "droppedCallId": msg.call_id}),
-                );
+                let event = glare_event(existing, &msg.call_id);
                 self.deliver_to(&[msg.caller], &event, None);
                 return Ok(StartedCall::Glare(existing.clone()));
             }
@@ -804,10 +801,7 @@ impl Handler<StartCall> for Registry {
             }
             Admission::CalleesBusy => return Ok(self.busy_call(&engine, msg)),
             Admission::GlareLost { existing } => {
-                let event = ServerEvent::new(
-                    events::CALL_GLARE,
-                    json!({"callId": existing, "droppedCallId": msg.call_id}),
-                );
+                let event = glare_event(&existing, &msg.call_id);
                 let mut both = vec![msg.caller];
                 both.extend(&msg.callees);
                 self.deliver_to(&both, &event, None);
@@ -861,10 +855,7 @@ impl Handler<StartCall> for Registry {
             glare_winner.get_or_insert(dropped);
         }
         if let Some(dropped) = glare_winner {
-            let event = ServerEvent::new(
-                events::CALL_GLARE,
-                json!({"callId": id, "droppedCallId": dropped}),
-            );
+            let event = glare_event(&id, &dropped);
             let mut both = vec![msg.caller];
             both.extend(&callees);
             self.deliver_to(&both, &event, None);
@@ -872,6 +863,14 @@ impl Handler<StartCall> for Registry {
         }
         Ok(StartedCall::Ringing(id))
     }
+}
+
+/// `call:glare`: `call` stands and `dropped` gave way to it.
+fn glare_event(call: &str, dropped: &str) -> Arc<ServerEvent> {
+    ServerEvent::new(
+        events::CALL_GLARE,
+        json!({"callId": call, "droppedCallId": dropped}),
+    )
 }
 
 impl Registry {
