@@ -42,7 +42,7 @@ impl AppState {
         let config = Arc::new(config);
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
-        let engine = Engine::start(Arc::clone(&config), db.clone());
+        let engine = Engine::start(Arc::clone(&config), db.clone())?;
         let recovery = crate::realtime::socketio::recovery::Keeper::start(
             db.clone(),
             config.socketio_recovery_per_user,

@@ -220,25 +220,6 @@ pub struct Draft {
     pub media: Option<Value>,
 }
 
-/// One row of a batch, before [`INSERT_SQL`] turns the batch's rows into columns.
-struct NewMessage<'a> {
-    conversation_id: i64,
-    seq: i64,
-    change_seq: i64,
-    sender_id: Option<i64>,
-    kind: &'a str,
-    content: &'a str,
-    media_url: Option<&'a str>,
-    reply_to_id: Option<i64>,
-    metadata: Option<&'a Value>,
-    client_message_id: Option<&'a str>,
-    sender_type: Option<&'static str>,
-    recipient_id: Option<i64>,
-    recipient_type: Option<&'static str>,
-    media_id: Option<&'a str>,
-    media: Option<&'a Value>,
-}
-
 /// The result of writing one draft.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -248,123 +229,134 @@ pub struct Written {
     pub fresh: bool,
 }
 
-/// The idempotency lookup of [`write_batch`]: the stored messages whose
-/// `(sender_id, client_message_id)` equals one of the pairs `($1[i], $2[i])`.
+/// A whole batch in one statement (one round trip between `BEGIN` and `COMMIT`). Its
+/// parameters are one array per column of the batch's candidate drafts (`$1` conversation,
+/// `$2` sender, … `$13` media; see [`write_batch`] for what is decided before), zipped row by
+/// row by `unnest`, so the text does not depend on the batch's size and is prepared once per
+/// connection. In order:
+/// - `stored`: drafts whose `(sender_id, client_message_id)` is already stored (retries). The
+///   pairs are joined row by row (`unnest` zips the arrays), so each is one probe of the
+///   `UNIQUE (sender_id, client_message_id)` index and the cost follows the batch, not the
+///   table. (`sender_id = ANY(..) AND client_message_id = ANY(..)` would ask for the cross
+///   product of senders and keys, which PostgreSQL answers with a sequential scan of `messages`
+///   once the table is large.)
+/// - `locked`: the conversations of the other drafts, row-locked in id order (two batches
+///   never wait for each other in a cycle);
+/// - `bumped`: each conversation's `last_seq` and `last_change` moved on by its number of new
+///   drafts, so seqs stay gap-free with several writers and several nodes;
+/// - `numbered`: the new drafts numbered in batch order within their conversation;
+/// - `ins`: every new row inserted.
 ///
-/// The pairs are joined row by row (`unnest` of two arrays zips them), so each becomes one probe
-/// of the `UNIQUE (sender_id, client_message_id)` index and the cost follows the batch, not the
-/// table. Filtering with `sender_id = ANY($1) AND client_message_id = ANY($2)` instead would ask
-/// for the cross product of senders and keys, which the planner answers with a sequential scan
-/// of `messages` once the table is large (acks went from milliseconds to seconds).
-///
-/// It is planned on every call (`sql_query`, never a prepared [`Statement`]): a generic plan
-/// made while the table was small is a sequential scan with a hash join, and kept as the table
-/// grows it cost 5 ms per batch at 60 000 rows, against 0.1 ms planned each time.
-pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
-     JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_message_id) \
-     ON m.sender_id = k.sender_id AND m.client_message_id = k.client_message_id";
-
-/// Reserves `n` seq and change numbers in each listed conversation in one statement:
-/// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers.
+/// It answers one row per candidate: its position (`ord`, from 1), whether it is new, the
+/// transaction's id (see [`BatchTrace`]) and the stored message. A candidate without a row
+/// names a conversation that does not exist.
 ///
 /// `last_message_at` is indexed (conversation lists are ordered by it), so an update that
 /// changes it cannot be a HOT update: every batch would add an entry to each of the table's
 /// indexes, and a busy conversation's row would leave thousands of dead versions a second for
 /// every later lookup by id to step over. It therefore moves at most once a second (lists order
 /// to the second); the other columns are not indexed and their updates stay HOT.
-pub const RESERVE_SEQ_SQL: &str = "WITH locked AS MATERIALIZED ( \
-         SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-     UPDATE conversations c \
-     SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
-         last_message_at = CASE \
-             WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
-             THEN now() ELSE c.last_message_at END, \
-         updated_at = now() \
-     FROM locked l JOIN unnest($1::bigint[], $2::bigint[]) AS k(id, n) ON k.id = l.id \
-     WHERE c.id = l.id \
-     RETURNING c.id, c.last_seq, c.last_change, c.kind, c.support_user_id, c.participant_key, \
-         txid_current() AS txid";
+///
+/// The writers run it on connections of their own ([`crate::realtime::writer::WRITER_SETUP`])
+/// that plan it once (a generic plan) with sequential scans disabled, so every table is read
+/// through an index however large it grows: a generic plan made while `messages` was small
+/// would otherwise join it by a sequential scan and keep doing so as the table grows, and
+/// planning it for each batch's values instead costs more than running it.
+pub const BATCH_SQL: &str = "WITH d AS MATERIALIZED ( \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+             $6::bigint[], $7::jsonb[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+             $12::text[], $13::jsonb[]) WITH ORDINALITY AS d(conversation_id, sender_id, kind, \
+             content, media_url, reply_to_id, metadata, client_message_id, sender_type, \
+             recipient_id, recipient_type, media_id, media, ord)), \
+     stored AS MATERIALIZED ( \
+         SELECT d.ord, m.id FROM d JOIN messages m \
+         ON m.sender_id = d.sender_id AND m.client_message_id = d.client_message_id), \
+     fresh AS MATERIALIZED ( \
+         SELECT d.* FROM d WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.ord = d.ord)), \
+     counts AS ( \
+         SELECT conversation_id AS id, count(*) AS n FROM fresh GROUP BY conversation_id), \
+     locked AS MATERIALIZED ( \
+         SELECT c.id FROM conversations c WHERE c.id IN (SELECT id FROM counts) \
+         ORDER BY c.id FOR UPDATE OF c), \
+     bumped AS ( \
+         UPDATE conversations c \
+         SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
+             last_message_at = CASE \
+                 WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
+                 THEN now() ELSE c.last_message_at END, \
+             updated_at = now() \
+         FROM locked l JOIN counts k ON k.id = l.id \
+         WHERE c.id = l.id \
+         RETURNING c.id, c.last_seq - k.n AS seq_base, c.last_change - k.n AS change_base), \
+     numbered AS MATERIALIZED ( \
+         SELECT f.*, b.seq_base + row_number() OVER w AS seq, \
+             b.change_base + row_number() OVER w AS change_seq \
+         FROM fresh f JOIN bumped b ON b.id = f.conversation_id \
+         WINDOW w AS (PARTITION BY f.conversation_id ORDER BY f.ord)), \
+     ins AS ( \
+         INSERT INTO messages (conversation_id, seq, change_seq, sender_id, kind, content, \
+             media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
+             recipient_type, media_id, media) \
+         SELECT conversation_id, seq, change_seq, sender_id, kind, content, media_url, \
+             reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
+             recipient_type, media_id, media FROM numbered \
+         RETURNING *) \
+     SELECT n.ord, true AS fresh, txid_current() AS txid, i.* \
+     FROM ins i JOIN numbered n ON n.conversation_id = i.conversation_id AND n.seq = i.seq \
+     UNION ALL \
+     SELECT s.ord, false, txid_current(), m.* FROM stored s JOIN messages m ON m.id = s.id";
 
-/// [`RESERVE_SEQ_SQL`], prepared once per connection.
-struct ReserveSeq;
-impl Statement for ReserveSeq {
-    const SQL: &'static str = RESERVE_SEQ_SQL;
+/// [`BATCH_SQL`], prepared once per connection.
+struct WriteBatch;
+impl Statement for WriteBatch {
+    const SQL: &'static str = BATCH_SQL;
 }
 
-/// Inserts a batch's rows in one statement whose text does not depend on the batch's size (so
-/// it is prepared once per connection, not parsed and planned per batch): one array per column,
-/// zipped row by row by `unnest`.
-pub const INSERT_SQL: &str = "INSERT INTO messages (conversation_id, seq, change_seq, sender_id, \
-         kind, content, media_url, reply_to_id, metadata, client_message_id, sender_type, \
-         recipient_id, recipient_type, media_id, media) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
-         $6::text[], $7::text[], $8::bigint[], $9::jsonb[], $10::text[], $11::text[], \
-         $12::bigint[], $13::text[], $14::text[], $15::jsonb[]) \
-     RETURNING *";
-
-/// [`INSERT_SQL`], prepared once per connection.
-struct InsertRows;
-impl Statement for InsertRows {
-    const SQL: &'static str = INSERT_SQL;
+/// One candidate draft of a batch, with who writes to whom; [`BATCH_SQL`] takes them as
+/// columns.
+struct Candidate<'a> {
+    draft: &'a Draft,
+    sender_type: Option<&'static str>,
+    recipient_id: Option<i64>,
+    recipient_type: Option<&'static str>,
 }
 
-/// Runs [`INSERT_SQL`] for `rows`; answers the stored rows (in no particular order).
-fn insert_rows(conn: &mut PgConnection, rows: &[NewMessage<'_>]) -> QueryResult<Vec<Message>> {
-    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
-    macro_rules! column {
-        ($field:ident) => {
-            rows.iter().map(|r| r.$field).collect::<Vec<_>>()
-        };
-    }
-    Prepared::<InsertRows>::new()
-        .bind::<Array<BigInt>, _>(column!(conversation_id))
-        .bind::<Array<BigInt>, _>(column!(seq))
-        .bind::<Array<BigInt>, _>(column!(change_seq))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(sender_id))
-        .bind::<Array<Text>, _>(column!(kind))
-        .bind::<Array<Text>, _>(column!(content))
-        .bind::<Array<Nullable<Text>>, _>(column!(media_url))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(reply_to_id))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(metadata))
-        .bind::<Array<Nullable<Text>>, _>(column!(client_message_id))
-        .bind::<Array<Nullable<Text>>, _>(column!(sender_type))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(recipient_id))
-        .bind::<Array<Nullable<Text>>, _>(column!(recipient_type))
-        .bind::<Array<Nullable<Text>>, _>(column!(media_id))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(media))
-        .load(conn)
-}
-
-/// A row of [`RESERVE_SEQ_SQL`].
+/// A row of [`BATCH_SQL`].
 #[derive(QueryableByName)]
-struct Reserved {
+struct BatchRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    last_seq: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    last_change: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    kind: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    support_user_id: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    participant_key: Option<String>,
+    ord: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    fresh: bool,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     txid: i64,
+    #[diesel(embed)]
+    message: Message,
 }
 
-/// Runs [`RETRY_LOOKUP_SQL`] for `(sender, client message id)` pairs (duplicates are asked once).
-pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResult<Vec<Message>> {
-    use diesel::sql_types::{Array, BigInt, Text};
-    let mut pairs: Vec<(i64, &str)> = keyed.to_vec();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let (senders, keys): (Vec<i64>, Vec<&str>) = pairs.into_iter().unzip();
-    Ok(diesel::sql_query(RETRY_LOOKUP_SQL)
-        .bind::<Array<BigInt>, _>(senders)
-        .bind::<Array<Text>, _>(keys)
-        .load(conn)?)
+/// Runs [`BATCH_SQL`] for `candidates` (in batch order).
+fn run_batch(conn: &mut PgConnection, candidates: &[Candidate<'_>]) -> QueryResult<Vec<BatchRow>> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
+    macro_rules! column {
+        ($($get:tt)+) => {
+            candidates.iter().map($($get)+).collect::<Vec<_>>()
+        };
+    }
+    Prepared::<WriteBatch>::new()
+        .bind::<Array<BigInt>, _>(column!(|c| c.draft.conversation_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.sender_id))
+        .bind::<Array<Text>, _>(column!(|c| c.draft.kind.as_str()))
+        .bind::<Array<Text>, _>(column!(|c| c.draft.content.as_str()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_url.as_deref()))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.reply_to_id))
+        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.metadata.as_ref()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.client_message_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.sender_type))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.recipient_id))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.recipient_type))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_id.as_deref()))
+        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.media.as_ref()))
+        .load(conn)
 }
 
 /// What a [`write_batch_traced`] transaction leaves for its caller, kept outside the
@@ -390,8 +382,8 @@ pub(crate) fn trace_of(
 }
 
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
-/// `last_seq` bumped by the number of new messages, and all rows inserted with one statement
-/// ([`INSERT_SQL`]), so `seq` stays gap-free even with several processes writing. A draft whose
+/// `last_seq` bumped by the number of new messages, and all rows inserted, by one statement
+/// ([`BATCH_SQL`]), so `seq` stays gap-free even with several processes writing. A draft whose
 /// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
 /// problems (a reply target from another conversation) fail only that draft.
 pub fn write_batch(
@@ -401,16 +393,16 @@ pub fn write_batch(
     write_batch_traced(conn, drafts, &std::sync::Mutex::default(), None)
 }
 
-/// [`write_batch`], recording its transaction id and results in `trace` as it goes; `kinds`
-/// (when given) remembers the writers' kinds of user between batches.
+/// [`write_batch`], recording its transaction id and results in `trace` as it goes; `caches`
+/// (when given) remember who writes to whom between batches.
 pub fn write_batch_traced(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
-    kinds: Option<&ContactCache>,
+    caches: Option<&WriteCaches>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     conn.transaction(|conn| {
-        let results = write_rows(conn, drafts, trace, kinds)?;
+        let results = write_rows(conn, drafts, trace, caches)?;
         trace_of(trace).results = Some(results);
         Ok::<(), AppError>(())
     })?;
@@ -453,31 +445,20 @@ pub fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxSta
     })
 }
 
-/// The body of a [`write_batch`] transaction.
+/// The body of a [`write_batch`] transaction. What needs no lock is settled first, mostly
+/// without the database: a draft repeating an earlier draft's idempotency key in the same batch
+/// gets that draft's result; a reply target must be a message of the same conversation (one
+/// query, only when the batch holds replies); who writes to whom ([`Parties`]) comes from
+/// `caches` where they know it. The rest is one statement, [`BATCH_SQL`].
 fn write_rows(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
-    kinds: Option<&ContactCache>,
+    caches: Option<&WriteCaches>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     let mut results: Vec<Option<AppResult<Written>>> = (0..drafts.len()).map(|_| None).collect();
 
-    // 1. Retries: drafts whose idempotency key is already stored.
-    let keyed: Vec<(i64, &str)> = drafts
-        .iter()
-        .filter_map(|d| Some((d.sender_id?, d.client_message_id.as_deref()?)))
-        .collect();
-    let mut existing: HashMap<(i64, String), Message> = HashMap::new();
-    if !keyed.is_empty() {
-        let found = stored_retries(conn, &keyed)?;
-        for m in found {
-            if let (Some(s), Some(k)) = (m.sender_id, m.client_message_id.clone()) {
-                existing.insert((s, k), m);
-            }
-        }
-    }
-
-    // 2. Reply targets must live in the same conversation.
+    // 1. Reply targets must live in the same conversation.
     let reply_ids: Vec<i64> = drafts.iter().filter_map(|d| d.reply_to_id).collect();
     let reply_conv: HashMap<i64, i64> = if reply_ids.is_empty() {
         HashMap::new()
@@ -490,19 +471,12 @@ fn write_rows(
             .collect()
     };
 
-    // 3. Which drafts become rows (first of duplicates within the batch wins).
-    let mut fresh_idx: Vec<usize> = Vec::new();
+    // 2. Which drafts go to the statement (the first of a batch's duplicates stands for all).
+    let mut picked: Vec<usize> = Vec::new();
     let mut first_in_batch: HashMap<(i64, &str), usize> = HashMap::new();
     let mut dup_of: Vec<(usize, usize)> = Vec::new();
     for (i, d) in drafts.iter().enumerate() {
         if let (Some(s), Some(k)) = (d.sender_id, d.client_message_id.as_deref()) {
-            if let Some(m) = existing.get(&(s, k.to_owned())) {
-                results[i] = Some(Ok(Written {
-                    message: m.clone(),
-                    fresh: false,
-                }));
-                continue;
-            }
             if let Some(&first) = first_in_batch.get(&(s, k)) {
                 dup_of.push((i, first));
                 continue;
@@ -518,86 +492,40 @@ fn write_rows(
                 continue;
             }
         }
-        fresh_idx.push(i);
+        picked.push(i);
     }
 
-    // 4. Reserve seq and change numbers per conversation, locking rows in id order.
-    let mut per_conv: HashMap<i64, i64> = HashMap::new();
-    for &i in &fresh_idx {
-        *per_conv.entry(drafts[i].conversation_id).or_insert(0) += 1;
-    }
-    let mut conv_ids: Vec<i64> = per_conv.keys().copied().collect();
-    conv_ids.sort_unstable();
-    let mut next: HashMap<i64, (i64, i64)> = HashMap::new();
-    let mut conversation_kinds: HashMap<i64, ConversationKind> = HashMap::new();
-    if !conv_ids.is_empty() {
-        // One round trip locks the conversations in id order, reserves their numbers, and reads
-        // what tells who writes to whom (see [`Parties`]) and the transaction's id (see
-        // [`BatchTrace`]).
-        let counts: Vec<i64> = conv_ids
-            .iter()
-            .map(|c| per_conv.get(c).copied().unwrap_or(0))
-            .collect();
-        let reserved: Vec<Reserved> = Prepared::<ReserveSeq>::new()
-            .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&conv_ids)
-            .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
-            .load(conn)?;
-        if let Some(row) = reserved.first() {
-            trace_of(trace).txid = Some(row.txid);
-        }
-        for r in reserved {
-            let n = per_conv.get(&r.id).copied().unwrap_or(0);
-            next.insert(r.id, (r.last_seq - n + 1, r.last_change - n + 1));
-            conversation_kinds.insert(r.id, (r.kind, r.support_user_id, r.participant_key));
-        }
-    }
-
-    let parties = Parties::load(conn, conversation_kinds, &fresh_idx, drafts, kinds)?;
-    let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh_idx.len());
-    let mut row_owner: Vec<usize> = Vec::with_capacity(fresh_idx.len());
-    for &i in &fresh_idx {
-        let d = &drafts[i];
-        let Some(slot) = next.get_mut(&d.conversation_id) else {
-            results[i] = Some(Err(AppError::NotFound("conversation not found".into())));
-            continue;
-        };
-        let (seq, change) = *slot;
-        *slot = (seq + 1, change + 1);
-        let (sender_type, recipient_id, recipient_type) = parties.of(d);
-        rows.push(NewMessage {
-            sender_type,
-            recipient_id,
-            recipient_type,
-            conversation_id: d.conversation_id,
-            seq,
-            change_seq: change,
-            sender_id: d.sender_id,
-            kind: &d.kind,
-            content: &d.content,
-            media_url: d.media_url.as_deref(),
-            reply_to_id: d.reply_to_id,
-            metadata: d.metadata.as_ref(),
-            client_message_id: d.client_message_id.as_deref(),
-            media_id: d.media_id.as_deref(),
-            media: d.media.as_ref(),
-        });
-        row_owner.push(i);
-    }
-    if !rows.is_empty() {
-        let inserted = insert_rows(conn, &rows)?;
-        let by_pos: HashMap<(i64, i64), Message> = inserted
-            .into_iter()
-            .map(|m| ((m.conversation_id, m.seq), m))
-            .collect();
-        for (row, &owner) in rows.iter().zip(&row_owner) {
-            let stored = by_pos
-                .get(&(row.conversation_id, row.seq))
-                .cloned()
-                .ok_or_else(|| AppError::internal("inserted row missing from RETURNING"))?;
+    // 3. Who writes to whom, then the statement.
+    let parties = Parties::load(conn, &picked, drafts, caches)?;
+    let candidates: Vec<Candidate<'_>> = picked
+        .iter()
+        .map(|&i| {
+            let d = &drafts[i];
+            let (sender_type, recipient_id, recipient_type) = parties.of(d);
+            Candidate {
+                draft: d,
+                sender_type,
+                recipient_id,
+                recipient_type,
+            }
+        })
+        .collect();
+    if !candidates.is_empty() {
+        for row in run_batch(conn, &candidates)? {
+            trace_of(trace).txid.get_or_insert(row.txid);
+            let owner = usize::try_from(row.ord - 1)
+                .ok()
+                .and_then(|k| picked.get(k).copied())
+                .ok_or_else(|| AppError::internal("batch row of no draft"))?;
             results[owner] = Some(Ok(Written {
-                message: stored,
-                fresh: true,
+                message: row.message,
+                fresh: row.fresh,
             }));
+        }
+        // A candidate without a row: its conversation was not there to lock.
+        for &i in &picked {
+            results[i]
+                .get_or_insert_with(|| Err(AppError::NotFound("conversation not found".into())));
         }
     }
     for (dup, first) in dup_of {
@@ -631,8 +559,37 @@ pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static
     kind
 }
 
-/// A conversation's kind, support user and participant key.
+/// A conversation's kind, support user and participant key. None of them changes once the
+/// conversation exists.
 type ConversationKind = (String, Option<i64>, Option<String>);
+
+/// Most conversations whose [`ConversationKind`] a [`WriteCaches`] keeps.
+const SHAPES_KEPT: usize = 65_536;
+
+/// What the message writers remember between batches about who writes to whom: users' kinds
+/// (in the contact cache, which role changes invalidate) and conversations' kinds (which never
+/// change, so they are kept until [`SHAPES_KEPT`] are known, then forgotten all at once).
+#[derive(Debug)]
+pub struct WriteCaches {
+    contacts: std::sync::Arc<ContactCache>,
+    shapes: std::sync::Mutex<HashMap<i64, ConversationKind>>,
+}
+
+impl WriteCaches {
+    /// Caches that keep users' kinds in `contacts`.
+    pub fn new(contacts: std::sync::Arc<ContactCache>) -> Self {
+        Self {
+            contacts,
+            shapes: std::sync::Mutex::default(),
+        }
+    }
+
+    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ConversationKind>> {
+        self.shapes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Who writes to whom in a batch's conversations: the senders' and recipients' kinds of user,
 /// and each conversation's kind, staff member (support) and pair (direct).
@@ -642,22 +599,62 @@ struct Parties {
 }
 
 impl Parties {
-    /// The kinds of the users involved: from `cache` where it knows them, the others with one
-    /// query for the whole batch (and remembered).
+    /// The conversations and users of `picked` drafts: from `caches` where they know them, the
+    /// others with one query each for the whole batch (and remembered).
     fn load(
         conn: &mut PgConnection,
-        conversations: HashMap<i64, ConversationKind>,
-        fresh: &[usize],
+        picked: &[usize],
         drafts: &[Draft],
-        cache: Option<&ContactCache>,
+        caches: Option<&WriteCaches>,
     ) -> AppResult<Self> {
         use super::schema::users;
+        let mut conversation_ids: Vec<i64> =
+            picked.iter().map(|&i| drafts[i].conversation_id).collect();
+        conversation_ids.sort_unstable();
+        conversation_ids.dedup();
+        let mut conversations: HashMap<i64, ConversationKind> = HashMap::new();
+        if let Some(caches) = caches {
+            let shapes = caches.shapes();
+            conversations.extend(
+                conversation_ids
+                    .iter()
+                    .filter_map(|c| Some((*c, shapes.get(c)?.clone()))),
+            );
+        }
+        conversation_ids.retain(|c| !conversations.contains_key(c));
+        if !conversation_ids.is_empty() {
+            let rows: Vec<(i64, String, Option<i64>, Option<String>)> = conversations::table
+                .filter(conversations::id.eq_any(&conversation_ids))
+                .select((
+                    conversations::id,
+                    conversations::kind,
+                    conversations::support_user_id,
+                    conversations::participant_key,
+                ))
+                .load(conn)?;
+            let found = rows
+                .into_iter()
+                .map(|(id, kind, support, key)| (id, (kind, support, key)));
+            match caches {
+                Some(caches) => {
+                    let mut shapes = caches.shapes();
+                    for (id, shape) in found {
+                        if shapes.len() >= SHAPES_KEPT {
+                            shapes.clear();
+                        }
+                        shapes.insert(id, shape.clone());
+                        conversations.insert(id, shape);
+                    }
+                }
+                None => conversations.extend(found),
+            }
+        }
         let mut parties = Self {
             conversations,
             types: HashMap::new(),
         };
         let mut users_ids: Vec<i64> = Vec::new();
-        for &i in fresh {
+        for &i in picked {
             let d = &drafts[i];
             users_ids.extend(d.sender_id);
             users_ids.extend(parties.recipient(d));
@@ -665,6 +662,7 @@ impl Parties {
         }
         users_ids.sort_unstable();
         users_ids.dedup();
+        let cache = caches.map(|c| c.contacts.as_ref());
         if let Some(cache) = cache {
             parties.types = cache.party_types(&users_ids);
             users_ids.retain(|u| !parties.types.contains_key(u));

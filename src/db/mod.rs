@@ -39,6 +39,7 @@ pub type PooledConn = PooledConnection<ConnectionManager<PgConnection>>;
 #[derive(Clone)]
 pub struct Db {
     pool: PgPool,
+    url: Arc<str>,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
     stats: Arc<DbStats>,
@@ -113,7 +114,8 @@ impl Db {
 
     /// Like [`Db::new`] from explicit settings (without a contact cache).
     pub fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
-        let manager = ConnectionManager::<PgConnection>::new(without_gss_probe(url));
+        let url: Arc<str> = without_gss_probe(url).into();
+        let manager = ConnectionManager::<PgConnection>::new(url.to_string());
         let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
@@ -123,6 +125,7 @@ impl Db {
             .build_unchecked(manager);
         Self {
             pool,
+            url,
             permits: Arc::new(Semaphore::new(size as usize)),
             acquire_timeout,
             stats: Arc::new(DbStats {
@@ -205,6 +208,115 @@ impl Db {
             state.idle_connections,
         )
     }
+}
+
+/// A connection of its own, outside the pool, kept by one thread for a caller that runs one
+/// piece of work after another on a hot path (a message writer): no pool checkout, no
+/// check-out test query, one thread hand-off each way. It connects on first use, runs `setup`
+/// on every new connection, and after work that failed on a connection that is broken (or no
+/// longer answers) drops it, so the next work connects again. Work runs one at a time; a caller
+/// that hands it more while it is busy gets `unavailable`.
+#[derive(Debug)]
+pub struct Dedicated {
+    jobs: std::sync::mpsc::SyncSender<DedicatedJob>,
+    stats: Arc<DbStats>,
+}
+
+/// Work for a [`Dedicated`] connection's thread.
+type DedicatedJob = Box<dyn FnOnce(&mut Option<PgConnection>) + Send>;
+
+impl Db {
+    /// Opens a [`Dedicated`] connection served by a thread named `name`; the thread and its
+    /// connection end when the handle is dropped.
+    pub fn dedicated(&self, name: &str, setup: &'static str) -> AppResult<Dedicated> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<DedicatedJob>(1);
+        let url = Arc::clone(&self.url);
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut slot: Option<PgConnection> = None;
+                while let Ok(job) = queue.recv() {
+                    if slot.is_none() {
+                        slot = connect(&url, setup);
+                    }
+                    job(&mut slot);
+                }
+            })
+            .map_err(AppError::internal)?;
+        Ok(Dedicated {
+            jobs,
+            stats: Arc::clone(&self.stats),
+        })
+    }
+}
+
+/// A new connection with `setup` applied; a failure is logged and leaves none.
+fn connect(url: &str, setup: &str) -> Option<PgConnection> {
+    use diesel::connection::{Connection, SimpleConnection};
+    let made = PgConnection::establish(url).and_then(|mut conn| {
+        conn.batch_execute(setup)
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        Ok(conn)
+    });
+    match made {
+        Ok(conn) => Some(conn),
+        Err(error) => {
+            tracing::warn!(%error, "database connection attempt failed");
+            None
+        }
+    }
+}
+
+impl Dedicated {
+    /// Runs `work` on the connection; `unavailable` when there is none (the database is away)
+    /// or the connection is busy with other work.
+    pub async fn run<T, F>(&self, work: F) -> AppResult<T>
+    where
+        F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: DedicatedJob = Box::new(move |slot| {
+            let _ = answer.send(run_dedicated(slot, work));
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                AppError::unavailable("the writer's connection is busy")
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                AppError::internal("the writer's connection thread ended")
+            }
+        })?;
+        let result = answered
+            .await
+            .map_err(|_| AppError::internal("the writer's connection thread ended"))?;
+        if matches!(
+            result,
+            Err(AppError::Internal { .. } | AppError::Unavailable { .. })
+        ) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// Runs `work` on the connection in `slot`; drops the connection when work failed and it is
+/// broken or does not answer, and when work panicked (reported as `internal`).
+fn run_dedicated<T>(
+    slot: &mut Option<PgConnection>,
+    work: impl FnOnce(&mut PgConnection) -> AppResult<T>,
+) -> AppResult<T> {
+    use diesel::r2d2::R2D2Connection;
+    let Some(conn) = slot.as_mut() else {
+        return Err(AppError::unavailable("cannot connect to the database"));
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)));
+    let panicked = outcome.is_err();
+    let result = outcome.unwrap_or_else(|_| Err(AppError::internal("database work panicked")));
+    if panicked || (result.is_err() && (conn.is_broken() || conn.ping().is_err())) {
+        *slot = None;
+    }
+    result
 }
 
 /// Logs failed connection attempts once each at `warn` through tracing (the pool's default

@@ -15,13 +15,13 @@
 //!    one) and `try_send`s to it (4096 → `unavailable`).
 //! 4. The conversation checks membership in memory and queues the draft for its writer shard
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
-//! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction (pairwise idempotency
-//!    lookup, conversations locked and seqs reserved in one prepared statement, every row
-//!    inserted by one prepared `unnest` statement) on
-//!    one of `DB_POOL_SIZE` connections, up to `WRITE_IN_FLIGHT` batches at once but never two
-//!    holding one conversation (a COMMIT whose answer is lost is settled by the transaction's
-//!    status, then by one retry), then hands each conversation its rows in seq order (bounded
-//!    by what the shard admitted).
+//! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction: `BEGIN`, one
+//!    prepared statement (pairwise idempotency lookup, conversations locked and seqs reserved,
+//!    every row inserted), `COMMIT`, on a connection of its own (outside `DB_POOL_SIZE`; its
+//!    plans read tables only through indexes), up to `WRITE_IN_FLIGHT` batches at once but
+//!    never two holding one conversation (a COMMIT whose answer is lost is settled by the
+//!    transaction's status, then by one retry), then hands each conversation its rows in seq
+//!    order (bounded by what the shard admitted).
 //! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
 //!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
 //!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
@@ -160,8 +160,8 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts the registry, the writer shards and the conversation arbiters. Must run inside an
-    /// actix system.
-    pub fn start(config: Arc<Config>, db: Db) -> Self {
+    /// actix system. Fails when a writer's thread cannot be started.
+    pub fn start(config: Arc<Config>, db: Db) -> AppResult<Self> {
         let threads = std::thread::available_parallelism()
             .map_or(2, std::num::NonZeroUsize::get)
             .clamp(1, 8);
@@ -175,7 +175,7 @@ impl Engine {
             config.write_queue,
             config.write_batch_max,
             config.write_in_flight,
-        );
+        )?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let directory = Arc::new(Directory::new(Arc::clone(&metrics)));
         // The URL was checked with the rest of the settings.
@@ -239,7 +239,7 @@ impl Engine {
                 tracing::error!(error = %e, "cluster: could not start its thread");
             }
         }
-        engine
+        Ok(engine)
     }
 
     /// Stops the engine's threads: the conversation arbiters and the registry's, dropping

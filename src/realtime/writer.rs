@@ -2,11 +2,12 @@
 //! transaction per batch, each sender acknowledged only after its batch committed. Conversations
 //! are sharded over `WRITE_SHARDS` writers by id; a writer commits up to `WRITE_IN_FLIGHT`
 //! batches at once, never two holding the same conversation, so one conversation's batches
-//! commit strictly in order and its fan-out follows seq order.
+//! commit strictly in order and its fan-out follows seq order. Each of a writer's in-flight
+//! slots has a connection of its own ([`Dedicated`]), outside `DB_POOL_SIZE`.
 
 use super::conversation::Committed;
-use crate::db::messages::{self, BatchTrace, Draft, TxStatus, Written};
-use crate::db::Db;
+use crate::db::messages::{self, BatchTrace, Draft, TxStatus, WriteCaches, Written};
+use crate::db::{Db, Dedicated};
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -37,22 +38,40 @@ pub struct Writer {
 
 impl Writer {
     /// Starts `shards` writer tasks on the current runtime, each with a queue of `queue` requests,
-    /// batches of at most `batch_max` and at most `in_flight` batches committing at once.
-    pub fn start(db: Db, shards: usize, queue: usize, batch_max: usize, in_flight: usize) -> Self {
+    /// batches of at most `batch_max` and at most `in_flight` batches committing at once (each
+    /// on a connection of its own).
+    pub fn start(
+        db: Db,
+        shards: usize,
+        queue: usize,
+        batch_max: usize,
+        in_flight: usize,
+    ) -> AppResult<Self> {
         let per_shard = (queue / shards.max(1)).max(1);
         let pending = Arc::new(AtomicUsize::new(0));
-        let shards = (0..shards.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(per_shard);
-                let limits = Limits {
-                    batch_max: batch_max.max(1),
-                    in_flight: in_flight.max(1),
-                };
-                actix::spawn(run(db.clone(), rx, limits, Arc::clone(&pending)));
-                tx
-            })
-            .collect();
-        Self { shards, pending }
+        let caches = Arc::new(WriteCaches::new(Arc::clone(db.contact_cache())));
+        let limits = Limits {
+            batch_max: batch_max.max(1),
+            in_flight: in_flight.max(1),
+        };
+        let mut senders = Vec::with_capacity(shards.max(1));
+        for shard in 0..shards.max(1) {
+            let lanes = (0..limits.in_flight)
+                .map(|slot| db.dedicated(&format!("writer-{shard}.{slot}"), WRITER_SETUP))
+                .collect::<AppResult<Vec<_>>>()?;
+            let (tx, rx) = mpsc::channel(per_shard);
+            let shard = Shard {
+                db: db.clone(),
+                caches: Arc::clone(&caches),
+                pending: Arc::clone(&pending),
+            };
+            actix::spawn(run(shard, lanes, rx, limits));
+            senders.push(tx);
+        }
+        Ok(Self {
+            shards: senders,
+            pending,
+        })
     }
 
     /// Messages queued or being committed right now (shutdown waits for zero).
@@ -79,6 +98,20 @@ impl Writer {
     }
 }
 
+/// Run on each new writer connection (see [`messages::BATCH_SQL`]): every statement is planned
+/// once per connection, and its plan reads tables only through indexes, so it costs the same
+/// however large the tables grow.
+pub const WRITER_SETUP: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
+
+/// What one writer shares with its batches.
+#[derive(Clone)]
+struct Shard {
+    /// The pool, for the status of a batch whose COMMIT answer was lost.
+    db: Db,
+    caches: Arc<WriteCaches>,
+    pending: Arc<AtomicUsize>,
+}
+
 /// Committed results for one conversation, in commit order.
 type Outcomes = Vec<(WriteRequest, AppResult<Written>)>;
 
@@ -97,10 +130,10 @@ struct Limits {
 /// commit, and reach the conversation, strictly in order; under load that makes batches large,
 /// under light load a send does not wait for the commit before it.
 async fn run(
-    db: Db,
+    shard: Shard,
+    mut lanes: Vec<Dedicated>,
     mut rx: mpsc::Receiver<WriteRequest>,
     limits: Limits,
-    pending: Arc<AtomicUsize>,
 ) {
     let mut flying = FuturesUnordered::new();
     let mut held: HashSet<i64> = HashSet::new();
@@ -109,17 +142,19 @@ async fn run(
         let open = loop {
             tokio::select! {
                 biased;
-                Some(done) = flying.next(), if !flying.is_empty() => release(&mut held, done),
+                Some(done) = flying.next(), if !flying.is_empty() => {
+                    release(&mut held, &mut lanes, done);
+                }
                 n = rx.recv_many(&mut batch, limits.batch_max) => break n > 0,
             }
         };
         if !open {
             while let Some(done) = flying.next().await {
-                release(&mut held, done);
+                release(&mut held, &mut lanes, done);
             }
             return;
         }
-        while flying.len() >= limits.in_flight
+        while lanes.is_empty()
             || batch
                 .iter()
                 .any(|r| held.contains(&r.draft.conversation_id))
@@ -127,7 +162,7 @@ async fn run(
             let Some(done) = flying.next().await else {
                 break;
             };
-            release(&mut held, done);
+            release(&mut held, &mut lanes, done);
             while batch.len() < limits.batch_max {
                 match rx.try_recv() {
                     Ok(r) => batch.push(r),
@@ -141,32 +176,38 @@ async fn run(
             ids.dedup();
             ids
         };
+        let Some(lane) = lanes.pop() else {
+            // Unreachable: the loop above waits for a free lane.
+            continue;
+        };
         held.extend(&conversations);
         flying.push(commit_and_hand_over(
-            db.clone(),
+            shard.clone(),
+            lane,
             batch,
-            Arc::clone(&pending),
             conversations,
         ));
     }
 }
 
-fn release(held: &mut HashSet<i64>, conversations: Vec<i64>) {
+fn release(held: &mut HashSet<i64>, lanes: &mut Vec<Dedicated>, done: (Vec<i64>, Dedicated)) {
+    let (conversations, lane) = done;
     for c in conversations {
         held.remove(&c);
     }
+    lanes.push(lane);
 }
 
 /// Commits one batch and hands each conversation its results (in batch order, which is their
 /// seq order); answers the batch's conversations once they are free again.
 async fn commit_and_hand_over(
-    db: Db,
+    shard: Shard,
+    lane: Dedicated,
     mut batch: Vec<WriteRequest>,
-    pending: Arc<AtomicUsize>,
     conversations: Vec<i64>,
-) -> Vec<i64> {
+) -> (Vec<i64>, Dedicated) {
     let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
-    let outcome = commit(&db, drafts).await;
+    let outcome = commit(&shard, &lane, drafts).await;
     let results: Vec<AppResult<Written>> = match outcome {
         Ok(results) => results,
         Err(e) => {
@@ -185,8 +226,8 @@ async fn commit_and_hand_over(
     for (recipient, items) in groups {
         recipient.do_send(Committed(items));
     }
-    pending.fetch_sub(done, Ordering::SeqCst);
-    conversations
+    shard.pending.fetch_sub(done, Ordering::SeqCst);
+    (conversations, lane)
 }
 
 /// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
@@ -198,27 +239,33 @@ async fn commit_and_hand_over(
 /// written twice, also those without a client message id. Only a batch that is not in (or
 /// whose status cannot be learnt) is retried; the retry finds drafts with an idempotency key
 /// that did commit and returns them as stored.
-async fn commit(db: &Db, drafts: Vec<Draft>) -> AppResult<Vec<AppResult<Written>>> {
+async fn commit(
+    shard: &Shard,
+    lane: &Dedicated,
+    drafts: Vec<Draft>,
+) -> AppResult<Vec<AppResult<Written>>> {
     let retry = drafts.clone();
     let trace = Arc::new(Mutex::new(BatchTrace::default()));
     let recorded = Arc::clone(&trace);
-    let kinds = Arc::clone(db.contact_cache());
-    let kinds_again = Arc::clone(&kinds);
-    let error = match db
-        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded, Some(&kinds)))
+    let caches = Arc::clone(&shard.caches);
+    let caches_again = Arc::clone(&caches);
+    let error = match lane
+        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded, Some(&caches)))
         .await
     {
         Ok(r) => return Ok(r),
         Err(e) if transient(&e) => e,
         Err(e) => return Err(e),
     };
-    if let Some(results) = committed_anyway(db, &trace).await {
+    if let Some(results) = committed_anyway(&shard.db, &trace).await {
         return Ok(results);
     }
     tracing::warn!(error = %describe(&error), "message batch failed; retrying once");
     let unrecorded = Mutex::new(BatchTrace::default());
-    db.run(move |conn| messages::write_batch_traced(conn, &retry, &unrecorded, Some(&kinds_again)))
-        .await
+    lane.run(move |conn| {
+        messages::write_batch_traced(conn, &retry, &unrecorded, Some(&caches_again))
+    })
+    .await
 }
 
 /// The results of a batch whose COMMIT failed on this side but went through on the server's.

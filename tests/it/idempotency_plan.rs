@@ -1,6 +1,8 @@
-//! The message write path on a large `messages` table: the idempotency lookup of
-//! `messages::write_batch` ([`RETRY_LOOKUP_SQL`], exactly the text production runs) must probe
-//! the `UNIQUE (sender_id, client_message_id)` index once per key and never scan the table, and a
+//! The message write path on a large `messages` table: the batch statement of
+//! `messages::write_batch` ([`BATCH_SQL`], exactly the text production runs, planned as the
+//! writers' connections plan it: once, generically, under [`WRITER_SETUP`]) must probe the
+//! `UNIQUE (sender_id, client_message_id)` index once per key and never scan a table, whether
+//! its plan was made while the tables were empty or large, and a
 //! batch of retries mixed with new drafts must still answer retries with the stored rows, assign
 //! gap-free seqs to the new ones and create no duplicates — without a single sequential scan of
 //! `messages` or `conversations` on the whole send path (reply targets, conversation locks,
@@ -13,12 +15,14 @@
 )]
 
 use crate::common::TestDb;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Json, Text};
+use diesel::sql_types::{BigInt, Json, Text};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Instant;
-use switchboard::db::messages::{self, Draft, RETRY_LOOKUP_SQL};
+use switchboard::db::messages::{self, Draft, BATCH_SQL};
+use switchboard::realtime::writer::WRITER_SETUP;
 
 /// Stored messages.
 const ROWS: i64 = 300_000;
@@ -105,13 +109,62 @@ fn nodes(node: &Value, out: &mut Vec<Value>) {
     }
 }
 
-fn explain(conn: &mut PgConnection, senders: &[i64], keys: &[String]) -> Value {
-    let rows: Vec<Plan> = diesel::sql_query(format!("EXPLAIN (FORMAT JSON) {RETRY_LOOKUP_SQL}"))
-        .bind::<Array<BigInt>, _>(senders)
-        .bind::<Array<Text>, _>(keys)
-        .load(conn)
+/// The plan of [`BATCH_SQL`] as a writer's connection makes it: on a connection set up with
+/// [`WRITER_SETUP`], prepared, and planned generically (the same plan for any values, so the
+/// values given are none). Each call prepares it afresh under the name `name`.
+fn explain(conn: &mut PgConnection, name: &str) -> Value {
+    conn.batch_execute(WRITER_SETUP).unwrap();
+    let types = "bigint[], bigint[], text[], text[], text[], bigint[], jsonb[], text[], text[], \
+                 bigint[], text[], text[], jsonb[]";
+    conn.batch_execute(&format!("PREPARE {name}({types}) AS {BATCH_SQL}"))
+        .unwrap();
+    let nulls = vec!["NULL"; 13].join(", ");
+    let rows: Vec<Plan> =
+        diesel::sql_query(format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})"))
+            .load(conn)
+            .unwrap();
+    conn.batch_execute("RESET plan_cache_mode; RESET enable_seqscan")
         .unwrap();
     rows.into_iter().next().unwrap().plan[0]["Plan"].clone()
+}
+
+/// One line per node of `plan`; panics when a node scans a table sequentially or when no node
+/// probes the idempotency key's index.
+fn check_index_only(plan: &Value, when: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    nodes(plan, &mut all);
+    let summary: Vec<String> = all
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {} (cost {}..{}, rows {})",
+                n["Node Type"].as_str().unwrap_or("?"),
+                n["Relation Name"].as_str().unwrap_or(""),
+                n["Index Name"].as_str().unwrap_or(""),
+                n["Startup Cost"],
+                n["Total Cost"],
+                n["Plan Rows"]
+            )
+        })
+        .collect();
+    eprintln!(
+        "plan of the batch statement {when}:\n  {}",
+        summary.join("\n  ")
+    );
+    let seq_scans: Vec<&String> = summary
+        .iter()
+        .filter(|s| s.starts_with("Seq Scan") || s.starts_with("Parallel Seq Scan"))
+        .collect();
+    assert!(
+        seq_scans.is_empty(),
+        "the batch statement {when} scans a table: {seq_scans:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|n| n["Index Name"] == KEY_INDEX && n["Relation Name"] == "messages"),
+        "the batch statement {when} does not use {KEY_INDEX}: {summary:?}"
+    );
+    summary
 }
 
 #[derive(QueryableByName, Debug, Clone, Copy, PartialEq)]
@@ -161,68 +214,25 @@ fn draft(conversation_id: i64, sender: i64, key: &str, content: &str) -> Draft {
 }
 
 #[test]
-fn idempotency_lookup_probes_the_unique_index_on_a_large_table() {
+fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     let db = TestDb::migrated();
     let mut conn = db.conn();
+    // (a) The statement's plan, made on empty tables (where reading a whole table is cheapest)
+    // and again on large ones: index probes only.
+    check_index_only(&explain(&mut conn, "batch_empty"), "on empty tables");
     fill(&mut conn);
-
-    // (a) The plan of the lookup for a batch's worth of keys: half stored, half new.
-    let mut senders = Vec::new();
-    let mut keys = Vec::new();
-    for i in 0..RETRIES {
-        let g = retried(i);
-        senders.push(sender_of(g));
-        keys.push(format!("m-{g}"));
-    }
-    for i in 0..NEW {
-        senders.push(sender_of(i));
-        keys.push(format!("new-{i}"));
-    }
-    let plan = explain(&mut conn, &senders, &keys);
-    let mut all = Vec::new();
-    nodes(&plan, &mut all);
-    let summary: Vec<String> = all
-        .iter()
-        .map(|n| {
-            format!(
-                "{} {} {} (cost {}..{}, rows {})",
-                n["Node Type"].as_str().unwrap_or("?"),
-                n["Relation Name"].as_str().unwrap_or(""),
-                n["Index Name"].as_str().unwrap_or(""),
-                n["Startup Cost"],
-                n["Total Cost"],
-                n["Plan Rows"]
-            )
-        })
-        .collect();
-    eprintln!(
-        "plan of the lookup with {} keys on {ROWS} rows:\n  {}",
-        keys.len(),
-        summary.join("\n  ")
-    );
-    let seq_scans: Vec<&String> = summary
-        .iter()
-        .filter(|s| s.starts_with("Seq Scan") || s.starts_with("Parallel Seq Scan"))
-        .collect();
-    assert!(
-        seq_scans.is_empty(),
-        "the lookup scans a table: {seq_scans:?}"
-    );
-    assert!(
-        all.iter()
-            .any(|n| n["Index Name"] == KEY_INDEX && n["Relation Name"] == "messages"),
-        "the lookup does not use {KEY_INDEX}: {summary:?}"
-    );
-    // The lookup costs less than reading the table once (it grows with the batch, not the table).
+    let plan = explain(&mut conn, "batch_large");
+    check_index_only(&plan, &format!("on {ROWS} messages"));
+    // It costs less than reading the table once (it grows with the batch, not the table).
     let full: Vec<Plan> = diesel::sql_query("EXPLAIN (FORMAT JSON) SELECT * FROM messages")
         .load(&mut conn)
         .unwrap();
     let full_cost = full[0].plan[0]["Plan"]["Total Cost"].as_f64().unwrap();
-    let lookup_cost = plan["Total Cost"].as_f64().unwrap();
-    eprintln!("lookup cost {lookup_cost}, one read of messages {full_cost}");
+    let batch_cost = plan["Total Cost"].as_f64().unwrap();
+    eprintln!("batch statement cost {batch_cost}, one read of messages {full_cost}");
     assert!(
-        lookup_cost < full_cost / 2.0,
-        "lookup cost {lookup_cost} vs full scan {full_cost}"
+        batch_cost < full_cost / 2.0,
+        "batch statement cost {batch_cost} vs full scan {full_cost}"
     );
 
     // (b) The same keys through write_batch: stored ones come back as retries, new ones are
