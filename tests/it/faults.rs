@@ -18,7 +18,8 @@ use tokio::task::AbortHandle;
 /// The simple-protocol `COMMIT` query as it travels to PostgreSQL: `Q`, length 11, text, NUL.
 const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
-/// A statement only the message writer's transaction runs (it reserves seq numbers). It is a
+/// A statement only the message writer's transaction runs (its batch statement, which reserves
+/// seq numbers). It is a
 /// prepared statement: its text travels once per connection (in the Parse message), and later
 /// batches name it in a Bind message (see [`Reserve`]).
 const RESERVE_MARK: &[u8] = b"SET last_seq = c.last_seq";
@@ -61,9 +62,6 @@ impl Reserve {
 
 /// The writer's question whether a transaction committed.
 const STATUS_QUERY: &[u8] = b"txid_status(";
-
-/// The writer's lookup of drafts already stored under their client message id.
-const LOOKUP_MARK: &[u8] = b"$2::text[]";
 
 /// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT reach
 /// the server, waits for the server's answer and then drops the connection instead of passing
@@ -428,10 +426,11 @@ async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members
 
     // Alice's and then Bob's message make one batch: the writer runs on this thread, which is
     // held while both reach its queue. The batch commits, the answer to its COMMIT is lost, the
-    // status question is cut and so is the retry's lookup: both are told the send failed.
+    // status question is cut and so is the retry's batch statement: both are told the send
+    // failed.
     relay.arm();
     relay.then_cut(STATUS_QUERY);
-    relay.then_cut(LOOKUP_MARK);
+    relay.then_cut(RESERVE_MARK);
     let frame = |payload: Value| {
         json!({"event": "message:send", "payload": payload, "id": 100}).to_string()
     };
