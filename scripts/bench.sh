@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares Switchboard with reference Socket.IO peers under the same load, in one run: each case
-# runs `switchboard bench` against Switchboard's /ws and against a peer, and prints both figures
+# runs `switchboard-bench` against Switchboard's /ws and against a peer, and prints both figures
 # and their ratio, naming the peer's mode (persisting or relay-only) on every line.
 #
 #   scripts/bench.sh              every case (CASES="1 2 3 4 5 6 7")
@@ -48,7 +48,7 @@
 #   CALLS [1000]            case 6: calls made by the concurrent callers, in all
 #   CALL_TIMEOUT [10]       case 6: seconds a call may take to ring, and again to end
 #   CONNECT_CONCURRENCY [200]
-#   BENCH_ARGS              more `switchboard bench` options, passed to every run
+#   BENCH_ARGS              more `switchboard-bench` options, passed to every run
 #   PEER_DIR [../shared/bench/peer-socketio]          Node peer (npm ci in a copy)
 #   SIOXIDE_DIR [../shared/bench/peer-socketioxide]   Rust peer (built in a copy)
 #   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory
@@ -147,6 +147,7 @@ CLUSTER_LOAD_PCT="${CLUSTER_LOAD_PCT:-50}"
 OUT="$REPO/target/bench"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/switchboard"
 case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
+BENCH_BIN="$(dirname "$BIN")/switchboard-bench"
 
 die() {
     printf 'bench: %s\n' "$*" >&2
@@ -315,6 +316,7 @@ say "== build =="
 ensure_libpq_dev
 cargo build --release
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
+[ -x "$BENCH_BIN" ] || die "no binary at $BENCH_BIN after the build"
 
 if [ -n "$NEED_NODE" ]; then
     say "== Node peer (npm ci in a copy of $PEER_DIR) =="
@@ -480,7 +482,7 @@ run_switchboard() {
     [ -f "$json" ] && return 0
     scenario_args "$name"
     start_switchboard "$name"
-    run_bench "$name on Switchboard" "$BIN" bench --target ws --url "$SERVER_URL" \
+    run_bench "$name on Switchboard" "$BENCH_BIN" --target ws --url "$SERVER_URL" \
         --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
         --json-file "$json" "${SCENARIO[@]}" "${common[@]}" "$@"
     kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run (log: $RUN/$name-switchboard.log)"
@@ -494,7 +496,7 @@ run_peer() {
     [ -f "$json" ] && return 0
     scenario_args "$name"
     start_peer "$name" "$peer"
-    run_bench "$name on $peer" "$BIN" bench --target socketio --url "$SERVER_URL" \
+    run_bench "$name on $peer" "$BENCH_BIN" --target socketio --url "$SERVER_URL" \
         --jwt-secret "$JWT_SECRET" --server-pid "$PEER_PID" \
         --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
     kill -0 "$PEER_PID" 2>/dev/null || die "peer $peer exited during the run (log: $RUN/$name-$peer.log)"
@@ -644,7 +646,7 @@ if [ "$MODE" = recovery ]; then
         say "JWT_SECRET=\$JWT_SECRET DATABASE_URL=$SB_DB_URL BIND=127.0.0.1:$port" \
             "SOCKETIO_RECOVERY_SECS=$secs (rate limits as above) $BIN serve   (pid $pid, log $log)"
         wait_health Switchboard "http://127.0.0.1:$port/health" "$pid" "$log"
-        run_bench "$name over /socket.io/, SOCKETIO_RECOVERY_SECS=$secs" "$BIN" bench \
+        run_bench "$name over /socket.io/, SOCKETIO_RECOVERY_SECS=$secs" "$BENCH_BIN" \
             --target socketio --own-socketio --url "http://127.0.0.1:$port" \
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$pid" \
             --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
@@ -756,7 +758,7 @@ if [ "$MODE" = media ]; then
         local kind="$1" bytes="$2" label="$3" json="$RUN/open-groups-uploads-$3.json"
         scenario_args open-groups
         start_switchboard "open-groups-uploads-$label"
-        run_bench "open-groups on Switchboard with $MEDIA_UPLOADERS $kind uploaders" "$BIN" bench \
+        run_bench "open-groups on Switchboard with $MEDIA_UPLOADERS $kind uploaders" "$BENCH_BIN" \
             --target ws --url "$SERVER_URL" --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" \
             --server-pid "$SB_PID" --json-file "$json" "${SCENARIO[@]}" "${common[@]}" \
             --uploaders "$MEDIA_UPLOADERS" --upload-kind "$kind" --upload-bytes "$bytes"
@@ -850,7 +852,7 @@ if [ "$MODE" = cluster ]; then
             fi
             sleep 0.2
         done
-        run_bench "$name on two nodes" "$BIN" bench --target ws \
+        run_bench "$name on two nodes" "$BENCH_BIN" --target ws \
             --url "ws://127.0.0.1:$port_a/ws,ws://127.0.0.1:$port_b/ws" \
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
             --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
@@ -943,7 +945,7 @@ SOAK_COMPARE_SECS="$(awk -v m="$SOAK_COMPARE_MINUTES" 'BEGIN { if (m + 0 > 0) pr
 [ -n "$SOAK_COMPARE_SECS" ] || die "SOAK_COMPARE_MINUTES must be a positive number"
 SOAK_JSON="$RUN/soak-switchboard.json"
 start_switchboard soak
-run_bench "soak on Switchboard (one line every ${SOAK_REPORT_SECS} s)" "$BIN" bench --target ws \
+run_bench "soak on Switchboard (one line every ${SOAK_REPORT_SECS} s)" "$BENCH_BIN" --target ws \
     --url "$SERVER_URL" --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" \
     --server-pid "$SB_PID" --json-file "$SOAK_JSON" \
     --clients "$CLIENTS" --conversations "$GROUPS_OF" --rate "$SOAK_RATE" \

@@ -20,7 +20,6 @@
 //! - [`notify`]: systemd readiness, stop and watchdog notifications (`Type=notify`).
 
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -76,10 +76,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Load generator: connect clients to Switchboard's /ws or to a Socket.IO server, send
-    /// messages for a fixed time, and report durable acks/s, delivery latency, errors and
-    /// server memory per connection.
-    Bench(Box<switchboard::bench::BenchArgs>),
     /// Serve what the official protocol test suites expect, through the production transport:
     /// `engineio` (a bare Engine.IO echo server at /engine.io/) or `socketio` (echo namespaces
     /// `/` and `/custom` at /socket.io/).
@@ -166,7 +162,6 @@ fn main() -> ExitCode {
             media_dir,
             dry_run,
         } => cli::import(&config, from, dir, media_dir, dry_run),
-        Command::Bench(args) => switchboard::bench::run(*args),
         Command::Conformance { suite, bind } => actix_web::rt::System::new()
             .block_on(async {
                 use switchboard::realtime::socketio::conformance;

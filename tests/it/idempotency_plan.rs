@@ -334,6 +334,70 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
         written[usize::try_from(RETRIES).unwrap()].message.id
     );
 
+    // (c) A batch small enough for the single statement (`SINGLE_STATEMENT_MAX`): retries of
+    // stored and of just-written messages, new drafts, an in-batch duplicate, all on the same
+    // scan-free path.
+    let small_new: i64 = 6;
+    let mut small: Vec<Draft> = (0..4)
+        .map(|i| {
+            let g = retried(i);
+            draft(conversation_of(g), sender_of(g), &format!("m-{g}"), "retry")
+        })
+        .collect();
+    small.push(drafts[usize::try_from(RETRIES).unwrap()].clone());
+    for i in 0..small_new {
+        let conv = NEW_CONVS[usize::try_from(i).unwrap() % NEW_CONVS.len()];
+        small.push(draft(
+            conv,
+            sender_of(i),
+            &format!("small-{i}"),
+            &format!("small {i}"),
+        ));
+    }
+    small.push(draft(
+        NEW_CONVS[0],
+        sender_of(0),
+        "small-0",
+        "small 0 again",
+    ));
+    assert!(small.len() <= messages::SINGLE_STATEMENT_MAX);
+    let (small_written, before, after) = conn
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            let before = (scans(conn, "messages"), scans(conn, "conversations"));
+            let written = messages::write_batch(conn, &small).unwrap();
+            let after = (scans(conn, "messages"), scans(conn, "conversations"));
+            Ok((written, before, after))
+        })
+        .unwrap();
+    assert_eq!(
+        (after.0.seq_scan, after.1.seq_scan),
+        (before.0.seq_scan, before.1.seq_scan),
+        "the single statement scanned a table sequentially"
+    );
+    let small_written: Vec<messages::Written> =
+        small_written.into_iter().map(|w| w.unwrap()).collect();
+    for (i, w) in small_written.iter().take(4).enumerate() {
+        assert!(!w.fresh, "retry {i} reported as new");
+        assert_eq!(w.message.id, retried_ids[i]);
+    }
+    assert!(!small_written[4].fresh);
+    assert_eq!(
+        small_written[4].message.id,
+        written[usize::try_from(RETRIES).unwrap()].message.id
+    );
+    for i in 0..small_new {
+        let w = &small_written[usize::try_from(5 + i).unwrap()];
+        let conv = NEW_CONVS[usize::try_from(i).unwrap() % NEW_CONVS.len()];
+        assert!(w.fresh, "small-{i} reported as a retry");
+        assert_eq!(w.message.content, format!("small {i}"));
+        let seq = next_seq.get_mut(&conv).unwrap();
+        assert_eq!(w.message.seq, *seq, "small-{i} seq");
+        *seq += 1;
+    }
+    let small_dup = small_written.last().unwrap();
+    assert!(!small_dup.fresh, "the in-batch duplicate was written twice");
+    assert_eq!(small_dup.message.id, small_written[5].message.id);
+
     // The whole batch again (a client retrying after a lost ack): nothing new.
     let again: Vec<messages::Written> = messages::write_batch(&mut conn, &drafts)
         .unwrap()
@@ -355,7 +419,7 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     };
     assert_eq!(
         count(&mut conn, "SELECT count(*) AS n FROM messages"),
-        ROWS + NEW
+        ROWS + NEW + small_new
     );
     assert_eq!(
         count(

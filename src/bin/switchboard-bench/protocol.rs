@@ -4,11 +4,11 @@
 //! Both are reduced to one [`Inbound`] vocabulary so the client loop does not care which target
 //! it drives.
 
-use crate::realtime::socketio::packet::{encode_raw, EioPacket, SioKind, SioPacket};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
+use switchboard::realtime::socketio::packet::{encode_raw, EioPacket, SioKind, SioPacket};
 
 /// Which server the bench talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

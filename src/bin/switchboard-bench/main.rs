@@ -1,5 +1,7 @@
-//! `switchboard bench`: a load generator that drives either Switchboard's `/ws` endpoint or a
-//! Socket.IO server (the reference peers) with the same scenario, so both can be compared.
+//! `switchboard-bench`: a load generator that drives either Switchboard's `/ws` endpoint or a
+//! Socket.IO server (the reference peers) with the same scenario, so both can be compared. It is
+//! a binary of its own, built beside the server and not linked into it; it uses the library
+//! only for the Socket.IO packet codec.
 //!
 //! `messages` scenario: N active clients spread over M conversations (client i in conversation
 //! i % M) send messages for a fixed time, open loop (`--rate` per client, latency from the
@@ -23,10 +25,12 @@ pub mod report;
 pub mod setup;
 pub mod uploads;
 
+use clap::Parser;
 use client::{Counters, IntervalStats, Phase, Shared, ThreadStats, Work};
 pub use protocol::Target;
 use report::{HeadTail, Interval, Latency, Report, Rss};
 use setup::Shape;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,9 +56,11 @@ impl Scenario {
     }
 }
 
-/// Options of `switchboard bench`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(after_long_help = AFTER_HELP)]
+/// Load generator: connect clients to Switchboard's /ws or to a Socket.IO server, send
+/// messages (or make calls) for a fixed time, and report durable acks/s, delivery latency,
+/// errors and server memory per connection.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "switchboard-bench", version, after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// What to run: `messages` (send messages for --duration seconds) or `calls` (make --calls
     /// calls from --callers callers, each to its own callee).
@@ -293,7 +299,23 @@ fn ns_since(epoch: Instant, t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Runs the bench and prints its report.
+/// Parses the options and runs the bench; a failure exits with status 2 and its reason.
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    switchboard::telemetry::init(switchboard::config::LogFormat::Text, "info");
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(message: &str) -> ExitCode {
+    eprintln!("switchboard-bench: {message}");
+    ExitCode::from(2)
+}
+
+/// Runs the bench, writes its JSON report where asked and prints it.
 pub fn run(args: BenchArgs) -> Result<(), String> {
     args.check()?;
     let report = measure(&args)?;

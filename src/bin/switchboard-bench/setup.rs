@@ -351,7 +351,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(data.claims["sub"], "42");
-        let keys = crate::auth::tokens::TokenKeys::new(secret.as_bytes());
+        let keys = switchboard::auth::tokens::TokenKeys::new(secret.as_bytes());
         assert_eq!(keys.verify(&t[0]).unwrap().user_id, 42);
     }
 }
