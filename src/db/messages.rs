@@ -229,6 +229,20 @@ pub struct Written {
     pub fresh: bool,
 }
 
+/// The update both ways of writing a batch make to its conversations (`c`), by `k.n` new
+/// messages each: `last_seq` and `last_change` move on; `last_message_at` moves at most once a
+/// second (see [`BATCH_SQL`]). A macro so that it can be part of both statements' literals.
+macro_rules! bump_conversations {
+    () => {
+        " UPDATE conversations c \
+         SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
+             last_message_at = CASE \
+                 WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
+                 THEN now() ELSE c.last_message_at END, \
+             updated_at = now()"
+    };
+}
+
 /// A whole batch in one statement (one round trip between `BEGIN` and `COMMIT`). Its
 /// parameters are one array per column of the batch's candidate drafts (`$1` conversation,
 /// `$2` sender, … `$13` media; see [`write_batch`] for what is decided before), zipped row by
@@ -262,7 +276,8 @@ pub struct Written {
 /// however large it grows (a plan made while `messages` was small would otherwise join it by a
 /// sequential scan and keep doing so as the table grows). It writes batches of up to
 /// [`SINGLE_STATEMENT_MAX`] drafts ([`run_batch`]).
-pub const BATCH_SQL: &str = "WITH d AS MATERIALIZED ( \
+pub const BATCH_SQL: &str = concat!(
+    "WITH d AS MATERIALIZED ( \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
              $6::bigint[], $7::jsonb[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
              $12::text[], $13::jsonb[]) WITH ORDINALITY AS d(conversation_id, sender_id, kind, \
@@ -278,14 +293,9 @@ pub const BATCH_SQL: &str = "WITH d AS MATERIALIZED ( \
      locked AS MATERIALIZED ( \
          SELECT c.id FROM conversations c WHERE c.id IN (SELECT id FROM counts) \
          ORDER BY c.id FOR UPDATE OF c), \
-     bumped AS ( \
-         UPDATE conversations c \
-         SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
-             last_message_at = CASE \
-                 WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
-                 THEN now() ELSE c.last_message_at END, \
-             updated_at = now() \
-         FROM locked l JOIN counts k ON k.id = l.id \
+     bumped AS (",
+    bump_conversations!(),
+    " FROM locked l JOIN counts k ON k.id = l.id \
          WHERE c.id = l.id \
          RETURNING c.id, c.last_seq - k.n AS seq_base, c.last_change - k.n AS change_base), \
      numbered AS MATERIALIZED ( \
@@ -304,7 +314,8 @@ pub const BATCH_SQL: &str = "WITH d AS MATERIALIZED ( \
      SELECT n.ord, true AS fresh, txid_current() AS txid, i.* \
      FROM ins i JOIN numbered n ON n.conversation_id = i.conversation_id AND n.seq = i.seq \
      UNION ALL \
-     SELECT s.ord, false, txid_current(), m.* FROM stored s JOIN messages m ON m.id = s.id";
+     SELECT s.ord, false, txid_current(), m.* FROM stored s JOIN messages m ON m.id = s.id"
+);
 
 /// [`BATCH_SQL`], prepared once per connection.
 struct WriteBatch;
@@ -358,17 +369,14 @@ pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
 /// indexes, and a busy conversation's row would leave thousands of dead versions a second for
 /// every later lookup by id to step over. It therefore moves at most once a second (lists order
 /// to the second); the other columns are not indexed and their updates stay HOT.
-pub const RESERVE_SEQ_SQL: &str = "WITH locked AS MATERIALIZED ( \
-         SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-     UPDATE conversations c \
-     SET last_seq = c.last_seq + k.n, last_change = c.last_change + k.n, \
-         last_message_at = CASE \
-             WHEN c.last_message_at IS NULL OR c.last_message_at < now() - interval '1 second' \
-             THEN now() ELSE c.last_message_at END, \
-         updated_at = now() \
-     FROM locked l JOIN unnest($1::bigint[], $2::bigint[]) AS k(id, n) ON k.id = l.id \
+pub const RESERVE_SEQ_SQL: &str = concat!(
+    "WITH locked AS MATERIALIZED ( \
+         SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE)",
+    bump_conversations!(),
+    " FROM locked l JOIN unnest($1::bigint[], $2::bigint[]) AS k(id, n) ON k.id = l.id \
      WHERE c.id = l.id \
-     RETURNING c.id, c.last_seq, c.last_change, txid_current() AS txid";
+     RETURNING c.id, c.last_seq, c.last_change, txid_current() AS txid"
+);
 
 /// [`RESERVE_SEQ_SQL`], prepared once per connection.
 struct ReserveSeq;
