@@ -387,12 +387,12 @@ impl Statement for ReserveSeq {
 /// Inserts a batch's rows in one statement whose text does not depend on the batch's size (so
 /// it is prepared once per connection, not parsed and planned per batch): one array per column,
 /// zipped row by row by `unnest`.
-pub const INSERT_SQL: &str = "INSERT INTO messages (conversation_id, seq, change_seq, sender_id, \
-         kind, content, media_url, reply_to_id, metadata, client_message_id, sender_type, \
-         recipient_id, recipient_type, media_id, media) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
-         $6::text[], $7::text[], $8::bigint[], $9::jsonb[], $10::text[], $11::text[], \
-         $12::bigint[], $13::text[], $14::text[], $15::jsonb[]) \
+pub const INSERT_SQL: &str = "INSERT INTO messages (conversation_id, sender_id, kind, content, \
+         media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
+         recipient_type, media_id, media, seq, change_seq) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+         $6::bigint[], $7::jsonb[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+         $12::text[], $13::jsonb[], $14::bigint[], $15::bigint[]) \
      RETURNING *";
 
 /// [`INSERT_SQL`], prepared once per connection.
@@ -401,31 +401,50 @@ impl Statement for InsertRows {
     const SQL: &'static str = INSERT_SQL;
 }
 
-/// Runs [`INSERT_SQL`] for `rows`; answers the stored rows (in no particular order).
-fn insert_rows(conn: &mut PgConnection, rows: &[NewMessage<'_>]) -> QueryResult<Vec<Message>> {
+/// Runs [`INSERT_SQL`] for `rows`, each a candidate with its seq and change number; answers the
+/// stored rows (in no particular order).
+fn insert_rows(
+    conn: &mut PgConnection,
+    rows: &[(&Candidate<'_>, i64, i64)],
+) -> QueryResult<Vec<Message>> {
+    use diesel::sql_types::{Array, BigInt};
+    let candidates: Vec<&Candidate<'_>> = rows.iter().map(|(c, _, _)| *c).collect();
+    bind_candidates(Prepared::<InsertRows>::new(), &candidates)
+        .bind::<Array<BigInt>, _>(rows.iter().map(|(_, seq, _)| *seq).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(
+            rows.iter()
+                .map(|(_, _, change)| *change)
+                .collect::<Vec<_>>(),
+        )
+        .load(conn)
+}
+
+/// Binds `$1`…`$13` of [`BATCH_SQL`] and [`INSERT_SQL`]: one array per column of the
+/// candidates, in their order.
+fn bind_candidates<'f, S: Statement>(
+    statement: Prepared<'f, S>,
+    candidates: &[&Candidate<'f>],
+) -> Prepared<'f, S> {
     use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
     macro_rules! column {
-        ($field:ident) => {
-            rows.iter().map(|r| r.$field).collect::<Vec<_>>()
+        ($($get:tt)+) => {
+            candidates.iter().map($($get)+).collect::<Vec<_>>()
         };
     }
-    Prepared::<InsertRows>::new()
-        .bind::<Array<BigInt>, _>(column!(conversation_id))
-        .bind::<Array<BigInt>, _>(column!(seq))
-        .bind::<Array<BigInt>, _>(column!(change_seq))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(sender_id))
-        .bind::<Array<Text>, _>(column!(kind))
-        .bind::<Array<Text>, _>(column!(content))
-        .bind::<Array<Nullable<Text>>, _>(column!(media_url))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(reply_to_id))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(metadata))
-        .bind::<Array<Nullable<Text>>, _>(column!(client_message_id))
-        .bind::<Array<Nullable<Text>>, _>(column!(sender_type))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(recipient_id))
-        .bind::<Array<Nullable<Text>>, _>(column!(recipient_type))
-        .bind::<Array<Nullable<Text>>, _>(column!(media_id))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(media))
-        .load(conn)
+    statement
+        .bind::<Array<BigInt>, _>(column!(|c| c.draft.conversation_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.sender_id))
+        .bind::<Array<Text>, _>(column!(|c| c.draft.kind.as_str()))
+        .bind::<Array<Text>, _>(column!(|c| c.draft.content.as_str()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_url.as_deref()))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.reply_to_id))
+        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.metadata.as_ref()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.client_message_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.sender_type))
+        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.recipient_id))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.recipient_type))
+        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_id.as_deref()))
+        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.media.as_ref()))
 }
 
 /// A row of [`RESERVE_SEQ_SQL`].
@@ -452,25 +471,6 @@ pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResu
         .bind::<Array<BigInt>, _>(senders)
         .bind::<Array<Text>, _>(keys)
         .load(conn)?)
-}
-
-/// One row of a batch, before [`INSERT_SQL`] turns the batch's rows into columns.
-struct NewMessage<'a> {
-    conversation_id: i64,
-    seq: i64,
-    change_seq: i64,
-    sender_id: Option<i64>,
-    kind: &'a str,
-    content: &'a str,
-    media_url: Option<&'a str>,
-    reply_to_id: Option<i64>,
-    metadata: Option<&'a Value>,
-    client_message_id: Option<&'a str>,
-    sender_type: Option<&'static str>,
-    recipient_id: Option<i64>,
-    recipient_type: Option<&'static str>,
-    media_id: Option<&'a str>,
-    media: Option<&'a Value>,
 }
 
 /// Batches of at most this many drafts are written by [`BATCH_SQL`]; larger ones by
@@ -509,27 +509,8 @@ fn run_single_statement(
     conn: &mut PgConnection,
     candidates: &[Candidate<'_>],
 ) -> QueryResult<Vec<BatchRow>> {
-    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
-    macro_rules! column {
-        ($($get:tt)+) => {
-            candidates.iter().map($($get)+).collect::<Vec<_>>()
-        };
-    }
-    Prepared::<WriteBatch>::new()
-        .bind::<Array<BigInt>, _>(column!(|c| c.draft.conversation_id))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.sender_id))
-        .bind::<Array<Text>, _>(column!(|c| c.draft.kind.as_str()))
-        .bind::<Array<Text>, _>(column!(|c| c.draft.content.as_str()))
-        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_url.as_deref()))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.draft.reply_to_id))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.metadata.as_ref()))
-        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.client_message_id.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.sender_type))
-        .bind::<Array<Nullable<BigInt>>, _>(column!(|c| c.recipient_id))
-        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.recipient_type))
-        .bind::<Array<Nullable<Text>>, _>(column!(|c| c.draft.media_id.as_deref()))
-        .bind::<Array<Nullable<Jsonb>>, _>(column!(|c| c.draft.media.as_ref()))
-        .load(conn)
+    let candidates: Vec<&Candidate<'_>> = candidates.iter().collect();
+    bind_candidates(Prepared::<WriteBatch>::new(), &candidates).load(conn)
 }
 
 /// Writes a large batch with three statements, to the same effect as [`BATCH_SQL`]: retries
@@ -584,34 +565,18 @@ fn run_large_batch(
             (r.id, (r.last_seq - n + 1, r.last_change - n + 1))
         })
         .collect();
-    let mut rows: Vec<NewMessage<'_>> = Vec::with_capacity(fresh.len());
+    // (candidate, seq, change number) per new row, and the row's candidate position.
+    let mut rows: Vec<(&Candidate<'_>, i64, i64)> = Vec::with_capacity(fresh.len());
     let mut owners: Vec<usize> = Vec::with_capacity(fresh.len());
     for &at in &fresh {
         let c = &candidates[at];
-        let d = c.draft;
         // A conversation that is gone was not reserved: the draft gets no row.
-        let Some(slot) = next.get_mut(&d.conversation_id) else {
+        let Some(slot) = next.get_mut(&c.draft.conversation_id) else {
             continue;
         };
         let (seq, change) = *slot;
         *slot = (seq + 1, change + 1);
-        rows.push(NewMessage {
-            conversation_id: d.conversation_id,
-            seq,
-            change_seq: change,
-            sender_id: d.sender_id,
-            kind: &d.kind,
-            content: &d.content,
-            media_url: d.media_url.as_deref(),
-            reply_to_id: d.reply_to_id,
-            metadata: d.metadata.as_ref(),
-            client_message_id: d.client_message_id.as_deref(),
-            sender_type: c.sender_type,
-            recipient_id: c.recipient_id,
-            recipient_type: c.recipient_type,
-            media_id: d.media_id.as_deref(),
-            media: d.media.as_ref(),
-        });
+        rows.push((c, seq, change));
         owners.push(at);
     }
     if !rows.is_empty() {
@@ -619,9 +584,9 @@ fn run_large_batch(
             .into_iter()
             .map(|m| ((m.conversation_id, m.seq), m))
             .collect();
-        for (row, &at) in rows.iter().zip(&owners) {
+        for ((c, seq, _), &at) in rows.iter().zip(&owners) {
             let m = by_pos
-                .remove(&(row.conversation_id, row.seq))
+                .remove(&(c.draft.conversation_id, *seq))
                 .ok_or_else(|| AppError::internal("inserted row missing from RETURNING"))?;
             written.push((at, true, m));
         }
@@ -652,8 +617,8 @@ pub(crate) fn trace_of(
 }
 
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
-/// `last_seq` bumped by the number of new messages, and all rows inserted, by one statement
-/// ([`BATCH_SQL`]), so `seq` stays gap-free even with several processes writing. A draft whose
+/// `last_seq` bumped by the number of new messages, and all rows inserted ([`run_batch`]), so
+/// `seq` stays gap-free even with several processes writing. A draft whose
 /// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
 /// problems (a reply target from another conversation) fail only that draft.
 pub fn write_batch(
@@ -719,7 +684,7 @@ pub fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxSta
 /// without the database: a draft repeating an earlier draft's idempotency key in the same batch
 /// gets that draft's result; a reply target must be a message of the same conversation (one
 /// query, only when the batch holds replies); who writes to whom ([`Parties`]) comes from
-/// `caches` where they know it. The rest is one statement, [`BATCH_SQL`].
+/// `caches` where they know it. The rest is [`run_batch`].
 fn write_rows(
     conn: &mut PgConnection,
     drafts: &[Draft],
