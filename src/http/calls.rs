@@ -304,7 +304,7 @@ async fn admin_stats(state: web::Data<AppState>, identity: Identity) -> AppResul
             .map(|(_, addr)| addr.send(crate::realtime::call::actor::CurrentRecord)),
     )
     .await;
-    let now = chrono::Utc::now();
+    let now = state.engine.clock.now();
     let mut calls = Vec::with_capacity(records.len());
     // A call that ended while this was being collected is left out.
     for (row, parties) in records.into_iter().flatten() {

@@ -149,6 +149,8 @@ pub struct Engine {
     /// The legacy ids of imported users, conversations and chat requests, which the dialects of
     /// their apps translate.
     pub legacy: crate::legacy::LegacyIds,
+    /// The time calls are measured and stamped by (tests move it forward).
+    pub clock: crate::clock::Clock,
     next_session: Arc<AtomicU64>,
 }
 
@@ -231,6 +233,7 @@ impl Engine {
             draining: Arc::default(),
             commands: Arc::default(),
             legacy: crate::legacy::LegacyIds::new(),
+            clock: crate::clock::Clock::default(),
             next_session: Arc::new(AtomicU64::new(first_session_key)),
         };
         engine.registry.do_send(SetEngine(engine.clone()));

@@ -175,7 +175,7 @@ async fn full_call_relays_offer_answer_and_ice_and_posts_the_call_log() {
     );
     party_reaches(&s, &id, b, "joined").await;
 
-    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    s.advance_clock(Duration::from_secs(1));
     ca.request("call:end", json!({"callId": id})).await.unwrap();
     let ended = cb.expect_event("call:ended").await;
     assert_eq!(ended["reason"], "hangup");

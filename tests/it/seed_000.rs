@@ -228,10 +228,9 @@ async fn ended_row(srv: &TestServer, id: &str) -> (String, Option<String>) {
     panic!("call {id} never ended in the database")
 }
 
-/// Lets at least a second of call time pass, so `duration` is at least 1 (not synchronisation:
-/// nothing is waited for).
-async fn talk() {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+/// Lets a second of call time pass on the server's clock, so `duration` is at least 1.
+fn talk(srv: &TestServer) {
+    srv.advance_clock(Duration::from_secs(1));
 }
 
 /// A video call from Alice to Bob and a voice call from Bob to Alice, each event checked, and
@@ -334,7 +333,7 @@ async fn video_and_voice_calls(transport: &str) {
         "bob renegotiates"
     );
 
-    talk().await;
+    talk(&srv);
     p.emit("alice", "end_call", json!([{"callId": video_id}]));
     let to_alice = event_of(&mut p, "alice", "call_ended", &video_id).await;
     let to_bob = event_of(&mut p, "bob", "call_ended", &video_id).await;
@@ -388,7 +387,7 @@ async fn video_and_voice_calls(transport: &str) {
         0,
     )
     .await;
-    talk().await;
+    talk(&srv);
     p.emit("alice", "end_call", json!([{"callId": voice_id}]));
     let to_bob = event_of(&mut p, "bob", "call_ended", &voice_id).await;
     let to_alice = event_of(&mut p, "alice", "call_ended", &voice_id).await;

@@ -50,7 +50,8 @@ pub struct CallActor {
     meta: CallMeta,
     engine: Engine,
     registry: Addr<Registry>,
-    clock: Instant,
+    /// When the call began, on the engine's clock (offsets and durations count from it).
+    began: Instant,
     created_at: DateTime<Utc>,
     ringing_at: Option<DateTime<Utc>>,
     persisting: bool,
@@ -72,13 +73,14 @@ impl std::fmt::Debug for CallActor {
 impl CallActor {
     /// A new call actor; the registry sends it `Start`.
     pub fn new(call: Call, meta: CallMeta, engine: Engine, registry: Addr<Registry>) -> Self {
+        let (began, created_at) = (engine.clock.instant(), engine.clock.now());
         Self {
             call,
             meta,
             engine,
             registry,
-            clock: Instant::now(),
-            created_at: Utc::now(),
+            began,
+            created_at,
             ringing_at: None,
             persisting: false,
             dirty: false,
@@ -88,7 +90,12 @@ impl CallActor {
     }
 
     fn now(&self) -> i64 {
-        i64::try_from(self.clock.elapsed().as_secs()).unwrap_or(i64::MAX)
+        let elapsed = self
+            .engine
+            .clock
+            .instant()
+            .saturating_duration_since(self.began);
+        i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
     }
 
     fn at(&self, offset: Option<i64>) -> Option<DateTime<Utc>> {
@@ -248,7 +255,7 @@ impl CallActor {
         if self.ringing_at.is_none()
             && matches!(self.call.status, Status::Ringing | Status::Ongoing)
         {
-            self.ringing_at = Some(Utc::now());
+            self.ringing_at = Some(self.engine.clock.now());
         }
         // Busy bookkeeping: joined members are busy, leavers are not (1:1 parties count as busy
         // from the first ring; a join also tells the registry the call was answered).
@@ -378,7 +385,7 @@ impl CallActor {
             "duration": duration,
             "from": caller.to_string(),
             "to": callee.to_string(),
-            "endTime": Utc::now(),
+            "endTime": self.engine.clock.now(),
             "status": outcome.as_str(),
             "reason": self.call.end_reason,
             "callType": self.meta.call_type,

@@ -261,6 +261,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Lets `by` pass on the clock calls are measured by (instead of sleeping for it).
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.running.state.engine.clock.advance(by);
+    }
+
     /// Starts a server with default test settings.
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
