@@ -4,10 +4,13 @@
 //!
 //! # What crosses nodes
 //! - **Events.** [`ClusterDelivery`] delivers to this node's sessions, then publishes the event
-//!   once on the service's bus channel with its recipients. Every node parses it once and offers
-//!   the one decoded event to its own sessions of those recipients (encoded once per node, not
-//!   per recipient). Everything queued when the cluster thread publishes goes out as one
-//!   Redis message ([`Frames`]).
+//!   with its recipients. Every other node parses it once and offers the one decoded event to
+//!   its own sessions of those recipients (encoded once per node, not per recipient).
+//!   Everything queued when the cluster thread publishes goes out as one Redis message
+//!   ([`Frames`]) to each other node's inbox channel, so no node receives its own. A node
+//!   knows the others by their hellos (an empty frame on the shared bus, sent after each
+//!   subscription and on every heartbeat) and by their frames; while it knows none (starting
+//!   up, or alone) it publishes on the shared bus, which every node listens on.
 //! - **Message order.** A `message:new` carries its conversation and seq. On the receiving node
 //!   it goes through that conversation's actor, which fans out strictly in seq order: a seq that
 //!   arrives ahead of the one before waits `CLUSTER_GAP_WAIT_MS`, then the missing rows are read
@@ -52,7 +55,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long one Redis command may take before it counts as failed.
@@ -407,8 +410,13 @@ struct Keys {
 }
 
 impl Keys {
+    /// The channel every node listens on: hellos, and events while no other node is known.
     fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
+    }
+    /// The channel one node listens on for what the others send it.
+    fn inbox(&self, node: &str) -> String {
+        format!("{}:bus:{node}", self.prefix)
     }
     fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
@@ -667,6 +675,12 @@ pub struct Cluster {
     halted: tokio::sync::Notify,
     /// Set once the bus subscription first went through (renewed by the client after that).
     subscribed: AtomicBool,
+    /// The other nodes heard from (a hello or any frame), with when they were last heard: a
+    /// flush goes to their inboxes ([`Cluster::destinations`]).
+    peers: std::sync::Mutex<HashMap<String, Instant>>,
+    /// How long a node not heard from stays among [`Cluster::destinations`] (twice
+    /// `NODE_TTL_MS`: a node says hello on every heartbeat).
+    peer_ttl: Duration,
     /// Redis was unreachable since this node last wrote its presence: write it again.
     resync: AtomicBool,
     /// The Redis client (once the cluster thread made it): rate-limit takes use it directly,
@@ -737,6 +751,8 @@ impl Cluster {
             stopped: AtomicBool::new(false),
             halted: tokio::sync::Notify::new(),
             subscribed: AtomicBool::new(false),
+            peers: std::sync::Mutex::default(),
+            peer_ttl: config.node_ttl.saturating_mul(2),
             resync: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
             pending: std::sync::Mutex::default(),
@@ -791,6 +807,68 @@ impl Cluster {
             gap_fills: self.gap_fills.load(Ordering::Relaxed),
             nodes_reaped: self.nodes_reaped.load(Ordering::Relaxed),
         }
+    }
+
+    /// Notes that `node` is alive: it said hello or sent a frame.
+    fn heard(&self, node: &str) {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match peers.get_mut(node) {
+            Some(at) => *at = Instant::now(),
+            None => {
+                tracing::info!(peer = %node, "cluster: a node joined");
+                peers.insert(node.to_owned(), Instant::now());
+            }
+        }
+    }
+
+    /// The channels a flush is published on: the inbox of every other node heard from lately,
+    /// so no node receives (and skips) its own frames; the shared bus, which every node
+    /// listens on, while no other node was heard from (starting up, or alone).
+    fn destinations(&self) -> Vec<String> {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ttl = self.peer_ttl;
+        peers.retain(|node, at| {
+            let alive = at.elapsed() < ttl;
+            if !alive {
+                tracing::info!(peer = %node, "cluster: a node went quiet");
+            }
+            alive
+        });
+        if peers.is_empty() {
+            vec![self.keys.bus()]
+        } else {
+            peers.keys().map(|node| self.keys.inbox(node)).collect()
+        }
+    }
+
+    /// Tells every node that this one listens on its inbox (after every subscription and on
+    /// every heartbeat): an empty frame on the shared bus.
+    async fn hello(&self, client: &fred::clients::Client) -> Result<(), fred::error::Error> {
+        client
+            .publish::<i64, _, _>(self.keys.bus(), frame_header(&self.node, 0))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Cluster::hello`] once a subscription went through (a failure is made good by the
+    /// next heartbeat's).
+    async fn say_hello(&self) {
+        if let Some(client) = self.client.get() {
+            if let Err(e) = self.hello(client).await {
+                tracing::debug!(error = %e, "cluster: hello not published");
+            }
+        }
+    }
+
+    /// The channels this node listens on: the shared bus and its own inbox.
+    fn channels(&self) -> Vec<String> {
+        vec![self.keys.bus(), self.keys.inbox(&self.node)]
     }
 
     /// Counts seqs a conversation read from the database in place of another node's delivery.
@@ -1239,11 +1317,11 @@ impl Runner {
             let _reconnects = subscriber.on_reconnect(move |_| {
                 let (cluster, subscriber) = (Arc::clone(&back), again.clone());
                 tokio::spawn(async move {
-                    let bus = cluster.keys.bus();
-                    while subscriber.subscribe(bus.clone()).await.is_err() {
+                    while subscriber.subscribe(cluster.channels()).await.is_err() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     cluster.subscribed.store(true, Ordering::Relaxed);
+                    cluster.say_hello().await;
                 });
                 async { Ok(()) }
             });
@@ -1280,7 +1358,6 @@ async fn send(
     client: fred::clients::Client,
     incoming: &mut mpsc::Receiver<Outgoing>,
 ) {
-    let bus = cluster.keys.bus();
     let mut batch: Vec<String> = Vec::with_capacity(PUBLISH_BATCH);
     loop {
         let first = tokio::select! {
@@ -1306,24 +1383,19 @@ async fn send(
                     }
                 }
                 other => {
-                    flush(&cluster, &client, &bus, &mut batch).await;
+                    flush(&cluster, &client, &mut batch).await;
                     control(&cluster, &engine, &client, other).await;
                     next = incoming.try_recv().ok();
                 }
             }
         }
-        flush(&cluster, &client, &bus, &mut batch).await;
+        flush(&cluster, &client, &mut batch).await;
     }
 }
 
-/// Publishes what `batch` holds, in as few frames as fit (dropped and counted while Redis is
-/// away).
-async fn flush(
-    cluster: &Cluster,
-    client: &fred::clients::Client,
-    bus: &str,
-    batch: &mut Vec<String>,
-) {
+/// Publishes what `batch` holds, in as few frames as fit, to every other node (dropped and
+/// counted while Redis is away).
+async fn flush(cluster: &Cluster, client: &fred::clients::Client, batch: &mut Vec<String>) {
     if batch.is_empty() {
         return;
     }
@@ -1337,16 +1409,24 @@ async fn flush(
     for body in batch.drain(..) {
         frames.push(&cluster.node, &body);
     }
-    let result = if frames.done.len() == 1 {
-        let frame = frames.done.pop().unwrap_or_default();
-        client.publish::<i64, _, _>(bus, frame).await.map(|_| ())
+    let destinations = cluster.destinations();
+    let result = if let ([frame], [to]) = (frames.done.as_mut_slice(), destinations.as_slice()) {
+        client
+            .publish::<i64, _, _>(to.as_str(), std::mem::take(frame))
+            .await
+            .map(|_| ())
     } else {
         let pipeline = client.pipeline();
         let mut queued = Ok(());
-        for frame in frames.done.drain(..) {
-            if let Err(e) = pipeline.publish::<(), _, _>(bus, frame).await {
-                queued = Err(e);
-                break;
+        'frames: for frame in frames.done.drain(..).map(bytes::Bytes::from) {
+            for to in &destinations {
+                if let Err(e) = pipeline
+                    .publish::<(), _, _>(to.as_str(), frame.clone())
+                    .await
+                {
+                    queued = Err(e);
+                    break 'frames;
+                }
             }
         }
         match queued {
@@ -1526,15 +1606,14 @@ async fn receive(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     subscriber: fred::clients::SubscriberClient,
 ) {
-    let bus = cluster.keys.bus();
     {
-        let bus = bus.clone();
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             loop {
-                match subscriber.subscribe(bus.clone()).await {
+                match subscriber.subscribe(cluster.channels()).await {
                     Ok(()) => {
                         cluster.subscribed.store(true, Ordering::Relaxed);
+                        cluster.say_hello().await;
                         break;
                     }
                     Err(e) => {
@@ -1561,6 +1640,7 @@ async fn receive(
                 if from == cluster.node {
                     continue;
                 }
+                cluster.heard(from);
                 for body in bodies {
                     match serde_json::from_slice::<Body>(body) {
                         Ok(body) => {
@@ -1854,6 +1934,7 @@ impl Heartbeat {
             .await?;
         // Redis answers: what follows (the presence announcements) may publish.
         cluster.set_redis_up(true);
+        cluster.hello(&self.client).await?;
         let added: i64 = self.client.sadd(keys.nodes(), cluster.node.clone()).await?;
         // New here, Redis lost this node's entries, another node reaped it, or its users came
         // and went while Redis was unreachable: write its presence again and tell what changed.
@@ -1939,7 +2020,40 @@ impl Heartbeat {
 
 #[cfg(test)]
 mod tests {
-    use super::{single_frame, split_frame, Body, Frames, FRAME_BYTES};
+    use super::{single_frame, split_frame, Body, Cluster, Frames, FRAME_BYTES};
+    use crate::config::{Config, Secret};
+
+    #[test]
+    fn a_flush_goes_to_the_inboxes_of_the_nodes_heard_lately_else_to_the_shared_bus() {
+        let config = Config {
+            redis_url: Secret::new("redis://127.0.0.1:6379"),
+            redis_prefix: "p".into(),
+            node_id: "a".into(),
+            node_ttl: std::time::Duration::from_millis(100),
+            ..Config::default()
+        };
+        let Ok(Some((cluster, _runner))) = Cluster::new(&config) else {
+            unreachable!("a cluster link for a Redis URL");
+        };
+        assert_eq!(cluster.destinations(), ["p:bus"], "no other node known yet");
+        assert_eq!(cluster.channels(), ["p:bus", "p:bus:a"]);
+        cluster.heard("b");
+        cluster.heard("c");
+        let mut to = cluster.destinations();
+        to.sort();
+        assert_eq!(to, ["p:bus:b", "p:bus:c"]);
+        // Twice NODE_TTL_MS without a word from b: it is no longer published to.
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        cluster.heard("c");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(cluster.destinations(), ["p:bus:c"]);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(
+            cluster.destinations(),
+            ["p:bus"],
+            "nobody heard: the shared bus again"
+        );
+    }
     use serde_json::json;
     use std::borrow::Cow;
 

@@ -792,3 +792,96 @@ fn nodes_starting_at_once_on_a_new_database_take_turns_at_the_migrations() {
         "{applied:?}"
     );
 }
+
+/// Once the nodes know each other, each node's frames go to the other's inbox only: no node
+/// receives its own, and the shared bus carries nothing but hellos (frames without a body).
+#[actix_web::test]
+async fn frames_go_to_the_other_nodes_inbox_and_the_shared_bus_carries_only_hellos() {
+    use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+    let space = RedisSpace::new();
+    let nodes = nodes(&space, &["a", "b"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let listener =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&space.url).unwrap())
+            .build_subscriber_client()
+            .unwrap();
+    listener.init().await.unwrap();
+    let mut frames = listener.message_rx();
+    listener
+        .psubscribe(format!("{}:bus*", space.prefix))
+        .await
+        .unwrap();
+    // Both nodes have said hello by now (at subscription and on every 200 ms heartbeat).
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
+    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
+    ca.request("ping", json!({})).await.unwrap();
+    cb.request("ping", json!({})).await.unwrap();
+    for n in 0..5 {
+        ca.request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": format!("a{n}")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            cb.expect_event("message:new").await["content"],
+            format!("a{n}")
+        );
+        cb.request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": format!("b{n}")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ca.expect_event("message:new").await["content"],
+            format!("b{n}")
+        );
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+
+    let bus = format!("{}:bus", space.prefix);
+    let mut hellos = 0;
+    let mut bodies_to: std::collections::HashMap<String, usize> = Default::default();
+    while let Ok(message) = frames.try_recv() {
+        let channel = message.channel.to_string();
+        let bytes = message.value.as_bytes().unwrap().to_vec();
+        let text = String::from_utf8(bytes).unwrap();
+        let mut lines = text.split('\n');
+        let from = lines
+            .next()
+            .unwrap()
+            .strip_prefix("sb1 ")
+            .unwrap()
+            .to_owned();
+        let bodies = lines.filter(|l| !l.is_empty()).count();
+        if channel == bus {
+            assert_eq!(
+                bodies, 0,
+                "only hellos on the shared bus once peers are known: {text}"
+            );
+            hellos += 1;
+        } else {
+            let to = channel.strip_prefix(&format!("{bus}:")).unwrap().to_owned();
+            assert_ne!(from, to, "a node never publishes to its own inbox");
+            *bodies_to.entry(to).or_default() += bodies;
+        }
+    }
+    assert!(hellos >= 2, "both nodes keep saying hello ({hellos} seen)");
+    // Alice's five messages went to b's inbox, Bob's five to a's (with the rest: typing stops,
+    // presence).
+    assert!(
+        bodies_to.get("b").copied().unwrap_or(0) >= 5,
+        "{bodies_to:?}"
+    );
+    assert!(
+        bodies_to.get("a").copied().unwrap_or(0) >= 5,
+        "{bodies_to:?}"
+    );
+    listener.quit().await.unwrap();
+}
