@@ -822,26 +822,21 @@ async fn frames_go_to_the_other_nodes_inbox_and_the_shared_bus_carries_only_hell
     ca.request("ping", json!({})).await.unwrap();
     cb.request("ping", json!({})).await.unwrap();
     for n in 0..5 {
-        ca.request(
-            "message:send",
-            json!({"conversationId": conv.to_string(), "content": format!("a{n}")}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            cb.expect_event("message:new").await["content"],
-            format!("a{n}")
-        );
-        cb.request(
-            "message:send",
-            json!({"conversationId": conv.to_string(), "content": format!("b{n}")}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            ca.expect_event("message:new").await["content"],
-            format!("b{n}")
-        );
+        for tag in ["a", "b"] {
+            let (from, to) = if tag == "a" {
+                (&mut ca, &mut cb)
+            } else {
+                (&mut cb, &mut ca)
+            };
+            let content = format!("{tag}{n}");
+            from.request(
+                "message:send",
+                json!({"conversationId": conv.to_string(), "content": content}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(to.expect_event("message:new").await["content"], content);
+        }
     }
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
 
