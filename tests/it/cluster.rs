@@ -31,6 +31,18 @@ async fn nodes(space: &RedisSpace, names: &[&str]) -> Vec<TestServer> {
     all
 }
 
+/// Alice and Bob in a direct conversation, Alice connected to node `a` and Bob to node `b`.
+async fn pair_across(a: &TestServer, b: &TestServer) -> (i64, i64, i64, WsClient, WsClient) {
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
+    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
+    ca.request("ping", json!({})).await.unwrap();
+    cb.request("ping", json!({})).await.unwrap();
+    (alice, bob, conv, ca, cb)
+}
+
 #[actix_web::test]
 async fn group_messages_from_every_node_reach_every_member_in_one_gap_free_order() {
     let space = RedisSpace::new();
@@ -129,13 +141,7 @@ async fn direct_messages_edits_receipts_and_typing_cross_nodes() {
     let space = RedisSpace::new();
     let nodes = nodes(&space, &["a", "b"]).await;
     let (a, b) = (&nodes[0], &nodes[1]);
-    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
-    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = a.direct(alice, bob);
-    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
-    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
-    ca.request("ping", json!({})).await.unwrap();
-    cb.request("ping", json!({})).await.unwrap();
+    let (_, bob, conv, mut ca, mut cb) = pair_across(a, b).await;
 
     cb.request("typing:start", json!({"conversationId": conv.to_string()}))
         .await
@@ -814,13 +820,7 @@ async fn frames_go_to_the_other_nodes_inbox_and_the_shared_bus_carries_only_hell
     // Both nodes have said hello by now (at subscription and on every 200 ms heartbeat).
     actix_web::rt::time::sleep(Duration::from_millis(600)).await;
 
-    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
-    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = a.direct(alice, bob);
-    let mut ca = WsClient::connect(a, &a.token_for(alice)).await;
-    let mut cb = WsClient::connect(b, &b.token_for(bob)).await;
-    ca.request("ping", json!({})).await.unwrap();
-    cb.request("ping", json!({})).await.unwrap();
+    let (_, _, conv, mut ca, mut cb) = pair_across(a, b).await;
     for n in 0..5 {
         for tag in ["a", "b"] {
             let (from, to) = if tag == "a" {
