@@ -231,7 +231,14 @@ pub struct Written {
 
 /// The update both ways of writing a batch make to its conversations (`c`), by `k.n` new
 /// messages each: `last_seq` and `last_change` move on; `last_message_at` moves at most once a
-/// second (see [`BATCH_SQL`]). A macro so that it can be part of both statements' literals.
+/// second. A macro so that it can be part of both statements' literals ([`BATCH_SQL`],
+/// [`RESERVE_SEQ_SQL`]).
+///
+/// `last_message_at` is indexed (conversation lists are ordered by it), so an update that
+/// changes it cannot be a HOT update: every batch would add an entry to each of the table's
+/// indexes, and a busy conversation's row would leave thousands of dead versions a second for
+/// every later lookup by id to step over. It therefore moves at most once a second (lists order
+/// to the second); the other columns are not indexed and their updates stay HOT.
 macro_rules! bump_conversations {
     () => {
         " UPDATE conversations c \
@@ -248,12 +255,8 @@ macro_rules! bump_conversations {
 /// `$2` sender, … `$13` media; see [`write_batch`] for what is decided before), zipped row by
 /// row by `unnest`, so the text does not depend on the batch's size and is prepared once per
 /// connection. In order:
-/// - `stored`: drafts whose `(sender_id, client_message_id)` is already stored (retries). The
-///   pairs are joined row by row (`unnest` zips the arrays), so each is one probe of the
-///   `UNIQUE (sender_id, client_message_id)` index and the cost follows the batch, not the
-///   table. (`sender_id = ANY(..) AND client_message_id = ANY(..)` would ask for the cross
-///   product of senders and keys, which PostgreSQL answers with a sequential scan of `messages`
-///   once the table is large.)
+/// - `stored`: drafts whose `(sender_id, client_message_id)` is already stored (retries),
+///   joined pair by pair as in [`RETRY_LOOKUP_SQL`] (which says why).
 /// - `locked`: the conversations of the other drafts, row-locked in id order (two batches
 ///   never wait for each other in a cycle);
 /// - `bumped`: each conversation's `last_seq` and `last_change` moved on by its number of new
@@ -265,17 +268,11 @@ macro_rules! bump_conversations {
 /// transaction's id (see [`BatchTrace`]) and the stored message. A candidate without a row
 /// names a conversation that does not exist.
 ///
-/// `last_message_at` is indexed (conversation lists are ordered by it), so an update that
-/// changes it cannot be a HOT update: every batch would add an entry to each of the table's
-/// indexes, and a busy conversation's row would leave thousands of dead versions a second for
-/// every later lookup by id to step over. It therefore moves at most once a second (lists order
-/// to the second); the other columns are not indexed and their updates stay HOT.
-///
 /// The writers run it on connections of their own ([`crate::realtime::writer::WRITER_SETUP`])
 /// that plan it once, with sequential scans disabled, so every table is read through an index
 /// however large it grows (a plan made while `messages` was small would otherwise join it by a
 /// sequential scan and keep doing so as the table grows). It writes batches of up to
-/// [`SINGLE_STATEMENT_MAX`] drafts ([`run_batch`]).
+/// [`SINGLE_STATEMENT_MAX`] drafts (`run_batch`).
 pub const BATCH_SQL: &str = concat!(
     "WITH d AS MATERIALIZED ( \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
@@ -345,7 +342,7 @@ struct BatchRow {
     message: Message,
 }
 
-/// The idempotency lookup of a large batch ([`run_batch`]): the stored messages whose
+/// The idempotency lookup of a large batch (`run_batch`): the stored messages whose
 /// `(sender_id, client_message_id)` equals one of the pairs `($1[i], $2[i])`.
 ///
 /// The pairs are joined row by row (`unnest` of two arrays zips them), so each becomes one probe
@@ -362,13 +359,8 @@ pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
      ON m.sender_id = k.sender_id AND m.client_message_id = k.client_message_id";
 
 /// Reserves `n` seq and change numbers in each listed conversation in one statement:
-/// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers.
-///
-/// `last_message_at` is indexed (conversation lists are ordered by it), so an update that
-/// changes it cannot be a HOT update: every batch would add an entry to each of the table's
-/// indexes, and a busy conversation's row would leave thousands of dead versions a second for
-/// every later lookup by id to step over. It therefore moves at most once a second (lists order
-/// to the second); the other columns are not indexed and their updates stay HOT.
+/// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers (the update
+/// is `bump_conversations!`'s, as in [`BATCH_SQL`]).
 pub const RESERVE_SEQ_SQL: &str = concat!(
     "WITH locked AS MATERIALIZED ( \
          SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE)",
@@ -461,7 +453,7 @@ struct Reserved {
 }
 
 /// Runs [`RETRY_LOOKUP_SQL`] for `(sender, client message id)` pairs (duplicates are asked once).
-pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResult<Vec<Message>> {
+fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResult<Vec<Message>> {
     use diesel::sql_types::{Array, BigInt, Text};
     let mut pairs: Vec<(i64, &str)> = keyed.to_vec();
     pairs.sort_unstable();
@@ -474,10 +466,10 @@ pub fn stored_retries(conn: &mut PgConnection, keyed: &[(i64, &str)]) -> AppResu
 }
 
 /// Batches of at most this many drafts are written by [`BATCH_SQL`]; larger ones by
-/// [`RETRY_LOOKUP_SQL`], [`RESERVE_SEQ_SQL`] and [`INSERT_SQL`] (see [`run_batch`]).
+/// [`RETRY_LOOKUP_SQL`], [`RESERVE_SEQ_SQL`] and [`INSERT_SQL`] (see `run_batch`).
 pub const SINGLE_STATEMENT_MAX: usize = 32;
 
-/// What [`run_batch`] wrote: the transaction's id (when it reserved anything) and, per
+/// What `run_batch` wrote: the transaction's id (when it reserved anything) and, per
 /// candidate that has one, its position, whether it is new, and the stored message.
 type BatchOutcome = (Option<i64>, Vec<(usize, bool, Message)>);
 
@@ -617,7 +609,7 @@ pub(crate) fn trace_of(
 }
 
 /// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
-/// `last_seq` bumped by the number of new messages, and all rows inserted ([`run_batch`]), so
+/// `last_seq` bumped by the number of new messages, and all rows inserted (`run_batch`), so
 /// `seq` stays gap-free even with several processes writing. A draft whose
 /// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
 /// problems (a reply target from another conversation) fail only that draft.
@@ -684,7 +676,7 @@ pub fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxSta
 /// without the database: a draft repeating an earlier draft's idempotency key in the same batch
 /// gets that draft's result; a reply target must be a message of the same conversation (one
 /// query, only when the batch holds replies); who writes to whom ([`Parties`]) comes from
-/// `caches` where they know it. The rest is [`run_batch`].
+/// `caches` where they know it. The rest is `run_batch`.
 fn write_rows(
     conn: &mut PgConnection,
     drafts: &[Draft],
@@ -803,7 +795,7 @@ const SHAPES_KEPT: usize = 65_536;
 
 /// What the message writers remember between batches about who writes to whom: users' kinds
 /// (in the contact cache, which role changes invalidate) and conversations' kinds (which never
-/// change, so they are kept until [`SHAPES_KEPT`] are known, then forgotten all at once).
+/// change, so they are kept until `SHAPES_KEPT` are known, then forgotten all at once).
 #[derive(Debug)]
 pub struct WriteCaches {
     contacts: std::sync::Arc<ContactCache>,

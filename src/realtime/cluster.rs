@@ -7,7 +7,7 @@
 //!   with its recipients. Every other node parses it once and offers the one decoded event to
 //!   its own sessions of those recipients (encoded once per node, not per recipient).
 //!   Everything queued when the cluster thread publishes goes out as one Redis message
-//!   ([`Frames`]) to each other node's inbox channel, so no node receives its own. A node
+//!   (`Frames`) to each other node's inbox channel, so no node receives its own. A node
 //!   knows the others by their hellos (an empty frame on the shared bus, sent after each
 //!   subscription and on every heartbeat) and by their frames; while it knows none (starting
 //!   up, or alone) it publishes on the shared bus, which every node listens on.
@@ -675,9 +675,9 @@ pub struct Cluster {
     halted: tokio::sync::Notify,
     /// Set once the bus subscription first went through (renewed by the client after that).
     subscribed: AtomicBool,
-    /// The other nodes heard from (a hello or any frame), with when they were last heard: a
-    /// flush goes to their inboxes ([`Cluster::destinations`]).
-    peers: std::sync::Mutex<HashMap<String, Instant>>,
+    /// The other nodes heard from (a hello or any frame), with their inbox channel and when
+    /// they were last heard: a flush goes to those inboxes ([`Cluster::destinations`]).
+    peers: std::sync::Mutex<HashMap<String, (String, Instant)>>,
     /// How long a node not heard from stays among [`Cluster::destinations`] (twice
     /// `NODE_TTL_MS`: a node says hello on every heartbeat).
     peer_ttl: Duration,
@@ -816,10 +816,10 @@ impl Cluster {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match peers.get_mut(node) {
-            Some(at) => *at = Instant::now(),
+            Some((_, at)) => *at = Instant::now(),
             None => {
                 tracing::info!(peer = %node, "cluster: a node joined");
-                peers.insert(node.to_owned(), Instant::now());
+                peers.insert(node.to_owned(), (self.keys.inbox(node), Instant::now()));
             }
         }
     }
@@ -833,7 +833,7 @@ impl Cluster {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ttl = self.peer_ttl;
-        peers.retain(|node, at| {
+        peers.retain(|node, (_, at)| {
             let alive = at.elapsed() < ttl;
             if !alive {
                 tracing::info!(peer = %node, "cluster: a node went quiet");
@@ -843,7 +843,7 @@ impl Cluster {
         if peers.is_empty() {
             vec![self.keys.bus()]
         } else {
-            peers.keys().map(|node| self.keys.inbox(node)).collect()
+            peers.values().map(|(inbox, _)| inbox.clone()).collect()
         }
     }
 
