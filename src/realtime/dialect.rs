@@ -12,9 +12,10 @@
 //!
 //! The engine's command structs ([`super::protocol`]) know the canonical names only: a frame's
 //! field names are rewritten in its parsed JSON object once, when the frame comes in (keys moved
-//! in the map, nothing re-encoded), for the canonical command the frame becomes. The canonical
-//! protocol has no field table, so a canonical client must use the canonical names. REST routes
-//! serve every app at once and take every dialect's names ([`for_any_app`]).
+//! in the map, nothing re-encoded), for the canonical command the frame becomes. Every
+//! connection, the canonical protocol's included, may use the few aliases the specification
+//! accepts everywhere ([`SHARED_FIELDS`]); an app's other names are its dialect's alone. REST
+//! routes serve every app at once and take every dialect's names ([`for_any_app`]).
 //!
 //! Seed 004's client never names a call: it offers to a user and then answers, trickles ICE and
 //! hangs up "the current call". Its rules use [`Hook`]s that keep that one call id per
@@ -161,6 +162,7 @@ fn canonical_fields(tables: &[Fields], command: &str, obj: &mut Map<String, Valu
 /// A body of a REST route for the canonical `command` with every app's field names renamed to
 /// the canonical ones: one route serves the apps of every dialect.
 pub fn for_any_app(command: &str, obj: &mut Map<String, Value>) {
+    canonical_fields(SHARED_FIELDS, command, obj);
     for dialect in ALL {
         canonical_fields(dialect.fields, command, obj);
     }
@@ -505,25 +507,11 @@ pub static WORLDMATES: Dialect = Dialect {
         inbound("call:end", "call:end"),
         inbound("ice:candidate", "call:ice"),
     ],
-    // Calls are named by `roomName`; `call:initiate{toId}`, `group_call:initiate{groupId}`.
-    fields: &[
-        Fields {
-            commands: &["call:initiate"],
-            fields: &[
-                name("toId", "to"),
-                name("groupId", "conversationId"),
-                name("roomName", "callId"),
-            ],
-        },
-        Fields {
-            commands: &["call:accept", "call:reject", "call:end", "call:rejoin"],
-            fields: &[name("roomName", "callId")],
-        },
-        Fields {
-            commands: &["call:offer", "call:answer", "call:ice"],
-            fields: &[name("roomName", "callId"), name("toId", "to")],
-        },
-    ],
+    // `group_call:initiate{groupId}` (its `toId` and `roomName` are in [`SHARED_FIELDS`]).
+    fields: &[Fields {
+        commands: &["call:initiate"],
+        fields: &[name("groupId", "conversationId")],
+    }],
     outbound: &[
         out(
             "call:incoming",
@@ -867,7 +855,8 @@ pub static ASTROLOGY: Dialect = Dialect {
             ..inbound("call:end", "call:end")
         },
     ],
-    // `dm:send_message{messageType}`, `call:initiate{calleeId, callType: voice|video}`.
+    // `dm:send_message{messageType}`, `call:initiate{calleeId, callType: voice|video}` (its
+    // `calleeId` is in [`SHARED_FIELDS`]); it names the other party `recipientId` too.
     fields: &[
         Fields {
             commands: &["message:send"],
@@ -876,7 +865,6 @@ pub static ASTROLOGY: Dialect = Dialect {
         Fields {
             commands: &["call:initiate"],
             fields: &[
-                name("calleeId", "to"),
                 name("recipientId", "to"),
                 Field {
                     from: "callType",
@@ -1004,11 +992,12 @@ const CALL_COMMANDS: &[&str] = &[
     "call:ice",
 ];
 
-/// The names Backend2 accepts everywhere for its two apps (Backend1's `conversation`, `text`,
-/// `participants`; Backend's `members`), the call spellings of the other apps (`toId`,
-/// `calleeId`, `userId`, `targetUserId`, `roomName`), and its own call fields: `call:invite{to,
-/// isVideo, offer}`, `call:answer{callId, answer}`.
-const BACKEND2_FIELDS: &[Fields] = &[
+/// The field aliases every connection may use, the canonical protocol's included (the
+/// specification's "accepted everywhere", which Backend2 (seed 003) brought for its two apps):
+/// `conversation` for `conversationId`, `text` for `content`, `participants|members` for
+/// `memberIds`, and for calls `toId|calleeId|userId|targetUserId` for `to` and `roomName` for
+/// `callId`. (`from|sender` name the sender, which is the token's user: they are ignored.)
+pub static SHARED_FIELDS: &[Fields] = &[
     Fields {
         commands: CONVERSATION_COMMANDS,
         fields: &[name("conversation", "conversationId")],
@@ -1026,12 +1015,6 @@ const BACKEND2_FIELDS: &[Fields] = &[
             name("targetUserId", "to"),
             name("participants", "memberIds"),
             name("members", "memberIds"),
-            Field {
-                from: "isVideo",
-                to: "callType",
-                value: Conv::VideoFlag,
-            },
-            name("offer", "sdpOffer"),
             name("roomName", "callId"),
         ],
     },
@@ -1039,13 +1022,29 @@ const BACKEND2_FIELDS: &[Fields] = &[
         commands: CALL_COMMANDS,
         fields: &[name("roomName", "callId")],
     },
-    Fields {
-        commands: &["call:accept"],
-        fields: &[name("answer", "sdpAnswer")],
-    },
+    // A relay's `userId` is its sender (dropped), not its recipient.
     Fields {
         commands: &["call:offer", "call:answer", "call:ice"],
         fields: &[name("toId", "to"), name("targetUserId", "to")],
+    },
+];
+
+/// Backend2's call fields: `call:invite{to, isVideo, offer}`, `call:answer{callId, answer}`.
+const BACKEND2_FIELDS: &[Fields] = &[
+    Fields {
+        commands: &["call:initiate"],
+        fields: &[
+            Field {
+                from: "isVideo",
+                to: "callType",
+                value: Conv::VideoFlag,
+            },
+            name("offer", "sdpOffer"),
+        ],
+    },
+    Fields {
+        commands: &["call:accept"],
+        fields: &[name("answer", "sdpAnswer")],
     },
 ];
 
@@ -1198,24 +1197,17 @@ pub static AIST: Dialect = Dialect {
             ..inbound("call:hangup", "call:end")
         },
     ],
-    // `call:offer{sdp, userId|targetUserId}` starts a call, `call:answer{sdp}` accepts one; as
-    // relays within a call, `sdp` stays as it is.
+    // `call:offer{sdp, userId|targetUserId}` starts a call, `call:answer{sdp}` accepts one
+    // (`userId|targetUserId` are in [`SHARED_FIELDS`]); as relays within a call, `sdp` stays as
+    // it is.
     fields: &[
         Fields {
             commands: &["call:initiate"],
-            fields: &[
-                name("userId", "to"),
-                name("targetUserId", "to"),
-                name("sdp", "sdpOffer"),
-            ],
+            fields: &[name("sdp", "sdpOffer")],
         },
         Fields {
             commands: &["call:accept"],
             fields: &[name("sdp", "sdpAnswer")],
-        },
-        Fields {
-            commands: &["call:offer", "call:answer", "call:ice"],
-            fields: &[name("targetUserId", "to")],
         },
     ],
     outbound: &[
@@ -1350,6 +1342,13 @@ impl Dialect {
     /// The dialect's position in [`ALL`] (its slot in an event's translation cache).
     pub fn index(&'static self) -> usize {
         ALL.iter().position(|d| std::ptr::eq(*d, self)).unwrap_or(0)
+    }
+
+    /// Renames the field names this dialect's app uses in a payload of `command`, and the
+    /// names every connection may use ([`SHARED_FIELDS`]), to the canonical ones.
+    pub fn canonical_fields(&self, command: &str, obj: &mut Map<String, Value>) {
+        canonical_fields(SHARED_FIELDS, command, obj);
+        canonical_fields(self.fields, command, obj);
     }
 
     fn rule_in(&'static self, event: &str) -> Option<&'static In> {
@@ -1680,7 +1679,7 @@ impl Translator {
         }
         let Some(rule) = self.dialect.rule_in(&frame.event) else {
             if let Some(obj) = frame.payload.as_object_mut() {
-                canonical_fields(self.dialect.fields, &frame.event, obj);
+                self.dialect.canonical_fields(&frame.event, obj);
             }
             return Ok(frame);
         };
@@ -1728,7 +1727,7 @@ impl Translator {
             }
         }
         if let Some(obj) = payload.as_object_mut() {
-            canonical_fields(self.dialect.fields, command, obj);
+            self.dialect.canonical_fields(command, obj);
         }
         Ok(ClientFrame {
             event: command.to_owned(),
@@ -2266,7 +2265,12 @@ mod tests {
 
     #[test]
     fn every_app_field_name_lands_on_a_canonical_name_and_the_canonical_one_wins() {
-        for d in ALL {
+        let shared = Dialect {
+            name: "shared",
+            fields: SHARED_FIELDS,
+            ..CANONICAL
+        };
+        for d in ALL.into_iter().chain([&shared]) {
             for table in d.fields {
                 for command in table.commands {
                     assert!(
@@ -2290,48 +2294,78 @@ mod tests {
         let mut obj =
             json!({"conversationId": "1", "conversation": "2", "text": "t", "content": null});
         let map = obj.as_object_mut().unwrap();
-        canonical_fields(BACKEND2.fields, "message:send", map);
+        BACKEND2.canonical_fields("message:send", map);
         assert_eq!(
             obj,
             json!({"conversationId": "1", "conversation": "2", "content": "t"})
         );
         // Names are per command: `sdp` is an offer in a start and stays itself in a relay.
         let mut obj = json!({"sdp": "o"});
-        canonical_fields(AIST.fields, "call:ice", obj.as_object_mut().unwrap());
+        AIST.canonical_fields("call:ice", obj.as_object_mut().unwrap());
         assert_eq!(obj, json!({"sdp": "o"}));
     }
 
     #[test]
-    fn the_canonical_protocol_takes_no_apps_names() {
-        let t = Translator::new(&CANONICAL);
-        for (event, payload) in [
-            ("message:send", json!({"conversation": 5, "text": "hi"})),
-            ("typing:start", json!({"conversation": 5})),
-            ("call:accept", json!({"roomName": "r"})),
-            ("receipt:read", json!({"conversation": 5, "upTo": 3})),
-        ] {
-            let f = t.inbound(frame(event, payload.clone())).unwrap();
-            assert_eq!(f.payload, payload, "{event}: passed through as it is");
-            assert_eq!(
-                Command::parse(&f.event, f.payload).unwrap_err().code(),
-                "invalid_payload",
-                "{event}"
-            );
+    fn the_canonical_protocol_takes_the_shared_aliases_and_no_apps_own_names() {
+        // The aliases accepted everywhere.
+        assert!(matches!(
+            parsed(&CANONICAL, "message:send", json!({"conversation": 5, "text": "hi"})),
+            Command::Send(d) if d.conversation_id == 5 && d.content == "hi"
+        ));
+        assert!(matches!(
+            parsed(&CANONICAL, "receipt:read", json!({"conversation": "5", "upTo": 3})),
+            Command::Read(r) if r.conversation_id == 5
+        ));
+        assert!(matches!(
+            parsed(&CANONICAL, "call:end", json!({"roomName": "r"})),
+            Command::CallEnd(r) if r.call_id == "r"
+        ));
+        for callee in ["toId", "calleeId", "userId", "targetUserId"] {
+            assert!(matches!(
+                parsed(&CANONICAL, "call:initiate", json!({callee: "2"})),
+                Command::CallInitiate(c) if c.to == Some(2)
+            ));
         }
-        let f = t
-            .inbound(frame(
-                "call:initiate",
-                json!({"calleeId": 2, "isVideo": true, "offer": "o", "callType": "voice"}),
-            ))
-            .unwrap();
-        let Command::CallInitiate(c) = Command::parse(&f.event, f.payload).unwrap() else {
+        // An app's own names are not canonical: optional ones are ignored, required ones
+        // missing.
+        let Command::CallInitiate(c) = parsed(
+            &CANONICAL,
+            "call:initiate",
+            json!({"to": 2, "isVideo": true, "offer": "o", "sdp": "s", "groupId": 4, "callType": "voice"}),
+        ) else {
             panic!("not a call")
         };
-        assert_eq!((c.to, c.sdp_offer), (None, None));
+        assert_eq!((c.sdp_offer, c.conversation_id), (None, None));
         assert_eq!(
             c.call_type.as_deref(),
             Some("voice"),
             "left for the engine to refuse"
+        );
+        let Command::CallAccept(r) = parsed(
+            &CANONICAL,
+            "call:accept",
+            json!({"callId": "c", "answer": "a", "sdp": "s"}),
+        ) else {
+            panic!("not an accept")
+        };
+        assert_eq!(r.sdp_answer, None);
+        let Command::Send(d) = parsed(
+            &CANONICAL,
+            "message:send",
+            json!({"conversationId": 5, "messageType": "image", "tempId": "t", "replyToId": 3}),
+        ) else {
+            panic!("not a send")
+        };
+        assert_eq!(
+            (d.kind, d.client_message_id, d.reply_to),
+            (None, None, None)
+        );
+        let f = Translator::new(&CANONICAL)
+            .inbound(frame("message:edit", json!({"id": "3", "content": "x"})))
+            .unwrap();
+        assert_eq!(
+            Command::parse(&f.event, f.payload).unwrap_err().code(),
+            "invalid_payload"
         );
     }
 

@@ -5,8 +5,9 @@
 //!
 //! The command structs take the canonical field names only (camelCase, as the README documents
 //! them); a name they do not know is ignored, so a required field given under another name is
-//! missing. The names each app uses instead are renamed to these by its dialect's tables
-//! ([`crate::realtime::dialect`]) before a command is parsed.
+//! missing. Other names are renamed to these at the edge before a command is parsed: the few
+//! aliases every connection may use ([`crate::realtime::dialect::SHARED_FIELDS`]) and each
+//! app's own names, by its dialect's tables ([`crate::realtime::dialect`]).
 
 use crate::error::{AppError, ErrorCode};
 use crate::realtime::events;
@@ -787,11 +788,11 @@ mod tests {
     }
 
     #[test]
-    fn send_accepts_an_apps_names_through_its_dialect_and_string_or_number_ids() {
-        use crate::realtime::dialect::{Translator, BACKEND2};
-        let frame = Translator::new(&BACKEND2)
+    fn send_accepts_aliases_at_the_edge_and_string_or_number_ids() {
+        use crate::realtime::dialect::{Translator, CANONICAL};
+        let frame = Translator::new(&CANONICAL)
             .inbound(ClientFrame {
-                event: "message".into(),
+                event: "message:send".into(),
                 payload: json!({"conversation": 5, "text": "hi", "clientMessageId": "c1", "replyTo": "9"}),
                 reply_to: None,
             })

@@ -40,7 +40,7 @@ impl Engine {
     ) -> AppResult<Value> {
         let caller = identity.user_id();
         let call_type = match req.call_type.as_deref().map(str::to_ascii_lowercase) {
-            Some(t) if t == "audio" || t == "voice" => "audio",
+            Some(t) if t == "audio" => "audio",
             Some(t) if t == "video" => "video",
             Some(t) => {
                 return Err(AppError::validation(format!(
