@@ -123,9 +123,15 @@ pub(crate) fn initiated_json(ack: Value) -> Value {
 async fn initiate(
     state: web::Data<AppState>,
     identity: Identity,
-    body: web::Json<CallInitiate>,
+    body: web::Json<serde_json::Map<String, Value>>,
 ) -> AppResult<HttpResponse> {
-    let mut req = body.into_inner();
+    let mut fields = body.into_inner();
+    crate::realtime::dialect::for_any_app(crate::realtime::events::CALL_INITIATE, &mut fields);
+    let mut req: CallInitiate =
+        serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
+            code: ErrorCode::ValidationFailed,
+            message: e.to_string().into(),
+        })?;
     req.provider.get_or_insert_with(|| "auto".to_owned());
     // Started over REST: no device is bound to the caller until a socket sends `call:rejoin`.
     let ack = state.engine.start_call(&identity, 0, req).await?;

@@ -535,12 +535,13 @@ pub struct SendBody {
     rest: serde_json::Map<String, Value>,
 }
 
-/// A draft for `conversation_id` from a REST body. Identity comes from the token: any sender
-/// field in the payload is ignored.
+/// A draft for `conversation_id` from a REST body, in any app's field names. Identity comes
+/// from the token: any sender field in the payload is ignored.
 pub(crate) fn draft_for(
     conversation_id: i64,
-    rest: serde_json::Map<String, Value>,
+    mut rest: serde_json::Map<String, Value>,
 ) -> AppResult<SendDraft> {
+    crate::realtime::dialect::for_any_app(events::MESSAGE_SEND, &mut rest);
     SendDraft::in_conversation(conversation_id, rest)
 }
 

@@ -162,6 +162,7 @@ async fn admin_call(
         fields.remove("userId");
     }
     fields.entry("provider").or_insert_with(|| json!("auto"));
+    crate::realtime::dialect::for_any_app(crate::realtime::events::CALL_INITIATE, &mut fields);
     let req: CallInitiate =
         serde_json::from_value(Value::Object(fields)).map_err(|e| AppError::Validation {
             code: ErrorCode::ValidationFailed,

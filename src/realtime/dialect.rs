@@ -2,10 +2,20 @@
 //! session so the engine only ever sees canonical commands and emits canonical events.
 //!
 //! A dialect is data: a table of inbound rules (dialect event → canonical command, field renames,
-//! constant fields, events to emit back on success, the event that carries failures) and a table
-//! of outbound rules (canonical event → zero or more dialect events, each with the extra fields
-//! that dialect reads). Canonical events and commands a dialect does not mention pass through
-//! unchanged, and every canonical field stays in translated payloads, so a dialect only adds.
+//! constant fields, events to emit back on success, the event that carries failures), a table of
+//! the app's field names for canonical fields ([`Fields`]: `text` for `content`, `roomName` for
+//! `callId`, …, with the few value conversions an app needs, such as a boolean `isVideo` for
+//! `callType`) and a table of outbound rules (canonical event → zero or more dialect events, each
+//! with the extra fields that dialect reads). Canonical events and commands a dialect does not
+//! mention pass through unchanged, and every canonical field stays in translated payloads, so a
+//! dialect only adds.
+//!
+//! The engine's command structs ([`super::protocol`]) know the canonical names only: a frame's
+//! field names are rewritten in its parsed JSON object once, when the frame comes in (keys moved
+//! in the map, nothing re-encoded), for the canonical command the frame becomes. Every
+//! connection, the canonical protocol's included, may use the few aliases the specification
+//! accepts everywhere ([`SHARED_FIELDS`]); an app's other names are its dialect's alone. REST
+//! routes serve every app at once and take every dialect's names ([`for_any_app`]).
 //!
 //! Seed 004's client never names a call: it offers to a user and then answers, trickles ICE and
 //! hangs up "the current call". Its rules use [`Hook`]s that keep that one call id per
@@ -68,6 +78,94 @@ pub enum Src {
         /// What unlisted values become.
         other: Option<&'static str>,
     },
+}
+
+/// How a value changes when its field takes its canonical name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv {
+    /// Kept as it is.
+    Same,
+    /// A boolean video flag as a `callType`: `true` is `video`, `false` `audio` (other values
+    /// are kept, for the command to refuse).
+    VideoFlag,
+    /// A string renamed through a table `(dialect, canonical)`, ignoring case; values the table
+    /// does not list are kept.
+    Map(&'static [(&'static str, &'static str)]),
+}
+
+impl Conv {
+    fn apply(self, value: Value) -> Value {
+        match (self, value) {
+            (Self::VideoFlag, Value::Bool(video)) => json!(if video { "video" } else { "audio" }),
+            (Self::Map(table), Value::String(s)) => {
+                match table.iter().find(|(from, _)| s.eq_ignore_ascii_case(from)) {
+                    Some((_, to)) => json!(to),
+                    None => Value::String(s),
+                }
+            }
+            (_, value) => value,
+        }
+    }
+}
+
+/// One of an app's field names and the canonical field it stands for.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    /// The app's name (the canonical name itself when only the value changes).
+    pub from: &'static str,
+    /// The canonical name.
+    pub to: &'static str,
+    /// How the value changes.
+    pub value: Conv,
+}
+
+/// An app's names for fields of some canonical commands: applied to every frame that becomes
+/// one of `commands`, whichever event the app sent it as. A field the frame already has under its
+/// canonical name keeps that value (the app's spelling is then ignored).
+#[derive(Clone, Copy, Debug)]
+pub struct Fields {
+    /// Canonical commands.
+    pub commands: &'static [&'static str],
+    /// Names.
+    pub fields: &'static [Field],
+}
+
+/// `from` is the app's name for the canonical field `to`.
+const fn name(from: &'static str, to: &'static str) -> Field {
+    Field {
+        from,
+        to,
+        value: Conv::Same,
+    }
+}
+
+/// Renames an app's field names in a payload to the canonical names of `command`.
+fn canonical_fields(tables: &[Fields], command: &str, obj: &mut Map<String, Value>) {
+    for table in tables.iter().filter(|t| t.commands.contains(&command)) {
+        for field in table.fields {
+            if field.from == field.to {
+                if let Some(v) = obj.get_mut(field.to) {
+                    *v = field.value.apply(v.take());
+                }
+                continue;
+            }
+            if obj.get(field.to).is_some_and(|v| !v.is_null()) {
+                continue;
+            }
+            if let Some(v) = obj.remove(field.from) {
+                obj.insert(field.to.to_owned(), field.value.apply(v));
+            }
+        }
+    }
+}
+
+/// A body of a REST route for the canonical `command` with every app's field names renamed to
+/// the canonical ones: one route serves the apps of every dialect.
+pub fn for_any_app(command: &str, obj: &mut Map<String, Value>) {
+    canonical_fields(SHARED_FIELDS, command, obj);
+    for dialect in ALL {
+        canonical_fields(dialect.fields, command, obj);
+    }
 }
 
 /// One event a dialect emits, built from a canonical payload: every canonical field plus `set`.
@@ -148,6 +246,8 @@ pub struct Dialect {
     pub aliases: &'static [&'static str],
     /// Inbound rules.
     pub inbound: &'static [In],
+    /// The app's names for canonical fields, applied to what it sends.
+    pub fields: &'static [Fields],
     /// Outbound rules.
     pub outbound: &'static [Out],
     /// The media providers the app can join a call through.
@@ -266,6 +366,7 @@ pub static CANONICAL: Dialect = Dialect {
     name: "canonical",
     aliases: &[],
     inbound: &[],
+    fields: &[],
     outbound: &[],
     media: Media::ANY,
 };
@@ -282,6 +383,24 @@ pub static LONESTAR: Dialect = Dialect {
         inbound("ice_candidate", "call:ice"),
         inbound("sdp_offer", "call:offer"),
         inbound("sdp_answer", "call:answer"),
+    ],
+    // `start_call{to, isVideo, sdp}`; an accept may carry its answer as `sdp` too.
+    fields: &[
+        Fields {
+            commands: &["call:initiate"],
+            fields: &[
+                Field {
+                    from: "isVideo",
+                    to: "callType",
+                    value: Conv::VideoFlag,
+                },
+                name("sdp", "sdpOffer"),
+            ],
+        },
+        Fields {
+            commands: &["call:accept"],
+            fields: &[name("sdp", "sdpAnswer")],
+        },
     ],
     outbound: &[
         out(
@@ -388,6 +507,11 @@ pub static WORLDMATES: Dialect = Dialect {
         inbound("call:end", "call:end"),
         inbound("ice:candidate", "call:ice"),
     ],
+    // `group_call:initiate{groupId}` (its `toId` and `roomName` are in [`SHARED_FIELDS`]).
+    fields: &[Fields {
+        commands: &["call:initiate"],
+        fields: &[name("groupId", "conversationId")],
+    }],
     outbound: &[
         out(
             "call:incoming",
@@ -581,9 +705,11 @@ const WORLDMATES_USER: &[(&str, Src)] = &[
 const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
 
-/// Seed 002's call types: `voice|video` (canonical `audio|video`; `voice` is accepted inbound
-/// by the engine as it is).
+/// Seed 002's call types: `voice|video` (canonical `audio|video`).
 pub const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
+
+/// [`ASTROLOGY_CALL_TYPES`] the other way: what seed 002 sends, as canonical call types.
+const ASTROLOGY_CALL_TYPES_IN: &[(&str, &str)] = &[("voice", "audio")];
 
 /// Seed 002's end reasons (`completed|rejected|no_answer|network_error|cancelled`) for canonical
 /// ones. Its own backend writes `completed` for every hang-up, so reasons it does not list (a
@@ -729,6 +855,25 @@ pub static ASTROLOGY: Dialect = Dialect {
             ..inbound("call:end", "call:end")
         },
     ],
+    // `dm:send_message{messageType}`, `call:initiate{calleeId, callType: voice|video}` (its
+    // `calleeId` is in [`SHARED_FIELDS`]); it names the other party `recipientId` too.
+    fields: &[
+        Fields {
+            commands: &["message:send"],
+            fields: &[name("messageType", "type")],
+        },
+        Fields {
+            commands: &["call:initiate"],
+            fields: &[
+                name("recipientId", "to"),
+                Field {
+                    from: "callType",
+                    to: "callType",
+                    value: Conv::Map(ASTROLOGY_CALL_TYPES_IN),
+                },
+            ],
+        },
+    ],
     outbound: &[
         out(
             "message:new",
@@ -824,6 +969,85 @@ pub static ASTROLOGY: Dialect = Dialect {
     media: Media::AGORA,
 };
 
+/// Every conversation-scoped command, for seed 003's `conversation`.
+const CONVERSATION_COMMANDS: &[&str] = &[
+    "conversation:join",
+    "conversation:leave",
+    "message:send",
+    "typing:start",
+    "typing:stop",
+    "receipt:delivered",
+    "receipt:read",
+    "call:initiate",
+];
+
+/// Every command naming a call.
+const CALL_COMMANDS: &[&str] = &[
+    "call:accept",
+    "call:reject",
+    "call:end",
+    "call:rejoin",
+    "call:offer",
+    "call:answer",
+    "call:ice",
+];
+
+/// The field aliases every connection may use, the canonical protocol's included (the
+/// specification's "accepted everywhere", which Backend2 (seed 003) brought for its two apps):
+/// `conversation` for `conversationId`, `text` for `content`, `participants|members` for
+/// `memberIds`, and for calls `toId|calleeId|userId|targetUserId` for `to` and `roomName` for
+/// `callId`. (`from|sender` name the sender, which is the token's user: they are ignored.)
+pub static SHARED_FIELDS: &[Fields] = &[
+    Fields {
+        commands: CONVERSATION_COMMANDS,
+        fields: &[name("conversation", "conversationId")],
+    },
+    Fields {
+        commands: &["message:send", "message:edit"],
+        fields: &[name("text", "content")],
+    },
+    Fields {
+        commands: &["call:initiate"],
+        fields: &[
+            name("toId", "to"),
+            name("calleeId", "to"),
+            name("userId", "to"),
+            name("targetUserId", "to"),
+            name("participants", "memberIds"),
+            name("members", "memberIds"),
+            name("roomName", "callId"),
+        ],
+    },
+    Fields {
+        commands: CALL_COMMANDS,
+        fields: &[name("roomName", "callId")],
+    },
+    // A relay's `userId` is its sender (dropped), not its recipient.
+    Fields {
+        commands: &["call:offer", "call:answer", "call:ice"],
+        fields: &[name("toId", "to"), name("targetUserId", "to")],
+    },
+];
+
+/// Backend2's call fields: `call:invite{to, isVideo, offer}`, `call:answer{callId, answer}`.
+const BACKEND2_FIELDS: &[Fields] = &[
+    Fields {
+        commands: &["call:initiate"],
+        fields: &[
+            Field {
+                from: "isVideo",
+                to: "callType",
+                value: Conv::VideoFlag,
+            },
+            name("offer", "sdpOffer"),
+        ],
+    },
+    Fields {
+        commands: &["call:accept"],
+        fields: &[name("answer", "sdpAnswer")],
+    },
+];
+
 /// Seed 003 (Backend2): short message events, time cursors, `call:invite|answer|candidate|hangup`.
 pub static BACKEND2: Dialect = Dialect {
     name: "backend2",
@@ -850,6 +1074,7 @@ pub static BACKEND2: Dialect = Dialect {
         inbound("call:candidate", "call:ice"),
         inbound("call:hangup", "call:end"),
     ],
+    fields: BACKEND2_FIELDS,
     outbound: &[
         out("message:new", &[emit("message", BACKEND2_MESSAGE)]),
         out(
@@ -970,6 +1195,19 @@ pub static AIST: Dialect = Dialect {
         In {
             hook: Hook::HangUpCurrent,
             ..inbound("call:hangup", "call:end")
+        },
+    ],
+    // `call:offer{sdp, userId|targetUserId}` starts a call, `call:answer{sdp}` accepts one
+    // (`userId|targetUserId` are in [`SHARED_FIELDS`]); as relays within a call, `sdp` stays as
+    // it is.
+    fields: &[
+        Fields {
+            commands: &["call:initiate"],
+            fields: &[name("sdp", "sdpOffer")],
+        },
+        Fields {
+            commands: &["call:accept"],
+            fields: &[name("sdp", "sdpAnswer")],
         },
     ],
     outbound: &[
@@ -1104,6 +1342,13 @@ impl Dialect {
     /// The dialect's position in [`ALL`] (its slot in an event's translation cache).
     pub fn index(&'static self) -> usize {
         ALL.iter().position(|d| std::ptr::eq(*d, self)).unwrap_or(0)
+    }
+
+    /// Renames the field names this dialect's app uses in a payload of `command`, and the
+    /// names every connection may use ([`SHARED_FIELDS`]), to the canonical ones.
+    pub fn canonical_fields(&self, command: &str, obj: &mut Map<String, Value>) {
+        canonical_fields(SHARED_FIELDS, command, obj);
+        canonical_fields(self.fields, command, obj);
     }
 
     fn rule_in(&'static self, event: &str) -> Option<&'static In> {
@@ -1433,6 +1678,9 @@ impl Translator {
             crate::legacy::resolve_inbound(snapshot.table(source), &mut frame.payload);
         }
         let Some(rule) = self.dialect.rule_in(&frame.event) else {
+            if let Some(obj) = frame.payload.as_object_mut() {
+                self.dialect.canonical_fields(&frame.event, obj);
+            }
             return Ok(frame);
         };
         let mut payload = match frame.payload {
@@ -1477,6 +1725,9 @@ impl Translator {
                     obj.insert("callId".into(), json!(id));
                 }
             }
+        }
+        if let Some(obj) = payload.as_object_mut() {
+            self.dialect.canonical_fields(command, obj);
         }
         Ok(ClientFrame {
             event: command.to_owned(),
@@ -1789,6 +2040,356 @@ mod tests {
         assert!(matches!(r.cursor, ReceiptCursor::Time(_)));
     }
 
+    /// A frame of `dialect` as the canonical command it becomes.
+    fn parsed(dialect: &'static Dialect, event: &str, payload: Value) -> Command {
+        let f = Translator::new(dialect)
+            .inbound(frame(event, payload))
+            .unwrap();
+        Command::parse(&f.event, f.payload).unwrap()
+    }
+
+    #[test]
+    fn each_apps_field_names_become_canonical_fields() {
+        // Seed 000: `start_call{to, isVideo, sdp}`.
+        let Command::CallInitiate(c) = parsed(
+            &LONESTAR,
+            "start_call",
+            json!({"to": "2", "isVideo": true, "sdp": "o"}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_type.as_deref(), c.sdp_offer),
+            (Some(2), Some("video"), Some(json!("o")))
+        );
+        let Command::CallInitiate(c) =
+            parsed(&LONESTAR, "start_call", json!({"to": 2, "isVideo": false}))
+        else {
+            panic!("not a call")
+        };
+        assert_eq!(c.call_type.as_deref(), Some("audio"));
+        let Command::CallAccept(r) =
+            parsed(&LONESTAR, "accept_call", json!({"callId": "c", "sdp": "a"}))
+        else {
+            panic!("not an accept")
+        };
+        assert_eq!((r.call_id.as_str(), r.sdp_answer), ("c", Some(json!("a"))));
+        // As a relay, seed 000's `sdp` is relayed as it is.
+        let Command::CallSignal(_, s) =
+            parsed(&LONESTAR, "sdp_offer", json!({"callId": "c", "sdp": "o2"}))
+        else {
+            panic!("not a relay")
+        };
+        assert_eq!(s.rest["sdp"], "o2");
+
+        // Seed 001: `toId`, `roomName`, `groupId`.
+        let Command::CallInitiate(c) = parsed(
+            &WORLDMATES,
+            "call:initiate",
+            json!({"fromId": 1, "toId": 2, "callType": "video", "roomName": "room_1", "sdpOffer": "o"}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_id.as_deref(), c.call_type.as_deref()),
+            (Some(2), Some("room_1"), Some("video"))
+        );
+        let Command::CallInitiate(c) = parsed(
+            &WORLDMATES,
+            "group_call:initiate",
+            json!({"groupId": 9, "roomName": "room_2", "memberIds": [2, 3]}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.conversation_id, c.member_ids, c.call_id.as_deref()),
+            (Some(9), Some(vec![2, 3]), Some("room_2"))
+        );
+        for (event, command) in [
+            ("call:accept", "call:accept"),
+            ("call:reject", "call:reject"),
+            ("call:end", "call:end"),
+            ("call:rejoin", "call:rejoin"),
+        ] {
+            let f = Translator::new(&WORLDMATES)
+                .inbound(frame(
+                    event,
+                    json!({"roomName": "room_1", "sdpAnswer": "a"}),
+                ))
+                .unwrap();
+            assert_eq!(
+                (f.event.as_str(), &f.payload["callId"]),
+                (command, &json!("room_1"))
+            );
+            assert!(Command::parse(&f.event, f.payload).is_ok(), "{event}");
+        }
+        let Command::CallSignal(_, s) = parsed(
+            &WORLDMATES,
+            "ice:candidate",
+            json!({"roomName": "room_1", "toId": 3, "candidate": "c"}),
+        ) else {
+            panic!("not a relay")
+        };
+        assert_eq!((s.call_id.as_str(), s.to), ("room_1", Some(3)));
+        assert!(!s.rest.contains_key("roomName") && s.rest["candidate"] == "c");
+
+        // Seed 002: `messageType`, `calleeId`, `voice`.
+        let Command::Send(d) = parsed(
+            &ASTROLOGY,
+            "dm:send_message",
+            json!({"conversationId": "5", "recipientId": "7", "content": "hi", "messageType": "image"}),
+        ) else {
+            panic!("not a send")
+        };
+        assert_eq!(
+            (d.kind.as_deref(), d.recipient_id, d.content.as_str()),
+            (Some("image"), Some(7), "hi")
+        );
+        let Command::CallInitiate(c) = parsed(
+            &ASTROLOGY,
+            "call:initiate",
+            json!({"calleeId": "4", "callType": "Voice"}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_type.as_deref(), c.provider.as_deref()),
+            (Some(4), Some("audio"), Some("auto"))
+        );
+
+        // Seed 003: `conversation`, `text`, `isVideo`, `offer`, `answer`.
+        let Command::Send(d) = parsed(
+            &BACKEND2,
+            "message",
+            json!({"conversation": "5", "text": "hi", "from": "9", "sender": "9"}),
+        ) else {
+            panic!("not a send")
+        };
+        assert_eq!((d.conversation_id, d.content.as_str()), (5, "hi"));
+        let Command::SendDirect(d) = parsed(&BACKEND2, "message", json!({"to": "7", "text": "hi"}))
+        else {
+            panic!("not a direct send")
+        };
+        assert_eq!((d.to, &d.rest["content"]), (7, &json!("hi")));
+        for event in ["typing", "typing-stopped"] {
+            assert!(matches!(
+                parsed(&BACKEND2, event, json!({"conversation": 5})),
+                Command::TypingStart(r) | Command::TypingStop(r) if r.conversation_id == 5
+            ));
+        }
+        let Command::Delivered(r) = parsed(
+            &BACKEND2,
+            "delivered",
+            json!({"conversation": "5", "deliveredUpTo": "2026-01-02T03:04:05Z"}),
+        ) else {
+            panic!("not a receipt")
+        };
+        assert_eq!(r.conversation_id, 5);
+        let Command::CallInitiate(c) = parsed(
+            &BACKEND2,
+            "call:invite",
+            json!({"to": "2", "isVideo": true, "offer": "o"}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_type.as_deref(), c.sdp_offer),
+            (Some(2), Some("video"), Some(json!("o")))
+        );
+        let Command::CallInitiate(c) = parsed(
+            &BACKEND2,
+            "call:invite",
+            json!({"conversation": "8", "participants": ["2", "3"]}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.conversation_id, c.member_ids),
+            (Some(8), Some(vec![2, 3]))
+        );
+        let Command::CallAccept(r) = parsed(
+            &BACKEND2,
+            "call:answer",
+            json!({"callId": "c", "answer": "a"}),
+        ) else {
+            panic!("not an accept")
+        };
+        assert_eq!(r.sdp_answer, Some(json!("a")));
+        let Command::Edit(e) = parsed(
+            &BACKEND2,
+            "message:edit",
+            json!({"messageId": "3", "text": "new"}),
+        ) else {
+            panic!("not an edit")
+        };
+        assert_eq!(e.content, "new");
+
+        // Seed 004: `call:offer{sdp, userId|targetUserId}` starts a call, `call:answer{sdp}`
+        // accepts it.
+        for target in ["userId", "targetUserId"] {
+            let Command::CallInitiate(c) =
+                parsed(&AIST, "call:offer", json!({"sdp": "o", target: 2}))
+            else {
+                panic!("not a call")
+            };
+            assert_eq!((c.to, c.sdp_offer), (Some(2), Some(json!("o"))));
+        }
+        let t = Translator::new(&AIST);
+        t.outbound(&ServerEvent::new(
+            "call:incoming",
+            json!({"callId": "k", "from": "2", "sdpOffer": "o"}),
+        ));
+        let f = t
+            .inbound(frame("call:answer", json!({"sdp": "a"})))
+            .unwrap();
+        let Command::CallAccept(r) = Command::parse(&f.event, f.payload).unwrap() else {
+            panic!("not an accept")
+        };
+        assert_eq!((r.call_id.as_str(), r.sdp_answer), ("k", Some(json!("a"))));
+        // Once accepted, an answer is a relay and keeps its `sdp`.
+        t.reply("call:answer", None, Ok(json!({"callId": "k"})));
+        let f = t
+            .inbound(frame(
+                "call:answer",
+                json!({"sdp": "a2", "targetUserId": 2}),
+            ))
+            .unwrap();
+        let Command::CallSignal(kind, s) = Command::parse(&f.event, f.payload).unwrap() else {
+            panic!("not a relay")
+        };
+        assert_eq!(
+            (kind, s.to, &s.rest["sdp"]),
+            ("call:answer", Some(2), &json!("a2"))
+        );
+    }
+
+    #[test]
+    fn every_app_field_name_lands_on_a_canonical_name_and_the_canonical_one_wins() {
+        let shared = Dialect {
+            name: "shared",
+            fields: SHARED_FIELDS,
+            ..CANONICAL
+        };
+        for d in ALL.into_iter().chain([&shared]) {
+            for table in d.fields {
+                for command in table.commands {
+                    assert!(
+                        crate::realtime::events::RECEIVED.contains(command),
+                        "{}: {command} is not a command",
+                        d.name
+                    );
+                    for field in table.fields {
+                        let mut obj = Map::new();
+                        obj.insert(field.from.into(), json!("x"));
+                        canonical_fields(d.fields, command, &mut obj);
+                        assert!(obj.contains_key(field.to), "{}: {}", d.name, field.from);
+                        if field.from != field.to {
+                            assert!(!obj.contains_key(field.from), "{}: {}", d.name, field.from);
+                        }
+                    }
+                }
+            }
+        }
+        // The canonical name wins over an app's; a null canonical value does not count.
+        let mut obj =
+            json!({"conversationId": "1", "conversation": "2", "text": "t", "content": null});
+        let map = obj.as_object_mut().unwrap();
+        BACKEND2.canonical_fields("message:send", map);
+        assert_eq!(
+            obj,
+            json!({"conversationId": "1", "conversation": "2", "content": "t"})
+        );
+        // Names are per command: `sdp` is an offer in a start and stays itself in a relay.
+        let mut obj = json!({"sdp": "o"});
+        AIST.canonical_fields("call:ice", obj.as_object_mut().unwrap());
+        assert_eq!(obj, json!({"sdp": "o"}));
+    }
+
+    #[test]
+    fn the_canonical_protocol_takes_the_shared_aliases_and_no_apps_own_names() {
+        // The aliases accepted everywhere.
+        assert!(matches!(
+            parsed(&CANONICAL, "message:send", json!({"conversation": 5, "text": "hi"})),
+            Command::Send(d) if d.conversation_id == 5 && d.content == "hi"
+        ));
+        assert!(matches!(
+            parsed(&CANONICAL, "receipt:read", json!({"conversation": "5", "upTo": 3})),
+            Command::Read(r) if r.conversation_id == 5
+        ));
+        assert!(matches!(
+            parsed(&CANONICAL, "call:end", json!({"roomName": "r"})),
+            Command::CallEnd(r) if r.call_id == "r"
+        ));
+        for callee in ["toId", "calleeId", "userId", "targetUserId"] {
+            assert!(matches!(
+                parsed(&CANONICAL, "call:initiate", json!({callee: "2"})),
+                Command::CallInitiate(c) if c.to == Some(2)
+            ));
+        }
+        // An app's own names are not canonical: optional ones are ignored, required ones
+        // missing.
+        let Command::CallInitiate(c) = parsed(
+            &CANONICAL,
+            "call:initiate",
+            json!({"to": 2, "isVideo": true, "offer": "o", "sdp": "s", "groupId": 4, "callType": "voice"}),
+        ) else {
+            panic!("not a call")
+        };
+        assert_eq!((c.sdp_offer, c.conversation_id), (None, None));
+        assert_eq!(
+            c.call_type.as_deref(),
+            Some("voice"),
+            "left for the engine to refuse"
+        );
+        let Command::CallAccept(r) = parsed(
+            &CANONICAL,
+            "call:accept",
+            json!({"callId": "c", "answer": "a", "sdp": "s"}),
+        ) else {
+            panic!("not an accept")
+        };
+        assert_eq!(r.sdp_answer, None);
+        let Command::Send(d) = parsed(
+            &CANONICAL,
+            "message:send",
+            json!({"conversationId": 5, "messageType": "image", "tempId": "t", "replyToId": 3}),
+        ) else {
+            panic!("not a send")
+        };
+        assert_eq!(
+            (d.kind, d.client_message_id, d.reply_to),
+            (None, None, None)
+        );
+        let f = Translator::new(&CANONICAL)
+            .inbound(frame("message:edit", json!({"id": "3", "content": "x"})))
+            .unwrap();
+        assert_eq!(
+            Command::parse(&f.event, f.payload).unwrap_err().code(),
+            "invalid_payload"
+        );
+    }
+
+    #[test]
+    fn rest_bodies_take_every_apps_names() {
+        let mut body = Map::new();
+        body.insert("calleeId".into(), json!("4"));
+        body.insert("callType".into(), json!("voice"));
+        body.insert("roomName".into(), json!("r"));
+        for_any_app("call:initiate", &mut body);
+        assert_eq!(
+            Value::Object(body),
+            json!({"to": "4", "callType": "audio", "callId": "r"})
+        );
+        let mut body = Map::new();
+        body.insert("text".into(), json!("hi"));
+        body.insert("messageType".into(), json!("image"));
+        for_any_app("message:send", &mut body);
+        assert_eq!(
+            Value::Object(body),
+            json!({"content": "hi", "type": "image"})
+        );
+    }
+
     #[test]
     fn outbound_adds_fields_keeps_canonical_ones_and_may_fan_out_or_skip() {
         let t = Translator::new(&BACKEND2);
@@ -1970,6 +2571,7 @@ mod tests {
     static ROOMS: Dialect = Dialect {
         name: "rooms",
         aliases: &[],
+        fields: &[],
         inbound: &[
             In {
                 hook: Hook::LeaveRoom,
@@ -2156,8 +2758,8 @@ mod tests {
                 json!({"conversation": "64b0000000000000000000c1", "text": "64b0000000000000000000c1"}),
             ))
             .unwrap();
-        assert_eq!(f.payload["conversation"], "7");
-        assert_eq!(f.payload["text"], "64b0000000000000000000c1");
+        assert_eq!(f.payload["conversationId"], "7");
+        assert_eq!(f.payload["content"], "64b0000000000000000000c1");
         // Canonical events passing through are resolved too.
         let f = t
             .inbound(frame(
@@ -2223,7 +2825,7 @@ mod tests {
                 json!({"userId": "64b000000000000000000001"}),
             ))
             .unwrap();
-        assert_eq!(f.payload["userId"], "64b000000000000000000001");
+        assert_eq!(f.payload["to"], "64b000000000000000000001");
         let t = Translator::with_legacy(&BACKEND2, &LegacyIds::new());
         assert!(!t.takes_legacy_messages());
         let ev = ServerEvent::new("message:new", json!({"id": "90", "conversationId": "7"}));

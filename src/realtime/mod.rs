@@ -1,7 +1,10 @@
 //! The realtime engine: a registry actor, one session actor per connection, one conversation
 //! actor per active conversation, one call actor per live call, and a group-commit writer. The
-//! engine speaks only canonical commands and events ([`protocol`]); transports ([`ws`],
-//! [`socketio`]) and dialects ([`dialect`]) translate at the edge.
+//! engine speaks only canonical commands and events ([`protocol`]): its command structs take
+//! the canonical field names only, and its events carry canonical fields only. Transports
+//! ([`ws`], [`socketio`]) and dialects ([`dialect`]) translate at the edge: a dialect's tables
+//! rename an app's fields (and convert the few values it writes differently) before a command is
+//! parsed, and add the fields the app reads to the events it is sent.
 //!
 //! # Life of a message
 //!

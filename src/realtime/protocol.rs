@@ -2,6 +2,12 @@
 //! wire format. Transports decode their frames into [`ClientFrame`]s, the session parses those
 //! into [`Command`]s, and everything the engine sends out is a [`ServerEvent`] (or an ack/error
 //! reply to a frame).
+//!
+//! The command structs take the canonical field names only (camelCase, as the README documents
+//! them); a name they do not know is ignored, so a required field given under another name is
+//! missing. Other names are renamed to these at the edge before a command is parsed: the few
+//! aliases every connection may use ([`crate::realtime::dialect::SHARED_FIELDS`]) and each
+//! app's own names, by its dialect's tables ([`crate::realtime::dialect`]).
 
 use crate::error::{AppError, ErrorCode};
 use crate::realtime::events;
@@ -362,44 +368,30 @@ fn opt_seq_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Err
 #[serde(rename_all = "camelCase")]
 pub struct SendDraft {
     /// Target conversation.
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "conversation",
-        alias = "conversation_id"
-    )]
+    #[serde(deserialize_with = "id_field")]
     pub conversation_id: i64,
     /// Text (may be empty for media messages).
-    #[serde(default, alias = "text")]
+    #[serde(default)]
     pub content: String,
     /// `text|image|audio|file` (`system`, `voice_call`, `video_call` are server-only).
-    #[serde(default, rename = "type", alias = "messageType", alias = "kind")]
+    #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Attachment URL: one of this server's media URLs (see `mediaId`) or, when
     /// `MEDIA_FOREIGN_URLS` allows, another host's.
-    #[serde(default, alias = "media_url", alias = "fileUrl")]
+    #[serde(default)]
     pub media_url: Option<String>,
     /// An upload of this server (`POST /api/media`) to attach; the sender must be able to read
     /// it.
-    #[serde(default, alias = "media_id", alias = "attachmentId")]
+    #[serde(default)]
     pub media_id: Option<String>,
     /// Message being replied to.
-    #[serde(
-        default,
-        deserialize_with = "opt_id_field",
-        alias = "replyToId",
-        alias = "reply_to"
-    )]
+    #[serde(default, deserialize_with = "opt_id_field")]
     pub reply_to: Option<i64>,
     /// Free-form JSON metadata.
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Idempotency key, unique per sender.
-    #[serde(
-        default,
-        alias = "client_message_id",
-        alias = "clientId",
-        alias = "tempId"
-    )]
+    #[serde(default)]
     pub client_message_id: Option<String>,
     /// The admin a staff member writes to in a support conversation (seed 002 names its
     /// recipient); elsewhere the recipient follows from the conversation.
@@ -412,10 +404,9 @@ pub struct SendDraft {
 #[serde(rename_all = "camelCase")]
 pub struct EditCommand {
     /// The message.
-    #[serde(deserialize_with = "id_field", alias = "id", alias = "message_id")]
+    #[serde(deserialize_with = "id_field")]
     pub message_id: i64,
     /// New text.
-    #[serde(alias = "text")]
     pub content: String,
 }
 
@@ -424,7 +415,7 @@ pub struct EditCommand {
 #[serde(rename_all = "camelCase")]
 pub struct DeleteCommand {
     /// The message.
-    #[serde(deserialize_with = "id_field", alias = "id", alias = "message_id")]
+    #[serde(deserialize_with = "id_field")]
     pub message_id: i64,
 }
 
@@ -433,11 +424,7 @@ pub struct DeleteCommand {
 #[serde(rename_all = "camelCase")]
 pub struct ConversationRef {
     /// The conversation.
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "conversation",
-        alias = "conversation_id"
-    )]
+    #[serde(deserialize_with = "id_field")]
     pub conversation_id: i64,
 }
 
@@ -467,27 +454,13 @@ pub enum ReceiptCursor {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawReceipt {
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "conversation",
-        alias = "conversation_id"
-    )]
+    #[serde(deserialize_with = "id_field")]
     conversation_id: i64,
-    #[serde(
-        default,
-        deserialize_with = "opt_seq_field",
-        alias = "seq",
-        alias = "up_to"
-    )]
+    #[serde(default, deserialize_with = "opt_seq_field")]
     up_to: Option<i64>,
-    #[serde(
-        default,
-        deserialize_with = "opt_id_list",
-        alias = "message_ids",
-        alias = "messages"
-    )]
+    #[serde(default, deserialize_with = "opt_id_list")]
     message_ids: Option<Vec<i64>>,
-    #[serde(default, alias = "up_to_time", alias = "at")]
+    #[serde(default)]
     up_to_time: Option<Value>,
 }
 
@@ -541,7 +514,7 @@ pub fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
 #[serde(rename_all = "camelCase")]
 pub struct PresenceSubscribe {
     /// Users to watch.
-    #[serde(deserialize_with = "id_list", alias = "users", alias = "user_ids")]
+    #[serde(deserialize_with = "id_list")]
     pub user_ids: Vec<i64>,
 }
 
@@ -550,22 +523,13 @@ pub struct PresenceSubscribe {
 #[serde(rename_all = "camelCase")]
 pub struct SyncCursor {
     /// The conversation.
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "conversation",
-        alias = "conversation_id"
-    )]
+    #[serde(deserialize_with = "id_field")]
     pub conversation_id: i64,
     /// Highest message seq the client has.
-    #[serde(
-        default,
-        deserialize_with = "opt_seq_field",
-        alias = "afterSeq",
-        alias = "lastSeq"
-    )]
+    #[serde(default, deserialize_with = "opt_seq_field")]
     pub seq: Option<i64>,
     /// Highest change number the client has seen (edits, deletes, receipts).
-    #[serde(default, deserialize_with = "opt_seq_field", alias = "afterChange")]
+    #[serde(default, deserialize_with = "opt_seq_field")]
     pub change: Option<i64>,
 }
 
@@ -574,7 +538,7 @@ pub struct SyncCursor {
 #[serde(rename_all = "camelCase")]
 pub struct SyncCommand {
     /// Cursors per conversation.
-    #[serde(default, alias = "cursors")]
+    #[serde(default)]
     pub conversations: Vec<SyncCursor>,
 }
 
@@ -583,47 +547,26 @@ pub struct SyncCommand {
 #[serde(rename_all = "camelCase")]
 pub struct CallInitiate {
     /// Callee (1:1).
-    #[serde(
-        default,
-        deserialize_with = "opt_id_field",
-        alias = "toId",
-        alias = "calleeId",
-        alias = "userId",
-        alias = "targetUserId",
-        alias = "recipientId"
-    )]
+    #[serde(default, deserialize_with = "opt_id_field")]
     pub to: Option<i64>,
     /// Group conversation to ring.
-    #[serde(
-        default,
-        deserialize_with = "opt_id_field",
-        alias = "groupId",
-        alias = "conversation"
-    )]
+    #[serde(default, deserialize_with = "opt_id_field")]
     pub conversation_id: Option<i64>,
     /// Explicit member list (group call).
-    #[serde(
-        default,
-        deserialize_with = "opt_id_list",
-        alias = "members",
-        alias = "participants"
-    )]
+    #[serde(default, deserialize_with = "opt_id_list")]
     pub member_ids: Option<Vec<i64>>,
-    /// `audio` or `video`.
-    #[serde(default, alias = "type")]
-    pub call_type: Option<String>,
-    /// Seed 000's boolean.
+    /// `audio` (the default) or `video`.
     #[serde(default)]
-    pub is_video: Option<bool>,
+    pub call_type: Option<String>,
     /// SDP offer.
-    #[serde(default, alias = "sdp", alias = "offer")]
+    #[serde(default)]
     pub sdp_offer: Option<Value>,
     /// `webrtc`, `agora`, or `auto` (Agora when it is configured, else WebRTC).
     #[serde(default)]
     pub provider: Option<String>,
-    /// A call id chosen by the client (seed 001's `roomName`); the server picks one otherwise.
-    #[serde(default, alias = "callId", alias = "roomName", alias = "call_id")]
-    pub room_name: Option<String>,
+    /// A call id chosen by the client; the server picks one otherwise.
+    #[serde(default)]
+    pub call_id: Option<String>,
 }
 
 /// Commands naming a call, with optional extras.
@@ -631,10 +574,9 @@ pub struct CallInitiate {
 #[serde(rename_all = "camelCase")]
 pub struct CallRef {
     /// The call.
-    #[serde(alias = "roomName", alias = "call_id")]
     pub call_id: String,
     /// SDP answer (`call:accept`).
-    #[serde(default, alias = "sdp", alias = "answer")]
+    #[serde(default)]
     pub sdp_answer: Option<Value>,
     /// Reason (`call:reject`, `call:end`).
     #[serde(default)]
@@ -646,15 +588,9 @@ pub struct CallRef {
 #[serde(rename_all = "camelCase")]
 pub struct CallSignal {
     /// The call.
-    #[serde(alias = "roomName", alias = "call_id")]
     pub call_id: String,
     /// Recipient in group calls.
-    #[serde(
-        default,
-        deserialize_with = "opt_id_field",
-        alias = "toId",
-        alias = "targetUserId"
-    )]
+    #[serde(default, deserialize_with = "opt_id_field")]
     pub to: Option<i64>,
     /// Everything else is relayed as-is.
     #[serde(flatten)]
@@ -667,25 +603,16 @@ pub struct CallSignal {
 #[serde(rename_all = "camelCase")]
 pub struct DirectRef {
     /// The other user.
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "to",
-        alias = "participantId",
-        alias = "recipientId"
-    )]
+    #[serde(deserialize_with = "id_field")]
     pub user_id: i64,
 }
 
-/// `message:send` addressed to a user instead of a conversation (seed 003 `to`, seed 002
-/// `recipientId`): the direct conversation is opened under the contact policy first.
+/// `message:send` addressed to a user (`to`, or `recipientId`) instead of a conversation: the
+/// direct conversation is opened under the contact policy first.
 #[derive(Clone, Debug, Deserialize)]
 pub struct DirectSend {
     /// Recipient.
-    #[serde(
-        deserialize_with = "id_field",
-        alias = "recipientId",
-        alias = "receiverId"
-    )]
+    #[serde(deserialize_with = "id_field", alias = "recipientId")]
     pub to: i64,
     /// The rest of the message (a [`SendDraft`] without its conversation).
     #[serde(flatten)]
@@ -694,15 +621,7 @@ pub struct DirectSend {
 
 /// Sender and conversation fields a client may put in a send; identity comes from the token and
 /// the conversation from the route or the resolved recipient, so these are dropped.
-pub const SEND_IGNORED_FIELDS: [&str; 7] = [
-    "from",
-    "sender",
-    "senderId",
-    "userId",
-    "conversation",
-    "conversation_id",
-    "conversationId",
-];
+pub const SEND_IGNORED_FIELDS: [&str; 3] = ["senderId", "userId", "conversationId"];
 
 impl SendDraft {
     /// A draft for `conversation_id` from the other fields of a send payload (sender and
@@ -714,7 +633,7 @@ impl SendDraft {
         for key in SEND_IGNORED_FIELDS {
             fields.remove(key);
         }
-        for key in ["to", "recipientId", "receiverId"] {
+        for key in ["to", "recipientId"] {
             fields.remove(key);
         }
         fields.insert(
@@ -730,13 +649,11 @@ impl SendDraft {
 
 /// Whether a send payload names its conversation (otherwise it may name a recipient).
 fn names_conversation(value: &Value) -> bool {
-    ["conversationId", "conversation", "conversation_id"]
-        .iter()
-        .any(|k| value.get(*k).is_some_and(|v| !v.is_null()))
+    value.get("conversationId").is_some_and(|v| !v.is_null())
 }
 
 fn names_recipient(value: &Value) -> bool {
-    ["to", "recipientId", "receiverId"]
+    ["to", "recipientId"]
         .iter()
         .any(|k| value.get(*k).is_some_and(|v| !v.is_null()))
 }
@@ -871,12 +788,16 @@ mod tests {
     }
 
     #[test]
-    fn send_accepts_aliases_and_string_or_number_ids() {
-        let Command::Send(d) = Command::parse(
-            "message:send",
-            json!({"conversation": 5, "text": "hi", "clientMessageId": "c1", "replyTo": "9"}),
-        )
-        .unwrap() else {
+    fn send_accepts_aliases_at_the_edge_and_string_or_number_ids() {
+        use crate::realtime::dialect::{Translator, CANONICAL};
+        let frame = Translator::new(&CANONICAL)
+            .inbound(ClientFrame {
+                event: "message:send".into(),
+                payload: json!({"conversation": 5, "text": "hi", "clientMessageId": "c1", "replyTo": "9"}),
+                reply_to: None,
+            })
+            .unwrap();
+        let Command::Send(d) = Command::parse(&frame.event, frame.payload).unwrap() else {
             panic!("not a send")
         };
         assert_eq!(
@@ -884,6 +805,54 @@ mod tests {
             (5, "hi", Some(9))
         );
         assert_eq!(d.client_message_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn canonical_commands_know_only_canonical_names() {
+        // An app's name for a required field leaves it missing.
+        let err =
+            Command::parse("message:send", json!({"conversation": 5, "text": "hi"})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        let err = Command::parse("call:accept", json!({"roomName": "r1"})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        let err =
+            Command::parse("receipt:read", json!({"conversation": 5, "upTo": 1})).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        // Optional ones are ignored.
+        let Command::Send(d) = Command::parse(
+            "message:send",
+            json!({"conversationId": 5, "text": "hi", "messageType": "image", "tempId": "t"}),
+        )
+        .unwrap() else {
+            panic!("not a send")
+        };
+        assert_eq!(
+            (d.content.as_str(), d.kind, d.client_message_id),
+            ("", None, None)
+        );
+        let Command::CallInitiate(c) = Command::parse(
+            "call:initiate",
+            json!({"toId": 2, "isVideo": true, "sdp": "o", "roomName": "r1"}),
+        )
+        .unwrap() else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_type, c.sdp_offer, c.call_id),
+            (None, None, None, None)
+        );
+        // The canonical names.
+        let Command::CallInitiate(c) = Command::parse(
+            "call:initiate",
+            json!({"to": "2", "callType": "video", "sdpOffer": "o", "callId": "r1"}),
+        )
+        .unwrap() else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            (c.to, c.call_type.as_deref(), c.call_id.as_deref()),
+            (Some(2), Some("video"), Some("r1"))
+        );
     }
 
     #[test]

@@ -120,7 +120,6 @@ impl CallActor {
             "fromName": self.meta.caller_name,
             "fromAvatar": self.meta.caller_avatar,
             "callType": self.meta.call_type,
-            "isVideo": self.meta.call_type == "video",
             "sdpOffer": self.meta.sdp_offer,
             "provider": self.meta.provider,
             "channelName": self.meta.channel_name,

@@ -488,8 +488,7 @@ impl Call {
                     self.status = Status::Ongoing;
                     self.answered_at = Some(now);
                 }
-                let accepted = self
-                    .base(json!({"by": user.to_string(), "sdpAnswer": answer, "answer": answer}));
+                let accepted = self.base(json!({"by": user.to_string(), "sdpAnswer": answer}));
                 fx.push(Effect::Notify(
                     Target::UserExcept(user, device),
                     events::CALL_ANSWERED_ELSEWHERE,

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 /// Largest SDP or ICE payload relayed (bytes of JSON).
 pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
-/// Longest client-chosen call id (`roomName`).
-pub const MAX_ROOM_NAME: usize = 128;
+/// Longest client-chosen call id.
+pub const MAX_CHOSEN_CALL_ID: usize = 128;
 
 impl Engine {
     /// Starts a call from `identity` on `device` (a session key; 0 when started over REST).
@@ -39,19 +39,15 @@ impl Engine {
         req: CallInitiate,
     ) -> AppResult<Value> {
         let caller = identity.user_id();
-        let call_type = match (
-            req.call_type.as_deref().map(str::to_ascii_lowercase),
-            req.is_video,
-        ) {
-            (Some(t), _) if t == "audio" || t == "voice" => "audio",
-            (Some(t), _) if t == "video" => "video",
-            (Some(t), _) => {
+        let call_type = match req.call_type.as_deref().map(str::to_ascii_lowercase) {
+            Some(t) if t == "audio" => "audio",
+            Some(t) if t == "video" => "video",
+            Some(t) => {
                 return Err(AppError::validation(format!(
                     "callType must be audio or video, not `{t}`"
                 )))
             }
-            (None, Some(true)) => "video",
-            (None, _) => "audio",
+            None => "audio",
         };
         // A provider the client named is kept (or refused); `auto` and no name are preferences
         // that give way to what the callees' apps can join (see `settle_provider`).
@@ -67,17 +63,17 @@ impl Engine {
             .to_owned(),
             Some(p) => p,
         };
-        let room_name = match req.room_name {
+        let chosen = match req.call_id {
             Some(name) => {
                 let name = name.trim().to_owned();
                 let valid = !name.is_empty()
-                    && name.len() <= MAX_ROOM_NAME
+                    && name.len() <= MAX_CHOSEN_CALL_ID
                     && name
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b));
                 if !valid {
                     return Err(AppError::validation(format!(
-                        "roomName must be 1 to {MAX_ROOM_NAME} characters of letters, digits and _-.:@"
+                        "callId must be 1 to {MAX_CHOSEN_CALL_ID} characters of letters, digits and _-.:@"
                     )));
                 }
                 Some(name)
@@ -105,8 +101,8 @@ impl Engine {
         let to = req.to;
         let cache = Arc::clone(self.db.contact_cache());
         // The common path decides from the contact cache, without the database. A client-chosen
-        // room name is checked against every call ever made (the database) first, as before.
-        let cached = if room_name.is_none() {
+        // call id is checked against every call ever made (the database) first, as before.
+        let cached = if chosen.is_none() {
             decide_from_cache(
                 &cache,
                 &self.config,
@@ -121,7 +117,7 @@ impl Engine {
         let (callees, group) = match cached {
             Some(decided) => decided?,
             None => {
-                let chosen_id = room_name.clone();
+                let chosen_id = chosen.clone();
                 let config = self.config.clone();
                 let ticket = cache.ticket();
                 self.db
@@ -172,7 +168,7 @@ impl Engine {
         self.take_call(caller).await.inspect_err(|_| {
             self.metrics.rate_limited(crate::metrics::Limit::Calls);
         })?;
-        let call_id = match room_name {
+        let call_id = match chosen {
             Some(name) => name,
             None => crate::auth::tokens::random_id()?,
         };
@@ -494,8 +490,10 @@ impl Engine {
         kind: &'static str,
         s: CallSignal,
     ) -> AppResult<Value> {
+        // The sender is the token's user: the relayed payload gets `from` (each dialect's
+        // outbound table derives its own sender fields from it), so none sent along is kept.
         let mut payload = s.rest;
-        for key in ["from", "fromUserId", "userId", "senderId"] {
+        for key in ["from", "userId", "senderId"] {
             payload.remove(key);
         }
         let payload = Value::Object(payload);
