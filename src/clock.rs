@@ -20,7 +20,7 @@ impl Clock {
     }
 
     /// The wall-clock time.
-    pub fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         let now = Utc::now();
         chrono::TimeDelta::from_std(self.offset())
             .ok()
@@ -29,7 +29,7 @@ impl Clock {
     }
 
     /// The monotonic time.
-    pub fn instant(&self) -> Instant {
+    pub(crate) fn instant(&self) -> Instant {
         let now = Instant::now();
         now.checked_add(self.offset()).unwrap_or(now)
     }

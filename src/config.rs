@@ -21,12 +21,12 @@ impl Secret {
     }
 
     /// The secret itself; call only where it is used, never to log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
     /// Whether no secret was configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
@@ -740,7 +740,7 @@ fn parse_millis(src: &dyn Source, key: &str, slot: &mut Duration) -> Result<(), 
 
 impl Config {
     /// Whether the Agora call provider is configured.
-    pub fn agora_enabled(&self) -> bool {
+    pub(crate) fn agora_enabled(&self) -> bool {
         !self.agora_app_id.is_empty() && !self.agora_app_certificate.is_empty()
     }
 
@@ -750,7 +750,7 @@ impl Config {
     }
 
     /// Like [`Config::load`] with an explicit environment (tests).
-    pub fn load_from(
+    pub(crate) fn load_from(
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
@@ -1035,7 +1035,7 @@ impl Config {
     }
 
     /// Images processed at once: `MEDIA_PROCESS_CONCURRENCY`, or half the cores (at least 1).
-    pub fn media_cpu_slots(&self) -> usize {
+    pub(crate) fn media_cpu_slots(&self) -> usize {
         if self.media_process_concurrency > 0 {
             self.media_process_concurrency
         } else {
@@ -1044,7 +1044,7 @@ impl Config {
     }
 
     /// The number of HTTP workers: `HTTP_WORKERS`, or one per CPU core when it is 0.
-    pub fn http_worker_count(&self) -> usize {
+    pub(crate) fn http_worker_count(&self) -> usize {
         if self.http_workers > 0 {
             self.http_workers
         } else {
@@ -1090,7 +1090,7 @@ impl Config {
 
     /// Each worker's share of `MAX_CONNECTIONS` (rounded up, so the workers together allow at
     /// least `MAX_CONNECTIONS`).
-    pub fn max_connections_per_worker(&self) -> usize {
+    pub(crate) fn max_connections_per_worker(&self) -> usize {
         self.max_connections
             .div_ceil(self.http_worker_count())
             .max(1)
@@ -1098,7 +1098,7 @@ impl Config {
 
     /// The realtime connection ceiling: `MAX_REALTIME_CONNECTIONS`, or the open-file limit less
     /// `FD_RESERVE` (at least 1) when that is 0.
-    pub fn realtime_connection_ceiling(&self) -> usize {
+    pub(crate) fn realtime_connection_ceiling(&self) -> usize {
         if self.max_realtime_connections > 0 {
             return self.max_realtime_connections;
         }
@@ -1115,7 +1115,7 @@ impl Config {
     }
 
     /// Checks what the database-backed commands need.
-    pub fn validate_database(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate_database(&self) -> Result<(), ConfigError> {
         if self.database_url.is_empty() {
             return Err(ConfigError::Rejected(
                 "DATABASE_URL is not set: point it at PostgreSQL, e.g. \

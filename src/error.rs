@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 
 /// Result alias used across the crate.
-pub type AppResult<T> = Result<T, AppError>;
+pub(crate) type AppResult<T> = Result<T, AppError>;
 
 /// Declares [`ErrorCode`]: each variant with the string clients see, in one list.
 macro_rules! error_codes {
@@ -22,10 +22,10 @@ macro_rules! error_codes {
 
         impl ErrorCode {
             /// Every code, in declaration order.
-            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+            pub(crate) const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
 
             /// The string clients match on.
-            pub const fn as_str(self) -> &'static str {
+            pub(crate) const fn as_str(self) -> &'static str {
                 match self {
                     $(ErrorCode::$variant => $code,)*
                 }
@@ -273,7 +273,7 @@ pub enum AppError {
 
 impl AppError {
     /// A 400 with a code.
-    pub fn bad_request(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn bad_request(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
@@ -281,7 +281,7 @@ impl AppError {
     }
 
     /// A 422-style validation failure (reported as 400 for legacy clients).
-    pub fn validation(message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn validation(message: impl Into<Cow<'static, str>>) -> Self {
         Self::Validation {
             code: ErrorCode::ValidationFailed,
             message: message.into(),
@@ -289,7 +289,7 @@ impl AppError {
     }
 
     /// A 401 with a code.
-    pub fn unauthorized(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn unauthorized(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Unauthorized {
             code,
             message: message.into(),
@@ -297,7 +297,7 @@ impl AppError {
     }
 
     /// A 400 `invalid_text`: PostgreSQL stores no NUL character (in `text` or in `jsonb`).
-    pub fn nul_text() -> Self {
+    pub(crate) fn nul_text() -> Self {
         Self::bad_request(
             ErrorCode::InvalidText,
             "text must not contain NUL (\\u0000) characters",
@@ -305,7 +305,7 @@ impl AppError {
     }
 
     /// A 409 with a code.
-    pub fn conflict(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn conflict(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Conflict {
             code,
             message: message.into(),
@@ -313,14 +313,14 @@ impl AppError {
     }
 
     /// An internal failure with its cause (logged, not shown).
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         Self::Internal {
             cause: cause.to_string(),
         }
     }
 
     /// A dependency outage with its cause (logged, not shown).
-    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(cause: impl std::fmt::Display) -> Self {
         Self::Unavailable {
             cause: cause.to_string(),
         }
@@ -350,7 +350,7 @@ impl AppError {
     }
 
     /// The HTTP status for REST answers.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } | Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -369,7 +369,7 @@ impl AppError {
     }
 
     /// Seconds the client should wait before trying again (`Retry-After`), when that is known.
-    pub fn retry_after_secs(&self) -> Option<u64> {
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
                 Some(*retry_after_secs)
@@ -379,7 +379,7 @@ impl AppError {
     }
 
     /// The body `{"error": {"code", "message"[, "retryAfter"]}}`.
-    pub fn body(&self) -> ErrorBody {
+    pub(crate) fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
@@ -392,14 +392,14 @@ impl AppError {
 
 /// JSON error envelope.
 #[derive(Debug, Serialize)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// Code and text of an error.
 #[derive(Debug, Serialize)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable code.
     pub code: ErrorCode,
     /// Client-facing text.

@@ -38,10 +38,10 @@ pub enum Source {
 
 impl Source {
     /// Every source.
-    pub const ALL: [Self; 3] = [Self::Seed000, Self::Seed002, Self::Seed003];
+    pub(crate) const ALL: [Self; 3] = [Self::Seed000, Self::Seed002, Self::Seed003];
 
     /// The name stored in `legacy_ids.source`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Seed000 => "seed000",
             Self::Seed002 => "seed002",
@@ -50,13 +50,13 @@ impl Source {
     }
 
     /// A source by its stored name.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// The source whose app speaks a dialect (`lonestar`, `astrology`, `backend2`); other
     /// dialects have none.
-    pub fn of_dialect(dialect: &str) -> Option<Self> {
+    pub(crate) fn of_dialect(dialect: &str) -> Option<Self> {
         match dialect {
             "lonestar" => Some(Self::Seed000),
             "astrology" => Some(Self::Seed002),
@@ -87,7 +87,7 @@ pub enum Kind {
 
 impl Kind {
     /// The name stored in `legacy_ids.kind`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
             Self::Conversation => "conversation",
@@ -96,7 +96,7 @@ impl Kind {
     }
 
     /// A kind by its stored name.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         [Self::User, Self::Conversation, Self::ChatRequest]
             .into_iter()
             .find(|k| k.as_str() == name)
@@ -105,7 +105,7 @@ impl Kind {
 
 /// One row of `legacy_ids`.
 #[derive(Clone, Debug, QueryableByName)]
-pub struct Row {
+pub(crate) struct Row {
     /// Source name.
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub source: String,
@@ -153,7 +153,7 @@ struct Changes {
 
 /// Periodic checks between two full comparisons of the table when its write counters do not
 /// move (statistics reset, turned off, or not yet flushed).
-pub const FULL_CHECK_EVERY: u32 = 30;
+pub(crate) const FULL_CHECK_EVERY: u32 = 30;
 
 /// Legacy ids of imported messages seen lately (resolved from what an app sent, or shown to an
 /// app as a message's `legacyId`), so that references to them (`replyTo`, the `messageIds` of a
@@ -161,7 +161,7 @@ pub const FULL_CHECK_EVERY: u32 = 30;
 /// [`MEMO_SHARDS`] shards keeps two generations of at most [`MEMO_PER_SHARD`] entries; when the
 /// current one is full it becomes the previous one (the oldest generation is dropped).
 #[derive(Debug)]
-pub struct MessageMemo {
+pub(crate) struct MessageMemo {
     shards: Vec<Mutex<MemoShard>>,
 }
 
@@ -172,9 +172,9 @@ struct MemoShard {
 }
 
 /// Shards of the [`MessageMemo`].
-pub const MEMO_SHARDS: usize = 16;
+pub(crate) const MEMO_SHARDS: usize = 16;
 /// Entries per shard and generation: at most 2 × 16 × 8 192 = 262 144 messages remembered.
-pub const MEMO_PER_SHARD: usize = 8192;
+pub(crate) const MEMO_PER_SHARD: usize = 8192;
 
 impl Default for MessageMemo {
     fn default() -> Self {
@@ -193,7 +193,7 @@ impl MessageMemo {
     }
 
     /// Remembers a message's legacy id.
-    pub fn remember(&self, id: i64, legacy: &str) {
+    pub(crate) fn remember(&self, id: i64, legacy: &str) {
         let mut shard = self.shard(id);
         if shard.current.get(&id).is_some_and(|l| &**l == legacy) {
             return;
@@ -205,7 +205,7 @@ impl MessageMemo {
     }
 
     /// A remembered message's legacy id.
-    pub fn legacy_of(&self, id: i64) -> Option<Arc<str>> {
+    pub(crate) fn legacy_of(&self, id: i64) -> Option<Arc<str>> {
         let shard = self.shard(id);
         shard
             .current
@@ -217,7 +217,7 @@ impl MessageMemo {
 
 /// One source's ids both ways.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     by_legacy: HashMap<Box<str>, (Kind, i64)>,
     by_id: HashMap<(Kind, i64), Arc<str>>,
     /// The messages remembered by the process (shared by every table and snapshot).
@@ -226,52 +226,47 @@ pub struct Table {
 
 impl Table {
     /// Switchboard's id (and its kind) for a legacy id.
-    pub fn resolve(&self, legacy: &str) -> Option<(Kind, i64)> {
+    pub(crate) fn resolve(&self, legacy: &str) -> Option<(Kind, i64)> {
         self.by_legacy.get(legacy).copied()
     }
 
     /// The legacy id shown for a user, conversation or chat request.
-    pub fn legacy_of(&self, kind: Kind, id: i64) -> Option<&Arc<str>> {
+    pub(crate) fn legacy_of(&self, kind: Kind, id: i64) -> Option<&Arc<str>> {
         self.by_id.get(&(kind, id))
     }
 
     /// Whether this source has no ids.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_legacy.is_empty()
-    }
-
-    /// The legacy ids of messages seen lately.
-    pub fn messages(&self) -> &MessageMemo {
-        &self.messages
     }
 }
 
 /// One loaded state of `legacy_ids`.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     tables: [Table; 3],
     stamp: Option<Stamp>,
 }
 
 impl Snapshot {
     /// One source's ids.
-    pub fn table(&self, source: Source) -> &Table {
+    pub(crate) fn table(&self, source: Source) -> &Table {
         &self.tables[source.index()]
     }
 
     /// Number of legacy ids held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tables.iter().map(|t| t.by_legacy.len()).sum()
     }
 
     /// Whether no legacy id is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tables.iter().all(Table::is_empty)
     }
 
     /// A snapshot of rows (unknown sources and kinds are skipped). Of several legacy ids of one
     /// thing, the oldest import is shown back (then the smallest legacy id).
-    pub fn from_rows(mut rows: Vec<Row>) -> Self {
+    pub(crate) fn from_rows(mut rows: Vec<Row>) -> Self {
         rows.sort_by(|a, b| (a.imported_at, &a.legacy_id).cmp(&(b.imported_at, &b.legacy_id)));
         let mut snap = Self::default();
         for row in rows {
@@ -317,7 +312,7 @@ impl Default for LegacyIds {
 
 impl LegacyIds {
     /// An empty copy.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
                 empty: AtomicBool::new(true),
@@ -335,7 +330,7 @@ impl LegacyIds {
     }
 
     /// The current state (rewrites of one payload read one state).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(
             &self
                 .inner
@@ -362,7 +357,7 @@ impl LegacyIds {
     }
 
     /// Remembers the legacy ids of messages just looked up (`legacy id → id`).
-    pub fn remember_messages(&self, found: &HashMap<String, i64>) {
+    pub(crate) fn remember_messages(&self, found: &HashMap<String, i64>) {
         for (legacy, id) in found {
             self.inner.messages.remember(*id, legacy);
         }
@@ -370,7 +365,7 @@ impl LegacyIds {
 
     /// The messages whose legacy ids are listed, as `legacy id → id` (one indexed query), and
     /// remembered (see [`MessageMemo`]).
-    pub async fn lookup_messages(
+    pub(crate) async fn lookup_messages(
         &self,
         db: &Db,
         legacy: Vec<String>,
@@ -381,7 +376,7 @@ impl LegacyIds {
     }
 
     /// Replaces the held state.
-    pub fn replace(&self, mut snapshot: Snapshot) {
+    pub(crate) fn replace(&self, mut snapshot: Snapshot) {
         for table in &mut snapshot.tables {
             table.messages = Arc::clone(&self.inner.messages);
         }
@@ -396,7 +391,7 @@ impl LegacyIds {
 
     /// Checks whether `legacy_ids` changed since it was loaded (one aggregate query) and loads it
     /// again when it did (one query). Answers whether it loaded.
-    pub fn refresh_with(&self, conn: &mut PgConnection) -> AppResult<bool> {
+    pub(crate) fn refresh_with(&self, conn: &mut PgConnection) -> AppResult<bool> {
         let held = self.snapshot().stamp.clone();
         let now: Stamp = diesel::sql_query(STAMP_SQL).get_result(conn)?;
         if held.as_ref() == Some(&now) {
@@ -428,7 +423,7 @@ impl LegacyIds {
     /// The periodic check: reads the table's write counters (one row of the statistics views)
     /// and compares the table itself ([`LegacyIds::refresh_with`]) only when they moved, or after
     /// [`FULL_CHECK_EVERY`] quiet checks. Answers whether it loaded.
-    pub fn poll_with(&self, conn: &mut PgConnection) -> AppResult<bool> {
+    pub(crate) fn poll_with(&self, conn: &mut PgConnection) -> AppResult<bool> {
         let Changes { changes } = diesel::sql_query(CHANGES_SQL).get_result(conn)?;
         let before = self.inner.changes.swap(changes, Ordering::Relaxed);
         let quiet = self.inner.quiet.fetch_add(1, Ordering::Relaxed) + 1;
@@ -442,7 +437,7 @@ impl LegacyIds {
     /// Loads the table now and then checks it every `every` in the background
     /// ([`LegacyIds::poll_with`]), until `stop` is set (shutdown) or no clone of this copy lives.
     /// Must run inside an actix system.
-    pub fn start(&self, db: Db, every: Duration, stop: Arc<AtomicBool>) {
+    pub(crate) fn start(&self, db: Db, every: Duration, stop: Arc<AtomicBool>) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let every = every.max(Duration::from_secs(1));
         actix_web::rt::spawn(async move {
@@ -471,7 +466,7 @@ impl LegacyIds {
 
 /// Fields whose value names a user: an id, an array of ids, or user objects (whose `id`, `_id`
 /// and `userId` are the user's).
-pub const USER_FIELDS: &[&str] = &[
+pub(crate) const USER_FIELDS: &[&str] = &[
     "userId",
     "user_id",
     "senderId",
@@ -513,7 +508,7 @@ pub const USER_FIELDS: &[&str] = &[
 ];
 
 /// Fields whose value names a conversation: an id, an array of ids, or conversation objects.
-pub const CONVERSATION_FIELDS: &[&str] = &[
+pub(crate) const CONVERSATION_FIELDS: &[&str] = &[
     "conversationId",
     "conversation_id",
     "conversation",
@@ -526,7 +521,7 @@ pub const CONVERSATION_FIELDS: &[&str] = &[
 
 /// Fields whose value names a chat request: an id, or chat request objects (`incoming` and
 /// `outgoing`: the lists of `GET /chat-requests`).
-pub const CHAT_REQUEST_FIELDS: &[&str] = &[
+pub(crate) const CHAT_REQUEST_FIELDS: &[&str] = &[
     "requestId",
     "chatRequestId",
     "request",
@@ -538,11 +533,11 @@ pub const CHAT_REQUEST_FIELDS: &[&str] = &[
 ];
 
 /// Objects keyed by user id (receipt cursors, unread counts per participant).
-pub const USER_KEYED_FIELDS: &[&str] = &["deliveredUpTo", "readUpTo", "unreadCount"];
+pub(crate) const USER_KEYED_FIELDS: &[&str] = &["deliveredUpTo", "readUpTo", "unreadCount"];
 
 /// Fields a client names messages in (a message's legacy id is resolved through
 /// `messages.legacy_id`): also `id` and `_id` at the top level of a payload.
-pub const MESSAGE_FIELDS: &[&str] = &[
+pub(crate) const MESSAGE_FIELDS: &[&str] = &[
     "messageId",
     "message_id",
     "messageIds",
@@ -596,7 +591,7 @@ fn field_kind(field: &str) -> Option<Kind> {
 /// Whether a value has the shape of an id no text is mistaken for: a 24-digit hex ObjectId, or
 /// seed 000's `dm_<user>_<user>`. Other legacy ids (seed 000's team chat names) are resolved
 /// only in fields that hold ids.
-pub fn distinctive(value: &str) -> bool {
+pub(crate) fn distinctive(value: &str) -> bool {
     (value.len() == 24 && value.bytes().all(|b| b.is_ascii_hexdigit()))
         || (value.starts_with("dm_") && value.len() > 4 && value.len() <= 200)
 }
@@ -609,7 +604,7 @@ fn non_numeric(value: &str) -> bool {
 /// Replaces the legacy ids in a payload an app sent by Switchboard's ids (as strings): values
 /// of distinctive shape anywhere except text fields, others only in fields that hold ids of
 /// their kind (or in `id`/`_id`). Answers whether something changed.
-pub fn resolve_inbound(table: &Table, value: &mut Value) -> bool {
+pub(crate) fn resolve_inbound(table: &Table, value: &mut Value) -> bool {
     if table.is_empty() {
         return false;
     }
@@ -655,7 +650,7 @@ fn inbound_value(table: &Table, value: &mut Value, field: Option<&str>) -> bool 
 /// The values of message fields in a payload that are not Switchboard ids (legacy message ids
 /// to look up), at most 1000. `own`: the payload's own `id` and `_id` name a message too (an
 /// edit or a delete).
-pub fn message_refs(value: &Value, own: bool) -> Vec<String> {
+pub(crate) fn message_refs(value: &Value, own: bool) -> Vec<String> {
     let mut out = Vec::new();
     if let Value::Object(obj) = value {
         for (key, v) in obj {
@@ -689,7 +684,7 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
 
 /// Replaces the message references [`message_refs`] found by the ids `found` maps them to;
 /// answers whether it replaced any.
-pub fn apply_message_refs(value: &mut Value, found: &HashMap<String, i64>) -> bool {
+pub(crate) fn apply_message_refs(value: &mut Value, found: &HashMap<String, i64>) -> bool {
     if found.is_empty() {
         return false;
     }
@@ -722,7 +717,10 @@ pub fn apply_message_refs(value: &mut Value, found: &HashMap<String, i64>) -> bo
 }
 
 /// The messages whose legacy ids are listed, as `legacy id → id` (one indexed query).
-pub fn message_ids(conn: &mut PgConnection, legacy: &[String]) -> AppResult<HashMap<String, i64>> {
+pub(crate) fn message_ids(
+    conn: &mut PgConnection,
+    legacy: &[String],
+) -> AppResult<HashMap<String, i64>> {
     use crate::db::schema::messages;
     if legacy.is_empty() {
         return Ok(HashMap::new());
@@ -740,7 +738,7 @@ pub fn message_ids(conn: &mut PgConnection, legacy: &[String]) -> AppResult<Hash
 
 /// Resolves the legacy message ids in a payload through the database, when it names any (and
 /// remembers them, see [`MessageMemo`]).
-pub async fn resolve_message_refs(
+pub(crate) async fn resolve_message_refs(
     db: &Db,
     legacy: &LegacyIds,
     value: &mut Value,
@@ -761,7 +759,7 @@ pub async fn resolve_message_refs(
 /// `own` is the kind of the payload itself when it is a user, conversation or chat request (its
 /// `id` and `_id`). Ids without a legacy id are left as they are. Answers whether something
 /// changed.
-pub fn show_outbound(table: &Table, value: &mut Value, own: Option<Kind>) -> bool {
+pub(crate) fn show_outbound(table: &Table, value: &mut Value, own: Option<Kind>) -> bool {
     outbound_value(table, value, own)
 }
 

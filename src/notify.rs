@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// One assignment sent to the service manager.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// `READY=1`: start-up finished.
     Ready,
     /// `STOPPING=1`: shutdown began.
@@ -46,7 +46,7 @@ impl State {
 }
 
 /// The datagram payload for `states`: one `KEY=VALUE` per line.
-pub fn message(states: &[State]) -> String {
+pub(crate) fn message(states: &[State]) -> String {
     let mut out = String::new();
     for (i, state) in states.iter().enumerate() {
         if i > 0 {
@@ -59,7 +59,7 @@ pub fn message(states: &[State]) -> String {
 
 /// The socket address named by a `NOTIFY_SOCKET` value: an absolute path, or `@name` for a Linux
 /// abstract socket.
-pub fn parse_address(value: &str) -> io::Result<SocketAddr> {
+pub(crate) fn parse_address(value: &str) -> io::Result<SocketAddr> {
     if let Some(name) = value.strip_prefix('@') {
         abstract_address(name.as_bytes())
     } else if value.starts_with('/') {
@@ -92,7 +92,7 @@ fn abstract_address(_name: &[u8]) -> io::Result<SocketAddr> {
 /// Half the watchdog interval systemd asks for, i.e. how often to send `WATCHDOG=1`; `None` when
 /// no watchdog is configured for this process. `env` reads a variable (the process environment
 /// in production); `pid` is this process's id. `WATCHDOG_PID`, when set, must equal `pid`.
-pub fn watchdog_period(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Option<Duration> {
+pub(crate) fn watchdog_period(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Option<Duration> {
     let usec: u64 = env("WATCHDOG_USEC")?.trim().parse().ok()?;
     if usec == 0 {
         return None;
@@ -107,7 +107,7 @@ pub fn watchdog_period(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Option
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
     stopping_sent: AtomicBool,
@@ -116,7 +116,7 @@ pub struct Notifier {
 impl Notifier {
     /// The notifier named by `NOTIFY_SOCKET`; `None` when it is unset or unusable (logged at
     /// debug level).
-    pub fn from_env() -> Option<Self> {
+    pub(crate) fn from_env() -> Option<Self> {
         let value = std::env::var("NOTIFY_SOCKET").ok()?;
         if value.is_empty() {
             return None;
@@ -131,7 +131,7 @@ impl Notifier {
     }
 
     /// A notifier sending to `address`, written like `NOTIFY_SOCKET` (a path, or `@name`).
-    pub fn connect(address: &str) -> io::Result<Self> {
+    pub(crate) fn connect(address: &str) -> io::Result<Self> {
         let addr = parse_address(address)?;
         let socket = UnixDatagram::unbound()?;
         Ok(Self {
@@ -142,7 +142,7 @@ impl Notifier {
     }
 
     /// Sends `states` in one datagram.
-    pub fn send(&self, states: &[State]) -> io::Result<()> {
+    pub(crate) fn send(&self, states: &[State]) -> io::Result<()> {
         let payload = message(states);
         let sent = self.socket.send_to_addr(payload.as_bytes(), &self.addr)?;
         if sent == payload.len() {
@@ -156,19 +156,19 @@ impl Notifier {
     }
 
     /// Sends `states`, logging a failure at debug level.
-    pub fn notify(&self, states: &[State]) {
+    pub(crate) fn notify(&self, states: &[State]) {
         if let Err(error) = self.send(states) {
             tracing::debug!(%error, message = %message(states), "sd_notify failed");
         }
     }
 
     /// `READY=1` with a status line.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.notify(&[State::Ready, State::Status(status.to_owned())]);
     }
 
     /// `STOPPING=1` with a status line, once (later calls do nothing).
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         if !self.stopping_sent.swap(true, Ordering::SeqCst) {
             self.notify(&[State::Stopping, State::Status(status.to_owned())]);
         }

@@ -39,17 +39,6 @@ pub enum ContactPolicy {
     Roles,
 }
 
-impl ContactPolicy {
-    /// The setting's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Request => "request",
-            Self::Roles => "roles",
-        }
-    }
-}
-
 impl FromStr for ContactPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -201,7 +190,7 @@ impl fmt::Display for ContactRules {
 
 /// What the `roles` rules say about a pair. `linked` is asked at most once, and only when a
 /// matching rule needs it.
-pub fn rules_allow(
+pub(crate) fn rules_allow(
     rules: &ContactRules,
     from_roles: &[String],
     to_roles: &[String],
@@ -245,7 +234,7 @@ fn refuse(policy: ContactPolicy) -> AppError {
 /// Checks that `actor` may start contact with every user in `targets` (a direct conversation,
 /// a call, a group membership). Unknown or banned targets are `not_found`; a refusal is
 /// `not_allowed`. Runs on the blocking pool (through [`crate::db::Db::run`]).
-pub fn check_contact(
+pub(crate) fn check_contact(
     conn: &mut PgConnection,
     config: &Config,
     actor: i64,
@@ -256,7 +245,7 @@ pub fn check_contact(
 
 /// [`check_contact`] that also writes what it found into `cache` under `ticket` (taken before
 /// the lookups began): each pair's verdict and the standing of the users it found.
-pub fn check_contact_cached(
+pub(crate) fn check_contact_cached(
     conn: &mut PgConnection,
     config: &Config,
     actor: i64,
@@ -317,7 +306,7 @@ fn distinct_targets(actor: i64, targets: &[i64]) -> Vec<i64> {
 /// What [`check_contact`] would answer, from `cache` alone: `None` when a pair it would have
 /// to look at first is not cached (the caller then asks the database). The answer is the same
 /// as the database's: pairs are visited in the same order and only known verdicts are used.
-pub fn check_contact_from_cache(
+pub(crate) fn check_contact_from_cache(
     cache: &ContactCache,
     config: &Config,
     actor: i64,
@@ -370,7 +359,7 @@ fn pair_allowed(
 /// are kept only when nothing they depend on was invalidated after the ticket was taken, so a
 /// lookup that raced with a change (a ban, a new membership) never caches the old answer.
 #[derive(Clone, Copy, Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     stamp: u64,
     at: Instant,
 }
@@ -482,7 +471,7 @@ fn make_room<K: Copy + Eq + std::hash::Hash, T>(
 /// net for changes made outside this process, e.g. by hand in the database) and
 /// `CONTACT_CACHE_SIZE` the entries of each kind. Refusals for unknown or banned users are
 /// not cached. Shared by every clone of [`crate::db::Db`].
-pub struct ContactCache {
+pub(crate) struct ContactCache {
     ttl: Duration,
     capacity: usize,
     state: Mutex<CacheState>,
@@ -501,7 +490,7 @@ impl fmt::Debug for ContactCache {
 
 /// A change that makes cached verdicts stale (see [`ContactCache::apply`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Invalidation {
+pub(crate) enum Invalidation {
     /// [`ContactCache::invalidate_users`].
     Users(Vec<i64>),
     /// [`ContactCache::membership_changed`].
@@ -515,7 +504,7 @@ pub enum Invalidation {
 impl ContactCache {
     /// A cache whose entries live at most `ttl` (zero turns caching off), with at most
     /// `capacity` entries of each kind.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             ttl,
             capacity: capacity.max(1),
@@ -526,7 +515,7 @@ impl ContactCache {
 
     /// Cluster mode: `relay` receives every invalidation made here (the other nodes apply it
     /// with [`ContactCache::apply`]). Set once.
-    pub fn relay_to(&self, relay: Box<dyn Fn(Invalidation) + Send + Sync>) {
+    pub(crate) fn relay_to(&self, relay: Box<dyn Fn(Invalidation) + Send + Sync>) {
         let _ = self.relay.set(relay);
     }
 
@@ -537,7 +526,7 @@ impl ContactCache {
     }
 
     /// Applies an invalidation another node made (not relayed again).
-    pub fn apply(&self, change: Invalidation) {
+    pub(crate) fn apply(&self, change: Invalidation) {
         match change {
             Invalidation::Users(users) => self.invalidate_users_here(&users),
             Invalidation::Membership(conversation, users) => {
@@ -551,7 +540,7 @@ impl ContactCache {
     }
 
     /// A cache that never remembers anything.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self::new(Duration::ZERO, 1)
     }
 
@@ -570,7 +559,7 @@ impl ContactCache {
     }
 
     /// Takes a ticket; take it before the lookups whose results will be noted with it.
-    pub fn ticket(&self) -> Ticket {
+    pub(crate) fn ticket(&self) -> Ticket {
         let mut state = self.lock();
         Ticket {
             stamp: state.next(),
@@ -579,7 +568,7 @@ impl ContactCache {
     }
 
     /// Whether `actor` may contact `target`, when known.
-    pub fn pair(&self, actor: i64, target: i64) -> Option<bool> {
+    pub(crate) fn pair(&self, actor: i64, target: i64) -> Option<bool> {
         if !self.enabled() {
             return None;
         }
@@ -594,7 +583,7 @@ impl ContactCache {
     }
 
     /// Whether every user in `users` is known to exist and not to be banned.
-    pub fn all_in_good_standing(&self, users: &[i64]) -> bool {
+    pub(crate) fn all_in_good_standing(&self, users: &[i64]) -> bool {
         if !self.enabled() {
             return false;
         }
@@ -608,7 +597,7 @@ impl ContactCache {
     }
 
     /// The members of a conversation, when known.
-    pub fn members(&self, conversation: i64) -> Option<Arc<[i64]>> {
+    pub(crate) fn members(&self, conversation: i64) -> Option<Arc<[i64]>> {
         if !self.enabled() {
             return None;
         }
@@ -620,7 +609,7 @@ impl ContactCache {
     }
 
     /// Remembers a verdict found under `ticket`.
-    pub fn note_pair(&self, ticket: Ticket, actor: i64, target: i64, allowed: bool) {
+    pub(crate) fn note_pair(&self, ticket: Ticket, actor: i64, target: i64, allowed: bool) {
         if !self.enabled() {
             return;
         }
@@ -644,7 +633,7 @@ impl ContactCache {
     }
 
     /// Remembers that `users` exist and are not banned, as found under `ticket`.
-    pub fn note_users(&self, ticket: Ticket, users: &[i64]) {
+    pub(crate) fn note_users(&self, ticket: Ticket, users: &[i64]) {
         if !self.enabled() {
             return;
         }
@@ -667,7 +656,7 @@ impl ContactCache {
 
     /// Remembers a conversation's members, as found under `ticket`. An empty list (no such
     /// conversation) is not remembered.
-    pub fn note_members(&self, ticket: Ticket, conversation: i64, members: &[i64]) {
+    pub(crate) fn note_members(&self, ticket: Ticket, conversation: i64, members: &[i64]) {
         if !self.enabled() || members.is_empty() {
             return;
         }
@@ -688,7 +677,7 @@ impl ContactCache {
 
     /// The kinds of user (`user|astrologer|admin`, see
     /// [`crate::db::messages::party_type`]) known for `users`; unknown ones are left out.
-    pub fn party_types(&self, users: &[i64]) -> HashMap<i64, &'static str> {
+    pub(crate) fn party_types(&self, users: &[i64]) -> HashMap<i64, &'static str> {
         if !self.enabled() {
             return HashMap::new();
         }
@@ -704,7 +693,7 @@ impl ContactCache {
     }
 
     /// Remembers kinds of users, as found under `ticket` (a role change invalidates them).
-    pub fn note_party_types(&self, ticket: Ticket, found: &[(i64, &'static str)]) {
+    pub(crate) fn note_party_types(&self, ticket: Ticket, found: &[(i64, &'static str)]) {
         if !self.enabled() {
             return;
         }
@@ -728,7 +717,7 @@ impl ContactCache {
     /// Forgets everything known about `users`: their standing, kind and every verdict
     /// involving them (a ban, a role change, new contacts, a new or changed shared
     /// conversation).
-    pub fn invalidate_users(&self, users: &[i64]) {
+    pub(crate) fn invalidate_users(&self, users: &[i64]) {
         self.invalidate_users_here(users);
         self.relay(Invalidation::Users(users.to_vec()));
     }
@@ -744,7 +733,7 @@ impl ContactCache {
 
     /// A conversation's membership changed: forgets its members and everything known about
     /// `users` (its members after the change and anyone who left it).
-    pub fn membership_changed(&self, conversation: i64, users: &[i64]) {
+    pub(crate) fn membership_changed(&self, conversation: i64, users: &[i64]) {
         self.membership_changed_here(conversation, users);
         self.relay(Invalidation::Membership(conversation, users.to_vec()));
     }
@@ -762,7 +751,7 @@ impl ContactCache {
     /// A direct conversation between `a` and `b` was created: only the verdicts between the
     /// two can change (a shared conversation may link them); their standing and their verdicts
     /// with anyone else stay known.
-    pub fn direct_created(&self, conversation: i64, a: i64, b: i64) {
+    pub(crate) fn direct_created(&self, conversation: i64, a: i64, b: i64) {
         self.direct_created_here(conversation, a, b);
         self.relay(Invalidation::Direct(conversation, a, b));
     }
@@ -775,8 +764,9 @@ impl ContactCache {
         self.prune_marks(&mut state);
     }
 
-    /// Forgets everything (changes whose reach is not worth working out).
-    pub fn clear(&self) {
+    /// Forgets everything.
+    #[cfg(test)]
+    pub(crate) fn clear(&self) {
         self.lock().clear();
         self.relay(Invalidation::All);
     }

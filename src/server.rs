@@ -31,7 +31,7 @@ pub struct Running {
 }
 
 /// Applies pending migrations with a fresh connection; the server refuses to start on failure.
-pub async fn migrate(state: &AppState) -> AppResult<Vec<String>> {
+pub(crate) async fn migrate(state: &AppState) -> AppResult<Vec<String>> {
     state.db.run(db::run_migrations).await
 }
 
@@ -302,7 +302,7 @@ fn cors(config: &Config) -> Cors {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// The request id header, read from clients and proxies and set on every response.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The request id: the caller's `X-Request-Id` when it is short and plain (letters, digits,
 /// `-`, `_`, `.`, `:`), else a fresh one.

@@ -22,17 +22,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// WebSocket close code for a server going away.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// How long, at most, closed sessions get to flush and send their close frames before the
 /// remaining Engine.IO sessions are closed (always within `SHUTDOWN_TIMEOUT_SECS`).
-pub const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the shutdown checks whether a step is done.
 const POLL: Duration = Duration::from_millis(20);
 
 /// The end reason recorded for calls cut by a shutdown.
-pub const SHUTDOWN_REASON: &str = "server_shutdown";
+pub(crate) const SHUTDOWN_REASON: &str = "server_shutdown";
 
 /// What a shutdown did, for the log line and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

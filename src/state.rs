@@ -38,7 +38,7 @@ impl AppState {
     /// Builds the state from validated settings and starts the engine's actors (must run
     /// inside an actix system; does not connect to the database yet). Fails when the media
     /// store cannot be opened.
-    pub fn new(config: Config) -> crate::error::AppResult<Self> {
+    pub(crate) fn new(config: Config) -> crate::error::AppResult<Self> {
         let config = Arc::new(config);
         let db = Db::new(&config);
         let auth = Auth::new(db.clone(), Arc::clone(&config));
@@ -77,14 +77,14 @@ impl AppState {
 
     /// Records which dialect each bound listener defaults to.
     #[must_use]
-    pub fn with_listeners(mut self, listeners: Vec<(SocketAddr, &'static Dialect)>) -> Self {
+    pub(crate) fn with_listeners(mut self, listeners: Vec<(SocketAddr, &'static Dialect)>) -> Self {
         self.listeners = Arc::new(listeners);
         self
     }
 
     /// The dialect of connections arriving on the listener `req` came through when they name
     /// none: that listener's (`LISTEN`), else `DEFAULT_DIALECT`.
-    pub fn default_dialect(&self, req: &actix_web::HttpRequest) -> &'static Dialect {
+    pub(crate) fn default_dialect(&self, req: &actix_web::HttpRequest) -> &'static Dialect {
         let local = req.app_config().local_addr();
         self.listeners
             .iter()

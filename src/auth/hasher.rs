@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Seconds a caller refused for a full queue is told to wait.
-pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+pub(crate) const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// The bounded pool that runs password hashes and verifications.
 #[derive(Clone, Debug)]
@@ -35,7 +35,7 @@ fn matches(encoded: Option<&str>, password: &str) -> bool {
 
 /// The outcome of [`Reservation::check`].
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// The password matched.
     pub matched: bool,
     /// The password, hashed with the current scheme, when it matched a hash of a legacy scheme
@@ -53,7 +53,7 @@ pub struct Reservation {
 
 impl Hasher {
     /// A pool of `threads` concurrent hashes with `queue` more waiting.
-    pub fn new(threads: usize, queue: usize) -> Self {
+    pub(crate) fn new(threads: usize, queue: usize) -> Self {
         let threads = threads.max(1);
         Self {
             admission: Arc::new(Semaphore::new(threads.saturating_add(queue))),
@@ -62,7 +62,7 @@ impl Hasher {
     }
 
     /// The pool `PASSWORD_HASH_THREADS` and `PASSWORD_HASH_QUEUE` describe.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self::new(config.password_hash_threads, config.password_hash_queue)
     }
 
@@ -81,12 +81,18 @@ impl Hasher {
 
     /// Checks `password` against an encoded hash; a missing hash burns the same time and fails,
     /// so answers do not reveal which accounts exist.
-    pub async fn verify(&self, encoded: Option<String>, password: String) -> AppResult<bool> {
+    #[cfg(test)]
+    pub(crate) async fn verify(
+        &self,
+        encoded: Option<String>,
+        password: String,
+    ) -> AppResult<bool> {
         self.reserve()?.verify(encoded, password).await
     }
 
     /// Hashes a new password.
-    pub async fn hash(&self, password: String) -> AppResult<String> {
+    #[cfg(test)]
+    pub(crate) async fn hash(&self, password: String) -> AppResult<String> {
         self.reserve()?.hash(password).await
     }
 }
@@ -113,7 +119,8 @@ impl Reservation {
     }
 
     /// [`Hasher::verify`] in this place of the queue.
-    pub async fn verify(self, encoded: Option<String>, password: String) -> AppResult<bool> {
+    #[cfg(test)]
+    pub(crate) async fn verify(self, encoded: Option<String>, password: String) -> AppResult<bool> {
         self.run(move || Ok(matches(encoded.as_deref(), &password)))
             .await
     }
@@ -121,7 +128,11 @@ impl Reservation {
     /// [`Hasher::verify`] in this place of the queue, which then also hashes a matching password
     /// anew when its hash is a bcrypt hash of the legacy backends. A failed rehash is logged and
     /// leaves the old hash in use: it never fails the check.
-    pub async fn check(self, encoded: Option<String>, password: String) -> AppResult<Checked> {
+    pub(crate) async fn check(
+        self,
+        encoded: Option<String>,
+        password: String,
+    ) -> AppResult<Checked> {
         self.run(move || {
             if !matches(encoded.as_deref(), &password) {
                 return Ok(Checked::default());
@@ -144,7 +155,7 @@ impl Reservation {
     }
 
     /// [`Hasher::hash`] in this place of the queue.
-    pub async fn hash(self, password: String) -> AppResult<String> {
+    pub(crate) async fn hash(self, password: String) -> AppResult<String> {
         self.run(move || super::password::hash(&password)).await
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// What a limit protects, as written to logs and the audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// One account (phone or e-mail).
     Account,
     /// One client address.
@@ -37,7 +37,7 @@ pub enum Scope {
 
 impl Scope {
     /// `account` or `address`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Account => "account",
             Self::Address => "address",
@@ -47,7 +47,7 @@ impl Scope {
 
 /// A lockout that has just started.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lockout {
+pub(crate) struct Lockout {
     /// Account or address.
     pub scope: Scope,
     /// The account key or address that is locked.
@@ -62,7 +62,7 @@ pub struct Lockout {
 
 /// Why an attempt is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// When to try again.
     pub retry_after: Duration,
     /// The lockouts this refusal started (to be logged and audited once), if any.
@@ -71,7 +71,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// `Retry-After` in whole seconds, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         let secs = self.retry_after.as_secs();
         if self.retry_after.subsec_nanos() > 0 || secs == 0 {
             secs + 1
@@ -82,7 +82,7 @@ impl Refusal {
 }
 
 /// The key a client address counts under: IPv4 addresses as they are, IPv6 ones by their /64.
-pub fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -389,7 +389,7 @@ impl<K: Clone + Eq + Hash> Buckets<K> {
 
 /// The authentication limits of one server process.
 #[derive(Debug)]
-pub struct AuthLimits {
+pub(crate) struct AuthLimits {
     accounts: Strikeboard<String>,
     addresses: Strikeboard<IpAddr>,
     otp_addresses: Buckets<IpAddr>,
@@ -399,7 +399,7 @@ pub struct AuthLimits {
 
 impl AuthLimits {
     /// The limits the configuration describes.
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let otp_rate = Rate::new(config.otp_sends_per_minute, Duration::from_secs(60));
         Self {
             accounts: Strikeboard::new(Scope::Account, config.auth_account_max_failures, config),
@@ -419,7 +419,7 @@ impl AuthLimits {
     /// Starts a credential check for `account` (a normalised phone or e-mail) from `client`.
     /// Refused when either is locked. The returned guard must be told how the check ended; a
     /// guard dropped untold gives the attempt back.
-    pub fn begin(
+    pub(crate) fn begin(
         self: &Arc<Self>,
         account: &str,
         client: Option<IpAddr>,
@@ -446,7 +446,7 @@ impl AuthLimits {
 
     /// Takes one code send for `client` and one from the server's total; refused when either
     /// is used up.
-    pub fn otp_send(&self, client: Option<IpAddr>) -> Result<(), Refusal> {
+    pub(crate) fn otp_send(&self, client: Option<IpAddr>) -> Result<(), Refusal> {
         let now = Instant::now();
         let refusal = |retry_after| Refusal {
             retry_after,
@@ -473,7 +473,7 @@ impl AuthLimits {
 
 /// A credential check under way (see [`AuthLimits::begin`]).
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     limits: Arc<AuthLimits>,
     account: String,
     address: Option<IpAddr>,
@@ -482,7 +482,7 @@ pub struct Attempt {
 
 impl Attempt {
     /// The credentials were right: the account's failures are forgotten.
-    pub fn succeeded(mut self) {
+    pub(crate) fn succeeded(mut self) {
         self.done = true;
         self.limits.accounts.settled(&self.account, true);
         if let Some(ip) = &self.address {
@@ -492,7 +492,7 @@ impl Attempt {
 
     /// The credentials were wrong. When that locks the account or the address, the refusal to
     /// answer with (its lockouts to log); otherwise the caller answers as usual.
-    pub fn failed(mut self) -> Option<Refusal> {
+    pub(crate) fn failed(mut self) -> Option<Refusal> {
         self.done = true;
         let now = Instant::now();
         let account = self.limits.accounts.failed(&self.account, now);

@@ -40,17 +40,17 @@ pub struct Identity {
 
 impl Identity {
     /// The user id.
-    pub fn user_id(&self) -> i64 {
+    pub(crate) fn user_id(&self) -> i64 {
         self.user.id
     }
 
     /// Whether the user may moderate (`admin` or `master`).
-    pub fn is_moderator(&self) -> bool {
+    pub(crate) fn is_moderator(&self) -> bool {
         self.user.has_role("admin") || self.user.has_role("master")
     }
 
     /// Whether the user is an administrator.
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.user.has_role("admin")
     }
 }
@@ -69,7 +69,7 @@ pub struct DeviceInfo {
 /// What every successful login or refresh returns.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenPair {
+pub(crate) struct TokenPair {
     /// JWT access token.
     pub access_token: String,
     /// Same as `accessToken`, for legacy clients that read `token`.
@@ -104,7 +104,7 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// Builds the service from the configuration.
-    pub fn new(db: Db, config: Arc<Config>) -> Self {
+    pub(crate) fn new(db: Db, config: Arc<Config>) -> Self {
         let secret = config.jwt_secret.expose().as_bytes();
         // OTP digests use a key derived from, not equal to, the JWT secret.
         let otp_key = hmac::Key::new(
@@ -141,7 +141,7 @@ impl Auth {
     /// id. The same standing as [`Auth::authenticate`] is required: the user exists and is not
     /// banned, the device session (if any) is not signed out, and no forced logout came after
     /// `since` (when the session first authenticated).
-    pub async fn revalidate(
+    pub(crate) async fn revalidate(
         &self,
         user_id: i64,
         session_id: Option<String>,
@@ -202,7 +202,7 @@ impl Auth {
     /// exist and not be banned) and, for session-bound tokens, the device session (must exist,
     /// belong to the user and not be revoked). A legacy backend's id for the user is first
     /// looked up among the imported ids; an unknown one is refused like an unknown user id.
-    pub async fn authenticate(&self, token: &str) -> AppResult<Identity> {
+    pub(crate) async fn authenticate(&self, token: &str) -> AppResult<Identity> {
         let verified = self.keys.verify(token)?;
         let issued_at = verified.issued_at;
         let numeric_id = verified.numeric_subject;
@@ -291,7 +291,7 @@ impl Auth {
 
     /// Password login by phone or e-mail. The stored hash is read first and the connection
     /// given back; the password is then checked on the [`Hasher`], outside any database slot.
-    pub async fn login_password(
+    pub(crate) async fn login_password(
         &self,
         phone: Option<&str>,
         email: Option<&str>,
@@ -432,7 +432,7 @@ impl Auth {
 
     /// Exchanges a refresh token for a new pair (rotation). Reusing a rotated token revokes the
     /// device session.
-    pub async fn refresh(&self, refresh_token: &str) -> AppResult<TokenPair> {
+    pub(crate) async fn refresh(&self, refresh_token: &str) -> AppResult<TokenPair> {
         let presented = tokens::refresh_digest(refresh_token);
         let (successor, successor_digest) = tokens::new_refresh_token()?;
         let expires = Utc::now() + self.config.refresh_token_ttl;
@@ -465,7 +465,7 @@ impl Auth {
     }
 
     /// Revokes the caller's device session.
-    pub async fn logout(&self, identity: &Identity) -> AppResult<bool> {
+    pub(crate) async fn logout(&self, identity: &Identity) -> AppResult<bool> {
         let Some(sid) = identity.session_id.clone() else {
             return Ok(false);
         };
@@ -478,7 +478,7 @@ impl Auth {
     /// A second code within the cooldown is refused with `rate_limited`, and so is a request
     /// past the limits per client address and for the whole server (counted whatever the
     /// answer, so they also bound probing which phones have accounts).
-    pub async fn send_otp(
+    pub(crate) async fn send_otp(
         &self,
         raw_phone: &str,
         purpose: Purpose,
@@ -604,7 +604,7 @@ impl Auth {
     }
 
     /// Verifies a registration code, creates the account and logs it in.
-    pub async fn register_with_otp(
+    pub(crate) async fn register_with_otp(
         &self,
         raw_phone: &str,
         code: &str,
@@ -654,7 +654,7 @@ impl Auth {
     }
 
     /// Verifies a login code and opens a session.
-    pub async fn login_with_otp(
+    pub(crate) async fn login_with_otp(
         &self,
         raw_phone: &str,
         code: &str,
@@ -678,7 +678,7 @@ impl Auth {
     }
 
     /// Rejects passwords shorter than `PASSWORD_MIN_LENGTH`.
-    pub fn check_password_policy(&self, password: &str) -> AppResult<()> {
+    pub(crate) fn check_password_policy(&self, password: &str) -> AppResult<()> {
         if password.chars().count() < self.config.password_min_length {
             return Err(AppError::Validation {
                 code: ErrorCode::WeakPassword,
@@ -715,7 +715,7 @@ fn rate_limited(refusal: &Refusal) -> AppError {
 }
 
 /// Lower-cases and sanity-checks an e-mail address.
-pub fn normalize_email(raw: &str) -> AppResult<String> {
+pub(crate) fn normalize_email(raw: &str) -> AppResult<String> {
     let email = raw.trim().to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -736,7 +736,7 @@ pub fn normalize_email(raw: &str) -> AppResult<String> {
 }
 
 /// Display names: 1–200 characters after trimming.
-pub fn validate_name(name: &str) -> AppResult<()> {
+pub(crate) fn validate_name(name: &str) -> AppResult<()> {
     let n = name.trim().chars().count();
     if (1..=200).contains(&n) {
         Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// What a code is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// Creating an account.
     Register,
     /// Logging in to an existing account.
@@ -18,7 +18,7 @@ pub enum Purpose {
 
 impl Purpose {
     /// The value stored in `otp_codes.purpose`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Register => "register",
             Self::Login => "login",
@@ -27,7 +27,7 @@ impl Purpose {
 }
 
 /// A uniformly random numeric code of `len` digits.
-pub fn generate_code(len: usize) -> AppResult<String> {
+pub(crate) fn generate_code(len: usize) -> AppResult<String> {
     let mut code = String::with_capacity(len);
     while code.len() < len {
         let mut byte = [0u8; 1];
@@ -42,7 +42,7 @@ pub fn generate_code(len: usize) -> AppResult<String> {
 }
 
 /// Keyed digest of a code, bound to phone and purpose so a digest cannot be replayed elsewhere.
-pub fn digest(key: &hmac::Key, phone: &str, purpose: Purpose, code: &str) -> Vec<u8> {
+pub(crate) fn digest(key: &hmac::Key, phone: &str, purpose: Purpose, code: &str) -> Vec<u8> {
     hmac::sign(
         key,
         format!("otp\0{phone}\0{}\0{code}", purpose.as_str()).as_bytes(),
@@ -52,7 +52,13 @@ pub fn digest(key: &hmac::Key, phone: &str, purpose: Purpose, code: &str) -> Vec
 }
 
 /// Constant-time check of a code against its stored digest.
-pub fn matches(key: &hmac::Key, phone: &str, purpose: Purpose, code: &str, stored: &[u8]) -> bool {
+pub(crate) fn matches(
+    key: &hmac::Key,
+    phone: &str,
+    purpose: Purpose,
+    code: &str,
+    stored: &[u8],
+) -> bool {
     hmac::verify(
         key,
         format!("otp\0{phone}\0{}\0{}", purpose.as_str(), code.trim()).as_bytes(),
@@ -64,7 +70,7 @@ pub fn matches(key: &hmac::Key, phone: &str, purpose: Purpose, code: &str, store
 /// Normalises a phone number to E.164 (`+` and 8–15 digits). Spaces, dashes, dots and brackets
 /// are dropped; a leading `00` becomes `+`. Numbers without a country code are refused rather
 /// than guessed.
-pub fn normalize_phone(raw: &str) -> AppResult<String> {
+pub(crate) fn normalize_phone(raw: &str) -> AppResult<String> {
     let mut out = String::with_capacity(16);
     let trimmed = raw.trim();
     let rest = if let Some(r) = trimmed.strip_prefix('+') {
@@ -106,7 +112,7 @@ pub fn normalize_phone(raw: &str) -> AppResult<String> {
 /// The JSON body the webhook sender POSTs.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OtpDelivery<'a> {
+pub(crate) struct OtpDelivery<'a> {
     /// E.164 destination.
     pub phone: &'a str,
     /// The code.
@@ -119,7 +125,7 @@ pub struct OtpDelivery<'a> {
 
 /// Delivers codes.
 #[derive(Clone, Debug)]
-pub struct OtpSender {
+pub(crate) struct OtpSender {
     kind: OtpSenderKind,
     url: String,
     timeout: Duration,
@@ -127,7 +133,7 @@ pub struct OtpSender {
 
 impl OtpSender {
     /// The sender configured by `OTP_SENDER`.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             kind: config.otp_sender,
             url: config.otp_webhook_url.clone(),
@@ -136,7 +142,7 @@ impl OtpSender {
     }
 
     /// Delivers one code. A gateway failure is `unavailable` so the caller can retract the code.
-    pub async fn send(&self, delivery: &OtpDelivery<'_>) -> AppResult<()> {
+    pub(crate) async fn send(&self, delivery: &OtpDelivery<'_>) -> AppResult<()> {
         match self.kind {
             OtpSenderKind::Log => {
                 tracing::info!(

@@ -12,7 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use std::num::NonZeroU32;
 
 /// Iterations for new hashes (OWASP's 2023 floor for PBKDF2-HMAC-SHA256).
-pub const ITERATIONS: u32 = 600_000;
+pub(crate) const ITERATIONS: u32 = 600_000;
 // New hashes never drop below the 600 000-iteration floor.
 const _: () = assert!(ITERATIONS >= 600_000);
 const SALT_LEN: usize = 16;
@@ -20,7 +20,7 @@ const HASH_LEN: usize = 32;
 const SCHEME: &str = "pbkdf2-sha256";
 /// The highest bcrypt cost checked. Each step doubles the work; a stored hash above it fails the
 /// check instead of holding a hashing thread for seconds.
-pub const BCRYPT_MAX_COST: u32 = 14;
+pub(crate) const BCRYPT_MAX_COST: u32 = 14;
 
 /// Hashes `password` with a fresh salt. CPU-heavy: call it off the event loop.
 pub fn hash(password: &str) -> AppResult<String> {
@@ -83,7 +83,7 @@ pub fn verify(encoded: &str, password: &str) -> bool {
 
 /// Whether `encoded` is a bcrypt hash (`$2a$`, `$2b$` or `$2y$`), as the legacy backends wrote
 /// them: such a hash is replaced with the current scheme once its password is known.
-pub fn is_bcrypt(encoded: &str) -> bool {
+pub(crate) fn is_bcrypt(encoded: &str) -> bool {
     ["$2a$", "$2b$", "$2y$"]
         .iter()
         .any(|prefix| encoded.starts_with(prefix))
@@ -115,7 +115,7 @@ fn verify_bcrypt(encoded: &str, password: &str) -> bool {
 
 /// Burns the same time as a real verification; used when the account does not exist so that
 /// response times do not reveal which phones and e-mails are registered.
-pub fn verify_dummy(password: &str) {
+pub(crate) fn verify_dummy(password: &str) {
     const DUMMY: &str =
         "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let _ = verify(DUMMY, password);

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Seconds of clock skew tolerated on `exp`.
-pub const EXP_LEEWAY_SECS: u64 = 30;
+pub(crate) const EXP_LEEWAY_SECS: u64 = 30;
 
 /// Claims Switchboard writes into its own access tokens.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// User id.
     pub sub: String,
     /// Device session id.
@@ -217,7 +217,7 @@ pub fn random_bytes(buf: &mut [u8]) -> AppResult<()> {
 }
 
 /// A new opaque refresh token (256 random bits, URL-safe base64) and its storage digest.
-pub fn new_refresh_token() -> AppResult<(String, Vec<u8>)> {
+pub(crate) fn new_refresh_token() -> AppResult<(String, Vec<u8>)> {
     let mut raw = [0u8; 32];
     random_bytes(&mut raw)?;
     let token = B64URL.encode(raw);
@@ -226,14 +226,14 @@ pub fn new_refresh_token() -> AppResult<(String, Vec<u8>)> {
 }
 
 /// The digest under which a refresh token is stored.
-pub fn refresh_digest(token: &str) -> Vec<u8> {
+pub(crate) fn refresh_digest(token: &str) -> Vec<u8> {
     digest::digest(&digest::SHA256, token.trim().as_bytes())
         .as_ref()
         .to_vec()
 }
 
 /// `bytes` as lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// Inserts a user; a taken phone or e-mail is a 409 with `phone_taken` / `email_taken`.
-pub fn insert_user(conn: &mut PgConnection, new: &NewUser<'_>) -> AppResult<User> {
+pub(crate) fn insert_user(conn: &mut PgConnection, new: &NewUser<'_>) -> AppResult<User> {
     diesel::insert_into(users::table)
         .values(new)
         .returning(User::as_returning())
@@ -33,7 +33,7 @@ pub fn insert_user(conn: &mut PgConnection, new: &NewUser<'_>) -> AppResult<User
 }
 
 /// A user by id.
-pub fn user_by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<User>> {
+pub(crate) fn user_by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<User>> {
     Ok(users::table
         .find(id)
         .select(User::as_select())
@@ -42,7 +42,7 @@ pub fn user_by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<User>> {
 }
 
 /// A user by normalised phone.
-pub fn user_by_phone(conn: &mut PgConnection, phone: &str) -> AppResult<Option<User>> {
+pub(crate) fn user_by_phone(conn: &mut PgConnection, phone: &str) -> AppResult<Option<User>> {
     Ok(users::table
         .filter(users::phone.eq(phone))
         .select(User::as_select())
@@ -51,7 +51,7 @@ pub fn user_by_phone(conn: &mut PgConnection, phone: &str) -> AppResult<Option<U
 }
 
 /// A user by lower-cased e-mail.
-pub fn user_by_email(conn: &mut PgConnection, email: &str) -> AppResult<Option<User>> {
+pub(crate) fn user_by_email(conn: &mut PgConnection, email: &str) -> AppResult<Option<User>> {
     Ok(users::table
         .filter(users::email.eq(email))
         .select(User::as_select())
@@ -60,7 +60,7 @@ pub fn user_by_email(conn: &mut PgConnection, email: &str) -> AppResult<Option<U
 }
 
 /// Whether any user holds the `admin` role.
-pub fn admin_exists(conn: &mut PgConnection) -> AppResult<bool> {
+pub(crate) fn admin_exists(conn: &mut PgConnection) -> AppResult<bool> {
     use diesel::dsl::{exists, sql};
     use diesel::sql_types::Bool;
     Ok(diesel::select(exists(
@@ -70,7 +70,7 @@ pub fn admin_exists(conn: &mut PgConnection) -> AppResult<bool> {
 }
 
 /// Changes name and/or avatar. `avatar: Some(None)` clears it.
-pub fn update_profile(
+pub(crate) fn update_profile(
     conn: &mut PgConnection,
     id: i64,
     name: Option<&str>,
@@ -95,7 +95,7 @@ pub fn update_profile(
 
 /// Users whose name or phone contains `query` (case-insensitive), by ascending id after the
 /// cursor `after`. Uses the trigram indexes on name and phone.
-pub fn search_users(
+pub(crate) fn search_users(
     conn: &mut PgConnection,
     query: Option<&str>,
     after: Option<i64>,
@@ -121,7 +121,7 @@ pub fn search_users(
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern.
-pub fn escape_like(text: &str) -> String {
+pub(crate) fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -133,7 +133,7 @@ pub fn escape_like(text: &str) -> String {
 }
 
 /// Opens a device session.
-pub fn create_session(
+pub(crate) fn create_session(
     conn: &mut PgConnection,
     new: &NewDeviceSession<'_>,
 ) -> AppResult<DeviceSession> {
@@ -144,7 +144,7 @@ pub fn create_session(
 }
 
 /// A device session by id.
-pub fn session_by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<DeviceSession>> {
+pub(crate) fn session_by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<DeviceSession>> {
     Ok(device_sessions::table
         .find(id)
         .select(DeviceSession::as_select())
@@ -153,7 +153,7 @@ pub fn session_by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<Devi
 }
 
 /// Revokes a device session (idempotent); returns whether it was live.
-pub fn revoke_session(conn: &mut PgConnection, id: &str, reason: &str) -> AppResult<bool> {
+pub(crate) fn revoke_session(conn: &mut PgConnection, id: &str, reason: &str) -> AppResult<bool> {
     let n = diesel::update(
         device_sessions::table.filter(
             device_sessions::id
@@ -170,7 +170,7 @@ pub fn revoke_session(conn: &mut PgConnection, id: &str, reason: &str) -> AppRes
 }
 
 /// The user and, for session-bound tokens, the device session: one round trip per check.
-pub fn identity(
+pub(crate) fn identity(
     conn: &mut PgConnection,
     user_id: i64,
     session_id: Option<&str>,
@@ -189,7 +189,7 @@ pub fn identity(
 }
 
 /// Stores a refresh token digest for a session.
-pub fn insert_refresh(
+pub(crate) fn insert_refresh(
     conn: &mut PgConnection,
     digest: &[u8],
     session_id: &str,
@@ -207,7 +207,7 @@ pub fn insert_refresh(
 
 /// What presenting a refresh token led to.
 #[derive(Debug)]
-pub enum Rotation {
+pub(crate) enum Rotation {
     /// The token was live; a successor was stored.
     Rotated {
         /// The session's owner.
@@ -227,7 +227,7 @@ pub enum Rotation {
 /// Exchanges a refresh token for a successor in one transaction (row-locked, so two concurrent
 /// refreshes with the same token cannot both succeed). Reuse of a rotated token revokes the
 /// whole device session, cutting off whoever holds the current token too.
-pub fn rotate_refresh(
+pub(crate) fn rotate_refresh(
     conn: &mut PgConnection,
     presented: &[u8],
     successor: &[u8],
@@ -277,7 +277,7 @@ pub fn rotate_refresh(
 }
 
 /// The newest code for a phone and purpose created after `since`.
-pub fn latest_otp_since(
+pub(crate) fn latest_otp_since(
     conn: &mut PgConnection,
     phone: &str,
     purpose: &str,
@@ -294,7 +294,7 @@ pub fn latest_otp_since(
 }
 
 /// Stores a new code; earlier unused codes for the same phone and purpose stop counting.
-pub fn insert_otp(
+pub(crate) fn insert_otp(
     conn: &mut PgConnection,
     phone: &str,
     purpose: &str,
@@ -324,14 +324,14 @@ pub fn insert_otp(
 }
 
 /// Deletes a code whose delivery failed, so it does not block a retry through the cooldown.
-pub fn delete_otp(conn: &mut PgConnection, id: i64) -> AppResult<()> {
+pub(crate) fn delete_otp(conn: &mut PgConnection, id: i64) -> AppResult<()> {
     diesel::delete(otp_codes::table.find(id)).execute(conn)?;
     Ok(())
 }
 
 /// Outcome of checking a code.
 #[derive(Debug, PartialEq, Eq)]
-pub enum OtpCheck {
+pub(crate) enum OtpCheck {
     /// Correct: the code is now consumed.
     Accepted,
     /// No live code exists for this phone and purpose.
@@ -348,7 +348,7 @@ pub enum OtpCheck {
 }
 
 /// Checks a code under a row lock: at most `max_attempts` guesses per code, even concurrently.
-pub fn check_otp(
+pub(crate) fn check_otp(
     conn: &mut PgConnection,
     phone: &str,
     purpose: &str,
@@ -394,7 +394,7 @@ pub fn check_otp(
 /// Records when users were last seen: one UPDATE for the whole batch (`(user, time)` pairs,
 /// one per user). A time never moves an existing `last_seen_at` back. Answers the rows updated
 /// (users deleted meanwhile are skipped).
-pub fn touch_last_seen_many(
+pub(crate) fn touch_last_seen_many(
     conn: &mut PgConnection,
     seen: &[(i64, DateTime<Utc>)],
 ) -> AppResult<usize> {
@@ -413,7 +413,7 @@ pub fn touch_last_seen_many(
 }
 
 /// Last-seen times of some users.
-pub fn last_seen_of(
+pub(crate) fn last_seen_of(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> AppResult<std::collections::HashMap<i64, DateTime<Utc>>> {
@@ -428,7 +428,7 @@ pub fn last_seen_of(
 }
 
 /// The given ids that are existing, unbanned users.
-pub fn unbanned_users(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<i64>> {
+pub(crate) fn unbanned_users(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<i64>> {
     Ok(users::table
         .filter(users::id.eq_any(ids))
         .filter(users::banned_at.is_null())

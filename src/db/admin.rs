@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 /// Filters of the user list.
 #[derive(Clone, Debug, Default)]
-pub struct UserFilter {
+pub(crate) struct UserFilter {
     /// Name, phone or e-mail contains this (case-insensitive).
     pub q: Option<String>,
     /// Holds this role.
@@ -31,7 +31,11 @@ pub struct UserFilter {
 }
 
 /// Users matching the filter, by ascending id.
-pub fn search_users(conn: &mut PgConnection, f: &UserFilter, limit: i64) -> AppResult<Vec<User>> {
+pub(crate) fn search_users(
+    conn: &mut PgConnection,
+    f: &UserFilter,
+    limit: i64,
+) -> AppResult<Vec<User>> {
     let mut q = users::table
         .select(User::as_select())
         .order(users::id.asc())
@@ -77,7 +81,10 @@ pub fn search_users(conn: &mut PgConnection, f: &UserFilter, limit: i64) -> AppR
 }
 
 /// A user's device sessions, newest first.
-pub fn device_sessions_of(conn: &mut PgConnection, user: i64) -> AppResult<Vec<DeviceSession>> {
+pub(crate) fn device_sessions_of(
+    conn: &mut PgConnection,
+    user: i64,
+) -> AppResult<Vec<DeviceSession>> {
     Ok(device_sessions::table
         .filter(device_sessions::user_id.eq(user))
         .order(device_sessions::created_at.desc())
@@ -87,7 +94,7 @@ pub fn device_sessions_of(conn: &mut PgConnection, user: i64) -> AppResult<Vec<D
 }
 
 /// Replaces roles and/or team roles; returns the user before and after.
-pub fn set_roles(
+pub(crate) fn set_roles(
     conn: &mut PgConnection,
     user: i64,
     roles: Option<&[String]>,
@@ -118,7 +125,7 @@ pub fn set_roles(
 }
 
 /// Bans (with a reason) or unbans a user; returns the updated user.
-pub fn set_banned(
+pub(crate) fn set_banned(
     conn: &mut PgConnection,
     user: i64,
     banned: bool,
@@ -143,7 +150,7 @@ pub fn set_banned(
 
 /// Revokes every live device session of a user and refuses access tokens issued until now
 /// (session-less tokens included). Returns how many sessions were revoked.
-pub fn force_logout(conn: &mut PgConnection, user: i64, reason: &str) -> AppResult<usize> {
+pub(crate) fn force_logout(conn: &mut PgConnection, user: i64, reason: &str) -> AppResult<usize> {
     conn.transaction(|conn| {
         let now = Utc::now();
         let found = diesel::update(users::table.find(user))
@@ -167,7 +174,7 @@ pub fn force_logout(conn: &mut PgConnection, user: i64, reason: &str) -> AppResu
 
 /// Filters of the conversation search.
 #[derive(Clone, Debug, Default)]
-pub struct ConversationFilter {
+pub(crate) struct ConversationFilter {
     /// Title, or a member's name or phone, contains this.
     pub q: Option<String>,
     /// `direct|group|team|support`.
@@ -181,7 +188,7 @@ pub struct ConversationFilter {
 }
 
 /// Conversations matching the filter, newest first.
-pub fn search_conversations(
+pub(crate) fn search_conversations(
     conn: &mut PgConnection,
     f: &ConversationFilter,
     limit: i64,
@@ -227,7 +234,7 @@ pub fn search_conversations(
 
 /// Filters of the call history.
 #[derive(Clone, Debug, Default)]
-pub struct CallFilter {
+pub(crate) struct CallFilter {
     /// Final or current status.
     pub status: Option<String>,
     /// A party of the call.
@@ -243,7 +250,7 @@ pub struct CallFilter {
 }
 
 /// Calls matching the filter, newest first, with their participants.
-pub fn search_calls(
+pub(crate) fn search_calls(
     conn: &mut PgConnection,
     f: &CallFilter,
     limit: i64,
@@ -283,7 +290,7 @@ pub fn search_calls(
 }
 
 /// Calls by id with their participants (live calls).
-pub fn calls_by_ids(
+pub(crate) fn calls_by_ids(
     conn: &mut PgConnection,
     ids: &[String],
 ) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
@@ -297,7 +304,7 @@ pub fn calls_by_ids(
 /// Counts for the stats page.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Messages committed in the last 60 seconds.
     pub messages_last_minute: i64,
     /// Messages committed since midnight UTC.
@@ -313,7 +320,7 @@ pub struct Counts {
 }
 
 /// The stats page's database counts, relative to `now`.
-pub fn counts(conn: &mut PgConnection, now: DateTime<Utc>) -> AppResult<Counts> {
+pub(crate) fn counts(conn: &mut PgConnection, now: DateTime<Utc>) -> AppResult<Counts> {
     let midnight = now
         .date_naive()
         .and_hms_opt(0, 0, 0)

@@ -12,7 +12,7 @@ use serde_json::Value;
 /// An audit entry.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = audit_log, check_for_backend(diesel::pg::Pg))]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     /// Primary key.
     pub id: i64,
     /// The admin who acted.
@@ -34,7 +34,7 @@ pub struct AuditEntry {
 /// An entry as the dashboard sees it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuditView {
+pub(crate) struct AuditView {
     /// Id.
     pub id: String,
     /// Actor id.
@@ -55,7 +55,7 @@ pub struct AuditView {
 
 impl AuditEntry {
     /// The dashboard view.
-    pub fn view(&self) -> AuditView {
+    pub(crate) fn view(&self) -> AuditView {
         AuditView {
             id: self.id.to_string(),
             actor_id: self.actor_id.map(|a| a.to_string()),
@@ -71,7 +71,7 @@ impl AuditEntry {
 
 /// What to record.
 #[derive(Clone, Debug)]
-pub struct NewEntry {
+pub(crate) struct NewEntry {
     /// The admin.
     pub actor_id: i64,
     /// Action name.
@@ -87,7 +87,7 @@ pub struct NewEntry {
 }
 
 /// Appends an entry.
-pub fn record(conn: &mut PgConnection, e: &NewEntry) -> AppResult<()> {
+pub(crate) fn record(conn: &mut PgConnection, e: &NewEntry) -> AppResult<()> {
     diesel::insert_into(audit_log::table)
         .values((
             audit_log::actor_id.eq(e.actor_id),
@@ -103,7 +103,7 @@ pub fn record(conn: &mut PgConnection, e: &NewEntry) -> AppResult<()> {
 
 /// What the server records about a decision of its own (no actor).
 #[derive(Clone, Debug)]
-pub struct SystemEntry<'a> {
+pub(crate) struct SystemEntry<'a> {
     /// Action name.
     pub action: &'static str,
     /// Target type.
@@ -117,7 +117,7 @@ pub struct SystemEntry<'a> {
 }
 
 /// Appends an entry without an actor.
-pub fn record_system(conn: &mut PgConnection, e: &SystemEntry<'_>) -> AppResult<()> {
+pub(crate) fn record_system(conn: &mut PgConnection, e: &SystemEntry<'_>) -> AppResult<()> {
     diesel::insert_into(audit_log::table)
         .values((
             audit_log::actor_id.eq(None::<i64>),
@@ -133,7 +133,7 @@ pub fn record_system(conn: &mut PgConnection, e: &SystemEntry<'_>) -> AppResult<
 
 /// Filters for [`list`].
 #[derive(Clone, Debug, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only this admin's actions.
     pub actor_id: Option<i64>,
     /// Only this action.
@@ -147,7 +147,7 @@ pub struct Filter {
 }
 
 /// Entries newest first.
-pub fn list(conn: &mut PgConnection, f: &Filter, limit: i64) -> AppResult<Vec<AuditEntry>> {
+pub(crate) fn list(conn: &mut PgConnection, f: &Filter, limit: i64) -> AppResult<Vec<AuditEntry>> {
     let mut q = audit_log::table
         .select(AuditEntry::as_select())
         .order(audit_log::id.desc())

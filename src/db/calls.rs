@@ -68,7 +68,11 @@ pub struct ParticipantRow {
 }
 
 /// Writes the call and its participants as they are now (insert or update).
-pub fn save(conn: &mut PgConnection, call: &CallRow, parties: &[ParticipantRow]) -> AppResult<()> {
+pub(crate) fn save(
+    conn: &mut PgConnection,
+    call: &CallRow,
+    parties: &[ParticipantRow],
+) -> AppResult<()> {
     conn.transaction(|conn| {
         diesel::insert_into(calls::table)
             .values(call)
@@ -91,13 +95,13 @@ pub fn save(conn: &mut PgConnection, call: &CallRow, parties: &[ParticipantRow])
 }
 
 /// Whether a call id is taken (client-chosen room names).
-pub fn exists(conn: &mut PgConnection, id: &str) -> AppResult<bool> {
+pub(crate) fn exists(conn: &mut PgConnection, id: &str) -> AppResult<bool> {
     use diesel::dsl::exists;
     Ok(diesel::select(exists(calls::table.find(id))).get_result(conn)?)
 }
 
 /// Marks calls left open by a previous process as `failed` (start-up).
-pub fn fail_open_calls(conn: &mut PgConnection) -> AppResult<usize> {
+pub(crate) fn fail_open_calls(conn: &mut PgConnection) -> AppResult<usize> {
     let now = Utc::now();
     let n = diesel::update(calls::table.filter(calls::ended_at.is_null()))
         .set((
@@ -120,7 +124,11 @@ pub fn fail_open_calls(conn: &mut PgConnection) -> AppResult<usize> {
 
 /// Ends calls that were still open when the node running them died: answered ones `ended`,
 /// the others `failed`, all with `reason`; their parties leave. Answers how many it closed.
-pub fn fail_calls(conn: &mut PgConnection, ids: &[String], reason: &str) -> AppResult<usize> {
+pub(crate) fn fail_calls(
+    conn: &mut PgConnection,
+    ids: &[String],
+    reason: &str,
+) -> AppResult<usize> {
     let now = Utc::now();
     let open = calls::table
         .filter(calls::id.eq_any(ids))
@@ -157,7 +165,10 @@ pub fn fail_calls(conn: &mut PgConnection, ids: &[String], reason: &str) -> AppR
 }
 
 /// One call with its participants.
-pub fn get(conn: &mut PgConnection, id: &str) -> AppResult<Option<(CallRow, Vec<ParticipantRow>)>> {
+pub(crate) fn get(
+    conn: &mut PgConnection,
+    id: &str,
+) -> AppResult<Option<(CallRow, Vec<ParticipantRow>)>> {
     let Some(call) = calls::table
         .find(id)
         .select(CallRow::as_select())
@@ -174,7 +185,7 @@ pub fn get(conn: &mut PgConnection, id: &str) -> AppResult<Option<(CallRow, Vec<
 }
 
 /// A user's calls, newest first, before `before` (created_at, id) cursor.
-pub fn history(
+pub(crate) fn history(
     conn: &mut PgConnection,
     user: i64,
     before: Option<(DateTime<Utc>, String)>,
@@ -200,21 +211,8 @@ pub fn history(
     with_participants(conn, rows)
 }
 
-/// Recent calls (admin stats).
-pub fn recent(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
-    let rows: Vec<CallRow> = calls::table
-        .order(calls::created_at.desc())
-        .limit(limit)
-        .select(CallRow::as_select())
-        .load(conn)?;
-    with_participants(conn, rows)
-}
-
 /// Attaches each call's participants (one query for all).
-pub fn with_participants(
+pub(crate) fn with_participants(
     conn: &mut PgConnection,
     rows: Vec<CallRow>,
 ) -> AppResult<Vec<(CallRow, Vec<ParticipantRow>)>> {
@@ -234,9 +232,4 @@ pub fn with_participants(
             (c, p)
         })
         .collect())
-}
-
-/// Total number of calls.
-pub fn count(conn: &mut PgConnection) -> AppResult<i64> {
-    Ok(calls::table.count().get_result(conn)?)
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 /// A chat request row.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = chat_requests, check_for_backend(diesel::pg::Pg))]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// Primary key.
     pub id: i64,
     /// Who asks.
@@ -36,7 +36,7 @@ pub struct ChatRequest {
 /// (`_id` of the Mongoose documents both were written against, `avatar` and `avatarUrl`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PartyView {
+pub(crate) struct PartyView {
     /// User id.
     pub id: String,
     /// Same as `id`.
@@ -53,7 +53,7 @@ pub struct PartyView {
 /// A request as clients see it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ChatRequestView {
+pub(crate) struct ChatRequestView {
     /// Id.
     pub id: String,
     /// Same as `id` (Mongoose lean documents).
@@ -80,7 +80,10 @@ pub struct ChatRequestView {
 }
 
 /// Views of requests with both parties' names.
-pub fn views(conn: &mut PgConnection, rows: &[ChatRequest]) -> AppResult<Vec<ChatRequestView>> {
+pub(crate) fn views(
+    conn: &mut PgConnection,
+    rows: &[ChatRequest],
+) -> AppResult<Vec<ChatRequestView>> {
     let mut ids: Vec<i64> = rows
         .iter()
         .flat_map(|r| [r.from_user_id, r.to_user_id])
@@ -134,7 +137,7 @@ fn pending(conn: &mut PgConnection, from: i64, to: i64) -> AppResult<Option<Chat
 /// Creates a pending request, or returns the one already pending for this pair (`false`).
 /// Refused when the recipient does not exist or is banned (`not_found`) and when the two
 /// already have a direct conversation (`already_connected`).
-pub fn create(
+pub(crate) fn create(
     conn: &mut PgConnection,
     from: i64,
     to: i64,
@@ -183,7 +186,7 @@ pub fn create(
 }
 
 /// A user's requests: incoming and outgoing, newest first, optionally of one status.
-pub fn list(
+pub(crate) fn list(
     conn: &mut PgConnection,
     user: i64,
     status: Option<&str>,
@@ -210,7 +213,7 @@ pub fn list(
 
 /// What a response did.
 #[derive(Debug)]
-pub struct Responded {
+pub(crate) struct Responded {
     /// The request after the response.
     pub request: ChatRequest,
     /// The conversation (acceptance).
@@ -223,7 +226,7 @@ pub struct Responded {
 
 /// How the recipient (or, for `Cancel`, the sender) answers a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Recipient accepts: the direct conversation is created or returned.
     Accept,
     /// Recipient declines.
@@ -235,7 +238,7 @@ pub enum Answer {
 /// Answers a request under a row lock. Only the recipient may accept or decline, only the
 /// sender may cancel (403 `forbidden` otherwise). Accepting twice returns the conversation
 /// again; any other answer to a request that is no longer pending is 409 `request_not_pending`.
-pub fn respond(
+pub(crate) fn respond(
     conn: &mut PgConnection,
     id: i64,
     user: i64,

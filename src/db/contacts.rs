@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Text};
 
 /// Users by id (any order; missing ids are simply absent).
-pub fn users_by_ids(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<User>> {
+pub(crate) fn users_by_ids(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<User>> {
     Ok(users::table
         .filter(users::id.eq_any(ids))
         .select(User::as_select())
@@ -16,7 +16,7 @@ pub fn users_by_ids(conn: &mut PgConnection, ids: &[i64]) -> AppResult<Vec<User>
 }
 
 /// The direct conversation of a pair, if it exists.
-pub fn direct_between(conn: &mut PgConnection, a: i64, b: i64) -> AppResult<Option<i64>> {
+pub(crate) fn direct_between(conn: &mut PgConnection, a: i64, b: i64) -> AppResult<Option<i64>> {
     let key = super::conversations::participant_key(a, b);
     Ok(conversations::table
         .filter(conversations::participant_key.eq(key))
@@ -32,7 +32,7 @@ struct Found {
 }
 
 /// Whether either user has the other's phone number in their synced contacts.
-pub fn are_contacts(conn: &mut PgConnection, a: i64, b: i64) -> AppResult<bool> {
+pub(crate) fn are_contacts(conn: &mut PgConnection, a: i64, b: i64) -> AppResult<bool> {
     let row: Found = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM contacts c JOIN users u ON u.phone = c.phone \
          WHERE (c.owner_id = $1 AND u.id = $2) OR (c.owner_id = $2 AND u.id = $1)) AS found",
@@ -45,7 +45,7 @@ pub fn are_contacts(conn: &mut PgConnection, a: i64, b: i64) -> AppResult<bool> 
 
 /// Whether both users belong to a conversation of one of `kinds`; when `contexts` is not
 /// empty, only conversations carrying one of those context types count.
-pub fn share_conversation(
+pub(crate) fn share_conversation(
     conn: &mut PgConnection,
     a: i64,
     b: i64,
@@ -70,7 +70,7 @@ pub fn share_conversation(
 
 /// One address-book entry: an E.164 number and an optional display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// E.164 phone.
     pub phone: String,
     /// Name in the owner's address book.
@@ -79,7 +79,7 @@ pub struct Entry {
 
 /// Stores entries of `owner`'s address book (upsert); with `replace`, entries not in the list
 /// are removed. Returns how many entries the book now holds.
-pub fn sync(
+pub(crate) fn sync(
     conn: &mut PgConnection,
     owner: i64,
     entries: &[Entry],
@@ -126,7 +126,11 @@ pub fn sync(
 }
 
 /// Registered, unbanned users (other than `viewer`) whose phone is one of `phones`.
-pub fn registered(conn: &mut PgConnection, viewer: i64, phones: &[String]) -> AppResult<Vec<User>> {
+pub(crate) fn registered(
+    conn: &mut PgConnection,
+    viewer: i64,
+    phones: &[String],
+) -> AppResult<Vec<User>> {
     Ok(users::table
         .filter(users::phone.eq_any(phones))
         .filter(users::id.ne(viewer))

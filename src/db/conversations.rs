@@ -150,7 +150,7 @@ pub struct ConversationView {
 }
 
 /// A conversation.
-pub fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Conversation>> {
+pub(crate) fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Conversation>> {
     Ok(conversations::table
         .find(id)
         .select(Conversation::as_select())
@@ -159,7 +159,7 @@ pub fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Conversation>
 }
 
 /// Members of a conversation.
-pub fn members(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Member>> {
+pub(crate) fn members(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Member>> {
     Ok(conversation_members::table
         .filter(conversation_members::conversation_id.eq(conversation_id))
         .order(conversation_members::user_id)
@@ -168,7 +168,7 @@ pub fn members(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<M
 }
 
 /// One membership.
-pub fn member(
+pub(crate) fn member(
     conn: &mut PgConnection,
     conversation_id: i64,
     user_id: i64,
@@ -181,7 +181,7 @@ pub fn member(
 }
 
 /// The key that makes a direct conversation unique per pair.
-pub fn participant_key(a: i64, b: i64) -> String {
+pub(crate) fn participant_key(a: i64, b: i64) -> String {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     format!("{lo}:{hi}")
 }
@@ -247,7 +247,7 @@ pub fn get_or_create_direct(
 }
 
 /// Sets a conversation's context (type and id).
-pub fn set_context(
+pub(crate) fn set_context(
     conn: &mut PgConnection,
     id: i64,
     context_type: &str,
@@ -320,7 +320,7 @@ pub fn create_group(
 /// Returns the team conversation of a team role, creating it if needed, and brings its
 /// membership in line with the users currently holding that team role; also returns the
 /// members it removed and those it added.
-pub fn sync_team(
+pub(crate) fn sync_team(
     conn: &mut PgConnection,
     team_role: &str,
 ) -> AppResult<(Conversation, Vec<i64>, Vec<i64>)> {
@@ -379,7 +379,7 @@ pub fn sync_team(
 }
 
 /// Adds members (idempotent); returns the ids that were new.
-pub fn add_members(
+pub(crate) fn add_members(
     conn: &mut PgConnection,
     conversation_id: i64,
     user_ids: &[i64],
@@ -413,7 +413,7 @@ pub fn add_members(
 }
 
 /// Removes a member; returns whether they were one.
-pub fn remove_member(
+pub(crate) fn remove_member(
     conn: &mut PgConnection,
     conversation_id: i64,
     user_id: i64,
@@ -477,7 +477,7 @@ fn resolve_cursor(
 }
 
 /// Most message ids a read receipt given as a seq or time cursor names: the newest ones read.
-pub const MAX_READ_IDS: i64 = crate::realtime::protocol::MAX_RECEIPT_MESSAGES as i64;
+pub(crate) const MAX_READ_IDS: i64 = crate::realtime::protocol::MAX_RECEIPT_MESSAGES as i64;
 
 /// Ids of the messages in `(after, up_to]` not sent by `reader`, oldest first; at most
 /// [`MAX_READ_IDS`], the newest of them.
@@ -516,7 +516,7 @@ pub fn move_cursor(
 /// Moves several cursors of one conversation in one transaction: `(user, kind, cursor)` each,
 /// answered in order. A refused move (not a member, a bad cursor) fails alone; a database error
 /// fails the batch.
-pub fn move_cursors(
+pub(crate) fn move_cursors(
     conn: &mut PgConnection,
     conversation_id: i64,
     moves: &[(i64, ReceiptKind, crate::realtime::protocol::ReceiptCursor)],
@@ -609,7 +609,7 @@ fn move_cursor_in(
 }
 
 /// Members whose cursors moved after change `after` (sync).
-pub fn receipts_since(
+pub(crate) fn receipts_since(
     conn: &mut PgConnection,
     conversation_id: i64,
     after: i64,
@@ -622,7 +622,7 @@ pub fn receipts_since(
 }
 
 /// Ids of the conversations a user belongs to.
-pub fn ids_of_user(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>> {
+pub(crate) fn ids_of_user(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>> {
     Ok(conversation_members::table
         .filter(conversation_members::user_id.eq(user_id))
         .select(conversation_members::conversation_id)
@@ -630,7 +630,7 @@ pub fn ids_of_user(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>>
 }
 
 /// Users who share at least one conversation with `user_id` (presence audience).
-pub fn peers_of(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>> {
+pub(crate) fn peers_of(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<i64>> {
     let mine = ids_of_user(conn, user_id)?;
     Ok(conversation_members::table
         .filter(conversation_members::conversation_id.eq_any(&mine))
@@ -669,7 +669,7 @@ fn cursor_times(conn: &mut PgConnection, conversation_ids: &[i64]) -> AppResult<
 }
 
 /// Full views of conversations for `viewer`: members with names, last message, unread count.
-pub fn views(
+pub(crate) fn views(
     conn: &mut PgConnection,
     convs: Vec<Conversation>,
     viewer: i64,
@@ -785,7 +785,7 @@ pub fn views(
 
 /// A user's conversations, most recently active first, paged by an opaque cursor
 /// `"<last_message_at micros or 0>:<id>"`.
-pub fn list_for_user(
+pub(crate) fn list_for_user(
     conn: &mut PgConnection,
     user_id: i64,
     cursor: Option<(i64, i64)>,
@@ -821,7 +821,7 @@ pub fn list_for_user(
 }
 
 /// The paging cursor of a conversation in [`list_for_user`] order.
-pub fn list_cursor(c: &Conversation) -> String {
+pub(crate) fn list_cursor(c: &Conversation) -> String {
     format!(
         "{}:{}",
         c.last_message_at.map(|t| t.timestamp_micros()).unwrap_or(0),

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 /// A stored upload.
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = media, check_for_backend(diesel::pg::Pg))]
-pub struct MediaRow {
+pub(crate) struct MediaRow {
     /// 128 random bits, base64url.
     pub id: String,
     /// The uploader.
@@ -42,7 +42,7 @@ pub struct MediaRow {
 
 impl MediaRow {
     /// What a message carries of it (`messages.media`); URLs are added when it is shown.
-    pub fn summary(&self) -> Value {
+    pub(crate) fn summary(&self) -> Value {
         let mut out = Map::new();
         out.insert("id".into(), json!(self.id));
         out.insert("contentType".into(), json!(self.content_type));
@@ -67,7 +67,11 @@ impl MediaRow {
 
 /// Inserts `row` if the owner's stored bytes stay within `quota` (checked under a per-user
 /// advisory lock, so concurrent uploads cannot both slip under it).
-pub fn insert_within_quota(conn: &mut PgConnection, row: &MediaRow, quota: u64) -> AppResult<()> {
+pub(crate) fn insert_within_quota(
+    conn: &mut PgConnection,
+    row: &MediaRow,
+    quota: u64,
+) -> AppResult<()> {
     conn.transaction(|conn| {
         diesel::sql_query("SELECT pg_advisory_xact_lock(7242, ($1 % 2147483647)::int)")
             .bind::<BigInt, _>(row.owner_id)
@@ -91,12 +95,12 @@ pub fn insert_within_quota(conn: &mut PgConnection, row: &MediaRow, quota: u64) 
 }
 
 /// Bytes a user's uploads (and their thumbnails) take.
-pub fn used_bytes(conn: &mut PgConnection, owner: i64) -> AppResult<i64> {
+pub(crate) fn used_bytes(conn: &mut PgConnection, owner: i64) -> AppResult<i64> {
     stored_bytes(conn, Some(owner))
 }
 
 /// Bytes every upload takes (the stored-bytes gauge).
-pub fn total_bytes(conn: &mut PgConnection) -> AppResult<i64> {
+pub(crate) fn total_bytes(conn: &mut PgConnection) -> AppResult<i64> {
     stored_bytes(conn, None)
 }
 
@@ -121,7 +125,7 @@ fn stored_bytes(conn: &mut PgConnection, owner: Option<i64>) -> AppResult<i64> {
 
 /// The upload `id` when `user` may read it: its uploader, a member of a conversation in which a
 /// live message references it, or (`admin`) anyone when a message references it.
-pub fn readable(
+pub(crate) fn readable(
     conn: &mut PgConnection,
     id: &str,
     user: i64,
@@ -143,7 +147,7 @@ pub fn readable(
 }
 
 /// The upload `id`, whoever may read it (signed links were checked already).
-pub fn by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<MediaRow>> {
+pub(crate) fn by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<MediaRow>> {
     Ok(media::table
         .find(id)
         .select(MediaRow::as_select())
@@ -154,7 +158,7 @@ pub fn by_id(conn: &mut PgConnection, id: &str) -> AppResult<Option<MediaRow>> {
 /// Removes up to `limit` uploads that no live message references, that are older than `grace`
 /// seconds and whose last referencing message (if any) was deleted longer than `grace` ago.
 /// Returns the removed rows (their objects are the caller's to delete).
-pub fn collect_unreferenced(
+pub(crate) fn collect_unreferenced(
     conn: &mut PgConnection,
     grace_secs: i64,
     limit: i64,
@@ -175,7 +179,7 @@ pub fn collect_unreferenced(
 }
 
 /// Which of `ids` have a row.
-pub fn existing(conn: &mut PgConnection, ids: &[String]) -> AppResult<Vec<String>> {
+pub(crate) fn existing(conn: &mut PgConnection, ids: &[String]) -> AppResult<Vec<String>> {
     Ok(media::table
         .filter(media::id.eq_any(ids))
         .select(media::id)

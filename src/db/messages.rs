@@ -137,7 +137,7 @@ pub struct MessageDoc {
 
 impl MessageView {
     /// This view with seed 003's names added (REST responses).
-    pub fn doc(self) -> MessageDoc {
+    pub(crate) fn doc(self) -> MessageDoc {
         MessageDoc {
             doc_id: self.id.clone(),
             from: self.sender_id.clone(),
@@ -151,12 +151,12 @@ impl MessageView {
 
 impl Message {
     /// The REST shape: the client view with seed 003's names added.
-    pub fn doc(&self) -> MessageDoc {
+    pub(crate) fn doc(&self) -> MessageDoc {
         self.view().doc()
     }
 
     /// The client view.
-    pub fn view(&self) -> MessageView {
+    pub(crate) fn view(&self) -> MessageView {
         let deleted = self.deleted_at.is_some();
         let (media_url, media) = match &self.media {
             _ if deleted => (None, None),
@@ -354,14 +354,14 @@ struct BatchRow {
 /// A generic plan of it made while the table was small is a sequential scan with a hash join
 /// (5 ms per batch at 60 000 rows, against 0.1 ms for the index probes); on the writers'
 /// connections sequential scans are off, so whichever plan it gets probes the index.
-pub const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
+pub(crate) const RETRY_LOOKUP_SQL: &str = "SELECT m.* FROM messages m \
      JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_message_id) \
      ON m.sender_id = k.sender_id AND m.client_message_id = k.client_message_id";
 
 /// Reserves `n` seq and change numbers in each listed conversation in one statement:
 /// `$1` conversation ids, `$2` counts; answers each conversation's new last numbers (the update
 /// is `bump_conversations!`'s, as in [`BATCH_SQL`]).
-pub const RESERVE_SEQ_SQL: &str = concat!(
+pub(crate) const RESERVE_SEQ_SQL: &str = concat!(
     "WITH locked AS MATERIALIZED ( \
          SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE)",
     bump_conversations!(),
@@ -379,7 +379,8 @@ impl Statement for ReserveSeq {
 /// Inserts a batch's rows in one statement whose text does not depend on the batch's size (so
 /// it is prepared once per connection, not parsed and planned per batch): one array per column,
 /// zipped row by row by `unnest`.
-pub const INSERT_SQL: &str = "INSERT INTO messages (conversation_id, sender_id, kind, content, \
+pub(crate) const INSERT_SQL: &str =
+    "INSERT INTO messages (conversation_id, sender_id, kind, content, \
          media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
          recipient_type, media_id, media, seq, change_seq) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
@@ -591,7 +592,7 @@ fn run_large_batch(
 /// after PostgreSQL committed): with the transaction id, [`transaction_status`] tells whether
 /// the batch is in, and then these are its results.
 #[derive(Debug, Default)]
-pub struct BatchTrace {
+pub(crate) struct BatchTrace {
     /// The transaction's id, taken when the batch has rows to insert (a batch of retries only
     /// writes nothing, so its outcome needs no resolving).
     pub txid: Option<i64>,
@@ -622,7 +623,7 @@ pub fn write_batch(
 
 /// [`write_batch`], recording its transaction id and results in `trace` as it goes; `caches`
 /// (when given) remember who writes to whom between batches.
-pub fn write_batch_traced(
+pub(crate) fn write_batch_traced(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
@@ -641,7 +642,7 @@ pub fn write_batch_traced(
 
 /// What PostgreSQL knows about a transaction ([`transaction_status`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxStatus {
+pub(crate) enum TxStatus {
     /// Committed.
     Committed,
     /// Rolled back, or cut off before it committed.
@@ -660,7 +661,7 @@ struct StatusRow {
 }
 
 /// Whether the transaction with id `txid` (from `txid_current()`) committed.
-pub fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxStatus> {
+pub(crate) fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResult<TxStatus> {
     let row: StatusRow = diesel::sql_query("SELECT txid_status($1) AS status")
         .bind::<diesel::sql_types::BigInt, _>(txid)
         .get_result(conn)?;
@@ -772,7 +773,7 @@ fn write_rows(
 }
 
 /// The kind of user seed 002 names (`user|astrologer|admin`), from a user's roles.
-pub fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static str {
+pub(crate) fn party_type<S: AsRef<str>>(roles: impl IntoIterator<Item = S>) -> &'static str {
     let mut kind = "user";
     for r in roles {
         let r = r.as_ref();
@@ -797,14 +798,14 @@ const SHAPES_KEPT: usize = 65_536;
 /// (in the contact cache, which role changes invalidate) and conversations' kinds (which never
 /// change, so they are kept until `SHAPES_KEPT` are known, then forgotten all at once).
 #[derive(Debug)]
-pub struct WriteCaches {
+pub(crate) struct WriteCaches {
     contacts: std::sync::Arc<ContactCache>,
     shapes: std::sync::Mutex<HashMap<i64, ConversationKind>>,
 }
 
 impl WriteCaches {
     /// Caches that keep users' kinds in `contacts`.
-    pub fn new(contacts: std::sync::Arc<ContactCache>) -> Self {
+    pub(crate) fn new(contacts: std::sync::Arc<ContactCache>) -> Self {
         Self {
             contacts,
             shapes: std::sync::Mutex::default(),
@@ -964,7 +965,7 @@ impl Parties {
 }
 
 /// One message.
-pub fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Message>> {
+pub(crate) fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Message>> {
     Ok(messages::table
         .find(id)
         .select(Message::as_select())
@@ -973,7 +974,7 @@ pub fn by_id(conn: &mut PgConnection, id: i64) -> AppResult<Option<Message>> {
 }
 
 /// Takes the next change number of a conversation (row-locked until commit).
-pub fn next_change(conn: &mut PgConnection, conversation_id: i64) -> AppResult<i64> {
+pub(crate) fn next_change(conn: &mut PgConnection, conversation_id: i64) -> AppResult<i64> {
     Ok(diesel::update(conversations::table.find(conversation_id))
         .set(conversations::last_change.eq(conversations::last_change + 1))
         .returning(conversations::last_change)
@@ -982,7 +983,7 @@ pub fn next_change(conn: &mut PgConnection, conversation_id: i64) -> AppResult<i
 
 /// Who did what to a message.
 #[derive(Clone, Copy, Debug)]
-pub struct Actor {
+pub(crate) struct Actor {
     /// The acting user.
     pub user_id: i64,
     /// Whether they hold `admin` or `master`.
@@ -1002,7 +1003,7 @@ fn lock_in(conn: &mut PgConnection, id: i64, conversation_id: i64) -> AppResult<
 }
 
 /// Edits the text of an own, undeleted message of a conversation.
-pub fn edit(
+pub(crate) fn edit(
     conn: &mut PgConnection,
     id: i64,
     conversation_id: i64,
@@ -1036,7 +1037,7 @@ pub fn edit(
 
 /// Soft-deletes a message: the sender, or any message for moderators. Deleting twice is a no-op
 /// that returns the deleted message.
-pub fn delete(
+pub(crate) fn delete(
     conn: &mut PgConnection,
     id: i64,
     conversation_id: i64,
@@ -1067,7 +1068,7 @@ pub fn delete(
 
 /// A page of messages by seq: `before` (exclusive, newest first then returned ascending) or
 /// `after` (exclusive, ascending); without either, the newest page.
-pub fn page(
+pub(crate) fn page(
     conn: &mut PgConnection,
     conversation_id: i64,
     before: Option<i64>,
@@ -1095,7 +1096,7 @@ pub fn page(
 
 /// Messages a client is missing: everything after `after_seq`, plus older messages edited or
 /// deleted after change `after_change` — in seq order, without a cap (read in pages of 1000).
-pub fn since(
+pub(crate) fn since(
     conn: &mut PgConnection,
     conversation_id: i64,
     after_seq: i64,
@@ -1135,7 +1136,7 @@ pub fn since(
 /// The highest seq of a conversation among messages created more than `age` ago (0: none).
 /// A node that starts fanning out a conversation in cluster mode starts above it: what was
 /// committed since may still be on its way from another node.
-pub fn settled_seq(
+pub(crate) fn settled_seq(
     conn: &mut PgConnection,
     conversation_id: i64,
     age: std::time::Duration,

@@ -2,8 +2,8 @@
 //! event loop with bounded concurrency, embedded migrations, and plain sync query functions per
 //! table in the submodules.
 
-pub mod accounts;
-pub mod admin;
+pub(crate) mod accounts;
+pub(crate) mod admin;
 pub mod audit;
 pub mod calls;
 pub mod chat_requests;
@@ -15,7 +15,7 @@ pub mod models;
 pub mod prepared;
 pub mod recovery;
 pub mod schema;
-pub mod support;
+pub(crate) mod support;
 
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
@@ -28,10 +28,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// The migrations in `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// The connection pool type.
-pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub(crate) type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// A connection checked out of the pool.
 pub type PooledConn = PooledConnection<ConnectionManager<PgConnection>>;
 
@@ -56,7 +56,7 @@ struct DbStats {
 
 /// Pool usage at one moment (metrics, health).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolUsage {
+pub(crate) struct PoolUsage {
     /// Connections checked out.
     pub in_use: u32,
     /// Connections open and idle.
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Db {
 /// teardown at process exit aborts the process (`k5_mutex_lock ... Assertion failed`) when a
 /// pool thread is opening a connection at that moment, as a reconnecting pool may be. Servers
 /// that want GSS encryption say so in `DATABASE_URL` (`gssencmode=prefer|require`).
-pub fn without_gss_probe(url: &str) -> String {
+pub(crate) fn without_gss_probe(url: &str) -> String {
     if url.contains("gssencmode") {
         return url.to_owned();
     }
@@ -99,7 +99,7 @@ pub fn without_gss_probe(url: &str) -> String {
 impl Db {
     /// Builds the pool without connecting yet, so the server can start (and recover) while the
     /// database is briefly away; the first query reports `unavailable` instead.
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let mut db = Self::with_url(
             config.database_url.expose(),
             config.db_pool_size,
@@ -113,7 +113,7 @@ impl Db {
     }
 
     /// Like [`Db::new`] from explicit settings (without a contact cache).
-    pub fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
+    pub(crate) fn with_url(url: &str, size: u32, acquire_timeout: Duration) -> Self {
         let url: Arc<str> = without_gss_probe(url).into();
         let manager = ConnectionManager::<PgConnection>::new(url.to_string());
         let pool = Pool::builder()
@@ -139,19 +139,19 @@ impl Db {
     /// The contact cache shared by every clone of this handle (see
     /// [`crate::policy::ContactCache`]): whoever changes what a contact decision depends on
     /// invalidates it here.
-    pub fn contact_cache(&self) -> &Arc<crate::policy::ContactCache> {
+    pub(crate) fn contact_cache(&self) -> &Arc<crate::policy::ContactCache> {
         &self.contacts
     }
 
     /// Checks a connection out synchronously (CLI commands, start-up).
-    pub fn get(&self) -> AppResult<PooledConn> {
+    pub(crate) fn get(&self) -> AppResult<PooledConn> {
         self.pool.get().map_err(AppError::unavailable)
     }
 
     /// Runs blocking Diesel work on the blocking thread pool. At most `DB_POOL_SIZE` closures run
     /// at once; a caller that cannot get a slot within `DB_ACQUIRE_TIMEOUT_MS` gets
     /// `unavailable` rather than queueing without bound.
-    pub async fn run<T, F>(&self, work: F) -> AppResult<T>
+    pub(crate) async fn run<T, F>(&self, work: F) -> AppResult<T>
     where
         F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
@@ -189,7 +189,7 @@ impl Db {
     }
 
     /// Pool usage and the counters of [`Db::run`].
-    pub fn pool_usage(&self) -> PoolUsage {
+    pub(crate) fn pool_usage(&self) -> PoolUsage {
         let state = self.pool.state();
         PoolUsage {
             in_use: state.connections - state.idle_connections,
@@ -201,7 +201,7 @@ impl Db {
     }
 
     /// Connections currently checked out and idle, for health and metrics.
-    pub fn usage(&self) -> (u32, u32) {
+    pub(crate) fn usage(&self) -> (u32, u32) {
         let state = self.pool.state();
         (
             state.connections - state.idle_connections,
@@ -217,7 +217,7 @@ impl Db {
 /// longer answers) drops it, so the next work connects again. Work runs one at a time; a caller
 /// that hands it more while it is busy gets `unavailable`.
 #[derive(Debug)]
-pub struct Dedicated {
+pub(crate) struct Dedicated {
     jobs: std::sync::mpsc::SyncSender<DedicatedJob>,
     stats: Arc<DbStats>,
 }
@@ -228,7 +228,7 @@ type DedicatedJob = Box<dyn FnOnce(&mut Option<PgConnection>) + Send>;
 impl Db {
     /// Opens a [`Dedicated`] connection served by a thread named `name`; the thread and its
     /// connection end when the handle is dropped.
-    pub fn dedicated(&self, name: &str, setup: &'static str) -> AppResult<Dedicated> {
+    pub(crate) fn dedicated(&self, name: &str, setup: &'static str) -> AppResult<Dedicated> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<DedicatedJob>(1);
         let url = Arc::clone(&self.url);
         std::thread::Builder::new()
@@ -270,7 +270,7 @@ fn connect(url: &str, setup: &str) -> Option<PgConnection> {
 impl Dedicated {
     /// Runs `work` on the connection; `unavailable` when there is none (the database is away)
     /// or the connection is busy with other work.
-    pub async fn run<T, F>(&self, work: F) -> AppResult<T>
+    pub(crate) async fn run<T, F>(&self, work: F) -> AppResult<T>
     where
         F: FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
@@ -352,7 +352,7 @@ pub fn run_migrations(conn: &mut PgConnection) -> AppResult<Vec<String>> {
 }
 
 /// The advisory lock key migrations run under (any fixed number no other lock uses).
-pub const MIGRATION_LOCK: i64 = 0x5357_4d49_4752;
+pub(crate) const MIGRATION_LOCK: i64 = 0x5357_4d49_4752;
 
 /// Reverts every applied migration, newest first (tests of `down.sql`).
 pub fn revert_all_migrations(conn: &mut PgConnection) -> AppResult<usize> {
@@ -370,7 +370,7 @@ pub fn revert_all_migrations(conn: &mut PgConnection) -> AppResult<usize> {
 const PG_MIN_UNIX_SECS: i64 = -210_866_803_200;
 
 /// Whether PostgreSQL can take `t` as a `timestamptz` parameter.
-pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
+pub(crate) fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
     t.timestamp() >= PG_MIN_UNIX_SECS
 }
 

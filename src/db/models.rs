@@ -41,17 +41,17 @@ pub struct User {
 
 impl User {
     /// Roles without NULL entries.
-    pub fn role_list(&self) -> Vec<String> {
+    pub(crate) fn role_list(&self) -> Vec<String> {
         self.roles.iter().flatten().cloned().collect()
     }
 
     /// Team roles without NULL entries.
-    pub fn team_role_list(&self) -> Vec<String> {
+    pub(crate) fn team_role_list(&self) -> Vec<String> {
         self.team_roles.iter().flatten().cloned().collect()
     }
 
     /// Whether the user holds `role` (case-insensitive: seed 000 writes `MASTER`).
-    pub fn has_role(&self, role: &str) -> bool {
+    pub(crate) fn has_role(&self, role: &str) -> bool {
         self.roles
             .iter()
             .flatten()
@@ -59,12 +59,12 @@ impl User {
     }
 
     /// Whether the account is banned.
-    pub fn is_banned(&self) -> bool {
+    pub(crate) fn is_banned(&self) -> bool {
         self.banned_at.is_some()
     }
 
     /// The public JSON shape of a user.
-    pub fn view(&self) -> UserView {
+    pub(crate) fn view(&self) -> UserView {
         UserView {
             id: self.id.to_string(),
             uid: self.id.to_string(),
@@ -87,7 +87,7 @@ impl User {
 /// apps that read those names.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserView {
+pub(crate) struct UserView {
     /// Id as a string.
     pub id: String,
     /// Same as `id` (seed 003 mobile clients).
@@ -120,7 +120,7 @@ pub struct UserView {
 /// A user to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = users)]
-pub struct NewUser<'a> {
+pub(crate) struct NewUser<'a> {
     /// Display name.
     pub name: &'a str,
     /// E.164 phone.
@@ -136,7 +136,7 @@ pub struct NewUser<'a> {
 /// A device session: one login on one device.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = device_sessions, check_for_backend(diesel::pg::Pg))]
-pub struct DeviceSession {
+pub(crate) struct DeviceSession {
     /// Random id, carried as `sid` in access tokens.
     pub id: String,
     /// Owner.
@@ -160,7 +160,7 @@ pub struct DeviceSession {
 /// A device session to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = device_sessions)]
-pub struct NewDeviceSession<'a> {
+pub(crate) struct NewDeviceSession<'a> {
     /// Random id.
     pub id: &'a str,
     /// Owner.
@@ -176,13 +176,9 @@ pub struct NewDeviceSession<'a> {
 /// A stored refresh token digest.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
-pub struct RefreshToken {
-    /// SHA-256 of the token.
-    pub token_hash: Vec<u8>,
+pub(crate) struct RefreshToken {
     /// Device session it belongs to.
     pub session_id: String,
-    /// Issue time.
-    pub created_at: DateTime<Utc>,
     /// Expiry.
     pub expires_at: DateTime<Utc>,
     /// When it was exchanged for a successor.
@@ -192,13 +188,9 @@ pub struct RefreshToken {
 /// A one-time code.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = otp_codes, check_for_backend(diesel::pg::Pg))]
-pub struct OtpCode {
+pub(crate) struct OtpCode {
     /// Primary key.
     pub id: i64,
-    /// E.164 phone.
-    pub phone: String,
-    /// `register` or `login`.
-    pub purpose: String,
     /// HMAC digest of the code.
     pub code_hash: Vec<u8>,
     /// Wrong guesses so far.
@@ -207,6 +199,4 @@ pub struct OtpCode {
     pub created_at: DateTime<Utc>,
     /// Expiry.
     pub expires_at: DateTime<Utc>,
-    /// When it was used.
-    pub consumed_at: Option<DateTime<Utc>>,
 }

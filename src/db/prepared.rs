@@ -16,7 +16,7 @@ use diesel::{QueryResult, RunQueryDsl};
 use std::marker::PhantomData;
 
 /// A fixed SQL text with `$1`, `$2`, … parameters (a parameter may appear more than once).
-pub trait Statement: 'static {
+pub(crate) trait Statement: 'static {
     /// The statement's text.
     const SQL: &'static str;
 }
@@ -40,14 +40,14 @@ where
 /// Statement `S` with its parameters bound; run it with Diesel's `load`, `execute`, … (rows
 /// load into `QueryableByName` types, as with `sql_query`).
 #[must_use = "a statement runs only when loaded or executed"]
-pub struct Prepared<'f, S> {
+pub(crate) struct Prepared<'f, S> {
     binds: Vec<Box<dyn QueryFragment<Pg> + Send + 'f>>,
     statement: PhantomData<S>,
 }
 
 impl<'f, S: Statement> Prepared<'f, S> {
     /// The statement with no parameter bound yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             binds: Vec::new(),
             statement: PhantomData,
@@ -55,7 +55,7 @@ impl<'f, S: Statement> Prepared<'f, S> {
     }
 
     /// Binds the next parameter (`$1` first) as SQL type `ST`.
-    pub fn bind<ST, V>(mut self, value: V) -> Self
+    pub(crate) fn bind<ST, V>(mut self, value: V) -> Self
     where
         Pg: HasSqlType<ST>,
         V: ToSql<ST, Pg> + Send + 'f,

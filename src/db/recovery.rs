@@ -122,7 +122,7 @@ pub fn take(
 }
 
 /// Removes expired kept sessions; answers how many.
-pub fn purge(conn: &mut PgConnection) -> AppResult<usize> {
+pub(crate) fn purge(conn: &mut PgConnection) -> AppResult<usize> {
     Ok(diesel::delete(
         socketio_sessions::table.filter(socketio_sessions::expires_at.le(Utc::now())),
     )
@@ -131,7 +131,7 @@ pub fn purge(conn: &mut PgConnection) -> AppResult<usize> {
 
 /// Where a conversation of a user stands now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Standing {
+pub(crate) struct Standing {
     /// The conversation.
     pub conversation_id: i64,
     /// Its highest seq.
@@ -143,7 +143,7 @@ pub struct Standing {
 }
 
 /// Every conversation of a user with where it stands.
-pub fn standings(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<Standing>> {
+pub(crate) fn standings(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<Standing>> {
     let rows: Vec<(i64, i64, i64, DateTime<Utc>)> = conversation_members::table
         .inner_join(conversations::table)
         .filter(conversation_members::user_id.eq(user_id))
@@ -169,7 +169,7 @@ pub fn standings(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<Standin
 
 /// Where each of a user's conversations stands (conversation, last seq, last change): a
 /// connection's starting point.
-pub fn positions(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<(i64, i64, i64)>> {
+pub(crate) fn positions(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<(i64, i64, i64)>> {
     Ok(standings(conn, user_id)?
         .into_iter()
         .map(|s| (s.conversation_id, s.last_seq, s.last_change))
@@ -177,7 +177,7 @@ pub fn positions(conn: &mut PgConnection, user_id: i64) -> AppResult<Vec<(i64, i
 }
 
 /// Messages of a conversation above a seq, in seq order, at most `limit`.
-pub fn messages_after(
+pub(crate) fn messages_after(
     conn: &mut PgConnection,
     conversation_id: i64,
     after_seq: i64,
@@ -193,7 +193,7 @@ pub fn messages_after(
 }
 
 /// Messages of a conversation created after a time, in seq order, at most `limit`.
-pub fn messages_since(
+pub(crate) fn messages_since(
     conn: &mut PgConnection,
     conversation_id: i64,
     after: DateTime<Utc>,
@@ -210,7 +210,7 @@ pub fn messages_since(
 
 /// Messages at or below a seq edited or deleted after a change number, in change order, at
 /// most `limit`.
-pub fn changed_messages(
+pub(crate) fn changed_messages(
     conn: &mut PgConnection,
     conversation_id: i64,
     up_to_seq: i64,
@@ -229,7 +229,7 @@ pub fn changed_messages(
 
 /// A member's receipt cursors that moved, with the times of the messages they stand on.
 #[derive(Clone, Debug)]
-pub struct MovedReceipt {
+pub(crate) struct MovedReceipt {
     /// The member row.
     pub member: Member,
     /// Creation time of the message at `delivered_up_to`.
@@ -240,7 +240,7 @@ pub struct MovedReceipt {
 
 /// Receipt cursors of a conversation's members other than `except` that moved after a change
 /// number, in change order.
-pub fn moved_receipts(
+pub(crate) fn moved_receipts(
     conn: &mut PgConnection,
     conversation_id: i64,
     after_change: i64,
@@ -283,7 +283,7 @@ pub fn moved_receipts(
 
 /// A call that ended, as its end is told to a party.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndedCall {
+pub(crate) struct EndedCall {
     /// The call.
     pub id: String,
     /// Who called.
@@ -299,7 +299,7 @@ pub struct EndedCall {
 }
 
 /// Calls a user took part in (or was rung for) that ended after `since`, in end order.
-pub fn calls_ended_since(
+pub(crate) fn calls_ended_since(
     conn: &mut PgConnection,
     user_id: i64,
     since: DateTime<Utc>,

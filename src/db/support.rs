@@ -14,7 +14,7 @@ use diesel::prelude::*;
 
 /// Returns the support conversation of `user` (created if needed) with its current members,
 /// after bringing the admin membership up to date.
-pub fn sync_one(conn: &mut PgConnection, user: i64) -> AppResult<(Conversation, Vec<i64>)> {
+pub(crate) fn sync_one(conn: &mut PgConnection, user: i64) -> AppResult<(Conversation, Vec<i64>)> {
     conn.transaction(|conn| {
         let roles: Vec<Option<String>> = users::table
             .find(user)
@@ -81,7 +81,7 @@ pub fn sync_one(conn: &mut PgConnection, user: i64) -> AppResult<(Conversation, 
 }
 
 /// Unbanned holders of the `admin` role.
-pub fn admin_ids(conn: &mut PgConnection) -> AppResult<Vec<i64>> {
+pub(crate) fn admin_ids(conn: &mut PgConnection) -> AppResult<Vec<i64>> {
     use diesel::dsl::sql;
     use diesel::sql_types::Bool;
     Ok(users::table
@@ -94,7 +94,7 @@ pub fn admin_ids(conn: &mut PgConnection) -> AppResult<Vec<i64>> {
 
 /// Brings every support conversation's admin membership in line with the current admins;
 /// returns each conversation with its members (for the engine's member caches).
-pub fn sync_all(conn: &mut PgConnection) -> AppResult<Vec<(i64, Vec<i64>)>> {
+pub(crate) fn sync_all(conn: &mut PgConnection) -> AppResult<Vec<(i64, Vec<i64>)>> {
     conn.transaction(|conn| {
         diesel::sql_query(
             "DELETE FROM conversation_members m USING conversations c \
@@ -159,7 +159,7 @@ type MemberWithUser = (
 );
 
 /// The members of a conversation with their kind of user and unread count, by user id.
-pub fn parties(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Party>> {
+pub(crate) fn parties(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<Party>> {
     use super::conversations::Member;
     use super::schema::messages;
     let rows: Vec<MemberWithUser> = conversation_members::table
@@ -194,7 +194,7 @@ pub fn parties(conn: &mut PgConnection, conversation_id: i64) -> AppResult<Vec<P
 }
 
 /// The kind of user (`user|astrologer|admin`) of each of `ids` that exists.
-pub fn party_types(
+pub(crate) fn party_types(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> AppResult<std::collections::HashMap<i64, &'static str>> {

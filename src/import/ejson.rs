@@ -11,7 +11,7 @@ use std::io::BufRead;
 
 /// One line of an export.
 #[derive(Debug)]
-pub enum Line {
+pub(crate) enum Line {
     /// A document, and whether reading it needed a repair (which one).
     Doc(Map<String, Value>, Option<&'static str>),
     /// A line that holds no document, and why.
@@ -20,7 +20,7 @@ pub enum Line {
 
 /// Reads an export line by line; counts the bytes consumed (for progress).
 #[derive(Debug)]
-pub struct Reader<R> {
+pub(crate) struct Reader<R> {
     inner: R,
     buf: Vec<u8>,
     /// Bytes read so far.
@@ -31,7 +31,7 @@ pub struct Reader<R> {
 
 impl<R: BufRead> Reader<R> {
     /// A reader over `inner`.
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
             buf: Vec::with_capacity(4096),
@@ -41,7 +41,7 @@ impl<R: BufRead> Reader<R> {
     }
 
     /// The next non-blank line, or `None` at the end.
-    pub fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+    pub(crate) fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         loop {
             self.buf.clear();
             let n = self.inner.read_until(b'\n', &mut self.buf)?;
@@ -59,7 +59,7 @@ impl<R: BufRead> Reader<R> {
 }
 
 /// Parses one line of an export.
-pub fn parse_line(raw: &[u8]) -> Line {
+pub(crate) fn parse_line(raw: &[u8]) -> Line {
     let (text, mut repair) = match std::str::from_utf8(raw) {
         Ok(t) => (std::borrow::Cow::Borrowed(t), None),
         Err(_) => (String::from_utf8_lossy(raw), Some("invalid UTF-8 replaced")),
@@ -132,7 +132,7 @@ fn date_of(inner: &Value) -> Option<DateTime<Utc>> {
 }
 
 /// RFC 3339 with milliseconds, as Extended JSON writes dates.
-pub fn rfc3339(d: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(d: DateTime<Utc>) -> String {
     d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -170,13 +170,13 @@ fn strip_nul(value: &mut Value) -> bool {
 }
 
 /// The first of `keys` that holds a non-null value.
-pub fn field<'a>(doc: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
+pub(crate) fn field<'a>(doc: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
     keys.iter()
         .find_map(|k| doc.get(*k).filter(|v| !v.is_null()))
 }
 
 /// The first of `keys` as a non-empty string (numbers written out).
-pub fn text(doc: &Map<String, Value>, keys: &[&str]) -> Option<String> {
+pub(crate) fn text(doc: &Map<String, Value>, keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|k| match doc.get(*k) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -187,7 +187,7 @@ pub fn text(doc: &Map<String, Value>, keys: &[&str]) -> Option<String> {
 /// An id reference: a string, or an object holding `id`, `userId` or `_id` (a populated
 /// reference, or a sub-document such as seed 002's participant, whose own `_id` is not the
 /// user's).
-pub fn id_ref(value: &Value) -> Option<String> {
+pub(crate) fn id_ref(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Value::Number(n) => Some(n.to_string()),
@@ -201,17 +201,17 @@ pub fn id_ref(value: &Value) -> Option<String> {
 }
 
 /// The first of `keys` as an id reference.
-pub fn id_field(doc: &Map<String, Value>, keys: &[&str]) -> Option<String> {
+pub(crate) fn id_field(doc: &Map<String, Value>, keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|k| doc.get(*k).and_then(id_ref))
 }
 
 /// The first of `keys` as a time (an RFC 3339 string once normalized, or epoch milliseconds).
-pub fn time(doc: &Map<String, Value>, keys: &[&str]) -> Option<DateTime<Utc>> {
+pub(crate) fn time(doc: &Map<String, Value>, keys: &[&str]) -> Option<DateTime<Utc>> {
     keys.iter().find_map(|k| doc.get(*k).and_then(date_of))
 }
 
 /// The first of `keys` as a boolean (`true`, `"true"`, 1).
-pub fn flag(doc: &Map<String, Value>, keys: &[&str]) -> bool {
+pub(crate) fn flag(doc: &Map<String, Value>, keys: &[&str]) -> bool {
     keys.iter().any(|k| match doc.get(*k) {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
@@ -221,7 +221,7 @@ pub fn flag(doc: &Map<String, Value>, keys: &[&str]) -> bool {
 }
 
 /// A MongoDB ObjectId's creation time (its first four bytes), for documents without `createdAt`.
-pub fn object_id_time(id: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn object_id_time(id: &str) -> Option<DateTime<Utc>> {
     if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

@@ -26,7 +26,7 @@ type Candidate = (i64, Option<i64>, Option<String>, Option<String>);
 /// The file an old media URL names under `dir`: the URL's path, then ever shorter tails of it
 /// (`/uploads/2025/01/a.jpg` → `uploads/2025/01/a.jpg`, `2025/01/a.jpg`, `01/a.jpg`, `a.jpg`).
 /// Segments that climb (`..`) or are empty never match.
-pub fn find_file(dir: &Path, url: &str) -> Option<PathBuf> {
+pub(crate) fn find_file(dir: &Path, url: &str) -> Option<PathBuf> {
     let path = url
         .split_once("://")
         .map_or(url, |(_, rest)| rest.split_once('/').map_or("", |(_, p)| p));

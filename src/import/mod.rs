@@ -144,7 +144,7 @@ impl Report {
     }
 
     /// Total documents read (receipt cursors and media files are not documents of the export).
-    pub fn documents(&self) -> u64 {
+    pub(crate) fn documents(&self) -> u64 {
         self.collections
             .iter()
             .filter(|(name, _)| !matches!(name.as_str(), "receipts" | "media"))

@@ -6,9 +6,9 @@
 //! a reader only ever finds complete files, and a crash mid-upload leaves at most an object with
 //! no row, which the clean-up removes after `MEDIA_GC_GRACE_SECS`.
 
-pub mod picture;
-pub mod probe;
-pub mod sniff;
+pub(crate) mod picture;
+pub(crate) mod probe;
+pub(crate) mod sniff;
 
 use crate::config::{Config, MediaStore};
 use crate::db::media::{self as rows, MediaRow};
@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// The path of an upload's canonical URL (`Authorization` required unless signed).
-pub fn media_path(id: &str, thumbnail: bool) -> String {
+pub(crate) fn media_path(id: &str, thumbnail: bool) -> String {
     if thumbnail {
         format!("/api/media/{id}/thumbnail")
     } else {
@@ -38,7 +38,7 @@ pub fn media_path(id: &str, thumbnail: bool) -> String {
 }
 
 /// Whether `id` has the shape of a media id (32 lower-case hex digits).
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 32
         && id
             .bytes()
@@ -48,7 +48,7 @@ pub fn valid_id(id: &str) -> bool {
 /// The media id in one of this server's media URLs: a path, a URL under `PUBLIC_URL`, or any
 /// absolute URL that carries this server's signature for that id (its host is whatever the
 /// uploading client reached; an expired signature still proves the origin).
-pub fn id_in_url(url: &str, public_url: &str) -> Option<String> {
+pub(crate) fn id_in_url(url: &str, public_url: &str) -> Option<String> {
     let url = url.trim();
     let public = public_url.trim_end_matches('/');
     let (path, trusted) =
@@ -110,7 +110,7 @@ pub struct Urls {
 
 impl Urls {
     /// The signer for `config` (its key is derived from `JWT_SECRET`).
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, config.jwt_secret.expose().as_bytes());
         let derived = hmac::sign(&root, b"switchboard media url key v1");
         Self {
@@ -134,7 +134,7 @@ impl Urls {
 
     /// A signed URL under `base` (else `PUBLIC_URL`, else a path). The expiry is rounded up to
     /// the hour, so the URL of one file stays the same for an hour (browser caches keep it).
-    pub fn signed(&self, id: &str, thumbnail: bool, base: Option<&str>) -> String {
+    pub(crate) fn signed(&self, id: &str, thumbnail: bool, base: Option<&str>) -> String {
         let exp = (now_secs() / 3600 + 1) * 3600 + self.ttl;
         self.signed_until(id, thumbnail, exp, base)
     }
@@ -150,7 +150,7 @@ impl Urls {
     }
 
     /// Checks a signed URL's `exp` and `sig`; returns the seconds it stays valid.
-    pub fn verify(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> AppResult<u64> {
+    pub(crate) fn verify(&self, id: &str, thumbnail: bool, exp: u64, sig: &str) -> AppResult<u64> {
         if !self.authentic(id, thumbnail, exp, sig) {
             return Err(AppError::Forbidden(
                 "the link's signature is not valid".into(),
@@ -181,7 +181,7 @@ impl Urls {
 
     /// A message's attachment as clients see it: the signed `mediaUrl` and the `media` object
     /// (`summary` from [`MediaRow::summary`] with `url` and, for images, `thumbnailUrl`).
-    pub fn present(&self, summary: &Value) -> (Option<String>, Option<Value>) {
+    pub(crate) fn present(&self, summary: &Value) -> (Option<String>, Option<Value>) {
         let Some(id) = summary.get("id").and_then(Value::as_str) else {
             return (None, None);
         };
@@ -201,7 +201,7 @@ static URLS: RwLock<Option<Arc<Urls>>> = RwLock::new(None);
 
 /// Makes `urls` the signer message views use (one server per process; the last one started
 /// wins in a test process, whose servers share their secret).
-pub fn install(urls: Arc<Urls>) {
+pub(crate) fn install(urls: Arc<Urls>) {
     *URLS
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(urls);
@@ -209,7 +209,7 @@ pub fn install(urls: Arc<Urls>) {
 
 /// A message's attachment as clients see it (see [`Urls::present`]); before a server started,
 /// the unsigned paths.
-pub fn present(summary: &Value) -> (Option<String>, Option<Value>) {
+pub(crate) fn present(summary: &Value) -> (Option<String>, Option<Value>) {
     let urls = URLS
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -227,7 +227,7 @@ pub fn present(summary: &Value) -> (Option<String>, Option<Value>) {
 }
 
 /// The store key of an upload or its thumbnail.
-pub fn store_key(id: &str, thumbnail: bool) -> StorePath {
+pub(crate) fn store_key(id: &str, thumbnail: bool) -> StorePath {
     if thumbnail {
         StorePath::from(format!("media/{id}.thumb"))
     } else {
@@ -256,7 +256,7 @@ pub struct Media {
 /// An upload's place: one of `MEDIA_UPLOADS_IN_FLIGHT` and one of its user's
 /// `MEDIA_UPLOADS_PER_USER`, both given back when it is dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     _global: tokio::sync::OwnedSemaphorePermit,
     user: i64,
     per_user: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
@@ -318,7 +318,7 @@ impl Intake {
 
 /// What an upload is given as.
 #[derive(Debug, Default)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     /// The client's file name.
     pub filename: Option<String>,
     /// `Content-Length` of the request, when it said.
@@ -326,7 +326,7 @@ pub struct Incoming {
 }
 
 /// A file name fit for `Content-Disposition`: no path, no control characters, at most 200 chars.
-pub fn clean_filename(name: &str) -> Option<String> {
+pub(crate) fn clean_filename(name: &str) -> Option<String> {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
     let cleaned: String = base
         .chars()
@@ -339,7 +339,7 @@ pub fn clean_filename(name: &str) -> Option<String> {
 
 impl Media {
     /// The service for `config` (opens or creates the store).
-    pub fn new(config: Arc<Config>, db: Db, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub(crate) fn new(config: Arc<Config>, db: Db, metrics: Arc<Metrics>) -> Result<Self, String> {
         let (store, local_dir): (Arc<dyn ObjectStore>, _) = match config.media_store {
             MediaStore::S3 => {
                 let mut builder = object_store::aws::AmazonS3Builder::new()
@@ -389,7 +389,7 @@ impl Media {
     }
 
     /// The size limit of a kind.
-    pub fn limit(&self, kind: Kind) -> u64 {
+    pub(crate) fn limit(&self, kind: Kind) -> u64 {
         match kind {
             Kind::Image => self.config.max_upload_bytes_image,
             Kind::Audio => self.config.max_upload_bytes_audio,
@@ -409,7 +409,7 @@ impl Media {
     /// A slot for one upload — 503 when `MEDIA_UPLOADS_IN_FLIGHT` are running, 429 when the user
     /// has `MEDIA_UPLOADS_PER_USER` running — and the checks that need no body (declared size,
     /// quota already used up).
-    pub async fn admit(&self, owner: i64, incoming: &Incoming) -> AppResult<Slot> {
+    pub(crate) async fn admit(&self, owner: i64, incoming: &Incoming) -> AppResult<Slot> {
         if let Some(len) = incoming.declared_len {
             let max = self.largest_limit();
             if len > max {
@@ -461,7 +461,12 @@ impl Media {
     }
 
     /// Receives one upload from `body`, stores it and inserts its row.
-    pub async fn receive<S>(&self, owner: i64, incoming: Incoming, body: S) -> AppResult<MediaRow>
+    pub(crate) async fn receive<S>(
+        &self,
+        owner: i64,
+        incoming: Incoming,
+        body: S,
+    ) -> AppResult<MediaRow>
     where
         S: Stream<Item = AppResult<Bytes>> + Unpin,
     {
@@ -729,7 +734,7 @@ impl Media {
     }
 
     /// Deletes an upload's objects (missing ones are fine).
-    pub async fn remove_objects(&self, id: &str) {
+    pub(crate) async fn remove_objects(&self, id: &str) {
         for thumbnail in [false, true] {
             match self.store.delete(&store_key(id, thumbnail)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -825,7 +830,7 @@ impl Media {
 
     /// Starts the periodic clean-up (first pass after one interval) and reads the stored-bytes
     /// gauge once now.
-    pub fn start_collector(self: &Arc<Self>) {
+    pub(crate) fn start_collector(self: &Arc<Self>) {
         let media = Arc::clone(self);
         actix_web::rt::spawn(async move {
             if let Ok(total) = media.db.run(rows::total_bytes).await {

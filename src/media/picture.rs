@@ -11,7 +11,7 @@ use std::io::Cursor;
 
 /// Why an image was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Wider, taller or larger (pixels) than allowed.
     TooLarge(String),
     /// Not a well-formed file of its type.
@@ -20,7 +20,7 @@ pub enum Refusal {
 
 /// A processed image.
 #[derive(Debug)]
-pub struct Processed {
+pub(crate) struct Processed {
     /// The file to store: the upload without its metadata.
     pub stored: Vec<u8>,
     /// Width as shown (after the EXIF orientation).
@@ -33,7 +33,7 @@ pub struct Processed {
 
 /// Limits on what is decoded.
 #[derive(Clone, Copy, Debug)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// Most pixels (width × height).
     pub max_pixels: u64,
     /// Longest side of the thumbnail.
@@ -51,7 +51,7 @@ fn format_of(mime: &str) -> Option<ImageFormat> {
 }
 
 /// Checks, strips and thumbnails an image of type `mime` (CPU work: run it off the event loop).
-pub fn process(bytes: &[u8], mime: &str, bounds: Bounds) -> Result<Processed, Refusal> {
+pub(crate) fn process(bytes: &[u8], mime: &str, bounds: Bounds) -> Result<Processed, Refusal> {
     let format =
         format_of(mime).ok_or_else(|| Refusal::Malformed(format!("{mime} is not an image")))?;
     // Only the header is read here; the size is checked against MEDIA_MAX_IMAGE_PIXELS below.

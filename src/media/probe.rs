@@ -5,13 +5,13 @@
 //! puts its `moov` box after the media data. Other containers (MP3, WebM, AMR...) get no duration.
 
 /// Bytes kept from the start of a file.
-pub const HEAD_BYTES: usize = 256 * 1024;
+pub(crate) const HEAD_BYTES: usize = 256 * 1024;
 /// Bytes kept from the end of a file.
-pub const TAIL_BYTES: usize = 256 * 1024;
+pub(crate) const TAIL_BYTES: usize = 256 * 1024;
 
 /// The first and last bytes of a file, and its size.
 #[derive(Debug)]
-pub struct Ends<'a> {
+pub(crate) struct Ends<'a> {
     /// Bytes `0..head.len()`.
     pub head: &'a [u8],
     /// Bytes `size - tail.len()..size`.
@@ -37,7 +37,7 @@ impl Ends<'_> {
 }
 
 /// The duration in milliseconds of a file of type `mime`, when its container states it.
-pub fn duration_ms(mime: &str, ends: &Ends<'_>) -> Option<i64> {
+pub(crate) fn duration_ms(mime: &str, ends: &Ends<'_>) -> Option<i64> {
     let ms = match mime {
         "audio/mp4" | "video/mp4" | "video/quicktime" => mp4(ends),
         "audio/wav" => wav(ends.head, ends.size),

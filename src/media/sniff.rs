@@ -3,7 +3,7 @@
 
 /// The families of accepted media, each with its own size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// JPEG, PNG, GIF, WebP.
     Image,
     /// AAC/M4A, Ogg (Opus, Vorbis), MP3, WAV, FLAC, AMR.
@@ -16,7 +16,7 @@ pub enum Kind {
 
 impl Kind {
     /// The stored name (`media.kind`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Image => "image",
             Self::Audio => "audio",
@@ -26,7 +26,7 @@ impl Kind {
     }
 
     /// The stored name read back.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "image" => Some(Self::Image),
             "audio" => Some(Self::Audio),
@@ -39,7 +39,7 @@ impl Kind {
 
 /// An accepted type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sniffed {
+pub(crate) struct Sniffed {
     /// The content type it is stored and served with.
     pub mime: &'static str,
     /// Its family.
@@ -47,7 +47,7 @@ pub struct Sniffed {
 }
 
 /// Bytes read before deciding (ZIP-based Office files name their parts a little way in).
-pub const SNIFF_BYTES: usize = 8192;
+pub(crate) const SNIFF_BYTES: usize = 8192;
 
 /// The allow-list: what `infer` recognises → what is stored.
 const ALLOWED: &[(&str, &str, Kind)] = &[
@@ -88,7 +88,7 @@ const ALLOWED: &[(&str, &str, Kind)] = &[
 ];
 
 /// The accepted type of a file that starts with `head`, or `None` (refused).
-pub fn sniff(head: &[u8]) -> Option<Sniffed> {
+pub(crate) fn sniff(head: &[u8]) -> Option<Sniffed> {
     let found = infer::get(head)?;
     let (_, mime, kind) = ALLOWED
         .iter()
@@ -108,7 +108,7 @@ pub fn sniff(head: &[u8]) -> Option<Sniffed> {
 }
 
 /// The MIME types [`sniff`] accepts, for error messages and the API description.
-pub fn accepted() -> Vec<&'static str> {
+pub(crate) fn accepted() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = ALLOWED.iter().map(|(_, mime, _)| *mime).collect();
     all.sort_unstable();
     all.dedup();

@@ -42,7 +42,7 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
     }
 
     /// The running actor under `key`, if any.
-    pub fn get<Q>(&self, key: &Q) -> Option<Addr<A>>
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<Addr<A>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -56,7 +56,7 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
     }
 
     /// Records a started actor.
-    pub fn insert(&self, key: K, addr: Addr<A>) {
+    pub(crate) fn insert(&self, key: K, addr: Addr<A>) {
         self.shard(&key)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -64,7 +64,7 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
     }
 
     /// Forgets the actor under `key` if it is `addr` (a newer one may have replaced it).
-    pub fn remove<Q>(&self, key: &Q, addr: &Addr<A>)
+    pub(crate) fn remove<Q>(&self, key: &Q, addr: &Addr<A>)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -79,7 +79,7 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
     }
 
     /// Running actors.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())

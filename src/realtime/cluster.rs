@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, oneshot};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a call input forwarded to the node running the call waits for its answer.
-pub const CALL_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most queued publishes sent to Redis in one pipeline.
 const PUBLISH_BATCH: usize = 256;
@@ -357,7 +357,7 @@ impl WireRefusal {
 
 /// How a call start went in the cluster-wide call directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// Claimed; the callees to ring (for a group call, those not in another call).
     Claimed(Vec<i64>),
     /// The caller is in a call already.
@@ -624,7 +624,7 @@ return 0
 /// A node's view of the cluster (for `/health`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     /// `redis` (this is a cluster node).
     pub mode: &'static str,
     /// This node's id.
@@ -693,7 +693,7 @@ pub struct Cluster {
 
 /// The half of the cluster link that runs once the engine exists.
 #[derive(Debug)]
-pub struct Runner {
+pub(crate) struct Runner {
     cluster: Arc<Cluster>,
     incoming: mpsc::Receiver<Outgoing>,
     redis: RedisConfig,
@@ -722,7 +722,7 @@ fn default_node_id() -> String {
 impl Cluster {
     /// The cluster link for `config`, or `None` when `REDIS_URL` is unset. Fails on a URL that
     /// is not a Redis URL.
-    pub fn new(config: &Config) -> Result<Option<(Arc<Self>, Runner)>, String> {
+    pub(crate) fn new(config: &Config) -> Result<Option<(Arc<Self>, Runner)>, String> {
         if config.redis_url.is_empty() {
             return Ok(None);
         }
@@ -769,19 +769,19 @@ impl Cluster {
     }
 
     /// A random tag (1..4095) for this node's session keys.
-    pub fn session_tag(&self) -> u64 {
+    pub(crate) fn session_tag(&self) -> u64 {
         let mut random = [0u8; 2];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
         u64::from(u16::from_le_bytes(random) % 4095) + 1
     }
 
     /// This node's id.
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         &self.node
     }
 
     /// What `/health` shows.
-    pub fn status(&self) -> ClusterStatus {
+    pub(crate) fn status(&self) -> ClusterStatus {
         ClusterStatus {
             mode: "redis",
             node: self.node.clone(),
@@ -797,7 +797,7 @@ impl Cluster {
     }
 
     /// What `/metrics` shows.
-    pub fn counts(&self) -> ClusterCounts {
+    pub(crate) fn counts(&self) -> ClusterCounts {
         ClusterCounts {
             nodes: self.nodes.load(Ordering::Relaxed),
             redis_up: self.redis_up.load(Ordering::Relaxed),
@@ -872,7 +872,7 @@ impl Cluster {
     }
 
     /// Counts seqs a conversation read from the database in place of another node's delivery.
-    pub fn gap_filled(&self, seqs: usize) {
+    pub(crate) fn gap_filled(&self, seqs: usize) {
         self.gap_fills.fetch_add(seqs as u64, Ordering::Relaxed);
     }
 
@@ -887,7 +887,7 @@ impl Cluster {
     }
 
     /// Publishes an event for the other nodes' sessions of `users`.
-    pub fn publish_event(&self, users: &[i64], event: &ServerEvent, skip: Option<u64>) {
+    pub(crate) fn publish_event(&self, users: &[i64], event: &ServerEvent, skip: Option<u64>) {
         self.publish(Body::Event {
             users: Cow::Borrowed(users),
             name: Cow::Borrowed(&event.name),
@@ -898,7 +898,7 @@ impl Cluster {
     }
 
     /// Publishes an event for one session of another node.
-    pub fn publish_to_session(&self, user: i64, key: u64, event: &ServerEvent) {
+    pub(crate) fn publish_to_session(&self, user: i64, key: u64, event: &ServerEvent) {
         self.publish(Body::ToSession {
             user,
             key,
@@ -916,7 +916,7 @@ impl Cluster {
     }
 
     /// Claims a new call's parties cluster-wide (busy and glare are decided here, atomically).
-    pub async fn claim_call(
+    pub(crate) async fn claim_call(
         &self,
         call_id: &str,
         caller: i64,
@@ -944,7 +944,7 @@ impl Cluster {
     /// Takes one token of `user`'s cluster-wide `bucket` (`per_sec` sustained, `burst` at
     /// once): `Ok`, or `Err(secs)` until one is free; `None` while Redis cannot answer (the
     /// node's own limiter then decides alone).
-    pub async fn take(
+    pub(crate) async fn take(
         &self,
         bucket: &str,
         user: i64,
@@ -975,7 +975,7 @@ impl Cluster {
     }
 
     /// A party joined or left a call of this node.
-    pub fn call_member(&self, call_id: &str, user: i64, active: bool) {
+    pub(crate) fn call_member(&self, call_id: &str, user: i64, active: bool) {
         self.enqueue(Outgoing::CallMember {
             call_id: call_id.to_owned(),
             user,
@@ -985,7 +985,7 @@ impl Cluster {
 
     /// A call of this node ended: frees its parties cluster-wide before answering (through
     /// the outgoing queue while Redis cannot answer at once).
-    pub async fn release_call_now(&self, call_id: &str) {
+    pub(crate) async fn release_call_now(&self, call_id: &str) {
         if let Some(client) = self.redis() {
             let freed = client
                 .eval::<Vec<String>, _, _, _>(
@@ -1002,19 +1002,19 @@ impl Cluster {
     }
 
     /// A call of this node ended.
-    pub fn release_call(&self, call_id: &str) {
+    pub(crate) fn release_call(&self, call_id: &str) {
         self.enqueue(Outgoing::Release {
             call_id: call_id.to_owned(),
         });
     }
 
     /// The call `user` is in on any node (`None` also while Redis cannot answer).
-    pub async fn call_of(&self, user: i64) -> Option<String> {
+    pub(crate) async fn call_of(&self, user: i64) -> Option<String> {
         call_of(self.redis()?, &self.keys, user).await
     }
 
     /// A device left this node: the call of its user (on another node) hears of it.
-    pub fn device_gone(&self, user: i64, device: u64, rejoins: bool) {
+    pub(crate) fn device_gone(&self, user: i64, device: u64, rejoins: bool) {
         self.enqueue(Outgoing::DeviceGone {
             user,
             device,
@@ -1024,7 +1024,11 @@ impl Cluster {
 
     /// Feeds a call that runs on another node: finds the node, forwards the input and waits
     /// for its answer (at most [`CALL_FORWARD_TIMEOUT`]).
-    pub async fn forward_call_input(&self, call_id: &str, event: CallEvent) -> AppResult<()> {
+    pub(crate) async fn forward_call_input(
+        &self,
+        call_id: &str,
+        event: CallEvent,
+    ) -> AppResult<()> {
         let gone = || AppError::NotFound("call not found or already ended".into());
         let client = self
             .redis()
@@ -1074,7 +1078,13 @@ impl Cluster {
     }
 
     /// Publishes a kick for the other nodes' sessions of `user`.
-    pub fn publish_kick(&self, user: i64, device_session: Option<String>, code: u16, reason: &str) {
+    pub(crate) fn publish_kick(
+        &self,
+        user: i64,
+        device_session: Option<String>,
+        code: u16,
+        reason: &str,
+    ) {
         self.publish(Body::Kick {
             user,
             device_session,
@@ -1084,7 +1094,7 @@ impl Cluster {
     }
 
     /// Publishes a membership change for the other nodes.
-    pub fn publish_members(&self, conversation: i64, members: Vec<i64>) {
+    pub(crate) fn publish_members(&self, conversation: i64, members: Vec<i64>) {
         self.publish(Body::Members {
             conversation,
             members,
@@ -1094,7 +1104,12 @@ impl Cluster {
     /// Records that this node holds `devices` sessions of `user`; the cluster-wide presence
     /// comes back to the registry as [`ClusterPresence`] (this node's view alone while Redis
     /// is away). Answers false when the queue is full (the caller announces its local view).
-    pub fn presence(&self, user: i64, devices: usize, last_seen: Option<DateTime<Utc>>) -> bool {
+    pub(crate) fn presence(
+        &self,
+        user: i64,
+        devices: usize,
+        last_seen: Option<DateTime<Utc>>,
+    ) -> bool {
         self.outgoing
             .try_send(Outgoing::Presence {
                 user,
@@ -1106,7 +1121,7 @@ impl Cluster {
 
     /// Each user's devices on every node (users Redis does not know are left out; empty while
     /// Redis is away).
-    pub async fn devices_of(&self, users: Vec<i64>) -> HashMap<i64, u64> {
+    pub(crate) async fn devices_of(&self, users: Vec<i64>) -> HashMap<i64, u64> {
         let mut out = HashMap::new();
         let Some(client) = self.redis().filter(|_| !users.is_empty()) else {
             return out;
@@ -1124,7 +1139,7 @@ impl Cluster {
 
     /// Leaves the cluster: what is queued is published, then this node's heartbeat and
     /// presence entries are removed (its users offline where no other node holds them).
-    pub async fn leave(&self) {
+    pub(crate) async fn leave(&self) {
         let (reply, rx) = oneshot::channel();
         if self.outgoing.send(Outgoing::Leave(reply)).await.is_ok() {
             let _ = rx.await;
@@ -1189,14 +1204,14 @@ impl Cluster {
 
 /// Delivery that reaches this node's sessions directly and every other node's through Redis.
 #[derive(Debug)]
-pub struct ClusterDelivery {
+pub(crate) struct ClusterDelivery {
     directory: Arc<Directory>,
     cluster: Arc<Cluster>,
 }
 
 impl ClusterDelivery {
     /// Delivery through `directory` and `cluster`.
-    pub fn new(directory: Arc<Directory>, cluster: Arc<Cluster>) -> Self {
+    pub(crate) fn new(directory: Arc<Directory>, cluster: Arc<Cluster>) -> Self {
         Self { directory, cluster }
     }
 }
@@ -1226,7 +1241,7 @@ impl Delivery for ClusterDelivery {
 
 impl Runner {
     /// Starts the cluster thread (its own Tokio runtime: Redis I/O never runs on a worker).
-    pub fn start(self, engine: Engine) -> std::io::Result<()> {
+    pub(crate) fn start(self, engine: Engine) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("cluster".into())
             .spawn(move || {

@@ -46,7 +46,7 @@ enum Cursor {
 /// closed or reset under the payload ends it without an error, so every frame received before
 /// is still decoded and handled.
 #[derive(Debug)]
-pub struct FrameGuard<S> {
+pub(crate) struct FrameGuard<S> {
     inner: S,
     limit: u64,
     cursor: Cursor,
@@ -56,7 +56,7 @@ pub struct FrameGuard<S> {
 
 impl<S> FrameGuard<S> {
     /// Guards `inner` with a per-frame payload limit.
-    pub fn new(inner: S, limit: usize) -> Self {
+    pub(crate) fn new(inner: S, limit: usize) -> Self {
         Self {
             inner,
             limit: u64::try_from(limit).unwrap_or(u64::MAX),
@@ -184,7 +184,7 @@ where
 }
 
 /// Wraps a request body in a [`FrameGuard`], as the payload type the WebSocket handshake takes.
-pub async fn guarded_payload(
+pub(crate) async fn guarded_payload(
     req: &HttpRequest,
     body: actix_web::web::Payload,
     limit: usize,
@@ -197,7 +197,7 @@ pub async fn guarded_payload(
 
 /// Whether a WebSocket protocol error is a size refusal: the guard's, the codec's, or the
 /// fragment aggregator's.
-pub fn is_overflow(err: &actix_ws::ProtocolError) -> bool {
+pub(crate) fn is_overflow(err: &actix_ws::ProtocolError) -> bool {
     match err {
         actix_ws::ProtocolError::Overflow => true,
         actix_ws::ProtocolError::Io(e) => {
@@ -235,7 +235,7 @@ impl Drop for SocketMark {
 }
 
 /// The server's `on_connect` hook: records each accepted TCP connection's descriptor.
-pub fn on_connect(conn: &dyn std::any::Any, data: &mut Extensions) {
+pub(crate) fn on_connect(conn: &dyn std::any::Any, data: &mut Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         let slot = SocketSlot {
             fd: Mutex::new(Some(tcp.as_raw_fd())),
@@ -247,16 +247,16 @@ pub fn on_connect(conn: &dyn std::any::Any, data: &mut Extensions) {
 /// A handle on the TCP connection under a request (a no-op handle when there is none, e.g. in
 /// tests that drive the service without a socket).
 #[derive(Clone, Debug, Default)]
-pub struct SocketHandle(Option<Arc<SocketSlot>>);
+pub(crate) struct SocketHandle(Option<Arc<SocketSlot>>);
 
 impl SocketHandle {
     /// The handle of the connection `req` arrived on.
-    pub fn of(req: &HttpRequest) -> Self {
+    pub(crate) fn of(req: &HttpRequest) -> Self {
         Self(req.conn_data::<SocketMark>().map(|m| Arc::clone(&m.0)))
     }
 
     /// Whether the connection is still open.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.0
             .as_ref()
             .is_some_and(|s| s.fd.lock().is_ok_and(|fd| fd.is_some()))
@@ -266,7 +266,7 @@ impl SocketHandle {
     /// the peer with a reset, and the server's next write on it fails, which ends the connection
     /// and releases its descriptor. Returns whether there was a connection to abort.
     #[allow(unsafe_code)]
-    pub fn abort(&self) -> bool {
+    pub(crate) fn abort(&self) -> bool {
         let Some(slot) = &self.0 else { return false };
         let Ok(guard) = slot.fd.lock() else {
             return false;
@@ -289,7 +289,7 @@ impl SocketHandle {
 /// After a close was started on a socket: waits out `grace` for the peer to finish the closing
 /// handshake, then aborts the connection if it is still open (a peer that stopped reading never
 /// takes the close frame). Counted in `aborted`.
-pub async fn abort_after(handle: SocketHandle, grace: Duration, metrics: &Metrics) {
+pub(crate) async fn abort_after(handle: SocketHandle, grace: Duration, metrics: &Metrics) {
     let deadline = tokio::time::Instant::now() + grace;
     let step = Duration::from_millis(50).min(grace.max(Duration::from_millis(1)));
     while tokio::time::Instant::now() < deadline {
@@ -310,7 +310,7 @@ pub async fn abort_after(handle: SocketHandle, grace: Duration, metrics: &Metric
 /// Ends an upgraded socket: sends the close frame, and aborts the connection if it is still open
 /// once `grace` has passed since `since` (when the close began; a flush may have used part of
 /// it). A peer that does not read never takes the close frame; it cannot hold the connection.
-pub async fn close_within(
+pub(crate) async fn close_within(
     session: actix_ws::Session,
     reason: Option<actix_ws::CloseReason>,
     since: tokio::time::Instant,
@@ -336,13 +336,13 @@ pub struct Ceiling {
 
 /// A refusal at the ceiling.
 #[derive(Debug, Clone, Copy)]
-pub struct OverCapacity {
+pub(crate) struct OverCapacity {
     retry_after_secs: u64,
 }
 
 impl OverCapacity {
     /// The answer to send instead of the upgrade: 503 `over_capacity` with `Retry-After`.
-    pub fn response(self) -> HttpResponse {
+    pub(crate) fn response(self) -> HttpResponse {
         let body = serde_json::json!({"error": {
             "code": ErrorCode::OverCapacity,
             "message": "this server holds as many realtime connections as it may; retry later",
@@ -355,7 +355,7 @@ impl OverCapacity {
 
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
-pub struct Admission(Arc<Ceiling>);
+pub(crate) struct Admission(Arc<Ceiling>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
@@ -366,7 +366,7 @@ impl Drop for Admission {
 impl Ceiling {
     /// A ceiling of `limit` connections; refusals tell clients to come back in
     /// `retry_after_secs`.
-    pub fn new(limit: usize, retry_after_secs: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, retry_after_secs: u64, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             limit,
             open: AtomicUsize::new(0),
@@ -376,7 +376,7 @@ impl Ceiling {
     }
 
     /// Admits one more connection, or refuses it with a 503 response to send instead.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, OverCapacity> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Admission, OverCapacity> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -401,18 +401,14 @@ impl Ceiling {
     }
 
     /// Connections admitted and still open.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Where refusals and aborts are counted.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    /// The configured ceiling.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 }
 

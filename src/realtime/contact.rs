@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 impl Engine {
     /// Checks that `actor` may contact every user in `targets` under the contact policy.
-    pub async fn check_contact(&self, actor: i64, targets: Vec<i64>) -> AppResult<()> {
+    pub(crate) async fn check_contact(&self, actor: i64, targets: Vec<i64>) -> AppResult<()> {
         let config = self.config.clone();
         self.db
             .run(move |conn| policy::check_contact(conn, &config, actor, &targets))
@@ -25,7 +25,7 @@ impl Engine {
     /// policy allows (`not_allowed` otherwise; nothing is created). A new conversation is
     /// announced to both users' devices as `conversation:new`. The flag tells whether it was
     /// created now.
-    pub async fn open_direct(
+    pub(crate) async fn open_direct(
         &self,
         identity: &Identity,
         other: i64,
@@ -52,7 +52,7 @@ impl Engine {
 
     /// Announces a direct conversation created by someone's action (policy-checked opening or
     /// an accepted chat request).
-    pub async fn direct_created(&self, conv: &Conversation, a: i64, b: i64) {
+    pub(crate) async fn direct_created(&self, conv: &Conversation, a: i64, b: i64) {
         self.db.contact_cache().direct_created(conv.id, a, b);
         self.members_changed(conv.id, vec![a, b]);
         let list = vec![conv.clone()];
@@ -70,7 +70,7 @@ impl Engine {
 
     /// `message:send` to a user: opens the direct conversation under the policy, then sends
     /// exactly like a send to that conversation.
-    pub async fn send_direct(
+    pub(crate) async fn send_direct(
         &self,
         identity: &Identity,
         send: DirectSend,
@@ -82,7 +82,11 @@ impl Engine {
     }
 
     /// `conversation:open`: the direct conversation's view for the caller.
-    pub async fn open_direct_view(&self, identity: &Identity, other: i64) -> AppResult<Value> {
+    pub(crate) async fn open_direct_view(
+        &self,
+        identity: &Identity,
+        other: i64,
+    ) -> AppResult<Value> {
         let (conv, created) = self.open_direct(identity, other).await?;
         let me = identity.user_id();
         let view = self

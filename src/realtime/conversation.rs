@@ -32,7 +32,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// The live conversation actors of this process by id (only the registry inserts).
-pub type ConversationMap = super::actors::ActorMap<i64, ConversationActor>;
+pub(crate) type ConversationMap = super::actors::ActorMap<i64, ConversationActor>;
 
 /// Member set as loaded from the database.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +53,7 @@ impl Members {
 /// Queue a message for commit; the reply comes after the commit.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct SendMessage {
+pub(crate) struct SendMessage {
     /// Sender (from the token).
     pub sender: i64,
     /// Originating session.
@@ -67,7 +67,7 @@ pub struct SendMessage {
 /// A server-authored message (call logs, system notes): no membership check on the sender.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct SystemMessage {
+pub(crate) struct SystemMessage {
     /// What to write.
     pub draft: Draft,
     /// Outcome.
@@ -77,13 +77,13 @@ pub struct SystemMessage {
 /// Results of a committed batch for this conversation, in seq order.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Committed(pub Vec<(WriteRequest, AppResult<Written>)>);
+pub(crate) struct Committed(pub Vec<(WriteRequest, AppResult<Written>)>);
 
 /// A new message committed on another node (cluster mode), for this node's sessions of
 /// `users`; fanned out here in seq order with this node's own commits.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct RemoteMessage {
+pub(crate) struct RemoteMessage {
     /// Its seq.
     pub seq: i64,
     /// The `message:new` event.
@@ -95,7 +95,7 @@ pub struct RemoteMessage {
 /// Cluster mode: how old a conversation's messages must be for a starting conversation actor
 /// to take them as delivered by the nodes that committed them (younger ones may still be on
 /// their way, and are fanned out here once, in order, from the bus or the database).
-pub const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Gap reads in a row that may wait for a batch of this node (see `writing`).
 const MAX_DEFERRALS: u32 = 20;
@@ -106,17 +106,17 @@ type Waiting = (Arc<ServerEvent>, Arc<[i64]>, Option<u64>);
 
 /// Most messages from other nodes held while an earlier seq is missing; past it, the gap is
 /// filled from the database at once.
-pub const MAX_REMOTE_WAITING: usize = 4096;
+pub(crate) const MAX_REMOTE_WAITING: usize = 4096;
 
 /// Membership changed: reload it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct MembersChanged;
+pub(crate) struct MembersChanged;
 
 /// Open the conversation: membership check, returns its state.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<Value>")]
-pub struct Join {
+pub(crate) struct Join {
     /// User.
     pub user: i64,
 }
@@ -124,7 +124,7 @@ pub struct Join {
 /// Typing indicator on/off.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<()>")]
-pub struct Typing {
+pub(crate) struct Typing {
     /// User.
     pub user: i64,
     /// Started (true) or stopped.
@@ -134,22 +134,20 @@ pub struct Typing {
 /// Receipt cursor move.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// User.
     pub user: i64,
     /// Delivered or read.
     pub kind: ReceiptKind,
     /// Where the cursor moves to.
     pub cursor: crate::realtime::protocol::ReceiptCursor,
-    /// Originating session.
-    pub origin: Option<u64>,
     /// Outcome: the cursor after the move.
     pub reply: oneshot::Sender<AppResult<Value>>,
 }
 
 /// What to do to an existing message.
 #[derive(Clone, Debug)]
-pub enum Change {
+pub(crate) enum Change {
     /// New text.
     Edit(String),
     /// Soft delete.
@@ -159,7 +157,7 @@ pub enum Change {
 /// Edit or delete a message of this conversation.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ChangeMessage {
+pub(crate) struct ChangeMessage {
     /// Who acts.
     pub actor: MessageActor,
     /// The message.
@@ -223,7 +221,7 @@ impl std::fmt::Debug for ConversationActor {
 
 impl ConversationActor {
     /// A new actor; members load when it starts.
-    pub fn new(id: i64, engine: Engine) -> Self {
+    pub(crate) fn new(id: i64, engine: Engine) -> Self {
         Self {
             id,
             engine,
@@ -250,7 +248,7 @@ impl ConversationActor {
     /// For an actor started by another node's message of seq `first` (cluster mode): the
     /// mark starts just below it, so it and what follows are fanned out here even if later
     /// seqs committed before this actor loaded.
-    pub fn starting_at(mut self, first: Option<i64>) -> Self {
+    pub(crate) fn starting_at(mut self, first: Option<i64>) -> Self {
         self.first_seq = first;
         self
     }
@@ -432,7 +430,7 @@ impl Handler<SystemMessage> for ConversationActor {
 
 /// Most rows a conversation loads to fan out what a failed batch may have committed (see
 /// [`ConversationActor`]'s `unsettled`); a longer gap is left to the clients' `sync`.
-pub const MAX_GAP_FILL: i64 = 1000;
+pub(crate) const MAX_GAP_FILL: i64 = 1000;
 
 impl Handler<Committed> for ConversationActor {
     type Result = ();
@@ -839,7 +837,7 @@ impl Handler<Typing> for ConversationActor {
 
 /// Receipts waiting for the batch being written; past this many, new ones are refused with
 /// `unavailable` (the client retries; a receipt is a cursor, so a later one covers it).
-pub const MAX_QUEUED_RECEIPTS: usize = 1024;
+pub(crate) const MAX_QUEUED_RECEIPTS: usize = 1024;
 
 impl Handler<Receipt> for ConversationActor {
     type Result = ();

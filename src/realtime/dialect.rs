@@ -161,7 +161,7 @@ fn canonical_fields(tables: &[Fields], command: &str, obj: &mut Map<String, Valu
 
 /// A body of a REST route for the canonical `command` with every app's field names renamed to
 /// the canonical ones: one route serves the apps of every dialect.
-pub fn for_any_app(command: &str, obj: &mut Map<String, Value>) {
+pub(crate) fn for_any_app(command: &str, obj: &mut Map<String, Value>) {
     canonical_fields(SHARED_FIELDS, command, obj);
     for dialect in ALL {
         canonical_fields(dialect.fields, command, obj);
@@ -266,23 +266,23 @@ pub struct Media {
 
 impl Media {
     /// Both providers (the canonical protocol carries either).
-    pub const ANY: Self = Self {
+    pub(crate) const ANY: Self = Self {
         webrtc: true,
         agora: true,
     };
     /// WebRTC only (the apps that exchange SDP and ICE).
-    pub const WEBRTC: Self = Self {
+    pub(crate) const WEBRTC: Self = Self {
         webrtc: true,
         agora: false,
     };
     /// Agora only (the app that joins Agora channels and sends no SDP).
-    pub const AGORA: Self = Self {
+    pub(crate) const AGORA: Self = Self {
         webrtc: false,
         agora: true,
     };
 
     /// Whether the set holds `provider` (`webrtc` or `agora`; other names are in no set).
-    pub fn allows(self, provider: &str) -> bool {
+    pub(crate) fn allows(self, provider: &str) -> bool {
         match provider {
             "webrtc" => self.webrtc,
             "agora" => self.agora,
@@ -292,7 +292,7 @@ impl Media {
 
     /// Both sets together.
     #[must_use]
-    pub fn union(self, other: Self) -> Self {
+    pub(crate) fn union(self, other: Self) -> Self {
         Self {
             webrtc: self.webrtc || other.webrtc,
             agora: self.agora || other.agora,
@@ -301,7 +301,7 @@ impl Media {
 
     /// What both sets hold.
     #[must_use]
-    pub fn intersect(self, other: Self) -> Self {
+    pub(crate) fn intersect(self, other: Self) -> Self {
         Self {
             webrtc: self.webrtc && other.webrtc,
             agora: self.agora && other.agora,
@@ -372,7 +372,7 @@ pub static CANONICAL: Dialect = Dialect {
 };
 
 /// Seed 000 (lonestar): snake_case call events; `authenticate` is handled by the Socket.IO edge.
-pub static LONESTAR: Dialect = Dialect {
+pub(crate) static LONESTAR: Dialect = Dialect {
     name: "lonestar",
     aliases: &["seed000", "000"],
     inbound: &[
@@ -480,7 +480,7 @@ const FLAT_ICE: [(&str, Src); 4] = [
 /// Seed 001 (WorldMates): the client names its calls (`roomName`). Its user and group ids are
 /// numbers (`user:join` 123, `participants: [123, 456]`), so every id leaves as a JSON number;
 /// `roomName`/`callId` stay strings.
-pub static WORLDMATES: Dialect = Dialect {
+pub(crate) static WORLDMATES: Dialect = Dialect {
     name: "worldmates",
     aliases: &["seed001", "001"],
     inbound: &[
@@ -706,7 +706,7 @@ const DM_ERROR: Option<&str> = Some("dm:error");
 const CALL_ERROR: Option<&str> = Some("call:error");
 
 /// Seed 002's call types: `voice|video` (canonical `audio|video`).
-pub const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
+pub(crate) const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
 
 /// [`ASTROLOGY_CALL_TYPES`] the other way: what seed 002 sends, as canonical call types.
 const ASTROLOGY_CALL_TYPES_IN: &[(&str, &str)] = &[("voice", "audio")];
@@ -716,7 +716,7 @@ const ASTROLOGY_CALL_TYPES_IN: &[(&str, &str)] = &[("voice", "audio")];
 /// client's own words, an admin's or the server's end) read as the nearest of its five: an
 /// admin ending a call completes it, a server shutdown is a network error, a call answered on
 /// another device is cancelled on this one.
-pub const ASTROLOGY_END_REASONS: &[(&str, &str)] = &[
+pub(crate) const ASTROLOGY_END_REASONS: &[(&str, &str)] = &[
     ("hangup", "completed"),
     ("completed", "completed"),
     ("everyone_left", "completed"),
@@ -735,17 +735,17 @@ pub const ASTROLOGY_END_REASONS: &[(&str, &str)] = &[
 ];
 
 /// What an end reason seed 002 does not list becomes.
-pub const ASTROLOGY_OTHER_END_REASON: &str = "completed";
+pub(crate) const ASTROLOGY_OTHER_END_REASON: &str = "completed";
 
 /// Seed 002's call statuses (`initiated|ringing|answered|ongoing|ended|rejected|missed|failed`)
 /// for the canonical ones it lacks: a busy callee rejected the call; a call the caller gave up
 /// on before an answer ended (with `endReason: cancelled`).
-pub const ASTROLOGY_CALL_STATUSES: &[(&str, &str)] =
+pub(crate) const ASTROLOGY_CALL_STATUSES: &[(&str, &str)] =
     &[("busy", "rejected"), ("cancelled", "ended")];
 
 /// Seed 002's message types are `text|image|audio|file|system`: the call logs Switchboard posts
 /// when a call ends are `system` messages to it.
-pub const ASTROLOGY_MESSAGE_TYPES: &[(&str, &str)] =
+pub(crate) const ASTROLOGY_MESSAGE_TYPES: &[(&str, &str)] =
     &[("voice_call", "system"), ("video_call", "system")];
 
 const ASTROLOGY_CALL_TYPE: Src = Src::Map {
@@ -790,7 +790,7 @@ const ASTROLOGY_AGORA: [(&str, Src); 2] = [
 ];
 
 /// Seed 002 (astrology app): `dm:*` conversations and Agora calls.
-pub static ASTROLOGY: Dialect = Dialect {
+pub(crate) static ASTROLOGY: Dialect = Dialect {
     name: "astrology",
     aliases: &["seed002", "002"],
     inbound: &[
@@ -997,7 +997,7 @@ const CALL_COMMANDS: &[&str] = &[
 /// `conversation` for `conversationId`, `text` for `content`, `participants|members` for
 /// `memberIds`, and for calls `toId|calleeId|userId|targetUserId` for `to` and `roomName` for
 /// `callId`. (`from|sender` name the sender, which is the token's user: they are ignored.)
-pub static SHARED_FIELDS: &[Fields] = &[
+pub(crate) static SHARED_FIELDS: &[Fields] = &[
     Fields {
         commands: CONVERSATION_COMMANDS,
         fields: &[name("conversation", "conversationId")],
@@ -1049,7 +1049,7 @@ const BACKEND2_FIELDS: &[Fields] = &[
 ];
 
 /// Seed 003 (Backend2): short message events, time cursors, `call:invite|answer|candidate|hangup`.
-pub static BACKEND2: Dialect = Dialect {
+pub(crate) static BACKEND2: Dialect = Dialect {
     name: "backend2",
     aliases: &["seed003", "003"],
     inbound: &[
@@ -1172,7 +1172,7 @@ const ICE_INIT: &[(&str, Src)] = &[("candidate", Src::Object(&FLAT_ICE))];
 
 /// Seed 004 (AIST, plain `/ws`): one unnamed call at a time per connection. `fromUserId` has the
 /// JSON type of the `userId` claim of the app's tokens (the legacy server echoed that claim).
-pub static AIST: Dialect = Dialect {
+pub(crate) static AIST: Dialect = Dialect {
     name: "aist",
     aliases: &["seed004", "004"],
     inbound: &[
@@ -1282,7 +1282,7 @@ pub static AIST: Dialect = Dialect {
 };
 
 /// Number of dialects, the canonical one included.
-pub const DIALECT_COUNT: usize = 6;
+pub(crate) const DIALECT_COUNT: usize = 6;
 
 /// Every dialect, the canonical one first.
 pub static ALL: [&Dialect; DIALECT_COUNT] = [
@@ -1307,13 +1307,13 @@ impl Dialect {
     /// Whether a client of this dialect can come back to a call from a new connection. One
     /// whose client never names its call (seed 004 hangs up "the current call") keeps that call
     /// per connection: a new connection starts with none, so a dropped one left it for good.
-    pub fn rejoins_calls(&self) -> bool {
+    pub(crate) fn rejoins_calls(&self) -> bool {
         !self.inbound.iter().any(|r| r.hook == Hook::HangUpCurrent)
     }
 
     /// The dialect named by a client (`?dialect=` or the auth payload); an unknown name is an
     /// error rather than a silent fallback, so a misconfigured app fails loudly.
-    pub fn choose(
+    pub(crate) fn choose(
         requested: Option<&str>,
         default: &'static Dialect,
     ) -> AppResult<&'static Dialect> {
@@ -1332,7 +1332,7 @@ impl Dialect {
     }
 
     /// The dialect a connection asked for, or its listener's (see `LISTEN`) when it named none.
-    pub fn for_connection(
+    pub(crate) fn for_connection(
         requested: Option<&str>,
         listener_default: &'static Dialect,
     ) -> AppResult<&'static Dialect> {
@@ -1340,13 +1340,13 @@ impl Dialect {
     }
 
     /// The dialect's position in [`ALL`] (its slot in an event's translation cache).
-    pub fn index(&'static self) -> usize {
+    pub(crate) fn index(&'static self) -> usize {
         ALL.iter().position(|d| std::ptr::eq(*d, self)).unwrap_or(0)
     }
 
     /// Renames the field names this dialect's app uses in a payload of `command`, and the
     /// names every connection may use ([`SHARED_FIELDS`]), to the canonical ones.
-    pub fn canonical_fields(&self, command: &str, obj: &mut Map<String, Value>) {
+    pub(crate) fn canonical_fields(&self, command: &str, obj: &mut Map<String, Value>) {
         canonical_fields(SHARED_FIELDS, command, obj);
         canonical_fields(self.fields, command, obj);
     }
@@ -1391,7 +1391,7 @@ struct CurrentCall {
 
 /// Most conversations one connection may have left (beyond it the oldest is forgotten, so its
 /// events reach the connection again).
-pub const MAX_LEFT_ROOMS: usize = 256;
+pub(crate) const MAX_LEFT_ROOMS: usize = 256;
 
 /// One connection's translator: its dialect, the JSON type its token gave the user id (for
 /// [`Src::UserId`]), for seed 004 its current call, and the conversations it left.
@@ -1542,7 +1542,7 @@ impl Translator {
 
     /// A translator for one connection whose app, if its dialect is one of a legacy backend's,
     /// sends and is shown the legacy ids of imported things (see [`crate::legacy`]).
-    pub fn with_legacy(dialect: &'static Dialect, legacy: &LegacyIds) -> Arc<Self> {
+    pub(crate) fn with_legacy(dialect: &'static Dialect, legacy: &LegacyIds) -> Arc<Self> {
         let legacy = Source::of_dialect(dialect.name).map(|source| (legacy.clone(), source));
         Self::build(dialect, legacy)
     }
@@ -1570,7 +1570,7 @@ impl Translator {
 
     /// Whether payloads of this connection may name legacy message ids, to be looked up with
     /// [`crate::legacy::resolve_message_refs`] before the command runs.
-    pub fn takes_legacy_messages(&self) -> bool {
+    pub(crate) fn takes_legacy_messages(&self) -> bool {
         self.legacy.as_ref().is_some_and(|(ids, _)| !ids.is_empty())
     }
 
@@ -1615,24 +1615,24 @@ impl Translator {
     }
 
     /// The media providers this connection's app can join.
-    pub fn media(&self) -> Media {
+    pub(crate) fn media(&self) -> Media {
         self.dialect.media
     }
 
     /// The dialect's name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.dialect.name
     }
 
     /// Whether this is the canonical protocol (nothing to translate).
-    pub fn is_canonical(&self) -> bool {
+    pub(crate) fn is_canonical(&self) -> bool {
         std::ptr::eq(self.dialect, &CANONICAL)
     }
 
     /// Whether commands run one at a time in arrival order. Dialect clients were written against
     /// servers that handled each event before the next; canonical clients correlate replies by
     /// id and get concurrency.
-    pub fn serial(&self) -> bool {
+    pub(crate) fn serial(&self) -> bool {
         !self.is_canonical()
     }
 
@@ -1650,12 +1650,12 @@ impl Translator {
 
     /// Conversations (as in event payloads) this connection left: dialect state a recovered
     /// Socket.IO session keeps.
-    pub fn left_rooms(&self) -> Vec<String> {
+    pub(crate) fn left_rooms(&self) -> Vec<String> {
         self.left().iter().cloned().collect()
     }
 
     /// Restores the conversations a recovered session had left.
-    pub fn restore_left(&self, rooms: Vec<String>) {
+    pub(crate) fn restore_left(&self, rooms: Vec<String>) {
         if self.rooms {
             self.left().extend(rooms.into_iter().take(MAX_LEFT_ROOMS));
         }

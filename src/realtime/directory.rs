@@ -37,7 +37,7 @@ pub trait Delivery: Send + Sync + std::fmt::Debug {
 
 /// One live session as the directory knows it.
 #[derive(Debug)]
-pub struct SessionHandle {
+pub(crate) struct SessionHandle {
     /// Process-unique session key.
     pub key: u64,
     /// The session's user.
@@ -52,7 +52,12 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle for a session that is starting.
-    pub fn new(key: u64, user: i64, link: Link, control: Recipient<CloseSession>) -> Arc<Self> {
+    pub(crate) fn new(
+        key: u64,
+        user: i64,
+        link: Link,
+        control: Recipient<CloseSession>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             key,
             user,
@@ -104,7 +109,7 @@ pub struct Directory {
 
 impl Directory {
     /// An empty directory counting deliveries and drops in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             metrics,
@@ -117,7 +122,7 @@ impl Directory {
     }
 
     /// Adds a session (from its actor's start, so events reach it from its first frame on).
-    pub fn insert(&self, handle: Arc<SessionHandle>) {
+    pub(crate) fn insert(&self, handle: Arc<SessionHandle>) {
         let mut shard = self
             .shard(handle.user)
             .write()
@@ -126,7 +131,7 @@ impl Directory {
     }
 
     /// Whether `user` has a live session on this node.
-    pub fn holds(&self, user: i64) -> bool {
+    pub(crate) fn holds(&self, user: i64) -> bool {
         self.shard(user)
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -134,7 +139,7 @@ impl Directory {
     }
 
     /// Removes a session; answers whether it was there.
-    pub fn remove(&self, user: i64, key: u64) -> bool {
+    pub(crate) fn remove(&self, user: i64, key: u64) -> bool {
         let mut shard = self
             .shard(user)
             .write()

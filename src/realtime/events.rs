@@ -9,113 +9,114 @@
 // Client → server only.
 
 /// Join a conversation's live events (group rooms).
-pub const CONVERSATION_JOIN: &str = "conversation:join";
+pub(crate) const CONVERSATION_JOIN: &str = "conversation:join";
 /// Leave a conversation's live events.
-pub const CONVERSATION_LEAVE: &str = "conversation:leave";
+pub(crate) const CONVERSATION_LEAVE: &str = "conversation:leave";
 /// Open (or find) the direct conversation with a user.
-pub const CONVERSATION_OPEN: &str = "conversation:open";
+pub(crate) const CONVERSATION_OPEN: &str = "conversation:open";
 /// Send a message.
-pub const MESSAGE_SEND: &str = "message:send";
+pub(crate) const MESSAGE_SEND: &str = "message:send";
 /// Edit one's message.
-pub const MESSAGE_EDIT: &str = "message:edit";
+pub(crate) const MESSAGE_EDIT: &str = "message:edit";
 /// Delete one's message.
-pub const MESSAGE_DELETE: &str = "message:delete";
+pub(crate) const MESSAGE_DELETE: &str = "message:delete";
 /// Hear the presence of some users.
-pub const PRESENCE_SUBSCRIBE: &str = "presence:subscribe";
+pub(crate) const PRESENCE_SUBSCRIBE: &str = "presence:subscribe";
 /// Start a call.
-pub const CALL_INITIATE: &str = "call:initiate";
+pub(crate) const CALL_INITIATE: &str = "call:initiate";
 /// Accept a call.
-pub const CALL_ACCEPT: &str = "call:accept";
+pub(crate) const CALL_ACCEPT: &str = "call:accept";
 /// Decline a call.
-pub const CALL_REJECT: &str = "call:reject";
+pub(crate) const CALL_REJECT: &str = "call:reject";
 /// Hang up (or cancel before an answer).
-pub const CALL_END: &str = "call:end";
+pub(crate) const CALL_END: &str = "call:end";
 /// Come back to a call after a reconnect.
-pub const CALL_REJOIN: &str = "call:rejoin";
+pub(crate) const CALL_REJOIN: &str = "call:rejoin";
 
 // Both ways: a client sends them, the engine relays or fans them out under the same name.
 
 /// A typing indicator started.
-pub const TYPING_START: &str = "typing:start";
+pub(crate) const TYPING_START: &str = "typing:start";
 /// A typing indicator stopped.
-pub const TYPING_STOP: &str = "typing:stop";
+pub(crate) const TYPING_STOP: &str = "typing:stop";
 /// Messages reached a device.
-pub const RECEIPT_DELIVERED: &str = "receipt:delivered";
+pub(crate) const RECEIPT_DELIVERED: &str = "receipt:delivered";
 /// Messages were read.
-pub const RECEIPT_READ: &str = "receipt:read";
+pub(crate) const RECEIPT_READ: &str = "receipt:read";
 /// WebRTC signaling: an SDP offer, relayed to the other party.
-pub const CALL_OFFER: &str = "call:offer";
+pub(crate) const CALL_OFFER: &str = "call:offer";
 /// WebRTC signaling: an SDP answer, relayed to the other party.
-pub const CALL_ANSWER: &str = "call:answer";
+pub(crate) const CALL_ANSWER: &str = "call:answer";
 /// WebRTC signaling: an ICE candidate, relayed to the other party.
-pub const CALL_ICE: &str = "call:ice";
+pub(crate) const CALL_ICE: &str = "call:ice";
 
 // Server → client only.
 
 /// A new message in a conversation.
-pub const MESSAGE_NEW: &str = "message:new";
+pub(crate) const MESSAGE_NEW: &str = "message:new";
 /// A message was edited.
-pub const MESSAGE_EDITED: &str = "message:edited";
+pub(crate) const MESSAGE_EDITED: &str = "message:edited";
 /// A message was deleted.
-pub const MESSAGE_DELETED: &str = "message:deleted";
+pub(crate) const MESSAGE_DELETED: &str = "message:deleted";
 /// A user came online or went offline.
-pub const PRESENCE: &str = "presence";
+pub(crate) const PRESENCE: &str = "presence";
 /// A conversation that includes the recipient was created.
-pub const CONVERSATION_NEW: &str = "conversation:new";
+pub(crate) const CONVERSATION_NEW: &str = "conversation:new";
 /// Members joined a group.
-pub const CONVERSATION_MEMBERS_ADDED: &str = "conversation:members_added";
+pub(crate) const CONVERSATION_MEMBERS_ADDED: &str = "conversation:members_added";
 /// A member left or was removed from a group.
-pub const CONVERSATION_MEMBER_REMOVED: &str = "conversation:member_removed";
+pub(crate) const CONVERSATION_MEMBER_REMOVED: &str = "conversation:member_removed";
 /// A chat request arrived.
-pub const CHAT_REQUEST_NEW: &str = "chat_request:new";
+pub(crate) const CHAT_REQUEST_NEW: &str = "chat_request:new";
 /// A chat request was accepted.
-pub const CHAT_REQUEST_ACCEPTED: &str = "chat_request:accepted";
+pub(crate) const CHAT_REQUEST_ACCEPTED: &str = "chat_request:accepted";
 /// A chat request was declined.
-pub const CHAT_REQUEST_DECLINED: &str = "chat_request:declined";
+pub(crate) const CHAT_REQUEST_DECLINED: &str = "chat_request:declined";
 /// A chat request was withdrawn.
-pub const CHAT_REQUEST_CANCELLED: &str = "chat_request:cancelled";
+pub(crate) const CHAT_REQUEST_CANCELLED: &str = "chat_request:cancelled";
 /// A call rings on this device.
-pub const CALL_INCOMING: &str = "call:incoming";
+pub(crate) const CALL_INCOMING: &str = "call:incoming";
 /// The callee's devices ring (told to the caller).
-pub const CALL_RINGING: &str = "call:ringing";
+pub(crate) const CALL_RINGING: &str = "call:ringing";
 /// A callee accepted.
-pub const CALL_ACCEPTED: &str = "call:accepted";
+pub(crate) const CALL_ACCEPTED: &str = "call:accepted";
 /// Another device of the same user took the call.
-pub const CALL_ANSWERED_ELSEWHERE: &str = "call:answered_elsewhere";
+pub(crate) const CALL_ANSWERED_ELSEWHERE: &str = "call:answered_elsewhere";
 /// A callee declined.
-pub const CALL_REJECTED: &str = "call:rejected";
+pub(crate) const CALL_REJECTED: &str = "call:rejected";
 /// The caller gave up before an answer (told to callees).
-pub const CALL_CANCELLED: &str = "call:cancelled";
+pub(crate) const CALL_CANCELLED: &str = "call:cancelled";
 /// Nobody answered in time.
-pub const CALL_MISSED: &str = "call:missed";
+pub(crate) const CALL_MISSED: &str = "call:missed";
 /// The call is over.
-pub const CALL_ENDED: &str = "call:ended";
+pub(crate) const CALL_ENDED: &str = "call:ended";
 /// Every callee is in another call (told to the caller, with the call that did not start).
-pub const CALL_BUSY: &str = "call:busy";
+pub(crate) const CALL_BUSY: &str = "call:busy";
 /// Two users called each other at once: the caller's new call was dropped in favour of the
 /// one already ringing between them.
-pub const CALL_GLARE: &str = "call:glare";
+pub(crate) const CALL_GLARE: &str = "call:glare";
 /// A group call: someone joined.
-pub const CALL_PARTICIPANT_JOINED: &str = "call:participant_joined";
+pub(crate) const CALL_PARTICIPANT_JOINED: &str = "call:participant_joined";
 /// A group call: someone left.
-pub const CALL_PARTICIPANT_LEFT: &str = "call:participant_left";
+pub(crate) const CALL_PARTICIPANT_LEFT: &str = "call:participant_left";
 /// A group call: someone declined.
-pub const CALL_PARTICIPANT_REJECTED: &str = "call:participant_rejected";
+pub(crate) const CALL_PARTICIPANT_REJECTED: &str = "call:participant_rejected";
 /// A group call: who is in it (told to whoever joins).
-pub const CALL_PARTICIPANTS: &str = "call:participants";
+pub(crate) const CALL_PARTICIPANTS: &str = "call:participants";
 /// The other party lost its connection; the call waits for it (reconnect grace).
-pub const CALL_PEER_RECONNECTING: &str = "call:peer_reconnecting";
+pub(crate) const CALL_PEER_RECONNECTING: &str = "call:peer_reconnecting";
 /// The other party is back.
-pub const CALL_PEER_REJOINED: &str = "call:peer_rejoined";
+pub(crate) const CALL_PEER_REJOINED: &str = "call:peer_rejoined";
 /// This device is back in its call (the answer to `call:rejoin`).
-pub const CALL_REJOINED: &str = "call:rejoined";
+pub(crate) const CALL_REJOINED: &str = "call:rejoined";
 /// A refusal of a frame that expected no reply, or of a connection.
-pub const ERROR: &str = "error";
+pub(crate) const ERROR: &str = "error";
 
 /// What clients send: every command name [`protocol::Command::parse`] knows.
 ///
 /// [`protocol::Command::parse`]: super::protocol::Command::parse
-pub const RECEIVED: &[&str] = &[
+#[cfg(test)]
+pub(crate) const RECEIVED: &[&str] = &[
     CONVERSATION_JOIN,
     CONVERSATION_LEAVE,
     CONVERSATION_OPEN,
@@ -138,7 +139,8 @@ pub const RECEIVED: &[&str] = &[
 ];
 
 /// What the engine sends.
-pub const SENT: &[&str] = &[
+#[cfg(test)]
+pub(crate) const SENT: &[&str] = &[
     TYPING_START,
     TYPING_STOP,
     RECEIPT_DELIVERED,

@@ -14,14 +14,14 @@ use std::collections::HashMap;
 
 /// Users and the time each was last seen, waiting to be written (bounded).
 #[derive(Debug)]
-pub struct LastSeenBuffer {
+pub(crate) struct LastSeenBuffer {
     waiting: HashMap<i64, DateTime<Utc>>,
     capacity: usize,
 }
 
 impl LastSeenBuffer {
     /// An empty buffer for at most `capacity` users (at least one).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             waiting: HashMap::new(),
             capacity: capacity.max(1),
@@ -30,7 +30,7 @@ impl LastSeenBuffer {
 
     /// Records that `user` was seen at `at`. False when the buffer is full and `user` was not
     /// waiting already: the time is dropped.
-    pub fn record(&mut self, user: i64, at: DateTime<Utc>) -> bool {
+    pub(crate) fn record(&mut self, user: i64, at: DateTime<Utc>) -> bool {
         if let Some(t) = self.waiting.get_mut(&user) {
             *t = (*t).max(at);
             return true;
@@ -43,7 +43,7 @@ impl LastSeenBuffer {
     }
 
     /// Takes up to `max` users out of the buffer for one write.
-    pub fn take(&mut self, max: usize) -> Vec<(i64, DateTime<Utc>)> {
+    pub(crate) fn take(&mut self, max: usize) -> Vec<(i64, DateTime<Utc>)> {
         let users: Vec<i64> = self.waiting.keys().take(max).copied().collect();
         users
             .into_iter()
@@ -53,7 +53,7 @@ impl LastSeenBuffer {
 
     /// Puts back a batch whose write failed; a user recorded again meanwhile keeps the later
     /// time. Answers how many users did not fit and were dropped.
-    pub fn restore(&mut self, batch: Vec<(i64, DateTime<Utc>)>) -> usize {
+    pub(crate) fn restore(&mut self, batch: Vec<(i64, DateTime<Utc>)>) -> usize {
         batch
             .into_iter()
             .filter(|(u, t)| !self.record(*u, *t))
@@ -61,17 +61,17 @@ impl LastSeenBuffer {
     }
 
     /// Whether `user` is waiting.
-    pub fn contains(&self, user: i64) -> bool {
+    pub(crate) fn contains(&self, user: i64) -> bool {
         self.waiting.contains_key(&user)
     }
 
     /// Users waiting.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.waiting.len()
     }
 
     /// Whether nobody waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 }

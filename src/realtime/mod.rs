@@ -33,17 +33,17 @@
 
 pub mod actors;
 pub mod call;
-pub mod cluster;
-pub mod conn;
-pub mod contact;
-pub mod conversation;
+pub(crate) mod cluster;
+pub(crate) mod conn;
+pub(crate) mod contact;
+pub(crate) mod conversation;
 pub mod dialect;
-pub mod directory;
-pub mod events;
+pub(crate) mod directory;
+pub(crate) mod events;
 pub mod last_seen;
 pub mod presence;
 pub mod protocol;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod socketio;
@@ -70,7 +70,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Message kinds a client may send; `system`, `voice_call` and `video_call` are server-only.
-pub const CLIENT_KINDS: [&str; 4] = ["text", "image", "audio", "file"];
+pub(crate) const CLIENT_KINDS: [&str; 4] = ["text", "image", "audio", "file"];
 
 /// Attaches a readable upload to a draft: the message's `type` follows the upload when the
 /// client sent none (or `text`): `image`, `audio`, else `file`; a type the client chose must fit
@@ -166,7 +166,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Starts the registry, the writer shards and the conversation arbiters. Must run inside an
     /// actix system. Fails when a writer's thread cannot be started.
-    pub fn start(config: Arc<Config>, db: Db) -> AppResult<Self> {
+    pub(crate) fn start(config: Arc<Config>, db: Db) -> AppResult<Self> {
         let threads = std::thread::available_parallelism()
             .map_or(2, std::num::NonZeroUsize::get)
             .clamp(1, 8);
@@ -261,7 +261,7 @@ impl Engine {
 
     /// One message send of `user` against `MESSAGE_RATE_PER_MIN` / `MESSAGE_BURST`: this
     /// node's bucket first, then (cluster mode) the user's bucket shared by every node.
-    pub async fn take_send(&self, user: i64) -> AppResult<()> {
+    pub(crate) async fn take_send(&self, user: i64) -> AppResult<()> {
         let config = &self.config;
         self.take_limit(
             &self.send_limiter,
@@ -275,7 +275,7 @@ impl Engine {
 
     /// One call start of `user` against `CALL_RATE_PER_HOUR` / `CALL_BURST` (as
     /// [`Engine::take_send`]).
-    pub async fn take_call(&self, user: i64) -> AppResult<()> {
+    pub(crate) async fn take_call(&self, user: i64) -> AppResult<()> {
         let config = &self.config;
         self.take_limit(
             &self.call_limiter,
@@ -307,12 +307,12 @@ impl Engine {
     }
 
     /// A process-unique session key.
-    pub fn next_session_key(&self) -> u64 {
+    pub(crate) fn next_session_key(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The actor of a conversation: found in the shared map, or started by the registry.
-    pub async fn conversation(&self, id: i64) -> AppResult<Addr<ConversationActor>> {
+    pub(crate) async fn conversation(&self, id: i64) -> AppResult<Addr<ConversationActor>> {
         if let Some(addr) = self.conversations.get(&id) {
             return Ok(addr);
         }
@@ -328,7 +328,7 @@ impl Engine {
     /// Sends a message on behalf of `identity`: rate limit, validation, membership check, group
     /// commit; returns only after the row is committed. `origin` (a session key) is skipped in
     /// the fan-out because it receives the ack instead.
-    pub async fn send_message(
+    pub(crate) async fn send_message(
         &self,
         identity: &Identity,
         draft: SendDraft,
@@ -340,7 +340,7 @@ impl Engine {
 
     /// [`Engine::send_message`] for a command received at `received`: the ack latency metric
     /// counts from then.
-    pub async fn send_message_at(
+    pub(crate) async fn send_message_at(
         &self,
         identity: &Identity,
         draft: SendDraft,
@@ -413,7 +413,7 @@ impl Engine {
     }
 
     /// Posts a server-authored message (e.g. a call log) through the same commit and fan-out.
-    pub async fn post_system_message(&self, draft: Draft) -> AppResult<Message> {
+    pub(crate) async fn post_system_message(&self, draft: Draft) -> AppResult<Message> {
         let addr = self.conversation(draft.conversation_id).await?;
         let (tx, rx) = oneshot::channel();
         addr.send(conversation::SystemMessage { draft, reply: tx })
@@ -549,7 +549,7 @@ impl Engine {
     }
 
     /// Edits an own message and fans out `message:edited`.
-    pub async fn edit_message(
+    pub(crate) async fn edit_message(
         &self,
         identity: &Identity,
         message_id: i64,
@@ -570,7 +570,7 @@ impl Engine {
     }
 
     /// Soft-deletes a message (own, or any for `admin`/`master`) and fans out `message:deleted`.
-    pub async fn delete_message(
+    pub(crate) async fn delete_message(
         &self,
         identity: &Identity,
         message_id: i64,
@@ -581,7 +581,7 @@ impl Engine {
     }
 
     /// Opens a conversation for a user (membership check) and returns its state.
-    pub async fn join(&self, user: i64, conversation_id: i64) -> AppResult<Value> {
+    pub(crate) async fn join(&self, user: i64, conversation_id: i64) -> AppResult<Value> {
         let addr = self.conversation(conversation_id).await?;
         addr.send(Join { user })
             .await
@@ -589,7 +589,12 @@ impl Engine {
     }
 
     /// Typing on/off.
-    pub async fn typing(&self, user: i64, conversation_id: i64, active: bool) -> AppResult<()> {
+    pub(crate) async fn typing(
+        &self,
+        user: i64,
+        conversation_id: i64,
+        active: bool,
+    ) -> AppResult<()> {
         let addr = self.conversation(conversation_id).await?;
         addr.send(Typing { user, active })
             .await
@@ -597,13 +602,12 @@ impl Engine {
     }
 
     /// Moves a receipt cursor and relays it to the other members.
-    pub async fn receipt(
+    pub(crate) async fn receipt(
         &self,
         user: i64,
         conversation_id: i64,
         kind: convs::ReceiptKind,
         cursor: protocol::ReceiptCursor,
-        origin: Option<u64>,
     ) -> AppResult<Value> {
         let addr = self.conversation(conversation_id).await?;
         let (tx, rx) = oneshot::channel();
@@ -611,7 +615,6 @@ impl Engine {
             user,
             kind,
             cursor,
-            origin,
             reply: tx,
         })
         .await
@@ -621,7 +624,7 @@ impl Engine {
     }
 
     /// Sends an event to every device of some users.
-    pub fn notify_users(&self, users: Vec<i64>, name: &'static str, payload: Value) {
+    pub(crate) fn notify_users(&self, users: Vec<i64>, name: &'static str, payload: Value) {
         self.delivery
             .deliver(&users, &ServerEvent::new(name, payload), None);
     }
@@ -632,7 +635,7 @@ impl Engine {
     /// go out on the delivery path, not through the registry, so a removed member who hears of
     /// the removal and sends at once must find the actor's mailbox already holding the reload
     /// (which holds later commands until the members are read).
-    pub fn members_changed(&self, conversation_id: i64, members: Vec<i64>) {
+    pub(crate) fn members_changed(&self, conversation_id: i64, members: Vec<i64>) {
         if let Some(cluster) = &self.cluster {
             cluster.publish_members(conversation_id, members.clone());
         }

@@ -9,11 +9,11 @@
 use std::collections::{HashMap, HashSet};
 
 /// The most users one device watches at once; later ones in a `presence:subscribe` are ignored.
-pub const MAX_WATCHED: usize = 1000;
+pub(crate) const MAX_WATCHED: usize = 1000;
 
 /// Presence audiences and who has been announced online.
 #[derive(Debug, Default)]
-pub struct Audiences {
+pub(crate) struct Audiences {
     /// User → the users hearing about it.
     peers: HashMap<i64, HashSet<i64>>,
     /// Cluster mode: user online here → the users it hears about.
@@ -29,7 +29,7 @@ pub struct Audiences {
 impl Audiences {
     /// Single node: `user` and its peers that are online (`online_peers`) hear about each
     /// other.
-    pub fn link(&mut self, user: i64, online_peers: impl IntoIterator<Item = i64>) {
+    pub(crate) fn link(&mut self, user: i64, online_peers: impl IntoIterator<Item = i64>) {
         let online: Vec<i64> = online_peers.into_iter().filter(|p| *p != user).collect();
         for peer in &online {
             self.peers.entry(*peer).or_default().insert(user);
@@ -38,7 +38,7 @@ impl Audiences {
     }
 
     /// Single node: every two of `members` (all online) hear about each other.
-    pub fn link_all(&mut self, members: &[i64]) {
+    pub(crate) fn link_all(&mut self, members: &[i64]) {
         for a in members {
             for b in members {
                 if a != b {
@@ -49,7 +49,7 @@ impl Audiences {
     }
 
     /// Cluster mode: `user`, online here, hears about `peers` wherever they are.
-    pub fn listen(&mut self, user: i64, peers: impl IntoIterator<Item = i64>) {
+    pub(crate) fn listen(&mut self, user: i64, peers: impl IntoIterator<Item = i64>) {
         let listening = self.listening.entry(user).or_default();
         for peer in peers {
             if peer != user && listening.insert(peer) {
@@ -60,7 +60,7 @@ impl Audiences {
 
     /// Cluster mode: `user` left this node; it hears about nobody here any more (its own
     /// audience stays: it may be online elsewhere).
-    pub fn stop_listening(&mut self, user: i64) {
+    pub(crate) fn stop_listening(&mut self, user: i64) {
         for peer in self.listening.remove(&user).unwrap_or_default() {
             self.unlink(peer, user);
         }
@@ -69,7 +69,7 @@ impl Audiences {
     /// Single node: `user` went offline and was told about; it needs no audience until it
     /// announces itself again, and its peers stop hearing it (a peer's entry goes when it
     /// empties), so nothing grows with every user ever seen.
-    pub fn forget(&mut self, user: i64) {
+    pub(crate) fn forget(&mut self, user: i64) {
         for peer in self.peers.remove(&user).unwrap_or_default() {
             self.unlink(peer, user);
         }
@@ -86,7 +86,7 @@ impl Audiences {
 
     /// Device `key` of `user` watches `targets` (the first [`MAX_WATCHED`]); returns the
     /// targets taken.
-    pub fn watch<'t>(&mut self, user: i64, key: u64, targets: &'t [i64]) -> &'t [i64] {
+    pub(crate) fn watch<'t>(&mut self, user: i64, key: u64, targets: &'t [i64]) -> &'t [i64] {
         let targets = &targets[..targets.len().min(MAX_WATCHED)];
         let list = self.watching.entry(key).or_default();
         for t in targets {
@@ -99,7 +99,7 @@ impl Audiences {
     }
 
     /// Device `key` of `user` is gone: it watches nobody.
-    pub fn unwatch(&mut self, user: i64, key: u64) {
+    pub(crate) fn unwatch(&mut self, user: i64, key: u64) {
         for t in self.watching.remove(&key).unwrap_or_default() {
             if let Some(w) = self.watchers.get_mut(&t) {
                 w.remove(&(user, key));
@@ -112,7 +112,7 @@ impl Audiences {
 
     /// Who to tell about `user`: its peers and watchers that are online (by `online`), never
     /// itself.
-    pub fn audience(&self, user: i64, online: impl Fn(i64) -> bool) -> Vec<i64> {
+    pub(crate) fn audience(&self, user: i64, online: impl Fn(i64) -> bool) -> Vec<i64> {
         let mut audience: HashSet<i64> = self.peers.get(&user).cloned().unwrap_or_default();
         if let Some(w) = self.watchers.get(&user) {
             audience.extend(w.iter().map(|(u, _)| *u));
@@ -122,27 +122,27 @@ impl Audiences {
     }
 
     /// Marks `user` announced online; true the first time (it should be told).
-    pub fn announce(&mut self, user: i64) -> bool {
+    pub(crate) fn announce(&mut self, user: i64) -> bool {
         self.announced.insert(user)
     }
 
     /// Marks `user` no longer online; true when it had been announced (it should be told).
-    pub fn retire(&mut self, user: i64) -> bool {
+    pub(crate) fn retire(&mut self, user: i64) -> bool {
         self.announced.remove(&user)
     }
 
     /// Whether `user` was announced online.
-    pub fn is_announced(&self, user: i64) -> bool {
+    pub(crate) fn is_announced(&self, user: i64) -> bool {
         self.announced.contains(&user)
     }
 
     /// Users with an audience entry (stats).
-    pub fn audiences(&self) -> usize {
+    pub(crate) fn audiences(&self) -> usize {
         self.peers.len()
     }
 
     /// Users someone watches (stats).
-    pub fn watched(&self) -> usize {
+    pub(crate) fn watched(&self) -> usize {
         self.watchers.len()
     }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 /// Whether a JSON value holds a NUL character in any string or key (PostgreSQL cannot store
 /// one, in `text` or in `jsonb`).
-pub fn has_nul(value: &Value) -> bool {
+pub(crate) fn has_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(has_nul),
@@ -68,7 +68,7 @@ pub struct ServerEvent {
 
 /// Slots of an event's translation cache: one per dialect and user-id type (a dialect may type
 /// ids like each connection's token).
-pub const DIALECT_SLOTS: usize = 2 * crate::realtime::dialect::DIALECT_COUNT;
+pub(crate) const DIALECT_SLOTS: usize = 2 * crate::realtime::dialect::DIALECT_COUNT;
 
 /// Where a durable event stands in its conversation: every new message, edit, deletion and
 /// receipt takes the conversation's next change number, and a new message its next seq.
@@ -84,7 +84,7 @@ pub struct Position {
 
 impl Position {
     /// The position of a canonical event, when it stands for something durable.
-    pub fn of(name: &str, payload: &Value) -> Option<Self> {
+    pub(crate) fn of(name: &str, payload: &Value) -> Option<Self> {
         let new = match name {
             events::MESSAGE_NEW => true,
             events::MESSAGE_EDITED
@@ -143,7 +143,7 @@ impl ServerEvent {
     }
 
     /// A new message's event (see [`ServerEvent::delivery`]).
-    pub fn message(
+    pub(crate) fn message(
         name: impl Into<Cow<'static, str>>,
         payload: Value,
         conversation_id: i64,
@@ -163,7 +163,7 @@ impl ServerEvent {
     }
 
     /// Another event standing for this one (a dialect's translation): same delivery.
-    pub fn derive(&self, name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
+    pub(crate) fn derive(&self, name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             payload,
@@ -177,7 +177,7 @@ impl ServerEvent {
     }
 
     /// The Socket.IO arguments `["name", payload]` as JSON text, encoded once and shared.
-    pub fn socketio_args(&self) -> Arc<str> {
+    pub(crate) fn socketio_args(&self) -> Arc<str> {
         Arc::clone(self.socketio.get_or_init(|| {
             serde_json::to_string(&(&*self.name, &self.payload))
                 .map_or_else(|_| Arc::from("[]"), Arc::from)
@@ -186,7 +186,7 @@ impl ServerEvent {
 
     /// This event as a dialect speaks it, built once by `build` and shared by every recipient
     /// of that dialect.
-    pub fn translated(
+    pub(crate) fn translated(
         &self,
         slot: usize,
         build: impl FnOnce() -> Vec<Arc<ServerEvent>>,
@@ -208,7 +208,11 @@ impl ServerEvent {
 
 /// A canonical frame `{"event", "id"?, "payload"}` as text, serialised from borrowed parts (no
 /// copy of the payload tree).
-pub fn frame_text<T: Serialize + ?Sized>(event: &str, id: Option<&Value>, payload: &T) -> String {
+pub(crate) fn frame_text<T: Serialize + ?Sized>(
+    event: &str,
+    id: Option<&Value>,
+    payload: &T,
+) -> String {
     #[derive(Serialize)]
     struct Frame<'a, T: Serialize + ?Sized> {
         event: &'a str,
@@ -239,7 +243,7 @@ pub struct WireError {
 
 impl WireError {
     /// From an application error, referring to a frame.
-    pub fn from_app(err: &AppError, reference: Option<Value>) -> Self {
+    pub(crate) fn from_app(err: &AppError, reference: Option<Value>) -> Self {
         match err {
             AppError::Internal { cause } => tracing::error!(%cause, "command failed"),
             AppError::Unavailable { cause } => {
@@ -291,18 +295,18 @@ pub struct ErrorReply {
 
 impl Outbound {
     /// A successful reply to the frame `id`.
-    pub fn ack(id: Value, payload: Value) -> Self {
+    pub(crate) fn ack(id: Value, payload: Value) -> Self {
         Self::Ack(Box::new(AckReply { id, payload }))
     }
 
     /// An error reply (to the frame `id`, or an error event without one).
-    pub fn error(id: Option<Value>, error: WireError) -> Self {
+    pub(crate) fn error(id: Option<Value>, error: WireError) -> Self {
         Self::Error(Box::new(ErrorReply { id, error }))
     }
 }
 
 /// Deserializes an id given as a JSON string or number into `i64`.
-pub fn id_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+pub(crate) fn id_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
     match Value::deserialize(de)? {
         Value::Number(n) => n
             .as_i64()
@@ -321,7 +325,7 @@ pub fn id_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
 }
 
 /// Like [`id_field`] for optional fields.
-pub fn opt_id_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn opt_id_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
     match Option::<Value>::deserialize(de)? {
         None | Some(Value::Null) => Ok(None),
         Some(v) => id_field(v).map(Some).map_err(de::Error::custom),
@@ -329,7 +333,7 @@ pub fn opt_id_field<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::
 }
 
 /// Like [`id_field`] for lists of ids.
-pub fn id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<i64>, D::Error> {
+pub(crate) fn id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<i64>, D::Error> {
     let values = Vec::<Value>::deserialize(de)?;
     values
         .into_iter()
@@ -338,7 +342,7 @@ pub fn id_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<i64>, D::Error> {
 }
 
 /// A non-negative sequence number given as a number or a string of digits.
-pub fn seq_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+pub(crate) fn seq_field<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
     match Value::deserialize(de)? {
         Value::Number(n) => n
             .as_i64()
@@ -465,7 +469,7 @@ struct RawReceipt {
 }
 
 /// Messages one receipt may name.
-pub const MAX_RECEIPT_MESSAGES: usize = 1000;
+pub(crate) const MAX_RECEIPT_MESSAGES: usize = 1000;
 
 impl TryFrom<RawReceipt> for ReceiptCommand {
     type Error = String;
@@ -495,7 +499,7 @@ impl TryFrom<RawReceipt> for ReceiptCommand {
 
 /// A time given as an RFC 3339 string or as epoch milliseconds, within the range PostgreSQL
 /// stores.
-pub fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub(crate) fn time_value(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let parsed = match v {
         Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
             .ok()
@@ -621,12 +625,12 @@ pub struct DirectSend {
 
 /// Sender and conversation fields a client may put in a send; identity comes from the token and
 /// the conversation from the route or the resolved recipient, so these are dropped.
-pub const SEND_IGNORED_FIELDS: [&str; 3] = ["senderId", "userId", "conversationId"];
+pub(crate) const SEND_IGNORED_FIELDS: [&str; 3] = ["senderId", "userId", "conversationId"];
 
 impl SendDraft {
     /// A draft for `conversation_id` from the other fields of a send payload (sender and
     /// conversation fields in it are ignored).
-    pub fn in_conversation(
+    pub(crate) fn in_conversation(
         conversation_id: i64,
         mut fields: serde_json::Map<String, Value>,
     ) -> Result<Self, AppError> {

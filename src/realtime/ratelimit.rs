@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// A token bucket: `capacity` tokens, refilled at `per_sec` tokens per second.
 #[derive(Clone, Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     capacity: f64,
     per_sec: f64,
@@ -16,7 +16,7 @@ pub struct Bucket {
 
 impl Bucket {
     /// A full bucket.
-    pub fn new(capacity: u32, per_sec: f64) -> Self {
+    pub(crate) fn new(capacity: u32, per_sec: f64) -> Self {
         let capacity = f64::from(capacity.max(1));
         Self {
             tokens: capacity,
@@ -27,7 +27,7 @@ impl Bucket {
     }
 
     /// Takes one token, or says how long until one is available.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.updated = now;
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
@@ -85,17 +85,17 @@ impl UserLimiter {
     }
 
     /// `per_min` sustained, `burst` at once.
-    pub fn per_minute(per_min: u32, burst: u32) -> Self {
+    pub(crate) fn per_minute(per_min: u32, burst: u32) -> Self {
         Self::with_rate(burst, f64::from(per_min.max(1)) / 60.0)
     }
 
     /// `per_hour` sustained, `burst` at once.
-    pub fn per_hour(per_hour: u32, burst: u32) -> Self {
+    pub(crate) fn per_hour(per_hour: u32, burst: u32) -> Self {
         Self::with_rate(burst, f64::from(per_hour.max(1)) / 3600.0)
     }
 
     /// Takes one token for `user`; `Err(secs)` says when to retry (at least 1).
-    pub fn check(&self, user: i64) -> Result<(), u64> {
+    pub(crate) fn check(&self, user: i64) -> Result<(), u64> {
         let now = Instant::now();
         let mut shard = self.shards[user.rem_euclid(SHARDS as i64) as usize]
             .lock()
@@ -114,7 +114,8 @@ impl UserLimiter {
     }
 
     /// Buckets held (users seen whose buckets have not refilled and been swept).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {
@@ -124,11 +125,6 @@ impl UserLimiter {
                     .len()
             })
             .sum()
-    }
-
-    /// Whether no bucket is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// Asks a session to close (logout, ban, shutdown).
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct CloseSession {
+pub(crate) struct CloseSession {
     /// WebSocket close code.
     pub code: u16,
     /// Close reason.
@@ -41,7 +41,7 @@ struct Entry {
 /// How a session is connected: its transport and the dialect it speaks. Both are static names,
 /// used for stats and metrics labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SessionLabels {
+pub(crate) struct SessionLabels {
     /// Transport name (`ws`, `socket.io`).
     pub transport: &'static str,
     /// Dialect name (`canonical` or a seed's).
@@ -51,7 +51,7 @@ pub struct SessionLabels {
 /// A session came up.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Connect {
+pub(crate) struct Connect {
     /// User.
     pub user_id: i64,
     /// Process-unique session key.
@@ -68,7 +68,7 @@ pub struct Connect {
 /// device, announce them online.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Announce {
+pub(crate) struct Announce {
     /// User.
     pub user_id: i64,
     /// Users sharing a conversation with this user.
@@ -78,7 +78,7 @@ pub struct Announce {
 /// A session went away.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Disconnect {
+pub(crate) struct Disconnect {
     /// User.
     pub user_id: i64,
     /// Session key.
@@ -88,7 +88,7 @@ pub struct Disconnect {
 /// Looks up (or starts) the actor of a conversation.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<Addr<ConversationActor>>")]
-pub struct GetConversation {
+pub(crate) struct GetConversation {
     /// The conversation.
     pub id: i64,
     /// Set when another node's message (this seq) starts the actor: the actor fans out from
@@ -100,7 +100,7 @@ pub struct GetConversation {
 /// this node's audience of the user.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ClusterPresence {
+pub(crate) struct ClusterPresence {
     /// User.
     pub user_id: i64,
     /// The user's devices on every node (0: offline).
@@ -112,12 +112,12 @@ pub struct ClusterPresence {
 /// This node's users and their device counts (to write them to Redis again).
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<(i64, usize)>")]
-pub struct LocalPresence;
+pub(crate) struct LocalPresence;
 
 /// Membership of a conversation changed (REST): reload it and widen presence audiences.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ConversationMembersChanged {
+pub(crate) struct ConversationMembersChanged {
     /// Conversation.
     pub id: i64,
     /// Current members.
@@ -131,7 +131,7 @@ pub struct ConversationMembersChanged {
 /// Presence of one user.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PresenceStatus {
+pub(crate) struct PresenceStatus {
     /// User id.
     pub user_id: String,
     /// Online on at least one device.
@@ -145,7 +145,7 @@ pub struct PresenceStatus {
 /// Subscribes a session to presence changes of users; answers their current state.
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<PresenceStatus>")]
-pub struct WatchPresence {
+pub(crate) struct WatchPresence {
     /// Watching user.
     pub user_id: i64,
     /// Watching session.
@@ -157,7 +157,7 @@ pub struct WatchPresence {
 /// Closes sessions of a user: all of them, or those of one device session.
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
-pub struct KickUser {
+pub(crate) struct KickUser {
     /// User.
     pub user_id: i64,
     /// Only sessions authenticated with this device session.
@@ -171,7 +171,7 @@ pub struct KickUser {
 /// Closes every live session (server shutdown); answers how many were asked to close.
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
-pub struct CloseAll {
+pub(crate) struct CloseAll {
     /// Close code.
     pub code: u16,
     /// Reason.
@@ -248,7 +248,7 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// An empty registry; [`SetEngine`] completes it.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             engine: None,
             sessions: HashMap::new(),
@@ -320,7 +320,7 @@ impl Actor for Registry {
 /// Gives the registry the engine it spawns conversation actors with.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct SetEngine(pub Engine);
+pub(crate) struct SetEngine(pub Engine);
 
 impl Handler<SetEngine> for Registry {
     type Result = ();
@@ -433,7 +433,7 @@ impl Registry {
 /// written (they are back in the buffer).
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
-pub struct FlushLastSeen;
+pub(crate) struct FlushLastSeen;
 
 impl Handler<FlushLastSeen> for Registry {
     type Result = ResponseActFuture<Self, usize>;
@@ -724,7 +724,7 @@ impl Handler<GetStats> for Registry {
 /// Starts a call (busy detection and glare resolution happen here, serialised).
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<StartedCall>")]
-pub struct StartCall {
+pub(crate) struct StartCall {
     /// Call id to use.
     pub call_id: String,
     /// Caller.
@@ -745,7 +745,7 @@ pub struct StartCall {
 
 /// What the cluster-wide call directory decided about a call start (single node: `Start`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Start it (local checks still apply).
     #[default]
     Start,
@@ -760,7 +760,7 @@ pub enum Verdict {
 
 /// The outcome of [`StartCall`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartedCall {
+pub(crate) enum StartedCall {
     /// Ringing (or waiting for a device) under this id.
     Ringing(String),
     /// The callee is in another call; a `busy` record was written under this id.
@@ -940,7 +940,7 @@ impl Registry {
 
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ScheduleCallTimer {
+pub(crate) struct ScheduleCallTimer {
     /// Call.
     pub call_id: String,
     /// Delay.
@@ -970,7 +970,7 @@ impl Handler<ScheduleCallTimer> for Registry {
 /// in memory until the database has it.)
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct CallFinished {
+pub(crate) struct CallFinished {
     /// Call.
     pub call_id: String,
 }
@@ -985,7 +985,7 @@ impl Handler<CallFinished> for Registry {
 /// A group-call member joined (busy) or left (free).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct CallMembership {
+pub(crate) struct CallMembership {
     /// Call.
     pub call_id: String,
     /// User.
@@ -1007,7 +1007,7 @@ impl Handler<CallMembership> for Registry {
 /// Live calls (admin stats, shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<(String, Addr<CallActor>)>")]
-pub struct LiveCalls;
+pub(crate) struct LiveCalls;
 
 impl Handler<LiveCalls> for Registry {
     type Result = MessageResult<LiveCalls>;
@@ -1024,7 +1024,7 @@ impl Handler<LiveCalls> for Registry {
 /// Live connections per (transport, dialect) pair (admin stats).
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<(&'static str, &'static str, usize)>")]
-pub struct ConnectionBreakdown;
+pub(crate) struct ConnectionBreakdown;
 
 impl Handler<ConnectionBreakdown> for Registry {
     type Result = MessageResult<ConnectionBreakdown>;
@@ -1045,7 +1045,7 @@ impl Handler<ConnectionBreakdown> for Registry {
 /// Ids of the users with at least one live connection.
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<i64>")]
-pub struct OnlineUsers;
+pub(crate) struct OnlineUsers;
 
 impl Handler<OnlineUsers> for Registry {
     type Result = MessageResult<OnlineUsers>;
@@ -1059,7 +1059,7 @@ impl Handler<OnlineUsers> for Registry {
 /// One live connection of a user, as the admin dashboard shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// Process-unique session key.
     pub key: u64,
     /// Device session of the token, if session-bound.
@@ -1073,7 +1073,7 @@ pub struct ConnectionInfo {
 /// The live connections of one user.
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<ConnectionInfo>")]
-pub struct UserConnections(pub i64);
+pub(crate) struct UserConnections(pub i64);
 
 impl Handler<UserConnections> for Registry {
     type Result = MessageResult<UserConnections>;
@@ -1101,7 +1101,7 @@ impl Handler<UserConnections> for Registry {
 /// What the registry knows about one live call (admin dashboard).
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LiveCallInfo {
+pub(crate) struct LiveCallInfo {
     /// Call id.
     pub call_id: String,
     /// Caller.
@@ -1117,7 +1117,7 @@ pub struct LiveCallInfo {
 /// Every live call with its parties.
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<LiveCallInfo>")]
-pub struct LiveCallDetails;
+pub(crate) struct LiveCallDetails;
 
 impl Handler<LiveCallDetails> for Registry {
     type Result = MessageResult<LiveCallDetails>;
@@ -1141,7 +1141,7 @@ impl Handler<LiveCallDetails> for Registry {
 /// The live call a user takes part in, if any.
 #[derive(Message, Debug)]
 #[rtype(result = "Option<String>")]
-pub struct CallOfUser(pub i64);
+pub(crate) struct CallOfUser(pub i64);
 
 impl Handler<CallOfUser> for Registry {
     type Result = Option<String>;

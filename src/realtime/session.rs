@@ -26,7 +26,7 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 
 /// How the session asks its transport to close the connection.
 #[derive(Clone, Debug)]
-pub struct CloseRequest {
+pub(crate) struct CloseRequest {
     /// WebSocket close code.
     pub code: u16,
     /// Reason text.
@@ -35,7 +35,7 @@ pub struct CloseRequest {
 
 /// A connection's close request: the first one wins, the transport waits for it.
 #[derive(Debug, Default)]
-pub struct CloseSignal {
+pub(crate) struct CloseSignal {
     request: std::sync::Mutex<Option<CloseRequest>>,
     made: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
@@ -43,12 +43,12 @@ pub struct CloseSignal {
 
 impl CloseSignal {
     /// A new signal, shared by the session's parts.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::default()
     }
 
     /// Asks the transport to close; answers false when a close was already requested.
-    pub fn request(&self, req: CloseRequest) -> bool {
+    pub(crate) fn request(&self, req: CloseRequest) -> bool {
         if self.made.swap(true, Ordering::SeqCst) {
             return false;
         }
@@ -61,7 +61,7 @@ impl CloseSignal {
     }
 
     /// Waits for the close request and takes it (one transport task waits; cancel-safe).
-    pub async fn requested(&self) -> CloseRequest {
+    pub(crate) async fn requested(&self) -> CloseRequest {
         loop {
             if let Some(req) = self
                 .request
@@ -79,7 +79,7 @@ impl CloseSignal {
 /// Told of each message the session itself sent (its own fan-out skips it): a transport that
 /// tracks its client's place (Socket.IO recovery) counts it as known to the client.
 #[derive(Clone)]
-pub struct OwnSends(pub Arc<dyn Fn(Position) + Send + Sync>);
+pub(crate) struct OwnSends(pub Arc<dyn Fn(Position) + Send + Sync>);
 
 impl std::fmt::Debug for OwnSends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,7 +89,7 @@ impl std::fmt::Debug for OwnSends {
 
 /// The transport side of a session: a bounded queue of outbound items and a close signal.
 #[derive(Clone, Debug)]
-pub struct Link {
+pub(crate) struct Link {
     /// Outbound events and replies (bounded: `OUTBOUND_QUEUE`).
     pub out: mpsc::Sender<Outbound>,
     /// Close request (the first one wins).
@@ -102,7 +102,7 @@ pub struct Link {
 
 /// What became of an item offered to a [`Link`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// Queued for the transport.
     Queued,
     /// The queue was full: the connection is being closed as a slow consumer.
@@ -113,7 +113,7 @@ pub enum Offer {
 
 impl Link {
     /// A link for a connection speaking `dialect`.
-    pub fn new(
+    pub(crate) fn new(
         out: mpsc::Sender<Outbound>,
         close: Arc<CloseSignal>,
         dialect: Arc<Translator>,
@@ -128,20 +128,20 @@ impl Link {
 
     /// The same link, telling `hook` of the session's own committed sends.
     #[must_use]
-    pub fn with_own_sends(mut self, hook: OwnSends) -> Self {
+    pub(crate) fn with_own_sends(mut self, hook: OwnSends) -> Self {
         self.own_sends = Some(hook);
         self
     }
 
     /// Queues an item (events in the connection's dialect); a full queue means the client is
     /// not reading: close it.
-    pub fn push(&self, item: Outbound, user: i64) -> bool {
+    pub(crate) fn push(&self, item: Outbound, user: i64) -> bool {
         self.offer(item, user) == Offer::Queued
     }
 
     /// Like [`Link::push`], telling a full queue from a closed one. Events leave in the
     /// connection's dialect.
-    pub fn offer(&self, item: Outbound, user: i64) -> Offer {
+    pub(crate) fn offer(&self, item: Outbound, user: i64) -> Offer {
         match item {
             Outbound::Event(ev) if !self.dialect.is_canonical() => self.offer_all(
                 self.dialect
@@ -185,7 +185,7 @@ impl Link {
 
     /// Sends the reply for a frame: an ack with its id, or an error (with its id, or referring
     /// to the event name when the frame had none).
-    pub fn reply(
+    pub(crate) fn reply(
         &self,
         user: i64,
         reply_to: Option<Value>,
@@ -212,10 +212,10 @@ impl Link {
 /// The transport went away.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct TransportClosed;
+pub(crate) struct TransportClosed;
 
 /// The session actor.
-pub struct SessionActor {
+pub(crate) struct SessionActor {
     key: u64,
     identity: Arc<Identity>,
     engine: Engine,
@@ -227,7 +227,7 @@ pub struct SessionActor {
 }
 
 /// Commands one connection may have running at once; more are refused with `rate_limited`.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 impl std::fmt::Debug for SessionActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,7 +240,12 @@ impl std::fmt::Debug for SessionActor {
 
 impl SessionActor {
     /// A session for an authenticated identity.
-    pub fn new(identity: Identity, engine: Engine, link: Link, labels: SessionLabels) -> Self {
+    pub(crate) fn new(
+        identity: Identity,
+        engine: Engine,
+        link: Link,
+        labels: SessionLabels,
+    ) -> Self {
         // Before any event reaches the link: ids leave in the type the app's token used.
         link.dialect.set_numeric_ids(identity.numeric_id);
         Self {
@@ -279,7 +284,7 @@ impl SessionActor {
     }
 
     /// The session's process-unique key.
-    pub fn key(&self) -> u64 {
+    pub(crate) fn key(&self) -> u64 {
         self.key
     }
 
@@ -574,24 +579,12 @@ async fn execute(
         }
         Command::Delivered(r) => {
             engine
-                .receipt(
-                    user,
-                    r.conversation_id,
-                    ReceiptKind::Delivered,
-                    r.cursor,
-                    Some(key),
-                )
+                .receipt(user, r.conversation_id, ReceiptKind::Delivered, r.cursor)
                 .await
         }
         Command::Read(r) => {
             engine
-                .receipt(
-                    user,
-                    r.conversation_id,
-                    ReceiptKind::Read,
-                    r.cursor,
-                    Some(key),
-                )
+                .receipt(user, r.conversation_id, ReceiptKind::Read, r.cursor)
                 .await
         }
         Command::PresenceSubscribe(p) => {

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// One message waiting for its commit.
 #[derive(Debug)]
-pub struct WriteRequest {
+pub(crate) struct WriteRequest {
     /// The validated draft.
     pub draft: Draft,
     /// Where the conversation actor learns the outcome (in commit order).
@@ -40,7 +40,7 @@ impl Writer {
     /// Starts `shards` writer tasks on the current runtime, each with a queue of `queue` requests,
     /// batches of at most `batch_max` and at most `in_flight` batches committing at once (each
     /// on a connection of its own).
-    pub fn start(
+    pub(crate) fn start(
         db: Db,
         shards: usize,
         queue: usize,
@@ -75,13 +75,13 @@ impl Writer {
     }
 
     /// Messages queued or being committed right now (shutdown waits for zero).
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::SeqCst)
     }
 
     /// Queues a request. A full queue refuses at once with `unavailable` (back-pressure) rather
     /// than growing without bound; the refusal goes to the request's reply channel.
-    pub fn submit(&self, req: WriteRequest) -> bool {
+    pub(crate) fn submit(&self, req: WriteRequest) -> bool {
         let shard = usize::try_from(req.draft.conversation_id.unsigned_abs()).unwrap_or(0)
             % self.shards.len();
         self.pending.fetch_add(1, Ordering::SeqCst);

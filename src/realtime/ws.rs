@@ -109,7 +109,10 @@ fn token_of(req: &HttpRequest) -> Option<String> {
 }
 
 /// The dialect a request names with `?dialect=`, or its listener's default.
-pub fn dialect_of(req: &HttpRequest, state: &AppState) -> Result<&'static Dialect, AppError> {
+pub(crate) fn dialect_of(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<&'static Dialect, AppError> {
     Dialect::for_connection(
         query_param(req, "dialect").as_deref(),
         state.default_dialect(req),
@@ -117,7 +120,7 @@ pub fn dialect_of(req: &HttpRequest, state: &AppState) -> Result<&'static Dialec
 }
 
 /// `GET /ws`: upgrade, authenticate, start the session.
-pub async fn route(
+pub(crate) async fn route(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
@@ -175,7 +178,7 @@ pub async fn route(
 
 /// An upgraded socket and what keeps its place.
 #[allow(missing_debug_implementations)]
-pub struct Transport {
+pub(crate) struct Transport {
     /// Writes frames.
     pub session: actix_ws::Session,
     /// Reads frames (behind a frame guard).
@@ -187,7 +190,7 @@ pub struct Transport {
 }
 
 /// Starts a session actor and its reader and writer tasks on an upgraded socket.
-pub fn start(
+pub(crate) fn start(
     identity: crate::auth::Identity,
     state: &AppState,
     transport_parts: Transport,

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 /// Facts about a call that the state machine does not need.
 #[derive(Clone, Debug)]
-pub struct CallMeta {
+pub(crate) struct CallMeta {
     /// `audio|video`.
     pub call_type: String,
     /// `webrtc|agora`.
@@ -42,7 +42,7 @@ pub struct CallMeta {
 /// Feed an event to a call.
 #[derive(Message, Debug)]
 #[rtype(result = "AppResult<()>")]
-pub struct CallInput(pub Event);
+pub(crate) struct CallInput(pub Event);
 
 /// The call actor.
 pub struct CallActor {
@@ -72,7 +72,12 @@ impl std::fmt::Debug for CallActor {
 
 impl CallActor {
     /// A new call actor; the registry sends it `Start`.
-    pub fn new(call: Call, meta: CallMeta, engine: Engine, registry: Addr<Registry>) -> Self {
+    pub(crate) fn new(
+        call: Call,
+        meta: CallMeta,
+        engine: Engine,
+        registry: Addr<Registry>,
+    ) -> Self {
         let (began, created_at) = (engine.clock.instant(), engine.clock.now());
         Self {
             call,
@@ -103,7 +108,7 @@ impl CallActor {
     }
 
     /// The `call:incoming` payload for one callee (ICE credentials are per user).
-    pub fn incoming_for(&self, user: i64) -> Value {
+    pub(crate) fn incoming_for(&self, user: i64) -> Value {
         let token_for = |uid| {
             self.meta.channel_name.as_deref().and_then(|channel| {
                 super::agora::rtc_token_for(&self.engine.config, channel, uid).and_then(Result::ok)
@@ -431,7 +436,12 @@ impl CallActor {
 }
 
 /// `📞 Call - 1:05`, `📹 Call - 1:02:03`, or a missed/declined/cancelled text.
-pub fn call_log_text(video: bool, outcome: Outcome, answered: bool, duration: i64) -> String {
+pub(crate) fn call_log_text(
+    video: bool,
+    outcome: Outcome,
+    answered: bool,
+    duration: i64,
+) -> String {
     let icon = if video { "📹" } else { "📞" };
     let kind = if video { "video call" } else { "call" };
     if answered {
@@ -441,13 +451,12 @@ pub fn call_log_text(video: bool, outcome: Outcome, answered: bool, duration: i6
         Outcome::Missed => format!("{icon} Missed {kind}"),
         Outcome::Rejected => format!("{icon} Declined {kind}"),
         Outcome::Cancelled => format!("{icon} Cancelled {kind}"),
-        Outcome::Busy => format!("{icon} Busy - {kind} not connected"),
-        Outcome::Failed | Outcome::Ended => format!("{icon} Failed {kind}"),
+        Outcome::Ended => format!("{icon} Failed {kind}"),
     }
 }
 
 /// `m:ss`, or `h:mm:ss` from one hour on.
-pub fn format_duration(secs: i64) -> String {
+pub(crate) fn format_duration(secs: i64) -> String {
     let secs = secs.max(0);
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     if h > 0 {
@@ -479,7 +488,7 @@ impl Actor for CallActor {
 /// call whose first write has not landed yet (calls ring before anything is written).
 #[derive(Message, Debug)]
 #[rtype(result = "(CallRow, Vec<ParticipantRow>)")]
-pub struct CurrentRecord;
+pub(crate) struct CurrentRecord;
 
 impl Handler<CurrentRecord> for CallActor {
     type Result = MessageResult<CurrentRecord>;

@@ -17,13 +17,13 @@ use std::io::Write;
 /// RTC service type.
 const SERVICE_RTC: u16 = 1;
 /// Join-channel privilege.
-pub const PRIVILEGE_JOIN_CHANNEL: u16 = 1;
+pub(crate) const PRIVILEGE_JOIN_CHANNEL: u16 = 1;
 /// Publish-audio privilege.
-pub const PRIVILEGE_PUBLISH_AUDIO: u16 = 2;
+pub(crate) const PRIVILEGE_PUBLISH_AUDIO: u16 = 2;
 /// Publish-video privilege.
-pub const PRIVILEGE_PUBLISH_VIDEO: u16 = 3;
+pub(crate) const PRIVILEGE_PUBLISH_VIDEO: u16 = 3;
 /// Publish-data privilege.
-pub const PRIVILEGE_PUBLISH_DATA: u16 = 4;
+pub(crate) const PRIVILEGE_PUBLISH_DATA: u16 = 4;
 
 fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -74,7 +74,7 @@ impl RtcToken<'_> {
     }
 
     /// The signed content (also what `decode` recovers, for cross-checks).
-    pub fn content(&self) -> Vec<u8> {
+    pub(crate) fn content(&self) -> Vec<u8> {
         let mut c = Vec::with_capacity(128);
         put_bytes(&mut c, self.app_id.as_bytes());
         put_u32(&mut c, self.issue_ts);
@@ -101,7 +101,7 @@ impl RtcToken<'_> {
     }
 
     /// The HMAC-SHA256 signature of [`RtcToken::content`].
-    pub fn signature(&self, content: &[u8]) -> Vec<u8> {
+    pub(crate) fn signature(&self, content: &[u8]) -> Vec<u8> {
         let k1 = hmac::Key::new(hmac::HMAC_SHA256, &self.issue_ts.to_le_bytes());
         let signing = hmac::sign(&k1, self.app_certificate.as_bytes());
         let k2 = hmac::Key::new(hmac::HMAC_SHA256, &self.salt.to_le_bytes());
@@ -124,7 +124,7 @@ impl RtcToken<'_> {
 
 /// An RTC token for `user` in `channel` with publisher privileges, from the configured app id
 /// and certificate, valid for `AGORA_TOKEN_TTL_SECS`. `None` when Agora is not configured.
-pub fn rtc_token_for(
+pub(crate) fn rtc_token_for(
     config: &crate::config::Config,
     channel: &str,
     uid: u32,
@@ -153,10 +153,10 @@ pub fn rtc_token_for(
 /// The uid of a token valid for any uid: such a token is what an app that joins with uid 0
 /// (Agora then picks the uid) needs, since a token bound to another uid is refused for uid 0.
 /// Calls hand one out besides the uid-bound token (seed 002's app signs and joins with uid 0).
-pub const ANY_UID: u32 = 0;
+pub(crate) const ANY_UID: u32 = 0;
 
 /// The Agora uid of a user: the user id when it fits in 32 bits, else 0 (any uid).
-pub fn uid_of(user: i64) -> u32 {
+pub(crate) fn uid_of(user: i64) -> u32 {
     u32::try_from(user).unwrap_or(0)
 }
 

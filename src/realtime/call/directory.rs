@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// What the directory knows of one live call.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveCall<A> {
+pub(crate) struct LiveCall<A> {
     /// What reaches the call.
     pub addr: A,
     /// Who called.
@@ -25,7 +25,7 @@ pub struct LiveCall<A> {
 
 /// What a new call meets, decided before anything changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// The caller is in a call already.
     CallerBusy,
     /// A live call has this id already.
@@ -55,7 +55,7 @@ pub enum Admission {
 
 /// The live calls and who is in which.
 #[derive(Debug)]
-pub struct CallDirectory<A> {
+pub(crate) struct CallDirectory<A> {
     calls: HashMap<String, LiveCall<A>>,
     user_call: HashMap<i64, String>,
 }
@@ -72,7 +72,13 @@ impl<A> Default for CallDirectory<A> {
 impl<A> CallDirectory<A> {
     /// What a call `call_id` from `caller` to `callees` meets. The call of the user with the
     /// lower id wins a glare, whatever the arrival order.
-    pub fn admit(&self, caller: i64, call_id: &str, callees: &[i64], group: bool) -> Admission {
+    pub(crate) fn admit(
+        &self,
+        caller: i64,
+        call_id: &str,
+        callees: &[i64],
+        group: bool,
+    ) -> Admission {
         let crossing = match callees {
             [callee] if !group => self.user_call.get(callee).and_then(|id| {
                 let live = self.calls.get(id)?;
@@ -123,7 +129,7 @@ impl<A> CallDirectory<A> {
 
     /// Records a call that now rings: its caller is busy, and so are the callees of a
     /// one-to-one call (a group member once they join, [`CallDirectory::membership`]).
-    pub fn insert(&mut self, id: String, call: LiveCall<A>) {
+    pub(crate) fn insert(&mut self, id: String, call: LiveCall<A>) {
         self.user_call.insert(call.caller, id.clone());
         if !call.group {
             for callee in &call.callees {
@@ -134,14 +140,14 @@ impl<A> CallDirectory<A> {
     }
 
     /// Forgets a call (it ended, or gave way) and frees everyone in it.
-    pub fn remove(&mut self, id: &str) -> Option<LiveCall<A>> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<LiveCall<A>> {
         self.user_call.retain(|_, call| call != id);
         self.calls.remove(id)
     }
 
     /// A member joined a call (they are busy and the call is answered) or left it (free,
     /// unless they are in another call by now).
-    pub fn membership(&mut self, id: &str, user: i64, active: bool) {
+    pub(crate) fn membership(&mut self, id: &str, user: i64, active: bool) {
         if active {
             if let Some(live) = self.calls.get_mut(id) {
                 live.answered = true;
@@ -153,22 +159,22 @@ impl<A> CallDirectory<A> {
     }
 
     /// A live call by its id.
-    pub fn get(&self, id: &str) -> Option<&LiveCall<A>> {
+    pub(crate) fn get(&self, id: &str) -> Option<&LiveCall<A>> {
         self.calls.get(id)
     }
 
     /// The id of the call a user is in.
-    pub fn call_of(&self, user: i64) -> Option<&String> {
+    pub(crate) fn call_of(&self, user: i64) -> Option<&String> {
         self.user_call.get(&user)
     }
 
     /// The call a user is in.
-    pub fn live_call_of(&self, user: i64) -> Option<&LiveCall<A>> {
+    pub(crate) fn live_call_of(&self, user: i64) -> Option<&LiveCall<A>> {
         self.calls.get(self.user_call.get(&user)?)
     }
 
     /// Every live call with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &LiveCall<A>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &LiveCall<A>)> {
         self.calls.iter()
     }
 }

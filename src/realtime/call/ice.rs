@@ -33,7 +33,7 @@ pub fn turn_credential(secret: &str, user: &str, expires_at: i64) -> TurnCredent
 
 /// The `iceServers` list for a user: every STUN URL, then the TURN URLs with fresh credentials
 /// (when TURN is configured). `ttl` is capped by `TURN_TTL_SECS`.
-pub fn ice_servers(config: &Config, user: i64, ttl: Option<u64>) -> Value {
+pub(crate) fn ice_servers(config: &Config, user: i64, ttl: Option<u64>) -> Value {
     let mut servers: Vec<Value> = config
         .stun_urls
         .0

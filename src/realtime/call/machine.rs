@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Most ICE candidates buffered for a callee that has not accepted yet.
-pub const MAX_EARLY_ICE: usize = 64;
+pub(crate) const MAX_EARLY_ICE: usize = 64;
 
 /// Call status as persisted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     /// Created, no callee device reached yet.
     Initiated,
     /// At least one callee device is ringing.
@@ -28,38 +28,32 @@ pub enum Status {
 
 /// How a call finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// It was answered and later hung up (any reason).
     Ended,
     /// The callee declined.
     Rejected,
     /// Nobody answered in time.
     Missed,
-    /// The callee was in another call.
-    Busy,
     /// The caller hung up before an answer.
     Cancelled,
-    /// It could not proceed (server restart, errors).
-    Failed,
 }
 
 impl Outcome {
     /// The persisted status string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ended => "ended",
             Self::Rejected => "rejected",
             Self::Missed => "missed",
-            Self::Busy => "busy",
             Self::Cancelled => "cancelled",
-            Self::Failed => "failed",
         }
     }
 }
 
 impl Status {
     /// The persisted status string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Initiated => "initiated",
             Self::Ringing => "ringing",
@@ -71,7 +65,7 @@ impl Status {
 
 /// A participant's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartyStatus {
+pub(crate) enum PartyStatus {
     /// Invited; no device reached yet.
     Invited,
     /// Ringing on at least one device.
@@ -84,15 +78,13 @@ pub enum PartyStatus {
     Rejected,
     /// Never answered.
     Missed,
-    /// Busy elsewhere.
-    Busy,
     /// The call was called off before they answered.
     Cancelled,
 }
 
 impl PartyStatus {
     /// The persisted status string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Invited => "invited",
             Self::Ringing => "ringing",
@@ -100,7 +92,6 @@ impl PartyStatus {
             Self::Left => "left",
             Self::Rejected => "rejected",
             Self::Missed => "missed",
-            Self::Busy => "busy",
             Self::Cancelled => "cancelled",
         }
     }
@@ -112,7 +103,7 @@ impl PartyStatus {
 
 /// One participant.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Party {
+pub(crate) struct Party {
     /// Status.
     pub status: PartyStatus,
     /// Bound device (session key) while joined.
@@ -139,7 +130,7 @@ impl Party {
 
 /// The whole state of a call.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Call {
+pub(crate) struct Call {
     /// Call id.
     pub id: String,
     /// Group call (several callees, mesh signaling addressed with `to`).
@@ -166,7 +157,7 @@ pub struct Call {
 
 /// Who receives a notification.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// Every device of a user.
     User(i64),
     /// Every device of a user but one.
@@ -177,7 +168,7 @@ pub enum Target {
 
 /// What the actor must do.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Send a canonical event.
     Notify(Target, &'static str, Value),
     /// Write the call and participants as they are now.
@@ -192,7 +183,7 @@ pub enum Effect {
 
 /// Inputs to the machine. `now` is seconds on the call's clock (since it was created).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// The call was created and the callees are being rung.
     Start {
         /// The invitation payload for callees (`call:incoming`).
@@ -290,7 +281,7 @@ pub enum Event {
 
 /// Why an event was refused (the actor answers it as an error).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The user is not a party of this call.
     NotAParty,
     /// The event does not fit the current state.
@@ -299,7 +290,7 @@ pub enum Refusal {
 
 impl Call {
     /// A new call from `caller` (on `device`) to `callees`.
-    pub fn new(id: String, caller: i64, device: u64, callees: &[i64], group: bool) -> Self {
+    pub(crate) fn new(id: String, caller: i64, device: u64, callees: &[i64], group: bool) -> Self {
         let mut parties = BTreeMap::new();
         let mut me = Party::new(PartyStatus::Joined, Some(device));
         me.joined_at = Some(0);
@@ -325,7 +316,7 @@ impl Call {
     }
 
     /// Seconds between answer and end (0 when never answered).
-    pub fn duration(&self) -> i64 {
+    pub(crate) fn duration(&self) -> i64 {
         match (self.answered_at, self.ended_at) {
             (Some(a), Some(e)) => (e - a).max(0),
             _ => 0,
@@ -333,7 +324,7 @@ impl Call {
     }
 
     /// Whether the call is over.
-    pub fn is_over(&self) -> bool {
+    pub(crate) fn is_over(&self) -> bool {
         matches!(self.status, Status::Ended(_))
     }
 
@@ -389,7 +380,6 @@ impl Call {
         let party_end = match outcome {
             Outcome::Missed => PartyStatus::Missed,
             Outcome::Rejected => PartyStatus::Rejected,
-            Outcome::Busy => PartyStatus::Busy,
             _ => PartyStatus::Cancelled,
         };
         for p in self.parties.values_mut() {
@@ -423,7 +413,7 @@ impl Call {
     }
 
     /// Applies one event. `Err` refuses it without changing anything.
-    pub fn step(&mut self, event: Event, now: i64) -> Result<Vec<Effect>, Refusal> {
+    pub(crate) fn step(&mut self, event: Event, now: i64) -> Result<Vec<Effect>, Refusal> {
         let mut fx = Vec::new();
         if self.is_over() {
             return match event {

@@ -1,11 +1,11 @@
 //! Calls: the pure state machine ([`machine`]) and, around it, the call actor that performs its
 //! effects.
 
-pub mod actor;
+pub(crate) mod actor;
 pub mod agora;
-pub mod directory;
+pub(crate) mod directory;
 pub mod ice;
-pub mod machine;
+pub(crate) mod machine;
 
 use crate::auth::Identity;
 use crate::config::Config;
@@ -23,16 +23,16 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Largest SDP or ICE payload relayed (bytes of JSON).
-pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_SIGNAL_BYTES: usize = 64 * 1024;
 /// Longest client-chosen call id.
-pub const MAX_CHOSEN_CALL_ID: usize = 128;
+pub(crate) const MAX_CHOSEN_CALL_ID: usize = 128;
 
 impl Engine {
     /// Starts a call from `identity` on `device` (a session key; 0 when started over REST).
     /// Returns the initiate ack: `{callId, status, iceServers}`; Agora calls add the channel
     /// and two tokens: `agoraToken` for the caller's uid (`agora.uid`) and `agoraAnyUidToken`
     /// for apps that join with uid 0 and are never told a uid (seed 002).
-    pub async fn start_call(
+    pub(crate) async fn start_call(
         &self,
         identity: &Identity,
         device: u64,
@@ -374,7 +374,7 @@ impl Engine {
     }
 
     /// Feeds a call whose actor runs on this node.
-    pub async fn call_input_here(&self, call_id: &str, event: Event) -> AppResult<()> {
+    pub(crate) async fn call_input_here(&self, call_id: &str, event: Event) -> AppResult<()> {
         // The registry records a call here before it answers the call's start, so every later
         // signal finds it without asking the registry.
         let addr = self
@@ -387,7 +387,7 @@ impl Engine {
     }
 
     /// `call:accept` on `device`.
-    pub async fn accept_call(
+    pub(crate) async fn accept_call(
         &self,
         identity: &Identity,
         device: u64,
@@ -409,7 +409,7 @@ impl Engine {
     }
 
     /// `call:reject`.
-    pub async fn reject_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+    pub(crate) async fn reject_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
         check_reason(r.reason.as_deref())?;
         self.call_input(
             &r.call_id,
@@ -423,7 +423,7 @@ impl Engine {
     }
 
     /// `call:end` (cancel before an answer).
-    pub async fn end_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
+    pub(crate) async fn end_call(&self, identity: &Identity, r: CallRef) -> AppResult<Value> {
         check_reason(r.reason.as_deref())?;
         self.call_input(
             &r.call_id,
@@ -437,7 +437,7 @@ impl Engine {
     }
 
     /// `call:rejoin` on a new device.
-    pub async fn rejoin_call(
+    pub(crate) async fn rejoin_call(
         &self,
         identity: &Identity,
         device: u64,
@@ -459,7 +459,7 @@ impl Engine {
     /// A recovered session of `user` came back as `device` after dropping as `from`: it takes
     /// its place again in the user's call if it was in it and is still waited for, and rings
     /// again if the user is still being rung (it may have missed the invitation).
-    pub async fn resume_calls(&self, user: i64, from: u64, device: u64) {
+    pub(crate) async fn resume_calls(&self, user: i64, from: u64, device: u64) {
         let call = match self
             .registry
             .send(crate::realtime::registry::CallOfUser(user))
@@ -483,7 +483,7 @@ impl Engine {
     }
 
     /// `call:offer|answer|ice` relay.
-    pub async fn signal_call(
+    pub(crate) async fn signal_call(
         &self,
         identity: &Identity,
         device: u64,
@@ -513,7 +513,7 @@ impl Engine {
     }
 
     /// Ends a call from outside (admin, shutdown).
-    pub async fn terminate_call(
+    pub(crate) async fn terminate_call(
         &self,
         call_id: &str,
         reason: &str,

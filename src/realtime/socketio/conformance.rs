@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings the protocol suites assume.
-pub fn suite_config() -> EioConfig {
+pub(crate) fn suite_config() -> EioConfig {
     EioConfig {
         ping_interval: Duration::from_millis(300),
         ping_timeout: Duration::from_millis(200),
@@ -29,7 +29,7 @@ pub fn suite_config() -> EioConfig {
 
 /// Echoes every message back on the same session.
 #[derive(Debug, Default)]
-pub struct Echo;
+pub(crate) struct Echo;
 
 impl EioHandler for Echo {
     fn on_open(&self, _socket: &Arc<EioSocket>, _req: &HttpRequest) {}

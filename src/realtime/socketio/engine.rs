@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 
 /// Engine.IO settings.
 #[derive(Clone, Debug)]
-pub struct EioConfig {
+pub(crate) struct EioConfig {
     /// Server ping period.
     pub ping_interval: Duration,
     /// How long a pong may take.
@@ -34,7 +34,7 @@ pub struct EioConfig {
 
 /// A message inside Engine.IO.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EioData {
+pub(crate) enum EioData {
     /// Text.
     Text(String),
     /// Binary.
@@ -42,7 +42,7 @@ pub enum EioData {
 }
 
 /// What runs on top of Engine.IO.
-pub trait EioHandler: Send + Sync + 'static {
+pub(crate) trait EioHandler: Send + Sync + 'static {
     /// A session opened (the handshake request is available for auth headers and query).
     fn on_open(&self, socket: &Arc<EioSocket>, req: &HttpRequest);
     /// A message arrived.
@@ -53,7 +53,7 @@ pub trait EioHandler: Send + Sync + 'static {
 
 /// One Engine.IO session.
 #[derive(Debug)]
-pub struct EioSocket {
+pub(crate) struct EioSocket {
     /// Session id.
     pub sid: String,
     tx: mpsc::Sender<EioPacket>,
@@ -86,7 +86,7 @@ const CLIENT_CLOSE: &str = "client close";
 
 /// Close reason of a server shutdown: WebSocket transports close with 1001 (going away), so
 /// clients reconnect.
-pub const SERVER_SHUTDOWN: &str = "server shutdown";
+pub(crate) const SERVER_SHUTDOWN: &str = "server shutdown";
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -95,7 +95,7 @@ fn now_ms() -> i64 {
 impl EioSocket {
     /// Queues a message for the client; false when the queue is full (the session is closed) or
     /// the session is gone.
-    pub fn send(&self, data: EioData) -> bool {
+    pub(crate) fn send(&self, data: EioData) -> bool {
         let packet = match data {
             EioData::Text(t) => EioPacket::Message(t),
             EioData::Binary(b) => EioPacket::Binary(b),
@@ -120,18 +120,18 @@ impl EioSocket {
 
     /// Records that everything up to `mark` (an increasing number the layer above gives its
     /// messages) is queued: the next ping follows it, and its pong confirms it.
-    pub fn mark_sent(&self, mark: u64) {
+    pub(crate) fn mark_sent(&self, mark: u64) {
         self.sent_mark.store(mark, Ordering::SeqCst);
     }
 
     /// The highest mark the client is known to have processed (answered a ping queued after
     /// it); 0 when none.
-    pub fn confirmed(&self) -> u64 {
+    pub(crate) fn confirmed(&self) -> u64 {
         self.confirmed_mark.load(Ordering::SeqCst)
     }
 
     /// Closes the session (idempotent).
-    pub fn close(&self, reason: &str) {
+    pub(crate) fn close(&self, reason: &str) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             if let Ok(mut r) = self.close_reason.lock() {
                 *r = Some(reason.to_owned());
@@ -143,13 +143,13 @@ impl EioSocket {
     /// Closes the session once what is queued has gone out (e.g. the packets saying why it
     /// closes): a WebSocket flushes its queue on any close; a polling client gets it, then the
     /// close packet, in its pending poll or in one more within `pingTimeout`.
-    pub fn close_flushing(&self, reason: &str) {
+    pub(crate) fn close_flushing(&self, reason: &str) {
         self.flush_on_close.store(true, Ordering::SeqCst);
         self.close(reason);
     }
 
     /// Whether the session is closed.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 
@@ -193,7 +193,7 @@ struct EioQuery {
 
 impl EioServer {
     /// A server with a handler.
-    pub fn new(config: EioConfig, handler: Arc<dyn EioHandler>) -> Arc<Self> {
+    pub(crate) fn new(config: EioConfig, handler: Arc<dyn EioHandler>) -> Arc<Self> {
         Arc::new(Self {
             sockets: Mutex::new(HashMap::new()),
             config,
@@ -203,7 +203,7 @@ impl EioServer {
 
     /// Closes every session (server shutdown): WebSocket transports close with 1001 after
     /// flushing what is queued, a waiting poll ends with a close packet. Answers how many.
-    pub fn close_all(self: &Arc<Self>) -> usize {
+    pub(crate) fn close_all(self: &Arc<Self>) -> usize {
         let sockets: Vec<Arc<EioSocket>> = self
             .sockets
             .lock()
@@ -213,16 +213,6 @@ impl EioServer {
             self.remove(socket, SERVER_SHUTDOWN);
         }
         sockets.len()
-    }
-
-    /// Live Engine.IO sessions.
-    pub fn len(&self) -> usize {
-        self.sockets.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether no Engine.IO session is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn get(&self, sid: &str) -> Option<Arc<EioSocket>> {
@@ -369,7 +359,11 @@ impl EioServer {
     }
 
     /// Serves one Engine.IO HTTP request (handshake, poll, post, or WebSocket).
-    pub async fn handle(self: Arc<Self>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: HttpRequest,
+        body: web::Payload,
+    ) -> HttpResponse {
         let q = web::Query::<EioQuery>::from_query(req.query_string())
             .map(web::Query::into_inner)
             .unwrap_or_default();

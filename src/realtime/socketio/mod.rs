@@ -3,8 +3,8 @@
 pub mod conformance;
 pub mod engine;
 pub mod packet;
-pub mod recovery;
-pub mod sio;
+pub(crate) mod recovery;
+pub(crate) mod sio;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 /// The production Socket.IO server: the default namespace bridges to session actors.
-pub fn production_server(
+pub(crate) fn production_server(
     config: &Config,
     auth: Auth,
     engine: Engine,
@@ -42,7 +42,7 @@ pub fn production_server(
 }
 
 /// `GET|POST /socket.io/`.
-pub async fn route(
+pub(crate) async fn route(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 /// Record separator between packets in a polling payload.
-pub const SEPARATOR: char = '\u{1e}';
+pub(crate) const SEPARATOR: char = '\u{1e}';
 
 /// An Engine.IO packet.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -42,7 +42,7 @@ const REPLAY_OVERLAP: Duration = Duration::from_secs(30);
 /// client (Electron, browsers, Node) records them; the Dart client of Flutter apps and the
 /// Python client hand an extra argument to the app's handlers instead, so they get neither
 /// private ids nor offsets. `?recovery=0` in the handshake turns them off for any client.
-pub fn offsets_welcome(req: &actix_web::HttpRequest) -> bool {
+pub(crate) fn offsets_welcome(req: &actix_web::HttpRequest) -> bool {
     let off = req
         .query_string()
         .split('&')
@@ -60,19 +60,19 @@ pub fn offsets_welcome(req: &actix_web::HttpRequest) -> bool {
 }
 
 /// A fresh private session id and its hash.
-pub fn new_pid() -> AppResult<String> {
+pub(crate) fn new_pid() -> AppResult<String> {
     crate::auth::tokens::random_id()
 }
 
 /// The hash a private session id is kept under.
-pub fn pid_hash(pid: &str) -> Vec<u8> {
+pub(crate) fn pid_hash(pid: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, pid.as_bytes())
         .as_ref()
         .to_vec()
 }
 
 /// The Socket.IO arguments of an event (`["name",payload]`) with an offset appended.
-pub fn with_offset(args: &str, offset: u64) -> String {
+pub(crate) fn with_offset(args: &str, offset: u64) -> String {
     let body = args.strip_suffix(']').unwrap_or(args);
     let sep = if body.len() > 1 { "," } else { "" };
     format!("{body}{sep}\"{offset}\"]")
@@ -83,7 +83,7 @@ type Cursor = (i64, i64);
 
 /// One live session's place in its conversations, and the offsets it handed out.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     /// The private session id.
     pub pid: String,
     /// The Socket.IO socket id.
@@ -128,7 +128,7 @@ const TIMES_KEPT: usize = 256;
 
 impl Tracker {
     /// A tracker for a new session.
-    pub fn new(pid: String, sid: String, identity: &Identity, cap: usize) -> Self {
+    pub(crate) fn new(pid: String, sid: String, identity: &Identity, cap: usize) -> Self {
         Self::for_session(
             pid,
             sid,
@@ -166,7 +166,7 @@ impl Tracker {
 
     /// The session's starting point (where each conversation stood when it connected). What
     /// confirmed events already taught is kept.
-    pub fn start_from(&mut self, positions: Vec<(i64, i64, i64)>) {
+    pub(crate) fn start_from(&mut self, positions: Vec<(i64, i64, i64)>) {
         for (conversation, seq, change) in positions {
             self.base.entry(conversation).or_insert((seq, change));
         }
@@ -174,7 +174,7 @@ impl Tracker {
 
     /// Hands out the next offset for an event: its place, if durable, and the call it tells
     /// the end of, if any.
-    pub fn stamp_event(&mut self, ev: &ServerEvent) -> u64 {
+    pub(crate) fn stamp_event(&mut self, ev: &ServerEvent) -> u64 {
         let offset = self.stamp(ev.position);
         if let Some(call) = &ev.call_end {
             self.ends.push_back((offset, Arc::clone(call)));
@@ -186,7 +186,7 @@ impl Tracker {
     }
 
     /// Hands out the next offset, for an event standing at `position` (if durable).
-    pub fn stamp(&mut self, position: Option<Position>) -> u64 {
+    pub(crate) fn stamp(&mut self, position: Option<Position>) -> u64 {
         let offset = self.next;
         self.next += 1;
         self.times
@@ -209,7 +209,7 @@ impl Tracker {
 
     /// A message the session sent itself (its fan-out skipped it; the client holds it from
     /// its acknowledgement): known to the client as of the last offset handed out.
-    pub fn own(&mut self, position: Position) {
+    pub(crate) fn own(&mut self, position: Position) {
         self.log_entry(self.next - 1, position);
     }
 
@@ -226,7 +226,7 @@ impl Tracker {
     }
 
     /// The client received every offset up to `upto` (a pong answered a ping sent after it).
-    pub fn confirm(&mut self, upto: u64) {
+    pub(crate) fn confirm(&mut self, upto: u64) {
         while let Some((offset, at)) = self.times.front().copied() {
             if offset > upto {
                 break;
@@ -250,7 +250,7 @@ impl Tracker {
     }
 
     /// Whether a live event is one the recovery replay already carried.
-    pub fn replayed(&mut self, position: Option<Position>) -> bool {
+    pub(crate) fn replayed(&mut self, position: Option<Position>) -> bool {
         let Some((since, high)) = &self.replayed else {
             return false;
         };
@@ -262,7 +262,7 @@ impl Tracker {
     }
 
     /// What is kept when the transport drops (`None`: nothing to keep).
-    pub fn kept(
+    pub(crate) fn kept(
         &self,
         user_id: i64,
         dialect: &str,
@@ -358,7 +358,7 @@ struct Place {
 
 /// Why a recovery did not happen (the client gets a fresh session).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Unknown, expired or another user's private id.
     Unknown,
     /// The offset is not one the session handed out, or is too old to place.
@@ -371,7 +371,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// A stable name for logs and metrics.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Unknown => "unknown_session",
             Self::BadOffset => "bad_offset",
@@ -432,7 +432,7 @@ fn places(state: &State, seen: u64) -> Result<HashMap<i64, Place>, Refusal> {
 
 /// A recovery that can go ahead: the missed events and the state the session comes back with.
 #[derive(Debug)]
-pub struct Replay {
+pub(crate) struct Replay {
     /// The missed events (canonical), in order.
     pub events: Vec<Arc<ServerEvent>>,
     /// The session's tracker, continued.
@@ -445,26 +445,21 @@ pub struct Replay {
 
 /// A kept session found by its private id, before its replay is read.
 #[derive(Debug)]
-pub struct Found {
+pub(crate) struct Found {
     kept: Kept,
     state: State,
     pid: String,
 }
 
 impl Found {
-    /// Its user.
-    pub fn user_id(&self) -> i64 {
-        self.kept.user_id
-    }
-
     /// The dialect it spoke.
-    pub fn dialect(&self) -> &str {
+    pub(crate) fn dialect(&self) -> &str {
         &self.kept.dialect
     }
 
     /// The identity it had, checked again against the database (for clients that authenticate
     /// by event and so bring no token on CONNECT).
-    pub async fn identity(&self, auth: &Auth) -> AppResult<Identity> {
+    pub(crate) async fn identity(&self, auth: &Auth) -> AppResult<Identity> {
         auth.revalidate(
             self.kept.user_id,
             self.state.session.clone(),
@@ -478,7 +473,7 @@ impl Found {
 /// Takes a kept session by its private id (it is used up either way). `user`: the user the
 /// reconnecting client's token proved, when it brought one; another user's session is not
 /// found.
-pub async fn find(db: &Db, pid: &str, user: Option<i64>) -> Result<Found, Refusal> {
+pub(crate) async fn find(db: &Db, pid: &str, user: Option<i64>) -> Result<Found, Refusal> {
     let hash = pid_hash(pid);
     let kept = db
         .run(move |conn| store::take(conn, &hash, user))
@@ -498,7 +493,7 @@ pub async fn find(db: &Db, pid: &str, user: Option<i64>) -> Result<Found, Refusa
 
 /// Reads what a found session missed since offset `seen` and continues its tracker. Call it
 /// once the new session receives live events, so nothing falls between the snapshot and them.
-pub async fn replay(
+pub(crate) async fn replay(
     db: &Db,
     found: Found,
     seen: u64,
@@ -737,7 +732,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// Starts the writer (inside an actix system or Tokio runtime).
-    pub fn start(db: Db, per_user: usize, max_total: usize) -> Arc<Self> {
+    pub(crate) fn start(db: Db, per_user: usize, max_total: usize) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Kept>(KEEP_QUEUE);
         let pending = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&pending);
@@ -793,7 +788,7 @@ impl Keeper {
     }
 
     /// Queues a dropped session; false when the queue is full (it is not kept).
-    pub fn keep(&self, row: Kept) -> bool {
+    pub(crate) fn keep(&self, row: Kept) -> bool {
         self.pending.fetch_add(1, Ordering::SeqCst);
         let hash = row.pid_hash.clone();
         if let Ok(mut pids) = self.pending_pids.lock() {
@@ -818,20 +813,20 @@ impl Keeper {
     }
 
     /// Whether a dropped session is still being written.
-    pub fn is_pending(&self, pid_hash: &[u8]) -> bool {
+    pub(crate) fn is_pending(&self, pid_hash: &[u8]) -> bool {
         self.pending_pids
             .lock()
             .is_ok_and(|pids| pids.contains(pid_hash))
     }
 
     /// Dropped sessions not yet written.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::SeqCst)
     }
 }
 
 /// `Err` for an offset in a CONNECT payload that is not one of ours.
-pub fn parse_offset(value: Option<&Value>) -> Result<u64, Refusal> {
+pub(crate) fn parse_offset(value: Option<&Value>) -> Result<u64, Refusal> {
     match value {
         None | Some(Value::Null) => Ok(0),
         Some(Value::String(s)) => s.parse().map_err(|_| Refusal::BadOffset),

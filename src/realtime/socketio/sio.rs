@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 /// What the default namespace does.
 #[derive(Clone)]
-pub enum SioApp {
+pub(crate) enum SioApp {
     /// The product: authenticate, then bridge to a session actor.
     Production(Box<Production>),
     /// The protocol suite's echo server (namespaces `/` and `/custom`).
@@ -43,7 +43,7 @@ impl std::fmt::Debug for SioApp {
 
 /// What the production namespace needs.
 #[derive(Clone, Debug)]
-pub struct Production {
+pub(crate) struct Production {
     /// Token checks.
     pub auth: Auth,
     /// The realtime engine.
@@ -106,7 +106,7 @@ const MAX_PENDING_ACKS: usize = 256;
 /// Server→client emits that asked for an acknowledgement: ack id → (conversation, seq) of the
 /// message, so the acknowledgement becomes a delivered receipt.
 #[derive(Debug, Default)]
-pub struct AckTable {
+pub(crate) struct AckTable {
     next: u64,
     order: std::collections::VecDeque<u64>,
     waiting: HashMap<u64, (i64, i64)>,
@@ -114,7 +114,7 @@ pub struct AckTable {
 
 impl AckTable {
     /// Registers an emit; returns its ack id.
-    pub fn register(&mut self, delivery: (i64, i64)) -> u64 {
+    pub(crate) fn register(&mut self, delivery: (i64, i64)) -> u64 {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
         if self.order.len() >= MAX_PENDING_ACKS {
@@ -128,7 +128,7 @@ impl AckTable {
     }
 
     /// The message an acknowledgement refers to (once).
-    pub fn take(&mut self, id: u64) -> Option<(i64, i64)> {
+    pub(crate) fn take(&mut self, id: u64) -> Option<(i64, i64)> {
         let found = self.waiting.remove(&id)?;
         self.order.retain(|x| *x != id);
         Some(found)
@@ -136,7 +136,7 @@ impl AckTable {
 }
 
 /// The Socket.IO layer.
-pub struct SioHandler {
+pub(crate) struct SioHandler {
     app: SioApp,
     conns: Mutex<HashMap<String, Conn>>,
     connect_timeout: Duration,
@@ -174,7 +174,7 @@ fn packet(kind: SioKind, nsp: &str, id: Option<u64>, data: Option<Value>) -> Sio
 
 impl SioHandler {
     /// A Socket.IO layer; a connection that sends no CONNECT within `connect_timeout` is closed.
-    pub fn new(app: SioApp, connect_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(app: SioApp, connect_timeout: Duration) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             app,
             conns: Mutex::new(HashMap::new()),
@@ -1068,7 +1068,7 @@ fn client_frame(
 /// A canonical outbound item as a Socket.IO packet on the default namespace: events are EVENTs,
 /// replies to frames with an id are ACKs (`[payload]`, or `[{"error": {...}}]`), other errors
 /// are `error` events.
-pub fn encode(item: &Outbound) -> SioPacket {
+pub(crate) fn encode(item: &Outbound) -> SioPacket {
     match item {
         Outbound::Event(ev) => packet(
             SioKind::Event,
