@@ -65,7 +65,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, CONTENT_TYPE};
+
+    #[test]
+    fn the_content_type_is_the_text_format_0_0_4() {
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    }
 
     #[test]
     fn token_comparison_needs_equal_bytes() {
