@@ -1,181 +1,251 @@
 //! Process metrics in the Prometheus text exposition format (version 0.0.4), served at
 //! `GET /metrics`.
 //!
-//! Hot paths only touch atomics: counters and histogram buckets are `AtomicU64`s. Gauges keyed by
-//! a label set that changes only when a session or call starts or ends (connections by transport
-//! and dialect, calls by state) sit behind a mutex taken on those events and at scrape time.
-//! Label values are static names or come from a fixed list, never from client input, so the
-//! number of series stays bounded.
+//! The series are `prometheus-client` metrics registered once, under the `switchboard` prefix, in
+//! a [`Registry`] that [`Metrics::render`] encodes. Counters and gauges are atomics; a labelled
+//! one is first looked up in its family's map under a read lock (the series with a known set of
+//! values are all created up front), and the message-ack latency histogram takes a short lock per
+//! observation.
+//! Values that other parts of the server own (pool usage, registry counts, the cluster link's
+//! counters, live calls) are read once per scrape into a registry built for that scrape, so no
+//! second copy of them has to be kept in step.
+//!
+//! Every label is typed: a label set is a struct and a label value an enum (or, for connections,
+//! a transport's or dialect's static name), never client input, so the number of series stays
+//! bounded. Client-chosen values such as a call's end reason are folded into a catch-all value.
 
-use std::collections::BTreeMap;
+use prometheus_client::encoding::{
+    prometheus_text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+/// The content type of the exposition (the Prometheus text format, version 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The prefix of every series name.
+const PREFIX: &str = "switchboard";
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A cumulative histogram with fixed buckets ([`LATENCY_BUCKETS`]).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+/// Declares a label value type: a fieldless enum whose variants are exposed under fixed names.
+/// The derive of `EncodeLabelValue` would expose the variant identifiers themselves; the names
+/// dashboards know are snake_case (and `socket.io`-like names are not identifiers at all), so
+/// the encoding is written here once for every such enum.
+macro_rules! label_value {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        let mut cumulative = 0u64;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
         }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
 
-/// What was rate limited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
-    /// Inbound frames of one connection (`FRAME_RATE_PER_SEC`).
-    Frames,
-    /// Message sends of one user (`MESSAGE_RATE_PER_MIN`).
-    Messages,
-    /// Calls started by one user (`CALL_RATE_PER_HOUR`).
-    Calls,
-    /// Commands running at once on one connection.
-    InFlight,
-    /// A REST request answered 429 (OTP cooldown and the limits above reached over REST).
-    Http,
-}
+        impl $name {
+            /// Every value, in the order they are declared.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
 
-impl Limit {
-    const ALL: [Self; 5] = [
-        Self::Frames,
-        Self::Messages,
-        Self::Calls,
-        Self::InFlight,
-        Self::Http,
-    ];
+            /// The label value as exposed.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)+
+                }
+            }
 
-    fn name(self) -> &'static str {
-        match self {
-            Self::Frames => "frames",
-            Self::Messages => "messages",
-            Self::Calls => "calls",
-            Self::InFlight => "in_flight",
-            Self::Http => "http",
+            /// The value exposed as `name`, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
         }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_value! {
+    /// What was rate limited.
+    pub enum Limit {
+        /// Inbound frames of one connection (`FRAME_RATE_PER_SEC`).
+        Frames => "frames",
+        /// Message sends of one user (`MESSAGE_RATE_PER_MIN`).
+        Messages => "messages",
+        /// Calls started by one user (`CALL_RATE_PER_HOUR`).
+        Calls => "calls",
+        /// Commands running at once on one connection.
+        InFlight => "in_flight",
+        /// A REST request answered 429 (OTP cooldown and the limits above reached over REST).
+        Http => "http",
     }
 }
 
-/// Which bounded queue refused an item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Queue {
-    /// A connection's outbound queue (`OUTBOUND_QUEUE`): the slow consumer is disconnected.
-    Outbound,
-    /// The group-commit queue (`WRITE_QUEUE`): the send is refused with `unavailable`.
-    Write,
+label_value! {
+    /// Which bounded queue refused an item.
+    pub enum Queue {
+        /// A connection's outbound queue (`OUTBOUND_QUEUE`): the slow consumer is disconnected.
+        Outbound => "outbound",
+        /// The group-commit queue (`WRITE_QUEUE`): the send is refused with `unavailable`.
+        Write => "write",
+    }
 }
 
-/// End reasons that get their own label value; anything else (client-chosen reasons) is
-/// counted as `other`.
-pub const KNOWN_END_REASONS: [&str; 13] = [
-    "hangup",
-    "rejected",
-    "cancelled",
-    "no_answer",
-    "network_error",
-    "everyone_left",
-    "busy",
-    "glare",
-    "admin",
-    "server_shutdown",
-    "server_restart",
-    "failed",
-    "declined",
-];
-
-/// Call outcomes as persisted (`calls.status` of an ended call).
-const OUTCOMES: [&str; 6] = ["ended", "rejected", "missed", "busy", "cancelled", "failed"];
-
-/// States of a live call.
-pub const LIVE_CALL_STATES: [&str; 3] = ["initiated", "ringing", "ongoing"];
-
-/// Every metric of one server.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    connections: Mutex<BTreeMap<(&'static str, &'static str), i64>>,
-    sessions_opened: AtomicU64,
-    messages_acked: AtomicU64,
-    ack_latency: Histogram,
-    fanout_events: AtomicU64,
-    fanout_deliveries: AtomicU64,
-    outbound_drops: AtomicU64,
-    write_drops: AtomicU64,
-    rate_limited: [AtomicU64; 5],
-    calls_live: [AtomicI64; 3],
-    calls_ended: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    http_requests: AtomicU64,
-    http_server_errors: AtomicU64,
-    shutdown_calls_ended: AtomicU64,
-    connections_refused: AtomicU64,
-    connections_aborted: AtomicU64,
-    last_seen_written: AtomicU64,
-    last_seen_failed: AtomicU64,
-    last_seen_dropped: AtomicU64,
-    socketio_recoveries: [AtomicU64; RECOVERY_OUTCOMES.len()],
-    media_uploads: [AtomicU64; UPLOAD_OUTCOMES.len()],
-    media_bytes_uploaded: AtomicU64,
-    media_bytes_stored: AtomicI64,
-    media_objects_removed: AtomicU64,
+label_value! {
+    /// Why a call ended, as far as the server knows the reason: anything a client made up is
+    /// counted as [`EndReason::Other`].
+    pub enum EndReason {
+        /// A party hung up.
+        Hangup => "hangup",
+        /// The callee rejected the call.
+        Rejected => "rejected",
+        /// The caller cancelled before an answer.
+        Cancelled => "cancelled",
+        /// Nobody answered in time.
+        NoAnswer => "no_answer",
+        /// A party's network failed.
+        NetworkError => "network_error",
+        /// Every participant left.
+        EveryoneLeft => "everyone_left",
+        /// The callee was busy.
+        Busy => "busy",
+        /// Two parties called each other at once.
+        Glare => "glare",
+        /// An administrator ended it.
+        Admin => "admin",
+        /// The server shut down.
+        ServerShutdown => "server_shutdown",
+        /// The server restarted.
+        ServerRestart => "server_restart",
+        /// The call failed.
+        Failed => "failed",
+        /// The callee declined.
+        Declined => "declined",
+        /// A reason the server does not know (client-chosen) or none at all.
+        Other => "other",
+    }
 }
 
-/// Outcomes of media uploads (`failed`: the store or the database failed).
-pub const UPLOAD_OUTCOMES: [&str; 7] = [
-    "stored",
-    "too_large",
-    "unsupported_media_type",
-    "quota_exceeded",
-    "invalid",
-    "timeout",
-    "failed",
-];
+label_value! {
+    /// How an ended call is persisted (`calls.status`).
+    pub enum CallOutcome {
+        /// It was answered and ended.
+        Ended => "ended",
+        /// The callee rejected it.
+        Rejected => "rejected",
+        /// Nobody answered.
+        Missed => "missed",
+        /// The callee was busy.
+        Busy => "busy",
+        /// The caller cancelled it.
+        Cancelled => "cancelled",
+        /// It failed; unknown outcomes are counted here too.
+        Failed => "failed",
+    }
+}
 
-/// Outcomes of Socket.IO connection state recovery attempts (`refused`: the identity did not
-/// pass its check again).
-pub const RECOVERY_OUTCOMES: [&str; 6] = [
-    "recovered",
-    "unknown_session",
-    "bad_offset",
-    "too_many_events",
-    "unavailable",
-    "refused",
-];
+label_value! {
+    /// States of a live call.
+    pub enum CallState {
+        /// Created, the callee not yet reached.
+        Initiated => "initiated",
+        /// Ringing on the callee's devices.
+        Ringing => "ringing",
+        /// Answered.
+        Ongoing => "ongoing",
+    }
+}
+
+label_value! {
+    /// Outcomes of media uploads.
+    pub enum UploadOutcome {
+        /// Stored.
+        Stored => "stored",
+        /// Over the size limit.
+        TooLarge => "too_large",
+        /// A content type outside the allow-list.
+        UnsupportedMediaType => "unsupported_media_type",
+        /// The user's quota is used up.
+        QuotaExceeded => "quota_exceeded",
+        /// The content did not pass its checks.
+        Invalid => "invalid",
+        /// The body did not arrive in time.
+        Timeout => "timeout",
+        /// The store or the database failed; unknown outcomes are counted here too.
+        Failed => "failed",
+    }
+}
+
+label_value! {
+    /// Outcomes of Socket.IO connection state recovery attempts.
+    pub enum RecoveryOutcome {
+        /// The session was recovered.
+        Recovered => "recovered",
+        /// No such session (expired or never seen).
+        UnknownSession => "unknown_session",
+        /// The offset named no event of the session.
+        BadOffset => "bad_offset",
+        /// More events were missed than are kept.
+        TooManyEvents => "too_many_events",
+        /// Recovery could not be attempted.
+        Unavailable => "unavailable",
+        /// The identity did not pass its check again; unknown outcomes are counted here too.
+        Refused => "refused",
+    }
+}
+
+/// Labels of `switchboard_connections`. Both are static names (the transport module's and the
+/// dialect table's), so only names compiled into the server can appear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    transport: &'static str,
+    dialect: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueLabels {
+    queue: Queue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: Limit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RecoveryLabels {
+    outcome: RecoveryOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UploadLabels {
+    outcome: UploadOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallStateLabels {
+    state: CallState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallEndLabels {
+    outcome: CallOutcome,
+    reason: EndReason,
+}
 
 /// Values that live elsewhere and are read at scrape time.
 #[derive(Clone, Debug, Default)]
@@ -200,193 +270,413 @@ pub struct Snapshot {
     pub cluster: Option<crate::realtime::cluster::ClusterCounts>,
 }
 
+/// Every metric of one server.
+///
+/// The fields are handles onto the metrics in `registry` (a `prometheus-client` metric is a
+/// shared pointer to its value): updates go through them, scrapes through the registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ConnectionLabels, Gauge>,
+    sessions: Gauge,
+    sessions_opened: Counter,
+    messages_acked: Counter,
+    ack_latency: Histogram,
+    fanout_events: Counter,
+    fanout_deliveries: Counter,
+    queue_drops: Family<QueueLabels, Counter>,
+    connections_refused: Counter,
+    connections_aborted: Counter,
+    socketio_recoveries: Family<RecoveryLabels, Counter>,
+    media_uploads: Family<UploadLabels, Counter>,
+    media_bytes_uploaded: Counter,
+    media_bytes_stored: Gauge,
+    media_objects_removed: Counter,
+    rate_limited: Family<LimitLabels, Counter>,
+    calls_ended: Family<CallEndLabels, Counter>,
+    http_requests: Counter,
+    http_server_errors: Counter,
+    last_seen_written: Counter,
+    last_seen_failed: Counter,
+    last_seen_dropped: Counter,
+    /// Live calls by [`CallState`] (in `CallState::ALL` order). Transitions arrive as pairs of
+    /// moves, so a count can dip below zero for an instant; a scrape reports it as zero.
+    calls_live: [AtomicI64; 3],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     /// Fresh metrics, every value zero.
     pub fn new() -> Self {
-        Self::default()
+        let metrics = Self {
+            registry: Registry::with_prefix(PREFIX),
+            connections: Family::default(),
+            sessions: Gauge::default(),
+            sessions_opened: Counter::default(),
+            messages_acked: Counter::default(),
+            ack_latency: Histogram::new(LATENCY_BUCKETS),
+            fanout_events: Counter::default(),
+            fanout_deliveries: Counter::default(),
+            queue_drops: Family::default(),
+            connections_refused: Counter::default(),
+            connections_aborted: Counter::default(),
+            socketio_recoveries: Family::default(),
+            media_uploads: Family::default(),
+            media_bytes_uploaded: Counter::default(),
+            media_bytes_stored: Gauge::default(),
+            media_objects_removed: Counter::default(),
+            rate_limited: Family::default(),
+            calls_ended: Family::default(),
+            http_requests: Counter::default(),
+            http_server_errors: Counter::default(),
+            last_seen_written: Counter::default(),
+            last_seen_failed: Counter::default(),
+            last_seen_dropped: Counter::default(),
+            calls_live: Default::default(),
+        };
+        // Labelled series with a known set of values are all there from the start, at zero, so
+        // that a rate over them never misses the first increment. Connections and call ends
+        // (whose label combinations come and go) start with one zero series each, which keeps
+        // their families in every scrape.
+        metrics.connections.get_or_create_owned(&ConnectionLabels {
+            transport: "ws",
+            dialect: "canonical",
+        });
+        for &queue in Queue::ALL {
+            metrics
+                .queue_drops
+                .get_or_create_owned(&QueueLabels { queue });
+        }
+        for &outcome in RecoveryOutcome::ALL {
+            metrics
+                .socketio_recoveries
+                .get_or_create_owned(&RecoveryLabels { outcome });
+        }
+        for &outcome in UploadOutcome::ALL {
+            metrics
+                .media_uploads
+                .get_or_create_owned(&UploadLabels { outcome });
+        }
+        for &limit in Limit::ALL {
+            metrics
+                .rate_limited
+                .get_or_create_owned(&LimitLabels { limit });
+        }
+        metrics.calls_ended.get_or_create_owned(&CallEndLabels {
+            outcome: CallOutcome::Ended,
+            reason: EndReason::Hangup,
+        });
+        metrics.registered()
+    }
+
+    /// Registers every metric in `registry`. Counters are registered without their `_total`
+    /// suffix: the encoder adds it.
+    fn registered(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "connections",
+            "Live realtime connections (sessions) by transport and dialect",
+            self.connections.clone(),
+        );
+        r.register(
+            "sessions",
+            "Live sessions (all transports)",
+            self.sessions.clone(),
+        );
+        r.register(
+            "sessions_opened",
+            "Sessions opened since start",
+            self.sessions_opened.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "Message sends acknowledged after their commit",
+            self.messages_acked.clone(),
+        );
+        r.register(
+            "message_ack_latency_seconds",
+            "Time from receiving a send to acknowledging its commit",
+            self.ack_latency.clone(),
+        );
+        r.register(
+            "fanout_events",
+            "Events fanned out to users' devices",
+            self.fanout_events.clone(),
+        );
+        r.register(
+            "fanout_deliveries",
+            "Deliveries of fanned-out events to sessions",
+            self.fanout_deliveries.clone(),
+        );
+        r.register(
+            "queue_drops",
+            "Items a bounded queue refused: outbound (the slow consumer is disconnected) or \
+             write (the send is refused)",
+            self.queue_drops.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Realtime upgrades refused with 503 at MAX_REALTIME_CONNECTIONS",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "connections_aborted",
+            "Connections aborted because they were still open SOCKET_CLOSE_GRACE_MS after \
+             their close (a peer that stopped reading)",
+            self.connections_aborted.clone(),
+        );
+        r.register(
+            "socketio_recoveries",
+            "Socket.IO connection state recovery attempts, by outcome",
+            self.socketio_recoveries.clone(),
+        );
+        r.register(
+            "media_uploads",
+            "Media uploads, by outcome (stored or why they were refused)",
+            self.media_uploads.clone(),
+        );
+        r.register(
+            "media_uploaded_bytes",
+            "Bytes of media stored by uploads (after metadata was stripped)",
+            self.media_bytes_uploaded.clone(),
+        );
+        r.register(
+            "media_stored_bytes",
+            "Bytes the media store holds (uploads and thumbnails)",
+            self.media_bytes_stored.clone(),
+        );
+        r.register(
+            "media_removed",
+            "What the media clean-up removed: uploads no message uses (with their thumbnails), \
+             objects without a row and unfinished staging files",
+            self.media_objects_removed.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "calls_ended",
+            "Calls ended, by outcome and end reason",
+            self.calls_ended.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests answered",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "http_server_errors",
+            "HTTP requests answered with a 5xx status",
+            self.http_server_errors.clone(),
+        );
+        r.register(
+            "last_seen_written",
+            "Users whose last_seen_at was written after their last connection closed",
+            self.last_seen_written.clone(),
+        );
+        r.register(
+            "last_seen_write_failures",
+            "Last-seen writes (one UPDATE for a batch of users) that failed; their users are \
+             written by a later flush",
+            self.last_seen_failed.clone(),
+        );
+        r.register(
+            "last_seen_dropped",
+            "Users whose last-seen time was dropped because LAST_SEEN_BUFFER users were waiting",
+            self.last_seen_dropped.clone(),
+        );
+        self
     }
 
     /// A session came up on `transport` speaking `dialect`.
     pub fn session_opened(&self, transport: &'static str, dialect: &'static str) {
-        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        let mut map = lock(&self.connections);
-        *map.entry((transport, dialect)).or_default() += 1;
+        self.sessions_opened.inc();
+        // The total first: a close (which lowers the pair before the total) then never takes
+        // the total below zero.
+        self.sessions.inc();
+        self.connections
+            .get_or_create(&ConnectionLabels { transport, dialect })
+            .inc();
     }
 
-    /// A session ended.
+    /// A session ended. A pair that is already at zero stays there (and so does the total).
     pub fn session_closed(&self, transport: &'static str, dialect: &'static str) {
-        let mut map = lock(&self.connections);
-        if let Some(n) = map.get_mut(&(transport, dialect)) {
-            *n = (*n - 1).max(0);
+        let closed = self
+            .connections
+            .get(&ConnectionLabels { transport, dialect })
+            .is_some_and(|live| {
+                live.inner()
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n > 0).then_some(n - 1)
+                    })
+                    .is_ok()
+            });
+        if closed {
+            self.sessions.dec();
         }
     }
 
     /// Live sessions on `transport` speaking `dialect`.
     pub fn connections(&self, transport: &'static str, dialect: &'static str) -> i64 {
-        lock(&self.connections)
-            .get(&(transport, dialect))
-            .copied()
-            .unwrap_or(0)
+        self.connections
+            .get(&ConnectionLabels { transport, dialect })
+            .map_or(0, |live| live.get())
     }
 
     /// Live sessions on every transport.
     pub fn connections_total(&self) -> i64 {
-        lock(&self.connections).values().sum()
+        self.sessions.get()
     }
 
     /// A message send was acknowledged after its commit, `latency` after it was received.
     pub fn message_acked(&self, latency: Duration) {
-        self.messages_acked.fetch_add(1, Ordering::Relaxed);
-        self.ack_latency.observe(latency);
+        self.messages_acked.inc();
+        self.ack_latency.observe(latency.as_secs_f64());
     }
 
     /// Messages acknowledged so far.
     pub fn messages_acked(&self) -> u64 {
-        self.messages_acked.load(Ordering::Relaxed)
+        self.messages_acked.get()
     }
 
     /// One event fanned out to `deliveries` sessions.
     pub fn fanned_out(&self, deliveries: usize) {
-        self.fanout_events.fetch_add(1, Ordering::Relaxed);
+        self.fanout_events.inc();
         self.fanout_deliveries
-            .fetch_add(deliveries as u64, Ordering::Relaxed);
+            .inc_by(u64::try_from(deliveries).unwrap_or(u64::MAX));
     }
 
     /// A bounded queue refused an item.
     pub fn queue_drop(&self, queue: Queue) {
-        match queue {
-            Queue::Outbound => &self.outbound_drops,
-            Queue::Write => &self.write_drops,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        self.queue_drops.get_or_create(&QueueLabels { queue }).inc();
     }
 
     /// A realtime upgrade was refused at `MAX_REALTIME_CONNECTIONS`.
     /// Returns the count so far.
     pub fn connection_refused(&self) -> u64 {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed) + 1
+        self.connections_refused.inc() + 1
     }
 
     /// A connection still open after its close grace was aborted.
     pub fn connection_aborted(&self) {
-        self.connections_aborted.fetch_add(1, Ordering::Relaxed);
+        self.connections_aborted.inc();
     }
 
     /// Connections aborted after their close grace so far.
     pub fn connections_aborted(&self) -> u64 {
-        self.connections_aborted.load(Ordering::Relaxed)
+        self.connections_aborted.get()
     }
 
-    /// A Socket.IO client asked to recover its session; `outcome` is one of
-    /// [`RECOVERY_OUTCOMES`] (anything else counts as `refused`).
+    /// A Socket.IO client asked to recover its session; `outcome` names a [`RecoveryOutcome`]
+    /// (anything else counts as `refused`).
     pub fn socketio_recovery(&self, outcome: &str) {
-        let i = RECOVERY_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(RECOVERY_OUTCOMES.len() - 1);
-        self.socketio_recoveries[i].fetch_add(1, Ordering::Relaxed);
+        let outcome = RecoveryOutcome::from_name(outcome).unwrap_or(RecoveryOutcome::Refused);
+        self.socketio_recoveries
+            .get_or_create(&RecoveryLabels { outcome })
+            .inc();
     }
 
     /// Recovery attempts with an outcome so far.
     pub fn socketio_recoveries(&self, outcome: &str) -> u64 {
-        RECOVERY_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .map_or(0, |i| self.socketio_recoveries[i].load(Ordering::Relaxed))
+        RecoveryOutcome::from_name(outcome)
+            .and_then(|outcome| self.socketio_recoveries.get(&RecoveryLabels { outcome }))
+            .map_or(0, |n| n.get())
     }
 
-    /// An upload ended with `outcome`, one of [`UPLOAD_OUTCOMES`] (anything else counts as
+    /// An upload ended with `outcome`, which names an [`UploadOutcome`] (anything else counts as
     /// `failed`); `bytes` were stored when it was.
     pub fn media_upload(&self, outcome: &str, bytes: u64) {
-        let i = UPLOAD_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(UPLOAD_OUTCOMES.len() - 1);
-        self.media_uploads[i].fetch_add(1, Ordering::Relaxed);
-        if outcome == "stored" {
-            self.media_bytes_uploaded
-                .fetch_add(bytes, Ordering::Relaxed);
+        let outcome = UploadOutcome::from_name(outcome).unwrap_or(UploadOutcome::Failed);
+        self.media_uploads
+            .get_or_create(&UploadLabels { outcome })
+            .inc();
+        if outcome == UploadOutcome::Stored {
+            self.media_bytes_uploaded.inc_by(bytes);
             self.media_bytes_stored
-                .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+                .inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 
     /// Uploads with an outcome so far.
     pub fn media_uploads(&self, outcome: &str) -> u64 {
-        UPLOAD_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .map_or(0, |i| self.media_uploads[i].load(Ordering::Relaxed))
+        UploadOutcome::from_name(outcome)
+            .and_then(|outcome| self.media_uploads.get(&UploadLabels { outcome }))
+            .map_or(0, |n| n.get())
     }
 
     /// The bytes the media store holds (read from the database at start and after each
     /// clean-up, adjusted by uploads in between).
     pub fn set_media_bytes_stored(&self, bytes: i64) {
-        self.media_bytes_stored.store(bytes, Ordering::Relaxed);
+        self.media_bytes_stored.set(bytes);
     }
 
     /// The clean-up removed `n` uploads, orphaned objects or staging files.
     pub fn media_objects_removed(&self, n: u64) {
-        self.media_objects_removed.fetch_add(n, Ordering::Relaxed);
+        self.media_objects_removed.inc_by(n);
     }
 
     /// A rate limit refused something.
     pub fn rate_limited(&self, limit: Limit) {
-        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
-            self.rate_limited[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     /// Rate-limit refusals of one kind so far.
     pub fn rate_limited_count(&self, limit: Limit) -> u64 {
-        Limit::ALL
-            .iter()
-            .position(|l| *l == limit)
-            .map_or(0, |i| self.rate_limited[i].load(Ordering::Relaxed))
+        self.rate_limited
+            .get(&LimitLabels { limit })
+            .map_or(0, |n| n.get())
     }
 
     /// A live call moved from state `from` (`None`: it was just created) to `to` (`None`: it
-    /// ended). States are `initiated`, `ringing` and `ongoing`.
+    /// ended). States are `initiated`, `ringing` and `ongoing`; others are not counted.
     pub fn call_state(&self, from: Option<&str>, to: Option<&str>) {
-        if let Some(i) = from.and_then(|s| LIVE_CALL_STATES.iter().position(|x| *x == s)) {
-            self.calls_live[i].fetch_sub(1, Ordering::Relaxed);
+        if let Some(live) = from.and_then(|s| self.live_calls(s)) {
+            live.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(i) = to.and_then(|s| LIVE_CALL_STATES.iter().position(|x| *x == s)) {
-            self.calls_live[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(live) = to.and_then(|s| self.live_calls(s)) {
+            live.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A call ended with `outcome` (`ended`, `missed`, ...) for `reason`.
+    /// The live-call count of the state named `state`.
+    fn live_calls(&self, state: &str) -> Option<&AtomicI64> {
+        let state = CallState::from_name(state)?;
+        let i = CallState::ALL.iter().position(|s| *s == state)?;
+        self.calls_live.get(i)
+    }
+
+    /// A call ended with `outcome` (`ended`, `missed`, ...; unknown ones count as `failed`) for
+    /// `reason` (client-chosen reasons count as `other`).
     pub fn call_ended(&self, outcome: &str, reason: Option<&str>) {
-        let outcome = OUTCOMES
-            .iter()
-            .find(|o| **o == outcome)
-            .copied()
-            .unwrap_or("failed");
+        let outcome = CallOutcome::from_name(outcome).unwrap_or(CallOutcome::Failed);
         let reason = reason
-            .and_then(|r| KNOWN_END_REASONS.iter().find(|k| **k == r).copied())
-            .unwrap_or("other");
-        *lock(&self.calls_ended)
-            .entry((outcome, reason))
-            .or_default() += 1;
-        if reason == "server_shutdown" {
-            self.shutdown_calls_ended.fetch_add(1, Ordering::Relaxed);
-        }
+            .and_then(EndReason::from_name)
+            .unwrap_or(EndReason::Other);
+        self.calls_ended
+            .get_or_create(&CallEndLabels { outcome, reason })
+            .inc();
     }
 
     /// Live calls in a state.
     pub fn calls_in_state(&self, state: &str) -> i64 {
-        LIVE_CALL_STATES
-            .iter()
-            .position(|s| *s == state)
-            .map_or(0, |i| self.calls_live[i].load(Ordering::Relaxed))
+        self.live_calls(state)
+            .map_or(0, |live| live.load(Ordering::Relaxed))
     }
 
     /// One HTTP request answered with `status`.
     pub fn http_request(&self, status: u16) {
-        self.http_requests.fetch_add(1, Ordering::Relaxed);
+        self.http_requests.inc();
         if status >= 500 {
-            self.http_server_errors.fetch_add(1, Ordering::Relaxed);
+            self.http_server_errors.inc();
         }
         if status == 429 {
             self.rate_limited(Limit::Http);
@@ -396,387 +686,152 @@ impl Metrics {
     /// Last-seen times of `users` users were written.
     pub fn last_seen_written(&self, users: usize) {
         self.last_seen_written
-            .fetch_add(users as u64, Ordering::Relaxed);
+            .inc_by(u64::try_from(users).unwrap_or(u64::MAX));
     }
 
     /// A last-seen write failed (its users wait for the next flush).
     pub fn last_seen_failed(&self) {
-        self.last_seen_failed.fetch_add(1, Ordering::Relaxed);
+        self.last_seen_failed.inc();
     }
 
     /// Last-seen times of `users` users were dropped: the buffer was full.
     pub fn last_seen_dropped(&self, users: usize) {
         self.last_seen_dropped
-            .fetch_add(users as u64, Ordering::Relaxed);
+            .inc_by(u64::try_from(users).unwrap_or(u64::MAX));
     }
 
     /// Last-seen writes that failed so far.
     pub fn last_seen_failures(&self) -> u64 {
-        self.last_seen_failed.load(Ordering::Relaxed)
+        self.last_seen_failed.get()
     }
 
-    /// The exposition text.
-    pub fn render(&self, snap: &Snapshot) -> String {
+    /// The exposition text: the registered metrics, then those read at scrape time from `snap`
+    /// and from the live-call counts.
+    ///
+    /// # Errors
+    ///
+    /// A formatting error of the encoder; writing into a `String` itself cannot fail.
+    pub fn render(&self, snap: &Snapshot) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
-        header(
-            &mut out,
-            "switchboard_uptime_seconds",
-            "gauge",
-            "Seconds since the process started.",
-        );
-        let _ = writeln!(out, "switchboard_uptime_seconds {}", snap.uptime_secs);
+        prometheus_text::encode(&mut out, &self.registry)?;
+        prometheus_text::encode(&mut out, &self.scrape_registry(snap))?;
+        Ok(out)
+    }
 
-        header(
-            &mut out,
-            "switchboard_connections",
-            "gauge",
-            "Live realtime connections (sessions) by transport and dialect.",
+    /// A registry of the values read at scrape time. It is built for one scrape and dropped
+    /// after it: the values belong to other parts of the server, and the cluster series exist
+    /// only in cluster mode.
+    fn scrape_registry(&self, snap: &Snapshot) -> Registry {
+        let mut r = Registry::with_prefix(PREFIX);
+        r.register(
+            "uptime_seconds",
+            "Seconds since the process started",
+            ConstGauge::new(snap.uptime_secs),
         );
-        let connections = lock(&self.connections).clone();
-        if connections.is_empty() {
-            let _ = writeln!(
-                out,
-                "switchboard_connections{{transport=\"ws\",dialect=\"canonical\"}} 0"
-            );
+        r.register(
+            "online_users",
+            "Users with at least one live session",
+            ConstGauge::new(count(snap.online_users)),
+        );
+        r.register(
+            "conversation_actors",
+            "Conversation actors alive",
+            ConstGauge::new(count(snap.conversation_actors)),
+        );
+        let calls = Family::<CallStateLabels, Gauge>::default();
+        for (&state, live) in CallState::ALL.iter().zip(&self.calls_live) {
+            calls
+                .get_or_create(&CallStateLabels { state })
+                .set(live.load(Ordering::Relaxed).max(0));
         }
-        let mut sessions = 0;
-        for ((transport, dialect), n) in &connections {
-            sessions += n;
-            let _ = writeln!(
-                out,
-                "switchboard_connections{{transport=\"{}\",dialect=\"{}\"}} {n}",
-                escape(transport),
-                escape(dialect)
-            );
+        r.register("calls", "Live calls by state", calls);
+        r.register(
+            "db_pool_connections_in_use",
+            "Pool connections checked out",
+            ConstGauge::new(i64::from(snap.db_in_use)),
+        );
+        r.register(
+            "db_pool_connections_idle",
+            "Pool connections open and idle",
+            ConstGauge::new(i64::from(snap.db_idle)),
+        );
+        r.register(
+            "db_pool_connections_max",
+            "Pool size (DB_POOL_SIZE)",
+            ConstGauge::new(i64::from(snap.db_max)),
+        );
+        r.register(
+            "db_pool_waiting",
+            "Database operations waiting for a slot",
+            ConstGauge::new(snap.db_waiting),
+        );
+        r.register(
+            "db_errors",
+            "Database operations that failed (unavailable or internal errors)",
+            ConstCounter::new(snap.db_errors),
+        );
+        if let Some(c) = &snap.cluster {
+            register_cluster(&mut r, c);
         }
-        gauge(
-            &mut out,
-            "switchboard_sessions",
-            "Live sessions (all transports).",
-            sessions,
-        );
-        counter(
-            &mut out,
-            "switchboard_sessions_opened_total",
-            "Sessions opened since start.",
-            self.sessions_opened.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "switchboard_online_users",
-            "Users with at least one live session.",
-            snap.online_users as i64,
-        );
-        gauge(
-            &mut out,
-            "switchboard_conversation_actors",
-            "Conversation actors alive.",
-            snap.conversation_actors as i64,
-        );
-        counter(
-            &mut out,
-            "switchboard_messages_acked_total",
-            "Message sends acknowledged after their commit.",
-            self.messages_acked.load(Ordering::Relaxed),
-        );
-        self.ack_latency.render(
-            &mut out,
-            "switchboard_message_ack_latency_seconds",
-            "Time from receiving a send to acknowledging its commit.",
-        );
-        counter(
-            &mut out,
-            "switchboard_fanout_events_total",
-            "Events fanned out to users' devices.",
-            self.fanout_events.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_fanout_deliveries_total",
-            "Deliveries of fanned-out events to sessions.",
-            self.fanout_deliveries.load(Ordering::Relaxed),
-        );
-
-        header(
-            &mut out,
-            "switchboard_queue_drops_total",
-            "counter",
-            "Items a bounded queue refused: outbound (the slow consumer is disconnected) or \
-             write (the send is refused).",
-        );
-        let _ = writeln!(
-            out,
-            "switchboard_queue_drops_total{{queue=\"outbound\"}} {}",
-            self.outbound_drops.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "switchboard_queue_drops_total{{queue=\"write\"}} {}",
-            self.write_drops.load(Ordering::Relaxed)
-        );
-
-        counter(
-            &mut out,
-            "switchboard_connections_refused_total",
-            "Realtime upgrades refused with 503 at MAX_REALTIME_CONNECTIONS.",
-            self.connections_refused.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_connections_aborted_total",
-            "Connections aborted because they were still open SOCKET_CLOSE_GRACE_MS after \
-             their close (a peer that stopped reading).",
-            self.connections_aborted.load(Ordering::Relaxed),
-        );
-
-        header(
-            &mut out,
-            "switchboard_socketio_recoveries_total",
-            "counter",
-            "Socket.IO connection state recovery attempts, by outcome.",
-        );
-        for (outcome, n) in RECOVERY_OUTCOMES.iter().zip(&self.socketio_recoveries) {
-            let _ = writeln!(
-                out,
-                "switchboard_socketio_recoveries_total{{outcome=\"{outcome}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-
-        header(
-            &mut out,
-            "switchboard_media_uploads_total",
-            "counter",
-            "Media uploads, by outcome (stored or why they were refused).",
-        );
-        for (outcome, n) in UPLOAD_OUTCOMES.iter().zip(&self.media_uploads) {
-            let _ = writeln!(
-                out,
-                "switchboard_media_uploads_total{{outcome=\"{outcome}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        counter(
-            &mut out,
-            "switchboard_media_uploaded_bytes_total",
-            "Bytes of media stored by uploads (after metadata was stripped).",
-            self.media_bytes_uploaded.load(Ordering::Relaxed),
-        );
-        header(
-            &mut out,
-            "switchboard_media_stored_bytes",
-            "gauge",
-            "Bytes the media store holds (uploads and thumbnails).",
-        );
-        let _ = writeln!(
-            out,
-            "switchboard_media_stored_bytes {}",
-            self.media_bytes_stored.load(Ordering::Relaxed)
-        );
-        counter(
-            &mut out,
-            "switchboard_media_removed_total",
-            "What the media clean-up removed: uploads no message uses (with their thumbnails), \
-             objects without a row and unfinished staging files.",
-            self.media_objects_removed.load(Ordering::Relaxed),
-        );
-
-        header(
-            &mut out,
-            "switchboard_rate_limited_total",
-            "counter",
-            "Requests refused by a rate limit, by limit.",
-        );
-        for (limit, n) in Limit::ALL.iter().zip(&self.rate_limited) {
-            let _ = writeln!(
-                out,
-                "switchboard_rate_limited_total{{limit=\"{}\"}} {}",
-                limit.name(),
-                n.load(Ordering::Relaxed)
-            );
-        }
-
-        header(
-            &mut out,
-            "switchboard_calls",
-            "gauge",
-            "Live calls by state.",
-        );
-        for (state, n) in LIVE_CALL_STATES.iter().zip(&self.calls_live) {
-            let _ = writeln!(
-                out,
-                "switchboard_calls{{state=\"{state}\"}} {}",
-                n.load(Ordering::Relaxed).max(0)
-            );
-        }
-        header(
-            &mut out,
-            "switchboard_calls_ended_total",
-            "counter",
-            "Calls ended, by outcome and end reason.",
-        );
-        let ended = lock(&self.calls_ended).clone();
-        if ended.is_empty() {
-            let _ = writeln!(
-                out,
-                "switchboard_calls_ended_total{{outcome=\"ended\",reason=\"hangup\"}} 0"
-            );
-        }
-        for ((outcome, reason), n) in &ended {
-            let _ = writeln!(
-                out,
-                "switchboard_calls_ended_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-
-        gauge(
-            &mut out,
-            "switchboard_db_pool_connections_in_use",
-            "Pool connections checked out.",
-            i64::from(snap.db_in_use),
-        );
-        gauge(
-            &mut out,
-            "switchboard_db_pool_connections_idle",
-            "Pool connections open and idle.",
-            i64::from(snap.db_idle),
-        );
-        gauge(
-            &mut out,
-            "switchboard_db_pool_connections_max",
-            "Pool size (DB_POOL_SIZE).",
-            i64::from(snap.db_max),
-        );
-        gauge(
-            &mut out,
-            "switchboard_db_pool_waiting",
-            "Database operations waiting for a slot.",
-            snap.db_waiting,
-        );
-        counter(
-            &mut out,
-            "switchboard_db_errors_total",
-            "Database operations that failed (unavailable or internal errors).",
-            snap.db_errors,
-        );
-        counter(
-            &mut out,
-            "switchboard_http_requests_total",
-            "HTTP requests answered.",
-            self.http_requests.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_http_server_errors_total",
-            "HTTP requests answered with a 5xx status.",
-            self.http_server_errors.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_last_seen_written_total",
-            "Users whose last_seen_at was written after their last connection closed.",
-            self.last_seen_written.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_last_seen_write_failures_total",
-            "Last-seen writes (one UPDATE for a batch of users) that failed; their users are \
-             written by a later flush.",
-            self.last_seen_failed.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_last_seen_dropped_total",
-            "Users whose last-seen time was dropped because LAST_SEEN_BUFFER users were waiting.",
-            self.last_seen_dropped.load(Ordering::Relaxed),
-        );
-        if let Some(cluster) = &snap.cluster {
-            render_cluster(&mut out, cluster);
-        }
-        out
+        r
     }
 }
 
 /// The `switchboard_cluster_*` series (cluster mode only).
-fn render_cluster(out: &mut String, c: &crate::realtime::cluster::ClusterCounts) {
-    gauge(
-        out,
-        "switchboard_cluster_nodes",
-        "Live nodes of the cluster seen at the last heartbeat (this one included).",
-        i64::try_from(c.nodes).unwrap_or(i64::MAX),
+fn register_cluster(r: &mut Registry, c: &crate::realtime::cluster::ClusterCounts) {
+    r.register(
+        "cluster_nodes",
+        "Live nodes of the cluster seen at the last heartbeat (this one included)",
+        ConstGauge::new(count(c.nodes)),
     );
-    gauge(
-        out,
-        "switchboard_cluster_redis_up",
-        "1 while Redis answers, 0 while it does not.",
-        i64::from(c.redis_up),
+    r.register(
+        "cluster_redis_up",
+        "1 while Redis answers, 0 while it does not",
+        ConstGauge::new(i64::from(c.redis_up)),
     );
-    counter(
-        out,
-        "switchboard_cluster_published_total",
-        "Events published to Redis for the other nodes.",
-        c.published,
+    r.register(
+        "cluster_published",
+        "Events published to Redis for the other nodes",
+        ConstCounter::new(c.published),
     );
-    counter(
-        out,
-        "switchboard_cluster_received_total",
-        "Events received from the other nodes.",
-        c.received,
+    r.register(
+        "cluster_received",
+        "Events received from the other nodes",
+        ConstCounter::new(c.received),
     );
-    counter(
-        out,
-        "switchboard_cluster_dropped_total",
+    r.register(
+        "cluster_dropped",
         "Events whose cross-node delivery was dropped (CLUSTER_QUEUE full, Redis away, or this \
          node fell behind the bus, where each lost bus message counts once though it may have \
-         held several events); their clients catch up with sync.",
-        c.dropped,
+         held several events); their clients catch up with sync",
+        ConstCounter::new(c.dropped),
     );
-    counter(
-        out,
-        "switchboard_cluster_gap_fills_total",
+    r.register(
+        "cluster_gap_fills",
         "Message seqs read from PostgreSQL after waiting CLUSTER_GAP_WAIT_MS for another node's \
-         delivery.",
-        c.gap_fills,
+         delivery",
+        ConstCounter::new(c.gap_fills),
     );
-    counter(
-        out,
-        "switchboard_cluster_nodes_reaped_total",
-        "Dead nodes whose devices this node took offline.",
-        c.nodes_reaped,
+    r.register(
+        "cluster_nodes_reaped",
+        "Dead nodes whose devices this node took offline",
+        ConstCounter::new(c.nodes_reaped),
     );
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\"));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
-    header(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Escapes a label value (`\`, `"` and line feeds).
-pub fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A count as a gauge value.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    fn render(m: &Metrics, snap: &Snapshot) -> String {
+        m.render(snap).unwrap()
+    }
 
     fn value(text: &str, series: &str) -> f64 {
         text.lines()
@@ -792,18 +847,35 @@ mod tests {
         m.message_acked(Duration::from_micros(300));
         m.message_acked(Duration::from_millis(3));
         m.message_acked(Duration::from_secs(60));
-        let text = m.render(&Snapshot::default());
+        let text = render(&m, &Snapshot::default());
         let name = "switchboard_message_ack_latency_seconds";
         assert_eq!(
             value(&text, &format!("{name}_bucket{{le=\"0.0005\"}}")),
             1.0
         );
         assert_eq!(value(&text, &format!("{name}_bucket{{le=\"0.005\"}}")), 2.0);
+        assert_eq!(value(&text, &format!("{name}_bucket{{le=\"1\"}}")), 2.0);
         assert_eq!(value(&text, &format!("{name}_bucket{{le=\"10\"}}")), 2.0);
         assert_eq!(value(&text, &format!("{name}_bucket{{le=\"+Inf\"}}")), 3.0);
         assert_eq!(value(&text, &format!("{name}_count")), 3.0);
         assert!((value(&text, &format!("{name}_sum")) - 60.0033).abs() < 1e-6);
         assert_eq!(value(&text, "switchboard_messages_acked_total"), 3.0);
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .count();
+        assert_eq!(buckets, LATENCY_BUCKETS.len() + 1);
+    }
+
+    #[test]
+    fn counters_are_typed_under_their_total_name() {
+        let text = render(&Metrics::new(), &Snapshot::default());
+        assert!(text.contains("# TYPE switchboard_messages_acked_total counter\n"));
+        assert!(text.contains("# HELP switchboard_messages_acked_total Message sends"));
+        assert!(text.contains("# TYPE switchboard_db_errors_total counter\n"));
+        assert!(text.contains("# TYPE switchboard_calls gauge\n"));
+        assert!(!text.contains("_total_total"));
+        assert!(!text.contains("# EOF"));
     }
 
     #[test]
@@ -817,8 +889,10 @@ mod tests {
         m.call_state(Some("ringing"), None);
         m.call_ended("missed", Some("no_answer"));
         m.call_ended("ended", Some("my cat sat on the phone"));
-        let text = m.render(&Snapshot::default());
+        m.call_ended("vanished", None);
+        let text = render(&m, &Snapshot::default());
         assert_eq!(value(&text, "switchboard_calls{state=\"ringing\"}"), 0.0);
+        assert_eq!(value(&text, "switchboard_calls{state=\"initiated\"}"), 1.0);
         assert_eq!(
             value(
                 &text,
@@ -833,6 +907,22 @@ mod tests {
             ),
             1.0
         );
+        assert_eq!(
+            value(
+                &text,
+                "switchboard_calls_ended_total{outcome=\"failed\",reason=\"other\"}"
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn a_live_call_count_below_zero_is_reported_as_zero() {
+        let m = Metrics::new();
+        m.call_state(Some("ongoing"), None);
+        assert_eq!(m.calls_in_state("ongoing"), -1);
+        let text = render(&m, &Snapshot::default());
+        assert_eq!(value(&text, "switchboard_calls{state=\"ongoing\"}"), 0.0);
     }
 
     #[test]
@@ -842,7 +932,8 @@ mod tests {
         m.session_opened("socket.io", "canonical");
         m.session_opened("ws", "canonical");
         m.session_closed("ws", "canonical");
-        let text = m.render(&Snapshot::default());
+        m.session_closed("socket.io", "lonestar");
+        let text = render(&m, &Snapshot::default());
         assert_eq!(
             value(
                 &text,
@@ -850,8 +941,93 @@ mod tests {
             ),
             1.0
         );
+        assert_eq!(
+            value(
+                &text,
+                "switchboard_connections{transport=\"socket.io\",dialect=\"canonical\"}"
+            ),
+            1.0
+        );
         assert_eq!(value(&text, "switchboard_sessions"), 2.0);
         assert_eq!(value(&text, "switchboard_sessions_opened_total"), 3.0);
+        assert_eq!(m.connections("ws", "canonical"), 1);
+        assert_eq!(m.connections_total(), 2);
+        m.session_closed("ws", "canonical");
+        m.session_closed("ws", "canonical");
+        assert_eq!(m.connections("ws", "canonical"), 0);
+        assert_eq!(m.connections_total(), 1);
+    }
+
+    #[test]
+    fn every_known_label_value_is_exposed_from_the_start() {
+        let text = render(&Metrics::new(), &Snapshot::default());
+        for limit in Limit::ALL {
+            let series = format!(
+                "switchboard_rate_limited_total{{limit=\"{}\"}}",
+                limit.as_str()
+            );
+            assert_eq!(value(&text, &series), 0.0);
+        }
+        for queue in Queue::ALL {
+            let series = format!(
+                "switchboard_queue_drops_total{{queue=\"{}\"}}",
+                queue.as_str()
+            );
+            assert_eq!(value(&text, &series), 0.0);
+        }
+        for outcome in RecoveryOutcome::ALL {
+            let series = format!(
+                "switchboard_socketio_recoveries_total{{outcome=\"{}\"}}",
+                outcome.as_str()
+            );
+            assert_eq!(value(&text, &series), 0.0);
+        }
+        for outcome in UploadOutcome::ALL {
+            let series = format!(
+                "switchboard_media_uploads_total{{outcome=\"{}\"}}",
+                outcome.as_str()
+            );
+            assert_eq!(value(&text, &series), 0.0);
+        }
+        for state in CallState::ALL {
+            let series = format!("switchboard_calls{{state=\"{}\"}}", state.as_str());
+            assert_eq!(value(&text, &series), 0.0);
+        }
+        assert_eq!(
+            value(
+                &text,
+                "switchboard_connections{transport=\"ws\",dialect=\"canonical\"}"
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "switchboard_calls_ended_total{outcome=\"ended\",reason=\"hangup\"}"
+            ),
+            0.0
+        );
+        assert!(!text.contains("switchboard_cluster_"));
+    }
+
+    #[test]
+    fn unknown_outcomes_fall_into_their_catch_all() {
+        let m = Metrics::new();
+        m.socketio_recovery("whatever");
+        m.media_upload("whatever", 10);
+        m.media_upload("stored", 10);
+        assert_eq!(m.socketio_recoveries("refused"), 1);
+        assert_eq!(m.socketio_recoveries("whatever"), 0);
+        assert_eq!(m.media_uploads("failed"), 1);
+        assert_eq!(m.media_uploads("stored"), 1);
+        m.http_request(429);
+        m.rate_limited(Limit::Frames);
+        assert_eq!(m.rate_limited_count(Limit::Http), 1);
+        assert_eq!(m.rate_limited_count(Limit::Frames), 1);
+        assert_eq!(m.rate_limited_count(Limit::Calls), 0);
+        let text = render(&m, &Snapshot::default());
+        assert_eq!(value(&text, "switchboard_media_uploaded_bytes_total"), 10.0);
+        assert_eq!(value(&text, "switchboard_media_stored_bytes"), 10.0);
     }
 
     #[test]
@@ -860,7 +1036,7 @@ mod tests {
         m.last_seen_written(500);
         m.last_seen_failed();
         m.last_seen_dropped(3);
-        let text = m.render(&Snapshot::default());
+        let text = render(&m, &Snapshot::default());
         assert_eq!(value(&text, "switchboard_last_seen_written_total"), 500.0);
         assert_eq!(
             value(&text, "switchboard_last_seen_write_failures_total"),
@@ -871,7 +1047,27 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn scrape_time_values_come_from_the_snapshot() {
+        let snap = Snapshot {
+            online_users: 2,
+            db_max: 10,
+            db_errors: 4,
+            uptime_secs: 1.5,
+            cluster: Some(crate::realtime::cluster::ClusterCounts {
+                nodes: 3,
+                redis_up: true,
+                nodes_reaped: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&Metrics::new(), &snap);
+        assert_eq!(value(&text, "switchboard_online_users"), 2.0);
+        assert_eq!(value(&text, "switchboard_db_pool_connections_max"), 10.0);
+        assert_eq!(value(&text, "switchboard_db_errors_total"), 4.0);
+        assert_eq!(value(&text, "switchboard_uptime_seconds"), 1.5);
+        assert_eq!(value(&text, "switchboard_cluster_nodes"), 3.0);
+        assert_eq!(value(&text, "switchboard_cluster_redis_up"), 1.0);
+        assert!(text.contains("switchboard_cluster_nodes_reaped_total 1\n"));
     }
 }

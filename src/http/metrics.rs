@@ -11,8 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 /// scrape; the counts are then reported as zero).
 pub const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The exposition format's content type.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The exposition format's content type (the Prometheus text format, version 0.0.4).
+pub const CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
 
 /// `GET /metrics`. With `METRICS_TOKEN` set, answers 401 unless `Authorization: Bearer` carries
 /// it.
@@ -47,9 +47,12 @@ pub async fn metrics(
         uptime_secs: state.started.elapsed().as_secs_f64(),
         cluster: state.engine.cluster.as_ref().map(|c| c.counts()),
     };
-    Ok(HttpResponse::Ok()
-        .content_type(CONTENT_TYPE)
-        .body(state.engine.metrics.render(&snapshot)))
+    let text = state
+        .engine
+        .metrics
+        .render(&snapshot)
+        .map_err(|e| AppError::internal(format!("metrics exposition: {e}")))?;
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(text))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -62,7 +65,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, CONTENT_TYPE};
+
+    #[test]
+    fn the_content_type_is_the_text_format_0_0_4() {
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    }
 
     #[test]
     fn token_comparison_needs_equal_bytes() {

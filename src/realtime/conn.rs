@@ -522,6 +522,7 @@ mod tests {
         assert_eq!(c.open(), 2);
         assert!(metrics
             .render(&crate::metrics::Snapshot::default())
+            .unwrap()
             .contains("switchboard_connections_refused_total 1"));
         drop(a);
         assert!(c.admit().is_ok());

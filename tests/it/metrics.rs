@@ -1,5 +1,9 @@
 //! `GET /metrics`: the exposition parses as Prometheus text format (checked line by line by a
 //! strict parser below), and counters move with traffic over `/ws`.
+//!
+//! The parser is written here because it has to refuse what a scraper would choke on or misread
+//! (a sample before its family's TYPE, a repeated series, buckets that are not cumulative, a bad
+//! escape); the published parsers of this format skip lines they cannot read instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common::{code, TestServer, WsClient};
