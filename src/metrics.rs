@@ -27,13 +27,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// The content type of the exposition (the Prometheus text format, version 0.0.4).
-pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// The prefix of every series name.
 const PREFIX: &str = "switchboard";
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -56,17 +56,19 @@ macro_rules! label_value {
 
         impl $name {
             /// Every value, in the order they are declared.
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant),+];
 
             /// The label value as exposed.
-            pub const fn as_str(self) -> &'static str {
+            pub(crate) const fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $label,)+
                 }
             }
 
-            /// The value exposed as `name`, if there is one.
-            pub fn from_name(name: &str) -> Option<Self> {
+            /// The value exposed as `name`, if there is one (not every label is read back
+            /// from a name).
+            #[allow(dead_code)]
+            pub(crate) fn from_name(name: &str) -> Option<Self> {
                 Self::ALL.iter().copied().find(|v| v.as_str() == name)
             }
         }
@@ -81,7 +83,7 @@ macro_rules! label_value {
 
 label_value! {
     /// What was rate limited.
-    pub enum Limit {
+    pub(crate) enum Limit {
         /// Inbound frames of one connection (`FRAME_RATE_PER_SEC`).
         Frames => "frames",
         /// Message sends of one user (`MESSAGE_RATE_PER_MIN`).
@@ -97,7 +99,7 @@ label_value! {
 
 label_value! {
     /// Which bounded queue refused an item.
-    pub enum Queue {
+    pub(crate) enum Queue {
         /// A connection's outbound queue (`OUTBOUND_QUEUE`): the slow consumer is disconnected.
         Outbound => "outbound",
         /// The group-commit queue (`WRITE_QUEUE`): the send is refused with `unavailable`.
@@ -108,7 +110,7 @@ label_value! {
 label_value! {
     /// Why a call ended, as far as the server knows the reason: anything a client made up is
     /// counted as [`EndReason::Other`].
-    pub enum EndReason {
+    pub(crate) enum EndReason {
         /// A party hung up.
         Hangup => "hangup",
         /// The callee rejected the call.
@@ -142,7 +144,7 @@ label_value! {
 
 label_value! {
     /// How an ended call is persisted (`calls.status`).
-    pub enum CallOutcome {
+    pub(crate) enum CallOutcome {
         /// It was answered and ended.
         Ended => "ended",
         /// The callee rejected it.
@@ -160,7 +162,7 @@ label_value! {
 
 label_value! {
     /// States of a live call.
-    pub enum CallState {
+    pub(crate) enum CallState {
         /// Created, the callee not yet reached.
         Initiated => "initiated",
         /// Ringing on the callee's devices.
@@ -172,7 +174,7 @@ label_value! {
 
 label_value! {
     /// Outcomes of media uploads.
-    pub enum UploadOutcome {
+    pub(crate) enum UploadOutcome {
         /// Stored.
         Stored => "stored",
         /// Over the size limit.
@@ -192,7 +194,7 @@ label_value! {
 
 label_value! {
     /// Outcomes of Socket.IO connection state recovery attempts.
-    pub enum RecoveryOutcome {
+    pub(crate) enum RecoveryOutcome {
         /// The session was recovered.
         Recovered => "recovered",
         /// No such session (expired or never seen).
@@ -249,7 +251,7 @@ struct CallEndLabels {
 
 /// Values that live elsewhere and are read at scrape time.
 #[derive(Clone, Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Users with at least one live session (registry).
     pub online_users: usize,
     /// Conversation actors alive.
@@ -312,7 +314,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Fresh metrics, every value zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let metrics = Self {
             registry: Registry::with_prefix(PREFIX),
             connections: Family::default(),
@@ -496,7 +498,7 @@ impl Metrics {
     }
 
     /// A session came up on `transport` speaking `dialect`.
-    pub fn session_opened(&self, transport: &'static str, dialect: &'static str) {
+    pub(crate) fn session_opened(&self, transport: &'static str, dialect: &'static str) {
         self.sessions_opened.inc();
         // The total first: a close (which lowers the pair before the total) then never takes
         // the total below zero.
@@ -507,7 +509,7 @@ impl Metrics {
     }
 
     /// A session ended. A pair that is already at zero stays there (and so does the total).
-    pub fn session_closed(&self, transport: &'static str, dialect: &'static str) {
+    pub(crate) fn session_closed(&self, transport: &'static str, dialect: &'static str) {
         let closed = self
             .connections
             .get(&ConnectionLabels { transport, dialect })
@@ -524,59 +526,50 @@ impl Metrics {
     }
 
     /// Live sessions on `transport` speaking `dialect`.
-    pub fn connections(&self, transport: &'static str, dialect: &'static str) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn connections(&self, transport: &'static str, dialect: &'static str) -> i64 {
         self.connections
             .get(&ConnectionLabels { transport, dialect })
             .map_or(0, |live| live.get())
     }
 
     /// Live sessions on every transport.
-    pub fn connections_total(&self) -> i64 {
+    pub(crate) fn connections_total(&self) -> i64 {
         self.sessions.get()
     }
 
     /// A message send was acknowledged after its commit, `latency` after it was received.
-    pub fn message_acked(&self, latency: Duration) {
+    pub(crate) fn message_acked(&self, latency: Duration) {
         self.messages_acked.inc();
         self.ack_latency.observe(latency.as_secs_f64());
     }
 
-    /// Messages acknowledged so far.
-    pub fn messages_acked(&self) -> u64 {
-        self.messages_acked.get()
-    }
-
     /// One event fanned out to `deliveries` sessions.
-    pub fn fanned_out(&self, deliveries: usize) {
+    pub(crate) fn fanned_out(&self, deliveries: usize) {
         self.fanout_events.inc();
         self.fanout_deliveries
             .inc_by(u64::try_from(deliveries).unwrap_or(u64::MAX));
     }
 
     /// A bounded queue refused an item.
-    pub fn queue_drop(&self, queue: Queue) {
+    pub(crate) fn queue_drop(&self, queue: Queue) {
         self.queue_drops.get_or_create(&QueueLabels { queue }).inc();
     }
 
     /// A realtime upgrade was refused at `MAX_REALTIME_CONNECTIONS`.
     /// Returns the count so far.
-    pub fn connection_refused(&self) -> u64 {
+    pub(crate) fn connection_refused(&self) -> u64 {
         self.connections_refused.inc() + 1
     }
 
     /// A connection still open after its close grace was aborted.
-    pub fn connection_aborted(&self) {
+    pub(crate) fn connection_aborted(&self) {
         self.connections_aborted.inc();
-    }
-
-    /// Connections aborted after their close grace so far.
-    pub fn connections_aborted(&self) -> u64 {
-        self.connections_aborted.get()
     }
 
     /// A Socket.IO client asked to recover its session; `outcome` names a [`RecoveryOutcome`]
     /// (anything else counts as `refused`).
-    pub fn socketio_recovery(&self, outcome: &str) {
+    pub(crate) fn socketio_recovery(&self, outcome: &str) {
         let outcome = RecoveryOutcome::from_name(outcome).unwrap_or(RecoveryOutcome::Refused);
         self.socketio_recoveries
             .get_or_create(&RecoveryLabels { outcome })
@@ -592,7 +585,7 @@ impl Metrics {
 
     /// An upload ended with `outcome`, which names an [`UploadOutcome`] (anything else counts as
     /// `failed`); `bytes` were stored when it was.
-    pub fn media_upload(&self, outcome: &str, bytes: u64) {
+    pub(crate) fn media_upload(&self, outcome: &str, bytes: u64) {
         let outcome = UploadOutcome::from_name(outcome).unwrap_or(UploadOutcome::Failed);
         self.media_uploads
             .get_or_create(&UploadLabels { outcome })
@@ -613,24 +606,25 @@ impl Metrics {
 
     /// The bytes the media store holds (read from the database at start and after each
     /// clean-up, adjusted by uploads in between).
-    pub fn set_media_bytes_stored(&self, bytes: i64) {
+    pub(crate) fn set_media_bytes_stored(&self, bytes: i64) {
         self.media_bytes_stored.set(bytes);
     }
 
     /// The clean-up removed `n` uploads, orphaned objects or staging files.
-    pub fn media_objects_removed(&self, n: u64) {
+    pub(crate) fn media_objects_removed(&self, n: u64) {
         self.media_objects_removed.inc_by(n);
     }
 
     /// A rate limit refused something.
-    pub fn rate_limited(&self, limit: Limit) {
+    pub(crate) fn rate_limited(&self, limit: Limit) {
         self.rate_limited
             .get_or_create(&LimitLabels { limit })
             .inc();
     }
 
     /// Rate-limit refusals of one kind so far.
-    pub fn rate_limited_count(&self, limit: Limit) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn rate_limited_count(&self, limit: Limit) -> u64 {
         self.rate_limited
             .get(&LimitLabels { limit })
             .map_or(0, |n| n.get())
@@ -638,7 +632,7 @@ impl Metrics {
 
     /// A live call moved from state `from` (`None`: it was just created) to `to` (`None`: it
     /// ended). States are `initiated`, `ringing` and `ongoing`; others are not counted.
-    pub fn call_state(&self, from: Option<&str>, to: Option<&str>) {
+    pub(crate) fn call_state(&self, from: Option<&str>, to: Option<&str>) {
         if let Some(live) = from.and_then(|s| self.live_calls(s)) {
             live.fetch_sub(1, Ordering::Relaxed);
         }
@@ -656,7 +650,7 @@ impl Metrics {
 
     /// A call ended with `outcome` (`ended`, `missed`, ...; unknown ones count as `failed`) for
     /// `reason` (client-chosen reasons count as `other`).
-    pub fn call_ended(&self, outcome: &str, reason: Option<&str>) {
+    pub(crate) fn call_ended(&self, outcome: &str, reason: Option<&str>) {
         let outcome = CallOutcome::from_name(outcome).unwrap_or(CallOutcome::Failed);
         let reason = reason
             .and_then(EndReason::from_name)
@@ -667,13 +661,14 @@ impl Metrics {
     }
 
     /// Live calls in a state.
-    pub fn calls_in_state(&self, state: &str) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn calls_in_state(&self, state: &str) -> i64 {
         self.live_calls(state)
             .map_or(0, |live| live.load(Ordering::Relaxed))
     }
 
     /// One HTTP request answered with `status`.
-    pub fn http_request(&self, status: u16) {
+    pub(crate) fn http_request(&self, status: u16) {
         self.http_requests.inc();
         if status >= 500 {
             self.http_server_errors.inc();
@@ -684,18 +679,18 @@ impl Metrics {
     }
 
     /// Last-seen times of `users` users were written.
-    pub fn last_seen_written(&self, users: usize) {
+    pub(crate) fn last_seen_written(&self, users: usize) {
         self.last_seen_written
             .inc_by(u64::try_from(users).unwrap_or(u64::MAX));
     }
 
     /// A last-seen write failed (its users wait for the next flush).
-    pub fn last_seen_failed(&self) {
+    pub(crate) fn last_seen_failed(&self) {
         self.last_seen_failed.inc();
     }
 
     /// Last-seen times of `users` users were dropped: the buffer was full.
-    pub fn last_seen_dropped(&self, users: usize) {
+    pub(crate) fn last_seen_dropped(&self, users: usize) {
         self.last_seen_dropped
             .inc_by(u64::try_from(users).unwrap_or(u64::MAX));
     }
@@ -711,7 +706,7 @@ impl Metrics {
     /// # Errors
     ///
     /// A formatting error of the encoder; writing into a `String` itself cannot fail.
-    pub fn render(&self, snap: &Snapshot) -> Result<String, std::fmt::Error> {
+    pub(crate) fn render(&self, snap: &Snapshot) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
         prometheus_text::encode(&mut out, &self.registry)?;
         prometheus_text::encode(&mut out, &self.scrape_registry(snap))?;
