@@ -34,7 +34,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.route("/admin/stats", web::get().to(stats))
         .route("/admin/users", web::get().to(list_users))
         .route("/admin/users/{id}", web::get().to(get_user))

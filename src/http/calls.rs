@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.route("/ice-servers", web::get().to(my_ice_servers))
         .route("/ice-servers/{user_id}", web::get().to(ice_servers_for))
         .route("/turn-credentials", web::post().to(turn_credentials))

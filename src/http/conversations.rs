@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.route("/conversations", web::get().to(list))
         .route("/conversations", web::post().to(create))
         .route("/conversations/{id}", web::get().to(get_one))

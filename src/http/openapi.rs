@@ -1,16 +1,412 @@
-//! The OpenAPI 3.0 document of every REST route, built from the table in [`operations`] and
-//! served at `GET /api/openapi.json`, and a self-contained interactive page at `GET /api/docs`
-//! (no external scripts or styles).
+//! The OpenAPI 3.0 document of every REST route, served at `GET /api/openapi.json`, and a
+//! self-contained interactive page at `GET /api/docs` (no external scripts or styles).
 //!
-//! Routes mounted both at the root and under `/api` are documented at both paths. A test reads
-//! the route registrations in `src/http/` and fails when one is missing here. The realtime
-//! transports (`GET /ws`, `/socket.io/`) are not REST and are described in the document's
-//! description instead.
+//! The document is generated with utoipa from the code: each handler carries a
+//! `#[utoipa::path]` next to its actix route attribute, its request and response bodies are
+//! types deriving `ToSchema` (query strings `IntoParams`), and [`super::routes`] registers the
+//! handlers through `utoipa_actix_web`, which collects the documentation of exactly what it
+//! registers, at both mounts (the root and `/api`). utoipa writes OpenAPI 3.1; [`document`]
+//! turns that into the 3.0 the document has always been (`nullable` instead of `null` types),
+//! names each operation after its method and path, and marks operations without a security
+//! requirement as public (`security: []`). The realtime transports (`GET /ws`, `/socket.io/`)
+//! are not REST and are described in the document's description instead.
 
-use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use crate::error::ErrorBody;
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, InfoBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_actix_web::AppExt;
+
+/// The document's description: the realtime transports and the error envelope.
+const DESCRIPTION: &str = "Chat and WebRTC call signaling. REST routes are listed here; the \
+    realtime transports are `GET /ws` (WebSocket, JSON frames `{event, payload, id}`, token in \
+    `?token=` or `Authorization: Bearer`) and Socket.IO v5 at `/socket.io/` (token in the \
+    CONNECT auth payload). Every error is `{\"error\": {\"code\", \"message\"}}` with a stable \
+    snake_case code.";
+
+/// The document's frame; the operations come from the registered handlers.
+#[derive(OpenApi)]
+#[openapi(
+    servers((url = "/")),
+    tags(
+        (name = "health"), (name = "operations"), (name = "auth"), (name = "users"),
+        (name = "conversations"), (name = "messages"), (name = "team chat"), (name = "calls"),
+        (name = "admin"), (name = "support"), (name = "chat requests"), (name = "contacts"),
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Frame),
+)]
+struct ApiDoc;
+
+/// Title, version and description, and the two security schemes.
+struct Frame;
+
+impl Modify for Frame {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        api.info = InfoBuilder::new()
+            .title("Switchboard")
+            .version(env!("CARGO_PKG_VERSION"))
+            .description(Some(DESCRIPTION))
+            .build();
+        let components = api.components.get_or_insert_with(Default::default);
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.bearer_format = Some("JWT".to_owned());
+        bearer.description =
+            Some("An access token from a login, refresh or OTP verification.".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        let mut metrics = Http::new(HttpAuthScheme::Bearer);
+        metrics.description = Some("METRICS_TOKEN, when the server sets one.".to_owned());
+        components.add_security_scheme("metricsToken", SecurityScheme::Http(metrics));
+    }
+}
+
+/// What an error status means, in the document.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Malformed or invalid input",
+        401 => "Missing, invalid or expired credentials",
+        403 => "Not allowed",
+        404 => "Not found",
+        409 => "Conflicts with the current state",
+        408 => "The request body stalled",
+        413 => "Body or content too large",
+        415 => "Unsupported media type (read from the bytes)",
+        416 => "Range not satisfiable",
+        429 => "Rate limited (see retryAfter)",
+        503 => "A dependency (the database) is unavailable, or the server is overloaded (see retryAfter)",
+        _ => "Error",
+    }
+}
+
+/// Error statuses, each answered with the `Error` body.
+fn error_responses(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
+    statuses
+        .iter()
+        .map(|status| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(reason(*status))
+                .content("application/json", content)
+                .build();
+            (status.to_string(), RefOr::T(response))
+        })
+        .collect()
+}
+
+/// Declares a set of error statuses for `responses(...)` of `#[utoipa::path]`.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident: $($status:literal),+) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                error_responses(&[$($status),+])
+            }
+        }
+    };
+}
+
+error_set!(
+    /// What a route behind a bearer token can answer besides success.
+    Errors: 400, 401, 403, 404, 409, 429, 503
+);
+error_set!(
+    /// [`Errors`], and 413 for a route that reads a body (also the public `/auth/*` routes).
+    BodyErrors: 400, 401, 403, 404, 409, 413, 429, 503
+);
+error_set!(
+    /// An upload: [`BodyErrors`], a stalled body (408) and a type that is not accepted (415).
+    UploadErrors: 400, 401, 403, 404, 408, 409, 413, 415, 429, 503
+);
+error_set!(
+    /// A file download (a bearer token or a signed URL): no rate limits or conflicts, but ranges.
+    FileErrors: 400, 401, 403, 404, 416, 503
+);
+error_set!(
+    /// `/metrics` with `METRICS_TOKEN` set and not given.
+    MetricsErrors: 401
+);
+
+/// An id as clients send it in bodies: a positive integer or its decimal string.
+#[derive(Debug)]
+pub struct IdInput;
+
+impl utoipa::PartialSchema for IdInput {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(1)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]{1,18}$")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for IdInput {}
+
+/// Any JSON value, or null (for `schema_with`).
+pub fn any_or_null() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::Null]))
+        .build()
+}
+
+/// `{id}` of a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdPath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub id: String,
+}
+
+/// `{user_id}` of a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserIdPath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub user_id: String,
+}
+
+/// `{success: true}`, the answer of actions with nothing else to say.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Done {
+    /// Always true.
+    pub success: bool,
+}
+
+impl Done {
+    /// `{success: true}`.
+    pub const OK: Done = Done { success: true };
+}
+
+/// `GET /metrics`, whose handler lives in [`super::metrics`]: registered and documented here.
+#[derive(Debug)]
+pub struct MetricsRoute;
+
+/// Prometheus metrics (text format 0.0.4)
+#[utoipa::path(
+    impl_for = MetricsRoute,
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security((), ("metricsToken" = [])),
+    responses(
+        (status = 200, description = "Success", body = String, content_type = "text/plain"),
+        MetricsErrors,
+    ),
+)]
+fn register_metrics(config: &mut AppService) {
+    web::resource("/metrics")
+        .route(web::get().to(super::metrics::metrics))
+        .register(config);
+}
+
+impl HttpServiceFactory for MetricsRoute {
+    fn register(self, config: &mut AppService) {
+        register_metrics(config);
+    }
+}
+
+/// The generated part of the document: the frame and every operation that [`super::routes`]
+/// registers.
+pub fn generated() -> utoipa::openapi::OpenApi {
+    let (_, collected) = actix_web::App::new()
+        .into_utoipa_app()
+        .configure(super::routes)
+        .split_for_parts();
+    let mut api = ApiDoc::openapi();
+    api.merge(collected);
+    api
+}
+
+/// `operationId` of a method and path: `post_api_auth_login` for `POST /api/auth/login`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_owned();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(
+            seg.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
+/// OpenAPI 3.1 schemas as 3.0 writes them: `type: [T, "null"]` becomes `type: T` with
+/// `nullable: true`, `oneOf: [S, {type: "null"}]` becomes `allOf: [S]` with `nullable: true`, a
+/// one-way `oneOf` (utoipa's wrapper of a described field) becomes its schema, and keywords 3.0
+/// does not have are dropped.
+fn to_openapi_30(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("$ref") {
+                // A reference stands alone in 3.0.
+                map.retain(|key, _| key == "$ref");
+                return;
+            }
+            if let Some(Value::Array(types)) = map.get("type") {
+                let mut kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                let nullable = kept.len() < types.len();
+                match kept.len() {
+                    1 => {
+                        map.insert("type".to_owned(), kept.remove(0));
+                    }
+                    _ => {
+                        map.remove("type");
+                    }
+                }
+                if nullable {
+                    map.insert("nullable".to_owned(), Value::Bool(true));
+                }
+            }
+            let null_alternative = |alts: &Vec<Value>| {
+                alts.len() == 2 && alts.iter().any(|a| a.get("type") == Some(&json!("null")))
+            };
+            if let Some(Value::Array(alts)) = map.get("oneOf") {
+                if null_alternative(alts) {
+                    let others: Vec<Value> = alts
+                        .iter()
+                        .filter(|a| a.get("type") != Some(&json!("null")))
+                        .cloned()
+                        .collect();
+                    map.remove("oneOf");
+                    map.insert("allOf".to_owned(), Value::Array(others));
+                    map.insert("nullable".to_owned(), Value::Bool(true));
+                }
+            }
+            if let Some(Value::Array(alts)) = map.get("oneOf") {
+                if let [only] = alts.as_slice() {
+                    let only = only.clone();
+                    map.remove("oneOf");
+                    match only {
+                        Value::Object(inner) if !inner.contains_key("$ref") => {
+                            for (key, value) in inner {
+                                map.entry(key).or_insert(value);
+                            }
+                        }
+                        other => {
+                            map.insert("allOf".to_owned(), Value::Array(vec![other]));
+                        }
+                    }
+                }
+            }
+            map.remove("propertyNames");
+            map.remove("contentMediaType");
+            map.remove("contentEncoding");
+            for child in map.values_mut() {
+                to_openapi_30(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_30),
+        _ => {}
+    }
+}
+
+/// The whole document, as served.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(generated()).unwrap_or_default();
+    to_openapi_30(&mut doc);
+    doc["openapi"] = json!("3.0.3");
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                op["operationId"] = json!(operation_id(method, path));
+                if op.get("security").is_none() {
+                    op["security"] = json!([]);
+                }
+                if op.get("parameters").is_none() {
+                    op["parameters"] = json!([]);
+                }
+            }
+        }
+    }
+    merge_table(&mut doc);
+    doc
+}
+
+/// This document
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Success", body = Object)),
+)]
+#[get("/api/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let body = DOC.get_or_init(|| document().to_string());
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.clone())
+}
+
+/// Interactive API page (HTML)
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Success", body = String, content_type = "text/html")),
+)]
+#[get("/api/docs")]
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'",
+        ))
+        .body(include_str!("openapi_page.html"))
+}
+
+// The operations not generated yet, from the former hand-written table: added to the generated
+// document with their schemas (a generated schema of the same name wins).
+
+/// Adds the table's operations and the schemas they name to the generated document.
+fn merge_table(doc: &mut Value) {
+    let table = table_document();
+    if let (Some(paths), Some(more)) = (doc["paths"].as_object_mut(), table["paths"].as_object()) {
+        for (path, item) in more {
+            let entry = paths.entry(path.clone()).or_insert_with(|| json!({}));
+            if let (Some(entry), Some(item)) = (entry.as_object_mut(), item.as_object()) {
+                for (method, op) in item {
+                    entry.entry(method.clone()).or_insert_with(|| op.clone());
+                }
+            }
+        }
+    }
+    if let (Some(schemas), Some(more)) = (
+        doc["components"]["schemas"].as_object_mut(),
+        table["components"]["schemas"].as_object(),
+    ) {
+        for (name, schema) in more {
+            schemas
+                .entry(name.clone())
+                .or_insert_with(|| schema.clone());
+        }
+    }
+}
 
 /// Where a route is mounted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,11 +492,6 @@ impl Operation {
 
     fn ok(mut self, status: u16, schema: Value) -> Self {
         self.ok.push((status, Some(schema)));
-        self
-    }
-
-    fn text(mut self, status: u16) -> Self {
-        self.ok.push((status, None));
         self
     }
 
@@ -580,289 +971,10 @@ fn ice_answer() -> Value {
 
 /// Every REST operation, in the order of the document.
 pub fn operations() -> Vec<Operation> {
-    use Access::{Admin, Bearer, Metrics, Public};
-    use Mount::{Both, Root};
+    use Access::{Admin, Bearer};
+    use Mount::Both;
     let ok_flag = object(&[("success", boolean())], &["success"]);
     vec![
-        op("get", "/ping", Root, "health", Public, "Liveness: `pong`").text(200),
-        op(
-            "get",
-            "/health",
-            Root,
-            "health",
-            Public,
-            "Readiness: touches the database",
-        )
-        .ok(
-            200,
-            object(
-                &[
-                    ("status", string()),
-                    ("db", string()),
-                    ("uptime", json!({"type": "number"})),
-                ],
-                &["status", "db"],
-            ),
-        )
-        .ok(
-            503,
-            object(
-                &[
-                    ("status", string()),
-                    ("db", string()),
-                    ("error", json!({"type": "object"})),
-                ],
-                &["status", "db"],
-            ),
-        ),
-        op(
-            "get",
-            "/api/health",
-            Root,
-            "health",
-            Public,
-            "Seed 001 health: status, timestamp, uptime",
-        )
-        .ok(
-            200,
-            object(
-                &[
-                    ("status", string()),
-                    ("timestamp", date_time()),
-                    ("uptime", json!({"type": "number"})),
-                ],
-                &["status", "timestamp", "uptime"],
-            ),
-        ),
-        op(
-            "get",
-            "/metrics",
-            Root,
-            "operations",
-            Metrics,
-            "Prometheus metrics (text format 0.0.4)",
-        )
-        .text(200),
-        op(
-            "get",
-            "/api/openapi.json",
-            Root,
-            "operations",
-            Public,
-            "This document",
-        )
-        .ok(200, json!({"type": "object"})),
-        op(
-            "get",
-            "/api/docs",
-            Root,
-            "operations",
-            Public,
-            "Interactive API page (HTML)",
-        )
-        .text(200),
-        // Accounts and authentication.
-        op(
-            "post",
-            "/auth/login",
-            Both,
-            "auth",
-            Public,
-            "Password login by phone or e-mail",
-        )
-        .body(
-            object(
-                &[
-                    ("phone", string()),
-                    ("email", string()),
-                    ("password", string()),
-                    ("deviceName", string()),
-                ],
-                &["password"],
-            ),
-            true,
-        )
-        .ok(200, r("TokenPair")),
-        op(
-            "post",
-            "/auth/refresh",
-            Both,
-            "auth",
-            Public,
-            "Rotate a refresh token (single use)",
-        )
-        .body(
-            object(&[("refreshToken", string())], &["refreshToken"]),
-            true,
-        )
-        .ok(200, r("TokenPair")),
-        op(
-            "post",
-            "/auth/logout",
-            Both,
-            "auth",
-            Bearer,
-            "Revoke the caller's device session",
-        )
-        .ok(
-            200,
-            object(
-                &[("success", boolean()), ("revoked", boolean())],
-                &["success"],
-            ),
-        ),
-        op(
-            "post",
-            "/auth/send-otp",
-            Both,
-            "auth",
-            Public,
-            "Send a registration code",
-        )
-        .body(object(&[("phone", string())], &["phone"]), true)
-        .ok(
-            200,
-            object(
-                &[
-                    ("success", boolean()),
-                    ("message", string()),
-                    ("expiresIn", integer()),
-                ],
-                &["success"],
-            ),
-        ),
-        op(
-            "post",
-            "/auth/verify-otp-register",
-            Both,
-            "auth",
-            Public,
-            "Verify a registration code: creates the account and logs in",
-        )
-        .body(
-            object(
-                &[
-                    ("phone", string()),
-                    ("otp", string()),
-                    ("name", string()),
-                    ("email", string()),
-                    ("password", string()),
-                    ("deviceName", string()),
-                ],
-                &["phone", "otp"],
-            ),
-            true,
-        )
-        .ok(201, r("TokenPair")),
-        op(
-            "post",
-            "/auth/send-otp-login",
-            Both,
-            "auth",
-            Public,
-            "Send a login code",
-        )
-        .body(object(&[("phone", string())], &["phone"]), true)
-        .ok(
-            200,
-            object(
-                &[
-                    ("success", boolean()),
-                    ("message", string()),
-                    ("expiresIn", integer()),
-                ],
-                &["success"],
-            ),
-        ),
-        op(
-            "post",
-            "/auth/verify-otp-login",
-            Both,
-            "auth",
-            Public,
-            "Log in with a code",
-        )
-        .body(
-            object(
-                &[
-                    ("phone", string()),
-                    ("otp", string()),
-                    ("deviceName", string()),
-                ],
-                &["phone", "otp"],
-            ),
-            true,
-        )
-        .ok(200, r("TokenPair")),
-        op(
-            "get",
-            "/users/profile",
-            Both,
-            "users",
-            Bearer,
-            "The caller's profile",
-        )
-        .ok(
-            200,
-            object(&[("user", r("User")), ("success", boolean())], &["user"]),
-        ),
-        op(
-            "get",
-            "/users/me",
-            Both,
-            "users",
-            Bearer,
-            "The caller's profile",
-        )
-        .ok(
-            200,
-            object(&[("user", r("User")), ("success", boolean())], &["user"]),
-        ),
-        op(
-            "patch",
-            "/users/me",
-            Both,
-            "users",
-            Bearer,
-            "Change name and/or avatar (`null` clears the avatar)",
-        )
-        .body(
-            object(
-                &[
-                    ("name", string()),
-                    ("avatar", nullable_string()),
-                    ("avatarUrl", nullable_string()),
-                ],
-                &[],
-            ),
-            true,
-        )
-        .ok(
-            200,
-            object(&[("user", r("User")), ("success", boolean())], &["user"]),
-        ),
-        cursor_query(
-            op(
-                "get",
-                "/users",
-                Both,
-                "users",
-                Bearer,
-                "Search users by name or phone",
-            )
-            .query("q", string(), "Text to search for."),
-            "Page size (default 20).",
-        )
-        .ok(
-            200,
-            object(
-                &[
-                    ("users", array(r("User"))),
-                    ("nextCursor", nullable_string()),
-                ],
-                &["users"],
-            ),
-        ),
         // Conversations and messages.
         cursor_query(
             op(
@@ -1281,57 +1393,10 @@ pub fn operations() -> Vec<Operation> {
             ),
         )
         .errors(&[400]),
-        op(
-            "post",
-            "/media",
-            Both,
-            "media",
-            Bearer,
-            "Upload a file (type read from its bytes; images stripped of metadata)",
-        )
-        .body(
-            object(
-                &[("file", json!({"type": "string", "format": "binary"}))],
-                &["file"],
-            ),
-            true,
-        )
-        .ok(201, r("Media"))
-        .errors(&[408, 413, 415, 429]),
-        media_download(
-            "get",
-            "/media/{id}",
-            "A file (uploader, conversation members, or a signed URL)",
-        ),
-        media_download("get", "/media/{id}/thumbnail", "An image's thumbnail"),
-        media_download(
-            "head",
-            "/media/{id}",
-            "A file's headers (length, type, ETag)",
-        ),
-        media_download("head", "/media/{id}/thumbnail", "A thumbnail's headers"),
     ]
     .into_iter()
     .chain(dashboard_operations())
     .collect()
-}
-
-fn media_download(method: &'static str, path: &'static str, summary: &'static str) -> Operation {
-    op(
-        method,
-        path,
-        Mount::Both,
-        "media",
-        Access::BearerOrSigned,
-        summary,
-    )
-    .query(
-        "exp",
-        integer(),
-        "Signed URL: expiry (Unix seconds); with `sig`, no Authorization is needed.",
-    )
-    .query("sig", string(), "Signed URL: signature.")
-    .errors(&[403, 416])
 }
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -1347,18 +1412,6 @@ fn path_params(path: &str) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-fn operation_id(method: &str, path: &str) -> String {
-    let mut id = method.to_owned();
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        id.push('_');
-        id.extend(
-            seg.chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
-        );
-    }
-    id
 }
 
 fn describe(o: &Operation, path: &str) -> Value {
@@ -1448,36 +1501,8 @@ fn describe(o: &Operation, path: &str) -> Value {
     out
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "Malformed or invalid input",
-        401 => "Missing, invalid or expired credentials",
-        403 => "Not allowed",
-        404 => "Not found",
-        409 => "Conflicts with the current state",
-        408 => "The request body stalled",
-        413 => "Body or content too large",
-        415 => "Unsupported media type (read from the bytes)",
-        429 => "Rate limited (see retryAfter)",
-        503 => "A dependency (the database) is unavailable, or the server is overloaded (see retryAfter)",
-        _ => "Error",
-    }
-}
-
-/// Every documented `(method, path)` pair, with `/api` duplicates.
-pub fn documented_routes() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for o in operations() {
-        out.push((o.method.to_owned(), o.path.to_owned()));
-        if o.mount == Mount::Both {
-            out.push((o.method.to_owned(), format!("/api{}", o.path)));
-        }
-    }
-    out
-}
-
-/// The whole document.
-pub fn document() -> Value {
+/// The table's part of the document.
+fn table_document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for o in operations() {
         let mut at = vec![o.path.to_owned()];
@@ -1512,58 +1537,11 @@ pub fn document() -> Value {
     })
 }
 
-/// `GET /api/openapi.json`.
-pub async fn openapi_json(_state: web::Data<AppState>) -> HttpResponse {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let body = DOC.get_or_init(|| document().to_string());
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body.clone())
-}
-
-/// `GET /api/docs`: a page that loads the document and lets one send requests with a token.
-pub async fn docs() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'",
-        ))
-        .body(include_str!("openapi_page.html"))
-}
-
 // Admin dashboard, seed 002 support conversations, seed 003 chat requests and contacts.
 
 /// The shapes of the admin dashboard, chat request and support routes, added to [`components`]
 /// (and the support owner of a conversation added to `Conversation`).
 fn dashboard_components(mut base: Value) -> Value {
-    let party = object(
-        &[
-            ("id", string()),
-            ("_id", string()),
-            ("name", string()),
-            ("avatarUrl", nullable_string()),
-            ("avatar", nullable_string()),
-        ],
-        &["id", "name"],
-    );
-    let chat_request = object(
-        &[
-            ("id", string()),
-            ("_id", string()),
-            ("fromUserId", string()),
-            ("toUserId", string()),
-            ("from", nullable_ref("ChatRequestParty")),
-            ("to", nullable_ref("ChatRequestParty")),
-            ("message", nullable_string()),
-            ("status", chat_request_status()),
-            ("conversationId", nullable_string()),
-            ("createdAt", date_time()),
-            ("respondedAt", nullable_date_time()),
-        ],
-        &["id", "fromUserId", "toUserId", "status", "createdAt"],
-    );
     let admin_user = json!({"allOf": [
         r("User"),
         object(
@@ -1686,8 +1664,6 @@ fn dashboard_components(mut base: Value) -> Value {
         ],
     );
     let added = [
-        ("ChatRequestParty", party),
-        ("ChatRequest", chat_request),
         ("AdminUser", admin_user),
         ("Connection", connection),
         ("DeviceSession", device_session),
@@ -1704,10 +1680,6 @@ fn dashboard_components(mut base: Value) -> Value {
         props.insert("supportUserId".to_owned(), nullable_string());
     }
     base
-}
-
-fn chat_request_status() -> Value {
-    json!({"type": "string", "enum": ["pending", "accepted", "declined", "cancelled"]})
 }
 
 /// `{success, user, closedConnections}` of the role and ban changes.
@@ -2194,182 +2166,10 @@ fn support_operations() -> Vec<Operation> {
     ]
 }
 
-/// Seed 003's chat requests and contacts.
-fn contact_operations() -> Vec<Operation> {
-    use Access::Bearer;
-    use Mount::Both;
-    let request_answer = object(
-        &[
-            ("success", boolean()),
-            ("request", r("ChatRequest")),
-            ("conversation", nullable_ref("Conversation")),
-        ],
-        &["success", "request", "conversation"],
-    );
-    let created_request = object(
-        &[
-            ("success", boolean()),
-            ("created", boolean()),
-            ("request", r("ChatRequest")),
-        ],
-        &["success", "created", "request"],
-    );
-    let opened = object(
-        &[
-            ("success", boolean()),
-            ("created", boolean()),
-            ("conversation", r("Conversation")),
-        ],
-        &["success", "created", "conversation"],
-    );
-    let mut ops = vec![
-        op(
-            "post",
-            "/chat-requests",
-            Both,
-            "chat requests",
-            Bearer,
-            "Ask a user to chat (201 new; 200 the pending request that already exists)",
-        )
-        .body(
-            object(
-                &[
-                    ("to", id_input()),
-                    (
-                        "message",
-                        json!({"type": "string", "nullable": true, "maxLength": 1000, "description": "A greeting (also `text` or `content`)."}),
-                    ),
-                ],
-                &["to"],
-            ),
-            true,
-        )
-        .ok(200, created_request.clone())
-        .ok(201, created_request),
-        op(
-            "get",
-            "/chat-requests",
-            Both,
-            "chat requests",
-            Bearer,
-            "The caller's incoming and outgoing requests, newest first",
-        )
-        .query(
-            "status",
-            json!({"type": "string", "enum": ["all", "pending", "accepted", "declined", "cancelled"]}),
-            "Only requests in this status (default all).",
-        )
-        .query(
-            "limit",
-            json!({"type": "integer", "minimum": 1, "maximum": 200}),
-            "Most requests per list (default 100).",
-        )
-        .ok(
-            200,
-            object(
-                &[
-                    ("success", boolean()),
-                    ("incoming", array(r("ChatRequest"))),
-                    ("outgoing", array(r("ChatRequest"))),
-                ],
-                &["success", "incoming", "outgoing"],
-            ),
-        ),
-    ];
-    for (path, summary) in [
-        (
-            "/chat-requests/{id}/accept",
-            "Accept (recipient): opens the direct conversation; repeating it returns it again",
-        ),
-        ("/chat-requests/{id}/decline", "Decline (recipient)"),
-        ("/chat-requests/{id}/cancel", "Withdraw (sender)"),
-    ] {
-        ops.push(
-            op("post", path, Both, "chat requests", Bearer, summary)
-                .ok(200, request_answer.clone()),
-        );
-    }
-    let phone_item = json!({"oneOf": [
-        {"type": "string"},
-        object(
-            &[("phone", string()), ("name", nullable_string())],
-            &["phone"],
-        ),
-    ]});
-    ops.push(
-        op(
-            "post",
-            "/contacts/sync",
-            Both,
-            "contacts",
-            Bearer,
-            "Store address-book numbers and find the registered users among them",
-        )
-        .body(
-            object(
-                &[
-                    (
-                        "phones",
-                        json!({"type": "array", "items": phone_item, "description": "Numbers (also `contacts`, `phoneNumbers` or `numbers`); at most CONTACTS_SYNC_MAX."}),
-                    ),
-                    (
-                        "countryCode",
-                        json!({"type": "string", "nullable": true, "pattern": "^\\s*(\\+?[1-9][0-9]{0,2})?\\s*$"}),
-                    ),
-                    ("replace", boolean()),
-                ],
-                &[],
-            ),
-            true,
-        )
-        .ok(
-            200,
-            object(
-                &[
-                    ("success", boolean()),
-                    ("users", array(r("User"))),
-                    ("matched", integer()),
-                    ("stored", integer()),
-                    ("invalid", array(string())),
-                ],
-                &["success", "users", "matched", "stored", "invalid"],
-            ),
-        ),
-    );
-    ops.push(
-        op(
-            "post",
-            "/contacts/start-chat",
-            Both,
-            "contacts",
-            Bearer,
-            "Open the direct conversation with a user, by id or phone (contact policy applies)",
-        )
-        .body(
-            object(
-                &[
-                    ("userId", id_input()),
-                    ("phone", string()),
-                    (
-                        "countryCode",
-                        json!({"type": "string", "nullable": true, "pattern": "^\\s*(\\+?[1-9][0-9]{0,2})?\\s*$"}),
-                    ),
-                ],
-                &[],
-            ),
-            true,
-        )
-        .ok(200, opened.clone())
-        .ok(201, opened),
-    );
-    ops
-}
-
 /// Every operation of the admin dashboard, support, chat request and contact routes.
 fn dashboard_operations() -> Vec<Operation> {
     let mut ops = admin_operations();
     ops.extend(support_operations());
-    ops.extend(contact_operations());
     ops
 }
 

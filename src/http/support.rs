@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 pub const RECENT_MESSAGES: i64 = 50;
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.route("/conversations/admin", web::get().to(staff_conversation))
         .route(
             "/conversations/admin/messages",
