@@ -173,5 +173,5 @@ async fn admin_call(
         ));
     }
     let ack = state.engine.start_call(&identity, 0, req).await?;
-    Ok(HttpResponse::Created().json(super::calls::initiated_json(ack)))
+    Ok(HttpResponse::Created().json(super::calls::initiated(ack)))
 }

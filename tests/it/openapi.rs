@@ -84,7 +84,7 @@ fn the_route_scanner_reads_multi_line_registrations() {
             ("delete".to_owned(), "/b/{id}".to_owned())
         ]
     );
-    assert!(registered_routes().contains(&("get".to_owned(), "/api/calls/history".to_owned())));
+    assert!(registered_routes().contains(&("get".to_owned(), "/api/admin/stats".to_owned())));
 }
 
 #[actix_web::test]
