@@ -565,13 +565,6 @@ fn object(properties: &[(&str, Value)], required: &[&str]) -> Value {
 }
 
 /// An id as clients send it: a positive integer or its decimal string.
-fn id_input() -> Value {
-    json!({"oneOf": [
-        {"type": "integer", "format": "int64", "minimum": 1},
-        {"type": "string", "pattern": "^[0-9]{1,18}$"}
-    ]})
-}
-
 fn components() -> Value {
     let error = object(
         &[(
@@ -1236,39 +1229,7 @@ fn admin_user_change() -> Value {
 }
 
 /// A support conversation with its newest messages and the caller's unread count.
-fn support_answer() -> Value {
-    object(
-        &[
-            ("success", boolean()),
-            ("conversation", r("DirectConversation")),
-            ("messages", array(r("DirectMessage"))),
-            ("unreadCount", integer()),
-        ],
-        &["success", "conversation", "messages", "unreadCount"],
-    )
-}
-
 /// A message for a support conversation (the conversation comes from the route).
-fn support_send_body() -> Value {
-    object(
-        &[
-            ("content", string()),
-            (
-                "type",
-                json!({"type": "string", "enum": ["text", "image", "audio", "file"]}),
-            ),
-            ("mediaUrl", string()),
-            ("replyTo", id_input()),
-            ("metadata", json!({"type": "object"})),
-            (
-                "clientMessageId",
-                json!({"type": "string", "minLength": 1, "maxLength": 128}),
-            ),
-        ],
-        &[],
-    )
-}
-
 /// `{success, <list>: [...], nextCursor}` of the admin lists.
 fn admin_page(list: &str, item: &str) -> Value {
     object(
@@ -1579,139 +1540,9 @@ fn roles_body() -> Value {
     body
 }
 
-/// Seed 002's support conversations (staff side and admin side).
-fn support_operations() -> Vec<Operation> {
-    use Access::{Admin, Bearer};
-    use Mount::Both;
-    let tag = "support";
-    vec![
-        op(
-            "get",
-            "/conversations/admin",
-            Both,
-            tag,
-            Bearer,
-            "The caller's support conversation with the admins, with recent messages (not for admins)",
-        )
-        .ok(200, support_answer()),
-        page_query(op(
-            "get",
-            "/conversations/admin/messages",
-            Both,
-            tag,
-            Bearer,
-            "A page of the caller's support conversation",
-        ))
-        .ok(200, message_page()),
-        op(
-            "post",
-            "/conversations/admin/messages",
-            Both,
-            tag,
-            Bearer,
-            "Write to the admins",
-        )
-        .body(support_send_body(), true)
-        .ok(201, message_envelope()),
-        op(
-            "get",
-            "/admin/conversations/{user_id}",
-            Both,
-            tag,
-            Admin,
-            "The support conversation of a user (created on first use), with recent messages",
-        )
-        .ok(200, support_answer()),
-        page_query(op(
-            "get",
-            "/admin/conversations/{user_id}/messages",
-            Both,
-            tag,
-            Admin,
-            "A page of a user's support conversation",
-        ))
-        .ok(200, message_page()),
-        op(
-            "post",
-            "/admin/conversations/{user_id}/messages",
-            Both,
-            tag,
-            Admin,
-            "Reply in a user's support conversation",
-        )
-        .body(support_send_body(), true)
-        .ok(201, message_envelope()),
-        op(
-            "post",
-            "/admin/calls/initiate",
-            Both,
-            tag,
-            Admin,
-            "Call a user (Agora when configured and no provider is named)",
-        )
-        .body(
-            object(
-                &[
-                    ("astrologerId", id_input()),
-                    ("calleeId", id_input()),
-                    ("to", id_input()),
-                    (
-                        "callType",
-                        json!({"type": "string", "enum": ["audio", "voice", "video"]}),
-                    ),
-                    ("isVideo", boolean()),
-                    (
-                        "provider",
-                        json!({"type": "string", "enum": ["webrtc", "agora", "auto"]}),
-                    ),
-                    (
-                        "roomName",
-                        json!({"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"}),
-                    ),
-                    ("sdpOffer", json!({"type": "object"})),
-                ],
-                &[],
-            ),
-            true,
-        )
-        .ok(
-            201,
-            object(
-                &[
-                    ("success", boolean()),
-                    ("callId", string()),
-                    (
-                        "call",
-                        object(
-                            &[
-                                ("callId", string()),
-                                (
-                                    "status",
-                                    json!({"type": "string", "enum": ["ringing", "busy", "glare"]}),
-                                ),
-                                ("callType", string()),
-                                ("iceServers", array(r("IceServer"))),
-                                ("channelName", string()),
-                                ("agoraToken", nullable_string()),
-                                ("agora", json!({"type": "object"})),
-                            ],
-                            &["callId", "status", "callType", "iceServers"],
-                        ),
-                    ),
-                    ("channelName", nullable_string()),
-                    ("agoraToken", nullable_string()),
-                ],
-                &["success", "callId", "call"],
-            ),
-        ),
-    ]
-}
-
 /// Every operation of the admin dashboard, support, chat request and contact routes.
 fn dashboard_operations() -> Vec<Operation> {
-    let mut ops = admin_operations();
-    ops.extend(support_operations());
-    ops
+    admin_operations()
 }
 
 #[cfg(test)]
