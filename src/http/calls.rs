@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+pub fn routes(cfg: &mut super::Routes) {
     cfg.service(my_ice_servers)
         .service(ice_servers_for)
         .service(turn_credentials)
@@ -563,7 +563,10 @@ async fn history(
 }
 
 /// The first `limit` of `limit + 1` rows, newest first, and the cursor of the next page.
-fn page_of<T>(mut rows: Vec<(CallRow, T)>, limit: i64) -> (Vec<(CallRow, T)>, Option<String>) {
+pub(crate) fn page_of<T>(
+    mut rows: Vec<(CallRow, T)>,
+    limit: i64,
+) -> (Vec<(CallRow, T)>, Option<String>) {
     let take = usize::try_from(limit).unwrap_or(0);
     let more = rows.len() > take;
     rows.truncate(take);

@@ -24,7 +24,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+pub fn routes(cfg: &mut super::Routes) {
     cfg.service(send_request)
         .service(list_requests)
         .service(accept)

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+pub fn routes(cfg: &mut super::Routes) {
     cfg.service(list)
         .service(create)
         .service(get_one)

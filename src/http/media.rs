@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+pub fn routes(cfg: &mut super::Routes) {
     cfg.service(upload)
         .service(download)
         .service(download_head)

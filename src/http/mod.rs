@@ -52,21 +52,56 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
     ));
 }
 
+/// Where REST routes are registered: only handlers that carry their OpenAPI documentation
+/// (`#[utoipa::path]`, or [`openapi::MetricsRoute`]) can be, so no route goes undocumented.
+pub struct Routes<'a, 's>(&'a mut utoipa_actix_web::service_config::ServiceConfig<'s>);
+
+impl std::fmt::Debug for Routes<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+impl Routes<'_, '_> {
+    /// Registers a documented handler.
+    pub fn service<F>(&mut self, factory: F) -> &mut Self
+    where
+        F: actix_web::dev::HttpServiceFactory + utoipa_actix_web::OpenApiFactory + 'static,
+    {
+        self.0.service(factory);
+        self
+    }
+
+    /// Registers the routes of `f` here.
+    pub fn configure(&mut self, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        f(self);
+        self
+    }
+
+    /// Registers the routes of `f` under `prefix`.
+    pub fn scope(&mut self, prefix: &str, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        self.0
+            .service(utoipa_actix_web::scope(prefix).configure(|cfg| f(&mut Routes(cfg))));
+        self
+    }
+}
+
 /// Every REST route, each with its OpenAPI documentation ([`openapi::generated`] collects the
 /// document from this same registration). Account, conversation and call routes are served both
 /// at the root (seed 003) and under `/api`.
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(health::ping)
+    Routes(cfg)
+        .service(health::ping)
         .service(health::health)
         .service(health::api_health)
         .service(openapi::MetricsRoute)
         .service(openapi::openapi_json)
         .service(openapi::docs)
         .configure(app_routes)
-        .service(utoipa_actix_web::scope("/api").configure(app_routes));
+        .scope("/api", app_routes);
 }
 
-fn app_routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+fn app_routes(cfg: &mut Routes) {
     cfg.service(auth::login)
         .service(auth::refresh)
         .service(auth::logout)

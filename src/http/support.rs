@@ -33,7 +33,7 @@ use utoipa::ToSchema;
 pub const RECENT_MESSAGES: i64 = 50;
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+pub fn routes(cfg: &mut super::Routes) {
     cfg.service(staff_conversation)
         .service(staff_messages)
         .service(staff_send)
