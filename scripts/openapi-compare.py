@@ -76,6 +76,9 @@ def merge(a, b):
 
 def operation_view(doc, flat, op):
     params = {}
+    names = [(p["in"], p["name"]) for p in op.get("parameters", [])]
+    if len(names) != len(set(names)):
+        params["duplicates"] = sorted({n for n in names if names.count(n) > 1})
     for p in op.get("parameters", []):
         params[(p["in"], p["name"])] = {
             "required": p.get("required", False),

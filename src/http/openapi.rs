@@ -342,6 +342,12 @@ pub fn document() -> Value {
                 if op.get("parameters").is_none() {
                     op["parameters"] = json!([]);
                 }
+                // utoipa's actix integration also infers path parameters from `web::Path`
+                // arguments: the declared one of each name (with its description) is kept.
+                if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    let mut seen = std::collections::BTreeSet::new();
+                    params.retain(|p| seen.insert((p["in"].to_string(), p["name"].to_string())));
+                }
                 // An optional body (`Option<T>`) is `required: false`, not a nullable schema.
                 if let Some(content) = op
                     .get_mut("requestBody")

@@ -36,6 +36,15 @@ async fn the_document_covers_every_route_and_has_the_openapi_3_structure() {
                     "{method} {path} {code}"
                 );
             }
+            let names: Vec<(String, String)> = op["parameters"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| (p["in"].to_string(), p["name"].to_string()))
+                .collect();
+            let unique: BTreeSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{method} {path}: {names:?}");
             // Path parameters are declared exactly for the template's segments.
             let declared: BTreeSet<String> = op["parameters"]
                 .as_array()
