@@ -425,4 +425,52 @@ mod tests {
             assert!(schemas.contains_key(&name), "dangling $ref {name}");
         }
     }
+
+    #[test]
+    fn utoipa_schemas_become_openapi_3_0() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "type": {"type": ["string", "null"], "description": "A property named type."},
+                "last": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Message"}]},
+                "one": {"oneOf": [{"type": "integer"}], "description": "Wrapped."},
+                "map": {"type": "object", "propertyNames": {"type": "string"}},
+                "any": {"type": ["null"]},
+                "link": {"$ref": "#/components/schemas/User", "description": "Dropped."},
+            },
+        });
+        to_openapi_30(&mut schema);
+        assert_eq!(
+            schema["properties"],
+            json!({
+                "type": {"type": "string", "nullable": true, "description": "A property named type."},
+                "last": {"allOf": [{"$ref": "#/components/schemas/Message"}], "nullable": true},
+                "one": {"type": "integer", "description": "Wrapped."},
+                "map": {"type": "object"},
+                "any": {"nullable": true},
+                "link": {"$ref": "#/components/schemas/User"},
+            })
+        );
+    }
+
+    #[test]
+    fn operations_are_named_after_method_and_path() {
+        assert_eq!(
+            operation_id("post", "/api/auth/login"),
+            "post_api_auth_login"
+        );
+        assert_eq!(
+            operation_id("delete", "/conversations/{id}/members/{user_id}"),
+            "delete_conversations__id__members__user_id_"
+        );
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let login = &doc["paths"]["/api/auth/login"]["post"];
+        assert_eq!(login["operationId"], "post_api_auth_login");
+        assert_eq!(login["security"], json!([]));
+        assert_eq!(
+            doc["paths"]["/users/me"]["get"]["security"],
+            json!([{"bearer": []}])
+        );
+    }
 }
