@@ -1,19 +1,30 @@
 //! REST routes, grouped by resource. Handlers parse input, call the auth service, the engine or
 //! the database, and map errors through [`AppError`]; nothing else.
 
+// The code `#[utoipa::path]` generates names parameter types by their full paths.
+#[allow(unused_qualifications)]
 pub mod admin;
 pub mod astrology;
+#[allow(unused_qualifications)]
 pub mod auth;
+#[allow(unused_qualifications)]
 pub mod calls;
 pub mod client_ip;
+#[allow(unused_qualifications)]
 pub mod contacts;
+#[allow(unused_qualifications)]
 pub mod conversations;
+#[allow(unused_qualifications)]
 pub mod health;
 pub mod legacy;
+#[allow(unused_qualifications)]
 pub mod media;
 pub mod metrics;
+#[allow(unused_qualifications)]
 pub mod openapi;
+#[allow(unused_qualifications)]
 pub mod support;
+#[allow(unused_qualifications)]
 pub mod users;
 
 use crate::auth::Identity;
@@ -26,45 +37,82 @@ use serde::{Deserialize, Deserializer};
 use std::future::Future;
 use std::pin::Pin;
 
-/// Registers every REST route. Account and auth routes are served both at the root (seed 003)
-/// and under `/api`.
+/// Registers every route: the realtime transports, then [`routes`].
 pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
     cfg.app_data(json_config(max_json))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
-        .route("/ping", web::get().to(health::ping))
-        .route("/health", web::get().to(health::health))
-        .route("/api/health", web::get().to(health::api_health))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/api/openapi.json", web::get().to(openapi::openapi_json))
-        .route("/api/docs", web::get().to(openapi::docs))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",
             web::route().to(crate::realtime::socketio::route),
-        )
-        .configure(app_routes)
-        .service(web::scope("/api").configure(app_routes));
+        );
+    routes(&mut utoipa_actix_web::service_config::ServiceConfig::new(
+        cfg,
+    ));
 }
 
-fn app_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/login", web::post().to(auth::login))
-        .route("/auth/refresh", web::post().to(auth::refresh))
-        .route("/auth/logout", web::post().to(auth::logout))
-        .route("/auth/send-otp", web::post().to(auth::send_otp_register))
-        .route(
-            "/auth/verify-otp-register",
-            web::post().to(auth::verify_otp_register),
-        )
-        .route("/auth/send-otp-login", web::post().to(auth::send_otp_login))
-        .route(
-            "/auth/verify-otp-login",
-            web::post().to(auth::verify_otp_login),
-        )
-        .route("/users/profile", web::get().to(users::profile))
-        .route("/users/me", web::get().to(users::profile))
-        .route("/users/me", web::patch().to(users::update_me))
-        .route("/users", web::get().to(users::search))
+/// Where REST routes are registered: only handlers that carry their OpenAPI documentation
+/// (`#[utoipa::path]`, or [`openapi::MetricsRoute`]) can be, so no route goes undocumented.
+pub struct Routes<'a, 's>(&'a mut utoipa_actix_web::service_config::ServiceConfig<'s>);
+
+impl std::fmt::Debug for Routes<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+impl Routes<'_, '_> {
+    /// Registers a documented handler.
+    pub fn service<F>(&mut self, factory: F) -> &mut Self
+    where
+        F: actix_web::dev::HttpServiceFactory + utoipa_actix_web::OpenApiFactory + 'static,
+    {
+        self.0.service(factory);
+        self
+    }
+
+    /// Registers the routes of `f` here.
+    pub fn configure(&mut self, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        f(self);
+        self
+    }
+
+    /// Registers the routes of `f` under `prefix`.
+    pub fn scope(&mut self, prefix: &str, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        self.0
+            .service(utoipa_actix_web::scope(prefix).configure(|cfg| f(&mut Routes(cfg))));
+        self
+    }
+}
+
+/// Every REST route, each with its OpenAPI documentation ([`openapi::generated`] collects the
+/// document from this same registration). Account, conversation and call routes are served both
+/// at the root (seed 003) and under `/api`.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    Routes(cfg)
+        .service(health::ping)
+        .service(health::health)
+        .service(health::api_health)
+        .service(openapi::MetricsRoute)
+        .service(openapi::openapi_json)
+        .service(openapi::docs)
+        .configure(app_routes)
+        .scope("/api", app_routes);
+}
+
+fn app_routes(cfg: &mut Routes) {
+    cfg.service(auth::login)
+        .service(auth::refresh)
+        .service(auth::logout)
+        .service(auth::send_otp_register)
+        .service(auth::verify_otp_register)
+        .service(auth::send_otp_login)
+        .service(auth::verify_otp_login)
+        .service(users::profile)
+        .service(users::me)
+        .service(users::update_me)
+        .service(users::search)
         // Before `conversations::routes`: `/conversations/admin` is not `/conversations/{id}`.
         .configure(support::routes)
         .configure(contacts::routes)
