@@ -170,6 +170,18 @@ impl Serialize for ErrorCode {
     }
 }
 
+/// In the OpenAPI document: a string, one of [`ErrorCode::ALL`].
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
+
 impl PartialEq<str> for ErrorCode {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
@@ -390,22 +402,26 @@ impl AppError {
     }
 }
 
-/// JSON error envelope.
-#[derive(Debug, Serialize)]
+/// JSON error envelope (`Error` in the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub(crate) struct ErrorBody {
     /// The error.
+    #[schema(inline)]
     pub error: ErrorDetail,
 }
 
 /// Code and text of an error.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable code.
+    #[schema(inline)]
     pub code: ErrorCode,
     /// Client-facing text.
     pub message: String,
     /// Seconds to wait, for `rate_limited` and `busy` (503).
     #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = i64)]
     pub retry_after: Option<u64>,
 }
 

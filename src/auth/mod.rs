@@ -67,18 +67,21 @@ pub struct DeviceInfo {
 }
 
 /// What every successful login or refresh returns.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TokenPair {
     /// JWT access token.
     pub access_token: String,
     /// Same as `accessToken`, for legacy clients that read `token`.
+    #[schema(required = false)]
     pub token: String,
     /// Opaque single-use refresh token.
     pub refresh_token: String,
     /// Access token lifetime in seconds.
+    #[schema(value_type = i64)]
     pub expires_in: u64,
     /// The device session.
+    #[schema(required = false)]
     pub session_id: String,
     /// The user.
     pub user: crate::db::models::UserView,

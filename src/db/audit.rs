@@ -32,8 +32,9 @@ pub(crate) struct AuditEntry {
 }
 
 /// An entry as the dashboard sees it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AuditEntry)]
 pub(crate) struct AuditView {
     /// Id.
     pub id: String,
@@ -46,6 +47,7 @@ pub(crate) struct AuditView {
     /// Target id.
     pub target_id: Option<String>,
     /// Details.
+    #[schema(required = false, schema_with = crate::http::openapi::any_or_null)]
     pub details: Value,
     /// Address.
     pub ip: Option<String>,

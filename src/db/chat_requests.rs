@@ -34,13 +34,15 @@ pub(crate) struct ChatRequest {
 
 /// A party of a request as clients see it: a user, with the names seed 003's two apps read
 /// (`_id` of the Mongoose documents both were written against, `avatar` and `avatarUrl`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ChatRequestParty)]
 pub(crate) struct PartyView {
     /// User id.
     pub id: String,
     /// Same as `id`.
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Display name.
     pub name: String,
@@ -51,13 +53,15 @@ pub(crate) struct PartyView {
 }
 
 /// A request as clients see it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ChatRequest)]
 pub(crate) struct ChatRequestView {
     /// Id.
     pub id: String,
     /// Same as `id` (Mongoose lean documents).
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Sender id.
     pub from_user_id: String,
@@ -70,6 +74,7 @@ pub(crate) struct ChatRequestView {
     /// Greeting.
     pub message: Option<String>,
     /// Status.
+    #[schema(schema_with = status_schema)]
     pub status: String,
     /// Conversation opened by acceptance.
     pub conversation_id: Option<String>,
@@ -77,6 +82,17 @@ pub(crate) struct ChatRequestView {
     pub created_at: DateTime<Utc>,
     /// Answered.
     pub responded_at: Option<DateTime<Utc>>,
+}
+
+/// The statuses of a request, in order of life.
+pub const STATUSES: [&str; 4] = ["pending", "accepted", "declined", "cancelled"];
+
+/// `status` in the OpenAPI document: one of [`STATUSES`].
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(STATUSES))
+        .build()
 }
 
 /// Views of requests with both parties' names.

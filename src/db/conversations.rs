@@ -71,29 +71,36 @@ pub struct Member {
 
 /// A member as clients see it: the member's user too, with the names seed 003's apps read on
 /// users (`id`/`_id`, `avatar`/`avatarUrl`), as a populated Mongoose reference would give them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Member)]
 pub struct MemberView {
     /// User id.
     pub user_id: String,
     /// Same as `userId`.
+    #[schema(required = false)]
     pub id: String,
     /// Same as `userId`.
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Role in the conversation.
     pub role: String,
     /// Display name.
+    #[schema(required = false)]
     pub name: String,
     /// Avatar.
     pub avatar_url: Option<String>,
     /// Same as `avatarUrl`.
     pub avatar: Option<String>,
     /// Join time.
+    #[schema(required = false)]
     pub joined_at: DateTime<Utc>,
     /// Delivered cursor.
+    #[schema(required = false)]
     pub delivered_up_to: i64,
     /// Read cursor.
+    #[schema(required = false)]
     pub read_up_to: i64,
 }
 
@@ -102,13 +109,15 @@ pub struct MemberView {
 /// cursors `deliveredUpTo` / `readUpTo` as maps from user id to the time of the last message
 /// each member received / read (Backend2's `Map<userId, Date>`; a member with no cursor yet is
 /// absent). Each member's cursor is also in `members` as a seq.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Conversation)]
 pub struct ConversationView {
     /// Id.
     pub id: String,
     /// Same as `id` (Mongoose lean documents).
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Kind (`direct|group|team|support`).
     #[serde(rename = "type")]
@@ -128,24 +137,31 @@ pub struct ConversationView {
     /// Context id.
     pub context_id: Option<String>,
     /// Highest seq.
+    #[schema(required = false)]
     pub last_seq: i64,
     /// Highest change number.
+    #[schema(required = false)]
     pub last_change: i64,
     /// Members.
     pub members: Vec<MemberView>,
     /// Same list under the seed 003 name.
+    #[schema(required = false)]
     pub participants: Vec<MemberView>,
     /// User id → time of the last message delivered to them.
+    #[schema(required = false)]
     pub delivered_up_to: BTreeMap<String, DateTime<Utc>>,
     /// User id → time of the last message they read.
+    #[schema(required = false)]
     pub read_up_to: BTreeMap<String, DateTime<Utc>>,
     /// Last message.
     pub last_message: Option<super::messages::MessageDoc>,
     /// Messages after the caller's read cursor not sent by the caller.
+    #[schema(required = false)]
     pub unread_count: i64,
     /// Last message time.
     pub last_message_at: Option<DateTime<Utc>>,
     /// Creation time.
+    #[schema(required = false)]
     pub created_at: DateTime<Utc>,
 }
 

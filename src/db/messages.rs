@@ -62,7 +62,7 @@ pub struct Message {
 }
 
 /// A message as clients see it. Deleted messages keep their place (id, seq) but lose content.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     /// Id.
@@ -72,6 +72,7 @@ pub struct MessageView {
     /// Sequence number.
     pub seq: i64,
     /// Change number (sync cursor).
+    #[schema(required = false)]
     pub change: i64,
     /// Sender id.
     pub sender_id: Option<String>,
@@ -85,6 +86,7 @@ pub struct MessageView {
     /// Replied-to message id.
     pub reply_to: Option<String>,
     /// Metadata.
+    #[schema(schema_with = crate::http::openapi::any_or_null)]
     pub metadata: Option<Value>,
     /// Client idempotency key.
     pub client_message_id: Option<String>,
@@ -93,6 +95,7 @@ pub struct MessageView {
     /// Edit time.
     pub edited_at: Option<DateTime<Utc>>,
     /// Whether it was deleted.
+    #[schema(required = false)]
     pub deleted: bool,
     /// Deletion time.
     pub deleted_at: Option<DateTime<Utc>>,
@@ -106,9 +109,11 @@ pub struct MessageView {
     /// `mediaUrl`), `contentType`, `kind`, `size`, and when known `name`, `width`, `height`,
     /// `durationMs`, `thumbnailUrl`. Absent for messages without one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = crate::media::AttachmentDoc)]
     pub media: Option<Value>,
     /// The id its legacy backend gave it, for imported messages (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub legacy_id: Option<String>,
 }
 
@@ -117,21 +122,25 @@ pub struct MessageView {
 /// Electron app (Backend) `sender`, `conversation` and `content`; both were written against
 /// Mongoose lean documents, whose id is `_id`. Ids stay strings, as in those apps. `to` is an
 /// input only (the recipient of a send); a stored message names its conversation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Message)]
 pub struct MessageDoc {
     /// The canonical fields.
     #[serde(flatten)]
     pub view: MessageView,
     /// Same as `id`.
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Same as `senderId` (Backend1).
     pub from: Option<String>,
     /// Same as `senderId` (Backend).
     pub sender: Option<String>,
     /// Same as `conversationId`.
+    #[schema(required = false)]
     pub conversation: String,
     /// Same as `content` (Backend1).
+    #[schema(required = false)]
     pub text: String,
 }
 

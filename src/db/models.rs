@@ -85,15 +85,18 @@ impl User {
 
 /// A user as clients see it. `uid` and `avatar` duplicate `id` and `avatarUrl` for the legacy
 /// apps that read those names.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = User)]
 pub(crate) struct UserView {
     /// Id as a string.
     pub id: String,
     /// Same as `id` (seed 003 mobile clients).
+    #[schema(required = false)]
     pub uid: String,
     /// Same as `id`: seed 003's apps read Mongoose lean documents, whose id is `_id`.
     #[serde(rename = "_id")]
+    #[schema(required = false)]
     pub doc_id: String,
     /// Display name.
     pub name: String,
@@ -108,12 +111,15 @@ pub(crate) struct UserView {
     /// Roles.
     pub roles: Vec<String>,
     /// Team roles.
+    #[schema(required = false)]
     pub team_roles: Vec<String>,
     /// Banned flag.
+    #[schema(required = false)]
     pub banned: bool,
     /// Last seen.
     pub last_seen: Option<DateTime<Utc>>,
     /// Created.
+    #[schema(required = false)]
     pub created_at: DateTime<Utc>,
 }
 

@@ -11,51 +11,401 @@
 //! - Calls: `GET /admin/calls/live`, `GET /admin/calls` (history with filters),
 //!   `POST /admin/calls/:id/end` (both sides get `call:ended` with reason `admin`).
 
-use super::calls::call_json;
-use super::conversations::{page_response, PageQuery};
+use super::calls::CallView;
+use super::conversations::{page_response, DeletedAnswer, MessagePage, PageQuery};
+use super::openapi::{BodyErrors, Errors, IdPath};
 use crate::auth::Identity;
 use crate::db::admin::{self as q, CallFilter, ConversationFilter, UserFilter};
-use crate::db::audit::{self, NewEntry};
-use crate::db::models::User;
+use crate::db::audit::{self, AuditView, NewEntry};
+use crate::db::conversations::ConversationView;
+use crate::db::models::{User, UserView};
 use crate::db::{conversations as convs, support};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::registry::{
-    CallOfUser, ConnectionBreakdown, GetStats, LiveCallDetails, LiveCalls, OnlineUsers,
-    UserConnections,
+    CallOfUser, ConnectionBreakdown, ConnectionInfo, GetStats, LiveCallDetails, LiveCalls,
+    OnlineUsers, UserConnections,
 };
 use crate::realtime::session::CLOSE_UNAUTHORIZED;
 use crate::state::AppState;
 use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, put, web, FromRequest, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/stats", web::get().to(stats))
-        .route("/admin/users", web::get().to(list_users))
-        .route("/admin/users/{id}", web::get().to(get_user))
-        .route("/admin/users/{id}/roles", web::patch().to(set_roles))
-        .route("/admin/users/{id}/roles", web::put().to(set_roles))
-        .route("/admin/users/{id}/ban", web::post().to(ban))
-        .route("/admin/users/{id}/unban", web::post().to(unban))
-        .route("/admin/users/{id}/logout", web::post().to(force_logout))
-        .route("/admin/conversations", web::get().to(list_conversations))
-        .route("/admin/messages", web::get().to(read_messages))
-        .route("/admin/messages/{id}", web::delete().to(delete_message))
-        .route("/admin/calls/live", web::get().to(live_calls))
-        .route("/admin/calls", web::get().to(call_history))
-        .route("/admin/calls/{id}/end", web::post().to(end_call))
-        .route("/admin/audit", web::get().to(audit_log));
+pub(crate) fn routes(cfg: &mut super::Routes) {
+    cfg.service(stats)
+        .service(list_users)
+        .service(get_user)
+        .service(patch_roles)
+        .service(put_roles)
+        .service(ban)
+        .service(unban)
+        .service(force_logout)
+        .service(list_conversations)
+        .service(read_messages)
+        .service(delete_message)
+        .service(live_calls)
+        .service(call_history)
+        .service(end_call)
+        .service(audit_log);
 }
+
+/// A user as the dashboard sees it (`AdminUser`): the user, ban details and live connections.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminUser)]
+pub(crate) struct AdminUserView {
+    /// The user.
+    #[serde(flatten)]
+    pub user: UserView,
+    /// When the user was banned.
+    #[schema(required = false)]
+    pub banned_at: Option<DateTime<Utc>>,
+    /// Why.
+    #[schema(required = false)]
+    pub ban_reason: Option<String>,
+    /// Whether the user has a live connection.
+    pub online: bool,
+    /// Live connections.
+    #[schema(value_type = i64)]
+    pub connections: usize,
+}
+
+impl AdminUserView {
+    fn new(u: &User, connections: usize) -> Self {
+        Self {
+            user: u.view(),
+            banned_at: u.banned_at,
+            ban_reason: u.ban_reason.clone(),
+            online: connections > 0,
+            connections,
+        }
+    }
+}
+
+/// A device session as the dashboard sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = DeviceSession)]
+pub(crate) struct DeviceView {
+    /// Id.
+    pub id: String,
+    /// Label the client sent.
+    pub device_name: Option<String>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Address.
+    pub ip: Option<String>,
+    /// Login.
+    pub created_at: DateTime<Utc>,
+    /// Last refresh.
+    pub last_used_at: DateTime<Utc>,
+    /// Revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+    /// Live connections of this session.
+    #[schema(value_type = i64)]
+    pub live_connections: usize,
+}
+
+/// Connections of one transport and dialect.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConnectionPair {
+    /// Transport.
+    pub transport: &'static str,
+    /// Dialect.
+    pub dialect: &'static str,
+    /// Connections.
+    #[schema(value_type = i64)]
+    pub count: usize,
+}
+
+/// Live connections.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConnectionStats {
+    /// All.
+    #[schema(value_type = i64)]
+    pub total: usize,
+    /// By transport.
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub by_transport: BTreeMap<&'static str, usize>,
+    /// By dialect.
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub by_dialect: BTreeMap<&'static str, usize>,
+    /// By both.
+    pub by_transport_and_dialect: Vec<ConnectionPair>,
+}
+
+/// Messages committed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageCounts {
+    /// In the last 60 seconds.
+    pub last_minute: i64,
+    /// Since midnight UTC.
+    pub today: i64,
+}
+
+/// Calls started.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallCounts {
+    /// Since midnight UTC.
+    pub today: i64,
+    /// Since midnight UTC, by current status.
+    pub today_by_outcome: BTreeMap<String, i64>,
+}
+
+/// Registered users.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UserCounts {
+    /// All.
+    pub total: i64,
+    /// Banned.
+    pub banned: i64,
+}
+
+/// The stats page.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Stats)]
+pub(crate) struct StatsView {
+    /// Users with a live connection.
+    #[schema(value_type = i64)]
+    pub online_users: usize,
+    /// Live connections.
+    pub connections: ConnectionStats,
+    /// Calls in progress.
+    #[schema(value_type = i64)]
+    pub active_calls: usize,
+    /// Conversations with a live member.
+    #[schema(value_type = i64)]
+    pub active_conversations: usize,
+    /// Messages.
+    pub messages: MessageCounts,
+    /// Calls.
+    pub calls: CallCounts,
+    /// Users.
+    pub users: UserCounts,
+    /// When.
+    pub generated_at: DateTime<Utc>,
+}
+
+/// `{success, stats}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatsAnswer {
+    /// Always true.
+    pub success: bool,
+    /// The counts.
+    pub stats: StatsView,
+}
+
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AdminUserPage {
+    /// Always true.
+    pub success: bool,
+    /// By ascending id.
+    pub users: Vec<AdminUserView>,
+    /// `cursor` of the next page (null on the last).
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// One user in detail.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AdminUserDetail {
+    /// Always true.
+    pub success: bool,
+    /// The user.
+    pub user: AdminUserView,
+    /// Device sessions.
+    pub devices: Vec<DeviceView>,
+    /// Live connections.
+    pub connections: Vec<ConnectionInfo>,
+    /// The call the user is in.
+    #[schema(required = true)]
+    pub active_call_id: Option<String>,
+}
+
+/// A user after a role or ban change.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AdminUserChange {
+    /// Always true.
+    pub success: bool,
+    /// The user.
+    pub user: AdminUserView,
+    /// Sockets closed.
+    #[schema(value_type = i64)]
+    pub closed_connections: usize,
+}
+
+/// A user after an unban.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AdminUserAnswer {
+    /// Always true.
+    pub success: bool,
+    /// The user.
+    pub user: AdminUserView,
+}
+
+/// A forced logout.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LoggedOutEverywhere {
+    /// Always true.
+    pub success: bool,
+    /// Device sessions revoked.
+    #[schema(value_type = i64)]
+    pub revoked_sessions: usize,
+    /// Sockets closed.
+    #[schema(value_type = i64)]
+    pub closed_connections: usize,
+}
+
+/// A page of conversations.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AdminConversationPage {
+    /// Always true.
+    pub success: bool,
+    /// Newest first.
+    pub conversations: Vec<ConversationView>,
+    /// `cursor` of the next page (null on the last).
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// A call in progress with its parties (`CallSummary`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CallSummary)]
+pub(crate) struct LiveCallView {
+    /// The call.
+    pub call_id: String,
+    /// Who called.
+    pub caller_id: String,
+    /// Who was called.
+    pub callee_ids: Vec<String>,
+    /// A group call.
+    pub group: bool,
+    /// Answered yet.
+    pub answered: bool,
+    /// The stored call.
+    #[schema(required = false)]
+    pub call: Option<CallView>,
+}
+
+/// Calls in progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LiveCallList {
+    /// Always true.
+    pub success: bool,
+    /// The calls.
+    pub calls: Vec<LiveCallView>,
+}
+
+/// A page of calls.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AdminCallPage {
+    /// Always true.
+    pub success: bool,
+    /// Newest first.
+    pub calls: Vec<CallView>,
+    /// `cursor` of the next page (null on the last).
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// A call an admin ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallEnded {
+    /// Always true.
+    pub success: bool,
+    /// The call.
+    pub call_id: String,
+    /// `admin`.
+    #[schema(schema_with = admin_reason_schema)]
+    pub reason: &'static str,
+}
+
+/// `reason` of [`CallEnded`].
+fn admin_reason_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["admin"]))
+        .build()
+}
+
+/// A page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AuditPage {
+    /// Always true.
+    pub success: bool,
+    /// Newest first.
+    pub entries: Vec<AuditView>,
+    /// `cursor` of the next page (null on the last).
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// Role names.
+fn role_list_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some("^[A-Za-z0-9_-]{1,64}$")),
+        )
+        .max_items(Some(32))
+        .build()
+}
+
+/// `PATCH|PUT /admin/users/:id/roles` body in the document: either list, or both.
+impl utoipa::PartialSchema for RolesBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, SchemaType};
+        use utoipa::openapi::ObjectBuilder;
+        let named = |field: &str| {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .required(field)
+        };
+        AllOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .property("roles", role_list_schema())
+                    .property("teamRoles", role_list_schema()),
+            )
+            .item(
+                AnyOfBuilder::new()
+                    .item(named("roles"))
+                    .item(named("teamRoles")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for RolesBody {}
 
 /// An authenticated admin (extractor): 401 without a valid token, 403 `forbidden` for anyone
 /// who does not hold the `admin` role.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// The admin.
     pub identity: Identity,
     /// Their address, for the audit log.
@@ -130,64 +480,91 @@ where
         .map_err(|e| AppError::unavailable(format!("registry: {e}")))
 }
 
+/// Live and daily counts: users online, connections by transport and dialect, calls, messages
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Success", body = StatsAnswer), Errors),
+)]
+#[get("/admin/stats")]
 async fn stats(state: web::Data<AppState>, _admin: Admin) -> AppResult<HttpResponse> {
     let live = registry(&state, GetStats).await?;
     let pairs = registry(&state, ConnectionBreakdown).await?;
     let calls = registry(&state, LiveCalls).await?;
     let counts = state.db.run(|conn| q::counts(conn, Utc::now())).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "stats": {
-            "onlineUsers": live.online_users,
-            "connections": {
-                "total": live.sessions,
-                "byTransport": live.by_transport,
-                "byDialect": live.by_dialect,
-                "byTransportAndDialect": pairs.iter().map(|(t, d, n)| json!({
-                    "transport": t, "dialect": d, "count": n,
-                })).collect::<Vec<_>>(),
+    Ok(HttpResponse::Ok().json(StatsAnswer {
+        success: true,
+        stats: StatsView {
+            online_users: live.online_users,
+            connections: ConnectionStats {
+                total: live.sessions,
+                by_transport: live.by_transport.into_iter().collect(),
+                by_dialect: live.by_dialect.into_iter().collect(),
+                by_transport_and_dialect: pairs
+                    .iter()
+                    .map(|(transport, dialect, count)| ConnectionPair {
+                        transport,
+                        dialect,
+                        count: *count,
+                    })
+                    .collect(),
             },
-            "activeCalls": calls.len(),
-            "activeConversations": live.conversations,
-            "messages": {
-                "lastMinute": counts.messages_last_minute,
-                "today": counts.messages_today,
+            active_calls: calls.len(),
+            active_conversations: live.conversations,
+            messages: MessageCounts {
+                last_minute: counts.messages_last_minute,
+                today: counts.messages_today,
             },
-            "calls": {
-                "today": counts.calls_today,
-                "todayByOutcome": counts.calls_today_by_outcome,
+            calls: CallCounts {
+                today: counts.calls_today,
+                today_by_outcome: counts.calls_today_by_outcome,
             },
-            "users": {"total": counts.users, "banned": counts.banned_users},
-            "generatedAt": Utc::now(),
-        }
-    })))
-}
-
-fn admin_user_json(u: &User, connections: usize) -> Value {
-    let mut v = json!(u.view());
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("bannedAt".into(), json!(u.banned_at));
-        obj.insert("banReason".into(), json!(u.ban_reason));
-        obj.insert("online".into(), json!(connections > 0));
-        obj.insert("connections".into(), json!(connections));
-    }
-    v
+            users: UserCounts {
+                total: counts.users,
+                banned: counts.banned_users,
+            },
+            generated_at: Utc::now(),
+        },
+    }))
 }
 
 /// `GET /admin/users` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-pub struct UsersQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsersQuery {
+    /// Name, phone or e-mail contains this (also `search` or `query`).
     #[serde(default, alias = "search", alias = "query")]
+    #[param(nullable = false)]
     q: Option<String>,
+    /// Holds this role.
+    #[param(nullable = false)]
     role: Option<String>,
+    /// Holds this team role.
+    #[param(nullable = false)]
     team_role: Option<String>,
+    /// Banned (true) or not (false).
+    #[param(nullable = false)]
     banned: Option<bool>,
+    /// With (true) or without (false) a live connection.
+    #[param(nullable = false)]
     online: Option<bool>,
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
+    /// Page size (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// Search users by ascending id, with filters
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(UsersQuery),
+    responses((status = 200, description = "Success", body = AdminUserPage), Errors),
+)]
+#[get("/admin/users")]
 async fn list_users(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -218,13 +595,25 @@ async fn list_users(
     } else {
         None
     };
-    let users: Vec<Value> = page
+    let users: Vec<AdminUserView> = page
         .iter()
-        .map(|u| admin_user_json(u, usize::from(online_ids.binary_search(&u.id).is_ok())))
+        .map(|u| AdminUserView::new(u, usize::from(online_ids.binary_search(&u.id).is_ok())))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"success": true, "users": users, "nextCursor": next})))
+    Ok(HttpResponse::Ok().json(AdminUserPage {
+        success: true,
+        users,
+        next_cursor: next,
+    }))
 }
 
+/// One user with device sessions, live connections and current call
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = AdminUserDetail), Errors),
+)]
+#[get("/admin/users/{id}")]
 async fn get_user(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -241,35 +630,36 @@ async fn get_user(
         .await?;
     let live = registry(&state, UserConnections(id)).await?;
     let call = registry(&state, CallOfUser(id)).await?;
-    let devices: Vec<Value> = devices
+    let devices: Vec<DeviceView> = devices
         .iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "deviceName": d.device_name,
-                "userAgent": d.user_agent,
-                "ip": d.ip,
-                "createdAt": d.created_at,
-                "lastUsedAt": d.last_used_at,
-                "revokedAt": d.revoked_at,
-                "revokedReason": d.revoked_reason,
-                "liveConnections": live.iter().filter(|c| c.device_session.as_deref() == Some(d.id.as_str())).count(),
-            })
+        .map(|d| DeviceView {
+            id: d.id.clone(),
+            device_name: d.device_name.clone(),
+            user_agent: d.user_agent.clone(),
+            ip: d.ip.clone(),
+            created_at: d.created_at,
+            last_used_at: d.last_used_at,
+            revoked_at: d.revoked_at,
+            revoked_reason: d.revoked_reason.clone(),
+            live_connections: live
+                .iter()
+                .filter(|c| c.device_session.as_deref() == Some(d.id.as_str()))
+                .count(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "user": admin_user_json(&user, live.len()),
-        "devices": devices,
-        "connections": live,
-        "activeCallId": call,
-    })))
+    Ok(HttpResponse::Ok().json(AdminUserDetail {
+        success: true,
+        user: AdminUserView::new(&user, live.len()),
+        devices,
+        connections: live,
+        active_call_id: call,
+    }))
 }
 
 /// `PATCH /admin/users/:id/roles` body: either list replaces the stored one.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RolesBody {
+pub(crate) struct RolesBody {
     roles: Option<Vec<String>>,
     #[serde(alias = "team_roles")]
     team_roles: Option<Vec<String>>,
@@ -306,6 +696,42 @@ async fn resync_support(state: &AppState) -> AppResult<()> {
         state.engine.members_changed(conv, members);
     }
     Ok(())
+}
+
+/// Replace roles and/or team roles (users who lose a role are disconnected)
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = RolesBody,
+    responses((status = 200, description = "Success", body = AdminUserChange), BodyErrors),
+)]
+#[patch("/admin/users/{id}/roles")]
+async fn patch_roles(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<RolesBody>,
+) -> AppResult<HttpResponse> {
+    set_roles(state, admin, path, body).await
+}
+
+/// Replace roles and/or team roles (same as PATCH)
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = RolesBody,
+    responses((status = 200, description = "Success", body = AdminUserChange), BodyErrors),
+)]
+#[put("/admin/users/{id}/roles")]
+async fn put_roles(
+    state: web::Data<AppState>,
+    admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<RolesBody>,
+) -> AppResult<HttpResponse> {
+    set_roles(state, admin, path, body).await
 }
 
 async fn set_roles(
@@ -361,19 +787,28 @@ async fn set_roles(
     } else {
         0
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "user": admin_user_json(&after, 0),
-        "closedConnections": closed,
-    })))
+    Ok(HttpResponse::Ok().json(AdminUserChange {
+        success: true,
+        user: AdminUserView::new(&after, 0),
+        closed_connections: closed,
+    }))
 }
 
 /// `POST /admin/users/:id/ban` body.
-#[derive(Debug, Default, Deserialize)]
-pub struct BanBody {
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct BanBody {
     reason: Option<String>,
 }
 
+/// Ban a user: ends their call, refuses their tokens, closes their sockets
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = Option<BanBody>,
+    responses((status = 200, description = "Success", body = AdminUserChange), BodyErrors),
+)]
+#[post("/admin/users/{id}/ban")]
 async fn ban(
     state: web::Data<AppState>,
     admin: Admin,
@@ -424,13 +859,21 @@ async fn ban(
     if user.has_role("admin") {
         resync_support(&state).await?;
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "user": admin_user_json(&user, 0),
-        "closedConnections": closed,
-    })))
+    Ok(HttpResponse::Ok().json(AdminUserChange {
+        success: true,
+        user: AdminUserView::new(&user, 0),
+        closed_connections: closed,
+    }))
 }
 
+/// Lift a ban
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = AdminUserAnswer), Errors),
+)]
+#[post("/admin/users/{id}/unban")]
 async fn unban(
     state: web::Data<AppState>,
     admin: Admin,
@@ -452,9 +895,20 @@ async fn unban(
     if user.has_role("admin") {
         resync_support(&state).await?;
     }
-    Ok(HttpResponse::Ok().json(json!({"success": true, "user": admin_user_json(&user, 0)})))
+    Ok(HttpResponse::Ok().json(AdminUserAnswer {
+        success: true,
+        user: AdminUserView::new(&user, 0),
+    }))
 }
 
+/// Sign a user out everywhere: revoke device sessions and earlier tokens, close sockets
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = LoggedOutEverywhere), Errors),
+)]
+#[post("/admin/users/{id}/logout")]
 async fn force_logout(
     state: web::Data<AppState>,
     admin: Admin,
@@ -494,27 +948,56 @@ async fn force_logout(
             "signed out by an administrator",
         )
         .await;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "revokedSessions": revoked,
-        "closedConnections": closed,
-    })))
+    Ok(HttpResponse::Ok().json(LoggedOutEverywhere {
+        success: true,
+        revoked_sessions: revoked,
+        closed_connections: closed,
+    }))
 }
 
 /// `GET /admin/conversations` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-pub struct ConversationsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ConversationsQuery {
+    /// Title, or a member's name or phone, contains this (also `search` or `query`).
     #[serde(default, alias = "search", alias = "query")]
+    #[param(nullable = false)]
     q: Option<String>,
+    /// Conversation type (also `kind`).
     #[serde(default, alias = "type")]
+    #[param(rename = "type", nullable = false, schema_with = conversation_kind_schema)]
     kind: Option<String>,
+    /// Has this member.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     user_id: Option<String>,
+    /// Carries this context type.
+    #[param(nullable = false)]
     context_type: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
+    /// Page size (default 30, at most 100).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// `type` of [`ConversationsQuery`].
+fn conversation_kind_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["direct", "group", "team", "support"]))
+        .build()
+}
+
+/// Search conversations, newest first
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(ConversationsQuery),
+    responses((status = 200, description = "Success", body = AdminConversationPage), Errors),
+)]
+#[get("/admin/conversations")]
 async fn list_conversations(
     state: web::Data<AppState>,
     admin: Admin,
@@ -551,13 +1034,34 @@ async fn list_conversations(
             Ok((convs::views(conn, page, viewer)?, next))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "conversations": views,
-        "nextCursor": next,
-    })))
+    Ok(HttpResponse::Ok().json(AdminConversationPage {
+        success: true,
+        conversations: views,
+        next_cursor: next,
+    }))
 }
 
+/// `conversationId` of `GET /admin/messages` (read into [`PageQuery`]).
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ReadQuery {
+    /// The conversation (required).
+    #[param(rename = "conversationId", nullable = false, minimum = 1)]
+    pub conversation_id: Option<i64>,
+}
+
+/// Read any conversation's messages (recorded in the audit log)
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(PageQuery, ReadQuery),
+    responses((status = 200, description = "Success", body = MessagePage), Errors),
+)]
+#[get("/admin/messages")]
 async fn read_messages(
     state: web::Data<AppState>,
     admin: Admin,
@@ -580,6 +1084,14 @@ async fn read_messages(
     Ok(response)
 }
 
+/// Delete any message (fans out `message:deleted`)
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = DeletedAnswer), Errors),
+)]
+#[delete("/admin/messages/{id}")]
 async fn delete_message(
     state: web::Data<AppState>,
     admin: Admin,
@@ -603,9 +1115,19 @@ async fn delete_message(
         ),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(json!({"success": true, "message": m.view()})))
+    Ok(HttpResponse::Ok().json(DeletedAnswer {
+        success: true,
+        message: m.view(),
+    }))
 }
 
+/// Calls in progress with their parties
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Success", body = LiveCallList), Errors),
+)]
+#[get("/admin/calls/live")]
 async fn live_calls(state: web::Data<AppState>, _admin: Admin) -> AppResult<HttpResponse> {
     let live = registry(&state, LiveCallDetails).await?;
     let ids: Vec<String> = live.iter().map(|c| c.call_id.clone()).collect();
@@ -613,39 +1135,70 @@ async fn live_calls(state: web::Data<AppState>, _admin: Admin) -> AppResult<Http
         .db
         .run(move |conn| q::calls_by_ids(conn, &ids))
         .await?;
-    let calls: Vec<Value> = live
+    let calls: Vec<LiveCallView> = live
         .iter()
-        .map(|info| {
-            let stored = rows
+        .map(|info| LiveCallView {
+            call_id: info.call_id.clone(),
+            caller_id: info.caller_id.clone(),
+            callee_ids: info.callee_ids.clone(),
+            group: info.group,
+            answered: info.answered,
+            call: rows
                 .iter()
                 .find(|(c, _)| c.id == info.call_id)
-                .map(|(c, p)| call_json(c, p));
-            json!({
-                "callId": info.call_id,
-                "callerId": info.caller_id,
-                "calleeIds": info.callee_ids,
-                "group": info.group,
-                "answered": info.answered,
-                "call": stored,
-            })
+                .map(|(c, p)| CallView::new(c, p)),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"success": true, "calls": calls})))
+    Ok(HttpResponse::Ok().json(LiveCallList {
+        success: true,
+        calls,
+    }))
 }
 
 /// `GET /admin/calls` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-pub struct CallsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct CallsQuery {
+    /// Final or current status.
+    #[param(nullable = false)]
     status: Option<String>,
+    /// A party of the call.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     user_id: Option<String>,
+    /// Audio or video.
+    #[param(nullable = false, schema_with = media_kind_schema)]
     call_type: Option<String>,
+    /// Started at or after.
+    #[param(nullable = false)]
     since: Option<DateTime<Utc>>,
+    /// Started before.
+    #[param(nullable = false)]
     until: Option<DateTime<Utc>>,
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}_.+$")]
     cursor: Option<String>,
+    /// Page size (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// `callType` of [`CallsQuery`].
+fn media_kind_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["audio", "video"]))
+        .build()
+}
+
+/// Call history, newest first, with filters
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(CallsQuery),
+    responses((status = 200, description = "Success", body = AdminCallPage), Errors),
+)]
+#[get("/admin/calls")]
 async fn call_history(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -678,15 +1231,31 @@ async fn call_history(
         .db
         .run(move |conn| q::search_calls(conn, &filter, limit + 1))
         .await?;
-    Ok(super::calls::calls_page(rows, limit))
+    let (page, next) = super::calls::page_of(rows, limit);
+    Ok(HttpResponse::Ok().json(AdminCallPage {
+        success: true,
+        calls: page.iter().map(|(c, p)| CallView::new(c, p)).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// `POST /admin/calls/:id/end` body.
-#[derive(Debug, Default, Deserialize)]
-pub struct EndBody {
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = AdminEndBody)]
+pub(crate) struct EndBody {
+    /// A note for the audit log.
     reason: Option<String>,
 }
 
+/// End a live call for every party (reason `admin`)
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = Option<EndBody>,
+    responses((status = 200, description = "Success", body = CallEnded), BodyErrors),
+)]
+#[post("/admin/calls/{id}/end")]
 async fn end_call(
     state: web::Data<AppState>,
     admin: Admin,
@@ -706,21 +1275,46 @@ async fn end_call(
         admin.entry("call.end", "call", &id, json!({"note": note})),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(json!({"success": true, "callId": id, "reason": "admin"})))
+    Ok(HttpResponse::Ok().json(CallEnded {
+        success: true,
+        call_id: id,
+        reason: "admin",
+    }))
 }
 
 /// `GET /admin/audit` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-pub struct AuditQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// The admin who acted.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     actor_id: Option<String>,
+    /// Action, e.g. `user.ban`.
+    #[param(nullable = false)]
     action: Option<String>,
+    /// `user`, `conversation`, `message` or `call`.
+    #[param(nullable = false)]
     target_type: Option<String>,
+    /// Id of the target.
+    #[param(nullable = false)]
     target_id: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false, pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
+    /// Page size (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// The audit log of admin actions, newest first
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "Success", body = AuditPage), Errors),
+)]
+#[get("/admin/audit")]
 async fn audit_log(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -754,5 +1348,9 @@ async fn audit_log(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({"success": true, "entries": page, "nextCursor": next})))
+    Ok(HttpResponse::Ok().json(AuditPage {
+        success: true,
+        entries: page,
+        next_cursor: next,
+    }))
 }

@@ -36,7 +36,7 @@ struct DialectQuery {
 
 /// Whether a request to a shared route is answered in seed 002's shapes: it names the
 /// astrology dialect (`?dialect=`), or names none and came through a listener that speaks it.
-pub fn wanted(req: &HttpRequest, state: &AppState) -> bool {
+pub(crate) fn wanted(req: &HttpRequest, state: &AppState) -> bool {
     let named = web::Query::<DialectQuery>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.into_inner().dialect);
@@ -59,7 +59,7 @@ fn set(obj: &mut Map<String, Value>, key: &str, value: Value) {
 /// `read` once a recipient's read cursor passed it, `delivered` once a delivered cursor did,
 /// else `sent`; `readAt`/`deliveredAt` are when that cursor last moved (cursors, not
 /// per-message stamps, are what Switchboard keeps).
-pub fn message(view: &MessageView, parties: &[Party]) -> Value {
+pub(crate) fn message(view: &MessageView, parties: &[Party]) -> Value {
     let mut v = json!(view);
     let Some(obj) = v.as_object_mut() else {
         return v;
@@ -151,7 +151,7 @@ fn conversation_type(kind: &str, parties: &[Party]) -> &'static str {
 /// profilePicture, joinedAt}]` (the canonical member fields stay in each), `conversationType`,
 /// `lastMessage{content, senderId, timestamp, messageType}` (a whole message), `unreadCount`
 /// per participant id, `contextType` (`general` when none was given), `contextId`, `isActive`.
-pub fn conversation(view: &ConversationView, parties: &[Party]) -> Value {
+pub(crate) fn conversation(view: &ConversationView, parties: &[Party]) -> Value {
     let mut v = json!(view);
     let Some(obj) = v.as_object_mut() else {
         return v;
@@ -218,7 +218,7 @@ pub fn conversation(view: &ConversationView, parties: &[Party]) -> Value {
 /// and rings, not kept with it: a stored call's `agoraToken` is null. Calls belong to
 /// conversations (`conversationId`), not to consultations: `consultationId` is null. `types`
 /// holds the parties' kinds of user.
-pub fn call(
+pub(crate) fn call(
     row: &CallRow,
     parties: &[ParticipantRow],
     types: &HashMap<i64, &'static str>,
@@ -278,7 +278,7 @@ pub fn call(
 /// The uid `POST /calls/admin/token` signs for when the request names none: seed 002's app is
 /// never told a uid and joins with uid 0, so on its listener (or with `?dialect=astrology`) the
 /// token is valid for any uid; elsewhere it is bound to the caller's own uid.
-pub fn default_agora_uid(req: &HttpRequest, state: &AppState, user: i64) -> u32 {
+pub(crate) fn default_agora_uid(req: &HttpRequest, state: &AppState, user: i64) -> u32 {
     if wanted(req, state) {
         crate::realtime::call::agora::ANY_UID
     } else {
@@ -287,7 +287,7 @@ pub fn default_agora_uid(req: &HttpRequest, state: &AppState, user: i64) -> u32 
 }
 
 /// The users a list of calls involves.
-pub fn call_users(calls: &[(CallRow, Vec<ParticipantRow>)]) -> Vec<i64> {
+pub(crate) fn call_users(calls: &[(CallRow, Vec<ParticipantRow>)]) -> Vec<i64> {
     let mut ids: Vec<i64> = calls
         .iter()
         .flat_map(|(c, p)| c.caller_id.into_iter().chain(p.iter().map(|x| x.user_id)))
@@ -298,7 +298,7 @@ pub fn call_users(calls: &[(CallRow, Vec<ParticipantRow>)]) -> Vec<i64> {
 }
 
 /// The members of a conversation as its shapes need them.
-pub async fn parties(state: &AppState, conversation_id: i64) -> AppResult<Vec<Party>> {
+pub(crate) async fn parties(state: &AppState, conversation_id: i64) -> AppResult<Vec<Party>> {
     state
         .db
         .run(move |conn| crate::db::support::parties(conn, conversation_id))
@@ -307,7 +307,7 @@ pub async fn parties(state: &AppState, conversation_id: i64) -> AppResult<Vec<Pa
 
 /// `{success, conversation}` for `viewer`; with `recent`, the newest messages too and the
 /// viewer's own unread count (a number, as the support routes gave it) at the top level.
-pub async fn conversation_response(
+pub(crate) async fn conversation_response(
     state: &AppState,
     conv: Conversation,
     viewer: i64,
@@ -341,7 +341,7 @@ pub async fn conversation_response(
 }
 
 /// A page of messages by seq (`?before=&after=&limit=`), as the canonical route pages them.
-pub async fn page_response(
+pub(crate) async fn page_response(
     state: &AppState,
     conversation_id: i64,
     q: &PageQuery,
@@ -372,7 +372,7 @@ pub async fn page_response(
 }
 
 /// Sends through the engine and answers 201 `{success, message}` in the seed's shape.
-pub async fn send_response(
+pub(crate) async fn send_response(
     state: &AppState,
     identity: &Identity,
     draft: SendDraft,
@@ -390,7 +390,7 @@ pub async fn send_response(
 }
 
 /// Calls in the seed's shape, the parties' kinds of user loaded once.
-pub async fn calls_json(
+pub(crate) async fn calls_json(
     state: &AppState,
     calls: Vec<(CallRow, Vec<ParticipantRow>)>,
 ) -> AppResult<Vec<Value>> {

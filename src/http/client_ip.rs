@@ -7,14 +7,14 @@ use std::net::IpAddr;
 
 /// An address range: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
     /// Parses `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -36,7 +36,7 @@ impl Cidr {
     }
 
     /// Whether `ip` lies in the range (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -64,13 +64,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Parses a list of ranges, refusing the first bad one.
-pub fn parse_list(items: &[String]) -> Result<Vec<Cidr>, String> {
+pub(crate) fn parse_list(items: &[String]) -> Result<Vec<Cidr>, String> {
     items.iter().map(|s| Cidr::parse(s)).collect()
 }
 
 /// The client address for a request from `peer` carrying `forwarded_for` (the values of every
 /// `X-Forwarded-For` header, in order).
-pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[Cidr]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[Cidr]) -> IpAddr {
     let peer = canonical(peer);
     if !trusted.iter().any(|c| c.contains(peer)) {
         return peer;

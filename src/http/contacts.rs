@@ -7,38 +7,41 @@
 //! `chat_request:cancelled` (recipient), and `conversation:new` when acceptance or start-chat
 //! creates the direct conversation.
 
+use super::openapi::{BodyErrors, Errors, IdInput, IdPath};
 use crate::auth::otp::normalize_phone;
 use crate::auth::Identity;
 use crate::db::chat_requests::{self as requests, Answer, ChatRequest, ChatRequestView};
 use crate::db::contacts::{self, Entry};
-use crate::db::conversations::{self as convs, Conversation};
+use crate::db::conversations::{self as convs, Conversation, ConversationView};
+use crate::db::models::UserView;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::events;
 use crate::realtime::protocol::opt_id_field;
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use actix_web::{get, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/chat-requests", web::post().to(send_request))
-        .route("/chat-requests", web::get().to(list_requests))
-        .route("/chat-requests/{id}/accept", web::post().to(accept))
-        .route("/chat-requests/{id}/decline", web::post().to(decline))
-        .route("/chat-requests/{id}/cancel", web::post().to(cancel))
-        .route("/contacts/sync", web::post().to(sync))
-        .route("/contacts/start-chat", web::post().to(start_chat));
+pub(crate) fn routes(cfg: &mut super::Routes) {
+    cfg.service(send_request)
+        .service(list_requests)
+        .service(accept)
+        .service(decline)
+        .service(cancel)
+        .service(sync)
+        .service(start_chat);
 }
 
 /// Longest greeting in a chat request.
-pub const MAX_REQUEST_MESSAGE_CHARS: usize = 1000;
+pub(crate) const MAX_REQUEST_MESSAGE_CHARS: usize = 1000;
 
 /// `POST /chat-requests` body. The sender is the token's user; `from`, `fromUserId` or `userId`
 /// in the body are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     #[serde(
         default,
         deserialize_with = "opt_id_field",
@@ -46,9 +49,73 @@ pub struct RequestBody {
         alias = "recipientId",
         alias = "receiverId"
     )]
+    #[schema(value_type = IdInput, required = true)]
     to: Option<i64>,
+    /// A greeting (also `text` or `content`).
     #[serde(default, alias = "text", alias = "content")]
+    #[schema(max_length = 1000)]
     message: Option<String>,
+}
+
+/// A request, and whether this call created it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RequestSent {
+    /// Always true.
+    pub success: bool,
+    /// False when the pending request already existed.
+    pub created: bool,
+    /// The request.
+    pub request: ChatRequestView,
+}
+
+/// The caller's requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RequestLists {
+    /// Always true.
+    pub success: bool,
+    /// Sent to the caller.
+    pub incoming: Vec<ChatRequestView>,
+    /// Sent by the caller.
+    pub outgoing: Vec<ChatRequestView>,
+}
+
+/// A request after an answer, with the conversation acceptance opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RequestAnswered {
+    /// Always true.
+    pub success: bool,
+    /// The request.
+    pub request: ChatRequestView,
+    /// The direct conversation (accepted requests).
+    #[schema(required = true)]
+    pub conversation: Option<ConversationView>,
+}
+
+/// The registered users among synced numbers.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SyncAnswer {
+    /// Always true.
+    pub success: bool,
+    /// Registered users with these numbers (without e-mail addresses).
+    pub users: Vec<UserView>,
+    /// How many users.
+    #[schema(value_type = i64)]
+    pub matched: usize,
+    /// Entries stored.
+    pub stored: i64,
+    /// Numbers that could not be read.
+    pub invalid: Vec<String>,
+}
+
+/// The direct conversation start-chat opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatOpened {
+    /// Always true.
+    pub success: bool,
+    /// False when it existed.
+    pub created: bool,
+    /// The conversation.
+    pub conversation: ConversationView,
 }
 
 async fn request_views(
@@ -65,6 +132,18 @@ async fn one_view(state: &AppState, row: ChatRequest) -> AppResult<ChatRequestVi
         .ok_or_else(|| AppError::internal("chat request view missing"))
 }
 
+/// Ask a user to chat (201 new; 200 the pending request that already exists)
+#[utoipa::path(
+    tag = "chat requests",
+    security(("bearer" = [])),
+    request_body = RequestBody,
+    responses(
+        (status = 200, description = "Success", body = RequestSent),
+        (status = 201, description = "Success", body = RequestSent),
+        BodyErrors,
+    ),
+)]
+#[post("/chat-requests")]
 async fn send_request(
     state: web::Data<AppState>,
     identity: Identity,
@@ -103,16 +182,41 @@ async fn send_request(
     } else {
         HttpResponse::Ok()
     };
-    Ok(builder.json(json!({"success": true, "created": created, "request": view})))
+    Ok(builder.json(RequestSent {
+        success: true,
+        created,
+        request: view,
+    }))
 }
 
 /// `GET /chat-requests?status=`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only requests in this status (default all).
+    #[param(nullable = false, schema_with = list_status_schema)]
     status: Option<String>,
+    /// Most requests per list (default 100).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// `status` of [`ListQuery`]: `all` or a request status.
+fn list_status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(std::iter::once("all").chain(requests::STATUSES)))
+        .build()
+}
+
+/// The caller's incoming and outgoing requests, newest first
+#[utoipa::path(
+    tag = "chat requests",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "Success", body = RequestLists), Errors),
+)]
+#[get("/chat-requests")]
 async fn list_requests(
     state: web::Data<AppState>,
     identity: Identity,
@@ -137,21 +241,24 @@ async fn list_requests(
             Ok((requests::views(conn, &inc)?, requests::views(conn, &out)?))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "incoming": incoming,
-        "outgoing": outgoing,
-    })))
+    Ok(HttpResponse::Ok().json(RequestLists {
+        success: true,
+        incoming,
+        outgoing,
+    }))
 }
 
-async fn conversation_view(state: &AppState, conv: Conversation, viewer: i64) -> AppResult<Value> {
-    let view = state
+async fn conversation_view(
+    state: &AppState,
+    conv: Conversation,
+    viewer: i64,
+) -> AppResult<ConversationView> {
+    state
         .db
         .run(move |conn| convs::views(conn, vec![conv], viewer))
         .await?
         .pop()
-        .ok_or_else(|| AppError::NotFound("conversation not found".into()))?;
-    Ok(json!(view))
+        .ok_or_else(|| AppError::NotFound("conversation not found".into()))
 }
 
 async fn answer(
@@ -193,13 +300,21 @@ async fn answer(
             json!({"request": view, "conversation": conversation}),
         );
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "request": view,
-        "conversation": conversation,
-    })))
+    Ok(HttpResponse::Ok().json(RequestAnswered {
+        success: true,
+        request: view,
+        conversation,
+    }))
 }
 
+/// Accept (recipient): opens the direct conversation; repeating it returns it again
+#[utoipa::path(
+    tag = "chat requests",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = RequestAnswered), Errors),
+)]
+#[post("/chat-requests/{id}/accept")]
 async fn accept(
     state: web::Data<AppState>,
     identity: Identity,
@@ -208,6 +323,14 @@ async fn accept(
     answer(&state, &identity, &path, Answer::Accept).await
 }
 
+/// Decline (recipient)
+#[utoipa::path(
+    tag = "chat requests",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = RequestAnswered), Errors),
+)]
+#[post("/chat-requests/{id}/decline")]
 async fn decline(
     state: web::Data<AppState>,
     identity: Identity,
@@ -216,6 +339,14 @@ async fn decline(
     answer(&state, &identity, &path, Answer::Decline).await
 }
 
+/// Withdraw (sender)
+#[utoipa::path(
+    tag = "chat requests",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = RequestAnswered), Errors),
+)]
+#[post("/chat-requests/{id}/cancel")]
 async fn cancel(
     state: web::Data<AppState>,
     identity: Identity,
@@ -225,9 +356,9 @@ async fn cancel(
 }
 
 /// A synced number: a string, or `{phone, name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum PhoneItem {
+pub(crate) enum PhoneItem {
     /// Just the number.
     Plain(String),
     /// Number and address-book name.
@@ -242,13 +373,15 @@ pub enum PhoneItem {
 }
 
 /// `POST /contacts/sync` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SyncBody {
+pub(crate) struct SyncBody {
+    /// Numbers (also `contacts`, `phoneNumbers` or `numbers`); at most CONTACTS_SYNC_MAX.
     #[serde(default, alias = "contacts", alias = "phoneNumbers", alias = "numbers")]
     phones: Vec<PhoneItem>,
     /// Calling code for numbers written without one (e.g. `"44"` or `"+44"`).
     #[serde(default, alias = "defaultCountryCode")]
+    #[schema(pattern = r"^\s*(\+?[1-9][0-9]{0,2})?\s*$")]
     country_code: Option<String>,
     /// Drop stored entries that are not in this list.
     #[serde(default)]
@@ -257,7 +390,7 @@ pub struct SyncBody {
 
 /// Normalises a number to E.164; a number without `+`/`00` gets `country_code` (its one
 /// leading trunk `0` dropped) when one is given.
-pub fn normalize_contact(raw: &str, country_code: Option<&str>) -> AppResult<String> {
+pub(crate) fn normalize_contact(raw: &str, country_code: Option<&str>) -> AppResult<String> {
     let trimmed = raw.trim();
     let international = trimmed.starts_with('+') || trimmed.starts_with("00");
     match country_code {
@@ -295,6 +428,14 @@ fn country_code(raw: Option<&str>) -> AppResult<Option<String>> {
     }
 }
 
+/// Store address-book numbers and find the registered users among them
+#[utoipa::path(
+    tag = "contacts",
+    security(("bearer" = [])),
+    request_body = SyncBody,
+    responses((status = 200, description = "Success", body = SyncAnswer), BodyErrors),
+)]
+#[post("/contacts/sync")]
 async fn sync(
     state: web::Data<AppState>,
     identity: Identity,
@@ -341,27 +482,27 @@ async fn sync(
         .await?;
     // Contacts are not strangers under the `request` policy, in both directions.
     state.db.contact_cache().invalidate_users(&[me]);
-    let users: Vec<Value> = found
+    let users: Vec<UserView> = found
         .iter()
         .map(|u| {
             let mut v = u.view();
             v.email = None;
-            json!(v)
+            v
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "success": true,
-        "users": users,
-        "matched": users.len(),
-        "stored": stored,
-        "invalid": invalid,
-    })))
+    Ok(HttpResponse::Ok().json(SyncAnswer {
+        success: true,
+        matched: users.len(),
+        users,
+        stored,
+        invalid,
+    }))
 }
 
 /// `POST /contacts/start-chat` body: a user id or a phone number.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct StartChatBody {
+pub(crate) struct StartChatBody {
     #[serde(
         default,
         deserialize_with = "opt_id_field",
@@ -369,13 +510,28 @@ pub struct StartChatBody {
         alias = "participantId",
         alias = "recipientId"
     )]
+    #[schema(value_type = IdInput)]
     user_id: Option<i64>,
     #[serde(default, alias = "phoneNumber")]
+    #[schema(nullable = false)]
     phone: Option<String>,
     #[serde(default, alias = "defaultCountryCode")]
+    #[schema(pattern = r"^\s*(\+?[1-9][0-9]{0,2})?\s*$")]
     country_code: Option<String>,
 }
 
+/// Open the direct conversation with a user, by id or phone (contact policy applies)
+#[utoipa::path(
+    tag = "contacts",
+    security(("bearer" = [])),
+    request_body = StartChatBody,
+    responses(
+        (status = 200, description = "Success", body = ChatOpened),
+        (status = 201, description = "Success", body = ChatOpened),
+        BodyErrors,
+    ),
+)]
+#[post("/contacts/start-chat")]
 async fn start_chat(
     state: web::Data<AppState>,
     identity: Identity,
@@ -405,7 +561,11 @@ async fn start_chat(
     } else {
         HttpResponse::Ok()
     };
-    Ok(builder.json(json!({"success": true, "created": created, "conversation": view})))
+    Ok(builder.json(ChatOpened {
+        success: true,
+        created,
+        conversation: view,
+    }))
 }
 
 #[cfg(test)]

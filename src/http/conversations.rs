@@ -3,51 +3,230 @@
 //! commands. Routes: `/api/conversations…`, seed 003's `/messages` and `/conversations`, and
 //! seed 000's team-chat and DM deletes.
 
+use super::openapi::{BodyErrors, Done, Errors, IdInput, IdPath};
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, Conversation, ConversationView};
-use crate::db::messages::{self, Message};
+use crate::db::messages::{self, Message, MessageDoc, MessageView};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::events;
 use crate::realtime::protocol::{id_field, opt_id_field, SendDraft};
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/conversations", web::get().to(list))
-        .route("/conversations", web::post().to(create))
-        .route("/conversations/{id}", web::get().to(get_one))
-        .route("/conversations/{id}/members", web::post().to(add_members))
-        .route(
-            "/conversations/{id}/members/{user_id}",
-            web::delete().to(remove_member),
-        )
-        .route(
-            "/conversations/{id}/messages",
-            web::get().to(conversation_messages),
-        )
-        .route(
-            "/conversations/{id}/messages",
-            web::post().to(post_conversation_message),
-        )
-        .route("/messages", web::get().to(legacy_messages))
-        .route("/messages", web::post().to(legacy_send))
-        .route("/messages/{id}", web::patch().to(edit_message))
-        .route("/messages/{id}", web::delete().to(delete_message))
-        .route("/team-chat/{role}", web::get().to(team_chat))
-        .route("/team-chat/{role}/messages", web::get().to(team_messages))
-        .route("/team-chat/{role}/messages", web::post().to(team_send))
-        .route(
-            "/team-chat/{role}/messages/{message_id}",
-            web::delete().to(team_delete),
-        )
-        .route(
-            "/messages/dm/{user_id}/messages/{message_id}",
-            web::delete().to(dm_delete),
-        );
+pub(crate) fn routes(cfg: &mut super::Routes) {
+    cfg.service(list)
+        .service(create)
+        .service(get_one)
+        .service(add_members)
+        .service(remove_member)
+        .service(conversation_messages)
+        .service(post_conversation_message)
+        .service(legacy_messages)
+        .service(legacy_send)
+        .service(edit_message)
+        .service(delete_message)
+        .service(team_chat)
+        .service(team_messages)
+        .service(team_send)
+        .service(team_delete)
+        .service(dm_delete);
+}
+
+/// `{id}` and `{user_id}` of a path.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct IdUserIdPath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub id: String,
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub user_id: String,
+}
+
+/// `{role}` of a path.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RolePath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub role: String,
+}
+
+/// `{role}` and `{message_id}` of a path.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RoleMessagePath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub role: String,
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub message_id: String,
+}
+
+/// `{user_id}` and `{message_id}` of a path.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct UserMessagePath {
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub user_id: String,
+    /// An id (positive integer) or, for `role`, a team role name.
+    pub message_id: String,
+}
+
+/// `{conversation, success}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConversationAnswer {
+    /// The conversation.
+    pub conversation: ConversationView,
+    /// Always true.
+    #[schema(required = false)]
+    pub success: bool,
+}
+
+/// A page of the caller's conversations.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConversationPage {
+    /// Most recent first.
+    pub conversations: Vec<ConversationView>,
+    /// `cursor` of the next page (null on the last).
+    pub next_cursor: Option<String>,
+}
+
+/// `{message, success}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MessageAnswer {
+    /// The message.
+    pub message: MessageDoc,
+    /// Always true.
+    #[schema(required = false)]
+    pub success: bool,
+}
+
+/// `{success, message}` of the team and DM deletes (the message without seed 003's names).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeletedAnswer {
+    /// Always true.
+    #[schema(required = false)]
+    pub success: bool,
+    /// The deleted message.
+    #[schema(value_type = MessageDoc)]
+    pub message: MessageView,
+}
+
+/// Seqs to page from.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Cursors {
+    /// `before` of the older page (null at the start).
+    pub before: Option<i64>,
+    /// `after` of the newer page.
+    pub after: Option<i64>,
+}
+
+/// A page of messages, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessagePage {
+    /// The messages.
+    pub messages: Vec<MessageDoc>,
+    /// The conversation.
+    #[schema(required = false)]
+    pub conversation_id: String,
+    /// Where the neighbouring pages start.
+    #[schema(required = false)]
+    pub cursors: Cursors,
+    /// Whether the page is full (more may follow).
+    pub has_more: bool,
+}
+
+/// A new message as REST sends take it (read into a [`SendDraft`]); the conversation comes from
+/// the route.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct MessageFields {
+    /// Text.
+    #[schema(nullable = false)]
+    pub content: Option<String>,
+    /// Kind.
+    #[schema(rename = "type", nullable = false, schema_with = message_type_schema)]
+    pub kind: Option<String>,
+    /// Attachment URL.
+    #[schema(nullable = false)]
+    pub media_url: Option<String>,
+    /// Replied-to message.
+    #[schema(value_type = IdInput, required = false)]
+    pub reply_to: Option<i64>,
+    /// Metadata.
+    #[schema(value_type = Object, required = false)]
+    pub metadata: Option<Value>,
+    /// Idempotency key.
+    #[schema(nullable = false, min_length = 1, max_length = 128)]
+    pub client_message_id: Option<String>,
+}
+
+/// [`MessageFields`] with where it goes: a conversation, or (seed 003's `/messages`) the user
+/// `to`.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct SendFields {
+    /// The conversation (on `/messages`).
+    #[schema(value_type = IdInput, required = false)]
+    pub conversation_id: Option<i64>,
+    /// A user, for the direct conversation with them (on `/messages`).
+    #[schema(value_type = IdInput, required = false)]
+    pub to: Option<i64>,
+    /// Text.
+    #[schema(nullable = false)]
+    pub content: Option<String>,
+    /// Kind.
+    #[schema(rename = "type", nullable = false, schema_with = message_type_schema)]
+    pub kind: Option<String>,
+    /// Attachment URL.
+    #[schema(nullable = false)]
+    pub media_url: Option<String>,
+    /// Replied-to message.
+    #[schema(value_type = IdInput, required = false)]
+    pub reply_to: Option<i64>,
+    /// Metadata.
+    #[schema(value_type = Object, required = false)]
+    pub metadata: Option<Value>,
+    /// Idempotency key.
+    #[schema(nullable = false, min_length = 1, max_length = 128)]
+    pub client_message_id: Option<String>,
+}
+
+/// `type` of a new message.
+fn message_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["text", "image", "audio", "file"]))
+        .build()
 }
 
 async fn load_views(
@@ -81,12 +260,25 @@ async fn visible(state: &AppState, identity: &Identity, id: i64) -> AppResult<Co
 }
 
 /// `GET /api/conversations?cursor&limit`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+    /// Page size (default 30).
+    #[param(nullable = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
+/// The caller's conversations, most recent first
+#[utoipa::path(
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "Success", body = ConversationPage), Errors),
+)]
+#[get("/conversations")]
 async fn list(
     state: web::Data<AppState>,
     identity: Identity,
@@ -119,7 +311,10 @@ async fn list(
         None
     };
     let views = load_views(&state, page, user).await?;
-    Ok(HttpResponse::Ok().json(json!({ "conversations": views, "nextCursor": next })))
+    Ok(HttpResponse::Ok().json(ConversationPage {
+        conversations: views,
+        next_cursor: next,
+    }))
 }
 
 fn ids_or_objects<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<i64>>, D::Error> {
@@ -142,12 +337,14 @@ fn ids_or_objects<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<i64>>, 
 }
 
 /// `POST /api/conversations`: direct (get-or-create by pair) or group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateBody {
+pub(crate) struct CreateBody {
     #[serde(default, rename = "type", alias = "kind")]
+    #[schema(nullable = false, schema_with = conversation_type_schema)]
     kind: Option<String>,
     #[serde(default, alias = "name")]
+    #[schema(nullable = false)]
     title: Option<String>,
     #[serde(
         default,
@@ -156,6 +353,7 @@ pub struct CreateBody {
         alias = "memberIds",
         alias = "userIds"
     )]
+    #[schema(value_type = Vec<IdInput>, required = false)]
     participants: Option<Vec<i64>>,
     #[serde(
         default,
@@ -164,13 +362,24 @@ pub struct CreateBody {
         alias = "to",
         alias = "recipientId"
     )]
+    #[schema(value_type = IdInput, required = false)]
     user_id: Option<i64>,
     /// Seed 002 context: `consultation|service_request|support|general`.
     #[serde(default)]
+    #[schema(ignore)]
     context_type: Option<String>,
     /// The context's id (e.g. the consultation).
     #[serde(default, deserialize_with = "opt_string_or_number")]
+    #[schema(ignore)]
     context_id: Option<String>,
+}
+
+/// `type` of a new conversation.
+fn conversation_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["direct", "group"]))
+        .build()
 }
 
 fn opt_string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
@@ -185,7 +394,8 @@ fn opt_string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Strin
 }
 
 /// The context types a conversation may carry.
-pub const CONTEXT_TYPES: [&str; 4] = ["consultation", "service_request", "support", "general"];
+pub(crate) const CONTEXT_TYPES: [&str; 4] =
+    ["consultation", "service_request", "support", "general"];
 
 fn context_of(body: &CreateBody) -> AppResult<Option<(String, String)>> {
     match (&body.context_type, &body.context_id) {
@@ -210,6 +420,18 @@ fn context_of(body: &CreateBody) -> AppResult<Option<(String, String)>> {
     }
 }
 
+/// Create a group, or get or create a direct conversation
+#[utoipa::path(
+    tag = "conversations",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 200, description = "Success", body = ConversationAnswer),
+        (status = 201, description = "Success", body = ConversationAnswer),
+        BodyErrors,
+    ),
+)]
+#[post("/conversations")]
 async fn create(
     state: web::Data<AppState>,
     identity: Identity,
@@ -301,12 +523,23 @@ fn respond(
     view: Option<ConversationView>,
 ) -> HttpResponse {
     match view {
-        Some(v) => builder.json(json!({ "conversation": v, "success": true })),
+        Some(conversation) => builder.json(ConversationAnswer {
+            conversation,
+            success: true,
+        }),
         None => HttpResponse::NotFound()
             .json(AppError::NotFound("conversation not found".into()).body()),
     }
 }
 
+/// One conversation
+#[utoipa::path(
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = ConversationAnswer), Errors),
+)]
+#[get("/conversations/{id}")]
 async fn get_one(
     state: web::Data<AppState>,
     identity: Identity,
@@ -326,16 +559,26 @@ async fn get_one(
 }
 
 /// `POST /api/conversations/:id/members`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MembersBody {
+pub(crate) struct MembersBody {
     #[serde(
         deserialize_with = "ids_or_objects",
         alias = "members",
         alias = "participants",
         alias = "userIds"
     )]
+    #[schema(value_type = Vec<IdInput>, required = true)]
     user_ids: Option<Vec<i64>>,
+}
+
+/// The users a member change added.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MembersAdded {
+    /// Always true.
+    pub success: bool,
+    /// Their ids.
+    pub added: Vec<String>,
 }
 
 /// Owner/admin of the group, or a platform admin.
@@ -363,6 +606,15 @@ async fn manage_check(state: &AppState, identity: &Identity, id: i64) -> AppResu
         .await
 }
 
+/// Add members to a group (owner, group admin or platform admin)
+#[utoipa::path(
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = MembersBody,
+    responses((status = 200, description = "Success", body = MembersAdded), BodyErrors),
+)]
+#[post("/conversations/{id}/members")]
 async fn add_members(
     state: web::Data<AppState>,
     identity: Identity,
@@ -397,9 +649,20 @@ async fn add_members(
         events::CONVERSATION_MEMBERS_ADDED,
         json!({"conversationId": id.to_string(), "userIds": added.iter().map(ToString::to_string).collect::<Vec<_>>()}),
     );
-    Ok(HttpResponse::Ok().json(json!({"success": true, "added": added.iter().map(ToString::to_string).collect::<Vec<_>>()})))
+    Ok(HttpResponse::Ok().json(MembersAdded {
+        success: true,
+        added: added.iter().map(ToString::to_string).collect(),
+    }))
 }
 
+/// Remove a member (or leave)
+#[utoipa::path(
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(IdUserIdPath),
+    responses((status = 200, description = "Success", body = Done), Errors),
+)]
+#[delete("/conversations/{id}/members/{user_id}")]
 async fn remove_member(
     state: web::Data<AppState>,
     identity: Identity,
@@ -434,23 +697,44 @@ async fn remove_member(
         events::CONVERSATION_MEMBER_REMOVED,
         json!({"conversationId": id.to_string(), "userId": target.to_string()}),
     );
-    Ok(HttpResponse::Ok().json(json!({"success": true})))
+    Ok(HttpResponse::Ok().json(Done::OK))
 }
 
 /// Pagination by seq.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-pub struct PageQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
     #[serde(
         default,
         deserialize_with = "opt_id_field",
         alias = "conversation",
         alias = "conversation_id"
     )]
+    #[param(ignore)]
     conversation_id: Option<i64>,
+    /// Messages with a seq below this.
+    #[param(nullable = false, minimum = 0)]
     before: Option<i64>,
+    /// Messages with a seq above this.
+    #[param(nullable = false, minimum = 0)]
     after: Option<i64>,
+    /// Page size (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
+}
+
+/// `conversationId` of `GET /messages` (read into [`PageQuery`]).
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ConversationQuery {
+    /// The conversation.
+    #[param(rename = "conversationId", nullable = false, minimum = 1)]
+    pub conversation_id: Option<i64>,
 }
 
 impl PageQuery {
@@ -489,14 +773,25 @@ pub(crate) async fn page_response(
     let views: Vec<_> = rows.iter().map(Message::doc).collect();
     let older = views.first().map(|m| m.view.seq).filter(|s| *s > 1);
     let newer = views.last().map(|m| m.view.seq);
-    Ok(HttpResponse::Ok().json(json!({
-        "messages": views,
-        "conversationId": conversation_id.to_string(),
-        "cursors": {"before": older, "after": newer},
-        "hasMore": rows.len() as i64 == limit,
-    })))
+    Ok(HttpResponse::Ok().json(MessagePage {
+        messages: views,
+        conversation_id: conversation_id.to_string(),
+        cursors: Cursors {
+            before: older,
+            after: newer,
+        },
+        has_more: rows.len() as i64 == limit,
+    }))
 }
 
+/// A page of a conversation's messages
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(IdPath, PageQuery),
+    responses((status = 200, description = "Success", body = MessagePage), Errors),
+)]
+#[get("/conversations/{id}/messages")]
 async fn conversation_messages(
     state: web::Data<AppState>,
     identity: Identity,
@@ -516,7 +811,7 @@ async fn conversation_messages(
 /// with one (seed 003 `/messages`), plus seed 003's `to` for direct messages.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SendBody {
+pub(crate) struct SendBody {
     #[serde(
         default,
         deserialize_with = "opt_id_field",
@@ -551,9 +846,21 @@ pub(crate) async fn send_and_respond(
     draft: SendDraft,
 ) -> AppResult<HttpResponse> {
     let view = state.engine.send_message(identity, draft, None).await?;
-    Ok(HttpResponse::Created().json(json!({ "message": view.doc(), "success": true })))
+    Ok(HttpResponse::Created().json(MessageAnswer {
+        message: view.doc(),
+        success: true,
+    }))
 }
 
+/// Send a message (acknowledged after its commit)
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = SendFields,
+    responses((status = 201, description = "Success", body = MessageAnswer), BodyErrors),
+)]
+#[post("/conversations/{id}/messages")]
 async fn post_conversation_message(
     state: web::Data<AppState>,
     identity: Identity,
@@ -569,6 +876,14 @@ async fn post_conversation_message(
     send_and_respond(&state, &identity, draft).await
 }
 
+/// A page of messages (seed 003)
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(PageQuery, ConversationQuery),
+    responses((status = 200, description = "Success", body = MessagePage), Errors),
+)]
+#[get("/messages")]
 async fn legacy_messages(
     state: web::Data<AppState>,
     identity: Identity,
@@ -581,6 +896,14 @@ async fn legacy_messages(
     page_response(&state, id, &q).await
 }
 
+/// Send a message to a conversation or, with `to`, to a user (seed 003)
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    request_body = SendFields,
+    responses((status = 201, description = "Success", body = MessageAnswer), BodyErrors),
+)]
+#[post("/messages")]
 async fn legacy_send(
     state: web::Data<AppState>,
     identity: Identity,
@@ -601,12 +924,21 @@ async fn legacy_send(
 }
 
 /// `PATCH /messages/:id`.
-#[derive(Debug, Deserialize)]
-pub struct EditBody {
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct EditBody {
     #[serde(alias = "text")]
     content: String,
 }
 
+/// Edit an own message
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(IdPath),
+    request_body = EditBody,
+    responses((status = 200, description = "Success", body = MessageAnswer), BodyErrors),
+)]
+#[patch("/messages/{id}")]
 async fn edit_message(
     state: web::Data<AppState>,
     identity: Identity,
@@ -618,9 +950,20 @@ async fn edit_message(
         .engine
         .edit_message(&identity, id, body.into_inner().content, None)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "message": m.doc(), "success": true })))
+    Ok(HttpResponse::Ok().json(MessageAnswer {
+        message: m.doc(),
+        success: true,
+    }))
 }
 
+/// Delete a message (own, or any for moderators)
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, description = "Success", body = MessageAnswer), Errors),
+)]
+#[delete("/messages/{id}")]
 async fn delete_message(
     state: web::Data<AppState>,
     identity: Identity,
@@ -628,7 +971,10 @@ async fn delete_message(
 ) -> AppResult<HttpResponse> {
     let id = super::parse_id(&path, "message id")?;
     let m = state.engine.delete_message(&identity, id, None).await?;
-    Ok(HttpResponse::Ok().json(json!({ "message": m.doc(), "success": true })))
+    Ok(HttpResponse::Ok().json(MessageAnswer {
+        message: m.doc(),
+        success: true,
+    }))
 }
 
 /// The team conversation of a team role, with its membership brought up to date. Only holders
@@ -681,6 +1027,14 @@ async fn team_conversation(
     Ok(conv)
 }
 
+/// The team conversation of a role
+#[utoipa::path(
+    tag = "team chat",
+    security(("bearer" = [])),
+    params(RolePath),
+    responses((status = 200, description = "Success", body = ConversationAnswer), Errors),
+)]
+#[get("/team-chat/{role}")]
 async fn team_chat(
     state: web::Data<AppState>,
     identity: Identity,
@@ -693,6 +1047,14 @@ async fn team_chat(
     Ok(respond(HttpResponse::Ok(), view))
 }
 
+/// A page of a team conversation
+#[utoipa::path(
+    tag = "team chat",
+    security(("bearer" = [])),
+    params(RolePath, PageQuery),
+    responses((status = 200, description = "Success", body = MessagePage), Errors),
+)]
+#[get("/team-chat/{role}/messages")]
 async fn team_messages(
     state: web::Data<AppState>,
     identity: Identity,
@@ -703,6 +1065,15 @@ async fn team_messages(
     page_response(&state, conv.id, &q).await
 }
 
+/// Send to a team conversation
+#[utoipa::path(
+    tag = "team chat",
+    security(("bearer" = [])),
+    params(RolePath),
+    request_body = SendFields,
+    responses((status = 201, description = "Success", body = MessageAnswer), BodyErrors),
+)]
+#[post("/team-chat/{role}/messages")]
 async fn team_send(
     state: web::Data<AppState>,
     identity: Identity,
@@ -734,9 +1105,20 @@ async fn delete_in(
         .engine
         .delete_message(identity, message_id, None)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "success": true, "message": m.view() })))
+    Ok(HttpResponse::Ok().json(DeletedAnswer {
+        success: true,
+        message: m.view(),
+    }))
 }
 
+/// Delete a team message
+#[utoipa::path(
+    tag = "team chat",
+    security(("bearer" = [])),
+    params(RoleMessagePath),
+    responses((status = 200, description = "Success", body = DeletedAnswer), Errors),
+)]
+#[delete("/team-chat/{role}/messages/{message_id}")]
 async fn team_delete(
     state: web::Data<AppState>,
     identity: Identity,
@@ -760,6 +1142,14 @@ async fn team_delete(
     delete_in(&state, &identity, conv, message_id).await
 }
 
+/// Delete a message of the direct conversation with a user
+#[utoipa::path(
+    tag = "messages",
+    security(("bearer" = [])),
+    params(UserMessagePath),
+    responses((status = 200, description = "Success", body = DeletedAnswer), Errors),
+)]
+#[delete("/messages/dm/{user_id}/messages/{message_id}")]
 async fn dm_delete(
     state: web::Data<AppState>,
     identity: Identity,

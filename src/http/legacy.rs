@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 /// Largest JSON answer shown with legacy ids (larger ones pass unchanged).
-pub const MAX_REWRITTEN_RESPONSE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_REWRITTEN_RESPONSE: usize = 8 * 1024 * 1024;
 
 /// Shortest path segment after `messages` taken for a legacy message id.
 const MIN_MESSAGE_REF: usize = 12;
@@ -76,7 +76,7 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
 }
 
 /// The middleware (wrapped around every route).
-pub async fn rewrite(
+pub(crate) async fn rewrite(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {

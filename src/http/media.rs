@@ -6,24 +6,55 @@
 //! `Content-Disposition` are answered; behind nginx a local store's bytes go out through
 //! `X-Accel-Redirect`.
 
+use super::openapi::{FileErrors, IdPath, UploadErrors};
 use crate::auth::Identity;
 use crate::db::media::{self as rows, MediaRow};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::media::{self, Incoming};
 use crate::state::AppState;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, head, post, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// Registers the routes (mounted at the root and under `/api`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/media", web::post().to(upload))
-        .route("/media/{id}", web::get().to(download))
-        .route("/media/{id}", web::head().to(download))
-        .route("/media/{id}/thumbnail", web::get().to(thumbnail))
-        .route("/media/{id}/thumbnail", web::head().to(thumbnail));
+pub(crate) fn routes(cfg: &mut super::Routes) {
+    cfg.service(upload)
+        .service(download)
+        .service(download_head)
+        .service(thumbnail)
+        .service(thumbnail_head);
+}
+
+/// The bytes of a file, in the OpenAPI document.
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(crate) struct FileBytes(pub Vec<u8>);
+
+/// An upload as a form, in the OpenAPI document (a raw body is the file itself).
+#[allow(
+    dead_code,
+    reason = "a shape the OpenAPI document describes; the handler reads or builds the JSON itself"
+)]
+#[derive(Debug, ToSchema)]
+pub(crate) struct UploadForm {
+    /// The file.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// `kind` of an upload.
+fn kind_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["image", "audio", "video", "document"]))
+        .build()
 }
 
 /// The body of a HEAD answer: the length the GET would send, and no bytes (actix-web sends
@@ -46,9 +77,10 @@ impl actix_web::body::MessageBody for HeadBody {
 }
 
 /// What an upload answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MediaView {
+#[schema(as = Media)]
+pub(crate) struct MediaView {
     /// Id (reference it in a message as `mediaId`).
     pub id: String,
     /// Signed URL of the file.
@@ -56,6 +88,7 @@ pub struct MediaView {
     /// Sniffed content type.
     pub content_type: String,
     /// `image|audio|video|document`.
+    #[schema(schema_with = kind_schema)]
     pub kind: String,
     /// Bytes stored.
     pub size: i64,
@@ -63,18 +96,23 @@ pub struct MediaView {
     pub sha256: String,
     /// The file name given.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// Image width.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = Int64)]
     pub width: Option<i32>,
     /// Image height.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = Int64)]
     pub height: Option<i32>,
     /// Playing time.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub duration_ms: Option<i64>,
     /// Signed URL of the thumbnail.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub thumbnail_url: Option<String>,
 }
 
@@ -111,8 +149,18 @@ fn view(state: &AppState, req: &HttpRequest, row: &MediaRow) -> MediaView {
 /// Largest form field other than `file` that is read (and ignored).
 const MAX_OTHER_FIELD: usize = 64 * 1024;
 
-/// `POST /api/media`.
-pub async fn upload(
+/// Upload a file (type read from its bytes; images stripped of metadata)
+#[utoipa::path(
+    tag = "media",
+    security(("bearer" = [])),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (FileBytes = "application/octet-stream"),
+    )),
+    responses((status = 201, description = "Success", body = MediaView), UploadErrors),
+)]
+#[post("/media")]
+pub(crate) async fn upload(
     req: HttpRequest,
     payload: web::Payload,
     identity: Identity,
@@ -228,14 +276,31 @@ fn raw_filename(req: &HttpRequest) -> Option<String> {
 }
 
 /// `?exp&sig` of a signed URL.
-#[derive(Debug, Deserialize)]
-pub struct Signed {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Signed {
+    /// Signed URL: expiry (Unix seconds); with `sig`, no Authorization is needed.
+    #[param(required = false, nullable = false, value_type = i64)]
     exp: Option<u64>,
+    /// Signed URL: signature.
+    #[param(nullable = false)]
     sig: Option<String>,
 }
 
-/// `GET /api/media/:id`.
-pub async fn download(
+/// A file (uploader, conversation members, or a signed URL)
+#[utoipa::path(
+    tag = "media",
+    security(("bearer" = []), ()),
+    params(IdPath, Signed),
+    responses(
+        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
+        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        FileErrors,
+    ),
+)]
+#[get("/media/{id}")]
+pub(crate) async fn download(
     req: HttpRequest,
     id: web::Path<String>,
     signed: web::Query<Signed>,
@@ -244,8 +309,64 @@ pub async fn download(
     serve(&req, &state, id.into_inner(), false, signed.into_inner()).await
 }
 
-/// `GET /api/media/:id/thumbnail`.
-pub async fn thumbnail(
+/// A file's headers (length, type, ETag)
+#[utoipa::path(
+    tag = "media",
+    security(("bearer" = []), ()),
+    params(IdPath, Signed),
+    responses(
+        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
+        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        FileErrors,
+    ),
+)]
+#[head("/media/{id}")]
+pub(crate) async fn download_head(
+    req: HttpRequest,
+    id: web::Path<String>,
+    signed: web::Query<Signed>,
+    state: web::Data<AppState>,
+) -> AppResult<HttpResponse> {
+    serve(&req, &state, id.into_inner(), false, signed.into_inner()).await
+}
+
+/// An image's thumbnail
+#[utoipa::path(
+    tag = "media",
+    security(("bearer" = []), ()),
+    params(IdPath, Signed),
+    responses(
+        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
+        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        FileErrors,
+    ),
+)]
+#[get("/media/{id}/thumbnail")]
+pub(crate) async fn thumbnail(
+    req: HttpRequest,
+    id: web::Path<String>,
+    signed: web::Query<Signed>,
+    state: web::Data<AppState>,
+) -> AppResult<HttpResponse> {
+    serve(&req, &state, id.into_inner(), true, signed.into_inner()).await
+}
+
+/// A thumbnail's headers
+#[utoipa::path(
+    tag = "media",
+    security(("bearer" = []), ()),
+    params(IdPath, Signed),
+    responses(
+        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
+        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        FileErrors,
+    ),
+)]
+#[head("/media/{id}/thumbnail")]
+pub(crate) async fn thumbnail_head(
     req: HttpRequest,
     id: web::Path<String>,
     signed: web::Query<Signed>,

@@ -9,14 +9,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 /// How long a scrape waits for the registry's counts (a wedged registry must not wedge the
 /// scrape; the counts are then reported as zero).
-pub const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The exposition format's content type (the Prometheus text format, version 0.0.4).
-pub const CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
 
 /// `GET /metrics`. With `METRICS_TOKEN` set, answers 401 unless `Authorization: Bearer` carries
 /// it.
-pub async fn metrics(
+pub(crate) async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {

@@ -1,20 +1,31 @@
 //! REST routes, grouped by resource. Handlers parse input, call the auth service, the engine or
 //! the database, and map errors through [`AppError`]; nothing else.
 
-pub mod admin;
-pub mod astrology;
-pub mod auth;
-pub mod calls;
-pub mod client_ip;
-pub mod contacts;
-pub mod conversations;
-pub mod health;
-pub mod legacy;
+// The code `#[utoipa::path]` generates names parameter types by their full paths.
+#[allow(unused_qualifications)]
+pub(crate) mod admin;
+pub(crate) mod astrology;
+#[allow(unused_qualifications)]
+pub(crate) mod auth;
+#[allow(unused_qualifications)]
+pub(crate) mod calls;
+pub(crate) mod client_ip;
+#[allow(unused_qualifications)]
+pub(crate) mod contacts;
+#[allow(unused_qualifications)]
+pub(crate) mod conversations;
+#[allow(unused_qualifications)]
+pub(crate) mod health;
+pub(crate) mod legacy;
+#[allow(unused_qualifications)]
 pub mod media;
 pub mod metrics;
+#[allow(unused_qualifications)]
 pub mod openapi;
-pub mod support;
-pub mod users;
+#[allow(unused_qualifications)]
+pub(crate) mod support;
+#[allow(unused_qualifications)]
+pub(crate) mod users;
 
 use crate::auth::Identity;
 use crate::error::{AppError, ErrorCode};
@@ -26,45 +37,82 @@ use serde::{Deserialize, Deserializer};
 use std::future::Future;
 use std::pin::Pin;
 
-/// Registers every REST route. Account and auth routes are served both at the root (seed 003)
-/// and under `/api`.
-pub fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
+/// Registers every route: the realtime transports, then [`routes`].
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_json: usize) {
     cfg.app_data(json_config(max_json))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
-        .route("/ping", web::get().to(health::ping))
-        .route("/health", web::get().to(health::health))
-        .route("/api/health", web::get().to(health::api_health))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/api/openapi.json", web::get().to(openapi::openapi_json))
-        .route("/api/docs", web::get().to(openapi::docs))
         .route("/ws", web::get().to(crate::realtime::ws::route))
         .route(
             "/socket.io/",
             web::route().to(crate::realtime::socketio::route),
-        )
-        .configure(app_routes)
-        .service(web::scope("/api").configure(app_routes));
+        );
+    routes(&mut utoipa_actix_web::service_config::ServiceConfig::new(
+        cfg,
+    ));
 }
 
-fn app_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/login", web::post().to(auth::login))
-        .route("/auth/refresh", web::post().to(auth::refresh))
-        .route("/auth/logout", web::post().to(auth::logout))
-        .route("/auth/send-otp", web::post().to(auth::send_otp_register))
-        .route(
-            "/auth/verify-otp-register",
-            web::post().to(auth::verify_otp_register),
-        )
-        .route("/auth/send-otp-login", web::post().to(auth::send_otp_login))
-        .route(
-            "/auth/verify-otp-login",
-            web::post().to(auth::verify_otp_login),
-        )
-        .route("/users/profile", web::get().to(users::profile))
-        .route("/users/me", web::get().to(users::profile))
-        .route("/users/me", web::patch().to(users::update_me))
-        .route("/users", web::get().to(users::search))
+/// Where REST routes are registered: only handlers that carry their OpenAPI documentation
+/// (`#[utoipa::path]`, or [`openapi::MetricsRoute`]) can be, so no route goes undocumented.
+pub(crate) struct Routes<'a, 's>(&'a mut utoipa_actix_web::service_config::ServiceConfig<'s>);
+
+impl std::fmt::Debug for Routes<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+impl Routes<'_, '_> {
+    /// Registers a documented handler.
+    pub(crate) fn service<F>(&mut self, factory: F) -> &mut Self
+    where
+        F: actix_web::dev::HttpServiceFactory + utoipa_actix_web::OpenApiFactory + 'static,
+    {
+        self.0.service(factory);
+        self
+    }
+
+    /// Registers the routes of `f` here.
+    pub(crate) fn configure(&mut self, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        f(self);
+        self
+    }
+
+    /// Registers the routes of `f` under `prefix`.
+    pub(crate) fn scope(&mut self, prefix: &str, f: impl FnOnce(&mut Routes)) -> &mut Self {
+        self.0
+            .service(utoipa_actix_web::scope(prefix).configure(|cfg| f(&mut Routes(cfg))));
+        self
+    }
+}
+
+/// Every REST route, each with its OpenAPI documentation ([`openapi::generated`] collects the
+/// document from this same registration). Account, conversation and call routes are served both
+/// at the root (seed 003) and under `/api`.
+pub(crate) fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    Routes(cfg)
+        .service(health::ping)
+        .service(health::health)
+        .service(health::api_health)
+        .service(openapi::MetricsRoute)
+        .service(openapi::openapi_json)
+        .service(openapi::docs)
+        .configure(app_routes)
+        .scope("/api", app_routes);
+}
+
+fn app_routes(cfg: &mut Routes) {
+    cfg.service(auth::login)
+        .service(auth::refresh)
+        .service(auth::logout)
+        .service(auth::send_otp_register)
+        .service(auth::verify_otp_register)
+        .service(auth::send_otp_login)
+        .service(auth::verify_otp_login)
+        .service(users::profile)
+        .service(users::me)
+        .service(users::update_me)
+        .service(users::search)
         // Before `conversations::routes`: `/conversations/admin` is not `/conversations/{id}`.
         .configure(support::routes)
         .configure(contacts::routes)
@@ -75,7 +123,7 @@ fn app_routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// JSON bodies: size limit and errors as `{error:{code,message}}` (400 / 413 / 415).
-pub fn json_config(limit: usize) -> web::JsonConfig {
+pub(crate) fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
         .error_handler(|err, _req| {
@@ -118,7 +166,7 @@ fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
 }
 
 /// A positive integer id from a path segment; `what` names it in the 400 error.
-pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
     raw.trim()
         .parse::<i64>()
         .ok()
@@ -132,13 +180,13 @@ pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
 }
 
 /// JSON 404 for unknown routes.
-pub async fn not_found() -> HttpResponse {
+pub(crate) async fn not_found() -> HttpResponse {
     let err = AppError::NotFound("no such route".into());
     HttpResponse::NotFound().json(err.body())
 }
 
 /// The bearer token of a request: `Authorization: Bearer <t>` (or the bare token).
-pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let value = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)?
@@ -174,7 +222,7 @@ impl FromRequest for Identity {
 }
 
 /// Deserializes a field that may be absent (`None`), null (`Some(None)`) or set.
-pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -183,7 +231,7 @@ where
 }
 
 /// The peer address and user agent of a request, recorded with new device sessions.
-pub fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::DeviceInfo {
+pub(crate) fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::DeviceInfo {
     crate::auth::DeviceInfo {
         name: name.map(|n| n.chars().take(100).collect()),
         user_agent: req
@@ -197,7 +245,7 @@ pub fn device_info(req: &HttpRequest, name: Option<String>) -> crate::auth::Devi
 
 /// The client's address: the peer, or what a trusted proxy (`TRUSTED_PROXIES`) put in
 /// `X-Forwarded-For`.
-pub fn client_addr(req: &HttpRequest) -> Option<std::net::IpAddr> {
+pub(crate) fn client_addr(req: &HttpRequest) -> Option<std::net::IpAddr> {
     let peer = req.peer_addr()?.ip();
     let trusted = req
         .app_data::<web::Data<AppState>>()

@@ -1,25 +1,62 @@
 //! Accounts: `GET /users/profile`, `PATCH /users/me`, `GET /users` (search, cursor pagination).
 
 use super::double_option;
+use super::openapi::{BodyErrors, Errors};
 use crate::auth::{validate_name, Identity};
 use crate::db::accounts;
 use crate::db::models::UserView;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use actix_web::{get, patch, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-/// The caller's own profile.
-pub async fn profile(identity: Identity) -> HttpResponse {
-    let view = identity.user.view();
-    HttpResponse::Ok().json(json!({ "user": view, "success": true }))
+/// `{user, success}`: the caller's profile.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UserAnswer {
+    /// The user.
+    pub user: UserView,
+    /// Always true.
+    #[schema(required = false)]
+    pub success: bool,
+}
+
+impl UserAnswer {
+    fn of(user: UserView) -> Self {
+        Self {
+            user,
+            success: true,
+        }
+    }
+}
+
+/// The caller's profile
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Success", body = UserAnswer), Errors),
+)]
+#[get("/users/profile")]
+pub(crate) async fn profile(identity: Identity) -> HttpResponse {
+    HttpResponse::Ok().json(UserAnswer::of(identity.user.view()))
+}
+
+/// The caller's profile
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Success", body = UserAnswer), Errors),
+)]
+#[get("/users/me")]
+pub(crate) async fn me(identity: Identity) -> HttpResponse {
+    HttpResponse::Ok().json(UserAnswer::of(identity.user.view()))
 }
 
 /// `PATCH /users/me` body: `avatar` and `avatarUrl` are the same field; `null` clears it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UpdateMe {
+pub(crate) struct UpdateMe {
+    #[schema(nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     avatar: Option<Option<String>>,
@@ -27,8 +64,15 @@ pub struct UpdateMe {
     avatar_url: Option<Option<String>>,
 }
 
-/// Changes name and/or avatar.
-pub async fn update_me(
+/// Change name and/or avatar (`null` clears the avatar)
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = UpdateMe,
+    responses((status = 200, description = "Success", body = UserAnswer), BodyErrors),
+)]
+#[patch("/users/me")]
+pub(crate) async fn update_me(
     state: web::Data<AppState>,
     identity: Identity,
     body: web::Json<UpdateMe>,
@@ -58,20 +102,46 @@ pub async fn update_me(
             )
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "user": user.view(), "success": true })))
+    Ok(HttpResponse::Ok().json(UserAnswer::of(user.view())))
 }
 
 /// `GET /users` query.
-#[derive(Debug, Deserialize)]
-pub struct SearchQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SearchQuery {
+    /// Text to search for.
     #[serde(alias = "search", alias = "query")]
+    #[param(nullable = false)]
     q: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+    /// Page size (default 20).
+    #[param(nullable = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
-/// Searches users by name or phone. Other users' e-mail addresses are not shown.
-pub async fn search(
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserPage {
+    /// The users.
+    pub users: Vec<UserView>,
+    /// `cursor` of the next page (null on the last).
+    #[schema(required = false)]
+    pub next_cursor: Option<String>,
+}
+
+/// Search users by name or phone
+// Other users' e-mail addresses are not shown.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = [])),
+    params(SearchQuery),
+    responses((status = 200, description = "Success", body = UserPage), Errors),
+)]
+#[get("/users")]
+pub(crate) async fn search(
     state: web::Data<AppState>,
     identity: Identity,
     query: web::Query<SearchQuery>,
@@ -107,5 +177,8 @@ pub async fn search(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({ "users": page, "nextCursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(UserPage {
+        users: page,
+        next_cursor,
+    }))
 }

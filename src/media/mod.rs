@@ -197,6 +197,39 @@ impl Urls {
     }
 }
 
+/// What [`present`] makes of a stored summary, as the OpenAPI document describes a message's
+/// `media` (the summary is JSON kept with the message).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct AttachmentDoc {
+    /// Media id.
+    pub id: String,
+    /// Signed URL of the file (the same as the message's `mediaUrl`).
+    pub url: String,
+    /// Content type read from the bytes.
+    pub content_type: String,
+    /// `image`, `audio`, `video` or `document`.
+    #[schema(required = false)]
+    pub kind: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// File name the uploader gave.
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+    /// Image or video width.
+    #[schema(nullable = false)]
+    pub width: Option<i64>,
+    /// Image or video height.
+    #[schema(nullable = false)]
+    pub height: Option<i64>,
+    /// Audio or video length.
+    #[schema(nullable = false)]
+    pub duration_ms: Option<i64>,
+    /// Signed URL of an image's thumbnail.
+    #[schema(nullable = false)]
+    pub thumbnail_url: Option<String>,
+}
+
 static URLS: RwLock<Option<Arc<Urls>>> = RwLock::new(None);
 
 /// Makes `urls` the signer message views use (one server per process; the last one started

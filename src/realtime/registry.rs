@@ -1057,10 +1057,12 @@ impl Handler<OnlineUsers> for Registry {
 }
 
 /// One live connection of a user, as the admin dashboard shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Connection)]
 pub(crate) struct ConnectionInfo {
     /// Process-unique session key.
+    #[schema(value_type = i64)]
     pub key: u64,
     /// Device session of the token, if session-bound.
     pub device_session: Option<String>,
