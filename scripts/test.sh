@@ -63,7 +63,6 @@ TEST_PG_TMPROOT="" # temporary parent of that directory, when the repository was
 TEST_REDIS_TMP=""  # temporary directory of the private redis-server this run started
 
 cleanup() {
-    fuzz_prebuild_stop
     if [ -n "$TEST_REDIS_TMP" ]; then
         (redis_stop_private "$TEST_REDIS_TMP/redis") || true
         rm -rf -- "$TEST_REDIS_TMP"
@@ -395,16 +394,7 @@ main() {
         fi
     done
 
-    # The fuzz targets build in the background while the steps before `fuzz` run (see
-    # fuzz_prebuild_start). It starts after `schema`, whose diesel_cli install would otherwise
-    # wait for the cargo-fuzz install's lock on the tools directory.
-    local prebuild=""
-    for step in "${steps[@]}"; do [ "$step" = fuzz ] && prebuild=1; done
     for step in "${steps[@]}"; do
-        if [ -n "$prebuild" ] && [ "$step" != schema ]; then
-            [ "$step" != fuzz ] && fuzz_prebuild_start
-            prebuild=""
-        fi
         run_step "$step"
     done
 
