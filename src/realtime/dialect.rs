@@ -88,8 +88,9 @@ pub enum Conv {
     /// A boolean video flag as a `callType`: `true` is `video`, `false` `audio` (other values
     /// are kept, for the command to refuse).
     VideoFlag,
-    /// A string renamed through a table `(dialect, canonical)`, ignoring case; values the table
-    /// does not list are kept.
+    /// A string the app writes as the second of a pair `(canonical, app)` of the table its
+    /// outbound rules use, read as the first (ignoring case); values the table does not list are
+    /// kept.
     Map(&'static [(&'static str, &'static str)]),
 }
 
@@ -98,8 +99,8 @@ impl Conv {
         match (self, value) {
             (Self::VideoFlag, Value::Bool(video)) => json!(if video { "video" } else { "audio" }),
             (Self::Map(table), Value::String(s)) => {
-                match table.iter().find(|(from, _)| s.eq_ignore_ascii_case(from)) {
-                    Some((_, to)) => json!(to),
+                match table.iter().find(|(_, app)| s.eq_ignore_ascii_case(app)) {
+                    Some((canonical, _)) => json!(canonical),
                     None => Value::String(s),
                 }
             }
@@ -708,9 +709,6 @@ const CALL_ERROR: Option<&str> = Some("call:error");
 /// Seed 002's call types: `voice|video` (canonical `audio|video`).
 pub(crate) const ASTROLOGY_CALL_TYPES: &[(&str, &str)] = &[("audio", "voice")];
 
-/// [`ASTROLOGY_CALL_TYPES`] the other way: what seed 002 sends, as canonical call types.
-const ASTROLOGY_CALL_TYPES_IN: &[(&str, &str)] = &[("voice", "audio")];
-
 /// Seed 002's end reasons (`completed|rejected|no_answer|network_error|cancelled`) for canonical
 /// ones. Its own backend writes `completed` for every hang-up, so reasons it does not list (a
 /// client's own words, an admin's or the server's end) read as the nearest of its five: an
@@ -869,7 +867,7 @@ pub(crate) static ASTROLOGY: Dialect = Dialect {
                 Field {
                     from: "callType",
                     to: "callType",
-                    value: Conv::Map(ASTROLOGY_CALL_TYPES_IN),
+                    value: Conv::Map(ASTROLOGY_CALL_TYPES),
                 },
             ],
         },
