@@ -287,93 +287,50 @@ pub(crate) struct Signed {
     sig: Option<String>,
 }
 
-/// A file (uploader, conversation members, or a signed URL)
-#[utoipa::path(
-    tag = "media",
-    security(("bearer" = []), ()),
-    params(IdPath, Signed),
-    responses(
-        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
-        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        FileErrors,
-    ),
-)]
-#[get("/media/{id}")]
-pub(crate) async fn download(
-    req: HttpRequest,
-    id: web::Path<String>,
-    signed: web::Query<Signed>,
-    state: web::Data<AppState>,
-) -> AppResult<HttpResponse> {
-    serve(&req, &state, id.into_inner(), false, signed.into_inner()).await
+/// A download route: the file or its thumbnail (`thumb`), its bytes (GET) or only its headers
+/// (HEAD). The four routes answer and are documented alike.
+macro_rules! file_route {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $path:literal, $thumb:literal) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            tag = "media",
+            security(("bearer" = []), ()),
+            params(IdPath, Signed),
+            responses(
+                (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
+                (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
+                (status = 304, description = "Not modified (If-None-Match)"),
+                FileErrors,
+            ),
+        )]
+        #[$method($path)]
+        pub(crate) async fn $name(
+            req: HttpRequest,
+            id: web::Path<String>,
+            signed: web::Query<Signed>,
+            state: web::Data<AppState>,
+        ) -> AppResult<HttpResponse> {
+            serve(&req, &state, id.into_inner(), $thumb, signed.into_inner()).await
+        }
+    };
 }
 
-/// A file's headers (length, type, ETag)
-#[utoipa::path(
-    tag = "media",
-    security(("bearer" = []), ()),
-    params(IdPath, Signed),
-    responses(
-        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
-        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        FileErrors,
-    ),
-)]
-#[head("/media/{id}")]
-pub(crate) async fn download_head(
-    req: HttpRequest,
-    id: web::Path<String>,
-    signed: web::Query<Signed>,
-    state: web::Data<AppState>,
-) -> AppResult<HttpResponse> {
-    serve(&req, &state, id.into_inner(), false, signed.into_inner()).await
-}
-
-/// An image's thumbnail
-#[utoipa::path(
-    tag = "media",
-    security(("bearer" = []), ()),
-    params(IdPath, Signed),
-    responses(
-        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
-        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        FileErrors,
-    ),
-)]
-#[get("/media/{id}/thumbnail")]
-pub(crate) async fn thumbnail(
-    req: HttpRequest,
-    id: web::Path<String>,
-    signed: web::Query<Signed>,
-    state: web::Data<AppState>,
-) -> AppResult<HttpResponse> {
-    serve(&req, &state, id.into_inner(), true, signed.into_inner()).await
-}
-
-/// A thumbnail's headers
-#[utoipa::path(
-    tag = "media",
-    security(("bearer" = []), ()),
-    params(IdPath, Signed),
-    responses(
-        (status = 200, description = "The file", body = FileBytes, content_type = "*/*"),
-        (status = 206, description = "The requested range of the file", body = FileBytes, content_type = "*/*"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        FileErrors,
-    ),
-)]
-#[head("/media/{id}/thumbnail")]
-pub(crate) async fn thumbnail_head(
-    req: HttpRequest,
-    id: web::Path<String>,
-    signed: web::Query<Signed>,
-    state: web::Data<AppState>,
-) -> AppResult<HttpResponse> {
-    serve(&req, &state, id.into_inner(), true, signed.into_inner()).await
-}
+file_route!(
+    /// A file (uploader, conversation members, or a signed URL)
+    download, get, "/media/{id}", false
+);
+file_route!(
+    /// A file's headers (length, type, ETag)
+    download_head, head, "/media/{id}", false
+);
+file_route!(
+    /// An image's thumbnail
+    thumbnail, get, "/media/{id}/thumbnail", true
+);
+file_route!(
+    /// A thumbnail's headers
+    thumbnail_head, head, "/media/{id}/thumbnail", true
+);
 
 fn not_found() -> AppError {
     AppError::NotFound("media not found".into())
