@@ -2,19 +2,20 @@
 # Runs the whole test suite:
 #
 #   scripts/test.sh            every step below, in order
-#   scripts/test.sh STEP...    only the named steps: schema docs fmt clippy ops test clients api
+#   scripts/test.sh STEP...    only the named steps: schema docs fmt build ops test clients api
 #                              fuzz
 #
 # Steps: schema (migrations up, down and up again on a throwaway database; src/db/schema.rs must
 # equal `diesel print-schema`), docs (every variable src/config.rs reads is listed in .env.example
-# and in README.md's table), fmt (cargo fmt --check), clippy (-D warnings), ops (the deployment
-# files: shellcheck, systemd-analyze verify of the units, scripts/install.sh into a scratch root,
-# nginx -t and a live nginx in front of `switchboard serve` with systemd's notify protocol and
-# seccomp filter checked, coturn started with the template), test (cargo test --all-targets) and
-# clients (Node/Python client tests under tests/clients, when present), api (the OpenAPI document
-# validated, then schemathesis against a live server with a user and an admin token; see
-# scripts/lib/api.sh) and fuzz (every cargo-fuzz target in tests/fuzz for ~10 s; see
-# scripts/lib/fuzz.sh).
+# and in README.md's table), fmt (cargo fmt --check), build (every target compiled once, by
+# clippy-driver with -D warnings: that one compile is both `cargo clippy --all-targets -- -D
+# warnings` and the build the later steps run), ops (the deployment files: shellcheck,
+# systemd-analyze verify of the units, scripts/install.sh into a scratch root, nginx -t and a live
+# nginx in front of `switchboard serve` with systemd's notify protocol and seccomp filter checked,
+# coturn started with the template), test (cargo test --all-targets) and clients (Node/Python
+# client tests under tests/clients, when present), api (the OpenAPI document validated, then
+# schemathesis against a live server with a user and an admin token; see scripts/lib/api.sh) and
+# fuzz (every libFuzzer target in tests/fuzz for ~10 s; see scripts/lib/fuzz.sh).
 # A failing step does not stop the later ones; the summary lists each result with its duration,
 # and the exit status is non-zero when any step failed.
 #
@@ -50,7 +51,7 @@ if [ -n "${CI:-}" ]; then
     export CARGO_TERM_COLOR=never NO_COLOR=1
 fi
 
-ALL_STEPS=(schema docs fmt clippy ops test clients api fuzz)
+ALL_STEPS=(schema docs fmt build ops test clients api fuzz)
 SYSTEM_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
 
 section() { printf '\n== %s ==\n' "$*"; }
@@ -222,8 +223,31 @@ step_fmt() {
     fi
 }
 
-step_clippy() {
-    cargo clippy --all-targets -- -D warnings
+# Every cargo command of this script compiles the workspace's own crates with clippy-driver in
+# place of rustc, with -D warnings (the settings `cargo clippy` gives it): clippy's lints run in
+# the compile that produces the binaries, so the dependencies are compiled once, not once to be
+# checked and again to be built. Dependencies are compiled by rustc as usual.
+use_clippy_driver() {
+    local driver
+    driver="$(command -v clippy-driver 2>/dev/null || true)"
+    if [ -z "$driver" ] && command -v rustup >/dev/null 2>&1; then
+        rustup component add clippy >&2
+        driver="$(rustup which clippy-driver)"
+    fi
+    [ -n "$driver" ] || pg__die "clippy-driver was not found: rustup component add clippy"
+    export RUSTC_WORKSPACE_WRAPPER="$driver"
+    export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+}
+
+# build_all: every target the tests need (the library, the binaries, their unit tests and
+# tests/it), linted as it compiles (use_clippy_driver). A no-op when nothing changed, so each
+# step that needs the server's binary calls it.
+build_all() {
+    cargo test --all-targets --no-run
+}
+
+step_build() {
+    build_all
 }
 
 # The deployment files under scripts/ (see scripts/lib/ops.sh): each check prints its commands
@@ -231,8 +255,7 @@ step_clippy() {
 step_ops() {
     OPS_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-ops.XXXXXX")"
     trap ops_cleanup EXIT
-    echo "cargo build --bin switchboard"
-    cargo build --bin switchboard
+    build_all
     OPS_BIN="$REPO/target/debug/switchboard"
     export OPS_TMP OPS_BIN
     section "ops: shellcheck"
@@ -304,7 +327,7 @@ install_moto_server() {
 }
 
 # Client tests (Node and Python) live in tests/clients. They get TEST_DATABASE_URL and
-# SWITCHBOARD_BIN (the debug binary built by the `test` step, built here when missing).
+# SWITCHBOARD_BIN (the debug binary of the `build` step, built here when missing or stale).
 # With neither tests/clients/package.json nor tests/clients/requirements.txt this is a no-op.
 run_client_tests() {
     local dir="$REPO/tests/clients"
@@ -313,9 +336,7 @@ run_client_tests() {
         return 0
     fi
     export SWITCHBOARD_BIN="$REPO/target/debug/switchboard"
-    if [ ! -x "$SWITCHBOARD_BIN" ]; then
-        cargo build --bin switchboard
-    fi
+    build_all
 
     if [ -f "$dir/package.json" ]; then
         if ! command -v npm >/dev/null 2>&1; then
@@ -385,6 +406,7 @@ main() {
     section "setup"
     command -v cargo >/dev/null 2>&1 || pg__die "cargo was not found: install Rust (https://rustup.rs)"
     cargo --version
+    use_clippy_driver
     ensure_libpq_dev
     setup_postgres
     for step in "${steps[@]}"; do

@@ -57,8 +57,7 @@ step_api() {
     API_RUN_PIDS=()
     trap api_cleanup EXIT
     api_venv
-    echo "cargo build --bin switchboard"
-    cargo build --bin switchboard
+    build_all
     local bin="$REPO/target/debug/switchboard" port base spec admin user admin_token user_token
     psql_admin "DROP DATABASE IF EXISTS \"$API_DB\""
     psql_admin "CREATE DATABASE \"$API_DB\""

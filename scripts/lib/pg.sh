@@ -295,7 +295,7 @@ pg__diesel_ok() {
     grep -q "Version: $DIESEL_CLI_VERSION\$" <<<"$out" && grep -q "Supported Backends:.*postgres" <<<"$out"
 }
 
-# tools_dir: prints where pinned helper tools (diesel_cli, cargo-fuzz, the schemathesis venv)
+# tools_dir: prints where pinned helper tools (diesel_cli, the schemathesis venv)
 # are installed: SWITCHBOARD_TOOLS_DIR, else a per-user cache shared by every checkout on the
 # machine (so a fresh clone does not compile them again), e.g. ~/.cache/switchboard-tools.
 tools_dir() {
@@ -304,7 +304,9 @@ tools_dir() {
 
 # ensure_diesel_cli: exports DIESEL, the path of diesel_cli $DIESEL_CLI_VERSION (PostgreSQL):
 # $(tools_dir)/bin/diesel, else a `diesel` of that version on PATH, else one installed into
-# $(tools_dir) with cargo install.
+# $(tools_dir) with cargo install. The install is an unoptimised build: it compiles in about
+# half the time, and what diesel_cli does here (run migrations, print the schema) waits on
+# PostgreSQL, not on the CPU.
 ensure_diesel_cli() {
     : "${REPO:?REPO must point at the repository root}"
     local tools
@@ -322,7 +324,7 @@ ensure_diesel_cli() {
     command -v cargo >/dev/null 2>&1 || pg__die "cargo is needed to install diesel_cli (https://rustup.rs)"
     pg__say "installing diesel_cli $DIESEL_CLI_VERSION into $tools"
     cargo install diesel_cli --version "$DIESEL_CLI_VERSION" --no-default-features \
-        --features postgres --root "$tools" --locked >&2 ||
+        --features postgres --root "$tools" --locked --debug >&2 ||
         pg__die "cargo install diesel_cli $DIESEL_CLI_VERSION failed"
     [ -x "$DIESEL" ] || pg__die "diesel_cli was installed but $DIESEL is missing"
 }
