@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # The `api` step of scripts/test.sh: the OpenAPI document served at /api/openapi.json is
-# validated with openapi-spec-validator, then schemathesis fuzzes every REST operation of a live
-# `switchboard serve` twice, with a user's and with an admin's access token, and fails on any
-# 5xx answer and on any answer the document does not allow (status, content type, body schema).
+# validated with openapi-spec-validator, then schemathesis fuzzes every REST operation twice, side
+# by side: with a user's access token and with an admin's, each against a live `switchboard
+# serve` and a database of its own. It fails on any 5xx answer, on any answer the document does
+# not allow (status, content type, body schema) and on a token that stopped working mid-run.
 # Both tools come from PyPI into a venv in the tools directory (scripts/lib/pg.sh tools_dir).
 #
 # Needs: REPO, TEST_DATABASE_URL, psql_admin and pg_url_with_db (scripts/lib/pg.sh).
@@ -12,17 +13,16 @@ API_SCHEMATHESIS_VERSION="4.32.5"
 API_SPEC_VALIDATOR_VERSION="0.9.0"
 
 api_cleanup() {
-    local pid
-    for pid in "${API_RUN_PIDS[@]}"; do
+    local pid db
+    for pid in "${API_RUN_PIDS[@]}" "${API_SERVER_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
-    if [ -n "${API_PID:-}" ]; then
-        kill "$API_PID" 2>/dev/null || true
-        wait "$API_PID" 2>/dev/null || true
-    fi
-    if [ -n "${API_DB:-}" ]; then
-        psql_admin "DROP DATABASE IF EXISTS \"$API_DB\" WITH (FORCE)" || true
-    fi
+    for pid in "${API_SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    for db in "${API_DBS[@]}"; do
+        psql_admin "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+    done
     if [ -n "${API_TMP:-}" ]; then
         rm -rf -- "$API_TMP"
     fi
@@ -50,50 +50,63 @@ api_json() {
     "$API_VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
 
+# api_server WHO: a database of its own (migrated; an admin, a user and a third account) and a
+# `switchboard serve` on a free port for one schemathesis run, so that the admin's run (which bans,
+# logs out and edits users) cannot revoke the user's token in the middle of the user's run. Sets
+# API_BASE and API_TOKEN (WHO's access token).
+api_server() {
+    local who="$1" bin="$REPO/target/debug/switchboard" db="sb_api_check_$$_$1" port admin user tries=0
+    API_DBS+=("$db")
+    psql_admin "DROP DATABASE IF EXISTS \"$db\""
+    psql_admin "CREATE DATABASE \"$db\""
+    local env=(env DATABASE_URL="$(pg_url_with_db "$TEST_DATABASE_URL" "$db")")
+    "${env[@]}" "$bin" migrate >/dev/null
+    admin="$("${env[@]}" "$bin" user add --name "API Admin" --email admin@example.com \
+        --password "admin-password-1" --role admin | api_json id)"
+    user="$("${env[@]}" "$bin" user add --name "API User" --email user@example.com \
+        --password "user-password-1" | api_json id)"
+    "${env[@]}" "$bin" user add --name "Someone Else" --email other@example.com >/dev/null
+    if [ "$who" = admin ]; then user="$admin"; fi
+    API_TOKEN="$("${env[@]}" "$bin" token --user "$user" --ttl 7200 | api_json token)"
+
+    port="$("$API_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    API_BASE="http://127.0.0.1:$port"
+    "${env[@]}" BIND="127.0.0.1:$port" "$bin" serve >"$API_TMP/server-$who.log" 2>&1 &
+    API_SERVER_PIDS+=("$!")
+    until curl -fsS "$API_BASE/ping" >/dev/null 2>&1 || [ "$tries" -ge 100 ]; do
+        tries=$((tries + 1))
+        sleep 0.1
+    done
+    curl -fsS "$API_BASE/ping" >/dev/null || {
+        cat "$API_TMP/server-$who.log" >&2
+        return 1
+    }
+}
+
 step_api() {
     API_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-api.XXXXXX")"
-    API_DB="sb_api_check_$$"
-    API_PID=""
+    API_DBS=()
+    API_SERVER_PIDS=()
     API_RUN_PIDS=()
     trap api_cleanup EXIT
     api_venv
     build_all
-    local bin="$REPO/target/debug/switchboard" port base spec admin user admin_token user_token
-    psql_admin "DROP DATABASE IF EXISTS \"$API_DB\""
-    psql_admin "CREATE DATABASE \"$API_DB\""
-    # The server's settings for this run: a throwaway database and secret, generous limits so
-    # that rate limiting does not hide the other answers (429 is still documented and allowed).
-    export DATABASE_URL
-    DATABASE_URL="$(pg_url_with_db "$TEST_DATABASE_URL" "$API_DB")"
+    # The servers' settings: a throwaway secret, generous limits so that rate limiting does not
+    # hide the other answers (429 is still documented and allowed).
     export JWT_SECRET="api-check-secret-api-check-secret-0123456789"
     export MESSAGE_RATE_PER_MIN=1000000 MESSAGE_BURST=100000 CALL_RATE_PER_HOUR=100000 CALL_BURST=10000
     export OTP_SENDER=log OTP_RESEND_COOLDOWN_SECS=0 LOG_FORMAT=json RUST_LOG=warn
     export TURN_URLS="turn:127.0.0.1:3478?transport=udp" TURN_SECRET="api-check-turn-secret"
-    "$bin" migrate >/dev/null
-    admin="$("$bin" user add --name "API Admin" --email admin@example.com \
-        --password "admin-password-1" --role admin | api_json id)"
-    user="$("$bin" user add --name "API User" --email user@example.com \
-        --password "user-password-1" | api_json id)"
-    "$bin" user add --name "Someone Else" --email other@example.com >/dev/null
-    admin_token="$("$bin" token --user "$admin" --ttl 7200 | api_json token)"
-    user_token="$("$bin" token --user "$user" --ttl 7200 | api_json token)"
-
-    port="$("$API_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    base="http://127.0.0.1:$port"
-    BIND="127.0.0.1:$port" "$bin" serve >"$API_TMP/server.log" 2>&1 &
-    API_PID=$!
-    local tries=0
-    until curl -fsS "$base/ping" >/dev/null 2>&1 || [ "$tries" -ge 100 ]; do
-        tries=$((tries + 1))
-        sleep 0.1
+    local spec who rc=0 log
+    local -A base=() token=()
+    for who in user admin; do
+        api_server "$who"
+        base[$who]="$API_BASE"
+        token[$who]="$API_TOKEN"
     done
-    curl -fsS "$base/ping" >/dev/null || {
-        cat "$API_TMP/server.log" >&2
-        return 1
-    }
 
     spec="$API_TMP/openapi.json"
-    curl -fsS "$base/api/openapi.json" -o "$spec"
+    curl -fsS "${base[user]}/api/openapi.json" -o "$spec"
     echo "openapi-spec-validator $API_SPEC_VALIDATOR_VERSION"
     "$API_VENV/bin/python" - "$spec" <<'PY'
 import json, sys
@@ -105,16 +118,14 @@ ops = sum(1 for item in spec["paths"].values() for m in item if m in ("get", "po
 print(f"valid OpenAPI {spec['openapi']}: {len(spec['paths'])} paths, {ops} operations")
 PY
 
-    # The user's and the admin's runs go side by side, each with its own output file (printed
-    # when both are done): each run is bounded by API_MAX_TIME, so two in a row would take twice
-    # that, while one run leaves a core of the machine mostly idle.
+    # The user's and the admin's runs go side by side, each against its own server and with its
+    # own output file (printed when both are done): each run is bounded by API_MAX_TIME, so two
+    # in a row would take twice that, while one run leaves a core of the machine mostly idle.
     local checks="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-    local who token rc=0
     for who in user admin; do
-        if [ "$who" = admin ]; then token="$admin_token"; else token="$user_token"; fi
         mkdir -p "$API_TMP/$who"
-        (cd "$API_TMP/$who" && "$API_VENV/bin/schemathesis" run "$spec" --url "$base" \
-            -H "Authorization: Bearer $token" \
+        (cd "$API_TMP/$who" && "$API_VENV/bin/schemathesis" run "$spec" --url "${base[$who]}" \
+            -H "Authorization: Bearer ${token[$who]}" \
             --checks "$checks" \
             --phases examples,coverage,fuzzing \
             --max-examples "${API_MAX_EXAMPLES:-25}" \
@@ -131,13 +142,22 @@ PY
         i=$((i + 1))
         echo "schemathesis $API_SCHEMATHESIS_VERSION as the $who"
         cat "$API_TMP/$who.log"
+        # The user's token must have lasted the whole run: an answer of 401 to it afterwards
+        # would mean most of the run tested nothing but the refusal.
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${token[$who]}" \
+            "${base[$who]}/users/me")" != 200 ]; then
+            echo "the $who's token no longer works after the run" >&2
+            rc=1
+        fi
     done
-    # Errors the server logged itself (actix-http's notes about unparsable requests, which it
-    # answers 400, are not ours).
-    if grep '"level":"ERROR"' "$API_TMP/server.log" | grep -vq '"target":"actix_http'; then
-        echo "the server logged errors during the run:" >&2
-        grep '"level":"ERROR"' "$API_TMP/server.log" | grep -v '"target":"actix_http' | head -20 >&2
-        rc=1
-    fi
+    # Errors the servers logged themselves (actix-http's notes about unparsable requests, which
+    # it answers 400, are not ours).
+    for log in "$API_TMP"/server-*.log; do
+        if grep '"level":"ERROR"' "$log" | grep -vq '"target":"actix_http'; then
+            echo "the server logged errors during the run ($(basename "$log")):" >&2
+            grep '"level":"ERROR"' "$log" | grep -v '"target":"actix_http' | head -20 >&2
+            rc=1
+        fi
+    done
     return "$rc"
 }

@@ -224,20 +224,18 @@ pub(crate) struct Initiated {
     /// The call.
     #[schema(value_type = String)]
     pub call_id: Value,
-    /// `ringing`, `busy` or `glare` (not in the document).
-    #[schema(ignore)]
+    /// `ringing`, `busy` or `glare`.
+    #[schema(value_type = String)]
     pub status: Value,
-    /// `voice` or `video` (not in the document).
-    #[schema(ignore)]
+    /// `voice` or `video`.
     pub call_type: Option<String>,
-    /// Agora channel (not in the document).
-    #[schema(ignore)]
+    /// Agora calls: the channel.
+    #[schema(value_type = Option<String>)]
     pub channel_name: Option<Value>,
-    /// Agora token for uid 0 (not in the document).
-    #[schema(ignore)]
+    /// Agora calls: a token for uid 0.
+    #[schema(value_type = Option<String>)]
     pub agora_token: Option<Value>,
-    /// 0 on Agora calls (not in the document).
-    #[schema(ignore)]
+    /// 0 on Agora calls.
     pub agora_uid: Option<u32>,
     /// The engine's acknowledgement.
     #[schema(value_type = CallAck)]

@@ -366,12 +366,31 @@ pub(crate) struct CreateBody {
     user_id: Option<i64>,
     /// Seed 002 context: `consultation|service_request|support|general`.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(nullable = false, schema_with = context_type_schema)]
     context_type: Option<String>,
-    /// The context's id (e.g. the consultation).
+    /// The context's id (e.g. the consultation): a string or a number; needs `contextType`.
     #[serde(default, deserialize_with = "opt_string_or_number")]
-    #[schema(ignore)]
+    #[schema(nullable = false, schema_with = context_id_schema)]
     context_id: Option<String>,
+}
+
+/// `contextType` of a new conversation.
+fn context_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(CONTEXT_TYPES))
+        .build()
+}
+
+/// `contextId` of a new conversation: a string or an integer.
+fn context_id_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .build(),
+    )
 }
 
 /// `type` of a new conversation.

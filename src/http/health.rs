@@ -21,7 +21,7 @@ pub(crate) async fn ping() -> HttpResponse {
 }
 
 /// Connections of the database pool, in `GET /health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PoolUsage {
     /// Connections lent out.
@@ -41,11 +41,10 @@ pub(crate) struct Healthy {
     /// Seconds since the server started.
     #[schema(required = false)]
     pub uptime: f64,
-    /// The database pool (not in the document).
-    #[schema(ignore)]
+    /// The database pool.
     pub db_pool: PoolUsage,
-    /// Cluster mode and peers (not in the document).
-    #[schema(ignore)]
+    /// Cluster mode (`single`, or `cluster` with this node, the nodes seen and Redis's state).
+    #[schema(value_type = Object)]
     pub cluster: Value,
 }
 
@@ -56,11 +55,10 @@ pub(crate) struct Degraded {
     pub status: &'static str,
     /// `down`.
     pub db: &'static str,
-    /// Seconds since the server started (not in the document).
-    #[schema(ignore)]
+    /// Seconds since the server started.
     pub uptime: f64,
-    /// Cluster mode and peers (not in the document).
-    #[schema(ignore)]
+    /// Cluster mode, as in [`Healthy`].
+    #[schema(value_type = Object)]
     pub cluster: Value,
     /// Why.
     #[schema(value_type = Object, required = false)]
@@ -72,7 +70,7 @@ pub(crate) struct Degraded {
     tag = "health",
     responses(
         (status = 200, description = "Success", body = Healthy),
-        (status = 503, description = "Success", body = Degraded),
+        (status = 503, description = "The database does not answer", body = Degraded),
     ),
 )]
 #[get("/health")]

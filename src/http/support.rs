@@ -289,11 +289,10 @@ pub(crate) struct AdminInitiated {
     /// The call.
     #[schema(value_type = String)]
     pub call_id: Value,
-    /// Status (not in the document).
-    #[schema(ignore)]
+    /// `ringing`, `busy` or `glare`.
+    #[schema(value_type = String)]
     pub status: Value,
-    /// `voice` or `video` (not in the document).
-    #[schema(ignore)]
+    /// `voice` or `video`.
     pub call_type: Option<String>,
     /// Agora calls: the channel.
     #[schema(value_type = Option<String>)]
@@ -301,8 +300,7 @@ pub(crate) struct AdminInitiated {
     /// Agora calls: a token for uid 0.
     #[schema(value_type = Option<String>)]
     pub agora_token: Option<Value>,
-    /// 0 on Agora calls (not in the document).
-    #[schema(ignore)]
+    /// 0 on Agora calls.
     pub agora_uid: Option<u32>,
     /// The engine's acknowledgement.
     #[schema(value_type = AdminCallAck)]
