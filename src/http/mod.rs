@@ -62,12 +62,42 @@ impl std::fmt::Debug for Routes<'_, '_> {
     }
 }
 
+/// A schema of the document, by name, as one handler brings it.
+type NamedSchema = (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+);
+
+thread_local! {
+    /// Every schema each registered handler brings, while a test collects them: the document
+    /// keeps one schema per name, so two different Rust types of the same name would otherwise
+    /// describe each other's routes without a word.
+    static SCHEMAS_SEEN: std::cell::RefCell<Option<Vec<NamedSchema>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and answers every schema the handlers registered during it brought, duplicates
+/// included.
+#[cfg(test)]
+fn schemas_registered_by(f: impl FnOnce()) -> Vec<NamedSchema> {
+    SCHEMAS_SEEN.with_borrow_mut(|seen| *seen = Some(Vec::new()));
+    f();
+    SCHEMAS_SEEN
+        .with_borrow_mut(Option::take)
+        .unwrap_or_default()
+}
+
 impl Routes<'_, '_> {
     /// Registers a documented handler.
     pub(crate) fn service<F>(&mut self, factory: F) -> &mut Self
     where
         F: actix_web::dev::HttpServiceFactory + utoipa_actix_web::OpenApiFactory + 'static,
     {
+        SCHEMAS_SEEN.with_borrow_mut(|seen| {
+            if let Some(seen) = seen {
+                factory.schemas(seen);
+            }
+        });
         self.0.service(factory);
         self
     }

@@ -418,6 +418,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_two_types_share_a_schema_name() {
+        let seen = super::super::schemas_registered_by(|| {
+            generated();
+        });
+        assert!(seen.len() > 100, "only {} schemas collected", seen.len());
+        let mut by_name: BTreeMap<&str, Value> = BTreeMap::new();
+        for (name, schema) in &seen {
+            let json = serde_json::to_value(schema).unwrap();
+            let first = by_name.entry(name).or_insert_with(|| json.clone());
+            assert_eq!(
+                *first, json,
+                "two different types are both named {name} in the document: rename one \
+                 (#[schema(as = ...)])"
+            );
+        }
+    }
+
+    #[test]
     fn operation_ids_are_unique_and_refs_resolve() {
         let doc = document();
         let mut ids = std::collections::HashSet::new();
