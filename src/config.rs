@@ -232,6 +232,10 @@ pub struct Config {
     /// `CLUSTER_GAP_WAIT_MS` — how long a node waits for a message seq another node has not
     /// delivered yet before reading it from the database. Default 50.
     pub cluster_gap_wait: Duration,
+    /// `CLUSTER_LIMIT_TIMEOUT_MS` — longest wait for Redis's answer to a cluster-wide rate-limit
+    /// check on a send or a call; past it (or at once while the connection is down) the node's
+    /// own limiter decides alone. Default 250.
+    pub cluster_limit_timeout: Duration,
     /// `CLUSTER_QUEUE` — events waiting to be published to the other nodes; when full
     /// (Redis slow or away) further cross-node deliveries are dropped and counted, and those
     /// clients catch up with `sync`. Default 65536.
@@ -505,6 +509,7 @@ impl Default for Config {
             node_heartbeat: Duration::from_millis(2000),
             node_ttl: Duration::from_millis(10_000),
             cluster_gap_wait: Duration::from_millis(50),
+            cluster_limit_timeout: Duration::from_millis(250),
             cluster_queue: 65_536,
             ring_timeout: Duration::from_secs(40),
             call_reconnect_grace: Duration::from_secs(15),
@@ -984,6 +989,11 @@ impl Config {
         parse_millis(src, "NODE_HEARTBEAT_MS", &mut self.node_heartbeat)?;
         parse_millis(src, "NODE_TTL_MS", &mut self.node_ttl)?;
         parse_millis(src, "CLUSTER_GAP_WAIT_MS", &mut self.cluster_gap_wait)?;
+        parse_millis(
+            src,
+            "CLUSTER_LIMIT_TIMEOUT_MS",
+            &mut self.cluster_limit_timeout,
+        )?;
         parse(src, "CLUSTER_QUEUE", &mut self.cluster_queue)
     }
 
@@ -1312,6 +1322,11 @@ impl Config {
             if self.node_heartbeat.is_zero() || self.node_ttl <= self.node_heartbeat {
                 return Err(ConfigError::Rejected(
                     "NODE_TTL_MS must be longer than NODE_HEARTBEAT_MS (both positive)".into(),
+                ));
+            }
+            if self.cluster_limit_timeout.is_zero() {
+                return Err(ConfigError::Rejected(
+                    "CLUSTER_LIMIT_TIMEOUT_MS must be at least 1".into(),
                 ));
             }
             if self.redis_prefix.is_empty()

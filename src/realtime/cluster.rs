@@ -662,6 +662,9 @@ pub struct Cluster {
     outgoing: mpsc::Sender<Outgoing>,
     /// How long a conversation waits for a missing seq before reading it.
     pub gap_wait: Duration,
+    /// How rate-limit takes ask Redis: failing at once while the connection is down, and
+    /// giving up after `CLUSTER_LIMIT_TIMEOUT_MS` (a send never waits on Redis longer).
+    limit_options: fred::types::config::Options,
     redis_up: AtomicBool,
     nodes: AtomicUsize,
     published: AtomicU64,
@@ -741,6 +744,11 @@ impl Cluster {
             },
             outgoing: tx,
             gap_wait: config.cluster_gap_wait,
+            limit_options: fred::types::config::Options {
+                fail_fast: true,
+                timeout: Some(config.cluster_limit_timeout),
+                ..Default::default()
+            },
             redis_up: AtomicBool::new(false),
             nodes: AtomicUsize::new(1),
             published: AtomicU64::new(0),
@@ -942,8 +950,10 @@ impl Cluster {
     }
 
     /// Takes one token of `user`'s cluster-wide `bucket` (`per_sec` sustained, `burst` at
-    /// once): `Ok`, or `Err(secs)` until one is free; `None` while Redis cannot answer (the
-    /// node's own limiter then decides alone).
+    /// once): `Ok`, or `Err(secs)` until one is free; `None` while Redis cannot answer within
+    /// `CLUSTER_LIMIT_TIMEOUT_MS` (the node's own limiter then decides alone). While Redis is
+    /// known to be down it is not asked; in the moments before this node notices, the command
+    /// fails at once on a broken connection instead of waiting for the reconnection.
     pub(crate) async fn take(
         &self,
         bucket: &str,
@@ -955,6 +965,7 @@ impl Cluster {
         let key = format!("{}:limit:{bucket}:{user}", self.keys.prefix);
         let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
         let answer = client
+            .with_options(&self.limit_options)
             .eval::<i64, _, _, _>(
                 TAKE_SCRIPT,
                 vec![key],
