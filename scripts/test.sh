@@ -312,8 +312,13 @@ step_test() {
 MOTO_VERSION="5.2.1"
 install_moto_server() {
     local venv="$REPO/target/moto-venv"
-    if [ ! -x "$venv/bin/moto_server" ] ||
-        ! "$venv/bin/python" -m pip show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+    # (The version is read whole: `pip show | grep -q` fails under pipefail when grep stops
+    # reading first, which reinstalled moto on every run.)
+    local installed=""
+    if [ -x "$venv/bin/python" ]; then
+        installed="$("$venv/bin/python" -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
+    fi
+    if [ ! -x "$venv/bin/moto_server" ] || [ "$installed" != "$MOTO_VERSION" ]; then
         command -v python3 >/dev/null 2>&1 || pg__apt_install python3 python3-venv
         python3 -m venv "$venv" 2>/dev/null || {
             pg__apt_install python3-venv
