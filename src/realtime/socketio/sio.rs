@@ -81,9 +81,10 @@ enum Ns {
         waiting: Vec<ClientFrame>,
         opening: Opening,
     },
-    /// Bridged to a session actor; frames go through a bounded, ordered queue.
+    /// Bridged to a session actor; frames go through a bounded, ordered queue (of boxes: a
+    /// channel keeps a block of 32 slots per connection, 256 bytes boxed instead of ~3 KiB).
     Session {
-        frames: mpsc::Sender<ClientFrame>,
+        frames: mpsc::Sender<Box<ClientFrame>>,
         actor: Addr<SessionActor>,
         acks: Arc<Mutex<AckTable>>,
         /// Offsets and cursors, when the session offers recovery.
@@ -222,11 +223,11 @@ impl SioHandler {
                     })
                     .flatten();
                 if let Some((frames, (conversation, seq))) = found {
-                    let _ = frames.try_send(ClientFrame {
+                    let _ = frames.try_send(Box::new(ClientFrame {
                         event: events::RECEIPT_DELIVERED.into(),
                         payload: json!({"conversationId": conversation, "upTo": seq}),
                         reply_to: None,
-                    });
+                    }));
                 }
             }
             SioKind::ConnectError => socket.close("protocol error"),
@@ -590,9 +591,9 @@ impl SioHandler {
             lock(t).key = key;
         }
         let actor = session.start();
-        let (frames_tx, mut frames_rx) = mpsc::channel::<ClientFrame>(256);
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Box<ClientFrame>>(256);
         for frame in waiting {
-            let _ = frames_tx.try_send(frame);
+            let _ = frames_tx.try_send(Box::new(frame));
         }
         let acks = Arc::new(Mutex::new(AckTable::default()));
         let registered = self
@@ -631,7 +632,7 @@ impl SioHandler {
         let inbound_actor = actor.clone();
         actix_web::rt::spawn(async move {
             while let Some(frame) = frames_rx.recv().await {
-                if inbound_actor.send(frame).await.is_err() {
+                if inbound_actor.send(*frame).await.is_err() {
                     break;
                 }
             }
@@ -641,7 +642,9 @@ impl SioHandler {
         let this = Arc::clone(self);
         actix_web::rt::spawn(async move {
             if let (Some(resume), Some(t), Some(identity)) = (resume, &tracker, replay_identity) {
-                this.recover(
+                // Boxed: the replay's state (database reads included) is large, and held
+                // inline it would size this task for the connection's whole life.
+                Box::pin(this.recover(
                     &out_socket,
                     &engine,
                     &identity,
@@ -649,7 +652,7 @@ impl SioHandler {
                     t,
                     resume,
                     &opening,
-                )
+                ))
                 .await;
             }
             loop {
@@ -878,7 +881,7 @@ impl SioHandler {
         };
         enum Route {
             Echo,
-            Frames(mpsc::Sender<ClientFrame>),
+            Frames(mpsc::Sender<Box<ClientFrame>>),
             Authenticate,
             Waiting,
             Missing,
@@ -969,7 +972,7 @@ impl SioHandler {
                     socket.close("invalid payload");
                     return;
                 };
-                if frames.try_send(frame).is_err() {
+                if frames.try_send(Box::new(frame)).is_err() {
                     if let SioApp::Production(prod) = &self.app {
                         prod.engine
                             .metrics
