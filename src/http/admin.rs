@@ -13,7 +13,7 @@
 
 use super::calls::CallView;
 use super::conversations::{page_response, DeletedAnswer, MessagePage, PageQuery};
-use super::openapi::{BodyErrors, Errors, IdPath};
+use super::openapi::{string_enum, BodyErrors, Errors, IdPath};
 use crate::auth::Identity;
 use crate::db::admin::{self as q, CallFilter, ConversationFilter, UserFilter};
 use crate::db::audit::{self, AuditView, NewEntry};
@@ -344,10 +344,7 @@ pub(crate) struct CallEnded {
 
 /// `reason` of [`CallEnded`].
 fn admin_reason_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["admin"]))
-        .build()
+    string_enum(["admin"])
 }
 
 /// A page of the audit log.
@@ -984,10 +981,7 @@ pub(crate) struct ConversationsQuery {
 
 /// `type` of [`ConversationsQuery`].
 fn conversation_kind_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["direct", "group", "team", "support"]))
-        .build()
+    string_enum(["direct", "group", "team", "support"])
 }
 
 /// Search conversations, newest first
@@ -1185,10 +1179,7 @@ pub(crate) struct CallsQuery {
 
 /// `callType` of [`CallsQuery`].
 fn media_kind_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["audio", "video"]))
-        .build()
+    string_enum(["audio", "video"])
 }
 
 /// Call history, newest first, with filters

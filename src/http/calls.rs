@@ -1,7 +1,7 @@
 //! Calls over REST (seed 001 and 002 routes): ICE servers and TURN credentials, initiate and
 //! end through the same engine as sockets, call history, and admin call stats.
 
-use super::openapi::{BodyErrors, Done, Errors, IdInput, IdPath, UserIdPath};
+use super::openapi::{string_enum, BodyErrors, Done, Errors, IdInput, IdPath, UserIdPath};
 use crate::auth::Identity;
 use crate::db::calls::{self, CallRow, ParticipantRow};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -293,18 +293,12 @@ pub(crate) struct InitiateFields {
 
 /// `callType` of a new call.
 pub(crate) fn call_type_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["audio", "voice", "video"]))
-        .build()
+    string_enum(["audio", "voice", "video"])
 }
 
 /// `provider` of a new call.
 fn provider_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["webrtc", "agora"]))
-        .build()
+    string_enum(["webrtc", "agora"])
 }
 
 /// Start a call (1:1 with `to`, group with `conversationId`)

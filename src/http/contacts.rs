@@ -7,7 +7,7 @@
 //! `chat_request:cancelled` (recipient), and `conversation:new` when acceptance or start-chat
 //! creates the direct conversation.
 
-use super::openapi::{BodyErrors, Errors, IdInput, IdPath};
+use super::openapi::{string_enum, BodyErrors, Errors, IdInput, IdPath};
 use crate::auth::otp::normalize_phone;
 use crate::auth::Identity;
 use crate::db::chat_requests::{self as requests, Answer, ChatRequest, ChatRequestView};
@@ -203,10 +203,7 @@ pub(crate) struct ListQuery {
 
 /// `status` of [`ListQuery`]: `all` or a request status.
 fn list_status_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(std::iter::once("all").chain(requests::STATUSES)))
-        .build()
+    string_enum(std::iter::once("all").chain(requests::STATUSES))
 }
 
 /// The caller's incoming and outgoing requests, newest first

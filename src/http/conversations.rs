@@ -3,7 +3,7 @@
 //! commands. Routes: `/api/conversations…`, seed 003's `/messages` and `/conversations`, and
 //! seed 000's team-chat and DM deletes.
 
-use super::openapi::{BodyErrors, Done, Errors, IdInput, IdPath};
+use super::openapi::{string_enum, BodyErrors, Done, Errors, IdInput, IdPath};
 use crate::auth::Identity;
 use crate::db::conversations::{self as convs, Conversation, ConversationView};
 use crate::db::messages::{self, Message, MessageDoc, MessageView};
@@ -223,10 +223,7 @@ pub(crate) struct SendFields {
 
 /// `type` of a new message.
 fn message_type_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["text", "image", "audio", "file"]))
-        .build()
+    string_enum(["text", "image", "audio", "file"])
 }
 
 async fn load_views(
@@ -374,12 +371,9 @@ pub(crate) struct CreateBody {
     context_id: Option<String>,
 }
 
-/// `contextType` of a new conversation.
-fn context_type_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(CONTEXT_TYPES))
-        .build()
+/// `contextType` of a conversation: one of [`CONTEXT_TYPES`].
+pub(crate) fn context_type_schema() -> utoipa::openapi::Object {
+    string_enum(CONTEXT_TYPES)
 }
 
 /// `contextId` of a new conversation: a string or an integer.
@@ -395,10 +389,7 @@ fn context_id_schema() -> utoipa::openapi::schema::Schema {
 
 /// `type` of a new conversation.
 fn conversation_type_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["direct", "group"]))
-        .build()
+    string_enum(["direct", "group"])
 }
 
 fn opt_string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {

@@ -6,7 +6,7 @@
 //! `Content-Disposition` are answered; behind nginx a local store's bytes go out through
 //! `X-Accel-Redirect`.
 
-use super::openapi::{FileErrors, IdPath, UploadErrors};
+use super::openapi::{string_enum, FileErrors, IdPath, UploadErrors};
 use crate::auth::Identity;
 use crate::db::media::{self as rows, MediaRow};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -51,10 +51,7 @@ pub(crate) struct UploadForm {
 
 /// `kind` of an upload.
 fn kind_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["image", "audio", "video", "document"]))
-        .build()
+    string_enum(["image", "audio", "video", "document"])
 }
 
 /// The body of a HEAD answer: the length the GET would send, and no bytes (actix-web sends

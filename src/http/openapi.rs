@@ -165,6 +165,16 @@ impl utoipa::PartialSchema for IdInput {
 
 impl ToSchema for IdInput {}
 
+/// A string, one of `values` (for `schema_with`).
+pub(crate) fn string_enum(
+    values: impl IntoIterator<Item = &'static str>,
+) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
 /// Any JSON value, or null (for `schema_with`).
 pub(crate) fn any_or_null() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{SchemaType, Type};

@@ -14,7 +14,7 @@
 use super::admin::Admin;
 use super::calls::{IceServer, Initiated};
 use super::conversations::{draft_for, MessageAnswer, MessageFields, MessagePage, PageQuery};
-use super::openapi::{BodyErrors, Errors, IdInput, UserIdPath};
+use super::openapi::{string_enum, BodyErrors, Errors, IdInput, UserIdPath};
 use crate::auth::Identity;
 use crate::db::conversations::{Conversation, MemberView};
 use crate::db::messages::MessageDoc;
@@ -45,7 +45,7 @@ pub(crate) fn routes(cfg: &mut super::Routes) {
 
 /// The kind of a party in seed 002 (`user`, `astrologer` or `admin`).
 fn party_type_schema() -> utoipa::openapi::Object {
-    string_enum(&["user", "astrologer", "admin"])
+    string_enum(["user", "astrologer", "admin"])
 }
 
 /// A party kind that may be null.
@@ -59,14 +59,6 @@ fn nullable_party_type_schema() -> utoipa::openapi::Object {
             Value::from("admin"),
             Value::Null,
         ]))
-        .build()
-}
-
-/// A string, one of `values`.
-fn string_enum(values: &[&'static str]) -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(values.iter().copied()))
         .build()
 }
 
@@ -113,7 +105,7 @@ pub(crate) struct DirectMessage {
 
 /// `status` of a [`DirectMessage`].
 fn message_status_schema() -> utoipa::openapi::Object {
-    string_enum(&["sent", "delivered", "read", "failed"])
+    string_enum(["sent", "delivered", "read", "failed"])
 }
 
 /// A participant of a [`DirectConversation`].
@@ -169,7 +161,7 @@ pub(crate) struct DirectConversation {
     /// Unread messages per participant id.
     pub unread_count: BTreeMap<String, i64>,
     /// Context type.
-    #[schema(schema_with = context_type_schema)]
+    #[schema(schema_with = super::conversations::context_type_schema)]
     pub context_type: String,
     /// Context id.
     #[schema(required = false)]
@@ -184,12 +176,7 @@ pub(crate) struct DirectConversation {
 
 /// `conversationType` of a [`DirectConversation`].
 fn conversation_type_schema() -> utoipa::openapi::Object {
-    string_enum(&["admin_astrologer", "user_astrologer", "group"])
-}
-
-/// `contextType` of a [`DirectConversation`].
-fn context_type_schema() -> utoipa::openapi::Object {
-    string_enum(&["consultation", "service_request", "support", "general"])
+    string_enum(["admin_astrologer", "user_astrologer", "group"])
 }
 
 /// A support conversation with its newest messages and the caller's unread count.
@@ -243,7 +230,7 @@ pub(crate) struct AdminCallFields {
 
 /// `provider` of an admin call.
 fn admin_provider_schema() -> utoipa::openapi::Object {
-    string_enum(&["webrtc", "agora", "auto"])
+    string_enum(["webrtc", "agora", "auto"])
 }
 
 /// The engine's acknowledgement of a call an admin started, as far as the document describes it.
@@ -276,7 +263,7 @@ pub(crate) struct AdminCallAck {
 
 /// `status` of a started call.
 fn call_status_schema() -> utoipa::openapi::Object {
-    string_enum(&["ringing", "busy", "glare"])
+    string_enum(["ringing", "busy", "glare"])
 }
 
 /// What starting a call answers, described for seed 002's admin app (the same JSON as
