@@ -45,7 +45,23 @@ fn return_memory_when_idle() {
         if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
             tracing::warn!(error = %e, "could not start the allocator's background threads");
         }
+        switchboard::metrics::set_allocator_probe(jemalloc_stats);
     }
+}
+
+/// jemalloc's figures for `/metrics` (`switchboard_allocator_*`): its statistics are refreshed
+/// (`epoch`) and read at each scrape.
+#[cfg(feature = "jemalloc")]
+fn jemalloc_stats() -> Option<switchboard::metrics::AllocatorStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let read = |v: Result<usize, tikv_jemalloc_ctl::Error>| v.ok().map(|n| n as u64);
+    Some(switchboard::metrics::AllocatorStats {
+        allocated: read(stats::allocated::read())?,
+        active: read(stats::active::read())?,
+        resident: read(stats::resident::read())?,
+        retained: read(stats::retained::read())?,
+    })
 }
 
 /// How long jemalloc keeps freed pages before handing them back to the system, ms.

@@ -270,6 +270,39 @@ pub(crate) struct Snapshot {
     pub uptime_secs: f64,
     /// The cluster link's counters (cluster mode only).
     pub cluster: Option<crate::realtime::cluster::ClusterCounts>,
+    /// The allocator's figures, when the binary installed a probe for them.
+    pub allocator: Option<AllocatorStats>,
+}
+
+/// What the process's allocator holds, in bytes (jemalloc's `stats.*`). `allocated` is what
+/// live objects use; `resident` what the allocator keeps in physical memory (live objects,
+/// its own metadata and freed pages not yet handed back); `retained` address space it keeps
+/// mapped but has handed back. A rise of `resident` without one of `allocated` is memory the
+/// allocator keeps, not memory the server holds on to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorStats {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes in pages that hold at least one live allocation.
+    pub active: u64,
+    /// Bytes of physical memory the allocator holds.
+    pub resident: u64,
+    /// Bytes of address space kept mapped but handed back to the system.
+    pub retained: u64,
+}
+
+/// Reads the allocator's figures; installed once by the binary that picked the allocator.
+static ALLOCATOR_PROBE: std::sync::OnceLock<fn() -> Option<AllocatorStats>> =
+    std::sync::OnceLock::new();
+
+/// Installs the function `/metrics` reads the allocator's figures with (the first one wins).
+pub fn set_allocator_probe(probe: fn() -> Option<AllocatorStats>) {
+    let _ = ALLOCATOR_PROBE.set(probe);
+}
+
+/// The allocator's figures now, if a probe is installed and answers.
+pub(crate) fn allocator_stats() -> Option<AllocatorStats> {
+    ALLOCATOR_PROBE.get().and_then(|probe| probe())
 }
 
 /// Every metric of one server.
@@ -768,8 +801,37 @@ impl Metrics {
         if let Some(c) = &snap.cluster {
             register_cluster(&mut r, c);
         }
+        if let Some(a) = &snap.allocator {
+            register_allocator(&mut r, a);
+        }
         r
     }
+}
+
+/// The `switchboard_allocator_*` series (when the binary installed a probe).
+fn register_allocator(r: &mut Registry, a: &AllocatorStats) {
+    let bytes = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    r.register(
+        "allocator_allocated_bytes",
+        "Bytes in live heap allocations",
+        bytes(a.allocated),
+    );
+    r.register(
+        "allocator_active_bytes",
+        "Bytes in the allocator's pages that hold live allocations",
+        bytes(a.active),
+    );
+    r.register(
+        "allocator_resident_bytes",
+        "Bytes of physical memory the allocator holds (live, metadata and freed pages not yet \
+         returned)",
+        bytes(a.resident),
+    );
+    r.register(
+        "allocator_retained_bytes",
+        "Bytes of address space the allocator keeps mapped after returning them to the system",
+        bytes(a.retained),
+    );
 }
 
 /// The `switchboard_cluster_*` series (cluster mode only).
@@ -1054,6 +1116,12 @@ mod tests {
                 nodes_reaped: 1,
                 ..Default::default()
             }),
+            allocator: Some(AllocatorStats {
+                allocated: 1 << 20,
+                active: 2 << 20,
+                resident: 3 << 20,
+                retained: 4 << 20,
+            }),
             ..Default::default()
         };
         let text = render(&Metrics::new(), &snap);
@@ -1064,5 +1132,17 @@ mod tests {
         assert_eq!(value(&text, "switchboard_cluster_nodes"), 3.0);
         assert_eq!(value(&text, "switchboard_cluster_redis_up"), 1.0);
         assert!(text.contains("switchboard_cluster_nodes_reaped_total 1\n"));
+        assert_eq!(
+            value(&text, "switchboard_allocator_allocated_bytes"),
+            1_048_576.0
+        );
+        assert_eq!(
+            value(&text, "switchboard_allocator_resident_bytes"),
+            3_145_728.0
+        );
+        assert_eq!(
+            value(&text, "switchboard_allocator_retained_bytes"),
+            4_194_304.0
+        );
     }
 }

@@ -271,6 +271,8 @@ fn build(
     // Small frames (acks, events) go out at once instead of waiting, behind an earlier
     // unacknowledged segment, for the peer's delayed ACK (~40 ms).
     .tcp_nodelay(true)
+    // A response body's bytes are written out once 4 KiB wait (see `WRITE_TURN_BYTES`).
+    .h1_write_buffer_size(crate::realtime::conn::H1_WRITE_BUFFER_BYTES)
     // Records each connection's descriptor, so a realtime socket whose peer stopped reading can
     // be aborted after its close grace.
     .on_connect(crate::realtime::conn::on_connect);

@@ -46,6 +46,7 @@ pub(crate) async fn metrics(
         db_errors: pool.errors,
         uptime_secs: state.started.elapsed().as_secs_f64(),
         cluster: state.engine.cluster.as_ref().map(|c| c.counts()),
+        allocator: crate::metrics::allocator_stats(),
     };
     let text = state
         .engine

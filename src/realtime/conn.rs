@@ -11,6 +11,8 @@
 //!   hold its descriptor and kernel send queue for as long as the peer keeps its window shut.
 //! - [`Ceiling`] caps open realtime connections below the descriptor limit, so that upgrades over
 //!   it are refused at once with 503 while health checks and admins still get a descriptor.
+//! - [`WriteTurns`] keeps a burst of outgoing frames from growing the connection's write buffer
+//!   for good (see [`WRITE_TURN_BYTES`]).
 
 use crate::error::ErrorCode;
 use crate::metrics::Metrics;
@@ -25,6 +27,49 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// Write turns
+
+/// Frame bytes a connection's writer hands to actix-ws before it lets the HTTP/1 dispatcher
+/// take them. The dispatcher copies every frame waiting in actix-ws's queue (up to 32) into its
+/// write buffer in one go, and it adds more while the buffer holds less than
+/// [`H1_WRITE_BUFFER_BYTES`]. That buffer starts at 8 KiB and, once grown, is kept for the
+/// connection's life (actix-http releases it only past 128 KiB). Without turns, one burst (a
+/// backlog released after a slow commit, say) grew it to 16 KiB or more on every connection
+/// that received the burst: about +10 MiB of live heap at 1 000 sockets, kept until they closed.
+/// With turns, what the dispatcher holds at once stays under `H1_WRITE_BUFFER_BYTES` +
+/// `WRITE_TURN_BYTES` + one frame, inside the first 8 KiB for frames of ordinary size.
+pub(crate) const WRITE_TURN_BYTES: usize = 3 * 1024;
+
+/// The HTTP/1 dispatcher stops taking more of a response body once its write buffer holds this
+/// many bytes and writes them out first (actix-web's `h1_write_buffer_size`; its default is
+/// 32 KiB, four times the buffer's first allocation).
+pub(crate) const H1_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
+// What the dispatcher takes in one turn plus what it keeps below its own limit fit the
+// buffer's first 8 KiB with room for a frame of ordinary size.
+const _: () = assert!(WRITE_TURN_BYTES + H1_WRITE_BUFFER_BYTES <= 7 * 1024);
+
+/// Counts the frame bytes a writer has handed over since the dispatcher last had a turn, and
+/// yields to it every [`WRITE_TURN_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct WriteTurns {
+    since: usize,
+}
+
+impl WriteTurns {
+    /// `bytes` more were handed to actix-ws; yields when a turn's worth is waiting. The
+    /// dispatcher runs on the same worker thread and was woken by the frames, so it takes them
+    /// before this task resumes.
+    pub(crate) async fn wrote(&mut self, bytes: usize) {
+        self.since += bytes;
+        if self.since >= WRITE_TURN_BYTES {
+            self.since = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Frame guard
@@ -417,6 +462,33 @@ impl Ceiling {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+    use std::future::Future;
+
+    /// Whether one `wrote(bytes)` had to wait for a turn (it yields once, or not at all).
+    fn yields(turns: &mut WriteTurns, bytes: usize) -> bool {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut wrote = std::pin::pin!(turns.wrote(bytes));
+        match wrote.as_mut().poll(&mut cx) {
+            Poll::Ready(()) => false,
+            Poll::Pending => {
+                assert!(wrote.as_mut().poll(&mut cx).is_ready(), "yields only once");
+                true
+            }
+        }
+    }
+
+    #[test]
+    fn a_writer_gives_the_dispatcher_a_turn_every_write_turn_bytes() {
+        let mut turns = WriteTurns::default();
+        let frame = 500;
+        let waits: Vec<bool> = (0..14).map(|_| yields(&mut turns, frame)).collect();
+        // 3 072 bytes are a turn: the 7th frame (3 500 bytes) yields, then the count restarts.
+        let at: Vec<usize> = (0..14).filter(|&i| waits[i]).collect();
+        assert_eq!(at, vec![6, 13]);
+        // One frame larger than a turn yields at once.
+        assert!(yields(&mut WriteTurns::default(), 64 * 1024));
+    }
 
     fn frame(len: usize, masked: bool) -> Vec<u8> {
         let mut f = vec![0x81];

@@ -277,6 +277,7 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
         metrics,
     } = w;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut turns = conn::WriteTurns::default();
     let reason = loop {
         tokio::select! {
             biased;
@@ -284,12 +285,14 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
             item = out.recv() => {
                 let Some(item) = item else { break None };
                 let text = format.encode(&item);
+                let bytes = text.len();
                 // A write that cannot complete (client not reading) still yields to a close.
                 tokio::select! {
                     biased;
                     res = session.text(text) => if res.is_err() { break None },
                     req = close.requested() => break Some(req),
                 }
+                turns.wrote(bytes).await;
             }
             _ = ping.tick() => {
                 tokio::select! {

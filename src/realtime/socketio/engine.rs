@@ -715,6 +715,7 @@ async fn write_ws(
 ) {
     // Waits for a pending poll to finish before taking over the queue.
     let mut rx = socket.rx.lock().await;
+    let mut turns = conn::WriteTurns::default();
     loop {
         let packet = tokio::select! {
             biased;
@@ -725,12 +726,14 @@ async fn write_ws(
         if matches!(packet, EioPacket::Close) {
             break;
         }
+        let bytes = packet.encoded_len();
         // A write that cannot complete (the client stopped reading) yields to a close.
         let sent = tokio::select! {
             biased;
             sent = send_packet(&mut session, packet) => sent,
             () = socket.closed() => break,
         };
+        turns.wrote(bytes).await;
         match sent {
             Some(Ok(())) | None => {}
             Some(Err(_)) => {

@@ -45,6 +45,15 @@ pub enum EioPacket {
 pub struct PacketError(pub &'static str);
 
 impl EioPacket {
+    /// Bytes of the packet's payload on a WebSocket (its type character aside).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Open(s) | Self::Ping(s) | Self::Pong(s) | Self::Message(s) => s.len(),
+            Self::Binary(b) => b.len(),
+            Self::Close | Self::Upgrade | Self::Noop => 0,
+        }
+    }
+
     /// Decodes a text packet (WebSocket text frame or one polling record).
     pub fn decode_text(text: &str) -> Result<Self, PacketError> {
         let mut chars = text.chars();
