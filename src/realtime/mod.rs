@@ -299,7 +299,9 @@ impl Engine {
             .check(user)
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
         if let Some(cluster) = &self.cluster {
-            if let Some(Err(retry_after_secs)) = cluster.take(bucket, user, per_sec, burst).await {
+            // Boxed: the Redis call's state is large, and every send's task would carry it.
+            let take = Box::pin(cluster.take(bucket, user, per_sec, burst));
+            if let Some(Err(retry_after_secs)) = take.await {
                 return Err(AppError::RateLimited { retry_after_secs });
             }
         }
@@ -316,13 +318,12 @@ impl Engine {
         if let Some(addr) = self.conversations.get(&id) {
             return Ok(addr);
         }
-        self.registry
-            .send(GetConversation {
-                id,
-                remote_seq: None,
-            })
-            .await
-            .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
+        Box::pin(self.registry.send(GetConversation {
+            id,
+            remote_seq: None,
+        }))
+        .await
+        .map_err(|e| AppError::unavailable(format!("registry: {e}")))?
     }
 
     /// Sends a message on behalf of `identity`: rate limit, validation, membership check, group
@@ -364,11 +365,14 @@ impl Engine {
         let mut draft = self.validate(user, draft)?;
         if let Some(id) = draft.media_id.clone() {
             let admin = identity.is_admin();
-            let row = self
-                .db
-                .run(move |conn| crate::db::media::readable(conn, &id, user, admin))
-                .await?
-                .ok_or_else(|| AppError::NotFound("media not found".into()))?;
+            // Boxed, like every wait off the common path: an awaited future is stored inline
+            // in every send's task, whichever branch the send takes.
+            let row = Box::pin(
+                self.db
+                    .run(move |conn| crate::db::media::readable(conn, &id, user, admin)),
+            )
+            .await?
+            .ok_or_else(|| AppError::NotFound("media not found".into()))?;
             attach(&mut draft, &row)?;
         }
         self.take_send(user).await.inspect_err(|_| {
