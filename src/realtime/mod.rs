@@ -29,7 +29,9 @@
 //!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
 //!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
 //!    connection alone is cut off as a slow consumer), and answers the sender's task, which
-//!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY).
+//!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY), letting
+//!    the HTTP/1 dispatcher take what it handed over every `WRITE_TURN_BYTES` so that a burst
+//!    does not grow the connection's write buffer for good.
 
 pub mod actors;
 pub mod call;
