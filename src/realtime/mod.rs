@@ -320,6 +320,7 @@ impl Engine {
         if let Some(addr) = self.conversations.get(&id) {
             return Ok(addr);
         }
+        // Boxed, as the send path's other rare waits (see `send_message_inner`).
         Box::pin(self.registry.send(GetConversation {
             id,
             remote_seq: None,

@@ -5,7 +5,7 @@
 
 use super::dialect::Translator;
 use super::directory::SessionHandle;
-use super::protocol::{ClientFrame, Command, Outbound, Position, WireError};
+use super::protocol::{ClientFrame, Command, Outbound, Position, PresenceSubscribe, WireError};
 use super::registry::{Announce, CloseSession, Connect, Disconnect, SessionLabels, WatchPresence};
 use super::Engine;
 use crate::auth::Identity;
@@ -627,7 +627,7 @@ async fn subscribe_presence(
     engine: &Engine,
     user: i64,
     key: u64,
-    p: crate::realtime::protocol::PresenceSubscribe,
+    p: PresenceSubscribe,
 ) -> AppResult<Value> {
     if p.user_ids.len() > 1000 {
         return Err(AppError::validation("at most 1000 users per subscription"));
