@@ -21,7 +21,7 @@ use diesel::sql_types::{BigInt, Json, Text};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Instant;
-use switchboard::db::messages::{self, Draft, BATCH_SQL};
+use switchboard::db::messages::{self, Draft, BATCH_SQL, ONE_SQL};
 use switchboard::realtime::writer::WRITER_SETUP;
 
 /// Stored messages.
@@ -109,14 +109,15 @@ fn nodes(node: &Value, out: &mut Vec<Value>) {
     }
 }
 
-/// The plan of [`BATCH_SQL`] as a writer's connection makes it: on a connection set up with
-/// [`WRITER_SETUP`], prepared, and planned generically (the same plan for any values, so the
-/// values given are none). Each call prepares it afresh under the name `name`.
-fn explain(conn: &mut PgConnection, name: &str) -> Value {
+/// The plan of `sql` ([`BATCH_SQL`] or [`ONE_SQL`]) as a writer's connection makes it: on a
+/// connection set up with [`WRITER_SETUP`], prepared, and planned generically (the same plan
+/// for any values, so the values given are none). Each call prepares it afresh under the name
+/// `name`.
+fn explain(conn: &mut PgConnection, name: &str, sql: &str) -> Value {
     conn.batch_execute(WRITER_SETUP).unwrap();
     let types = "bigint[], bigint[], text[], text[], text[], bigint[], jsonb[], text[], text[], \
                  bigint[], text[], text[], jsonb[]";
-    conn.batch_execute(&format!("PREPARE {name}({types}) AS {BATCH_SQL}"))
+    conn.batch_execute(&format!("PREPARE {name}({types}) AS {sql}"))
         .unwrap();
     let nulls = vec!["NULL"; 13].join(", ");
     let rows: Vec<Plan> =
@@ -219,20 +220,37 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     let mut conn = db.conn();
     // (a) The statement's plan, made on empty tables (where reading a whole table is cheapest)
     // and again on large ones: index probes only.
-    check_index_only(&explain(&mut conn, "batch_empty"), "on empty tables");
+    check_index_only(
+        &explain(&mut conn, "batch_empty", BATCH_SQL),
+        "on empty tables",
+    );
+    check_index_only(
+        &explain(&mut conn, "one_empty", ONE_SQL),
+        "of one draft on empty tables",
+    );
     fill(&mut conn);
-    let plan = explain(&mut conn, "batch_large");
+    let plan = explain(&mut conn, "batch_large", BATCH_SQL);
     check_index_only(&plan, &format!("on {ROWS} messages"));
+    let one = explain(&mut conn, "one_large", ONE_SQL);
+    check_index_only(&one, &format!("of one draft on {ROWS} messages"));
     // It costs less than reading the table once (it grows with the batch, not the table).
     let full: Vec<Plan> = diesel::sql_query("EXPLAIN (FORMAT JSON) SELECT * FROM messages")
         .load(&mut conn)
         .unwrap();
     let full_cost = full[0].plan[0]["Plan"]["Total Cost"].as_f64().unwrap();
     let batch_cost = plan["Total Cost"].as_f64().unwrap();
-    eprintln!("batch statement cost {batch_cost}, one read of messages {full_cost}");
+    let one_cost = one["Total Cost"].as_f64().unwrap();
+    eprintln!(
+        "batch statement cost {batch_cost}, one draft's {one_cost}, one read of messages \
+         {full_cost}"
+    );
     assert!(
         batch_cost < full_cost / 2.0,
         "batch statement cost {batch_cost} vs full scan {full_cost}"
+    );
+    assert!(
+        one_cost < full_cost / 2.0,
+        "one draft's statement cost {one_cost} vs full scan {full_cost}"
     );
 
     // (b) The same keys through write_batch: stored ones come back as retries, new ones are
@@ -398,6 +416,60 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     assert!(!small_dup.fresh, "the in-batch duplicate was written twice");
     assert_eq!(small_dup.message.id, small_written[5].message.id);
 
+    // (d) Batches of one draft ([`ONE_SQL`]): a new draft, a retry of a stored message, a retry
+    // of the draft just written, and a draft to a conversation that does not exist; no scan.
+    let conv = NEW_CONVS[1];
+    let lone = draft(conv, sender_of(1), "lone-1", "lone");
+    let (lone_written, before, after) = conn
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            let before = (scans(conn, "messages"), scans(conn, "conversations"));
+            let mut written = Vec::new();
+            for d in [
+                lone.clone(),
+                draft(
+                    conversation_of(retried(5)),
+                    sender_of(retried(5)),
+                    &format!("m-{}", retried(5)),
+                    "retry",
+                ),
+                lone.clone(),
+                draft(CONVS + 1, sender_of(1), "lone-nowhere", "lost"),
+            ] {
+                let mut one = messages::write_batch(conn, std::slice::from_ref(&d)).unwrap();
+                assert_eq!(one.len(), 1);
+                written.push(one.remove(0));
+            }
+            let after = (scans(conn, "messages"), scans(conn, "conversations"));
+            Ok((written, before, after))
+        })
+        .unwrap();
+    assert_eq!(
+        (after.0.seq_scan, after.1.seq_scan),
+        (before.0.seq_scan, before.1.seq_scan),
+        "a batch of one draft scanned a table sequentially"
+    );
+    let mut lone_written = lone_written.into_iter();
+    let first = lone_written.next().unwrap().unwrap();
+    assert!(first.fresh, "a new lone draft reported as a retry");
+    let seq = next_seq.get_mut(&conv).unwrap();
+    assert_eq!(first.message.seq, *seq, "the lone draft's seq");
+    assert_eq!(first.message.change_seq, last_change_of(&mut conn, conv));
+    assert_eq!(first.message.content, "lone");
+    *seq += 1;
+    let stored = lone_written.next().unwrap().unwrap();
+    assert!(
+        !stored.fresh,
+        "a lone retry of a stored message reported as new"
+    );
+    assert_eq!(stored.message.id, retried_ids[5]);
+    let again_lone = lone_written.next().unwrap().unwrap();
+    assert!(!again_lone.fresh, "a lone draft written twice");
+    assert_eq!(again_lone.message.id, first.message.id);
+    match lone_written.next().unwrap() {
+        Err(switchboard::error::AppError::NotFound(_)) => {}
+        other => panic!("a lone draft to no conversation: {other:?}"),
+    }
+
     // The whole batch again (a client retrying after a lost ack): nothing new.
     let again: Vec<messages::Written> = messages::write_batch(&mut conn, &drafts)
         .unwrap()
@@ -419,7 +491,7 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     };
     assert_eq!(
         count(&mut conn, "SELECT count(*) AS n FROM messages"),
-        ROWS + NEW + small_new
+        ROWS + NEW + small_new + 1
     );
     assert_eq!(
         count(
@@ -466,8 +538,9 @@ fn batches_update_their_conversation_without_touching_its_indexes() {
     let before = published_updates(&mut conn);
     // Each batch its own transaction, as the writer runs them: all within about a second.
     let started = Instant::now();
+    // Batches of five and of one draft take different statements (`BATCH_SQL`, `ONE_SQL`).
     for b in 0..20 {
-        let drafts: Vec<Draft> = (0..5)
+        let drafts: Vec<Draft> = (0..if b % 2 == 0 { 5 } else { 1 })
             .map(|i| draft(conv, user, &format!("k-{b}-{i}"), "hello"))
             .collect();
         let results = messages::write_batch(&mut conn, &drafts).unwrap();
@@ -487,7 +560,7 @@ fn batches_update_their_conversation_without_touching_its_indexes() {
         updates - hot <= allowed,
         "{hot} of {updates} updates were HOT in {took:?}"
     );
-    assert_eq!(last_seq_of_conn(&mut conn, conv), 100);
+    assert_eq!(last_seq_of_conn(&mut conn, conv), 60);
 }
 
 /// This backend's updates of `conversations` as published to the statistics (forced out now).
@@ -505,6 +578,15 @@ fn published_updates(conn: &mut PgConnection) -> Updates {
     )
     .get_result(conn)
     .unwrap()
+}
+
+fn last_change_of(conn: &mut PgConnection, conv: i64) -> i64 {
+    use switchboard::db::schema::conversations::dsl as c;
+    c::conversations
+        .find(conv)
+        .select(c::last_change)
+        .first(conn)
+        .unwrap()
 }
 
 fn last_seq_of_conn(conn: &mut PgConnection, conv: i64) -> i64 {
