@@ -200,23 +200,14 @@ fn release(held: &mut HashSet<i64>, lanes: &mut Vec<Dedicated>, done: (Vec<i64>,
 
 /// Commits one batch and hands each conversation its results (in batch order, which is their
 /// seq order); answers the batch's conversations once they are free again.
-///
-/// A batch that commits at the first attempt is handed over by the lane's own thread, straight
-/// after its COMMIT, so the results reach the conversations without a turn through this task;
-/// what is left in `waiting` afterwards (a retried or failed batch) is handed over here.
 async fn commit_and_hand_over(
     shard: Shard,
     lane: Dedicated,
-    batch: Vec<WriteRequest>,
+    mut batch: Vec<WriteRequest>,
     conversations: Vec<i64>,
 ) -> (Vec<i64>, Dedicated) {
     let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
-    let waiting = Arc::new(Mutex::new(batch));
-    let outcome = commit(&shard, &lane, drafts, &waiting).await;
-    let batch = std::mem::take(&mut *lock(&waiting));
-    if batch.is_empty() {
-        return (conversations, lane);
-    }
+    let outcome = commit(&shard, &lane, drafts).await;
     let results: Vec<AppResult<Written>> = match outcome {
         Ok(results) => results,
         Err(e) => {
@@ -224,23 +215,6 @@ async fn commit_and_hand_over(
             batch.iter().map(|_| Err(shared())).collect()
         }
     };
-    hand_over(batch, results, &shard.pending);
-    (conversations, lane)
-}
-
-/// The requests of a batch not handed over yet (also after a panic while it was held).
-fn lock(waiting: &Mutex<Vec<WriteRequest>>) -> std::sync::MutexGuard<'_, Vec<WriteRequest>> {
-    waiting
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Tells each conversation of `batch` its results, in batch order.
-fn hand_over(
-    mut batch: Vec<WriteRequest>,
-    results: Vec<AppResult<Written>>,
-    pending: &AtomicUsize,
-) {
     let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
     for (req, res) in batch.drain(..).zip(results) {
         match groups.iter_mut().find(|(r, _)| *r == req.notify) {
@@ -252,7 +226,8 @@ fn hand_over(
     for (recipient, items) in groups {
         recipient.do_send(Committed(items));
     }
-    pending.fetch_sub(done, Ordering::SeqCst);
+    shard.pending.fetch_sub(done, Ordering::SeqCst);
+    (conversations, lane)
 }
 
 /// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
@@ -264,29 +239,18 @@ fn hand_over(
 /// written twice, also those without a client message id. Only a batch that is not in (or
 /// whose status cannot be learnt) is retried; the retry finds drafts with an idempotency key
 /// that did commit and returns them as stored.
-///
-/// When the first attempt commits, the lane's thread hands the batch over itself (taking it out
-/// of `waiting`) and this returns no results.
 async fn commit(
     shard: &Shard,
     lane: &Dedicated,
     drafts: Vec<Draft>,
-    waiting: &Arc<Mutex<Vec<WriteRequest>>>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     let retry = drafts.clone();
     let trace = Arc::new(Mutex::new(BatchTrace::default()));
     let recorded = Arc::clone(&trace);
     let caches = Arc::clone(&shard.caches);
     let caches_again = Arc::clone(&caches);
-    let handed = Arc::clone(waiting);
-    let pending = Arc::clone(&shard.pending);
     let error = match lane
-        .run(move |conn| {
-            let results = messages::write_batch_traced(conn, &drafts, &recorded, Some(&caches))?;
-            let batch = std::mem::take(&mut *lock(&handed));
-            hand_over(batch, results, &pending);
-            Ok(Vec::new())
-        })
+        .run(move |conn| messages::write_batch_traced(conn, &drafts, &recorded, Some(&caches)))
         .await
     {
         Ok(r) => return Ok(r),

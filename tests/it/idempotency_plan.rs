@@ -188,6 +188,29 @@ fn scans(conn: &mut PgConnection, table: &str) -> Scans {
     .unwrap()
 }
 
+/// Runs `work` in one transaction and asserts that it scanned neither `messages` nor
+/// `conversations` sequentially (`what` names it in the failure).
+fn without_seq_scans<T>(
+    conn: &mut PgConnection,
+    what: &str,
+    work: impl FnOnce(&mut PgConnection) -> T,
+) -> T {
+    let (out, before, after) = conn
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            let before = (scans(conn, "messages"), scans(conn, "conversations"));
+            let out = work(conn);
+            let after = (scans(conn, "messages"), scans(conn, "conversations"));
+            Ok((out, before, after))
+        })
+        .unwrap();
+    assert_eq!(
+        (after.0.seq_scan, after.1.seq_scan),
+        (before.0.seq_scan, before.1.seq_scan),
+        "{what} scanned a table sequentially"
+    );
+    out
+}
+
 fn id_of(conn: &mut PgConnection, sender: i64, key: &str) -> i64 {
     use switchboard::db::schema::messages::dsl as m;
     m::messages
@@ -379,19 +402,9 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
         "small 0 again",
     ));
     assert!(small.len() <= messages::SINGLE_STATEMENT_MAX);
-    let (small_written, before, after) = conn
-        .transaction::<_, diesel::result::Error, _>(|conn| {
-            let before = (scans(conn, "messages"), scans(conn, "conversations"));
-            let written = messages::write_batch(conn, &small).unwrap();
-            let after = (scans(conn, "messages"), scans(conn, "conversations"));
-            Ok((written, before, after))
-        })
-        .unwrap();
-    assert_eq!(
-        (after.0.seq_scan, after.1.seq_scan),
-        (before.0.seq_scan, before.1.seq_scan),
-        "the single statement scanned a table sequentially"
-    );
+    let small_written = without_seq_scans(&mut conn, "the single statement", |conn| {
+        messages::write_batch(conn, &small).unwrap()
+    });
     let small_written: Vec<messages::Written> =
         small_written.into_iter().map(|w| w.unwrap()).collect();
     for (i, w) in small_written.iter().take(4).enumerate() {
@@ -420,34 +433,25 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     // of the draft just written, and a draft to a conversation that does not exist; no scan.
     let conv = NEW_CONVS[1];
     let lone = draft(conv, sender_of(1), "lone-1", "lone");
-    let (lone_written, before, after) = conn
-        .transaction::<_, diesel::result::Error, _>(|conn| {
-            let before = (scans(conn, "messages"), scans(conn, "conversations"));
-            let mut written = Vec::new();
-            for d in [
-                lone.clone(),
-                draft(
-                    conversation_of(retried(5)),
-                    sender_of(retried(5)),
-                    &format!("m-{}", retried(5)),
-                    "retry",
-                ),
-                lone.clone(),
-                draft(CONVS + 1, sender_of(1), "lone-nowhere", "lost"),
-            ] {
-                let mut one = messages::write_batch(conn, std::slice::from_ref(&d)).unwrap();
-                assert_eq!(one.len(), 1);
-                written.push(one.remove(0));
-            }
-            let after = (scans(conn, "messages"), scans(conn, "conversations"));
-            Ok((written, before, after))
-        })
-        .unwrap();
-    assert_eq!(
-        (after.0.seq_scan, after.1.seq_scan),
-        (before.0.seq_scan, before.1.seq_scan),
-        "a batch of one draft scanned a table sequentially"
-    );
+    let lone_written = without_seq_scans(&mut conn, "a batch of one draft", |conn| {
+        let mut written = Vec::new();
+        for d in [
+            lone.clone(),
+            draft(
+                conversation_of(retried(5)),
+                sender_of(retried(5)),
+                &format!("m-{}", retried(5)),
+                "retry",
+            ),
+            lone.clone(),
+            draft(CONVS + 1, sender_of(1), "lone-nowhere", "lost"),
+        ] {
+            let mut one = messages::write_batch(conn, std::slice::from_ref(&d)).unwrap();
+            assert_eq!(one.len(), 1);
+            written.push(one.remove(0));
+        }
+        written
+    });
     let mut lone_written = lone_written.into_iter();
     let first = lone_written.next().unwrap().unwrap();
     assert!(first.fresh, "a new lone draft reported as a retry");
