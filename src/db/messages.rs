@@ -259,6 +259,16 @@ macro_rules! bump_conversations {
     };
 }
 
+/// The column list both statements insert a message with ([`BATCH_SQL`], [`ONE_SQL`]), in the
+/// order of their parameters.
+macro_rules! insert_message {
+    () => {
+        " INSERT INTO messages (conversation_id, seq, change_seq, sender_id, kind, content, \
+         media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
+         recipient_type, media_id, media) "
+    };
+}
+
 /// A whole batch in one statement (one round trip between `BEGIN` and `COMMIT`). Its
 /// parameters are one array per column of the batch's candidate drafts (`$1` conversation,
 /// `$2` sender, … `$13` media; see [`write_batch`] for what is decided before), zipped row by
@@ -309,11 +319,9 @@ pub const BATCH_SQL: &str = concat!(
              b.change_base + row_number() OVER w AS change_seq \
          FROM fresh f JOIN bumped b ON b.id = f.conversation_id \
          WINDOW w AS (PARTITION BY f.conversation_id ORDER BY f.ord)), \
-     ins AS ( \
-         INSERT INTO messages (conversation_id, seq, change_seq, sender_id, kind, content, \
-             media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
-             recipient_type, media_id, media) \
-         SELECT conversation_id, seq, change_seq, sender_id, kind, content, media_url, \
+     ins AS (",
+    insert_message!(),
+    "SELECT conversation_id, seq, change_seq, sender_id, kind, content, media_url, \
              reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
              recipient_type, media_id, media FROM numbered \
          RETURNING *) \
@@ -344,11 +352,9 @@ pub const ONE_SQL: &str = concat!(
     " FROM (SELECT 1::bigint AS n) k \
          WHERE c.id = ($1::bigint[])[1] AND NOT EXISTS (SELECT 1 FROM stored) \
          RETURNING c.last_seq AS seq, c.last_change AS change_seq), \
-     ins AS ( \
-         INSERT INTO messages (conversation_id, seq, change_seq, sender_id, kind, content, \
-             media_url, reply_to_id, metadata, client_message_id, sender_type, recipient_id, \
-             recipient_type, media_id, media) \
-         SELECT ($1::bigint[])[1], b.seq, b.change_seq, ($2::bigint[])[1], ($3::text[])[1], \
+     ins AS (",
+    insert_message!(),
+    "SELECT ($1::bigint[])[1], b.seq, b.change_seq, ($2::bigint[])[1], ($3::text[])[1], \
              ($4::text[])[1], ($5::text[])[1], ($6::bigint[])[1], ($7::jsonb[])[1], \
              ($8::text[])[1], ($9::text[])[1], ($10::bigint[])[1], ($11::text[])[1], \
              ($12::text[])[1], ($13::jsonb[])[1] \

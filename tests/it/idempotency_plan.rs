@@ -457,7 +457,7 @@ fn the_batch_statement_probes_the_unique_index_on_empty_and_large_tables() {
     assert!(first.fresh, "a new lone draft reported as a retry");
     let seq = next_seq.get_mut(&conv).unwrap();
     assert_eq!(first.message.seq, *seq, "the lone draft's seq");
-    assert_eq!(first.message.change_seq, last_change_of(&mut conn, conv));
+    assert_eq!(first.message.change_seq, standing_of(&mut conn, conv).1);
     assert_eq!(first.message.content, "lone");
     *seq += 1;
     let stored = lone_written.next().unwrap().unwrap();
@@ -564,7 +564,7 @@ fn batches_update_their_conversation_without_touching_its_indexes() {
         updates - hot <= allowed,
         "{hot} of {updates} updates were HOT in {took:?}"
     );
-    assert_eq!(last_seq_of_conn(&mut conn, conv), 60);
+    assert_eq!(standing_of(&mut conn, conv).0, 60);
 }
 
 /// This backend's updates of `conversations` as published to the statistics (forced out now).
@@ -584,20 +584,12 @@ fn published_updates(conn: &mut PgConnection) -> Updates {
     .unwrap()
 }
 
-fn last_change_of(conn: &mut PgConnection, conv: i64) -> i64 {
+/// Conversation `conv`'s `(last_seq, last_change)`.
+fn standing_of(conn: &mut PgConnection, conv: i64) -> (i64, i64) {
     use switchboard::db::schema::conversations::dsl as c;
     c::conversations
         .find(conv)
-        .select(c::last_change)
-        .first(conn)
-        .unwrap()
-}
-
-fn last_seq_of_conn(conn: &mut PgConnection, conv: i64) -> i64 {
-    use switchboard::db::schema::conversations::dsl as c;
-    c::conversations
-        .find(conv)
-        .select(c::last_seq)
+        .select((c::last_seq, c::last_change))
         .first(conn)
         .unwrap()
 }
