@@ -540,6 +540,9 @@ type BatchOutcome = (Option<i64>, Vec<(usize, bool, Message)>);
 /// run (10 000, then 8 700 acks/s, against 10 700 and 10 900 with three statements); with
 /// hundreds of drafts per batch the two extra round trips cost nothing that shows.
 fn run_batch(conn: &mut PgConnection, candidates: &[Candidate<'_>]) -> AppResult<BatchOutcome> {
+    if candidates.is_empty() {
+        return Ok((None, Vec::new()));
+    }
     if candidates.len() > SINGLE_STATEMENT_MAX {
         return run_large_batch(conn, candidates);
     }
@@ -654,8 +657,9 @@ fn run_large_batch(
 /// the batch is in, and then these are its results.
 #[derive(Debug, Default)]
 pub(crate) struct BatchTrace {
-    /// The transaction's id, taken when the batch has rows to insert (a batch of retries only
-    /// writes nothing, so its outcome needs no resolving).
+    /// The transaction's id, taken when a batch written between `BEGIN` and `COMMIT` has rows
+    /// to insert (a batch of retries only writes nothing, so its outcome needs no resolving; a
+    /// batch that [stands alone](Plan::stands_alone) is settled by a retry instead).
     pub txid: Option<i64>,
     /// The results being committed, set just before COMMIT.
     pub results: Option<Vec<AppResult<Written>>>,
@@ -670,7 +674,7 @@ pub(crate) fn trace_of(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Writes a batch of drafts in one transaction. Conversations are locked in id order, their
+/// Writes a batch of drafts atomically. Conversations are locked in id order, their
 /// `last_seq` bumped by the number of new messages, and all rows inserted (`run_batch`), so
 /// `seq` stays gap-free even with several processes writing. A draft whose
 /// `(sender, clientMessageId)` already exists returns the stored message instead. Per-draft
@@ -684,14 +688,35 @@ pub fn write_batch(
 
 /// [`write_batch`], recording its transaction id and results in `trace` as it goes; `caches`
 /// (when given) remember who writes to whom between batches.
+///
+/// What needs no lock is read first ([`plan_rows`]), outside any transaction: under READ
+/// COMMITTED every statement reads a snapshot of its own, in a transaction or not, so these
+/// reads see what they would see inside one. Then:
+/// - a batch that [stands alone](Plan::stands_alone) (small, every draft keyed) is written by
+///   its one statement as a transaction of its own, without the round trips of `BEGIN` and
+///   `COMMIT`, the latency of a send under light load. Should its answer be lost, nothing is
+///   recorded in `trace`, so the writer retries the batch, and the retry finds by their keys
+///   whatever rows the lost statement committed;
+/// - any other batch is written between `BEGIN` and `COMMIT`, its transaction id and results
+///   recorded in `trace` before COMMIT, so that a lost COMMIT answer can be settled by the
+///   transaction's status (a draft without a key could not be found again by a retry).
 pub(crate) fn write_batch_traced(
     conn: &mut PgConnection,
     drafts: &[Draft],
     trace: &std::sync::Mutex<BatchTrace>,
     caches: Option<&WriteCaches>,
 ) -> AppResult<Vec<AppResult<Written>>> {
+    let plan = plan_rows(conn, drafts, caches)?;
+    if plan.stands_alone() {
+        let (_, written) = run_batch(conn, &plan.candidates)?;
+        return plan.finish(written);
+    }
     conn.transaction(|conn| {
-        let results = write_rows(conn, drafts, trace, caches)?;
+        let (txid, written) = run_batch(conn, &plan.candidates)?;
+        if txid.is_some() {
+            trace_of(trace).txid = txid;
+        }
+        let results = plan.finish(written)?;
         trace_of(trace).results = Some(results);
         Ok::<(), AppError>(())
     })?;
@@ -734,17 +759,78 @@ pub(crate) fn transaction_status(conn: &mut PgConnection, txid: i64) -> AppResul
     })
 }
 
-/// The body of a [`write_batch`] transaction. What needs no lock is settled first, mostly
-/// without the database: a draft repeating an earlier draft's idempotency key in the same batch
-/// gets that draft's result; a reply target must be a message of the same conversation (one
-/// query, only when the batch holds replies); who writes to whom ([`Parties`]) comes from
-/// `caches` where they know it. The rest is `run_batch`.
-fn write_rows(
+/// A batch made ready for its statement by [`plan_rows`].
+struct Plan<'a> {
+    /// Per draft, its result where it is known before anything is written.
+    results: Vec<Option<AppResult<Written>>>,
+    /// The drafts that go to the statement, by their place in the batch.
+    picked: Vec<usize>,
+    /// Drafts that repeat an earlier draft's idempotency key in the batch, with that draft.
+    dup_of: Vec<(usize, usize)>,
+    /// The picked drafts, with who writes to whom.
+    candidates: Vec<Candidate<'a>>,
+}
+
+impl Plan<'_> {
+    /// Whether the batch can be written by one statement outside `BEGIN` and `COMMIT`: it has
+    /// nothing to write, or it is written by [`BATCH_SQL`] (or [`ONE_SQL`]) alone and every
+    /// draft carries an idempotency key, by which a retry finds what a lost statement wrote.
+    fn stands_alone(&self) -> bool {
+        self.candidates.len() <= SINGLE_STATEMENT_MAX
+            && self
+                .candidates
+                .iter()
+                .all(|c| c.draft.sender_id.is_some() && c.draft.client_message_id.is_some())
+    }
+
+    /// Every draft's result, from what the statement `written` (see [`BatchOutcome`]).
+    fn finish(self, written: Vec<(usize, bool, Message)>) -> AppResult<Vec<AppResult<Written>>> {
+        let Plan {
+            mut results,
+            picked,
+            dup_of,
+            ..
+        } = self;
+        for (at, fresh, message) in written {
+            let owner = picked
+                .get(at)
+                .copied()
+                .ok_or_else(|| AppError::internal("batch row of no draft"))?;
+            results[owner] = Some(Ok(Written { message, fresh }));
+        }
+        // A candidate without a row: its conversation was not there to lock.
+        for &i in &picked {
+            results[i]
+                .get_or_insert_with(|| Err(AppError::NotFound("conversation not found".into())));
+        }
+        for (dup, first) in dup_of {
+            results[dup] = Some(match &results[first] {
+                Some(Ok(w)) => Ok(Written {
+                    message: w.message.clone(),
+                    fresh: false,
+                }),
+                Some(Err(e)) => Err(AppError::bad_request(ErrorCode::Duplicate, e.to_string())),
+                None => Err(AppError::internal("duplicate of an unwritten draft")),
+            });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
+            .collect())
+    }
+}
+
+/// Settles what needs no lock, mostly without the database: a draft repeating an earlier
+/// draft's idempotency key in the same batch gets that draft's result; a reply target must be a
+/// message of the same conversation (one query, only when the batch holds replies); who writes
+/// to whom ([`Parties`]) comes from `caches` where they know it. None of it changes once
+/// written (a message's conversation, a conversation's kind), or is read as of now wherever it
+/// is read (a user's roles).
+fn plan_rows<'a>(
     conn: &mut PgConnection,
-    drafts: &[Draft],
-    trace: &std::sync::Mutex<BatchTrace>,
+    drafts: &'a [Draft],
     caches: Option<&WriteCaches>,
-) -> AppResult<Vec<AppResult<Written>>> {
+) -> AppResult<Plan<'a>> {
     let mut results: Vec<Option<AppResult<Written>>> = (0..drafts.len()).map(|_| None).collect();
 
     // 1. Reply targets must live in the same conversation.
@@ -799,38 +885,12 @@ fn write_rows(
             }
         })
         .collect();
-    if !candidates.is_empty() {
-        let (txid, written) = run_batch(conn, &candidates)?;
-        if txid.is_some() {
-            trace_of(trace).txid = txid;
-        }
-        for (at, fresh, message) in written {
-            let owner = picked
-                .get(at)
-                .copied()
-                .ok_or_else(|| AppError::internal("batch row of no draft"))?;
-            results[owner] = Some(Ok(Written { message, fresh }));
-        }
-        // A candidate without a row: its conversation was not there to lock.
-        for &i in &picked {
-            results[i]
-                .get_or_insert_with(|| Err(AppError::NotFound("conversation not found".into())));
-        }
-    }
-    for (dup, first) in dup_of {
-        results[dup] = Some(match &results[first] {
-            Some(Ok(w)) => Ok(Written {
-                message: w.message.clone(),
-                fresh: false,
-            }),
-            Some(Err(e)) => Err(AppError::bad_request(ErrorCode::Duplicate, e.to_string())),
-            None => Err(AppError::internal("duplicate of an unwritten draft")),
-        });
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(AppError::internal("draft left without a result"))))
-        .collect())
+    Ok(Plan {
+        results,
+        picked,
+        dup_of,
+        candidates,
+    })
 }
 
 /// The kind of user seed 002 names (`user|astrologer|admin`), from a user's roles.

@@ -18,10 +18,11 @@
 //!    one) and `try_send`s to it (4096 → `unavailable`).
 //! 4. The conversation checks membership in memory and queues the draft for its writer shard
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
-//! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction: `BEGIN`, one
-//!    prepared statement (pairwise idempotency lookup, conversations locked and seqs reserved,
-//!    every row inserted; a batch of one draft has a statement of its own with a smaller plan),
-//!    `COMMIT`, on a connection of its own (outside `DB_POOL_SIZE`; its plans read tables only
+//! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction: one prepared
+//!    statement (pairwise idempotency lookup, conversations locked and seqs reserved, every row
+//!    inserted; a batch of one draft has a statement of its own with a smaller plan), alone
+//!    when every draft has a client message id, else between `BEGIN` and `COMMIT`, on a
+//!    connection of its own (outside `DB_POOL_SIZE`; its plans read tables only
 //!    through indexes), up to `WRITE_IN_FLIGHT` batches at once but never two holding one
 //!    conversation (a COMMIT whose answer is lost is settled by the transaction's status, then
 //!    by one retry), then hands each conversation its rows in seq order (bounded by what the

@@ -238,7 +238,9 @@ async fn commit_and_hand_over(
 /// settles that first: a batch that is in keeps the results it committed, so no draft is
 /// written twice, also those without a client message id. Only a batch that is not in (or
 /// whose status cannot be learnt) is retried; the retry finds drafts with an idempotency key
-/// that did commit and returns them as stored.
+/// that did commit and returns them as stored. A small batch whose drafts all have such a key
+/// is written without `BEGIN` and `COMMIT` (one statement is its own transaction), records no
+/// id, and is settled by that retry alone.
 async fn commit(
     shard: &Shard,
     lane: &Dedicated,

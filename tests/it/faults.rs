@@ -1,6 +1,6 @@
 //! Faults around the database, over real sockets and a real PostgreSQL: a batch whose COMMIT
-//! went through but whose answer was lost still reaches every connected member once and in seq
-//! order; `sync` answers are one consistent snapshot while other clients commit; a burst of
+//! (or, for a batch written by one statement alone, whose statement) went through but whose
+//! answer was lost still reaches every connected member once and in seq order; `sync` answers are one consistent snapshot while other clients commit; a burst of
 //! closing sockets gets every user's `last_seen_at` written through a small pool.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,24 +18,23 @@ use tokio::task::AbortHandle;
 /// The simple-protocol `COMMIT` query as it travels to PostgreSQL: `Q`, length 11, text, NUL.
 const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
-/// A statement only the message writer's transaction runs (its batch statement, which reserves
-/// seq numbers). It is a
-/// prepared statement: its text travels once per connection (in the Parse message), and later
-/// batches name it in a Bind message (see [`Reserve`]).
+/// A statement only the message writer runs (its batch statements, which reserve seq numbers).
+/// Each is a prepared statement: its text travels once per connection (in the Parse message),
+/// and later batches name it in a Bind message (see [`Reserve`]).
 const RESERVE_MARK: &[u8] = b"SET last_seq = c.last_seq";
 
 /// Diesel's names of prepared statements start with this.
 const STATEMENT_NAME: &[u8] = b"__diesel_stmt_";
 
-/// Where one relayed connection's client runs the writer's reserve statement.
+/// Where one relayed connection's client runs the writer's reserve statements.
 #[derive(Default)]
 struct Reserve {
-    /// `\0<name>\0`: the statement as a Bind message names it, once it was prepared.
-    bind: Option<Vec<u8>>,
+    /// `\0<name>\0`: each statement as a Bind message names it, once it was prepared.
+    binds: Vec<Vec<u8>>,
 }
 
 impl Reserve {
-    /// Whether `chunk` runs the reserve statement (its text, or a Bind of its prepared name);
+    /// Whether `chunk` runs a reserve statement (its text, or a Bind of its prepared name);
     /// learns the name from a Parse of it.
     fn runs(&mut self, chunk: &[u8]) -> bool {
         if let Some(at) = chunk
@@ -51,21 +50,29 @@ impl Reserve {
                     let mut bind = vec![0];
                     bind.extend_from_slice(&before[start..start + len]);
                     bind.push(0);
-                    self.bind = Some(bind);
+                    self.binds.push(bind);
                 }
             }
             return true;
         }
-        self.bind.as_ref().is_some_and(|bind| contains(chunk, bind))
+        self.binds.iter().any(|bind| contains(chunk, bind))
+    }
+
+    /// Whether `chunk` executes a reserve statement: binds its prepared name. The driver
+    /// prepares a statement in a round trip of its own (a Parse carrying the text), which
+    /// executes nothing.
+    fn executes(&self, chunk: &[u8]) -> bool {
+        !contains(chunk, RESERVE_MARK) && self.binds.iter().any(|bind| contains(chunk, bind))
     }
 }
 
 /// The writer's question whether a transaction committed.
 const STATUS_QUERY: &[u8] = b"txid_status(";
 
-/// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT reach
-/// the server, waits for the server's answer and then drops the connection instead of passing
-/// the answer on: the transaction is committed and the client never learns it. Patterns armed
+/// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT (or,
+/// armed for a statement, its next batch statement) reach the server, waits for the server's
+/// answer and then drops the connection instead of passing the answer on: the transaction is
+/// committed and the client never learns it. Patterns armed
 /// to follow it (the writer's status question, its retry) then each cut the next connection
 /// that sends them, so the writer cannot learn the outcome, or cannot retry either.
 struct LossyRelay {
@@ -77,6 +84,9 @@ struct LossyRelay {
 #[derive(Clone, Default)]
 struct Trips {
     armed: Arc<AtomicBool>,
+    statement_armed: Arc<AtomicBool>,
+    /// The transaction state each lost answer ended with (`I` idle: nothing left open).
+    lost_states: Arc<Mutex<Vec<u8>>>,
     cuts: Arc<AtomicUsize>,
     then_cut: Arc<Mutex<Vec<&'static [u8]>>>,
     cutting: Arc<Mutex<Vec<&'static [u8]>>>,
@@ -109,6 +119,12 @@ impl LossyRelay {
         self.trips.armed.store(true, Ordering::SeqCst);
     }
 
+    /// Loses the answer to the next batch statement, which a batch of keyed drafts runs alone
+    /// (as its own transaction, without `BEGIN` and `COMMIT`).
+    fn arm_statement(&self) {
+        self.trips.statement_armed.store(true, Ordering::SeqCst);
+    }
+
     /// After the COMMIT answer is lost, cuts the next connection that sends `pattern`.
     fn then_cut(&self, pattern: &'static [u8]) {
         self.trips.then_cut.lock().unwrap().push(pattern);
@@ -125,6 +141,10 @@ impl LossyRelay {
     /// PostgreSQL is reachable again.
     fn restore(&self) {
         self.trips.down.store(false, Ordering::SeqCst);
+    }
+
+    fn lost_states(&self) -> Vec<u8> {
+        self.trips.lost_states.lock().unwrap().clone()
     }
 
     fn cuts(&self) -> usize {
@@ -175,15 +195,21 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
                 if sw.write_all(chunk).await.is_err() {
                     return;
                 }
+                let lose = (reserve.executes(chunk)
+                    && trips.statement_armed.swap(false, Ordering::SeqCst))
+                    || (commit && message_batch && trips.armed.swap(false, Ordering::SeqCst));
+                if lose {
+                    // The client waits for this answer; let PostgreSQL finish it (up to its
+                    // ReadyForQuery, sent once the statement or COMMIT is done) and drop both
+                    // sides.
+                    let state = swallow_answer(&mut sr, &mut down).await;
+                    trips.lost_states.lock().unwrap().extend(state);
+                    let next: Vec<&'static [u8]> = trips.then_cut.lock().unwrap().drain(..).collect();
+                    trips.cutting.lock().unwrap().extend(next);
+                    trips.cuts.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 if commit {
-                    if message_batch && trips.armed.swap(false, Ordering::SeqCst) {
-                        // The client waits for this answer; read it and drop both sides.
-                        let _ = sr.read(&mut down).await;
-                        let next: Vec<&'static [u8]> = trips.then_cut.lock().unwrap().drain(..).collect();
-                        trips.cutting.lock().unwrap().extend(next);
-                        trips.cuts.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
                     message_batch = false;
                 }
             }
@@ -197,6 +223,24 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, trips: Trips) {
                 }
             }
         }
+    }
+}
+
+/// Reads PostgreSQL's answer up to the ReadyForQuery message that ends it (`Z`, length 5,
+/// the transaction state) and answers that state.
+async fn swallow_answer(server: &mut (impl AsyncReadExt + Unpin), buf: &mut [u8]) -> Option<u8> {
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = match server.read(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        tail.extend_from_slice(&buf[..n]);
+        let len = tail.len();
+        if len >= 6 && tail[len - 6..len - 1] == *b"Z\0\0\0\x05" {
+            return Some(tail[len - 1]);
+        }
+        tail.drain(..len.saturating_sub(6));
     }
 }
 
@@ -263,17 +307,21 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         .await
         .unwrap();
 
-    // The COMMIT of this batch reaches PostgreSQL; its answer never comes back, and neither does
-    // the answer to whether it committed: the writer retries, and the retry finds the message
+    // A keyed draft is written by its statement alone, as a transaction of its own. The
+    // statement reaches PostgreSQL and commits; its answer never comes back. There is no
+    // transaction id to ask about: the writer retries at once, and the retry finds the message
     // stored under its client message id.
-    relay.arm();
-    relay.then_cut(STATUS_QUERY);
+    relay.arm_statement();
     let lost = a
         .request("message:send", send("answer lost", "k2"))
         .await
         .expect("the writer's retry finds the committed message and acks it");
-    assert_eq!(relay.cuts(), 1, "the COMMIT answer was cut");
-    assert_eq!(relay.pattern_cuts(), 1, "the status answer was cut");
+    assert_eq!(relay.cuts(), 1, "the statement's answer was cut");
+    assert_eq!(
+        relay.lost_states(),
+        b"I",
+        "the statement ran outside BEGIN and COMMIT, committed when it ended"
+    );
     assert_eq!(
         lost["seq"].as_i64().unwrap(),
         first["seq"].as_i64().unwrap() + 1
@@ -290,6 +338,11 @@ async fn a_batch_whose_commit_answer_was_lost_reaches_every_member_once_in_seq_o
         .await
         .expect("the committed batch is acknowledged");
     assert_eq!(relay.cuts(), 2, "the second COMMIT answer was cut");
+    assert_eq!(
+        relay.lost_states(),
+        b"II",
+        "the COMMIT closed its transaction"
+    );
     assert_eq!(
         unkeyed["seq"].as_i64().unwrap(),
         lost["seq"].as_i64().unwrap() + 1
@@ -425,11 +478,9 @@ async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members
     assert_eq!(seqs_until(&mut b, &conv, 1).await, vec![1]);
 
     // Alice's and then Bob's message make one batch: the writer runs on this thread, which is
-    // held while both reach its queue. The batch commits, the answer to its COMMIT is lost, the
-    // status question is cut and so is the retry's batch statement: both are told the send
-    // failed.
-    relay.arm();
-    relay.then_cut(STATUS_QUERY);
+    // held while both reach its queue. The batch (keyed drafts: one statement alone) commits,
+    // its answer is lost, and so is the retry's batch statement: both are told the send failed.
+    relay.arm_statement();
     relay.then_cut(RESERVE_MARK);
     let frame = |payload: Value| {
         json!({"event": "message:send", "payload": payload, "id": 100}).to_string()
@@ -442,7 +493,7 @@ async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members
         let answer = answer_to(client, 100).await;
         assert_eq!(answer["payload"]["code"], "unavailable", "{answer}");
     }
-    assert_eq!((relay.cuts(), relay.pattern_cuts()), (1, 2));
+    assert_eq!((relay.cuts(), relay.pattern_cuts()), (1, 1));
 
     // Alice resends hers at once and goes on; Bob resends his only after that.
     let resent = a
