@@ -51,7 +51,8 @@
 #   BENCH_ARGS              more `switchboard-bench` options, passed to every run
 #   PEER_DIR [../shared/bench/peer-socketio]          Node peer (npm ci in a copy)
 #   SIOXIDE_DIR [../shared/bench/peer-socketioxide]   Rust peer (built in a copy)
-#   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory
+#   SIOXIDE_TARGET_DIR [/tmp/peer-sioxide-target]     its cargo target directory (the copy
+#                           it is built from is SIOXIDE_TARGET_DIR-src)
 #   SERVER_RUST_LOG [warn]  Switchboard's RUST_LOG (the bench itself follows RUST_LOG)
 #   CARGO_TARGET_DIR        where Switchboard is built (release/switchboard is run from there)
 #
@@ -334,7 +335,9 @@ if [ -n "$NEED_NODE" ]; then
 fi
 if [ -n "$NEED_SIOXIDE" ]; then
     say "== Rust peer (cargo build --release in a copy of $SIOXIDE_DIR) =="
-    SIOXIDE_COPY="$OUT/peer-socketioxide"
+    # Outside this repository: a copy under it would be taken for a member of Switchboard's
+    # cargo workspace, and cargo refuses to build it.
+    SIOXIDE_COPY="$SIOXIDE_TARGET_DIR-src"
     rm -rf "$SIOXIDE_COPY"
     mkdir -p "$SIOXIDE_COPY"
     (cd "$SIOXIDE_DIR" && tar --exclude=./target -cf - .) | (cd "$SIOXIDE_COPY" && tar -xf -)

@@ -204,6 +204,10 @@ pub(crate) fn participant_key(a: i64, b: i64) -> String {
 
 /// Returns the direct conversation of two users, creating it (and both memberships) if needed.
 /// Safe under concurrency: the unique participant key decides, the loser re-reads.
+///
+/// A pair that already has one, the common case (every call's log is posted there), is
+/// answered by one statement, outside any transaction: the conversation by its key, provided
+/// both users still exist. Only a pair without one takes the transaction that creates it.
 pub fn get_or_create_direct(
     conn: &mut PgConnection,
     a: i64,
@@ -215,6 +219,17 @@ pub fn get_or_create_direct(
         ));
     }
     let key = participant_key(a, b);
+    let exists = |user: i64| diesel::dsl::exists(users::table.filter(users::id.eq(user)));
+    let found: Option<Conversation> = conversations::table
+        .filter(conversations::participant_key.eq(&key))
+        .filter(exists(a))
+        .filter(exists(b))
+        .select(Conversation::as_select())
+        .first(conn)
+        .optional()?;
+    if let Some(conv) = found {
+        return Ok((conv, false));
+    }
     conn.transaction(|conn| {
         let existing_users: i64 = users::table
             .filter(users::id.eq_any([a, b]))

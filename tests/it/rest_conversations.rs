@@ -488,3 +488,32 @@ async fn group_members_are_managed_by_owners_and_rest_sends_are_rate_limited() {
         .await;
     assert_eq!(status, 403, "removed members can no longer send");
 }
+
+#[actix_web::test]
+async fn an_existing_direct_conversation_is_found_again_without_writing() {
+    use switchboard::db::conversations::get_or_create_direct;
+    let s = TestServer::start().await;
+    let a = s.create_user("Ann", "ann@example.com", None, &[]);
+    let b = s.create_user("Ben", "ben@example.com", None, &[]);
+    let c = s.create_user("Cid", "cid@example.com", None, &[]);
+    let mut conn = s.db.conn();
+    let (first, created) = get_or_create_direct(&mut conn, a, b).unwrap();
+    assert!(created);
+    for (x, y) in [(a, b), (b, a), (a, b)] {
+        let (again, created) = get_or_create_direct(&mut conn, x, y).unwrap();
+        assert_eq!((again.id, created), (first.id, false));
+    }
+    // Finding it again inserted nothing, not even an attempt that took a conversation id.
+    let (next, created) = get_or_create_direct(&mut conn, a, c).unwrap();
+    assert!(created);
+    assert_eq!(
+        next.id,
+        first.id + 1,
+        "no conversation id was used up meanwhile"
+    );
+    assert!(get_or_create_direct(&mut conn, a, a).is_err());
+    assert!(
+        get_or_create_direct(&mut conn, a, c + 1000).is_err(),
+        "unknown user"
+    );
+}
