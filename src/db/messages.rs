@@ -229,6 +229,14 @@ pub struct Draft {
     pub media: Option<Value>,
 }
 
+impl Draft {
+    /// `(sender_id, client_message_id)`, by which a retry of this draft finds the stored
+    /// message; none when either is missing.
+    pub(crate) fn idempotency_key(&self) -> Option<(i64, &str)> {
+        Some((self.sender_id?, self.client_message_id.as_deref()?))
+    }
+}
+
 /// The result of writing one draft.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -579,7 +587,7 @@ fn run_large_batch(
 ) -> AppResult<BatchOutcome> {
     let keyed: Vec<(i64, &str)> = candidates
         .iter()
-        .filter_map(|c| Some((c.draft.sender_id?, c.draft.client_message_id.as_deref()?)))
+        .filter_map(|c| c.draft.idempotency_key())
         .collect();
     let mut stored: HashMap<(i64, String), Message> = HashMap::new();
     if !keyed.is_empty() {
@@ -713,9 +721,7 @@ pub(crate) fn write_batch_traced(
     }
     conn.transaction(|conn| {
         let (txid, written) = run_batch(conn, &plan.candidates)?;
-        if txid.is_some() {
-            trace_of(trace).txid = txid;
-        }
+        trace_of(trace).txid = txid;
         let results = plan.finish(written)?;
         trace_of(trace).results = Some(results);
         Ok::<(), AppError>(())
@@ -780,7 +786,7 @@ impl Plan<'_> {
             && self
                 .candidates
                 .iter()
-                .all(|c| c.draft.sender_id.is_some() && c.draft.client_message_id.is_some())
+                .all(|c| c.draft.idempotency_key().is_some())
     }
 
     /// Every draft's result, from what the statement `written` (see [`BatchOutcome`]).
@@ -851,12 +857,12 @@ fn plan_rows<'a>(
     let mut first_in_batch: HashMap<(i64, &str), usize> = HashMap::new();
     let mut dup_of: Vec<(usize, usize)> = Vec::new();
     for (i, d) in drafts.iter().enumerate() {
-        if let (Some(s), Some(k)) = (d.sender_id, d.client_message_id.as_deref()) {
-            if let Some(&first) = first_in_batch.get(&(s, k)) {
+        if let Some(key) = d.idempotency_key() {
+            if let Some(&first) = first_in_batch.get(&key) {
                 dup_of.push((i, first));
                 continue;
             }
-            first_in_batch.insert((s, k), i);
+            first_in_batch.insert(key, i);
         }
         if let Some(r) = d.reply_to_id {
             if reply_conv.get(&r) != Some(&d.conversation_id) {

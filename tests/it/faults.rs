@@ -1,7 +1,8 @@
 //! Faults around the database, over real sockets and a real PostgreSQL: a batch whose COMMIT
 //! (or, for a batch written by one statement alone, whose statement) went through but whose
-//! answer was lost still reaches every connected member once and in seq order; `sync` answers are one consistent snapshot while other clients commit; a burst of
-//! closing sockets gets every user's `last_seen_at` written through a small pool.
+//! answer was lost still reaches every connected member once and in seq order; `sync` answers
+//! are one consistent snapshot while other clients commit; a burst of closing sockets gets
+//! every user's `last_seen_at` written through a small pool.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common::{TestDb, TestServer, WsClient};
@@ -72,9 +73,9 @@ const STATUS_QUERY: &[u8] = b"txid_status(";
 /// A relay in front of PostgreSQL that, once armed, lets the next message batch's COMMIT (or,
 /// armed for a statement, its next batch statement) reach the server, waits for the server's
 /// answer and then drops the connection instead of passing the answer on: the transaction is
-/// committed and the client never learns it. Patterns armed
-/// to follow it (the writer's status question, its retry) then each cut the next connection
-/// that sends them, so the writer cannot learn the outcome, or cannot retry either.
+/// committed and the client never learns it. Patterns armed to follow it (the writer's status
+/// question, its retry) then each cut the next connection that sends them, so the writer
+/// cannot learn the outcome, or cannot retry either.
 struct LossyRelay {
     addr: SocketAddr,
     trips: Trips,
