@@ -119,6 +119,10 @@ pub struct Config {
     /// `DB_ACQUIRE_TIMEOUT_MS` — how long a request waits for a pooled connection before it is
     /// answered 503 `unavailable`. Default 2000.
     pub db_acquire_timeout: Duration,
+    /// `DB_CHECK_IDLE_MS` — a pooled connection idle longer than this (or whose last work failed)
+    /// is checked with `SELECT 1` before it is handed out; one used more recently is trusted.
+    /// 0 checks every checkout. Default 1000.
+    pub db_check_idle: Duration,
     /// `JWT_SECRET` — HMAC key for access tokens, OTP digests and TURN credentials; at least
     /// 32 bytes unless `SWITCHBOARD_DEV=1`. Required.
     pub jwt_secret: Secret,
@@ -464,6 +468,7 @@ impl Default for Config {
             database_url: Secret::default(),
             db_pool_size: 16,
             db_acquire_timeout: Duration::from_millis(2000),
+            db_check_idle: Duration::from_millis(1000),
             jwt_secret: Secret::default(),
             dev_mode: false,
             bind: "127.0.0.1:8080".to_owned(),
@@ -781,6 +786,7 @@ impl Config {
         parse(src, "DATABASE_URL", &mut self.database_url)?;
         parse(src, "DB_POOL_SIZE", &mut self.db_pool_size)?;
         parse_millis(src, "DB_ACQUIRE_TIMEOUT_MS", &mut self.db_acquire_timeout)?;
+        parse_millis(src, "DB_CHECK_IDLE_MS", &mut self.db_check_idle)?;
         parse(src, "JWT_SECRET", &mut self.jwt_secret)?;
         parse_bool(src, "SWITCHBOARD_DEV", &mut self.dev_mode)?;
         parse(src, "BIND", &mut self.bind)?;

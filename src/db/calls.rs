@@ -1,10 +1,11 @@
 //! Calls and call participants: every state transition of a call is written here.
 
+use super::prepared::{Prepared, Statement};
 use super::schema::{call_participants, calls};
 use crate::error::AppResult;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::upsert::excluded;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 /// A call row.
@@ -67,31 +68,78 @@ pub struct ParticipantRow {
     pub left_at: Option<DateTime<Utc>>,
 }
 
-/// Writes the call and its participants as they are now (insert or update).
+/// The call row and its participants as they are now, inserted or updated by one statement (one
+/// round trip, a transaction of its own): the call upsert runs in a data-modifying `WITH`, the
+/// participants' upsert reads the call id it returns, so a participant row never stands without
+/// its call. A participant's role, device and invitation time are kept as first written; its
+/// status, join and leave times follow the call.
+struct SaveCall;
+
+impl Statement for SaveCall {
+    const SQL: &'static str = "WITH saved AS ( \
+        INSERT INTO calls (id, kind, call_type, provider, channel_name, caller_id, \
+            conversation_id, status, end_reason, ended_by, created_at, ringing_at, answered_at, \
+            ended_at, duration_secs) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+        ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, call_type = EXCLUDED.call_type, \
+            provider = EXCLUDED.provider, channel_name = EXCLUDED.channel_name, \
+            caller_id = EXCLUDED.caller_id, conversation_id = EXCLUDED.conversation_id, \
+            status = EXCLUDED.status, end_reason = EXCLUDED.end_reason, \
+            ended_by = EXCLUDED.ended_by, created_at = EXCLUDED.created_at, \
+            ringing_at = EXCLUDED.ringing_at, answered_at = EXCLUDED.answered_at, \
+            ended_at = EXCLUDED.ended_at, duration_secs = EXCLUDED.duration_secs \
+        RETURNING id) \
+    INSERT INTO call_participants (call_id, user_id, role, status, device_session_id, \
+        invited_at, joined_at, left_at) \
+    SELECT saved.id, p.user_id, p.role, p.status, p.device_session_id, p.invited_at, \
+        p.joined_at, p.left_at \
+    FROM saved, unnest($16::bigint[], $17::text[], $18::text[], $19::text[], \
+        $20::timestamptz[], $21::timestamptz[], $22::timestamptz[]) \
+        AS p(user_id, role, status, device_session_id, invited_at, joined_at, left_at) \
+    ON CONFLICT (call_id, user_id) DO UPDATE SET status = EXCLUDED.status, \
+        joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at";
+}
+
+/// Writes the call and its participants as they are now (insert or update), in one statement
+/// ([`SaveCall`]).
 pub(crate) fn save(
     conn: &mut PgConnection,
     call: &CallRow,
     parties: &[ParticipantRow],
 ) -> AppResult<()> {
-    conn.transaction(|conn| {
-        diesel::insert_into(calls::table)
-            .values(call)
-            .on_conflict(calls::id)
-            .do_update()
-            .set(call)
-            .execute(conn)?;
-        diesel::insert_into(call_participants::table)
-            .values(parties)
-            .on_conflict((call_participants::call_id, call_participants::user_id))
-            .do_update()
-            .set((
-                call_participants::status.eq(excluded(call_participants::status)),
-                call_participants::joined_at.eq(excluded(call_participants::joined_at)),
-                call_participants::left_at.eq(excluded(call_participants::left_at)),
-            ))
-            .execute(conn)?;
-        Ok(())
-    })
+    let column = |f: fn(&ParticipantRow) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
+        parties.iter().map(f).collect()
+    };
+    Prepared::<SaveCall>::new()
+        .bind::<Text, _>(call.id.clone())
+        .bind::<Text, _>(call.kind.clone())
+        .bind::<Text, _>(call.call_type.clone())
+        .bind::<Text, _>(call.provider.clone())
+        .bind::<Nullable<Text>, _>(call.channel_name.clone())
+        .bind::<Nullable<BigInt>, _>(call.caller_id)
+        .bind::<Nullable<BigInt>, _>(call.conversation_id)
+        .bind::<Text, _>(call.status.clone())
+        .bind::<Nullable<Text>, _>(call.end_reason.clone())
+        .bind::<Nullable<BigInt>, _>(call.ended_by)
+        .bind::<Timestamptz, _>(call.created_at)
+        .bind::<Nullable<Timestamptz>, _>(call.ringing_at)
+        .bind::<Nullable<Timestamptz>, _>(call.answered_at)
+        .bind::<Nullable<Timestamptz>, _>(call.ended_at)
+        .bind::<Nullable<Integer>, _>(call.duration_secs)
+        .bind::<Array<BigInt>, _>(parties.iter().map(|p| p.user_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(parties.iter().map(|p| p.role.clone()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(parties.iter().map(|p| p.status.clone()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            parties
+                .iter()
+                .map(|p| p.device_session_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(parties.iter().map(|p| p.invited_at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(|p| p.joined_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(|p| p.left_at))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// Whether a call id is taken (client-chosen room names).

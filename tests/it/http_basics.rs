@@ -1,6 +1,11 @@
 //! End-to-end HTTP behaviour that every route shares: health endpoints, JSON error envelopes for
 //! malformed input, unknown routes, profile changes and user search with cursor pagination.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 use crate::common::{code, TestServer};
 use serde_json::json;
@@ -219,4 +224,68 @@ async fn user_search_filters_by_name_or_phone_and_pages_by_cursor() {
 
     let (status, body) = s.get("/users?cursor=zzz", Some(&token)).await;
     assert_eq!((status, code(&body)), (400, "invalid_cursor"));
+}
+
+/// Ends every session of the test database's server but the asking one (as a PostgreSQL
+/// restart or an idle-session killer would), and says how many it ended.
+fn end_server_sessions(s: &TestServer) -> i64 {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    #[derive(QueryableByName)]
+    struct Ended {
+        #[diesel(sql_type = BigInt)]
+        ended: i64,
+    }
+    let mut conn = s.db.conn();
+    diesel::sql_query(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .get_result::<Ended>(&mut conn)
+    .unwrap()
+    .ended
+}
+
+/// A pooled connection whose PostgreSQL session ended under it is replaced. Used within
+/// `DB_CHECK_IDLE_MS` it is trusted without a check, so work on it fails once with 503
+/// `unavailable` (never a 500, never a hang) and the pool then opens a new one; with the check on
+/// every checkout (0) nothing fails.
+#[actix_web::test]
+async fn pooled_connections_whose_sessions_ended_are_replaced() {
+    for (check_idle, may_fail) in [(Duration::from_secs(60), true), (Duration::ZERO, false)] {
+        let s = TestServer::start_with(|c| c.db_check_idle = check_idle).await;
+        let user = s.create_user("Pooled", "pooled@example.com", None, &[]);
+        let token = s.token_for(user);
+        for _ in 0..5 {
+            let (status, body) = s.get("/users/profile", Some(&token)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let ended = end_server_sessions(&s);
+        assert!(ended >= 1, "the server held no session to end");
+        let mut failed = 0;
+        let mut answers = Vec::new();
+        for _ in 0..40 {
+            let (status, body) = s.get("/users/profile", Some(&token)).await;
+            if status != 200 {
+                assert_eq!((status, code(&body)), (503, "unavailable"), "{body}");
+                failed += 1;
+            }
+            answers.push(status);
+        }
+        let pool_size = i64::from(switchboard::config::Config::default().db_pool_size);
+        assert!(
+            i64::from(failed) <= ended.min(pool_size),
+            "{failed} failures for {ended} ended sessions: {answers:?}"
+        );
+        assert!(
+            answers[answers.len() - 20..].iter().all(|&a| a == 200),
+            "the pool did not recover: {answers:?}"
+        );
+        if !may_fail {
+            assert_eq!(failed, 0, "checked on every checkout: {answers:?}");
+        }
+        eprintln!(
+            "DB_CHECK_IDLE_MS={check_idle:?}: {ended} sessions ended, {failed} requests failed"
+        );
+    }
 }
