@@ -236,6 +236,14 @@ pub struct Config {
     /// `CLUSTER_GAP_WAIT_MS` — how long a node waits for a message seq another node has not
     /// delivered yet before reading it from the database. Default 50.
     pub cluster_gap_wait: Duration,
+    /// `CLUSTER_OWNED_WRITES` — each conversation's messages are written by one node (chosen
+    /// by hashing the conversation over the live nodes); a send with a `clientMessageId` that
+    /// arrives elsewhere is forwarded to that node. Default true.
+    pub cluster_owned_writes: bool,
+    /// `CLUSTER_FORWARD_TIMEOUT_MS` — how long a forwarded send waits for the writing node
+    /// before this node writes it itself (its key finds the other node's copy, if any).
+    /// Default 2000.
+    pub cluster_forward_timeout: Duration,
     /// `CLUSTER_LIMIT_TIMEOUT_MS` — longest wait for Redis's answer to a cluster-wide rate-limit
     /// check on a send or a call; past it (or at once while the connection is down) the node's
     /// own limiter decides alone. Default 250.
@@ -514,6 +522,8 @@ impl Default for Config {
             node_heartbeat: Duration::from_millis(2000),
             node_ttl: Duration::from_millis(10_000),
             cluster_gap_wait: Duration::from_millis(50),
+            cluster_owned_writes: true,
+            cluster_forward_timeout: Duration::from_millis(2000),
             cluster_limit_timeout: Duration::from_millis(250),
             cluster_queue: 65_536,
             ring_timeout: Duration::from_secs(40),
@@ -995,6 +1005,12 @@ impl Config {
         parse_millis(src, "NODE_HEARTBEAT_MS", &mut self.node_heartbeat)?;
         parse_millis(src, "NODE_TTL_MS", &mut self.node_ttl)?;
         parse_millis(src, "CLUSTER_GAP_WAIT_MS", &mut self.cluster_gap_wait)?;
+        parse_bool(src, "CLUSTER_OWNED_WRITES", &mut self.cluster_owned_writes)?;
+        parse_millis(
+            src,
+            "CLUSTER_FORWARD_TIMEOUT_MS",
+            &mut self.cluster_forward_timeout,
+        )?;
         parse_millis(
             src,
             "CLUSTER_LIMIT_TIMEOUT_MS",

@@ -874,6 +874,17 @@ fn register_cluster(r: &mut Registry, c: &crate::realtime::cluster::ClusterCount
         "Dead nodes whose devices this node took offline",
         ConstCounter::new(c.nodes_reaped),
     );
+    r.register(
+        "cluster_sends_forwarded",
+        "Sends forwarded to the node that writes their conversation (CLUSTER_OWNED_WRITES)",
+        ConstCounter::new(c.forwarded),
+    );
+    r.register(
+        "cluster_forward_fallbacks",
+        "Forwarded sends that got no answer within CLUSTER_FORWARD_TIMEOUT_MS and were written \
+         by this node",
+        ConstCounter::new(c.forward_fallbacks),
+    );
 }
 
 /// A count as a gauge value.

@@ -8,12 +8,12 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::policy::ContactCache;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// A stored message.
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
+/// A stored message (it crosses nodes as JSON, see `realtime::cluster`).
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Serialize, Deserialize)]
 #[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
 pub struct Message {
     /// Primary key.
@@ -201,8 +201,9 @@ impl Message {
     }
 }
 
-/// A validated message waiting to be written.
-#[derive(Clone, Debug)]
+/// A validated message waiting to be written (it crosses nodes as JSON when another node
+/// writes its conversation, see `realtime::cluster`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Draft {
     /// Conversation.
     pub conversation_id: i64,

@@ -42,6 +42,7 @@ use super::registry::{
 };
 use super::Engine;
 use crate::config::Config;
+use crate::db::messages::{Draft, Message};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::realtime::events;
 use chrono::{DateTime, Utc};
@@ -186,6 +187,101 @@ enum Body<'a> {
         request: u64,
         refusal: Option<WireRefusal>,
     },
+    /// A send for a conversation node `to` writes: committed there, answered with `Sent`.
+    /// `sender` is the user the sending node verified; `origin` the sending session, skipped
+    /// in the fan-out (it gets the ack).
+    Send {
+        to: String,
+        request: u64,
+        sender: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<u64>,
+        draft: Draft,
+    },
+    /// The outcome of a forwarded send, for node `to`.
+    Sent {
+        to: String,
+        request: u64,
+        outcome: Result<Message, WireError>,
+    },
+}
+
+/// Why a forwarded send was refused: the error's kind, its code and what the client is told.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireError {
+    kind: WireErrorKind,
+    code: String,
+    message: String,
+}
+
+/// The kinds of [`AppError`] a send can end with (anything else crosses as `Unavailable`).
+#[derive(Debug, Serialize, Deserialize)]
+enum WireErrorKind {
+    BadRequest,
+    Validation,
+    Forbidden,
+    NotAllowed,
+    NotFound,
+    Conflict,
+    TooLarge,
+    Unavailable,
+}
+
+impl WireError {
+    fn of(e: &AppError) -> Self {
+        let kind = match e {
+            AppError::BadRequest { .. } => WireErrorKind::BadRequest,
+            AppError::Validation { .. } => WireErrorKind::Validation,
+            AppError::Forbidden(_) => WireErrorKind::Forbidden,
+            AppError::NotAllowed(_) => WireErrorKind::NotAllowed,
+            AppError::NotFound(_) => WireErrorKind::NotFound,
+            AppError::Conflict { .. } => WireErrorKind::Conflict,
+            AppError::TooLarge(_) => WireErrorKind::TooLarge,
+            _ => WireErrorKind::Unavailable,
+        };
+        Self {
+            kind,
+            code: e.code().as_str().to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    fn into_error(self) -> AppError {
+        let code = ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == self.code);
+        let message = self.message;
+        match (self.kind, code) {
+            (WireErrorKind::BadRequest, Some(code)) => AppError::bad_request(code, message),
+            (WireErrorKind::Validation, Some(code)) => AppError::Validation {
+                code,
+                message: message.into(),
+            },
+            (WireErrorKind::Validation, None) => AppError::validation(message),
+            (WireErrorKind::Forbidden, _) => AppError::Forbidden(message.into()),
+            (WireErrorKind::NotAllowed, _) => AppError::NotAllowed(message.into()),
+            (WireErrorKind::NotFound, _) => AppError::NotFound(message.into()),
+            (WireErrorKind::Conflict, Some(code)) => AppError::conflict(code, message),
+            (WireErrorKind::TooLarge, _) => AppError::TooLarge(message.into()),
+            _ => AppError::unavailable(format!("the writing node refused the send: {message}")),
+        }
+    }
+}
+
+/// Where `node` ranks for writing `conversation` (the highest-ranked live node writes it): a
+/// hash of both that every node computes alike (FNV-1a, then a 64-bit finaliser).
+fn write_rank(node: &str, conversation: i64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain(conversation.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// A call input as it crosses nodes (see [`CallEvent`]).
@@ -611,14 +707,15 @@ return users
 const TAKE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local next_tat = tat + interval
-local wait = next_tat - now - burst * interval
-if wait > 0 then return math.ceil(wait) end
+local free = math.floor((now + burst * interval - tat) / interval)
+if free < 1 then return -math.max(1, math.ceil(tat + interval - now - burst * interval)) end
+local granted = math.min(want, free)
+local next_tat = tat + granted * interval
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1)
-return 0
+return granted
 ";
 
 /// A node's view of the cluster (for `/health`).
@@ -652,6 +749,10 @@ pub struct ClusterCounts {
     pub gap_fills: u64,
     /// Dead nodes whose entries this node removed.
     pub nodes_reaped: u64,
+    /// Sends forwarded to the node that writes their conversation.
+    pub forwarded: u64,
+    /// Forwarded sends that got no answer in time and were written here.
+    pub forward_fallbacks: u64,
 }
 
 /// This node's link to the others.
@@ -691,7 +792,17 @@ pub struct Cluster {
     client: std::sync::OnceLock<fred::clients::Client>,
     /// Forwarded call inputs waiting for their owner node's answer.
     pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<WireRefusal>>>>,
+    /// Forwarded sends waiting for the writing node's answer.
+    pending_sends: std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Message, WireError>>>>,
     next_request: AtomicU64,
+    /// `CLUSTER_OWNED_WRITES`.
+    owned_writes: bool,
+    /// `CLUSTER_FORWARD_TIMEOUT_MS`.
+    forward_timeout: Duration,
+    /// Sends forwarded to the node that writes their conversation.
+    forwarded: AtomicU64,
+    /// Forwarded sends that got no answer in time and were written here.
+    forward_fallbacks: AtomicU64,
 }
 
 /// The half of the cluster link that runs once the engine exists.
@@ -764,7 +875,12 @@ impl Cluster {
             resync: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
             pending: std::sync::Mutex::default(),
+            pending_sends: std::sync::Mutex::default(),
             next_request: AtomicU64::new(1),
+            owned_writes: config.cluster_owned_writes,
+            forward_timeout: config.cluster_forward_timeout,
+            forwarded: AtomicU64::new(0),
+            forward_fallbacks: AtomicU64::new(0),
         });
         let runner = Runner {
             cluster: Arc::clone(&cluster),
@@ -784,7 +900,7 @@ impl Cluster {
     }
 
     /// This node's id.
-    pub(crate) fn node(&self) -> &str {
+    pub fn node(&self) -> &str {
         &self.node
     }
 
@@ -814,6 +930,8 @@ impl Cluster {
             dropped: self.dropped.load(Ordering::Relaxed),
             gap_fills: self.gap_fills.load(Ordering::Relaxed),
             nodes_reaped: self.nodes_reaped.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            forward_fallbacks: self.forward_fallbacks.load(Ordering::Relaxed),
         }
     }
 
@@ -949,18 +1067,20 @@ impl Cluster {
             .map_err(|e| AppError::unavailable(format!("call directory unavailable: {e}")))
     }
 
-    /// Takes one token of `user`'s cluster-wide `bucket` (`per_sec` sustained, `burst` at
-    /// once): `Ok`, or `Err(secs)` until one is free; `None` while Redis cannot answer within
-    /// `CLUSTER_LIMIT_TIMEOUT_MS` (the node's own limiter then decides alone). While Redis is
-    /// known to be down it is not asked; in the moments before this node notices, the command
-    /// fails at once on a broken connection instead of waiting for the reconnection.
+    /// Takes up to `want` tokens (at least one) of `user`'s cluster-wide `bucket` (`per_sec`
+    /// sustained, `burst` at once): `Ok(tokens taken)`, or `Err(secs)` until one is free;
+    /// `None` while Redis cannot answer within `CLUSTER_LIMIT_TIMEOUT_MS` (the node's own
+    /// limiter then decides alone). While Redis is known to be down it is not asked; in the
+    /// moments before this node notices, the command fails at once on a broken connection
+    /// instead of waiting for the reconnection.
     pub(crate) async fn take(
         &self,
         bucket: &str,
         user: i64,
         per_sec: f64,
         burst: u32,
-    ) -> Option<Result<(), u64>> {
+        want: u32,
+    ) -> Option<Result<u32, u64>> {
         let client = self.redis()?;
         let key = format!("{}:limit:{bucket}:{user}", self.keys.prefix);
         let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
@@ -969,12 +1089,16 @@ impl Cluster {
             .eval::<i64, _, _, _>(
                 TAKE_SCRIPT,
                 vec![key],
-                vec![interval_ms.to_string(), burst.max(1).to_string()],
+                vec![
+                    interval_ms.to_string(),
+                    burst.max(1).to_string(),
+                    want.max(1).to_string(),
+                ],
             )
             .await;
         match answer {
-            Ok(0) => Some(Ok(())),
-            Ok(wait_ms) => Some(Err(u64::try_from(wait_ms)
+            Ok(granted) if granted > 0 => Some(Ok(u32::try_from(granted).unwrap_or(1))),
+            Ok(wait_ms) => Some(Err(u64::try_from(wait_ms.saturating_neg())
                 .unwrap_or(1000)
                 .div_ceil(1000)
                 .max(1))),
@@ -1085,6 +1209,102 @@ impl Cluster {
             .remove(&request);
         if let Some(tx) = waiting {
             let _ = tx.send(refusal);
+        }
+    }
+
+    /// The node that writes `conversation`'s messages, when that is another node: the live
+    /// node (this one and those heard from lately) that ranks highest for it. `None`: this
+    /// node writes it (also while Redis is away, or with `CLUSTER_OWNED_WRITES` off).
+    pub fn writer_of(&self, conversation: i64) -> Option<String> {
+        if !self.owned_writes
+            || !self.redis_up.load(Ordering::Relaxed)
+            || !self.subscribed.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut best = write_rank(&self.node, conversation);
+        let mut writer = None;
+        for (node, (_, heard)) in peers.iter() {
+            if heard.elapsed() >= self.peer_ttl {
+                continue;
+            }
+            let rank = write_rank(node, conversation);
+            if rank > best {
+                best = rank;
+                writer = Some(node);
+            }
+        }
+        writer.cloned()
+    }
+
+    /// Forwards a send to `writer` (see [`Cluster::writer_of`]) and waits for its outcome.
+    /// `None`: no answer within `CLUSTER_FORWARD_TIMEOUT_MS` (or it could not be published);
+    /// the caller writes the send itself, and sends go to `writer` again once it is heard from.
+    pub(crate) async fn forward_send(
+        &self,
+        writer: String,
+        sender: i64,
+        origin: Option<u64>,
+        draft: &Draft,
+    ) -> Option<AppResult<Message>> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, answer) = oneshot::channel();
+        self.pending_sends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(request, tx);
+        let published = serde_json::to_string(&Body::Send {
+            to: writer.clone(),
+            request,
+            sender,
+            origin,
+            draft: draft.clone(),
+        })
+        .ok()
+        .is_some_and(|text| self.outgoing.try_send(Outgoing::Publish(text)).is_ok());
+        let outcome = if published {
+            self.forwarded.fetch_add(1, Ordering::Relaxed);
+            tokio::time::timeout(self.forward_timeout, answer)
+                .await
+                .ok()
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        self.pending_sends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&request);
+        match outcome {
+            Some(Ok(outcome)) => Some(outcome.map_err(WireError::into_error)),
+            _ => {
+                self.forward_fallbacks.fetch_add(1, Ordering::Relaxed);
+                let forgotten = self
+                    .peers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&writer)
+                    .is_some();
+                if forgotten {
+                    tracing::warn!(peer = %writer, conversation = draft.conversation_id, "cluster: a forwarded send got no answer; this node writes it, and writes what it would forward to that node until it hears from it again");
+                }
+                None
+            }
+        }
+    }
+
+    fn sent(&self, request: u64, outcome: Result<Message, WireError>) {
+        let waiting = self
+            .pending_sends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&request);
+        if let Some(tx) = waiting {
+            let _ = tx.send(outcome);
         }
     }
 
@@ -1755,11 +1975,42 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
                 cluster.answered(request, refusal);
             }
         }
+        Body::Send {
+            to,
+            request,
+            sender,
+            origin,
+            draft,
+        } => {
+            if to != cluster.node {
+                return;
+            }
+            let from_node = from.to_owned();
+            let engine = engine.clone();
+            let cluster = Arc::clone(cluster);
+            tokio::spawn(async move {
+                let outcome = engine.commit_send(sender, origin, draft).await;
+                cluster.publish(Body::Sent {
+                    to: from_node,
+                    request,
+                    outcome: outcome.map(|w| w.message).map_err(|e| WireError::of(&e)),
+                });
+            });
+        }
+        Body::Sent {
+            to,
+            request,
+            outcome,
+        } => {
+            if to == cluster.node {
+                cluster.sent(request, outcome);
+            }
+        }
         Body::Event {
             users,
             name,
             data,
-            skip: _,
+            skip,
             message: Some((conversation, seq)),
         } => {
             let event =
@@ -1768,6 +2019,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
                 seq,
                 event,
                 users: users.into_owned().into(),
+                skip,
             };
             if let Some(addr) = engine.conversations.get(&conversation) {
                 let _ = addr.try_send(remote);

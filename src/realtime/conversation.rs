@@ -90,6 +90,9 @@ pub(crate) struct RemoteMessage {
     pub event: Arc<ServerEvent>,
     /// Its recipients (the conversation's members when it was committed).
     pub users: Arc<[i64]>,
+    /// The session that sent it (it gets the ack instead; it may be on this node when this
+    /// node forwarded the send to the conversation's writing node).
+    pub skip: Option<u64>,
 }
 
 /// Cluster mode: how old a conversation's messages must be for a starting conversation actor
@@ -755,7 +758,7 @@ impl Handler<RemoteMessage> for ConversationActor {
         }
         self.waiting
             .entry(msg.seq)
-            .or_insert((msg.event, msg.users, None));
+            .or_insert((msg.event, msg.users, msg.skip));
         self.release_waiting();
         self.schedule_gap_fill(ctx);
     }

@@ -139,6 +139,8 @@ pub struct Engine {
     pub writer: writer::Writer,
     /// Per-user send limiter.
     pub send_limiter: Arc<UserLimiter>,
+    /// Cluster mode: tokens of users' shared send buckets leased to this node.
+    pub(crate) send_leases: Arc<ratelimit::Leases>,
     /// Per-user call limiter.
     pub call_limiter: Arc<UserLimiter>,
     /// Arbiters that host conversation actors.
@@ -230,6 +232,7 @@ impl Engine {
                 config.message_rate_per_min,
                 config.message_burst,
             )),
+            send_leases: Arc::new(ratelimit::Leases::new(config.message_burst)),
             config,
             db,
             registry,
@@ -265,10 +268,13 @@ impl Engine {
 
     /// One message send of `user` against `MESSAGE_RATE_PER_MIN` / `MESSAGE_BURST`: this
     /// node's bucket first, then (cluster mode) the user's bucket shared by every node.
+    /// In cluster mode the shared bucket's tokens are leased ([`ratelimit::Leases`]), so a
+    /// user sending fast does not ask Redis on every send.
     pub(crate) async fn take_send(&self, user: i64) -> AppResult<()> {
         let config = &self.config;
         self.take_limit(
             &self.send_limiter,
+            Some(&self.send_leases),
             "send",
             user,
             f64::from(config.message_rate_per_min.max(1)) / 60.0,
@@ -283,6 +289,7 @@ impl Engine {
         let config = &self.config;
         self.take_limit(
             &self.call_limiter,
+            None,
             "call",
             user,
             f64::from(config.call_rate_per_hour.max(1)) / 3600.0,
@@ -294,6 +301,7 @@ impl Engine {
     async fn take_limit(
         &self,
         local: &UserLimiter,
+        leases: Option<&ratelimit::Leases>,
         bucket: &str,
         user: i64,
         per_sec: f64,
@@ -303,10 +311,24 @@ impl Engine {
             .check(user)
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
         if let Some(cluster) = &self.cluster {
+            let now = std::time::Instant::now();
+            let want = match leases.map(|l| l.spend(user, now)) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(want)) => want,
+                None => 1,
+            };
             // Boxed: the Redis call's state is large, and every send's task would carry it.
-            let take = Box::pin(cluster.take(bucket, user, per_sec, burst));
-            if let Some(Err(retry_after_secs)) = take.await {
-                return Err(AppError::RateLimited { retry_after_secs });
+            let take = Box::pin(cluster.take(bucket, user, per_sec, burst, want));
+            match take.await {
+                Some(Err(retry_after_secs)) => {
+                    return Err(AppError::RateLimited { retry_after_secs })
+                }
+                Some(Ok(granted)) => {
+                    if let Some(leases) = leases {
+                        leases.granted(user, granted, now);
+                    }
+                }
+                None => {}
             }
         }
         Ok(())
@@ -383,6 +405,39 @@ impl Engine {
         self.take_send(user).await.inspect_err(|_| {
             self.metrics.rate_limited(crate::metrics::Limit::Messages);
         })?;
+        // Cluster mode: a keyed send goes to the node that writes its conversation. Without an
+        // answer in time it is written here; its key finds that node's copy, if any.
+        let writer = self
+            .cluster
+            .as_ref()
+            .filter(|_| draft.client_message_id.is_some())
+            .and_then(|c| Some((c, c.writer_of(draft.conversation_id)?)));
+        if let Some((cluster, writer)) = writer {
+            if let Some(addr) = self.conversations.get(&draft.conversation_id) {
+                // Sending ends the sender's typing indicator, which this node's actor holds.
+                let _ = addr.try_send(Typing {
+                    user,
+                    active: false,
+                });
+            }
+            let forwarded = Box::pin(cluster.forward_send(writer, user, origin, &draft)).await;
+            if let Some(outcome) = forwarded {
+                return outcome.map(|m| m.view());
+            }
+        }
+        self.commit_send(user, origin, draft)
+            .await
+            .map(|w| w.message.view())
+    }
+
+    /// Commits a validated send through its conversation's actor (membership check, group
+    /// commit, fan-out in seq order); returns once the row is committed.
+    pub(crate) async fn commit_send(
+        &self,
+        user: i64,
+        origin: Option<u64>,
+        draft: Draft,
+    ) -> AppResult<messages::Written> {
         let conversation_id = draft.conversation_id;
         let mut attempt = 0;
         loop {
@@ -409,7 +464,7 @@ impl Engine {
                 }
             }
             return match rx.await {
-                Ok(result) => result.map(|w| w.message.view()),
+                Ok(result) => result,
                 Err(_) if attempt == 0 => {
                     attempt += 1;
                     continue;

@@ -128,6 +128,84 @@ impl UserLimiter {
     }
 }
 
+/// How long tokens leased from a cluster-wide bucket may be spent before they lapse.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Cluster mode: tokens a node took from users' cluster-wide buckets (in Redis) in one go and
+/// spends without asking Redis again. A user who spends a whole lease before it lapses is
+/// leased twice as many next time (up to a quarter of the burst, at most 64); one whose lease
+/// lapsed with tokens left, half as many (down to one: one Redis question per send, as without
+/// leases). The tokens come out of the one bucket, so all nodes together never let a user
+/// past the limit; a node may hold up to a lease's worth that the user's devices on other
+/// nodes cannot use until it lapses (`LEASE_TTL`).
+#[derive(Debug)]
+pub(crate) struct Leases {
+    shards: Vec<Mutex<HashMap<i64, Lease>>>,
+    most: u32,
+}
+
+/// One user's lease on this node.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    left: u32,
+    until: Instant,
+    want: u32,
+}
+
+impl Leases {
+    /// Leases for buckets of `burst` tokens.
+    pub(crate) fn new(burst: u32) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            most: (burst / 4).clamp(1, 64),
+        }
+    }
+
+    fn shard(&self, user: i64) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
+        self.shards[user.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Spends a leased token of `user` (`Ok`), or says how many tokens to ask the bucket for.
+    pub(crate) fn spend(&self, user: i64, now: Instant) -> Result<(), u32> {
+        let mut shard = self.shard(user);
+        if shard.len() >= SWEEP_AT {
+            shard.retain(|_, l| l.until > now);
+        }
+        let Some(lease) = shard.get_mut(&user) else {
+            return Err(1);
+        };
+        if lease.left > 0 && now < lease.until {
+            lease.left -= 1;
+            if lease.left == 0 {
+                lease.want = (lease.want * 2).min(self.most);
+            }
+            return Ok(());
+        }
+        if lease.left > 0 {
+            lease.want = (lease.want / 2).max(1);
+            lease.left = 0;
+        }
+        Err(lease.want)
+    }
+
+    /// The bucket granted `granted` tokens to `user`, one of them spent now.
+    pub(crate) fn granted(&self, user: i64, granted: u32, now: Instant) {
+        let mut shard = self.shard(user);
+        let lease = shard.entry(user).or_insert(Lease {
+            left: 0,
+            until: now,
+            want: 1,
+        });
+        lease.left = granted.saturating_sub(1);
+        lease.until = now + LEASE_TTL;
+        if lease.left == 0 && granted >= lease.want {
+            lease.want = (lease.want * 2).min(self.most);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -164,6 +242,44 @@ mod tests {
             let shard = shard.lock().unwrap();
             assert!(shard.sweep_at >= shard.buckets.len(), "{}", shard.sweep_at);
         }
+    }
+
+    #[test]
+    fn leases_grow_while_spent_and_shrink_when_they_lapse() {
+        let leases = Leases::new(40);
+        let t0 = Instant::now();
+        // A new user asks for one token; each lease spent in full doubles the next, up to a
+        // quarter of the burst.
+        assert_eq!(leases.spend(7, t0), Err(1));
+        leases.granted(7, 1, t0);
+        assert_eq!(leases.spend(7, t0), Err(2));
+        leases.granted(7, 2, t0);
+        assert_eq!(leases.spend(7, t0), Ok(()));
+        assert_eq!(leases.spend(7, t0), Err(4));
+        leases.granted(7, 4, t0);
+        for _ in 0..3 {
+            assert_eq!(leases.spend(7, t0), Ok(()));
+        }
+        assert_eq!(leases.spend(7, t0), Err(8));
+        leases.granted(7, 8, t0);
+        for _ in 0..7 {
+            assert_eq!(leases.spend(7, t0), Ok(()));
+        }
+        assert_eq!(leases.spend(7, t0), Err(10), "capped at burst / 4");
+        // The bucket may grant fewer than asked: those are spent, then it is asked again.
+        leases.granted(7, 3, t0);
+        assert_eq!(leases.spend(7, t0), Ok(()));
+        assert_eq!(leases.spend(7, t0), Ok(()));
+        assert_eq!(leases.spend(7, t0), Err(10));
+        // A lease that lapses with tokens left is not spent; the next is half as large.
+        leases.granted(7, 10, t0);
+        let later = t0 + LEASE_TTL;
+        assert_eq!(leases.spend(7, later), Err(5));
+        assert_eq!(leases.spend(8, later), Err(1), "users lease apart");
+        // A small burst never leases more than one token at a time.
+        let small = Leases::new(5);
+        small.granted(1, 1, t0);
+        assert_eq!(small.spend(1, t0), Err(1));
     }
 
     #[test]

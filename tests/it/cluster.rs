@@ -8,6 +8,7 @@ use crate::common;
 
 use crate::common::{RedisSpace, TestServer, WsClient};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn group(s: &TestServer, creator: i64, members: &[i64]) -> i64 {
@@ -879,4 +880,191 @@ async fn frames_go_to_the_other_nodes_inbox_and_the_shared_bus_carries_only_hell
         "{bodies_to:?}"
     );
     listener.quit().await.unwrap();
+}
+
+/// A counter or gauge of a node's `/metrics` (0 when absent).
+async fn metric(s: &TestServer, name: &str) -> u64 {
+    let (_, text) = s.get("/metrics", None).await;
+    let text = text["text"].as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// Each conversation's messages are written by one node: a keyed send that reaches the other
+/// node is forwarded there and acknowledged from that node's commit, and every device but the
+/// sending one gets it once, in seq order. When the writing node stops answering, the
+/// forwarding node writes the send itself after `CLUSTER_FORWARD_TIMEOUT_MS`, without storing
+/// a second copy of what the writing node had stored under the same key, and writes the next
+/// ones at once.
+#[actix_web::test]
+async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops_answering() {
+    let space = RedisSpace::new();
+    let forward_timeout = Duration::from_millis(400);
+    let first = TestServer::start_with(|c| {
+        space.join(c, "a");
+        c.cluster_forward_timeout = forward_timeout;
+    })
+    .await;
+    let second = first
+        .node(|c| {
+            space.join(c, "b");
+            c.cluster_forward_timeout = forward_timeout;
+        })
+        .await;
+    first.wait_for_cluster(2).await;
+    second.wait_for_cluster(2).await;
+    let alice = first.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = first.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = first.direct(alice, bob);
+    let cluster = |s: &TestServer| Arc::clone(s.running.state.engine.cluster.as_ref().unwrap());
+    let (ca, cb) = (cluster(&first), cluster(&second));
+    let (writer, forwarder) = match (ca.writer_of(conv), cb.writer_of(conv)) {
+        (Some(w), None) if w == cb.node() => (&second, &first),
+        (None, Some(w)) if w == ca.node() => (&first, &second),
+        other => panic!("the nodes disagree on who writes conversation {conv}: {other:?}"),
+    };
+    let mut sending = WsClient::connect(forwarder, &forwarder.token_for(alice)).await;
+    let mut other_device = WsClient::connect(forwarder, &forwarder.token_for(alice)).await;
+    let mut alice_on_writer = WsClient::connect(writer, &writer.token_for(alice)).await;
+    let mut bob_on_writer = WsClient::connect(writer, &writer.token_for(bob)).await;
+    for c in [
+        &mut sending,
+        &mut other_device,
+        &mut alice_on_writer,
+        &mut bob_on_writer,
+    ] {
+        c.request("ping", json!({})).await.unwrap();
+    }
+    let send = |n: u32| {
+        json!({"conversationId": conv.to_string(), "content": format!("m{n}"),
+               "clientMessageId": format!("key-{n}")})
+    };
+    for n in 1..=5 {
+        let ack = sending.request("message:send", send(n)).await.unwrap();
+        assert_eq!(ack["seq"], json!(i64::from(n)), "{ack}");
+        assert_eq!(ack["clientMessageId"], json!(format!("key-{n}")), "{ack}");
+    }
+    assert_eq!(
+        metric(forwarder, "switchboard_cluster_sends_forwarded_total").await,
+        5
+    );
+    assert_eq!(
+        metric(writer, "switchboard_cluster_sends_forwarded_total").await,
+        0
+    );
+    for (who, c) in [
+        ("the sender's other device", &mut other_device),
+        ("the sender on the writing node", &mut alice_on_writer),
+        ("the recipient", &mut bob_on_writer),
+    ] {
+        let mut seqs = Vec::new();
+        while seqs.len() < 5 {
+            seqs.push(c.expect_event("message:new").await["seq"].as_i64().unwrap());
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{who}");
+    }
+    assert!(
+        sending
+            .maybe_event("message:new", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the sending device gets acks, not its own messages"
+    );
+
+    // The writing node stores key-6 from Alice's device there, then stops answering.
+    let stored = alice_on_writer
+        .request("message:send", send(6))
+        .await
+        .unwrap();
+    assert_eq!(stored["seq"], json!(6), "{stored}");
+    cluster(writer).halt();
+    let again = sending.request("message:send", send(6)).await.unwrap();
+    assert_eq!(
+        (&again["id"], &again["seq"]),
+        (&stored["id"], &stored["seq"]),
+        "the fallback found the writing node's copy: {again}"
+    );
+    let next = sending.request("message:send", send(7)).await.unwrap();
+    assert_eq!(next["seq"], json!(7), "{next}");
+    assert_eq!(
+        metric(forwarder, "switchboard_cluster_forward_fallbacks_total").await,
+        1,
+        "after one send without an answer the node writes its sends itself"
+    );
+    let mut conn = first.db.conn();
+    let rows: Vec<Option<String>> = {
+        use diesel::prelude::*;
+        use switchboard::db::schema::messages;
+        messages::table
+            .filter(messages::conversation_id.eq(conv))
+            .order(messages::seq.asc())
+            .select(messages::client_message_id)
+            .load(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(
+        rows,
+        (1..=7)
+            .map(|n| Some(format!("key-{n}")))
+            .collect::<Vec<_>>(),
+        "every key stored once, in order"
+    );
+}
+
+/// A user sending fast through two nodes: each node leases tokens of the user's shared bucket
+/// in batches (growing while they are spent), and the two together still let through no more
+/// than the burst plus what refilled meanwhile; tokens one node holds when the bucket runs dry
+/// are lost to the other for at most a lease.
+#[actix_web::test]
+async fn leased_send_tokens_never_let_a_user_past_the_cluster_wide_limit() {
+    let space = RedisSpace::new();
+    let limits = |c: &mut switchboard::config::Config| {
+        c.message_rate_per_min = 60;
+        c.message_burst = 40;
+    };
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        limits(c);
+    })
+    .await;
+    let b = a
+        .node(|c| {
+            space.join(c, "b");
+            limits(c);
+        })
+        .await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let mut on_a = connect(&a, alice).await;
+    let mut on_b = connect(&b, alice).await;
+    let started = Instant::now();
+    let mut accepted = 0_u64;
+    for n in 0..80 {
+        let c = if (n / 3) % 2 == 0 {
+            &mut on_a
+        } else {
+            &mut on_b
+        };
+        match c
+            .request(
+                "message:send",
+                json!({"conversationId": conv.to_string(), "content": format!("m{n}")}),
+            )
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => assert_eq!(e["code"], "rate_limited", "{e}"),
+        }
+    }
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        accepted <= 40 + refilled,
+        "{accepted} sends let through, burst 40, {refilled} refilled"
+    );
+    // A lease is at most a quarter of the burst (10): at most 9 stranded on each node.
+    assert!(accepted >= 40 - 18, "{accepted} sends let through");
 }
