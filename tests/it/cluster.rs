@@ -32,6 +32,27 @@ async fn nodes(space: &RedisSpace, names: &[&str]) -> Vec<TestServer> {
     all
 }
 
+/// Nodes `a` and `b` in `space`, both with `tweak` applied, once each sees the other.
+async fn two_nodes(
+    space: &RedisSpace,
+    tweak: impl Fn(&mut switchboard::config::Config),
+) -> (TestServer, TestServer) {
+    let a = TestServer::start_with(|c| {
+        space.join(c, "a");
+        tweak(c);
+    })
+    .await;
+    let b = a
+        .node(|c| {
+            space.join(c, "b");
+            tweak(c);
+        })
+        .await;
+    a.wait_for_cluster(2).await;
+    b.wait_for_cluster(2).await;
+    (a, b)
+}
+
 /// Alice and Bob in a direct conversation, Alice connected to node `a` and Bob to node `b`.
 async fn pair_across(a: &TestServer, b: &TestServer) -> (i64, i64, i64, WsClient, WsClient) {
     let alice = a.create_user("Alice", "alice@example.com", None, &[]);
@@ -720,25 +741,13 @@ async fn the_calls_of_a_dead_node_end_for_the_survivors_and_their_records_close(
 #[actix_web::test]
 async fn message_and_call_rate_limits_hold_across_nodes() {
     let space = RedisSpace::new();
-    let limits = |c: &mut switchboard::config::Config| {
+    let (a, b) = two_nodes(&space, |c| {
         c.message_rate_per_min = 60;
         c.message_burst = 5;
         c.call_rate_per_hour = 60;
         c.call_burst = 2;
-    };
-    let a = TestServer::start_with(|c| {
-        space.join(c, "a");
-        limits(c);
     })
     .await;
-    let b = a
-        .node(|c| {
-            space.join(c, "b");
-            limits(c);
-        })
-        .await;
-    a.wait_for_cluster(2).await;
-    b.wait_for_cluster(2).await;
     let alice = a.create_user("Alice", "alice@example.com", None, &[]);
     let bob = a.create_user("Bob", "bob@example.com", None, &[]);
     let conv = a.direct(alice, bob);
@@ -900,20 +909,10 @@ async fn metric(s: &TestServer, name: &str) -> u64 {
 #[actix_web::test]
 async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops_answering() {
     let space = RedisSpace::new();
-    let forward_timeout = Duration::from_millis(400);
-    let first = TestServer::start_with(|c| {
-        space.join(c, "a");
-        c.cluster_forward_timeout = forward_timeout;
+    let (first, second) = two_nodes(&space, |c| {
+        c.cluster_forward_timeout = Duration::from_millis(400);
     })
     .await;
-    let second = first
-        .node(|c| {
-            space.join(c, "b");
-            c.cluster_forward_timeout = forward_timeout;
-        })
-        .await;
-    first.wait_for_cluster(2).await;
-    second.wait_for_cluster(2).await;
     let alice = first.create_user("Alice", "alice@example.com", None, &[]);
     let bob = first.create_user("Bob", "bob@example.com", None, &[]);
     let conv = first.direct(alice, bob);
@@ -1019,23 +1018,11 @@ async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops
 #[actix_web::test]
 async fn leased_send_tokens_never_let_a_user_past_the_cluster_wide_limit() {
     let space = RedisSpace::new();
-    let limits = |c: &mut switchboard::config::Config| {
+    let (a, b) = two_nodes(&space, |c| {
         c.message_rate_per_min = 60;
         c.message_burst = 40;
-    };
-    let a = TestServer::start_with(|c| {
-        space.join(c, "a");
-        limits(c);
     })
     .await;
-    let b = a
-        .node(|c| {
-            space.join(c, "b");
-            limits(c);
-        })
-        .await;
-    a.wait_for_cluster(2).await;
-    b.wait_for_cluster(2).await;
     let alice = a.create_user("Alice", "alice@example.com", None, &[]);
     let bob = a.create_user("Bob", "bob@example.com", None, &[]);
     let conv = a.direct(alice, bob);
