@@ -23,6 +23,11 @@
 //!   only one node does it) and announces its users offline where no other node holds them.
 //! - **Control.** Kicks (bans, forced logouts) and membership changes are published as well,
 //!   and every node applies them to its own sessions and conversation actors.
+//! - **Sends, with `CLUSTER_OWNED_WRITES`.** A keyed send for a conversation another node
+//!   writes ([`Cluster::writer_of`]) is forwarded there (`Send`) and answered from its commit
+//!   (`Sent`); without an answer in `CLUSTER_FORWARD_TIMEOUT_MS` it is written where it arrived.
+//! - **Rate limits.** A user's send and call buckets are shared in Redis; send tokens are
+//!   leased to a node in batches ([`super::ratelimit::Leases`]).
 //!
 //! # Faults
 //! Publishing goes through a bounded queue (`CLUSTER_QUEUE`) on a thread of its own; while

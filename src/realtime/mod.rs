@@ -405,8 +405,9 @@ impl Engine {
         self.take_send(user).await.inspect_err(|_| {
             self.metrics.rate_limited(crate::metrics::Limit::Messages);
         })?;
-        // Cluster mode: a keyed send goes to the node that writes its conversation. Without an
-        // answer in time it is written here; its key finds that node's copy, if any.
+        // Cluster mode with `CLUSTER_OWNED_WRITES`: a keyed send goes to the node that writes
+        // its conversation. Without an answer in time it is written here; its key finds that
+        // node's copy, if any.
         let writer = self
             .cluster
             .as_ref()

@@ -910,6 +910,7 @@ async fn metric(s: &TestServer, name: &str) -> u64 {
 async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops_answering() {
     let space = RedisSpace::new();
     let (first, second) = two_nodes(&space, |c| {
+        c.cluster_owned_writes = true;
         c.cluster_forward_timeout = Duration::from_millis(400);
     })
     .await;
