@@ -760,6 +760,43 @@ pub struct ClusterCounts {
     pub forward_fallbacks: u64,
 }
 
+/// Requests forwarded to another node that wait for its answer, by request id.
+#[derive(Debug)]
+struct Awaiting<T>(std::sync::Mutex<HashMap<u64, oneshot::Sender<T>>>);
+
+impl<T> Default for Awaiting<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::default())
+    }
+}
+
+impl<T> Awaiting<T> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<T>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for the answer to `request` (call [`Awaiting::forget`] once done waiting).
+    fn expect(&self, request: u64) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        self.entries().insert(request, tx);
+        rx
+    }
+
+    /// Stops waiting for `request` (answered, or given up on).
+    fn forget(&self, request: u64) {
+        self.entries().remove(&request);
+    }
+
+    /// Hands the answer to `request` to whoever waits for it (if anyone still does).
+    fn answer(&self, request: u64, value: T) {
+        if let Some(tx) = self.entries().remove(&request) {
+            let _ = tx.send(value);
+        }
+    }
+}
+
 /// This node's link to the others.
 #[derive(Debug)]
 pub struct Cluster {
@@ -796,9 +833,9 @@ pub struct Cluster {
     /// pipelined with everything else, without waiting in the outgoing queue.
     client: std::sync::OnceLock<fred::clients::Client>,
     /// Forwarded call inputs waiting for their owner node's answer.
-    pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<WireRefusal>>>>,
+    pending: Awaiting<Option<WireRefusal>>,
     /// Forwarded sends waiting for the writing node's answer.
-    pending_sends: std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Message, WireError>>>>,
+    pending_sends: Awaiting<Result<Message, WireError>>,
     next_request: AtomicU64,
     /// `CLUSTER_OWNED_WRITES`.
     owned_writes: bool,
@@ -879,8 +916,8 @@ impl Cluster {
             peer_ttl: config.node_ttl.saturating_mul(2),
             resync: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
-            pending: std::sync::Mutex::default(),
-            pending_sends: std::sync::Mutex::default(),
+            pending: Awaiting::default(),
+            pending_sends: Awaiting::default(),
             next_request: AtomicU64::new(1),
             owned_writes: config.cluster_owned_writes,
             forward_timeout: config.cluster_forward_timeout,
@@ -1181,11 +1218,7 @@ impl Cluster {
         }
         let wire = WireCallEvent::from_event(event).ok_or_else(gone)?;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, answer) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(request, tx);
+        let answer = self.pending.expect(request);
         self.publish(Body::CallInput {
             to: owner,
             call_id: call_id.to_owned(),
@@ -1193,27 +1226,13 @@ impl Cluster {
             event: wire,
         });
         let outcome = tokio::time::timeout(CALL_FORWARD_TIMEOUT, answer).await;
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&request);
+        self.pending.forget(request);
         match outcome {
             Ok(Ok(None)) => Ok(()),
             Ok(Ok(Some(refusal))) => Err(refusal.into_error()),
             _ => Err(AppError::unavailable(
                 "the node running this call did not answer; retry shortly",
             )),
-        }
-    }
-
-    fn answered(&self, request: u64, refusal: Option<WireRefusal>) {
-        let waiting = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&request);
-        if let Some(tx) = waiting {
-            let _ = tx.send(refusal);
         }
     }
 
@@ -1257,11 +1276,7 @@ impl Cluster {
         draft: &Draft,
     ) -> Option<AppResult<Message>> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, answer) = oneshot::channel();
-        self.pending_sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(request, tx);
+        let answer = self.pending_sends.expect(request);
         let published = serde_json::to_string(&Body::Send {
             to: writer.clone(),
             request,
@@ -1280,10 +1295,7 @@ impl Cluster {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             None
         };
-        self.pending_sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&request);
+        self.pending_sends.forget(request);
         match outcome {
             Some(Ok(outcome)) => Some(outcome.map_err(WireError::into_error)),
             _ => {
@@ -1299,17 +1311,6 @@ impl Cluster {
                 }
                 None
             }
-        }
-    }
-
-    fn sent(&self, request: u64, outcome: Result<Message, WireError>) {
-        let waiting = self
-            .pending_sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&request);
-        if let Some(tx) = waiting {
-            let _ = tx.send(outcome);
         }
     }
 
@@ -1977,7 +1978,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
             refusal,
         } => {
             if to == cluster.node {
-                cluster.answered(request, refusal);
+                cluster.pending.answer(request, refusal);
             }
         }
         Body::Send {
@@ -2008,7 +2009,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
             outcome,
         } => {
             if to == cluster.node {
-                cluster.sent(request, outcome);
+                cluster.pending_sends.answer(request, outcome);
             }
         }
         Body::Event {
