@@ -738,6 +738,16 @@ async fn the_calls_of_a_dead_node_end_for_the_survivors_and_their_records_close(
     cc.expect_event("call:incoming").await;
 }
 
+/// Alice and Bob in a direct conversation, Alice connected to both nodes (`a` first).
+async fn alice_on_both(a: &TestServer, b: &TestServer) -> (i64, i64, i64, WsClient, WsClient) {
+    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
+    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
+    let conv = a.direct(alice, bob);
+    let on_a = connect(a, alice).await;
+    let on_b = connect(b, alice).await;
+    (alice, bob, conv, on_a, on_b)
+}
+
 #[actix_web::test]
 async fn message_and_call_rate_limits_hold_across_nodes() {
     let space = RedisSpace::new();
@@ -748,11 +758,7 @@ async fn message_and_call_rate_limits_hold_across_nodes() {
         c.call_burst = 2;
     })
     .await;
-    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
-    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = a.direct(alice, bob);
-    let mut on_a = connect(&a, alice).await;
-    let mut on_b = connect(&b, alice).await;
+    let (_, bob, conv, mut on_a, mut on_b) = alice_on_both(&a, &b).await;
     // A burst of 5 in all, whichever node the sends come through.
     let send = |n: usize| json!({"conversationId": conv.to_string(), "content": format!("m{n}")});
     for n in 0..3 {
@@ -1024,11 +1030,7 @@ async fn leased_send_tokens_never_let_a_user_past_the_cluster_wide_limit() {
         c.message_burst = 40;
     })
     .await;
-    let alice = a.create_user("Alice", "alice@example.com", None, &[]);
-    let bob = a.create_user("Bob", "bob@example.com", None, &[]);
-    let conv = a.direct(alice, bob);
-    let mut on_a = connect(&a, alice).await;
-    let mut on_b = connect(&b, alice).await;
+    let (_, _, conv, mut on_a, mut on_b) = alice_on_both(&a, &b).await;
     let started = Instant::now();
     let mut accepted = 0_u64;
     for n in 0..80 {
