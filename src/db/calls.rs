@@ -107,9 +107,9 @@ pub(crate) fn save(
     call: &CallRow,
     parties: &[ParticipantRow],
 ) -> AppResult<()> {
-    let column = |f: fn(&ParticipantRow) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
+    fn column<T>(parties: &[ParticipantRow], f: impl Fn(&ParticipantRow) -> T) -> Vec<T> {
         parties.iter().map(f).collect()
-    };
+    }
     Prepared::<SaveCall>::new()
         .bind::<Text, _>(call.id.clone())
         .bind::<Text, _>(call.kind.clone())
@@ -126,18 +126,13 @@ pub(crate) fn save(
         .bind::<Nullable<Timestamptz>, _>(call.answered_at)
         .bind::<Nullable<Timestamptz>, _>(call.ended_at)
         .bind::<Nullable<Integer>, _>(call.duration_secs)
-        .bind::<Array<BigInt>, _>(parties.iter().map(|p| p.user_id).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(parties.iter().map(|p| p.role.clone()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(parties.iter().map(|p| p.status.clone()).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(
-            parties
-                .iter()
-                .map(|p| p.device_session_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Timestamptz>, _>(parties.iter().map(|p| p.invited_at).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(|p| p.joined_at))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(|p| p.left_at))
+        .bind::<Array<BigInt>, _>(column(parties, |p| p.user_id))
+        .bind::<Array<Text>, _>(column(parties, |p| p.role.clone()))
+        .bind::<Array<Text>, _>(column(parties, |p| p.status.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(parties, |p| p.device_session_id.clone()))
+        .bind::<Array<Timestamptz>, _>(column(parties, |p| p.invited_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(parties, |p| p.joined_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(parties, |p| p.left_at))
         .execute(conn)?;
     Ok(())
 }

@@ -90,7 +90,6 @@ impl ManageConnection for Manager {
         if conn.trusted_until.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
-        conn.trusted_until = None;
         conn.conn.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 

@@ -25,8 +25,8 @@
 //!    connection of its own (outside `DB_POOL_SIZE`; its plans read tables only
 //!    through indexes), up to `WRITE_IN_FLIGHT` batches at once but never two holding one
 //!    conversation (a COMMIT whose answer is lost is settled by the transaction's status, then
-//!    by one retry; a lone statement's by the retry, which finds its rows by their keys), then hands each conversation its rows in seq order (bounded by what the
-//!    shard admitted).
+//!    by one retry; a lone statement's by the retry, which finds its rows by their keys), then
+//!    hands each conversation its rows in seq order (bounded by what the shard admitted).
 //! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
 //!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
 //!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that

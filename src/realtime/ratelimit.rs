@@ -45,25 +45,73 @@ impl Bucket {
     }
 }
 
-/// Shards of a [`UserLimiter`] (a user's bucket lives in shard `user % SHARDS`): checks of
-/// different users rarely wait for one another.
+/// Shards of a [`PerUser`] map (a user's entry lives in shard `user % SHARDS`): users rarely
+/// wait for one another.
 const SHARDS: usize = 32;
 
-/// A shard is swept (buckets that refilled are forgotten: they behave exactly like new ones)
-/// when it holds this many buckets, and afterwards only once it has doubled since the last
-/// sweep, so the cost of sweeping stays proportional to the insertions that caused it.
+/// A shard is swept (entries that may go are forgotten) when it holds this many entries, and
+/// afterwards only once it has doubled since the last sweep, so the cost of sweeping stays
+/// proportional to the insertions that caused it.
 const SWEEP_AT: usize = 4096;
 
+/// One shard of a [`PerUser`] map.
 #[derive(Debug)]
-struct Shard {
-    buckets: HashMap<i64, Bucket>,
+struct Shard<V> {
+    entries: HashMap<i64, V>,
     sweep_at: usize,
+}
+
+/// Per-user entries split over [`SHARDS`] locks, swept as [`SWEEP_AT`] says.
+#[derive(Debug)]
+struct PerUser<V> {
+    shards: Vec<Mutex<Shard<V>>>,
+}
+
+impl<V> PerUser<V> {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: HashMap::new(),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// `user`'s shard, locked; a full shard first forgets the entries `gone` says may go.
+    fn shard(&self, user: i64, gone: impl Fn(&V) -> bool) -> std::sync::MutexGuard<'_, Shard<V>> {
+        let mut shard = self.shards[user.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shard.entries.len() >= shard.sweep_at {
+            shard.entries.retain(|_, v| !gone(v));
+            shard.sweep_at = (shard.entries.len() * 2).max(SWEEP_AT);
+        }
+        shard
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entries
+                    .len()
+            })
+            .sum()
+    }
 }
 
 /// Per-user buckets for one kind of action.
 #[derive(Debug)]
 pub struct UserLimiter {
-    shards: Vec<Mutex<Shard>>,
+    buckets: PerUser<Bucket>,
     capacity: u32,
     per_sec: f64,
 }
@@ -71,14 +119,7 @@ pub struct UserLimiter {
 impl UserLimiter {
     fn with_rate(burst: u32, per_sec: f64) -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        buckets: HashMap::new(),
-                        sweep_at: SWEEP_AT,
-                    })
-                })
-                .collect(),
+            buckets: PerUser::new(),
             capacity: burst.max(1),
             per_sec,
         }
@@ -97,15 +138,10 @@ impl UserLimiter {
     /// Takes one token for `user`; `Err(secs)` says when to retry (at least 1).
     pub(crate) fn check(&self, user: i64) -> Result<(), u64> {
         let now = Instant::now();
-        let mut shard = self.shards[user.rem_euclid(SHARDS as i64) as usize]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if shard.buckets.len() >= shard.sweep_at {
-            shard.buckets.retain(|_, b| !b.is_full(now));
-            shard.sweep_at = (shard.buckets.len() * 2).max(SWEEP_AT);
-        }
+        // A refilled bucket behaves exactly like a new one: it may be forgotten.
+        let mut shard = self.buckets.shard(user, |b| b.is_full(now));
         let bucket = shard
-            .buckets
+            .entries
             .entry(user)
             .or_insert_with(|| Bucket::new(self.capacity, self.per_sec));
         bucket
@@ -116,15 +152,7 @@ impl UserLimiter {
     /// Buckets held (users seen whose buckets have not refilled and been swept).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .buckets
-                    .len()
-            })
-            .sum()
+        self.buckets.len()
     }
 }
 
@@ -140,7 +168,7 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
 /// nodes cannot use until it lapses (`LEASE_TTL`).
 #[derive(Debug)]
 pub(crate) struct Leases {
-    shards: Vec<Mutex<HashMap<i64, Lease>>>,
+    leases: PerUser<Lease>,
     most: u32,
 }
 
@@ -156,24 +184,16 @@ impl Leases {
     /// Leases for buckets of `burst` tokens.
     pub(crate) fn new(burst: u32) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            leases: PerUser::new(),
             most: (burst / 4).clamp(1, 64),
         }
     }
 
-    fn shard(&self, user: i64) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
-        self.shards[user.rem_euclid(SHARDS as i64) as usize]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Spends a leased token of `user` (`Ok`), or says how many tokens to ask the bucket for.
     pub(crate) fn spend(&self, user: i64, now: Instant) -> Result<(), u32> {
-        let mut shard = self.shard(user);
-        if shard.len() >= SWEEP_AT {
-            shard.retain(|_, l| l.until > now);
-        }
-        let Some(lease) = shard.get_mut(&user) else {
+        // A lapsed lease only remembers how many to ask for next: it may be forgotten.
+        let mut shard = self.leases.shard(user, |l| l.until <= now);
+        let Some(lease) = shard.entries.get_mut(&user) else {
             return Err(1);
         };
         if lease.left > 0 && now < lease.until {
@@ -192,8 +212,8 @@ impl Leases {
 
     /// The bucket granted `granted` tokens to `user`, one of them spent now.
     pub(crate) fn granted(&self, user: i64, granted: u32, now: Instant) {
-        let mut shard = self.shard(user);
-        let lease = shard.entry(user).or_insert(Lease {
+        let mut shard = self.leases.shard(user, |l| l.until <= now);
+        let lease = shard.entries.entry(user).or_insert(Lease {
             left: 0,
             until: now,
             want: 1,
@@ -238,9 +258,9 @@ mod tests {
         }
         assert_eq!(slow.len(), SHARDS * SWEEP_AT * 2);
         assert!(slow.check(5).is_err());
-        for shard in &slow.shards {
+        for shard in &slow.buckets.shards {
             let shard = shard.lock().unwrap();
-            assert!(shard.sweep_at >= shard.buckets.len(), "{}", shard.sweep_at);
+            assert!(shard.sweep_at >= shard.entries.len(), "{}", shard.sweep_at);
         }
     }
 
