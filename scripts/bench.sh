@@ -354,8 +354,10 @@ if [ -n "${DATABASE_URL:-}" ]; then
     say "using DATABASE_URL from the environment"
 elif pg_isready -q -h 127.0.0.1 -p 5432 -t 2 2>/dev/null &&
     psql -w -X -q -tA postgres://postgres@127.0.0.1:5432/postgres -c 'SELECT 1' >/dev/null 2>&1; then
-    ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
-    say "using the PostgreSQL service at 127.0.0.1:5432"
+    # Plain TCP for both servers, as the Node peer's client connects unless told otherwise
+    # (libpq would use TLS where the service has it on, which costs both ends CPU).
+    ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    say "using the PostgreSQL service at 127.0.0.1:5432 (sslmode=disable, for both servers)"
 else
     say "no PostgreSQL at 127.0.0.1:5432: starting a private cluster in $OUT/pgdata"
     pg_start_private "$OUT/pgdata"

@@ -218,6 +218,11 @@ pub struct Config {
     /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
     /// no other of them holds (each uses one connection). Default 1.
     pub write_in_flight: usize,
+    /// `CALL_SAVE_BATCH` — most calls whose states one statement writes. Default 64.
+    pub call_save_batch: usize,
+    /// `CALL_SAVE_QUEUE` — call states waiting to be written before savers wait for room.
+    /// Default 4096.
+    pub call_save_queue: usize,
     /// `REDIS_URL` — Redis (7 or later) shared by the nodes of one service; unset: one node,
     /// no Redis. Set: cluster mode (events, presence and kicks reach every node).
     pub redis_url: Secret,
@@ -517,6 +522,8 @@ impl Default for Config {
             write_queue: 20_000,
             write_shards: 2,
             write_in_flight: 1,
+            call_save_batch: 64,
+            call_save_queue: 4096,
             redis_url: Secret::default(),
             redis_prefix: "switchboard".into(),
             node_id: String::new(),
@@ -845,6 +852,8 @@ impl Config {
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
         parse(src, "WRITE_IN_FLIGHT", &mut self.write_in_flight)?;
+        parse(src, "CALL_SAVE_BATCH", &mut self.call_save_batch)?;
+        parse(src, "CALL_SAVE_QUEUE", &mut self.call_save_queue)?;
         self.apply_cluster(src)?;
         parse_secs(src, "RING_TIMEOUT_SECS", &mut self.ring_timeout)?;
         parse_secs(
@@ -1264,6 +1273,8 @@ impl Config {
             ("WRITE_QUEUE", self.write_queue),
             ("WRITE_SHARDS", self.write_shards),
             ("WRITE_IN_FLIGHT", self.write_in_flight),
+            ("CALL_SAVE_BATCH", self.call_save_batch),
+            ("CALL_SAVE_QUEUE", self.call_save_queue),
             ("CLUSTER_QUEUE", self.cluster_queue),
             ("MAX_CONTENT_CHARS", self.max_content_chars),
             ("CONTACTS_SYNC_MAX", self.contacts_sync_max),

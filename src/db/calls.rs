@@ -68,19 +68,24 @@ pub struct ParticipantRow {
     pub left_at: Option<DateTime<Utc>>,
 }
 
-/// The call row and its participants as they are now, inserted or updated by one statement (one
-/// round trip, a transaction of its own): the call upsert runs in a data-modifying `WITH`, the
-/// participants' upsert reads the call id it returns, so a participant row never stands without
-/// its call. A participant's role, device and invitation time are kept as first written; its
-/// status, join and leave times follow the call.
-struct SaveCall;
+/// Calls and their participants as they are now, inserted or updated by one statement (one
+/// round trip, a transaction of its own, whatever the number of calls): the calls' upsert runs
+/// in a data-modifying `WITH` over the `unnest` of one array per column, the participants'
+/// upsert joins the call ids it returns, so a participant row never stands without its call.
+/// A participant's role, device and invitation time are kept as first written; its status, join
+/// and leave times follow the call. A call appears at most once per statement (an upsert may
+/// not touch one row twice).
+struct SaveCalls;
 
-impl Statement for SaveCall {
+impl Statement for SaveCalls {
     const SQL: &'static str = "WITH saved AS ( \
         INSERT INTO calls (id, kind, call_type, provider, channel_name, caller_id, \
             conversation_id, status, end_reason, ended_by, created_at, ringing_at, answered_at, \
             ended_at, duration_secs) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+            $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], \
+            $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], \
+            $15::integer[]) \
         ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, call_type = EXCLUDED.call_type, \
             provider = EXCLUDED.provider, channel_name = EXCLUDED.channel_name, \
             caller_id = EXCLUDED.caller_id, conversation_id = EXCLUDED.conversation_id, \
@@ -93,46 +98,54 @@ impl Statement for SaveCall {
         invited_at, joined_at, left_at) \
     SELECT saved.id, p.user_id, p.role, p.status, p.device_session_id, p.invited_at, \
         p.joined_at, p.left_at \
-    FROM saved, unnest($16::bigint[], $17::text[], $18::text[], $19::text[], \
-        $20::timestamptz[], $21::timestamptz[], $22::timestamptz[]) \
-        AS p(user_id, role, status, device_session_id, invited_at, joined_at, left_at) \
+    FROM unnest($16::text[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
+        $21::timestamptz[], $22::timestamptz[], $23::timestamptz[]) \
+        AS p(call_id, user_id, role, status, device_session_id, invited_at, joined_at, left_at) \
+    JOIN saved ON saved.id = p.call_id \
     ON CONFLICT (call_id, user_id) DO UPDATE SET status = EXCLUDED.status, \
         joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at";
 }
 
-/// Writes the call and its participants as they are now (insert or update), in one statement
-/// ([`SaveCall`]).
-pub(crate) fn save(
-    conn: &mut PgConnection,
-    call: &CallRow,
-    parties: &[ParticipantRow],
-) -> AppResult<()> {
-    fn column<T>(parties: &[ParticipantRow], f: impl Fn(&ParticipantRow) -> T) -> Vec<T> {
-        parties.iter().map(f).collect()
+/// A call as it is now: its row and its participants' rows.
+pub(crate) type CallState = (CallRow, Vec<ParticipantRow>);
+
+/// Writes several calls and their participants as they are now (insert or update), in one
+/// statement ([`SaveCalls`]); all are written or none. Each call id appears at most once.
+pub(crate) fn save_all(conn: &mut PgConnection, states: &[CallState]) -> AppResult<()> {
+    if states.is_empty() {
+        return Ok(());
     }
-    Prepared::<SaveCall>::new()
-        .bind::<Text, _>(call.id.clone())
-        .bind::<Text, _>(call.kind.clone())
-        .bind::<Text, _>(call.call_type.clone())
-        .bind::<Text, _>(call.provider.clone())
-        .bind::<Nullable<Text>, _>(call.channel_name.clone())
-        .bind::<Nullable<BigInt>, _>(call.caller_id)
-        .bind::<Nullable<BigInt>, _>(call.conversation_id)
-        .bind::<Text, _>(call.status.clone())
-        .bind::<Nullable<Text>, _>(call.end_reason.clone())
-        .bind::<Nullable<BigInt>, _>(call.ended_by)
-        .bind::<Timestamptz, _>(call.created_at)
-        .bind::<Nullable<Timestamptz>, _>(call.ringing_at)
-        .bind::<Nullable<Timestamptz>, _>(call.answered_at)
-        .bind::<Nullable<Timestamptz>, _>(call.ended_at)
-        .bind::<Nullable<Integer>, _>(call.duration_secs)
-        .bind::<Array<BigInt>, _>(column(parties, |p| p.user_id))
-        .bind::<Array<Text>, _>(column(parties, |p| p.role.clone()))
-        .bind::<Array<Text>, _>(column(parties, |p| p.status.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(parties, |p| p.device_session_id.clone()))
-        .bind::<Array<Timestamptz>, _>(column(parties, |p| p.invited_at))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(parties, |p| p.joined_at))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(parties, |p| p.left_at))
+    fn calls<T>(states: &[CallState], f: impl Fn(&CallRow) -> T) -> Vec<T> {
+        states.iter().map(|(c, _)| f(c)).collect()
+    }
+    fn column<T>(parties: &[&ParticipantRow], f: impl Fn(&ParticipantRow) -> T) -> Vec<T> {
+        parties.iter().map(|p| f(p)).collect()
+    }
+    let parties: Vec<&ParticipantRow> = states.iter().flat_map(|(_, p)| p).collect();
+    Prepared::<SaveCalls>::new()
+        .bind::<Array<Text>, _>(calls(states, |c| c.id.clone()))
+        .bind::<Array<Text>, _>(calls(states, |c| c.kind.clone()))
+        .bind::<Array<Text>, _>(calls(states, |c| c.call_type.clone()))
+        .bind::<Array<Text>, _>(calls(states, |c| c.provider.clone()))
+        .bind::<Array<Nullable<Text>>, _>(calls(states, |c| c.channel_name.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(calls(states, |c| c.caller_id))
+        .bind::<Array<Nullable<BigInt>>, _>(calls(states, |c| c.conversation_id))
+        .bind::<Array<Text>, _>(calls(states, |c| c.status.clone()))
+        .bind::<Array<Nullable<Text>>, _>(calls(states, |c| c.end_reason.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(calls(states, |c| c.ended_by))
+        .bind::<Array<Timestamptz>, _>(calls(states, |c| c.created_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(calls(states, |c| c.ringing_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(calls(states, |c| c.answered_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(calls(states, |c| c.ended_at))
+        .bind::<Array<Nullable<Integer>>, _>(calls(states, |c| c.duration_secs))
+        .bind::<Array<Text>, _>(column(&parties, |p| p.call_id.clone()))
+        .bind::<Array<BigInt>, _>(column(&parties, |p| p.user_id))
+        .bind::<Array<Text>, _>(column(&parties, |p| p.role.clone()))
+        .bind::<Array<Text>, _>(column(&parties, |p| p.status.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(&parties, |p| p.device_session_id.clone()))
+        .bind::<Array<Timestamptz>, _>(column(&parties, |p| p.invited_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&parties, |p| p.joined_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&parties, |p| p.left_at))
         .execute(conn)?;
     Ok(())
 }

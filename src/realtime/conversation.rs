@@ -179,7 +179,9 @@ pub struct ConversationActor {
     engine: Engine,
     members: Members,
     loaded: bool,
-    typing: HashMap<i64, (u64, Instant)>,
+    /// Who is typing: the token of their latest indicator and its expiry timer (a refresh
+    /// cancels the timer it replaces, so the context holds one per typing user).
+    typing: HashMap<i64, (u64, SpawnHandle)>,
     typing_token: u64,
     pending: usize,
     /// Highest seq fanned out (or committed before this actor started).
@@ -821,19 +823,18 @@ impl Handler<Typing> for ConversationActor {
         }
         self.typing_token += 1;
         let token = self.typing_token;
-        let was_typing = self
-            .typing
-            .insert(msg.user, (token, Instant::now()))
-            .is_some();
-        if !was_typing {
-            self.broadcast_typing(msg.user, true);
-        }
         let user = msg.user;
-        ctx.run_later(self.engine.config.typing_timeout, move |act, _| {
+        let expiry = ctx.run_later(self.engine.config.typing_timeout, move |act, _| {
             if act.typing.get(&user).is_some_and(|(t, _)| *t == token) {
                 act.stop_typing(user);
             }
         });
+        match self.typing.insert(user, (token, expiry)) {
+            Some((_, replaced)) => {
+                ctx.cancel_future(replaced);
+            }
+            None => self.broadcast_typing(user, true),
+        }
         Ok(())
     }
 }

@@ -137,6 +137,8 @@ pub struct Engine {
     pub calls: Arc<actors::ActorMap<String, call::actor::CallActor>>,
     /// Group-commit writer.
     pub writer: writer::Writer,
+    /// Writes calls' states in batches.
+    pub(crate) call_store: call::store::CallStore,
     /// Per-user send limiter.
     pub send_limiter: Arc<UserLimiter>,
     /// Cluster mode: tokens of users' shared send buckets leased to this node.
@@ -187,6 +189,12 @@ impl Engine {
             config.write_batch_max,
             config.write_in_flight,
         )?;
+        let call_store = call::store::CallStore::start(
+            db.clone(),
+            config.call_save_queue,
+            config.call_save_batch,
+            &registry_arbiter,
+        );
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let directory = Arc::new(Directory::new(Arc::clone(&metrics)));
         // The URL was checked with the rest of the settings.
@@ -237,6 +245,7 @@ impl Engine {
             db,
             registry,
             writer,
+            call_store,
             arbiters,
             registry_arbiter,
             metrics,

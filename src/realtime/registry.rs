@@ -230,6 +230,12 @@ pub struct Registry {
     next_arbiter: usize,
     /// Live calls and who is in which (busy, glare).
     calls: CallDirectory<Addr<CallActor>>,
+    /// Pending timers of live calls (ring timeout, reconnect graces), by call: cancelled when
+    /// the call ends, so the registry's context holds timers of live calls only (it polls
+    /// every pending one whenever it wakes).
+    call_timers: HashMap<String, Vec<(u64, SpawnHandle)>>,
+    /// Numbers the call timers.
+    next_timer: u64,
     /// Last-seen times waiting for their write (see [`super::last_seen`]).
     seen_writes: LastSeenBuffer,
     /// A last-seen write is running (at most one at a time, so one pool connection).
@@ -256,6 +262,8 @@ impl Registry {
             last_seen: HashMap::new(),
             next_arbiter: 0,
             calls: CallDirectory::default(),
+            call_timers: HashMap::new(),
+            next_timer: 0,
             seen_writes: LastSeenBuffer::new(crate::config::Config::default().last_seen_buffer),
             seen_flushing: false,
             seen_dropped: 0,
@@ -809,6 +817,7 @@ impl Handler<StartCall> for Registry {
             }
             Admission::GlareWon { replaced, callees } => {
                 if let Some(old) = self.calls.remove(&replaced) {
+                    self.cancel_call_timers(&replaced, ctx);
                     engine.calls.remove(&replaced, &old.addr);
                     old.addr.do_send(CallInput(CallEvent::Terminate {
                         reason: "glare".into(),
@@ -919,12 +928,9 @@ impl Registry {
                     left_at: None,
                 }),
         );
-        let db = engine.db.clone();
+        let store = engine.call_store.clone();
         actix::spawn(async move {
-            if let Err(e) = db
-                .run(move |conn| crate::db::calls::save(conn, &row, &parties))
-                .await
-            {
+            if let Err(e) = store.save(row, parties).await {
                 tracing::warn!(error = %e, "could not record a busy call");
             }
         });
@@ -957,11 +963,34 @@ impl Handler<ScheduleCallTimer> for Registry {
             after,
             event,
         } = msg;
-        ctx.run_later(after, move |reg, _| {
-            if let Some(live) = reg.calls.get(&call_id) {
+        if self.calls.get(&call_id).is_none() {
+            // The call is over (or lives on another node): nothing to time.
+            return;
+        }
+        self.next_timer += 1;
+        let token = self.next_timer;
+        let id = call_id.clone();
+        let handle = ctx.run_later(after, move |reg, _| {
+            if let Some(timers) = reg.call_timers.get_mut(&id) {
+                timers.retain(|(t, _)| *t != token);
+            }
+            if let Some(live) = reg.calls.get(&id) {
                 live.addr.do_send(CallInput(event));
             }
         });
+        self.call_timers
+            .entry(call_id)
+            .or_default()
+            .push((token, handle));
+    }
+}
+
+impl Registry {
+    /// Cancels the pending timers of a call that is over.
+    fn cancel_call_timers(&mut self, call_id: &str, ctx: &mut Context<Self>) {
+        for (_, handle) in self.call_timers.remove(call_id).into_iter().flatten() {
+            ctx.cancel_future(handle);
+        }
     }
 }
 
@@ -977,8 +1006,9 @@ pub(crate) struct CallFinished {
 
 impl Handler<CallFinished> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: CallFinished, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CallFinished, ctx: &mut Context<Self>) {
         self.calls.remove(&msg.call_id);
+        self.cancel_call_timers(&msg.call_id, ctx);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::ice;
 use super::machine::{Call, Effect, Event, Outcome, PartyStatus, Refusal, Status, Target};
-use crate::db::calls::{self, CallRow, ParticipantRow};
+use crate::db::calls::{CallRow, ParticipantRow};
 use crate::db::conversations as convs;
 use crate::db::messages::Draft;
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -190,9 +190,9 @@ impl CallActor {
         self.persisting = true;
         self.dirty = false;
         let (row, parties) = self.snapshot();
-        let db = self.engine.db.clone();
+        let store = self.engine.call_store.clone();
         ctx.spawn(
-            async move { db.run(move |conn| calls::save(conn, &row, &parties)).await }
+            async move { store.save(row, parties).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.persisting = false;

@@ -6,6 +6,7 @@ pub mod agora;
 pub(crate) mod directory;
 pub mod ice;
 pub(crate) mod machine;
+pub(crate) mod store;
 
 use crate::auth::Identity;
 use crate::config::Config;
