@@ -256,6 +256,8 @@ pub(crate) struct Snapshot {
     pub online_users: usize,
     /// Conversation actors alive.
     pub conversation_actors: usize,
+    /// Pending timers of live calls in the registry.
+    pub call_timers: usize,
     /// Pool connections checked out.
     pub db_in_use: u32,
     /// Pool connections idle.
@@ -765,6 +767,11 @@ impl Metrics {
             "conversation_actors",
             "Conversation actors alive",
             ConstGauge::new(count(snap.conversation_actors)),
+        );
+        r.register(
+            "call_timers",
+            "Pending ring and reconnect-grace timers of live calls",
+            ConstGauge::new(count(snap.call_timers)),
         );
         let calls = Family::<CallStateLabels, Gauge>::default();
         for (&state, live) in CallState::ALL.iter().zip(&self.calls_live) {

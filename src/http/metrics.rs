@@ -39,6 +39,7 @@ pub(crate) async fn metrics(
     let snapshot = Snapshot {
         online_users: stats.online_users,
         conversation_actors: stats.conversations,
+        call_timers: stats.call_timers,
         db_in_use: pool.in_use,
         db_idle: pool.idle,
         db_max: pool.max,

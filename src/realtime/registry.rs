@@ -213,6 +213,8 @@ pub struct RegistryStats {
     pub last_seen_held: usize,
     /// Users watched with `presence:subscribe`.
     pub watched: usize,
+    /// Pending timers of live calls (ring timeouts, reconnect graces).
+    pub call_timers: usize,
 }
 
 /// Asks for [`RegistryStats`].
@@ -725,6 +727,7 @@ impl Handler<GetStats> for Registry {
             presence_audiences: self.audiences.audiences(),
             last_seen_held: self.last_seen.len(),
             watched: self.audiences.watched(),
+            call_timers: self.call_timers.values().map(Vec::len).sum(),
         })
     }
 }

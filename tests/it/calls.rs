@@ -820,3 +820,98 @@ async fn a_caller_can_redial_the_moment_its_call_ended() {
         cb.buffered_clear();
     }
 }
+
+/// Calls ended while the call tables were locked wait in the call store and land together
+/// once the lock goes (in shared statements): every call's rows are complete and show the same
+/// history as a call written on its own. A call's ring timer is pending in the registry while
+/// it rings and is cancelled when it ends, so ended calls leave no timer behind.
+#[actix_web::test]
+async fn calls_written_together_keep_each_calls_history_and_ended_calls_leave_no_timers() {
+    const PAIRS: usize = 6;
+    let s = TestServer::start_with(|c| c.call_save_batch = 4).await;
+    let mut users = Vec::new();
+    for i in 0..PAIRS * 2 {
+        users.push(s.create_user(&format!("U{i}"), &format!("u{i}@example.com"), None, &[]));
+    }
+    let mut sockets = Vec::new();
+    for u in &users {
+        sockets.push(connect(&s, *u).await);
+    }
+    assert_eq!(s.metric("switchboard_call_timers").await, 0);
+
+    // One call on its own, settled with its log: the reference history.
+    let (first, rest) = sockets.split_at_mut(1);
+    let reference = quick_call(&mut first[0], &mut rest[0], users[1]).await;
+    settled(&s, &reference, "ended").await;
+    call_log(&s, &reference).await;
+    rest[0].expect_event("message:new").await;
+    first[0].expect_event("message:new").await;
+    assert_eq!(s.metric("switchboard_call_timers").await, 0);
+
+    // A ringing call has its ring timer pending.
+    let ack = sockets[2]
+        .request("call:initiate", json!({"to": users[3]}))
+        .await
+        .unwrap();
+    let ringing = ack["callId"].as_str().unwrap().to_owned();
+    sockets[3].expect_event("call:incoming").await;
+    let mut pending = 0;
+    for _ in 0..100 {
+        pending = s.metric("switchboard_call_timers").await;
+        if pending == 1 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending, 1, "the ringing call's ring timer");
+    sockets[2]
+        .request("call:end", json!({"callId": ringing}))
+        .await
+        .unwrap();
+    sockets[3].expect_event("call:cancelled").await;
+
+    // Every pair calls at once while the call tables are locked: their writes queue up.
+    let mut lock = s.db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut lock,
+        "BEGIN; LOCK TABLE calls, call_participants IN ACCESS EXCLUSIVE MODE",
+    )
+    .unwrap();
+    let mut calls = Vec::new();
+    {
+        let mut pending_calls = Vec::new();
+        for (i, chunk) in sockets.chunks_mut(2).enumerate() {
+            let (caller, callee) = chunk.split_at_mut(1);
+            let to = users[i * 2 + 1];
+            pending_calls.push(async move { quick_call(&mut caller[0], &mut callee[0], to).await });
+        }
+        for id in futures_util::future::join_all(pending_calls).await {
+            calls.push(id);
+        }
+    }
+    let written: i64 = calls::table
+        .filter(calls::id.eq_any(&calls))
+        .count()
+        .get_result(&mut lock)
+        .unwrap();
+    assert_eq!(written, 0, "nothing could be written yet");
+    diesel::connection::SimpleConnection::batch_execute(&mut lock, "COMMIT").unwrap();
+
+    let want = persisted(&s, &reference);
+    for id in &calls {
+        settled(&s, id, "ended").await;
+        let got = persisted(&s, id);
+        // The same history; only the parties' ids differ.
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            for p in v["parties"].as_array_mut().unwrap() {
+                p[0] = json!(0);
+            }
+            v["endedBy"] = json!(0);
+            v
+        };
+        assert_eq!(strip(&got), strip(&want), "{id}");
+    }
+    assert_eq!(settled(&s, &ringing, "cancelled").await.0, "cancelled");
+    assert_eq!(s.metric("switchboard_call_timers").await, 0);
+}

@@ -166,17 +166,6 @@ async fn wait_for_redis(node: &TestServer, state: &str, within: Duration) -> Ins
     }
 }
 
-/// A counter or gauge from `/metrics`.
-async fn metric(node: &TestServer, name: &str) -> u64 {
-    let (_, text) = node.get("/metrics", None).await;
-    let text = text["text"].as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .parse()
-        .unwrap()
-}
-
 /// A client read by a task of its own, so that every frame's arrival time is when it came,
 /// whatever the test is doing meanwhile.
 struct Tap {
@@ -442,9 +431,9 @@ async fn redis_stopped_and_restarted_under_load_loses_nothing_acknowledged() {
     assert_eq!(synced, seqs, "sync answers every acknowledged message");
 
     // Publishes were dropped (and counted) while Redis was away.
-    let dropped = metric(&a, "switchboard_cluster_dropped_total").await;
+    let dropped = a.metric("switchboard_cluster_dropped_total").await;
     assert!(dropped > 0, "node a dropped nothing while Redis was away");
-    let gap_fills = metric(&b, "switchboard_cluster_gap_fills_total").await;
+    let gap_fills = b.metric("switchboard_cluster_gap_fills_total").await;
     eprintln!(
         "redis fault: {} acks ({while_down} while Redis was down, slowest ack {slowest:?}); \
          /health down {:?} (a) {:?} (b) after the kill, up {:?} (a) {:?} (b) after the restart; \
@@ -682,10 +671,7 @@ async fn a_killed_node_s_clients_reconnect_elsewhere_and_lose_nothing_acknowledg
         "each user offline once: {offline:?}"
     );
     a.wait_for_cluster(1).await;
-    assert_eq!(
-        metric(&a, "switchboard_cluster_nodes_reaped_total").await,
-        1
-    );
+    assert_eq!(a.metric("switchboard_cluster_nodes_reaped_total").await, 1);
 
     // Node b's clients reconnect to node a and sync: everything they had acknowledged is there.
     let mut back = Vec::new();
@@ -977,7 +963,7 @@ async fn a_node_reaped_while_it_could_not_reach_redis_announces_its_users_online
     // Node a is back with Xena still connected to it: node b's sessions hear her online again.
     let again = w.maybe_event("presence", Duration::from_secs(10)).await;
     let answered = presence_of(&mut w, xena).await;
-    let dropped = metric(&a, "switchboard_cluster_dropped_total").await;
+    let dropped = a.metric("switchboard_cluster_dropped_total").await;
     eprintln!(
         "node a reaped {reaped:?} after the cut, back in the cluster {back:?} after the restore; \
          Wes on node b then heard {again:?}; presence:subscribe on node b answers Xena \

@@ -42,7 +42,11 @@ impl CallStore {
     /// `queue` states waiting.
     pub(crate) fn start(db: Db, queue: usize, batch: usize, arbiter: &ArbiterHandle) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        arbiter.spawn(drain(db, rx, batch.max(1)));
+        let write = move |states: Vec<CallState>| {
+            let db = db.clone();
+            async move { db.run(move |conn| calls::save_all(conn, &states)).await }
+        };
+        arbiter.spawn(drain(write, rx, batch.max(1)));
         Self { queue: tx }
     }
 
@@ -65,8 +69,13 @@ impl CallStore {
 /// Who waits for each state of a batch (by the state's index).
 type Waiters = Vec<Vec<oneshot::Sender<AppResult<()>>>>;
 
-/// The store's task: one batch at a time, in queue order.
-async fn drain(db: Db, mut queue: mpsc::Receiver<Save>, batch: usize) {
+/// The store's task: one batch at a time, in queue order; `write` writes states in one
+/// statement.
+async fn drain<W, F>(write: W, mut queue: mpsc::Receiver<Save>, batch: usize)
+where
+    W: Fn(Vec<CallState>) -> F,
+    F: std::future::Future<Output = AppResult<()>>,
+{
     let mut taken = Vec::with_capacity(batch);
     while queue.recv_many(&mut taken, batch).await > 0 {
         let (states, waiters) = coalesce(taken.drain(..));
@@ -79,7 +88,7 @@ async fn drain(db: Db, mut queue: mpsc::Receiver<Save>, batch: usize) {
         // failed, is written alone and gets its own outcome.
         if let Some(whole) = whole {
             let n = whole.len();
-            match db.run(move |conn| calls::save_all(conn, &whole)).await {
+            match write(whole).await {
                 Ok(()) => {
                     for done in waiters.into_iter().flatten() {
                         let _ = done.send(Ok(()));
@@ -92,8 +101,7 @@ async fn drain(db: Db, mut queue: mpsc::Receiver<Save>, batch: usize) {
             }
         }
         for (state, waiting) in states.into_iter().zip(waiters) {
-            let one = [state];
-            let outcome = db.run(move |conn| calls::save_all(conn, &one)).await;
+            let outcome = write(vec![state]).await;
             for done in waiting {
                 let _ = done.send(match &outcome {
                     Ok(()) => Ok(()),
@@ -123,4 +131,134 @@ fn coalesce(taken: impl Iterator<Item = Save>) -> (Vec<CallState>, Waiters) {
         }
     }
     (states, waiters)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn state(id: &str, status: &str) -> CallState {
+        let call = CallRow {
+            id: id.into(),
+            kind: "direct".into(),
+            call_type: "audio".into(),
+            provider: "webrtc".into(),
+            channel_name: None,
+            caller_id: Some(1),
+            conversation_id: None,
+            status: status.into(),
+            end_reason: None,
+            ended_by: None,
+            created_at: Utc::now(),
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            duration_secs: None,
+        };
+        (call, Vec::new())
+    }
+
+    fn save(
+        queue: &mpsc::Sender<Save>,
+        id: &str,
+        status: &str,
+    ) -> oneshot::Receiver<AppResult<()>> {
+        let (done, outcome) = oneshot::channel();
+        queue
+            .try_send(Save {
+                state: state(id, status),
+                done,
+            })
+            .expect("room in the queue");
+        outcome
+    }
+
+    /// What a fake database was asked to write: each statement's calls as `id:status`. A
+    /// statement that holds the call `bad` fails.
+    type Log = Rc<RefCell<Vec<Vec<String>>>>;
+
+    fn fake(log: &Log) -> impl Fn(Vec<CallState>) -> std::future::Ready<AppResult<()>> {
+        let log = Rc::clone(log);
+        move |states: Vec<CallState>| {
+            let ids: Vec<String> = states
+                .iter()
+                .map(|(c, _)| format!("{}:{}", c.id, c.status))
+                .collect();
+            let failed = ids.iter().any(|i| i.starts_with("bad:"));
+            log.borrow_mut().push(ids);
+            std::future::ready(if failed {
+                Err(AppError::unavailable("check constraint"))
+            } else {
+                Ok(())
+            })
+        }
+    }
+
+    #[actix_web::test]
+    async fn waiting_states_share_one_statement_with_each_call_once_at_its_latest() {
+        let (tx, rx) = mpsc::channel(16);
+        let a1 = save(&tx, "a", "ringing");
+        let b = save(&tx, "b", "ringing");
+        let a2 = save(&tx, "a", "ended");
+        drop(tx);
+        let log = Log::default();
+        drain(fake(&log), rx, 64).await;
+        assert_eq!(*log.borrow(), vec![vec!["a:ended", "b:ringing"]]);
+        for outcome in [a1, b, a2] {
+            assert!(outcome.await.expect("answered").is_ok());
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_failed_batch_is_written_again_call_by_call_and_only_the_bad_call_fails() {
+        let (tx, rx) = mpsc::channel(16);
+        let a = save(&tx, "a", "ended");
+        let bad = save(&tx, "bad", "ended");
+        let c = save(&tx, "c", "ended");
+        drop(tx);
+        let log = Log::default();
+        drain(fake(&log), rx, 64).await;
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                vec!["a:ended", "bad:ended", "c:ended"],
+                vec!["a:ended"],
+                vec!["bad:ended"],
+                vec!["c:ended"],
+            ]
+        );
+        assert!(a.await.expect("answered").is_ok());
+        assert!(matches!(
+            bad.await.expect("answered"),
+            Err(AppError::Unavailable { .. })
+        ));
+        assert!(c.await.expect("answered").is_ok());
+    }
+
+    #[actix_web::test]
+    async fn a_batch_holds_at_most_the_configured_number_of_calls() {
+        let (tx, rx) = mpsc::channel(16);
+        let outcomes: Vec<_> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| save(&tx, id, "ended"))
+            .collect();
+        drop(tx);
+        let log = Log::default();
+        drain(fake(&log), rx, 2).await;
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                vec!["a:ended", "b:ended"],
+                vec!["c:ended", "d:ended"],
+                vec!["e:ended"],
+            ]
+        );
+        for outcome in outcomes {
+            assert!(outcome.await.expect("answered").is_ok());
+        }
+    }
 }

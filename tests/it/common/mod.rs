@@ -449,6 +449,17 @@ impl TestServer {
         self.call("GET", path, None, token).await
     }
 
+    /// A counter or gauge without labels from `/metrics` (panics when it is missing).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics", None).await;
+        let text = text["text"].as_str().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .parse()
+            .unwrap()
+    }
+
     /// The direct conversation between `a` and `b` (created when missing).
     pub fn direct(&self, a: i64, b: i64) -> i64 {
         switchboard::db::conversations::get_or_create_direct(&mut self.db.conn(), a, b)
