@@ -397,6 +397,8 @@ struct CacheState {
     members: HashMap<i64, Cached<Arc<[i64]>>>,
     /// Kinds of user (seed 002's `user|astrologer|admin`, from their roles).
     kinds: HashMap<i64, Cached<&'static str>>,
+    /// Direct conversations by (smaller id, larger id).
+    directs: HashMap<(i64, i64), Cached<i64>>,
 }
 
 impl CacheState {
@@ -438,6 +440,7 @@ impl CacheState {
         self.standing.clear();
         self.members.clear();
         self.kinds.clear();
+        self.directs.clear();
     }
 }
 
@@ -461,9 +464,10 @@ fn make_room<K: Copy + Eq + std::hash::Hash, T>(
     }
 }
 
-/// Contact-policy verdicts, user standing (exists and not banned), conversation members and
-/// kinds of user, remembered so that starting a call does not wait for the database on the
-/// common path (and a commit batch does not read every writer's roles).
+/// Contact-policy verdicts, user standing (exists and not banned), conversation members, kinds
+/// of user and the direct conversations of pairs, remembered so that starting a call does not
+/// wait for the database on the common path (nor does a call's log look up the pair's
+/// conversation every time, nor a commit batch read every writer's roles).
 ///
 /// Every change that can alter an answer invalidates it where the change is made (see the
 /// callers of [`ContactCache::invalidate_users`], [`ContactCache::membership_changed`] and
@@ -606,6 +610,48 @@ impl ContactCache {
         let marks = [state.conversation_mark(conversation)];
         self.fresh(entry, &state, &marks)
             .then(|| Arc::clone(&entry.value))
+    }
+
+    /// The direct conversation of `a` and `b`, when known (a change to either user, to what
+    /// links them or to that conversation's membership forgets it).
+    pub(crate) fn direct(&self, a: i64, b: i64) -> Option<i64> {
+        if !self.enabled() {
+            return None;
+        }
+        let state = self.lock();
+        let entry = state.directs.get(&(a.min(b), a.max(b)))?;
+        let marks = [
+            state.user_mark(a),
+            state.user_mark(b),
+            state.pair_mark(a, b),
+            state.conversation_mark(entry.value),
+        ];
+        self.fresh(entry, &state, &marks).then_some(entry.value)
+    }
+
+    /// Remembers the direct conversation of `a` and `b`, as found under `ticket`.
+    pub(crate) fn note_direct(&self, ticket: Ticket, a: i64, b: i64, conversation: i64) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        if ticket.stamp <= state.cleared
+            || ticket.stamp <= state.user_mark(a)
+            || ticket.stamp <= state.user_mark(b)
+            || ticket.stamp <= state.pair_mark(a, b)
+            || ticket.stamp <= state.conversation_mark(conversation)
+        {
+            return;
+        }
+        make_room(&mut state.directs, self.capacity, self.ttl);
+        state.directs.insert(
+            (a.min(b), a.max(b)),
+            Cached {
+                value: conversation,
+                stamp: ticket.stamp,
+                at: ticket.at,
+            },
+        );
     }
 
     /// Remembers a verdict found under `ticket`.
@@ -960,6 +1006,36 @@ mod tests {
         let after = cache.ticket();
         cache.note_pair(after, 1, 2, true);
         assert_eq!(cache.pair(1, 2), Some(true));
+    }
+
+    #[test]
+    fn a_pairs_direct_conversation_is_remembered_until_either_user_or_it_changes() {
+        let cache = ContactCache::new(Duration::from_secs(60), 100);
+        let t = cache.ticket();
+        cache.note_direct(t, 2, 1, 7);
+        assert_eq!(cache.direct(1, 2), Some(7), "either order");
+        assert_eq!(cache.direct(2, 1), Some(7));
+        assert_eq!(cache.direct(1, 3), None);
+        // A change to one of the users forgets it.
+        cache.invalidate_users(&[2]);
+        assert_eq!(cache.direct(1, 2), None);
+        // A lookup that began before a change is not remembered.
+        let racing = cache.ticket();
+        cache.membership_changed(7, &[1, 2]);
+        cache.note_direct(racing, 1, 2, 7);
+        assert_eq!(cache.direct(1, 2), None);
+        // A membership change of that conversation, or a new direct one for the pair, forgets it.
+        cache.note_direct(cache.ticket(), 1, 2, 7);
+        assert_eq!(cache.direct(1, 2), Some(7));
+        cache.membership_changed(7, &[]);
+        assert_eq!(cache.direct(1, 2), None);
+        cache.note_direct(cache.ticket(), 1, 2, 7);
+        cache.direct_created(8, 1, 2);
+        assert_eq!(cache.direct(1, 2), None);
+        // Off: nothing is remembered.
+        let off = ContactCache::disabled();
+        off.note_direct(off.ticket(), 1, 2, 7);
+        assert_eq!(off.direct(1, 2), None);
     }
 
     #[test]

@@ -400,20 +400,28 @@ impl CallActor {
         // Detached: the actor stops right after the call ends, the log must still be written.
         actix::spawn(async move {
             let result = async {
-                let (conv, created) = engine
-                    .db
-                    .run(move |conn| convs::get_or_create_direct(conn, caller, callee))
-                    .await?;
-                if created {
-                    engine
-                        .db
-                        .contact_cache()
-                        .direct_created(conv.id, caller, callee);
-                    engine.members_changed(conv.id, vec![caller, callee]);
-                }
+                // The pair's conversation, from the cache when a call of theirs found it.
+                let cache = std::sync::Arc::clone(engine.db.contact_cache());
+                let conversation = match cache.direct(caller, callee) {
+                    Some(id) => id,
+                    None => {
+                        let ticket = cache.ticket();
+                        let (conv, created) = engine
+                            .db
+                            .run(move |conn| convs::get_or_create_direct(conn, caller, callee))
+                            .await?;
+                        if created {
+                            cache.direct_created(conv.id, caller, callee);
+                            engine.members_changed(conv.id, vec![caller, callee]);
+                        } else {
+                            cache.note_direct(ticket, caller, callee, conv.id);
+                        }
+                        conv.id
+                    }
+                };
                 engine
                     .post_system_message(Draft {
-                        conversation_id: conv.id,
+                        conversation_id: conversation,
                         sender_id: Some(caller),
                         kind: if video { "video_call" } else { "voice_call" }.into(),
                         content,
