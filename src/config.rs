@@ -10,6 +10,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Group-commit writers of a cluster node when `WRITE_SHARDS` is not set.
+const CLUSTER_WRITE_SHARDS: usize = 1;
+
 /// A secret string whose `Debug` output is masked so it never reaches a log line.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -213,7 +216,8 @@ pub struct Config {
     pub write_batch_max: usize,
     /// `WRITE_QUEUE` — messages waiting for a commit before sends are refused. Default 20000.
     pub write_queue: usize,
-    /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2.
+    /// `WRITE_SHARDS` — parallel group-commit writers (each uses one connection). Default 2;
+    /// in cluster mode (`REDIS_URL` set) 1.
     pub write_shards: usize,
     /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
     /// no other of them holds (each uses one connection). Default 1.
@@ -783,6 +787,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut config = Self::default();
+        let mut shards_told = Env(env).get("WRITE_SHARDS").is_some();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 path: path.display().to_string(),
@@ -794,9 +799,17 @@ impl Config {
                         path: path.display().to_string(),
                         reason: e.to_string(),
                     })?;
-            config.apply(&Toml(table))?;
+            let table = Toml(table);
+            shards_told |= table.get("WRITE_SHARDS").is_some();
+            config.apply(&table)?;
         }
         config.apply(&Env(env))?;
+        // Every node's writers write to the one database: unless told otherwise, a cluster
+        // node writes with one writer, so two nodes bring the database as many writers (and
+        // batches as large) as one node does.
+        if !config.redis_url.is_empty() && !shards_told {
+            config.write_shards = CLUSTER_WRITE_SHARDS;
+        }
         Ok(config)
     }
 
@@ -1457,6 +1470,23 @@ mod tests {
         assert!(config.accept_legacy_session_tokens);
         let pairs = [base[0], base[1], ("ACCEPT_LEGACY_SESSION_TOKENS", "maybe")];
         assert!(Config::load_from(None, &env(&pairs)).is_err());
+    }
+
+    #[test]
+    fn a_cluster_node_writes_with_one_writer_unless_told_otherwise() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let one = Config::load_from(None, &env(&base)).unwrap();
+        assert_eq!(one.write_shards, 2);
+        let mut pairs = base.to_vec();
+        pairs.push(("REDIS_URL", "redis://127.0.0.1:6379/0"));
+        let node = Config::load_from(None, &env(&pairs)).unwrap();
+        assert_eq!(node.write_shards, CLUSTER_WRITE_SHARDS);
+        pairs.push(("WRITE_SHARDS", "3"));
+        let told = Config::load_from(None, &env(&pairs)).unwrap();
+        assert_eq!(told.write_shards, 3);
     }
 
     #[test]
