@@ -925,7 +925,16 @@ async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops
     let conv = first.direct(alice, bob);
     let cluster = |s: &TestServer| Arc::clone(s.running.state.engine.cluster.as_ref().unwrap());
     let (ca, cb) = (cluster(&first), cluster(&second));
-    let (writer, forwarder) = match (ca.writer_of(conv), cb.writer_of(conv)) {
+    // Each node ranks only the nodes it has heard from: wait until both have heard the other.
+    let mut views = (ca.writer_of(conv), cb.writer_of(conv));
+    for _ in 0..100 {
+        if views.0.is_some() || views.1.is_some() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        views = (ca.writer_of(conv), cb.writer_of(conv));
+    }
+    let (writer, forwarder) = match views {
         (Some(w), None) if w == cb.node() => (&second, &first),
         (None, Some(w)) if w == ca.node() => (&first, &second),
         other => panic!("the nodes disagree on who writes conversation {conv}: {other:?}"),
