@@ -222,6 +222,10 @@ pub struct Config {
     /// `WRITE_IN_FLIGHT` — batches one writer may have committing at once, on conversations
     /// no other of them holds (each uses one connection). Default 1.
     pub write_in_flight: usize,
+    /// `GAP_READ_RETRY_MS` — how long a conversation keeps trying to read messages that a
+    /// failed batch committed after all (or, in cluster mode, that another node's delivery
+    /// missed) before leaving its members to catch up with `sync`. Default 10000.
+    pub gap_read_retry: Duration,
     /// `CALL_SAVE_BATCH` — most calls whose states one statement writes. Default 64.
     pub call_save_batch: usize,
     /// `CALL_SAVE_QUEUE` — call states waiting to be written before savers wait for room.
@@ -526,6 +530,7 @@ impl Default for Config {
             write_queue: 20_000,
             write_shards: 2,
             write_in_flight: 1,
+            gap_read_retry: Duration::from_millis(10_000),
             call_save_batch: 64,
             call_save_queue: 4096,
             redis_url: Secret::default(),
@@ -865,6 +870,7 @@ impl Config {
         parse(src, "WRITE_QUEUE", &mut self.write_queue)?;
         parse(src, "WRITE_SHARDS", &mut self.write_shards)?;
         parse(src, "WRITE_IN_FLIGHT", &mut self.write_in_flight)?;
+        parse_millis(src, "GAP_READ_RETRY_MS", &mut self.gap_read_retry)?;
         parse(src, "CALL_SAVE_BATCH", &mut self.call_save_batch)?;
         parse(src, "CALL_SAVE_QUEUE", &mut self.call_save_queue)?;
         self.apply_cluster(src)?;

@@ -437,6 +437,9 @@ impl Handler<SystemMessage> for ConversationActor {
 /// [`ConversationActor`]'s `unsettled`); a longer gap is left to the clients' `sync`.
 pub(crate) const MAX_GAP_FILL: i64 = 1000;
 
+/// Pause between two reads of a gap when the first failed (see `GAP_READ_RETRY_MS`).
+const GAP_READ_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Handler<Committed> for ConversationActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
@@ -633,7 +636,11 @@ impl ConversationActor {
         }
     }
 
-    /// Reads this conversation's messages of seqs `from..=to` (to fill a gap).
+    /// Reads this conversation's messages of seqs `from..=to` (to fill a gap). A gap is
+    /// found right after the database failed (a batch whose outcome was unknown), so a failed
+    /// read is tried again every [`GAP_READ_PAUSE`] for up to `GAP_READ_RETRY_MS` before the
+    /// members are left to catch up with `sync`; the caller holds the mailbox meanwhile, as
+    /// the database is what later batches wait for too.
     fn read_seqs(
         &self,
         from: i64,
@@ -641,9 +648,21 @@ impl ConversationActor {
     ) -> impl std::future::Future<Output = AppResult<Vec<Message>>> + 'static {
         let db = self.engine.db.clone();
         let id = self.id;
+        let patience = self.engine.config.gap_read_retry;
         async move {
-            db.run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
-                .await
+            let deadline = tokio::time::Instant::now() + patience;
+            loop {
+                let read = db
+                    .run(move |conn| messages::page(conn, id, None, Some(from - 1), to - from + 1))
+                    .await;
+                match read {
+                    Err(e) if tokio::time::Instant::now() + GAP_READ_PAUSE < deadline => {
+                        tracing::debug!(conversation = id, from, to, error = %e, "reading a gap failed; trying again");
+                        tokio::time::sleep(GAP_READ_PAUSE).await;
+                    }
+                    read => return read,
+                }
+            }
         }
     }
 
