@@ -431,6 +431,12 @@ impl CacheState {
             .map_or(0, |m| m.stamp)
     }
 
+    /// Whether what was found under `ticket` is older than a full invalidation or one of
+    /// `marks` (the invalidations of what it depends on): then it is not remembered.
+    fn outdated(&self, ticket: Ticket, marks: &[u64]) -> bool {
+        ticket.stamp <= self.cleared || marks.iter().any(|m| ticket.stamp <= *m)
+    }
+
     fn clear(&mut self) {
         self.cleared = self.next();
         self.user_marks.clear();
@@ -635,12 +641,13 @@ impl ContactCache {
             return;
         }
         let mut state = self.lock();
-        if ticket.stamp <= state.cleared
-            || ticket.stamp <= state.user_mark(a)
-            || ticket.stamp <= state.user_mark(b)
-            || ticket.stamp <= state.pair_mark(a, b)
-            || ticket.stamp <= state.conversation_mark(conversation)
-        {
+        let marks = [
+            state.user_mark(a),
+            state.user_mark(b),
+            state.pair_mark(a, b),
+            state.conversation_mark(conversation),
+        ];
+        if state.outdated(ticket, &marks) {
             return;
         }
         make_room(&mut state.directs, self.capacity, self.ttl);
@@ -660,11 +667,12 @@ impl ContactCache {
             return;
         }
         let mut state = self.lock();
-        if ticket.stamp <= state.cleared
-            || ticket.stamp <= state.user_mark(actor)
-            || ticket.stamp <= state.user_mark(target)
-            || ticket.stamp <= state.pair_mark(actor, target)
-        {
+        let marks = [
+            state.user_mark(actor),
+            state.user_mark(target),
+            state.pair_mark(actor, target),
+        ];
+        if state.outdated(ticket, &marks) {
             return;
         }
         make_room(&mut state.pairs, self.capacity, self.ttl);
@@ -685,7 +693,7 @@ impl ContactCache {
         }
         let mut state = self.lock();
         for user in users {
-            if ticket.stamp <= state.cleared || ticket.stamp <= state.user_mark(*user) {
+            if state.outdated(ticket, &[state.user_mark(*user)]) {
                 continue;
             }
             make_room(&mut state.standing, self.capacity, self.ttl);
@@ -707,7 +715,7 @@ impl ContactCache {
             return;
         }
         let mut state = self.lock();
-        if ticket.stamp <= state.cleared || ticket.stamp <= state.conversation_mark(conversation) {
+        if state.outdated(ticket, &[state.conversation_mark(conversation)]) {
             return;
         }
         make_room(&mut state.members, self.capacity, self.ttl);
@@ -745,7 +753,7 @@ impl ContactCache {
         }
         let mut state = self.lock();
         for &(user, kind) in found {
-            if ticket.stamp <= state.cleared || ticket.stamp <= state.user_mark(user) {
+            if state.outdated(ticket, &[state.user_mark(user)]) {
                 continue;
             }
             make_room(&mut state.kinds, self.capacity, self.ttl);

@@ -401,7 +401,7 @@ impl CallActor {
         actix::spawn(async move {
             let result = async {
                 // The pair's conversation, from the cache when a call of theirs found it.
-                let cache = std::sync::Arc::clone(engine.db.contact_cache());
+                let cache = engine.db.contact_cache();
                 let conversation = match cache.direct(caller, callee) {
                     Some(id) => id,
                     None => {

@@ -79,16 +79,10 @@ where
     let mut taken = Vec::with_capacity(batch);
     while queue.recv_many(&mut taken, batch).await > 0 {
         let (states, waiters) = coalesce(taken.drain(..));
-        let whole = if states.len() > 1 {
-            Some(states.clone())
-        } else {
-            None
-        };
         // A batch of several is tried whole first; a lone call, or each call of a batch that
         // failed, is written alone and gets its own outcome.
-        if let Some(whole) = whole {
-            let n = whole.len();
-            match write(whole).await {
+        if states.len() > 1 {
+            match write(states.clone()).await {
                 Ok(()) => {
                     for done in waiters.into_iter().flatten() {
                         let _ = done.send(Ok(()));
@@ -96,7 +90,7 @@ where
                     continue;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, calls = n, "a batch of call states failed; writing them one by one");
+                    tracing::debug!(error = %e, calls = states.len(), "a batch of call states failed; writing them one by one");
                 }
             }
         }
