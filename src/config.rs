@@ -137,8 +137,8 @@ pub struct Config {
     /// its connections speak when they name none: `0.0.0.0:449=worldmates,0.0.0.0:3001=aist`.
     /// Every listener serves the whole API. When set, it replaces `BIND`. Default empty.
     pub listen: List,
-    /// `HTTP_WORKERS` — threads accepting and serving HTTP and WebSocket connections; 0 means
-    /// one per CPU core. Default 0.
+    /// `HTTP_WORKERS` — threads accepting and serving HTTP and WebSocket connections, which
+    /// also run the conversation and call actors; 0 means one per CPU core. Default 0.
     pub http_workers: usize,
     /// `MAX_CONNECTIONS` — most open client connections (WebSocket, Socket.IO and HTTP) of this
     /// process, divided evenly over the workers; past it, new connections wait in the listen

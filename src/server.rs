@@ -256,6 +256,9 @@ fn build(
         "http server limits"
     );
     let mut server = HttpServer::new(move || {
+        // Runs on each worker's thread as it builds its services: conversation and call
+        // actors start on these threads from now on (see `Placement`).
+        data.engine.placement.join_current();
         App::new()
             .app_data(data.clone())
             // Innermost: the legacy ids of imported things, for their apps' listeners.

@@ -2041,6 +2041,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
                 .send(GetConversation {
                     id: conversation,
                     remote_seq: Some(seq),
+                    near: None,
                 })
                 .await
             {

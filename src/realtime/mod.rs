@@ -15,7 +15,8 @@
 //! 2. The session parses it and runs it as a task (64 per connection → `rate_limited`).
 //! 3. [`Engine::send_message`] validates, applies `MESSAGE_RATE_PER_MIN`, finds the
 //!    [`conversation::ConversationActor`] in a sharded map (the registry is asked only to start
-//!    one) and `try_send`s to it (4096 → `unavailable`).
+//!    one, on the thread of the HTTP worker that asked: [`actors::Placement`]) and `try_send`s
+//!    to it (4096 → `unavailable`).
 //! 4. The conversation checks membership in memory and queues the draft for its writer shard
 //!    (`WRITE_QUEUE` / `WRITE_SHARDS` → `unavailable`).
 //! 5. The shard commits up to `WRITE_BATCH_MAX` drafts in one transaction: one prepared
@@ -145,8 +146,8 @@ pub struct Engine {
     pub(crate) send_leases: Arc<ratelimit::Leases>,
     /// Per-user call limiter.
     pub call_limiter: Arc<UserLimiter>,
-    /// Arbiters that host conversation actors.
-    pub arbiters: Arc<[ArbiterHandle]>,
+    /// Where conversation and call actors start (the HTTP workers' threads once they run).
+    pub(crate) placement: Arc<actors::Placement>,
     /// The registry's own arbiter.
     registry_arbiter: ArbiterHandle,
     /// Counters and gauges for `/metrics`.
@@ -172,14 +173,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the registry, the writer shards and the conversation arbiters. Must run inside an
-    /// actix system. Fails when a writer's thread cannot be started.
+    /// Starts the registry, the writer shards and an arbiter for the conversation and call
+    /// actors started before the HTTP workers run (or without them). Must run inside an actix
+    /// system. Fails when a writer's thread cannot be started.
     pub(crate) fn start(config: Arc<Config>, db: Db) -> AppResult<Self> {
-        let threads = std::thread::available_parallelism()
-            .map_or(2, std::num::NonZeroUsize::get)
-            .clamp(1, 8);
-        let arbiters: Arc<[ArbiterHandle]> =
-            (0..threads).map(|_| Arbiter::new().handle()).collect();
+        let placement = Arc::new(actors::Placement::new(vec![Arbiter::new().handle()]));
         let registry_arbiter = Arbiter::new().handle();
         let registry = Registry::start_in_arbiter(&registry_arbiter, |_| Registry::new());
         let writer = writer::Writer::start(
@@ -246,7 +244,7 @@ impl Engine {
             registry,
             writer,
             call_store,
-            arbiters,
+            placement,
             registry_arbiter,
             metrics,
             draining: Arc::default(),
@@ -264,14 +262,12 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Stops the engine's threads: the conversation arbiters and the registry's, dropping
-    /// the actors they host (and with them their database handles). A server process ends
+    /// Stops the engine's threads: its own arbiters and the registry's, dropping the actors
+    /// they host (and with them their database handles). A server process ends
     /// them by exiting; a process that runs servers one after another (the integration tests)
     /// calls this when it is done with one, after its listeners stopped.
     pub fn stop(&self) {
-        for arbiter in self.arbiters.iter() {
-            arbiter.stop();
-        }
+        self.placement.stop_own();
         self.registry_arbiter.stop();
     }
 
@@ -357,6 +353,7 @@ impl Engine {
         Box::pin(self.registry.send(GetConversation {
             id,
             remote_seq: None,
+            near: Some(std::thread::current().id()),
         }))
         .await
         .map_err(|e| AppError::unavailable(format!("registry: {e}")))?

@@ -94,6 +94,8 @@ pub(crate) struct GetConversation {
     /// Set when another node's message (this seq) starts the actor: the actor fans out from
     /// this seq on, whatever the database's last seq is by the time it loads.
     pub remote_seq: Option<i64>,
+    /// The thread that asks (the actor starts on it if it is an HTTP worker's).
+    pub near: Option<std::thread::ThreadId>,
 }
 
 /// Presence of a user across the cluster (from this node's update or another node's): tell
@@ -229,7 +231,6 @@ pub struct Registry {
     /// Who hears whose presence.
     audiences: Audiences,
     last_seen: HashMap<i64, DateTime<Utc>>,
-    next_arbiter: usize,
     /// Live calls and who is in which (busy, glare).
     calls: CallDirectory<Addr<CallActor>>,
     /// Pending timers of live calls (ring timeout, reconnect graces), by call: cancelled when
@@ -262,7 +263,6 @@ impl Registry {
             sessions: HashMap::new(),
             audiences: Audiences::default(),
             last_seen: HashMap::new(),
-            next_arbiter: 0,
             calls: CallDirectory::default(),
             call_timers: HashMap::new(),
             next_timer: 0,
@@ -622,8 +622,7 @@ impl Handler<GetConversation> for Registry {
         if let Some(addr) = engine.conversations.get(&msg.id) {
             return Ok(addr);
         }
-        let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
-        self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        let arbiter = engine.placement.pick(msg.near);
         let (id, remote_seq) = (msg.id, msg.remote_seq);
         let map = Arc::clone(&engine.conversations);
         let addr = ConversationActor::start_in_arbiter(&arbiter, move |_| {
@@ -752,6 +751,8 @@ pub(crate) struct StartCall {
     pub verdict: Verdict,
     /// Cluster mode: callees with live devices on other nodes (they ring there).
     pub online_elsewhere: Vec<i64>,
+    /// The thread that asks (the call's actor starts on it if it is an HTTP worker's).
+    pub near: Option<std::thread::ThreadId>,
 }
 
 /// What the cluster-wide call directory decided about a call start (single node: `Start`).
@@ -840,8 +841,7 @@ impl Handler<StartCall> for Registry {
             .filter(|u| self.sessions.contains_key(u) || msg.online_elsewhere.contains(u))
             .collect();
         let registry = ctx.address();
-        let arbiter = engine.arbiters[self.next_arbiter % engine.arbiters.len()].clone();
-        self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        let arbiter = engine.placement.pick(msg.near);
         let meta = msg.meta;
         let call_map = Arc::clone(&engine.calls);
         let addr = CallActor::start_in_arbiter(&arbiter, move |_| {

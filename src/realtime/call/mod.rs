@@ -198,6 +198,7 @@ impl Engine {
                 meta,
                 verdict: verdict.clone(),
                 online_elsewhere,
+                near: Some(std::thread::current().id()),
             })
             .await
             .map_err(|e| AppError::unavailable(format!("registry: {e}")));
