@@ -81,6 +81,10 @@ enum Ns {
         waiting: Vec<ClientFrame>,
         opening: Opening,
     },
+    /// `authenticate` succeeded and the session actor is being started: events that arrive
+    /// meanwhile wait here (at most [`MAX_WAITING_FRAMES`]) and go to the session, in order,
+    /// when it is bridged.
+    Authenticating { waiting: Vec<ClientFrame> },
     /// Bridged to a session actor; frames go through a bounded, ordered queue (of boxes: a
     /// channel keeps a block of 32 slots per connection, 256 bytes boxed instead of ~3 KiB).
     Session {
@@ -507,13 +511,23 @@ impl SioHandler {
             match checker.authenticate(&token).await {
                 Ok(identity) => {
                     let user = identity.user_id();
+                    // Events keep queuing (now as `Authenticating`) until the session takes
+                    // over the namespace in `bridge`.
                     let waiting = this
                         .with_conn(&socket.sid, |c| match c.namespaces.remove("/") {
                             Some(Ns::AwaitingAuth {
                                 dialect,
                                 waiting,
                                 opening,
-                            }) => Some((dialect, waiting, opening)),
+                            }) => {
+                                c.namespaces.insert(
+                                    "/".into(),
+                                    Ns::Authenticating {
+                                        waiting: Vec::new(),
+                                    },
+                                );
+                                Some((dialect, waiting, opening))
+                            }
                             other => {
                                 if let Some(ns) = other {
                                     c.namespaces.insert("/".into(), ns);
@@ -598,17 +612,25 @@ impl SioHandler {
         let acks = Arc::new(Mutex::new(AckTable::default()));
         let registered = self
             .with_conn(&socket.sid, |c| {
-                c.namespaces.insert(
+                let late = c.namespaces.insert(
                     "/".into(),
                     Ns::Session {
-                        frames: frames_tx,
+                        frames: frames_tx.clone(),
                         actor: actor.clone(),
                         acks: Arc::clone(&acks),
                         tracker: tracker.clone(),
                     },
                 );
+                // Events that came while the session was being started follow the earlier
+                // ones, ahead of any that finds the session (queued under the same lock).
+                if let Some(Ns::Authenticating { waiting }) = late {
+                    for frame in waiting {
+                        let _ = frames_tx.try_send(Box::new(frame));
+                    }
+                }
             })
             .is_some();
+        drop(frames_tx);
         if !registered {
             actor.do_send(crate::realtime::session::TransportClosed);
             return;
@@ -883,6 +905,8 @@ impl SioHandler {
             Echo,
             Frames(mpsc::Sender<Box<ClientFrame>>),
             Authenticate,
+            /// `authenticate` again while the first one's session is being started.
+            Authenticating,
             Waiting,
             Missing,
         }
@@ -891,7 +915,8 @@ impl SioHandler {
                 Some(Ns::Echo) => Route::Echo,
                 Some(Ns::Session { frames, .. }) => Route::Frames(frames.clone()),
                 Some(Ns::AwaitingAuth { .. }) if name == "authenticate" => Route::Authenticate,
-                Some(Ns::AwaitingAuth { .. }) => Route::Waiting,
+                Some(Ns::Authenticating { .. }) if name == "authenticate" => Route::Authenticating,
+                Some(Ns::AwaitingAuth { .. } | Ns::Authenticating { .. }) => Route::Waiting,
                 Some(Ns::Connecting) | None => Route::Missing,
             })
             .unwrap_or(Route::Missing);
@@ -905,7 +930,7 @@ impl SioHandler {
                 };
                 let kept = self
                     .with_conn(&socket.sid, |c| match c.namespaces.get_mut("/") {
-                        Some(Ns::AwaitingAuth { waiting, .. })
+                        Some(Ns::AwaitingAuth { waiting, .. } | Ns::Authenticating { waiting })
                             if waiting.len() < MAX_WAITING_FRAMES =>
                         {
                             waiting.push(frame);
@@ -923,16 +948,10 @@ impl SioHandler {
                     );
                 }
             }
-            // Already authenticated (token in the handshake): `authenticate` is acknowledged.
-            Route::Frames(_) if name == "authenticate" => {
-                if let Some(id) = p.id {
-                    send_packet(
-                        socket,
-                        &packet(SioKind::Ack, "/", Some(id), Some(json!([{"ok": true}]))),
-                        &[],
-                    );
-                }
-            }
+            // Already authenticated (token in the handshake, or an earlier `authenticate`):
+            // `authenticate` is acknowledged.
+            Route::Authenticating => send_authenticated_ack(socket, p.id),
+            Route::Frames(_) if name == "authenticate" => send_authenticated_ack(socket, p.id),
             Route::Echo => {
                 let binary = p.kind == SioKind::BinaryEvent;
                 if name == "message-with-ack" {
@@ -1009,6 +1028,17 @@ struct Opening {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Acknowledges an `authenticate` on a connection that is authenticated already (or being).
+fn send_authenticated_ack(socket: &Arc<EioSocket>, id: Option<u64>) {
+    if let Some(id) = id {
+        send_packet(
+            socket,
+            &packet(SioKind::Ack, "/", Some(id), Some(json!([{"ok": true}]))),
+            &[],
+        );
+    }
 }
 
 /// The CONNECT reply: the socket id, and the private id when recovery is offered.
