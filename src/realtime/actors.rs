@@ -94,10 +94,10 @@ impl<K: Hash + Eq, A: Actor> ActorMap<K, A> {
 /// on their threads, which also run the sessions: next to the session whose command needs the
 /// actor when there is one, so that a command, its actor's work and the reply need not wake
 /// other threads (each hand-off between threads costs a wake-up and a context switch); else in
-/// turn. Until a worker joins (an engine without an HTTP server), on the engine's own arbiters.
+/// turn. Until a worker joins (an engine without an HTTP server), on the engine's own arbiter.
 pub(crate) struct Placement {
-    /// The engine's own arbiters.
-    own: Box<[ArbiterHandle]>,
+    /// The engine's own arbiter.
+    own: ArbiterHandle,
     /// The HTTP workers' arbiters, by thread.
     workers: RwLock<Vec<(ThreadId, ArbiterHandle)>>,
     /// Turns for actors not placed next to a session.
@@ -111,10 +111,10 @@ impl std::fmt::Debug for Placement {
 }
 
 impl Placement {
-    /// Placement on `own` arbiters until workers join.
-    pub(crate) fn new(own: Vec<ArbiterHandle>) -> Self {
+    /// Placement on `own` until workers join.
+    pub(crate) fn new(own: ArbiterHandle) -> Self {
         Self {
-            own: own.into_boxed_slice(),
+            own,
             workers: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
         }
@@ -151,19 +151,16 @@ impl Placement {
         if let Some((_, handle)) = near.and_then(|n| workers.iter().find(|(t, _)| *t == n)) {
             return handle.clone();
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         if workers.is_empty() {
-            self.own[turn % self.own.len()].clone()
-        } else {
-            workers[turn % workers.len()].1.clone()
+            return self.own.clone();
         }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        workers[turn % workers.len()].1.clone()
     }
 
-    /// Stops the engine's own arbiters (the workers' stop with the HTTP server).
+    /// Stops the engine's own arbiter (the workers' stop with the HTTP server).
     pub(crate) fn stop_own(&self) {
-        for arbiter in self.own.iter() {
-            arbiter.stop();
-        }
+        self.own.stop();
     }
 }
 
@@ -200,7 +197,7 @@ mod tests {
     async fn actors_start_next_to_the_worker_that_asks_else_on_workers_in_turn() {
         let own = Arbiter::new();
         let own_thread = thread_of(&own.handle()).await;
-        let placement = Arc::new(Placement::new(vec![own.handle()]));
+        let placement = Arc::new(Placement::new(own.handle()));
         // No worker yet: the engine's own arbiter.
         assert_eq!(thread_of(&placement.pick(None)).await, own_thread);
 

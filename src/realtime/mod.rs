@@ -177,7 +177,7 @@ impl Engine {
     /// actors started before the HTTP workers run (or without them). Must run inside an actix
     /// system. Fails when a writer's thread cannot be started.
     pub(crate) fn start(config: Arc<Config>, db: Db) -> AppResult<Self> {
-        let placement = Arc::new(actors::Placement::new(vec![Arbiter::new().handle()]));
+        let placement = Arc::new(actors::Placement::new(Arbiter::new().handle()));
         let registry_arbiter = Arbiter::new().handle();
         let registry = Registry::start_in_arbiter(&registry_arbiter, |_| Registry::new());
         let writer = writer::Writer::start(
@@ -262,7 +262,7 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Stops the engine's threads: its own arbiters and the registry's, dropping the actors
+    /// Stops the engine's threads: its own arbiter and the registry's, dropping the actors
     /// they host (and with them their database handles). A server process ends
     /// them by exiting; a process that runs servers one after another (the integration tests)
     /// calls this when it is done with one, after its listeners stopped.
