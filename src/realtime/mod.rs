@@ -116,9 +116,20 @@ fn attach(draft: &mut Draft, row: &crate::db::media::MediaRow) -> AppResult<()> 
 /// clients does not come straight back, short enough for a reconnecting app to feel prompt.
 pub const OVER_CAPACITY_RETRY_AFTER_SECS: u64 = 5;
 
-/// Handle to the engine (cheap to clone).
+/// Handle to the engine: one shared pointer, so a clone (every session, actor and command
+/// task holds one) is a reference count rather than a copy of every part.
 #[derive(Clone)]
-pub struct Engine {
+pub struct Engine(Arc<EngineParts>);
+
+impl std::ops::Deref for Engine {
+    type Target = EngineParts;
+    fn deref(&self) -> &EngineParts {
+        &self.0
+    }
+}
+
+/// What the engine is made of (reached through an [`Engine`]).
+pub struct EngineParts {
     /// Settings.
     pub config: Arc<Config>,
     /// Database.
@@ -169,6 +180,12 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EngineParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineParts").finish_non_exhaustive()
     }
 }
 
@@ -223,7 +240,7 @@ impl Engine {
             OVER_CAPACITY_RETRY_AFTER_SECS,
             Arc::clone(&metrics),
         );
-        let engine = Self {
+        let engine = Self(Arc::new(EngineParts {
             ceiling,
             delivery,
             cluster,
@@ -252,7 +269,7 @@ impl Engine {
             legacy: crate::legacy::LegacyIds::new(),
             clock: crate::clock::Clock::default(),
             next_session: Arc::new(AtomicU64::new(first_session_key)),
-        };
+        }));
         engine.registry.do_send(SetEngine(engine.clone()));
         if let Some(runner) = runner {
             if let Err(e) = runner.start(engine.clone()) {

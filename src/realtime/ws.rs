@@ -303,9 +303,40 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
             }
         }
     };
+    // Boxed: the close's timers and writes would otherwise sit in every idle connection's task.
+    Box::pin(finish_writing(
+        Writer {
+            session,
+            format,
+            heartbeat,
+            grace,
+            socket,
+            admission,
+            metrics,
+        },
+        out,
+        reason,
+    ))
+    .await;
+}
+
+/// The writer's end: flushes what is already queued (an error explaining the close, say) for a
+/// moment, unless the client is not reading at all, then closes the socket within the grace.
+async fn finish_writing(
+    w: Writer,
+    mut out: mpsc::Receiver<Outbound>,
+    reason: Option<CloseRequest>,
+) {
+    let Writer {
+        mut session,
+        format,
+        grace,
+        socket,
+        admission,
+        metrics,
+        ..
+    } = w;
     let closing = tokio::time::Instant::now();
-    // Flush what is already queued (an error explaining the close, say) for a moment, unless the
-    // client is not reading at all.
     let flush = async {
         while let Ok(item) = out.try_recv() {
             if session.text(format.encode(&item)).await.is_err() {
@@ -370,7 +401,9 @@ impl Reader {
                 msg = stream.recv() => {
                     let Some(msg) = msg else { break };
                     self.last_seen.store(now_millis(), Ordering::Relaxed);
-                    if !self.on_message(msg).await {
+                    // Boxed: the handling's state would otherwise stay in every idle
+                    // connection's task (this loop's futures are not laid over it).
+                    if !Box::pin(self.on_message(msg)).await {
                         break;
                     }
                 }
@@ -421,7 +454,12 @@ impl Reader {
             Ok(AggregatedMessage::Ping(bytes)) => {
                 // A peer that pings but does not read would block the reader on its pong (and
                 // with it the heartbeat check): past the client timeout it is closed.
-                match tokio::time::timeout(self.client_timeout, self.session.pong(&bytes)).await {
+                // Boxed: a pong's timer would otherwise sit in every idle connection's task.
+                let pong = Box::pin(tokio::time::timeout(
+                    self.client_timeout,
+                    self.session.pong(&bytes),
+                ));
+                match pong.await {
                     Ok(res) => res.is_ok(),
                     Err(_) => {
                         tracing::info!(user = self.user, "pong not taken; closing");
