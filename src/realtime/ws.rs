@@ -266,17 +266,8 @@ struct Writer {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<CloseSignal>) {
-    let Writer {
-        mut session,
-        format,
-        heartbeat,
-        grace,
-        socket,
-        admission,
-        metrics,
-    } = w;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+async fn write_loop(mut w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<CloseSignal>) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + w.heartbeat, w.heartbeat);
     let mut turns = conn::WriteTurns::default();
     let reason = loop {
         tokio::select! {
@@ -284,12 +275,12 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
             req = close.requested() => break Some(req),
             item = out.recv() => {
                 let Some(item) = item else { break None };
-                let text = format.encode(&item);
+                let text = w.format.encode(&item);
                 let bytes = text.len();
                 // A write that cannot complete (client not reading) still yields to a close.
                 tokio::select! {
                     biased;
-                    res = session.text(text) => if res.is_err() { break None },
+                    res = w.session.text(text) => if res.is_err() { break None },
                     req = close.requested() => break Some(req),
                 }
                 turns.wrote(bytes).await;
@@ -297,27 +288,14 @@ async fn write_loop(w: Writer, mut out: mpsc::Receiver<Outbound>, close: Arc<Clo
             _ = ping.tick() => {
                 tokio::select! {
                     biased;
-                    res = session.ping(b"") => if res.is_err() { break None },
+                    res = w.session.ping(b"") => if res.is_err() { break None },
                     req = close.requested() => break Some(req),
                 }
             }
         }
     };
     // Boxed: the close's timers and writes would otherwise sit in every idle connection's task.
-    Box::pin(finish_writing(
-        Writer {
-            session,
-            format,
-            heartbeat,
-            grace,
-            socket,
-            admission,
-            metrics,
-        },
-        out,
-        reason,
-    ))
-    .await;
+    Box::pin(finish_writing(w, out, reason)).await;
 }
 
 /// The writer's end: flushes what is already queued (an error explaining the close, say) for a
