@@ -432,12 +432,7 @@ impl Reader {
             Ok(AggregatedMessage::Ping(bytes)) => {
                 // A peer that pings but does not read would block the reader on its pong (and
                 // with it the heartbeat check): past the client timeout it is closed.
-                // Boxed: a pong's timer would otherwise sit in every idle connection's task.
-                let pong = Box::pin(tokio::time::timeout(
-                    self.client_timeout,
-                    self.session.pong(&bytes),
-                ));
-                match pong.await {
+                match tokio::time::timeout(self.client_timeout, self.session.pong(&bytes)).await {
                     Ok(res) => res.is_ok(),
                     Err(_) => {
                         tracing::info!(user = self.user, "pong not taken; closing");

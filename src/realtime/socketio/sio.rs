@@ -612,25 +612,24 @@ impl SioHandler {
         let acks = Arc::new(Mutex::new(AckTable::default()));
         let registered = self
             .with_conn(&socket.sid, |c| {
-                let late = c.namespaces.insert(
+                // Events that came while the session was being started follow the earlier
+                // ones, ahead of any that finds the session (queued under the same lock).
+                if let Some(Ns::Authenticating { waiting }) = c.namespaces.remove("/") {
+                    for frame in waiting {
+                        let _ = frames_tx.try_send(Box::new(frame));
+                    }
+                }
+                c.namespaces.insert(
                     "/".into(),
                     Ns::Session {
-                        frames: frames_tx.clone(),
+                        frames: frames_tx,
                         actor: actor.clone(),
                         acks: Arc::clone(&acks),
                         tracker: tracker.clone(),
                     },
                 );
-                // Events that came while the session was being started follow the earlier
-                // ones, ahead of any that finds the session (queued under the same lock).
-                if let Some(Ns::Authenticating { waiting }) = late {
-                    for frame in waiting {
-                        let _ = frames_tx.try_send(Box::new(frame));
-                    }
-                }
             })
             .is_some();
-        drop(frames_tx);
         if !registered {
             actor.do_send(crate::realtime::session::TransportClosed);
             return;
