@@ -4,8 +4,11 @@
 //!
 //! # What crosses nodes
 //! - **Events.** [`ClusterDelivery`] delivers to this node's sessions, then publishes the event
-//!   with its recipients. Every other node parses it once and offers the one decoded event to
-//!   its own sessions of those recipients (encoded once per node, not per recipient).
+//!   with its recipients. Every other node reads it once and offers the one event to its own
+//!   sessions of those recipients (encoded once per node, not per recipient). A message's
+//!   payload stays the JSON text the committing node wrote: a node whose recipients take
+//!   canonical frames or Socket.IO's puts that text in their frames as it is, and only a
+//!   dialect's recipient has it parsed.
 //!   Everything queued when the cluster thread publishes goes out as one Redis message
 //!   (`Frames`) to each other node's inbox channel, so no node receives its own. A node
 //!   knows the others by their hellos (an empty frame on the shared bus, sent after each
@@ -56,6 +59,7 @@ use fred::prelude::{
     LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -142,7 +146,8 @@ enum Body<'a> {
     Event {
         users: Cow<'a, [i64]>,
         name: Cow<'a, str>,
-        data: Cow<'a, Value>,
+        #[serde(borrow)]
+        data: Payload<'a>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skip: Option<u64>,
         /// A new message's conversation and seq (delivered in seq order).
@@ -209,6 +214,51 @@ enum Body<'a> {
         request: u64,
         outcome: Result<Message, WireError>,
     },
+}
+
+/// An event's payload on the bus: the sending node's value, encoded as it goes out; on the
+/// receiving node, the JSON text as it came. A message's event keeps that text
+/// ([`ServerEvent::message`]), so a node whose recipients all take canonical frames or
+/// Socket.IO's never builds the value, nor encodes it again.
+#[derive(Debug)]
+enum Payload<'a> {
+    Value(&'a Value),
+    Encoded(&'a RawValue),
+}
+
+impl<'a> Payload<'a> {
+    /// An event's payload: its text when it was made from one, else its value.
+    fn of(event: &'a ServerEvent) -> Self {
+        event
+            .encoded()
+            .map_or_else(|| Self::Value(event.payload()), Self::Encoded)
+    }
+
+    /// The payload as a value (parsed from the text on the receiving side).
+    fn to_value(&self) -> Value {
+        match self {
+            Self::Value(v) => (*v).clone(),
+            Self::Encoded(raw) => serde_json::from_str(raw.get()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cluster: unreadable event payload");
+                Value::Null
+            }),
+        }
+    }
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Value(v) => v.serialize(s),
+            Self::Encoded(raw) => raw.serialize(s),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(Payload::Encoded)
+    }
 }
 
 /// Why a forwarded send was refused: the error's kind, its code and what the client is told.
@@ -1059,7 +1109,7 @@ impl Cluster {
         self.publish(Body::Event {
             users: Cow::Borrowed(users),
             name: Cow::Borrowed(&event.name),
-            data: Cow::Borrowed(&event.payload),
+            data: Payload::of(event),
             skip,
             message: event.delivery,
         });
@@ -1071,7 +1121,7 @@ impl Cluster {
             user,
             key,
             name: Cow::Borrowed(&event.name),
-            data: Cow::Borrowed(&event.payload),
+            data: Cow::Borrowed(event.payload()),
         });
     }
 
@@ -1929,7 +1979,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
         } => {
             engine.directory.deliver(
                 &users,
-                &ServerEvent::new(name.into_owned(), data.into_owned()),
+                &ServerEvent::new(name.into_owned(), data.to_value()),
                 skip,
             );
         }
@@ -2019,8 +2069,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
             skip,
             message: Some((conversation, seq)),
         } => {
-            let event =
-                ServerEvent::message(name.into_owned(), data.into_owned(), conversation, seq);
+            let event = ServerEvent::message(name.into_owned(), &data, conversation, seq, None);
             let remote = RemoteMessage {
                 seq,
                 event,
@@ -2305,7 +2354,9 @@ impl Heartbeat {
 
 #[cfg(test)]
 mod tests {
-    use super::{single_frame, split_frame, Body, Cluster, Frames, FRAME_BYTES};
+    use super::{
+        single_frame, split_frame, Body, Cluster, Frames, Payload, ServerEvent, FRAME_BYTES,
+    };
     use crate::config::{Config, Secret};
 
     #[test]
@@ -2340,7 +2391,6 @@ mod tests {
         );
     }
     use serde_json::json;
-    use std::borrow::Cow;
 
     #[test]
     fn bodies_round_trip_with_and_without_a_message_seq() {
@@ -2348,7 +2398,7 @@ mod tests {
         let with = Body::Event {
             users: vec![1, 2].into(),
             name: "message:new".into(),
-            data: Cow::Borrowed(&data),
+            data: Payload::Value(&data),
             skip: None,
             message: Some((7, 42)),
         };
@@ -2364,8 +2414,29 @@ mod tests {
         assert!(matches!(
             &bodies[0],
             Body::Event { message: Some((7, 42)), users, data, .. }
-                if users[..] == [1, 2] && data["text"] == "hi\nthere"
+                if users[..] == [1, 2] && data.to_value() == json!({"text": "hi\nthere"})
         ));
+        // A message's event takes the text as it came for its canonical frame, and reads the
+        // value from it only when asked.
+        let Body::Event {
+            name,
+            data: Payload::Encoded(raw),
+            ..
+        } = &bodies[0]
+        else {
+            unreachable!("not an encoded event: {:?}", bodies[0]);
+        };
+        let event = ServerEvent::message(name.to_string(), raw, 7, 42, None);
+        assert_eq!(
+            &*event.canonical_json(),
+            r#"{"event":"message:new","payload":{"text":"hi\nthere"}}"#
+        );
+        assert_eq!(event.payload(), &data);
+        assert_eq!(event.delivery, Some((7, 42)));
+        assert_eq!(
+            event.socketio_args().as_ref(),
+            r#"["message:new",{"text":"hi\nthere"}]"#
+        );
         let without = r#"{"Event":{"users":[3],"name":"typing:start","data":{}}}"#;
         let back: Body = serde_json::from_str(without).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(matches!(back, Body::Event { message: None, .. }));

@@ -17,7 +17,7 @@
 //! batch's, and the others are above them.
 
 use super::directory::Delivery;
-use super::protocol::ServerEvent;
+use super::protocol::{Position, ServerEvent};
 use super::writer::WriteRequest;
 use super::Engine;
 use crate::db::conversations::{self as convs, ReceiptKind};
@@ -522,11 +522,17 @@ impl Handler<Committed> for ConversationActor {
 
 /// The `message:new` event of a committed message.
 pub(crate) fn new_message_event(m: &Message) -> Arc<ServerEvent> {
+    let position = Position {
+        conversation: m.conversation_id,
+        seq: m.seq,
+        change: m.change_seq,
+    };
     ServerEvent::message(
         events::MESSAGE_NEW,
-        json!(m.view()),
+        &m.view(),
         m.conversation_id,
         m.seq,
+        Some(position),
     )
 }
 

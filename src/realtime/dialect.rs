@@ -1589,7 +1589,7 @@ impl Translator {
         } else {
             None
         };
-        match self.shown(&event.payload, own) {
+        match self.shown(event.payload(), own) {
             Some(payload) => event.derive(event.name.clone(), payload),
             None => event,
         }
@@ -1666,7 +1666,7 @@ impl Translator {
         }
         let left = self.left();
         !left.is_empty()
-            && conversation_of(&event.payload).is_some_and(|c| left.iter().any(|l| *l == c))
+            && conversation_of(event.payload()).is_some_and(|c| left.iter().any(|l| *l == c))
     }
 
     /// Translates an inbound frame into a canonical one. Events the dialect does not define
@@ -1749,13 +1749,13 @@ impl Translator {
             Hook::TrackIncoming => {
                 let mut current = self.current();
                 if current.id.is_none() {
-                    current.id = call_id_of(&event.payload).map(str::to_owned);
+                    current.id = call_id_of(event.payload()).map(str::to_owned);
                     current.ringing_here = true;
                 }
             }
             Hook::TrackEnd => {
                 let mut current = self.current();
-                let ended = call_id_of(&event.payload);
+                let ended = call_id_of(event.payload());
                 if current.id.as_deref() == ended {
                     current.id = None;
                     current.ringing_here = false;
@@ -1776,10 +1776,10 @@ impl Translator {
                 .iter()
                 .filter(|e| {
                     e.when
-                        .is_none_or(|f| event.payload.get(f).is_some_and(|v| !v.is_null()))
+                        .is_none_or(|f| event.payload().get(f).is_some_and(|v| !v.is_null()))
                 })
                 .map(|e| {
-                    self.shown_event(event.derive(e.event, build(&event.payload, e.set, numeric)))
+                    self.shown_event(event.derive(e.event, build(event.payload(), e.set, numeric)))
                 })
                 .collect()
         })
@@ -1993,7 +1993,7 @@ mod tests {
             let ev = ServerEvent::new(event, json!({"callId": "room_9", field: value}));
             let out = t.outbound(&ev);
             assert_eq!(out[0].name, event);
-            assert_eq!(out[0].payload[field], to_number(&value), "{event}");
+            assert_eq!(out[0].payload()[field], to_number(&value), "{event}");
         }
     }
 
@@ -2007,9 +2007,9 @@ mod tests {
             json!({"callId": "k", "from": "7", "sdp": "o"}),
         );
         // Either order: the shared cache keeps one translation per id type.
-        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
-        assert_eq!(numeric.outbound(&ev)[0].payload["fromUserId"], json!(7));
-        assert_eq!(string.outbound(&ev)[0].payload["fromUserId"], json!("7"));
+        assert_eq!(string.outbound(&ev)[0].payload()["fromUserId"], json!("7"));
+        assert_eq!(numeric.outbound(&ev)[0].payload()["fromUserId"], json!(7));
+        assert_eq!(string.outbound(&ev)[0].payload()["fromUserId"], json!("7"));
         // Dialects that never type ids like the token ignore the flag.
         let wm = Translator::new(&WORLDMATES);
         wm.set_numeric_ids(true);
@@ -2018,7 +2018,7 @@ mod tests {
             json!({"callId": "k", "from": "7", "candidate": "c"}),
         );
         assert_eq!(wm.slot(), WORLDMATES.index());
-        assert_eq!(wm.outbound(&ice)[0].payload["fromId"], json!(7));
+        assert_eq!(wm.outbound(&ice)[0].payload()["fromId"], json!(7));
     }
 
     #[test]
@@ -2395,8 +2395,8 @@ mod tests {
         let out = t.outbound(&ev);
         let names: Vec<&str> = out.iter().map(|e| e.name.as_ref()).collect();
         assert_eq!(names, ["presence", "user-status-changed"]);
-        assert_eq!(out[1].payload["status"], "offline");
-        assert_eq!(out[1].payload["userId"], "3");
+        assert_eq!(out[1].payload()["status"], "offline");
+        assert_eq!(out[1].payload()["userId"], "3");
 
         let t = Translator::new(&LONESTAR);
         let bare = ServerEvent::new("call:accepted", json!({"callId": "c", "by": "2"}));
@@ -2411,9 +2411,9 @@ mod tests {
             json!({"callId": "c", "by": "2", "sdpAnswer": {"sdp": "x"}}),
         );
         let out = t.outbound(&with_sdp);
-        assert_eq!(out[0].payload["userId"], "2");
+        assert_eq!(out[0].payload()["userId"], "2");
         assert_eq!(out[1].name, "sdp_answer");
-        assert_eq!(out[1].payload["sdp"]["sdp"], "x");
+        assert_eq!(out[1].payload()["sdp"]["sdp"], "x");
         // Seed 000 reads candidates flat, whatever shape the sending app used.
         let nested = ServerEvent::new(
             "call:ice",
@@ -2421,19 +2421,25 @@ mod tests {
         );
         let out = t.outbound(&nested);
         assert_eq!(out[0].name, "ice_candidate");
-        assert_eq!(out[0].payload["candidate"], "c1");
-        assert_eq!(out[0].payload["sdpMid"], "0");
-        assert_eq!(out[0].payload["sdpMLineIndex"], 0);
+        assert_eq!(out[0].payload()["candidate"], "c1");
+        assert_eq!(out[0].payload()["sdpMid"], "0");
+        assert_eq!(out[0].payload()["sdpMLineIndex"], 0);
 
         // Unmapped events pass through untouched (the same shared event).
         let typing = ServerEvent::new("typing:start", json!({}));
         assert!(Arc::ptr_eq(&t.outbound(&typing)[0], &typing));
         // A message keeps its delivery mark through translation.
         let t = Translator::new(&ASTROLOGY);
-        let m = ServerEvent::message("message:new", json!({"id": "9", "type": "text"}), 4, 2);
+        let m = ServerEvent::message(
+            "message:new",
+            &json!({"id": "9", "type": "text"}),
+            4,
+            2,
+            None,
+        );
         let out = t.outbound(&m);
         assert_eq!(out[0].name, "dm:message_received");
-        assert_eq!(out[0].payload["_id"], "9");
+        assert_eq!(out[0].payload()["_id"], "9");
         assert_eq!(out[0].delivery, Some((4, 2)));
     }
 
@@ -2455,7 +2461,7 @@ mod tests {
             [Outbound::Error(err), Outbound::Event(e)] => {
                 assert_eq!(err.id, Some(json!(3)));
                 assert_eq!(e.name, "call:error");
-                assert_eq!(e.payload["code"], "not_found");
+                assert_eq!(e.payload()["code"], "not_found");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -2540,17 +2546,17 @@ mod tests {
             json!({"callId": "c", "reason": "my own words", "duration": 5}),
         );
         let out = t.outbound(&ended);
-        assert_eq!(out[0].payload["endReason"], "completed");
+        assert_eq!(out[0].payload()["endReason"], "completed");
         let ring = ServerEvent::new(
             "call:incoming",
             json!({"callId": "c", "from": "1", "callType": "audio", "agoraToken": "007bound", "agoraAnyUidToken": "007any"}),
         );
         let out = t.outbound(&ring);
-        assert_eq!(out[0].payload["callType"], "voice");
-        assert_eq!(out[0].payload["agoraToken"], "007any");
-        assert_eq!(out[0].payload["agoraUid"], 0);
+        assert_eq!(out[0].payload()["callType"], "voice");
+        assert_eq!(out[0].payload()["agoraToken"], "007any");
+        assert_eq!(out[0].payload()["agoraUid"], 0);
         let log = ServerEvent::new("message:new", json!({"id": "1", "type": "video_call"}));
-        assert_eq!(t.outbound(&log)[0].payload["messageType"], "system");
+        assert_eq!(t.outbound(&log)[0].payload()["messageType"], "system");
     }
 
     #[test]
@@ -2643,8 +2649,8 @@ mod tests {
         );
         let out = t.outbound(&ring);
         assert_eq!(out[0].name, "call:offer");
-        assert_eq!(out[0].payload["fromUserId"], "2");
-        assert_eq!(out[0].payload["sdp"], "o");
+        assert_eq!(out[0].payload()["fromUserId"], "2");
+        assert_eq!(out[0].payload()["sdp"], "o");
         let f = t
             .inbound(frame("call:answer", json!({"sdp": "a"})))
             .unwrap();
@@ -2772,7 +2778,7 @@ mod tests {
         let ev = ServerEvent::new("message:new", message.clone());
         let out = t.outbound(&ev);
         assert_eq!(out[0].name, "message");
-        let p = &out[0].payload;
+        let p = &out[0].payload();
         assert_eq!(p["conversationId"], "64b0000000000000000000c1");
         assert_eq!(p["conversation"], "64b0000000000000000000c1");
         assert_eq!(p["senderId"], "64b000000000000000000001");
@@ -2781,10 +2787,10 @@ mod tests {
         assert_eq!(p["id"], "64b0000000000000000000f1");
         assert_eq!(p["_id"], "64b0000000000000000000f1");
         // The canonical event is untouched, and an event without imported ids leaves as before.
-        assert_eq!(ev.payload, message);
+        assert_eq!(ev.payload(), &message);
         let plain = ServerEvent::new("presence", json!({"userId": "4", "online": true}));
         let out = t.outbound(&plain);
-        assert_eq!(out[0].payload, json!({"userId": "4", "online": true}));
+        assert_eq!(out[0].payload(), &json!({"userId": "4", "online": true}));
         let passthrough = ServerEvent::new("conversation:member_removed", json!({"userId": "4"}));
         assert!(Arc::ptr_eq(&t.outbound(&passthrough)[0], &passthrough));
         // Acks carry legacy ids too.
@@ -2812,8 +2818,8 @@ mod tests {
         assert_eq!(f.payload["to"], "3");
         let ev = ServerEvent::new("call:accepted", json!({"callId": "c", "by": "3"}));
         let out = t.outbound(&ev);
-        assert_eq!(out[0].payload["userId"], "64b000000000000000000001");
-        assert_eq!(out[0].payload["by"], "64b000000000000000000001");
+        assert_eq!(out[0].payload()["userId"], "64b000000000000000000001");
+        assert_eq!(out[0].payload()["by"], "64b000000000000000000001");
 
         // Dialects without a source, and translators of an empty copy, change nothing.
         let t = Translator::with_legacy(&AIST, &ids);
@@ -2827,6 +2833,6 @@ mod tests {
         let t = Translator::with_legacy(&BACKEND2, &LegacyIds::new());
         assert!(!t.takes_legacy_messages());
         let ev = ServerEvent::new("message:new", json!({"id": "90", "conversationId": "7"}));
-        assert_eq!(t.outbound(&ev)[0].payload["conversationId"], "7");
+        assert_eq!(t.outbound(&ev)[0].payload()["conversationId"], "7");
     }
 }

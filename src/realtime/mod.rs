@@ -29,8 +29,10 @@
 //!    by one retry; a lone statement's by the retry, which finds its rows by their keys), then
 //!    hands each conversation its rows in seq order (bounded by what the shard admitted).
 //! 6. The conversation pushes `message:new` for every row above the highest seq it has fanned
-//!    out (so a batch re-read after a lost COMMIT answer still goes out once), encoded once,
-//!    straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
+//!    out (so a batch re-read after a lost COMMIT answer still goes out once), its payload
+//!    written as JSON text once (straight from the row's view; the canonical frame, Socket.IO's
+//!    arguments and the cluster bus take that text, and only a dialect's recipient has it
+//!    parsed into a value), straight into each recipient session's outbound queue through the [`directory::Directory`] (`OUTBOUND_QUEUE` → that
 //!    connection alone is cut off as a slow consumer), and answers the sender's task, which
 //!    queues the ack the same way; each connection's writer task writes (TCP_NODELAY), letting
 //!    the HTTP/1 dispatcher take what it handed over every `WRITE_TURN_BYTES` so that a burst

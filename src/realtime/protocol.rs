@@ -14,6 +14,7 @@ use crate::realtime::events;
 use bytestring::ByteString;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -47,15 +48,19 @@ pub struct ClientFrame {
 pub struct ServerEvent {
     /// Canonical event name.
     pub name: Cow<'static, str>,
-    /// Canonical payload.
-    pub payload: Value,
+    /// Canonical payload ([`ServerEvent::payload`]). A new message's event is made from its
+    /// payload's JSON text instead (`encoded`, written once, here or by the node that
+    /// committed it), and the value is parsed from that text only by a recipient that needs
+    /// it (a dialect's): canonical frames, Socket.IO's arguments and the cluster bus take the
+    /// text as it is.
+    payload: OnceLock<Value>,
+    /// The payload as JSON text, when the event was made from it.
+    encoded: Option<Box<RawValue>>,
     /// For a new message: its conversation and seq, so transports whose clients acknowledge
     /// events (Socket.IO) can turn that acknowledgement into a delivered receipt.
     pub delivery: Option<(i64, i64)>,
-    /// For an event that stands for something durable (a new, edited or deleted message, a
-    /// receipt): where it stands in its conversation, so a connection can tell its client's
-    /// place (Socket.IO connection state recovery).
-    pub position: Option<Position>,
+    /// For an event that stands for something durable ([`ServerEvent::position`]).
+    position: OnceLock<Option<Position>>,
     /// For the event that tells a call ended (`call:ended|missed|cancelled|rejected|busy`):
     /// the call, so a connection can tell which ends its client heard.
     pub call_end: Option<Arc<str>>,
@@ -131,10 +136,11 @@ impl ServerEvent {
     pub fn new(name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
         let name = name.into();
         Arc::new(Self {
-            position: Position::of(&name, &payload),
+            position: OnceLock::from(Position::of(&name, &payload)),
             call_end: call_end_of(&name, &payload),
             name,
-            payload,
+            payload: OnceLock::from(payload),
+            encoded: None,
             delivery: None,
             canonical: OnceLock::new(),
             socketio: OnceLock::new(),
@@ -142,20 +148,31 @@ impl ServerEvent {
         })
     }
 
-    /// A new message's event (see [`ServerEvent::delivery`]).
+    /// A new message's event (see [`ServerEvent::delivery`]). Its payload is written as JSON
+    /// text once, here (a [`RawValue`] is copied as it is: the text another node wrote);
+    /// `position`, when known, saves reading it from the payload.
     pub(crate) fn message(
         name: impl Into<Cow<'static, str>>,
-        payload: Value,
+        payload: &(impl Serialize + ?Sized),
         conversation_id: i64,
         seq: i64,
+        position: Option<Position>,
     ) -> Arc<Self> {
         let name = name.into();
+        let (encoded, value) = match serde_json::value::to_raw_value(payload) {
+            Ok(raw) => (Some(raw), OnceLock::new()),
+            Err(e) => {
+                tracing::error!(error = %e, event = %name, "could not encode a message's payload");
+                (None, OnceLock::from(Value::Null))
+            }
+        };
         Arc::new(Self {
-            position: Position::of(&name, &payload),
-            call_end: None,
             name,
-            payload,
+            payload: value,
+            encoded,
             delivery: Some((conversation_id, seq)),
+            position: position.map_or_else(OnceLock::new, |p| OnceLock::from(Some(p))),
+            call_end: None,
             canonical: OnceLock::new(),
             socketio: OnceLock::new(),
             translated: Default::default(),
@@ -166,9 +183,10 @@ impl ServerEvent {
     pub(crate) fn derive(&self, name: impl Into<Cow<'static, str>>, payload: Value) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
-            payload,
+            payload: OnceLock::from(payload),
+            encoded: None,
             delivery: self.delivery,
-            position: self.position,
+            position: OnceLock::from(self.position()),
             call_end: self.call_end.clone(),
             canonical: OnceLock::new(),
             socketio: OnceLock::new(),
@@ -176,11 +194,39 @@ impl ServerEvent {
         })
     }
 
+    /// The canonical payload (for an event made from its JSON text, parsed on first use).
+    pub fn payload(&self) -> &Value {
+        self.payload.get_or_init(|| {
+            let text = self.encoded.as_deref().map_or("null", RawValue::get);
+            serde_json::from_str(text).unwrap_or_else(|e| {
+                tracing::error!(error = %e, event = %self.name, "could not read an event's payload");
+                Value::Null
+            })
+        })
+    }
+
+    /// The payload's JSON text, when the event was made from it (see [`ServerEvent::message`]).
+    pub(crate) fn encoded(&self) -> Option<&RawValue> {
+        self.encoded.as_deref()
+    }
+
+    /// Where an event that stands for something durable (a new, edited or deleted message, a
+    /// receipt) stands in its conversation, so a connection can tell its client's place
+    /// (Socket.IO connection state recovery).
+    pub fn position(&self) -> Option<Position> {
+        *self
+            .position
+            .get_or_init(|| Position::of(&self.name, self.payload()))
+    }
+
     /// The Socket.IO arguments `["name", payload]` as JSON text, encoded once and shared.
     pub(crate) fn socketio_args(&self) -> Arc<str> {
         Arc::clone(self.socketio.get_or_init(|| {
-            serde_json::to_string(&(&*self.name, &self.payload))
-                .map_or_else(|_| Arc::from("[]"), Arc::from)
+            match self.encoded() {
+                Some(raw) => serde_json::to_string(&(&*self.name, raw)),
+                None => serde_json::to_string(&(&*self.name, self.payload())),
+            }
+            .map_or_else(|_| Arc::from("[]"), Arc::from)
         }))
     }
 
@@ -201,7 +247,12 @@ impl ServerEvent {
     /// clone is a reference count, not a copy).
     pub fn canonical_json(&self) -> ByteString {
         self.canonical
-            .get_or_init(|| ByteString::from(frame_text(&self.name, None, &self.payload)))
+            .get_or_init(|| {
+                ByteString::from(match self.encoded() {
+                    Some(raw) => frame_text(&self.name, None, raw),
+                    None => frame_text(&self.name, None, self.payload()),
+                })
+            })
             .clone()
     }
 }
@@ -780,13 +831,46 @@ mod tests {
         let ws = ev.canonical_json();
         assert_eq!(
             serde_json::from_str::<Value>(&ws).unwrap(),
-            json!({"event": "message:new", "payload": ev.payload})
+            json!({"event": "message:new", "payload": ev.payload()})
         );
         // The same bytes, not a copy.
         assert_eq!(ev.canonical_json().as_ptr(), ws.as_ptr());
         let sio = ev.socketio_args();
-        assert_eq!(&*sio, json!(["message:new", ev.payload]).to_string());
+        assert_eq!(&*sio, json!(["message:new", ev.payload()]).to_string());
         assert!(Arc::ptr_eq(&sio, &ev.socketio_args()));
+        // A message's event is made from its payload's text, and parses it only when asked.
+        #[derive(Serialize)]
+        struct View {
+            id: &'static str,
+            content: &'static str,
+        }
+        let position = Position {
+            conversation: 4,
+            seq: 2,
+            change: 3,
+        };
+        let m = ServerEvent::message(
+            "message:new",
+            &View {
+                id: "9",
+                content: "hé \"x\"",
+            },
+            4,
+            2,
+            Some(position),
+        );
+        assert_eq!(
+            &*m.canonical_json(),
+            r#"{"event":"message:new","payload":{"id":"9","content":"hé \"x\""}}"#
+        );
+        assert_eq!(
+            &*m.socketio_args(),
+            r#"["message:new",{"id":"9","content":"hé \"x\""}]"#
+        );
+        assert!(m.payload.get().is_none(), "not parsed for frames");
+        assert_eq!(m.position(), Some(position));
+        assert_eq!(m.payload(), &json!({"id": "9", "content": "hé \"x\""}));
+        assert_eq!(m.delivery, Some((4, 2)));
         let frame = frame_text("ack", Some(&json!(7)), &json!({"ok": true}));
         assert_eq!(frame, r#"{"event":"ack","id":7,"payload":{"ok":true}}"#);
     }

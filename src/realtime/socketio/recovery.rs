@@ -175,7 +175,7 @@ impl Tracker {
     /// Hands out the next offset for an event: its place, if durable, and the call it tells
     /// the end of, if any.
     pub(crate) fn stamp_event(&mut self, ev: &ServerEvent) -> u64 {
-        let offset = self.stamp(ev.position);
+        let offset = self.stamp(ev.position());
         if let Some(call) = &ev.call_end {
             self.ends.push_back((offset, Arc::clone(call)));
             if self.ends.len() > TIMES_KEPT {
@@ -546,7 +546,7 @@ pub(crate) async fn replay(
     // are logged as they are sent); the others where they stand now.
     let touched: std::collections::HashSet<i64> = events
         .iter()
-        .filter_map(|ev| ev.position.map(|p| p.conversation))
+        .filter_map(|ev| ev.position().map(|p| p.conversation))
         .collect();
     let mut high = HashMap::new();
     for s in &standings {

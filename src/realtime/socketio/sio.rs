@@ -720,7 +720,7 @@ impl SioHandler {
                                 // for no acknowledgement: socket.io-client records the offset
                                 // only of events without one).
                                 Some(t) => {
-                                    if lock(t).replayed(ev.position) {
+                                    if lock(t).replayed(ev.position()) {
                                         continue;
                                     }
                                     emit_tracked(&out_socket, t, ev)
@@ -1106,7 +1106,7 @@ pub(crate) fn encode(item: &Outbound) -> SioPacket {
             SioKind::Event,
             "/",
             None,
-            Some(json!([ev.name, ev.payload])),
+            Some(json!([ev.name, ev.payload()])),
         ),
         Outbound::Ack(a) => packet(SioKind::Ack, "/", a.id.as_u64(), Some(json!([a.payload]))),
         Outbound::Error(e) if e.id.as_ref().and_then(Value::as_u64).is_some() => packet(
