@@ -310,8 +310,33 @@ impl SocketHandle {
     /// Aborts the connection if it is still open: the kernel drops its send queue and answers
     /// the peer with a reset, and the server's next write on it fails, which ends the connection
     /// and releases its descriptor. Returns whether there was a connection to abort.
-    #[allow(unsafe_code)]
     pub(crate) fn abort(&self) -> bool {
+        self.with_socket(|sock| {
+            if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+                tracing::warn!(error = %e, "cannot set SO_LINGER on a socket being aborted");
+            }
+            if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
+                tracing::debug!(error = %e, "socket shutdown on abort");
+            }
+        })
+    }
+
+    /// For a peer that stopped answering (its heartbeat timed out): whenever the connection is
+    /// closed from now on, the kernel drops what the peer has not taken and resets it, instead
+    /// of keeping the socket (and its send queue) until the peer reads or the kernel gives up,
+    /// minutes later. The close frame still goes out first if the peer takes it. Returns
+    /// whether there was a connection.
+    pub(crate) fn reset_on_close(&self) -> bool {
+        self.with_socket(|sock| {
+            if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+                tracing::warn!(error = %e, "cannot set SO_LINGER on a silent peer's socket");
+            }
+        })
+    }
+
+    /// Runs `f` on the connection's socket if it is still open; whether it was.
+    #[allow(unsafe_code)]
+    fn with_socket(&self, f: impl FnOnce(socket2::SockRef<'_>)) -> bool {
         let Some(slot) = &self.0 else { return false };
         let Ok(guard) = slot.fd.lock() else {
             return false;
@@ -320,13 +345,7 @@ impl SocketHandle {
         // SAFETY: the slot holds `fd` only while the connection owning it is alive, and the
         // lock held here keeps the connection's teardown (which clears the slot first) waiting.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let sock = socket2::SockRef::from(&borrowed);
-        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-            tracing::warn!(error = %e, "cannot set SO_LINGER on a socket being aborted");
-        }
-        if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
-            tracing::debug!(error = %e, "socket shutdown on abort");
-        }
+        f(socket2::SockRef::from(&borrowed));
         true
     }
 }

@@ -229,6 +229,15 @@ pub(crate) struct SessionActor {
 /// Commands one connection may have running at once; more are refused with `rate_limited`.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
+/// Tries at loading a new session's presence audience (the users it shares a conversation
+/// with) before its user is announced to nobody: a pool briefly out of connections under load
+/// should not leave a user's peers without its presence.
+const PEERS_ATTEMPTS: u32 = 3;
+
+/// Pause before the second try at loading a session's presence audience (twice that before
+/// the third).
+const PEERS_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl std::fmt::Debug for SessionActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionActor")
@@ -327,14 +336,21 @@ impl Actor for SessionActor {
             close: ctx.address().recipient(),
         });
         actix::spawn(async move {
-            let peers = engine
-                .db
-                .run(move |conn| convs::peers_of(conn, user))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(user, error = %e, "could not load presence peers");
-                    Vec::new()
-                });
+            let mut attempt = 1;
+            let peers = loop {
+                match engine.db.run(move |conn| convs::peers_of(conn, user)).await {
+                    Ok(peers) => break peers,
+                    Err(e) if attempt < PEERS_ATTEMPTS => {
+                        tracing::debug!(user, attempt, error = %e, "could not load presence peers; trying again");
+                        tokio::time::sleep(PEERS_RETRY_PAUSE * attempt).await;
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(user, error = %e, "could not load presence peers; the user is announced online to nobody");
+                        break Vec::new();
+                    }
+                }
+            };
             engine.registry.do_send(Announce {
                 user_id: user,
                 peers,

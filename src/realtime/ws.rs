@@ -221,7 +221,7 @@ pub(crate) fn start(
             format: Arc::clone(&format),
             heartbeat: config.heartbeat_interval,
             grace: config.socket_close_grace,
-            socket,
+            socket: socket.clone(),
             admission,
             metrics: Arc::clone(&state.engine.metrics),
         },
@@ -239,6 +239,7 @@ pub(crate) fn start(
         frames: Bucket::new(config.frame_burst, f64::from(config.frame_rate_per_sec)),
         client_timeout: config.client_timeout,
         heartbeat: config.heartbeat_interval,
+        socket,
     };
     // Fragmented messages are put back together up to the same limit as a single frame.
     actix_web::rt::spawn(
@@ -353,6 +354,8 @@ struct Reader {
     frames: Bucket,
     client_timeout: Duration,
     heartbeat: Duration,
+    /// The TCP connection underneath (reset when closed once the peer stopped answering).
+    socket: SocketHandle,
 }
 
 impl Reader {
@@ -389,6 +392,7 @@ impl Reader {
                     let silent = now_millis() - self.last_seen.load(Ordering::Relaxed);
                     if silent > i64::try_from(self.client_timeout.as_millis()).unwrap_or(i64::MAX) {
                         tracing::info!(user = self.user, "heartbeat timeout; closing");
+                        self.socket.reset_on_close();
                         self.close(1000, "heartbeat timeout");
                         break;
                     }
@@ -436,6 +440,7 @@ impl Reader {
                     Ok(res) => res.is_ok(),
                     Err(_) => {
                         tracing::info!(user = self.user, "pong not taken; closing");
+                        self.socket.reset_on_close();
                         self.close(1008, "not reading");
                         false
                     }
