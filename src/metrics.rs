@@ -463,8 +463,8 @@ impl Metrics {
         );
         r.register(
             "connections_aborted",
-            "Connections aborted because they were still open SOCKET_CLOSE_GRACE_MS after \
-             their close (a peer that stopped reading)",
+            "Connections aborted (reset): still open SOCKET_CLOSE_GRACE_MS after their close \
+             (a peer that stopped reading), or closed after their heartbeat timed out",
             self.connections_aborted.clone(),
         );
         r.register(
@@ -597,7 +597,8 @@ impl Metrics {
         self.connections_refused.inc() + 1
     }
 
-    /// A connection still open after its close grace was aborted.
+    /// A connection was aborted (reset): still open after its close grace, or closed after its
+    /// peer stopped answering.
     pub(crate) fn connection_aborted(&self) {
         self.connections_aborted.inc();
     }

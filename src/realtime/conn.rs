@@ -309,44 +309,49 @@ impl SocketHandle {
 
     /// Aborts the connection if it is still open: the kernel drops its send queue and answers
     /// the peer with a reset, and the server's next write on it fails, which ends the connection
-    /// and releases its descriptor. Returns whether there was a connection to abort.
+    /// and releases its descriptor. Returns whether this aborted it: false when there was no
+    /// connection, or when it was already set to be reset ([`SocketHandle::reset_on_close`],
+    /// counted then).
     pub(crate) fn abort(&self) -> bool {
         self.with_socket(|sock| {
-            if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-                tracing::warn!(error = %e, "cannot set SO_LINGER on a socket being aborted");
+            let counted = matches!(sock.linger(), Ok(Some(d)) if d.is_zero());
+            if !counted {
+                if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+                    tracing::warn!(error = %e, "cannot set SO_LINGER on a socket being aborted");
+                }
             }
             if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
                 tracing::debug!(error = %e, "socket shutdown on abort");
             }
+            !counted
         })
+        .unwrap_or(false)
     }
 
     /// For a peer that stopped answering (its heartbeat timed out): whenever the connection is
     /// closed from now on, the kernel drops what the peer has not taken and resets it, instead
     /// of keeping the socket (and its send queue) until the peer reads or the kernel gives up,
     /// minutes later. The close frame still goes out first if the peer takes it. Returns
-    /// whether there was a connection.
+    /// whether there was a connection (the caller counts it as aborted).
     pub(crate) fn reset_on_close(&self) -> bool {
         self.with_socket(|sock| {
             if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
                 tracing::warn!(error = %e, "cannot set SO_LINGER on a silent peer's socket");
             }
         })
+        .is_some()
     }
 
-    /// Runs `f` on the connection's socket if it is still open; whether it was.
+    /// Runs `f` on the connection's socket if it is still open.
     #[allow(unsafe_code)]
-    fn with_socket(&self, f: impl FnOnce(socket2::SockRef<'_>)) -> bool {
-        let Some(slot) = &self.0 else { return false };
-        let Ok(guard) = slot.fd.lock() else {
-            return false;
-        };
-        let Some(fd) = *guard else { return false };
+    fn with_socket<R>(&self, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> Option<R> {
+        let slot = self.0.as_ref()?;
+        let guard = slot.fd.lock().ok()?;
+        let fd = (*guard)?;
         // SAFETY: the slot holds `fd` only while the connection owning it is alive, and the
         // lock held here keeps the connection's teardown (which clears the slot first) waiting.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        f(socket2::SockRef::from(&borrowed));
-        true
+        Some(f(socket2::SockRef::from(&borrowed)))
     }
 }
 

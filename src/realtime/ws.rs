@@ -359,6 +359,13 @@ struct Reader {
 }
 
 impl Reader {
+    /// The peer stopped answering: its connection is reset when it closes (counted as aborted).
+    fn reset_silent_peer(&self) {
+        if self.socket.reset_on_close() {
+            self.metrics.connection_aborted();
+        }
+    }
+
     fn close(&self, code: u16, reason: &str) {
         self.link.close.request(CloseRequest {
             code,
@@ -392,7 +399,7 @@ impl Reader {
                     let silent = now_millis() - self.last_seen.load(Ordering::Relaxed);
                     if silent > i64::try_from(self.client_timeout.as_millis()).unwrap_or(i64::MAX) {
                         tracing::info!(user = self.user, "heartbeat timeout; closing");
-                        self.socket.reset_on_close();
+                        self.reset_silent_peer();
                         self.close(1000, "heartbeat timeout");
                         break;
                     }
@@ -440,7 +447,7 @@ impl Reader {
                     Ok(res) => res.is_ok(),
                     Err(_) => {
                         tracing::info!(user = self.user, "pong not taken; closing");
-                        self.socket.reset_on_close();
+                        self.reset_silent_peer();
                         self.close(1008, "not reading");
                         false
                     }
