@@ -316,9 +316,7 @@ impl SocketHandle {
         self.with_socket(|sock| {
             let counted = matches!(sock.linger(), Ok(Some(d)) if d.is_zero());
             if !counted {
-                if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-                    tracing::warn!(error = %e, "cannot set SO_LINGER on a socket being aborted");
-                }
+                reset_when_closed(&sock);
             }
             if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
                 tracing::debug!(error = %e, "socket shutdown on abort");
@@ -334,12 +332,7 @@ impl SocketHandle {
     /// minutes later. The close frame still goes out first if the peer takes it. Returns
     /// whether there was a connection (the caller counts it as aborted).
     pub(crate) fn reset_on_close(&self) -> bool {
-        self.with_socket(|sock| {
-            if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-                tracing::warn!(error = %e, "cannot set SO_LINGER on a silent peer's socket");
-            }
-        })
-        .is_some()
+        self.with_socket(|sock| reset_when_closed(&sock)).is_some()
     }
 
     /// Runs `f` on the connection's socket if it is still open.
@@ -352,6 +345,13 @@ impl SocketHandle {
         // lock held here keeps the connection's teardown (which clears the slot first) waiting.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         Some(f(socket2::SockRef::from(&borrowed)))
+    }
+}
+
+/// Sets `sock` to be reset when it closes (`SO_LINGER` 0): the kernel drops its send queue.
+fn reset_when_closed(sock: &socket2::SockRef<'_>) {
+    if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+        tracing::warn!(error = %e, "cannot set SO_LINGER 0 on a socket to reset");
     }
 }
 
