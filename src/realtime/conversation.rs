@@ -103,9 +103,29 @@ pub(crate) const IN_FLIGHT_WINDOW: std::time::Duration = std::time::Duration::fr
 /// Gap reads in a row that may wait for a batch of this node (see `writing`).
 const MAX_DEFERRALS: u32 = 20;
 
-/// A message waiting for the seqs before it (cluster mode): its event, its recipients and the
-/// session that sent it (it gets the ack instead).
-type Waiting = (Arc<ServerEvent>, Arc<[i64]>, Option<u64>);
+/// A message waiting for the seqs before it (cluster mode).
+#[derive(Debug)]
+struct Waiting {
+    event: Arc<ServerEvent>,
+    /// Its recipients.
+    users: Arc<[i64]>,
+    /// The session that sent it (it gets the ack instead).
+    skip: Option<u64>,
+    /// When it came: every seq below it was committed by then, so a seq still missing has
+    /// been on its way at least that long.
+    since: Instant,
+}
+
+impl Waiting {
+    fn new(event: Arc<ServerEvent>, users: Arc<[i64]>, skip: Option<u64>) -> Self {
+        Self {
+            event,
+            users,
+            skip,
+            since: Instant::now(),
+        }
+    }
+}
 
 /// Most messages from other nodes held while an earlier seq is missing; past it, the gap is
 /// filled from the database at once.
@@ -536,6 +556,17 @@ pub(crate) fn new_message_event(m: &Message) -> Arc<ServerEvent> {
     )
 }
 
+/// How much longer a gap that has stood since `oldest` (the arrival of the longest-waiting
+/// message above it) is waited for before it is read; `None`: read it now (or nothing waits).
+fn still_to_wait(
+    oldest: Option<Instant>,
+    now: Instant,
+    wait: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let stood = now.saturating_duration_since(oldest?);
+    (stood < wait).then(|| wait - stood)
+}
+
 /// The first and last seq above `mark` up to the highest of `seqs` (sorted, all above `mark`)
 /// that `seqs` leaves out, if any.
 fn missing_range(mark: i64, seqs: &[i64]) -> Option<(i64, i64)> {
@@ -570,8 +601,10 @@ impl ConversationActor {
             if let Some(cluster) = &self.engine.cluster {
                 cluster.publish_event(&self.members.ids, &event, req.origin);
             }
-            self.waiting
-                .insert(m.seq, (event, Arc::clone(&self.members.ids), req.origin));
+            self.waiting.insert(
+                m.seq,
+                Waiting::new(event, Arc::clone(&self.members.ids), req.origin),
+            );
         }
         for (req, _) in &msg.0 {
             if let (Some(sender), Some(_)) = (req.draft.sender_id, req.origin) {
@@ -636,8 +669,8 @@ impl ConversationActor {
             if seq != self.fanned_up_to + 1 {
                 break;
             }
-            let (event, users, skip) = entry.remove();
-            self.engine.directory.deliver(&users, &event, skip);
+            let w = entry.remove();
+            self.engine.directory.deliver(&w.users, &w.event, w.skip);
             self.fanned_up_to = seq;
         }
     }
@@ -672,6 +705,14 @@ impl ConversationActor {
         }
     }
 
+    /// How long a missing seq may be on its way from another node before it is read.
+    fn gap_wait(&self) -> std::time::Duration {
+        self.engine
+            .cluster
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |c| c.gap_wait)
+    }
+
     /// Schedules reading the seqs missing below the waiting messages, if any wait.
     fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
         if (self.waiting.is_empty() && self.fill_to <= self.fanned_up_to) || self.gap_timer {
@@ -681,10 +722,7 @@ impl ConversationActor {
         let wait = if self.waiting.len() >= MAX_REMOTE_WAITING {
             std::time::Duration::ZERO
         } else {
-            self.engine
-                .cluster
-                .as_ref()
-                .map_or(std::time::Duration::ZERO, |c| c.gap_wait)
+            self.gap_wait()
         };
         ctx.run_later(wait, |act, ctx| act.fill_remote_gap(ctx));
     }
@@ -693,6 +731,16 @@ impl ConversationActor {
     /// them out with the waiting ones, in order (holding the mailbox meanwhile).
     fn fill_remote_gap(&mut self, ctx: &mut Context<Self>) {
         self.release_waiting();
+        // The timer ran from the first gap it saw; that one may have closed since and a newer
+        // one opened. A gap is read only once it has stood for the whole wait (a startup's or
+        // an overflowing queue's at once), so that what arrives a moment late is not read for.
+        if self.fill_to <= self.fanned_up_to && self.waiting.len() < MAX_REMOTE_WAITING {
+            let oldest = self.waiting.values().map(|w| w.since).min();
+            if let Some(rest) = still_to_wait(oldest, Instant::now(), self.gap_wait()) {
+                ctx.run_later(rest, |act, ctx| act.fill_remote_gap(ctx));
+                return;
+            }
+        }
         let last = self
             .waiting
             .keys()
@@ -728,8 +776,8 @@ impl ConversationActor {
                             }
                             // A row that arrived meanwhile goes out as it came (its sender's
                             // session skipped); the others as read.
-                            if let Some((event, users, skip)) = act.waiting.remove(&m.seq) {
-                                act.engine.directory.deliver(&users, &event, skip);
+                            if let Some(w) = act.waiting.remove(&m.seq) {
+                                act.engine.directory.deliver(&w.users, &w.event, w.skip);
                             } else {
                                 read += 1;
                                 let event = new_message_event(m);
@@ -785,7 +833,7 @@ impl Handler<RemoteMessage> for ConversationActor {
         }
         self.waiting
             .entry(msg.seq)
-            .or_insert((msg.event, msg.users, msg.skip));
+            .or_insert_with(|| Waiting::new(msg.event, msg.users, msg.skip));
         self.release_waiting();
         self.schedule_gap_fill(ctx);
     }
@@ -1026,7 +1074,25 @@ impl Handler<ChangeMessage> for ConversationActor {
 
 #[cfg(test)]
 mod tests {
-    use super::missing_range;
+    use super::{missing_range, still_to_wait};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_gap_is_read_only_once_it_has_stood_for_the_whole_wait() {
+        let wait = Duration::from_millis(50);
+        let t0 = Instant::now();
+        assert_eq!(still_to_wait(None, t0, wait), None, "nothing waits");
+        // The timer of an earlier gap fires 10 ms after a newer one opened: 40 ms more.
+        let opened = t0 + Duration::from_millis(40);
+        assert_eq!(
+            still_to_wait(Some(opened), opened + Duration::from_millis(10), wait),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(still_to_wait(Some(opened), opened + wait, wait), None);
+        assert_eq!(still_to_wait(Some(t0), opened + wait, wait), None);
+        // A clock that reads earlier than the arrival (never): the whole wait.
+        assert_eq!(still_to_wait(Some(opened), t0, wait), Some(wait));
+    }
 
     #[test]
     fn missing_range_spans_the_seqs_a_batch_leaves_out_above_the_mark() {

@@ -257,7 +257,10 @@ impl Engine {
                 config.message_rate_per_min,
                 config.message_burst,
             )),
-            send_leases: Arc::new(ratelimit::Leases::new(config.message_burst)),
+            send_leases: Arc::new(ratelimit::Leases::new(
+                config.message_burst,
+                f64::from(config.message_rate_per_min) / 60.0,
+            )),
             config,
             db,
             registry,

@@ -161,7 +161,8 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// Cluster mode: tokens a node took from users' cluster-wide buckets (in Redis) in one go and
 /// spends without asking Redis again. A user who spends a whole lease before it lapses is
-/// leased twice as many next time (up to a quarter of the burst, at most 64); one whose lease
+/// leased twice as many next time (up to a quarter of the burst, or of what the bucket regains
+/// in a lease's life when that is more, never more than the burst nor 64); one whose lease
 /// lapsed with tokens left, half as many (down to one: one Redis question per send, as without
 /// leases). The tokens come out of the one bucket, so all nodes together never let a user
 /// past the limit; a node may hold up to a lease's worth that the user's devices on other
@@ -181,11 +182,15 @@ struct Lease {
 }
 
 impl Leases {
-    /// Leases for buckets of `burst` tokens.
-    pub(crate) fn new(burst: u32) -> Self {
+    /// Leases for buckets of `burst` tokens that regain `per_sec` a second. A lease of a
+    /// quarter of what the bucket regains while it lasts keeps the user's devices on other
+    /// nodes waiting no longer than a quarter of `LEASE_TTL` (a fast refill: larger leases,
+    /// fewer questions to Redis).
+    pub(crate) fn new(burst: u32, per_sec: f64) -> Self {
+        let regained = (per_sec * LEASE_TTL.as_secs_f64() / 4.0).min(f64::from(burst)) as u32;
         Self {
             leases: PerUser::new(),
-            most: (burst / 4).clamp(1, 64),
+            most: (burst / 4).max(regained).clamp(1, 64),
         }
     }
 
@@ -266,7 +271,7 @@ mod tests {
 
     #[test]
     fn leases_grow_while_spent_and_shrink_when_they_lapse() {
-        let leases = Leases::new(40);
+        let leases = Leases::new(40, 2.0);
         let t0 = Instant::now();
         // A new user asks for one token; each lease spent in full doubles the next, up to a
         // quarter of the burst.
@@ -297,9 +302,19 @@ mod tests {
         assert_eq!(leases.spend(7, later), Err(5));
         assert_eq!(leases.spend(8, later), Err(1), "users lease apart");
         // A small burst never leases more than one token at a time.
-        let small = Leases::new(5);
+        let small = Leases::new(5, 1.0);
         small.granted(1, 1, t0);
         assert_eq!(small.spend(1, t0), Err(1));
+        // A bucket that regains far more than its burst while a lease lasts: leases grow up
+        // to the whole burst.
+        let fast = Leases::new(30, 1000.0);
+        assert_eq!(fast.most, 30);
+        assert_eq!(Leases::new(200, 1e6).most, 64, "never above 64");
+        assert_eq!(
+            Leases::new(40, 80.0).most,
+            20,
+            "a quarter of a second's refill"
+        );
     }
 
     #[test]
