@@ -80,8 +80,11 @@
 # nodes), at the same total load: closed loop 1:1 and in groups of GROUP_SIZE (durable acks/s,
 # delivery p50/p99), then an open loop of 1:1 conversations whose two members sit on different
 # nodes, at CLUSTER_LOAD_PCT [50] % of the one-node closed-loop 1:1 maximum: every delivery
-# there crosses nodes. Ratios are "two nodes / one node" for throughput and "one node / two
-# nodes" for latency (above 1: the two nodes do better).
+# there crosses nodes (that share of the median one-node figure). Each shape runs
+# CLUSTER_ROUNDS [3] rounds of one node and two nodes back to back, the order swapped every
+# round; each round gives a ratio from its two runs, and the median of those is the figure to
+# quote (a machine's speed may drift within minutes). Ratios are "two nodes / one node" for
+# throughput and "one node / two nodes" for latency (above 1: the two nodes do better).
 #
 # Recovery (`scripts/bench.sh recovery`, Switchboard only): Switchboard driven over its own
 # /socket.io/ (`bench --target socketio --own-socketio`), once with connection state recovery
@@ -145,6 +148,7 @@ SOAK_LOAD_PCT="${SOAK_LOAD_PCT:-50}"
 SOAK_MAX_ACKS_PER_SEC="${SOAK_MAX_ACKS_PER_SEC:-}"
 SOAK_PROBE_SECS="${SOAK_PROBE_SECS:-20}"
 CLUSTER_LOAD_PCT="${CLUSTER_LOAD_PCT:-50}"
+CLUSTER_ROUNDS="${CLUSTER_ROUNDS:-3}"
 OUT="$REPO/target/bench"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/switchboard"
 case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
@@ -188,11 +192,12 @@ if [ "$MODE" = cases ]; then
     done
 fi
 for v in CLIENTS GROUP_SIZE IDLE_SOCKETS CALLS_SEQUENTIAL CALLERS CALLS SOAK_MINUTES \
-    SOAK_SEED_MESSAGES SOAK_LOAD_PCT; do
+    SOAK_SEED_MESSAGES SOAK_LOAD_PCT CLUSTER_ROUNDS; do
     is_uint "${!v}" || die "$v must be a whole number, not '${!v}'"
 done
 [ "$GROUP_SIZE" -ge 2 ] || die "GROUP_SIZE must be at least 2"
 [ "$CLIENTS" -ge 2 ] || die "CLIENTS must be at least 2"
+[ "$CLUSTER_ROUNDS" -ge 1 ] || die "CLUSTER_ROUNDS must be at least 1"
 GROUPS_OF=$((CLIENTS / GROUP_SIZE))
 [ "$GROUPS_OF" -ge 1 ] || die "CLIENTS must be at least GROUP_SIZE"
 PAIRS=$((CLIENTS / 2))
@@ -839,14 +844,30 @@ if [ "$MODE" = cluster ]; then
         NODE_PORT="$port"
     }
 
-    run_two_nodes() {
-        # run_two_nodes SCENARIO: the report is $RUN/SCENARIO-two-nodes.json.
-        local name="$1" json="$RUN/$1-two-nodes.json" port_a port_b
+    run_one_node() {
+        # run_one_node SCENARIO JSON: one node without Redis, its report in JSON.
+        local name="$1" json="$2"
         scenario_args "$name"
-        start_node "$name" a
+        start_switchboard "$(basename "$json" .json)"
+        run_bench "$name on one node" "$BENCH_BIN" --target ws --url "$SERVER_URL" \
+            --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
+            --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
+        kill -0 "$SB_PID" 2>/dev/null ||
+            die "Switchboard exited during the run (log: $RUN/$(basename "$json" .json)-switchboard.log)"
+        stop_pid "$SB_PID"
+        SB_PID=""
+    }
+
+    run_two_nodes() {
+        # run_two_nodes SCENARIO JSON: two nodes sharing the private Redis, the report in JSON and
+        # node a's cluster counters next to it (.metrics).
+        local name="$1" json="$2" tag port_a port_b
+        tag="$(basename "$json" .json)"
+        scenario_args "$name"
+        start_node "$tag" a
         SB_PID="$NODE_PID"
         port_a="$NODE_PORT"
-        start_node "$name" b
+        start_node "$tag" b
         SB2_PID="$NODE_PID"
         port_b="$NODE_PORT"
         # Both nodes see each other before the clients connect.
@@ -862,61 +883,101 @@ if [ "$MODE" = cluster ]; then
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
             --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
         for pid in "$SB_PID" "$SB2_PID"; do
-            kill -0 "$pid" 2>/dev/null || die "a node exited during the run (logs: $RUN/$name-*.log)"
+            kill -0 "$pid" 2>/dev/null || die "a node exited during the run (logs: $RUN/$tag-*.log)"
         done
-        curl -s "http://127.0.0.1:$port_a/metrics" | grep '^switchboard_cluster_' >"$RUN/$name-two-nodes-a.metrics" || true
+        curl -s "http://127.0.0.1:$port_a/metrics" | grep '^switchboard_cluster_' >"${json%.json}-a.metrics" || true
         stop_pid "$SB_PID"
         stop_pid "$SB2_PID"
         SB_PID=""
         SB2_PID=""
     }
 
+    run_rounds() {
+        # run_rounds SCENARIO: CLUSTER_ROUNDS rounds of one node and two nodes back to back, the
+        # order swapped every round so that a machine speeding up or slowing down during the run
+        # favours neither; reports $RUN/SCENARIO-rN-one.json and -rN-two.json.
+        local name="$1" r
+        for r in $(seq 1 "$CLUSTER_ROUNDS"); do
+            say "-- $name: round $r of $CLUSTER_ROUNDS --"
+            if [ $((r % 2)) = 1 ]; then
+                run_one_node "$name" "$RUN/$name-r$r-one.json"
+                run_two_nodes "$name" "$RUN/$name-r$r-two.json"
+            else
+                run_two_nodes "$name" "$RUN/$name-r$r-two.json"
+                run_one_node "$name" "$RUN/$name-r$r-one.json"
+            fi
+        done
+    }
+
     compare_nodes() {
-        # compare_nodes SCENARIO TITLE: one node against two, from their reports.
-        node - "$1" "$2" "$RUN" <<'EOF' | tee -a "$SUMMARY"
+        # compare_nodes SCENARIO TITLE: one node against two, round by round (each ratio from a
+        # pair of runs made back to back) and the median of those ratios, which is the figure
+        # to quote.
+        node - "$1" "$2" "$RUN" "$CLUSTER_ROUNDS" <<'EOF' | tee -a "$SUMMARY"
 const fs = require('fs');
 const path = require('path');
-const [scenario, title, dir] = process.argv.slice(2);
-const load = (who) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-${who}.json`), 'utf8'));
-const one = load('switchboard');
-const two = load('two-nodes');
+const [scenario, title, dir, roundsArg] = process.argv.slice(2);
+const rounds = Number(roundsArg);
+const load = (r, who) => JSON.parse(fs.readFileSync(path.join(dir, `${scenario}-r${r}-${who}.json`), 'utf8'));
 const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-const ratio = (a, b) => (num(a) === null || num(b) === null || b === 0 ? 'n/a' : (a / b).toFixed(2) + 'x');
-const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
-const pad = (s, n) => String(s).padEnd(n);
-const out = [`-- cluster: ${title} --`, pad('', 30) + pad('one node', 16) + pad('two nodes', 16) + 'ratio'];
-const row = (label, a, b, unit, better, d) => {
-  const r = better === 'higher' ? ratio(b, a) : ratio(a, b);
-  const how = better === 'higher' ? 'two / one' : 'one / two';
-  out.push(pad(label, 30) + pad(fmt(a, unit, d), 16) + pad(fmt(b, unit, d), 16) + `${r}  (${how})`);
+const median = (xs) => {
+  const v = xs.filter((x) => num(x) !== null).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 };
-row('durable acks/s', one.acks_per_sec, two.acks_per_sec, '', 'higher', 1);
-row('deliveries/s', one.deliveries_per_sec, two.deliveries_per_sec, '', 'higher', 1);
-row('delivery latency p50', one.latency_ms.p50, two.latency_ms.p50, ' ms', 'lower');
-row('delivery latency p99', one.latency_ms.p99, two.latency_ms.p99, ' ms', 'lower');
-for (const [name, r] of [['one node', one], ['two nodes', two]]) {
-  const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
-  out.push(`  ${name}: ${r.connected} connected, ${r.deliveries}/${r.expected_deliveries} deliveries, ` +
-    `${r.unanswered} unanswered, errors: ${errs}`);
+const fmt = (v, unit, d = 2) => (num(v) === null ? '-' : `${v.toFixed(d)}${unit}`);
+const fmtRatio = (v) => (num(v) === null ? 'n/a' : v.toFixed(2) + 'x');
+const pad = (s, n) => String(s).padEnd(n);
+const pairs = [];
+for (let r = 1; r <= rounds; r++) pairs.push({ r, one: load(r, 'one'), two: load(r, 'two') });
+const metrics = [
+  ['durable acks/s', (x) => x.acks_per_sec, '', 'higher', 1],
+  ['deliveries/s', (x) => x.deliveries_per_sec, '', 'higher', 1],
+  ['delivery latency p50', (x) => x.latency_ms.p50, ' ms', 'lower', 2],
+  ['delivery latency p99', (x) => x.latency_ms.p99, ' ms', 'lower', 2],
+];
+const out = [`-- cluster: ${title}, ${rounds} round(s) --`,
+  pad('', 24) + pad('round', 7) + pad('one node', 14) + pad('two nodes', 14) + 'ratio'];
+for (const [label, get, unit, better, d] of metrics) {
+  const how = better === 'higher' ? 'two / one' : 'one / two';
+  const ratios = [];
+  for (const { r, one, two } of pairs) {
+    const a = num(get(one));
+    const b = num(get(two));
+    const below = better === 'higher' ? a : b;
+    const ratio = a === null || b === null || below === 0 ? null : (better === 'higher' ? b / a : a / b);
+    ratios.push(ratio);
+    out.push(pad(r === 1 ? label : '', 24) + pad(r, 7) + pad(fmt(a, unit, d), 14) + pad(fmt(b, unit, d), 14) + fmtRatio(ratio));
+  }
+  out.push(pad('', 24) + pad('median', 7) + pad(fmt(median(pairs.map((p) => get(p.one))), unit, d), 14) +
+    pad(fmt(median(pairs.map((p) => get(p.two))), unit, d), 14) +
+    `${fmtRatio(median(ratios))}  (${how}, median of the rounds' ratios)`);
+}
+for (const { r, one, two } of pairs) {
+  for (const [name, x] of [['one node', one], ['two nodes', two]]) {
+    const errs = Object.entries(x.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
+    out.push(`  round ${r}, ${name}: ${x.connected} connected, ${x.deliveries}/${x.expected_deliveries} deliveries, ` +
+      `${x.unanswered} unanswered, errors: ${errs}`);
+  }
 }
 out.push('');
 console.log(out.join('\n'));
 EOF
     }
 
-    run_switchboard closed-1to1
-    run_two_nodes closed-1to1
+    run_rounds closed-1to1
     compare_nodes closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
-    run_switchboard closed-groups
-    run_two_nodes closed-groups
+    run_rounds closed-groups
     compare_nodes closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
-    MAX_ONE="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).acks_per_sec)' \
-        "$RUN/closed-1to1-switchboard.json")"
+    MAX_ONE="$(node -e 'const fs = require("fs");
+        const v = process.argv.slice(1).map((f) => JSON.parse(fs.readFileSync(f)).acks_per_sec).sort((a, b) => a - b);
+        const m = Math.floor(v.length / 2);
+        console.log(v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2);' "$RUN"/closed-1to1-r*-one.json)"
     RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
         console.log((m * p / 100 / c).toPrecision(4));' "$MAX_ONE" "$CLUSTER_LOAD_PCT" "$CLIENTS")"
-    say "open loop at $CLUSTER_LOAD_PCT % of one node's $MAX_ONE acks/s: $RATE msg/s per client"
-    run_switchboard open-1to1
-    run_two_nodes open-1to1
+    say "open loop at $CLUSTER_LOAD_PCT % of one node's $MAX_ONE acks/s (median of the rounds): $RATE msg/s per client"
+    run_rounds open-1to1
     compare_nodes open-1to1 "open loop, $CLIENTS clients in 1:1 conversations, $RATE msg/s each (two nodes: every delivery crosses nodes)"
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
