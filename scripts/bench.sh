@@ -83,7 +83,9 @@
 # there crosses nodes (that share of the median one-node figure). Each shape runs
 # CLUSTER_ROUNDS [3] rounds of one node and two nodes back to back, the order swapped every
 # round; each round gives a ratio from its two runs, and the median of those is the figure to
-# quote (a machine's speed may drift within minutes). Ratios are "two nodes / one node" for
+# quote (a machine's speed may drift within minutes). Every run starts right after a
+# CHECKPOINT, so that one PostgreSQL starts on its own (by WAL volume) does not land inside
+# some runs and not others. Ratios are "two nodes / one node" for
 # throughput and "one node / two nodes" for latency (above 1: the two nodes do better).
 #
 # Recovery (`scripts/bench.sh recovery`, Switchboard only): Switchboard driven over its own
@@ -844,11 +846,23 @@ if [ "$MODE" = cluster ]; then
         NODE_PORT="$port"
     }
 
+    checkpoint() {
+        # A checkpoint before each run: PostgreSQL otherwise starts one whenever enough WAL has
+        # been written (every minute or two under these loads), and a run that a checkpoint
+        # starts in pays for its writes and the full-page images after it while the run next
+        # to it may not. After this one, every run starts the same way, and the next one comes
+        # when the run has written max_wal_size's share of WAL again (on a default server
+        # under the closed loops here, after about a minute and a half).
+        psql -w -X -q "$ADMIN_URL" -c CHECKPOINT >/dev/null 2>&1 ||
+            say "warning: CHECKPOINT refused (not a superuser?); runs may meet checkpoints unevenly"
+    }
+
     run_one_node() {
         # run_one_node SCENARIO JSON: one node without Redis, its report in JSON.
         local name="$1" json="$2"
         scenario_args "$name"
         start_switchboard "$(basename "$json" .json)"
+        checkpoint
         run_bench "$name on one node" "$BENCH_BIN" --target ws --url "$SERVER_URL" \
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
             --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
@@ -878,6 +892,7 @@ if [ "$MODE" = cluster ]; then
             fi
             sleep 0.2
         done
+        checkpoint
         run_bench "$name on two nodes" "$BENCH_BIN" --target ws \
             --url "ws://127.0.0.1:$port_a/ws,ws://127.0.0.1:$port_b/ws" \
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
