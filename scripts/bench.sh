@@ -492,12 +492,20 @@ run_switchboard() {
     local name="$1" json="$RUN/$1-switchboard.json"
     shift
     [ -f "$json" ] && return 0
+    run_switchboard_into "$name" "$json" "$name" "$@"
+}
+
+run_switchboard_into() {
+    # run_switchboard_into SCENARIO JSON LOG_NAME [MORE ARGS...]: a fresh Switchboard (its log
+    # $RUN/LOG_NAME-switchboard.log) and one bench run against it, the report in JSON.
+    local name="$1" json="$2" log_name="$3"
+    shift 3
     scenario_args "$name"
-    start_switchboard "$name"
+    start_switchboard "$log_name"
     run_bench "$name on Switchboard" "$BENCH_BIN" --target ws --url "$SERVER_URL" \
         --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
         --json-file "$json" "${SCENARIO[@]}" "${common[@]}" "$@"
-    kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run (log: $RUN/$name-switchboard.log)"
+    kill -0 "$SB_PID" 2>/dev/null || die "Switchboard exited during the run (log: $RUN/$log_name-switchboard.log)"
     stop_pid "$SB_PID"
     SB_PID=""
 }
@@ -859,17 +867,8 @@ if [ "$MODE" = cluster ]; then
 
     run_one_node() {
         # run_one_node SCENARIO JSON: one node without Redis, its report in JSON.
-        local name="$1" json="$2"
-        scenario_args "$name"
-        start_switchboard "$(basename "$json" .json)"
         checkpoint
-        run_bench "$name on one node" "$BENCH_BIN" --target ws --url "$SERVER_URL" \
-            --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
-            --json-file "$json" "${SCENARIO[@]}" "${common[@]}"
-        kill -0 "$SB_PID" 2>/dev/null ||
-            die "Switchboard exited during the run (log: $RUN/$(basename "$json" .json)-switchboard.log)"
-        stop_pid "$SB_PID"
-        SB_PID=""
+        run_switchboard_into "$1" "$2" "$(basename "$2" .json)"
     }
 
     run_two_nodes() {
@@ -878,6 +877,7 @@ if [ "$MODE" = cluster ]; then
         local name="$1" json="$2" tag port_a port_b
         tag="$(basename "$json" .json)"
         scenario_args "$name"
+        checkpoint
         start_node "$tag" a
         SB_PID="$NODE_PID"
         port_a="$NODE_PORT"
@@ -892,7 +892,6 @@ if [ "$MODE" = cluster ]; then
             fi
             sleep 0.2
         done
-        checkpoint
         run_bench "$name on two nodes" "$BENCH_BIN" --target ws \
             --url "ws://127.0.0.1:$port_a/ws,ws://127.0.0.1:$port_b/ws" \
             --database-url "$SB_DB_URL" --jwt-secret "$JWT_SECRET" --server-pid "$SB_PID" \
@@ -927,7 +926,7 @@ if [ "$MODE" = cluster ]; then
     compare_nodes() {
         # compare_nodes SCENARIO TITLE: one node against two, round by round (each ratio from a
         # pair of runs made back to back) and the median of those ratios, which is the figure
-        # to quote.
+        # to quote; the medians also go to $RUN/SCENARIO-medians.json.
         node - "$1" "$2" "$RUN" "$CLUSTER_ROUNDS" <<'EOF' | tee -a "$SUMMARY"
 const fs = require('fs');
 const path = require('path');
@@ -952,6 +951,7 @@ const metrics = [
   ['delivery latency p50', (x) => x.latency_ms.p50, ' ms', 'lower', 2],
   ['delivery latency p99', (x) => x.latency_ms.p99, ' ms', 'lower', 2],
 ];
+const medians = { one: {}, two: {}, ratio: {} };
 const out = [`-- cluster: ${title}, ${rounds} round(s) --`,
   pad('', 24) + pad('round', 7) + pad('one node', 14) + pad('two nodes', 14) + 'ratio'];
 for (const [label, get, unit, better, d] of metrics) {
@@ -965,10 +965,14 @@ for (const [label, get, unit, better, d] of metrics) {
     ratios.push(ratio);
     out.push(pad(r === 1 ? label : '', 24) + pad(r, 7) + pad(fmt(a, unit, d), 14) + pad(fmt(b, unit, d), 14) + fmtRatio(ratio));
   }
-  out.push(pad('', 24) + pad('median', 7) + pad(fmt(median(pairs.map((p) => get(p.one))), unit, d), 14) +
-    pad(fmt(median(pairs.map((p) => get(p.two))), unit, d), 14) +
-    `${fmtRatio(median(ratios))}  (${how}, median of the rounds' ratios)`);
+  medians.one[label] = median(pairs.map((p) => get(p.one)));
+  medians.two[label] = median(pairs.map((p) => get(p.two)));
+  medians.ratio[label] = median(ratios);
+  out.push(pad('', 24) + pad('median', 7) + pad(fmt(medians.one[label], unit, d), 14) +
+    pad(fmt(medians.two[label], unit, d), 14) +
+    `${fmtRatio(medians.ratio[label])}  (${how}, median of the rounds' ratios)`);
 }
+fs.writeFileSync(path.join(dir, `${scenario}-medians.json`), JSON.stringify(medians, null, 2));
 for (const { r, one, two } of pairs) {
   for (const [name, x] of [['one node', one], ['two nodes', two]]) {
     const errs = Object.entries(x.errors).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
@@ -985,10 +989,8 @@ EOF
     compare_nodes closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
     run_rounds closed-groups
     compare_nodes closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
-    MAX_ONE="$(node -e 'const fs = require("fs");
-        const v = process.argv.slice(1).map((f) => JSON.parse(fs.readFileSync(f)).acks_per_sec).sort((a, b) => a - b);
-        const m = Math.floor(v.length / 2);
-        console.log(v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2);' "$RUN"/closed-1to1-r*-one.json)"
+    MAX_ONE="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).one["durable acks/s"])' \
+        "$RUN/closed-1to1-medians.json")"
     RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
         console.log((m * p / 100 / c).toPrecision(4));' "$MAX_ONE" "$CLUSTER_LOAD_PCT" "$CLIENTS")"
     say "open loop at $CLUSTER_LOAD_PCT % of one node's $MAX_ONE acks/s (median of the rounds): $RATE msg/s per client"
