@@ -290,43 +290,87 @@ impl Db {
     }
 }
 
-/// A connection of its own, outside the pool, kept by one thread for a caller that runs one
-/// piece of work after another on a hot path (a message writer): no pool checkout, no
-/// check-out test query, one thread hand-off each way. It connects on first use, runs `setup`
-/// on every new connection, and after work that failed on a connection that is broken (or no
-/// longer answers) drops it, so the next work connects again. Work runs one at a time; a caller
-/// that hands it more while it is busy gets `unavailable`.
+/// A connection of its own, outside the pool, kept by one thread ([`Owned`] there) for a caller
+/// that runs one piece of work after another on a hot path (a message writer with several
+/// batches in flight): no pool checkout, no check-out test query, one thread hand-off each
+/// way. Work runs one at a time; a caller that hands it more while it is busy gets
+/// `unavailable`.
 #[derive(Debug)]
 pub(crate) struct Dedicated {
     jobs: std::sync::mpsc::SyncSender<DedicatedJob>,
-    stats: Arc<DbStats>,
 }
 
 /// Work for a [`Dedicated`] connection's thread.
-type DedicatedJob = Box<dyn FnOnce(&mut Option<PgConnection>) + Send>;
+type DedicatedJob = Box<dyn FnOnce(&mut Owned) + Send>;
 
 impl Db {
     /// Opens a [`Dedicated`] connection served by a thread named `name`; the thread and its
     /// connection end when the handle is dropped.
     pub(crate) fn dedicated(&self, name: &str, setup: &'static str) -> AppResult<Dedicated> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<DedicatedJob>(1);
-        let url = Arc::clone(&self.url);
+        let mut conn = self.owned(setup);
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                let mut slot: Option<PgConnection> = None;
                 while let Ok(job) = queue.recv() {
-                    if slot.is_none() {
-                        slot = connect(&url, setup);
-                    }
-                    job(&mut slot);
+                    job(&mut conn);
                 }
             })
             .map_err(AppError::internal)?;
-        Ok(Dedicated {
-            jobs,
+        Ok(Dedicated { jobs })
+    }
+}
+
+/// A connection of its own held by the thread that uses it: it connects on first use, runs
+/// `setup` on every new connection, and after work that failed on a connection that is broken
+/// (or no longer answers) drops it, so the next work connects again. A caller with a thread of
+/// its own (a message writer) runs its work here; [`Dedicated`] keeps one on a thread for
+/// callers that hand work over.
+pub(crate) struct Owned {
+    url: Arc<str>,
+    setup: &'static str,
+    slot: Option<PgConnection>,
+    stats: Arc<DbStats>,
+}
+
+impl std::fmt::Debug for Owned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owned")
+            .field("connected", &self.slot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// An [`Owned`] connection (not connected until its first use).
+    pub(crate) fn owned(&self, setup: &'static str) -> Owned {
+        Owned {
+            url: Arc::clone(&self.url),
+            setup,
+            slot: None,
             stats: Arc::clone(&self.stats),
-        })
+        }
+    }
+}
+
+impl Owned {
+    /// Runs `work` on the connection here; `unavailable` when there is none (the database is
+    /// away).
+    pub(crate) fn run<T>(
+        &mut self,
+        work: impl FnOnce(&mut PgConnection) -> AppResult<T>,
+    ) -> AppResult<T> {
+        if self.slot.is_none() {
+            self.slot = connect(&self.url, self.setup);
+        }
+        let result = run_dedicated(&mut self.slot, work);
+        if matches!(
+            result,
+            Err(AppError::Internal { .. } | AppError::Unavailable { .. })
+        ) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -356,8 +400,8 @@ impl Dedicated {
         T: Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: DedicatedJob = Box::new(move |slot| {
-            let _ = answer.send(run_dedicated(slot, work));
+        let job: DedicatedJob = Box::new(move |conn| {
+            let _ = answer.send(conn.run(work));
         });
         self.jobs.try_send(job).map_err(|e| match e {
             std::sync::mpsc::TrySendError::Full(_) => {
@@ -367,16 +411,9 @@ impl Dedicated {
                 AppError::internal("the writer's connection thread ended")
             }
         })?;
-        let result = answered
+        answered
             .await
-            .map_err(|_| AppError::internal("the writer's connection thread ended"))?;
-        if matches!(
-            result,
-            Err(AppError::Internal { .. } | AppError::Unavailable { .. })
-        ) {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+            .map_err(|_| AppError::internal("the writer's connection thread ended"))?
     }
 }
 

@@ -24,7 +24,8 @@
 //!    inserted; a batch of one draft has a statement of its own with a smaller plan), alone
 //!    when every draft has a client message id, else between `BEGIN` and `COMMIT`, on a
 //!    connection of its own (outside `DB_POOL_SIZE`; its plans read tables only
-//!    through indexes), up to `WRITE_IN_FLIGHT` batches at once but never two holding one
+//!    through indexes; with one batch in flight, on the writer's own thread), up to
+//!    `WRITE_IN_FLIGHT` batches at once but never two holding one
 //!    conversation (a COMMIT whose answer is lost is settled by the transaction's status, then
 //!    by one retry; a lone statement's by the retry, which finds its rows by their keys), then
 //!    hands each conversation its rows in seq order (bounded by what the shard admitted).

@@ -3,13 +3,17 @@
 //! are sharded over `WRITE_SHARDS` writers by id; a writer commits up to `WRITE_IN_FLIGHT`
 //! batches at once, never two holding the same conversation, so one conversation's batches
 //! commit strictly in order and its fan-out follows seq order. Each of a writer's in-flight
-//! slots has a connection of its own ([`Dedicated`]), outside `DB_POOL_SIZE`.
+//! slots has a connection of its own, outside `DB_POOL_SIZE`. A writer with one slot (the
+//! default) is one thread that takes a batch, commits it on its own connection ([`Owned`]) and
+//! hands the results to the conversations itself; one with more runs on the actix system and
+//! hands its batches to a thread per slot ([`Dedicated`]).
 
 use super::conversation::Committed;
 use crate::db::messages::{self, BatchTrace, Draft, TxStatus, WriteCaches, Written};
-use crate::db::{Db, Dedicated};
+use crate::db::{Db, Dedicated, Owned};
 use crate::error::{AppError, AppResult};
 use actix::Recipient;
+use diesel::pg::PgConnection;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,17 +59,25 @@ impl Writer {
             in_flight: in_flight.max(1),
         };
         let mut senders = Vec::with_capacity(shards.max(1));
-        for shard in 0..shards.max(1) {
-            let lanes = (0..limits.in_flight)
-                .map(|slot| db.dedicated(&format!("writer-{shard}.{slot}"), WRITER_SETUP))
-                .collect::<AppResult<Vec<_>>>()?;
+        for number in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel(per_shard);
             let shard = Shard {
                 db: db.clone(),
                 caches: Arc::clone(&caches),
                 pending: Arc::clone(&pending),
             };
-            actix::spawn(run(shard, lanes, rx, limits));
+            if limits.in_flight == 1 {
+                let conn = db.owned(WRITER_SETUP);
+                std::thread::Builder::new()
+                    .name(format!("writer-{number}"))
+                    .spawn(move || run_here(shard, conn, rx, limits.batch_max))
+                    .map_err(AppError::internal)?;
+            } else {
+                let lanes = (0..limits.in_flight)
+                    .map(|slot| db.dedicated(&format!("writer-{number}.{slot}"), WRITER_SETUP))
+                    .collect::<AppResult<Vec<_>>>()?;
+                actix::spawn(run(shard, lanes, rx, limits));
+            }
             senders.push(tx);
         }
         Ok(Self {
@@ -122,6 +134,33 @@ struct Limits {
     batch_max: usize,
     /// Most batches committing at once.
     in_flight: usize,
+}
+
+/// A writer with one slot, on a thread of its own: takes what its queue holds (up to
+/// `batch_max`), commits it on `conn` and hands the results over, one batch after another. The
+/// thread has a small runtime of its own for the waits of a batch that failed (the status
+/// query, timers); it ends when the queue closes and is empty.
+fn run_here(shard: Shard, mut conn: Owned, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "message writer: could not start its runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        loop {
+            let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
+            if rx.recv_many(&mut batch, batch_max).await == 0 {
+                return;
+            }
+            let results = commit_batch(&shard, &mut Lane::Here(&mut conn), &batch).await;
+            hand_over(&shard, batch, results);
+        }
+    });
 }
 
 /// One writer: takes batches off its queue and commits them, several at once as long as no two
@@ -198,23 +237,38 @@ fn release(held: &mut HashSet<i64>, lanes: &mut Vec<Dedicated>, done: (Vec<i64>,
     lanes.push(lane);
 }
 
-/// Commits one batch and hands each conversation its results (in batch order, which is their
-/// seq order); answers the batch's conversations once they are free again.
+/// Commits one batch on `lane` and hands each conversation its results; answers the batch's
+/// conversations and the lane once they are free again.
 async fn commit_and_hand_over(
     shard: Shard,
     lane: Dedicated,
     mut batch: Vec<WriteRequest>,
     conversations: Vec<i64>,
 ) -> (Vec<i64>, Dedicated) {
+    let results = commit_batch(&shard, &mut Lane::Thread(&lane), &batch).await;
+    hand_over(&shard, std::mem::take(&mut batch), results);
+    (conversations, lane)
+}
+
+/// Commits `batch` on `lane`: one result per request, in order.
+async fn commit_batch(
+    shard: &Shard,
+    lane: &mut Lane<'_>,
+    batch: &[WriteRequest],
+) -> Vec<AppResult<Written>> {
     let drafts: Vec<Draft> = batch.iter().map(|r| r.draft.clone()).collect();
-    let outcome = commit(&shard, &lane, drafts).await;
-    let results: Vec<AppResult<Written>> = match outcome {
+    match commit(shard, lane, drafts).await {
         Ok(results) => results,
         Err(e) => {
             let shared = share(&e);
             batch.iter().map(|_| Err(shared())).collect()
         }
-    };
+    }
+}
+
+/// Hands each conversation of a committed batch its results (in batch order, which is their seq
+/// order).
+fn hand_over(shard: &Shard, mut batch: Vec<WriteRequest>, results: Vec<AppResult<Written>>) {
     let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
     for (req, res) in batch.drain(..).zip(results) {
         match groups.iter_mut().find(|(r, _)| *r == req.notify) {
@@ -227,7 +281,26 @@ async fn commit_and_hand_over(
         recipient.do_send(Committed(items));
     }
     shard.pending.fetch_sub(done, Ordering::SeqCst);
-    (conversations, lane)
+}
+
+/// Where a writer runs a batch's database work.
+enum Lane<'a> {
+    /// On the writer's own thread and connection.
+    Here(&'a mut Owned),
+    /// On a connection thread the writer hands the work to.
+    Thread(&'a Dedicated),
+}
+
+impl Lane<'_> {
+    async fn run<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut PgConnection) -> AppResult<T> + Send + 'static,
+    ) -> AppResult<T> {
+        match self {
+            Lane::Here(conn) => conn.run(work),
+            Lane::Thread(lane) => lane.run(work).await,
+        }
+    }
 }
 
 /// Commits with one retry for transient failures (deadlock, serialization, a broken pooled
@@ -243,7 +316,7 @@ async fn commit_and_hand_over(
 /// id, and is settled by that retry alone.
 async fn commit(
     shard: &Shard,
-    lane: &Dedicated,
+    lane: &mut Lane<'_>,
     drafts: Vec<Draft>,
 ) -> AppResult<Vec<AppResult<Written>>> {
     let retry = drafts.clone();

@@ -459,8 +459,11 @@ async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members
     let (upstream, user, dbname) = upstream_of(&db.url);
     let relay = LossyRelay::start(upstream).await;
     let relayed = format!("postgres://{user}@{}/{dbname}?sslmode=disable", relay.addr);
+    // With more than one batch in flight the writer runs on the actix system, that is on this
+    // test's thread (a writer with one is a thread of its own), so holding this thread holds it.
     let s = TestServer::start_on(db, |c| {
         c.database_url = switchboard::config::Secret::new(relayed);
+        c.write_in_flight = 2;
     })
     .await;
     let alice = s.create_user("Alice", "alice@example.com", None, &[]);
@@ -478,8 +481,8 @@ async fn a_failed_batch_resent_in_part_before_new_messages_still_reaches_members
     assert_eq!(first["seq"], 1);
     assert_eq!(seqs_until(&mut b, &conv, 1).await, vec![1]);
 
-    // Alice's and then Bob's message make one batch: the writer runs on this thread, which is
-    // held while both reach its queue. The batch (keyed drafts: one statement alone) commits,
+    // Alice's and then Bob's message make one batch: the writer runs on this thread (above),
+    // which is held while both reach its queue. The batch (keyed drafts: one statement alone) commits,
     // its answer is lost, and so is the retry's batch statement: both are told the send failed.
     relay.arm_statement();
     relay.then_cut(RESERVE_MARK);
