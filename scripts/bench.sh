@@ -80,7 +80,10 @@
 # nodes), at the same total load: closed loop 1:1 and in groups of GROUP_SIZE (durable acks/s,
 # delivery p50/p99), then an open loop of 1:1 conversations whose two members sit on different
 # nodes, at CLUSTER_LOAD_PCT [50] % of the one-node closed-loop 1:1 maximum: every delivery
-# there crosses nodes (that share of the median one-node figure). Each shape runs
+# there crosses nodes. That maximum is measured again right before each open-loop round, by a
+# one-node closed-loop 1:1 probe of CLUSTER_PROBE_SECS [10] seconds, so that the rate follows
+# the machine's speed at that moment rather than the closed-loop rounds' minutes before. Each
+# shape runs
 # CLUSTER_ROUNDS [3] rounds of one node and two nodes back to back, the order swapped every
 # round; each round gives a ratio from its two runs, and the median of those is the figure to
 # quote (a machine's speed may drift within minutes). Every run starts right after a
@@ -151,6 +154,7 @@ SOAK_MAX_ACKS_PER_SEC="${SOAK_MAX_ACKS_PER_SEC:-}"
 SOAK_PROBE_SECS="${SOAK_PROBE_SECS:-20}"
 CLUSTER_LOAD_PCT="${CLUSTER_LOAD_PCT:-50}"
 CLUSTER_ROUNDS="${CLUSTER_ROUNDS:-3}"
+CLUSTER_PROBE_SECS="${CLUSTER_PROBE_SECS:-10}"
 OUT="$REPO/target/bench"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/switchboard"
 case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
@@ -194,12 +198,13 @@ if [ "$MODE" = cases ]; then
     done
 fi
 for v in CLIENTS GROUP_SIZE IDLE_SOCKETS CALLS_SEQUENTIAL CALLERS CALLS SOAK_MINUTES \
-    SOAK_SEED_MESSAGES SOAK_LOAD_PCT CLUSTER_ROUNDS; do
+    SOAK_SEED_MESSAGES SOAK_LOAD_PCT CLUSTER_ROUNDS CLUSTER_PROBE_SECS; do
     is_uint "${!v}" || die "$v must be a whole number, not '${!v}'"
 done
 [ "$GROUP_SIZE" -ge 2 ] || die "GROUP_SIZE must be at least 2"
 [ "$CLIENTS" -ge 2 ] || die "CLIENTS must be at least 2"
 [ "$CLUSTER_ROUNDS" -ge 1 ] || die "CLUSTER_ROUNDS must be at least 1"
+[ "$CLUSTER_PROBE_SECS" -ge 1 ] || die "CLUSTER_PROBE_SECS must be at least 1"
 GROUPS_OF=$((CLIENTS / GROUP_SIZE))
 [ "$GROUPS_OF" -ge 1 ] || die "CLIENTS must be at least GROUP_SIZE"
 PAIRS=$((CLIENTS / 2))
@@ -907,12 +912,14 @@ if [ "$MODE" = cluster ]; then
     }
 
     run_rounds() {
-        # run_rounds SCENARIO: CLUSTER_ROUNDS rounds of one node and two nodes back to back, the
-        # order swapped every round so that a machine speeding up or slowing down during the run
-        # favours neither; reports $RUN/SCENARIO-rN-one.json and -rN-two.json.
-        local name="$1" r
+        # run_rounds SCENARIO [BEFORE]: CLUSTER_ROUNDS rounds of one node and two nodes back to
+        # back, the order swapped every round so that a machine speeding up or slowing down
+        # during the run favours neither; reports $RUN/SCENARIO-rN-one.json and -rN-two.json.
+        # BEFORE, a function, is called with the round's number before each round.
+        local name="$1" before="${2:-}" r
         for r in $(seq 1 "$CLUSTER_ROUNDS"); do
             say "-- $name: round $r of $CLUSTER_ROUNDS --"
+            [ -z "$before" ] || "$before" "$r"
             if [ $((r % 2)) = 1 ]; then
                 run_one_node "$name" "$RUN/$name-r$r-one.json"
                 run_two_nodes "$name" "$RUN/$name-r$r-two.json"
@@ -989,13 +996,24 @@ EOF
     compare_nodes closed-1to1 "closed loop, $CLIENTS clients in 1:1 conversations, ${DURATION} s"
     run_rounds closed-groups
     compare_nodes closed-groups "closed loop, $CLIENTS clients in groups of $GROUP_SIZE, ${DURATION} s"
-    MAX_ONE="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).one["durable acks/s"])' \
-        "$RUN/closed-1to1-medians.json")"
-    RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
-        console.log((m * p / 100 / c).toPrecision(4));' "$MAX_ONE" "$CLUSTER_LOAD_PCT" "$CLIENTS")"
-    say "open loop at $CLUSTER_LOAD_PCT % of one node's $MAX_ONE acks/s (median of the rounds): $RATE msg/s per client"
-    run_rounds open-1to1
-    compare_nodes open-1to1 "open loop, $CLIENTS clients in 1:1 conversations, $RATE msg/s each (two nodes: every delivery crosses nodes)"
+    OPEN_RATES=()
+    # shellcheck disable=SC2317 # called by run_rounds, by name
+    probe_open_rate() {
+        # probe_open_rate ROUND: a one-node closed-loop 1:1 probe of CLUSTER_PROBE_SECS (report
+        # $RUN/open-1to1-rN-probe.json); sets RATE to CLUSTER_LOAD_PCT % of its acks/s, per
+        # client, for the round's open loops, and adds it to OPEN_RATES.
+        local saved="$DURATION" probe="$RUN/open-1to1-r$1-probe.json" max
+        DURATION="$CLUSTER_PROBE_SECS"
+        run_one_node closed-1to1 "$probe"
+        DURATION="$saved"
+        max="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).acks_per_sec)' "$probe")"
+        RATE="$(node -e 'const [m, p, c] = process.argv.slice(1).map(Number);
+            console.log((m * p / 100 / c).toPrecision(4));' "$max" "$CLUSTER_LOAD_PCT" "$CLIENTS")"
+        OPEN_RATES+=("$RATE")
+        say "round $1: open loop at $CLUSTER_LOAD_PCT % of the probe's $max acks/s: $RATE msg/s per client"
+    }
+    run_rounds open-1to1 probe_open_rate
+    compare_nodes open-1to1 "open loop, $CLIENTS clients in 1:1 conversations at $CLUSTER_LOAD_PCT % of a one-node closed-loop probe made right before each round (${OPEN_RATES[*]} msg/s each; two nodes: every delivery crosses nodes)"
     say "== summary (also in $SUMMARY) =="
     cat "$SUMMARY"
     exit 0
