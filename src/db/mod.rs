@@ -319,6 +319,16 @@ impl Db {
             .map_err(AppError::internal)?;
         Ok(Dedicated { jobs })
     }
+
+    /// An [`Owned`] connection (not connected until its first use).
+    pub(crate) fn owned(&self, setup: &'static str) -> Owned {
+        Owned {
+            url: Arc::clone(&self.url),
+            setup,
+            slot: None,
+            stats: Arc::clone(&self.stats),
+        }
+    }
 }
 
 /// A connection of its own held by the thread that uses it: it connects on first use, runs
@@ -338,18 +348,6 @@ impl std::fmt::Debug for Owned {
         f.debug_struct("Owned")
             .field("connected", &self.slot.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-impl Db {
-    /// An [`Owned`] connection (not connected until its first use).
-    pub(crate) fn owned(&self, setup: &'static str) -> Owned {
-        Owned {
-            url: Arc::clone(&self.url),
-            setup,
-            slot: None,
-            stats: Arc::clone(&self.stats),
-        }
     }
 }
 

@@ -1529,22 +1529,7 @@ impl Delivery for ClusterDelivery {
 impl Runner {
     /// Starts the cluster thread (its own Tokio runtime: Redis I/O never runs on a worker).
     pub(crate) fn start(self, engine: Engine) -> std::io::Result<()> {
-        std::thread::Builder::new()
-            .name("cluster".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cluster: could not start its runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(self.run(engine));
-            })
-            .map(|_| ())
+        super::runtime::spawn("cluster", move || self.run(engine))
     }
 
     async fn run(self, engine: Engine) {

@@ -53,6 +53,7 @@ pub mod presence;
 pub mod protocol;
 pub(crate) mod ratelimit;
 pub mod registry;
+pub(crate) mod runtime;
 pub mod session;
 pub mod socketio;
 pub mod writer;

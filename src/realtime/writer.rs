@@ -68,10 +68,10 @@ impl Writer {
             };
             if limits.in_flight == 1 {
                 let conn = db.owned(WRITER_SETUP);
-                std::thread::Builder::new()
-                    .name(format!("writer-{number}"))
-                    .spawn(move || run_here(shard, conn, rx, limits.batch_max))
-                    .map_err(AppError::internal)?;
+                super::runtime::spawn(&format!("writer-{number}"), move || {
+                    run_here(shard, conn, rx, limits.batch_max)
+                })
+                .map_err(AppError::internal)?;
             } else {
                 let lanes = (0..limits.in_flight)
                     .map(|slot| db.dedicated(&format!("writer-{number}.{slot}"), WRITER_SETUP))
@@ -136,31 +136,24 @@ struct Limits {
     in_flight: usize,
 }
 
-/// A writer with one slot, on a thread of its own: takes what its queue holds (up to
-/// `batch_max`), commits it on `conn` and hands the results over, one batch after another. The
-/// thread has a small runtime of its own for the waits of a batch that failed (the status
-/// query, timers); it ends when the queue closes and is empty.
-fn run_here(shard: Shard, mut conn: Owned, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "message writer: could not start its runtime");
+/// A writer with one slot, on a thread of its own (whose runtime serves the waits of a batch
+/// that failed: the status query, timers): takes what its queue holds (up to `batch_max`),
+/// commits it on `conn` and hands the results over, one batch after another; it ends when the
+/// queue closes and is empty.
+async fn run_here(
+    shard: Shard,
+    mut conn: Owned,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    batch_max: usize,
+) {
+    loop {
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
+        if rx.recv_many(&mut batch, batch_max).await == 0 {
             return;
         }
-    };
-    runtime.block_on(async move {
-        loop {
-            let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
-            if rx.recv_many(&mut batch, batch_max).await == 0 {
-                return;
-            }
-            let results = commit_batch(&shard, &mut Lane::Here(&mut conn), &batch).await;
-            hand_over(&shard, batch, results);
-        }
-    });
+        let results = commit_batch(&shard, &mut Lane::Here(&mut conn), &batch).await;
+        hand_over(&shard, batch, results);
+    }
 }
 
 /// One writer: takes batches off its queue and commits them, several at once as long as no two
