@@ -330,8 +330,8 @@ impl Engine {
     async fn take_limit(
         &self,
         local: &UserLimiter,
-        leases: Option<&ratelimit::Leases>,
-        bucket: &str,
+        leases: Option<&Arc<ratelimit::Leases>>,
+        bucket: &'static str,
         user: i64,
         per_sec: f64,
         burst: u32,
@@ -342,7 +342,13 @@ impl Engine {
         if let Some(cluster) = &self.cluster {
             let now = std::time::Instant::now();
             let want = match leases.map(|l| l.spend(user, now)) {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(None)) => return Ok(()),
+                Some(Ok(Some(more))) => {
+                    if let Some(leases) = leases {
+                        renew_lease(cluster, leases, bucket, user, per_sec, burst, more);
+                    }
+                    return Ok(());
+                }
                 Some(Err(want)) => want,
                 None => 1,
             };
@@ -825,4 +831,27 @@ fn sync_snapshot(
     }
     let all: Vec<String> = mine.iter().map(ToString::to_string).collect();
     Ok(json!({ "conversations": out, "memberOf": all }))
+}
+
+/// Asks `user`'s cluster-wide `bucket` for `more` tokens in the background and adds what it
+/// grants to the user's lease on this node (see [`ratelimit::Leases`]); the send that asked
+/// goes on with the token it spent.
+fn renew_lease(
+    cluster: &Arc<cluster::Cluster>,
+    leases: &Arc<ratelimit::Leases>,
+    bucket: &'static str,
+    user: i64,
+    per_sec: f64,
+    burst: u32,
+    more: u32,
+) {
+    let cluster = Arc::clone(cluster);
+    let leases = Arc::clone(leases);
+    tokio::spawn(async move {
+        let granted = match cluster.take(bucket, user, per_sec, burst, more).await {
+            Some(Ok(granted)) => granted,
+            Some(Err(_)) | None => 0,
+        };
+        leases.renewed(user, granted, std::time::Instant::now());
+    });
 }

@@ -167,6 +167,13 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
 /// leases). The tokens come out of the one bucket, so all nodes together never let a user
 /// past the limit; a node may hold up to a lease's worth that the user's devices on other
 /// nodes cannot use until it lapses (`LEASE_TTL`).
+///
+/// A lease of two tokens or more is renewed ahead of need: the send that leaves a quarter of it
+/// or less is told to ask the bucket for the next lease in the background ([`Leases::spend`]),
+/// and what the bucket grants is added to what is left ([`Leases::renewed`]). A user who keeps
+/// sending therefore waits for Redis only when that quarter runs out before the answer comes
+/// (and then asks for its own token only); one who stops lets the lease lapse as before. The
+/// node holds at most a lease and a quarter.
 #[derive(Debug)]
 pub(crate) struct Leases {
     leases: PerUser<Lease>,
@@ -179,6 +186,16 @@ struct Lease {
     left: u32,
     until: Instant,
     want: u32,
+    /// When a renewal ahead of need was asked for, until it is answered (one at a time; one
+    /// unanswered for a whole `LEASE_TTL` no longer counts).
+    renewing: Option<Instant>,
+}
+
+impl Lease {
+    fn renewing(&self, now: Instant) -> bool {
+        self.renewing
+            .is_some_and(|since| now.saturating_duration_since(since) < LEASE_TTL)
+    }
 }
 
 impl Leases {
@@ -194,8 +211,11 @@ impl Leases {
         }
     }
 
-    /// Spends a leased token of `user` (`Ok`), or says how many tokens to ask the bucket for.
-    pub(crate) fn spend(&self, user: i64, now: Instant) -> Result<(), u32> {
+    /// Spends a leased token of `user` (`Ok`), or says how many tokens to ask the bucket for
+    /// before the send may go (`Err`). `Ok(Some(n))`: the token is spent, and the lease is
+    /// running low: ask the bucket for `n` more without holding the send, and report the answer
+    /// with [`Leases::renewed`].
+    pub(crate) fn spend(&self, user: i64, now: Instant) -> Result<Option<u32>, u32> {
         // A lapsed lease only remembers how many to ask for next: it may be forgotten.
         let mut shard = self.leases.shard(user, |l| l.until <= now);
         let Some(lease) = shard.entries.get_mut(&user) else {
@@ -206,13 +226,19 @@ impl Leases {
             if lease.left == 0 {
                 lease.want = (lease.want * 2).min(self.most);
             }
-            return Ok(());
+            if lease.want >= 2 && lease.left * 4 <= lease.want && !lease.renewing(now) {
+                lease.renewing = Some(now);
+                return Ok(Some(lease.want));
+            }
+            return Ok(None);
         }
         if lease.left > 0 {
             lease.want = (lease.want / 2).max(1);
             lease.left = 0;
         }
-        Err(lease.want)
+        // A renewal on its way brings the next lease: this send asks for its own token only,
+        // so that the node never holds more than a lease and a quarter.
+        Err(if lease.renewing(now) { 1 } else { lease.want })
     }
 
     /// The bucket granted `granted` tokens to `user`, one of them spent now.
@@ -222,11 +248,41 @@ impl Leases {
             left: 0,
             until: now,
             want: 1,
+            renewing: None,
         });
         lease.left = granted.saturating_sub(1);
         lease.until = now + LEASE_TTL;
         if lease.left == 0 && granted >= lease.want {
             lease.want = (lease.want * 2).min(self.most);
+        }
+    }
+
+    /// The bucket answered a renewal that [`Leases::spend`] asked for: `granted` tokens (none
+    /// when it refused, or Redis did not answer) join what is left of `user`'s lease, which
+    /// then lasts another `LEASE_TTL`.
+    pub(crate) fn renewed(&self, user: i64, granted: u32, now: Instant) {
+        let mut shard = self.leases.shard(user, |l| l.until <= now);
+        let Some(lease) = shard.entries.get_mut(&user) else {
+            if granted > 0 {
+                shard.entries.insert(
+                    user,
+                    Lease {
+                        left: granted,
+                        until: now + LEASE_TTL,
+                        want: granted.min(self.most),
+                        renewing: None,
+                    },
+                );
+            }
+            return;
+        };
+        lease.renewing = None;
+        if granted > 0 {
+            if now >= lease.until {
+                lease.left = 0;
+            }
+            lease.left = lease.left.saturating_add(granted);
+            lease.until = now + LEASE_TTL;
         }
     }
 }
@@ -273,34 +329,43 @@ mod tests {
     fn leases_grow_while_spent_and_shrink_when_they_lapse() {
         let leases = Leases::new(40, 2.0);
         let t0 = Instant::now();
+        // Renewals ahead of need are answered at once with nothing here, as when the bucket
+        // refuses them (see the test after this one).
+        let spend = |user, now| {
+            leases.spend(user, now).map(|renew| {
+                if renew.is_some() {
+                    leases.renewed(user, 0, now);
+                }
+            })
+        };
         // A new user asks for one token; each lease spent in full doubles the next, up to a
         // quarter of the burst.
-        assert_eq!(leases.spend(7, t0), Err(1));
+        assert_eq!(spend(7, t0), Err(1));
         leases.granted(7, 1, t0);
-        assert_eq!(leases.spend(7, t0), Err(2));
+        assert_eq!(spend(7, t0), Err(2));
         leases.granted(7, 2, t0);
-        assert_eq!(leases.spend(7, t0), Ok(()));
-        assert_eq!(leases.spend(7, t0), Err(4));
+        assert_eq!(spend(7, t0), Ok(()));
+        assert_eq!(spend(7, t0), Err(4));
         leases.granted(7, 4, t0);
         for _ in 0..3 {
-            assert_eq!(leases.spend(7, t0), Ok(()));
+            assert_eq!(spend(7, t0), Ok(()));
         }
-        assert_eq!(leases.spend(7, t0), Err(8));
+        assert_eq!(spend(7, t0), Err(8));
         leases.granted(7, 8, t0);
         for _ in 0..7 {
-            assert_eq!(leases.spend(7, t0), Ok(()));
+            assert_eq!(spend(7, t0), Ok(()));
         }
-        assert_eq!(leases.spend(7, t0), Err(10), "capped at burst / 4");
+        assert_eq!(spend(7, t0), Err(10), "capped at burst / 4");
         // The bucket may grant fewer than asked: those are spent, then it is asked again.
         leases.granted(7, 3, t0);
-        assert_eq!(leases.spend(7, t0), Ok(()));
-        assert_eq!(leases.spend(7, t0), Ok(()));
-        assert_eq!(leases.spend(7, t0), Err(10));
+        assert_eq!(spend(7, t0), Ok(()));
+        assert_eq!(spend(7, t0), Ok(()));
+        assert_eq!(spend(7, t0), Err(10));
         // A lease that lapses with tokens left is not spent; the next is half as large.
         leases.granted(7, 10, t0);
         let later = t0 + LEASE_TTL;
-        assert_eq!(leases.spend(7, later), Err(5));
-        assert_eq!(leases.spend(8, later), Err(1), "users lease apart");
+        assert_eq!(spend(7, later), Err(5));
+        assert_eq!(spend(8, later), Err(1), "users lease apart");
         // A small burst never leases more than one token at a time.
         let small = Leases::new(5, 1.0);
         small.granted(1, 1, t0);
@@ -314,6 +379,74 @@ mod tests {
             Leases::new(40, 80.0).most,
             20,
             "a quarter of a second's refill"
+        );
+    }
+
+    #[test]
+    fn a_lease_running_low_is_renewed_ahead_of_need() {
+        let leases = Leases::new(40, 2.0);
+        let t0 = Instant::now();
+        // Grown to leases of 2: the send that spends the last token asks for the next lease
+        // (of 4) ahead of need, once.
+        assert_eq!(leases.spend(7, t0), Err(1));
+        leases.granted(7, 1, t0);
+        assert_eq!(leases.spend(7, t0), Err(2));
+        leases.granted(7, 2, t0);
+        assert_eq!(leases.spend(7, t0), Ok(Some(4)));
+        // A send before the answer waits for the bucket, as without renewals, for its own
+        // token only (the renewal brings the next lease).
+        assert_eq!(leases.spend(7, t0), Err(1));
+        leases.granted(7, 1, t0);
+        // The answer's tokens join what is left, for another LEASE_TTL; the renewal after it is
+        // asked for when a quarter of a lease (or less) is left.
+        let t1 = t0 + LEASE_TTL / 2;
+        leases.renewed(7, 4, t1);
+        let t2 = t1 + LEASE_TTL * 3 / 4;
+        assert_eq!(leases.spend(7, t2), Ok(None), "3 left");
+        assert_eq!(leases.spend(7, t2), Ok(None), "2 left");
+        assert_eq!(leases.spend(7, t2), Ok(Some(4)), "1 left: renew");
+        assert_eq!(leases.spend(7, t2), Ok(None), "0 left: asked already");
+        // A refusal (or no answer) adds nothing: the next send waits for the bucket, for a
+        // lease twice as large (the last was spent in full).
+        leases.renewed(7, 0, t2);
+        assert_eq!(leases.spend(7, t2), Err(8));
+        // A renewal that is never answered stops counting after LEASE_TTL.
+        leases.granted(7, 8, t2);
+        let t3 = t2 + Duration::from_millis(100);
+        for _ in 0..4 {
+            assert_eq!(leases.spend(7, t3), Ok(None));
+        }
+        assert_eq!(leases.spend(7, t3), Ok(Some(8)), "2 left of 8");
+        leases.granted(7, 8, t3 + LEASE_TTL / 2);
+        for _ in 0..4 {
+            assert_eq!(leases.spend(7, t3 + LEASE_TTL / 2), Ok(None));
+        }
+        assert_eq!(
+            leases.spend(7, t3 + LEASE_TTL / 2),
+            Ok(None),
+            "still waiting for the first answer"
+        );
+        leases.granted(7, 8, t3 + LEASE_TTL);
+        for _ in 0..4 {
+            assert_eq!(leases.spend(7, t3 + LEASE_TTL), Ok(None));
+        }
+        assert_eq!(
+            leases.spend(7, t3 + LEASE_TTL),
+            Ok(Some(8)),
+            "the unanswered one no longer counts"
+        );
+        // Leases of one token are never renewed ahead (that would take a token the user may
+        // never spend).
+        let one = Leases::new(5, 1.0);
+        one.granted(1, 2, t0);
+        assert_eq!(one.spend(1, t0), Ok(None));
+        // An answer for a user without a lease here starts one, which lapses as any other.
+        leases.renewed(11, 3, t0);
+        assert_eq!(leases.spend(11, t0), Ok(None));
+        assert_eq!(
+            leases.spend(11, t0 + LEASE_TTL),
+            Err(1),
+            "lapsed with tokens left"
         );
     }
 

@@ -1030,7 +1030,8 @@ async fn a_conversation_is_written_by_one_node_and_sends_fall_back_when_it_stops
 /// A user sending fast through two nodes: each node leases tokens of the user's shared bucket
 /// in batches (growing while they are spent), and the two together still let through no more
 /// than the burst plus what refilled meanwhile; tokens one node holds when the bucket runs dry
-/// are lost to the other for at most a lease.
+/// are lost to the other for at most a lease (a lease and a quarter while it renews a lease
+/// ahead of need).
 #[actix_web::test]
 async fn leased_send_tokens_never_let_a_user_past_the_cluster_wide_limit() {
     let space = RedisSpace::new();
@@ -1064,6 +1065,7 @@ async fn leased_send_tokens_never_let_a_user_past_the_cluster_wide_limit() {
         accepted <= 40 + refilled,
         "{accepted} sends let through, burst 40, {refilled} refilled"
     );
-    // A lease is at most a quarter of the burst (10): at most 9 stranded on each node.
-    assert!(accepted >= 40 - 18, "{accepted} sends let through");
+    // A lease is at most a quarter of the burst (10), and a node renewing one ahead of need
+    // holds at most a quarter of it besides (2): at most 12 stranded on each node.
+    assert!(accepted >= 40 - 24, "{accepted} sends let through");
 }
