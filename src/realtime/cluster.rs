@@ -2062,7 +2062,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
                 skip,
             };
             if let Some(addr) = engine.conversations.get(&conversation) {
-                let _ = addr.try_send(remote);
+                offer_remote(cluster, &addr, conversation, remote);
                 return;
             }
             // No actor here: start one only for recipients on this node. Awaited here, so the
@@ -2079,9 +2079,7 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
                 })
                 .await
             {
-                Ok(Ok(addr)) => {
-                    let _ = addr.try_send(remote);
-                }
+                Ok(Ok(addr)) => offer_remote(cluster, &addr, conversation, remote),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, conversation, "cluster: no conversation actor")
                 }
@@ -2118,6 +2116,21 @@ async fn dispatch(cluster: &Arc<Cluster>, engine: &Engine, from: &str, body: Bod
             members,
             reload: true,
         }),
+    }
+}
+
+/// Hands another node's message to this node's actor of its conversation. A full mailbox (or a
+/// stopped actor) loses it here, counted as dropped: the conversation's next message shows the
+/// gap, which is then read from PostgreSQL, and clients can always `sync`.
+fn offer_remote(
+    cluster: &Cluster,
+    addr: &actix::Addr<super::conversation::ConversationActor>,
+    conversation: i64,
+    remote: RemoteMessage,
+) {
+    if let Err(e) = addr.try_send(remote) {
+        cluster.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, conversation, "cluster: a message from another node found its conversation's mailbox full; the next one fills the gap");
     }
 }
 
