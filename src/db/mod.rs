@@ -353,15 +353,27 @@ impl std::fmt::Debug for Owned {
 
 impl Owned {
     /// Runs `work` on the connection here; `unavailable` when there is none (the database is
-    /// away).
+    /// away), `internal` when `work` panicked (the connection is then dropped).
     pub(crate) fn run<T>(
         &mut self,
         work: impl FnOnce(&mut PgConnection) -> AppResult<T>,
     ) -> AppResult<T> {
+        use diesel::r2d2::R2D2Connection;
         if self.slot.is_none() {
             self.slot = connect(&self.url, self.setup);
         }
-        let result = run_dedicated(&mut self.slot, work);
+        let Some(conn) = self.slot.as_mut() else {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(AppError::unavailable("cannot connect to the database"));
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)));
+        let panicked = outcome.is_err();
+        let result = outcome.unwrap_or_else(|_| Err(AppError::internal("database work panicked")));
+        // A connection that is broken (or no longer answers) is dropped: the next work connects
+        // again.
+        if panicked || (result.is_err() && (conn.is_broken() || conn.ping().is_err())) {
+            self.slot = None;
+        }
         if matches!(
             result,
             Err(AppError::Internal { .. } | AppError::Unavailable { .. })
@@ -413,25 +425,6 @@ impl Dedicated {
             .await
             .map_err(|_| AppError::internal("the writer's connection thread ended"))?
     }
-}
-
-/// Runs `work` on the connection in `slot`; drops the connection when work failed and it is
-/// broken or does not answer, and when work panicked (reported as `internal`).
-fn run_dedicated<T>(
-    slot: &mut Option<PgConnection>,
-    work: impl FnOnce(&mut PgConnection) -> AppResult<T>,
-) -> AppResult<T> {
-    use diesel::r2d2::R2D2Connection;
-    let Some(conn) = slot.as_mut() else {
-        return Err(AppError::unavailable("cannot connect to the database"));
-    };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)));
-    let panicked = outcome.is_err();
-    let result = outcome.unwrap_or_else(|_| Err(AppError::internal("database work panicked")));
-    if panicked || (result.is_err() && (conn.is_broken() || conn.ping().is_err())) {
-        *slot = None;
-    }
-    result
 }
 
 /// Logs failed connection attempts once each at `warn` through tracing (the pool's default

@@ -341,15 +341,15 @@ impl Engine {
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
         if let Some(cluster) = &self.cluster {
             let now = std::time::Instant::now();
-            let want = match leases.map(|l| l.spend(user, now)) {
-                Some(Ok(None)) => return Ok(()),
-                Some(Ok(Some(more))) => {
-                    if let Some(leases) = leases {
+            let want = match leases {
+                Some(leases) => match leases.spend(user, now) {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(more)) => {
                         renew_lease(cluster, leases, bucket, user, per_sec, burst, more);
+                        return Ok(());
                     }
-                    return Ok(());
-                }
-                Some(Err(want)) => want,
+                    Err(want) => want,
+                },
                 None => 1,
             };
             // Boxed: the Redis call's state is large, and every send's task would carry it.

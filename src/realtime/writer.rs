@@ -146,13 +146,14 @@ async fn run_here(
     mut rx: mpsc::Receiver<WriteRequest>,
     batch_max: usize,
 ) {
+    // One buffer for every batch: `hand_over` empties it.
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     loop {
-        let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
         if rx.recv_many(&mut batch, batch_max).await == 0 {
             return;
         }
         let results = commit_batch(&shard, &mut Lane::Here(&mut conn), &batch).await;
-        hand_over(&shard, batch, results);
+        hand_over(&shard, &mut batch, results);
     }
 }
 
@@ -239,7 +240,7 @@ async fn commit_and_hand_over(
     conversations: Vec<i64>,
 ) -> (Vec<i64>, Dedicated) {
     let results = commit_batch(&shard, &mut Lane::Thread(&lane), &batch).await;
-    hand_over(&shard, std::mem::take(&mut batch), results);
+    hand_over(&shard, &mut batch, results);
     (conversations, lane)
 }
 
@@ -260,8 +261,8 @@ async fn commit_batch(
 }
 
 /// Hands each conversation of a committed batch its results (in batch order, which is their seq
-/// order).
-fn hand_over(shard: &Shard, mut batch: Vec<WriteRequest>, results: Vec<AppResult<Written>>) {
+/// order), leaving `batch` empty.
+fn hand_over(shard: &Shard, batch: &mut Vec<WriteRequest>, results: Vec<AppResult<Written>>) {
     let mut groups: Vec<(Recipient<Committed>, Outcomes)> = Vec::new();
     for (req, res) in batch.drain(..).zip(results) {
         match groups.iter_mut().find(|(r, _)| *r == req.notify) {
