@@ -249,6 +249,11 @@ pub struct Config {
     /// `CLUSTER_GAP_WAIT_MS` — how long a node waits for a message seq another node has not
     /// delivered yet before reading it from the database. Default 50.
     pub cluster_gap_wait: Duration,
+    /// `CLUSTER_PUBLISH_INTERVAL_MS` — least time between the starts of two publishes of a
+    /// node's queued events to Redis: under load, events queued meanwhile go out together in
+    /// the next one; the first after a quiet spell goes at once. 0: publish as soon as the last
+    /// publish was answered. Default 2.
+    pub cluster_publish_interval: Duration,
     /// `CLUSTER_OWNED_WRITES` — each conversation's messages are written by one node (chosen
     /// by hashing the conversation over the live nodes); a send with a `clientMessageId` that
     /// arrives elsewhere is forwarded to that node. Default false: the forwarding hop cost more
@@ -539,6 +544,7 @@ impl Default for Config {
             node_heartbeat: Duration::from_millis(2000),
             node_ttl: Duration::from_millis(10_000),
             cluster_gap_wait: Duration::from_millis(50),
+            cluster_publish_interval: Duration::from_millis(2),
             cluster_owned_writes: false,
             cluster_forward_timeout: Duration::from_millis(2000),
             cluster_limit_timeout: Duration::from_millis(250),
@@ -1034,6 +1040,11 @@ impl Config {
         parse_millis(src, "NODE_HEARTBEAT_MS", &mut self.node_heartbeat)?;
         parse_millis(src, "NODE_TTL_MS", &mut self.node_ttl)?;
         parse_millis(src, "CLUSTER_GAP_WAIT_MS", &mut self.cluster_gap_wait)?;
+        parse_millis(
+            src,
+            "CLUSTER_PUBLISH_INTERVAL_MS",
+            &mut self.cluster_publish_interval,
+        )?;
         parse_bool(src, "CLUSTER_OWNED_WRITES", &mut self.cluster_owned_writes)?;
         parse_millis(
             src,
@@ -1493,6 +1504,23 @@ mod tests {
         pairs.push(("WRITE_SHARDS", "3"));
         let told = Config::load_from(None, &env(&pairs)).unwrap();
         assert_eq!(told.write_shards, 3);
+    }
+
+    #[test]
+    fn cluster_publishes_are_spaced_unless_told_otherwise() {
+        let mut pairs = vec![
+            ("DATABASE_URL", "postgres://x"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ];
+        let node = Config::load_from(None, &env(&pairs)).unwrap();
+        assert_eq!(node.cluster_publish_interval, Duration::from_millis(2));
+        pairs.push(("CLUSTER_PUBLISH_INTERVAL_MS", "0"));
+        let at_once = Config::load_from(None, &env(&pairs)).unwrap();
+        assert_eq!(at_once.cluster_publish_interval, Duration::ZERO);
+        pairs.pop();
+        pairs.push(("CLUSTER_PUBLISH_INTERVAL_MS", "soon"));
+        assert!(Config::load_from(None, &env(&pairs)).is_err());
     }
 
     #[test]

@@ -865,6 +865,12 @@ fn register_cluster(r: &mut Registry, c: &crate::realtime::cluster::ClusterCount
         ConstCounter::new(c.received),
     );
     r.register(
+        "cluster_frames_published",
+        "Redis messages the published events went out in (one per frame and node it is for; \
+         CLUSTER_PUBLISH_INTERVAL_MS makes them fewer and larger under load)",
+        ConstCounter::new(c.frames),
+    );
+    r.register(
         "cluster_dropped",
         "Events whose cross-node delivery was dropped (CLUSTER_QUEUE full, Redis away, or this \
          node fell behind the bus, where each lost bus message counts once though it may have \

@@ -556,9 +556,11 @@ pub(crate) fn new_message_event(m: &Message) -> Arc<ServerEvent> {
     )
 }
 
-/// How much longer a gap that has stood since `oldest` (the arrival of the longest-waiting
-/// message above it) is waited for before it is read; `None`: read it now (or nothing waits).
-fn still_to_wait(
+/// How much longer to wait until `wait` has passed since `oldest`; `None`: it has (or there
+/// is nothing to wait for). A gap that has stood since `oldest` (the arrival of the
+/// longest-waiting message above it) is read once it has stood `wait`; the cluster thread
+/// spaces its publishes with it too.
+pub(crate) fn still_to_wait(
     oldest: Option<Instant>,
     now: Instant,
     wait: std::time::Duration,

@@ -897,6 +897,50 @@ async fn frames_go_to_the_other_nodes_inbox_and_the_shared_bus_carries_only_hell
     listener.quit().await.unwrap();
 }
 
+/// Under load a node publishes at most once per `CLUSTER_PUBLISH_INTERVAL_MS`: what is queued
+/// meanwhile goes out in the next Redis message, and the other node still delivers every
+/// message once, in order.
+#[actix_web::test]
+async fn events_queued_within_the_publish_interval_go_out_together() {
+    let space = RedisSpace::new();
+    let (a, b) = two_nodes(&space, |c| {
+        c.cluster_publish_interval = Duration::from_millis(400);
+    })
+    .await;
+    let (_, _, conv, mut ca, mut cb) = pair_across(&a, &b).await;
+    let frames = metric(&a, "switchboard_cluster_frames_published_total").await;
+    let published = metric(&a, "switchboard_cluster_published_total").await;
+    let sends = 12;
+    let started = Instant::now();
+    for n in 0..sends {
+        ca.request(
+            "message:send",
+            json!({"conversationId": conv.to_string(), "content": format!("m{n}")}),
+        )
+        .await
+        .unwrap();
+    }
+    let sending = started.elapsed();
+    let mut seqs = Vec::new();
+    for _ in 0..sends {
+        seqs.push(
+            cb.expect_event("message:new").await["seq"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, (1..=sends).collect::<Vec<i64>>());
+    let frames = metric(&a, "switchboard_cluster_frames_published_total").await - frames;
+    let published = metric(&a, "switchboard_cluster_published_total").await - published;
+    assert!(published >= 12, "{published} events published");
+    // One publish per 400 ms at most (the first may go at once), however the sends were spread.
+    let most = 2 + sending.as_millis() / 400;
+    assert!(
+        u128::from(frames) <= most,
+        "{published} events in {frames} Redis messages over {sending:?} (at most {most})"
+    );
+}
+
 /// A counter or gauge of a node's `/metrics` (0 when absent).
 async fn metric(s: &TestServer, name: &str) -> u64 {
     let (_, text) = s.get("/metrics", None).await;
