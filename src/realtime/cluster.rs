@@ -552,6 +552,8 @@ enum Outgoing {
         device: u64,
         rejoins: bool,
     },
+    /// A send lease running low: ask its bucket for more (with the other renewals queued).
+    Renew(Renewal),
 }
 
 /// Redis key and channel names of one service.
@@ -595,6 +597,40 @@ impl Keys {
     }
     fn node_calls(&self, node: &str) -> String {
         format!("{}:node:{node}:calls", self.prefix)
+    }
+    fn limit(&self, bucket: &str, user: i64) -> String {
+        format!("{}:limit:{bucket}:{user}", self.prefix)
+    }
+}
+
+/// A renewal of a user's send lease asked for ahead of need ([`super::ratelimit::Leases`]):
+/// `want` more tokens of the cluster-wide `bucket` (`per_sec` sustained, `burst` at once),
+/// whatever it grants added to the lease in `leases`.
+#[derive(Debug)]
+pub(crate) struct Renewal {
+    /// The leases of this node the answer goes to.
+    pub leases: Arc<super::ratelimit::Leases>,
+    /// The bucket's name.
+    pub bucket: &'static str,
+    /// Whose bucket.
+    pub user: i64,
+    /// Its sustained rate.
+    pub per_sec: f64,
+    /// Its burst.
+    pub burst: u32,
+    /// Tokens asked for.
+    pub want: u32,
+}
+
+impl Renewal {
+    /// The bucket granted `granted` tokens (none: refused, or not asked).
+    fn answer(&self, granted: u32) {
+        self.leases.renewed(self.user, granted, Instant::now());
+    }
+
+    /// The bucket's name and shape: renewals of one shape are asked for in one script run.
+    fn shape(&self) -> (&'static str, u64, u32) {
+        (self.bucket, self.per_sec.to_bits(), self.burst)
     }
 }
 
@@ -757,20 +793,30 @@ if c[3] then redis.call('SREM', p .. ':node:' .. c[3] .. ':calls', id) end
 return users
 ";
 
-/// One token from a cluster-wide bucket (GCRA: a burst of ARGV[2] at once, then one per
-/// ARGV[1] ms). KEYS: the bucket. Answers 0 (taken) or the milliseconds until one is free.
+/// Tokens from cluster-wide buckets of one shape (GCRA: a burst of ARGV[2] at once, then one
+/// per ARGV[1] ms). KEYS: the buckets; ARGV[2 + i]: how many KEYS[i] is asked for (at least
+/// one). Answers, per bucket in order, the tokens taken (up to what was asked) or, when none
+/// is free, minus the milliseconds until one is.
 const TAKE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or '1')
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local free = math.floor((now + burst * interval - tat) / interval)
-if free < 1 then return -math.max(1, math.ceil(tat + interval - now - burst * interval)) end
-local granted = math.min(want, free)
-local next_tat = tat + granted * interval
-redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1)
-return granted
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local want = tonumber(ARGV[i + 2] or '1')
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local free = math.floor((now + burst * interval - tat) / interval)
+  if free < 1 then
+    out[i] = -math.max(1, math.ceil(tat + interval - now - burst * interval))
+  else
+    local granted = math.min(want, free)
+    local next_tat = tat + granted * interval
+    redis.call('SET', key, tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1)
+    out[i] = granted
+  end
+end
+return out
 ";
 
 /// A node's view of the cluster (for `/health`).
@@ -1183,29 +1229,56 @@ impl Cluster {
         want: u32,
     ) -> Option<Result<u32, u64>> {
         let client = self.redis()?;
-        let key = format!("{}:limit:{bucket}:{user}", self.keys.prefix);
-        let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
-        let answer = client
-            .with_options(&self.limit_options)
-            .eval::<i64, _, _, _>(
-                TAKE_SCRIPT,
-                vec![key],
-                vec![
-                    interval_ms.to_string(),
-                    burst.max(1).to_string(),
-                    want.max(1).to_string(),
-                ],
-            )
+        let answer = self
+            .take_many(client, bucket, per_sec, burst, &[(user, want)])
             .await;
-        match answer {
-            Ok(granted) if granted > 0 => Some(Ok(u32::try_from(granted).unwrap_or(1))),
-            Ok(wait_ms) => Some(Err(u64::try_from(wait_ms.saturating_neg())
+        match answer.map(|a| a.first().copied()) {
+            Ok(Some(granted)) if granted > 0 => Some(Ok(u32::try_from(granted).unwrap_or(1))),
+            Ok(Some(wait_ms)) => Some(Err(u64::try_from(wait_ms.saturating_neg())
                 .unwrap_or(1000)
                 .div_ceil(1000)
                 .max(1))),
+            Ok(None) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "cluster: rate limit not shared");
                 None
+            }
+        }
+    }
+
+    /// Runs [`TAKE_SCRIPT`] for `asks` (user, tokens wanted) of one bucket shape: one answer
+    /// per ask, in order (see the script).
+    async fn take_many(
+        &self,
+        client: &fred::clients::Client,
+        bucket: &str,
+        per_sec: f64,
+        burst: u32,
+        asks: &[(i64, u32)],
+    ) -> Result<Vec<i64>, fred::error::Error> {
+        let interval_ms = 1000.0 / per_sec.max(f64::MIN_POSITIVE);
+        let keys: Vec<String> = asks
+            .iter()
+            .map(|(user, _)| self.keys.limit(bucket, *user))
+            .collect();
+        let mut args = Vec::with_capacity(asks.len() + 2);
+        args.push(interval_ms.to_string());
+        args.push(burst.max(1).to_string());
+        args.extend(asks.iter().map(|(_, want)| want.max(&1).to_string()));
+        client
+            .with_options(&self.limit_options)
+            .eval::<Vec<i64>, _, _, _>(TAKE_SCRIPT, keys, args)
+            .await
+    }
+
+    /// Asks for a send lease's renewal in the background: the cluster thread asks Redis for
+    /// every renewal queued meanwhile in one script run and hands each answer to its leases.
+    /// With the queue full the renewal is answered with nothing at once (the next send that
+    /// finds the lease spent asks Redis itself).
+    pub(crate) fn renew(&self, renewal: Renewal) {
+        if let Err(e) = self.outgoing.try_send(Outgoing::Renew(renewal)) {
+            if let Outgoing::Renew(renewal) = e.into_inner() {
+                renewal.answer(0);
             }
         }
     }
@@ -1656,6 +1729,7 @@ async fn send(
 ) {
     let mut batch: Vec<String> = Vec::with_capacity(PUBLISH_BATCH);
     let mut last_publish: Option<Instant> = None;
+    let mut renewals: Vec<Renewal> = Vec::new();
     loop {
         let first = tokio::select! {
             item = incoming.recv() => match item {
@@ -1665,8 +1739,12 @@ async fn send(
             () = cluster.halted.notified() => return,
         };
         if cluster.stopped.load(Ordering::SeqCst) {
-            if let Outgoing::Leave(reply) = first {
-                let _ = reply.send(());
+            match first {
+                Outgoing::Leave(reply) => {
+                    let _ = reply.send(());
+                }
+                Outgoing::Renew(renewal) => renewal.answer(0),
+                _ => {}
             }
             continue;
         }
@@ -1681,6 +1759,12 @@ async fn send(
                             next = incoming.try_recv().ok();
                         }
                     }
+                    Outgoing::Renew(renewal) => {
+                        renewals.push(renewal);
+                        if renewals.len() < PUBLISH_BATCH {
+                            next = incoming.try_recv().ok();
+                        }
+                    }
                     other => {
                         flush(&cluster, &client, &mut batch).await;
                         control(&cluster, &engine, &client, other).await;
@@ -1688,10 +1772,14 @@ async fn send(
                     }
                 }
             }
-            // Publishes start at least CLUSTER_PUBLISH_INTERVAL_MS apart: what is queued
-            // meanwhile joins this one (fewer, larger frames for Redis and the other nodes);
-            // the first publish after a quiet spell goes at once.
-            if held || batch.is_empty() || batch.len() >= PUBLISH_BATCH {
+            // Publishes (and lease renewals) start at least CLUSTER_PUBLISH_INTERVAL_MS apart:
+            // what is queued meanwhile joins this one (fewer, larger frames for Redis and the
+            // other nodes); the first after a quiet spell goes at once.
+            if held
+                || (batch.is_empty() && renewals.is_empty())
+                || batch.len() >= PUBLISH_BATCH
+                || renewals.len() >= PUBLISH_BATCH
+            {
                 break;
             }
             let Some(rest) = still_to_wait(last_publish, Instant::now(), cluster.publish_interval)
@@ -1705,10 +1793,45 @@ async fn send(
             }
             next = incoming.try_recv().ok();
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() || !renewals.is_empty() {
             last_publish = Some(Instant::now());
         }
-        flush(&cluster, &client, &mut batch).await;
+        tokio::join!(
+            flush(&cluster, &client, &mut batch),
+            renew(&cluster, &client, &mut renewals)
+        );
+    }
+}
+
+/// Asks Redis for the lease renewals in `renewals`, one script run per bucket shape, and
+/// hands each its answer (nothing while Redis is away or does not answer).
+async fn renew(cluster: &Cluster, client: &fred::clients::Client, renewals: &mut Vec<Renewal>) {
+    while let Some(shape) = renewals.first().map(Renewal::shape) {
+        let (same, rest): (Vec<Renewal>, Vec<Renewal>) = std::mem::take(renewals)
+            .into_iter()
+            .partition(|r| r.shape() == shape);
+        *renewals = rest;
+        let (bucket, per_sec, burst) = (same[0].bucket, same[0].per_sec, same[0].burst);
+        let answers = if cluster.redis_up.load(Ordering::Relaxed) {
+            let asks: Vec<(i64, u32)> = same.iter().map(|r| (r.user, r.want)).collect();
+            match cluster
+                .take_many(client, bucket, per_sec, burst, &asks)
+                .await
+            {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: send leases not renewed");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        for (i, renewal) in same.iter().enumerate() {
+            // A refusal (minus a wait) or no answer adds nothing.
+            let granted = answers.get(i).and_then(|g| u32::try_from(*g).ok());
+            renewal.answer(granted.unwrap_or(0));
+        }
     }
 }
 
@@ -1778,6 +1901,8 @@ async fn control(
 ) {
     match item {
         Outgoing::Publish(_) => {}
+        // Batched by `send`; one that got here is answered with nothing.
+        Outgoing::Renew(renewal) => renewal.answer(0),
         Outgoing::Leave(reply) => {
             cluster.stopped.store(true, Ordering::SeqCst);
             let keys = &cluster.keys;

@@ -837,7 +837,7 @@ fn sync_snapshot(
 /// grants to the user's lease on this node (see [`ratelimit::Leases`]); the send that asked
 /// goes on with the token it spent.
 fn renew_lease(
-    cluster: &Arc<cluster::Cluster>,
+    cluster: &cluster::Cluster,
     leases: &Arc<ratelimit::Leases>,
     bucket: &'static str,
     user: i64,
@@ -845,13 +845,12 @@ fn renew_lease(
     burst: u32,
     more: u32,
 ) {
-    let cluster = Arc::clone(cluster);
-    let leases = Arc::clone(leases);
-    tokio::spawn(async move {
-        let granted = match cluster.take(bucket, user, per_sec, burst, more).await {
-            Some(Ok(granted)) => granted,
-            Some(Err(_)) | None => 0,
-        };
-        leases.renewed(user, granted, std::time::Instant::now());
+    cluster.renew(cluster::Renewal {
+        leases: Arc::clone(leases),
+        bucket,
+        user,
+        per_sec,
+        burst,
+        want: more,
     });
 }
