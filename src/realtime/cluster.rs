@@ -1806,12 +1806,13 @@ async fn send(
 /// Asks Redis for the lease renewals in `renewals`, one script run per bucket shape, and
 /// hands each its answer (nothing while Redis is away or does not answer).
 async fn renew(cluster: &Cluster, client: &fred::clients::Client, renewals: &mut Vec<Renewal>) {
-    while let Some(shape) = renewals.first().map(Renewal::shape) {
+    while let Some(first) = renewals.first() {
+        let (shape, bucket, per_sec, burst) =
+            (first.shape(), first.bucket, first.per_sec, first.burst);
         let (same, rest): (Vec<Renewal>, Vec<Renewal>) = std::mem::take(renewals)
             .into_iter()
             .partition(|r| r.shape() == shape);
         *renewals = rest;
-        let (bucket, per_sec, burst) = (same[0].bucket, same[0].per_sec, same[0].burst);
         let answers = if cluster.redis_up.load(Ordering::Relaxed) {
             let asks: Vec<(i64, u32)> = same.iter().map(|r| (r.user, r.want)).collect();
             match cluster

@@ -345,7 +345,15 @@ impl Engine {
                 Some(leases) => match leases.spend(user, now) {
                     Ok(None) => return Ok(()),
                     Ok(Some(more)) => {
-                        renew_lease(cluster, leases, bucket, user, per_sec, burst, more);
+                        // Renewed in the background: this send goes on with the token spent.
+                        cluster.renew(cluster::Renewal {
+                            leases: Arc::clone(leases),
+                            bucket,
+                            user,
+                            per_sec,
+                            burst,
+                            want: more,
+                        });
                         return Ok(());
                     }
                     Err(want) => want,
@@ -831,26 +839,4 @@ fn sync_snapshot(
     }
     let all: Vec<String> = mine.iter().map(ToString::to_string).collect();
     Ok(json!({ "conversations": out, "memberOf": all }))
-}
-
-/// Asks `user`'s cluster-wide `bucket` for `more` tokens in the background and adds what it
-/// grants to the user's lease on this node (see [`ratelimit::Leases`]); the send that asked
-/// goes on with the token it spent.
-fn renew_lease(
-    cluster: &cluster::Cluster,
-    leases: &Arc<ratelimit::Leases>,
-    bucket: &'static str,
-    user: i64,
-    per_sec: f64,
-    burst: u32,
-    more: u32,
-) {
-    cluster.renew(cluster::Renewal {
-        leases: Arc::clone(leases),
-        bucket,
-        user,
-        per_sec,
-        burst,
-        want: more,
-    });
 }
